@@ -1,0 +1,183 @@
+//! The events that make up a run's append-only log.
+//!
+//! Events are a storage boundary: they are serialised as JSON and read back by later versions of
+//! rein, so fields are only ever added with defaults, never renamed or removed, and
+//! [`EVENT_FORMAT_VERSION`] changes if that rule ever has to be broken.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::end::EndState;
+use crate::message::{ToolCall, Usage};
+use crate::state::Limits;
+
+/// The version of the event encoding written by this build.
+pub const EVENT_FORMAT_VERSION: u32 = 1;
+
+/// An event as stored: its position in the run's log and when it was appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Position in the run's log, starting at 1, without gaps.
+    pub seq: u64,
+    /// When it was appended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// The facts a run starts from. Everything needed to rebuild the model's context is here or in
+/// later events, so a run can be shown and resumed from its log alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// The agent's name.
+    pub agent: String,
+    /// The agent folder the run was started from, if it came from one.
+    #[serde(default)]
+    pub agent_dir: Option<String>,
+    /// A digest of the agent's configuration, to notice a change between start and resume.
+    pub agent_digest: String,
+    /// The directory tools work in.
+    pub workspace: String,
+    /// The task, as the person gave it.
+    pub task: String,
+    /// The operator's instructions (the system prompt).
+    pub instructions: String,
+    /// The provider kind (`scripted`, `openai`, `anthropic`).
+    pub provider: String,
+    /// The model name.
+    pub model: String,
+    /// The limits the run is held to.
+    pub limits: Limits,
+    /// The tools the agent has.
+    pub tools: Vec<String>,
+}
+
+/// One thing that happened in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The run began. Always the first event.
+    RunStarted(RunStarted),
+    /// A process picked the run up again from its log.
+    RunResumed {
+        /// 2 for the first resume, 3 for the next, and so on.
+        attempt: u32,
+        /// Whether the agent's configuration changed since the run started.
+        #[serde(default)]
+        agent_changed: bool,
+    },
+    /// A model call is about to be made.
+    ModelRequested {
+        /// The step (model call) number, from 1.
+        step: u32,
+        /// Which try of this step's call this is, from 1.
+        attempt: u32,
+        /// The model name.
+        model: String,
+        /// How many messages the context holds (after the system instructions).
+        messages: u32,
+        /// How many tools were offered.
+        tools: u32,
+    },
+    /// The model answered.
+    ModelReplied {
+        /// The step number.
+        step: u32,
+        /// What it said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The tool calls it asked for.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall>,
+        /// Tokens used.
+        usage: Usage,
+        /// How long the call took.
+        latency_us: u64,
+        /// The provider's stop reason, if it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_reason: Option<String>,
+    },
+    /// A model call failed.
+    ModelFailed {
+        /// The step number.
+        step: u32,
+        /// Which try failed.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// Whether rein will try again.
+        will_retry: bool,
+        /// How long rein waits before it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// A tool call was refused before anything ran: an unknown tool, arguments that are not JSON
+    /// or do not match the tool's schema. The reason goes back to the model as the call's result.
+    ToolRejected {
+        /// The step number.
+        step: u32,
+        /// The call's id.
+        call_id: String,
+        /// The tool the model named.
+        tool: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A tool is about to run. Durable before the tool starts.
+    ToolIntent {
+        /// The step number.
+        step: u32,
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        tool: String,
+        /// The validated arguments.
+        args: Value,
+        /// Whether the tool's manifest says repeating it is safe.
+        idempotent: bool,
+        /// 1 for the first execution; higher when an idempotent call in doubt is repeated.
+        attempt: u32,
+    },
+    /// A tool finished (or failed, or timed out).
+    ToolOutcome {
+        /// The call's id.
+        call_id: String,
+        /// Whether it succeeded.
+        ok: bool,
+        /// Its result, or `{"error": "..."}`.
+        output: Value,
+        /// How long it ran.
+        duration_us: u64,
+    },
+    /// The run ended. Always the last event.
+    RunEnded {
+        /// How.
+        status: EndState,
+        /// The final (or partial) output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Why, when it did not complete.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The tool call in doubt, for `needs_reconciliation`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
+}
+
+impl Event {
+    /// The snake_case name of the event's type, as stored.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunStarted(_) => "run_started",
+            Event::RunResumed { .. } => "run_resumed",
+            Event::ModelRequested { .. } => "model_requested",
+            Event::ModelReplied { .. } => "model_replied",
+            Event::ModelFailed { .. } => "model_failed",
+            Event::ToolRejected { .. } => "tool_rejected",
+            Event::ToolIntent { .. } => "tool_intent",
+            Event::ToolOutcome { .. } => "tool_outcome",
+            Event::RunEnded { .. } => "run_ended",
+        }
+    }
+}

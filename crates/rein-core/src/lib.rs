@@ -1,0 +1,48 @@
+//! The pure core of rein: ids, conversation types, events, the run state machine, limits and
+//! end states.
+//!
+//! Nothing in this crate does I/O, reads a clock or spawns a task. The engine feeds it events and
+//! asks it what to do next; everything here can be tested with plain values.
+
+pub mod end;
+pub mod event;
+pub mod message;
+pub mod state;
+
+pub use end::EndState;
+pub use event::{Event, EVENT_FORMAT_VERSION, RunStarted, StoredEvent};
+pub use message::{Message, ToolCall, ToolSpec, Usage};
+pub use state::{Action, Limits, RunState, StateError};
+
+/// How hard the store works to keep a committed event.
+///
+/// Both settings survive a killed process (`kill -9`): a commit reaches the operating system
+/// before the engine moves on. Only `Fsync` also survives a power loss or kernel crash, by
+/// flushing to the disk at each commit; concurrent runs share those flushes (group commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Committed events survive a crash of the process, not of the machine.
+    #[default]
+    Normal,
+    /// Committed events are flushed to disk before the commit returns.
+    Fsync,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Durability::Normal),
+            "fsync" => Ok(Durability::Fsync),
+            other => Err(format!("unknown durability `{other}`: use `normal` or `fsync`")),
+        }
+    }
+}
+
+/// A source of wall-clock time in milliseconds since the Unix epoch, injected so that logic never
+/// reads the system clock itself.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}

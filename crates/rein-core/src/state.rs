@@ -1,0 +1,405 @@
+//! The run state machine: a run's state is a fold over its events, and the next thing to do is a
+//! pure function of that state.
+//!
+//! The engine never keeps run state of its own. After every event it appends, it applies the same
+//! event here; after a crash it folds the stored log and asks [`RunState::next_action`] what to do,
+//! which is how a resumed run continues exactly where the dead process stopped.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::end::EndState;
+use crate::event::{Event, RunStarted, StoredEvent};
+use crate::message::{Message, ToolCall, Usage};
+
+/// Hard limits a run is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The most model calls (steps) a run may make.
+    pub max_steps: u32,
+    /// The most time a run may be active, summed over the processes that drove it.
+    pub wall_clock_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_steps: 20, wall_clock_ms: 600_000 }
+    }
+}
+
+/// Where one tool call of the current step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallStatus {
+    /// Proposed by the model; nothing recorded about it yet.
+    Proposed,
+    /// Refused before anything ran.
+    Rejected,
+    /// Its intent is recorded but not its outcome: running now, or in doubt after a crash.
+    InFlight {
+        /// Which execution of the call the intent is for.
+        attempt: u32,
+        /// Whether repeating it is safe.
+        idempotent: bool,
+    },
+    /// Its outcome is recorded.
+    Done,
+}
+
+/// One tool call of the current step and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSlot {
+    /// The call as the model proposed it.
+    pub call: ToolCall,
+    /// Where it stands.
+    pub status: CallStatus,
+}
+
+/// How a run ended, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    /// The end state.
+    pub status: EndState,
+    /// The final or partial output.
+    pub output: Option<String>,
+    /// Why, when it did not complete.
+    pub reason: Option<String>,
+    /// The call in doubt, for `needs_reconciliation`.
+    pub call_id: Option<String>,
+}
+
+/// What the engine should do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Ask the model for the given step.
+    CallModel {
+        /// The step number, from 1.
+        step: u32,
+    },
+    /// Validate this proposed call and, if it passes, record its intent and run it.
+    Dispatch {
+        /// The call.
+        call: ToolCall,
+    },
+    /// An idempotent call was in flight when a process stopped: run it again.
+    Reexecute {
+        /// The call.
+        call: ToolCall,
+        /// The attempt number for the new intent.
+        attempt: u32,
+    },
+    /// End the run in this state.
+    End(Ended),
+    /// The run has already ended.
+    Finished(EndState),
+}
+
+/// A log that cannot be a run's: events out of order, missing or contradicting each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {seq} ({kind}): {problem}")]
+pub struct StateError {
+    /// The offending event's position.
+    pub seq: u64,
+    /// Its type.
+    pub kind: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// The state of one run, folded from its events.
+#[derive(Debug, Clone, Default)]
+pub struct RunState {
+    started: Option<RunStarted>,
+    attempt: u32,
+    messages: Vec<Message>,
+    steps: u32,
+    requested_step: Option<u32>,
+    calls: Vec<CallSlot>,
+    last_text: Option<String>,
+    last_reply_had_calls: bool,
+    ended: Option<Ended>,
+    usage: Usage,
+    tool_executions: u32,
+    last_seq: u64,
+    first_at_ms: u64,
+    attempt_started_ms: u64,
+    last_at_ms: u64,
+    active_closed_ms: u64,
+}
+
+impl RunState {
+    /// Folds a whole log.
+    pub fn from_events<'a>(
+        events: impl IntoIterator<Item = &'a StoredEvent>,
+    ) -> Result<RunState, StateError> {
+        let mut state = RunState::default();
+        for ev in events {
+            state.apply(ev)?;
+        }
+        Ok(state)
+    }
+
+    /// Applies one event, checking that it can follow the ones before it.
+    pub fn apply(&mut self, stored: &StoredEvent) -> Result<(), StateError> {
+        let kind = stored.event.kind();
+        let fail = |problem: String| StateError { seq: stored.seq, kind, problem };
+        if stored.seq != self.last_seq + 1 {
+            return Err(fail(format!("expected event {}, the log has a gap or a repeat", self.last_seq + 1)));
+        }
+        if self.ended.is_some() {
+            return Err(fail("the run had already ended".into()));
+        }
+        if self.started.is_none() && !matches!(stored.event, Event::RunStarted(_)) {
+            return Err(fail("a run's log must begin with run_started".into()));
+        }
+        match &stored.event {
+            Event::RunStarted(started) => {
+                if self.started.is_some() {
+                    return Err(fail("the run has already started".into()));
+                }
+                self.messages.push(Message::User { text: started.task.clone() });
+                self.started = Some(started.clone());
+                self.attempt = 1;
+                self.first_at_ms = stored.at_ms;
+                self.attempt_started_ms = stored.at_ms;
+            }
+            Event::RunResumed { attempt, .. } => {
+                if *attempt != self.attempt + 1 {
+                    return Err(fail(format!("expected attempt {}", self.attempt + 1)));
+                }
+                self.active_closed_ms += self.last_at_ms.saturating_sub(self.attempt_started_ms);
+                self.attempt_started_ms = stored.at_ms;
+                self.attempt = *attempt;
+            }
+            Event::ModelRequested { step, .. } => {
+                if *step != self.steps + 1 {
+                    return Err(fail(format!("expected step {}", self.steps + 1)));
+                }
+                if self.calls.iter().any(|c| !matches!(c.status, CallStatus::Done | CallStatus::Rejected)) {
+                    return Err(fail("tool calls of the previous step are unfinished".into()));
+                }
+                self.requested_step = Some(*step);
+            }
+            Event::ModelFailed { step, .. } => {
+                if self.requested_step != Some(*step) {
+                    return Err(fail(format!("step {step} was not requested")));
+                }
+            }
+            Event::ModelReplied { step, text, tool_calls, usage, .. } => {
+                if self.requested_step != Some(*step) {
+                    return Err(fail(format!("step {step} was not requested")));
+                }
+                self.requested_step = None;
+                self.steps = *step;
+                self.usage = self.usage.add(*usage);
+                if text.is_some() {
+                    self.last_text = text.clone();
+                }
+                self.last_reply_had_calls = !tool_calls.is_empty();
+                self.calls = tool_calls
+                    .iter()
+                    .map(|c| CallSlot { call: c.clone(), status: CallStatus::Proposed })
+                    .collect();
+                self.messages.push(Message::Assistant { text: text.clone(), tool_calls: tool_calls.clone() });
+            }
+            Event::ToolRejected { call_id, reason, .. } => {
+                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if slot.status != CallStatus::Proposed {
+                    return Err(fail(format!("call {call_id} was already handled")));
+                }
+                slot.status = CallStatus::Rejected;
+                let name = slot.call.name.clone();
+                self.messages.push(Message::Tool {
+                    call_id: call_id.clone(),
+                    name,
+                    content: format!("error: {reason}"),
+                    is_error: true,
+                });
+            }
+            Event::ToolIntent { call_id, attempt, idempotent, .. } => {
+                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                let expected = match slot.status {
+                    CallStatus::Proposed => 1,
+                    CallStatus::InFlight { attempt, .. } => attempt + 1,
+                    CallStatus::Rejected | CallStatus::Done => {
+                        return Err(fail(format!("call {call_id} was already handled")));
+                    }
+                };
+                if *attempt != expected {
+                    return Err(fail(format!("expected attempt {expected} of call {call_id}")));
+                }
+                slot.status = CallStatus::InFlight { attempt: *attempt, idempotent: *idempotent };
+                self.tool_executions += 1;
+            }
+            Event::ToolOutcome { call_id, ok, output, .. } => {
+                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if !matches!(slot.status, CallStatus::InFlight { .. }) {
+                    return Err(fail(format!("call {call_id} has no intent without an outcome")));
+                }
+                slot.status = CallStatus::Done;
+                let name = slot.call.name.clone();
+                self.messages.push(Message::Tool {
+                    call_id: call_id.clone(),
+                    name,
+                    content: render_output(*ok, output),
+                    is_error: !ok,
+                });
+            }
+            Event::RunEnded { status, output, reason, call_id } => {
+                self.ended = Some(Ended {
+                    status: *status,
+                    output: output.clone(),
+                    reason: reason.clone(),
+                    call_id: call_id.clone(),
+                });
+            }
+        }
+        self.last_seq = stored.seq;
+        self.last_at_ms = stored.at_ms;
+        Ok(())
+    }
+
+    fn slot_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {
+        self.calls.iter_mut().find(|s| s.call.id == call_id)
+    }
+
+    /// What to do next, given the time now (for the wall-clock limit).
+    pub fn next_action(&self, now_ms: u64) -> Action {
+        if let Some(ended) = &self.ended {
+            return Action::Finished(ended.status);
+        }
+        let limits = self.limits();
+        for slot in &self.calls {
+            match slot.status {
+                CallStatus::Proposed => return Action::Dispatch { call: slot.call.clone() },
+                CallStatus::InFlight { attempt, idempotent: true } => {
+                    return Action::Reexecute { call: slot.call.clone(), attempt: attempt + 1 };
+                }
+                CallStatus::InFlight { idempotent: false, .. } => {
+                    return Action::End(Ended {
+                        status: EndState::NeedsReconciliation,
+                        output: self.last_text.clone(),
+                        reason: Some(format!(
+                            "tool call {} ({}) started but its outcome was not recorded before the \
+                             process stopped; the tool is not idempotent, so rein will not run it \
+                             again. Check whether its effect happened.",
+                            slot.call.id, slot.call.name
+                        )),
+                        call_id: Some(slot.call.id.clone()),
+                    });
+                }
+                CallStatus::Rejected | CallStatus::Done => {}
+            }
+        }
+        if self.steps > 0 && !self.last_reply_had_calls && self.requested_step.is_none() {
+            return Action::End(Ended {
+                status: EndState::Completed,
+                output: self.last_text.clone(),
+                reason: None,
+                call_id: None,
+            });
+        }
+        if self.steps >= limits.max_steps {
+            return Action::End(Ended {
+                status: EndState::BudgetExhausted,
+                output: self.last_text.clone(),
+                reason: Some(format!(
+                    "reached max_steps ({}) before the model gave a final answer",
+                    limits.max_steps
+                )),
+                call_id: None,
+            });
+        }
+        if self.active_ms(now_ms) >= limits.wall_clock_ms {
+            return Action::End(Ended {
+                status: EndState::BudgetExhausted,
+                output: self.last_text.clone(),
+                reason: Some(format!(
+                    "reached the wall-clock limit ({} ms) before the model gave a final answer",
+                    limits.wall_clock_ms
+                )),
+                call_id: None,
+            });
+        }
+        Action::CallModel { step: self.steps + 1 }
+    }
+
+    /// Milliseconds the run has been active, summed over the processes that drove it; the current
+    /// process counts up to `now_ms`.
+    pub fn active_ms(&self, now_ms: u64) -> u64 {
+        let current = if self.ended.is_some() {
+            self.last_at_ms.saturating_sub(self.attempt_started_ms)
+        } else {
+            now_ms.saturating_sub(self.attempt_started_ms)
+        };
+        self.active_closed_ms + current
+    }
+
+    /// The run's start facts, once it has started.
+    pub fn started(&self) -> Option<&RunStarted> {
+        self.started.as_ref()
+    }
+    /// The limits in force (defaults before the run starts).
+    pub fn limits(&self) -> Limits {
+        self.started.as_ref().map(|s| s.limits).unwrap_or_default()
+    }
+    /// The conversation after the system instructions, as the model will see it.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+    /// Model replies received.
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+    /// Tool executions started (intents recorded).
+    pub fn tool_executions(&self) -> u32 {
+        self.tool_executions
+    }
+    /// Tokens used so far.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+    /// How the run ended, if it has.
+    pub fn ended(&self) -> Option<&Ended> {
+        self.ended.as_ref()
+    }
+    /// The process attempt (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// The position of the last event applied.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+    /// When the run started, in ms since the epoch.
+    pub fn started_at_ms(&self) -> u64 {
+        self.first_at_ms
+    }
+    /// When the last event was appended.
+    pub fn last_at_ms(&self) -> u64 {
+        self.last_at_ms
+    }
+    /// The current step's tool calls.
+    pub fn calls(&self) -> &[CallSlot] {
+        &self.calls
+    }
+    /// The most recent text the model produced.
+    pub fn last_text(&self) -> Option<&str> {
+        self.last_text.as_deref()
+    }
+}
+
+/// How a tool's outcome reads in the model's context.
+pub fn render_output(ok: bool, output: &Value) -> String {
+    if !ok {
+        if let Some(msg) = output.get("error").and_then(Value::as_str) {
+            return format!("error: {msg}");
+        }
+    }
+    match output {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

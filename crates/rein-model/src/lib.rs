@@ -1,0 +1,1 @@
+//! Model providers for rein behind one Provider trait: scripted, OpenAI Chat Completions, Anthropic Messages.

@@ -1,0 +1,2 @@
+//! The rein command-line interface.
+fn main() {}
