@@ -8,6 +8,7 @@ pub mod end;
 pub mod event;
 pub mod message;
 pub mod state;
+pub mod text;
 
 pub use end::EndState;
 pub use event::{Event, EVENT_FORMAT_VERSION, RunStarted, StoredEvent};

@@ -1,1 +1,148 @@
-//! Model providers for rein behind one Provider trait: scripted, OpenAI Chat Completions, Anthropic Messages.
+//! Model providers for rein behind one [`Provider`] trait, all with tool calling:
+//!
+//! - [`ScriptedProvider`]: deterministic replies read from a script file, for tests, demos and
+//!   replays;
+//! - [`OpenAiProvider`]: the Chat Completions API at any base URL (OpenAI, and compatible servers
+//!   such as Ollama, vLLM and llama.cpp's server);
+//! - [`AnthropicProvider`]: the Messages API.
+//!
+//! Providers only translate: they never retry, sleep or record anything. Errors say whether a
+//! retry could help and how long the provider asked to wait; the engine decides what to do.
+
+mod anthropic;
+mod http;
+mod openai;
+mod scripted;
+mod wire_names;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use rein_core::{Message, ToolCall, ToolSpec, Usage};
+
+pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicProvider};
+pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use scripted::{ScriptError, ScriptedCall, ScriptedProvider, ScriptedTurn};
+pub use wire_names::WireNames;
+
+/// A boxed future, so that providers can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a provider is asked: the conversation so far and the tools on offer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The operator's instructions (system prompt).
+    pub system: String,
+    /// The conversation after the instructions.
+    pub messages: Vec<Message>,
+    /// The tools the model may call.
+    pub tools: Vec<ToolSpec>,
+}
+
+/// What a provider answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The model's text, if any.
+    pub text: Option<String>,
+    /// The tool calls it asked for, with rein's tool names.
+    pub tool_calls: Vec<ToolCall>,
+    /// Tokens used (as reported, or estimated where the provider reports nothing).
+    pub usage: Usage,
+    /// Why the model stopped, as the provider said.
+    pub stop_reason: Option<String>,
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// HTTP 429: the provider asks us to slow down.
+    #[error("rate limited (HTTP 429){}: {message}", fmt_retry(retry_after))]
+    RateLimited {
+        /// The wait the provider asked for (Retry-After), if it gave one.
+        retry_after: Option<Duration>,
+        /// The provider's message.
+        message: String,
+    },
+    /// A server-side failure (HTTP 5xx, 529, 408): may pass.
+    #[error("provider error (HTTP {status}){}: {message}", fmt_retry(retry_after))]
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The wait the provider asked for, if any.
+        retry_after: Option<Duration>,
+        /// The provider's message.
+        message: String,
+    },
+    /// No answer within the configured timeout.
+    #[error("no answer within {} ms", after.as_millis())]
+    Timeout {
+        /// The timeout that passed.
+        after: Duration,
+    },
+    /// The request was refused (HTTP 4xx other than 408 and 429): retrying will not help.
+    #[error("request refused (HTTP {status}): {message}")]
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    #[error("malformed answer: {detail}")]
+    Malformed {
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The connection failed.
+    #[error("could not reach the provider: {message}")]
+    Transport {
+        /// What failed.
+        message: String,
+    },
+    /// The scripted provider has no turn for this request.
+    #[error("{0}")]
+    Script(String),
+}
+
+fn fmt_retry(retry_after: &Option<Duration>) -> String {
+    retry_after.map(|d| format!(", retry after {} ms", d.as_millis())).unwrap_or_default()
+}
+
+impl ProviderError {
+    /// Whether the same request might succeed if tried again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::RateLimited { .. }
+            | ProviderError::Server { .. }
+            | ProviderError::Timeout { .. }
+            | ProviderError::Transport { .. }
+            | ProviderError::Malformed { .. } => true,
+            ProviderError::Rejected { .. } | ProviderError::Script(_) => false,
+        }
+    }
+
+    /// The wait the provider asked for before a retry.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after, .. } | ProviderError::Server { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A model provider with tool calling.
+pub trait Provider: Send + Sync {
+    /// The provider kind: `scripted`, `openai` or `anthropic`.
+    fn kind(&self) -> &'static str;
+    /// The model this provider calls.
+    fn model(&self) -> &str;
+    /// Asks the model for its next turn.
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+}
+
+/// Estimates tokens for text where no tokenizer applies: one token per four bytes, rounded up.
+/// Used by the scripted provider, whose "model" reports no usage.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}

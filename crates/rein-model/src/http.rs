@@ -1,0 +1,81 @@
+//! HTTP plumbing shared by the OpenAI and Anthropic providers: one client setup, one mapping from
+//! HTTP failures to [`ProviderError`].
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::ProviderError;
+
+/// Builds an HTTP client with rustls on the `ring` provider and the platform's roots.
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    // Installing fails harmlessly when a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Posts a JSON body and returns the JSON answer, mapping every failure to a [`ProviderError`].
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    headers: HeaderMap,
+    body: &Value,
+    timeout: Duration,
+) -> Result<Value, ProviderError> {
+    let response = client.post(url).headers(headers).json(body).send().await.map_err(|e| send_error(e, timeout))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let text = response.text().await.map_err(|e| send_error(e, timeout))?;
+    if status.is_success() {
+        return serde_json::from_str(&text).map_err(|e| ProviderError::Malformed {
+            detail: format!("the body is not JSON ({e}): {}", snippet(&text)),
+        });
+    }
+    let message = error_message(&text);
+    let code = status.as_u16();
+    Err(match code {
+        429 => ProviderError::RateLimited { retry_after, message },
+        408 | 500..=599 => ProviderError::Server { status: code, retry_after, message },
+        _ => ProviderError::Rejected { status: code, message },
+    })
+}
+
+fn send_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout { after: timeout }
+    } else {
+        // Without the URL: it may carry a key in a query string.
+        ProviderError::Transport { message: e.without_url().to_string() }
+    }
+}
+
+/// Reads `Retry-After` in seconds (the HTTP-date form is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+/// The provider's error message: `error.message` in both APIs' error bodies, or the body itself.
+fn error_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| snippet(body))
+}
+
+fn snippet(text: &str) -> String {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut end = trimmed.len().min(300);
+    while !trimmed.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < trimmed.len() { format!("{}…", &trimmed[..end]) } else { trimmed.to_owned() }
+}

@@ -1,0 +1,169 @@
+//! The OpenAI Chat Completions provider, also used for OpenAI-compatible servers (Ollama, vLLM,
+//! llama.cpp's server) by changing the base URL.
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use rein_core::{Message, ToolCall, Usage};
+use serde_json::{Value, json};
+
+use crate::http::{client, post_json};
+use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
+
+/// Settings of an OpenAI-compatible provider.
+#[derive(Clone)]
+pub struct OpenAiConfig {
+    /// The API root, for example `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+    pub base_url: String,
+    /// The key, sent as a bearer token; `None` for local servers that need none.
+    pub api_key: Option<String>,
+    /// The model name.
+    pub model: String,
+    /// How long one call may take.
+    pub timeout: Duration,
+    /// `max_tokens`, sent only when set.
+    pub max_tokens: Option<u32>,
+    /// `temperature`, sent only when set.
+    pub temperature: Option<f32>,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The Chat Completions provider.
+#[derive(Debug)]
+pub struct OpenAiProvider {
+    config: OpenAiConfig,
+    client: reqwest::Client,
+    url: String,
+}
+
+impl OpenAiProvider {
+    /// The default API root.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.openai.com/v1";
+
+    /// A provider with these settings.
+    pub fn new(config: OpenAiConfig) -> Result<OpenAiProvider, String> {
+        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        Ok(OpenAiProvider { client: client(config.timeout)?, config, url })
+    }
+
+    fn body(&self, request: &ChatRequest, names: &WireNames) -> Value {
+        let mut messages = vec![json!({"role": "system", "content": request.system})];
+        for message in &request.messages {
+            messages.push(match message {
+                Message::User { text } => json!({"role": "user", "content": text}),
+                Message::Assistant { text, tool_calls } => {
+                    let mut m = json!({"role": "assistant", "content": text});
+                    if !tool_calls.is_empty() {
+                        m["tool_calls"] = tool_calls
+                            .iter()
+                            .map(|c| {
+                                let arguments = match (&c.invalid_arguments, &c.arguments) {
+                                    (Some(_), Value::String(raw)) => raw.clone(),
+                                    _ => c.arguments.to_string(),
+                                };
+                                json!({
+                                    "id": c.id,
+                                    "type": "function",
+                                    "function": {"name": names.to_wire(&c.name), "arguments": arguments},
+                                })
+                            })
+                            .collect();
+                    }
+                    m
+                }
+                Message::Tool { call_id, content, .. } => {
+                    json!({"role": "tool", "tool_call_id": call_id, "content": content})
+                }
+            });
+        }
+        let mut body = json!({"model": self.config.model, "messages": messages});
+        if !request.tools.is_empty() {
+            body["tools"] = request
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({
+                        "type": "function",
+                        "function": {
+                            "name": names.to_wire(&t.name),
+                            "description": t.description,
+                            "parameters": t.parameters,
+                        },
+                    })
+                })
+                .collect();
+        }
+        if let Some(max) = self.config.max_tokens {
+            body["max_tokens"] = json!(max);
+        }
+        if let Some(t) = self.config.temperature {
+            body["temperature"] = json!(t);
+        }
+        body
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn model(&self) -> &str {
+        &self.config.model
+    }
+
+    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        Box::pin(async move {
+            let names = WireNames::new(request.tools.iter().map(|t| t.name.as_str()));
+            let mut headers = HeaderMap::new();
+            if let Some(key) = &self.config.api_key {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ProviderError::Rejected {
+                    status: 0,
+                    message: "the API key holds characters that cannot be sent in a header".into(),
+                })?;
+                value.set_sensitive(true);
+                headers.insert(AUTHORIZATION, value);
+            }
+            let answer = post_json(&self.client, &self.url, headers, &self.body(request, &names), self.config.timeout).await?;
+            parse_response(&answer, &names)
+        })
+    }
+}
+
+fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, ProviderError> {
+    let malformed = |detail: &str| ProviderError::Malformed { detail: detail.to_owned() };
+    let choice = answer.pointer("/choices/0").ok_or_else(|| malformed("no choices[0] in the answer"))?;
+    let message = choice.get("message").ok_or_else(|| malformed("no choices[0].message in the answer"))?;
+    let text = message.get("content").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let mut tool_calls = Vec::new();
+    if let Some(calls) = message.get("tool_calls").filter(|v| !v.is_null()) {
+        let calls = calls.as_array().ok_or_else(|| malformed("tool_calls is not a list"))?;
+        for (i, call) in calls.iter().enumerate() {
+            let id = call.get("id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("call_{i}"));
+            let function = call.get("function").ok_or_else(|| malformed("a tool call has no function"))?;
+            let name = function.get("name").and_then(Value::as_str).ok_or_else(|| malformed("a tool call has no name"))?;
+            let raw = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+            let (arguments, invalid_arguments) = match serde_json::from_str::<Value>(if raw.trim().is_empty() { "{}" } else { raw }) {
+                Ok(v) => (v, None),
+                Err(e) => (Value::String(raw.to_owned()), Some(format!("arguments are not valid JSON: {e}"))),
+            };
+            tool_calls.push(ToolCall { id, name: names.from_wire(name), arguments, invalid_arguments });
+        }
+    }
+    let usage = Usage {
+        input_tokens: answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        output_tokens: answer.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+    };
+    let stop_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_owned);
+    Ok(ChatResponse { text, tool_calls, usage, stop_reason })
+}
