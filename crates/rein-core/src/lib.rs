@@ -15,6 +15,9 @@ pub use event::{Event, EVENT_FORMAT_VERSION, RunStarted, StoredEvent};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
 pub use state::{Action, Limits, RunState, StateError};
 
+/// A boxed, sendable future, so that async traits (providers, tools) can be trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// How hard the store works to keep a committed event.
 ///
 /// Both settings survive a killed process (`kill -9`): a commit reaches the operating system

@@ -15,8 +15,6 @@ mod openai;
 mod scripted;
 mod wire_names;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use rein_core::{Message, ToolCall, ToolSpec, Usage};
@@ -26,8 +24,7 @@ pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use scripted::{ScriptError, ScriptedCall, ScriptedProvider, ScriptedTurn};
 pub use wire_names::WireNames;
 
-/// A boxed future, so that providers can be used as trait objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use rein_core::BoxFuture;
 
 /// What a provider is asked: the conversation so far and the tools on offer.
 #[derive(Debug, Clone, PartialEq)]

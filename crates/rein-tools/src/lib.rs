@@ -1,1 +1,116 @@
-//! Tools for rein behind one Tool trait: manifests, argument validation, built-ins (fs, http) and command tools.
+//! Tools for rein behind one [`Tool`] trait.
+//!
+//! Each tool carries a [`ToolManifest`]: its name, what it does, the JSON Schema of its arguments,
+//! whether repeating it is safe, and how long it may run. The [`ToolRegistry`] holds an agent's
+//! tools and checks every proposed call (the tool exists, the arguments match the schema) before
+//! anything runs. Built in: `fs.read` and `fs.write`, confined to the run's workspace, and
+//! `http.get`, limited to an allowlist of hosts. [`CommandTool`] runs any executable that reads
+//! JSON arguments on stdin and answers JSON on stdout, so tools can be written in any language.
+
+mod command;
+mod fs;
+mod http;
+mod registry;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rein_core::BoxFuture;
+use serde_json::Value;
+
+pub use command::{CommandSpec, CommandTool};
+pub use fs::{FsRead, FsWrite};
+pub use http::HttpGet;
+pub use registry::{Rejection, ToolRegistry, ToolRegistryError};
+
+/// What rein and the model know about a tool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolManifest {
+    /// The name the model calls it by (for example `fs.read`).
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of its arguments; must describe an object.
+    pub parameters: Value,
+    /// Whether running it twice with the same arguments has the same effect as running it once.
+    /// Only idempotent tools are repeated when a crash leaves their outcome unknown.
+    pub idempotent: bool,
+    /// How long one call may run before it is stopped.
+    pub timeout: Duration,
+}
+
+/// Where and for whom a tool call runs.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// The run's workspace directory; file tools cannot leave it.
+    pub workspace: PathBuf,
+    /// The run's id.
+    pub run_id: String,
+    /// The call's id, stable across retries of the same call (an idempotency key).
+    pub call_id: String,
+}
+
+/// Why a tool call failed. The message goes back to the model as the call's result.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolError {
+    /// The call was refused by the tool's own rules (a path outside the workspace, a host not on
+    /// the allowlist).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The tool ran and failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The tool ran longer than its timeout and was stopped.
+    #[error("timed out after {} ms and was stopped", .0.as_millis())]
+    Timeout(Duration),
+    /// The tool's output was larger than allowed.
+    #[error("output exceeded {0} bytes and was discarded")]
+    OutputTooLarge(usize),
+    /// The tool's output was not what the protocol requires.
+    #[error("bad output: {0}")]
+    BadOutput(String),
+}
+
+/// A tool an agent can call.
+pub trait Tool: Send + Sync {
+    /// The tool's manifest.
+    fn manifest(&self) -> &ToolManifest;
+    /// Runs the tool with arguments that already match its schema.
+    fn call<'a>(&'a self, ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>>;
+}
+
+impl std::fmt::Debug for dyn Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tool({})", self.manifest().name)
+    }
+}
+
+/// A tool that does nothing and answers `{}` at once: the runtime's own cost per step is measured
+/// with it (`rein bench steps`).
+#[derive(Debug)]
+pub struct Noop {
+    manifest: ToolManifest,
+}
+
+impl Default for Noop {
+    fn default() -> Self {
+        Noop {
+            manifest: ToolManifest {
+                name: "noop".into(),
+                description: "Does nothing.".into(),
+                parameters: serde_json::json!({"type": "object", "properties": {}}),
+                idempotent: true,
+                timeout: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+impl Tool for Noop {
+    fn manifest(&self) -> &ToolManifest {
+        &self.manifest
+    }
+    fn call<'a>(&'a self, _ctx: &'a ToolContext, _args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+        Box::pin(std::future::ready(Ok(Value::Object(Default::default()))))
+    }
+}
