@@ -1,1 +1,184 @@
-//! agent.toml for rein: strict parsing with file/line/field errors, resolution into a typed spec, and its JSON Schema.
+//! agent.toml for rein: strict parsing with errors that name the file, line and field; resolution
+//! into a typed [`AgentSpec`]; and the file's JSON Schema.
+//!
+//! Loading happens in two passes, after Codex's `ConfigToml` → `Config`: [`raw`] mirrors the file
+//! with every field optional and unknown fields refused, then [`load`] checks what types cannot
+//! (which fields go together, that referenced files exist) and fills in defaults once.
+
+pub mod raw;
+mod resolve;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rein_core::{Durability, Limits};
+use serde_json::Value;
+
+pub use resolve::load;
+
+/// The file name of an agent's configuration inside its folder.
+pub const AGENT_FILE: &str = "agent.toml";
+
+/// An agent, resolved: every default filled in, every path absolute, every file checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpec {
+    /// The agent's name.
+    pub name: String,
+    /// What it is for.
+    pub description: Option<String>,
+    /// The agent folder (absolute).
+    pub dir: PathBuf,
+    /// The operator's instructions.
+    pub instructions: String,
+    /// The task used when none is given.
+    pub default_task: Option<String>,
+    /// The model.
+    pub model: ModelSpec,
+    /// The tools, in the order declared.
+    pub tools: Vec<ToolConfig>,
+    /// Hard limits.
+    pub limits: Limits,
+    /// The workspace.
+    pub workspace: WorkspaceSpec,
+    /// How durable commits are.
+    pub durability: Durability,
+    /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
+    pub digest: String,
+}
+
+/// Which model answers and how to reach it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The provider and its settings.
+    pub provider: ProviderSpec,
+    /// The model name.
+    pub name: String,
+    /// How long one call may take.
+    pub timeout: Duration,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// The most tokens per reply.
+    pub max_tokens: Option<u32>,
+    /// Tries in all for errors that may pass.
+    pub max_attempts: u32,
+    /// The longest wait between tries.
+    pub max_backoff: Duration,
+}
+
+/// A provider and the settings only it has.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderSpec {
+    /// Replies from a script file.
+    Scripted {
+        /// The script (absolute).
+        script: PathBuf,
+    },
+    /// OpenAI Chat Completions or a compatible server.
+    OpenAi {
+        /// The API root.
+        base_url: String,
+        /// The variable holding the key, if the server needs one.
+        api_key_env: Option<String>,
+    },
+    /// Anthropic Messages.
+    Anthropic {
+        /// The API root.
+        base_url: String,
+        /// The variable holding the key.
+        api_key_env: Option<String>,
+    },
+}
+
+impl ProviderSpec {
+    /// The provider kind's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderSpec::Scripted { .. } => "scripted",
+            ProviderSpec::OpenAi { .. } => "openai",
+            ProviderSpec::Anthropic { .. } => "anthropic",
+        }
+    }
+}
+
+/// One tool, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolConfig {
+    /// `fs.read`.
+    FsRead,
+    /// `fs.write`.
+    FsWrite,
+    /// `http.get` with its allowlist.
+    HttpGet {
+        /// Allowed hosts.
+        allow_hosts: Vec<String>,
+        /// The most body bytes returned.
+        max_bytes: usize,
+        /// Per-call timeout.
+        timeout: Duration,
+    },
+    /// An executable speaking JSON on stdin and stdout.
+    Command {
+        /// The tool's name.
+        name: String,
+        /// What it does.
+        description: String,
+        /// The program (absolute when it was given as a path).
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+        /// Extra environment variables.
+        env: BTreeMap<String, String>,
+        /// JSON Schema of its arguments.
+        args_schema: Value,
+        /// Whether repeating it is safe.
+        idempotent: bool,
+        /// Per-call timeout.
+        timeout: Duration,
+        /// The most bytes it may print.
+        max_output_bytes: usize,
+    },
+}
+
+impl ToolConfig {
+    /// The tool's name.
+    pub fn name(&self) -> &str {
+        match self {
+            ToolConfig::FsRead => "fs.read",
+            ToolConfig::FsWrite => "fs.write",
+            ToolConfig::HttpGet { .. } => "http.get",
+            ToolConfig::Command { name, .. } => name,
+        }
+    }
+}
+
+/// Where tools work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkspaceSpec {
+    /// The folder (absolute).
+    pub path: PathBuf,
+    /// Whether each run gets its own copy.
+    pub isolate: bool,
+}
+
+/// A problem in an agent folder, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{}: {}{message}", file.display(), position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), field.as_ref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// Line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// The field at fault, as a path (`tools[1].command`), when known.
+    pub field: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// The JSON Schema of agent.toml, as `rein schema agent` prints it.
+pub fn agent_schema() -> String {
+    let schema = schemars::schema_for!(raw::AgentFile);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,1 +1,213 @@
-//! The rein run loop: drives a model and tools through the durable event log, resumes after crashes, and benchmarks itself.
+//! The rein run loop: it drives a model and tools through the durable event log, resumes runs
+//! after crashes, and measures its own cost.
+//!
+//! The engine holds no run state of its own. Every decision comes from
+//! [`rein_core::RunState::next_action`] over the events recorded so far; every event is applied to
+//! that state and appended to the [`rein_store::Store`] in the same step. A tool's intent is
+//! durable before the tool runs and its outcome is durable before the run moves on, so a process
+//! killed at any moment leaves a log that [`Engine::resume`] continues without repeating an effect.
+
+mod agent;
+pub mod bench;
+mod driver;
+mod observe;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rein_core::{Clock, EndState, RunState, StateError, Usage};
+use rein_store::{Store, StoreError};
+use serde::Serialize;
+
+pub use agent::Agent;
+pub use observe::{FaultPlan, NoObserver, Observer};
+
+/// What can stop the engine from driving a run. A run that ends badly (a failing provider, a
+/// limit) is not an error: it ends in a named state. These are the cases where rein itself
+/// cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run's log does not make sense.
+    #[error("run {run_id}: its log is inconsistent at {source}")]
+    State {
+        /// The run.
+        run_id: String,
+        /// Where and why.
+        #[source]
+        source: StateError,
+    },
+    /// The run has already ended; there is nothing to resume.
+    #[error("run {run_id} already ended as {status}; there is nothing to resume")]
+    AlreadyEnded {
+        /// The run.
+        run_id: String,
+        /// How it ended.
+        status: EndState,
+    },
+    /// The agent could not be built from its configuration.
+    #[error("{0}")]
+    Agent(String),
+    /// The run's workspace could not be prepared.
+    #[error("workspace {path}: {source}")]
+    Workspace {
+        /// The folder.
+        path: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of driving a run, as `rein run --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// The run's id.
+    pub run_id: String,
+    /// The agent's name.
+    pub agent: String,
+    /// How the run ended.
+    pub status: EndState,
+    /// Model calls made.
+    pub steps: u32,
+    /// Tool executions started.
+    pub tool_calls: u32,
+    /// The final or partial output.
+    pub output: Option<String>,
+    /// Why the run did not complete.
+    pub reason: Option<String>,
+    /// The tool call in doubt, for `needs_reconciliation`.
+    pub call_id: Option<String>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Time the run was active, summed over the processes that drove it.
+    pub active_ms: u64,
+    /// The run's workspace.
+    pub workspace: String,
+}
+
+impl RunReport {
+    /// The report of a run whose log is folded into `state` (which must have ended).
+    pub fn from_state(run_id: &str, state: &RunState) -> Option<RunReport> {
+        let ended = state.ended()?;
+        let started = state.started()?;
+        Some(RunReport {
+            run_id: run_id.to_owned(),
+            agent: started.agent.clone(),
+            status: ended.status,
+            steps: state.steps(),
+            tool_calls: state.tool_executions(),
+            output: ended.output.clone(),
+            reason: ended.reason.clone(),
+            call_id: ended.call_id.clone(),
+            usage: state.usage(),
+            active_ms: state.active_ms(state.last_at_ms()),
+            workspace: started.workspace.clone(),
+        })
+    }
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Drives runs against a store.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    state_dir: PathBuf,
+    faults: FaultPlan,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("state_dir", &self.state_dir).finish()
+    }
+}
+
+impl Engine {
+    /// An engine recording into `store`, keeping per-run workspaces under `state_dir`.
+    pub fn new(store: Arc<dyn Store>, state_dir: &Path) -> Engine {
+        Engine { store, clock: Arc::new(SystemClock), state_dir: state_dir.to_owned(), faults: FaultPlan::default() }
+    }
+
+    /// Uses another clock (for tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
+        self.clock = clock;
+        self
+    }
+
+    /// Injects faults (for crash tests).
+    pub fn with_faults(mut self, faults: FaultPlan) -> Engine {
+        self.faults = faults;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts a new run of `agent` on `task` and drives it to an end (or to a stop).
+    pub async fn start(&self, agent: &Agent, task: &str, observer: &dyn Observer) -> Result<RunReport, EngineError> {
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let workspace = self.prepare_workspace(agent, &run_id)?;
+        driver::Driver::new(self, agent, run_id, RunState::default(), workspace, observer).start(task).await
+    }
+
+    /// Continues a run from its log. `agent` is the run's agent, loaded again.
+    pub async fn resume(&self, run_id: &str, agent: &Agent, observer: &dyn Observer) -> Result<RunReport, EngineError> {
+        let state = self.load(run_id)?;
+        if let Some(ended) = state.ended() {
+            return Err(EngineError::AlreadyEnded { run_id: run_id.to_owned(), status: ended.status });
+        }
+        let workspace = PathBuf::from(state.started().map(|s| s.workspace.clone()).unwrap_or_default());
+        driver::Driver::new(self, agent, run_id.to_owned(), state, workspace, observer).resume().await
+    }
+
+    /// Folds a run's log.
+    pub fn load(&self, run_id: &str) -> Result<RunState, EngineError> {
+        let events = self.store.events(run_id)?;
+        RunState::from_events(&events).map_err(|source| EngineError::State { run_id: run_id.to_owned(), source })
+    }
+
+    fn prepare_workspace(&self, agent: &Agent, run_id: &str) -> Result<PathBuf, EngineError> {
+        if !agent.isolate_workspace {
+            return Ok(agent.workspace.clone());
+        }
+        let target = self.state_dir.join("workspaces").join(run_id);
+        let fail = |source| EngineError::Workspace { path: target.display().to_string(), source };
+        copy_tree(&agent.workspace, &target).map_err(fail)?;
+        target.canonicalize().map_err(fail)
+    }
+}
+
+/// Copies a folder recursively. Symbolic links are copied as links, never followed, so a copy
+/// cannot pull in files from outside the folder.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let dest = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}

@@ -58,9 +58,9 @@ impl AnthropicProvider {
         Ok(AnthropicProvider { client: client(config.timeout)?, config, url })
     }
 
-    fn body(&self, request: &ChatRequest, names: &WireNames) -> Value {
+    fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
         let mut messages: Vec<Value> = Vec::new();
-        for message in &request.messages {
+        for message in request.messages {
             match message {
                 Message::User { text } => messages.push(json!({"role": "user", "content": text})),
                 Message::Assistant { text, tool_calls } => {
@@ -117,7 +117,7 @@ impl Provider for AnthropicProvider {
         &self.config.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let names = WireNames::new(request.tools.iter().map(|t| t.name.as_str()));
             let mut headers = HeaderMap::new();

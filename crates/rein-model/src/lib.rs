@@ -26,15 +26,16 @@ pub use wire_names::WireNames;
 
 pub use rein_core::BoxFuture;
 
-/// What a provider is asked: the conversation so far and the tools on offer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChatRequest {
+/// What a provider is asked: the conversation so far and the tools on offer. It borrows them, so
+/// building a request costs nothing however long the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChatRequest<'a> {
     /// The operator's instructions (system prompt).
-    pub system: String,
+    pub system: &'a str,
     /// The conversation after the instructions.
-    pub messages: Vec<Message>,
+    pub messages: &'a [Message],
     /// The tools the model may call.
-    pub tools: Vec<ToolSpec>,
+    pub tools: &'a [ToolSpec],
 }
 
 /// What a provider answered.
@@ -135,7 +136,7 @@ pub trait Provider: Send + Sync {
     /// The model this provider calls.
     fn model(&self) -> &str;
     /// Asks the model for its next turn.
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 }
 
 /// Estimates tokens for text where no tokenizer applies: one token per four bytes, rounded up.

@@ -56,9 +56,9 @@ impl OpenAiProvider {
         Ok(OpenAiProvider { client: client(config.timeout)?, config, url })
     }
 
-    fn body(&self, request: &ChatRequest, names: &WireNames) -> Value {
+    fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
         let mut messages = vec![json!({"role": "system", "content": request.system})];
-        for message in &request.messages {
+        for message in request.messages {
             messages.push(match message {
                 Message::User { text } => json!({"role": "user", "content": text}),
                 Message::Assistant { text, tool_calls } => {
@@ -122,7 +122,7 @@ impl Provider for OpenAiProvider {
         &self.config.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let names = WireNames::new(request.tools.iter().map(|t| t.name.as_str()));
             let mut headers = HeaderMap::new();

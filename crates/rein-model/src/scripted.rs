@@ -122,7 +122,7 @@ impl Provider for ScriptedProvider {
         &self.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         let index = request.messages.iter().filter(|m| matches!(m, Message::Assistant { .. })).count();
         let result = match self.turns.get(index) {
             None => Err(ProviderError::Script(format!(
@@ -157,7 +157,7 @@ impl Provider for ScriptedProvider {
                         }
                     })
                     .collect::<Vec<_>>();
-                let input: u64 = estimate_tokens(&request.system)
+                let input: u64 = estimate_tokens(request.system)
                     + request.messages.iter().map(|m| estimate_tokens(&message_text(m))).sum::<u64>();
                 let output = estimate_tokens(turn.text.as_deref().unwrap_or(""))
                     + tool_calls.iter().map(|c| estimate_tokens(&c.arguments.to_string()) + estimate_tokens(&c.name)).sum::<u64>();

@@ -12,8 +12,21 @@ use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn conversation() -> ChatRequest {
-    ChatRequest {
+/// An owned conversation that tests lend to providers as a `ChatRequest`.
+struct Conversation {
+    system: String,
+    messages: Vec<Message>,
+    tools: Vec<ToolSpec>,
+}
+
+impl Conversation {
+    fn request(&self) -> ChatRequest<'_> {
+        ChatRequest { system: &self.system, messages: &self.messages, tools: &self.tools }
+    }
+}
+
+fn conversation() -> Conversation {
+    Conversation {
         system: "You are a support agent.".into(),
         messages: vec![
             Message::User { text: "Where is order A-1?".into() },
@@ -82,7 +95,7 @@ async fn openai_sends_the_conversation_and_tools_and_maps_the_answer_back() {
         .expect(1)
         .mount(&server)
         .await;
-    let reply = openai(&server, 5_000).complete(&conversation()).await.unwrap();
+    let reply = openai(&server, 5_000).complete(&conversation().request()).await.unwrap();
     assert_eq!(reply.text, None);
     assert_eq!(reply.tool_calls, vec![ToolCall { id: "call_9".into(), name: "orders.lookup".into(), arguments: json!({"order_id": "A-2"}), invalid_arguments: None }]);
     assert_eq!(reply.usage, Usage { input_tokens: 42, output_tokens: 7 });
@@ -121,7 +134,7 @@ async fn anthropic_sends_tool_results_as_blocks_and_maps_the_answer_back() {
         .expect(1)
         .mount(&server)
         .await;
-    let reply = anthropic(&server).complete(&conversation()).await.unwrap();
+    let reply = anthropic(&server).complete(&conversation().request()).await.unwrap();
     assert_eq!(reply.text.as_deref(), Some("Refunding now."));
     assert_eq!(reply.tool_calls[0].name, "orders.lookup");
     assert_eq!(reply.tool_calls[0].arguments, json!({"order_id": "A-3"}));
@@ -148,7 +161,7 @@ async fn anthropic_sends_tool_results_as_blocks_and_maps_the_answer_back() {
 async fn openai_answering(template: ResponseTemplate, timeout_ms: u64) -> ProviderError {
     let server = MockServer::start().await;
     Mock::given(method("POST")).respond_with(template).mount(&server).await;
-    openai(&server, timeout_ms).complete(&conversation()).await.unwrap_err()
+    openai(&server, timeout_ms).complete(&conversation().request()).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -187,7 +200,7 @@ async fn malformed_answers_are_errors_not_panics() {
 
     let server = MockServer::start().await;
     Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"content": "nope"}))).mount(&server).await;
-    let err = anthropic(&server).complete(&conversation()).await.unwrap_err();
+    let err = anthropic(&server).complete(&conversation().request()).await.unwrap_err();
     assert!(matches!(&err, ProviderError::Malformed { .. }), "{err}");
 }
 
@@ -202,7 +215,7 @@ async fn a_tool_call_with_invalid_arguments_is_kept_and_flagged() {
         })))
         .mount(&server)
         .await;
-    let reply = openai(&server, 5_000).complete(&conversation()).await.unwrap();
+    let reply = openai(&server, 5_000).complete(&conversation().request()).await.unwrap();
     let call = &reply.tool_calls[0];
     assert_eq!(call.arguments, Value::String("{order_id: A-1".into()));
     assert!(call.invalid_arguments.as_deref().unwrap().contains("not valid JSON"));
@@ -222,7 +235,7 @@ async fn an_unreachable_provider_is_a_transport_error() {
         temperature: None,
     })
     .unwrap();
-    let err = provider.complete(&conversation()).await.unwrap_err();
+    let err = provider.complete(&conversation().request()).await.unwrap_err();
     assert!(matches!(err, ProviderError::Transport { .. } | ProviderError::Timeout { .. }), "{err}");
     assert!(err.is_retryable());
 }
@@ -251,21 +264,21 @@ text = "done"
     let provider = ScriptedProvider::from_file("scripted", &script).unwrap();
     let mut request = conversation();
     request.messages.truncate(1);
-    let first = provider.complete(&request).await.unwrap();
+    let first = provider.complete(&request.request()).await.unwrap();
     assert_eq!(first.text.as_deref(), Some("first"));
     assert_eq!(first.tool_calls[0].id, "call_1_1");
     assert_eq!(first.tool_calls[0].arguments, json!({"order_id": "A-1"}));
     assert!(first.tool_calls[1].invalid_arguments.is_some());
     assert!(first.usage.input_tokens > 0 && first.usage.output_tokens > 0);
     // The same request gets the same answer: replays are deterministic.
-    assert_eq!(provider.complete(&request).await.unwrap(), first);
+    assert_eq!(provider.complete(&request.request()).await.unwrap(), first);
 
-    let second = provider.complete(&conversation()).await.unwrap();
+    let second = provider.complete(&conversation().request()).await.unwrap();
     assert_eq!((second.text.as_deref(), second.tool_calls.len()), (Some("done"), 0));
 
     let mut past_the_end = conversation();
     past_the_end.messages.push(Message::Assistant { text: Some("x".into()), tool_calls: vec![] });
-    let err = provider.complete(&past_the_end).await.unwrap_err();
+    let err = provider.complete(&past_the_end.request()).await.unwrap_err();
     assert!(err.to_string().contains("has 2 turns and the run asked for turn 3"), "{err}");
     assert!(!err.is_retryable());
 }

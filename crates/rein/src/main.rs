@@ -1,2 +1,381 @@
-//! The rein command-line interface.
-fn main() {}
+//! The rein command-line interface: run agents, inspect and resume runs, print schemas and
+//! measure rein's own costs. All logic lives in the library crates; this file parses flags,
+//! wires them to the engine and prints.
+
+mod render;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use rein_core::{Durability, StoredEvent};
+use rein_engine::{Agent, Engine, FaultPlan, Observer, RunReport};
+use rein_store::{SqliteStore, Store};
+
+use crate::render::Renderer;
+
+/// The production harness for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "rein", version, about, long_about = None)]
+struct Cli {
+    /// Where runs are recorded.
+    #[arg(long, global = true, env = "REIN_STATE_DIR", default_value = ".rein")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agent folder on a task.
+    Run {
+        /// The agent folder (holding agent.toml).
+        agent_dir: PathBuf,
+        /// The task; defaults to the agent's `default_task`.
+        #[arg(long)]
+        task: Option<String>,
+        /// Print one JSON object at the end instead of the live view.
+        #[arg(long)]
+        json: bool,
+        /// Override the agent's durability.
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
+    },
+    /// List, show and resume runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Print the JSON Schema of a file rein reads.
+    Schema {
+        #[command(subcommand)]
+        what: SchemaCommand,
+    },
+    /// Measure rein's own costs on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The most recent runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's timeline: steps, tool calls with arguments and outcomes, durations, tokens.
+    Show {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// As JSON: the summary and every event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a run from its log after a crash or a stop.
+    Resume {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// Print one JSON object at the end instead of the live view.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// agent.toml.
+    Agent,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The runtime's cost per durable tool step (scripted model, no-op tool).
+    Steps {
+        /// Runs in all.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Runs at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Tool steps per run.
+        #[arg(long, default_value_t = 50)]
+        steps: u32,
+        /// Commit durability.
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Normal)]
+        durability: DurabilityArg,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    /// Survives a killed process.
+    Normal,
+    /// Also survives power loss.
+    Fsync,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(d: DurabilityArg) -> Durability {
+        match d {
+            DurabilityArg::Normal => Durability::Normal,
+            DurabilityArg::Fsync => Durability::Fsync,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REIN_LOG").unwrap_or_else(|_| "off".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run { agent_dir, task, json, durability } => run(&cli.state_dir, &agent_dir, task, json, durability.map(Into::into)).await,
+        Command::Runs { command: RunsCommand::List { limit, json } } => list(&cli.state_dir, limit, json),
+        Command::Runs { command: RunsCommand::Show { id, json } } => show(&cli.state_dir, &id, json),
+        Command::Runs { command: RunsCommand::Resume { id, json } } => resume(&cli.state_dir, &id, json).await,
+        Command::Schema { what: SchemaCommand::Agent } => {
+            print!("{}", rein_config::agent_schema());
+            Ok(0)
+        }
+        Command::Bench { what: BenchCommand::Steps { runs, concurrency, steps, durability, json } } => {
+            bench_steps(runs, concurrency, steps, durability.into(), json).await
+        }
+    }
+}
+
+fn load_agent(dir: &Path) -> anyhow::Result<(Agent, Durability)> {
+    let spec = rein_config::load(dir)?;
+    let agent = Agent::from_spec(&spec, &|var| std::env::var(var).ok())?;
+    Ok((agent, spec.durability))
+}
+
+fn open_store(state_dir: &Path, durability: Durability) -> anyhow::Result<Arc<SqliteStore>> {
+    Ok(Arc::new(SqliteStore::open(state_dir, durability)?))
+}
+
+/// Fault injection for crash tests: `REIN_FAULT_AFTER_EVENT=N` or `REIN_FAULT_AFTER_EFFECT=N`
+/// make the process stop (and wait to be killed) at that point. Not for production use.
+fn faults_from_env() -> FaultPlan {
+    let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let plan = FaultPlan { after_event: read("REIN_FAULT_AFTER_EVENT"), after_effect: read("REIN_FAULT_AFTER_EFFECT").map(|n: u64| n as u32), stop: None };
+    if plan.after_event.is_none() && plan.after_effect.is_none() {
+        return plan;
+    }
+    FaultPlan {
+        stop: Some(Arc::new(|| {
+            eprintln!("rein: fault injection point reached; waiting to be killed");
+            loop {
+                std::thread::park();
+            }
+        })),
+        ..plan
+    }
+}
+
+/// Prints each event as it happens (the live view).
+struct LiveView {
+    renderer: Mutex<Renderer>,
+    to_stderr: bool,
+}
+
+impl Observer for LiveView {
+    fn on_event(&self, run_id: &str, event: &StoredEvent) {
+        if let Ok(mut renderer) = self.renderer.lock() {
+            if self.to_stderr {
+                renderer.write(&mut std::io::stderr().lock(), run_id, event);
+            } else {
+                renderer.write(&mut std::io::stdout().lock(), run_id, event);
+            }
+        }
+    }
+}
+
+fn color_for(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// The live view: on stdout normally; with `--json` only on stderr, and only for a person at a
+/// terminal, so that stdout carries exactly one JSON object.
+fn live_view(json: bool) -> Option<LiveView> {
+    if json {
+        let terminal = std::io::stderr().is_terminal();
+        terminal.then(|| LiveView { renderer: Mutex::new(Renderer::new(color_for(true), false)), to_stderr: true })
+    } else {
+        Some(LiveView { renderer: Mutex::new(Renderer::new(color_for(std::io::stdout().is_terminal()), false)), to_stderr: false })
+    }
+}
+
+fn finish(report: &RunReport, json: bool) -> anyhow::Result<u8> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "  {} steps · {} tool calls · {} in / {} out tokens · {}",
+            report.steps,
+            report.tool_calls,
+            report.usage.input_tokens,
+            report.usage.output_tokens,
+            render::fmt_ms(report.active_ms)
+        );
+        let _ = writeln!(out, "  details: rein runs show {}", report.run_id);
+    }
+    u8::try_from(report.status.exit_code()).context("exit code out of range")
+}
+
+async fn run(state_dir: &Path, agent_dir: &Path, task: Option<String>, json: bool, durability: Option<Durability>) -> anyhow::Result<u8> {
+    let spec = rein_config::load(agent_dir)?;
+    let task = match task.or_else(|| spec.default_task.clone()) {
+        Some(t) if !t.trim().is_empty() => t,
+        _ => bail!("no task: pass --task \"...\" or set `default_task` in {}", spec.dir.join(rein_config::AGENT_FILE).display()),
+    };
+    let (agent, agent_durability) = load_agent(agent_dir)?;
+    let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
+    let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
+    let view = live_view(json);
+    let report = match &view {
+        Some(view) => engine.start(&agent, &task, view).await?,
+        None => engine.start(&agent, &task, &rein_engine::NoObserver).await?,
+    };
+    finish(&report, json)
+}
+
+async fn resume(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
+    let store = open_store(state_dir, Durability::Normal)?;
+    let run_id = store.resolve_run_id(id)?;
+    let engine = Engine::new(store.clone(), state_dir);
+    let state = engine.load(&run_id)?;
+    let Some(agent_dir) = state.started().and_then(|s| s.agent_dir.clone()) else {
+        bail!("run {run_id} was started by a program, not from an agent folder; resume it from that program");
+    };
+    let (agent, durability) = load_agent(Path::new(&agent_dir)).with_context(|| format!("loading the agent of run {run_id}"))?;
+    drop(engine);
+    drop(store);
+    let store = open_store(state_dir, durability)?;
+    let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
+    let view = live_view(json);
+    let report = match &view {
+        Some(view) => engine.resume(&run_id, &agent, view).await?,
+        None => engine.resume(&run_id, &agent, &rein_engine::NoObserver).await?,
+    };
+    finish(&report, json)
+}
+
+fn list(state_dir: &Path, limit: usize, json: bool) -> anyhow::Result<u8> {
+    let store = open_store(state_dir, Durability::Normal)?;
+    let runs = store.list_runs(limit)?;
+    if json {
+        println!("{}", serde_json::to_string(&runs)?);
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        println!("no runs yet in {}", state_dir.display());
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{:<32}  {:<16}  {:<20}  {:>5}  {:>6}  {:>9}  task", "run", "agent", "status", "steps", "events", "duration");
+    for r in runs {
+        let status = r.status.map(|s| s.as_str()).unwrap_or("unfinished");
+        let _ = writeln!(
+            out,
+            "{:<32}  {:<16}  {:<20}  {:>5}  {:>6}  {:>9}  {}",
+            r.id,
+            render::one_line(&r.agent, 16),
+            status,
+            r.steps,
+            r.events,
+            render::fmt_ms(r.updated_ms.saturating_sub(r.created_ms)),
+            render::one_line(&r.task, 60)
+        );
+    }
+    Ok(0)
+}
+
+fn show(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
+    let store = open_store(state_dir, Durability::Normal)?;
+    let run_id = store.resolve_run_id(id)?;
+    let summary = store.run(&run_id)?;
+    let events = store.events(&run_id)?;
+    if json {
+        println!("{}", serde_json::to_string(&serde_json::json!({"run": summary, "events": events}))?);
+        return Ok(0);
+    }
+    let state = rein_core::RunState::from_events(&events).ok();
+    let mut renderer = Renderer::new(color_for(std::io::stdout().is_terminal()), true);
+    let mut out = std::io::stdout().lock();
+    for event in &events {
+        renderer.write(&mut out, &run_id, event);
+    }
+    if let Some(state) = state {
+        let usage = state.usage();
+        let status = state.ended().map(|e| e.status.as_str()).unwrap_or("unfinished (resume it with `rein runs resume`)");
+        let _ = writeln!(
+            out,
+            "\n{status} · {} steps · {} tool calls · {} in / {} out tokens · active {} · {} events",
+            state.steps(),
+            state.tool_executions(),
+            usage.input_tokens,
+            usage.output_tokens,
+            render::fmt_ms(state.active_ms(state.last_at_ms())),
+            events.len()
+        );
+    }
+    Ok(0)
+}
+
+async fn bench_steps(runs: usize, concurrency: usize, steps: u32, durability: Durability, json: bool) -> anyhow::Result<u8> {
+    let dir = tempfile::tempdir().context("creating a scratch directory for the benchmark")?;
+    let options = rein_engine::bench::BenchOptions { runs, concurrency, steps, durability };
+    let report = rein_engine::bench::bench_steps(dir.path(), options).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} runs × {} steps, {} at once, durability {:?}\n  {:.0} steps/s · p50 {} µs · p99 {} µs · max {} µs · {} bytes/step · peak RSS {} KiB · {} ms",
+            report.runs,
+            report.steps_per_run,
+            report.concurrency,
+            report.durability,
+            report.steps_per_s,
+            report.p50_us,
+            report.p99_us,
+            report.max_us,
+            report.bytes_per_step,
+            report.peak_rss_kb,
+            report.elapsed_ms
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,177 @@
+//! agent.toml as written: every section, with `deny_unknown_fields`, documented for the JSON
+//! Schema that `rein schema agent` prints. Nothing here is checked beyond types; [`crate::resolve`]
+//! turns it into an [`crate::AgentSpec`].
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+
+/// An agent: its model, instructions, tools and limits. Paths are relative to the agent folder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rein agent.toml")]
+pub struct AgentFile {
+    /// The agent's name: letters, digits, `.`, `_` and `-`.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// What the agent is for, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The operator's instructions (system prompt). Give this or `instructions_file`.
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// A file holding the instructions.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub instructions_file: Option<Spanned<String>>,
+    /// The task used when `rein run` is given no `--task`.
+    #[serde(default)]
+    pub default_task: Option<String>,
+    /// `normal` (survives a killed process) or `fsync` (also survives power loss).
+    #[serde(default)]
+    pub durability: Option<DurabilityName>,
+    /// Which model answers, and how to reach it.
+    pub model: ModelSection,
+    /// The tools the agent may call.
+    #[serde(default)]
+    #[schemars(with = "Vec<ToolEntry>")]
+    pub tools: Vec<Spanned<ToolEntry>>,
+    /// Hard limits on a run.
+    #[serde(default)]
+    pub limits: Option<LimitsSection>,
+    /// Where tools read and write files.
+    #[serde(default)]
+    pub workspace: Option<WorkspaceSection>,
+}
+
+/// A durability setting.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DurabilityName {
+    /// Committed events survive a crash of the process.
+    Normal,
+    /// Committed events are flushed to disk at each commit.
+    Fsync,
+}
+
+/// A model provider kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderName {
+    /// Replies read from a script file in the agent folder.
+    Scripted,
+    /// The OpenAI Chat Completions API, or any server compatible with it.
+    Openai,
+    /// The Anthropic Messages API.
+    Anthropic,
+}
+
+/// The `[model]` section.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `scripted`, `openai` or `anthropic`.
+    pub provider: ProviderName,
+    /// The model name, as the provider knows it.
+    pub name: String,
+    /// For `scripted`: the script file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub script: Option<Spanned<String>>,
+    /// The API root (for example `http://localhost:11434/v1` for Ollama).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable that holds the API key. Never put the key itself here.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub api_key_env: Option<Spanned<String>>,
+    /// How long one model call may take, in milliseconds (default 120000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// The most tokens the model may produce per call.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// How many times a failing call is tried in all, for errors that may pass (default 3).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// The longest wait between tries, in milliseconds, whatever Retry-After asks (default 30000).
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
+}
+
+/// One tool: a built-in (`builtin = "fs.read"`) or a command (`name`, `command`, ...).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolEntry {
+    /// A built-in tool: `fs.read`, `fs.write` or `http.get`.
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// A command tool's name: letters, digits, `.`, `_` and `-`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the tool does, for the model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A command tool's program and its arguments. A program with a `/` is relative to the agent
+    /// folder; otherwise it is looked up on PATH. The tool runs in the workspace, so arguments
+    /// that name a file in the agent folder (such as `tools/refund.py`) are passed as absolute
+    /// paths.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// JSON Schema of the arguments (an object schema).
+    #[serde(default)]
+    pub args_schema: Option<Value>,
+    /// A file holding the JSON Schema of the arguments.
+    #[serde(default)]
+    pub args_schema_file: Option<String>,
+    /// Whether calling the tool twice with the same arguments is harmless. Only idempotent tools
+    /// are repeated after a crash leaves their outcome unknown. Default false.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// How long one call may run, in milliseconds (default 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// For command tools: the most bytes the program may print (default 1048576).
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+    /// For command tools: extra environment variables.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// For `http.get`: the hosts it may fetch from (`host`, `host:port` or `*.domain`).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// For `http.get`: the most body bytes returned (default 65536).
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
+/// The `[limits]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// The most model calls in a run (default 20).
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    /// The most seconds a run may be active (default 600).
+    #[serde(default)]
+    pub wall_clock_secs: Option<u64>,
+}
+
+/// The `[workspace]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceSection {
+    /// The workspace folder (default `workspace`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// When true, each run works on its own copy of the folder, made under the state directory
+    /// when the run starts; the folder itself is never changed. Default false.
+    #[serde(default)]
+    pub isolate: Option<bool>,
+}

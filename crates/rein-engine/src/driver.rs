@@ -1,0 +1,344 @@
+//! Driving one run: ask the core what to do, do it, record what happened.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rein_core::{Action, EndState, Event, RunStarted, RunState, StoredEvent, ToolCall, ToolSpec};
+use rein_model::ChatRequest;
+use rein_store::Commit;
+use rein_tools::{Tool, ToolContext};
+use serde_json::json;
+use tracing::{Instrument, field};
+
+use crate::{Agent, Engine, EngineError, Observer, RunReport};
+
+/// Extra time the engine allows a tool beyond its own timeout before giving up on it (tools stop
+/// themselves at their timeout; this is the backstop for one that does not).
+const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) struct Driver<'a> {
+    engine: &'a Engine,
+    agent: &'a Agent,
+    run_id: String,
+    state: RunState,
+    workspace: PathBuf,
+    observer: &'a dyn Observer,
+    tool_specs: Vec<ToolSpec>,
+    pending: Vec<Commit>,
+    effects: u32,
+}
+
+impl<'a> Driver<'a> {
+    pub(crate) fn new(
+        engine: &'a Engine,
+        agent: &'a Agent,
+        run_id: String,
+        state: RunState,
+        workspace: PathBuf,
+        observer: &'a dyn Observer,
+    ) -> Driver<'a> {
+        Driver { engine, agent, run_id, state, workspace, observer, tool_specs: agent.tools.specs(), pending: Vec::new(), effects: 0 }
+    }
+
+    pub(crate) async fn start(mut self, task: &str) -> Result<RunReport, EngineError> {
+        let started = RunStarted {
+            agent: self.agent.name.clone(),
+            agent_dir: self.agent.dir.as_ref().map(|d| d.display().to_string()),
+            agent_digest: self.agent.digest.clone(),
+            workspace: self.workspace.display().to_string(),
+            task: task.to_owned(),
+            instructions: self.agent.instructions.clone(),
+            provider: self.agent.provider.kind().to_owned(),
+            model: self.agent.provider.model().to_owned(),
+            limits: self.agent.limits,
+            tools: self.agent.tools.names(),
+        };
+        self.record(Event::RunStarted(started)).await?;
+        self.drive().await
+    }
+
+    pub(crate) async fn resume(mut self) -> Result<RunReport, EngineError> {
+        let agent_changed = self.state.started().map(|s| s.agent_digest != self.agent.digest).unwrap_or(false);
+        let attempt = self.state.attempt() + 1;
+        self.record(Event::RunResumed { attempt, agent_changed }).await?;
+        self.drive().await
+    }
+
+    async fn drive(mut self) -> Result<RunReport, EngineError> {
+        let span = tracing::info_span!(
+            "invoke_agent",
+            otel.name = %format!("invoke_agent {}", self.agent.name),
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %self.agent.name,
+            gen_ai.conversation.id = %self.run_id,
+            gen_ai.provider.name = self.agent.provider.kind(),
+            gen_ai.request.model = %self.agent.provider.model(),
+            rein.run.status = field::Empty,
+        );
+        let result = async {
+            loop {
+                match self.state.next_action(self.engine.clock.now_ms()) {
+                    Action::Finished(status) => {
+                        tracing::Span::current().record("rein.run.status", status.as_str());
+                        break;
+                    }
+                    Action::End(ended) => {
+                        self.record(Event::RunEnded {
+                            status: ended.status,
+                            output: ended.output,
+                            reason: ended.reason,
+                            call_id: ended.call_id,
+                        })
+                        .await?;
+                    }
+                    Action::CallModel { step } => self.call_model(step).await?,
+                    Action::Dispatch { call } => self.dispatch(call).await?,
+                    Action::Reexecute { call, attempt } => self.execute(call, attempt).await?,
+                }
+            }
+            self.flush().await
+        }
+        .instrument(span)
+        .await;
+        result?;
+        RunReport::from_state(&self.run_id, &self.state)
+            .ok_or_else(|| EngineError::Agent(format!("run {} stopped without an end state", self.run_id)))
+    }
+
+    /// Applies an event to the run's state and queues it for commit. Every event passes here, so
+    /// the state the engine decides from is always exactly the log.
+    async fn record(&mut self, event: Event) -> Result<(), EngineError> {
+        let stored = StoredEvent { seq: self.state.last_seq() + 1, at_ms: self.engine.clock.now_ms(), event };
+        self.state.apply(&stored).map_err(|source| EngineError::State { run_id: self.run_id.clone(), source })?;
+        self.pending.push(self.engine.store.append(&self.run_id, std::slice::from_ref(&stored)));
+        self.observer.on_event(&self.run_id, &stored);
+        // Intents, outcomes and endings are waited for; other events ride along with them.
+        if matches!(stored.event, Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::RunEnded { .. }) {
+            self.flush().await?;
+        }
+        if self.engine.faults.after_event == Some(stored.seq) {
+            self.stop_for_fault().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        for commit in self.pending.drain(..) {
+            commit.await?;
+        }
+        Ok(())
+    }
+
+    async fn stop_for_fault(&mut self) -> Result<(), EngineError> {
+        self.flush().await?;
+        if let Some(stop) = &self.engine.faults.stop {
+            stop();
+        }
+        Ok(())
+    }
+
+    async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {
+        let provider = &self.agent.provider;
+        let instructions = self.state.started().map(|s| s.instructions.clone()).unwrap_or_default();
+        for attempt in 1..=self.agent.max_attempts {
+            self.record(Event::ModelRequested {
+                step,
+                attempt,
+                model: provider.model().to_owned(),
+                messages: self.state.messages().len() as u32,
+                tools: self.tool_specs.len() as u32,
+            })
+            .await?;
+            let span = tracing::info_span!(
+                "chat",
+                otel.name = %format!("chat {}", provider.model()),
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = provider.kind(),
+                gen_ai.request.model = %provider.model(),
+                gen_ai.conversation.id = %self.run_id,
+                gen_ai.usage.input_tokens = field::Empty,
+                gen_ai.usage.output_tokens = field::Empty,
+                gen_ai.response.finish_reasons = field::Empty,
+                error.r#type = field::Empty,
+            );
+            let began = Instant::now();
+            let result = {
+                let request = ChatRequest { system: &instructions, messages: self.state.messages(), tools: &self.tool_specs };
+                provider.complete(&request).instrument(span.clone()).await
+            };
+            let latency_us = began.elapsed().as_micros() as u64;
+            match result {
+                Ok(reply) => {
+                    span.record("gen_ai.usage.input_tokens", reply.usage.input_tokens);
+                    span.record("gen_ai.usage.output_tokens", reply.usage.output_tokens);
+                    if let Some(reason) = &reply.stop_reason {
+                        span.record("gen_ai.response.finish_reasons", reason.as_str());
+                    }
+                    return self
+                        .record(Event::ModelReplied {
+                            step,
+                            text: reply.text,
+                            tool_calls: reply.tool_calls,
+                            usage: reply.usage,
+                            latency_us,
+                            stop_reason: reply.stop_reason,
+                        })
+                        .await;
+                }
+                Err(error) => {
+                    span.record("error.type", error_type(&error));
+                    let will_retry = error.is_retryable() && attempt < self.agent.max_attempts;
+                    let wait = will_retry.then(|| backoff(&self.run_id, step, attempt, error.retry_after(), self.agent.max_backoff));
+                    self.record(Event::ModelFailed {
+                        step,
+                        attempt,
+                        error: error.to_string(),
+                        will_retry,
+                        retry_in_ms: wait.map(|w| w.as_millis() as u64),
+                    })
+                    .await?;
+                    match wait {
+                        Some(wait) => {
+                            self.flush().await?;
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => {
+                            let tries = if attempt == 1 { "1 try".to_owned() } else { format!("{attempt} tries") };
+                            return self
+                                .record(Event::RunEnded {
+                                    status: EndState::Failed,
+                                    output: self.state.last_text().map(str::to_owned),
+                                    reason: Some(format!("the model call for step {step} failed after {tries}: {error}")),
+                                    call_id: None,
+                                })
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
+        let step = self.state.steps();
+        match self.agent.tools.check(&call.name, &call.arguments, call.invalid_arguments.as_deref()) {
+            Err(rejection) => {
+                self.record(Event::ToolRejected { step, call_id: call.id, tool: call.name, reason: rejection.to_string() }).await
+            }
+            Ok(_) => self.execute(call, 1).await,
+        }
+    }
+
+    async fn execute(&mut self, call: ToolCall, attempt: u32) -> Result<(), EngineError> {
+        let step = self.state.steps();
+        let Some(tool) = self.agent.tools.get(&call.name).cloned() else {
+            // Only reachable on resume when the agent lost a tool since the intent was recorded.
+            return self
+                .record(Event::RunEnded {
+                    status: EndState::Failed,
+                    output: self.state.last_text().map(str::to_owned),
+                    reason: Some(format!("tool `{}` of call {} is no longer in the agent's configuration", call.name, call.id)),
+                    call_id: Some(call.id),
+                })
+                .await;
+        };
+        let manifest = tool.manifest();
+        self.record(Event::ToolIntent {
+            step,
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            args: call.arguments.clone(),
+            idempotent: manifest.idempotent,
+            attempt,
+        })
+        .await?;
+        let span = tracing::info_span!(
+            "execute_tool",
+            otel.name = %format!("execute_tool {}", call.name),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %call.name,
+            gen_ai.tool.call.id = %call.id,
+            gen_ai.conversation.id = %self.run_id,
+            error.r#type = field::Empty,
+        );
+        let ctx = ToolContext { workspace: self.workspace.clone(), run_id: self.run_id.clone(), call_id: call.id.clone() };
+        let began = Instant::now();
+        let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;
+        let result = tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments)).instrument(span.clone()).await;
+        let duration_us = began.elapsed().as_micros() as u64;
+        self.effects += 1;
+        if self.engine.faults.after_effect == Some(self.effects) {
+            self.stop_for_fault().await?;
+        }
+        let (ok, output) = match result {
+            Ok(Ok(value)) => (true, value),
+            Ok(Err(error)) => {
+                span.record("error.type", "tool_error");
+                (false, json!({ "error": error.to_string() }))
+            }
+            Err(_) => {
+                span.record("error.type", "timeout");
+                (false, json!({ "error": format!("timed out after {} ms", limit.as_millis()) }))
+            }
+        };
+        self.record(Event::ToolOutcome { call_id: call.id, ok, output, duration_us }).await
+    }
+}
+
+async fn run_tool(tool: &dyn Tool, ctx: &ToolContext, args: serde_json::Value) -> Result<serde_json::Value, rein_tools::ToolError> {
+    tool.call(ctx, args).await
+}
+
+fn error_type(error: &rein_model::ProviderError) -> &'static str {
+    use rein_model::ProviderError as E;
+    match error {
+        E::RateLimited { .. } => "rate_limited",
+        E::Server { .. } => "server_error",
+        E::Timeout { .. } => "timeout",
+        E::Rejected { .. } => "rejected",
+        E::Malformed { .. } => "malformed_response",
+        E::Transport { .. } => "transport",
+        E::Script(_) => "script",
+    }
+}
+
+/// How long to wait before try `attempt + 1`: what the provider asked for if it did, otherwise
+/// exponential backoff from 250 ms with ±25% jitter; never more than `max`. The jitter is derived
+/// from the run, step and attempt, so concurrent runs spread out while each run stays replayable.
+pub(crate) fn backoff(run_id: &str, step: u32, attempt: u32, asked: Option<Duration>, max: Duration) -> Duration {
+    if let Some(asked) = asked {
+        return asked.min(max);
+    }
+    let base = 250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in run_id.bytes().chain(step.to_le_bytes()).chain(attempt.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let jitter = (h % 501) as i64 - 250; // -250..=250 per mille of a quarter
+    let ms = (base as i64 + base as i64 * jitter / 1000).max(1) as u64;
+    Duration::from_millis(ms).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_honours_retry_after_grows_and_is_capped() {
+        let max = Duration::from_secs(10);
+        assert_eq!(backoff("r", 1, 1, Some(Duration::from_secs(7)), max), Duration::from_secs(7));
+        assert_eq!(backoff("r", 1, 1, Some(Duration::from_secs(70)), max), max);
+        let waits: Vec<Duration> = (1..=4).map(|a| backoff("r", 1, a, None, max)).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let base = 250u64 << i;
+            assert!(w.as_millis() as u64 >= base * 3 / 4 && w.as_millis() as u64 <= base * 5 / 4, "{w:?} for attempt {}", i + 1);
+        }
+        assert_eq!(backoff("r", 1, 30, None, max), max);
+        // Same inputs, same wait; other runs spread out.
+        assert_eq!(backoff("r", 1, 2, None, max), backoff("r", 1, 2, None, max));
+        let spread: std::collections::BTreeSet<Duration> = (0..20).map(|i| backoff(&format!("run{i}"), 1, 2, None, max)).collect();
+        assert!(spread.len() > 5);
+    }
+}

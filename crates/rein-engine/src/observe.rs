@@ -1,0 +1,39 @@
+//! Watching a run as it goes, and injecting faults for crash tests.
+
+use std::sync::Arc;
+
+use rein_core::StoredEvent;
+
+/// Sees every event of a run as it is recorded (the CLI prints them).
+pub trait Observer: Send + Sync {
+    /// Called after each event is applied and queued for commit.
+    fn on_event(&self, run_id: &str, event: &StoredEvent);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn on_event(&self, _run_id: &str, _event: &StoredEvent) {}
+}
+
+/// Points at which the engine stops itself, for crash tests: it makes everything recorded so far
+/// durable, then calls `stop`, which in `rein` parks the process until the test kills it with
+/// SIGKILL. Off by default.
+#[derive(Clone, Default)]
+pub struct FaultPlan {
+    /// Stop once the event with this sequence number is durable.
+    pub after_event: Option<u64>,
+    /// Stop right after the Nth tool execution of this process returns, before its outcome is
+    /// recorded (the window in which an effect happened but the log does not know it).
+    pub after_effect: Option<u32>,
+    /// What stopping means.
+    pub stop: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for FaultPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultPlan").field("after_event", &self.after_event).field("after_effect", &self.after_effect).finish()
+    }
+}
