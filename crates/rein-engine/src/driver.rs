@@ -134,7 +134,8 @@ impl<'a> Driver<'a> {
         if let Some(stop) = &self.engine.faults.stop {
             stop();
         }
-        Ok(())
+        // The stop returned (in-process tests): abandon the run as a dead process would.
+        Err(EngineError::Interrupted { run_id: self.run_id.clone(), seq: self.state.last_seq() })
     }
 
     async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {

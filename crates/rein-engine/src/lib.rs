@@ -47,6 +47,15 @@ pub enum EngineError {
         /// How it ended.
         status: EndState,
     },
+    /// A fault injection point stopped the run; nothing after it was recorded, exactly as if the
+    /// process had died there. Resume the run to continue.
+    #[error("run {run_id} was stopped by fault injection after event {seq}")]
+    Interrupted {
+        /// The run.
+        run_id: String,
+        /// The last event recorded.
+        seq: u64,
+    },
     /// The agent could not be built from its configuration.
     #[error("{0}")]
     Agent(String),

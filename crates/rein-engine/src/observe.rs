@@ -20,7 +20,8 @@ impl Observer for NoObserver {
 
 /// Points at which the engine stops itself, for crash tests: it makes everything recorded so far
 /// durable, then calls `stop`, which in `rein` parks the process until the test kills it with
-/// SIGKILL. Off by default.
+/// SIGKILL. If `stop` returns, the run is abandoned with [`crate::EngineError::Interrupted`] and
+/// nothing more is recorded, as if the process had died. Off by default.
 #[derive(Clone, Default)]
 pub struct FaultPlan {
     /// Stop once the event with this sequence number is durable.
