@@ -10,7 +10,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::raw::{AgentFile, DurabilityName, ProviderName, ToolEntry};
-use crate::{AGENT_FILE, AgentSpec, ConfigError, ModelSpec, ProviderSpec, ToolConfig, WorkspaceSpec};
+use crate::{
+    AGENT_FILE, AgentSpec, ConfigError, ModelSpec, ProviderSpec, ToolConfig, WorkspaceSpec,
+};
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
 const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
@@ -39,7 +41,13 @@ pub fn load(dir: &Path) -> Result<AgentSpec, ConfigError> {
         field: None,
         message: e.message().trim().to_owned(),
     })?;
-    Resolver { dir, file, text: text.clone(), digest: Sha256::new() }.resolve(raw)
+    Resolver {
+        dir,
+        file,
+        text: text.clone(),
+        digest: Sha256::new(),
+    }
+    .resolve(raw)
 }
 
 struct Resolver {
@@ -50,7 +58,12 @@ struct Resolver {
 }
 
 impl Resolver {
-    fn err(&self, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
             position: span.map(|s| rein_core::text::line_col(&self.text, s.start)),
@@ -60,10 +73,22 @@ impl Resolver {
     }
 
     /// Reads a file the agent refers to, adding it to the digest.
-    fn read_ref(&mut self, span: Option<Range<usize>>, field: &str, relative: &str) -> Result<(PathBuf, String), ConfigError> {
+    fn read_ref(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: &str,
+        relative: &str,
+    ) -> Result<(PathBuf, String), ConfigError> {
         let path = self.dir.join(relative);
         let content = std::fs::read_to_string(&path).map_err(|e| {
-            self.err(span, field, format!("cannot read `{relative}` ({e}); paths are relative to the agent folder {}", self.dir.display()))
+            self.err(
+                span,
+                field,
+                format!(
+                    "cannot read `{relative}` ({e}); paths are relative to the agent folder {}",
+                    self.dir.display()
+                ),
+            )
         })?;
         self.digest.update(relative.as_bytes());
         self.digest.update(content.as_bytes());
@@ -80,12 +105,23 @@ impl Resolver {
             (Some(text), None) => text,
             (None, Some(file)) => {
                 let span = file.span();
-                self.read_ref(Some(span), "instructions_file", file.get_ref())?.1
+                self.read_ref(Some(span), "instructions_file", file.get_ref())?
+                    .1
             }
             (Some(_), Some(file)) => {
-                return Err(self.err(Some(file.span()), "instructions_file", "give `instructions` or `instructions_file`, not both"));
+                return Err(self.err(
+                    Some(file.span()),
+                    "instructions_file",
+                    "give `instructions` or `instructions_file`, not both",
+                ));
             }
-            (None, None) => return Err(self.err(None, "instructions", "missing: give `instructions` or `instructions_file`")),
+            (None, None) => {
+                return Err(self.err(
+                    None,
+                    "instructions",
+                    "missing: give `instructions` or `instructions_file`",
+                ));
+            }
         };
 
         let model = self.model(raw.model)?;
@@ -95,7 +131,11 @@ impl Resolver {
             let span = entry.span();
             let tool = self.tool(i, span.clone(), entry.into_inner())?;
             if !seen.insert(tool.name().to_owned()) {
-                return Err(self.err(Some(span), format!("tools[{i}]"), format!("tool `{}` is declared twice", tool.name())));
+                return Err(self.err(
+                    Some(span),
+                    format!("tools[{i}]"),
+                    format!("tool `{}` is declared twice", tool.name()),
+                ));
             }
             tools.push(tool);
         }
@@ -104,7 +144,10 @@ impl Resolver {
         let limits_raw = raw.limits.unwrap_or_default();
         let limits = Limits {
             max_steps: limits_raw.max_steps.unwrap_or(defaults.max_steps),
-            wall_clock_ms: limits_raw.wall_clock_secs.map(|s| s.saturating_mul(1000)).unwrap_or(defaults.wall_clock_ms),
+            wall_clock_ms: limits_raw
+                .wall_clock_secs
+                .map(|s| s.saturating_mul(1000))
+                .unwrap_or(defaults.wall_clock_ms),
         };
         if limits.max_steps == 0 {
             return Err(self.err(None, "limits.max_steps", "must be at least 1"));
@@ -127,7 +170,12 @@ impl Resolver {
             None | Some(DurabilityName::Normal) => Durability::Normal,
             Some(DurabilityName::Fsync) => Durability::Fsync,
         };
-        let digest = self.digest.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = self
+            .digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(AgentSpec {
             name,
             description: raw.description,
@@ -137,7 +185,10 @@ impl Resolver {
             model,
             tools,
             limits,
-            workspace: WorkspaceSpec { path: ws_path, isolate: ws.isolate.unwrap_or(false) },
+            workspace: WorkspaceSpec {
+                path: ws_path,
+                isolate: ws.isolate.unwrap_or(false),
+            },
             durability,
             digest,
         })
@@ -145,7 +196,15 @@ impl Resolver {
 
     fn model(&mut self, m: crate::raw::ModelSection) -> Result<ModelSpec, ConfigError> {
         let only = |this: &Self, present: bool, field: &str, provider: &str| {
-            if present { Err(this.err(None, format!("model.{field}"), format!("does not apply to provider `{provider}`"))) } else { Ok(()) }
+            if present {
+                Err(this.err(
+                    None,
+                    format!("model.{field}"),
+                    format!("does not apply to provider `{provider}`"),
+                ))
+            } else {
+                Ok(())
+            }
         };
         let api_key_env = match m.api_key_env {
             Some(var) => {
@@ -166,18 +225,34 @@ impl Resolver {
             ProviderName::Scripted => {
                 only(self, m.base_url.is_some(), "base_url", "scripted")?;
                 only(self, api_key_env.is_some(), "api_key_env", "scripted")?;
-                let script = m.script.ok_or_else(|| self.err(None, "model.script", "the scripted provider needs a script file: add `script = \"script.toml\"`"))?;
+                let script = m.script.ok_or_else(|| {
+                    self.err(
+                        None,
+                        "model.script",
+                        "the scripted provider needs a script file: add `script = \"script.toml\"`",
+                    )
+                })?;
                 let span = script.span();
                 let (path, _) = self.read_ref(Some(span), "model.script", script.get_ref())?;
                 ProviderSpec::Scripted { script: path }
             }
             ProviderName::Openai => {
                 only(self, m.script.is_some(), "script", "openai")?;
-                ProviderSpec::OpenAi { base_url: m.base_url.unwrap_or_else(|| "https://api.openai.com/v1".into()), api_key_env }
+                ProviderSpec::OpenAi {
+                    base_url: m
+                        .base_url
+                        .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                    api_key_env,
+                }
             }
             ProviderName::Anthropic => {
                 only(self, m.script.is_some(), "script", "anthropic")?;
-                ProviderSpec::Anthropic { base_url: m.base_url.unwrap_or_else(|| "https://api.anthropic.com".into()), api_key_env }
+                ProviderSpec::Anthropic {
+                    base_url: m
+                        .base_url
+                        .unwrap_or_else(|| "https://api.anthropic.com".into()),
+                    api_key_env,
+                }
             }
         };
         if m.name.trim().is_empty() {
@@ -198,16 +273,33 @@ impl Resolver {
         })
     }
 
-    fn tool(&mut self, i: usize, span: Range<usize>, t: ToolEntry) -> Result<ToolConfig, ConfigError> {
+    fn tool(
+        &mut self,
+        i: usize,
+        span: Range<usize>,
+        t: ToolEntry,
+    ) -> Result<ToolConfig, ConfigError> {
         let at = |field: &str| format!("tools[{i}].{field}");
         let sp = Some(span);
         let timeout = Duration::from_millis(t.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS).max(1));
         let not_for = |this: &Self, present: bool, field: &str, what: &str| {
-            if present { Err(this.err(sp.clone(), at(field), format!("does not apply to {what}"))) } else { Ok(()) }
+            if present {
+                Err(this.err(sp.clone(), at(field), format!("does not apply to {what}")))
+            } else {
+                Ok(())
+            }
         };
         match (t.builtin, t.command) {
-            (Some(_), Some(_)) => Err(self.err(sp, at("command"), "a tool is either `builtin` or `command`, not both")),
-            (None, None) => Err(self.err(sp, format!("tools[{i}]"), "needs `builtin = \"fs.read\"` (or fs.write, http.get) or a `command`")),
+            (Some(_), Some(_)) => Err(self.err(
+                sp,
+                at("command"),
+                "a tool is either `builtin` or `command`, not both",
+            )),
+            (None, None) => Err(self.err(
+                sp,
+                format!("tools[{i}]"),
+                "needs `builtin = \"fs.read\"` (or fs.write, http.get) or a `command`",
+            )),
             (Some(builtin), None) => {
                 let what = format!("builtin `{builtin}`");
                 for (present, field) in [
@@ -230,24 +322,44 @@ impl Resolver {
                     "fs.write" => Ok(ToolConfig::FsWrite),
                     "http.get" => {
                         let allow_hosts = t.allow_hosts.unwrap_or_default();
-                        if allow_hosts.is_empty() || allow_hosts.iter().any(|h| h.trim().is_empty()) {
+                        if allow_hosts.is_empty() || allow_hosts.iter().any(|h| h.trim().is_empty())
+                        {
                             return Err(self.err(sp, at("allow_hosts"), "http.get needs a list of allowed hosts, for example `allow_hosts = [\"api.example.com\"]`"));
                         }
-                        Ok(ToolConfig::HttpGet { allow_hosts, max_bytes: t.max_bytes.unwrap_or(DEFAULT_HTTP_MAX_BYTES), timeout })
+                        Ok(ToolConfig::HttpGet {
+                            allow_hosts,
+                            max_bytes: t.max_bytes.unwrap_or(DEFAULT_HTTP_MAX_BYTES),
+                            timeout,
+                        })
                     }
-                    other => Err(self.err(sp, at("builtin"), format!("unknown built-in `{other}`; the built-ins are {}", BUILTINS.join(", ")))),
+                    other => Err(self.err(
+                        sp,
+                        at("builtin"),
+                        format!(
+                            "unknown built-in `{other}`; the built-ins are {}",
+                            BUILTINS.join(", ")
+                        ),
+                    )),
                 }
             }
             (None, Some(command)) => {
                 let what = "command tools";
                 not_for(self, t.allow_hosts.is_some(), "allow_hosts", what)?;
                 not_for(self, t.max_bytes.is_some(), "max_bytes", what)?;
-                let name = t.name.ok_or_else(|| self.err(sp.clone(), at("name"), "a command tool needs a `name`"))?;
+                let name = t.name.ok_or_else(|| {
+                    self.err(sp.clone(), at("name"), "a command tool needs a `name`")
+                })?;
                 check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
                 if BUILTINS.contains(&name.as_str()) {
                     return Err(self.err(sp, at("name"), format!("`{name}` is a built-in's name; use `builtin = \"{name}\"` or another name")));
                 }
-                let description = t.description.ok_or_else(|| self.err(sp.clone(), at("description"), "a command tool needs a `description` for the model"))?;
+                let description = t.description.ok_or_else(|| {
+                    self.err(
+                        sp.clone(),
+                        at("description"),
+                        "a command tool needs a `description` for the model",
+                    )
+                })?;
                 let (program, args) = match command.split_first() {
                     Some((p, rest)) if !p.trim().is_empty() => (p.clone(), rest.to_vec()),
                     _ => return Err(self.err(sp, at("command"), "must name a program, for example `command = [\"python3\", \"tools/refund.py\"]`")),
@@ -266,7 +378,10 @@ impl Resolver {
                 let mut args = args;
                 for arg in &mut args {
                     let candidate = self.dir.join(&*arg);
-                    if !Path::new(arg.as_str()).is_absolute() && arg.contains('/') && candidate.is_file() {
+                    if !Path::new(arg.as_str()).is_absolute()
+                        && arg.contains('/')
+                        && candidate.is_file()
+                    {
                         if let Ok(content) = std::fs::read(&candidate) {
                             self.digest.update(&content);
                         }
@@ -278,15 +393,27 @@ impl Resolver {
                     (None, Some(file)) => {
                         let field = at("args_schema_file");
                         let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
-                        serde_json::from_str::<Value>(&text).map_err(|e| self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}")))?
+                        serde_json::from_str::<Value>(&text).map_err(|e| {
+                            self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
+                        })?
                     }
-                    (Some(_), Some(_)) => return Err(self.err(sp, at("args_schema_file"), "give `args_schema` or `args_schema_file`, not both")),
+                    (Some(_), Some(_)) => {
+                        return Err(self.err(
+                            sp,
+                            at("args_schema_file"),
+                            "give `args_schema` or `args_schema_file`, not both",
+                        ));
+                    }
                     (None, None) => {
                         return Err(self.err(sp, at("args_schema"), "a command tool needs the JSON Schema of its arguments (`args_schema` or `args_schema_file`)"));
                     }
                 };
                 if args_schema.get("type").and_then(Value::as_str) != Some("object") {
-                    return Err(self.err(sp, at("args_schema"), "must be an object schema (`type = \"object\"`)"));
+                    return Err(self.err(
+                        sp,
+                        at("args_schema"),
+                        "must be an object schema (`type = \"object\"`)",
+                    ));
                 }
                 Ok(ToolConfig::Command {
                     name,
@@ -305,8 +432,15 @@ impl Resolver {
 }
 
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(format!("`{name}` is not a valid name: use 1 to 64 letters, digits, `.`, `_` or `-`"));
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "`{name}` is not a valid name: use 1 to 64 letters, digits, `.`, `_` or `-`"
+        ));
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! agent.toml tests: a good folder resolves with defaults filled in; every kind of bad input is
 //! reported with the file, line and field; the published JSON Schema is current.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use rein_config::{ConfigError, ProviderSpec, ToolConfig, agent_schema, load};
@@ -53,22 +55,50 @@ fn a_good_folder_resolves_with_defaults() {
     assert_eq!(spec.instructions, "Help.");
     assert_eq!(spec.limits.max_steps, 20);
     assert_eq!(spec.model.max_attempts, 3);
-    assert!(matches!(&spec.model.provider, ProviderSpec::Scripted { script } if script.ends_with("script.toml")));
-    assert_eq!(spec.tools.iter().map(ToolConfig::name).collect::<Vec<_>>(), vec!["fs.read", "http.get", "orders.lookup"]);
+    assert!(
+        matches!(&spec.model.provider, ProviderSpec::Scripted { script } if script.ends_with("script.toml"))
+    );
+    assert_eq!(
+        spec.tools.iter().map(ToolConfig::name).collect::<Vec<_>>(),
+        vec!["fs.read", "http.get", "orders.lookup"]
+    );
     match &spec.tools[2] {
-        ToolConfig::Command { program, args, idempotent, timeout, .. } => {
+        ToolConfig::Command {
+            program,
+            args,
+            idempotent,
+            timeout,
+            ..
+        } => {
             assert_eq!(program, Path::new("python3"));
             // The script is passed by absolute path, since the tool runs in the workspace.
-            assert_eq!(args, &vec![dir.path().canonicalize().unwrap().join("tools/lookup.py").display().to_string()]);
+            assert_eq!(
+                args,
+                &vec![
+                    dir.path()
+                        .canonicalize()
+                        .unwrap()
+                        .join("tools/lookup.py")
+                        .display()
+                        .to_string()
+                ]
+            );
             assert!(*idempotent);
             assert_eq!(timeout.as_millis(), 2000);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(spec.workspace.path, dir.path().canonicalize().unwrap().join("workspace"));
+    assert_eq!(
+        spec.workspace.path,
+        dir.path().canonicalize().unwrap().join("workspace")
+    );
     assert_eq!(spec.digest.len(), 64);
     // The digest follows the files the agent refers to.
-    std::fs::write(dir.path().join("script.toml"), "[[turns]]\ntext = \"changed\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("script.toml"),
+        "[[turns]]\ntext = \"changed\"\n",
+    )
+    .unwrap();
     assert_ne!(load(dir.path()).unwrap().digest, spec.digest);
 }
 
@@ -85,25 +115,129 @@ fn the_example_agent_loads() {
 fn bad_input_names_the_file_line_and_field() {
     let cases: Vec<(String, &str, Option<usize>, &str)> = vec![
         // (agent.toml, field, line, message fragment)
-        (GOOD.replace("idempotent = true", "idempotent = true\nretries = 3"), "", Some(22), "unknown field `retries`"),
-        (GOOD.replace("timeout_ms = 2000", "timeout_ms = \"soon\""), "", Some(22), "invalid type: string \"soon\""),
-        (GOOD.replace("name = \"helper\"", "nam = \"helper\""), "", Some(2), "unknown field `nam`"),
-        (GOOD.replace("script = \"script.toml\"", "script = \"missing.toml\""), "model.script", Some(8), "cannot read `missing.toml`"),
-        (GOOD.replace("tools/lookup.py\"]", "tools/lookup.py\"]").replace("\"python3\", ", "\"./tools/nope.sh\", "), "tools[2].command", None, "does not exist"),
-        (GOOD.replace("builtin = \"fs.read\"", "builtin = \"fs.delete\""), "tools[0].builtin", Some(10), "unknown built-in `fs.delete`"),
-        (GOOD.replace("allow_hosts = [\"api.example.com\"]", ""), "tools[1].allow_hosts", None, "needs a list of allowed hosts"),
-        (GOOD.replace("builtin = \"fs.read\"", "builtin = \"fs.read\"\nallow_hosts = [\"x\"]"), "tools[0].allow_hosts", None, "does not apply"),
-        (GOOD.replace("name = \"orders.lookup\"", "name = \"fs.read\""), "tools[2].name", None, "is a built-in's name"),
-        (GOOD.replace("name = \"orders.lookup\"", "name = \"orders lookup!\""), "tools[2].name", None, "not a valid name"),
-        (GOOD.replace("args_schema = {", "args_schemaX = {"), "", Some(23), "unknown field `args_schemaX`"),
-        (GOOD.replace("type = \"object\", properties", "type = \"string\", properties"), "tools[2].args_schema", None, "object schema"),
-        (GOOD.replace("instructions = \"Help.\"", ""), "instructions", None, "missing"),
-        (GOOD.replace("provider = \"scripted\"", "provider = \"openai\""), "model.script", None, "does not apply to provider `openai`"),
-        (GOOD.replace("script = \"script.toml\"", "script = \"script.toml\"\napi_key_env = \"sk-live-123\""), "model.api_key_env", Some(9), "never hold the key itself"),
-        (GOOD.replace("provider = \"scripted\"", "provider = \"gemini\""), "", Some(6), "unknown variant `gemini`"),
-        (format!("{GOOD}\n[[tools]]\nbuiltin = \"fs.read\"\n"), "tools[3]", Some(25), "declared twice"),
-        (format!("{GOOD}\n[limits]\nmax_steps = 0\n"), "limits.max_steps", None, "at least 1"),
-        (format!("{GOOD}\n[workspace]\npath = \"nowhere\"\n"), "workspace.path", None, "not a folder"),
+        (
+            GOOD.replace("idempotent = true", "idempotent = true\nretries = 3"),
+            "",
+            Some(22),
+            "unknown field `retries`",
+        ),
+        (
+            GOOD.replace("timeout_ms = 2000", "timeout_ms = \"soon\""),
+            "",
+            Some(22),
+            "invalid type: string \"soon\"",
+        ),
+        (
+            GOOD.replace("name = \"helper\"", "nam = \"helper\""),
+            "",
+            Some(2),
+            "unknown field `nam`",
+        ),
+        (
+            GOOD.replace("script = \"script.toml\"", "script = \"missing.toml\""),
+            "model.script",
+            Some(8),
+            "cannot read `missing.toml`",
+        ),
+        (
+            GOOD.replace("\"python3\", ", "\"./tools/nope.sh\", "),
+            "tools[2].command",
+            None,
+            "does not exist",
+        ),
+        (
+            GOOD.replace("builtin = \"fs.read\"", "builtin = \"fs.delete\""),
+            "tools[0].builtin",
+            Some(10),
+            "unknown built-in `fs.delete`",
+        ),
+        (
+            GOOD.replace("allow_hosts = [\"api.example.com\"]", ""),
+            "tools[1].allow_hosts",
+            None,
+            "needs a list of allowed hosts",
+        ),
+        (
+            GOOD.replace(
+                "builtin = \"fs.read\"",
+                "builtin = \"fs.read\"\nallow_hosts = [\"x\"]",
+            ),
+            "tools[0].allow_hosts",
+            None,
+            "does not apply",
+        ),
+        (
+            GOOD.replace("name = \"orders.lookup\"", "name = \"fs.read\""),
+            "tools[2].name",
+            None,
+            "is a built-in's name",
+        ),
+        (
+            GOOD.replace("name = \"orders.lookup\"", "name = \"orders lookup!\""),
+            "tools[2].name",
+            None,
+            "not a valid name",
+        ),
+        (
+            GOOD.replace("args_schema = {", "args_schemaX = {"),
+            "",
+            Some(23),
+            "unknown field `args_schemaX`",
+        ),
+        (
+            GOOD.replace(
+                "type = \"object\", properties",
+                "type = \"string\", properties",
+            ),
+            "tools[2].args_schema",
+            None,
+            "object schema",
+        ),
+        (
+            GOOD.replace("instructions = \"Help.\"", ""),
+            "instructions",
+            None,
+            "missing",
+        ),
+        (
+            GOOD.replace("provider = \"scripted\"", "provider = \"openai\""),
+            "model.script",
+            None,
+            "does not apply to provider `openai`",
+        ),
+        (
+            GOOD.replace(
+                "script = \"script.toml\"",
+                "script = \"script.toml\"\napi_key_env = \"sk-live-123\"",
+            ),
+            "model.api_key_env",
+            Some(9),
+            "never hold the key itself",
+        ),
+        (
+            GOOD.replace("provider = \"scripted\"", "provider = \"gemini\""),
+            "",
+            Some(6),
+            "unknown variant `gemini`",
+        ),
+        (
+            format!("{GOOD}\n[[tools]]\nbuiltin = \"fs.read\"\n"),
+            "tools[3]",
+            Some(25),
+            "declared twice",
+        ),
+        (
+            format!("{GOOD}\n[limits]\nmax_steps = 0\n"),
+            "limits.max_steps",
+            None,
+            "at least 1",
+        ),
+        (
+            format!("{GOOD}\n[workspace]\npath = \"nowhere\"\n"),
+            "workspace.path",
+            None,
+            "not a folder",
+        ),
         (GOOD.replace("[model]", "[model\n"), "", Some(5), ""),
     ];
     for (text, field, line, fragment) in cases {
@@ -118,7 +252,10 @@ fn bad_input_names_the_file_line_and_field() {
             assert_eq!(err.position.map(|p| p.0), Some(line), "{shown}");
             assert!(shown.contains(&format!("agent.toml:{line}:")), "{shown}");
         }
-        assert!(shown.contains(fragment), "{shown} should contain {fragment:?}");
+        assert!(
+            shown.contains(fragment),
+            "{shown} should contain {fragment:?}"
+        );
     }
 }
 
@@ -126,9 +263,15 @@ fn bad_input_names_the_file_line_and_field() {
 fn a_folder_without_agent_toml_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let err = load(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("agent.toml: cannot read it"), "{err}");
+    assert!(
+        err.to_string().contains("agent.toml: cannot read it"),
+        "{err}"
+    );
     let err = load(&dir.path().join("nope")).unwrap_err();
-    assert!(err.to_string().contains("cannot open the agent folder"), "{err}");
+    assert!(
+        err.to_string().contains("cannot open the agent folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,5 +284,8 @@ fn the_published_schema_is_current() {
     );
     let schema: serde_json::Value = serde_json::from_str(&published).unwrap();
     assert_eq!(schema["title"], "rein agent.toml");
-    assert!(schema["properties"]["tools"]["items"].is_object() || schema["properties"]["tools"]["items"]["$ref"].is_string());
+    assert!(
+        schema["properties"]["tools"]["items"].is_object()
+            || schema["properties"]["tools"]["items"]["$ref"].is_string()
+    );
 }

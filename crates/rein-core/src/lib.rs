@@ -11,7 +11,7 @@ pub mod state;
 pub mod text;
 
 pub use end::EndState;
-pub use event::{Event, EVENT_FORMAT_VERSION, RunStarted, StoredEvent};
+pub use event::{EVENT_FORMAT_VERSION, Event, RunStarted, StoredEvent};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
 pub use state::{Action, Limits, RunState, StateError};
 
@@ -39,7 +39,9 @@ impl std::str::FromStr for Durability {
         match s {
             "normal" => Ok(Durability::Normal),
             "fsync" => Ok(Durability::Fsync),
-            other => Err(format!("unknown durability `{other}`: use `normal` or `fsync`")),
+            other => Err(format!(
+                "unknown durability `{other}`: use `normal` or `fsync`"
+            )),
         }
     }
 }

@@ -72,8 +72,8 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The sum of two usages.
-    pub fn add(self, other: Usage) -> Usage {
+    /// The sum of two usages (saturating).
+    pub fn plus(self, other: Usage) -> Usage {
         Usage {
             input_tokens: self.input_tokens.saturating_add(other.input_tokens),
             output_tokens: self.output_tokens.saturating_add(other.output_tokens),

@@ -23,7 +23,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_steps: 20, wall_clock_ms: 600_000 }
+        Limits {
+            max_steps: 20,
+            wall_clock_ms: 600_000,
+        }
     }
 }
 
@@ -141,9 +144,16 @@ impl RunState {
     /// Applies one event, checking that it can follow the ones before it.
     pub fn apply(&mut self, stored: &StoredEvent) -> Result<(), StateError> {
         let kind = stored.event.kind();
-        let fail = |problem: String| StateError { seq: stored.seq, kind, problem };
+        let fail = |problem: String| StateError {
+            seq: stored.seq,
+            kind,
+            problem,
+        };
         if stored.seq != self.last_seq + 1 {
-            return Err(fail(format!("expected event {}, the log has a gap or a repeat", self.last_seq + 1)));
+            return Err(fail(format!(
+                "expected event {}, the log has a gap or a repeat",
+                self.last_seq + 1
+            )));
         }
         if self.ended.is_some() {
             return Err(fail("the run had already ended".into()));
@@ -156,7 +166,9 @@ impl RunState {
                 if self.started.is_some() {
                     return Err(fail("the run has already started".into()));
                 }
-                self.messages.push(Message::User { text: started.task.clone() });
+                self.messages.push(Message::User {
+                    text: started.task.clone(),
+                });
                 self.started = Some(started.clone());
                 self.attempt = 1;
                 self.first_at_ms = stored.at_ms;
@@ -174,8 +186,14 @@ impl RunState {
                 if *step != self.steps + 1 {
                     return Err(fail(format!("expected step {}", self.steps + 1)));
                 }
-                if self.calls.iter().any(|c| !matches!(c.status, CallStatus::Done | CallStatus::Rejected)) {
-                    return Err(fail("tool calls of the previous step are unfinished".into()));
+                if self
+                    .calls
+                    .iter()
+                    .any(|c| !matches!(c.status, CallStatus::Done | CallStatus::Rejected))
+                {
+                    return Err(fail(
+                        "tool calls of the previous step are unfinished".into(),
+                    ));
                 }
                 self.requested_step = Some(*step);
             }
@@ -184,25 +202,41 @@ impl RunState {
                     return Err(fail(format!("step {step} was not requested")));
                 }
             }
-            Event::ModelReplied { step, text, tool_calls, usage, .. } => {
+            Event::ModelReplied {
+                step,
+                text,
+                tool_calls,
+                usage,
+                ..
+            } => {
                 if self.requested_step != Some(*step) {
                     return Err(fail(format!("step {step} was not requested")));
                 }
                 self.requested_step = None;
                 self.steps = *step;
-                self.usage = self.usage.add(*usage);
+                self.usage = self.usage.plus(*usage);
                 if text.is_some() {
                     self.last_text = text.clone();
                 }
                 self.last_reply_had_calls = !tool_calls.is_empty();
                 self.calls = tool_calls
                     .iter()
-                    .map(|c| CallSlot { call: c.clone(), status: CallStatus::Proposed })
+                    .map(|c| CallSlot {
+                        call: c.clone(),
+                        status: CallStatus::Proposed,
+                    })
                     .collect();
-                self.messages.push(Message::Assistant { text: text.clone(), tool_calls: tool_calls.clone() });
+                self.messages.push(Message::Assistant {
+                    text: text.clone(),
+                    tool_calls: tool_calls.clone(),
+                });
             }
-            Event::ToolRejected { call_id, reason, .. } => {
-                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+            Event::ToolRejected {
+                call_id, reason, ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
                 if slot.status != CallStatus::Proposed {
                     return Err(fail(format!("call {call_id} was already handled")));
                 }
@@ -215,8 +249,15 @@ impl RunState {
                     is_error: true,
                 });
             }
-            Event::ToolIntent { call_id, attempt, idempotent, .. } => {
-                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+            Event::ToolIntent {
+                call_id,
+                attempt,
+                idempotent,
+                ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
                 let expected = match slot.status {
                     CallStatus::Proposed => 1,
                     CallStatus::InFlight { attempt, .. } => attempt + 1,
@@ -225,15 +266,29 @@ impl RunState {
                     }
                 };
                 if *attempt != expected {
-                    return Err(fail(format!("expected attempt {expected} of call {call_id}")));
+                    return Err(fail(format!(
+                        "expected attempt {expected} of call {call_id}"
+                    )));
                 }
-                slot.status = CallStatus::InFlight { attempt: *attempt, idempotent: *idempotent };
+                slot.status = CallStatus::InFlight {
+                    attempt: *attempt,
+                    idempotent: *idempotent,
+                };
                 self.tool_executions += 1;
             }
-            Event::ToolOutcome { call_id, ok, output, .. } => {
-                let slot = self.slot_mut(call_id).ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+            Event::ToolOutcome {
+                call_id,
+                ok,
+                output,
+                ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
                 if !matches!(slot.status, CallStatus::InFlight { .. }) {
-                    return Err(fail(format!("call {call_id} has no intent without an outcome")));
+                    return Err(fail(format!(
+                        "call {call_id} has no intent without an outcome"
+                    )));
                 }
                 slot.status = CallStatus::Done;
                 let name = slot.call.name.clone();
@@ -244,7 +299,12 @@ impl RunState {
                     is_error: !ok,
                 });
             }
-            Event::RunEnded { status, output, reason, call_id } => {
+            Event::RunEnded {
+                status,
+                output,
+                reason,
+                call_id,
+            } => {
                 self.ended = Some(Ended {
                     status: *status,
                     output: output.clone(),
@@ -270,11 +330,23 @@ impl RunState {
         let limits = self.limits();
         for slot in &self.calls {
             match slot.status {
-                CallStatus::Proposed => return Action::Dispatch { call: slot.call.clone() },
-                CallStatus::InFlight { attempt, idempotent: true } => {
-                    return Action::Reexecute { call: slot.call.clone(), attempt: attempt + 1 };
+                CallStatus::Proposed => {
+                    return Action::Dispatch {
+                        call: slot.call.clone(),
+                    };
                 }
-                CallStatus::InFlight { idempotent: false, .. } => {
+                CallStatus::InFlight {
+                    attempt,
+                    idempotent: true,
+                } => {
+                    return Action::Reexecute {
+                        call: slot.call.clone(),
+                        attempt: attempt + 1,
+                    };
+                }
+                CallStatus::InFlight {
+                    idempotent: false, ..
+                } => {
                     return Action::End(Ended {
                         status: EndState::NeedsReconciliation,
                         output: self.last_text.clone(),
@@ -320,7 +392,9 @@ impl RunState {
                 call_id: None,
             });
         }
-        Action::CallModel { step: self.steps + 1 }
+        Action::CallModel {
+            step: self.steps + 1,
+        }
     }
 
     /// Milliseconds the run has been active, summed over the processes that drove it; the current
@@ -390,10 +464,8 @@ impl RunState {
 
 /// How a tool's outcome reads in the model's context.
 pub fn render_output(ok: bool, output: &Value) -> String {
-    if !ok {
-        if let Some(msg) = output.get("error").and_then(Value::as_str) {
-            return format!("error: {msg}");
-        }
+    if let (false, Some(msg)) = (ok, output.get("error").and_then(Value::as_str)) {
+        return format!("error: {msg}");
     }
     match output {
         Value::String(s) => s.clone(),

@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use rein_config::{AgentSpec, ProviderSpec, ToolConfig};
 use rein_core::Limits;
-use rein_model::{AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, ScriptedProvider};
-use rein_tools::{CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, Tool, ToolManifest, ToolRegistry};
+use rein_model::{
+    AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, ScriptedProvider,
+};
+use rein_tools::{
+    CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, Tool, ToolManifest, ToolRegistry,
+};
 
 use crate::EngineError;
 
@@ -39,14 +43,20 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("name", &self.name).field("tools", &self.tools).finish()
+        f.debug_struct("Agent")
+            .field("name", &self.name)
+            .field("tools", &self.tools)
+            .finish()
     }
 }
 
 impl Agent {
     /// Builds an agent from its resolved configuration. `env` looks up environment variables
     /// (the API key); it is a parameter so that nothing here reads the process environment.
-    pub fn from_spec(spec: &AgentSpec, env: &dyn Fn(&str) -> Option<String>) -> Result<Agent, EngineError> {
+    pub fn from_spec(
+        spec: &AgentSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Agent, EngineError> {
         let key = |var: &Option<String>| -> Result<Option<String>, EngineError> {
             match var {
                 None => Ok(None),
@@ -60,10 +70,14 @@ impl Agent {
         };
         let m = &spec.model;
         let provider: Arc<dyn Provider> = match &m.provider {
-            ProviderSpec::Scripted { script } => {
-                Arc::new(ScriptedProvider::from_file(m.name.clone(), script).map_err(|e| EngineError::Agent(e.to_string()))?)
-            }
-            ProviderSpec::OpenAi { base_url, api_key_env } => Arc::new(
+            ProviderSpec::Scripted { script } => Arc::new(
+                ScriptedProvider::from_file(m.name.clone(), script)
+                    .map_err(|e| EngineError::Agent(e.to_string()))?,
+            ),
+            ProviderSpec::OpenAi {
+                base_url,
+                api_key_env,
+            } => Arc::new(
                 OpenAiProvider::new(OpenAiConfig {
                     base_url: base_url.clone(),
                     api_key: key(api_key_env)?,
@@ -74,7 +88,10 @@ impl Agent {
                 })
                 .map_err(EngineError::Agent)?,
             ),
-            ProviderSpec::Anthropic { base_url, api_key_env } => Arc::new(
+            ProviderSpec::Anthropic {
+                base_url,
+                api_key_env,
+            } => Arc::new(
                 AnthropicProvider::new(AnthropicConfig {
                     base_url: base_url.clone(),
                     api_key: key(api_key_env)?,
@@ -91,24 +108,45 @@ impl Agent {
             let tool: Arc<dyn Tool> = match config {
                 ToolConfig::FsRead => Arc::new(FsRead::default()),
                 ToolConfig::FsWrite => Arc::new(FsWrite::default()),
-                ToolConfig::HttpGet { allow_hosts, max_bytes, timeout } => {
-                    Arc::new(HttpGet::new(allow_hosts.clone(), *max_bytes, *timeout).map_err(EngineError::Agent)?)
-                }
-                ToolConfig::Command { name, description, program, args, env, args_schema, idempotent, timeout, max_output_bytes } => {
-                    Arc::new(CommandTool::new(
-                        ToolManifest {
-                            name: name.clone(),
-                            description: description.clone(),
-                            parameters: args_schema.clone(),
-                            idempotent: *idempotent,
-                            timeout: *timeout,
-                        },
-                        CommandSpec { program: program.clone(), args: args.clone(), env: env.clone(), max_output_bytes: *max_output_bytes },
-                    ))
-                }
+                ToolConfig::HttpGet {
+                    allow_hosts,
+                    max_bytes,
+                    timeout,
+                } => Arc::new(
+                    HttpGet::new(allow_hosts.clone(), *max_bytes, *timeout)
+                        .map_err(EngineError::Agent)?,
+                ),
+                ToolConfig::Command {
+                    name,
+                    description,
+                    program,
+                    args,
+                    env,
+                    args_schema,
+                    idempotent,
+                    timeout,
+                    max_output_bytes,
+                } => Arc::new(CommandTool::new(
+                    ToolManifest {
+                        name: name.clone(),
+                        description: description.clone(),
+                        parameters: args_schema.clone(),
+                        idempotent: *idempotent,
+                        timeout: *timeout,
+                    },
+                    CommandSpec {
+                        program: program.clone(),
+                        args: args.clone(),
+                        env: env.clone(),
+                        max_output_bytes: *max_output_bytes,
+                    },
+                )),
             };
             tools.register(tool).map_err(|e| {
-                EngineError::Agent(format!("{}: {e}", spec.dir.join(rein_config::AGENT_FILE).display()))
+                EngineError::Agent(format!(
+                    "{}: {e}",
+                    spec.dir.join(rein_config::AGENT_FILE).display()
+                ))
             })?;
         }
         Ok(Agent {

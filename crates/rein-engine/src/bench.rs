@@ -69,11 +69,15 @@ impl Observer for StepTimer {
     fn on_event(&self, run_id: &str, event: &StoredEvent) {
         if let Event::ModelRequested { step, .. } = &event.event {
             let now = Instant::now();
-            let previous = self.last_request.lock().ok().and_then(|mut m| m.insert(run_id.to_owned(), now));
-            if let (Some(previous), true) = (previous, *step > 1) {
-                if let Ok(mut samples) = self.samples.lock() {
-                    samples.push(now.duration_since(previous).as_micros() as u64);
-                }
+            let previous = self
+                .last_request
+                .lock()
+                .ok()
+                .and_then(|mut m| m.insert(run_id.to_owned(), now));
+            if let (Some(previous), true) = (previous, *step > 1)
+                && let Ok(mut samples) = self.samples.lock()
+            {
+                samples.push(now.duration_since(previous).as_micros() as u64);
             }
         }
     }
@@ -84,11 +88,23 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
     let store = Arc::new(SqliteStore::open(dir, options.durability)?);
     let engine = Arc::new(Engine::new(store.clone(), dir));
     let mut turns: Vec<ScriptedTurn> = (0..options.steps)
-        .map(|_| ScriptedTurn { text: None, calls: vec![ScriptedCall { tool: "noop".into(), args: None, raw_args: None }] })
+        .map(|_| ScriptedTurn {
+            text: None,
+            calls: vec![ScriptedCall {
+                tool: "noop".into(),
+                args: None,
+                raw_args: None,
+            }],
+        })
         .collect();
-    turns.push(ScriptedTurn { text: Some("done".into()), calls: vec![] });
+    turns.push(ScriptedTurn {
+        text: Some("done".into()),
+        calls: vec![],
+    });
     let mut tools = ToolRegistry::new();
-    tools.register(Arc::new(Noop::default())).map_err(|e| EngineError::Agent(e.to_string()))?;
+    tools
+        .register(Arc::new(Noop::default()))
+        .map_err(|e| EngineError::Agent(e.to_string()))?;
     let agent = Arc::new(Agent {
         name: "bench".into(),
         dir: None,
@@ -98,7 +114,10 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         max_attempts: 1,
         max_backoff: Duration::ZERO,
         tools,
-        limits: Limits { max_steps: options.steps + 1, wall_clock_ms: u64::MAX / 2 },
+        limits: Limits {
+            max_steps: options.steps + 1,
+            wall_clock_ms: u64::MAX / 2,
+        },
         workspace: dir.to_owned(),
         isolate_workspace: false,
     });
@@ -107,22 +126,40 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(options.runs);
     for _ in 0..options.runs {
-        let (engine, agent, timer, permits) = (engine.clone(), agent.clone(), timer.clone(), permits.clone());
+        let (engine, agent, timer, permits) = (
+            engine.clone(),
+            agent.clone(),
+            timer.clone(),
+            permits.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| EngineError::Agent(e.to_string()))?;
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|e| EngineError::Agent(e.to_string()))?;
             engine.start(&agent, "benchmark", timer.as_ref()).await
         }));
     }
     for task in tasks {
-        let report = task.await.map_err(|e| EngineError::Agent(format!("a benchmark run panicked: {e}")))??;
+        let report = task
+            .await
+            .map_err(|e| EngineError::Agent(format!("a benchmark run panicked: {e}")))??;
         if report.status != rein_core::EndState::Completed {
-            return Err(EngineError::Agent(format!("benchmark run {} ended {}: {:?}", report.run_id, report.status, report.reason)));
+            return Err(EngineError::Agent(format!(
+                "benchmark run {} ended {}: {:?}",
+                report.run_id, report.status, report.reason
+            )));
         }
     }
     let elapsed = began.elapsed();
     let mut samples = timer.samples.lock().map(|s| s.clone()).unwrap_or_default();
     samples.sort_unstable();
-    let pct = |p: f64| samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let total_steps = (options.runs as u64 * u64::from(options.steps)).max(1);
     Ok(BenchReport {
         runs: options.runs,
@@ -143,6 +180,10 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

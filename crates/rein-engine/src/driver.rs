@@ -37,7 +37,17 @@ impl<'a> Driver<'a> {
         workspace: PathBuf,
         observer: &'a dyn Observer,
     ) -> Driver<'a> {
-        Driver { engine, agent, run_id, state, workspace, observer, tool_specs: agent.tools.specs(), pending: Vec::new(), effects: 0 }
+        Driver {
+            engine,
+            agent,
+            run_id,
+            state,
+            workspace,
+            observer,
+            tool_specs: agent.tools.specs(),
+            pending: Vec::new(),
+            effects: 0,
+        }
     }
 
     pub(crate) async fn start(mut self, task: &str) -> Result<RunReport, EngineError> {
@@ -58,9 +68,17 @@ impl<'a> Driver<'a> {
     }
 
     pub(crate) async fn resume(mut self) -> Result<RunReport, EngineError> {
-        let agent_changed = self.state.started().map(|s| s.agent_digest != self.agent.digest).unwrap_or(false);
+        let agent_changed = self
+            .state
+            .started()
+            .map(|s| s.agent_digest != self.agent.digest)
+            .unwrap_or(false);
         let attempt = self.state.attempt() + 1;
-        self.record(Event::RunResumed { attempt, agent_changed }).await?;
+        self.record(Event::RunResumed {
+            attempt,
+            agent_changed,
+        })
+        .await?;
         self.drive().await
     }
 
@@ -101,19 +119,36 @@ impl<'a> Driver<'a> {
         .instrument(span)
         .await;
         result?;
-        RunReport::from_state(&self.run_id, &self.state)
-            .ok_or_else(|| EngineError::Agent(format!("run {} stopped without an end state", self.run_id)))
+        RunReport::from_state(&self.run_id, &self.state).ok_or_else(|| {
+            EngineError::Agent(format!("run {} stopped without an end state", self.run_id))
+        })
     }
 
     /// Applies an event to the run's state and queues it for commit. Every event passes here, so
     /// the state the engine decides from is always exactly the log.
     async fn record(&mut self, event: Event) -> Result<(), EngineError> {
-        let stored = StoredEvent { seq: self.state.last_seq() + 1, at_ms: self.engine.clock.now_ms(), event };
-        self.state.apply(&stored).map_err(|source| EngineError::State { run_id: self.run_id.clone(), source })?;
-        self.pending.push(self.engine.store.append(&self.run_id, std::slice::from_ref(&stored)));
+        let stored = StoredEvent {
+            seq: self.state.last_seq() + 1,
+            at_ms: self.engine.clock.now_ms(),
+            event,
+        };
+        self.state
+            .apply(&stored)
+            .map_err(|source| EngineError::State {
+                run_id: self.run_id.clone(),
+                source,
+            })?;
+        self.pending.push(
+            self.engine
+                .store
+                .append(&self.run_id, std::slice::from_ref(&stored)),
+        );
         self.observer.on_event(&self.run_id, &stored);
         // Intents, outcomes and endings are waited for; other events ride along with them.
-        if matches!(stored.event, Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::RunEnded { .. }) {
+        if matches!(
+            stored.event,
+            Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::RunEnded { .. }
+        ) {
             self.flush().await?;
         }
         if self.engine.faults.after_event == Some(stored.seq) {
@@ -135,12 +170,19 @@ impl<'a> Driver<'a> {
             stop();
         }
         // The stop returned (in-process tests): abandon the run as a dead process would.
-        Err(EngineError::Interrupted { run_id: self.run_id.clone(), seq: self.state.last_seq() })
+        Err(EngineError::Interrupted {
+            run_id: self.run_id.clone(),
+            seq: self.state.last_seq(),
+        })
     }
 
     async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {
         let provider = &self.agent.provider;
-        let instructions = self.state.started().map(|s| s.instructions.clone()).unwrap_or_default();
+        let instructions = self
+            .state
+            .started()
+            .map(|s| s.instructions.clone())
+            .unwrap_or_default();
         for attempt in 1..=self.agent.max_attempts {
             self.record(Event::ModelRequested {
                 step,
@@ -164,7 +206,11 @@ impl<'a> Driver<'a> {
             );
             let began = Instant::now();
             let result = {
-                let request = ChatRequest { system: &instructions, messages: self.state.messages(), tools: &self.tool_specs };
+                let request = ChatRequest {
+                    system: &instructions,
+                    messages: self.state.messages(),
+                    tools: &self.tool_specs,
+                };
                 provider.complete(&request).instrument(span.clone()).await
             };
             let latency_us = began.elapsed().as_micros() as u64;
@@ -189,7 +235,15 @@ impl<'a> Driver<'a> {
                 Err(error) => {
                     span.record("error.type", error_type(&error));
                     let will_retry = error.is_retryable() && attempt < self.agent.max_attempts;
-                    let wait = will_retry.then(|| backoff(&self.run_id, step, attempt, error.retry_after(), self.agent.max_backoff));
+                    let wait = will_retry.then(|| {
+                        backoff(
+                            &self.run_id,
+                            step,
+                            attempt,
+                            error.retry_after(),
+                            self.agent.max_backoff,
+                        )
+                    });
                     self.record(Event::ModelFailed {
                         step,
                         attempt,
@@ -204,7 +258,11 @@ impl<'a> Driver<'a> {
                             tokio::time::sleep(wait).await;
                         }
                         None => {
-                            let tries = if attempt == 1 { "1 try".to_owned() } else { format!("{attempt} tries") };
+                            let tries = if attempt == 1 {
+                                "1 try".to_owned()
+                            } else {
+                                format!("{attempt} tries")
+                            };
                             return self
                                 .record(Event::RunEnded {
                                     status: EndState::Failed,
@@ -223,9 +281,19 @@ impl<'a> Driver<'a> {
 
     async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
         let step = self.state.steps();
-        match self.agent.tools.check(&call.name, &call.arguments, call.invalid_arguments.as_deref()) {
+        match self.agent.tools.check(
+            &call.name,
+            &call.arguments,
+            call.invalid_arguments.as_deref(),
+        ) {
             Err(rejection) => {
-                self.record(Event::ToolRejected { step, call_id: call.id, tool: call.name, reason: rejection.to_string() }).await
+                self.record(Event::ToolRejected {
+                    step,
+                    call_id: call.id,
+                    tool: call.name,
+                    reason: rejection.to_string(),
+                })
+                .await
             }
             Ok(_) => self.execute(call, 1).await,
         }
@@ -239,7 +307,10 @@ impl<'a> Driver<'a> {
                 .record(Event::RunEnded {
                     status: EndState::Failed,
                     output: self.state.last_text().map(str::to_owned),
-                    reason: Some(format!("tool `{}` of call {} is no longer in the agent's configuration", call.name, call.id)),
+                    reason: Some(format!(
+                        "tool `{}` of call {} is no longer in the agent's configuration",
+                        call.name, call.id
+                    )),
                     call_id: Some(call.id),
                 })
                 .await;
@@ -263,10 +334,16 @@ impl<'a> Driver<'a> {
             gen_ai.conversation.id = %self.run_id,
             error.r#type = field::Empty,
         );
-        let ctx = ToolContext { workspace: self.workspace.clone(), run_id: self.run_id.clone(), call_id: call.id.clone() };
+        let ctx = ToolContext {
+            workspace: self.workspace.clone(),
+            run_id: self.run_id.clone(),
+            call_id: call.id.clone(),
+        };
         let began = Instant::now();
         let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;
-        let result = tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments)).instrument(span.clone()).await;
+        let result = tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments))
+            .instrument(span.clone())
+            .await;
         let duration_us = began.elapsed().as_micros() as u64;
         self.effects += 1;
         if self.engine.faults.after_effect == Some(self.effects) {
@@ -280,14 +357,27 @@ impl<'a> Driver<'a> {
             }
             Err(_) => {
                 span.record("error.type", "timeout");
-                (false, json!({ "error": format!("timed out after {} ms", limit.as_millis()) }))
+                (
+                    false,
+                    json!({ "error": format!("timed out after {} ms", limit.as_millis()) }),
+                )
             }
         };
-        self.record(Event::ToolOutcome { call_id: call.id, ok, output, duration_us }).await
+        self.record(Event::ToolOutcome {
+            call_id: call.id,
+            ok,
+            output,
+            duration_us,
+        })
+        .await
     }
 }
 
-async fn run_tool(tool: &dyn Tool, ctx: &ToolContext, args: serde_json::Value) -> Result<serde_json::Value, rein_tools::ToolError> {
+async fn run_tool(
+    tool: &dyn Tool,
+    ctx: &ToolContext,
+    args: serde_json::Value,
+) -> Result<serde_json::Value, rein_tools::ToolError> {
     tool.call(ctx, args).await
 }
 
@@ -307,13 +397,23 @@ fn error_type(error: &rein_model::ProviderError) -> &'static str {
 /// How long to wait before try `attempt + 1`: what the provider asked for if it did, otherwise
 /// exponential backoff from 250 ms with ±25% jitter; never more than `max`. The jitter is derived
 /// from the run, step and attempt, so concurrent runs spread out while each run stays replayable.
-pub(crate) fn backoff(run_id: &str, step: u32, attempt: u32, asked: Option<Duration>, max: Duration) -> Duration {
+pub(crate) fn backoff(
+    run_id: &str,
+    step: u32,
+    attempt: u32,
+    asked: Option<Duration>,
+    max: Duration,
+) -> Duration {
     if let Some(asked) = asked {
         return asked.min(max);
     }
     let base = 250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in run_id.bytes().chain(step.to_le_bytes()).chain(attempt.to_le_bytes()) {
+    for b in run_id
+        .bytes()
+        .chain(step.to_le_bytes())
+        .chain(attempt.to_le_bytes())
+    {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     let jitter = (h % 501) as i64 - 250; // -250..=250 per mille of a quarter
@@ -329,17 +429,26 @@ mod tests {
     #[test]
     fn backoff_honours_retry_after_grows_and_is_capped() {
         let max = Duration::from_secs(10);
-        assert_eq!(backoff("r", 1, 1, Some(Duration::from_secs(7)), max), Duration::from_secs(7));
+        assert_eq!(
+            backoff("r", 1, 1, Some(Duration::from_secs(7)), max),
+            Duration::from_secs(7)
+        );
         assert_eq!(backoff("r", 1, 1, Some(Duration::from_secs(70)), max), max);
         let waits: Vec<Duration> = (1..=4).map(|a| backoff("r", 1, a, None, max)).collect();
         for (i, w) in waits.iter().enumerate() {
             let base = 250u64 << i;
-            assert!(w.as_millis() as u64 >= base * 3 / 4 && w.as_millis() as u64 <= base * 5 / 4, "{w:?} for attempt {}", i + 1);
+            assert!(
+                w.as_millis() as u64 >= base * 3 / 4 && w.as_millis() as u64 <= base * 5 / 4,
+                "{w:?} for attempt {}",
+                i + 1
+            );
         }
         assert_eq!(backoff("r", 1, 30, None, max), max);
         // Same inputs, same wait; other runs spread out.
         assert_eq!(backoff("r", 1, 2, None, max), backoff("r", 1, 2, None, max));
-        let spread: std::collections::BTreeSet<Duration> = (0..20).map(|i| backoff(&format!("run{i}"), 1, 2, None, max)).collect();
+        let spread: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|i| backoff(&format!("run{i}"), 1, 2, None, max))
+            .collect();
         assert!(spread.len() > 5);
     }
 }

@@ -141,14 +141,21 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("state_dir", &self.state_dir).finish()
+        f.debug_struct("Engine")
+            .field("state_dir", &self.state_dir)
+            .finish()
     }
 }
 
 impl Engine {
     /// An engine recording into `store`, keeping per-run workspaces under `state_dir`.
     pub fn new(store: Arc<dyn Store>, state_dir: &Path) -> Engine {
-        Engine { store, clock: Arc::new(SystemClock), state_dir: state_dir.to_owned(), faults: FaultPlan::default() }
+        Engine {
+            store,
+            clock: Arc::new(SystemClock),
+            state_dir: state_dir.to_owned(),
+            faults: FaultPlan::default(),
+        }
     }
 
     /// Uses another clock (for tests).
@@ -169,26 +176,58 @@ impl Engine {
     }
 
     /// Starts a new run of `agent` on `task` and drives it to an end (or to a stop).
-    pub async fn start(&self, agent: &Agent, task: &str, observer: &dyn Observer) -> Result<RunReport, EngineError> {
+    pub async fn start(
+        &self,
+        agent: &Agent,
+        task: &str,
+        observer: &dyn Observer,
+    ) -> Result<RunReport, EngineError> {
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let workspace = self.prepare_workspace(agent, &run_id)?;
-        driver::Driver::new(self, agent, run_id, RunState::default(), workspace, observer).start(task).await
+        driver::Driver::new(
+            self,
+            agent,
+            run_id,
+            RunState::default(),
+            workspace,
+            observer,
+        )
+        .start(task)
+        .await
     }
 
     /// Continues a run from its log. `agent` is the run's agent, loaded again.
-    pub async fn resume(&self, run_id: &str, agent: &Agent, observer: &dyn Observer) -> Result<RunReport, EngineError> {
+    pub async fn resume(
+        &self,
+        run_id: &str,
+        agent: &Agent,
+        observer: &dyn Observer,
+    ) -> Result<RunReport, EngineError> {
         let state = self.load(run_id)?;
         if let Some(ended) = state.ended() {
-            return Err(EngineError::AlreadyEnded { run_id: run_id.to_owned(), status: ended.status });
+            return Err(EngineError::AlreadyEnded {
+                run_id: run_id.to_owned(),
+                status: ended.status,
+            });
         }
-        let workspace = PathBuf::from(state.started().map(|s| s.workspace.clone()).unwrap_or_default());
-        driver::Driver::new(self, agent, run_id.to_owned(), state, workspace, observer).resume().await
+        let workspace = PathBuf::from(
+            state
+                .started()
+                .map(|s| s.workspace.clone())
+                .unwrap_or_default(),
+        );
+        driver::Driver::new(self, agent, run_id.to_owned(), state, workspace, observer)
+            .resume()
+            .await
     }
 
     /// Folds a run's log.
     pub fn load(&self, run_id: &str) -> Result<RunState, EngineError> {
         let events = self.store.events(run_id)?;
-        RunState::from_events(&events).map_err(|source| EngineError::State { run_id: run_id.to_owned(), source })
+        RunState::from_events(&events).map_err(|source| EngineError::State {
+            run_id: run_id.to_owned(),
+            source,
+        })
     }
 
     fn prepare_workspace(&self, agent: &Agent, run_id: &str) -> Result<PathBuf, EngineError> {
@@ -196,7 +235,10 @@ impl Engine {
             return Ok(agent.workspace.clone());
         }
         let target = self.state_dir.join("workspaces").join(run_id);
-        let fail = |source| EngineError::Workspace { path: target.display().to_string(), source };
+        let fail = |source| EngineError::Workspace {
+            path: target.display().to_string(),
+            source,
+        };
         copy_tree(&agent.workspace, &target).map_err(fail)?;
         target.canonicalize().map_err(fail)
     }

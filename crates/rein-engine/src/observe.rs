@@ -35,6 +35,9 @@ pub struct FaultPlan {
 
 impl std::fmt::Debug for FaultPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultPlan").field("after_event", &self.after_event).field("after_effect", &self.after_effect).finish()
+        f.debug_struct("FaultPlan")
+            .field("after_event", &self.after_event)
+            .field("after_effect", &self.after_effect)
+            .finish()
     }
 }

@@ -2,6 +2,8 @@
 //! command tools and a local HTTP server for a provider. Crashes are simulated with fault points
 //! that abandon a run exactly where a dead process would have left it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,7 +79,10 @@ impl Fixture {
             ),
         )
         .unwrap();
-        Fixture { dir, state: tempfile::tempdir().unwrap() }
+        Fixture {
+            dir,
+            state: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn agent(&self) -> Agent {
@@ -91,7 +96,9 @@ impl Fixture {
     }
 
     fn effects(&self, file: &str) -> usize {
-        std::fs::read_to_string(self.workspace().join(file)).map(|s| s.lines().count()).unwrap_or(0)
+        std::fs::read_to_string(self.workspace().join(file))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 
     fn workspace(&self) -> PathBuf {
@@ -104,14 +111,21 @@ fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
 }
 
 fn stop_after_event(seq: u64) -> FaultPlan {
-    FaultPlan { after_event: Some(seq), after_effect: None, stop: Some(Arc::new(|| {})) }
+    FaultPlan {
+        after_event: Some(seq),
+        after_effect: None,
+        stop: Some(Arc::new(|| {})),
+    }
 }
 
 #[tokio::test]
 async fn a_run_records_every_step_and_completes() {
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let engine = fx.engine(FaultPlan::default());
-    let report = engine.start(&fx.agent(), "refund A-1", &NoObserver).await.unwrap();
+    let report = engine
+        .start(&fx.agent(), "refund A-1", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Completed);
     assert_eq!((report.steps, report.tool_calls), (3, 3));
     assert_eq!(report.output.as_deref(), Some("All done."));
@@ -121,18 +135,41 @@ async fn a_run_records_every_step_and_completes() {
         kinds(&events),
         vec![
             "run_started",
-            "model_requested", "model_replied", "tool_intent", "tool_outcome",
-            "model_requested", "model_replied", "tool_intent", "tool_outcome", "tool_intent", "tool_outcome",
-            "model_requested", "model_replied",
+            "model_requested",
+            "model_replied",
+            "tool_intent",
+            "tool_outcome",
+            "model_requested",
+            "model_replied",
+            "tool_intent",
+            "tool_outcome",
+            "tool_intent",
+            "tool_outcome",
+            "model_requested",
+            "model_replied",
             "run_ended",
         ]
     );
     // The intent holds the validated arguments and the manifest's idempotence.
-    assert!(matches!(&events[3].event, Event::ToolIntent { tool, args, idempotent: true, attempt: 1, .. } if tool == "orders.lookup" && args == &json!({"order_id": "A-1"})));
-    assert!(matches!(&events[4].event, Event::ToolOutcome { ok: true, output, .. } if output == &json!({"order_id": "A-1"})));
-    assert_eq!((fx.effects("lookups.log"), fx.effects("refunds.log"), fx.effects("emails.log")), (1, 1, 1));
+    assert!(
+        matches!(&events[3].event, Event::ToolIntent { tool, args, idempotent: true, attempt: 1, .. } if tool == "orders.lookup" && args == &json!({"order_id": "A-1"}))
+    );
+    assert!(
+        matches!(&events[4].event, Event::ToolOutcome { ok: true, output, .. } if output == &json!({"order_id": "A-1"}))
+    );
+    assert_eq!(
+        (
+            fx.effects("lookups.log"),
+            fx.effects("refunds.log"),
+            fx.effects("emails.log")
+        ),
+        (1, 1, 1)
+    );
     let summary = engine.store().run(&report.run_id).unwrap();
-    assert_eq!((summary.status, summary.steps, summary.events), (Some(EndState::Completed), 3, 14));
+    assert_eq!(
+        (summary.status, summary.steps, summary.events),
+        (Some(EndState::Completed), 3, 14)
+    );
 }
 
 #[tokio::test]
@@ -152,7 +189,10 @@ text = "I could not do it."
 "#;
     let fx = Fixture::new(script, "");
     let engine = fx.engine(FaultPlan::default());
-    let report = engine.start(&fx.agent(), "break things", &NoObserver).await.unwrap();
+    let report = engine
+        .start(&fx.agent(), "break things", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Completed);
     let events = engine.store().events(&report.run_id).unwrap();
     let rejections: Vec<String> = events
@@ -163,23 +203,50 @@ text = "I could not do it."
         })
         .collect();
     assert_eq!(rejections.len(), 3, "{rejections:?}");
-    assert!(rejections[0].contains("unknown tool `orders.delete`") && rejections[0].contains("orders.lookup"), "{}", rejections[0]);
-    assert!(rejections[1].contains("not valid JSON"), "{}", rejections[1]);
-    assert!(rejections[2].contains("/order_id") && rejections[2].contains("extra"), "{}", rejections[2]);
+    assert!(
+        rejections[0].contains("unknown tool `orders.delete`")
+            && rejections[0].contains("orders.lookup"),
+        "{}",
+        rejections[0]
+    );
+    assert!(
+        rejections[1].contains("not valid JSON"),
+        "{}",
+        rejections[1]
+    );
+    assert!(
+        rejections[2].contains("/order_id") && rejections[2].contains("extra"),
+        "{}",
+        rejections[2]
+    );
     let failures: Vec<String> = events
         .iter()
         .filter_map(|e| match &e.event {
-            Event::ToolOutcome { ok: false, output, .. } => Some(output["error"].as_str().unwrap().to_owned()),
+            Event::ToolOutcome {
+                ok: false, output, ..
+            } => Some(output["error"].as_str().unwrap().to_owned()),
             _ => None,
         })
         .collect();
     assert_eq!(failures.len(), 2, "{failures:?}");
-    assert!(failures[0].contains("timed out after 200 ms"), "{}", failures[0]);
-    assert!(failures[1].contains("not one JSON value"), "{}", failures[1]);
+    assert!(
+        failures[0].contains("timed out after 200 ms"),
+        "{}",
+        failures[0]
+    );
+    assert!(
+        failures[1].contains("not one JSON value"),
+        "{}",
+        failures[1]
+    );
     assert_eq!(fx.effects("lookups.log"), 0, "rejected calls never ran");
     // The model saw each problem as the call's result.
     let state = engine.load(&report.run_id).unwrap();
-    let errors = state.messages().iter().filter(|m| matches!(m, rein_core::Message::Tool { is_error: true, .. })).count();
+    let errors = state
+        .messages()
+        .iter()
+        .filter(|m| matches!(m, rein_core::Message::Tool { is_error: true, .. }))
+        .count();
     assert_eq!(errors, 5);
 }
 
@@ -187,7 +254,11 @@ text = "I could not do it."
 async fn limits_end_the_run_with_its_partial_output() {
     let script = "[[turns]]\ntext = \"working\"\ncalls = [{ tool = \"orders.lookup\", args = { order_id = \"A\" } }]\n".repeat(5);
     let fx = Fixture::new(&script, "[limits]\nmax_steps = 2\n");
-    let report = fx.engine(FaultPlan::default()).start(&fx.agent(), "loop", &NoObserver).await.unwrap();
+    let report = fx
+        .engine(FaultPlan::default())
+        .start(&fx.agent(), "loop", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::BudgetExhausted);
     assert_eq!((report.steps, report.tool_calls), (2, 2));
     assert_eq!(report.output.as_deref(), Some("working"));
@@ -197,9 +268,18 @@ async fn limits_end_the_run_with_its_partial_output() {
 #[tokio::test]
 async fn a_run_that_outlives_its_script_fails_with_a_reason() {
     let fx = Fixture::new("[[turns]]\ncalls = [{ tool = \"email.send\" }]\n", "");
-    let report = fx.engine(FaultPlan::default()).start(&fx.agent(), "x", &NoObserver).await.unwrap();
+    let report = fx
+        .engine(FaultPlan::default())
+        .start(&fx.agent(), "x", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Failed);
-    assert!(report.reason.unwrap().contains("has 1 turns and the run asked for turn 2"));
+    assert!(
+        report
+            .reason
+            .unwrap()
+            .contains("has 1 turns and the run asked for turn 2")
+    );
 }
 
 /// Crashes at every event boundary of the happy run, then resumes: the run always ends
@@ -210,27 +290,64 @@ async fn resuming_after_a_crash_at_every_event_never_repeats_an_effect() {
     for crash_after in 1..total_events {
         let fx = Fixture::new(HAPPY_SCRIPT, "");
         let agent = fx.agent();
-        let err = fx.engine(stop_after_event(crash_after)).start(&agent, "refund A-1", &NoObserver).await.unwrap_err();
-        assert!(matches!(err, EngineError::Interrupted { seq, .. } if seq == crash_after), "{err}");
-        let run_id = fx.engine(FaultPlan::default()).store().list_runs(1).unwrap()[0].id.clone();
-        let report = fx.engine(FaultPlan::default()).resume(&run_id, &agent, &NoObserver).await.unwrap();
+        let err = fx
+            .engine(stop_after_event(crash_after))
+            .start(&agent, "refund A-1", &NoObserver)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, EngineError::Interrupted { seq, .. } if seq == crash_after),
+            "{err}"
+        );
+        let run_id = fx
+            .engine(FaultPlan::default())
+            .store()
+            .list_runs(1)
+            .unwrap()[0]
+            .id
+            .clone();
+        let report = fx
+            .engine(FaultPlan::default())
+            .resume(&run_id, &agent, &NoObserver)
+            .await
+            .unwrap();
         // Events 8 and 10 are the intents of the refund and the email, which are not idempotent:
         // a crash right after one leaves its effect in doubt, so the run must stop and say so.
         match crash_after {
             8 | 10 => {
-                assert_eq!(report.status, EndState::NeedsReconciliation, "crash after event {crash_after}");
-                let expected = if crash_after == 8 { "call_2_1" } else { "call_2_2" };
+                assert_eq!(
+                    report.status,
+                    EndState::NeedsReconciliation,
+                    "crash after event {crash_after}"
+                );
+                let expected = if crash_after == 8 {
+                    "call_2_1"
+                } else {
+                    "call_2_2"
+                };
                 assert_eq!(report.call_id.as_deref(), Some(expected));
             }
-            _ => assert_eq!(report.status, EndState::Completed, "crash after event {crash_after}: {:?}", report.reason),
+            _ => assert_eq!(
+                report.status,
+                EndState::Completed,
+                "crash after event {crash_after}: {:?}",
+                report.reason
+            ),
         }
         // Whatever happened, no effect happened twice, and a completed run did each exactly once.
         let (refunds, emails) = (fx.effects("refunds.log"), fx.effects("emails.log"));
-        assert!(refunds <= 1 && emails <= 1, "crash after event {crash_after}: {refunds} refunds, {emails} emails");
+        assert!(
+            refunds <= 1 && emails <= 1,
+            "crash after event {crash_after}: {refunds} refunds, {emails} emails"
+        );
         if report.status == EndState::Completed {
             assert_eq!((refunds, emails), (1, 1), "crash after event {crash_after}");
         }
-        let events = fx.engine(FaultPlan::default()).store().events(&run_id).unwrap();
+        let events = fx
+            .engine(FaultPlan::default())
+            .store()
+            .events(&run_id)
+            .unwrap();
         assert!(kinds(&events).contains(&"run_resumed"));
         // The log continues seamlessly: the resumed process appended right after the crash point.
         assert_eq!(events[crash_after as usize].event.kind(), "run_resumed");
@@ -242,13 +359,24 @@ async fn an_effect_in_doubt_is_repeated_only_when_idempotent() {
     // Effect 1 is the idempotent lookup: it is run again, with the same call id.
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let agent = fx.agent();
-    let faults = FaultPlan { after_effect: Some(1), after_event: None, stop: Some(Arc::new(|| {})) };
-    fx.engine(faults).start(&agent, "t", &NoObserver).await.unwrap_err();
+    let faults = FaultPlan {
+        after_effect: Some(1),
+        after_event: None,
+        stop: Some(Arc::new(|| {})),
+    };
+    fx.engine(faults)
+        .start(&agent, "t", &NoObserver)
+        .await
+        .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
     let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::Completed);
-    assert_eq!(fx.effects("lookups.log"), 2, "the idempotent lookup ran again");
+    assert_eq!(
+        fx.effects("lookups.log"),
+        2,
+        "the idempotent lookup ran again"
+    );
     let retried = engine.store().events(&run_id).unwrap().into_iter().any(|e| {
         matches!(e.event, Event::ToolIntent { ref call_id, attempt: 2, .. } if call_id == "call_1_1")
     });
@@ -257,19 +385,41 @@ async fn an_effect_in_doubt_is_repeated_only_when_idempotent() {
     // Effect 2 is the refund: not idempotent, so the run stops and names it.
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let agent = fx.agent();
-    let faults = FaultPlan { after_effect: Some(2), after_event: None, stop: Some(Arc::new(|| {})) };
-    fx.engine(faults).start(&agent, "t", &NoObserver).await.unwrap_err();
+    let faults = FaultPlan {
+        after_effect: Some(2),
+        after_event: None,
+        stop: Some(Arc::new(|| {})),
+    };
+    fx.engine(faults)
+        .start(&agent, "t", &NoObserver)
+        .await
+        .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
     let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::NeedsReconciliation);
     assert_eq!(report.call_id.as_deref(), Some("call_2_1"));
     assert!(report.reason.unwrap().contains("refunds.issue"));
-    assert_eq!((fx.effects("refunds.log"), fx.effects("emails.log")), (1, 0));
+    assert_eq!(
+        (fx.effects("refunds.log"), fx.effects("emails.log")),
+        (1, 0)
+    );
 
     // An ended run is not resumed again.
-    let err = engine.resume(&run_id, &agent, &NoObserver).await.unwrap_err();
-    assert!(matches!(err, EngineError::AlreadyEnded { status: EndState::NeedsReconciliation, .. }), "{err}");
+    let err = engine
+        .resume(&run_id, &agent, &NoObserver)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::AlreadyEnded {
+                status: EndState::NeedsReconciliation,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -283,10 +433,23 @@ async fn isolated_workspaces_are_copies_per_run() {
     for report in [&a, &b] {
         let ws = Path::new(&report.workspace);
         assert!(ws.starts_with(fx.state.path().canonicalize().unwrap()));
-        assert_eq!(std::fs::read_to_string(ws.join("seed.txt")).unwrap(), "seed");
-        assert_eq!(std::fs::read_to_string(ws.join("refunds.log")).unwrap().lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(ws.join("seed.txt")).unwrap(),
+            "seed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.join("refunds.log"))
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
     }
-    assert_eq!(fx.effects("refunds.log"), 0, "the agent's own folder is untouched");
+    assert_eq!(
+        fx.effects("refunds.log"),
+        0,
+        "the agent's own folder is untouched"
+    );
 }
 
 fn openai_fixture(server: &MockServer) -> Fixture {
@@ -301,7 +464,10 @@ fn openai_fixture(server: &MockServer) -> Fixture {
 
 fn openai_agent(fx: &Fixture) -> Agent {
     let spec = rein_config::load(fx.dir.path()).unwrap();
-    Agent::from_spec(&spec, &|var| (var == "TEST_KEY").then(|| "sk-test".to_owned())).unwrap()
+    Agent::from_spec(&spec, &|var| {
+        (var == "TEST_KEY").then(|| "sk-test".to_owned())
+    })
+    .unwrap()
 }
 
 fn final_answer() -> ResponseTemplate {
@@ -315,37 +481,83 @@ fn final_answer() -> ResponseTemplate {
 async fn a_rate_limited_provider_is_retried_then_succeeds() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "0").set_body_json(json!({"error": {"message": "slow down"}})))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "0")
+                .set_body_json(json!({"error": {"message": "slow down"}})),
+        )
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST")).respond_with(final_answer()).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(final_answer())
+        .mount(&server)
+        .await;
     let fx = openai_fixture(&server);
     let engine = fx.engine(FaultPlan::default());
-    let report = engine.start(&openai_agent(&fx), "hi", &NoObserver).await.unwrap();
+    let report = engine
+        .start(&openai_agent(&fx), "hi", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Completed);
     assert_eq!(report.usage.input_tokens, 10);
     let events = engine.store().events(&report.run_id).unwrap();
-    assert_eq!(kinds(&events), vec!["run_started", "model_requested", "model_failed", "model_requested", "model_replied", "run_ended"]);
-    assert!(matches!(&events[2].event, Event::ModelFailed { will_retry: true, retry_in_ms: Some(0), error, .. } if error.contains("429")));
+    assert_eq!(
+        kinds(&events),
+        vec![
+            "run_started",
+            "model_requested",
+            "model_failed",
+            "model_requested",
+            "model_replied",
+            "run_ended"
+        ]
+    );
+    assert!(
+        matches!(&events[2].event, Event::ModelFailed { will_retry: true, retry_in_ms: Some(0), error, .. } if error.contains("429"))
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn a_provider_that_keeps_failing_ends_the_run_failed() {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500).set_body_string("down")).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("down"))
+        .mount(&server)
+        .await;
     let fx = openai_fixture(&server);
-    let report = fx.engine(FaultPlan::default()).start(&openai_agent(&fx), "hi", &NoObserver).await.unwrap();
+    let report = fx
+        .engine(FaultPlan::default())
+        .start(&openai_agent(&fx), "hi", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Failed);
-    assert!(report.reason.as_deref().unwrap().contains("failed after 3 tries: provider error (HTTP 500)"), "{:?}", report.reason);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("failed after 3 tries: provider error (HTTP 500)"),
+        "{:?}",
+        report.reason
+    );
     assert_eq!(server.received_requests().await.unwrap().len(), 3);
 
     // A refused request (401) is not retried.
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}}))).mount(&server).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}})),
+        )
+        .mount(&server)
+        .await;
     let fx = openai_fixture(&server);
-    let report = fx.engine(FaultPlan::default()).start(&openai_agent(&fx), "hi", &NoObserver).await.unwrap();
+    let report = fx
+        .engine(FaultPlan::default())
+        .start(&openai_agent(&fx), "hi", &NoObserver)
+        .await
+        .unwrap();
     assert_eq!(report.status, EndState::Failed);
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
@@ -353,12 +565,18 @@ async fn a_provider_that_keeps_failing_ends_the_run_failed() {
 #[test]
 fn a_missing_api_key_is_a_clear_error() {
     let fx = Fixture::new("", "");
-    let toml = std::fs::read_to_string(fx.dir.path().join("agent.toml")).unwrap().replace(
-        "provider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"",
-        "provider = \"anthropic\"\nname = \"claude\"\napi_key_env = \"MY_KEY\"",
-    );
+    let toml = std::fs::read_to_string(fx.dir.path().join("agent.toml"))
+        .unwrap()
+        .replace(
+            "provider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"",
+            "provider = \"anthropic\"\nname = \"claude\"\napi_key_env = \"MY_KEY\"",
+        );
     std::fs::write(fx.dir.path().join("agent.toml"), toml).unwrap();
     let spec = rein_config::load(fx.dir.path()).unwrap();
     let err = Agent::from_spec(&spec, &|_| None).unwrap_err();
-    assert!(err.to_string().contains("model.api_key_env names `MY_KEY`, which is not set"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("model.api_key_env names `MY_KEY`, which is not set"),
+        "{err}"
+    );
 }

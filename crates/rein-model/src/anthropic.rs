@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue};
 use rein_core::{Message, ToolCall, Usage};
+use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::http::{client, post_json};
@@ -55,7 +55,11 @@ impl AnthropicProvider {
     /// A provider with these settings.
     pub fn new(config: AnthropicConfig) -> Result<AnthropicProvider, String> {
         let url = format!("{}/v1/messages", config.base_url.trim_end_matches('/'));
-        Ok(AnthropicProvider { client: client(config.timeout)?, config, url })
+        Ok(AnthropicProvider {
+            client: client(config.timeout)?,
+            config,
+            url,
+        })
     }
 
     fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
@@ -69,12 +73,21 @@ impl AnthropicProvider {
                         content.push(json!({"type": "text", "text": text}));
                     }
                     for c in tool_calls {
-                        let input = if c.arguments.is_object() { c.arguments.clone() } else { json!({}) };
+                        let input = if c.arguments.is_object() {
+                            c.arguments.clone()
+                        } else {
+                            json!({})
+                        };
                         content.push(json!({"type": "tool_use", "id": c.id, "name": names.to_wire(&c.name), "input": input}));
                     }
                     messages.push(json!({"role": "assistant", "content": content}));
                 }
-                Message::Tool { call_id, content, is_error, .. } => {
+                Message::Tool {
+                    call_id,
+                    content,
+                    is_error,
+                    ..
+                } => {
                     let block = json!({"type": "tool_result", "tool_use_id": call_id, "content": content, "is_error": is_error});
                     // Results of one turn's calls travel together in one user message.
                     match messages.last_mut() {
@@ -117,28 +130,48 @@ impl Provider for AnthropicProvider {
         &self.config.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let names = WireNames::new(request.tools.iter().map(|t| t.name.as_str()));
             let mut headers = HeaderMap::new();
-            headers.insert("anthropic-version", HeaderValue::from_static(ANTHROPIC_VERSION));
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(ANTHROPIC_VERSION),
+            );
             if let Some(key) = &self.config.api_key {
-                let mut value = HeaderValue::from_str(key).map_err(|_| ProviderError::Rejected {
-                    status: 0,
-                    message: "the API key holds characters that cannot be sent in a header".into(),
-                })?;
+                let mut value =
+                    HeaderValue::from_str(key).map_err(|_| ProviderError::Rejected {
+                        status: 0,
+                        message: "the API key holds characters that cannot be sent in a header"
+                            .into(),
+                    })?;
                 value.set_sensitive(true);
                 headers.insert("x-api-key", value);
             }
-            let answer = post_json(&self.client, &self.url, headers, &self.body(request, &names), self.config.timeout).await?;
+            let answer = post_json(
+                &self.client,
+                &self.url,
+                headers,
+                &self.body(request, &names),
+                self.config.timeout,
+            )
+            .await?;
             parse_response(&answer, &names)
         })
     }
 }
 
 fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, ProviderError> {
-    let malformed = |detail: &str| ProviderError::Malformed { detail: detail.to_owned() };
-    let blocks = answer.get("content").and_then(Value::as_array).ok_or_else(|| malformed("no content list in the answer"))?;
+    let malformed = |detail: &str| ProviderError::Malformed {
+        detail: detail.to_owned(),
+    };
+    let blocks = answer
+        .get("content")
+        .and_then(Value::as_array)
+        .ok_or_else(|| malformed("no content list in the answer"))?;
     let mut texts = Vec::new();
     let mut tool_calls = Vec::new();
     for block in blocks {
@@ -149,11 +182,23 @@ fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, Pro
                 }
             }
             Some("tool_use") => {
-                let id = block.get("id").and_then(Value::as_str).ok_or_else(|| malformed("a tool_use block has no id"))?;
-                let name = block.get("name").and_then(Value::as_str).ok_or_else(|| malformed("a tool_use block has no name"))?;
+                let id = block
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| malformed("a tool_use block has no id"))?;
+                let name = block
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| malformed("a tool_use block has no name"))?;
                 let input = block.get("input").cloned().unwrap_or(Value::Null);
-                let invalid_arguments = (!input.is_object()).then(|| "the tool input is not a JSON object".to_owned());
-                tool_calls.push(ToolCall { id: id.to_owned(), name: names.from_wire(name), arguments: input, invalid_arguments });
+                let invalid_arguments =
+                    (!input.is_object()).then(|| "the tool input is not a JSON object".to_owned());
+                tool_calls.push(ToolCall {
+                    id: id.to_owned(),
+                    name: names.from_wire(name),
+                    arguments: input,
+                    invalid_arguments,
+                });
             }
             // Thinking and other block types carry nothing rein acts on.
             _ => {}
@@ -161,9 +206,23 @@ fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, Pro
     }
     let text = (!texts.is_empty()).then(|| texts.join("\n"));
     let usage = Usage {
-        input_tokens: answer.pointer("/usage/input_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: answer.pointer("/usage/output_tokens").and_then(Value::as_u64).unwrap_or(0),
+        input_tokens: answer
+            .pointer("/usage/input_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        output_tokens: answer
+            .pointer("/usage/output_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     };
-    let stop_reason = answer.get("stop_reason").and_then(Value::as_str).map(str::to_owned);
-    Ok(ChatResponse { text, tool_calls, usage, stop_reason })
+    let stop_reason = answer
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(ChatResponse {
+        text,
+        tool_calls,
+        usage,
+        stop_reason,
+    })
 }

@@ -27,7 +27,13 @@ pub(crate) async fn post_json(
     body: &Value,
     timeout: Duration,
 ) -> Result<Value, ProviderError> {
-    let response = client.post(url).headers(headers).json(body).send().await.map_err(|e| send_error(e, timeout))?;
+    let response = client
+        .post(url)
+        .headers(headers)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| send_error(e, timeout))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
     let text = response.text().await.map_err(|e| send_error(e, timeout))?;
@@ -39,9 +45,19 @@ pub(crate) async fn post_json(
     let message = error_message(&text);
     let code = status.as_u16();
     Err(match code {
-        429 => ProviderError::RateLimited { retry_after, message },
-        408 | 500..=599 => ProviderError::Server { status: code, retry_after, message },
-        _ => ProviderError::Rejected { status: code, message },
+        429 => ProviderError::RateLimited {
+            retry_after,
+            message,
+        },
+        408 | 500..=599 => ProviderError::Server {
+            status: code,
+            retry_after,
+            message,
+        },
+        _ => ProviderError::Rejected {
+            status: code,
+            message,
+        },
     })
 }
 
@@ -50,21 +66,35 @@ fn send_error(e: reqwest::Error, timeout: Duration) -> ProviderError {
         ProviderError::Timeout { after: timeout }
     } else {
         // Without the URL: it may carry a key in a query string.
-        ProviderError::Transport { message: e.without_url().to_string() }
+        ProviderError::Transport {
+            message: e.without_url().to_string(),
+        }
     }
 }
 
 /// Reads `Retry-After` in seconds (the HTTP-date form is ignored).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// The provider's error message: `error.message` in both APIs' error bodies, or the body itself.
 fn error_message(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| snippet(body))
 }
 
@@ -77,5 +107,9 @@ fn snippet(text: &str) -> String {
     while !trimmed.is_char_boundary(end) {
         end -= 1;
     }
-    if end < trimmed.len() { format!("{}…", &trimmed[..end]) } else { trimmed.to_owned() }
+    if end < trimmed.len() {
+        format!("{}…", &trimmed[..end])
+    } else {
+        trimmed.to_owned()
+    }
 }

@@ -104,7 +104,9 @@ pub enum ProviderError {
 }
 
 fn fmt_retry(retry_after: &Option<Duration>) -> String {
-    retry_after.map(|d| format!(", retry after {} ms", d.as_millis())).unwrap_or_default()
+    retry_after
+        .map(|d| format!(", retry after {} ms", d.as_millis()))
+        .unwrap_or_default()
 }
 
 impl ProviderError {
@@ -123,7 +125,8 @@ impl ProviderError {
     /// The wait the provider asked for before a retry.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProviderError::RateLimited { retry_after, .. } | ProviderError::Server { retry_after, .. } => *retry_after,
+            ProviderError::RateLimited { retry_after, .. }
+            | ProviderError::Server { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -136,7 +139,10 @@ pub trait Provider: Send + Sync {
     /// The model this provider calls.
     fn model(&self) -> &str;
     /// Asks the model for its next turn.
-    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 }
 
 /// Estimates tokens for text where no tokenizer applies: one token per four bytes, rounded up.

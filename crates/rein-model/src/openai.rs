@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use rein_core::{Message, ToolCall, Usage};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::http::{client, post_json};
@@ -53,7 +53,11 @@ impl OpenAiProvider {
     /// A provider with these settings.
     pub fn new(config: OpenAiConfig) -> Result<OpenAiProvider, String> {
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        Ok(OpenAiProvider { client: client(config.timeout)?, config, url })
+        Ok(OpenAiProvider {
+            client: client(config.timeout)?,
+            config,
+            url,
+        })
     }
 
     fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
@@ -122,48 +126,109 @@ impl Provider for OpenAiProvider {
         &self.config.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
         Box::pin(async move {
             let names = WireNames::new(request.tools.iter().map(|t| t.name.as_str()));
             let mut headers = HeaderMap::new();
             if let Some(key) = &self.config.api_key {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| ProviderError::Rejected {
-                    status: 0,
-                    message: "the API key holds characters that cannot be sent in a header".into(),
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                    ProviderError::Rejected {
+                        status: 0,
+                        message: "the API key holds characters that cannot be sent in a header"
+                            .into(),
+                    }
                 })?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
             }
-            let answer = post_json(&self.client, &self.url, headers, &self.body(request, &names), self.config.timeout).await?;
+            let answer = post_json(
+                &self.client,
+                &self.url,
+                headers,
+                &self.body(request, &names),
+                self.config.timeout,
+            )
+            .await?;
             parse_response(&answer, &names)
         })
     }
 }
 
 fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, ProviderError> {
-    let malformed = |detail: &str| ProviderError::Malformed { detail: detail.to_owned() };
-    let choice = answer.pointer("/choices/0").ok_or_else(|| malformed("no choices[0] in the answer"))?;
-    let message = choice.get("message").ok_or_else(|| malformed("no choices[0].message in the answer"))?;
-    let text = message.get("content").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    let malformed = |detail: &str| ProviderError::Malformed {
+        detail: detail.to_owned(),
+    };
+    let choice = answer
+        .pointer("/choices/0")
+        .ok_or_else(|| malformed("no choices[0] in the answer"))?;
+    let message = choice
+        .get("message")
+        .ok_or_else(|| malformed("no choices[0].message in the answer"))?;
+    let text = message
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     let mut tool_calls = Vec::new();
     if let Some(calls) = message.get("tool_calls").filter(|v| !v.is_null()) {
-        let calls = calls.as_array().ok_or_else(|| malformed("tool_calls is not a list"))?;
+        let calls = calls
+            .as_array()
+            .ok_or_else(|| malformed("tool_calls is not a list"))?;
         for (i, call) in calls.iter().enumerate() {
-            let id = call.get("id").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| format!("call_{i}"));
-            let function = call.get("function").ok_or_else(|| malformed("a tool call has no function"))?;
-            let name = function.get("name").and_then(Value::as_str).ok_or_else(|| malformed("a tool call has no name"))?;
-            let raw = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-            let (arguments, invalid_arguments) = match serde_json::from_str::<Value>(if raw.trim().is_empty() { "{}" } else { raw }) {
-                Ok(v) => (v, None),
-                Err(e) => (Value::String(raw.to_owned()), Some(format!("arguments are not valid JSON: {e}"))),
-            };
-            tool_calls.push(ToolCall { id, name: names.from_wire(name), arguments, invalid_arguments });
+            let id = call
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("call_{i}"));
+            let function = call
+                .get("function")
+                .ok_or_else(|| malformed("a tool call has no function"))?;
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| malformed("a tool call has no name"))?;
+            let raw = function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
+            let (arguments, invalid_arguments) =
+                match serde_json::from_str::<Value>(if raw.trim().is_empty() { "{}" } else { raw })
+                {
+                    Ok(v) => (v, None),
+                    Err(e) => (
+                        Value::String(raw.to_owned()),
+                        Some(format!("arguments are not valid JSON: {e}")),
+                    ),
+                };
+            tool_calls.push(ToolCall {
+                id,
+                name: names.from_wire(name),
+                arguments,
+                invalid_arguments,
+            });
         }
     }
     let usage = Usage {
-        input_tokens: answer.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
-        output_tokens: answer.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+        input_tokens: answer
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        output_tokens: answer
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     };
-    let stop_reason = choice.get("finish_reason").and_then(Value::as_str).map(str::to_owned);
-    Ok(ChatResponse { text, tool_calls, usage, stop_reason })
+    let stop_reason = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok(ChatResponse {
+        text,
+        tool_calls,
+        usage,
+        stop_reason,
+    })
 }

@@ -80,31 +80,56 @@ pub struct ScriptedProvider {
 impl ScriptedProvider {
     /// A provider playing these turns, under this model name.
     pub fn new(model: impl Into<String>, turns: Vec<ScriptedTurn>) -> ScriptedProvider {
-        ScriptedProvider { model: model.into(), turns, source: "the script".into() }
+        ScriptedProvider {
+            model: model.into(),
+            turns,
+            source: "the script".into(),
+        }
     }
 
     /// Reads a script file (TOML, a `[[turns]]` list).
-    pub fn from_file(model: impl Into<String>, path: &Path) -> Result<ScriptedProvider, ScriptError> {
-        let error = |line, message: String| ScriptError { path: path.to_owned(), line, message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(None, format!("cannot read the script: {e}")))?;
+    pub fn from_file(
+        model: impl Into<String>,
+        path: &Path,
+    ) -> Result<ScriptedProvider, ScriptError> {
+        let error = |line, message: String| ScriptError {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(None, format!("cannot read the script: {e}")))?;
         let file: ScriptFile = toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| rein_core::text::line_col(&text, s.start));
             error(line, e.message().to_owned())
         })?;
         for (i, turn) in file.turns.iter().enumerate() {
             if turn.text.is_none() && turn.calls.is_empty() {
-                return Err(error(None, format!("turns[{i}] has neither `text` nor `calls`")));
+                return Err(error(
+                    None,
+                    format!("turns[{i}] has neither `text` nor `calls`"),
+                ));
             }
             for (j, call) in turn.calls.iter().enumerate() {
                 if call.args.is_some() && call.raw_args.is_some() {
-                    return Err(error(None, format!("turns[{i}].calls[{j}] has both `args` and `raw_args`: keep one")));
+                    return Err(error(
+                        None,
+                        format!("turns[{i}].calls[{j}] has both `args` and `raw_args`: keep one"),
+                    ));
                 }
             }
         }
         if file.turns.is_empty() {
-            return Err(error(None, "the script has no turns: add at least one `[[turns]]` table".into()));
+            return Err(error(
+                None,
+                "the script has no turns: add at least one `[[turns]]` table".into(),
+            ));
         }
-        Ok(ScriptedProvider { model: model.into(), turns: file.turns, source: path.display().to_string() })
+        Ok(ScriptedProvider {
+            model: model.into(),
+            turns: file.turns,
+            source: path.display().to_string(),
+        })
     }
 
     /// The turns this provider plays.
@@ -122,8 +147,15 @@ impl Provider for ScriptedProvider {
         &self.model
     }
 
-    fn complete<'a>(&'a self, request: &'a ChatRequest<'a>) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        let index = request.messages.iter().filter(|m| matches!(m, Message::Assistant { .. })).count();
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        let index = request
+            .messages
+            .iter()
+            .filter(|m| matches!(m, Message::Assistant { .. }))
+            .count();
         let result = match self.turns.get(index) {
             None => Err(ProviderError::Script(format!(
                 "{} has {} turns and the run asked for turn {}: end the script with a turn that has only `text`",
@@ -140,32 +172,61 @@ impl Provider for ScriptedProvider {
                         let id = format!("call_{}_{}", index + 1, j + 1);
                         match &c.raw_args {
                             Some(raw) => match serde_json::from_str::<Value>(raw) {
-                                Ok(arguments) => ToolCall { id, name: c.tool.clone(), arguments, invalid_arguments: None },
+                                Ok(arguments) => ToolCall {
+                                    id,
+                                    name: c.tool.clone(),
+                                    arguments,
+                                    invalid_arguments: None,
+                                },
                                 Err(e) => ToolCall {
                                     id,
                                     name: c.tool.clone(),
                                     arguments: Value::String(raw.clone()),
-                                    invalid_arguments: Some(format!("arguments are not valid JSON: {e}")),
+                                    invalid_arguments: Some(format!(
+                                        "arguments are not valid JSON: {e}"
+                                    )),
                                 },
                             },
                             None => ToolCall {
                                 id,
                                 name: c.tool.clone(),
-                                arguments: c.args.clone().unwrap_or_else(|| Value::Object(Default::default())),
+                                arguments: c
+                                    .args
+                                    .clone()
+                                    .unwrap_or_else(|| Value::Object(Default::default())),
                                 invalid_arguments: None,
                             },
                         }
                     })
                     .collect::<Vec<_>>();
                 let input: u64 = estimate_tokens(request.system)
-                    + request.messages.iter().map(|m| estimate_tokens(&message_text(m))).sum::<u64>();
+                    + request
+                        .messages
+                        .iter()
+                        .map(|m| estimate_tokens(&message_text(m)))
+                        .sum::<u64>();
                 let output = estimate_tokens(turn.text.as_deref().unwrap_or(""))
-                    + tool_calls.iter().map(|c| estimate_tokens(&c.arguments.to_string()) + estimate_tokens(&c.name)).sum::<u64>();
+                    + tool_calls
+                        .iter()
+                        .map(|c| {
+                            estimate_tokens(&c.arguments.to_string()) + estimate_tokens(&c.name)
+                        })
+                        .sum::<u64>();
                 Ok(ChatResponse {
                     text: turn.text.clone(),
-                    stop_reason: Some(if tool_calls.is_empty() { "end_turn" } else { "tool_use" }.into()),
+                    stop_reason: Some(
+                        if tool_calls.is_empty() {
+                            "end_turn"
+                        } else {
+                            "tool_use"
+                        }
+                        .into(),
+                    ),
                     tool_calls,
-                    usage: Usage { input_tokens: input, output_tokens: output },
+                    usage: Usage {
+                        input_tokens: input,
+                        output_tokens: output,
+                    },
                 })
             }
         };

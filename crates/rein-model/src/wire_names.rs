@@ -35,20 +35,32 @@ impl WireNames {
     /// The wire name for a tool (names not in the map, such as a tool the model invented earlier,
     /// are sanitised the same way).
     pub fn to_wire(&self, name: &str) -> String {
-        self.to_wire.get(name).cloned().unwrap_or_else(|| sanitize(name))
+        self.to_wire
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| sanitize(name))
     }
 
     /// rein's name for a wire name; an unknown wire name is returned as is, so that the engine
     /// can reject it as an unknown tool.
     pub fn from_wire(&self, wire: &str) -> String {
-        self.from_wire.get(wire).cloned().unwrap_or_else(|| wire.to_owned())
+        self.from_wire
+            .get(wire)
+            .cloned()
+            .unwrap_or_else(|| wire.to_owned())
     }
 }
 
 fn sanitize(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect();
     if out.is_empty() {

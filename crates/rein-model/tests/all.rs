@@ -2,11 +2,14 @@
 //! tests assert the real request shape (headers, tool schemas, tool results in the conversation)
 //! and replay recorded answers, including errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use rein_core::{Message, ToolCall, ToolSpec, Usage};
 use rein_model::{
-    AnthropicConfig, AnthropicProvider, ChatRequest, OpenAiConfig, OpenAiProvider, Provider, ProviderError, ScriptedProvider,
+    AnthropicConfig, AnthropicProvider, ChatRequest, OpenAiConfig, OpenAiProvider, Provider,
+    ProviderError, ScriptedProvider,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path};
@@ -21,7 +24,11 @@ struct Conversation {
 
 impl Conversation {
     fn request(&self) -> ChatRequest<'_> {
-        ChatRequest { system: &self.system, messages: &self.messages, tools: &self.tools }
+        ChatRequest {
+            system: &self.system,
+            messages: &self.messages,
+            tools: &self.tools,
+        }
     }
 }
 
@@ -29,7 +36,9 @@ fn conversation() -> Conversation {
     Conversation {
         system: "You are a support agent.".into(),
         messages: vec![
-            Message::User { text: "Where is order A-1?".into() },
+            Message::User {
+                text: "Where is order A-1?".into(),
+            },
             Message::Assistant {
                 text: Some("Looking it up.".into()),
                 tool_calls: vec![ToolCall {
@@ -39,7 +48,12 @@ fn conversation() -> Conversation {
                     invalid_arguments: None,
                 }],
             },
-            Message::Tool { call_id: "call_1".into(), name: "orders.lookup".into(), content: "{\"status\":\"shipped\"}".into(), is_error: false },
+            Message::Tool {
+                call_id: "call_1".into(),
+                name: "orders.lookup".into(),
+                content: "{\"status\":\"shipped\"}".into(),
+                is_error: false,
+            },
         ],
         tools: vec![ToolSpec {
             name: "orders.lookup".into(),
@@ -95,25 +109,54 @@ async fn openai_sends_the_conversation_and_tools_and_maps_the_answer_back() {
         .expect(1)
         .mount(&server)
         .await;
-    let reply = openai(&server, 5_000).complete(&conversation().request()).await.unwrap();
+    let reply = openai(&server, 5_000)
+        .complete(&conversation().request())
+        .await
+        .unwrap();
     assert_eq!(reply.text, None);
-    assert_eq!(reply.tool_calls, vec![ToolCall { id: "call_9".into(), name: "orders.lookup".into(), arguments: json!({"order_id": "A-2"}), invalid_arguments: None }]);
-    assert_eq!(reply.usage, Usage { input_tokens: 42, output_tokens: 7 });
+    assert_eq!(
+        reply.tool_calls,
+        vec![ToolCall {
+            id: "call_9".into(),
+            name: "orders.lookup".into(),
+            arguments: json!({"order_id": "A-2"}),
+            invalid_arguments: None
+        }]
+    );
+    assert_eq!(
+        reply.usage,
+        Usage {
+            input_tokens: 42,
+            output_tokens: 7
+        }
+    );
     assert_eq!(reply.stop_reason.as_deref(), Some("tool_calls"));
 
     let body = only_request_body(&server).await;
     assert_eq!(body["model"], "gpt-test");
     assert_eq!(body["max_tokens"], 256);
-    assert_eq!(body["messages"][0], json!({"role": "system", "content": "You are a support agent."}));
-    assert_eq!(body["messages"][1], json!({"role": "user", "content": "Where is order A-1?"}));
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You are a support agent."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "Where is order A-1?"})
+    );
     assert_eq!(
         body["messages"][2]["tool_calls"][0],
         json!({"id": "call_1", "type": "function", "function": {"name": "orders_lookup", "arguments": "{\"order_id\":\"A-1\"}"}})
     );
-    assert_eq!(body["messages"][3], json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"status\":\"shipped\"}"}));
+    assert_eq!(
+        body["messages"][3],
+        json!({"role": "tool", "tool_call_id": "call_1", "content": "{\"status\":\"shipped\"}"})
+    );
     assert_eq!(body["tools"][0]["type"], "function");
     assert_eq!(body["tools"][0]["function"]["name"], "orders_lookup");
-    assert_eq!(body["tools"][0]["function"]["parameters"]["required"], json!(["order_id"]));
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"],
+        json!(["order_id"])
+    );
 }
 
 #[tokio::test]
@@ -134,16 +177,28 @@ async fn anthropic_sends_tool_results_as_blocks_and_maps_the_answer_back() {
         .expect(1)
         .mount(&server)
         .await;
-    let reply = anthropic(&server).complete(&conversation().request()).await.unwrap();
+    let reply = anthropic(&server)
+        .complete(&conversation().request())
+        .await
+        .unwrap();
     assert_eq!(reply.text.as_deref(), Some("Refunding now."));
     assert_eq!(reply.tool_calls[0].name, "orders.lookup");
     assert_eq!(reply.tool_calls[0].arguments, json!({"order_id": "A-3"}));
-    assert_eq!(reply.usage, Usage { input_tokens: 100, output_tokens: 20 });
+    assert_eq!(
+        reply.usage,
+        Usage {
+            input_tokens: 100,
+            output_tokens: 20
+        }
+    );
 
     let body = only_request_body(&server).await;
     assert_eq!(body["system"], "You are a support agent.");
     assert_eq!(body["max_tokens"], 512);
-    assert_eq!(body["messages"][0], json!({"role": "user", "content": "Where is order A-1?"}));
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "user", "content": "Where is order A-1?"})
+    );
     assert_eq!(
         body["messages"][1]["content"],
         json!([
@@ -160,47 +215,113 @@ async fn anthropic_sends_tool_results_as_blocks_and_maps_the_answer_back() {
 
 async fn openai_answering(template: ResponseTemplate, timeout_ms: u64) -> ProviderError {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(template).mount(&server).await;
-    openai(&server, timeout_ms).complete(&conversation().request()).await.unwrap_err()
+    Mock::given(method("POST"))
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    openai(&server, timeout_ms)
+        .complete(&conversation().request())
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test]
 async fn http_errors_are_classified_with_retry_hints() {
     let err = openai_answering(
-        ResponseTemplate::new(429).insert_header("retry-after", "7").set_body_json(json!({"error": {"message": "slow down"}})),
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "7")
+            .set_body_json(json!({"error": {"message": "slow down"}})),
         5_000,
     )
     .await;
-    assert_eq!(err, ProviderError::RateLimited { retry_after: Some(Duration::from_secs(7)), message: "slow down".into() });
+    assert_eq!(
+        err,
+        ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            message: "slow down".into()
+        }
+    );
     assert!(err.is_retryable());
     assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
 
-    let err = openai_answering(ResponseTemplate::new(500).set_body_string("upstream exploded"), 5_000).await;
-    assert_eq!(err, ProviderError::Server { status: 500, retry_after: None, message: "upstream exploded".into() });
+    let err = openai_answering(
+        ResponseTemplate::new(500).set_body_string("upstream exploded"),
+        5_000,
+    )
+    .await;
+    assert_eq!(
+        err,
+        ProviderError::Server {
+            status: 500,
+            retry_after: None,
+            message: "upstream exploded".into()
+        }
+    );
     assert!(err.is_retryable());
 
-    let err = openai_answering(ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}})), 5_000).await;
-    assert_eq!(err, ProviderError::Rejected { status: 401, message: "bad key".into() });
+    let err = openai_answering(
+        ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "bad key"}})),
+        5_000,
+    )
+    .await;
+    assert_eq!(
+        err,
+        ProviderError::Rejected {
+            status: 401,
+            message: "bad key".into()
+        }
+    );
     assert!(!err.is_retryable());
 }
 
 #[tokio::test]
 async fn a_slow_provider_times_out() {
-    let err = openai_answering(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)).set_body_json(json!({})), 150).await;
-    assert_eq!(err, ProviderError::Timeout { after: Duration::from_millis(150) });
+    let err = openai_answering(
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_secs(5))
+            .set_body_json(json!({})),
+        150,
+    )
+    .await;
+    assert_eq!(
+        err,
+        ProviderError::Timeout {
+            after: Duration::from_millis(150)
+        }
+    );
     assert!(err.is_retryable());
 }
 
 #[tokio::test]
 async fn malformed_answers_are_errors_not_panics() {
-    let err = openai_answering(ResponseTemplate::new(200).set_body_string("{\"choices\": [tru"), 5_000).await;
-    assert!(matches!(&err, ProviderError::Malformed { detail } if detail.contains("not JSON")), "{err}");
-    let err = openai_answering(ResponseTemplate::new(200).set_body_json(json!({"choices": []})), 5_000).await;
-    assert!(matches!(&err, ProviderError::Malformed { detail } if detail.contains("choices[0]")), "{err}");
+    let err = openai_answering(
+        ResponseTemplate::new(200).set_body_string("{\"choices\": [tru"),
+        5_000,
+    )
+    .await;
+    assert!(
+        matches!(&err, ProviderError::Malformed { detail } if detail.contains("not JSON")),
+        "{err}"
+    );
+    let err = openai_answering(
+        ResponseTemplate::new(200).set_body_json(json!({"choices": []})),
+        5_000,
+    )
+    .await;
+    assert!(
+        matches!(&err, ProviderError::Malformed { detail } if detail.contains("choices[0]")),
+        "{err}"
+    );
 
     let server = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200).set_body_json(json!({"content": "nope"}))).mount(&server).await;
-    let err = anthropic(&server).complete(&conversation().request()).await.unwrap_err();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"content": "nope"})))
+        .mount(&server)
+        .await;
+    let err = anthropic(&server)
+        .complete(&conversation().request())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, ProviderError::Malformed { .. }), "{err}");
 }
 
@@ -215,17 +336,29 @@ async fn a_tool_call_with_invalid_arguments_is_kept_and_flagged() {
         })))
         .mount(&server)
         .await;
-    let reply = openai(&server, 5_000).complete(&conversation().request()).await.unwrap();
+    let reply = openai(&server, 5_000)
+        .complete(&conversation().request())
+        .await
+        .unwrap();
     let call = &reply.tool_calls[0];
     assert_eq!(call.arguments, Value::String("{order_id: A-1".into()));
-    assert!(call.invalid_arguments.as_deref().unwrap().contains("not valid JSON"));
+    assert!(
+        call.invalid_arguments
+            .as_deref()
+            .unwrap()
+            .contains("not valid JSON")
+    );
     assert_eq!(reply.usage, Usage::default());
 }
 
 #[tokio::test]
 async fn an_unreachable_provider_is_a_transport_error() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let provider = OpenAiProvider::new(OpenAiConfig {
         base_url: format!("http://127.0.0.1:{port}/v1"),
         api_key: None,
@@ -235,8 +368,17 @@ async fn an_unreachable_provider_is_a_transport_error() {
         temperature: None,
     })
     .unwrap();
-    let err = provider.complete(&conversation().request()).await.unwrap_err();
-    assert!(matches!(err, ProviderError::Transport { .. } | ProviderError::Timeout { .. }), "{err}");
+    let err = provider
+        .complete(&conversation().request())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProviderError::Transport { .. } | ProviderError::Timeout { .. }
+        ),
+        "{err}"
+    );
     assert!(err.is_retryable());
 }
 
@@ -274,12 +416,25 @@ text = "done"
     assert_eq!(provider.complete(&request.request()).await.unwrap(), first);
 
     let second = provider.complete(&conversation().request()).await.unwrap();
-    assert_eq!((second.text.as_deref(), second.tool_calls.len()), (Some("done"), 0));
+    assert_eq!(
+        (second.text.as_deref(), second.tool_calls.len()),
+        (Some("done"), 0)
+    );
 
     let mut past_the_end = conversation();
-    past_the_end.messages.push(Message::Assistant { text: Some("x".into()), tool_calls: vec![] });
-    let err = provider.complete(&past_the_end.request()).await.unwrap_err();
-    assert!(err.to_string().contains("has 2 turns and the run asked for turn 3"), "{err}");
+    past_the_end.messages.push(Message::Assistant {
+        text: Some("x".into()),
+        tool_calls: vec![],
+    });
+    let err = provider
+        .complete(&past_the_end.request())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has 2 turns and the run asked for turn 3"),
+        "{err}"
+    );
     assert!(!err.is_retryable());
 }
 
@@ -287,16 +442,30 @@ text = "done"
 fn bad_scripts_are_reported_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script.toml");
-    std::fs::write(&script, "[[turns]]\ntext = \"ok\"\n\n[[turns]]\ntxt = \"typo\"\n").unwrap();
+    std::fs::write(
+        &script,
+        "[[turns]]\ntext = \"ok\"\n\n[[turns]]\ntxt = \"typo\"\n",
+    )
+    .unwrap();
     let err = ScriptedProvider::from_file("m", &script).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("{}:5:1", script.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("{}:5:1", script.display())),
+        "{msg}"
+    );
     assert!(msg.contains("unknown field `txt`"), "{msg}");
 
     std::fs::write(&script, "[[turns]]\n").unwrap();
     let err = ScriptedProvider::from_file("m", &script).unwrap_err();
-    assert!(err.to_string().contains("neither `text` nor `calls`"), "{err}");
+    assert!(
+        err.to_string().contains("neither `text` nor `calls`"),
+        "{err}"
+    );
 
     let err = ScriptedProvider::from_file("m", &dir.path().join("missing.toml")).unwrap_err();
-    assert!(err.to_string().contains("missing.toml: cannot read the script"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("missing.toml: cannot read the script"),
+        "{err}"
+    );
 }

@@ -66,7 +66,9 @@ pub enum StoreError {
         detail: String,
     },
     /// A stored event cannot be decoded.
-    #[error("run {run_id}, event {seq}: cannot be read ({detail}); the state store may be damaged or written by a newer rein")]
+    #[error(
+        "run {run_id}, event {seq}: cannot be read ({detail}); the state store may be damaged or written by a newer rein"
+    )]
     Corrupt {
         /// The run.
         run_id: String,
@@ -87,7 +89,9 @@ pub enum StoreError {
         matches: String,
     },
     /// The state directory was written by a newer rein.
-    #[error("state store {path} has schema version {found}; this rein understands up to {supported}: upgrade rein")]
+    #[error(
+        "state store {path} has schema version {found}; this rein understands up to {supported}: upgrade rein"
+    )]
     TooNew {
         /// The database file.
         path: String,
@@ -133,7 +137,9 @@ impl Commit {
 impl Future for Commit {
     type Output = Result<(), StoreError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed)))
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
     }
 }
 

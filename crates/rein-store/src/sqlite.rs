@@ -59,38 +59,61 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store in `state_dir`, as `rein.db`.
     pub fn open(state_dir: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|source| StoreError::Io { path: state_dir.display().to_string(), source })?;
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
         let path = state_dir.join("rein.db");
-        let db_err = |source| StoreError::Database { path: path.display().to_string(), source };
+        let db_err = |source| StoreError::Database {
+            path: path.display().to_string(),
+            source,
+        };
 
         let mut writer = Connection::open(&path).map_err(db_err)?;
-        writer.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
-        writer.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        writer
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
         let sync = match durability {
             Durability::Normal => "NORMAL",
             Durability::Fsync => "FULL",
         };
-        writer.pragma_update(None, "synchronous", sync).map_err(db_err)?;
+        writer
+            .pragma_update(None, "synchronous", sync)
+            .map_err(db_err)?;
         migrate(&mut writer, &path)?;
 
         let reader = Connection::open(&path).map_err(db_err)?;
-        reader.busy_timeout(std::time::Duration::from_secs(10)).map_err(db_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
 
         let (sender, receiver) = mpsc::channel();
         let writer_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("rein-store-writer".into())
             .spawn(move || write_loop(writer, writer_path, receiver))
-            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
-        Ok(SqliteStore { path, sender: Some(sender), writer: Some(handle), reader: Mutex::new(reader) })
+            .map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(SqliteStore {
+            path,
+            sender: Some(sender),
+            writer: Some(handle),
+            reader: Mutex::new(reader),
+        })
     }
 
     /// The database file.
@@ -99,11 +122,20 @@ impl SqliteStore {
     }
 
     fn db_err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Database { path: self.path.display().to_string(), source }
+        StoreError::Database {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
     }
 }
@@ -118,15 +150,27 @@ impl Drop for SqliteStore {
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let db_err = |source| StoreError::Database { path: path.display().to_string(), source };
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(db_err)?;
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew { path: path.display().to_string(), found: version, supported: SCHEMA_VERSION });
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
     }
     if version < SCHEMA_VERSION {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         tx.execute_batch(SCHEMA).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
     }
     Ok(())
@@ -158,13 +202,21 @@ fn commit_batch(
     last_seq: &mut HashMap<String, u64>,
     batch: &[Append],
 ) -> Vec<Result<(), StoreError>> {
-    let db_err = |source| StoreError::Database { path: path.display().to_string(), source };
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
     let fail_all = |e: rusqlite::Error, last_seq: &mut HashMap<String, u64>| {
         last_seq.clear();
         let msg = e.to_string();
         batch
             .iter()
-            .map(|_| Err(StoreError::CommitFailed { path: path.display().to_string(), message: msg.clone() }))
+            .map(|_| {
+                Err(StoreError::CommitFailed {
+                    path: path.display().to_string(),
+                    message: msg.clone(),
+                })
+            })
             .collect()
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -178,7 +230,10 @@ fn commit_batch(
             let sp = tx.savepoint().map_err(db_err)?;
             let last = apply_append(&sp, append, last_seq, &advanced).map_err(|e| match e {
                 ApplyError::Db(e) => db_err(e),
-                ApplyError::Conflict(detail) => StoreError::Conflict { run_id: append.run_id.clone(), detail },
+                ApplyError::Conflict(detail) => StoreError::Conflict {
+                    run_id: append.run_id.clone(),
+                    detail,
+                },
             })?;
             sp.commit().map_err(db_err)?;
             Ok(last)
@@ -218,7 +273,9 @@ fn apply_append(
     advanced: &[(&str, u64)],
 ) -> Result<u64, ApplyError> {
     let Some(&(first_seq, first_at, _)) = append.rows.first() else {
-        return Err(ApplyError::Conflict("an append must hold at least one event".into()));
+        return Err(ApplyError::Conflict(
+            "an append must hold at least one event".into(),
+        ));
     };
     // Within this batch a run may already have advanced; otherwise trust the cache, then the file.
     let known = advanced
@@ -244,7 +301,9 @@ fn apply_append(
     }
     if let Some((agent, task)) = &append.started {
         if last != 0 {
-            return Err(ApplyError::Conflict("run_started must be the first event".into()));
+            return Err(ApplyError::Conflict(
+                "run_started must be the first event".into(),
+            ));
         }
         conn.prepare_cached(
             "INSERT INTO runs (id, agent, task, status, created_ms, updated_ms, last_seq, steps)
@@ -252,15 +311,20 @@ fn apply_append(
         )?
         .execute(params![append.run_id, agent, task, first_at as i64])?;
     } else if last == 0 {
-        return Err(ApplyError::Conflict("the first event of a run must be run_started".into()));
+        return Err(ApplyError::Conflict(
+            "the first event of a run must be run_started".into(),
+        ));
     }
-    let mut insert =
-        conn.prepare_cached("INSERT INTO events (run_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (run_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     let mut expected = first_seq;
     let mut last_at = first_at;
     for (seq, at_ms, payload) in &append.rows {
         if *seq != expected {
-            return Err(ApplyError::Conflict(format!("events in one append must be consecutive (expected {expected}, got {seq})")));
+            return Err(ApplyError::Conflict(format!(
+                "events in one append must be consecutive (expected {expected}, got {seq})"
+            )));
         }
         insert.execute(params![append.run_id, *seq as i64, *at_ms as i64, payload])?;
         expected += 1;
@@ -284,8 +348,13 @@ fn apply_append(
 
 fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, StoreError> {
     raw.map(|s| {
-        serde_json::from_value(serde_json::Value::String(s.clone()))
-            .map_err(|_| StoreError::Corrupt { run_id: run_id.into(), seq: 0, detail: format!("unknown status `{s}`") })
+        serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| {
+            StoreError::Corrupt {
+                run_id: run_id.into(),
+                seq: 0,
+                detail: format!("unknown status `{s}`"),
+            }
+        })
     })
     .transpose()
 }
@@ -311,8 +380,14 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Op
 impl Store for SqliteStore {
     fn append(&self, run_id: &str, events: &[StoredEvent]) -> Commit {
         let (done, rx) = tokio::sync::oneshot::channel();
-        let mut append =
-            Append { run_id: run_id.to_owned(), rows: Vec::with_capacity(events.len()), started: None, ended: None, steps: None, done };
+        let mut append = Append {
+            run_id: run_id.to_owned(),
+            rows: Vec::with_capacity(events.len()),
+            started: None,
+            ended: None,
+            steps: None,
+            done,
+        };
         for stored in events {
             match &stored.event {
                 Event::RunStarted(s) => append.started = Some((s.agent.clone(), s.task.clone())),
@@ -344,19 +419,28 @@ impl Store for SqliteStore {
     fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT seq, at_ms, payload FROM events WHERE run_id = ?1 ORDER BY seq")
+                .prepare_cached(
+                    "SELECT seq, at_ms, payload FROM events WHERE run_id = ?1 ORDER BY seq",
+                )
                 .map_err(|e| self.db_err(e))?;
             let rows = stmt
-                .query_map([run_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?)))
+                .query_map([run_id], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
                 .map_err(|e| self.db_err(e))?;
             let mut out = Vec::new();
             for row in rows {
                 let (seq, at_ms, payload) = row.map_err(|e| self.db_err(e))?;
-                let event: Event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-                    run_id: run_id.into(),
-                    seq,
-                    detail: e.to_string(),
-                })?;
+                let event: Event =
+                    serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+                        run_id: run_id.into(),
+                        seq,
+                        detail: e.to_string(),
+                    })?;
                 out.push(StoredEvent { seq, at_ms, event });
             }
             Ok(out)
@@ -365,9 +449,13 @@ impl Store for SqliteStore {
 
     fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         self.read(|conn| {
-            let sql = format!("SELECT {SUMMARY_COLUMNS} FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1");
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1"
+            );
             let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
-            let rows = stmt.query_map([limit as i64], summary_from_row).map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map([limit as i64], summary_from_row)
+                .map_err(|e| self.db_err(e))?;
             let mut out = Vec::new();
             for row in rows {
                 let (mut summary, status) = row.map_err(|e| self.db_err(e))?;
@@ -394,7 +482,9 @@ impl Store for SqliteStore {
     fn resolve_run_id(&self, prefix: &str) -> Result<String, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached("SELECT id FROM runs WHERE substr(id, 1, ?1) = ?2 ORDER BY id LIMIT 4")
+                .prepare_cached(
+                    "SELECT id FROM runs WHERE substr(id, 1, ?1) = ?2 ORDER BY id LIMIT 4",
+                )
                 .map_err(|e| self.db_err(e))?;
             let ids: Vec<String> = stmt
                 .query_map(params![prefix.chars().count() as i64, prefix], |r| r.get(0))
@@ -404,14 +494,18 @@ impl Store for SqliteStore {
                 0 => Err(StoreError::NotFound(prefix.into())),
                 1 => Ok(ids.into_iter().next().unwrap_or_default()),
                 _ if ids.iter().any(|id| id == prefix) => Ok(prefix.into()),
-                _ => Err(StoreError::Ambiguous { prefix: prefix.into(), matches: ids.join(", ") }),
+                _ => Err(StoreError::Ambiguous {
+                    prefix: prefix.into(),
+                    matches: ids.join(", "),
+                }),
             }
         })
     }
 
     fn disk_bytes(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.db_err(e))?;
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| self.db_err(e))?;
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let wal = PathBuf::from(format!("{}-wal", self.path.display()));
             Ok(size(&self.path) + size(&wal))

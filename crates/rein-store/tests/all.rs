@@ -1,6 +1,8 @@
 //! The store's conformance suite. Every test takes a `&dyn Store`, so a new backend is checked by
 //! running the same functions against it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use rein_core::{Durability, EndState, Event, Limits, RunStarted, StoredEvent, Usage};
@@ -22,19 +24,35 @@ fn started(agent: &str) -> Event {
 }
 
 fn ev(seq: u64, event: Event) -> StoredEvent {
-    StoredEvent { seq, at_ms: 1_000 + seq, event }
+    StoredEvent {
+        seq,
+        at_ms: 1_000 + seq,
+        event,
+    }
 }
 
 fn step(seq: u64, n: u32) -> [StoredEvent; 2] {
     [
-        ev(seq, Event::ModelRequested { step: n, attempt: 1, model: "m".into(), messages: 1, tools: 0 }),
+        ev(
+            seq,
+            Event::ModelRequested {
+                step: n,
+                attempt: 1,
+                model: "m".into(),
+                messages: 1,
+                tools: 0,
+            },
+        ),
         ev(
             seq + 1,
             Event::ModelReplied {
                 step: n,
                 text: Some(format!("reply {n}")),
                 tool_calls: vec![],
-                usage: Usage { input_tokens: 3, output_tokens: 1 },
+                usage: Usage {
+                    input_tokens: 3,
+                    output_tokens: 1,
+                },
                 latency_us: 7,
                 stop_reason: None,
             },
@@ -43,7 +61,15 @@ fn step(seq: u64, n: u32) -> [StoredEvent; 2] {
 }
 
 fn ended(seq: u64) -> StoredEvent {
-    ev(seq, Event::RunEnded { status: EndState::Completed, output: Some("ok".into()), reason: None, call_id: None })
+    ev(
+        seq,
+        Event::RunEnded {
+            status: EndState::Completed,
+            output: Some("ok".into()),
+            reason: None,
+            call_id: None,
+        },
+    )
 }
 
 fn open(dir: &std::path::Path) -> SqliteStore {
@@ -58,19 +84,34 @@ async fn appended_events_read_back_in_order_with_a_summary() {
 }
 
 async fn check_round_trip(store: &dyn Store) {
-    store.append("r1", &[ev(1, started("agent-a"))]).await.unwrap();
+    store
+        .append("r1", &[ev(1, started("agent-a"))])
+        .await
+        .unwrap();
     let [a, b] = step(2, 1);
     store.append("r1", &[a, b]).await.unwrap();
     let summary = store.run("r1").unwrap();
-    assert_eq!((summary.agent.as_str(), summary.task.as_str()), ("agent-a", "the task"));
-    assert_eq!((summary.status, summary.events, summary.steps), (None, 3, 1));
+    assert_eq!(
+        (summary.agent.as_str(), summary.task.as_str()),
+        ("agent-a", "the task")
+    );
+    assert_eq!(
+        (summary.status, summary.events, summary.steps),
+        (None, 3, 1)
+    );
     store.append("r1", &[ended(4)]).await.unwrap();
 
     let events = store.events("r1").unwrap();
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     assert_eq!(events[0], ev(1, started("agent-a")));
     let summary = store.run("r1").unwrap();
-    assert_eq!((summary.status, summary.events, summary.updated_ms), (Some(EndState::Completed), 4, 1_004));
+    assert_eq!(
+        (summary.status, summary.events, summary.updated_ms),
+        (Some(EndState::Completed), 4, 1_004)
+    );
     assert_eq!(store.list_runs(10).unwrap(), vec![summary]);
 }
 
@@ -84,14 +125,25 @@ async fn appends_that_do_not_continue_the_log_are_refused() {
 async fn check_ordinals(store: &dyn Store) {
     let [a, b] = step(1, 1);
     let err = store.append("r2", &[a]).await.unwrap_err();
-    assert!(err.to_string().contains("first event of a run must be run_started"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("first event of a run must be run_started"),
+        "{err}"
+    );
     store.append("r2", &[ev(1, started("x"))]).await.unwrap();
-    let err = store.append("r2", &[ev(1, started("x"))]).await.unwrap_err();
+    let err = store
+        .append("r2", &[ev(1, started("x"))])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     let mut skip = b.clone();
     skip.seq = 3;
     let err = store.append("r2", &[skip]).await.unwrap_err();
-    assert!(err.to_string().contains("expected event 2 but was given event 3"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected event 2 but was given event 3"),
+        "{err}"
+    );
     let [a, _] = step(2, 1);
     let mut gap = b;
     gap.seq = 4;
@@ -127,7 +179,12 @@ async fn many_concurrent_runs_all_commit() {
     assert_eq!(runs.len(), 40);
     for run in runs {
         assert_eq!((run.events, run.steps), (51, 25));
-        let seqs: Vec<u64> = store.events(&run.id).unwrap().iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = store
+            .events(&run.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, (1..=51).collect::<Vec<_>>());
     }
 }
@@ -142,10 +199,16 @@ async fn a_reopened_store_continues_where_it_was_and_a_second_writer_is_refused(
     let first = open(dir.path());
     let second = open(dir.path());
     let [a, _] = step(2, 1);
-    first.append("r3", &[a.clone()]).await.unwrap();
+    first.append("r3", std::slice::from_ref(&a)).await.unwrap();
     // The second "process" has not seen event 2 and tries to write it too.
     let err = second.append("r3", &[a]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { .. } | StoreError::Database { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict { .. } | StoreError::Database { .. }
+        ),
+        "{err}"
+    );
     assert_eq!(second.events("r3").unwrap().len(), 2);
 }
 
@@ -158,8 +221,14 @@ async fn run_ids_resolve_from_unique_prefixes() {
     }
     assert_eq!(store.resolve_run_id("x").unwrap(), "xyz");
     assert_eq!(store.resolve_run_id("abc1").unwrap(), "abc111");
-    assert!(matches!(store.resolve_run_id("abc"), Err(StoreError::Ambiguous { .. })));
-    assert!(matches!(store.resolve_run_id("nope"), Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.resolve_run_id("abc"),
+        Err(StoreError::Ambiguous { .. })
+    ));
+    assert!(matches!(
+        store.resolve_run_id("nope"),
+        Err(StoreError::NotFound(_))
+    ));
     assert!(matches!(store.run("nope"), Err(StoreError::NotFound(_))));
 }
 
@@ -171,7 +240,11 @@ async fn damaged_events_and_newer_schemas_are_reported_not_misread() {
         store.append("r4", &[ev(1, started("x"))]).await.unwrap();
     }
     let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
-    raw.execute("UPDATE events SET payload = '{\"type\":\"mystery\"}' WHERE run_id = 'r4'", []).unwrap();
+    raw.execute(
+        "UPDATE events SET payload = '{\"type\":\"mystery\"}' WHERE run_id = 'r4'",
+        [],
+    )
+    .unwrap();
     let store = open(dir.path());
     let err = store.events("r4").unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { seq: 1, .. }), "{err}");

@@ -69,11 +69,17 @@ impl Tool for CommandTool {
         &self.manifest
     }
 
-    fn call<'a>(&'a self, ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a ToolContext,
+        args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(async move {
             let program = self.spec.program.display().to_string();
             let mut cmd = tokio::process::Command::new(&self.spec.program);
-            cmd.args(&self.spec.args).current_dir(&ctx.workspace).env_clear();
+            cmd.args(&self.spec.args)
+                .current_dir(&ctx.workspace)
+                .env_clear();
             for key in PASSED_THROUGH {
                 if let Some(value) = std::env::var_os(key) {
                     cmd.env(key, value);
@@ -89,10 +95,13 @@ impl Tool for CommandTool {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .process_group(0);
-            let mut child = cmd.spawn().map_err(|e| ToolError::Failed(format!("cannot start `{program}`: {e}")))?;
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| ToolError::Failed(format!("cannot start `{program}`: {e}")))?;
             let pid = child.id();
             let input = serde_json::to_vec(&args).unwrap_or_default();
-            let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+            let (stdin, stdout, stderr) =
+                (child.stdin.take(), child.stdout.take(), child.stderr.take());
             let cap = self.spec.max_output_bytes;
 
             let work = async {
@@ -134,7 +143,9 @@ impl Tool for CommandTool {
             if out.len() > cap {
                 return Err(ToolError::OutputTooLarge(cap));
             }
-            let status = status.map_err(|e| ToolError::Failed(format!("`{program}` could not be waited for: {e}")))?;
+            let status = status.map_err(|e| {
+                ToolError::Failed(format!("`{program}` could not be waited for: {e}"))
+            })?;
             let text = String::from_utf8_lossy(&out);
             let parsed = serde_json::from_str::<Value>(text.trim());
             if !status.success() {
@@ -149,17 +160,23 @@ impl Tool for CommandTool {
                     .or_else(|| {
                         let err = String::from_utf8_lossy(&err);
                         let tail: Vec<&str> = err.trim().lines().rev().take(5).collect();
-                        (!tail.is_empty()).then(|| tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                        (!tail.is_empty())
+                            .then(|| tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
                     })
                     .unwrap_or_else(|| "no message".into());
-                return Err(ToolError::Failed(format!("`{}` {how}: {reason}", self.manifest.name)));
+                return Err(ToolError::Failed(format!(
+                    "`{}` {how}: {reason}",
+                    self.manifest.name
+                )));
             }
             if text.trim().is_empty() {
                 return Err(ToolError::BadOutput("the program printed nothing; a command tool must print one JSON value on stdout".into()));
             }
             parsed.map_err(|e| {
                 let start: String = text.trim().chars().take(80).collect();
-                ToolError::BadOutput(format!("stdout is not one JSON value ({e}); it began: {start:?}"))
+                ToolError::BadOutput(format!(
+                    "stdout is not one JSON value ({e}); it began: {start:?}"
+                ))
             })
         })
     }

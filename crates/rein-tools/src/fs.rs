@@ -19,7 +19,11 @@ const MAX_READ_BYTES: u64 = 1 << 20;
 
 /// Resolves `requested` inside `workspace`, refusing anything that would leave it.
 pub(crate) fn confine(workspace: &Path, requested: &str) -> Result<PathBuf, ToolError> {
-    let refuse = |why: &str| ToolError::Refused(format!("path `{requested}` {why}; paths are relative to the workspace"));
+    let refuse = |why: &str| {
+        ToolError::Refused(format!(
+            "path `{requested}` {why}; paths are relative to the workspace"
+        ))
+    };
     if requested.is_empty() {
         return Err(refuse("is empty"));
     }
@@ -35,9 +39,12 @@ pub(crate) fn confine(workspace: &Path, requested: &str) -> Result<PathBuf, Tool
     if relative.as_os_str().is_empty() {
         return Err(refuse("names the workspace itself"));
     }
-    let root = workspace
-        .canonicalize()
-        .map_err(|e| ToolError::Failed(format!("the workspace {} is not usable: {e}", workspace.display())))?;
+    let root = workspace.canonicalize().map_err(|e| {
+        ToolError::Failed(format!(
+            "the workspace {} is not usable: {e}",
+            workspace.display()
+        ))
+    })?;
     let target = root.join(&relative);
     // The deepest part of the path that exists must resolve inside the workspace; what does not
     // exist yet will be created beneath it.
@@ -54,7 +61,9 @@ pub(crate) fn confine(workspace: &Path, requested: &str) -> Result<PathBuf, Tool
         _ => ToolError::Failed(format!("cannot resolve `{requested}`: {e}")),
     })?;
     if !resolved.starts_with(&root) {
-        return Err(refuse("leads outside the workspace through a symbolic link"));
+        return Err(refuse(
+            "leads outside the workspace through a symbolic link",
+        ));
     }
     match target.strip_prefix(existing) {
         Ok(rest) if !rest.as_os_str().is_empty() => Ok(resolved.join(rest)),
@@ -63,7 +72,9 @@ pub(crate) fn confine(workspace: &Path, requested: &str) -> Result<PathBuf, Tool
 }
 
 fn path_arg(args: &Value) -> Result<&str, ToolError> {
-    args.get("path").and_then(Value::as_str).ok_or_else(|| ToolError::Failed("`path` must be a string".into()))
+    args.get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ToolError::Failed("`path` must be a string".into()))
 }
 
 /// Reads a UTF-8 text file from the workspace.
@@ -96,7 +107,11 @@ impl Tool for FsRead {
         &self.manifest
     }
 
-    fn call<'a>(&'a self, ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a ToolContext,
+        args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(async move {
             let requested = path_arg(&args)?.to_owned();
             let path = confine(&ctx.workspace, &requested)?;
@@ -157,14 +172,24 @@ impl Tool for FsWrite {
         &self.manifest
     }
 
-    fn call<'a>(&'a self, ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a ToolContext,
+        args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(async move {
             let requested = path_arg(&args)?.to_owned();
-            let content = args.get("content").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let content = args
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             let append = args.get("append").and_then(Value::as_bool).unwrap_or(false);
             let path = confine(&ctx.workspace, &requested)?;
             tokio::task::spawn_blocking(move || {
-                let fail = |e: std::io::Error| ToolError::Failed(format!("cannot write `{requested}`: {e}"));
+                let fail = |e: std::io::Error| {
+                    ToolError::Failed(format!("cannot write `{requested}`: {e}"))
+                };
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(fail)?;
                 }

@@ -25,7 +25,11 @@ pub struct HttpGet {
 impl HttpGet {
     /// A fetcher for these hosts. An entry is a host name (`api.example.com`, any port), a host and
     /// port (`127.0.0.1:8080`), or a wildcard for subdomains (`*.example.com`).
-    pub fn new(allow_hosts: Vec<String>, max_bytes: usize, timeout: Duration) -> Result<HttpGet, String> {
+    pub fn new(
+        allow_hosts: Vec<String>,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<HttpGet, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -49,7 +53,10 @@ impl HttpGet {
                 idempotent: true,
                 timeout,
             },
-            allow_hosts: allow_hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+            allow_hosts: allow_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
             max_bytes,
             client,
         })
@@ -57,14 +64,19 @@ impl HttpGet {
 
     fn check(&self, url: &Url) -> Result<(), ToolError> {
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(ToolError::Refused(format!("`{url}`: only http and https URLs can be fetched")));
+            return Err(ToolError::Refused(format!(
+                "`{url}`: only http and https URLs can be fetched"
+            )));
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
         let allowed = self.allow_hosts.iter().any(|entry| {
             if let Some(suffix) = entry.strip_prefix("*.") {
                 host.ends_with(&format!(".{suffix}"))
-            } else if let Some((h, p)) = entry.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()) {
+            } else if let Some((h, p)) = entry
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+            {
                 host == h && p.parse::<u16>().ok() == Some(port)
             } else {
                 host == *entry
@@ -73,7 +85,9 @@ impl HttpGet {
         if allowed {
             Ok(())
         } else {
-            Err(ToolError::Refused(format!("host `{host}` is not on this agent's http.get allowlist")))
+            Err(ToolError::Refused(format!(
+                "host `{host}` is not on this agent's http.get allowlist"
+            )))
         }
     }
 }
@@ -83,10 +97,15 @@ impl Tool for HttpGet {
         &self.manifest
     }
 
-    fn call<'a>(&'a self, _ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a ToolContext,
+        args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(async move {
             let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
-            let mut url = Url::parse(raw).map_err(|e| ToolError::Failed(format!("`{raw}` is not a URL: {e}")))?;
+            let mut url = Url::parse(raw)
+                .map_err(|e| ToolError::Failed(format!("`{raw}` is not a URL: {e}")))?;
             let mut hops = 0;
             let mut response = loop {
                 self.check(&url)?;
@@ -102,14 +121,18 @@ impl Tool for HttpGet {
                 }
                 hops += 1;
                 if hops > MAX_REDIRECTS {
-                    return Err(ToolError::Failed(format!("more than {MAX_REDIRECTS} redirects")));
+                    return Err(ToolError::Failed(format!(
+                        "more than {MAX_REDIRECTS} redirects"
+                    )));
                 }
                 let location = response
                     .headers()
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| ToolError::Failed("a redirect without a Location".into()))?;
-                url = url.join(location).map_err(|e| ToolError::Failed(format!("a redirect to a bad URL: {e}")))?;
+                url = url
+                    .join(location)
+                    .map_err(|e| ToolError::Failed(format!("a redirect to a bad URL: {e}")))?;
             };
             let status = response.status().as_u16();
             let content_type = response
@@ -120,7 +143,9 @@ impl Tool for HttpGet {
                 .to_owned();
             let mut body = Vec::new();
             let mut truncated = false;
-            while let Some(chunk) = response.chunk().await.map_err(|e| ToolError::Failed(format!("reading the body failed: {}", e.without_url())))? {
+            while let Some(chunk) = response.chunk().await.map_err(|e| {
+                ToolError::Failed(format!("reading the body failed: {}", e.without_url()))
+            })? {
                 let room = self.max_bytes - body.len();
                 if chunk.len() > room {
                     body.extend_from_slice(&chunk[..room]);

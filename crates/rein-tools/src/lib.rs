@@ -76,7 +76,11 @@ pub trait Tool: Send + Sync {
     /// The tool's manifest.
     fn manifest(&self) -> &ToolManifest;
     /// Runs the tool with arguments that already match its schema.
-    fn call<'a>(&'a self, ctx: &'a ToolContext, args: Value) -> BoxFuture<'a, Result<Value, ToolError>>;
+    fn call<'a>(
+        &'a self,
+        ctx: &'a ToolContext,
+        args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>>;
 }
 
 impl std::fmt::Debug for dyn Tool {
@@ -110,7 +114,11 @@ impl Tool for Noop {
     fn manifest(&self) -> &ToolManifest {
         &self.manifest
     }
-    fn call<'a>(&'a self, _ctx: &'a ToolContext, _args: Value) -> BoxFuture<'a, Result<Value, ToolError>> {
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a ToolContext,
+        _args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
         Box::pin(std::future::ready(Ok(Value::Object(Default::default()))))
     }
 }

@@ -75,11 +75,15 @@ impl ToolRegistry {
         if self.entries.contains_key(&name) {
             return Err(ToolRegistryError::Duplicate(name));
         }
-        let bad = |problem: String| ToolRegistryError::BadSchema { name: name.clone(), problem };
+        let bad = |problem: String| ToolRegistryError::BadSchema {
+            name: name.clone(),
+            problem,
+        };
         if manifest.parameters.get("type").and_then(Value::as_str) != Some("object") {
             return Err(bad("must describe an object (`type = \"object\"`)".into()));
         }
-        let validator = jsonschema::validator_for(&manifest.parameters).map_err(|e| bad(format!("is not valid JSON Schema: {e}")))?;
+        let validator = jsonschema::validator_for(&manifest.parameters)
+            .map_err(|e| bad(format!("is not valid JSON Schema: {e}")))?;
         self.entries.insert(name, Entry { tool, validator });
         Ok(())
     }
@@ -90,13 +94,24 @@ impl ToolRegistry {
     }
 
     /// Checks a proposed call: the tool exists and the arguments match its schema.
-    pub fn check(&self, name: &str, args: &Value, invalid_arguments: Option<&str>) -> Result<&Arc<dyn Tool>, Rejection> {
-        let entry = self.entries.get(name).ok_or_else(|| Rejection::UnknownTool {
-            name: name.to_owned(),
-            known: self.entries.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+    pub fn check(
+        &self,
+        name: &str,
+        args: &Value,
+        invalid_arguments: Option<&str>,
+    ) -> Result<&Arc<dyn Tool>, Rejection> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Rejection::UnknownTool {
+                name: name.to_owned(),
+                known: self.entries.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
         if let Some(problem) = invalid_arguments {
-            return Err(Rejection::InvalidArguments { name: name.to_owned(), details: problem.to_owned() });
+            return Err(Rejection::InvalidArguments {
+                name: name.to_owned(),
+                details: problem.to_owned(),
+            });
         }
         let problems: Vec<String> = entry
             .validator
@@ -108,7 +123,10 @@ impl ToolRegistry {
             })
             .collect();
         if !problems.is_empty() {
-            return Err(Rejection::InvalidArguments { name: name.to_owned(), details: problems.join("; ") });
+            return Err(Rejection::InvalidArguments {
+                name: name.to_owned(),
+                details: problems.join("; "),
+            });
         }
         Ok(&entry.tool)
     }
@@ -119,7 +137,11 @@ impl ToolRegistry {
             .values()
             .map(|e| {
                 let m = e.tool.manifest();
-                ToolSpec { name: m.name.clone(), description: m.description.clone(), parameters: m.parameters.clone() }
+                ToolSpec {
+                    name: m.name.clone(),
+                    description: m.description.clone(),
+                    parameters: m.parameters.clone(),
+                }
             })
             .collect()
     }

@@ -139,10 +139,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REIN_LOG").unwrap_or_else(|_| "off".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
+                .unwrap_or_else(|_| "off".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -160,17 +166,46 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { agent_dir, task, json, durability } => run(&cli.state_dir, &agent_dir, task, json, durability.map(Into::into)).await,
-        Command::Runs { command: RunsCommand::List { limit, json } } => list(&cli.state_dir, limit, json),
-        Command::Runs { command: RunsCommand::Show { id, json } } => show(&cli.state_dir, &id, json),
-        Command::Runs { command: RunsCommand::Resume { id, json } } => resume(&cli.state_dir, &id, json).await,
-        Command::Schema { what: SchemaCommand::Agent } => {
+        Command::Run {
+            agent_dir,
+            task,
+            json,
+            durability,
+        } => {
+            run(
+                &cli.state_dir,
+                &agent_dir,
+                task,
+                json,
+                durability.map(Into::into),
+            )
+            .await
+        }
+        Command::Runs {
+            command: RunsCommand::List { limit, json },
+        } => list(&cli.state_dir, limit, json),
+        Command::Runs {
+            command: RunsCommand::Show { id, json },
+        } => show(&cli.state_dir, &id, json),
+        Command::Runs {
+            command: RunsCommand::Resume { id, json },
+        } => resume(&cli.state_dir, &id, json).await,
+        Command::Schema {
+            what: SchemaCommand::Agent,
+        } => {
             print!("{}", rein_config::agent_schema());
             Ok(0)
         }
-        Command::Bench { what: BenchCommand::Steps { runs, concurrency, steps, durability, json } } => {
-            bench_steps(runs, concurrency, steps, durability.into(), json).await
-        }
+        Command::Bench {
+            what:
+                BenchCommand::Steps {
+                    runs,
+                    concurrency,
+                    steps,
+                    durability,
+                    json,
+                },
+        } => bench_steps(runs, concurrency, steps, durability.into(), json).await,
     }
 }
 
@@ -188,7 +223,11 @@ fn open_store(state_dir: &Path, durability: Durability) -> anyhow::Result<Arc<Sq
 /// make the process stop (and wait to be killed) at that point. Not for production use.
 fn faults_from_env() -> FaultPlan {
     let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
-    let plan = FaultPlan { after_event: read("REIN_FAULT_AFTER_EVENT"), after_effect: read("REIN_FAULT_AFTER_EFFECT").map(|n: u64| n as u32), stop: None };
+    let plan = FaultPlan {
+        after_event: read("REIN_FAULT_AFTER_EVENT"),
+        after_effect: read("REIN_FAULT_AFTER_EFFECT").map(|n: u64| n as u32),
+        stop: None,
+    };
     if plan.after_event.is_none() && plan.after_effect.is_none() {
         return plan;
     }
@@ -230,9 +269,18 @@ fn color_for(terminal: bool) -> bool {
 fn live_view(json: bool) -> Option<LiveView> {
     if json {
         let terminal = std::io::stderr().is_terminal();
-        terminal.then(|| LiveView { renderer: Mutex::new(Renderer::new(color_for(true), false)), to_stderr: true })
+        terminal.then(|| LiveView {
+            renderer: Mutex::new(Renderer::new(color_for(true), false)),
+            to_stderr: true,
+        })
     } else {
-        Some(LiveView { renderer: Mutex::new(Renderer::new(color_for(std::io::stdout().is_terminal()), false)), to_stderr: false })
+        Some(LiveView {
+            renderer: Mutex::new(Renderer::new(
+                color_for(std::io::stdout().is_terminal()),
+                false,
+            )),
+            to_stderr: false,
+        })
     }
 }
 
@@ -255,11 +303,20 @@ fn finish(report: &RunReport, json: bool) -> anyhow::Result<u8> {
     u8::try_from(report.status.exit_code()).context("exit code out of range")
 }
 
-async fn run(state_dir: &Path, agent_dir: &Path, task: Option<String>, json: bool, durability: Option<Durability>) -> anyhow::Result<u8> {
+async fn run(
+    state_dir: &Path,
+    agent_dir: &Path,
+    task: Option<String>,
+    json: bool,
+    durability: Option<Durability>,
+) -> anyhow::Result<u8> {
     let spec = rein_config::load(agent_dir)?;
     let task = match task.or_else(|| spec.default_task.clone()) {
         Some(t) if !t.trim().is_empty() => t,
-        _ => bail!("no task: pass --task \"...\" or set `default_task` in {}", spec.dir.join(rein_config::AGENT_FILE).display()),
+        _ => bail!(
+            "no task: pass --task \"...\" or set `default_task` in {}",
+            spec.dir.join(rein_config::AGENT_FILE).display()
+        ),
     };
     let (agent, agent_durability) = load_agent(agent_dir)?;
     let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
@@ -267,7 +324,11 @@ async fn run(state_dir: &Path, agent_dir: &Path, task: Option<String>, json: boo
     let view = live_view(json);
     let report = match &view {
         Some(view) => engine.start(&agent, &task, view).await?,
-        None => engine.start(&agent, &task, &rein_engine::NoObserver).await?,
+        None => {
+            engine
+                .start(&agent, &task, &rein_engine::NoObserver)
+                .await?
+        }
     };
     finish(&report, json)
 }
@@ -278,9 +339,12 @@ async fn resume(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
     let engine = Engine::new(store.clone(), state_dir);
     let state = engine.load(&run_id)?;
     let Some(agent_dir) = state.started().and_then(|s| s.agent_dir.clone()) else {
-        bail!("run {run_id} was started by a program, not from an agent folder; resume it from that program");
+        bail!(
+            "run {run_id} was started by a program, not from an agent folder; resume it from that program"
+        );
     };
-    let (agent, durability) = load_agent(Path::new(&agent_dir)).with_context(|| format!("loading the agent of run {run_id}"))?;
+    let (agent, durability) = load_agent(Path::new(&agent_dir))
+        .with_context(|| format!("loading the agent of run {run_id}"))?;
     drop(engine);
     drop(store);
     let store = open_store(state_dir, durability)?;
@@ -288,7 +352,11 @@ async fn resume(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
     let view = live_view(json);
     let report = match &view {
         Some(view) => engine.resume(&run_id, &agent, view).await?,
-        None => engine.resume(&run_id, &agent, &rein_engine::NoObserver).await?,
+        None => {
+            engine
+                .resume(&run_id, &agent, &rein_engine::NoObserver)
+                .await?
+        }
     };
     finish(&report, json)
 }
@@ -305,7 +373,11 @@ fn list(state_dir: &Path, limit: usize, json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{:<32}  {:<16}  {:<20}  {:>5}  {:>6}  {:>9}  task", "run", "agent", "status", "steps", "events", "duration");
+    let _ = writeln!(
+        out,
+        "{:<32}  {:<16}  {:<20}  {:>5}  {:>6}  {:>9}  task",
+        "run", "agent", "status", "steps", "events", "duration"
+    );
     for r in runs {
         let status = r.status.map(|s| s.as_str()).unwrap_or("unfinished");
         let _ = writeln!(
@@ -329,7 +401,10 @@ fn show(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
     let summary = store.run(&run_id)?;
     let events = store.events(&run_id)?;
     if json {
-        println!("{}", serde_json::to_string(&serde_json::json!({"run": summary, "events": events}))?);
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"run": summary, "events": events}))?
+        );
         return Ok(0);
     }
     let state = rein_core::RunState::from_events(&events).ok();
@@ -340,7 +415,10 @@ fn show(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
     }
     if let Some(state) = state {
         let usage = state.usage();
-        let status = state.ended().map(|e| e.status.as_str()).unwrap_or("unfinished (resume it with `rein runs resume`)");
+        let status = state
+            .ended()
+            .map(|e| e.status.as_str())
+            .unwrap_or("unfinished (resume it with `rein runs resume`)");
         let _ = writeln!(
             out,
             "\n{status} · {} steps · {} tool calls · {} in / {} out tokens · active {} · {} events",
@@ -355,9 +433,20 @@ fn show(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-async fn bench_steps(runs: usize, concurrency: usize, steps: u32, durability: Durability, json: bool) -> anyhow::Result<u8> {
+async fn bench_steps(
+    runs: usize,
+    concurrency: usize,
+    steps: u32,
+    durability: Durability,
+    json: bool,
+) -> anyhow::Result<u8> {
     let dir = tempfile::tempdir().context("creating a scratch directory for the benchmark")?;
-    let options = rein_engine::bench::BenchOptions { runs, concurrency, steps, durability };
+    let options = rein_engine::bench::BenchOptions {
+        runs,
+        concurrency,
+        steps,
+        durability,
+    };
     let report = rein_engine::bench::bench_steps(dir.path(), options).await?;
     if json {
         println!("{}", serde_json::to_string(&report)?);

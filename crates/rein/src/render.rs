@@ -26,18 +26,33 @@ const CYAN: Style = AnsiColor::Cyan.on_default();
 
 impl Renderer {
     pub(crate) fn new(color: bool, timestamps: bool) -> Renderer {
-        Renderer { color, timestamps, start_ms: None, intents: HashMap::new() }
+        Renderer {
+            color,
+            timestamps,
+            start_ms: None,
+            intents: HashMap::new(),
+        }
     }
 
     fn paint(&self, style: Style, text: &str) -> String {
-        if self.color { format!("{style}{text}{style:#}") } else { text.to_owned() }
+        if self.color {
+            format!("{style}{text}{style:#}")
+        } else {
+            text.to_owned()
+        }
     }
 
     /// The lines for one event (possibly none).
     pub(crate) fn lines(&mut self, run_id: &str, stored: &StoredEvent) -> Vec<String> {
         let start = *self.start_ms.get_or_insert(stored.at_ms);
         let stamp = if self.timestamps {
-            self.paint(DIM, &format!("{:>9} ", format!("+{}", fmt_ms(stored.at_ms.saturating_sub(start)))))
+            self.paint(
+                DIM,
+                &format!(
+                    "{:>9} ",
+                    format!("+{}", fmt_ms(stored.at_ms.saturating_sub(start)))
+                ),
+            )
         } else {
             String::new()
         };
@@ -48,48 +63,121 @@ impl Renderer {
                     "{stamp}{} {} {}",
                     self.paint(BOLD, "▶ run"),
                     self.paint(CYAN, run_id),
-                    self.paint(DIM, &format!("agent {} · model {}/{} · tools {}", s.agent, s.provider, s.model, s.tools.join(", ")))
+                    self.paint(
+                        DIM,
+                        &format!(
+                            "agent {} · model {}/{} · tools {}",
+                            s.agent,
+                            s.provider,
+                            s.model,
+                            s.tools.join(", ")
+                        )
+                    )
                 ));
                 out.push(format!("{stamp}  task: {}", one_line(&s.task, 200)));
             }
-            Event::RunResumed { attempt, agent_changed } => {
-                let note = if *agent_changed { " (the agent's configuration changed since the run started)" } else { "" };
-                out.push(format!("{stamp}{} {}", self.paint(BOLD, &format!("↻ resumed (attempt {attempt})")), self.paint(YELLOW, note)));
+            Event::RunResumed {
+                attempt,
+                agent_changed,
+            } => {
+                let note = if *agent_changed {
+                    " (the agent's configuration changed since the run started)"
+                } else {
+                    ""
+                };
+                out.push(format!(
+                    "{stamp}{} {}",
+                    self.paint(BOLD, &format!("↻ resumed (attempt {attempt})")),
+                    self.paint(YELLOW, note)
+                ));
             }
             Event::ModelRequested { .. } => {}
-            Event::ModelReplied { step, text, tool_calls, usage, latency_us, .. } => {
+            Event::ModelReplied {
+                step,
+                text,
+                tool_calls,
+                usage,
+                latency_us,
+                ..
+            } => {
                 let calls: Vec<&str> = tool_calls.iter().map(|c| c.name.as_str()).collect();
                 let what = match (text, calls.is_empty()) {
                     (Some(t), _) => format!("“{}”", one_line(t, 100)),
                     (None, false) => String::new(),
                     (None, true) => "(no text)".into(),
                 };
-                let arrow = if calls.is_empty() { String::new() } else { format!(" → {}", calls.join(", ")) };
+                let arrow = if calls.is_empty() {
+                    String::new()
+                } else {
+                    format!(" → {}", calls.join(", "))
+                };
                 out.push(format!(
                     "{stamp}  {} {what}{arrow} {}",
                     self.paint(BOLD, &format!("step {step}")),
-                    self.paint(DIM, &format!("({} in / {} out tokens, {})", usage.input_tokens, usage.output_tokens, fmt_us(*latency_us)))
+                    self.paint(
+                        DIM,
+                        &format!(
+                            "({} in / {} out tokens, {})",
+                            usage.input_tokens,
+                            usage.output_tokens,
+                            fmt_us(*latency_us)
+                        )
+                    )
                 ));
             }
-            Event::ModelFailed { step, attempt, error, will_retry, retry_in_ms } => {
+            Event::ModelFailed {
+                step,
+                attempt,
+                error,
+                will_retry,
+                retry_in_ms,
+            } => {
                 let next = match (will_retry, retry_in_ms) {
                     (true, Some(ms)) => format!("; retrying in {}", fmt_ms(*ms)),
                     _ => "; giving up".into(),
                 };
-                out.push(format!("{stamp}  {} {}", self.paint(YELLOW, &format!("! step {step} try {attempt} failed:")), one_line(&format!("{error}{next}"), 200)));
+                out.push(format!(
+                    "{stamp}  {} {}",
+                    self.paint(YELLOW, &format!("! step {step} try {attempt} failed:")),
+                    one_line(&format!("{error}{next}"), 200)
+                ));
             }
             Event::ToolRejected { tool, reason, .. } => {
-                out.push(format!("{stamp}    {} {tool}: {}", self.paint(RED, "✗ rejected"), one_line(reason, 160)));
+                out.push(format!(
+                    "{stamp}    {} {tool}: {}",
+                    self.paint(RED, "✗ rejected"),
+                    one_line(reason, 160)
+                ));
             }
-            Event::ToolIntent { call_id, tool, args, attempt, .. } => {
-                self.intents.insert(call_id.clone(), (tool.clone(), args.clone(), stored.at_ms));
+            Event::ToolIntent {
+                call_id,
+                tool,
+                args,
+                attempt,
+                ..
+            } => {
+                self.intents
+                    .insert(call_id.clone(), (tool.clone(), args.clone(), stored.at_ms));
                 if *attempt > 1 {
                     out.push(format!("{stamp}    {} {tool} (try {attempt}: its outcome was unknown and it is idempotent)", self.paint(YELLOW, "↻ repeating")));
                 }
             }
-            Event::ToolOutcome { call_id, ok, output, duration_us } => {
-                let (tool, args) = self.intents.get(call_id).map(|(t, a, _)| (t.clone(), a.to_string())).unwrap_or_default();
-                let mark = if *ok { self.paint(GREEN, "✓") } else { self.paint(RED, "✗") };
+            Event::ToolOutcome {
+                call_id,
+                ok,
+                output,
+                duration_us,
+            } => {
+                let (tool, args) = self
+                    .intents
+                    .get(call_id)
+                    .map(|(t, a, _)| (t.clone(), a.to_string()))
+                    .unwrap_or_default();
+                let mark = if *ok {
+                    self.paint(GREEN, "✓")
+                } else {
+                    self.paint(RED, "✗")
+                };
                 out.push(format!(
                     "{stamp}    {mark} {tool} {} {} {}",
                     self.paint(DIM, &one_line(&args, 80)),
@@ -97,20 +185,32 @@ impl Renderer {
                     self.paint(DIM, &fmt_us(*duration_us))
                 ));
             }
-            Event::RunEnded { status, output, reason, call_id } => {
+            Event::RunEnded {
+                status,
+                output,
+                reason,
+                call_id,
+            } => {
                 let style = match status {
                     EndState::Completed => GREEN,
                     EndState::Failed | EndState::NeedsReconciliation => RED,
                     EndState::BudgetExhausted => YELLOW,
                 };
-                out.push(format!("{stamp}{} {}", self.paint(style.bold(), &format!("■ {status}")), self.paint(DIM, run_id)));
+                out.push(format!(
+                    "{stamp}{} {}",
+                    self.paint(style.bold(), &format!("■ {status}")),
+                    self.paint(DIM, run_id)
+                ));
                 if let Some(reason) = reason {
                     out.push(format!("{stamp}  why: {reason}"));
                 }
-                if let Some(call_id) = call_id {
-                    if let Some((tool, args, _)) = self.intents.get(call_id) {
-                        out.push(format!("{stamp}  call in doubt: {call_id} {tool} {}", one_line(&args.to_string(), 200)));
-                    }
+                if let Some(call_id) = call_id
+                    && let Some((tool, args, _)) = self.intents.get(call_id)
+                {
+                    out.push(format!(
+                        "{stamp}  call in doubt: {call_id} {tool} {}",
+                        one_line(&args.to_string(), 200)
+                    ));
                 }
                 if let Some(output) = output {
                     out.push(format!("{stamp}  output: {output}"));
@@ -130,7 +230,10 @@ impl Renderer {
 
 fn fmt_output(ok: bool, output: &Value) -> String {
     if !ok {
-        let msg = output.get("error").and_then(Value::as_str).unwrap_or("failed");
+        let msg = output
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("failed");
         return format!("→ error: {}", one_line(msg, 160));
     }
     format!("→ {}", one_line(&output.to_string(), 100))
@@ -139,15 +242,29 @@ fn fmt_output(ok: bool, output: &Value) -> String {
 /// The first `max` characters of `text` on one line.
 pub(crate) fn one_line(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max { format!("{}…", flat.chars().take(max).collect::<String>()) } else { flat }
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
 }
 
 pub(crate) fn fmt_us(us: u64) -> String {
-    if us < 1_000 { format!("{us} µs") } else { fmt_ms(us / 1_000) }
+    if us < 1_000 {
+        format!("{us} µs")
+    } else {
+        fmt_ms(us / 1_000)
+    }
 }
 
 pub(crate) fn fmt_ms(ms: u64) -> String {
-    if ms < 1_000 { format!("{ms} ms") } else if ms < 60_000 { format!("{:.1} s", ms as f64 / 1000.0) } else { format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60) }
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! input, and the crash test, in which the example agent is killed with SIGKILL at every event
 //! boundary and after every tool effect, then resumed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,41 +17,83 @@ fn example() -> PathBuf {
 }
 
 fn rein(state: &Path, args: &[&str]) -> Output {
-    Command::new(REIN).arg("--state-dir").arg(state).args(args).env_remove("REIN_FAULT_AFTER_EVENT").env_remove("REIN_FAULT_AFTER_EFFECT").output().unwrap()
+    Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("REIN_FAULT_AFTER_EVENT")
+        .env_remove("REIN_FAULT_AFTER_EFFECT")
+        .output()
+        .unwrap()
 }
 
 fn json_out(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON object ({e}): {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        panic!(
+            "stdout is not one JSON object ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     })
 }
 
 /// Refunds and emails the support-desk tools wrote in a run's workspace.
 fn effects(workspace: &Path) -> (usize, usize) {
-    let refunds = std::fs::read_to_string(workspace.join("refunds.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
-    let emails = std::fs::read_dir(workspace.join("outbox")).map(|d| d.count()).unwrap_or(0);
+    let refunds = std::fs::read_to_string(workspace.join("refunds.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    let emails = std::fs::read_dir(workspace.join("outbox"))
+        .map(|d| d.count())
+        .unwrap_or(0);
     (refunds, emails)
 }
 
 #[test]
 fn the_quick_start_completes_offline_and_shows_its_timeline() {
     let state = tempfile::tempdir().unwrap();
-    let run = rein(state.path(), &["run", example().to_str().unwrap(), "--json"]);
-    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = rein(
+        state.path(),
+        &["run", example().to_str().unwrap(), "--json"],
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let report = json_out(&run);
     assert_eq!(report["status"], "completed");
     assert_eq!(report["steps"], 5);
     assert_eq!(report["tool_calls"], 4);
-    assert!(report["output"].as_str().unwrap().contains("refunded $42.50"));
+    assert!(
+        report["output"]
+            .as_str()
+            .unwrap()
+            .contains("refunded $42.50")
+    );
     let run_id = report["run_id"].as_str().unwrap();
-    assert_eq!(effects(Path::new(report["workspace"].as_str().unwrap())), (1, 1));
+    assert_eq!(
+        effects(Path::new(report["workspace"].as_str().unwrap())),
+        (1, 1)
+    );
     // The example's own folder is never written to.
     assert!(!example().join("workspace/refunds.jsonl").exists());
 
     let show = rein(state.path(), &["runs", "show", &run_id[..10]]);
     let text = String::from_utf8(show.stdout).unwrap();
-    for needle in ["▶ run", "task: Customer jane@example.com", "step 3", "✓ refunds.issue", "\"amount\":42.5", "■ completed", "5 steps · 4 tool calls"] {
-        assert!(text.contains(needle), "`runs show` lacks {needle:?}:\n{text}");
+    for needle in [
+        "▶ run",
+        "task: Customer jane@example.com",
+        "step 3",
+        "✓ refunds.issue",
+        "\"amount\":42.5",
+        "■ completed",
+        "5 steps · 4 tool calls",
+    ] {
+        assert!(
+            text.contains(needle),
+            "`runs show` lacks {needle:?}:\n{text}"
+        );
     }
     assert!(!text.contains("\u{1b}["), "no colour codes when piped");
 
@@ -58,10 +102,21 @@ fn the_quick_start_completes_offline_and_shows_its_timeline() {
     assert_eq!(list[0]["status"], "completed");
 
     // Without --json a person sees each step as it happens, and the exit code is the same.
-    let human = rein(state.path(), &["run", example().to_str().unwrap(), "--task", "Customer jane@example.com: order A-1001 arrived damaged."]);
+    let human = rein(
+        state.path(),
+        &[
+            "run",
+            example().to_str().unwrap(),
+            "--task",
+            "Customer jane@example.com: order A-1001 arrived damaged.",
+        ],
+    );
     assert_eq!(human.status.code(), Some(0));
     let text = String::from_utf8(human.stdout).unwrap();
-    assert!(text.contains("step 1 “Let me look up order A-1001.” → orders.lookup"), "{text}");
+    assert!(
+        text.contains("step 1 “Let me look up order A-1001.” → orders.lookup"),
+        "{text}"
+    );
     assert!(text.contains("details: rein runs show"), "{text}");
 }
 
@@ -74,7 +129,12 @@ fn run_and_kill(state: &Path, fault: (&str, u64), resume: Option<&str>) -> (Stri
         None => cmd.args(["run", example().to_str().unwrap(), "--json"]),
         Some(id) => cmd.args(["runs", "resume", id, "--json"]),
     };
-    let mut child = cmd.env(fault.0, fault.1.to_string()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .env(fault.0, fault.1.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut reached = false;
     for line in stderr.lines() {
@@ -86,7 +146,10 @@ fn run_and_kill(state: &Path, fault: (&str, u64), resume: Option<&str>) -> (Stri
     assert!(reached, "rein never reached {}={}", fault.0, fault.1);
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
     let runs = json_out(&rein(state, &["runs", "list", "--json"]));
     let run_id = runs[0]["id"].as_str().unwrap().to_owned();
     let show = json_out(&rein(state, &["runs", "show", &run_id, "--json"]));
@@ -108,13 +171,25 @@ fn resume_to_end(state: &Path, run_id: &str) -> Value {
 
 fn check_effects(what: &str, report: &Value, workspace: &Path) {
     let (refunds, emails) = effects(workspace);
-    assert!(refunds <= 1 && emails <= 1, "{what}: {refunds} refunds and {emails} emails");
+    assert!(
+        refunds <= 1 && emails <= 1,
+        "{what}: {refunds} refunds and {emails} emails"
+    );
     match report["status"].as_str().unwrap() {
         "completed" => assert_eq!((refunds, emails), (1, 1), "{what}"),
         _ => {
             let call = report["call_id"].as_str().unwrap();
-            assert!(call == "call_3_1" || call == "call_4_1", "{what}: in doubt {call}");
-            assert!(report["reason"].as_str().unwrap().contains("not idempotent"), "{what}");
+            assert!(
+                call == "call_3_1" || call == "call_4_1",
+                "{what}: in doubt {call}"
+            );
+            assert!(
+                report["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not idempotent"),
+                "{what}"
+            );
         }
     }
 }
@@ -132,32 +207,63 @@ fn killed_at_every_event_boundary_and_after_every_effect_resumes_without_repeati
     }
     // Only a kill right after the intent of the refund (event 12) or the email (event 16), the
     // two tools that are not idempotent, leaves an effect in doubt.
-    let doubtful: Vec<usize> = outcomes.iter().enumerate().filter(|(_, s)| *s == "needs_reconciliation").map(|(i, _)| i + 1).collect();
+    let doubtful: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| *s == "needs_reconciliation")
+        .map(|(i, _)| i + 1)
+        .collect();
     assert_eq!(doubtful, vec![12, 16]);
 
     for effect in 1..=4u64 {
         let state = tempfile::tempdir().unwrap();
-        let (run_id, workspace) = run_and_kill(state.path(), ("REIN_FAULT_AFTER_EFFECT", effect), None);
+        let (run_id, workspace) =
+            run_and_kill(state.path(), ("REIN_FAULT_AFTER_EFFECT", effect), None);
         let report = resume_to_end(state.path(), &run_id);
-        check_effects(&format!("killed after effect {effect}"), &report, &workspace);
+        check_effects(
+            &format!("killed after effect {effect}"),
+            &report,
+            &workspace,
+        );
         // The lookup and the policy read are idempotent and are run again; the refund and the
         // email happened, but their outcome is unknown, so they are reported, not repeated.
-        let expected = if effect <= 2 { "completed" } else { "needs_reconciliation" };
+        let expected = if effect <= 2 {
+            "completed"
+        } else {
+            "needs_reconciliation"
+        };
         assert_eq!(report["status"], expected, "killed after effect {effect}");
         if effect > 2 {
-            assert_eq!(effects(&workspace), if effect == 3 { (1, 0) } else { (1, 1) });
+            assert_eq!(
+                effects(&workspace),
+                if effect == 3 { (1, 0) } else { (1, 1) }
+            );
         }
     }
 
     // Killed again while resuming: the log still carries the run to its end.
     for (first, second) in [(2u64, 6u64), (5, 9), (9, 14), (13, 18)] {
         let state = tempfile::tempdir().unwrap();
-        let (run_id, workspace) = run_and_kill(state.path(), ("REIN_FAULT_AFTER_EVENT", first), None);
-        run_and_kill(state.path(), ("REIN_FAULT_AFTER_EVENT", second), Some(&run_id));
+        let (run_id, workspace) =
+            run_and_kill(state.path(), ("REIN_FAULT_AFTER_EVENT", first), None);
+        run_and_kill(
+            state.path(),
+            ("REIN_FAULT_AFTER_EVENT", second),
+            Some(&run_id),
+        );
         let report = resume_to_end(state.path(), &run_id);
-        check_effects(&format!("killed after event {first}, then {second}"), &report, &workspace);
+        check_effects(
+            &format!("killed after event {first}, then {second}"),
+            &report,
+            &workspace,
+        );
         let show = json_out(&rein(state.path(), &["runs", "show", &run_id, "--json"]));
-        let resumes = show["events"].as_array().unwrap().iter().filter(|e| e["event"]["type"] == "run_resumed").count();
+        let resumes = show["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["type"] == "run_resumed")
+            .count();
         assert_eq!(resumes, 2);
     }
 }
@@ -177,19 +283,31 @@ fn each_end_state_has_its_exit_code() {
     let state = tempfile::tempdir().unwrap();
     let turn = "[[turns]]\ntext = \"reading\"\ncalls = [{ tool = \"fs.read\", args = { path = \"missing.txt\" } }]\n";
 
-    let budget = agent_folder(&format!("{LOOPING}[limits]\nmax_steps = 2\n"), &turn.repeat(3));
-    let out = rein(state.path(), &["run", budget.path().to_str().unwrap(), "--json"]);
+    let budget = agent_folder(
+        &format!("{LOOPING}[limits]\nmax_steps = 2\n"),
+        &turn.repeat(3),
+    );
+    let out = rein(
+        state.path(),
+        &["run", budget.path().to_str().unwrap(), "--json"],
+    );
     assert_eq!(out.status.code(), Some(11));
     let report = json_out(&out);
     assert_eq!(report["status"], "budget_exhausted");
     assert_eq!(report["output"], "reading");
 
     let failing = agent_folder(LOOPING, turn);
-    let out = rein(state.path(), &["run", failing.path().to_str().unwrap(), "--json"]);
+    let out = rein(
+        state.path(),
+        &["run", failing.path().to_str().unwrap(), "--json"],
+    );
     assert_eq!(out.status.code(), Some(10));
     assert_eq!(json_out(&out)["status"], "failed");
 
-    let out = rein(state.path(), &["runs", "resume", json_out(&out)["run_id"].as_str().unwrap()]);
+    let out = rein(
+        state.path(),
+        &["runs", "resume", json_out(&out)["run_id"].as_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already ended as failed"));
 }
@@ -197,16 +315,32 @@ fn each_end_state_has_its_exit_code() {
 #[test]
 fn bad_input_gets_a_clear_error_not_a_panic() {
     let state = tempfile::tempdir().unwrap();
-    let broken = agent_folder("name = \"x\"\ninstructions = \"y\"\n\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\ntemperature = \"hot\"\n", "");
-    let out = rein(state.path(), &["run", broken.path().to_str().unwrap(), "--task", "t"]);
+    let broken = agent_folder(
+        "name = \"x\"\ninstructions = \"y\"\n\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\ntemperature = \"hot\"\n",
+        "",
+    );
+    let out = rein(
+        state.path(),
+        &["run", broken.path().to_str().unwrap(), "--task", "t"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("agent.toml:8:15: invalid type: string \"hot\", expected f32"), "{err}");
+    assert!(
+        err.contains("agent.toml:8:15: invalid type: string \"hot\", expected f32"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
-    let no_task = agent_folder("name = \"x\"\ninstructions = \"y\"\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n", "[[turns]]\ntext = \"hi\"\n");
+    let no_task = agent_folder(
+        "name = \"x\"\ninstructions = \"y\"\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n",
+        "[[turns]]\ntext = \"hi\"\n",
+    );
     let out = rein(state.path(), &["run", no_task.path().to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no task: pass --task"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no task: pass --task"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = rein(state.path(), &["run", "/nonexistent/agent"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the agent folder"));
@@ -217,10 +351,34 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
 
 #[test]
 fn the_benchmark_reports_its_figures() {
-    let out = Command::new(REIN).args(["bench", "steps", "--runs", "4", "--concurrency", "2", "--steps", "5", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(REIN)
+        .args([
+            "bench",
+            "steps",
+            "--runs",
+            "4",
+            "--concurrency",
+            "2",
+            "--steps",
+            "5",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json_out(&out);
-    for key in ["steps_per_s", "p50_us", "p99_us", "bytes_per_step", "peak_rss_kb"] {
+    for key in [
+        "steps_per_s",
+        "p50_us",
+        "p99_us",
+        "bytes_per_step",
+        "peak_rss_kb",
+    ] {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
     }
     assert!(report["p50_us"].as_u64() <= report["p99_us"].as_u64());

@@ -15,17 +15,31 @@ fn started(max_steps: u32) -> Event {
         instructions: "be good".into(),
         provider: "scripted".into(),
         model: "m".into(),
-        limits: Limits { max_steps, wall_clock_ms: 1_000 },
+        limits: Limits {
+            max_steps,
+            wall_clock_ms: 1_000,
+        },
         tools: vec!["t".into()],
     })
 }
 
 fn call(id: &str) -> ToolCall {
-    ToolCall { id: id.into(), name: "t".into(), arguments: json!({}), invalid_arguments: None }
+    ToolCall {
+        id: id.into(),
+        name: "t".into(),
+        arguments: json!({}),
+        invalid_arguments: None,
+    }
 }
 
 fn requested(step: u32) -> Event {
-    Event::ModelRequested { step, attempt: 1, model: "m".into(), messages: 1, tools: 1 }
+    Event::ModelRequested {
+        step,
+        attempt: 1,
+        model: "m".into(),
+        messages: 1,
+        tools: 1,
+    }
 }
 
 fn replied(step: u32, text: Option<&str>, calls: &[&str]) -> Event {
@@ -33,7 +47,10 @@ fn replied(step: u32, text: Option<&str>, calls: &[&str]) -> Event {
         step,
         text: text.map(str::to_owned),
         tool_calls: calls.iter().map(|c| call(c)).collect(),
-        usage: Usage { input_tokens: 10, output_tokens: 2 },
+        usage: Usage {
+            input_tokens: 10,
+            output_tokens: 2,
+        },
         latency_us: 5,
         stop_reason: None,
     }
@@ -51,14 +68,23 @@ fn intent(id: &str, idempotent: bool, attempt: u32) -> Event {
 }
 
 fn outcome(id: &str) -> Event {
-    Event::ToolOutcome { call_id: id.into(), ok: true, output: json!({"n": 1}), duration_us: 3 }
+    Event::ToolOutcome {
+        call_id: id.into(),
+        ok: true,
+        output: json!({"n": 1}),
+        duration_us: 3,
+    }
 }
 
 fn log(events: Vec<Event>) -> Vec<StoredEvent> {
     events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| StoredEvent { seq: i as u64 + 1, at_ms: 100 + i as u64, event })
+        .map(|(i, event)| StoredEvent {
+            seq: i as u64 + 1,
+            at_ms: 100 + i as u64,
+            event,
+        })
         .collect()
 }
 
@@ -78,7 +104,12 @@ fn happy_path(idempotent_second: bool) -> Vec<Event> {
         outcome("c2"),
         requested(2),
         replied(2, Some("done"), &[]),
-        Event::RunEnded { status: EndState::Completed, output: Some("done".into()), reason: None, call_id: None },
+        Event::RunEnded {
+            status: EndState::Completed,
+            output: Some("done".into()),
+            reason: None,
+            call_id: None,
+        },
     ]
 }
 
@@ -90,7 +121,10 @@ fn each_prefix_of_a_log_resumes_to_the_right_action() {
             1 => Action::CallModel { step: 1 },
             2 => Action::CallModel { step: 1 },
             3 => Action::Dispatch { call: call("c1") },
-            4 => Action::Reexecute { call: call("c1"), attempt: 2 },
+            4 => Action::Reexecute {
+                call: call("c1"),
+                attempt: 2,
+            },
             5 => Action::Dispatch { call: call("c2") },
             6 => Action::End(Ended {
                 status: EndState::NeedsReconciliation,
@@ -115,11 +149,14 @@ fn each_prefix_of_a_log_resumes_to_the_right_action() {
         let state = fold(events[..n].to_vec());
         let mut got = state.next_action(100);
         // Reasons are prose; compare them separately.
-        if let Action::End(e) = &mut got {
-            if e.status == EndState::NeedsReconciliation {
-                let reason = e.reason.take().unwrap();
-                assert!(reason.contains("c2") && reason.contains("not idempotent"), "{reason}");
-            }
+        if let Action::End(e) = &mut got
+            && e.status == EndState::NeedsReconciliation
+        {
+            let reason = e.reason.take().unwrap();
+            assert!(
+                reason.contains("c2") && reason.contains("not idempotent"),
+                "{reason}"
+            );
         }
         assert_eq!(got, expect(n), "after {n} events");
     }
@@ -130,15 +167,31 @@ fn conversation_is_rebuilt_from_the_log() {
     let state = fold(happy_path(true));
     let msgs = state.messages();
     assert_eq!(msgs.len(), 5);
-    assert_eq!(msgs[0], Message::User { text: "do it".into() });
+    assert_eq!(
+        msgs[0],
+        Message::User {
+            text: "do it".into()
+        }
+    );
     assert!(matches!(&msgs[1], Message::Assistant { tool_calls, .. } if tool_calls.len() == 2));
     assert_eq!(
         msgs[2],
-        Message::Tool { call_id: "c1".into(), name: "t".into(), content: "{\"n\":1}".into(), is_error: false }
+        Message::Tool {
+            call_id: "c1".into(),
+            name: "t".into(),
+            content: "{\"n\":1}".into(),
+            is_error: false
+        }
     );
     assert_eq!(state.steps(), 2);
     assert_eq!(state.tool_executions(), 2);
-    assert_eq!(state.usage(), Usage { input_tokens: 20, output_tokens: 4 });
+    assert_eq!(
+        state.usage(),
+        Usage {
+            input_tokens: 20,
+            output_tokens: 4
+        }
+    );
 }
 
 #[test]
@@ -147,12 +200,22 @@ fn rejected_calls_go_back_to_the_model_as_errors() {
         started(5),
         requested(1),
         replied(1, None, &["c1"]),
-        Event::ToolRejected { step: 1, call_id: "c1".into(), tool: "t".into(), reason: "unknown tool".into() },
+        Event::ToolRejected {
+            step: 1,
+            call_id: "c1".into(),
+            tool: "t".into(),
+            reason: "unknown tool".into(),
+        },
     ]);
     assert_eq!(state.next_action(100), Action::CallModel { step: 2 });
     assert_eq!(
         state.messages().last().unwrap(),
-        &Message::Tool { call_id: "c1".into(), name: "t".into(), content: "error: unknown tool".into(), is_error: true }
+        &Message::Tool {
+            call_id: "c1".into(),
+            name: "t".into(),
+            content: "error: unknown tool".into(),
+            is_error: true
+        }
     );
 }
 
@@ -163,16 +226,31 @@ fn repeated_in_doubt_idempotent_call_counts_attempts() {
         requested(1),
         replied(1, None, &["c1"]),
         intent("c1", true, 1),
-        Event::RunResumed { attempt: 2, agent_changed: false },
+        Event::RunResumed {
+            attempt: 2,
+            agent_changed: false,
+        },
         intent("c1", true, 2),
     ]);
-    assert_eq!(state.next_action(100), Action::Reexecute { call: call("c1"), attempt: 3 });
+    assert_eq!(
+        state.next_action(100),
+        Action::Reexecute {
+            call: call("c1"),
+            attempt: 3
+        }
+    );
     assert_eq!(state.attempt(), 2);
 }
 
 #[test]
 fn limits_end_the_run_with_partial_output() {
-    let state = fold(vec![started(1), requested(1), replied(1, Some("half"), &["c1"]), intent("c1", true, 1), outcome("c1")]);
+    let state = fold(vec![
+        started(1),
+        requested(1),
+        replied(1, Some("half"), &["c1"]),
+        intent("c1", true, 1),
+        outcome("c1"),
+    ]);
     match state.next_action(100) {
         Action::End(e) => {
             assert_eq!(e.status, EndState::BudgetExhausted);
@@ -184,19 +262,43 @@ fn limits_end_the_run_with_partial_output() {
     // Wall clock: the limit is 1000 ms of activity; the run started at 100.
     let state = fold(vec![started(5)]);
     assert_eq!(state.next_action(1_099), Action::CallModel { step: 1 });
-    assert!(matches!(state.next_action(1_100), Action::End(Ended { status: EndState::BudgetExhausted, .. })));
+    assert!(matches!(
+        state.next_action(1_100),
+        Action::End(Ended {
+            status: EndState::BudgetExhausted,
+            ..
+        })
+    ));
 }
 
 #[test]
 fn active_time_excludes_the_gap_between_processes() {
     let events = vec![
-        StoredEvent { seq: 1, at_ms: 0, event: started(5) },
-        StoredEvent { seq: 2, at_ms: 400, event: requested(1) },
-        StoredEvent { seq: 3, at_ms: 1_000_000, event: Event::RunResumed { attempt: 2, agent_changed: false } },
+        StoredEvent {
+            seq: 1,
+            at_ms: 0,
+            event: started(5),
+        },
+        StoredEvent {
+            seq: 2,
+            at_ms: 400,
+            event: requested(1),
+        },
+        StoredEvent {
+            seq: 3,
+            at_ms: 1_000_000,
+            event: Event::RunResumed {
+                attempt: 2,
+                agent_changed: false,
+            },
+        },
     ];
     let state = RunState::from_events(&events).unwrap();
     assert_eq!(state.active_ms(1_000_100), 500);
-    assert!(matches!(state.next_action(1_000_100), Action::CallModel { step: 1 }));
+    assert!(matches!(
+        state.next_action(1_000_100),
+        Action::CallModel { step: 1 }
+    ));
 }
 
 #[test]
@@ -204,37 +306,100 @@ fn malformed_logs_are_refused_with_the_event_named() {
     let cases: Vec<(Vec<StoredEvent>, &str)> = vec![
         (log(vec![requested(1)]), "must begin with run_started"),
         (log(vec![started(5), requested(2)]), "expected step 1"),
-        (log(vec![started(5), replied(1, None, &[])]), "step 1 was not requested"),
-        (log(vec![started(5), requested(1), replied(1, None, &["c1"]), outcome("c1")]), "no intent"),
-        (log(vec![started(5), requested(1), replied(1, None, &["c1"]), intent("c9", false, 1)]), "no call c9"),
-        (log(vec![started(5), requested(1), replied(1, None, &["c1"]), intent("c1", false, 2)]), "expected attempt 1"),
-        (log(vec![started(5), requested(1), replied(1, None, &["c1"]), requested(2)]), "unfinished"),
-        (log(vec![started(5), Event::RunResumed { attempt: 3, agent_changed: false }]), "expected attempt 2"),
+        (
+            log(vec![started(5), replied(1, None, &[])]),
+            "step 1 was not requested",
+        ),
         (
             log(vec![
                 started(5),
-                Event::RunEnded { status: EndState::Failed, output: None, reason: None, call_id: None },
+                requested(1),
+                replied(1, None, &["c1"]),
+                outcome("c1"),
+            ]),
+            "no intent",
+        ),
+        (
+            log(vec![
+                started(5),
+                requested(1),
+                replied(1, None, &["c1"]),
+                intent("c9", false, 1),
+            ]),
+            "no call c9",
+        ),
+        (
+            log(vec![
+                started(5),
+                requested(1),
+                replied(1, None, &["c1"]),
+                intent("c1", false, 2),
+            ]),
+            "expected attempt 1",
+        ),
+        (
+            log(vec![
+                started(5),
+                requested(1),
+                replied(1, None, &["c1"]),
+                requested(2),
+            ]),
+            "unfinished",
+        ),
+        (
+            log(vec![
+                started(5),
+                Event::RunResumed {
+                    attempt: 3,
+                    agent_changed: false,
+                },
+            ]),
+            "expected attempt 2",
+        ),
+        (
+            log(vec![
+                started(5),
+                Event::RunEnded {
+                    status: EndState::Failed,
+                    output: None,
+                    reason: None,
+                    call_id: None,
+                },
                 requested(1),
             ]),
             "already ended",
         ),
         (
             vec![
-                StoredEvent { seq: 1, at_ms: 0, event: started(5) },
-                StoredEvent { seq: 3, at_ms: 0, event: requested(1) },
+                StoredEvent {
+                    seq: 1,
+                    at_ms: 0,
+                    event: started(5),
+                },
+                StoredEvent {
+                    seq: 3,
+                    at_ms: 0,
+                    event: requested(1),
+                },
             ],
             "gap or a repeat",
         ),
     ];
     for (events, needle) in cases {
         let err = RunState::from_events(&events).unwrap_err();
-        assert!(err.to_string().contains(needle), "{err} should mention {needle:?}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle:?}"
+        );
     }
 }
 
 #[test]
 fn render_output_shows_errors_and_plain_strings() {
-    assert_eq!(render_output(false, &json!({"error": "boom"})), "error: boom");
+    assert_eq!(
+        render_output(false, &json!({"error": "boom"})),
+        "error: boom"
+    );
     assert_eq!(render_output(true, &json!("plain")), "plain");
     assert_eq!(render_output(true, &json!({"a": 1})), "{\"a\":1}");
 }
