@@ -21,7 +21,7 @@ use rein_core::{Message, ToolCall, Usage};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, estimate_tokens};
+use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError};
 
 /// One scripted model turn.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -199,19 +199,17 @@ impl Provider for ScriptedProvider {
                         }
                     })
                     .collect::<Vec<_>>();
-                let input: u64 = estimate_tokens(request.system)
-                    + request
-                        .messages
-                        .iter()
-                        .map(|m| estimate_tokens(&message_text(m)))
-                        .sum::<u64>();
-                let output = estimate_tokens(turn.text.as_deref().unwrap_or(""))
-                    + tool_calls
-                        .iter()
-                        .map(|c| {
-                            estimate_tokens(&c.arguments.to_string()) + estimate_tokens(&c.name)
-                        })
-                        .sum::<u64>();
+                let input = bytes_to_tokens(
+                    request.system.len()
+                        + request.messages.iter().map(message_bytes).sum::<usize>(),
+                );
+                let output = bytes_to_tokens(
+                    turn.text.as_deref().map_or(0, str::len)
+                        + tool_calls
+                            .iter()
+                            .map(|c| c.name.len() + json_bytes(&c.arguments))
+                            .sum::<usize>(),
+                );
                 Ok(ChatResponse {
                     text: turn.text.clone(),
                     stop_reason: Some(
@@ -234,17 +232,39 @@ impl Provider for ScriptedProvider {
     }
 }
 
-fn message_text(message: &Message) -> String {
+/// The bytes of a message's text and calls, counted without building a string.
+fn message_bytes(message: &Message) -> usize {
     match message {
-        Message::User { text } => text.clone(),
+        Message::User { text } => text.len(),
         Message::Assistant { text, tool_calls } => {
-            let mut s = text.clone().unwrap_or_default();
-            for c in tool_calls {
-                s.push_str(&c.name);
-                s.push_str(&c.arguments.to_string());
-            }
-            s
+            text.as_deref().map_or(0, str::len)
+                + tool_calls
+                    .iter()
+                    .map(|c| c.name.len() + json_bytes(&c.arguments))
+                    .sum::<usize>()
         }
-        Message::Tool { content, .. } => content.clone(),
+        Message::Tool { content, .. } => content.len(),
     }
+}
+
+/// The length of a value's compact JSON, counted without allocating.
+fn json_bytes(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The documented estimate: one token per four bytes, rounded up (see [`estimate_tokens`]).
+fn bytes_to_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4)
 }

@@ -25,8 +25,6 @@ CREATE TABLE IF NOT EXISTS runs (
     task        TEXT NOT NULL,
     status      TEXT,
     created_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL,
-    last_seq    INTEGER NOT NULL,
     steps       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
@@ -39,7 +37,10 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 ";
 
-/// One append, encoded by the caller's thread so the writer only writes.
+/// One append, encoded by the caller's thread so the writer only writes. The `runs` row is only
+/// touched when something it shows changes (start, a step, the end); the number of events and the
+/// time of the last one are read from the events' primary key instead, so most commits dirty a
+/// single page.
 struct Append {
     run_id: String,
     rows: Vec<(u64, u64, String)>,
@@ -225,16 +226,22 @@ fn commit_batch(
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut advanced: Vec<(&str, u64)> = Vec::with_capacity(batch.len());
+    // With one append there is nothing to isolate it from: the transaction is its savepoint.
+    let isolate = batch.len() > 1;
     for append in batch {
         let outcome = (|| {
-            let sp = tx.savepoint().map_err(db_err)?;
-            let last = apply_append(&sp, append, last_seq, &advanced).map_err(|e| match e {
+            let to_store_error = |e| match e {
                 ApplyError::Db(e) => db_err(e),
                 ApplyError::Conflict(detail) => StoreError::Conflict {
                     run_id: append.run_id.clone(),
                     detail,
                 },
-            })?;
+            };
+            if !isolate {
+                return apply_append(&tx, append, last_seq, &advanced).map_err(to_store_error);
+            }
+            let sp = tx.savepoint().map_err(db_err)?;
+            let last = apply_append(&sp, append, last_seq, &advanced).map_err(to_store_error)?;
             sp.commit().map_err(db_err)?;
             Ok(last)
         })();
@@ -243,7 +250,14 @@ fn commit_batch(
                 advanced.push((&append.run_id, last));
                 results.push(Ok(()));
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => {
+                if !isolate {
+                    // The lone append failed: drop the transaction rather than commit a part.
+                    drop(tx);
+                    return vec![Err(e)];
+                }
+                results.push(Err(e));
+            }
         }
     }
     if let Err(e) = tx.commit() {
@@ -287,9 +301,8 @@ fn apply_append(
     let last = match known {
         Some(seq) => seq,
         None => conn
-            .prepare_cached("SELECT last_seq FROM runs WHERE id = ?1")?
-            .query_row([&append.run_id], |r| r.get::<_, i64>(0))
-            .optional()?
+            .prepare_cached("SELECT MAX(seq) FROM events WHERE run_id = ?1")?
+            .query_row([&append.run_id], |r| r.get::<_, Option<i64>>(0))?
             .map(|v| v as u64)
             .unwrap_or(0),
     };
@@ -306,8 +319,8 @@ fn apply_append(
             ));
         }
         conn.prepare_cached(
-            "INSERT INTO runs (id, agent, task, status, created_ms, updated_ms, last_seq, steps)
-             VALUES (?1, ?2, ?3, NULL, ?4, ?4, 0, 0)",
+            "INSERT INTO runs (id, agent, task, status, created_ms, steps)
+             VALUES (?1, ?2, ?3, NULL, ?4, 0)",
         )?
         .execute(params![append.run_id, agent, task, first_at as i64])?;
     } else if last == 0 {
@@ -319,7 +332,6 @@ fn apply_append(
         "INSERT INTO events (run_id, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut expected = first_seq;
-    let mut last_at = first_at;
     for (seq, at_ms, payload) in &append.rows {
         if *seq != expected {
             return Err(ApplyError::Conflict(format!(
@@ -328,21 +340,14 @@ fn apply_append(
         }
         insert.execute(params![append.run_id, *seq as i64, *at_ms as i64, payload])?;
         expected += 1;
-        last_at = *at_ms;
     }
     let last_new = expected - 1;
-    conn.prepare_cached(
-        "UPDATE runs SET updated_ms = ?2, last_seq = ?3,
-             steps = COALESCE(?4, steps), status = COALESCE(?5, status)
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        append.run_id,
-        last_at as i64,
-        last_new as i64,
-        append.steps.map(i64::from),
-        append.ended.map(EndState::as_str),
-    ])?;
+    if append.steps.is_some() || append.ended.is_some() {
+        conn.prepare_cached(
+            "UPDATE runs SET steps = COALESCE(?2, steps), status = COALESCE(?3, status) WHERE id = ?1",
+        )?
+        .execute(params![append.run_id, append.steps.map(i64::from), append.ended.map(EndState::as_str)])?;
+    }
     Ok(last_new)
 }
 
@@ -359,7 +364,10 @@ fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, S
     .transpose()
 }
 
-const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms, updated_ms, last_seq, steps";
+/// A run's summary columns; the last event's position and time come from the events' key.
+const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms,
+    (SELECT at_ms FROM events WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1),
+    (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps";
 
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Option<String>)> {
     Ok((
