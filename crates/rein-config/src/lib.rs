@@ -36,13 +36,15 @@ pub struct AgentSpec {
     /// The model.
     pub model: ModelSpec,
     /// The tools, in the order declared.
-    pub tools: Vec<ToolConfig>,
+    pub tools: Vec<ToolEntrySpec>,
     /// Hard limits.
     pub limits: Limits,
     /// The workspace.
     pub workspace: WorkspaceSpec,
     /// How durable commits are.
     pub durability: Durability,
+    /// How long an approval request stays open before it counts as denied.
+    pub approval_ttl: Duration,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
     pub digest: String,
 }
@@ -98,6 +100,28 @@ impl ProviderSpec {
             ProviderSpec::OpenAi { .. } => "openai",
             ProviderSpec::Anthropic { .. } => "anthropic",
         }
+    }
+}
+
+/// One tool as configured: what it is, and what the gate knows about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolEntrySpec {
+    /// The tool itself.
+    pub tool: ToolConfig,
+    /// What its output is.
+    pub labels: Vec<String>,
+    /// Whether it sends data outside.
+    pub sink: bool,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+    /// Its tool groups.
+    pub groups: Vec<String>,
+}
+
+impl ToolEntrySpec {
+    /// The tool's name.
+    pub fn name(&self) -> &str {
+        self.tool.name()
     }
 }
 

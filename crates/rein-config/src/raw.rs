@@ -45,6 +45,18 @@ pub struct AgentFile {
     /// Where tools read and write files.
     #[serde(default)]
     pub workspace: Option<WorkspaceSection>,
+    /// How approvals behave.
+    #[serde(default)]
+    pub approvals: Option<ApprovalsSection>,
+}
+
+/// The `[approvals]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsSection {
+    /// Seconds after which an undecided approval request counts as denied (default 86400).
+    #[serde(default)]
+    pub expire_after_secs: Option<u64>,
 }
 
 /// A durability setting.
@@ -149,6 +161,33 @@ pub struct ToolEntry {
     /// For `http.get`: the most body bytes returned (default 65536).
     #[serde(default)]
     pub max_bytes: Option<usize>,
+    /// What the tool's output is, for policies and for marking: for example `untrusted` (an
+    /// attacker may control it; it is marked as data before the model reads it), `confidential`,
+    /// `pii`. Default none; `http.get` defaults to `untrusted`.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Whether the tool sends data outside (email, webhooks, uploads). Default false; `http.get`
+    /// defaults to true, since a URL can carry data out.
+    #[serde(default)]
+    pub sink: Option<bool>,
+    /// `low`, `medium` or `high`, for policies (default `medium`).
+    #[serde(default)]
+    pub risk: Option<RiskName>,
+    /// Tool groups the tool belongs to, for policies (`resource in ToolGroup::"payments"`).
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+}
+
+/// A tool's risk level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskName {
+    /// Reads, lookups.
+    Low,
+    /// Changes that can be undone.
+    Medium,
+    /// Money, deletion, anything hard to undo.
+    High,
 }
 
 /// The `[limits]` section.

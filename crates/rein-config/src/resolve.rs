@@ -9,9 +9,10 @@ use rein_core::{Durability, Limits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::raw::{AgentFile, DurabilityName, ProviderName, ToolEntry};
+use crate::raw::{AgentFile, DurabilityName, ProviderName, RiskName, ToolEntry};
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, ModelSpec, ProviderSpec, ToolConfig, WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, ModelSpec, ProviderSpec, ToolConfig, ToolEntrySpec,
+    WorkspaceSpec,
 };
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
@@ -19,6 +20,8 @@ const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
 const DEFAULT_HTTP_MAX_BYTES: usize = 64 * 1024;
 const BUILTINS: [&str; 3] = ["fs.read", "fs.write", "http.get"];
+/// Names of the policy actions that are not tools.
+const RESERVED: [&str; 3] = ["call_tool", "use_model", "delegate"];
 
 /// Reads and checks agent.toml in `dir`.
 pub fn load(dir: &Path) -> Result<AgentSpec, ConfigError> {
@@ -129,7 +132,48 @@ impl Resolver {
         let mut seen = BTreeSet::new();
         for (i, entry) in raw.tools.into_iter().enumerate() {
             let span = entry.span();
-            let tool = self.tool(i, span.clone(), entry.into_inner())?;
+            let entry = entry.into_inner();
+            let (labels, sink, risk, groups) = (
+                entry.labels.clone(),
+                entry.sink,
+                entry.risk,
+                entry.groups.clone(),
+            );
+            let tool = self.tool(i, span.clone(), entry)?;
+            let is_http = matches!(tool, ToolConfig::HttpGet { .. });
+            let labels = labels.unwrap_or_else(|| {
+                if is_http {
+                    vec![rein_core::labels::UNTRUSTED.to_owned()]
+                } else {
+                    vec![]
+                }
+            });
+            for (field, names) in [
+                ("labels", &labels),
+                ("groups", groups.as_ref().unwrap_or(&vec![])),
+            ] {
+                if let Some(bad) = names.iter().find(|n| check_name(n).is_err()) {
+                    return Err(self.err(
+                        Some(span.clone()),
+                        format!("tools[{i}].{field}"),
+                        format!(
+                            "`{bad}` is not a valid name: use letters, digits, `.`, `_` or `-`"
+                        ),
+                    ));
+                }
+            }
+            let risk = match risk {
+                Some(RiskName::Low) => "low",
+                Some(RiskName::Medium) | None => "medium",
+                Some(RiskName::High) => "high",
+            };
+            let tool = ToolEntrySpec {
+                tool,
+                labels,
+                sink: sink.unwrap_or(is_http),
+                risk: risk.into(),
+                groups: groups.unwrap_or_default(),
+            };
             if !seen.insert(tool.name().to_owned()) {
                 return Err(self.err(
                     Some(span),
@@ -170,6 +214,12 @@ impl Resolver {
             None | Some(DurabilityName::Normal) => Durability::Normal,
             Some(DurabilityName::Fsync) => Durability::Fsync,
         };
+        let approval_ttl = Duration::from_secs(
+            raw.approvals
+                .and_then(|a| a.expire_after_secs)
+                .unwrap_or(86_400)
+                .max(1),
+        );
         let digest = self
             .digest
             .finalize()
@@ -190,6 +240,7 @@ impl Resolver {
                 isolate: ws.isolate.unwrap_or(false),
             },
             durability,
+            approval_ttl,
             digest,
         })
     }
@@ -350,6 +401,15 @@ impl Resolver {
                     self.err(sp.clone(), at("name"), "a command tool needs a `name`")
                 })?;
                 check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
+                if RESERVED.contains(&name.as_str()) {
+                    return Err(self.err(
+                        sp,
+                        at("name"),
+                        format!(
+                            "`{name}` is the name of a policy action; choose another tool name"
+                        ),
+                    ));
+                }
                 if BUILTINS.contains(&name.as_str()) {
                     return Err(self.err(sp, at("name"), format!("`{name}` is a built-in's name; use `builtin = \"{name}\"` or another name")));
                 }

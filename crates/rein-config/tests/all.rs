@@ -59,10 +59,20 @@ fn a_good_folder_resolves_with_defaults() {
         matches!(&spec.model.provider, ProviderSpec::Scripted { script } if script.ends_with("script.toml"))
     );
     assert_eq!(
-        spec.tools.iter().map(ToolConfig::name).collect::<Vec<_>>(),
+        spec.tools.iter().map(|t| t.name()).collect::<Vec<_>>(),
         vec!["fs.read", "http.get", "orders.lookup"]
     );
-    match &spec.tools[2] {
+    // http.get's output is untrusted and it can carry data out, unless the operator says otherwise.
+    assert_eq!(
+        (
+            spec.tools[1].labels.clone(),
+            spec.tools[1].sink,
+            spec.tools[1].risk.as_str()
+        ),
+        (vec!["untrusted".to_string()], true, "medium")
+    );
+    assert!(spec.tools[0].labels.is_empty() && !spec.tools[0].sink);
+    match &spec.tools[2].tool {
         ToolConfig::Command {
             program,
             args,
@@ -231,6 +241,27 @@ fn bad_input_names_the_file_line_and_field() {
             "limits.max_steps",
             None,
             "at least 1",
+        ),
+        (
+            GOOD.replace(
+                "idempotent = true",
+                "idempotent = true\nlabels = [\"not ok!\"]",
+            ),
+            "tools[2].labels",
+            Some(17),
+            "not a valid name",
+        ),
+        (
+            GOOD.replace("idempotent = true", "idempotent = true\nrisk = \"extreme\""),
+            "",
+            Some(22),
+            "unknown variant `extreme`",
+        ),
+        (
+            GOOD.replace("name = \"orders.lookup\"", "name = \"use_model\""),
+            "tools[2].name",
+            None,
+            "name of a policy action",
         ),
         (
             format!("{GOOD}\n[workspace]\npath = \"nowhere\"\n"),

@@ -21,15 +21,22 @@ pub enum EndState {
     /// rein cannot know whether its effect happened, so it stops and names the call instead of
     /// risking doing it twice.
     NeedsReconciliation,
+    /// Not an end: the run is suspended until a person decides its pending approvals; `rein runs
+    /// resume` continues it.
+    AwaitingApproval,
+    /// The policies refused what the run needs to go on (its model), so it stopped.
+    Denied,
 }
 
 impl EndState {
     /// All end states, for documentation and exhaustive tests.
-    pub const ALL: [EndState; 4] = [
+    pub const ALL: [EndState; 6] = [
         EndState::Completed,
         EndState::Failed,
         EndState::BudgetExhausted,
         EndState::NeedsReconciliation,
+        EndState::AwaitingApproval,
+        EndState::Denied,
     ];
 
     /// The process exit code `rein run` and `rein runs resume` use for this state.
@@ -41,6 +48,8 @@ impl EndState {
             EndState::Failed => 10,
             EndState::BudgetExhausted => 11,
             EndState::NeedsReconciliation => 12,
+            EndState::AwaitingApproval => 13,
+            EndState::Denied => 14,
         }
     }
 
@@ -51,6 +60,8 @@ impl EndState {
             EndState::Failed => "failed",
             EndState::BudgetExhausted => "budget_exhausted",
             EndState::NeedsReconciliation => "needs_reconciliation",
+            EndState::AwaitingApproval => "awaiting_approval",
+            EndState::Denied => "denied",
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::end::EndState;
+use crate::gate::Verdict;
 use crate::message::{ToolCall, Usage};
 use crate::state::Limits;
 
@@ -50,6 +51,20 @@ pub struct RunStarted {
     pub limits: Limits,
     /// The tools the agent has.
     pub tools: Vec<String>,
+    /// Who the run acts for.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// The tenant the run belongs to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_user() -> String {
+    "anonymous".into()
+}
+
+fn default_tenant() -> String {
+    "default".into()
 }
 
 /// One thing that happened in a run.
@@ -137,6 +152,84 @@ pub enum Event {
         idempotent: bool,
         /// 1 for the first execution; higher when an idempotent call in doubt is repeated.
         attempt: u32,
+        /// What the tool's output is (its manifest's labels); they join the run's labels.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+    },
+    /// The gate judged a proposed tool call. Recorded before anything else happens to the call.
+    ToolJudged {
+        /// The step number.
+        step: u32,
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        tool: String,
+        /// Allow, deny or ask.
+        verdict: Verdict,
+        /// The policies that decided it.
+        policies: Vec<String>,
+        /// Why.
+        reasons: Vec<String>,
+        /// The run's labels the decision saw.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+        /// Who approved the call, when this judgement follows an approval.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approved_by: Option<String>,
+    },
+    /// A call needs a person's approval; the run will suspend once the step's other calls are done.
+    ApprovalRequested {
+        /// The approval's id.
+        approval_id: String,
+        /// The call's id.
+        call_id: String,
+        /// The tool.
+        tool: String,
+        /// The arguments the call will run with, exactly.
+        args: Value,
+        /// The policies that asked.
+        policies: Vec<String>,
+        /// Their reasons.
+        reasons: Vec<String>,
+        /// The run's labels at the time.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
+        /// When an undecided request counts as denied (ms since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
+    /// A person decided an approval, or it expired.
+    ApprovalDecided {
+        /// The approval's id.
+        approval_id: String,
+        /// Whether the call may go ahead.
+        approved: bool,
+        /// Who decided (`rein` for an expiry).
+        by: String,
+        /// Their note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+        /// Whether this is an expiry rather than a person's decision.
+        #[serde(default)]
+        expired: bool,
+    },
+    /// The run stopped to wait for approvals; the process may exit.
+    RunSuspended {
+        /// The approvals it waits for.
+        approvals: Vec<String>,
+    },
+    /// The gate judged a model call.
+    ModelJudged {
+        /// The step number.
+        step: u32,
+        /// The model.
+        model: String,
+        /// Allow or deny (ask is treated as deny for models).
+        verdict: Verdict,
+        /// The policies that decided it.
+        policies: Vec<String>,
+        /// Why.
+        reasons: Vec<String>,
     },
     /// A tool finished (or failed, or timed out).
     ToolOutcome {
@@ -177,6 +270,11 @@ impl Event {
             Event::ToolRejected { .. } => "tool_rejected",
             Event::ToolIntent { .. } => "tool_intent",
             Event::ToolOutcome { .. } => "tool_outcome",
+            Event::ToolJudged { .. } => "tool_judged",
+            Event::ApprovalRequested { .. } => "approval_requested",
+            Event::ApprovalDecided { .. } => "approval_decided",
+            Event::RunSuspended { .. } => "run_suspended",
+            Event::ModelJudged { .. } => "model_judged",
             Event::RunEnded { .. } => "run_ended",
         }
     }

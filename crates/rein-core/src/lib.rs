@@ -6,12 +6,15 @@
 
 pub mod end;
 pub mod event;
+pub mod gate;
+pub mod labels;
 pub mod message;
 pub mod state;
 pub mod text;
 
 pub use end::EndState;
 pub use event::{EVENT_FORMAT_VERSION, Event, RunStarted, StoredEvent};
+pub use gate::{Decision, Verdict};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
 pub use state::{Action, Limits, RunState, StateError};
 

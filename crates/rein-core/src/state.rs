@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::end::EndState;
 use crate::event::{Event, RunStarted, StoredEvent};
+use crate::gate::Verdict;
+use crate::labels::{LabelSet, UNTRUSTED, mark_untrusted};
 use crate::message::{Message, ToolCall, Usage};
 
 /// Hard limits a run is held to.
@@ -35,8 +37,12 @@ impl Default for Limits {
 pub enum CallStatus {
     /// Proposed by the model; nothing recorded about it yet.
     Proposed,
-    /// Refused before anything ran.
+    /// Refused before anything ran (by the registry, the gate or a person).
     Rejected,
+    /// Waiting for a person to approve it.
+    AwaitingApproval,
+    /// Approved by a person; not yet run.
+    Approved,
     /// Its intent is recorded but not its outcome: running now, or in doubt after a crash.
     InFlight {
         /// Which execution of the call the intent is for.
@@ -55,6 +61,21 @@ pub struct CallSlot {
     pub call: ToolCall,
     /// Where it stands.
     pub status: CallStatus,
+    /// The output labels its intent recorded.
+    pub labels: Vec<String>,
+    /// Its approval request, if the gate asked.
+    pub approval: Option<ApprovalSlot>,
+}
+
+/// A call's approval request and its decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalSlot {
+    /// The approval's id.
+    pub id: String,
+    /// When it expires.
+    pub expires_at_ms: Option<u64>,
+    /// Who approved it, once approved.
+    pub approved_by: Option<String>,
 }
 
 /// How a run ended, as recorded.
@@ -83,6 +104,25 @@ pub enum Action {
         /// The call.
         call: ToolCall,
     },
+    /// A person approved this call: judge it again with the approval and, if still allowed, run it.
+    ExecuteApproved {
+        /// The call.
+        call: ToolCall,
+        /// Who approved it.
+        approved_by: String,
+    },
+    /// An approval request has expired: record it as denied.
+    Expire {
+        /// The approval's id.
+        approval_id: String,
+    },
+    /// Calls wait for approval: suspend the run.
+    Suspend {
+        /// The approvals waited for.
+        approvals: Vec<String>,
+    },
+    /// The run is suspended; nothing to do until approvals are decided and it is resumed.
+    Suspended,
     /// An idempotent call was in flight when a process stopped: run it again.
     Reexecute {
         /// The call.
@@ -120,6 +160,8 @@ pub struct RunState {
     last_text: Option<String>,
     last_reply_had_calls: bool,
     ended: Option<Ended>,
+    suspended: bool,
+    labels: LabelSet,
     usage: Usage,
     tool_executions: u32,
     last_seq: u64,
@@ -181,6 +223,7 @@ impl RunState {
                 self.active_closed_ms += self.last_at_ms.saturating_sub(self.attempt_started_ms);
                 self.attempt_started_ms = stored.at_ms;
                 self.attempt = *attempt;
+                self.suspended = false;
             }
             Event::ModelRequested { step, .. } => {
                 if *step != self.steps + 1 {
@@ -224,6 +267,8 @@ impl RunState {
                     .map(|c| CallSlot {
                         call: c.clone(),
                         status: CallStatus::Proposed,
+                        labels: vec![],
+                        approval: None,
                     })
                     .collect();
                 self.messages.push(Message::Assistant {
@@ -249,20 +294,125 @@ impl RunState {
                     is_error: true,
                 });
             }
+            Event::ToolJudged {
+                call_id,
+                verdict,
+                policies,
+                reasons,
+                ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if !matches!(slot.status, CallStatus::Proposed | CallStatus::Approved) {
+                    return Err(fail(format!("call {call_id} was already handled")));
+                }
+                if *verdict == Verdict::Deny {
+                    slot.status = CallStatus::Rejected;
+                    let name = slot.call.name.clone();
+                    let by = if policies.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (policy {})", policies.join(", "))
+                    };
+                    self.messages.push(Message::Tool {
+                        call_id: call_id.clone(),
+                        name,
+                        content: format!(
+                            "error: denied by rein's policies{by}: {}",
+                            reasons.join("; ")
+                        ),
+                        is_error: true,
+                    });
+                }
+            }
+            Event::ApprovalRequested {
+                approval_id,
+                call_id,
+                expires_at_ms,
+                ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if slot.status != CallStatus::Proposed {
+                    return Err(fail(format!("call {call_id} was already handled")));
+                }
+                slot.status = CallStatus::AwaitingApproval;
+                slot.approval = Some(ApprovalSlot {
+                    id: approval_id.clone(),
+                    expires_at_ms: *expires_at_ms,
+                    approved_by: None,
+                });
+            }
+            Event::ApprovalDecided {
+                approval_id,
+                approved,
+                by,
+                note,
+                expired,
+            } => {
+                let slot = self
+                    .calls
+                    .iter_mut()
+                    .find(|s| s.approval.as_ref().is_some_and(|a| &a.id == approval_id))
+                    .ok_or_else(|| fail(format!("no approval {approval_id} in this step")))?;
+                if slot.status != CallStatus::AwaitingApproval {
+                    return Err(fail(format!("approval {approval_id} was already decided")));
+                }
+                if *approved {
+                    slot.status = CallStatus::Approved;
+                    if let Some(a) = slot.approval.as_mut() {
+                        a.approved_by = Some(by.clone());
+                    }
+                } else {
+                    slot.status = CallStatus::Rejected;
+                    let content = if *expired {
+                        "error: nobody approved this call before its approval request expired, so it did not run".to_owned()
+                    } else {
+                        let note = note.as_ref().map(|n| format!(": {n}")).unwrap_or_default();
+                        format!("error: {by} did not approve this call, so it did not run{note}")
+                    };
+                    let (call_id, name) = (slot.call.id.clone(), slot.call.name.clone());
+                    self.messages.push(Message::Tool {
+                        call_id,
+                        name,
+                        content,
+                        is_error: true,
+                    });
+                }
+            }
+            Event::RunSuspended { approvals } => {
+                if approvals.is_empty()
+                    || !self
+                        .calls
+                        .iter()
+                        .any(|c| c.status == CallStatus::AwaitingApproval)
+                {
+                    return Err(fail(
+                        "a run suspends only while calls await approval".into(),
+                    ));
+                }
+                self.suspended = true;
+            }
+            Event::ModelJudged { .. } => {}
             Event::ToolIntent {
                 call_id,
                 attempt,
                 idempotent,
+                labels,
                 ..
             } => {
                 let slot = self
                     .slot_mut(call_id)
                     .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
                 let expected = match slot.status {
-                    CallStatus::Proposed => 1,
+                    CallStatus::Proposed | CallStatus::Approved => 1,
                     CallStatus::InFlight { attempt, .. } => attempt + 1,
-                    CallStatus::Rejected | CallStatus::Done => {
-                        return Err(fail(format!("call {call_id} was already handled")));
+                    CallStatus::Rejected | CallStatus::Done | CallStatus::AwaitingApproval => {
+                        return Err(fail(format!(
+                            "call {call_id} was already handled or awaits approval"
+                        )));
                     }
                 };
                 if *attempt != expected {
@@ -274,6 +424,7 @@ impl RunState {
                     attempt: *attempt,
                     idempotent: *idempotent,
                 };
+                slot.labels = labels.clone();
                 self.tool_executions += 1;
             }
             Event::ToolOutcome {
@@ -292,10 +443,19 @@ impl RunState {
                 }
                 slot.status = CallStatus::Done;
                 let name = slot.call.name.clone();
+                let labels = slot.labels.clone();
+                let rendered = render_output(*ok, output);
+                // Whatever came back, even an error message, is data the tool returned.
+                let content = if labels.iter().any(|l| l == UNTRUSTED) {
+                    mark_untrusted(&name, call_id, &rendered)
+                } else {
+                    rendered
+                };
+                self.labels.absorb(labels.iter());
                 self.messages.push(Message::Tool {
                     call_id: call_id.clone(),
                     name,
-                    content: render_output(*ok, output),
+                    content,
                     is_error: !ok,
                 });
             }
@@ -314,7 +474,10 @@ impl RunState {
             }
         }
         self.last_seq = stored.seq;
-        self.last_at_ms = stored.at_ms;
+        // Decisions written by other processes while the run is suspended are not activity.
+        if !(self.suspended && matches!(stored.event, Event::ApprovalDecided { .. })) {
+            self.last_at_ms = stored.at_ms;
+        }
         Ok(())
     }
 
@@ -327,13 +490,38 @@ impl RunState {
         if let Some(ended) = &self.ended {
             return Action::Finished(ended.status);
         }
+        if self.suspended {
+            return Action::Suspended;
+        }
         let limits = self.limits();
+        let mut waiting = Vec::new();
         for slot in &self.calls {
             match slot.status {
                 CallStatus::Proposed => {
                     return Action::Dispatch {
                         call: slot.call.clone(),
                     };
+                }
+                CallStatus::Approved => {
+                    let approved_by = slot
+                        .approval
+                        .as_ref()
+                        .and_then(|a| a.approved_by.clone())
+                        .unwrap_or_default();
+                    return Action::ExecuteApproved {
+                        call: slot.call.clone(),
+                        approved_by,
+                    };
+                }
+                CallStatus::AwaitingApproval => {
+                    if let Some(approval) = &slot.approval {
+                        if approval.expires_at_ms.is_some_and(|at| now_ms >= at) {
+                            return Action::Expire {
+                                approval_id: approval.id.clone(),
+                            };
+                        }
+                        waiting.push(approval.id.clone());
+                    }
                 }
                 CallStatus::InFlight {
                     attempt,
@@ -361,6 +549,9 @@ impl RunState {
                 }
                 CallStatus::Rejected | CallStatus::Done => {}
             }
+        }
+        if !waiting.is_empty() {
+            return Action::Suspend { approvals: waiting };
         }
         if self.steps > 0 && !self.last_reply_had_calls && self.requested_step.is_none() {
             return Action::End(Ended {
@@ -455,6 +646,22 @@ impl RunState {
     /// The current step's tool calls.
     pub fn calls(&self) -> &[CallSlot] {
         &self.calls
+    }
+    /// The labels in play: the union of the output labels of every call whose output the model saw.
+    pub fn labels(&self) -> &LabelSet {
+        &self.labels
+    }
+    /// Whether the run is suspended waiting for approvals.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+    /// The approvals of the current step that are still undecided.
+    pub fn pending_approvals(&self) -> Vec<String> {
+        self.calls
+            .iter()
+            .filter(|c| c.status == CallStatus::AwaitingApproval)
+            .filter_map(|c| c.approval.as_ref().map(|a| a.id.clone()))
+            .collect()
     }
     /// The most recent text the model produced.
     pub fn last_text(&self) -> Option<&str> {

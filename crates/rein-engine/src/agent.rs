@@ -1,5 +1,6 @@
 //! An agent ready to run: its provider and tools built from a resolved [`AgentSpec`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use rein_core::Limits;
 use rein_model::{
     AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, ScriptedProvider,
 };
+use rein_policy::{Gate, GateSetup, ToolFacts};
 use rein_tools::{
     CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, Tool, ToolManifest, ToolRegistry,
 };
@@ -39,6 +41,12 @@ pub struct Agent {
     pub workspace: PathBuf,
     /// Whether each run gets its own copy of the workspace.
     pub isolate_workspace: bool,
+    /// The policies that judge every model call and tool call.
+    pub gate: Arc<Gate>,
+    /// How long an approval request stays open.
+    pub approval_ttl: Duration,
+    /// What each tool's output is (labels), by tool name.
+    pub output_labels: HashMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -103,53 +111,16 @@ impl Agent {
                 .map_err(EngineError::Agent)?,
             ),
         };
-        let mut tools = ToolRegistry::new();
-        for config in &spec.tools {
-            let tool: Arc<dyn Tool> = match config {
-                ToolConfig::FsRead => Arc::new(FsRead::default()),
-                ToolConfig::FsWrite => Arc::new(FsWrite::default()),
-                ToolConfig::HttpGet {
-                    allow_hosts,
-                    max_bytes,
-                    timeout,
-                } => Arc::new(
-                    HttpGet::new(allow_hosts.clone(), *max_bytes, *timeout)
-                        .map_err(EngineError::Agent)?,
-                ),
-                ToolConfig::Command {
-                    name,
-                    description,
-                    program,
-                    args,
-                    env,
-                    args_schema,
-                    idempotent,
-                    timeout,
-                    max_output_bytes,
-                } => Arc::new(CommandTool::new(
-                    ToolManifest {
-                        name: name.clone(),
-                        description: description.clone(),
-                        parameters: args_schema.clone(),
-                        idempotent: *idempotent,
-                        timeout: *timeout,
-                    },
-                    CommandSpec {
-                        program: program.clone(),
-                        args: args.clone(),
-                        env: env.clone(),
-                        max_output_bytes: *max_output_bytes,
-                    },
-                )),
-            };
-            tools.register(tool).map_err(|e| {
-                EngineError::Agent(format!(
-                    "{}: {e}",
-                    spec.dir.join(rein_config::AGENT_FILE).display()
-                ))
-            })?;
-        }
+        let AgentTools {
+            registry: tools,
+            setup,
+            output_labels: labels,
+        } = build_tools(spec)?;
+        let gate = Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?;
         Ok(Agent {
+            gate: Arc::new(gate),
+            approval_ttl: spec.approval_ttl,
+            output_labels: labels,
             name: spec.name.clone(),
             dir: Some(spec.dir.clone()),
             digest: spec.digest.clone(),
@@ -163,4 +134,96 @@ impl Agent {
             isolate_workspace: spec.workspace.isolate,
         })
     }
+}
+
+/// An agent's tools and what the gate needs to know about them.
+#[derive(Debug)]
+pub struct AgentTools {
+    /// The tools, ready to run.
+    pub registry: ToolRegistry,
+    /// The gate's view of the agent.
+    pub setup: GateSetup,
+    /// Each tool's output labels.
+    pub output_labels: HashMap<String, Vec<String>>,
+}
+
+/// The tools of an agent, and what the gate needs to know about them and the agent.
+pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
+    let mut tools = ToolRegistry::new();
+    let mut facts = Vec::with_capacity(spec.tools.len());
+    let mut labels = HashMap::new();
+    for entry in &spec.tools {
+        let tool: Arc<dyn Tool> = match &entry.tool {
+            ToolConfig::FsRead => Arc::new(FsRead::default()),
+            ToolConfig::FsWrite => Arc::new(FsWrite::default()),
+            ToolConfig::HttpGet {
+                allow_hosts,
+                max_bytes,
+                timeout,
+            } => Arc::new(
+                HttpGet::new(allow_hosts.clone(), *max_bytes, *timeout)
+                    .map_err(EngineError::Agent)?,
+            ),
+            ToolConfig::Command {
+                name,
+                description,
+                program,
+                args,
+                env,
+                args_schema,
+                idempotent,
+                timeout,
+                max_output_bytes,
+            } => Arc::new(CommandTool::new(
+                ToolManifest {
+                    name: name.clone(),
+                    description: description.clone(),
+                    parameters: args_schema.clone(),
+                    idempotent: *idempotent,
+                    timeout: *timeout,
+                },
+                CommandSpec {
+                    program: program.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                    max_output_bytes: *max_output_bytes,
+                },
+            )),
+        };
+        let manifest = tool.manifest();
+        facts.push(ToolFacts {
+            name: manifest.name.clone(),
+            args_schema: manifest.parameters.clone(),
+            labels: entry.labels.clone(),
+            sink: entry.sink,
+            risk: entry.risk.clone(),
+            idempotent: manifest.idempotent,
+            groups: entry.groups.clone(),
+        });
+        labels.insert(manifest.name.clone(), entry.labels.clone());
+        tools.register(tool).map_err(|e| {
+            EngineError::Agent(format!(
+                "{}: {e}",
+                spec.dir.join(rein_config::AGENT_FILE).display()
+            ))
+        })?;
+    }
+    let setup = GateSetup {
+        agent: spec.name.clone(),
+        parents: vec![],
+        tools: facts,
+        models: vec![spec.model.name.clone()],
+        delegates: vec![],
+    };
+    Ok(AgentTools {
+        registry: tools,
+        setup,
+        output_labels: labels,
+    })
+}
+
+/// The agent's policies, loaded and checked (examples included), without building its provider.
+pub fn load_gate(spec: &AgentSpec) -> Result<Gate, EngineError> {
+    let setup = build_tools(spec)?.setup;
+    Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rein_core::{Durability, Event, Limits, StoredEvent};
 use rein_model::{ScriptedCall, ScriptedProvider, ScriptedTurn};
+use rein_policy::{Gate, GateSetup, PolicySource, ToolFacts};
 use rein_store::{SqliteStore, Store};
 use rein_tools::{Noop, ToolRegistry};
 use serde::Serialize;
@@ -89,6 +90,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
     let engine = Arc::new(Engine::new(store.clone(), dir));
     let mut turns: Vec<ScriptedTurn> = (0..options.steps)
         .map(|_| ScriptedTurn {
+            on_injection: None,
             text: None,
             calls: vec![ScriptedCall {
                 tool: "noop".into(),
@@ -98,6 +100,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         })
         .collect();
     turns.push(ScriptedTurn {
+        on_injection: None,
         text: Some("done".into()),
         calls: vec![],
     });
@@ -105,7 +108,33 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
     tools
         .register(Arc::new(Noop::default()))
         .map_err(|e| EngineError::Agent(e.to_string()))?;
+    // The benchmark measures the runtime with its gate: every model and tool call is judged.
+    let facts = ToolFacts {
+        name: "noop".into(),
+        args_schema: tools
+            .specs()
+            .first()
+            .map(|s| s.parameters.clone())
+            .unwrap_or_default(),
+        risk: "low".into(),
+        idempotent: true,
+        ..ToolFacts::default()
+    };
+    let setup = GateSetup {
+        agent: "bench".into(),
+        tools: vec![facts],
+        models: vec!["bench-script".into()],
+        ..GateSetup::default()
+    };
+    let policy = PolicySource {
+        file: "bench.cedar".into(),
+        text: "permit(principal, action, resource);".into(),
+    };
+    let gate = Gate::from_sources(&[policy], &setup).map_err(EngineError::Policy)?;
     let agent = Arc::new(Agent {
+        gate: Arc::new(gate),
+        approval_ttl: Duration::from_secs(60),
+        output_labels: Default::default(),
         name: "bench".into(),
         dir: None,
         digest: "bench".into(),
@@ -186,4 +215,103 @@ fn peak_rss_kb() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// What `rein bench gate` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateBenchReport {
+    /// Policies loaded.
+    pub policies: usize,
+    /// Decisions made.
+    pub decisions: usize,
+    /// Median decision latency.
+    pub p50_us: f64,
+    /// 99th percentile decision latency.
+    pub p99_us: f64,
+    /// Decisions per second on one thread.
+    pub decisions_per_s: f64,
+}
+
+/// Measures gate decisions with `policies` generated policies over 20 tools: permits with
+/// argument conditions, `@ask` permits, forbids on labels and tool groups, judged against a mix of
+/// requests that land on every verdict.
+pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, EngineError> {
+    let tools: Vec<ToolFacts> = (0..20)
+        .map(|i| ToolFacts {
+            name: format!("tool{i}.run"),
+            args_schema: serde_json::json!({
+                "type": "object",
+                "required": ["amount", "to"],
+                "properties": {"amount": {"type": "number"}, "to": {"type": "string"}, "count": {"type": "integer"}}
+            }),
+            labels: if i % 4 == 0 { vec!["untrusted".into()] } else { vec![] },
+            sink: i % 3 == 0,
+            risk: ["low", "medium", "high"][i % 3].into(),
+            idempotent: i % 2 == 0,
+            groups: vec![format!("group{}", i % 5)],
+        })
+        .collect();
+    let setup = GateSetup {
+        agent: "bench".into(),
+        tools,
+        models: vec!["m".into()],
+        ..GateSetup::default()
+    };
+    let mut text = String::from("permit(principal, action == Action::\"use_model\", resource);\n");
+    for p in 1..policies.max(1) {
+        let tool = format!("tool{}.run", p % 20);
+        text.push_str(&match p % 5 {
+            0 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.lessThan(decimal(\"{}.0\")) }};\n", 50 + p),
+            1 => format!("@ask(\"big\")\npermit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.greaterThan(decimal(\"{}.0\")) }};\n", 500 + p),
+            2 => format!("forbid(principal, action in Action::\"call_tool\", resource in ToolGroup::\"group{}\") when {{ context.labels.contains(\"confidential\") && resource.sink }};\n", p % 5),
+            3 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.to like \"*@example{p}.com\" }};\n"),
+            _ => format!("forbid(principal, action == Action::\"{tool}\", resource) when {{ context.user == \"blocked{p}\" && context.args has count && context.args.count > {p} }};\n"),
+        });
+    }
+    let gate = Gate::from_sources(
+        &[PolicySource {
+            file: "generated.cedar".into(),
+            text,
+        }],
+        &setup,
+    )
+    .map_err(EngineError::Policy)?;
+    let labels = [
+        vec![],
+        vec!["untrusted".to_string()],
+        vec!["confidential".to_string(), "pii".to_string()],
+    ];
+    let mut samples = Vec::with_capacity(decisions);
+    let began = Instant::now();
+    for i in 0..decisions {
+        let args = serde_json::json!({"amount": (i % 1000) as f64 + 0.5, "to": format!("someone@example{}.com", i % 40), "count": i % 7});
+        let facts = rein_policy::RequestFacts {
+            user: format!("user{}", i % 3),
+            tenant: "t".into(),
+            task: "bench".into(),
+            labels: labels[i % 3].clone(),
+            approved_by: None,
+        };
+        let tool = format!("tool{}.run", i % 20);
+        let t = Instant::now();
+        let decision = gate.judge_tool(&tool, &args, &facts);
+        samples.push(t.elapsed().as_nanos() as u64);
+        std::hint::black_box(decision);
+    }
+    let elapsed = began.elapsed();
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Ok(GateBenchReport {
+        policies: gate.policy_count(),
+        decisions,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        decisions_per_s: decisions as f64 / elapsed.as_secs_f64(),
+    })
 }

@@ -3,14 +3,19 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use rein_core::{Action, EndState, Event, RunStarted, RunState, StoredEvent, ToolCall, ToolSpec};
+use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
+use rein_core::{
+    Action, Decision, EndState, Event, RunStarted, RunState, StoredEvent, ToolCall, ToolSpec,
+    Verdict,
+};
 use rein_model::ChatRequest;
+use rein_policy::RequestFacts;
 use rein_store::Commit;
 use rein_tools::{Tool, ToolContext};
 use serde_json::json;
 use tracing::{Instrument, field};
 
-use crate::{Agent, Engine, EngineError, Observer, RunReport};
+use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
 
 /// Extra time the engine allows a tool beyond its own timeout before giving up on it (tools stop
 /// themselves at their timeout; this is the backstop for one that does not).
@@ -50,18 +55,33 @@ impl<'a> Driver<'a> {
         }
     }
 
-    pub(crate) async fn start(mut self, task: &str) -> Result<RunReport, EngineError> {
+    pub(crate) async fn start(mut self, request: &RunRequest) -> Result<RunReport, EngineError> {
+        let untrusted = self
+            .agent
+            .output_labels
+            .values()
+            .any(|l| l.iter().any(|l| l == UNTRUSTED));
+        let instructions = if untrusted {
+            format!(
+                "{}\n\n{UNTRUSTED_NOTICE}",
+                self.agent.instructions.trim_end()
+            )
+        } else {
+            self.agent.instructions.clone()
+        };
         let started = RunStarted {
             agent: self.agent.name.clone(),
             agent_dir: self.agent.dir.as_ref().map(|d| d.display().to_string()),
             agent_digest: self.agent.digest.clone(),
             workspace: self.workspace.display().to_string(),
-            task: task.to_owned(),
-            instructions: self.agent.instructions.clone(),
+            task: request.task.clone(),
+            instructions,
             provider: self.agent.provider.kind().to_owned(),
             model: self.agent.provider.model().to_owned(),
             limits: self.agent.limits,
             tools: self.agent.tools.names(),
+            user: request.user.clone(),
+            tenant: request.tenant.clone(),
         };
         self.record(Event::RunStarted(started)).await?;
         self.drive().await
@@ -109,8 +129,29 @@ impl<'a> Driver<'a> {
                         })
                         .await?;
                     }
+                    Action::Suspended => {
+                        tracing::Span::current()
+                            .record("rein.run.status", EndState::AwaitingApproval.as_str());
+                        break;
+                    }
+                    Action::Suspend { approvals } => {
+                        self.record(Event::RunSuspended { approvals }).await?
+                    }
+                    Action::Expire { approval_id } => {
+                        self.record(Event::ApprovalDecided {
+                            approval_id,
+                            approved: false,
+                            by: "rein".into(),
+                            note: None,
+                            expired: true,
+                        })
+                        .await?
+                    }
                     Action::CallModel { step } => self.call_model(step).await?,
                     Action::Dispatch { call } => self.dispatch(call).await?,
+                    Action::ExecuteApproved { call, approved_by } => {
+                        self.run_approved(call, approved_by).await?
+                    }
                     Action::Reexecute { call, attempt } => self.execute(call, attempt).await?,
                 }
             }
@@ -147,7 +188,10 @@ impl<'a> Driver<'a> {
         // Intents, outcomes and endings are waited for; other events ride along with them.
         if matches!(
             stored.event,
-            Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::RunEnded { .. }
+            Event::ToolIntent { .. }
+                | Event::ToolOutcome { .. }
+                | Event::RunEnded { .. }
+                | Event::RunSuspended { .. }
         ) {
             self.flush().await?;
         }
@@ -183,6 +227,32 @@ impl<'a> Driver<'a> {
             .started()
             .map(|s| s.instructions.clone())
             .unwrap_or_default();
+        let decision = self
+            .agent
+            .gate
+            .judge_model(provider.model(), &self.facts(None));
+        self.record(Event::ModelJudged {
+            step,
+            model: provider.model().to_owned(),
+            verdict: decision.verdict,
+            policies: decision.policies.clone(),
+            reasons: decision.reasons.clone(),
+        })
+        .await?;
+        if decision.verdict != Verdict::Allow {
+            return self
+                .record(Event::RunEnded {
+                    status: EndState::Denied,
+                    output: self.state.last_text().map(str::to_owned),
+                    reason: Some(format!(
+                        "the policies do not allow model `{}`: {}",
+                        provider.model(),
+                        decision.reasons.join("; ")
+                    )),
+                    call_id: None,
+                })
+                .await;
+        }
         for attempt in 1..=self.agent.max_attempts {
             self.record(Event::ModelRequested {
                 step,
@@ -295,7 +365,82 @@ impl<'a> Driver<'a> {
                 })
                 .await
             }
-            Ok(_) => self.execute(call, 1).await,
+            Ok(_) => {
+                let decision =
+                    self.agent
+                        .gate
+                        .judge_tool(&call.name, &call.arguments, &self.facts(None));
+                self.record_judgement(&call, &decision, None).await?;
+                match decision.verdict {
+                    Verdict::Deny => Ok(()),
+                    Verdict::Allow => self.execute(call, 1).await,
+                    Verdict::Ask => {
+                        let ttl = self.agent.approval_ttl.as_millis() as u64;
+                        self.record(Event::ApprovalRequested {
+                            approval_id: uuid::Uuid::now_v7().simple().to_string(),
+                            call_id: call.id,
+                            tool: call.name,
+                            args: call.arguments,
+                            policies: decision.policies,
+                            reasons: decision.reasons,
+                            labels: self.state.labels().to_vec(),
+                            expires_at_ms: Some(self.engine.clock.now_ms().saturating_add(ttl)),
+                        })
+                        .await
+                    }
+                }
+            }
+        }
+    }
+
+    /// A person approved the call: judge it again knowing who approved (a forbid may require a
+    /// particular approver), then run it unless that judgement denies.
+    async fn run_approved(
+        &mut self,
+        call: ToolCall,
+        approved_by: String,
+    ) -> Result<(), EngineError> {
+        let decision = self.agent.gate.judge_tool(
+            &call.name,
+            &call.arguments,
+            &self.facts(Some(approved_by.clone())),
+        );
+        self.record_judgement(&call, &decision, Some(approved_by))
+            .await?;
+        match decision.verdict {
+            Verdict::Deny => Ok(()),
+            Verdict::Allow | Verdict::Ask => self.execute(call, 1).await,
+        }
+    }
+
+    async fn record_judgement(
+        &mut self,
+        call: &ToolCall,
+        decision: &Decision,
+        approved_by: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.record(Event::ToolJudged {
+            step: self.state.steps(),
+            call_id: call.id.clone(),
+            tool: call.name.clone(),
+            verdict: decision.verdict,
+            policies: decision.policies.clone(),
+            reasons: decision.reasons.clone(),
+            labels: self.state.labels().to_vec(),
+            approved_by,
+        })
+        .await
+    }
+
+    /// What the gate knows about the run for a request.
+    fn facts(&self, approved_by: Option<String>) -> RequestFacts {
+        let started = self.state.started();
+        RequestFacts {
+            user: started.map(|s| s.user.clone()).unwrap_or_default(),
+            tenant: started.map(|s| s.tenant.clone()).unwrap_or_default(),
+            task: started.map(|s| s.task.clone()).unwrap_or_default(),
+            labels: self.state.labels().to_vec(),
+            approved_by,
         }
     }
 
@@ -323,6 +468,12 @@ impl<'a> Driver<'a> {
             args: call.arguments.clone(),
             idempotent: manifest.idempotent,
             attempt,
+            labels: self
+                .agent
+                .output_labels
+                .get(&call.name)
+                .cloned()
+                .unwrap_or_default(),
         })
         .await?;
         let span = tracing::info_span!(

@@ -15,11 +15,11 @@ mod observe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rein_core::{Clock, EndState, RunState, StateError, Usage};
-use rein_store::{Store, StoreError};
+use rein_core::{Clock, EndState, Event, RunState, StateError, StoredEvent, Usage};
+use rein_store::{ApprovalSummary, Store, StoreError};
 use serde::Serialize;
 
-pub use agent::Agent;
+pub use agent::{Agent, AgentTools, build_tools, load_gate};
 pub use observe::{FaultPlan, NoObserver, Observer};
 
 /// What can stop the engine from driving a run. A run that ends badly (a failing provider, a
@@ -56,6 +56,12 @@ pub enum EngineError {
         /// The last event recorded.
         seq: u64,
     },
+    /// The agent's policies are invalid (every problem, located).
+    #[error("{0}")]
+    Policy(rein_policy::PolicyErrors),
+    /// An approval cannot be decided.
+    #[error("{0}")]
+    Approval(String),
     /// The agent could not be built from its configuration.
     #[error("{0}")]
     Agent(String),
@@ -95,25 +101,74 @@ pub struct RunReport {
     pub active_ms: u64,
     /// The run's workspace.
     pub workspace: String,
+    /// For `awaiting_approval`: the approvals the run waits for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+}
+
+/// What a new run is asked to do, and for whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// The task.
+    pub task: String,
+    /// Who the run acts for (`context.user` in policies).
+    pub user: String,
+    /// The tenant (`context.tenant`).
+    pub tenant: String,
+}
+
+impl From<&str> for RunRequest {
+    fn from(task: &str) -> RunRequest {
+        RunRequest {
+            task: task.to_owned(),
+            user: "anonymous".into(),
+            tenant: "default".into(),
+        }
+    }
 }
 
 impl RunReport {
-    /// The report of a run whose log is folded into `state` (which must have ended).
+    /// The report of a run whose log is folded into `state`, once it has ended or suspended.
     pub fn from_state(run_id: &str, state: &RunState) -> Option<RunReport> {
-        let ended = state.ended()?;
         let started = state.started()?;
+        let (status, output, reason, call_id, approvals) = match state.ended() {
+            Some(ended) => (
+                ended.status,
+                ended.output.clone(),
+                ended.reason.clone(),
+                ended.call_id.clone(),
+                vec![],
+            ),
+            None if state.is_suspended() => {
+                let pending = state.pending_approvals();
+                let reason = format!(
+                    "waiting for a person to decide {} approval request{}: rein approvals list",
+                    pending.len(),
+                    if pending.len() == 1 { "" } else { "s" }
+                );
+                (
+                    EndState::AwaitingApproval,
+                    state.last_text().map(str::to_owned),
+                    Some(reason),
+                    None,
+                    pending,
+                )
+            }
+            None => return None,
+        };
         Some(RunReport {
             run_id: run_id.to_owned(),
             agent: started.agent.clone(),
-            status: ended.status,
+            status,
             steps: state.steps(),
             tool_calls: state.tool_executions(),
-            output: ended.output.clone(),
-            reason: ended.reason.clone(),
-            call_id: ended.call_id.clone(),
+            output,
+            reason,
+            call_id,
             usage: state.usage(),
             active_ms: state.active_ms(state.last_at_ms()),
             workspace: started.workspace.clone(),
+            approvals,
         })
     }
 }
@@ -179,9 +234,10 @@ impl Engine {
     pub async fn start(
         &self,
         agent: &Agent,
-        task: &str,
+        request: impl Into<RunRequest>,
         observer: &dyn Observer,
     ) -> Result<RunReport, EngineError> {
+        let request = request.into();
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let workspace = self.prepare_workspace(agent, &run_id)?;
         driver::Driver::new(
@@ -192,7 +248,7 @@ impl Engine {
             workspace,
             observer,
         )
-        .start(task)
+        .start(&request)
         .await
     }
 
@@ -219,6 +275,63 @@ impl Engine {
         driver::Driver::new(self, agent, run_id.to_owned(), state, workspace, observer)
             .resume()
             .await
+    }
+
+    /// Records a person's decision on a pending approval, from any process, while its run is
+    /// suspended. The run continues when it is resumed.
+    pub async fn decide(
+        &self,
+        approval: &str,
+        approved: bool,
+        by: &str,
+        note: Option<String>,
+    ) -> Result<ApprovalSummary, EngineError> {
+        let summary = self.store.approval(approval)?;
+        if summary.status != "pending" {
+            return Err(EngineError::Approval(format!(
+                "approval {} was already {}{}",
+                summary.id,
+                summary.status,
+                summary
+                    .decided_by
+                    .as_ref()
+                    .map(|b| format!(" by {b}"))
+                    .unwrap_or_default()
+            )));
+        }
+        let now = self.clock.now_ms();
+        if approved && summary.expires_ms.is_some_and(|at| now >= at) {
+            return Err(EngineError::Approval(format!(
+                "approval {} has expired, which counts as denied; resume the run to continue without it",
+                summary.id
+            )));
+        }
+        let mut state = self.load(&summary.run_id)?;
+        if !state.is_suspended() {
+            return Err(EngineError::Approval(format!(
+                "run {} is still working; decide once it has suspended (`rein runs show {}`)",
+                summary.run_id, summary.run_id
+            )));
+        }
+        let stored = StoredEvent {
+            seq: state.last_seq() + 1,
+            at_ms: now,
+            event: Event::ApprovalDecided {
+                approval_id: summary.id.clone(),
+                approved,
+                by: by.to_owned(),
+                note,
+                expired: false,
+            },
+        };
+        state.apply(&stored).map_err(|source| EngineError::State {
+            run_id: summary.run_id.clone(),
+            source,
+        })?;
+        self.store
+            .append(&summary.run_id, std::slice::from_ref(&stored))
+            .await?;
+        Ok(self.store.approval(&summary.id)?)
     }
 
     /// Folds a run's log.

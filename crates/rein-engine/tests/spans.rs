@@ -94,6 +94,12 @@ async fn spans_follow_the_opentelemetry_genai_conventions() {
     std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
     std::fs::write(dir.path().join("script.toml"), SCRIPT).unwrap();
     std::fs::write(dir.path().join("agent.toml"), AGENT).unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/all.cedar"),
+        "permit(principal, action, resource);\n",
+    )
+    .unwrap();
     let agent = Agent::from_spec(&rein_config::load(dir.path()).unwrap(), &|_| None).unwrap();
     let state = tempfile::tempdir().unwrap();
     let engine = Engine::new(

@@ -21,7 +21,9 @@ use rein_core::{Message, ToolCall, ToolSpec, Usage};
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
-pub use scripted::{ScriptError, ScriptedCall, ScriptedProvider, ScriptedTurn};
+pub use scripted::{
+    InjectedTurn, Scenario, ScriptError, ScriptedCall, ScriptedProvider, ScriptedTurn,
+};
 pub use wire_names::WireNames;
 
 pub use rein_core::BoxFuture;

@@ -33,6 +33,34 @@ pub struct ScriptedTurn {
     /// The tool calls it makes, in order.
     #[serde(default)]
     pub calls: Vec<ScriptedCall>,
+    /// What the model does instead if a tool's output in the conversation contains some text:
+    /// a compromised model following an injected instruction.
+    #[serde(default)]
+    pub on_injection: Option<InjectedTurn>,
+}
+
+/// The turn a compromised model plays once it has seen an injected instruction.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectedTurn {
+    /// The text whose presence in a tool's output triggers this turn.
+    pub seen: String,
+    /// What the model says.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The tool calls it makes.
+    #[serde(default)]
+    pub calls: Vec<ScriptedCall>,
+}
+
+/// Turns played when the task contains some text, instead of the default `turns`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The text the task must contain.
+    pub when_task_contains: String,
+    /// The turns.
+    pub turns: Vec<ScriptedTurn>,
 }
 
 /// One scripted tool call.
@@ -55,6 +83,8 @@ pub struct ScriptedCall {
 struct ScriptFile {
     #[serde(default)]
     turns: Vec<ScriptedTurn>,
+    #[serde(default)]
+    scenarios: Vec<Scenario>,
 }
 
 /// A script file that cannot be used.
@@ -74,6 +104,7 @@ pub struct ScriptError {
 pub struct ScriptedProvider {
     model: String,
     turns: Vec<ScriptedTurn>,
+    scenarios: Vec<Scenario>,
     source: String,
 }
 
@@ -83,6 +114,7 @@ impl ScriptedProvider {
         ScriptedProvider {
             model: model.into(),
             turns,
+            scenarios: Vec::new(),
             source: "the script".into(),
         }
     }
@@ -103,19 +135,30 @@ impl ScriptedProvider {
             let line = e.span().map(|s| rein_core::text::line_col(&text, s.start));
             error(line, e.message().to_owned())
         })?;
-        for (i, turn) in file.turns.iter().enumerate() {
-            if turn.text.is_none() && turn.calls.is_empty() {
-                return Err(error(
-                    None,
-                    format!("turns[{i}] has neither `text` nor `calls`"),
-                ));
-            }
-            for (j, call) in turn.calls.iter().enumerate() {
-                if call.args.is_some() && call.raw_args.is_some() {
+        let lists = std::iter::once(("turns".to_owned(), &file.turns)).chain(
+            file.scenarios
+                .iter()
+                .enumerate()
+                .map(|(s, sc)| (format!("scenarios[{s}].turns"), &sc.turns)),
+        );
+        for (list, turns) in lists {
+            for (i, turn) in turns.iter().enumerate() {
+                if turn.text.is_none() && turn.calls.is_empty() {
                     return Err(error(
                         None,
-                        format!("turns[{i}].calls[{j}] has both `args` and `raw_args`: keep one"),
+                        format!("{list}[{i}] has neither `text` nor `calls`"),
                     ));
+                }
+                let injected = turn.on_injection.iter().flat_map(|t| t.calls.iter());
+                for (j, call) in turn.calls.iter().chain(injected).enumerate() {
+                    if call.args.is_some() && call.raw_args.is_some() {
+                        return Err(error(
+                            None,
+                            format!(
+                                "{list}[{i}].calls[{j}] has both `args` and `raw_args`: keep one"
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -128,6 +171,7 @@ impl ScriptedProvider {
         Ok(ScriptedProvider {
             model: model.into(),
             turns: file.turns,
+            scenarios: file.scenarios,
             source: path.display().to_string(),
         })
     }
@@ -156,16 +200,37 @@ impl Provider for ScriptedProvider {
             .iter()
             .filter(|m| matches!(m, Message::Assistant { .. }))
             .count();
-        let result = match self.turns.get(index) {
+        let task = request.messages.iter().find_map(|m| match m {
+            Message::User { text } => Some(text.as_str()),
+            _ => None,
+        });
+        let turns = self
+            .scenarios
+            .iter()
+            .find(|s| task.is_some_and(|t| t.contains(&s.when_task_contains)))
+            .map_or(&self.turns, |s| &s.turns);
+        let result = match turns.get(index) {
             None => Err(ProviderError::Script(format!(
                 "{} has {} turns and the run asked for turn {}: end the script with a turn that has only `text`",
                 self.source,
-                self.turns.len(),
+                turns.len(),
                 index + 1
             ))),
             Some(turn) => {
-                let tool_calls = turn
-                    .calls
+                // A compromised model: once the injected text is in a tool's output, it obeys it.
+                let injected = turn.on_injection.as_ref().filter(|inj| {
+                    request.messages.iter().any(|m| match m {
+                        Message::Tool { content, .. } => content
+                            .replace(rein_core::labels::DATAMARK, " ")
+                            .contains(&inj.seen),
+                        _ => false,
+                    })
+                });
+                let (text, calls) = match injected {
+                    Some(inj) => (&inj.text, &inj.calls),
+                    None => (&turn.text, &turn.calls),
+                };
+                let tool_calls = calls
                     .iter()
                     .enumerate()
                     .map(|(j, c)| {
@@ -204,14 +269,14 @@ impl Provider for ScriptedProvider {
                         + request.messages.iter().map(message_bytes).sum::<usize>(),
                 );
                 let output = bytes_to_tokens(
-                    turn.text.as_deref().map_or(0, str::len)
+                    text.as_deref().map_or(0, str::len)
                         + tool_calls
                             .iter()
                             .map(|c| c.name.len() + json_bytes(&c.arguments))
                             .sum::<usize>(),
                 );
                 Ok(ChatResponse {
-                    text: turn.text.clone(),
+                    text: text.clone(),
                     stop_reason: Some(
                         if tool_calls.is_empty() {
                             "end_turn"

@@ -37,6 +37,27 @@ pub struct RunSummary {
     pub steps: u32,
 }
 
+/// An approval request as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalSummary {
+    /// The approval's id.
+    pub id: String,
+    /// The run it belongs to.
+    pub run_id: String,
+    /// The call it holds.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: String,
+    /// When it was requested.
+    pub created_ms: u64,
+    /// When it expires, if it does.
+    pub expires_ms: Option<u64>,
+    /// Who decided it.
+    pub decided_by: Option<String>,
+}
+
 /// What can go wrong in the store. Every error says which run and event it concerns when it can.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -161,4 +182,12 @@ pub trait Store: Send + Sync {
     fn resolve_run_id(&self, prefix: &str) -> Result<String, StoreError>;
     /// Bytes the store occupies on disk, after folding its write-ahead log into the main file.
     fn disk_bytes(&self) -> Result<u64, StoreError>;
+    /// Approval requests, newest first; only undecided ones if `pending_only`.
+    fn list_approvals(
+        &self,
+        pending_only: bool,
+        limit: usize,
+    ) -> Result<Vec<ApprovalSummary>, StoreError>;
+    /// The one approval whose id starts with `prefix`.
+    fn approval(&self, prefix: &str) -> Result<ApprovalSummary, StoreError>;
 }

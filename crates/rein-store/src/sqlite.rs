@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use rein_core::{Durability, EndState, Event, StoredEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Commit, RunSummary, Store, StoreError};
+use crate::{ApprovalSummary, Commit, RunSummary, Store, StoreError};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -28,6 +28,18 @@ CREATE TABLE IF NOT EXISTS runs (
     steps       INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
+CREATE TABLE IF NOT EXISTS approvals (
+    id          TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    tool        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER,
+    decided_by  TEXT,
+    decided_ms  INTEGER
+);
+CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
 CREATE TABLE IF NOT EXISTS events (
     run_id   TEXT NOT NULL,
     seq      INTEGER NOT NULL,
@@ -45,9 +57,28 @@ struct Append {
     run_id: String,
     rows: Vec<(u64, u64, String)>,
     started: Option<(String, String)>,
-    ended: Option<EndState>,
+    /// A new status for the run: `Some(None)` clears it (resumed), `Some(Some(s))` sets it.
+    status: Option<Option<EndState>>,
     steps: Option<u32>,
+    approvals: Vec<ApprovalChange>,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A change to the approvals table that an append carries.
+enum ApprovalChange {
+    Requested {
+        id: String,
+        call_id: String,
+        tool: String,
+        at_ms: u64,
+        expires_ms: Option<u64>,
+    },
+    Decided {
+        id: String,
+        status: &'static str,
+        by: String,
+        at_ms: u64,
+    },
 }
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends.
@@ -342,11 +373,39 @@ fn apply_append(
         expected += 1;
     }
     let last_new = expected - 1;
-    if append.steps.is_some() || append.ended.is_some() {
-        conn.prepare_cached(
-            "UPDATE runs SET steps = COALESCE(?2, steps), status = COALESCE(?3, status) WHERE id = ?1",
-        )?
-        .execute(params![append.run_id, append.steps.map(i64::from), append.ended.map(EndState::as_str)])?;
+    if let Some(steps) = append.steps {
+        conn.prepare_cached("UPDATE runs SET steps = ?2 WHERE id = ?1")?
+            .execute(params![append.run_id, i64::from(steps)])?;
+    }
+    if let Some(status) = append.status {
+        conn.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?
+            .execute(params![append.run_id, status.map(EndState::as_str)])?;
+    }
+    for change in &append.approvals {
+        match change {
+            ApprovalChange::Requested {
+                id,
+                call_id,
+                tool,
+                at_ms,
+                expires_ms,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO approvals (id, run_id, call_id, tool, status, created_ms, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                )?
+                .execute(params![id, append.run_id, call_id, tool, *at_ms as i64, expires_ms.map(|e| e as i64)])?;
+            }
+            ApprovalChange::Decided {
+                id,
+                status,
+                by,
+                at_ms,
+            } => {
+                conn.prepare_cached("UPDATE approvals SET status = ?2, decided_by = ?3, decided_ms = ?4 WHERE id = ?1")?
+                    .execute(params![id, status, by, *at_ms as i64])?;
+            }
+        }
     }
     Ok(last_new)
 }
@@ -365,6 +424,22 @@ fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, S
 }
 
 /// A run's summary columns; the last event's position and time come from the events' key.
+const APPROVAL_COLUMNS: &str =
+    "id, run_id, call_id, tool, status, created_ms, expires_ms, decided_by";
+
+fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummary> {
+    Ok(ApprovalSummary {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        call_id: row.get(2)?,
+        tool: row.get(3)?,
+        status: row.get(4)?,
+        created_ms: row.get::<_, i64>(5)? as u64,
+        expires_ms: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        decided_by: row.get(7)?,
+    })
+}
+
 const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms,
     (SELECT at_ms FROM events WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1),
     (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps";
@@ -392,15 +467,56 @@ impl Store for SqliteStore {
             run_id: run_id.to_owned(),
             rows: Vec::with_capacity(events.len()),
             started: None,
-            ended: None,
+            status: None,
             steps: None,
+            approvals: Vec::new(),
             done,
         };
         for stored in events {
             match &stored.event {
                 Event::RunStarted(s) => append.started = Some((s.agent.clone(), s.task.clone())),
-                Event::RunEnded { status, .. } => append.ended = Some(*status),
+                Event::RunEnded { status, .. } => append.status = Some(Some(*status)),
+                Event::RunSuspended { .. } => {
+                    append.status = Some(Some(EndState::AwaitingApproval))
+                }
+                Event::RunResumed { .. } => append.status = Some(None),
                 Event::ModelReplied { step, .. } => append.steps = Some(*step),
+                Event::ApprovalRequested {
+                    approval_id,
+                    call_id,
+                    tool,
+                    expires_at_ms,
+                    ..
+                } => {
+                    append.approvals.push(ApprovalChange::Requested {
+                        id: approval_id.clone(),
+                        call_id: call_id.clone(),
+                        tool: tool.clone(),
+                        at_ms: stored.at_ms,
+                        expires_ms: *expires_at_ms,
+                    });
+                }
+                Event::ApprovalDecided {
+                    approval_id,
+                    approved,
+                    by,
+                    expired,
+                    ..
+                } => {
+                    let status = if *expired {
+                        "expired"
+                    } else if *approved {
+                        "approved"
+                    } else {
+                        "denied"
+                    };
+                    append.approvals.push(ApprovalChange::Decided {
+                        id: approval_id.clone(),
+                        status,
+                        by: by.clone(),
+                        at_ms: stored.at_ms,
+                    });
+                }
                 _ => {}
             }
             let payload = match serde_json::to_string(&stored.event) {
@@ -517,6 +633,44 @@ impl Store for SqliteStore {
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let wal = PathBuf::from(format!("{}-wal", self.path.display()));
             Ok(size(&self.path) + size(&wal))
+        })
+    }
+
+    fn list_approvals(
+        &self,
+        pending_only: bool,
+        limit: usize,
+    ) -> Result<Vec<ApprovalSummary>, StoreError> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals {} ORDER BY created_ms DESC, id DESC LIMIT ?1",
+                if pending_only { "WHERE status = 'pending'" } else { "" }
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
+            let rows = stmt.query_map([limit as i64], approval_from_row).map_err(|e| self.db_err(e))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn approval(&self, prefix: &str) -> Result<ApprovalSummary, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals WHERE substr(id, 1, ?1) = ?2 ORDER BY id LIMIT 4");
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
+            let found: Vec<ApprovalSummary> = stmt
+                .query_map(params![prefix.chars().count() as i64, prefix], approval_from_row)
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.db_err(e))?;
+            match found.len() {
+                0 => Err(StoreError::NotFound(prefix.into())),
+                1 => Ok(found.into_iter().next().ok_or_else(|| StoreError::NotFound(prefix.into()))?),
+                _ => match found.iter().find(|a| a.id == prefix) {
+                    Some(exact) => Ok(exact.clone()),
+                    None => Err(StoreError::Ambiguous {
+                        prefix: prefix.into(),
+                        matches: found.iter().map(|a| a.id.clone()).collect::<Vec<_>>().join(", "),
+                    }),
+                },
+            }
         })
     }
 }

@@ -20,6 +20,8 @@ fn started(agent: &str) -> Event {
         model: "m".into(),
         limits: Limits::default(),
         tools: vec![],
+        user: "u".into(),
+        tenant: "t".into(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! measure rein's own costs. All logic lives in the library crates; this file parses flags,
 //! wires them to the engine and prints.
 
+mod gate_cmds;
 mod render;
 
 use std::io::{IsTerminal, Write};
@@ -43,6 +44,22 @@ enum Command {
         /// Override the agent's durability.
         #[arg(long, value_enum)]
         durability: Option<DurabilityArg>,
+        /// Who the run acts for (`context.user` in policies).
+        #[arg(long, env = "REIN_USER", default_value = "anonymous")]
+        user: String,
+        /// The tenant the run belongs to (`context.tenant`).
+        #[arg(long, env = "REIN_TENANT", default_value = "default")]
+        tenant: String,
+    },
+    /// List, show, approve and deny approval requests.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Check policies and explain decisions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// List, show and resume runs.
     Runs {
@@ -92,12 +109,117 @@ enum RunsCommand {
 
 #[derive(Debug, Subcommand)]
 enum SchemaCommand {
-    /// agent.toml.
+    /// agent.toml (JSON Schema).
     Agent,
+    /// The Cedar schema policies are validated against; with an agent folder, including its
+    /// tools' actions and argument types.
+    Policy {
+        /// The agent folder.
+        agent_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// Pending approval requests (all of them with --all).
+    List {
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The approval card: the tool, its exact arguments, and the policies that asked.
+    Show {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let the call run.
+    Approve {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who decides (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the call; the model is told.
+    Deny {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who decides (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate an agent's policies and the examples they carry.
+    Check {
+        /// The agent folder.
+        agent_dir: PathBuf,
+    },
+    /// The verdict for a request, and the policies that decided it.
+    Explain {
+        /// The agent folder.
+        agent_dir: PathBuf,
+        /// The tool called.
+        #[arg(long, conflicts_with = "model")]
+        tool: Option<String>,
+        /// Or: the model called.
+        #[arg(long)]
+        model: Option<String>,
+        /// The arguments, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// A label in play (repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// `context.user`.
+        #[arg(long, default_value = "anonymous")]
+        user: String,
+        /// `context.tenant`.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Judge as if approved by this person.
+        #[arg(long)]
+        approved_by: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Gate decision latency with N generated policies.
+    Gate {
+        /// Policies to generate.
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// Decisions to time.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The runtime's cost per durable tool step (scripted model, no-op tool).
     Steps {
         /// Runs in all.
@@ -171,6 +293,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             task,
             json,
             durability,
+            user,
+            tenant,
         } => {
             run(
                 &cli.state_dir,
@@ -178,6 +302,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 task,
                 json,
                 durability.map(Into::into),
+                user,
+                tenant,
             )
             .await
         }
@@ -190,6 +316,86 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Runs {
             command: RunsCommand::Resume { id, json },
         } => resume(&cli.state_dir, &id, json).await,
+        Command::Schema {
+            what: SchemaCommand::Policy { agent_dir },
+        } => gate_cmds::schema_policy(agent_dir.as_deref()),
+        Command::Bench {
+            what:
+                BenchCommand::Gate {
+                    policies,
+                    decisions,
+                    json,
+                },
+        } => gate_cmds::bench_gate(policies, decisions, json),
+        Command::Approvals { command } => match command {
+            ApprovalsCommand::List { all, json } => {
+                gate_cmds::approvals_list(&cli.state_dir, all, json)
+            }
+            ApprovalsCommand::Show { id, json } => {
+                gate_cmds::approvals_show(&cli.state_dir, &id, json)
+            }
+            ApprovalsCommand::Approve {
+                id,
+                note,
+                as_name,
+                json,
+            } => {
+                gate_cmds::approvals_decide(
+                    &cli.state_dir,
+                    &id,
+                    true,
+                    gate_cmds::approver(as_name),
+                    note,
+                    json,
+                )
+                .await
+            }
+            ApprovalsCommand::Deny {
+                id,
+                note,
+                as_name,
+                json,
+            } => {
+                gate_cmds::approvals_decide(
+                    &cli.state_dir,
+                    &id,
+                    false,
+                    gate_cmds::approver(as_name),
+                    note,
+                    json,
+                )
+                .await
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Check { agent_dir },
+        } => gate_cmds::policy_check(&agent_dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    agent_dir,
+                    tool,
+                    model,
+                    args,
+                    labels,
+                    user,
+                    tenant,
+                    approved_by,
+                    json,
+                },
+        } => gate_cmds::policy_explain(
+            &agent_dir,
+            gate_cmds::Explain {
+                tool,
+                model,
+                args,
+                labels,
+                user,
+                tenant,
+                approved_by,
+                json,
+            },
+        ),
         Command::Schema {
             what: SchemaCommand::Agent,
         } => {
@@ -309,6 +515,8 @@ async fn run(
     task: Option<String>,
     json: bool,
     durability: Option<Durability>,
+    user: String,
+    tenant: String,
 ) -> anyhow::Result<u8> {
     let spec = rein_config::load(agent_dir)?;
     let task = match task.or_else(|| spec.default_task.clone()) {
@@ -321,12 +529,13 @@ async fn run(
     let (agent, agent_durability) = load_agent(agent_dir)?;
     let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
     let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
+    let request = rein_engine::RunRequest { task, user, tenant };
     let view = live_view(json);
     let report = match &view {
-        Some(view) => engine.start(&agent, &task, view).await?,
+        Some(view) => engine.start(&agent, request, view).await?,
         None => {
             engine
-                .start(&agent, &task, &rein_engine::NoObserver)
+                .start(&agent, request, &rein_engine::NoObserver)
                 .await?
         }
     };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anstyle::{AnsiColor, Style};
-use rein_core::{EndState, Event, StoredEvent};
+use rein_core::{EndState, Event, StoredEvent, Verdict};
 use serde_json::Value;
 
 /// Turns events into lines of text.
@@ -142,6 +142,77 @@ impl Renderer {
                     one_line(&format!("{error}{next}"), 200)
                 ));
             }
+            Event::ToolJudged {
+                tool,
+                verdict: Verdict::Deny,
+                policies,
+                reasons,
+                ..
+            } => {
+                out.push(format!(
+                    "{stamp}    {} {tool} by {}: {}",
+                    self.paint(RED, "✗ denied"),
+                    if policies.is_empty() {
+                        "default deny".to_owned()
+                    } else {
+                        policies.join(", ")
+                    },
+                    one_line(&reasons.join("; "), 160)
+                ));
+            }
+            Event::ToolJudged { .. }
+            | Event::ModelJudged {
+                verdict: Verdict::Allow | Verdict::Ask,
+                ..
+            } => {}
+            Event::ModelJudged { model, reasons, .. } => {
+                out.push(format!(
+                    "{stamp}  {} model {model}: {}",
+                    self.paint(RED, "✗ denied"),
+                    one_line(&reasons.join("; "), 160)
+                ));
+            }
+            Event::ApprovalRequested {
+                approval_id,
+                tool,
+                args,
+                reasons,
+                ..
+            } => {
+                out.push(format!(
+                    "{stamp}    {} {tool} {} needs approval {}: {}",
+                    self.paint(YELLOW, "⏸"),
+                    self.paint(DIM, &one_line(&args.to_string(), 80)),
+                    self.paint(CYAN, approval_id),
+                    one_line(&reasons.join("; "), 120)
+                ));
+            }
+            Event::ApprovalDecided {
+                approval_id,
+                approved,
+                by,
+                note,
+                expired,
+            } => {
+                let what = match (approved, expired) {
+                    (_, true) => self.paint(RED, "expired"),
+                    (true, false) => self.paint(GREEN, &format!("approved by {by}")),
+                    (false, false) => self.paint(RED, &format!("denied by {by}")),
+                };
+                let note = note
+                    .as_ref()
+                    .map(|n| format!(": {}", one_line(n, 120)))
+                    .unwrap_or_default();
+                out.push(format!("{stamp}  approval {approval_id} {what}{note}"));
+            }
+            Event::RunSuspended { approvals } => {
+                out.push(format!(
+                    "{stamp}{} waiting for {} approval{}: rein approvals list",
+                    self.paint(YELLOW.bold(), "⏸ awaiting_approval"),
+                    approvals.len(),
+                    if approvals.len() == 1 { "" } else { "s" }
+                ));
+            }
             Event::ToolRejected { tool, reason, .. } => {
                 out.push(format!(
                     "{stamp}    {} {tool}: {}",
@@ -194,7 +265,8 @@ impl Renderer {
                 let style = match status {
                     EndState::Completed => GREEN,
                     EndState::Failed | EndState::NeedsReconciliation => RED,
-                    EndState::BudgetExhausted => YELLOW,
+                    EndState::BudgetExhausted | EndState::AwaitingApproval => YELLOW,
+                    EndState::Denied => RED,
                 };
                 out.push(format!(
                     "{stamp}{} {}",
@@ -258,12 +330,11 @@ pub(crate) fn fmt_us(us: u64) -> String {
 }
 
 pub(crate) fn fmt_ms(ms: u64) -> String {
-    if ms < 1_000 {
-        format!("{ms} ms")
-    } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
     }
 }
 
@@ -277,6 +348,7 @@ mod tests {
         assert_eq!(fmt_us(12_345), "12 ms");
         assert_eq!(fmt_ms(1_500), "1.5 s");
         assert_eq!(fmt_ms(125_000), "2m05s");
+        assert_eq!(fmt_ms(86_399_000), "23h59m");
         assert_eq!(one_line("a\n  b", 10), "a b");
         assert_eq!(one_line("abcdef", 3), "abc…");
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::event::RunStarted;
+use crate::gate::Verdict;
 use serde_json::json;
 
 fn started(max_steps: u32) -> Event {
@@ -20,6 +21,8 @@ fn started(max_steps: u32) -> Event {
             wall_clock_ms: 1_000,
         },
         tools: vec!["t".into()],
+        user: "u".into(),
+        tenant: "t".into(),
     })
 }
 
@@ -64,6 +67,7 @@ fn intent(id: &str, idempotent: bool, attempt: u32) -> Event {
         args: json!({}),
         idempotent,
         attempt,
+        labels: vec![],
     }
 }
 
@@ -402,4 +406,209 @@ fn render_output_shows_errors_and_plain_strings() {
     );
     assert_eq!(render_output(true, &json!("plain")), "plain");
     assert_eq!(render_output(true, &json!({"a": 1})), "{\"a\":1}");
+}
+
+fn judged(id: &str, verdict: Verdict) -> Event {
+    Event::ToolJudged {
+        step: 1,
+        call_id: id.into(),
+        tool: "t".into(),
+        verdict,
+        policies: vec!["p".into()],
+        reasons: vec!["because".into()],
+        labels: vec![],
+        approved_by: None,
+    }
+}
+
+fn asked(approval: &str, id: &str, expires_at_ms: Option<u64>) -> Event {
+    Event::ApprovalRequested {
+        approval_id: approval.into(),
+        call_id: id.into(),
+        tool: "t".into(),
+        args: json!({}),
+        policies: vec!["p".into()],
+        reasons: vec!["big".into()],
+        labels: vec![],
+        expires_at_ms,
+    }
+}
+
+fn decided(approval: &str, approved: bool) -> Event {
+    Event::ApprovalDecided {
+        approval_id: approval.into(),
+        approved,
+        by: "alice".into(),
+        note: Some("ok".into()),
+        expired: false,
+    }
+}
+
+#[test]
+fn approvals_suspend_the_run_and_are_decided_in_any_order() {
+    let base = vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1", "c2", "c3"]),
+        judged("c1", Verdict::Ask),
+        asked("a1", "c1", None),
+        judged("c2", Verdict::Ask),
+        asked("a2", "c2", Some(500)),
+        judged("c3", Verdict::Allow),
+        intent("c3", true, 1),
+        outcome("c3"),
+    ];
+    let state = fold(base.clone());
+    assert_eq!(
+        state.next_action(100),
+        Action::Suspend {
+            approvals: vec!["a1".into(), "a2".into()]
+        }
+    );
+    let mut events = base.clone();
+    events.push(Event::RunSuspended {
+        approvals: vec!["a1".into(), "a2".into()],
+    });
+    let state = fold(events.clone());
+    assert_eq!(state.next_action(100), Action::Suspended);
+    assert_eq!(
+        state.pending_approvals(),
+        vec!["a1".to_string(), "a2".to_string()]
+    );
+
+    // Decided from another process, second one first: a2 denied, a1 approved.
+    events.push(decided("a2", false));
+    events.push(decided("a1", true));
+    events.push(Event::RunResumed {
+        attempt: 2,
+        agent_changed: false,
+    });
+    let state = fold(events.clone());
+    assert_eq!(
+        state.next_action(100),
+        Action::ExecuteApproved {
+            call: call("c1"),
+            approved_by: "alice".into()
+        }
+    );
+    let denial = state
+        .messages()
+        .iter()
+        .find(|m| matches!(m, Message::Tool { call_id, .. } if call_id == "c2"))
+        .unwrap();
+    assert!(
+        matches!(denial, Message::Tool { content, is_error: true, .. } if content.contains("alice did not approve this call") && content.ends_with(": ok"))
+    );
+    events.push(judged("c1", Verdict::Allow));
+    events.push(intent("c1", false, 1));
+    events.push(outcome("c1"));
+    assert_eq!(fold(events).next_action(100), Action::CallModel { step: 2 });
+}
+
+#[test]
+fn undecided_approvals_expire_and_denials_reach_the_model() {
+    let events = vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1", "c2"]),
+        judged("c1", Verdict::Deny),
+        judged("c2", Verdict::Ask),
+        asked("a2", "c2", Some(500)),
+    ];
+    let state = fold(events.clone());
+    assert_eq!(
+        state.next_action(499),
+        Action::Suspend {
+            approvals: vec!["a2".into()]
+        }
+    );
+    assert_eq!(
+        state.next_action(500),
+        Action::Expire {
+            approval_id: "a2".into()
+        }
+    );
+    let denied = &state.messages()[2];
+    assert!(
+        matches!(denied, Message::Tool { content, .. } if content == "error: denied by rein's policies (policy p): because")
+    );
+    let mut events = events;
+    events.push(Event::ApprovalDecided {
+        approval_id: "a2".into(),
+        approved: false,
+        by: "rein".into(),
+        note: None,
+        expired: true,
+    });
+    let state = fold(events);
+    assert!(
+        matches!(state.messages().last().unwrap(), Message::Tool { content, .. } if content.contains("expired"))
+    );
+    assert_eq!(state.next_action(600), Action::CallModel { step: 2 });
+}
+
+#[test]
+fn approval_events_that_do_not_fit_are_refused() {
+    let base = vec![started(5), requested(1), replied(1, None, &["c1"])];
+    let cases: Vec<(Vec<Event>, &str)> = vec![
+        (vec![decided("a9", true)], "no approval a9"),
+        (
+            vec![
+                judged("c1", Verdict::Ask),
+                asked("a1", "c1", None),
+                decided("a1", true),
+                decided("a1", false),
+            ],
+            "already decided",
+        ),
+        (
+            vec![Event::RunSuspended {
+                approvals: vec!["a1".into()],
+            }],
+            "only while calls await approval",
+        ),
+        (
+            vec![
+                judged("c1", Verdict::Ask),
+                asked("a1", "c1", None),
+                intent("c1", false, 1),
+            ],
+            "awaits approval",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut events = base.clone();
+        events.extend(extra);
+        let err = RunState::from_events(&log(events)).unwrap_err();
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn untrusted_output_is_marked_and_labels_accumulate() {
+    let mut untrusted_intent = intent("c1", true, 1);
+    if let Event::ToolIntent { labels, .. } = &mut untrusted_intent {
+        *labels = vec!["untrusted".into(), "pii".into()];
+    }
+    let state = fold(vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1", "c2"]),
+        untrusted_intent,
+        outcome("c1"),
+        intent("c2", true, 1),
+        outcome("c2"),
+    ]);
+    assert_eq!(
+        state.labels().to_vec(),
+        vec!["pii".to_string(), "untrusted".to_string()]
+    );
+    let msgs = state.messages();
+    assert!(
+        matches!(&msgs[2], Message::Tool { content, .. } if content.starts_with("<<untrusted-data tool=\"t\" call=\"c1\">>"))
+    );
+    assert!(matches!(&msgs[3], Message::Tool { content, .. } if content == "{\"n\":1}"));
 }

@@ -1,0 +1,747 @@
+//! The gate: Cedar policies that judge every tool call, model call and delegation before it
+//! happens.
+//!
+//! The request model, published by `rein schema policy`: the principal is `Agent::"<name>"`; each
+//! tool is an action of its own, named after the tool and a member of the `call_tool` action
+//! group, so that `action in Action::"call_tool"` covers every tool while `action ==
+//! Action::"refunds.issue"` gives typed access to that tool's arguments in `context.args`; the
+//! resource is `Tool::"<name>"` (in its `ToolGroup`s, with attributes `sink`, `risk`, `idempotent`
+//! and `labels`). Model calls are `use_model` on `Model::"<name>"`, delegations `delegate` on
+//! `Agent::"<child>"`. Every context has `user`, `tenant`, `task`, `labels` (what the run has
+//! read so far) and `approval` (`granted`, `by`).
+//!
+//! Default deny; forbid wins; a permit annotated `@ask("why")` turns allow into ask. Policy files
+//! carry examples in comments (`// example: ask refunds.issue {"amount": 250.0}`) that must hold
+//! when the policies load.
+
+mod schema;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use cedar_policy::{
+    Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode,
+    Validator,
+};
+use miette::Diagnostic;
+use rein_core::gate::{Effect, Matched, compose};
+use rein_core::{Decision, Verdict};
+use serde_json::{Value, json};
+
+pub use schema::{CedarType, ToolFacts, cedar_type, schema_text};
+
+/// What the gate knows about the agent it guards.
+#[derive(Debug, Clone, Default)]
+pub struct GateSetup {
+    /// The agent's name.
+    pub agent: String,
+    /// The agents above it (for a sub-agent, its parent and theirs).
+    pub parents: Vec<String>,
+    /// Its tools.
+    pub tools: Vec<ToolFacts>,
+    /// The models it may be configured with.
+    pub models: Vec<String>,
+    /// The agents it can delegate to.
+    pub delegates: Vec<String>,
+}
+
+/// The facts of one request besides its target.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// Who the run acts for.
+    pub user: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The task.
+    pub task: String,
+    /// The labels in play.
+    pub labels: Vec<String>,
+    /// Who approved the action, when it was approved.
+    pub approved_by: Option<String>,
+}
+
+/// One problem in the policies, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    /// The file.
+    pub file: PathBuf,
+    /// Line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.position {
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Everything wrong with a set of policies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct PolicyErrors(pub Vec<PolicyProblem>);
+
+/// A policy file's text.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// Where it came from.
+    pub file: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+struct PolicyMeta {
+    effect: Effect,
+    ask: Option<String>,
+    reason: Option<String>,
+}
+
+/// What a tool's request needs, prepared once.
+struct ToolTarget {
+    action: EntityUid,
+    resource: EntityUid,
+    args_type: Option<CedarType>,
+}
+
+/// Loaded, validated policies for one agent, ready to judge.
+pub struct Gate {
+    schema: Schema,
+    policies: PolicySet,
+    entities: Entities,
+    authorizer: Authorizer,
+    meta: HashMap<PolicyId, PolicyMeta>,
+    principal: EntityUid,
+    tools: HashMap<String, ToolTarget>,
+    use_model: EntityUid,
+    delegate: EntityUid,
+    schema_text: String,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("principal", &self.principal)
+            .field("policies", &self.meta.len())
+            .finish()
+    }
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let literal = format!("{kind}::{}", json!(id));
+    literal
+        .parse()
+        .map_err(|e| format!("`{literal}` is not a valid entity id: {e}"))
+}
+
+fn problem(file: &Path, text: &str, offset: Option<usize>, message: String) -> PolicyProblem {
+    PolicyProblem {
+        file: file.to_owned(),
+        position: offset.map(|o| rein_core::text::line_col(text, o)),
+        message,
+    }
+}
+
+/// The first labelled offset of a diagnostic, if it has one.
+fn first_offset(d: &dyn Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut l| l.next()).map(|l| l.offset())
+}
+
+impl Gate {
+    /// Reads `policies/*.cedar` under `agent_dir` (in name order) and loads them.
+    pub fn load_dir(agent_dir: &Path, setup: &GateSetup) -> Result<Gate, PolicyErrors> {
+        let dir = agent_dir.join("policies");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+                .collect(),
+            Err(e) => {
+                return Err(PolicyErrors(vec![PolicyProblem {
+                    file: dir,
+                    position: None,
+                    message: format!(
+                        "cannot read the policies folder ({e}); rein denies everything by default, so an agent needs \
+                         policies/*.cedar (see `rein schema policy <agent-dir>`)"
+                    ),
+                }]));
+            }
+        };
+        files.sort();
+        let mut sources = Vec::new();
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => sources.push(PolicySource { file, text }),
+                Err(e) => {
+                    return Err(PolicyErrors(vec![PolicyProblem {
+                        file,
+                        position: None,
+                        message: format!("cannot read it: {e}"),
+                    }]));
+                }
+            }
+        }
+        if sources.is_empty() {
+            return Err(PolicyErrors(vec![PolicyProblem {
+                file: dir,
+                position: None,
+                message:
+                    "holds no .cedar files; rein denies everything by default, so nothing could run"
+                        .into(),
+            }]));
+        }
+        Gate::from_sources(&sources, setup)
+    }
+
+    /// Loads policies from texts: parses, names, validates against the agent's schema, checks every
+    /// entity they name exists, and checks the examples in their comments.
+    pub fn from_sources(sources: &[PolicySource], setup: &GateSetup) -> Result<Gate, PolicyErrors> {
+        let schema_src = schema_text(setup);
+        let internal = |message: String| {
+            PolicyErrors(vec![PolicyProblem {
+                file: PathBuf::from("<schema>"),
+                position: None,
+                message,
+            }])
+        };
+        let (schema, _) = Schema::from_cedarschema_str(&schema_src)
+            .map_err(|e| internal(format!("rein built an invalid schema: {e}")))?;
+
+        let mut problems = Vec::new();
+        let mut policies = PolicySet::new();
+        let mut meta = HashMap::new();
+        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        for (index, source) in sources.iter().enumerate() {
+            let parsed: PolicySet = match source.text.parse() {
+                Ok(set) => set,
+                Err(e) => {
+                    let e: cedar_policy::ParseErrors = e;
+                    for err in e.iter() {
+                        problems.push(problem(
+                            &source.file,
+                            &source.text,
+                            first_offset(err),
+                            err.to_string(),
+                        ));
+                    }
+                    continue;
+                }
+            };
+            let stem = source
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for (n, policy) in parsed.policies().enumerate() {
+                let name = policy
+                    .annotation("id")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{stem}#{}", n + 1));
+                let id = PolicyId::new(&name);
+                if meta.contains_key(&id) {
+                    problems.push(problem(
+                        &source.file,
+                        &source.text,
+                        None,
+                        format!("two policies are named `{name}`; @id values must be unique"),
+                    ));
+                    continue;
+                }
+                let effect = match policy.effect() {
+                    cedar_policy::Effect::Permit => Effect::Permit,
+                    cedar_policy::Effect::Forbid => Effect::Forbid,
+                };
+                let ask = policy.annotation("ask").map(str::to_owned);
+                if ask.is_some() && effect == Effect::Forbid {
+                    problems.push(problem(
+                        &source.file,
+                        &source.text,
+                        None,
+                        format!("policy `{name}`: @ask applies to permit policies only"),
+                    ));
+                }
+                meta.insert(
+                    id.clone(),
+                    PolicyMeta {
+                        effect,
+                        ask,
+                        reason: policy.annotation("reason").map(str::to_owned),
+                    },
+                );
+                origin.insert(id.clone(), index);
+                if let Err(e) = policies.add(policy.new_id(id)) {
+                    problems.push(problem(&source.file, &source.text, None, e.to_string()));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyErrors(problems));
+        }
+
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        for err in validation.validation_errors() {
+            let source = origin.get(err.policy_id()).map(|i| &sources[*i]);
+            match source {
+                Some(s) => problems.push(problem(
+                    &s.file,
+                    &s.text,
+                    first_offset(err),
+                    format!("policy `{}`: {err}", err.policy_id()),
+                )),
+                None => problems.push(PolicyProblem {
+                    file: PathBuf::from("<policies>"),
+                    position: None,
+                    message: err.to_string(),
+                }),
+            }
+        }
+        // A warning such as "this policy can never apply" means the policy does not do what its
+        // author meant; rein refuses it like an error.
+        for warning in validation.validation_warnings() {
+            let id = warning.policy_id();
+            match origin.get(id).map(|i| &sources[*i]) {
+                Some(s) => problems.push(problem(
+                    &s.file,
+                    &s.text,
+                    first_offset(warning),
+                    format!("policy `{id}`: {warning}"),
+                )),
+                None => problems.push(PolicyProblem {
+                    file: PathBuf::from("<policies>"),
+                    position: None,
+                    message: warning.to_string(),
+                }),
+            }
+        }
+        problems.extend(unknown_entities(&policies, &origin, sources, setup));
+        if !problems.is_empty() {
+            return Err(PolicyErrors(problems));
+        }
+
+        let entities = entities(setup, &schema).map_err(internal)?;
+        let mut tools = HashMap::new();
+        for tool in &setup.tools {
+            tools.insert(
+                tool.name.clone(),
+                ToolTarget {
+                    action: uid("Action", &tool.name).map_err(internal)?,
+                    resource: uid("Tool", &tool.name).map_err(internal)?,
+                    args_type: cedar_type(&tool.args_schema),
+                },
+            );
+        }
+        let gate = Gate {
+            principal: uid("Agent", &setup.agent).map_err(internal)?,
+            use_model: uid("Action", "use_model").map_err(internal)?,
+            delegate: uid("Action", "delegate").map_err(internal)?,
+            schema,
+            policies,
+            entities,
+            authorizer: Authorizer::new(),
+            meta,
+            tools,
+            schema_text: schema_src,
+        };
+        let example_problems = gate.check_examples(sources);
+        if !example_problems.is_empty() {
+            return Err(PolicyErrors(example_problems));
+        }
+        Ok(gate)
+    }
+
+    /// The Cedar schema the policies were validated against.
+    pub fn schema_text(&self) -> &str {
+        &self.schema_text
+    }
+
+    /// How many policies are loaded.
+    pub fn policy_count(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Judges a tool call with already schema-checked arguments.
+    pub fn judge_tool(&self, tool: &str, args: &Value, facts: &RequestFacts) -> Decision {
+        let Some(target) = self.tools.get(tool) else {
+            return deny(format!("`{tool}` is not one of this agent's tools"));
+        };
+        let args = match &target.args_type {
+            Some(t) => match schema::cedar_value(t, args) {
+                Some(v) => v,
+                None => return deny(
+                    "the arguments cannot be expressed for the policies (a number out of range?)"
+                        .into(),
+                ),
+            },
+            None => json!({}),
+        };
+        let mut context = base_context(facts);
+        context["args"] = args;
+        self.judge(&target.action, &target.resource, context)
+    }
+
+    /// Judges a model call. An ask from the policies counts as deny: a model call cannot wait.
+    pub fn judge_model(&self, model: &str, facts: &RequestFacts) -> Decision {
+        let resource = match uid("Model", model) {
+            Ok(r) => r,
+            Err(e) => return deny(e),
+        };
+        let mut decision = self.judge(&self.use_model, &resource, base_context(facts));
+        if decision.verdict == Verdict::Ask {
+            decision.verdict = Verdict::Deny;
+            decision
+                .reasons
+                .push("an ask policy matched a model call, which cannot wait for approval".into());
+        }
+        decision
+    }
+
+    /// Judges a delegation of `task` to the agent `child`.
+    pub fn judge_delegate(&self, child: &str, child_task: &str, facts: &RequestFacts) -> Decision {
+        let resource = match uid("Agent", child) {
+            Ok(r) => r,
+            Err(e) => return deny(e),
+        };
+        let mut context = base_context(facts);
+        context["args"] = json!({ "task": child_task });
+        self.judge(&self.delegate, &resource, context)
+    }
+
+    fn judge(&self, action: &EntityUid, resource: &EntityUid, context: Value) -> Decision {
+        let context = match Context::from_json_value(context, Some((&self.schema, action))) {
+            Ok(c) => c,
+            Err(e) => return deny(format!("the request does not fit the policy schema: {e}")),
+        };
+        let request = match Request::new(
+            self.principal.clone(),
+            action.clone(),
+            resource.clone(),
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return deny(format!("the request is not valid: {e}")),
+        };
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &self.entities);
+        let matched: Vec<Matched> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|id| {
+                self.meta.get(id).map(|m| Matched {
+                    id: id.to_string(),
+                    effect: m.effect,
+                    ask: m.ask.clone(),
+                    reason: m.reason.clone(),
+                })
+            })
+            .collect();
+        let failed: Vec<(String, Effect)> = response
+            .diagnostics()
+            .errors()
+            .map(|e| {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+                let id = e.policy_id();
+                (
+                    id.to_string(),
+                    self.meta
+                        .get(id)
+                        .map(|m| m.effect)
+                        .unwrap_or(Effect::Forbid),
+                )
+            })
+            .collect();
+        compose(&matched, &failed)
+    }
+
+    /// Checks the `// example:` lines of every source against the loaded policies.
+    fn check_examples(&self, sources: &[PolicySource]) -> Vec<PolicyProblem> {
+        let mut problems = Vec::new();
+        for source in sources {
+            let mut offset = 0;
+            for line in source.text.split_inclusive('\n') {
+                let at = offset;
+                offset += line.len();
+                let Some(rest) = line
+                    .trim_start()
+                    .strip_prefix("//")
+                    .map(str::trim_start)
+                    .and_then(|l| l.strip_prefix("example:"))
+                else {
+                    continue;
+                };
+                let column = line.len() - line.trim_start().len();
+                match Example::parse(rest.trim()) {
+                    Err(message) => problems.push(problem(
+                        &source.file,
+                        &source.text,
+                        Some(at + column),
+                        format!("bad example: {message}"),
+                    )),
+                    Ok(example) => {
+                        let decision = self.judge_example(&example);
+                        if decision.verdict != example.expect {
+                            let by = if decision.policies.is_empty() {
+                                "no policy matched (default deny)".to_owned()
+                            } else {
+                                format!("decided by {}", decision.policies.join(", "))
+                            };
+                            problems.push(problem(
+                                &source.file,
+                                &source.text,
+                                Some(at + column),
+                                format!(
+                                    "example expects {} but the policies say {} ({by}): {}",
+                                    example.expect,
+                                    decision.verdict,
+                                    decision.reasons.join("; ")
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    fn judge_example(&self, example: &Example) -> Decision {
+        let facts = RequestFacts {
+            user: "example-user".into(),
+            tenant: "default".into(),
+            task: "example".into(),
+            labels: example.labels.clone(),
+            approved_by: example.approved_by.clone(),
+        };
+        match &example.target {
+            Target::Tool(name) => self.judge_tool(name, &example.args, &facts),
+            Target::Model(name) => self.judge_model(name, &facts),
+            Target::Delegate(name) => self.judge_delegate(
+                name,
+                example
+                    .args
+                    .get("task")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                &facts,
+            ),
+        }
+    }
+}
+
+fn deny(reason: String) -> Decision {
+    Decision {
+        verdict: Verdict::Deny,
+        policies: vec![],
+        reasons: vec![reason],
+    }
+}
+
+fn base_context(facts: &RequestFacts) -> Value {
+    json!({
+        "user": facts.user,
+        "tenant": facts.tenant,
+        "task": facts.task,
+        "labels": facts.labels,
+        "approval": { "granted": facts.approved_by.is_some(), "by": facts.approved_by.clone().unwrap_or_default() },
+    })
+}
+
+fn entities(setup: &GateSetup, schema: &Schema) -> Result<Entities, String> {
+    let e = |kind: &str, id: &str| json!({"type": kind, "id": id});
+    let mut list = Vec::new();
+    let mut agents: Vec<(String, Vec<Value>)> = vec![(
+        setup.agent.clone(),
+        setup.parents.iter().map(|p| e("Agent", p)).collect(),
+    )];
+    for (i, parent) in setup.parents.iter().enumerate() {
+        agents.push((
+            parent.clone(),
+            setup.parents[i + 1..]
+                .iter()
+                .map(|p| e("Agent", p))
+                .collect(),
+        ));
+    }
+    for child in &setup.delegates {
+        if !agents.iter().any(|(a, _)| a == child) {
+            agents.push((child.clone(), vec![e("Agent", &setup.agent)]));
+        }
+    }
+    for (agent, parents) in agents {
+        list.push(json!({"uid": e("Agent", &agent), "attrs": {}, "parents": parents}));
+    }
+    let groups: BTreeSet<&String> = setup.tools.iter().flat_map(|t| t.groups.iter()).collect();
+    for g in groups {
+        list.push(json!({"uid": e("ToolGroup", g), "attrs": {}, "parents": []}));
+    }
+    for t in &setup.tools {
+        list.push(json!({
+            "uid": e("Tool", &t.name),
+            "attrs": {"sink": t.sink, "risk": t.risk, "idempotent": t.idempotent, "labels": t.labels},
+            "parents": t.groups.iter().map(|g| e("ToolGroup", g)).collect::<Vec<_>>(),
+        }));
+    }
+    for m in &setup.models {
+        list.push(json!({"uid": e("Model", m), "attrs": {}, "parents": []}));
+    }
+    Entities::from_json_value(Value::Array(list), Some(schema))
+        .map_err(|e| format!("rein built invalid entities: {e}"))
+}
+
+/// Entity literals in policies must name things this agent has: a policy about `Tool::"refund"`
+/// when the tool is `refunds.issue` would silently never match.
+fn unknown_entities(
+    policies: &PolicySet,
+    origin: &HashMap<PolicyId, usize>,
+    sources: &[PolicySource],
+    setup: &GateSetup,
+) -> Vec<PolicyProblem> {
+    let mut known: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    known
+        .entry("Tool")
+        .or_default()
+        .extend(setup.tools.iter().map(|t| t.name.as_str()));
+    known.entry("ToolGroup").or_default().extend(
+        setup
+            .tools
+            .iter()
+            .flat_map(|t| t.groups.iter().map(String::as_str)),
+    );
+    known
+        .entry("Model")
+        .or_default()
+        .extend(setup.models.iter().map(String::as_str));
+    let agents = known.entry("Agent").or_default();
+    agents.insert(setup.agent.as_str());
+    agents.extend(setup.parents.iter().map(String::as_str));
+    agents.extend(setup.delegates.iter().map(String::as_str));
+    let mut problems = Vec::new();
+    for policy in policies.policies() {
+        let Ok(json) = policy.to_json() else { continue };
+        let mut refs = Vec::new();
+        collect_entity_refs(&json, &mut refs);
+        for (kind, id) in refs {
+            let Some(ids) = known.get(kind.as_str()) else {
+                continue;
+            };
+            if ids.contains(id.as_str()) {
+                continue;
+            }
+            let Some(source) = origin.get(policy.id()).map(|i| &sources[*i]) else {
+                continue;
+            };
+            let literal = format!("{kind}::{}", json!(id));
+            let offset = source.text.find(&literal);
+            let have: Vec<&str> = ids.iter().copied().collect();
+            problems.push(problem(
+                &source.file,
+                &source.text,
+                offset,
+                format!(
+                    "policy `{}` names {literal}, which this agent does not have (it has: {})",
+                    policy.id(),
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+fn collect_entity_refs(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(map) => {
+            if let (Some(Value::String(t)), Some(Value::String(id)), 2) =
+                (map.get("type"), map.get("id"), map.len())
+            {
+                out.push((t.clone(), id.clone()));
+            }
+            for value in map.values() {
+                collect_entity_refs(value, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| collect_entity_refs(i, out)),
+        _ => {}
+    }
+}
+
+enum Target {
+    Tool(String),
+    Model(String),
+    Delegate(String),
+}
+
+/// `<verdict> <target> [<json args>] [labels: a, b] [approved-by: name]`, where target is a tool
+/// name, `model:<name>` or `delegate:<agent>`.
+struct Example {
+    expect: Verdict,
+    target: Target,
+    args: Value,
+    labels: Vec<String>,
+    approved_by: Option<String>,
+}
+
+impl Example {
+    fn parse(text: &str) -> Result<Example, String> {
+        let usage = "write `// example: <allow|deny|ask> <tool | model:NAME | delegate:AGENT> [{json args}] [labels: a, b] [approved-by: NAME]`";
+        let (verdict, rest) = text.split_once(char::is_whitespace).ok_or(usage)?;
+        let expect = match verdict {
+            "allow" => Verdict::Allow,
+            "deny" => Verdict::Deny,
+            "ask" => Verdict::Ask,
+            other => return Err(format!("`{other}` is not a verdict; {usage}")),
+        };
+        let rest = rest.trim();
+        let (target, mut rest) = rest
+            .split_once(char::is_whitespace)
+            .map(|(t, r)| (t, r.trim()))
+            .unwrap_or((rest, ""));
+        let target = if let Some(m) = target.strip_prefix("model:") {
+            Target::Model(m.to_owned())
+        } else if let Some(a) = target.strip_prefix("delegate:") {
+            Target::Delegate(a.to_owned())
+        } else if target.is_empty() {
+            return Err(usage.to_owned());
+        } else {
+            Target::Tool(target.to_owned())
+        };
+        let mut args = json!({});
+        if rest.starts_with('{') {
+            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            args = stream
+                .next()
+                .ok_or(usage)?
+                .map_err(|e| format!("the arguments are not JSON: {e}"))?;
+            rest = rest[stream.byte_offset()..].trim();
+        }
+        let (mut labels, mut approved_by) = (vec![], None);
+        for part in rest.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some(l) = part.strip_prefix("labels:") {
+                labels = l
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+            } else if let Some(a) = part.strip_prefix("approved-by:") {
+                approved_by = Some(a.trim().to_owned());
+            } else {
+                return Err(format!("cannot read `{part}`; {usage}"));
+            }
+        }
+        Ok(Example {
+            expect,
+            target,
+            args,
+            labels,
+            approved_by,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! The Cedar schema rein publishes for an agent, and how tool arguments become Cedar values.
+//!
+//! A tool's JSON Schema maps to a Cedar record: `string` to `String`, `integer` to `Long`,
+//! `number` to `decimal` (four decimal places, so compare with `.greaterThan(decimal("100.0"))`),
+//! `boolean` to `Bool`, `array` to `Set`, `object` to a record. Properties the schema lists under
+//! `required` are required attributes; others are optional (test them with `has`). A property
+//! whose schema has no single one of these types is left out, so policies cannot refer to it.
+
+use serde_json::{Value, json};
+
+/// What the gate needs to know about a tool.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolFacts {
+    /// The tool's name (its action and resource id).
+    pub name: String,
+    /// JSON Schema of its arguments.
+    pub args_schema: Value,
+    /// What its output is.
+    pub labels: Vec<String>,
+    /// Whether it sends data outside.
+    pub sink: bool,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+    /// Whether repeating it is safe.
+    pub idempotent: bool,
+    /// The tool groups it belongs to.
+    pub groups: Vec<String>,
+}
+
+/// A Cedar type for an argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CedarType {
+    /// `String`.
+    String,
+    /// `Long`.
+    Long,
+    /// The `decimal` extension type.
+    Decimal,
+    /// `Bool`.
+    Bool,
+    /// `Set<T>`.
+    Set(Box<CedarType>),
+    /// A record: (name, type, required).
+    Record(Vec<(String, CedarType, bool)>),
+}
+
+/// The Cedar type of a JSON Schema, if it has one.
+pub fn cedar_type(schema: &Value) -> Option<CedarType> {
+    match schema.get("type")?.as_str()? {
+        "string" => Some(CedarType::String),
+        "integer" => Some(CedarType::Long),
+        "number" => Some(CedarType::Decimal),
+        "boolean" => Some(CedarType::Bool),
+        "array" => cedar_type(schema.get("items")?).map(|t| CedarType::Set(Box::new(t))),
+        "object" => {
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let fields = schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|props| {
+                    props
+                        .iter()
+                        .filter_map(|(name, s)| {
+                            cedar_type(s)
+                                .map(|t| (name.clone(), t, required.contains(&name.as_str())))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(CedarType::Record(fields))
+        }
+        _ => None,
+    }
+}
+
+/// A JSON value as Cedar's JSON form of `ty`, or `None` if it does not fit.
+pub(crate) fn cedar_value(ty: &CedarType, value: &Value) -> Option<Value> {
+    match ty {
+        CedarType::String => value.as_str().map(|s| json!(s)),
+        CedarType::Long => value.as_i64().map(|n| json!(n)),
+        CedarType::Decimal => {
+            let n = value.as_f64()?;
+            // Cedar decimals hold four places and about 9.2e14 in magnitude.
+            (n.is_finite() && n.abs() < 9.0e14)
+                .then(|| json!({"__extn": {"fn": "decimal", "arg": format!("{n:.4}")}}))
+        }
+        CedarType::Bool => value.as_bool().map(|b| json!(b)),
+        CedarType::Set(item) => value
+            .as_array()?
+            .iter()
+            .map(|v| cedar_value(item, v))
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
+        CedarType::Record(fields) => {
+            let object = value.as_object()?;
+            let mut out = serde_json::Map::new();
+            for (name, ty, required) in fields {
+                match object.get(name) {
+                    Some(v) => {
+                        out.insert(name.clone(), cedar_value(ty, v)?);
+                    }
+                    None if *required => return None,
+                    None => {}
+                }
+            }
+            Some(Value::Object(out))
+        }
+    }
+}
+
+fn render(ty: &CedarType, indent: usize) -> String {
+    match ty {
+        CedarType::String => "String".into(),
+        CedarType::Long => "Long".into(),
+        CedarType::Decimal => "__cedar::decimal".into(),
+        CedarType::Bool => "Bool".into(),
+        CedarType::Set(item) => format!("Set<{}>", render(item, indent)),
+        CedarType::Record(fields) if fields.is_empty() => "{}".into(),
+        CedarType::Record(fields) => {
+            let pad = "  ".repeat(indent + 1);
+            let inner: Vec<String> = fields
+                .iter()
+                .map(|(name, ty, required)| {
+                    format!(
+                        "{pad}{}{}: {}",
+                        json!(name),
+                        if *required { "" } else { "?" },
+                        render(ty, indent + 1)
+                    )
+                })
+                .collect();
+            format!("{{\n{}\n{}}}", inner.join(",\n"), "  ".repeat(indent))
+        }
+    }
+}
+
+const CONTEXT_FIELDS: &str = "\"user\": String, \"tenant\": String, \"task\": String, \"labels\": Set<String>, \"approval\": Approval";
+
+/// The Cedar schema (Cedar format) for an agent with these tools, models and delegates.
+pub fn schema_text(setup: &crate::GateSetup) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "// The Cedar schema rein validates the policies of agent {} against.\n\
+         // Generated by `rein schema policy`; every tool is an action in the \"call_tool\" group.\n\n",
+        json!(setup.agent)
+    ));
+    out.push_str("entity Agent in [Agent];\nentity ToolGroup;\n");
+    out.push_str("entity Tool in [ToolGroup] {\n  \"sink\": Bool,\n  \"risk\": String,\n  \"idempotent\": Bool,\n  \"labels\": Set<String>\n};\n");
+    out.push_str("entity Model;\n");
+    out.push_str("type Approval = {\n  \"granted\": Bool,\n  \"by\": String\n};\n\n");
+    out.push_str("action \"call_tool\";\n");
+    out.push_str(&format!("action \"use_model\" appliesTo {{\n  principal: [Agent],\n  resource: [Model],\n  context: {{ {CONTEXT_FIELDS} }}\n}};\n"));
+    out.push_str(&format!(
+        "action \"delegate\" appliesTo {{\n  principal: [Agent],\n  resource: [Agent],\n  context: {{ {CONTEXT_FIELDS}, \"args\": {{ \"task\": String }} }}\n}};\n"
+    ));
+    for tool in &setup.tools {
+        let args = cedar_type(&tool.args_schema).unwrap_or(CedarType::Record(vec![]));
+        out.push_str(&format!(
+            "\naction {} in [\"call_tool\"] appliesTo {{\n  principal: [Agent],\n  resource: [Tool],\n  context: {{\n    {CONTEXT_FIELDS},\n    \"args\": {}\n  }}\n}};\n",
+            json!(tool.name),
+            render(&args, 2)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_schema_types_map_to_cedar_types_and_values() {
+        let schema = json!({
+            "type": "object",
+            "required": ["amount", "to"],
+            "properties": {
+                "amount": {"type": "number"},
+                "count": {"type": "integer"},
+                "to": {"type": "string"},
+                "urgent": {"type": "boolean"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "anything": {},
+                "either": {"type": ["string", "null"]},
+            }
+        });
+        let ty = cedar_type(&schema).unwrap();
+        let CedarType::Record(fields) = &ty else {
+            panic!()
+        };
+        let mut names: Vec<&str> = fields.iter().map(|f| f.0.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            vec!["amount", "count", "tags", "to", "urgent"],
+            "untyped properties are left out"
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|f| f.0 == "amount" && f.1 == CedarType::Decimal && f.2)
+        );
+        assert!(
+            fields
+                .iter()
+                .any(|f| f.0 == "count" && f.1 == CedarType::Long && !f.2)
+        );
+        let value = cedar_value(
+            &ty,
+            &json!({"amount": 42.5, "to": "a@b.c", "tags": ["x"], "anything": [1], "count": 3}),
+        )
+        .unwrap();
+        assert_eq!(
+            value["amount"],
+            json!({"__extn": {"fn": "decimal", "arg": "42.5000"}})
+        );
+        assert_eq!(value["tags"], json!(["x"]));
+        assert!(value.get("anything").is_none());
+        assert!(
+            cedar_value(&ty, &json!({"to": "x"})).is_none(),
+            "a required field is missing"
+        );
+        assert!(
+            cedar_value(&ty, &json!({"amount": 1e300, "to": "x"})).is_none(),
+            "out of a decimal's range"
+        );
+    }
+}
