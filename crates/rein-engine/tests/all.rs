@@ -606,3 +606,66 @@ fn a_missing_api_key_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// A clock the test moves by hand.
+struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl rein_core::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn an_approval_nobody_decides_expires_and_counts_as_denied() {
+    let fx = Fixture::new(HAPPY_SCRIPT, "[approvals]\nexpire_after_secs = 60\n");
+    std::fs::write(
+        fx.dir.path().join("policies/ask.cedar"),
+        "@ask(\"refunds need a person\")\npermit(principal, action == Action::\"refunds.issue\", resource);\n",
+    )
+    .unwrap();
+    let agent = fx.agent();
+    let clock = Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(1_000_000)));
+    let engine = fx.engine(FaultPlan::default()).with_clock(clock.clone());
+    let report = engine
+        .start(&agent, "refund A-1", &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(report.status, EndState::AwaitingApproval);
+    assert_eq!(report.approvals.len(), 1);
+    // The email of the same step was allowed and ran; the refund waits.
+    assert_eq!(
+        (fx.effects("refunds.log"), fx.effects("emails.log")),
+        (0, 1)
+    );
+
+    clock
+        .0
+        .store(1_000_000 + 60_000, std::sync::atomic::Ordering::SeqCst);
+    let err = engine
+        .decide(&report.approvals[0], true, "late", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has expired, which counts as denied"),
+        "{err}"
+    );
+
+    let report = engine
+        .resume(&report.run_id, &agent, &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(report.status, EndState::Completed);
+    assert_eq!(fx.effects("refunds.log"), 0, "the expired refund never ran");
+    let events = engine.store().events(&report.run_id).unwrap();
+    assert!(events.iter().any(|e| matches!(&e.event, Event::ApprovalDecided { expired: true, approved: false, by, .. } if by == "rein")));
+    let approvals = engine.store().list_approvals(false, 10).unwrap();
+    assert_eq!(
+        approvals
+            .iter()
+            .map(|a| (a.status.as_str(), a.decided_by.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![("expired", Some("rein"))]
+    );
+}
