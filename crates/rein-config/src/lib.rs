@@ -45,6 +45,8 @@ pub struct AgentSpec {
     pub durability: Durability,
     /// How long an approval request stays open before it counts as denied.
     pub approval_ttl: Duration,
+    /// Every secret the agent refers to (`secret:NAME`), so all can be resolved before it runs.
+    pub secrets: Vec<String>,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
     pub digest: String,
 }
@@ -80,15 +82,15 @@ pub enum ProviderSpec {
     OpenAi {
         /// The API root.
         base_url: String,
-        /// The variable holding the key, if the server needs one.
-        api_key_env: Option<String>,
+        /// Where the key comes from, if the server needs one.
+        api_key: Option<KeySource>,
     },
     /// Anthropic Messages.
     Anthropic {
         /// The API root.
         base_url: String,
-        /// The variable holding the key.
-        api_key_env: Option<String>,
+        /// Where the key comes from.
+        api_key: Option<KeySource>,
     },
 }
 
@@ -101,6 +103,15 @@ impl ProviderSpec {
             ProviderSpec::Anthropic { .. } => "anthropic",
         }
     }
+}
+
+/// Where a provider's API key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable (`api_key_env`).
+    Env(String),
+    /// A secret (`api_key = "secret:NAME"`).
+    Secret(String),
 }
 
 /// One tool as configured: what it is, and what the gate knows about it.

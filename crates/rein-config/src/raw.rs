@@ -100,6 +100,11 @@ pub struct ModelSection {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub api_key_env: Option<Spanned<String>>,
+    /// Or: the API key as a secret reference, `secret:NAME`, resolved from the variable
+    /// `REIN_SECRET_NAME` or the secrets file. Never the key itself.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub api_key: Option<Spanned<String>>,
     /// How long one model call may take, in milliseconds (default 120000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::raw::{AgentFile, DurabilityName, ProviderName, RiskName, ToolEntry};
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, ModelSpec, ProviderSpec, ToolConfig, ToolEntrySpec,
-    WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, KeySource, ModelSpec, ProviderSpec, ToolConfig,
+    ToolEntrySpec, WorkspaceSpec,
 };
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
@@ -45,6 +45,7 @@ pub fn load(dir: &Path) -> Result<AgentSpec, ConfigError> {
         message: e.message().trim().to_owned(),
     })?;
     Resolver {
+        secrets: BTreeSet::new(),
         dir,
         file,
         text: text.clone(),
@@ -54,6 +55,7 @@ pub fn load(dir: &Path) -> Result<AgentSpec, ConfigError> {
 }
 
 struct Resolver {
+    secrets: BTreeSet<String>,
     dir: PathBuf,
     file: PathBuf,
     text: String,
@@ -241,6 +243,7 @@ impl Resolver {
             },
             durability,
             approval_ttl,
+            secrets: self.secrets.iter().cloned().collect(),
             digest,
         })
     }
@@ -272,10 +275,43 @@ impl Resolver {
             }
             None => None,
         };
+        let api_key_secret = match m.api_key {
+            Some(value) => {
+                let span = value.span();
+                match rein_core::secrets::secret_ref(value.get_ref()) {
+                    Some(name) if rein_core::secrets::valid_secret_name(name) => {
+                        Some(name.to_owned())
+                    }
+                    _ => {
+                        return Err(self.err(
+                            Some(span),
+                            "model.api_key",
+                            "must be a secret reference, `secret:NAME`; never put the key itself in agent.toml",
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
+        let api_key = match (api_key_env, api_key_secret) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    None,
+                    "model.api_key",
+                    "give `api_key_env` or `api_key`, not both",
+                ));
+            }
+            (Some(var), None) => Some(KeySource::Env(var)),
+            (None, Some(name)) => {
+                self.secrets.insert(name.clone());
+                Some(KeySource::Secret(name))
+            }
+            (None, None) => None,
+        };
         let provider = match m.provider {
             ProviderName::Scripted => {
                 only(self, m.base_url.is_some(), "base_url", "scripted")?;
-                only(self, api_key_env.is_some(), "api_key_env", "scripted")?;
+                only(self, api_key.is_some(), "api_key_env", "scripted")?;
                 let script = m.script.ok_or_else(|| {
                     self.err(
                         None,
@@ -293,7 +329,7 @@ impl Resolver {
                     base_url: m
                         .base_url
                         .unwrap_or_else(|| "https://api.openai.com/v1".into()),
-                    api_key_env,
+                    api_key,
                 }
             }
             ProviderName::Anthropic => {
@@ -302,7 +338,7 @@ impl Resolver {
                     base_url: m
                         .base_url
                         .unwrap_or_else(|| "https://api.anthropic.com".into()),
-                    api_key_env,
+                    api_key,
                 }
             }
         };
@@ -475,12 +511,21 @@ impl Resolver {
                         "must be an object schema (`type = \"object\"`)",
                     ));
                 }
+                let env = t.env.unwrap_or_default();
+                for (key, value) in &env {
+                    if let Some(name) = rein_core::secrets::secret_ref(value) {
+                        if !rein_core::secrets::valid_secret_name(name) {
+                            return Err(self.err(sp, at("env"), format!("`{key}` names secret `{name}`, which is not a valid secret name")));
+                        }
+                        self.secrets.insert(name.to_owned());
+                    }
+                }
                 Ok(ToolConfig::Command {
                     name,
                     description,
                     program,
                     args,
-                    env: t.env.unwrap_or_default(),
+                    env,
                     args_schema,
                     idempotent: t.idempotent.unwrap_or(false),
                     timeout,

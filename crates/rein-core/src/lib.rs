@@ -9,6 +9,7 @@ pub mod event;
 pub mod gate;
 pub mod labels;
 pub mod message;
+pub mod secrets;
 pub mod state;
 pub mod text;
 

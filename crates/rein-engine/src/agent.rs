@@ -1,16 +1,19 @@
 //! An agent ready to run: its provider and tools built from a resolved [`AgentSpec`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rein_config::{AgentSpec, ProviderSpec, ToolConfig};
+use crate::secrets::resolve_secrets;
+use rein_config::{AgentSpec, KeySource, ProviderSpec, ToolConfig};
 use rein_core::Limits;
+use rein_core::secrets::Redactor;
 use rein_model::{
     AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, ScriptedProvider,
 };
 use rein_policy::{Gate, GateSetup, ToolFacts};
+use rein_tools::SecretSource;
 use rein_tools::{
     CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, Tool, ToolManifest, ToolRegistry,
 };
@@ -47,6 +50,10 @@ pub struct Agent {
     pub approval_ttl: Duration,
     /// What each tool's output is (labels), by tool name.
     pub output_labels: HashMap<String, Vec<String>>,
+    /// The agent's secrets, resolved; tools read them as they start.
+    pub secrets: Arc<dyn SecretSource>,
+    /// Replaces secret values in everything the run records.
+    pub redactor: Redactor,
 }
 
 impl std::fmt::Debug for Agent {
@@ -65,10 +72,23 @@ impl Agent {
         spec: &AgentSpec,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Agent, EngineError> {
-        let key = |var: &Option<String>| -> Result<Option<String>, EngineError> {
-            match var {
+        Agent::from_spec_with_secrets(spec, env, None, false)
+    }
+
+    /// Builds an agent, resolving its secrets from `env` (`REIN_SECRET_<NAME>`) or
+    /// `secrets_file`; `file_required` makes a missing file an error (it was named explicitly).
+    pub fn from_spec_with_secrets(
+        spec: &AgentSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets_file: Option<&Path>,
+        file_required: bool,
+    ) -> Result<Agent, EngineError> {
+        let secrets = resolve_secrets(&spec.secrets, env, secrets_file, file_required)?;
+        let key = |source: &Option<KeySource>| -> Result<Option<String>, EngineError> {
+            match source {
                 None => Ok(None),
-                Some(var) => env(var).filter(|v| !v.is_empty()).map(Some).ok_or_else(|| {
+                Some(KeySource::Secret(name)) => secrets.secret(name).map(Some).map_err(EngineError::Agent),
+                Some(KeySource::Env(var)) => env(var).filter(|v| !v.is_empty()).map(Some).ok_or_else(|| {
                     EngineError::Agent(format!(
                         "{}: model.api_key_env names `{var}`, which is not set: export {var}=<your key>",
                         spec.dir.join(rein_config::AGENT_FILE).display()
@@ -82,13 +102,10 @@ impl Agent {
                 ScriptedProvider::from_file(m.name.clone(), script)
                     .map_err(|e| EngineError::Agent(e.to_string()))?,
             ),
-            ProviderSpec::OpenAi {
-                base_url,
-                api_key_env,
-            } => Arc::new(
+            ProviderSpec::OpenAi { base_url, api_key } => Arc::new(
                 OpenAiProvider::new(OpenAiConfig {
                     base_url: base_url.clone(),
-                    api_key: key(api_key_env)?,
+                    api_key: key(api_key)?,
                     model: m.name.clone(),
                     timeout: m.timeout,
                     max_tokens: m.max_tokens,
@@ -96,13 +113,10 @@ impl Agent {
                 })
                 .map_err(EngineError::Agent)?,
             ),
-            ProviderSpec::Anthropic {
-                base_url,
-                api_key_env,
-            } => Arc::new(
+            ProviderSpec::Anthropic { base_url, api_key } => Arc::new(
                 AnthropicProvider::new(AnthropicConfig {
                     base_url: base_url.clone(),
-                    api_key: key(api_key_env)?,
+                    api_key: key(api_key)?,
                     model: m.name.clone(),
                     timeout: m.timeout,
                     max_tokens: m.max_tokens.unwrap_or(4096),
@@ -117,7 +131,10 @@ impl Agent {
             output_labels: labels,
         } = build_tools(spec)?;
         let gate = Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?;
+        let redactor = secrets.redactor();
         Ok(Agent {
+            secrets: Arc::new(secrets),
+            redactor,
             gate: Arc::new(gate),
             approval_ttl: spec.approval_ttl,
             output_labels: labels,

@@ -135,6 +135,8 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         gate: Arc::new(gate),
         approval_ttl: Duration::from_secs(60),
         output_labels: Default::default(),
+        secrets: Arc::new(rein_tools::NoSecrets),
+        redactor: Default::default(),
         name: "bench".into(),
         dir: None,
         digest: "bench".into(),

@@ -168,6 +168,12 @@ impl<'a> Driver<'a> {
     /// Applies an event to the run's state and queues it for commit. Every event passes here, so
     /// the state the engine decides from is always exactly the log.
     async fn record(&mut self, event: Event) -> Result<(), EngineError> {
+        // Secret values never reach the log, the context or the live view, whoever produced them.
+        let event = if self.agent.redactor.is_empty() {
+            event
+        } else {
+            redact(&self.agent.redactor, event)
+        };
         let stored = StoredEvent {
             seq: self.state.last_seq() + 1,
             at_ms: self.engine.clock.now_ms(),
@@ -489,6 +495,7 @@ impl<'a> Driver<'a> {
             workspace: self.workspace.clone(),
             run_id: self.run_id.clone(),
             call_id: call.id.clone(),
+            secrets: self.agent.secrets.clone(),
         };
         let began = Instant::now();
         let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;
@@ -570,6 +577,15 @@ pub(crate) fn backoff(
     let jitter = (h % 501) as i64 - 250; // -250..=250 per mille of a quarter
     let ms = (base as i64 + base as i64 * jitter / 1000).max(1) as u64;
     Duration::from_millis(ms).min(max)
+}
+
+/// The event with every secret value replaced by its name.
+fn redact(redactor: &rein_core::secrets::Redactor, event: Event) -> Event {
+    let Ok(mut value) = serde_json::to_value(&event) else {
+        return event;
+    };
+    redactor.json(&mut value);
+    serde_json::from_value(value).unwrap_or(event)
 }
 
 #[cfg(test)]

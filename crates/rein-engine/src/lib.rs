@@ -11,6 +11,7 @@ mod agent;
 pub mod bench;
 mod driver;
 mod observe;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -33,7 +33,8 @@ pub struct CommandSpec {
     pub program: PathBuf,
     /// Arguments passed to the program.
     pub args: Vec<String>,
-    /// Extra environment variables.
+    /// Extra environment variables; a value `secret:NAME` is replaced by that secret's value when
+    /// the tool starts.
     pub env: BTreeMap<String, String>,
     /// The most bytes the program may print on stdout.
     pub max_output_bytes: usize,
@@ -85,8 +86,17 @@ impl Tool for CommandTool {
                     cmd.env(key, value);
                 }
             }
-            cmd.envs(&self.spec.env)
-                .env("REIN_RUN_ID", &ctx.run_id)
+            for (key, value) in &self.spec.env {
+                // `secret:NAME` is resolved now, as the tool starts; the value lives only in its
+                // environment.
+                match rein_core::secrets::secret_ref(value) {
+                    Some(name) => {
+                        cmd.env(key, ctx.secrets.secret(name).map_err(ToolError::Failed)?)
+                    }
+                    None => cmd.env(key, value),
+                };
+            }
+            cmd.env("REIN_RUN_ID", &ctx.run_id)
                 .env("REIN_CALL_ID", &ctx.call_id)
                 .env("REIN_TOOL", &self.manifest.name)
                 .env("REIN_WORKSPACE", &ctx.workspace)

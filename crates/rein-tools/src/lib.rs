@@ -39,8 +39,24 @@ pub struct ToolManifest {
     pub timeout: Duration,
 }
 
+/// Where tools get secret values, by name, at the moment they run.
+pub trait SecretSource: Send + Sync {
+    /// The value of a secret, or why it is not available.
+    fn secret(&self, name: &str) -> Result<String, String>;
+}
+
+/// A source with no secrets.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn secret(&self, name: &str) -> Result<String, String> {
+        Err(format!("secret `{name}` is not configured"))
+    }
+}
+
 /// Where and for whom a tool call runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ToolContext {
     /// The run's workspace directory; file tools cannot leave it.
     pub workspace: PathBuf,
@@ -48,6 +64,18 @@ pub struct ToolContext {
     pub run_id: String,
     /// The call's id, stable across retries of the same call (an idempotency key).
     pub call_id: String,
+    /// Where `secret:` references are resolved.
+    pub secrets: std::sync::Arc<dyn SecretSource>,
+}
+
+impl std::fmt::Debug for ToolContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolContext")
+            .field("workspace", &self.workspace)
+            .field("run_id", &self.run_id)
+            .field("call_id", &self.call_id)
+            .finish()
+    }
 }
 
 /// Why a tool call failed. The message goes back to the model as the call's result.

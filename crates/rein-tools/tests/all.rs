@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rein_tools::{
-    CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, Noop, Rejection, Tool, ToolContext,
-    ToolError, ToolManifest, ToolRegistry,
+    CommandSpec, CommandTool, FsRead, FsWrite, HttpGet, NoSecrets, Noop, Rejection, SecretSource,
+    Tool, ToolContext, ToolError, ToolManifest, ToolRegistry,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -22,7 +22,48 @@ fn ctx(workspace: &Path) -> ToolContext {
         workspace: workspace.to_owned(),
         run_id: "run-1".into(),
         call_id: "call-7".into(),
+        secrets: Arc::new(NoSecrets),
     }
+}
+
+/// Secrets from a fixed list.
+struct Fixed;
+
+impl SecretSource for Fixed {
+    fn secret(&self, name: &str) -> Result<String, String> {
+        match name {
+            "api" => Ok("canary-7f3a9d".into()),
+            other => Err(format!("secret `{other}` is not set")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn command_tools_get_secrets_in_their_environment_at_run_time() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut ctx = ctx(ws.path());
+    ctx.secrets = Arc::new(Fixed);
+    let spec = CommandSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), r#"printf '{"token":"%s"}' "$TOKEN""#.into()],
+        env: BTreeMap::from([("TOKEN".into(), "secret:api".into())]),
+        max_output_bytes: 4096,
+    };
+    let manifest = sh("secretive", "true", 5_000, 4096).manifest().clone();
+    let tool = CommandTool::new(manifest.clone(), spec.clone());
+    assert_eq!(
+        tool.call(&ctx, json!({})).await.unwrap(),
+        json!({"token": "canary-7f3a9d"})
+    );
+    let missing = CommandTool::new(
+        manifest,
+        CommandSpec {
+            env: BTreeMap::from([("TOKEN".into(), "secret:nope".into())]),
+            ..spec
+        },
+    );
+    let err = missing.call(&ctx, json!({})).await.unwrap_err();
+    assert_eq!(err, ToolError::Failed("secret `nope` is not set".into()));
 }
 
 #[tokio::test]

@@ -25,6 +25,10 @@ struct Cli {
     /// Where runs are recorded.
     #[arg(long, global = true, env = "REIN_STATE_DIR", default_value = ".rein")]
     state_dir: PathBuf,
+    /// A TOML file of `name = "value"` secrets (mode 600); default: secrets.toml in the state
+    /// directory, when it exists. `REIN_SECRET_<NAME>` variables take precedence.
+    #[arg(long, global = true, env = "REIN_SECRETS_FILE")]
+    secrets_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -265,6 +269,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
                 .unwrap_or_else(|_| "off".into()),
         )
+        // Each span (invoke_agent, chat, execute_tool) is printed with its attributes as it closes.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -296,16 +302,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             user,
             tenant,
         } => {
-            run(
-                &cli.state_dir,
-                &agent_dir,
+            let args = RunArgs {
+                agent_dir,
                 task,
                 json,
-                durability.map(Into::into),
+                durability: durability.map(Into::into),
                 user,
                 tenant,
-            )
-            .await
+            };
+            run(&cli.state_dir, cli.secrets_file.as_deref(), args).await
         }
         Command::Runs {
             command: RunsCommand::List { limit, json },
@@ -315,7 +320,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => show(&cli.state_dir, &id, json),
         Command::Runs {
             command: RunsCommand::Resume { id, json },
-        } => resume(&cli.state_dir, &id, json).await,
+        } => resume(&cli.state_dir, &id, json, cli.secrets_file.as_deref()).await,
         Command::Schema {
             what: SchemaCommand::Policy { agent_dir },
         } => gate_cmds::schema_policy(agent_dir.as_deref()),
@@ -415,9 +420,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn load_agent(dir: &Path) -> anyhow::Result<(Agent, Durability)> {
+/// Where secrets come from: the file named on the command line (which must exist), else
+/// secrets.toml in the state directory if there is one.
+struct SecretsAt<'a> {
+    state_dir: &'a Path,
+    file: Option<&'a Path>,
+}
+
+fn load_agent(dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<(Agent, Durability)> {
     let spec = rein_config::load(dir)?;
-    let agent = Agent::from_spec(&spec, &|var| std::env::var(var).ok())?;
+    let default = secrets.state_dir.join("secrets.toml");
+    let (file, required) = match secrets.file {
+        Some(f) => (f, true),
+        None => (default.as_path(), false),
+    };
+    let agent =
+        Agent::from_spec_with_secrets(&spec, &|var| std::env::var(var).ok(), Some(file), required)?;
     Ok((agent, spec.durability))
 }
 
@@ -509,15 +527,26 @@ fn finish(report: &RunReport, json: bool) -> anyhow::Result<u8> {
     u8::try_from(report.status.exit_code()).context("exit code out of range")
 }
 
-async fn run(
-    state_dir: &Path,
-    agent_dir: &Path,
+/// What `rein run` was asked.
+struct RunArgs {
+    agent_dir: PathBuf,
     task: Option<String>,
     json: bool,
     durability: Option<Durability>,
     user: String,
     tenant: String,
-) -> anyhow::Result<u8> {
+}
+
+async fn run(state_dir: &Path, secrets_file: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
+    let RunArgs {
+        agent_dir,
+        task,
+        json,
+        durability,
+        user,
+        tenant,
+    } = args;
+    let agent_dir = agent_dir.as_path();
     let spec = rein_config::load(agent_dir)?;
     let task = match task.or_else(|| spec.default_task.clone()) {
         Some(t) if !t.trim().is_empty() => t,
@@ -526,7 +555,13 @@ async fn run(
             spec.dir.join(rein_config::AGENT_FILE).display()
         ),
     };
-    let (agent, agent_durability) = load_agent(agent_dir)?;
+    let (agent, agent_durability) = load_agent(
+        agent_dir,
+        &SecretsAt {
+            state_dir,
+            file: secrets_file,
+        },
+    )?;
     let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
     let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
     let request = rein_engine::RunRequest { task, user, tenant };
@@ -542,7 +577,12 @@ async fn run(
     finish(&report, json)
 }
 
-async fn resume(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
+async fn resume(
+    state_dir: &Path,
+    id: &str,
+    json: bool,
+    secrets_file: Option<&Path>,
+) -> anyhow::Result<u8> {
     let store = open_store(state_dir, Durability::Normal)?;
     let run_id = store.resolve_run_id(id)?;
     let engine = Engine::new(store.clone(), state_dir);
@@ -552,8 +592,14 @@ async fn resume(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
             "run {run_id} was started by a program, not from an agent folder; resume it from that program"
         );
     };
-    let (agent, durability) = load_agent(Path::new(&agent_dir))
-        .with_context(|| format!("loading the agent of run {run_id}"))?;
+    let (agent, durability) = load_agent(
+        Path::new(&agent_dir),
+        &SecretsAt {
+            state_dir,
+            file: secrets_file,
+        },
+    )
+    .with_context(|| format!("loading the agent of run {run_id}"))?;
     drop(engine);
     drop(store);
     let store = open_store(state_dir, durability)?;

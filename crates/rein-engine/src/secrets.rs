@@ -1,0 +1,184 @@
+//! Resolving the secrets an agent names, from the environment or a secrets file.
+//!
+//! A secret `crm_token` is read from the variable `REIN_SECRET_CRM_TOKEN`, or else from the
+//! secrets file, a TOML table of `name = "value"` that must be readable by its owner only (mode
+//! 0600). Every secret the agent names is resolved before the run starts, so a missing one is an
+//! error up front rather than a failure halfway through.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rein_core::secrets::Redactor;
+use rein_tools::SecretSource;
+
+use crate::EngineError;
+
+/// The values of an agent's secrets, held only in memory.
+#[derive(Default)]
+pub struct SecretValues {
+    values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.values.keys()).finish()
+    }
+}
+
+impl SecretValues {
+    /// A redactor for every value held.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.values.iter().map(|(k, v)| (k.clone(), v.clone())))
+    }
+}
+
+impl SecretSource for SecretValues {
+    fn secret(&self, name: &str) -> Result<String, String> {
+        self.values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("secret `{name}` is not configured for this agent"))
+    }
+}
+
+/// The environment variable a secret is read from.
+pub fn secret_env_var(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("REIN_SECRET_{upper}")
+}
+
+/// Resolves `names` from `env` or the secrets file. `file` is the secrets file, if one should be
+/// read; `required` says whether its absence is an error (it was named explicitly).
+pub fn resolve_secrets(
+    names: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<&Path>,
+    required: bool,
+) -> Result<SecretValues, EngineError> {
+    let mut from_file = BTreeMap::new();
+    if let Some(file) = file {
+        let fail = |message: String| {
+            EngineError::Agent(format!("secrets file {}: {message}", file.display()))
+        };
+        match std::fs::metadata(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(fail(format!(
+                        "others can read it (mode {mode:o}); run `chmod 600 {}`",
+                        file.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| fail(format!("cannot read it: {e}")))?;
+                // Errors from the parser could quote a value: report only where, never what.
+                let table: toml::Table = toml::from_str(&text).map_err(|e| {
+                    let at = e
+                        .span()
+                        .map(|s| rein_core::text::line_col(&text, s.start))
+                        .map(|(l, c)| format!(" at line {l}, column {c}"))
+                        .unwrap_or_default();
+                    fail(format!("it is not a TOML table of `name = \"value\"`{at}"))
+                })?;
+                for (name, value) in table {
+                    let value = value
+                        .as_str()
+                        .ok_or_else(|| fail(format!("`{name}` must be a string")))?
+                        .to_owned();
+                    from_file.insert(name, value);
+                }
+            }
+        }
+    }
+    let mut values = BTreeMap::new();
+    for name in names {
+        let var = secret_env_var(name);
+        let value = env(&var)
+            .filter(|v| !v.is_empty())
+            .or_else(|| from_file.get(name).cloned())
+            .ok_or_else(|| {
+                let where_file = file
+                    .map(|f| format!(" or add `{name} = \"...\"` to {} (mode 600)", f.display()))
+                    .unwrap_or_default();
+                EngineError::Agent(format!(
+                    "secret `{name}` is not set: export {var}=...{where_file}"
+                ))
+            })?;
+        if value.len() < 4 {
+            return Err(EngineError::Agent(format!(
+                "secret `{name}` is shorter than 4 characters, too short to be kept out of logs"
+            )));
+        }
+        values.insert(name.clone(), value);
+    }
+    Ok(SecretValues { values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_the_environment_or_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets.toml");
+        std::fs::write(
+            &file,
+            "crm_token = \"from-the-file\"\nother = \"x-other\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let names = vec!["crm_token".to_string()];
+        let none = |_: &str| None;
+        let err = resolve_secrets(&names, &none, Some(&file), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("others can read it (mode 644); run `chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let values = resolve_secrets(&names, &none, Some(&file), false).unwrap();
+        assert_eq!(values.secret("crm_token").unwrap(), "from-the-file");
+        assert!(
+            values.secret("other").is_err(),
+            "only the secrets the agent names are held"
+        );
+        let env = |var: &str| (var == "REIN_SECRET_CRM_TOKEN").then(|| "from-the-env".to_string());
+        assert_eq!(
+            resolve_secrets(&names, &env, Some(&file), false)
+                .unwrap()
+                .secret("crm_token")
+                .unwrap(),
+            "from-the-env"
+        );
+        let err = resolve_secrets(&["missing".into()], &none, Some(&file), false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret `missing` is not set: export REIN_SECRET_MISSING=... or add `missing = \"...\"`"), "{err}");
+        let err = resolve_secrets(&names, &none, Some(&dir.path().join("nope.toml")), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read it"), "{err}");
+        std::fs::write(&file, "crm_token = \"sup3r-s3cret\" broken").unwrap();
+        let err = resolve_secrets(&names, &none, Some(&file), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a TOML table") && !err.contains("sup3r-s3cret"),
+            "{err}"
+        );
+    }
+}
