@@ -152,6 +152,15 @@ pub enum ToolConfig {
         /// Per-call timeout.
         timeout: Duration,
     },
+    /// A sub-agent that a task is delegated to.
+    Delegate {
+        /// The tool's name.
+        name: String,
+        /// What the sub-agent does, for the model.
+        description: String,
+        /// The sub-agent's folder (absolute).
+        agent_dir: PathBuf,
+    },
     /// An executable speaking JSON on stdin and stdout.
     Command {
         /// The tool's name.
@@ -182,7 +191,7 @@ impl ToolConfig {
             ToolConfig::FsRead => "fs.read",
             ToolConfig::FsWrite => "fs.write",
             ToolConfig::HttpGet { .. } => "http.get",
-            ToolConfig::Command { name, .. } => name,
+            ToolConfig::Command { name, .. } | ToolConfig::Delegate { name, .. } => name,
         }
     }
 }

@@ -126,6 +126,10 @@ pub struct ModelSection {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolEntry {
+    /// A sub-agent: the folder of another agent (relative to this one) that this tool delegates a
+    /// task to. The child runs with its own context and at most this agent's authority.
+    #[serde(default)]
+    pub delegate: Option<String>,
     /// A built-in tool: `fs.read`, `fs.write` or `http.get`.
     #[serde(default)]
     pub builtin: Option<String>,

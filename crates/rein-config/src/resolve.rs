@@ -376,6 +376,51 @@ impl Resolver {
                 Ok(())
             }
         };
+        if let Some(delegate) = t.delegate {
+            let what = "delegate tools";
+            for (present, field) in [
+                (t.builtin.is_some(), "builtin"),
+                (t.command.is_some(), "command"),
+                (t.args_schema.is_some(), "args_schema"),
+                (t.args_schema_file.is_some(), "args_schema_file"),
+                (t.env.is_some(), "env"),
+                (t.allow_hosts.is_some(), "allow_hosts"),
+                (t.max_bytes.is_some(), "max_bytes"),
+                (t.max_output_bytes.is_some(), "max_output_bytes"),
+            ] {
+                not_for(self, present, field, what)?;
+            }
+            let name = t.name.ok_or_else(|| {
+                self.err(sp.clone(), at("name"), "a delegate tool needs a `name`")
+            })?;
+            check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
+            let description = t.description.ok_or_else(|| {
+                self.err(
+                    sp.clone(),
+                    at("description"),
+                    "a delegate tool needs a `description` for the model",
+                )
+            })?;
+            let agent_dir = self.dir.join(&delegate);
+            if !agent_dir.join(AGENT_FILE).is_file() {
+                return Err(self.err(sp, at("delegate"), format!("`{delegate}` is not an agent folder (it has no {AGENT_FILE}); paths are relative to this agent's folder")));
+            }
+            let agent_dir = agent_dir.canonicalize().map_err(|e| {
+                self.err(
+                    sp.clone(),
+                    at("delegate"),
+                    format!("cannot open `{delegate}`: {e}"),
+                )
+            })?;
+            if agent_dir == self.dir {
+                return Err(self.err(sp, at("delegate"), "an agent cannot delegate to itself"));
+            }
+            return Ok(ToolConfig::Delegate {
+                name,
+                description,
+                agent_dir,
+            });
+        }
         match (t.builtin, t.command) {
             (Some(_), Some(_)) => Err(self.err(
                 sp,
@@ -385,7 +430,7 @@ impl Resolver {
             (None, None) => Err(self.err(
                 sp,
                 format!("tools[{i}]"),
-                "needs `builtin = \"fs.read\"` (or fs.write, http.get) or a `command`",
+                "needs `builtin = \"fs.read\"` (or fs.write, http.get), a `command`, or a `delegate` folder",
             )),
             (Some(builtin), None) => {
                 let what = format!("builtin `{builtin}`");

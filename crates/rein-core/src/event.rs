@@ -57,6 +57,18 @@ pub struct RunStarted {
     /// The tenant the run belongs to.
     #[serde(default = "default_tenant")]
     pub tenant: String,
+    /// For a sub-agent's run: the run and call that delegated to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// The run and call a sub-agent's run was delegated from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent run.
+    pub run_id: String,
+    /// The delegating call.
+    pub call_id: String,
 }
 
 fn default_user() -> String {

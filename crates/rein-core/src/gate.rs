@@ -129,6 +129,46 @@ pub fn compose(matched: &[Matched], failed: &[(String, Effect)]) -> Decision {
     }
 }
 
+/// A sub-agent's decision: its own policies and its parent's grant (the parent's policies judging
+/// the child as principal) must both allow. Either one denying denies; either one asking asks.
+pub fn within_parent(own: Decision, parent: Decision) -> Decision {
+    let from_parent = |d: Decision| Decision {
+        verdict: d.verdict,
+        policies: d
+            .policies
+            .into_iter()
+            .map(|p| format!("parent:{p}"))
+            .collect(),
+        reasons: d
+            .reasons
+            .into_iter()
+            .map(|r| format!("the parent agent's policies: {r}"))
+            .collect(),
+    };
+    match (own.verdict, parent.verdict) {
+        (_, Verdict::Deny) => from_parent(parent),
+        (Verdict::Deny, _) => own,
+        (Verdict::Allow, Verdict::Allow) => {
+            let parent = from_parent(parent);
+            Decision {
+                verdict: Verdict::Allow,
+                policies: own.policies.into_iter().chain(parent.policies).collect(),
+                reasons: own.reasons.into_iter().chain(parent.reasons).collect(),
+            }
+        }
+        (Verdict::Ask, Verdict::Allow) => own,
+        (Verdict::Allow, Verdict::Ask) => from_parent(parent),
+        (Verdict::Ask, Verdict::Ask) => {
+            let parent = from_parent(parent);
+            Decision {
+                verdict: Verdict::Ask,
+                policies: own.policies.into_iter().chain(parent.policies).collect(),
+                reasons: own.reasons.into_iter().chain(parent.reasons).collect(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +244,39 @@ mod tests {
             }
         }
         assert_eq!(checked, 4 * 4 * 4 * 4 * 3);
+    }
+
+    #[test]
+    fn a_child_never_gets_more_than_its_parent_grants() {
+        let d = |verdict| Decision {
+            verdict,
+            policies: vec!["p".into()],
+            reasons: vec!["r".into()],
+        };
+        let all = [Verdict::Allow, Verdict::Ask, Verdict::Deny];
+        for own in all {
+            for parent in all {
+                let got = within_parent(d(own), d(parent)).verdict;
+                let strictness = |v: Verdict| match v {
+                    Verdict::Allow => 0,
+                    Verdict::Ask => 1,
+                    Verdict::Deny => 2,
+                };
+                assert_eq!(
+                    strictness(got),
+                    strictness(own).max(strictness(parent)),
+                    "{own} and parent {parent}"
+                );
+            }
+        }
+        let got = within_parent(d(Verdict::Allow), d(Verdict::Deny));
+        assert_eq!(
+            (got.policies, got.reasons),
+            (
+                vec!["parent:p".to_string()],
+                vec!["the parent agent's policies: r".to_string()]
+            )
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod state;
 pub mod text;
 
 pub use end::EndState;
-pub use event::{EVENT_FORMAT_VERSION, Event, RunStarted, StoredEvent};
+pub use event::{EVENT_FORMAT_VERSION, Event, ParentRef, RunStarted, StoredEvent};
 pub use gate::{Decision, Verdict};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
 pub use state::{Action, Limits, RunState, StateError};

@@ -54,6 +54,10 @@ pub struct Agent {
     pub secrets: Arc<dyn SecretSource>,
     /// Replaces secret values in everything the run records.
     pub redactor: Redactor,
+    /// Sub-agents, by the name of the tool that delegates to them.
+    pub delegates: HashMap<String, Arc<Agent>>,
+    /// For a sub-agent: its parent's gate, which must also allow everything the sub-agent does.
+    pub parent_gate: Option<Arc<Gate>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -82,6 +86,16 @@ impl Agent {
         env: &dyn Fn(&str) -> Option<String>,
         secrets_file: Option<&Path>,
         file_required: bool,
+    ) -> Result<Agent, EngineError> {
+        Agent::build(spec, env, secrets_file, file_required, None)
+    }
+
+    fn build(
+        spec: &AgentSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets_file: Option<&Path>,
+        file_required: bool,
+        parent: Option<(&str, Arc<Gate>)>,
     ) -> Result<Agent, EngineError> {
         let secrets = resolve_secrets(&spec.secrets, env, secrets_file, file_required)?;
         let key = |source: &Option<KeySource>| -> Result<Option<String>, EngineError> {
@@ -127,15 +141,32 @@ impl Agent {
         };
         let AgentTools {
             registry: tools,
-            setup,
+            mut setup,
             output_labels: labels,
+            children,
         } = build_tools(spec)?;
-        let gate = Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?;
+        if let Some((parent_name, _)) = &parent {
+            setup.parents = vec![(*parent_name).to_owned()];
+        }
+        let gate = Arc::new(Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?);
+        let mut delegates = HashMap::new();
+        for (tool, child) in &children {
+            let child = Agent::build(
+                child,
+                env,
+                secrets_file,
+                file_required,
+                Some((&spec.name, gate.clone())),
+            )?;
+            delegates.insert(tool.clone(), Arc::new(child));
+        }
         let redactor = secrets.redactor();
         Ok(Agent {
             secrets: Arc::new(secrets),
             redactor,
-            gate: Arc::new(gate),
+            gate,
+            delegates,
+            parent_gate: parent.map(|(_, g)| g),
             approval_ttl: spec.approval_ttl,
             output_labels: labels,
             name: spec.name.clone(),
@@ -162,10 +193,54 @@ pub struct AgentTools {
     pub setup: GateSetup,
     /// Each tool's output labels.
     pub output_labels: HashMap<String, Vec<String>>,
+    /// The sub-agents delegate tools lead to: (tool name, the child's configuration).
+    pub children: Vec<(String, AgentSpec)>,
+}
+
+/// The manifest of a delegation: checked and offered to the model like any tool, but run by the
+/// engine, which starts (or resumes) the sub-agent's run.
+struct DelegateTool {
+    manifest: ToolManifest,
+}
+
+impl DelegateTool {
+    fn new(name: &str, description: &str) -> DelegateTool {
+        DelegateTool {
+            manifest: ToolManifest {
+                name: name.to_owned(),
+                description: description.to_owned(),
+                parameters: serde_json::json!({
+                    "type": "object",
+                    "properties": {"task": {"type": "string", "description": "What the sub-agent should do"}},
+                    "required": ["task"],
+                    "additionalProperties": false
+                }),
+                // Running it again resumes the same sub-agent run, never a second one.
+                idempotent: true,
+                timeout: Duration::from_secs(3600),
+            },
+        }
+    }
+}
+
+impl Tool for DelegateTool {
+    fn manifest(&self) -> &ToolManifest {
+        &self.manifest
+    }
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a rein_tools::ToolContext,
+        _args: serde_json::Value,
+    ) -> rein_core::BoxFuture<'a, Result<serde_json::Value, rein_tools::ToolError>> {
+        Box::pin(std::future::ready(Err(rein_tools::ToolError::Failed(
+            "a delegation is run by the engine, not called as a tool".into(),
+        ))))
+    }
 }
 
 /// The tools of an agent, and what the gate needs to know about them and the agent.
 pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
+    let mut children = Vec::new();
     let mut tools = ToolRegistry::new();
     let mut facts = Vec::with_capacity(spec.tools.len());
     let mut labels = HashMap::new();
@@ -181,6 +256,33 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
                 HttpGet::new(allow_hosts.clone(), *max_bytes, *timeout)
                     .map_err(EngineError::Agent)?,
             ),
+            ToolConfig::Delegate {
+                name,
+                description,
+                agent_dir,
+            } => {
+                let child = rein_config::load(agent_dir)?;
+                if child
+                    .tools
+                    .iter()
+                    .any(|t| matches!(t.tool, ToolConfig::Delegate { .. }))
+                {
+                    return Err(EngineError::Agent(format!(
+                        "{}: sub-agent `{}` delegates further; rein supports one level of sub-agents",
+                        spec.dir.join(rein_config::AGENT_FILE).display(),
+                        child.name
+                    )));
+                }
+                let tool = Arc::new(DelegateTool::new(name, description));
+                tools.register(tool).map_err(|e| {
+                    EngineError::Agent(format!(
+                        "{}: {e}",
+                        spec.dir.join(rein_config::AGENT_FILE).display()
+                    ))
+                })?;
+                children.push((name.clone(), child));
+                continue;
+            }
             ToolConfig::Command {
                 name,
                 description,
@@ -225,17 +327,43 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
             ))
         })?;
     }
-    let setup = GateSetup {
+    let mut setup = GateSetup {
         agent: spec.name.clone(),
         parents: vec![],
         tools: facts,
         models: vec![spec.model.name.clone()],
         delegates: vec![],
     };
+    // The parent's policies bound what its sub-agents may do, so its schema knows their tools
+    // and models too.
+    for (_, child) in &children {
+        let child_setup = build_tools(child)?.setup;
+        for tool in child_setup.tools {
+            match setup.tools.iter().find(|t| t.name == tool.name) {
+                None => setup.tools.push(tool),
+                Some(existing) if existing.args_schema == tool.args_schema => {}
+                Some(_) => {
+                    return Err(EngineError::Agent(format!(
+                        "{}: sub-agent `{}` has a tool `{}` whose arguments differ from this agent's tool of that name",
+                        spec.dir.join(rein_config::AGENT_FILE).display(),
+                        child.name,
+                        tool.name
+                    )));
+                }
+            }
+        }
+        for model in child_setup.models {
+            if !setup.models.contains(&model) {
+                setup.models.push(model);
+            }
+        }
+        setup.delegates.push(child.name.clone());
+    }
     Ok(AgentTools {
         registry: tools,
         setup,
         output_labels: labels,
+        children,
     })
 }
 

@@ -137,6 +137,8 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         output_labels: Default::default(),
         secrets: Arc::new(rein_tools::NoSecrets),
         redactor: Default::default(),
+        delegates: Default::default(),
+        parent_gate: None,
         name: "bench".into(),
         dir: None,
         digest: "bench".into(),

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rein_core::gate::within_parent;
 use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
 use rein_core::{
     Action, Decision, EndState, Event, RunStarted, RunState, StoredEvent, ToolCall, ToolSpec,
@@ -82,6 +83,7 @@ impl<'a> Driver<'a> {
             tools: self.agent.tools.names(),
             user: request.user.clone(),
             tenant: request.tenant.clone(),
+            parent: request.parent.clone(),
         };
         self.record(Event::RunStarted(started)).await?;
         self.drive().await
@@ -233,10 +235,14 @@ impl<'a> Driver<'a> {
             .started()
             .map(|s| s.instructions.clone())
             .unwrap_or_default();
-        let decision = self
-            .agent
-            .gate
-            .judge_model(provider.model(), &self.facts(None));
+        let facts = self.facts(None);
+        let mut decision = self.agent.gate.judge_model(provider.model(), &facts);
+        if let Some(parent) = &self.agent.parent_gate {
+            decision = within_parent(
+                decision,
+                parent.judge_model_as(&self.agent.name, provider.model(), &facts),
+            );
+        }
         self.record(Event::ModelJudged {
             step,
             model: provider.model().to_owned(),
@@ -372,10 +378,7 @@ impl<'a> Driver<'a> {
                 .await
             }
             Ok(_) => {
-                let decision =
-                    self.agent
-                        .gate
-                        .judge_tool(&call.name, &call.arguments, &self.facts(None));
+                let decision = self.judge_tool(&call, None);
                 self.record_judgement(&call, &decision, None).await?;
                 match decision.verdict {
                     Verdict::Deny => Ok(()),
@@ -406,17 +409,63 @@ impl<'a> Driver<'a> {
         call: ToolCall,
         approved_by: String,
     ) -> Result<(), EngineError> {
-        let decision = self.agent.gate.judge_tool(
-            &call.name,
-            &call.arguments,
-            &self.facts(Some(approved_by.clone())),
-        );
+        let decision = self.judge_tool(&call, Some(approved_by.clone()));
         self.record_judgement(&call, &decision, Some(approved_by))
             .await?;
         match decision.verdict {
             Verdict::Deny => Ok(()),
             Verdict::Allow | Verdict::Ask => self.execute(call, 1).await,
         }
+    }
+
+    /// Runs a delegated task as the sub-agent's own run, a child of this one, and returns what
+    /// the model is told.
+    /// An interruption of the child (a crash point) interrupts this run too, rather than being
+    /// recorded as the delegation failing.
+    async fn delegate(
+        &self,
+        child: std::sync::Arc<Agent>,
+        call: &ToolCall,
+    ) -> Result<Result<serde_json::Value, rein_tools::ToolError>, EngineError> {
+        let started = self.state.started();
+        let request = RunRequest {
+            task: call
+                .arguments
+                .get("task")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            user: started.map(|s| s.user.clone()).unwrap_or_default(),
+            tenant: started.map(|s| s.tenant.clone()).unwrap_or_default(),
+            parent: Some(rein_core::ParentRef {
+                run_id: self.run_id.clone(),
+                call_id: call.id.clone(),
+            }),
+        };
+        let report = match self.engine.run_child(child, request, self.observer).await {
+            Ok(report) => report,
+            Err(e @ EngineError::Interrupted { .. }) => return Err(e),
+            Err(e) => {
+                return Ok(Err(rein_tools::ToolError::Failed(format!(
+                    "the sub-agent could not run: {e}"
+                ))));
+            }
+        };
+        let summary = serde_json::json!({
+            "run_id": report.run_id,
+            "status": report.status,
+            "output": report.output,
+            "reason": report.reason,
+        });
+        Ok(match report.status {
+            rein_core::EndState::Completed => Ok(summary),
+            _ => Err(rein_tools::ToolError::Failed(format!(
+                "the sub-agent's run {} ended {}: {}",
+                report.run_id,
+                report.status,
+                report.reason.unwrap_or_default()
+            ))),
+        })
     }
 
     async fn record_judgement(
@@ -436,6 +485,31 @@ impl<'a> Driver<'a> {
             approved_by,
         })
         .await
+    }
+
+    /// The gate's decision on a call: a delegation is judged as `delegate` on the sub-agent; a
+    /// sub-agent's own calls must also be allowed by its parent's policies.
+    fn judge_tool(&self, call: &ToolCall, approved_by: Option<String>) -> Decision {
+        let facts = self.facts(approved_by);
+        if let Some(child) = self.agent.delegates.get(&call.name) {
+            let task = call
+                .arguments
+                .get("task")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            return self.agent.gate.judge_delegate(&child.name, task, &facts);
+        }
+        let own = self
+            .agent
+            .gate
+            .judge_tool(&call.name, &call.arguments, &facts);
+        match &self.agent.parent_gate {
+            Some(parent) => within_parent(
+                own,
+                parent.judge_tool_as(&self.agent.name, &call.name, &call.arguments, &facts),
+            ),
+            None => own,
+        }
     }
 
     /// What the gate knows about the run for a request.
@@ -499,9 +573,18 @@ impl<'a> Driver<'a> {
         };
         let began = Instant::now();
         let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;
-        let result = tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments))
-            .instrument(span.clone())
-            .await;
+        let result = match self.agent.delegates.get(&call.name) {
+            // A delegation: the sub-agent's run, started or (after a crash) resumed by its id.
+            Some(child) => Ok(self
+                .delegate(child.clone(), &call)
+                .instrument(span.clone())
+                .await?),
+            None => {
+                tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments))
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         let duration_us = began.elapsed().as_micros() as u64;
         self.effects += 1;
         if self.engine.faults.after_effect == Some(self.effects) {

@@ -16,7 +16,9 @@ pub mod secrets;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rein_core::{Clock, EndState, Event, RunState, StateError, StoredEvent, Usage};
+use rein_core::{
+    BoxFuture, Clock, EndState, Event, ParentRef, RunState, StateError, StoredEvent, Usage,
+};
 use rein_store::{ApprovalSummary, Store, StoreError};
 use serde::Serialize;
 
@@ -57,6 +59,9 @@ pub enum EngineError {
         /// The last event recorded.
         seq: u64,
     },
+    /// An agent folder (a sub-agent's) could not be loaded.
+    #[error(transparent)]
+    Config(#[from] rein_config::ConfigError),
     /// The agent's policies are invalid (every problem, located).
     #[error("{0}")]
     Policy(rein_policy::PolicyErrors),
@@ -116,6 +121,8 @@ pub struct RunRequest {
     pub user: String,
     /// The tenant (`context.tenant`).
     pub tenant: String,
+    /// For a sub-agent's run: the run and call it was delegated from.
+    pub parent: Option<ParentRef>,
 }
 
 impl From<&str> for RunRequest {
@@ -124,6 +131,7 @@ impl From<&str> for RunRequest {
             task: task.to_owned(),
             user: "anonymous".into(),
             tenant: "default".into(),
+            parent: None,
         }
     }
 }
@@ -333,6 +341,46 @@ impl Engine {
             .append(&summary.run_id, std::slice::from_ref(&stored))
             .await?;
         Ok(self.store.approval(&summary.id)?)
+    }
+
+    /// Starts a sub-agent's run for a delegated task, or continues it if a crash interrupted the
+    /// delegation: its id is derived from the parent run and call, so it is always found again.
+    pub(crate) fn run_child<'a>(
+        &'a self,
+        child: Arc<Agent>,
+        request: RunRequest,
+        observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, Result<RunReport, EngineError>> {
+        Box::pin(async move {
+            let parent = request
+                .parent
+                .clone()
+                .ok_or_else(|| EngineError::Agent("a sub-agent's run needs its parent".into()))?;
+            let run_id = format!("{}-{}", parent.run_id, parent.call_id);
+            match self.store.run(&run_id) {
+                Ok(_) => {
+                    let state = self.load(&run_id)?;
+                    match RunReport::from_state(&run_id, &state) {
+                        Some(report) if state.ended().is_some() => Ok(report),
+                        _ => self.resume(&run_id, &child, observer).await,
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {
+                    let workspace = self.prepare_workspace(&child, &run_id)?;
+                    driver::Driver::new(
+                        self,
+                        &child,
+                        run_id,
+                        RunState::default(),
+                        workspace,
+                        observer,
+                    )
+                    .start(&request)
+                    .await
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
     }
 
     /// Folds a run's log.

@@ -364,6 +364,31 @@ impl Gate {
 
     /// Judges a tool call with already schema-checked arguments.
     pub fn judge_tool(&self, tool: &str, args: &Value, facts: &RequestFacts) -> Decision {
+        self.judge_tool_for(&self.principal, tool, args, facts)
+    }
+
+    /// Judges a tool call made by a sub-agent, `principal`, with this (the parent's) policies:
+    /// the parent's grant that bounds what the child may do.
+    pub fn judge_tool_as(
+        &self,
+        principal: &str,
+        tool: &str,
+        args: &Value,
+        facts: &RequestFacts,
+    ) -> Decision {
+        match uid("Agent", principal) {
+            Ok(p) => self.judge_tool_for(&p, tool, args, facts),
+            Err(e) => deny(e),
+        }
+    }
+
+    fn judge_tool_for(
+        &self,
+        principal: &EntityUid,
+        tool: &str,
+        args: &Value,
+        facts: &RequestFacts,
+    ) -> Decision {
         let Some(target) = self.tools.get(tool) else {
             return deny(format!("`{tool}` is not one of this agent's tools"));
         };
@@ -379,16 +404,33 @@ impl Gate {
         };
         let mut context = base_context(facts);
         context["args"] = args;
-        self.judge(&target.action, &target.resource, context)
+        self.judge(principal, &target.action, &target.resource, context)
     }
 
     /// Judges a model call. An ask from the policies counts as deny: a model call cannot wait.
     pub fn judge_model(&self, model: &str, facts: &RequestFacts) -> Decision {
+        self.judge_model_for(&self.principal, model, facts)
+    }
+
+    /// Judges a sub-agent's model call with this (the parent's) policies.
+    pub fn judge_model_as(&self, principal: &str, model: &str, facts: &RequestFacts) -> Decision {
+        match uid("Agent", principal) {
+            Ok(p) => self.judge_model_for(&p, model, facts),
+            Err(e) => deny(e),
+        }
+    }
+
+    fn judge_model_for(
+        &self,
+        principal: &EntityUid,
+        model: &str,
+        facts: &RequestFacts,
+    ) -> Decision {
         let resource = match uid("Model", model) {
             Ok(r) => r,
             Err(e) => return deny(e),
         };
-        let mut decision = self.judge(&self.use_model, &resource, base_context(facts));
+        let mut decision = self.judge(principal, &self.use_model, &resource, base_context(facts));
         if decision.verdict == Verdict::Ask {
             decision.verdict = Verdict::Deny;
             decision
@@ -406,16 +448,22 @@ impl Gate {
         };
         let mut context = base_context(facts);
         context["args"] = json!({ "task": child_task });
-        self.judge(&self.delegate, &resource, context)
+        self.judge(&self.principal, &self.delegate, &resource, context)
     }
 
-    fn judge(&self, action: &EntityUid, resource: &EntityUid, context: Value) -> Decision {
+    fn judge(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        context: Value,
+    ) -> Decision {
         let context = match Context::from_json_value(context, Some((&self.schema, action))) {
             Ok(c) => c,
             Err(e) => return deny(format!("the request does not fit the policy schema: {e}")),
         };
         let request = match Request::new(
-            self.principal.clone(),
+            principal.clone(),
             action.clone(),
             resource.clone(),
             context,

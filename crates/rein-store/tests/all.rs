@@ -22,6 +22,7 @@ fn started(agent: &str) -> Event {
         tools: vec![],
         user: "u".into(),
         tenant: "t".into(),
+        parent: None,
     })
 }
 

@@ -564,7 +564,12 @@ async fn run(state_dir: &Path, secrets_file: Option<&Path>, args: RunArgs) -> an
     )?;
     let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
     let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
-    let request = rein_engine::RunRequest { task, user, tenant };
+    let request = rein_engine::RunRequest {
+        task,
+        user,
+        tenant,
+        parent: None,
+    };
     let view = live_view(json);
     let report = match &view {
         Some(view) => engine.start(&agent, request, view).await?,

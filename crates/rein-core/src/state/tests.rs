@@ -23,6 +23,7 @@ fn started(max_steps: u32) -> Event {
         tools: vec!["t".into()],
         user: "u".into(),
         tenant: "t".into(),
+        parent: None,
     })
 }
 
