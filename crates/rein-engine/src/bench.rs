@@ -262,16 +262,20 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
         ..GateSetup::default()
     };
     let mut text = String::from("permit(principal, action == Action::\"use_model\", resource);\n");
+    // Every kind of policy is spread over all tools and groups: policy p is of kind p % 5, about
+    // tool (7p / 5) % 20 and group (p / 5) % 5, so no tool carries all policies of one kind.
     for p in 1..policies.max(1) {
-        let tool = format!("tool{}.run", p % 20);
+        let tool = format!("tool{}.run", (7 * p / 5) % 20);
+        let group = (p / 5) % 5;
         text.push_str(&match p % 5 {
             0 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.lessThan(decimal(\"{}.0\")) }};\n", 50 + p),
             1 => format!("@ask(\"big\")\npermit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.greaterThan(decimal(\"{}.0\")) }};\n", 500 + p),
-            2 => format!("forbid(principal, action in Action::\"call_tool\", resource in ToolGroup::\"group{}\") when {{ context.labels.contains(\"confidential\") && resource.sink }};\n", p % 5),
+            2 => format!("forbid(principal, action in Action::\"call_tool\", resource in ToolGroup::\"group{group}\") when {{ context.labels.contains(\"confidential\") && resource.sink }};\n"),
             3 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.to like \"*@example{p}.com\" }};\n"),
             _ => format!("forbid(principal, action == Action::\"{tool}\", resource) when {{ context.user == \"blocked{p}\" && context.args has count && context.args.count > {p} }};\n"),
         });
     }
+
     let gate = Gate::from_sources(
         &[PolicySource {
             file: "generated.cedar".into(),

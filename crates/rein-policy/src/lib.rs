@@ -20,8 +20,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{
-    Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request, Schema, ValidationMode,
-    Validator,
+    ActionConstraint, Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request,
+    ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use rein_core::gate::{Effect, Matched, compose};
@@ -100,24 +100,24 @@ struct PolicyMeta {
     reason: Option<String>,
 }
 
-/// What a tool's request needs, prepared once.
-struct ToolTarget {
+/// What a request about one target (a tool, a model, a sub-agent) needs, prepared once: its
+/// action and resource, and only the policies whose scope can match them.
+struct Target {
     action: EntityUid,
     resource: EntityUid,
     args_type: Option<CedarType>,
+    policies: PolicySet,
 }
 
 /// Loaded, validated policies for one agent, ready to judge.
 pub struct Gate {
-    schema: Schema,
-    policies: PolicySet,
     entities: Entities,
     authorizer: Authorizer,
     meta: HashMap<PolicyId, PolicyMeta>,
     principal: EntityUid,
-    tools: HashMap<String, ToolTarget>,
-    use_model: EntityUid,
-    delegate: EntityUid,
+    tools: HashMap<String, Target>,
+    models: HashMap<String, Target>,
+    delegates: HashMap<String, Target>,
     schema_text: String,
 }
 
@@ -322,27 +322,79 @@ impl Gate {
         }
 
         let entities = entities(setup, &schema).map_err(internal)?;
+        let call_tool = uid("Action", "call_tool").map_err(internal)?;
         let mut tools = HashMap::new();
         for tool in &setup.tools {
+            let action = uid("Action", &tool.name).map_err(internal)?;
+            let resource = uid("Tool", &tool.name).map_err(internal)?;
+            let groups = tool
+                .groups
+                .iter()
+                .map(|g| uid("ToolGroup", g))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            let policies = slice(
+                &policies,
+                &action,
+                std::slice::from_ref(&call_tool),
+                &resource,
+                &groups,
+            );
             tools.insert(
                 tool.name.clone(),
-                ToolTarget {
-                    action: uid("Action", &tool.name).map_err(internal)?,
-                    resource: uid("Tool", &tool.name).map_err(internal)?,
+                Target {
+                    action,
+                    resource,
                     args_type: cedar_type(&tool.args_schema),
+                    policies,
+                },
+            );
+        }
+        let use_model = uid("Action", "use_model").map_err(internal)?;
+        let mut models = HashMap::new();
+        for model in &setup.models {
+            let resource = uid("Model", model).map_err(internal)?;
+            let policies = slice(&policies, &use_model, &[], &resource, &[]);
+            models.insert(
+                model.clone(),
+                Target {
+                    action: use_model.clone(),
+                    resource,
+                    args_type: None,
+                    policies,
+                },
+            );
+        }
+        let delegate = uid("Action", "delegate").map_err(internal)?;
+        let this_agent = uid("Agent", &setup.agent).map_err(internal)?;
+        let mut delegates = HashMap::new();
+        for child in &setup.delegates {
+            let resource = uid("Agent", child).map_err(internal)?;
+            let policies = slice(
+                &policies,
+                &delegate,
+                &[],
+                &resource,
+                std::slice::from_ref(&this_agent),
+            );
+            delegates.insert(
+                child.clone(),
+                Target {
+                    action: delegate.clone(),
+                    resource,
+                    args_type: None,
+                    policies,
                 },
             );
         }
         let gate = Gate {
-            principal: uid("Agent", &setup.agent).map_err(internal)?,
-            use_model: uid("Action", "use_model").map_err(internal)?,
-            delegate: uid("Action", "delegate").map_err(internal)?,
-            schema,
-            policies,
+            principal: this_agent,
             entities,
             authorizer: Authorizer::new(),
             meta,
             tools,
+            models,
+            delegates,
             schema_text: schema_src,
         };
         let example_problems = gate.check_examples(sources);
@@ -392,19 +444,25 @@ impl Gate {
         let Some(target) = self.tools.get(tool) else {
             return deny(format!("`{tool}` is not one of this agent's tools"));
         };
-        let args = match &target.args_type {
-            Some(t) => match schema::cedar_value(t, args) {
-                Some(v) => v,
-                None => return deny(
+        let args =
+            match target
+                .args_type
+                .as_ref()
+                .map(|t| schema::cedar_expr(t, args))
+            {
+                Some(Some(v)) => v,
+                Some(None) => return deny(
                     "the arguments cannot be expressed for the policies (a number out of range?)"
                         .into(),
                 ),
-            },
-            None => json!({}),
-        };
+                None => match RestrictedExpression::new_record(Vec::new()) {
+                    Ok(empty) => empty,
+                    Err(e) => return deny(format!("the arguments cannot be expressed: {e}")),
+                },
+            };
         let mut context = base_context(facts);
-        context["args"] = args;
-        self.judge(principal, &target.action, &target.resource, context)
+        context.push(("args".into(), args));
+        self.judge(principal, target, context)
     }
 
     /// Judges a model call. An ask from the policies counts as deny: a model call cannot wait.
@@ -426,11 +484,12 @@ impl Gate {
         model: &str,
         facts: &RequestFacts,
     ) -> Decision {
-        let resource = match uid("Model", model) {
-            Ok(r) => r,
-            Err(e) => return deny(e),
+        let Some(target) = self.models.get(model) else {
+            return deny(format!(
+                "model `{model}` is not one this agent is configured with"
+            ));
         };
-        let mut decision = self.judge(principal, &self.use_model, &resource, base_context(facts));
+        let mut decision = self.judge(principal, target, base_context(facts));
         if decision.verdict == Verdict::Ask {
             decision.verdict = Verdict::Deny;
             decision
@@ -442,30 +501,35 @@ impl Gate {
 
     /// Judges a delegation of `task` to the agent `child`.
     pub fn judge_delegate(&self, child: &str, child_task: &str, facts: &RequestFacts) -> Decision {
-        let resource = match uid("Agent", child) {
-            Ok(r) => r,
-            Err(e) => return deny(e),
+        let Some(target) = self.delegates.get(child) else {
+            return deny(format!("`{child}` is not one of this agent's sub-agents"));
         };
         let mut context = base_context(facts);
-        context["args"] = json!({ "task": child_task });
-        self.judge(&self.principal, &self.delegate, &resource, context)
+        let args = RestrictedExpression::new_record([(
+            "task".to_owned(),
+            RestrictedExpression::new_string(child_task.to_owned()),
+        )]);
+        match args {
+            Ok(args) => context.push(("args".into(), args)),
+            Err(e) => return deny(format!("the delegation cannot be expressed: {e}")),
+        }
+        self.judge(&self.principal, target, context)
     }
 
     fn judge(
         &self,
         principal: &EntityUid,
-        action: &EntityUid,
-        resource: &EntityUid,
-        context: Value,
+        target: &Target,
+        context: Vec<(String, RestrictedExpression)>,
     ) -> Decision {
-        let context = match Context::from_json_value(context, Some((&self.schema, action))) {
+        let context = match Context::from_pairs(context) {
             Ok(c) => c,
-            Err(e) => return deny(format!("the request does not fit the policy schema: {e}")),
+            Err(e) => return deny(format!("the request cannot be expressed: {e}")),
         };
         let request = match Request::new(
             principal.clone(),
-            action.clone(),
-            resource.clone(),
+            target.action.clone(),
+            target.resource.clone(),
             context,
             None,
         ) {
@@ -474,7 +538,7 @@ impl Gate {
         };
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, &self.entities);
+            .is_authorized(&request, &target.policies, &self.entities);
         let matched: Vec<Matched> = response
             .diagnostics()
             .reason()
@@ -565,9 +629,9 @@ impl Gate {
             approved_by: example.approved_by.clone(),
         };
         match &example.target {
-            Target::Tool(name) => self.judge_tool(name, &example.args, &facts),
-            Target::Model(name) => self.judge_model(name, &facts),
-            Target::Delegate(name) => self.judge_delegate(
+            ExampleTarget::Tool(name) => self.judge_tool(name, &example.args, &facts),
+            ExampleTarget::Model(name) => self.judge_model(name, &facts),
+            ExampleTarget::Delegate(name) => self.judge_delegate(
                 name,
                 example
                     .args
@@ -588,14 +652,80 @@ fn deny(reason: String) -> Decision {
     }
 }
 
-fn base_context(facts: &RequestFacts) -> Value {
-    json!({
-        "user": facts.user,
-        "tenant": facts.tenant,
-        "task": facts.task,
-        "labels": facts.labels,
-        "approval": { "granted": facts.approved_by.is_some(), "by": facts.approved_by.clone().unwrap_or_default() },
-    })
+fn base_context(facts: &RequestFacts) -> Vec<(String, RestrictedExpression)> {
+    let mut pairs = vec![
+        (
+            "user".to_owned(),
+            RestrictedExpression::new_string(facts.user.clone()),
+        ),
+        (
+            "tenant".to_owned(),
+            RestrictedExpression::new_string(facts.tenant.clone()),
+        ),
+        (
+            "task".to_owned(),
+            RestrictedExpression::new_string(facts.task.clone()),
+        ),
+        (
+            "labels".to_owned(),
+            RestrictedExpression::new_set(
+                facts
+                    .labels
+                    .iter()
+                    .map(|l| RestrictedExpression::new_string(l.clone())),
+            ),
+        ),
+    ];
+    let approval = RestrictedExpression::new_record([
+        (
+            "granted".to_owned(),
+            RestrictedExpression::new_bool(facts.approved_by.is_some()),
+        ),
+        (
+            "by".to_owned(),
+            RestrictedExpression::new_string(facts.approved_by.clone().unwrap_or_default()),
+        ),
+    ]);
+    if let Ok(approval) = approval {
+        pairs.push(("approval".to_owned(), approval));
+    }
+    pairs
+}
+
+/// The policies whose scope can match requests for this action and resource: a policy whose
+/// action or resource constraint excludes them can never apply, so leaving it out changes no
+/// decision and saves evaluating it. `action_groups` are the action groups the action is in,
+/// `resource_ancestors` the entities the resource is in.
+fn slice(
+    all: &PolicySet,
+    action: &EntityUid,
+    action_groups: &[EntityUid],
+    resource: &EntityUid,
+    resource_ancestors: &[EntityUid],
+) -> PolicySet {
+    let within = |e: &EntityUid| e == resource || resource_ancestors.contains(e);
+    let mut set = PolicySet::new();
+    for policy in all.policies() {
+        let action_ok = match policy.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == action,
+            ActionConstraint::In(list) => list
+                .iter()
+                .any(|a| a == action || action_groups.contains(a)),
+        };
+        let resource_ok = match policy.resource_constraint() {
+            ResourceConstraint::Any => true,
+            ResourceConstraint::Eq(r) => &r == resource,
+            ResourceConstraint::In(r) => within(&r),
+            ResourceConstraint::Is(t) => &t == resource.type_name(),
+            ResourceConstraint::IsIn(t, r) => &t == resource.type_name() && within(&r),
+        };
+        if action_ok && resource_ok {
+            // Ids are unique in `all`, so adding cannot fail.
+            let _ = set.add(policy.clone());
+        }
+    }
+    set
 }
 
 fn entities(setup: &GateSetup, schema: &Schema) -> Result<Entities, String> {
@@ -721,7 +851,7 @@ fn collect_entity_refs(v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-enum Target {
+enum ExampleTarget {
     Tool(String),
     Model(String),
     Delegate(String),
@@ -731,7 +861,7 @@ enum Target {
 /// name, `model:<name>` or `delegate:<agent>`.
 struct Example {
     expect: Verdict,
-    target: Target,
+    target: ExampleTarget,
     args: Value,
     labels: Vec<String>,
     approved_by: Option<String>,
@@ -753,13 +883,13 @@ impl Example {
             .map(|(t, r)| (t, r.trim()))
             .unwrap_or((rest, ""));
         let target = if let Some(m) = target.strip_prefix("model:") {
-            Target::Model(m.to_owned())
+            ExampleTarget::Model(m.to_owned())
         } else if let Some(a) = target.strip_prefix("delegate:") {
-            Target::Delegate(a.to_owned())
+            ExampleTarget::Delegate(a.to_owned())
         } else if target.is_empty() {
             return Err(usage.to_owned());
         } else {
-            Target::Tool(target.to_owned())
+            ExampleTarget::Tool(target.to_owned())
         };
         let mut args = json!({});
         if rest.starts_with('{') {

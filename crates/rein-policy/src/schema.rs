@@ -6,6 +6,7 @@
 //! `required` are required attributes; others are optional (test them with `has`). A property
 //! whose schema has no single one of these types is left out, so policies cannot refer to it.
 
+use cedar_policy::RestrictedExpression;
 use serde_json::{Value, json};
 
 /// What the gate needs to know about a tool.
@@ -77,39 +78,63 @@ pub fn cedar_type(schema: &Value) -> Option<CedarType> {
     }
 }
 
-/// A JSON value as Cedar's JSON form of `ty`, or `None` if it does not fit.
-pub(crate) fn cedar_value(ty: &CedarType, value: &Value) -> Option<Value> {
-    match ty {
-        CedarType::String => value.as_str().map(|s| json!(s)),
-        CedarType::Long => value.as_i64().map(|n| json!(n)),
+/// The name of Cedar's `decimal` extension function, parsed once: `RestrictedExpression::new_decimal`
+/// parses it again on every call, which was the largest single cost of a decision.
+static DECIMAL: std::sync::LazyLock<Option<cedar_policy_core::ast::Name>> =
+    std::sync::LazyLock::new(|| {
+        "decimal"
+            .parse()
+            .ok()
+            .map(cedar_policy_core::ast::Name::unqualified_name)
+    });
+
+/// `decimal("<text>")` as a restricted expression.
+fn decimal(text: String) -> RestrictedExpression {
+    match DECIMAL.as_ref() {
+        Some(name) => {
+            RestrictedExpression::from(cedar_policy_core::ast::RestrictedExpr::call_extension_fn(
+                name.clone(),
+                [cedar_policy_core::ast::RestrictedExpr::val(text)],
+            ))
+        }
+        None => RestrictedExpression::new_decimal(text),
+    }
+}
+
+/// A JSON value as a Cedar expression of type `ty`, or `None` if it does not fit.
+pub(crate) fn cedar_expr(ty: &CedarType, value: &Value) -> Option<RestrictedExpression> {
+    Some(match ty {
+        CedarType::String => RestrictedExpression::new_string(value.as_str()?.to_owned()),
+        CedarType::Long => RestrictedExpression::new_long(value.as_i64()?),
         CedarType::Decimal => {
             let n = value.as_f64()?;
             // Cedar decimals hold four places and about 9.2e14 in magnitude.
-            (n.is_finite() && n.abs() < 9.0e14)
-                .then(|| json!({"__extn": {"fn": "decimal", "arg": format!("{n:.4}")}}))
+            if !(n.is_finite() && n.abs() < 9.0e14) {
+                return None;
+            }
+            decimal(format!("{n:.4}"))
         }
-        CedarType::Bool => value.as_bool().map(|b| json!(b)),
-        CedarType::Set(item) => value
-            .as_array()?
-            .iter()
-            .map(|v| cedar_value(item, v))
-            .collect::<Option<Vec<_>>>()
-            .map(Value::Array),
+        CedarType::Bool => RestrictedExpression::new_bool(value.as_bool()?),
+        CedarType::Set(item) => RestrictedExpression::new_set(
+            value
+                .as_array()?
+                .iter()
+                .map(|v| cedar_expr(item, v))
+                .collect::<Option<Vec<_>>>()?,
+        ),
         CedarType::Record(fields) => {
             let object = value.as_object()?;
-            let mut out = serde_json::Map::new();
+            let mut out = Vec::with_capacity(fields.len());
             for (name, ty, required) in fields {
                 match object.get(name) {
-                    Some(v) => {
-                        out.insert(name.clone(), cedar_value(ty, v)?);
-                    }
+                    Some(v) => out.push((name.clone(), cedar_expr(ty, v)?)),
                     None if *required => return None,
                     None => {}
                 }
             }
-            Some(Value::Object(out))
+            RestrictedExpression::new_record(out).ok()?
         }
-    }
+    })
 }
 
 fn render(ty: &CedarType, indent: usize) -> String {
@@ -208,23 +233,27 @@ mod tests {
                 .iter()
                 .any(|f| f.0 == "count" && f.1 == CedarType::Long && !f.2)
         );
-        let value = cedar_value(
-            &ty,
-            &json!({"amount": 42.5, "to": "a@b.c", "tags": ["x"], "anything": [1], "count": 3}),
-        )
-        .unwrap();
-        assert_eq!(
-            value["amount"],
-            json!({"__extn": {"fn": "decimal", "arg": "42.5000"}})
+        let value = format!(
+            "{:?}",
+            cedar_expr(
+                &ty,
+                &json!({"amount": 42.5, "to": "a@b.c", "tags": ["x"], "anything": [1], "count": 3})
+            )
+            .unwrap()
         );
-        assert_eq!(value["tags"], json!(["x"]));
-        assert!(value.get("anything").is_none());
         assert!(
-            cedar_value(&ty, &json!({"to": "x"})).is_none(),
+            value.contains("42.5000")
+                && value.contains("decimal")
+                && value.contains("tags")
+                && !value.contains("anything"),
+            "{value}"
+        );
+        assert!(
+            cedar_expr(&ty, &json!({"to": "x"})).is_none(),
             "a required field is missing"
         );
         assert!(
-            cedar_value(&ty, &json!({"amount": 1e300, "to": "x"})).is_none(),
+            cedar_expr(&ty, &json!({"amount": 1e300, "to": "x"})).is_none(),
             "out of a decimal's range"
         );
     }
