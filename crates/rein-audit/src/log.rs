@@ -1,0 +1,646 @@
+//! The audit log on disk: `records.jsonl` (one canonical JSON record per line, numbered from 1)
+//! and `checkpoints.jsonl` (signed tree heads, each naming the hash of the one before), in a
+//! directory of its own. Any number of processes append; a file lock orders them.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::AuditError;
+use crate::keys;
+use crate::merkle::{
+    Frontier, Tree, hex, leaf_hash, unhex32, verify_consistency, verify_inclusion,
+};
+
+/// What a record says, before it has a place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// When it happened (ms since the epoch).
+    pub at_ms: u64,
+    /// What kind of record: `run_started`, `decision`, `approval_decided`, `model_call`, ...
+    pub kind: String,
+    /// The run it belongs to, if any.
+    pub run_id: Option<String>,
+    /// The facts, as JSON.
+    pub data: Value,
+}
+
+#[derive(Serialize)]
+struct RecordLine<'a> {
+    seq: u64,
+    at_ms: u64,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<&'a str>,
+    data: &'a Value,
+}
+
+/// A record as read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Its position, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at_ms: u64,
+    /// Its kind.
+    pub kind: String,
+    /// Its run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Its facts.
+    pub data: Value,
+}
+
+/// A signed tree head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its position among checkpoints, from 1.
+    pub seq: u64,
+    /// How many records it covers.
+    pub tree_size: u64,
+    /// The Merkle tree hash of those records (hex).
+    pub root: String,
+    /// When it was signed.
+    pub at_ms: u64,
+    /// The signing key's id.
+    pub key_id: String,
+    /// SHA-256 (hex) of the previous checkpoint's line; empty for the first.
+    pub prev: String,
+    /// Ed25519 signature (hex) over [`Checkpoint::message`].
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The bytes that are signed.
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "rein-audit-checkpoint/v1\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.seq, self.tree_size, self.root, self.at_ms, self.key_id, self.prev
+        )
+        .into_bytes()
+    }
+}
+
+/// How a log is written.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Sign a checkpoint after this many records without one.
+    pub checkpoint_every: u64,
+    /// Flush to disk at every append (survives power loss).
+    pub fsync: bool,
+    /// Also write each checkpoint to this directory (so a copy can leave the machine).
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            checkpoint_every: 1000,
+            fsync: false,
+            checkpoint_dir: None,
+        }
+    }
+}
+
+/// The files of a log directory.
+#[derive(Debug, Clone)]
+pub struct AuditPaths {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `records.jsonl`.
+    pub records: PathBuf,
+    /// `checkpoints.jsonl`.
+    pub checkpoints: PathBuf,
+    /// `signing.key` (mode 0600).
+    pub key: PathBuf,
+    lock: PathBuf,
+}
+
+impl AuditPaths {
+    /// The files under `dir`.
+    pub fn new(dir: &Path) -> AuditPaths {
+        AuditPaths {
+            dir: dir.to_owned(),
+            records: dir.join("records.jsonl"),
+            checkpoints: dir.join("checkpoints.jsonl"),
+            key: dir.join("signing.key"),
+            lock: dir.join("lock"),
+        }
+    }
+}
+
+/// What one process knows of the log's end; re-synchronised under the lock before each write.
+#[derive(Default)]
+struct WriterState {
+    records_len: u64,
+    frontier: Frontier,
+}
+
+/// An open log that appends records and signs checkpoints.
+pub struct AuditLog {
+    paths: AuditPaths,
+    key: SigningKey,
+    key_id: String,
+    options: AuditOptions,
+    state: Mutex<WriterState>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.paths.dir)
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Parses the `seq` a record line starts with, without reading the rest.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+impl AuditLog {
+    /// Opens (creating) the log in `dir`, with its signing key.
+    pub fn open(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let paths = AuditPaths::new(dir);
+        let key = keys::load_or_create(&paths.key)?;
+        let key_id = keys::key_id(&key.verifying_key());
+        Ok(AuditLog {
+            paths,
+            key,
+            key_id,
+            options,
+            state: Mutex::new(WriterState::default()),
+        })
+    }
+
+    /// The public key checkpoints are signed with.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The files.
+    pub fn paths(&self) -> &AuditPaths {
+        &self.paths
+    }
+
+    fn lock(&self) -> Result<File, AuditError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.paths.lock)
+            .map_err(io_err(&self.paths.lock))?;
+        file.lock().map_err(io_err(&self.paths.lock))?;
+        Ok(file)
+    }
+
+    /// Brings this process's view up to the file's end (other processes may have appended), and
+    /// cuts off a torn last line left by a crash mid-write (it was never acknowledged).
+    fn catch_up(&self, state: &mut WriterState, file: &mut File) -> Result<(), AuditError> {
+        let path = &self.paths.records;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len == state.records_len {
+            return Ok(());
+        }
+        if len < state.records_len {
+            *state = WriterState::default();
+        }
+        file.seek(SeekFrom::Start(state.records_len))
+            .map_err(io_err(path))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io_err(path))?;
+        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        for line in tail[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            state.frontier.push(leaf_hash(line));
+        }
+        if complete < tail.len() {
+            file.set_len(state.records_len + complete as u64)
+                .map_err(io_err(path))?;
+        }
+        state.records_len += complete as u64;
+        Ok(())
+    }
+
+    /// Appends records; returns the seq of the first. Signs a checkpoint when enough records have
+    /// gone without one.
+    pub fn append(&self, entries: &[Entry]) -> Result<u64, AuditError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let _lock = self.lock()?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let path = &self.paths.records;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        self.catch_up(&mut state, &mut file)?;
+        let first = state.frontier.size() + 1;
+        let mut buf = Vec::with_capacity(entries.len() * 256);
+        for (i, entry) in entries.iter().enumerate() {
+            let start = buf.len();
+            let line = RecordLine {
+                seq: first + i as u64,
+                at_ms: entry.at_ms,
+                kind: &entry.kind,
+                run_id: entry.run_id.as_deref(),
+                data: &entry.data,
+            };
+            serde_json::to_writer(&mut buf, &line)
+                .map_err(|e| AuditError::Format(e.to_string()))?;
+            state.frontier.push(leaf_hash(&buf[start..]));
+            buf.push(b'\n');
+        }
+        file.write_all(&buf).map_err(io_err(path))?;
+        if self.options.fsync {
+            file.sync_data().map_err(io_err(path))?;
+        }
+        state.records_len += buf.len() as u64;
+        let since = self.last_checkpoint()?.map_or(state.frontier.size(), |c| {
+            state.frontier.size() - c.tree_size
+        });
+        if since >= self.options.checkpoint_every {
+            let at = entries.last().map_or(0, |e| e.at_ms);
+            self.write_checkpoint(&state.frontier, at)?;
+        }
+        Ok(first)
+    }
+
+    /// Signs a checkpoint over every record so far, unless the last one already covers them.
+    pub fn checkpoint(&self, at_ms: u64) -> Result<Option<Checkpoint>, AuditError> {
+        let _lock = self.lock()?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let path = &self.paths.records;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        self.catch_up(&mut state, &mut file)?;
+        if state.frontier.size() == 0
+            || self
+                .last_checkpoint()?
+                .is_some_and(|c| c.tree_size == state.frontier.size())
+        {
+            return Ok(None);
+        }
+        self.write_checkpoint(&state.frontier, at_ms).map(Some)
+    }
+
+    fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        Ok(read_checkpoint_lines(&self.paths.checkpoints)?
+            .last()
+            .map(|(c, _)| c.clone()))
+    }
+
+    fn write_checkpoint(&self, frontier: &Frontier, at_ms: u64) -> Result<Checkpoint, AuditError> {
+        let existing = read_checkpoint_lines(&self.paths.checkpoints)?;
+        let (seq, prev) = match existing.last() {
+            Some((c, line)) => (c.seq + 1, hex(&Sha256::digest(line))),
+            None => (1, String::new()),
+        };
+        let mut checkpoint = Checkpoint {
+            seq,
+            tree_size: frontier.size(),
+            root: hex(&frontier.root()),
+            at_ms,
+            key_id: self.key_id.clone(),
+            prev,
+            signature: String::new(),
+        };
+        checkpoint.signature = keys::sign(&self.key, &checkpoint.message());
+        let mut line =
+            serde_json::to_vec(&checkpoint).map_err(|e| AuditError::Format(e.to_string()))?;
+        line.push(b'\n');
+        let path = &self.paths.checkpoints;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.write_all(&line).map_err(io_err(path))?;
+        file.sync_data().map_err(io_err(path))?;
+        if let Some(dir) = &self.options.checkpoint_dir {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let copy = dir.join(format!("checkpoint-{seq:08}.json"));
+            std::fs::write(&copy, &line).map_err(io_err(&copy))?;
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// The checkpoints of a log with their exact lines (without the newline).
+fn read_checkpoint_lines(path: &Path) -> Result<Vec<(Checkpoint, Vec<u8>)>, AuditError> {
+    match std::fs::read(path) {
+        Ok(b) => parse_checkpoint_lines(&b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn parse_checkpoint_lines(bytes: &[u8]) -> Result<Vec<(Checkpoint, Vec<u8>)>, AuditError> {
+    let mut out = Vec::new();
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let checkpoint: Checkpoint = serde_json::from_slice(line).map_err(|e| {
+            AuditError::Verify(format!("checkpoint line {}: cannot be read ({e})", i + 1))
+        })?;
+        out.push((checkpoint, line.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Every record line of a log, as bytes (without newlines).
+fn read_record_lines(path: &Path) -> Result<(Vec<u8>, bool), AuditError> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let torn = !b.is_empty() && b.last() != Some(&b'\n');
+            Ok((b, torn))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), false)),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Reads every record (for show and export).
+pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
+    let (bytes, _) = read_record_lines(&AuditPaths::new(dir).records)?;
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| {
+                AuditError::Verify(format!("record line {}: cannot be read ({e})", i + 1))
+            })
+        })
+        .collect()
+}
+
+/// What a clean verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records in the log.
+    pub records: u64,
+    /// Checkpoints, all valid.
+    pub checkpoints: u64,
+    /// Records after the last checkpoint, not yet covered by a signature.
+    pub uncovered: u64,
+    /// The ids of the keys that signed.
+    pub keys: Vec<String>,
+}
+
+/// Recomputes the whole log from its files and checks every checkpoint against it: signatures,
+/// the chain of checkpoints, tree hashes and consistency between consecutive checkpoints. Trusts
+/// nothing the files say about themselves beyond what a trusted key signed. Keys rotated by
+/// rein (a `key_rotated` record covered by a checkpoint of an already trusted key) become trusted.
+pub fn verify(dir: &Path, trusted: &[VerifyingKey]) -> Result<VerifyReport, AuditError> {
+    let paths = AuditPaths::new(dir);
+    let (records, _) = read_record_lines(&paths.records)?;
+    let checkpoints = match std::fs::read(&paths.checkpoints) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(&paths.checkpoints)(e)),
+    };
+    verify_bytes(&records, &checkpoints, trusted)
+}
+
+/// [`verify`] over the contents of the two files.
+pub fn verify_bytes(
+    bytes: &[u8],
+    checkpoint_bytes: &[u8],
+    trusted: &[VerifyingKey],
+) -> Result<VerifyReport, AuditError> {
+    let fail = |m: String| Err(AuditError::Verify(m));
+    let torn = !bytes.is_empty() && bytes.last() != Some(&b'\n');
+    // Only complete lines are records; a torn last line is reported below.
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let bytes = &bytes[..complete];
+    let mut tree = Tree::new();
+    let mut rotations: Vec<(u64, VerifyingKey)> = Vec::new();
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let expected = i as u64 + 1;
+        match leading_seq(line) {
+            Some(seq) if seq == expected => {}
+            Some(seq) => {
+                return fail(format!(
+                    "record {expected} (line {expected}) is numbered {seq}: records were inserted, deleted or reordered"
+                ));
+            }
+            None => {
+                return fail(format!(
+                    "record {expected} (line {expected}) is not a rein audit record"
+                ));
+            }
+        }
+        if line.windows(20).any(|w| w == b"\"kind\":\"key_rotated\"") {
+            let record: Record = serde_json::from_slice(line).map_err(|e| {
+                AuditError::Verify(format!("record {expected}: cannot be read ({e})"))
+            })?;
+            if let Some(key) = record
+                .data
+                .get("new_public_key")
+                .and_then(Value::as_str)
+                .and_then(|k| keys::parse_public(k).ok())
+            {
+                rotations.push((expected, key));
+            }
+        }
+        tree.push(leaf_hash(line));
+    }
+    if torn {
+        return fail(format!(
+            "the records file ends with an incomplete line after record {}",
+            tree.len()
+        ));
+    }
+    let mut trusted: Vec<VerifyingKey> = trusted.to_vec();
+    let mut signers = Vec::new();
+    let checkpoints = parse_checkpoint_lines(checkpoint_bytes)?;
+    let mut previous: Option<(&Checkpoint, &Vec<u8>)> = None;
+    for (i, (cp, line)) in checkpoints.iter().enumerate() {
+        let expected = i as u64 + 1;
+        if cp.seq != expected {
+            return fail(format!(
+                "checkpoint {expected} is numbered {}: checkpoints were inserted, deleted or reordered",
+                cp.seq
+            ));
+        }
+        let prev = previous
+            .map(|(_, l)| hex(&Sha256::digest(l)))
+            .unwrap_or_default();
+        if cp.prev != prev {
+            return fail(format!(
+                "checkpoint {} does not follow checkpoint {}: a checkpoint was removed, changed or reordered",
+                cp.seq,
+                cp.seq - 1
+            ));
+        }
+        let Some(key) = trusted.iter().find(|k| keys::key_id(k) == cp.key_id) else {
+            return fail(format!(
+                "checkpoint {} is signed by key {}, which is not trusted: pass its public key with --public-key",
+                cp.seq, cp.key_id
+            ));
+        };
+        if !keys::verify(key, &cp.message(), &cp.signature) {
+            return fail(format!(
+                "checkpoint {}: the signature does not match its contents; the checkpoint was changed",
+                cp.seq
+            ));
+        }
+        if cp.tree_size > tree.len() {
+            return fail(format!(
+                "checkpoint {} covers {} records but the log has {}: records were truncated or deleted",
+                cp.seq,
+                cp.tree_size,
+                tree.len()
+            ));
+        }
+        let from = previous.map_or(0, |(p, _)| p.tree_size);
+        if cp.tree_size < from {
+            return fail(format!(
+                "checkpoint {} covers fewer records than checkpoint {}",
+                cp.seq,
+                cp.seq - 1
+            ));
+        }
+        let root = tree.root(cp.tree_size).map(|r| hex(&r));
+        if root.as_deref() != Some(cp.root.as_str()) {
+            return fail(format!(
+                "records {}..{} do not match checkpoint {}: a record among them was changed, inserted, deleted or reordered",
+                from + 1,
+                cp.tree_size,
+                cp.seq
+            ));
+        }
+        if let Some((p, _)) = previous.filter(|(p, _)| p.tree_size > 0) {
+            let (old, new) = (unhex32(&p.root), unhex32(&cp.root));
+            let proof = tree
+                .consistency_proof(p.tree_size, cp.tree_size)
+                .unwrap_or_default();
+            if !matches!((old, new), (Some(o), Some(n)) if verify_consistency(p.tree_size, cp.tree_size, &o, &n, &proof))
+            {
+                return fail(format!(
+                    "checkpoint {} is not consistent with checkpoint {}",
+                    cp.seq, p.seq
+                ));
+            }
+        }
+        if !signers.contains(&cp.key_id) {
+            signers.push(cp.key_id.clone());
+        }
+        // Keys rotated in records this checkpoint now covers become trusted.
+        for (_, key) in rotations.iter().filter(|(seq, _)| *seq <= cp.tree_size) {
+            if !trusted.iter().any(|k| k == key) {
+                trusted.push(*key);
+            }
+        }
+        previous = Some((cp, line));
+    }
+    let covered = previous.map_or(0, |(c, _)| c.tree_size);
+    Ok(VerifyReport {
+        records: tree.len(),
+        checkpoints: checkpoints.len() as u64,
+        uncovered: tree.len() - covered,
+        keys: signers,
+    })
+}
+
+/// An inclusion proof of one record in a signed checkpoint, checkable offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The record's line, exactly as logged.
+    pub record: String,
+    /// The record's seq.
+    pub seq: u64,
+    /// The audit path (hex), leaf to root.
+    pub path: Vec<String>,
+    /// The checkpoint the proof leads to.
+    pub checkpoint: Checkpoint,
+}
+
+/// The inclusion proof of record `seq` in the latest checkpoint that covers it. The log is
+/// verified first, with `trusted`.
+pub fn prove(dir: &Path, seq: u64, trusted: &[VerifyingKey]) -> Result<InclusionProof, AuditError> {
+    verify(dir, trusted)?;
+    let paths = AuditPaths::new(dir);
+    let (bytes, _) = read_record_lines(&paths.records)?;
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut tree = Tree::new();
+    for line in &lines {
+        tree.push(leaf_hash(line));
+    }
+    let checkpoint = read_checkpoint_lines(&paths.checkpoints)?
+        .into_iter()
+        .map(|(c, _)| c)
+        .rfind(|c| c.tree_size >= seq)
+        .ok_or_else(|| AuditError::Verify(format!("no checkpoint covers record {seq} yet")))?;
+    let index = seq
+        .checked_sub(1)
+        .ok_or_else(|| AuditError::Verify("records are numbered from 1".into()))?;
+    let path = tree
+        .inclusion_proof(index, checkpoint.tree_size)
+        .ok_or_else(|| AuditError::Verify(format!("no record {seq}")))?;
+    let record = String::from_utf8(lines[index as usize].to_vec())
+        .map_err(|e| AuditError::Format(e.to_string()))?;
+    Ok(InclusionProof {
+        record,
+        seq,
+        path: path.iter().map(|h| hex(h)).collect(),
+        checkpoint,
+    })
+}
+
+/// Checks a proof with nothing but the proof and the public key.
+pub fn verify_proof(proof: &InclusionProof, key: &VerifyingKey) -> Result<(), AuditError> {
+    let fail = |m: &str| Err(AuditError::Verify(m.to_owned()));
+    let cp = &proof.checkpoint;
+    if keys::key_id(key) != cp.key_id || !keys::verify(key, &cp.message(), &cp.signature) {
+        return fail("the checkpoint's signature does not verify with this public key");
+    }
+    if leading_seq(proof.record.as_bytes()) != Some(proof.seq) {
+        return fail("the record's seq is not the proof's");
+    }
+    let path: Option<Vec<_>> = proof.path.iter().map(|h| unhex32(h)).collect();
+    let (Some(path), Some(root)) = (path, unhex32(&cp.root)) else {
+        return fail("the proof holds something that is not a hash");
+    };
+    let leaf = leaf_hash(proof.record.as_bytes());
+    if proof.seq == 0 || !verify_inclusion(proof.seq - 1, cp.tree_size, &leaf, &path, &root) {
+        return fail("the record is not in the signed tree: it, or the proof, was changed");
+    }
+    Ok(())
+}
