@@ -15,7 +15,7 @@ const RECORDS: u64 = 1000;
 fn entry(i: u64) -> Entry {
     Entry {
         at_ms: 1_700_000_000_000 + i,
-        kind: if i % 3 == 0 {
+        kind: if i.is_multiple_of(3) {
             "decision".into()
         } else {
             "tool_outcome".into()
