@@ -323,3 +323,79 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
         decisions_per_s: decisions as f64 / elapsed.as_secs_f64(),
     })
 }
+
+/// What `rein bench audit` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditBenchReport {
+    /// Records appended and verified.
+    pub records: u64,
+    /// Records per append (each append is flushed to disk).
+    pub batch: u64,
+    /// Durable appends per second.
+    pub append_per_s: f64,
+    /// Records verified per second (recomputing the tree and checking every checkpoint).
+    pub verify_per_s: f64,
+    /// Bytes per record on disk.
+    pub bytes_per_record: u64,
+}
+
+/// Appends `records` audit records shaped like a run's decisions, durably (fsync per append of
+/// 64, as concurrent runs' records are grouped), then verifies the whole log.
+pub fn bench_audit(records: u64) -> Result<AuditBenchReport, EngineError> {
+    let dir = std::env::temp_dir().join(format!(
+        "rein-bench-audit-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let fail = |e: rein_audit::AuditError| EngineError::Audit(e.to_string());
+    let log = rein_audit::AuditLog::open(
+        &dir,
+        rein_audit::AuditOptions {
+            checkpoint_every: 1000,
+            fsync: true,
+            checkpoint_dir: None,
+        },
+    )
+    .map_err(fail)?;
+    let batch = 64u64;
+    let began = Instant::now();
+    let mut written = 0u64;
+    while written < records {
+        let n = batch.min(records - written);
+        let entries: Vec<rein_audit::Entry> = (0..n)
+            .map(|i| rein_audit::Entry {
+                at_ms: 1_700_000_000_000 + written + i,
+                kind: "decision".into(),
+                run_id: Some(format!("01a2{:028x}", (written + i) / 50)),
+                data: serde_json::json!({
+                    "action": "call_tool", "tool": "refunds.issue", "call_id": format!("call_{}_1", (written + i) % 50),
+                    "verdict": "allow", "policies": ["support-tools"], "reasons": [], "labels": ["untrusted"],
+                    "args": {"order_id": "A-1001", "amount": 42.5},
+                }),
+            })
+            .collect();
+        log.append(&entries).map_err(fail)?;
+        written += n;
+    }
+    log.checkpoint(1_800_000_000_000).map_err(fail)?;
+    let append = began.elapsed();
+    let bytes = std::fs::metadata(&log.paths().records)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let began = Instant::now();
+    let report = rein_audit::verify(&dir, &[log.public_key()]).map_err(fail)?;
+    let verify = began.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    if report.records != records {
+        return Err(EngineError::Audit(format!(
+            "verified {} records, wrote {records}",
+            report.records
+        )));
+    }
+    Ok(AuditBenchReport {
+        records,
+        batch,
+        append_per_s: records as f64 / append.as_secs_f64(),
+        verify_per_s: records as f64 / verify.as_secs_f64(),
+        bytes_per_record: bytes / records.max(1),
+    })
+}

@@ -31,6 +31,7 @@ pub(crate) struct Driver<'a> {
     observer: &'a dyn Observer,
     tool_specs: Vec<ToolSpec>,
     pending: Vec<Commit>,
+    audit_pending: Vec<rein_audit::Entry>,
     effects: u32,
 }
 
@@ -52,6 +53,7 @@ impl<'a> Driver<'a> {
             observer,
             tool_specs: agent.tools.specs(),
             pending: Vec::new(),
+            audit_pending: Vec::new(),
             effects: 0,
         }
     }
@@ -193,6 +195,9 @@ impl<'a> Driver<'a> {
                 .append(&self.run_id, std::slice::from_ref(&stored)),
         );
         self.observer.on_event(&self.run_id, &stored);
+        if let Some(entry) = crate::audit::entry_for(&self.run_id, &stored, &self.state) {
+            self.audit_pending.push(entry);
+        }
         // Intents, outcomes and endings are waited for; other events ride along with them.
         if matches!(
             stored.event,
@@ -209,9 +214,19 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
+    /// Waits until everything recorded so far is committed, then writes its audit records (and
+    /// signs a checkpoint if the run just ended or suspended).
     async fn flush(&mut self) -> Result<(), EngineError> {
         for commit in self.pending.drain(..) {
             commit.await?;
+        }
+        if !self.audit_pending.is_empty() {
+            let closing = self
+                .audit_pending
+                .iter()
+                .any(|e| e.kind == "run_ended" || e.kind == "run_suspended");
+            let entries = std::mem::take(&mut self.audit_pending);
+            self.engine.audit(&entries, closing)?;
         }
         Ok(())
     }

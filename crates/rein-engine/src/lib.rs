@@ -8,6 +8,7 @@
 //! killed at any moment leaves a log that [`Engine::resume`] continues without repeating an effect.
 
 mod agent;
+mod audit;
 pub mod bench;
 mod driver;
 mod observe;
@@ -65,6 +66,9 @@ pub enum EngineError {
     /// The agent's policies are invalid (every problem, located).
     #[error("{0}")]
     Policy(rein_policy::PolicyErrors),
+    /// The audit log could not be written; the run stops rather than act unrecorded.
+    #[error("audit log: {0}")]
+    Audit(String),
     /// An approval cannot be decided.
     #[error("{0}")]
     Approval(String),
@@ -201,6 +205,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     state_dir: PathBuf,
     faults: FaultPlan,
+    audit: Option<Arc<rein_audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -219,6 +224,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             state_dir: state_dir.to_owned(),
             faults: FaultPlan::default(),
+            audit: None,
         }
     }
 
@@ -226,6 +232,32 @@ impl Engine {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
         self.clock = clock;
         self
+    }
+
+    /// Records every decision, approval, model call, tool call and run ending in `log`.
+    pub fn with_audit(mut self, log: Arc<rein_audit::AuditLog>) -> Engine {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Writes audit records, and signs a checkpoint when `checkpoint` (a run ended or suspended).
+    pub(crate) fn audit(
+        &self,
+        entries: &[rein_audit::Entry],
+        checkpoint: bool,
+    ) -> Result<(), EngineError> {
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
+        if !entries.is_empty() {
+            log.append(entries)
+                .map_err(|e| EngineError::Audit(e.to_string()))?;
+        }
+        if checkpoint {
+            log.checkpoint(self.clock.now_ms())
+                .map_err(|e| EngineError::Audit(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Injects faults (for crash tests).
@@ -340,6 +372,9 @@ impl Engine {
         self.store
             .append(&summary.run_id, std::slice::from_ref(&stored))
             .await?;
+        if let Some(entry) = audit::entry_for(&summary.run_id, &stored, &state) {
+            self.audit(&[entry], true)?;
+        }
         Ok(self.store.approval(&summary.id)?)
     }
 

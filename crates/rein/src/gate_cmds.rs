@@ -190,9 +190,11 @@ pub(crate) async fn approvals_decide(
     by: String,
     note: Option<String>,
     json: bool,
+    checkpoint_dir: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let store = open_store(state_dir, Durability::Normal)?;
-    let engine = Engine::new(store, state_dir);
+    let log = crate::audit_cmds::open_log(state_dir, checkpoint_dir, false)?;
+    let engine = Engine::new(store, state_dir).with_audit(std::sync::Arc::new(log));
     let decided = engine.decide(id, approved, &by, note).await?;
     if json {
         println!("{}", serde_json::to_string(&decided)?);

@@ -7,6 +7,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod audit_cmds;
 mod gate_cmds;
 mod render;
 
@@ -34,6 +35,10 @@ struct Cli {
     /// directory, when it exists. `REIN_SECRET_<NAME>` variables take precedence.
     #[arg(long, global = true, env = "REIN_SECRETS_FILE")]
     secrets_file: Option<PathBuf>,
+    /// Also write each signed audit checkpoint to this directory (for example one that is
+    /// copied off the machine).
+    #[arg(long, global = true, env = "REIN_AUDIT_CHECKPOINT_DIR")]
+    checkpoint_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +69,11 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: ApprovalsCommand,
+    },
+    /// The audit trail: its key, verification, proofs, and reading it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Check policies and explain decisions.
     Policy {
@@ -178,6 +188,52 @@ enum ApprovalsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The public key that signs checkpoints (created on first use).
+    Key,
+    /// Recompute the whole log and check every checkpoint; exit 3 on the first failure.
+    Verify {
+        /// The trusted public key (`rein audit key` output); default this machine's own key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An inclusion proof of one record and its signed checkpoint, as JSON.
+    Proof {
+        /// The record's number.
+        seq: u64,
+        /// The trusted public key; default this machine's own key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Check a proof offline, with nothing but the proof and the public key.
+    VerifyProof {
+        /// The proof file.
+        file: PathBuf,
+        /// The public key to trust.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// A run's audit records, readable.
+    Show {
+        /// The run id (or a prefix).
+        #[arg(long)]
+        run: String,
+    },
+    /// Audit records as JSON lines.
+    Export {
+        /// Only records from this time on: milliseconds since the epoch, or YYYY-MM-DD.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this run's records (an id or a prefix).
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Validate an agent's policies and the examples they carry.
     Check {
@@ -217,6 +273,15 @@ enum PolicyCommand {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Audit log append rate (durable) and verification rate.
+    Audit {
+        /// Records to append and verify.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Gate decision latency with N generated policies.
     Gate {
         /// Policies to generate.
@@ -315,7 +380,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 user,
                 tenant,
             };
-            run(&cli.state_dir, cli.secrets_file.as_deref(), args).await
+            run(
+                &cli.state_dir,
+                cli.secrets_file.as_deref(),
+                cli.checkpoint_dir.as_deref(),
+                args,
+            )
+            .await
         }
         Command::Runs {
             command: RunsCommand::List { limit, json },
@@ -325,7 +396,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => show(&cli.state_dir, &id, json),
         Command::Runs {
             command: RunsCommand::Resume { id, json },
-        } => resume(&cli.state_dir, &id, json, cli.secrets_file.as_deref()).await,
+        } => {
+            resume(
+                &cli.state_dir,
+                &id,
+                json,
+                cli.secrets_file.as_deref(),
+                cli.checkpoint_dir.as_deref(),
+            )
+            .await
+        }
         Command::Schema {
             what: SchemaCommand::Policy { agent_dir },
         } => gate_cmds::schema_policy(agent_dir.as_deref()),
@@ -337,6 +417,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     json,
                 },
         } => gate_cmds::bench_gate(policies, decisions, json),
+        Command::Audit { command } => match command {
+            AuditCommand::Key => audit_cmds::key(&cli.state_dir),
+            AuditCommand::Verify { public_key, json } => {
+                audit_cmds::verify(&cli.state_dir, public_key.as_deref(), json)
+            }
+            AuditCommand::Proof { seq, public_key } => {
+                audit_cmds::proof(&cli.state_dir, seq, public_key.as_deref())
+            }
+            AuditCommand::VerifyProof { file, public_key } => {
+                audit_cmds::verify_proof(&file, &public_key)
+            }
+            AuditCommand::Show { run } => audit_cmds::show(&cli.state_dir, &run),
+            AuditCommand::Export { since, run } => {
+                audit_cmds::export(&cli.state_dir, run.as_deref(), since.as_deref())
+            }
+        },
+        Command::Bench {
+            what: BenchCommand::Audit { records, json },
+        } => audit_cmds::bench(records, json),
         Command::Approvals { command } => match command {
             ApprovalsCommand::List { all, json } => {
                 gate_cmds::approvals_list(&cli.state_dir, all, json)
@@ -357,6 +456,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     gate_cmds::approver(as_name),
                     note,
                     json,
+                    cli.checkpoint_dir.as_deref(),
                 )
                 .await
             }
@@ -373,6 +473,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     gate_cmds::approver(as_name),
                     note,
                     json,
+                    cli.checkpoint_dir.as_deref(),
                 )
                 .await
             }
@@ -442,6 +543,17 @@ fn load_agent(dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<(Agent, Dur
     let agent =
         Agent::from_spec_with_secrets(&spec, &|var| std::env::var(var).ok(), Some(file), required)?;
     Ok((agent, spec.durability))
+}
+
+/// Every engine rein's commands build records into the state directory's audit log.
+fn with_audit(
+    engine: Engine,
+    state_dir: &Path,
+    checkpoint_dir: Option<&Path>,
+    durability: Durability,
+) -> anyhow::Result<Engine> {
+    let log = audit_cmds::open_log(state_dir, checkpoint_dir, durability == Durability::Fsync)?;
+    Ok(engine.with_audit(Arc::new(log)))
 }
 
 fn open_store(state_dir: &Path, durability: Durability) -> anyhow::Result<Arc<SqliteStore>> {
@@ -542,7 +654,12 @@ struct RunArgs {
     tenant: String,
 }
 
-async fn run(state_dir: &Path, secrets_file: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
+async fn run(
+    state_dir: &Path,
+    secrets_file: Option<&Path>,
+    checkpoint_dir: Option<&Path>,
+    args: RunArgs,
+) -> anyhow::Result<u8> {
     let RunArgs {
         agent_dir,
         task,
@@ -567,8 +684,15 @@ async fn run(state_dir: &Path, secrets_file: Option<&Path>, args: RunArgs) -> an
             file: secrets_file,
         },
     )?;
-    let store = open_store(state_dir, durability.unwrap_or(agent_durability))?;
-    let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
+    let durability = durability.unwrap_or(agent_durability);
+    let store = open_store(state_dir, durability)?;
+    let engine = with_audit(
+        Engine::new(store, state_dir),
+        state_dir,
+        checkpoint_dir,
+        durability,
+    )?
+    .with_faults(faults_from_env());
     let request = rein_engine::RunRequest {
         task,
         user,
@@ -592,6 +716,7 @@ async fn resume(
     id: &str,
     json: bool,
     secrets_file: Option<&Path>,
+    checkpoint_dir: Option<&Path>,
 ) -> anyhow::Result<u8> {
     let store = open_store(state_dir, Durability::Normal)?;
     let run_id = store.resolve_run_id(id)?;
@@ -613,7 +738,13 @@ async fn resume(
     drop(engine);
     drop(store);
     let store = open_store(state_dir, durability)?;
-    let engine = Engine::new(store, state_dir).with_faults(faults_from_env());
+    let engine = with_audit(
+        Engine::new(store, state_dir),
+        state_dir,
+        checkpoint_dir,
+        durability,
+    )?
+    .with_faults(faults_from_env());
     let view = live_view(json);
     let report = match &view {
         Some(view) => engine.resume(&run_id, &agent, view).await?,

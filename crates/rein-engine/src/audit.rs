@@ -1,0 +1,173 @@
+//! What the audit trail records about a run: each event that is a decision, an approval, a model
+//! call, a tool call or outcome, or a run's start and end becomes one audit record. Tool outputs
+//! are recorded by hash, tasks by hash and length, and secret values never appear (the events
+//! passed the redactor before they get here).
+
+use rein_audit::Entry;
+use rein_core::{Event, RunState, StoredEvent};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The arguments of a call of the current step, as the state knows them.
+fn args_of(state: &RunState, call_id: &str) -> Value {
+    state
+        .calls()
+        .iter()
+        .find(|c| c.call.id == call_id)
+        .map(|c| c.call.arguments.clone())
+        .unwrap_or(Value::Null)
+}
+
+/// The audit record for an event, if it is one the trail keeps. `state` is the run's state after
+/// the event was applied.
+pub(crate) fn entry_for(run_id: &str, stored: &StoredEvent, state: &RunState) -> Option<Entry> {
+    let (kind, data) = match &stored.event {
+        Event::RunStarted(s) => (
+            "run_started",
+            json!({
+                "agent": s.agent, "agent_digest": s.agent_digest, "provider": s.provider, "model": s.model,
+                "tools": s.tools, "user": s.user, "tenant": s.tenant,
+                "task_sha256": sha256(s.task.as_bytes()), "task_bytes": s.task.len(),
+                "parent": s.parent.as_ref().map(|p| json!({"run_id": p.run_id, "call_id": p.call_id})),
+            }),
+        ),
+        Event::RunResumed {
+            attempt,
+            agent_changed,
+        } => (
+            "run_resumed",
+            json!({"attempt": attempt, "agent_changed": agent_changed}),
+        ),
+        Event::ModelJudged {
+            step,
+            model,
+            verdict,
+            policies,
+            reasons,
+        } => (
+            "decision",
+            json!({"action": "use_model", "model": model, "step": step, "verdict": verdict, "policies": policies, "reasons": reasons}),
+        ),
+        Event::ToolJudged {
+            step,
+            call_id,
+            tool,
+            verdict,
+            policies,
+            reasons,
+            labels,
+            approved_by,
+        } => (
+            "decision",
+            json!({
+                "action": "call_tool", "tool": tool, "call_id": call_id, "step": step, "verdict": verdict,
+                "policies": policies, "reasons": reasons, "labels": labels, "approved_by": approved_by,
+                "args": args_of(state, call_id),
+            }),
+        ),
+        Event::ApprovalRequested {
+            approval_id,
+            call_id,
+            tool,
+            args,
+            policies,
+            reasons,
+            labels,
+            expires_at_ms,
+        } => (
+            "approval_requested",
+            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": args, "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
+        ),
+        Event::ApprovalDecided {
+            approval_id,
+            approved,
+            by,
+            note,
+            expired,
+        } => (
+            "approval_decided",
+            json!({"approval_id": approval_id, "approved": approved, "by": by, "note": note, "expired": expired}),
+        ),
+        Event::ModelReplied {
+            step,
+            usage,
+            latency_us,
+            stop_reason,
+            tool_calls,
+            ..
+        } => (
+            "model_call",
+            json!({
+                "step": step, "provider": state.started().map(|s| s.provider.clone()), "model": state.started().map(|s| s.model.clone()),
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "latency_us": latency_us,
+                "stop_reason": stop_reason, "tool_calls": tool_calls.len(), "cost_usd": Value::Null,
+            }),
+        ),
+        Event::ModelFailed {
+            step,
+            attempt,
+            error,
+            will_retry,
+            ..
+        } => (
+            "model_call_failed",
+            json!({"step": step, "attempt": attempt, "error": error, "will_retry": will_retry}),
+        ),
+        Event::ToolRejected {
+            call_id,
+            tool,
+            reason,
+            ..
+        } => (
+            "tool_rejected",
+            json!({"call_id": call_id, "tool": tool, "reason": reason}),
+        ),
+        Event::ToolIntent {
+            call_id,
+            tool,
+            attempt,
+            idempotent,
+            ..
+        } => (
+            "tool_intent",
+            json!({"call_id": call_id, "tool": tool, "attempt": attempt, "idempotent": idempotent}),
+        ),
+        Event::ToolOutcome {
+            call_id,
+            ok,
+            output,
+            duration_us,
+        } => (
+            "tool_outcome",
+            json!({
+                "call_id": call_id,
+                "tool": state.calls().iter().find(|c| c.call.id == *call_id).map(|c| c.call.name.clone()),
+                "ok": ok, "duration_us": duration_us, "output_sha256": sha256(output.to_string().as_bytes()),
+            }),
+        ),
+        Event::RunSuspended { approvals } => ("run_suspended", json!({"approvals": approvals})),
+        Event::RunEnded {
+            status,
+            reason,
+            call_id,
+            ..
+        } => (
+            "run_ended",
+            json!({"status": status, "reason": reason, "call_id": call_id}),
+        ),
+        Event::ModelRequested { .. } => return None,
+    };
+    Some(Entry {
+        at_ms: stored.at_ms,
+        kind: kind.to_owned(),
+        run_id: Some(run_id.to_owned()),
+        data,
+    })
+}

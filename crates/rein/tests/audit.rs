@@ -1,0 +1,209 @@
+//! The audit trail through the binary: the example's run leaves a trail that verifies and reads
+//! well; tampering is caught; a proof checks offline with nothing but itself and the public key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const REIN: &str = env!("CARGO_BIN_EXE_rein");
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-desk")
+}
+
+fn rein(state: &Path, args: &[&str]) -> Output {
+    Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("REIN_FAULT_AFTER_EVENT")
+        .env_remove("REIN_FAULT_AFTER_EFFECT")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {
+    let state = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let run = rein(
+        state.path(),
+        &[
+            "run",
+            example().to_str().unwrap(),
+            "--json",
+            "--checkpoint-dir",
+            outside.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let run_id = report["run_id"].as_str().unwrap();
+
+    let key_file = state.path().join("trusted.pub");
+    std::fs::write(&key_file, rein(state.path(), &["audit", "key"]).stdout).unwrap();
+    let verify = rein(
+        state.path(),
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        stdout(&verify).contains("0 records not yet covered"),
+        "{}",
+        stdout(&verify)
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        1,
+        "the checkpoint also left the state directory"
+    );
+
+    let show = stdout(&rein(
+        state.path(),
+        &["audit", "show", "--run", &run_id[..10]],
+    ));
+    for needle in [
+        "run started: agent support-desk",
+        "allow tool refunds.issue {\"amount\":42.5",
+        "(support-tools)",
+        "model call support-script",
+        "tool email.send succeeded",
+        "run ended completed",
+    ] {
+        assert!(
+            show.contains(needle),
+            "audit show lacks {needle:?}:\n{show}"
+        );
+    }
+    let export = stdout(&rein(state.path(), &["audit", "export", "--run", run_id]));
+    let records: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() > 10 && records.iter().all(|r| r["run_id"] == run_id));
+    assert!(
+        stdout(&rein(
+            state.path(),
+            &["audit", "export", "--since", "2999-01-01"]
+        ))
+        .is_empty()
+    );
+
+    // A proof of the refund decision checks offline, and fails once the record is altered.
+    let seq = records
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["data"]["tool"] == "refunds.issue")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let proof_file = state.path().join("proof.json");
+    std::fs::write(
+        &proof_file,
+        rein(
+            state.path(),
+            &[
+                "audit",
+                "proof",
+                &seq.to_string(),
+                "--public-key",
+                key_file.to_str().unwrap(),
+            ],
+        )
+        .stdout,
+    )
+    .unwrap();
+    let ok = rein(
+        state.path(),
+        &[
+            "audit",
+            "verify-proof",
+            proof_file.to_str().unwrap(),
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let forged = std::fs::read_to_string(&proof_file).unwrap().replace(
+        "\\\"verdict\\\":\\\"allow\\\"",
+        "\\\"verdict\\\":\\\"deny\\\"",
+    );
+    assert!(forged.contains("deny"));
+    std::fs::write(&proof_file, forged).unwrap();
+    let bad = rein(
+        state.path(),
+        &[
+            "audit",
+            "verify-proof",
+            proof_file.to_str().unwrap(),
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(3));
+
+    // Changing the refund's recorded verdict in the log itself is caught by `audit verify`.
+    let records_file = state.path().join("audit/records.jsonl");
+    let text = std::fs::read_to_string(&records_file).unwrap();
+    let line = text.lines().nth(seq as usize - 1).unwrap();
+    std::fs::write(
+        &records_file,
+        text.replace(
+            line,
+            &line.replace("\"verdict\":\"allow\"", "\"verdict\":\"deny\""),
+        ),
+    )
+    .unwrap();
+    let tampered = rein(
+        state.path(),
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(tampered.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&tampered.stderr).contains("do not match checkpoint 1"),
+        "{}",
+        String::from_utf8_lossy(&tampered.stderr)
+    );
+}
+
+#[test]
+fn the_audit_benchmark_reports_its_figures() {
+    let out = Command::new(REIN)
+        .args(["bench", "audit", "--records", "3000", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["append_per_s", "verify_per_s", "bytes_per_record"] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+}
