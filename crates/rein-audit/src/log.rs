@@ -145,6 +145,7 @@ struct WriterState {
 /// An open log that appends records and signs checkpoints.
 pub struct AuditLog {
     paths: AuditPaths,
+    redaction_key: [u8; 32],
     key: SigningKey,
     key_id: String,
     options: AuditOptions,
@@ -181,13 +182,25 @@ impl AuditLog {
         let paths = AuditPaths::new(dir);
         let key = keys::load_or_create(&paths.key)?;
         let key_id = keys::key_id(&key.verifying_key());
+        let redaction_key = keys::load_or_create(&dir.join("redaction.key"))?.to_bytes();
         Ok(AuditLog {
             paths,
+            redaction_key,
             key,
             key_id,
             options,
             state: Mutex::new(WriterState::default()),
         })
+    }
+
+    /// A keyed hash of a sensitive value (BLAKE3 with this log's redaction key, mode 0600):
+    /// equal values give equal hashes, so records stay comparable, but the value cannot be
+    /// recovered or guessed without the key.
+    pub fn keyed_hash(&self, value: &[u8]) -> String {
+        format!(
+            "blake3:{}",
+            hex(blake3::keyed_hash(&self.redaction_key, value).as_bytes())
+        )
     }
 
     /// The public key checkpoints are signed with.
@@ -350,6 +363,41 @@ impl AuditLog {
         }
         Ok(checkpoint)
     }
+}
+
+/// Replaces the signing key. The change is itself audited: a `key_rotated` record naming the new
+/// public key is appended and covered by a checkpoint signed with the old key, so whoever trusts
+/// the old key learns the new one from the log. Returns (old key id, new key id).
+pub fn rotate_key(dir: &Path, at_ms: u64) -> Result<(String, String), AuditError> {
+    let log = AuditLog::open(dir, AuditOptions::default())?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| AuditError::Key(format!("no randomness for a new key: {e}")))?;
+    let new = SigningKey::from_bytes(&seed);
+    let new_id = keys::key_id(&new.verifying_key());
+    log.append(&[Entry {
+        at_ms,
+        kind: "key_rotated".into(),
+        run_id: None,
+        data: serde_json::json!({"old_key_id": log.key_id, "new_key_id": new_id, "new_public_key": keys::format_public(&new.verifying_key())}),
+    }])?;
+    log.checkpoint(at_ms)?;
+    let tmp = log.paths.key.with_extension("key.new");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.write_all(format!("{}\n", hex(&seed)).as_bytes())
+            .map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, &log.paths.key).map_err(io_err(&log.paths.key))?;
+    Ok((log.key_id.clone(), new_id))
 }
 
 /// The checkpoints of a log with their exact lines (without the newline).

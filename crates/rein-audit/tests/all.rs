@@ -235,3 +235,46 @@ fn concurrent_writers_keep_one_numbered_log_and_a_torn_tail_is_cut() {
         (5, 1, 0)
     );
 }
+
+#[test]
+fn a_rotated_key_is_trusted_through_the_log_and_a_forged_rotation_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = {
+        let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+        log.append(&[entry(1), entry(2)]).unwrap();
+        log.checkpoint(10).unwrap();
+        log.public_key()
+    };
+    let (old_id, new_id) = rein_audit::rotate_key(dir.path(), 20).unwrap();
+    assert_ne!(old_id, new_id);
+    let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    assert_eq!(rein_audit::key_id(&log.public_key()), new_id);
+    log.append(&[entry(4)]).unwrap();
+    log.checkpoint(30).unwrap();
+    // Trusting only the original key is enough: the new key came through a signed rotation.
+    let report = verify(dir.path(), &[old]).unwrap();
+    assert_eq!((report.records, report.checkpoints), (4, 3));
+    assert_eq!(report.keys, vec![old_id, new_id]);
+
+    // Someone with write access forges a rotation to their own key and signs with it: refused.
+    let records = std::fs::read(dir.path().join("records.jsonl")).unwrap();
+    let checkpoints = std::fs::read(dir.path().join("checkpoints.jsonl")).unwrap();
+    let forger_dir = tempfile::tempdir().unwrap();
+    let forger = AuditLog::open(forger_dir.path(), AuditOptions::default()).unwrap();
+    std::fs::write(forger_dir.path().join("records.jsonl"), &records).unwrap();
+    std::fs::write(forger_dir.path().join("checkpoints.jsonl"), &checkpoints).unwrap();
+    forger
+        .append(&[Entry {
+            at_ms: 40,
+            kind: "key_rotated".into(),
+            run_id: None,
+            data: json!({"new_public_key": rein_audit::format_public(&forger.public_key())}),
+        }])
+        .unwrap();
+    forger.checkpoint(50).unwrap();
+    let err = verify(forger_dir.path(), &[old]).unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint 4 is signed by key") && err.contains("not trusted"),
+        "{err}"
+    );
+}

@@ -127,6 +127,8 @@ pub struct ToolEntrySpec {
     pub risk: String,
     /// Its tool groups.
     pub groups: Vec<String>,
+    /// Argument fields the audit trail stores only as keyed hashes.
+    pub sensitive: Vec<String>,
 }
 
 impl ToolEntrySpec {

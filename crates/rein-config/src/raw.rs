@@ -185,6 +185,10 @@ pub struct ToolEntry {
     /// Tool groups the tool belongs to, for policies (`resource in ToolGroup::"payments"`).
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    /// Argument fields that are sensitive (card numbers, personal data): the audit trail stores
+    /// them as keyed hashes, never in clear.
+    #[serde(default)]
+    pub sensitive: Option<Vec<String>>,
 }
 
 /// A tool's risk level.

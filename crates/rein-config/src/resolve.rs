@@ -141,6 +141,7 @@ impl Resolver {
                 entry.risk,
                 entry.groups.clone(),
             );
+            let sensitive = entry.sensitive.clone().unwrap_or_default();
             let tool = self.tool(i, span.clone(), entry)?;
             let is_http = matches!(tool, ToolConfig::HttpGet { .. });
             let labels = labels.unwrap_or_else(|| {
@@ -175,6 +176,7 @@ impl Resolver {
                 sink: sink.unwrap_or(is_http),
                 risk: risk.into(),
                 groups: groups.unwrap_or_default(),
+                sensitive,
             };
             if !seen.insert(tool.name().to_owned()) {
                 return Err(self.err(

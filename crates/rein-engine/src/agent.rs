@@ -58,6 +58,8 @@ pub struct Agent {
     pub delegates: HashMap<String, Arc<Agent>>,
     /// For a sub-agent: its parent's gate, which must also allow everything the sub-agent does.
     pub parent_gate: Option<Arc<Gate>>,
+    /// Each tool's sensitive argument fields, kept out of the audit trail in clear.
+    pub sensitive: HashMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -167,6 +169,12 @@ impl Agent {
             gate,
             delegates,
             parent_gate: parent.map(|(_, g)| g),
+            sensitive: spec
+                .tools
+                .iter()
+                .filter(|t| !t.sensitive.is_empty())
+                .map(|t| (t.name().to_owned(), t.sensitive.clone()))
+                .collect(),
             approval_ttl: spec.approval_ttl,
             output_labels: labels,
             name: spec.name.clone(),
@@ -310,6 +318,21 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
             )),
         };
         let manifest = tool.manifest();
+        let properties = manifest
+            .parameters
+            .get("properties")
+            .and_then(serde_json::Value::as_object);
+        if let Some(missing) = entry
+            .sensitive
+            .iter()
+            .find(|f| !properties.is_some_and(|p| p.contains_key(*f)))
+        {
+            return Err(EngineError::Agent(format!(
+                "{}: tool `{}` lists `{missing}` as sensitive, but it has no such argument",
+                spec.dir.join(rein_config::AGENT_FILE).display(),
+                manifest.name
+            )));
+        }
         facts.push(ToolFacts {
             name: manifest.name.clone(),
             args_schema: manifest.parameters.clone(),

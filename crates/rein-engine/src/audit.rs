@@ -27,7 +27,12 @@ fn args_of(state: &RunState, call_id: &str) -> Value {
 
 /// The audit record for an event, if it is one the trail keeps. `state` is the run's state after
 /// the event was applied.
-pub(crate) fn entry_for(run_id: &str, stored: &StoredEvent, state: &RunState) -> Option<Entry> {
+pub(crate) fn entry_for(
+    run_id: &str,
+    stored: &StoredEvent,
+    state: &RunState,
+    redact: &dyn Fn(&str, Value) -> Value,
+) -> Option<Entry> {
     let (kind, data) = match &stored.event {
         Event::RunStarted(s) => (
             "run_started",
@@ -69,7 +74,7 @@ pub(crate) fn entry_for(run_id: &str, stored: &StoredEvent, state: &RunState) ->
             json!({
                 "action": "call_tool", "tool": tool, "call_id": call_id, "step": step, "verdict": verdict,
                 "policies": policies, "reasons": reasons, "labels": labels, "approved_by": approved_by,
-                "args": args_of(state, call_id),
+                "args": redact(tool, args_of(state, call_id)),
             }),
         ),
         Event::ApprovalRequested {
@@ -83,7 +88,7 @@ pub(crate) fn entry_for(run_id: &str, stored: &StoredEvent, state: &RunState) ->
             expires_at_ms,
         } => (
             "approval_requested",
-            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": args, "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
+            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": redact(tool, args.clone()), "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
         ),
         Event::ApprovalDecided {
             approval_id,

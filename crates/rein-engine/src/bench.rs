@@ -139,6 +139,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         redactor: Default::default(),
         delegates: Default::default(),
         parent_gate: None,
+        sensitive: Default::default(),
         name: "bench".into(),
         dir: None,
         digest: "bench".into(),

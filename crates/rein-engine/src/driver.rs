@@ -195,7 +195,11 @@ impl<'a> Driver<'a> {
                 .append(&self.run_id, std::slice::from_ref(&stored)),
         );
         self.observer.on_event(&self.run_id, &stored);
-        if let Some(entry) = crate::audit::entry_for(&self.run_id, &stored, &self.state) {
+        let redact = |tool: &str, args| {
+            self.engine
+                .redact_args(self.agent.sensitive.get(tool), args)
+        };
+        if let Some(entry) = crate::audit::entry_for(&self.run_id, &stored, &self.state, &redact) {
             self.audit_pending.push(entry);
         }
         // Intents, outcomes and endings are waited for; other events ride along with them.

@@ -240,6 +240,23 @@ impl Engine {
         self
     }
 
+    /// Replaces the sensitive fields of a tool's arguments by keyed hashes, for the audit trail.
+    pub(crate) fn redact_args(
+        &self,
+        sensitive: Option<&Vec<String>>,
+        mut args: serde_json::Value,
+    ) -> serde_json::Value {
+        if let (Some(fields), Some(log), Some(map)) = (sensitive, &self.audit, args.as_object_mut())
+        {
+            for field in fields {
+                if let Some(value) = map.get_mut(field) {
+                    *value = serde_json::json!({ "keyed_hash": log.keyed_hash(value.to_string().as_bytes()) });
+                }
+            }
+        }
+        args
+    }
+
     /// Writes audit records, and signs a checkpoint when `checkpoint` (a run ended or suspended).
     pub(crate) fn audit(
         &self,
@@ -372,7 +389,7 @@ impl Engine {
         self.store
             .append(&summary.run_id, std::slice::from_ref(&stored))
             .await?;
-        if let Some(entry) = audit::entry_for(&summary.run_id, &stored, &state) {
+        if let Some(entry) = audit::entry_for(&summary.run_id, &stored, &state, &|_, args| args) {
             self.audit(&[entry], true)?;
         }
         Ok(self.store.approval(&summary.id)?)

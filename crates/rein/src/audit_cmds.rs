@@ -61,6 +61,20 @@ pub(crate) fn key(state_dir: &Path) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+pub(crate) fn rotate_key(state_dir: &Path) -> anyhow::Result<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let (old, new) = rein_audit::rotate_key(&audit_dir(state_dir), now)?;
+    println!(
+        "{}",
+        rein_audit::format_public(&open_log(state_dir, None, false)?.public_key())
+    );
+    eprintln!("rotated key {old} -> {new}; the rotation is recorded and signed with {old}");
+    Ok(0)
+}
+
 pub(crate) fn verify(
     state_dir: &Path,
     public_key: Option<&Path>,

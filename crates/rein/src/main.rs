@@ -191,6 +191,8 @@ enum ApprovalsCommand {
 enum AuditCommand {
     /// The public key that signs checkpoints (created on first use).
     Key,
+    /// Replace the signing key; the rotation is recorded and signed with the old key.
+    RotateKey,
     /// Recompute the whole log and check every checkpoint; exit 3 on the first failure.
     Verify {
         /// The trusted public key (`rein audit key` output); default this machine's own key.
@@ -419,6 +421,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         } => gate_cmds::bench_gate(policies, decisions, json),
         Command::Audit { command } => match command {
             AuditCommand::Key => audit_cmds::key(&cli.state_dir),
+            AuditCommand::RotateKey => audit_cmds::rotate_key(&cli.state_dir),
             AuditCommand::Verify { public_key, json } => {
                 audit_cmds::verify(&cli.state_dir, public_key.as_deref(), json)
             }

@@ -103,6 +103,20 @@ fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {
         ))
         .is_empty()
     );
+    // The email body is sensitive: the trail holds a keyed hash, never the text.
+    let email = records
+        .iter()
+        .find(|r| r["kind"] == "decision" && r["data"]["tool"] == "email.send")
+        .unwrap();
+    assert!(
+        email["data"]["args"]["body"]["keyed_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("blake3:")
+    );
+    assert_eq!(email["data"]["args"]["to"], "jane@example.com");
+    let trail = std::fs::read_to_string(state.path().join("audit/records.jsonl")).unwrap();
+    assert!(!trail.contains("We are sorry your order arrived damaged"));
 
     // A proof of the refund decision checks offline, and fails once the record is altered.
     let seq = records
@@ -160,6 +174,29 @@ fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {
         ],
     );
     assert_eq!(bad.status.code(), Some(3));
+
+    // A key rotation: the old key still verifies the whole log, which now names the new key.
+    assert_eq!(
+        rein(state.path(), &["audit", "rotate-key"]).status.code(),
+        Some(0)
+    );
+    let after = rein(
+        state.path(),
+        &["run", example().to_str().unwrap(), "--json"],
+    );
+    assert_eq!(after.status.code(), Some(0));
+    let verify = rein(
+        state.path(),
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            key_file.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["keys"].as_array().unwrap().len(), 2, "{report}");
 
     // Changing the refund's recorded verdict in the log itself is caught by `audit verify`.
     let records_file = state.path().join("audit/records.jsonl");
