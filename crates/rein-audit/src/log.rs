@@ -140,6 +140,32 @@ impl AuditPaths {
 struct WriterState {
     records_len: u64,
     frontier: Frontier,
+    /// The records file, kept open for appending.
+    records: Option<File>,
+    /// The lock file, kept open.
+    lock: Option<File>,
+    /// The checkpoints file's length and its last checkpoint's tree size, as last read.
+    checkpoints_len: u64,
+    checkpointed: u64,
+}
+
+impl WriterState {
+    /// The records file, opened once.
+    fn records(&mut self, path: &Path) -> Result<&mut File, AuditError> {
+        if self.records.is_none() {
+            self.records = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?,
+            );
+        }
+        self.records
+            .as_mut()
+            .ok_or_else(|| AuditError::Format("the records file is not open".into()))
+    }
 }
 
 /// An open log that appends records and signs checkpoints.
@@ -213,12 +239,22 @@ impl AuditLog {
         &self.paths
     }
 
-    fn lock(&self) -> Result<File, AuditError> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.paths.lock)
+    /// Takes the log's file lock (ordering writers across processes); unlock the returned handle.
+    fn lock(&self, state: &mut WriterState) -> Result<File, AuditError> {
+        if state.lock.is_none() {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&self.paths.lock)
+                .map_err(io_err(&self.paths.lock))?;
+            state.lock = Some(file);
+        }
+        let file = state
+            .lock
+            .as_ref()
+            .ok_or_else(|| AuditError::Format("the lock file is not open".into()))?
+            .try_clone()
             .map_err(io_err(&self.paths.lock))?;
         file.lock().map_err(io_err(&self.paths.lock))?;
         Ok(file)
@@ -260,16 +296,17 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(0);
         }
-        let _lock = self.lock()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = self.lock(&mut state)?;
+        let result = self.append_locked(&mut state, entries);
+        let _ = lock.unlock();
+        result
+    }
+
+    fn append_locked(&self, state: &mut WriterState, entries: &[Entry]) -> Result<u64, AuditError> {
         let path = &self.paths.records;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        self.catch_up(&mut state, &mut file)?;
+        let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
+        self.catch_up(state, &mut file)?;
         let first = state.frontier.size() + 1;
         let mut buf = Vec::with_capacity(entries.len() * 256);
         for (i, entry) in entries.iter().enumerate() {
@@ -291,36 +328,51 @@ impl AuditLog {
             file.sync_data().map_err(io_err(path))?;
         }
         state.records_len += buf.len() as u64;
-        let since = self.last_checkpoint()?.map_or(state.frontier.size(), |c| {
-            state.frontier.size() - c.tree_size
-        });
-        if since >= self.options.checkpoint_every {
+        self.sync_checkpointed(state)?;
+        if state.frontier.size() - state.checkpointed >= self.options.checkpoint_every {
             let at = entries.last().map_or(0, |e| e.at_ms);
-            self.write_checkpoint(&state.frontier, at)?;
+            let checkpoint = self.write_checkpoint(&state.frontier, at)?;
+            state.checkpointed = checkpoint.tree_size;
+            state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
+                .map(|m| m.len())
+                .unwrap_or(0);
         }
         Ok(first)
     }
 
+    /// Re-reads the last checkpoint's size if the checkpoints file changed since last time.
+    fn sync_checkpointed(&self, state: &mut WriterState) -> Result<(), AuditError> {
+        let len = std::fs::metadata(&self.paths.checkpoints)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if len != state.checkpoints_len {
+            state.checkpointed = self.last_checkpoint()?.map_or(0, |c| c.tree_size);
+            state.checkpoints_len = len;
+        }
+        Ok(())
+    }
+
     /// Signs a checkpoint over every record so far, unless the last one already covers them.
     pub fn checkpoint(&self, at_ms: u64) -> Result<Option<Checkpoint>, AuditError> {
-        let _lock = self.lock()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let path = &self.paths.records;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        self.catch_up(&mut state, &mut file)?;
-        if state.frontier.size() == 0
-            || self
-                .last_checkpoint()?
-                .is_some_and(|c| c.tree_size == state.frontier.size())
-        {
-            return Ok(None);
-        }
-        self.write_checkpoint(&state.frontier, at_ms).map(Some)
+        let lock = self.lock(&mut state)?;
+        let result = (|| {
+            let path = &self.paths.records;
+            let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
+            self.catch_up(&mut state, &mut file)?;
+            self.sync_checkpointed(&mut state)?;
+            if state.frontier.size() == 0 || state.checkpointed == state.frontier.size() {
+                return Ok(None);
+            }
+            let checkpoint = self.write_checkpoint(&state.frontier, at_ms)?;
+            state.checkpointed = checkpoint.tree_size;
+            state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Ok(Some(checkpoint))
+        })();
+        let _ = lock.unlock();
+        result
     }
 
     fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {

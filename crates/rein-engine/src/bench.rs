@@ -87,7 +87,14 @@ impl Observer for StepTimer {
 /// Runs the benchmark with its store in `dir` (which should be empty and is left behind).
 pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchReport, EngineError> {
     let store = Arc::new(SqliteStore::open(dir, options.durability)?);
-    let engine = Arc::new(Engine::new(store.clone(), dir));
+    // As in a real run, every step is judged by the gate and written to the audit trail.
+    let audit_options = rein_audit::AuditOptions {
+        fsync: options.durability == Durability::Fsync,
+        ..rein_audit::AuditOptions::default()
+    };
+    let audit = rein_audit::AuditLog::open(&dir.join("audit"), audit_options)
+        .map_err(|e| EngineError::Audit(e.to_string()))?;
+    let engine = Arc::new(Engine::new(store.clone(), dir).with_audit(Arc::new(audit)));
     let mut turns: Vec<ScriptedTurn> = (0..options.steps)
         .map(|_| ScriptedTurn {
             on_injection: None,

@@ -230,7 +230,7 @@ impl<'a> Driver<'a> {
                 .iter()
                 .any(|e| e.kind == "run_ended" || e.kind == "run_suspended");
             let entries = std::mem::take(&mut self.audit_pending);
-            self.engine.audit(&entries, closing)?;
+            self.engine.audit(entries, closing).await?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 
 mod agent;
 mod audit;
+mod audit_writer;
 pub mod bench;
 mod driver;
 mod observe;
@@ -205,7 +206,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     state_dir: PathBuf,
     faults: FaultPlan,
-    audit: Option<Arc<rein_audit::AuditLog>>,
+    audit: Option<audit_writer::AuditWriter>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,7 +237,7 @@ impl Engine {
 
     /// Records every decision, approval, model call, tool call and run ending in `log`.
     pub fn with_audit(mut self, log: Arc<rein_audit::AuditLog>) -> Engine {
-        self.audit = Some(log);
+        self.audit = Some(audit_writer::AuditWriter::start(log));
         self
     }
 
@@ -246,33 +247,39 @@ impl Engine {
         sensitive: Option<&Vec<String>>,
         mut args: serde_json::Value,
     ) -> serde_json::Value {
-        if let (Some(fields), Some(log), Some(map)) = (sensitive, &self.audit, args.as_object_mut())
+        if let (Some(fields), Some(writer), Some(map)) =
+            (sensitive, &self.audit, args.as_object_mut())
         {
             for field in fields {
                 if let Some(value) = map.get_mut(field) {
-                    *value = serde_json::json!({ "keyed_hash": log.keyed_hash(value.to_string().as_bytes()) });
+                    *value = serde_json::json!({ "keyed_hash": writer.log().keyed_hash(value.to_string().as_bytes()) });
                 }
             }
         }
         args
     }
 
-    /// Writes audit records, and signs a checkpoint when `checkpoint` (a run ended or suspended).
-    pub(crate) fn audit(
+    /// Queues audit records; when `checkpoint` (a run ended or suspended) waits until they are
+    /// written and a checkpoint is signed. A write that failed earlier stops the run here.
+    pub(crate) async fn audit(
         &self,
-        entries: &[rein_audit::Entry],
+        entries: Vec<rein_audit::Entry>,
         checkpoint: bool,
     ) -> Result<(), EngineError> {
-        let Some(log) = &self.audit else {
+        let Some(writer) = &self.audit else {
             return Ok(());
         };
+        if let Some(failure) = writer.failure() {
+            return Err(EngineError::Audit(failure));
+        }
         if !entries.is_empty() {
-            log.append(entries)
-                .map_err(|e| EngineError::Audit(e.to_string()))?;
+            writer.append(entries).map_err(EngineError::Audit)?;
         }
         if checkpoint {
-            log.checkpoint(self.clock.now_ms())
-                .map_err(|e| EngineError::Audit(e.to_string()))?;
+            writer
+                .checkpoint(self.clock.now_ms())
+                .await
+                .map_err(EngineError::Audit)?;
         }
         Ok(())
     }
@@ -390,7 +397,7 @@ impl Engine {
             .append(&summary.run_id, std::slice::from_ref(&stored))
             .await?;
         if let Some(entry) = audit::entry_for(&summary.run_id, &stored, &state, &|_, args| args) {
-            self.audit(&[entry], true)?;
+            self.audit(vec![entry], true).await?;
         }
         Ok(self.store.approval(&summary.id)?)
     }
