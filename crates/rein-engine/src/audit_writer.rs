@@ -70,10 +70,10 @@ impl AuditWriter {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            if let Ok(mut f) = failed.lock() {
-                *f = Some(format!("cannot start the audit writer: {e}"));
-            }
+        if let Err(e) = spawned
+            && let Ok(mut f) = failed.lock()
+        {
+            *f = Some(format!("cannot start the audit writer: {e}"));
         }
         AuditWriter {
             log,
