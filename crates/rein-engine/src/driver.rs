@@ -33,6 +33,8 @@ pub(crate) struct Driver<'a> {
     pending: Vec<Commit>,
     audit_pending: Vec<rein_audit::Entry>,
     effects: u32,
+    /// Model-call decisions of this run, by the labels in play when they were made.
+    model_decisions: Vec<(Vec<String>, Decision)>,
 }
 
 impl<'a> Driver<'a> {
@@ -55,6 +57,7 @@ impl<'a> Driver<'a> {
             pending: Vec::new(),
             audit_pending: Vec::new(),
             effects: 0,
+            model_decisions: Vec::new(),
         }
     }
 
@@ -254,14 +257,24 @@ impl<'a> Driver<'a> {
             .started()
             .map(|s| s.instructions.clone())
             .unwrap_or_default();
-        let facts = self.facts(None);
-        let mut decision = self.agent.gate.judge_model(provider.model(), &facts);
-        if let Some(parent) = &self.agent.parent_gate {
-            decision = within_parent(
-                decision,
-                parent.judge_model_as(&self.agent.name, provider.model(), &facts),
-            );
-        }
+        // The decision depends on the run's fixed facts and the labels in play, and the gate is
+        // deterministic, so it is computed once per label set (it is still recorded every step).
+        let labels = self.state.labels().to_vec();
+        let decision = match self.model_decisions.iter().find(|(l, _)| *l == labels) {
+            Some((_, d)) => d.clone(),
+            None => {
+                let facts = self.facts(None);
+                let mut d = self.agent.gate.judge_model(provider.model(), &facts);
+                if let Some(parent) = &self.agent.parent_gate {
+                    d = within_parent(
+                        d,
+                        parent.judge_model_as(&self.agent.name, provider.model(), &facts),
+                    );
+                }
+                self.model_decisions.push((labels, d.clone()));
+                d
+            }
+        };
         self.record(Event::ModelJudged {
             step,
             model: provider.model().to_owned(),
