@@ -254,6 +254,23 @@ pub enum Event {
         /// How long it ran.
         duration_us: u64,
     },
+    /// A person settled a call that was in doubt after a crash (`needs_reconciliation`): its
+    /// effect happened (with this output) or did not (so it is judged and run again). Reopens
+    /// the run, which `rein runs resume` then continues.
+    CallReconciled {
+        /// The call.
+        call_id: String,
+        /// Whether its effect happened.
+        happened: bool,
+        /// What the tool would have returned, when it happened.
+        #[serde(default)]
+        output: Value,
+        /// Who settled it.
+        by: String,
+        /// Their note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
     /// The run ended. Always the last event.
     RunEnded {
         /// How.
@@ -287,6 +304,7 @@ impl Event {
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::RunSuspended { .. } => "run_suspended",
             Event::ModelJudged { .. } => "model_judged",
+            Event::CallReconciled { .. } => "call_reconciled",
             Event::RunEnded { .. } => "run_ended",
         }
     }

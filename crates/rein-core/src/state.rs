@@ -197,7 +197,9 @@ impl RunState {
                 self.last_seq + 1
             )));
         }
-        if self.ended.is_some() {
+        let reconciling = matches!(&stored.event, Event::CallReconciled { call_id, .. }
+            if self.ended.as_ref().is_some_and(|e| e.status == EndState::NeedsReconciliation && e.call_id.as_ref() == Some(call_id)));
+        if self.ended.is_some() && !reconciling {
             return Err(fail("the run had already ended".into()));
         }
         if self.started.is_none() && !matches!(stored.event, Event::RunStarted(_)) {
@@ -396,6 +398,49 @@ impl RunState {
                 self.suspended = true;
             }
             Event::ModelJudged { .. } => {}
+            Event::CallReconciled {
+                call_id,
+                happened,
+                output,
+                by,
+                ..
+            } => {
+                if !reconciling {
+                    return Err(fail(format!(
+                        "call {call_id} is not the call this run stopped on"
+                    )));
+                }
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if !matches!(slot.status, CallStatus::InFlight { .. }) {
+                    return Err(fail(format!("call {call_id} is not in doubt")));
+                }
+                if *happened {
+                    slot.status = CallStatus::Done;
+                    let (name, labels) = (slot.call.name.clone(), slot.labels.clone());
+                    let rendered = format!(
+                        "{} (as confirmed by {by} after a crash)",
+                        render_output(true, output)
+                    );
+                    let content = if labels.iter().any(|l| l == UNTRUSTED) {
+                        mark_untrusted(&name, call_id, &rendered)
+                    } else {
+                        rendered
+                    };
+                    self.labels.absorb(labels.iter());
+                    self.messages.push(Message::Tool {
+                        call_id: call_id.clone(),
+                        name,
+                        content,
+                        is_error: false,
+                    });
+                } else {
+                    // It did not happen: the call is judged and run again, as if just proposed.
+                    slot.status = CallStatus::Proposed;
+                }
+                self.ended = None;
+            }
             Event::ToolIntent {
                 call_id,
                 attempt,

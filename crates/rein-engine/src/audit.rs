@@ -157,6 +157,16 @@ pub(crate) fn entry_for(
                 "ok": ok, "duration_us": duration_us, "output_sha256": sha256(output.to_string().as_bytes()),
             }),
         ),
+        Event::CallReconciled {
+            call_id,
+            happened,
+            output,
+            by,
+            note,
+        } => (
+            "call_reconciled",
+            json!({"call_id": call_id, "happened": happened, "by": by, "note": note, "output_sha256": sha256(output.to_string().as_bytes())}),
+        ),
         Event::RunSuspended { approvals } => ("run_suspended", json!({"approvals": approvals})),
         Event::RunEnded {
             status,

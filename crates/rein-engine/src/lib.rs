@@ -70,6 +70,9 @@ pub enum EngineError {
     /// The audit log could not be written; the run stops rather than act unrecorded.
     #[error("audit log: {0}")]
     Audit(String),
+    /// A run cannot be reconciled.
+    #[error("{0}")]
+    Reconcile(String),
     /// An approval cannot be decided.
     #[error("{0}")]
     Approval(String),
@@ -440,6 +443,63 @@ impl Engine {
                 Err(e) => Err(e.into()),
             }
         })
+    }
+
+    /// Settles the call a `needs_reconciliation` run stopped on, from what a person found out:
+    /// its effect `happened` (with the tool's `output`), or did not (it is judged and run again).
+    /// The run can then be resumed.
+    pub async fn reconcile(
+        &self,
+        run_id: &str,
+        call_id: &str,
+        happened: bool,
+        output: serde_json::Value,
+        by: &str,
+        note: Option<String>,
+    ) -> Result<(), EngineError> {
+        let mut state = self.load(run_id)?;
+        match state.ended() {
+            Some(ended)
+                if ended.status == EndState::NeedsReconciliation
+                    && ended.call_id.as_deref() == Some(call_id) => {}
+            Some(ended) if ended.status == EndState::NeedsReconciliation => {
+                return Err(EngineError::Reconcile(format!(
+                    "run {run_id} stopped on call {}, not {call_id}",
+                    ended.call_id.clone().unwrap_or_default()
+                )));
+            }
+            _ => {
+                return Err(EngineError::Reconcile(format!(
+                    "run {run_id} is not waiting for reconciliation"
+                )));
+            }
+        }
+        let stored = StoredEvent {
+            seq: state.last_seq() + 1,
+            at_ms: self.clock.now_ms(),
+            event: Event::CallReconciled {
+                call_id: call_id.to_owned(),
+                happened,
+                output: if happened {
+                    output
+                } else {
+                    serde_json::Value::Null
+                },
+                by: by.to_owned(),
+                note,
+            },
+        };
+        state.apply(&stored).map_err(|source| EngineError::State {
+            run_id: run_id.to_owned(),
+            source,
+        })?;
+        self.store
+            .append(run_id, std::slice::from_ref(&stored))
+            .await?;
+        if let Some(entry) = audit::entry_for(run_id, &stored, &state, &|_, args| args) {
+            self.audit(vec![entry], true).await?;
+        }
+        Ok(())
     }
 
     /// Folds a run's log.

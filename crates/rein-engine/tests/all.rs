@@ -669,3 +669,102 @@ async fn an_approval_nobody_decides_expires_and_counts_as_denied() {
         vec![("expired", Some("rein"))]
     );
 }
+
+#[tokio::test]
+async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating_the_effect() {
+    // The refund ran but its outcome was lost: the operator confirms it happened.
+    let fx = Fixture::new(HAPPY_SCRIPT, "");
+    let agent = fx.agent();
+    let faults = FaultPlan {
+        after_effect: Some(2),
+        after_event: None,
+        stop: Some(Arc::new(|| {})),
+    };
+    fx.engine(faults)
+        .start(&agent, "t", &NoObserver)
+        .await
+        .unwrap_err();
+    let engine = fx.engine(FaultPlan::default());
+    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
+    assert_eq!(report.status, EndState::NeedsReconciliation);
+    let err = engine
+        .reconcile(&run_id, "call_9_9", true, json!({}), "ops", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("stopped on call call_2_1"),
+        "{err}"
+    );
+    engine
+        .reconcile(
+            &run_id,
+            "call_2_1",
+            true,
+            json!({"amount": 5}),
+            "ops",
+            Some("seen in the ledger".into()),
+        )
+        .await
+        .unwrap();
+    let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
+    assert_eq!(report.status, EndState::Completed);
+    assert_eq!(
+        (fx.effects("refunds.log"), fx.effects("emails.log")),
+        (1, 1),
+        "the refund was not repeated"
+    );
+
+    // The refund's intent was recorded but it never ran: the operator says so and it runs once.
+    let fx = Fixture::new(HAPPY_SCRIPT, "");
+    let agent = fx.agent();
+    let probe = fx
+        .engine(FaultPlan::default())
+        .start(&agent, "t", &NoObserver)
+        .await
+        .unwrap();
+    let intent_seq = fx
+        .engine(FaultPlan::default())
+        .store()
+        .events(&probe.run_id)
+        .unwrap()
+        .iter()
+        .find(|e| matches!(&e.event, Event::ToolIntent { tool, .. } if tool == "refunds.issue"))
+        .unwrap()
+        .seq;
+    let fx = Fixture::new(HAPPY_SCRIPT, "");
+    let agent = fx.agent();
+    fx.engine(stop_after_event(intent_seq))
+        .start(&agent, "t", &NoObserver)
+        .await
+        .unwrap_err();
+    let engine = fx.engine(FaultPlan::default());
+    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    assert_eq!(
+        engine
+            .resume(&run_id, &agent, &NoObserver)
+            .await
+            .unwrap()
+            .status,
+        EndState::NeedsReconciliation
+    );
+    assert_eq!(fx.effects("refunds.log"), 0);
+    engine
+        .reconcile(&run_id, "call_2_1", false, json!(null), "ops", None)
+        .await
+        .unwrap();
+    let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
+    assert_eq!(report.status, EndState::Completed);
+    assert_eq!(
+        (fx.effects("refunds.log"), fx.effects("emails.log")),
+        (1, 1)
+    );
+    let err = engine
+        .reconcile(&run_id, "call_2_1", true, json!({}), "ops", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not waiting for reconciliation"),
+        "{err}"
+    );
+}

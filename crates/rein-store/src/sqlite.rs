@@ -480,6 +480,7 @@ impl Store for SqliteStore {
                     append.status = Some(Some(EndState::AwaitingApproval))
                 }
                 Event::RunResumed { .. } => append.status = Some(None),
+                Event::CallReconciled { .. } => append.status = Some(None),
                 Event::ModelReplied { step, .. } => append.steps = Some(*step),
                 Event::ApprovalRequested {
                     approval_id,

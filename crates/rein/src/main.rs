@@ -116,6 +116,33 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Settle the call a `needs_reconciliation` run stopped on, then resume it.
+    Reconcile {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// The call in doubt (the run's report names it).
+        #[arg(long)]
+        call: String,
+        /// Its effect happened.
+        #[arg(
+            long,
+            conflicts_with = "did_not_happen",
+            required_unless_present = "did_not_happen"
+        )]
+        happened: bool,
+        /// Its effect did not happen: judge and run it again.
+        #[arg(long)]
+        did_not_happen: bool,
+        /// What the tool returned, as JSON, when it happened.
+        #[arg(long, default_value = "{}")]
+        output: String,
+        /// Why, or how you checked.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who settles it (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+    },
     /// Continue a run from its log after a crash or a stop.
     Resume {
         /// The run id (or a unique prefix).
@@ -419,6 +446,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     json,
                 },
         } => gate_cmds::bench_gate(policies, decisions, json),
+        Command::Runs {
+            command:
+                RunsCommand::Reconcile {
+                    id,
+                    call,
+                    happened,
+                    did_not_happen: _,
+                    output,
+                    note,
+                    as_name,
+                },
+        } => {
+            let store = open_store(&cli.state_dir, Durability::Normal)?;
+            let run_id = store.resolve_run_id(&id)?;
+            let output: serde_json::Value = serde_json::from_str(&output)
+                .with_context(|| format!("--output is not JSON: {output}"))?;
+            let engine = with_audit(
+                Engine::new(store, &cli.state_dir),
+                &cli.state_dir,
+                cli.checkpoint_dir.as_deref(),
+                Durability::Normal,
+            )?;
+            let by = gate_cmds::approver(as_name);
+            engine
+                .reconcile(&run_id, &call, happened, output, &by, note)
+                .await?;
+            println!(
+                "call {call} of run {run_id} settled by {by}; continue with: rein runs resume {run_id}"
+            );
+            Ok(0)
+        }
         Command::Audit { command } => match command {
             AuditCommand::Key => audit_cmds::key(&cli.state_dir),
             AuditCommand::RotateKey => audit_cmds::rotate_key(&cli.state_dir),

@@ -205,6 +205,27 @@ impl Renderer {
                     .unwrap_or_default();
                 out.push(format!("{stamp}  approval {approval_id} {what}{note}"));
             }
+            Event::CallReconciled {
+                call_id,
+                happened,
+                by,
+                note,
+                ..
+            } => {
+                let what = if *happened {
+                    "happened"
+                } else {
+                    "did not happen; it will run again"
+                };
+                let note = note
+                    .as_ref()
+                    .map(|n| format!(": {}", one_line(n, 120)))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{stamp}{} call {call_id} {what}, says {by}{note}",
+                    self.paint(BOLD, "↺ reconciled")
+                ));
+            }
             Event::RunSuspended { approvals } => {
                 out.push(format!(
                     "{stamp}{} waiting for {} approval{}: rein approvals list",

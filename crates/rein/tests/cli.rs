@@ -404,3 +404,53 @@ fn the_benchmark_reports_its_figures() {
     }
     assert!(report["p50_us"].as_u64() <= report["p99_us"].as_u64());
 }
+
+#[test]
+fn a_person_settles_the_call_in_doubt_and_the_run_finishes() {
+    let state = tempfile::tempdir().unwrap();
+    // Killed right after the refund ran, before its outcome was recorded.
+    let (run_id, workspace) = run_and_kill(state.path(), ("REIN_FAULT_AFTER_EFFECT", 3), None);
+    let report = resume_to_end(state.path(), &run_id);
+    assert_eq!(report["status"], "needs_reconciliation");
+    let call = report["call_id"].as_str().unwrap();
+    assert_eq!(effects(&workspace), (1, 0));
+    // The operator checks the refunds ledger, finds the refund, and says so.
+    let out = rein(
+        state.path(),
+        &[
+            "runs",
+            "reconcile",
+            &run_id[..12],
+            "--call",
+            call,
+            "--happened",
+            "--output",
+            r#"{"refund_id":"RF-call_3_1","status":"issued"}"#,
+            "--note",
+            "found in refunds.jsonl",
+            "--as",
+            "ops",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = resume_to_end(state.path(), &run_id);
+    assert_eq!(report["status"], "completed");
+    assert_eq!(
+        effects(&workspace),
+        (1, 1),
+        "the refund was not repeated and the email went out"
+    );
+    let timeline =
+        String::from_utf8(rein(state.path(), &["runs", "show", &run_id]).stdout).unwrap();
+    assert!(
+        timeline.contains("↺ reconciled call call_3_1 happened, says ops: found in refunds.jsonl"),
+        "{timeline}"
+    );
+    let trail = rein(state.path(), &["audit", "export", "--run", &run_id]);
+    assert!(String::from_utf8_lossy(&trail.stdout).contains("\"kind\":\"call_reconciled\""));
+}

@@ -613,3 +613,57 @@ fn untrusted_output_is_marked_and_labels_accumulate() {
     );
     assert!(matches!(&msgs[3], Message::Tool { content, .. } if content == "{\"n\":1}"));
 }
+
+#[test]
+fn a_call_in_doubt_is_reconciled_and_the_run_reopens() {
+    let stopped = |extra: Vec<Event>| {
+        let mut events = vec![
+            started(5),
+            requested(1),
+            replied(1, None, &["c1", "c2"]),
+            intent("c1", false, 1),
+        ];
+        events.push(Event::RunEnded {
+            status: EndState::NeedsReconciliation,
+            output: None,
+            reason: Some("in doubt".into()),
+            call_id: Some("c1".into()),
+        });
+        events.extend(extra);
+        events
+    };
+    let reconciled = |happened: bool| Event::CallReconciled {
+        call_id: "c1".into(),
+        happened,
+        output: json!({"refund_id": "R-1"}),
+        by: "ops".into(),
+        note: None,
+    };
+    // It happened: the recorded output goes to the model and the run moves on to the next call.
+    let state = fold(stopped(vec![reconciled(true)]));
+    assert!(state.ended().is_none());
+    assert_eq!(
+        state.next_action(100),
+        Action::Dispatch { call: call("c2") }
+    );
+    assert!(
+        matches!(state.messages().last().unwrap(), Message::Tool { content, .. } if content.contains("R-1") && content.contains("confirmed by ops"))
+    );
+    // It did not happen: the call is judged and run again.
+    assert_eq!(
+        fold(stopped(vec![reconciled(false)])).next_action(100),
+        Action::Dispatch { call: call("c1") }
+    );
+    // Only the call the run stopped on, and only once.
+    let wrong = Event::CallReconciled {
+        call_id: "c2".into(),
+        happened: true,
+        output: json!(null),
+        by: "ops".into(),
+        note: None,
+    };
+    assert!(RunState::from_events(&log(stopped(vec![wrong]))).is_err());
+    assert!(
+        RunState::from_events(&log(stopped(vec![reconciled(true), reconciled(true)]))).is_err()
+    );
+}
