@@ -92,6 +92,9 @@ impl Checkpoint {
 pub struct AuditOptions {
     /// Sign a checkpoint after this many records without one.
     pub checkpoint_every: u64,
+    /// Or once this many milliseconds have passed since the last checkpoint (measured on the
+    /// records' own times), whichever comes first.
+    pub checkpoint_interval_ms: u64,
     /// Flush to disk at every append (survives power loss).
     pub fsync: bool,
     /// Also write each checkpoint to this directory (so a copy can leave the machine).
@@ -102,6 +105,7 @@ impl Default for AuditOptions {
     fn default() -> Self {
         AuditOptions {
             checkpoint_every: 1000,
+            checkpoint_interval_ms: 60_000,
             fsync: false,
             checkpoint_dir: None,
         }
@@ -147,6 +151,7 @@ struct WriterState {
     /// The checkpoints file's length and its last checkpoint's tree size, as last read.
     checkpoints_len: u64,
     checkpointed: u64,
+    checkpointed_at_ms: u64,
 }
 
 impl WriterState {
@@ -329,10 +334,19 @@ impl AuditLog {
         }
         state.records_len += buf.len() as u64;
         self.sync_checkpointed(state)?;
-        if state.frontier.size() - state.checkpointed >= self.options.checkpoint_every {
-            let at = entries.last().map_or(0, |e| e.at_ms);
+        let at = entries.last().map_or(0, |e| e.at_ms);
+        if state.checkpointed_at_ms == 0 {
+            // No checkpoint yet: the interval runs from the first record.
+            state.checkpointed_at_ms = entries.first().map_or(at, |e| e.at_ms);
+        }
+        let due_by_count =
+            state.frontier.size() - state.checkpointed >= self.options.checkpoint_every;
+        let due_by_time =
+            at.saturating_sub(state.checkpointed_at_ms) >= self.options.checkpoint_interval_ms;
+        if due_by_count || due_by_time {
             let checkpoint = self.write_checkpoint(&state.frontier, at)?;
             state.checkpointed = checkpoint.tree_size;
+            state.checkpointed_at_ms = checkpoint.at_ms;
             state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
                 .map(|m| m.len())
                 .unwrap_or(0);
@@ -346,7 +360,9 @@ impl AuditLog {
             .map(|m| m.len())
             .unwrap_or(0);
         if len != state.checkpoints_len {
-            state.checkpointed = self.last_checkpoint()?.map_or(0, |c| c.tree_size);
+            let last = self.last_checkpoint()?;
+            state.checkpointed = last.as_ref().map_or(0, |c| c.tree_size);
+            state.checkpointed_at_ms = last.as_ref().map_or(0, |c| c.at_ms);
             state.checkpoints_len = len;
         }
         Ok(())
@@ -366,6 +382,7 @@ impl AuditLog {
             }
             let checkpoint = self.write_checkpoint(&state.frontier, at_ms)?;
             state.checkpointed = checkpoint.tree_size;
+            state.checkpointed_at_ms = checkpoint.at_ms;
             state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
                 .map(|m| m.len())
                 .unwrap_or(0);

@@ -32,6 +32,7 @@ fn log_dir() -> (tempfile::TempDir, ed25519_dalek::VerifyingKey) {
         dir.path(),
         AuditOptions {
             checkpoint_every: 250,
+            checkpoint_interval_ms: u64::MAX,
             fsync: false,
             checkpoint_dir: Some(dir.path().join("outside")),
         },
@@ -276,5 +277,42 @@ fn a_rotated_key_is_trusted_through_the_log_and_a_forged_rotation_is_not() {
     assert!(
         err.contains("checkpoint 4 is signed by key") && err.contains("not trusted"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_checkpoint_is_signed_when_enough_time_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: 60_000,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let at = |ms: u64| Entry {
+        at_ms: ms,
+        ..entry(1)
+    };
+    log.append(&[at(1_000_000)]).unwrap();
+    let count = || {
+        std::fs::read_to_string(dir.path().join("checkpoints.jsonl"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 0, "the first record starts the clock");
+    log.append(&[at(1_030_000)]).unwrap();
+    assert_eq!(count(), 0, "30 s later: not yet");
+    log.append(&[at(1_060_000)]).unwrap();
+    assert_eq!(count(), 1, "60 s after the first record: signed");
+    log.append(&[at(1_090_000)]).unwrap();
+    assert_eq!(count(), 1);
+    log.append(&[at(1_120_000)]).unwrap();
+    assert_eq!(count(), 2, "60 s after the last checkpoint: signed again");
+    assert_eq!(
+        verify(dir.path(), &[log.public_key()]).unwrap().uncovered,
+        0
     );
 }

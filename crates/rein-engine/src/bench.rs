@@ -358,9 +358,8 @@ pub fn bench_audit(records: u64) -> Result<AuditBenchReport, EngineError> {
     let log = rein_audit::AuditLog::open(
         &dir,
         rein_audit::AuditOptions {
-            checkpoint_every: 1000,
             fsync: true,
-            checkpoint_dir: None,
+            ..rein_audit::AuditOptions::default()
         },
     )
     .map_err(fail)?;
