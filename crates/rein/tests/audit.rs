@@ -3,29 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-const REIN: &str = env!("CARGO_BIN_EXE_rein");
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-desk")
-}
-
-fn rein(state: &Path, args: &[&str]) -> Output {
-    Command::new(REIN)
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env_remove("REIN_FAULT_AFTER_EVENT")
-        .env_remove("REIN_FAULT_AFTER_EFFECT")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use common::{REIN, example, rein, stdout};
+use std::process::Command;
 
 #[test]
 fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {

@@ -4,38 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{REIN, example, json_out, rein};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
-
-const REIN: &str = env!("CARGO_BIN_EXE_rein");
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-desk")
-}
-
-fn rein(state: &Path, args: &[&str]) -> Output {
-    Command::new(REIN)
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env_remove("REIN_FAULT_AFTER_EVENT")
-        .env_remove("REIN_FAULT_AFTER_EFFECT")
-        .output()
-        .unwrap()
-}
-
-fn json_out(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
 
 /// Refunds and emails the support-desk tools wrote in a run's workspace.
 fn effects(workspace: &Path) -> (usize, usize) {

@@ -3,37 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{example, json_out, rein};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
-
-const REIN: &str = env!("CARGO_BIN_EXE_rein");
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/support-desk")
-}
-
-fn rein(state: &Path, args: &[&str]) -> Output {
-    Command::new(REIN)
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .env_remove("REIN_FAULT_AFTER_EVENT")
-        .env_remove("REIN_FAULT_AFTER_EFFECT")
-        .output()
-        .unwrap()
-}
-
-fn json_out(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path)

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::REIN;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -11,7 +14,6 @@ use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const REIN: &str = env!("CARGO_BIN_EXE_rein");
 const TOOL_CANARY: &str = "canary-tool-5e1f0c9b2d";
 const KEY_CANARY: &str = "canary-key-8a7b6c5d4e";
 
