@@ -418,23 +418,11 @@ impl RunState {
                 }
                 if *happened {
                     slot.status = CallStatus::Done;
-                    let (name, labels) = (slot.call.name.clone(), slot.labels.clone());
                     let rendered = format!(
                         "{} (as confirmed by {by} after a crash)",
                         render_output(true, output)
                     );
-                    let content = if labels.iter().any(|l| l == UNTRUSTED) {
-                        mark_untrusted(&name, call_id, &rendered)
-                    } else {
-                        rendered
-                    };
-                    self.labels.absorb(labels.iter());
-                    self.messages.push(Message::Tool {
-                        call_id: call_id.clone(),
-                        name,
-                        content,
-                        is_error: false,
-                    });
+                    self.take_output(call_id, rendered, false);
                 } else {
                     // It did not happen: the call is judged and run again, as if just proposed.
                     slot.status = CallStatus::Proposed;
@@ -487,22 +475,8 @@ impl RunState {
                     )));
                 }
                 slot.status = CallStatus::Done;
-                let name = slot.call.name.clone();
-                let labels = slot.labels.clone();
-                let rendered = render_output(*ok, output);
                 // Whatever came back, even an error message, is data the tool returned.
-                let content = if labels.iter().any(|l| l == UNTRUSTED) {
-                    mark_untrusted(&name, call_id, &rendered)
-                } else {
-                    rendered
-                };
-                self.labels.absorb(labels.iter());
-                self.messages.push(Message::Tool {
-                    call_id: call_id.clone(),
-                    name,
-                    content,
-                    is_error: !ok,
-                });
+                self.take_output(call_id, render_output(*ok, output), !ok);
             }
             Event::RunEnded {
                 status,
@@ -524,6 +498,27 @@ impl RunState {
             self.last_at_ms = stored.at_ms;
         }
         Ok(())
+    }
+
+    /// Puts a call's output into the conversation the one way it may enter: marked as data when
+    /// the tool's output is untrusted, its labels joining the run's.
+    fn take_output(&mut self, call_id: &str, rendered: String, is_error: bool) {
+        let Some(slot) = self.calls.iter().find(|s| s.call.id == call_id) else {
+            return;
+        };
+        let (name, labels) = (slot.call.name.clone(), slot.labels.clone());
+        let content = if labels.iter().any(|l| l == UNTRUSTED) {
+            mark_untrusted(&name, call_id, &rendered)
+        } else {
+            rendered
+        };
+        self.labels.absorb(labels.iter());
+        self.messages.push(Message::Tool {
+            call_id: call_id.to_owned(),
+            name,
+            content,
+            is_error,
+        });
     }
 
     fn slot_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {

@@ -12,7 +12,7 @@ use rein_core::{
 use rein_model::ChatRequest;
 use rein_policy::RequestFacts;
 use rein_store::Commit;
-use rein_tools::{Tool, ToolContext};
+use rein_tools::ToolContext;
 use serde_json::json;
 use tracing::{Instrument, field};
 
@@ -612,7 +612,7 @@ impl<'a> Driver<'a> {
                 .instrument(span.clone())
                 .await?),
             None => {
-                tokio::time::timeout(limit, run_tool(tool.as_ref(), &ctx, call.arguments))
+                tokio::time::timeout(limit, tool.call(&ctx, call.arguments))
                     .instrument(span.clone())
                     .await
             }
@@ -644,14 +644,6 @@ impl<'a> Driver<'a> {
         })
         .await
     }
-}
-
-async fn run_tool(
-    tool: &dyn Tool,
-    ctx: &ToolContext,
-    args: serde_json::Value,
-) -> Result<serde_json::Value, rein_tools::ToolError> {
-    tool.call(ctx, args).await
 }
 
 fn error_type(error: &rein_model::ProviderError) -> &'static str {
