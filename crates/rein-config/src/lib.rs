@@ -45,6 +45,8 @@ pub struct AgentSpec {
     pub durability: Durability,
     /// How long an approval request stays open before it counts as denied.
     pub approval_ttl: Duration,
+    /// MCP servers, in the order declared.
+    pub mcp: Vec<McpServerSpec>,
     /// Every secret the agent refers to (`secret:NAME`), so all can be resolved before it runs.
     pub secrets: Vec<String>,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
@@ -198,6 +200,92 @@ impl ToolConfig {
     }
 }
 
+/// An MCP server, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpServerSpec {
+    /// Its name; its tools are `<name>.<tool>`.
+    pub name: String,
+    /// How to reach it.
+    pub transport: McpTransportSpec,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Timeout for starting and listing.
+    pub startup_timeout: Duration,
+    /// The most bytes of a result passed on.
+    pub max_output_bytes: usize,
+    /// The operator's manifests, by the server's tool name.
+    pub tools: BTreeMap<String, McpToolPolicy>,
+    /// The line in agent.toml that declares it, for messages.
+    pub line: usize,
+}
+
+impl McpServerSpec {
+    /// The operator's manifest for one of the server's tools, or the restrictive defaults.
+    pub fn tool_policy(&self, tool: &str) -> McpToolPolicy {
+        self.tools.get(tool).cloned().unwrap_or_default()
+    }
+}
+
+/// How an MCP server is reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum McpTransportSpec {
+    /// A child process speaking MCP on stdin and stdout.
+    Stdio {
+        /// The program (absolute when given as a path).
+        program: PathBuf,
+        /// Its arguments, `{workspace}` replaced.
+        args: Vec<String>,
+        /// Extra environment variables (values may be `secret:NAME`).
+        env: BTreeMap<String, String>,
+    },
+    /// A Streamable HTTP endpoint.
+    Http {
+        /// The endpoint URL.
+        url: String,
+        /// Headers (values may be `secret:NAME`).
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// What the operator declares about one MCP tool; the defaults are the most restrictive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpToolPolicy {
+    /// Replaces the server's description.
+    pub description: Option<String>,
+    /// What its output is.
+    pub labels: Vec<String>,
+    /// Whether it sends data outside.
+    pub sink: bool,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+    /// Tool groups.
+    pub groups: Vec<String>,
+    /// Whether repeating it is safe.
+    pub idempotent: bool,
+    /// Argument fields kept out of the audit trail in clear.
+    pub sensitive: Vec<String>,
+    /// Whether it is offered at all.
+    pub enabled: bool,
+    /// Whether the operator declared it (false: these are the defaults).
+    pub declared: bool,
+}
+
+impl Default for McpToolPolicy {
+    fn default() -> Self {
+        McpToolPolicy {
+            description: None,
+            labels: vec![rein_core::labels::UNTRUSTED.to_owned()],
+            sink: true,
+            risk: "high".into(),
+            groups: vec![],
+            idempotent: false,
+            sensitive: vec![],
+            enabled: true,
+            declared: false,
+        }
+    }
+}
+
 /// Where tools work.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceSpec {
@@ -221,9 +309,24 @@ pub struct ConfigError {
     pub message: String,
 }
 
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
+
 /// The JSON Schema of agent.toml, as `rein schema agent` prints it.
 pub fn agent_schema() -> String {
     let schema = schemars::schema_for!(raw::AgentFile);
+    // Keys sorted, so the text is the same whether or not another crate in the build turned on
+    // serde_json's `preserve_order`.
+    let schema = sorted(serde_json::to_value(&schema).unwrap_or_default());
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text

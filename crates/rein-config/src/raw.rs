@@ -48,6 +48,78 @@ pub struct AgentFile {
     /// How approvals behave.
     #[serde(default)]
     pub approvals: Option<ApprovalsSection>,
+    /// MCP servers whose tools the agent may call, each offered as `server.tool`.
+    #[serde(default)]
+    #[schemars(with = "Vec<McpServerEntry>")]
+    pub mcp: Vec<Spanned<McpServerEntry>>,
+}
+
+/// One MCP server (`[[mcp]]`): a command to spawn (stdio) or a Streamable HTTP `url`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerEntry {
+    /// The server's name; its tools are offered as `<name>.<tool>`.
+    pub name: String,
+    /// Stdio: the program and its arguments. A program with a `/` is relative to the agent
+    /// folder. `{workspace}` in an argument is replaced by the workspace folder.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Stdio: extra environment variables; a value may be `secret:NAME`.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Streamable HTTP: the endpoint, for example `http://127.0.0.1:3001/mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Streamable HTTP: headers sent with every request; a value may be `secret:NAME`.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// How long one tool call may run, in milliseconds (default 30000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// How long starting the server and listing its tools may take, in milliseconds
+    /// (default 20000).
+    #[serde(default)]
+    pub startup_timeout_ms: Option<u64>,
+    /// The most bytes of a tool's result passed on; longer results are cut with a marker
+    /// (default 65536).
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+    /// The operator's manifest for each tool, by the server's tool name. A tool without an
+    /// entry gets the most restrictive defaults: output `untrusted`, not idempotent, a sink,
+    /// risk `high`. Nothing the server says about its tools changes these.
+    #[serde(default)]
+    pub tools: Option<BTreeMap<String, McpToolEntry>>,
+}
+
+/// The operator's manifest for one MCP tool (`[mcp.tools.<tool>]`).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolEntry {
+    /// Replaces the server's description of the tool for the model.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// What the tool's output is (default `untrusted`).
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Whether the tool sends data outside (default true).
+    #[serde(default)]
+    pub sink: Option<bool>,
+    /// `low`, `medium` or `high` (default `high`).
+    #[serde(default)]
+    pub risk: Option<RiskName>,
+    /// Tool groups, for policies.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// Whether repeating a call is harmless (default false).
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Argument fields the audit trail stores only as keyed hashes.
+    #[serde(default)]
+    pub sensitive: Option<Vec<String>>,
+    /// Whether the tool is offered at all (default true). `false` hides it from the model and
+    /// refuses every call, whatever the policies say.
+    #[serde(default)]
+    pub enabled: Option<bool>,
 }
 
 /// The `[approvals]` section.

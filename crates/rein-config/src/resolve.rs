@@ -1,6 +1,6 @@
 //! From the raw file to an [`AgentSpec`]: cross-field checks, file references, defaults.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,10 +9,10 @@ use rein_core::{Durability, Limits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::raw::{AgentFile, DurabilityName, ProviderName, RiskName, ToolEntry};
+use crate::raw::{AgentFile, DurabilityName, McpServerEntry, ProviderName, RiskName, ToolEntry};
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, KeySource, ModelSpec, ProviderSpec, ToolConfig,
-    ToolEntrySpec, WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, KeySource, McpServerSpec, McpToolPolicy, McpTransportSpec,
+    ModelSpec, ProviderSpec, ToolConfig, ToolEntrySpec, WorkspaceSpec,
 };
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
@@ -165,11 +165,7 @@ impl Resolver {
                     ));
                 }
             }
-            let risk = match risk {
-                Some(RiskName::Low) => "low",
-                Some(RiskName::Medium) | None => "medium",
-                Some(RiskName::High) => "high",
-            };
+            let risk = risk.map(risk_name).unwrap_or("medium");
             let tool = ToolEntrySpec {
                 tool,
                 labels,
@@ -214,6 +210,19 @@ impl Resolver {
                 format!("`{ws_rel}` is not a folder inside {}; create it or point `workspace.path` at one", self.dir.display()),
             ));
         }
+        let mut mcp = Vec::with_capacity(raw.mcp.len());
+        for (i, server) in raw.mcp.into_iter().enumerate() {
+            let span = server.span();
+            let server = self.mcp_server(i, span.clone(), server.into_inner(), &ws_path)?;
+            if mcp.iter().any(|s: &McpServerSpec| s.name == server.name) {
+                return Err(self.err(
+                    Some(span),
+                    format!("mcp[{i}].name"),
+                    format!("MCP server `{}` is declared twice", server.name),
+                ));
+            }
+            mcp.push(server);
+        }
         let durability = match raw.durability {
             None | Some(DurabilityName::Normal) => Durability::Normal,
             Some(DurabilityName::Fsync) => Durability::Fsync,
@@ -245,6 +254,7 @@ impl Resolver {
             },
             durability,
             approval_ttl,
+            mcp,
             secrets: self.secrets.iter().cloned().collect(),
             digest,
         })
@@ -359,6 +369,174 @@ impl Resolver {
             max_tokens: m.max_tokens,
             max_attempts,
             max_backoff: Duration::from_millis(m.max_backoff_ms.unwrap_or(30_000)),
+        })
+    }
+
+    /// Records the secrets that values in `map` refer to (`secret:NAME`).
+    fn note_secrets(
+        &mut self,
+        span: Option<Range<usize>>,
+        field: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        for (key, value) in map {
+            if let Some(name) = rein_core::secrets::secret_ref(value) {
+                if !rein_core::secrets::valid_secret_name(name) {
+                    return Err(self.err(
+                        span,
+                        field,
+                        format!("`{key}` names secret `{name}`, which is not a valid secret name"),
+                    ));
+                }
+                self.secrets.insert(name.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn mcp_server(
+        &mut self,
+        i: usize,
+        span: Range<usize>,
+        m: McpServerEntry,
+        workspace: &Path,
+    ) -> Result<McpServerSpec, ConfigError> {
+        let at = |field: &str| format!("mcp[{i}].{field}");
+        let sp = Some(span.clone());
+        check_name(&m.name).map_err(|e| self.err(sp.clone(), at("name"), e))?;
+        if m.name.contains('.') {
+            return Err(self.err(
+                sp,
+                at("name"),
+                format!(
+                    "`{}` contains `.`, which separates the server from its tools in `server.tool`",
+                    m.name
+                ),
+            ));
+        }
+        let transport = match (m.command, m.url) {
+            (Some(command), None) => {
+                if m.headers.is_some() {
+                    return Err(self.err(
+                        sp,
+                        at("headers"),
+                        "`headers` are for `url` servers; a `command` server takes `env`",
+                    ));
+                }
+                let (program, args) = match command.split_first() {
+                    Some((p, rest)) if !p.trim().is_empty() => (p.clone(), rest.to_vec()),
+                    _ => return Err(self.err(sp, at("command"), "must name a program, for example `command = [\"npx\", \"-y\", \"@modelcontextprotocol/server-filesystem\", \"{workspace}\"]`")),
+                };
+                let program = if program.contains('/') && !Path::new(&program).is_absolute() {
+                    let path = self.dir.join(&program);
+                    if !path.is_file() {
+                        return Err(self.err(sp, at("command"), format!("`{program}` does not exist; program paths are relative to the agent folder")));
+                    }
+                    path
+                } else {
+                    PathBuf::from(program)
+                };
+                let ws = workspace.display().to_string();
+                let args = args
+                    .into_iter()
+                    .map(|a| {
+                        let candidate = self.dir.join(&a);
+                        if a.contains('/') && !Path::new(&a).is_absolute() && candidate.is_file() {
+                            candidate.display().to_string()
+                        } else {
+                            a.replace("{workspace}", &ws)
+                        }
+                    })
+                    .collect();
+                let env = m.env.unwrap_or_default();
+                self.note_secrets(sp.clone(), &at("env"), &env)?;
+                McpTransportSpec::Stdio { program, args, env }
+            }
+            (None, Some(url)) => {
+                if m.env.is_some() {
+                    return Err(self.err(
+                        sp,
+                        at("env"),
+                        "`env` is for `command` servers; a `url` server takes `headers`",
+                    ));
+                }
+                match url::Url::parse(&url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => {
+                        return Err(self.err(
+                            sp,
+                            at("url"),
+                            format!("`{url}` is not an http(s) URL"),
+                        ));
+                    }
+                }
+                let headers = m.headers.unwrap_or_default();
+                self.note_secrets(sp.clone(), &at("headers"), &headers)?;
+                McpTransportSpec::Http { url, headers }
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    sp,
+                    at("url"),
+                    "give `command` (stdio) or `url` (Streamable HTTP), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(self.err(
+                    sp,
+                    at("command"),
+                    "an MCP server needs `command` (stdio) or `url` (Streamable HTTP)",
+                ));
+            }
+        };
+        let mut tools = BTreeMap::new();
+        for (tool, entry) in m.tools.unwrap_or_default() {
+            let field = at(&format!("tools.{tool}"));
+            for (what, names) in [
+                ("labels", entry.labels.as_ref()),
+                ("groups", entry.groups.as_ref()),
+            ] {
+                if let Some(bad) = names.into_iter().flatten().find(|n| check_name(n).is_err()) {
+                    return Err(self.err(
+                        sp.clone(),
+                        format!("{field}.{what}"),
+                        format!(
+                            "`{bad}` is not a valid name: use letters, digits, `.`, `_` or `-`"
+                        ),
+                    ));
+                }
+            }
+            let defaults = McpToolPolicy::default();
+            tools.insert(
+                tool,
+                McpToolPolicy {
+                    description: entry.description,
+                    labels: entry.labels.unwrap_or(defaults.labels),
+                    sink: entry.sink.unwrap_or(defaults.sink),
+                    risk: entry
+                        .risk
+                        .map(risk_name)
+                        .unwrap_or(&defaults.risk)
+                        .to_owned(),
+                    groups: entry.groups.unwrap_or_default(),
+                    idempotent: entry.idempotent.unwrap_or(false),
+                    sensitive: entry.sensitive.unwrap_or_default(),
+                    enabled: entry.enabled.unwrap_or(true),
+                    declared: true,
+                },
+            );
+        }
+        Ok(McpServerSpec {
+            name: m.name,
+            transport,
+            timeout: Duration::from_millis(m.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS).max(1)),
+            startup_timeout: Duration::from_millis(m.startup_timeout_ms.unwrap_or(20_000).max(1)),
+            max_output_bytes: m
+                .max_output_bytes
+                .unwrap_or(DEFAULT_HTTP_MAX_BYTES)
+                .max(256),
+            tools,
+            line: rein_core::text::line_col(&self.text, span.start).0,
         })
     }
 
@@ -559,14 +737,7 @@ impl Resolver {
                     ));
                 }
                 let env = t.env.unwrap_or_default();
-                for (key, value) in &env {
-                    if let Some(name) = rein_core::secrets::secret_ref(value) {
-                        if !rein_core::secrets::valid_secret_name(name) {
-                            return Err(self.err(sp, at("env"), format!("`{key}` names secret `{name}`, which is not a valid secret name")));
-                        }
-                        self.secrets.insert(name.to_owned());
-                    }
-                }
+                self.note_secrets(sp, &at("env"), &env)?;
                 Ok(ToolConfig::Command {
                     name,
                     description,
@@ -580,6 +751,14 @@ impl Resolver {
                 })
             }
         }
+    }
+}
+
+fn risk_name(risk: RiskName) -> &'static str {
+    match risk {
+        RiskName::Low => "low",
+        RiskName::Medium => "medium",
+        RiskName::High => "high",
     }
 }
 

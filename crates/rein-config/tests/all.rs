@@ -270,6 +270,62 @@ fn bad_input_names_the_file_line_and_field() {
             "not a folder",
         ),
         (GOOD.replace("[model]", "[model\n"), "", Some(5), ""),
+        (
+            format!("{GOOD}\n[[mcp]]\nname = \"fs\"\n"),
+            "mcp[0].command",
+            Some(25),
+            "needs `command` (stdio) or `url`",
+        ),
+        (
+            format!("{GOOD}\n[[mcp]]\nname = \"fs\"\ncommand = [\"x\"]\nurl = \"http://h/mcp\"\n"),
+            "mcp[0].url",
+            Some(25),
+            "not both",
+        ),
+        (
+            format!("{GOOD}\n[[mcp]]\nname = \"f.s\"\ncommand = [\"x\"]\n"),
+            "mcp[0].name",
+            None,
+            "separates the server from its tools",
+        ),
+        (
+            format!("{GOOD}\n[[mcp]]\nname = \"web\"\nurl = \"ftp://h/mcp\"\n"),
+            "mcp[0].url",
+            None,
+            "not an http(s) URL",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[mcp]]\nname = \"web\"\nurl = \"http://h/mcp\"\nenv = {{ A = \"b\" }}\n"
+            ),
+            "mcp[0].env",
+            None,
+            "takes `headers`",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[mcp]]\nname = \"web\"\nurl = \"http://h/mcp\"\nheaders = {{ Authorization = \"secret:bad name\" }}\n"
+            ),
+            "mcp[0].headers",
+            None,
+            "not a valid secret name",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[mcp]]\nname = \"fs\"\ncommand = [\"x\"]\n[mcp.tools.read]\nrisk = \"low\"\nretries = 2\n"
+            ),
+            "",
+            Some(30),
+            "unknown field `retries`",
+        ),
+        (
+            format!(
+                "{GOOD}\n[[mcp]]\nname = \"fs\"\ncommand = [\"x\"]\n[[mcp]]\nname = \"fs\"\ncommand = [\"y\"]\n"
+            ),
+            "mcp[1].name",
+            None,
+            "declared twice",
+        ),
     ];
     for (text, field, line, fragment) in cases {
         let err = load_err(&text);
@@ -288,6 +344,48 @@ fn bad_input_names_the_file_line_and_field() {
             "{shown} should contain {fragment:?}"
         );
     }
+}
+
+#[test]
+fn mcp_servers_resolve_with_restrictive_defaults_for_undeclared_tools() {
+    let dir = folder(&format!(
+        "{GOOD}\n[[mcp]]\nname = \"fs\"\ncommand = [\"npx\", \"server\", \"{{workspace}}\"]\nenv = {{ TOKEN = \"secret:fs_token\" }}\n[mcp.tools.read]\nrisk = \"low\"\nidempotent = true\nlabels = []\nsink = false\n"
+    ));
+    let spec = load(dir.path()).unwrap();
+    let server = &spec.mcp[0];
+    match &server.transport {
+        rein_config::McpTransportSpec::Stdio { program, args, env } => {
+            assert_eq!(program, Path::new("npx"));
+            let ws = dir.path().canonicalize().unwrap().join("workspace");
+            assert_eq!(args, &vec!["server".to_owned(), ws.display().to_string()]);
+            assert_eq!(env["TOKEN"], "secret:fs_token");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(spec.secrets.contains(&"fs_token".to_owned()));
+    let read = server.tool_policy("read");
+    assert_eq!(
+        (
+            read.risk.as_str(),
+            read.idempotent,
+            read.sink,
+            read.declared
+        ),
+        ("low", true, false, true)
+    );
+    assert!(read.labels.is_empty());
+    // A tool the operator did not declare: untrusted output, not idempotent, a sink, high risk.
+    let other = server.tool_policy("write");
+    assert_eq!(
+        (
+            other.labels.clone(),
+            other.risk.as_str(),
+            other.idempotent,
+            other.sink,
+            other.declared
+        ),
+        (vec!["untrusted".to_owned()], "high", false, true, false)
+    );
 }
 
 #[test]

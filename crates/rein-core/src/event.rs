@@ -271,6 +271,20 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
     },
+    /// Something worth knowing that does not change the run's state: an MCP server exited or
+    /// restarted, a tool's definition changed, a circuit breaker opened, a latency target was
+    /// missed, a soft budget limit was passed.
+    Notice {
+        /// What happened, in snake_case (`mcp_server_restarted`, `breaker_opened`, ...).
+        kind: String,
+        /// What it is about: a tool, a server, a model.
+        subject: String,
+        /// For people.
+        detail: String,
+        /// The call it happened during, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
     /// The run ended. Always the last event.
     RunEnded {
         /// How.
@@ -305,6 +319,7 @@ impl Event {
             Event::RunSuspended { .. } => "run_suspended",
             Event::ModelJudged { .. } => "model_judged",
             Event::CallReconciled { .. } => "call_reconciled",
+            Event::Notice { .. } => "notice",
             Event::RunEnded { .. } => "run_ended",
         }
     }

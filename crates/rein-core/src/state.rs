@@ -397,7 +397,7 @@ impl RunState {
                 }
                 self.suspended = true;
             }
-            Event::ModelJudged { .. } => {}
+            Event::ModelJudged { .. } | Event::Notice { .. } => {}
             Event::CallReconciled {
                 call_id,
                 happened,

@@ -19,6 +19,7 @@ use rein_tools::{
 };
 
 use crate::EngineError;
+use crate::mcp::{McpSet, connect_mcp};
 
 /// An agent with a live provider and tool set.
 pub struct Agent {
@@ -60,6 +61,11 @@ pub struct Agent {
     pub parent_gate: Option<Arc<Gate>>,
     /// Each tool's sensitive argument fields, kept out of the audit trail in clear.
     pub sensitive: HashMap<String, Vec<String>>,
+    /// The MCP servers the agent's MCP tools call.
+    pub mcp_servers: Vec<Arc<rein_mcp::McpServer>>,
+    /// What each new run records about the agent's tools before it starts (MCP listings,
+    /// changed tool definitions).
+    pub load_notices: Vec<rein_tools::ToolNotice>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -83,13 +89,45 @@ impl Agent {
 
     /// Builds an agent, resolving its secrets from `env` (`REIN_SECRET_<NAME>`) or
     /// `secrets_file`; `file_required` makes a missing file an error (it was named explicitly).
+    /// An agent with MCP servers must be built with [`Agent::load`], which connects them.
     pub fn from_spec_with_secrets(
         spec: &AgentSpec,
         env: &dyn Fn(&str) -> Option<String>,
         secrets_file: Option<&Path>,
         file_required: bool,
     ) -> Result<Agent, EngineError> {
-        Agent::build(spec, env, secrets_file, file_required, None)
+        if !spec.mcp.is_empty() {
+            return Err(EngineError::Agent(format!(
+                "{}: the agent has MCP servers; build it with Agent::load, which connects them",
+                spec.dir.join(rein_config::AGENT_FILE).display()
+            )));
+        }
+        Agent::build(
+            spec,
+            env,
+            secrets_file,
+            file_required,
+            None,
+            McpSet::default(),
+        )
+    }
+
+    /// Builds an agent, connecting its MCP servers first. `pins_file` keeps the fingerprints of
+    /// MCP tools between processes, so a server that changes a tool is noticed.
+    pub async fn load(
+        spec: &AgentSpec,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets_file: Option<&Path>,
+        file_required: bool,
+        pins_file: Option<&Path>,
+    ) -> Result<Agent, EngineError> {
+        let mcp = if spec.mcp.is_empty() {
+            McpSet::default()
+        } else {
+            let secrets = resolve_secrets(&spec.secrets, env, secrets_file, file_required)?;
+            connect_mcp(spec, Arc::new(secrets), pins_file, false).await?
+        };
+        Agent::build(spec, env, secrets_file, file_required, None, mcp)
     }
 
     fn build(
@@ -98,6 +136,7 @@ impl Agent {
         secrets_file: Option<&Path>,
         file_required: bool,
         parent: Option<(&str, Arc<Gate>)>,
+        mcp: McpSet,
     ) -> Result<Agent, EngineError> {
         let secrets = resolve_secrets(&spec.secrets, env, secrets_file, file_required)?;
         let key = |source: &Option<KeySource>| -> Result<Option<String>, EngineError> {
@@ -146,7 +185,8 @@ impl Agent {
             mut setup,
             output_labels: labels,
             children,
-        } = build_tools(spec)?;
+            sensitive,
+        } = build_tools(spec, &mcp)?;
         if let Some((parent_name, _)) = &parent {
             setup.parents = vec![(*parent_name).to_owned()];
         }
@@ -159,6 +199,7 @@ impl Agent {
                 secrets_file,
                 file_required,
                 Some((&spec.name, gate.clone())),
+                McpSet::default(),
             )?;
             delegates.insert(tool.clone(), Arc::new(child));
         }
@@ -169,12 +210,9 @@ impl Agent {
             gate,
             delegates,
             parent_gate: parent.map(|(_, g)| g),
-            sensitive: spec
-                .tools
-                .iter()
-                .filter(|t| !t.sensitive.is_empty())
-                .map(|t| (t.name().to_owned(), t.sensitive.clone()))
-                .collect(),
+            sensitive,
+            mcp_servers: mcp.servers,
+            load_notices: mcp.notices,
             approval_ttl: spec.approval_ttl,
             output_labels: labels,
             name: spec.name.clone(),
@@ -203,6 +241,8 @@ pub struct AgentTools {
     pub output_labels: HashMap<String, Vec<String>>,
     /// The sub-agents delegate tools lead to: (tool name, the child's configuration).
     pub children: Vec<(String, AgentSpec)>,
+    /// Each tool's sensitive argument fields.
+    pub sensitive: HashMap<String, Vec<String>>,
 }
 
 /// The manifest of a delegation: checked and offered to the model like any tool, but run by the
@@ -247,11 +287,43 @@ impl Tool for DelegateTool {
 }
 
 /// The tools of an agent, and what the gate needs to know about them and the agent.
-pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
+pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineError> {
     let mut children = Vec::new();
     let mut tools = ToolRegistry::new();
     let mut facts = Vec::with_capacity(spec.tools.len());
     let mut labels = HashMap::new();
+    let mut sensitive = HashMap::new();
+    let at = || spec.dir.join(rein_config::AGENT_FILE).display().to_string();
+    for tool in &mcp.tools {
+        let policy = tool.policy();
+        let manifest = tool.manifest();
+        check_sensitive(
+            &at(),
+            &manifest.name,
+            &manifest.parameters,
+            &policy.sensitive,
+        )?;
+        facts.push(ToolFacts {
+            name: manifest.name.clone(),
+            args_schema: manifest.parameters.clone(),
+            labels: policy.labels.clone(),
+            sink: policy.sink,
+            risk: policy.risk.clone(),
+            idempotent: manifest.idempotent,
+            groups: policy.groups.clone(),
+        });
+        labels.insert(manifest.name.clone(), policy.labels.clone());
+        if !policy.sensitive.is_empty() {
+            sensitive.insert(manifest.name.clone(), policy.sensitive.clone());
+        }
+        tools.register(tool.clone()).map_err(|e| {
+            EngineError::Agent(format!(
+                "{}: MCP server `{}`: {e}",
+                at(),
+                tool.server().name()
+            ))
+        })?;
+    }
     for entry in &spec.tools {
         let tool: Arc<dyn Tool> = match &entry.tool {
             ToolConfig::FsRead => Arc::new(FsRead::default()),
@@ -270,6 +342,13 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
                 agent_dir,
             } => {
                 let child = rein_config::load(agent_dir)?;
+                if !child.mcp.is_empty() {
+                    return Err(EngineError::Agent(format!(
+                        "{}: sub-agent `{}` has MCP servers; sub-agents cannot have them yet (give the MCP server to this agent, or run the sub-agent on its own)",
+                        at(),
+                        child.name
+                    )));
+                }
                 if child
                     .tools
                     .iter()
@@ -318,20 +397,14 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
             )),
         };
         let manifest = tool.manifest();
-        let properties = manifest
-            .parameters
-            .get("properties")
-            .and_then(serde_json::Value::as_object);
-        if let Some(missing) = entry
-            .sensitive
-            .iter()
-            .find(|f| !properties.is_some_and(|p| p.contains_key(*f)))
-        {
-            return Err(EngineError::Agent(format!(
-                "{}: tool `{}` lists `{missing}` as sensitive, but it has no such argument",
-                spec.dir.join(rein_config::AGENT_FILE).display(),
-                manifest.name
-            )));
+        check_sensitive(
+            &at(),
+            &manifest.name,
+            &manifest.parameters,
+            &entry.sensitive,
+        )?;
+        if !entry.sensitive.is_empty() {
+            sensitive.insert(manifest.name.clone(), entry.sensitive.clone());
         }
         facts.push(ToolFacts {
             name: manifest.name.clone(),
@@ -360,7 +433,7 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
     // The parent's policies bound what its sub-agents may do, so its schema knows their tools
     // and models too.
     for (_, child) in &children {
-        let child_setup = build_tools(child)?.setup;
+        let child_setup = build_tools(child, &McpSet::default())?.setup;
         for tool in child_setup.tools {
             match setup.tools.iter().find(|t| t.name == tool.name) {
                 None => setup.tools.push(tool),
@@ -387,11 +460,33 @@ pub fn build_tools(spec: &AgentSpec) -> Result<AgentTools, EngineError> {
         setup,
         output_labels: labels,
         children,
+        sensitive,
     })
 }
 
+/// Every sensitive field must be one of the tool's arguments.
+fn check_sensitive(
+    file: &str,
+    tool: &str,
+    schema: &serde_json::Value,
+    fields: &[String],
+) -> Result<(), EngineError> {
+    let properties = schema
+        .get("properties")
+        .and_then(serde_json::Value::as_object);
+    match fields
+        .iter()
+        .find(|f| !properties.is_some_and(|p| p.contains_key(*f)))
+    {
+        Some(missing) => Err(EngineError::Agent(format!(
+            "{file}: tool `{tool}` lists `{missing}` as sensitive, but it has no such argument"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The agent's policies, loaded and checked (examples included), without building its provider.
-pub fn load_gate(spec: &AgentSpec) -> Result<Gate, EngineError> {
-    let setup = build_tools(spec)?.setup;
+pub fn load_gate(spec: &AgentSpec, mcp: &McpSet) -> Result<Gate, EngineError> {
+    let setup = build_tools(spec, mcp)?.setup;
     Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)
 }

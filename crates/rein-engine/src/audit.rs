@@ -177,6 +177,15 @@ pub(crate) fn entry_for(
             "run_ended",
             json!({"status": status, "reason": reason, "call_id": call_id}),
         ),
+        Event::Notice {
+            kind,
+            subject,
+            detail,
+            call_id,
+        } => (
+            "notice",
+            json!({"kind": kind, "subject": subject, "detail": detail, "call_id": call_id}),
+        ),
         Event::ModelRequested { .. } => return None,
     };
     Some(Entry {

@@ -147,6 +147,8 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         delegates: Default::default(),
         parent_gate: None,
         sensitive: Default::default(),
+        mcp_servers: vec![],
+        load_notices: vec![],
         name: "bench".into(),
         dir: None,
         digest: "bench".into(),

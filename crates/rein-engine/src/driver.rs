@@ -53,7 +53,13 @@ impl<'a> Driver<'a> {
             state,
             workspace,
             observer,
-            tool_specs: agent.tools.specs(),
+            // Tools the policies deny outright are not offered; every call is still judged.
+            tool_specs: agent
+                .tools
+                .specs()
+                .into_iter()
+                .filter(|t| !agent.gate.denied_outright(&t.name))
+                .collect(),
             pending: Vec::new(),
             audit_pending: Vec::new(),
             effects: 0,
@@ -91,6 +97,15 @@ impl<'a> Driver<'a> {
             parent: request.parent.clone(),
         };
         self.record(Event::RunStarted(started)).await?;
+        for notice in &self.agent.load_notices {
+            self.record(Event::Notice {
+                kind: notice.kind.clone(),
+                subject: notice.subject.clone(),
+                detail: notice.detail.clone(),
+                call_id: None,
+            })
+            .await?;
+        }
         self.drive().await
     }
 
@@ -602,6 +617,7 @@ impl<'a> Driver<'a> {
             run_id: self.run_id.clone(),
             call_id: call.id.clone(),
             secrets: self.agent.secrets.clone(),
+            notices: Default::default(),
         };
         let began = Instant::now();
         let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;
@@ -636,6 +652,15 @@ impl<'a> Driver<'a> {
                 )
             }
         };
+        for notice in ctx.notices.take() {
+            self.record(Event::Notice {
+                kind: notice.kind,
+                subject: notice.subject,
+                detail: notice.detail,
+                call_id: Some(call.id.clone()),
+            })
+            .await?;
+        }
         self.record(Event::ToolOutcome {
             call_id: call.id,
             ok,

@@ -12,6 +12,7 @@ mod audit;
 mod audit_writer;
 pub mod bench;
 mod driver;
+mod mcp;
 mod observe;
 pub mod secrets;
 
@@ -25,6 +26,7 @@ use rein_store::{ApprovalSummary, Store, StoreError};
 use serde::Serialize;
 
 pub use agent::{Agent, AgentTools, build_tools, load_gate};
+pub use mcp::{McpSet, connect_mcp};
 pub use observe::{FaultPlan, NoObserver, Observer};
 
 /// What can stop the engine from driving a run. A run that ends badly (a failing provider, a

@@ -20,8 +20,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Entities, EntityUid, PolicyId, PolicySet, Request,
-    ResourceConstraint, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Entities, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 use miette::Diagnostic;
 use rein_core::gate::{Effect, Matched, compose};
@@ -417,6 +418,31 @@ impl Gate {
     /// Judges a tool call with already schema-checked arguments.
     pub fn judge_tool(&self, tool: &str, args: &Value, facts: &RequestFacts) -> Decision {
         self.judge_tool_for(&self.principal, tool, args, facts)
+    }
+
+    /// Whether the policies deny `tool` whatever its arguments and the run: no permit's scope
+    /// can match it, or a forbid's scope matches it with no condition. Such tools are left out
+    /// of the model's tool list (every call is still judged).
+    pub fn denied_outright(&self, tool: &str) -> bool {
+        let Some(target) = self.tools.get(tool) else {
+            return true;
+        };
+        let applies = |p: &Policy| match p.principal_constraint() {
+            PrincipalConstraint::Eq(e) => e == self.principal,
+            PrincipalConstraint::Is(t) => &t == self.principal.type_name(),
+            PrincipalConstraint::IsIn(t, _) => &t == self.principal.type_name(),
+            PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+        };
+        let mut permits = target
+            .policies
+            .policies()
+            .filter(|p| applies(p) && p.effect() == cedar_policy::Effect::Permit);
+        let unconditional_forbid = target.policies.policies().any(|p| {
+            applies(p)
+                && p.effect() == cedar_policy::Effect::Forbid
+                && !p.has_non_scope_constraint()
+        });
+        permits.next().is_none() || unconditional_forbid
     }
 
     /// Judges a tool call made by a sub-agent, `principal`, with this (the parent's) policies:

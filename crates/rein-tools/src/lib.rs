@@ -66,6 +66,47 @@ pub struct ToolContext {
     pub call_id: String,
     /// Where `secret:` references are resolved.
     pub secrets: std::sync::Arc<dyn SecretSource>,
+    /// Where the tool reports what the run should record besides its result (a server that
+    /// restarted, a result that was cut).
+    pub notices: Notices,
+}
+
+/// Something a tool reports during a call, recorded by the engine as a `notice` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolNotice {
+    /// What happened, in snake_case.
+    pub kind: String,
+    /// What it is about (a server, a tool).
+    pub subject: String,
+    /// For people.
+    pub detail: String,
+}
+
+/// The notices of one call, shared between the tool and the engine.
+#[derive(Debug, Clone, Default)]
+pub struct Notices(std::sync::Arc<std::sync::Mutex<Vec<ToolNotice>>>);
+
+impl Notices {
+    /// Adds a notice.
+    pub fn push(&self, kind: &str, subject: &str, detail: impl Into<String>) {
+        let notice = ToolNotice {
+            kind: kind.to_owned(),
+            subject: subject.to_owned(),
+            detail: detail.into(),
+        };
+        match self.0.lock() {
+            Ok(mut list) => list.push(notice),
+            Err(poisoned) => poisoned.into_inner().push(notice),
+        }
+    }
+
+    /// Takes every notice so far.
+    pub fn take(&self) -> Vec<ToolNotice> {
+        match self.0.lock() {
+            Ok(mut list) => std::mem::take(&mut *list),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ToolContext {

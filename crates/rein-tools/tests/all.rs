@@ -23,6 +23,7 @@ fn ctx(workspace: &Path) -> ToolContext {
         run_id: "run-1".into(),
         call_id: "call-7".into(),
         secrets: Arc::new(NoSecrets),
+        notices: Default::default(),
     }
 }
 

@@ -11,7 +11,7 @@ use rein_policy::{Gate, GateSetup, RequestFacts};
 use rein_store::{ApprovalSummary, Store};
 use serde_json::Value;
 
-use crate::{open_store, render};
+use crate::{SecretsAt, open_store, render};
 
 /// Who is deciding: `--as`, else the login name.
 pub(crate) fn approver(as_name: Option<String>) -> String {
@@ -207,9 +207,12 @@ pub(crate) async fn approvals_decide(
     Ok(0)
 }
 
-fn gate_for(agent_dir: &Path) -> anyhow::Result<(Gate, usize)> {
+async fn gate_for(agent_dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<(Gate, usize)> {
     let spec = rein_config::load(agent_dir)?;
-    let gate = rein_engine::load_gate(&spec)?;
+    let mcp = crate::tools_cmds::connect_mcp(&spec, secrets, false).await?;
+    let gate = rein_engine::load_gate(&spec, &mcp);
+    mcp.shutdown().await;
+    let gate = gate?;
     let examples = std::fs::read_dir(spec.dir.join("policies"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -231,8 +234,8 @@ fn gate_for(agent_dir: &Path) -> anyhow::Result<(Gate, usize)> {
     Ok((gate, examples))
 }
 
-pub(crate) fn policy_check(agent_dir: &Path) -> anyhow::Result<u8> {
-    let (gate, examples) = gate_for(agent_dir)?;
+pub(crate) async fn policy_check(agent_dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<u8> {
+    let (gate, examples) = gate_for(agent_dir, secrets).await?;
     println!(
         "ok: {} policies valid against the agent's schema; {examples} examples hold",
         gate.policy_count()
@@ -251,8 +254,12 @@ pub(crate) struct Explain {
     pub(crate) json: bool,
 }
 
-pub(crate) fn policy_explain(agent_dir: &Path, e: Explain) -> anyhow::Result<u8> {
-    let (gate, _) = gate_for(agent_dir)?;
+pub(crate) async fn policy_explain(
+    agent_dir: &Path,
+    secrets: &SecretsAt<'_>,
+    e: Explain,
+) -> anyhow::Result<u8> {
+    let (gate, _) = gate_for(agent_dir, secrets).await?;
     let args: Value =
         serde_json::from_str(&e.args).with_context(|| format!("--args is not JSON: {}", e.args))?;
     let facts = RequestFacts {
@@ -289,9 +296,18 @@ pub(crate) fn policy_explain(agent_dir: &Path, e: Explain) -> anyhow::Result<u8>
     Ok(0)
 }
 
-pub(crate) fn schema_policy(agent_dir: Option<&Path>) -> anyhow::Result<u8> {
+pub(crate) async fn schema_policy(
+    agent_dir: Option<&Path>,
+    secrets: &SecretsAt<'_>,
+) -> anyhow::Result<u8> {
     let setup = match agent_dir {
-        Some(dir) => rein_engine::build_tools(&rein_config::load(dir)?)?.setup,
+        Some(dir) => {
+            let spec = rein_config::load(dir)?;
+            let mcp = crate::tools_cmds::connect_mcp(&spec, secrets, false).await?;
+            let tools = rein_engine::build_tools(&spec, &mcp);
+            mcp.shutdown().await;
+            tools?.setup
+        }
         None => GateSetup {
             agent: "<agent>".into(),
             ..GateSetup::default()

@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod audit_cmds;
 mod gate_cmds;
 mod render;
+mod tools_cmds;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// The tools an agent has: built-in, command, sub-agent and MCP.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
     /// Print the JSON Schema of a file rein reads.
     Schema {
         #[command(subcommand)]
@@ -94,6 +100,22 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolsCommand {
+    /// Every tool with its source, arguments, labels and the verdict the policies give it by
+    /// default. Connects to the agent's MCP servers to list theirs.
+    List {
+        /// The agent folder.
+        agent_dir: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Accept the current definitions of MCP tools that changed since they were pinned.
+        #[arg(long)]
+        accept_changes: bool,
     },
 }
 
@@ -392,6 +414,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let (state_dir, secrets_file) = (cli.state_dir.clone(), cli.secrets_file.clone());
+    let secrets = SecretsAt {
+        state_dir: &state_dir,
+        file: secrets_file.as_deref(),
+    };
     match cli.command {
         Command::Run {
             agent_dir,
@@ -437,7 +464,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Schema {
             what: SchemaCommand::Policy { agent_dir },
-        } => gate_cmds::schema_policy(agent_dir.as_deref()),
+        } => gate_cmds::schema_policy(agent_dir.as_deref(), &secrets).await,
+        Command::Tools {
+            command:
+                ToolsCommand::List {
+                    ref agent_dir,
+                    json,
+                    accept_changes,
+                },
+        } => tools_cmds::tools_list(agent_dir, &secrets, json, accept_changes).await,
         Command::Bench {
             what:
                 BenchCommand::Gate {
@@ -541,7 +576,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Policy {
             command: PolicyCommand::Check { agent_dir },
-        } => gate_cmds::policy_check(&agent_dir),
+        } => gate_cmds::policy_check(&agent_dir, &secrets).await,
         Command::Policy {
             command:
                 PolicyCommand::Explain {
@@ -555,19 +590,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     approved_by,
                     json,
                 },
-        } => gate_cmds::policy_explain(
-            &agent_dir,
-            gate_cmds::Explain {
-                tool,
-                model,
-                args,
-                labels,
-                user,
-                tenant,
-                approved_by,
-                json,
-            },
-        ),
+        } => {
+            gate_cmds::policy_explain(
+                &agent_dir,
+                &secrets,
+                gate_cmds::Explain {
+                    tool,
+                    model,
+                    args,
+                    labels,
+                    user,
+                    tenant,
+                    approved_by,
+                    json,
+                },
+            )
+            .await
+        }
         Command::Schema {
             what: SchemaCommand::Agent,
         } => {
@@ -589,21 +628,43 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 /// Where secrets come from: the file named on the command line (which must exist), else
 /// secrets.toml in the state directory if there is one.
-struct SecretsAt<'a> {
-    state_dir: &'a Path,
-    file: Option<&'a Path>,
+pub(crate) struct SecretsAt<'a> {
+    pub(crate) state_dir: &'a Path,
+    pub(crate) file: Option<&'a Path>,
 }
 
-fn load_agent(dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<(Agent, Durability)> {
+impl SecretsAt<'_> {
+    /// The secrets file to read, and whether it must exist.
+    pub(crate) fn file(&self) -> (PathBuf, bool) {
+        match self.file {
+            Some(f) => (f.to_owned(), true),
+            None => (self.state_dir.join("secrets.toml"), false),
+        }
+    }
+}
+
+/// Loads an agent, connecting its MCP servers (their tools' fingerprints are pinned in the
+/// state directory).
+async fn load_agent(dir: &Path, secrets: &SecretsAt<'_>) -> anyhow::Result<(Agent, Durability)> {
     let spec = rein_config::load(dir)?;
-    let default = secrets.state_dir.join("secrets.toml");
-    let (file, required) = match secrets.file {
-        Some(f) => (f, true),
-        None => (default.as_path(), false),
-    };
-    let agent =
-        Agent::from_spec_with_secrets(&spec, &|var| std::env::var(var).ok(), Some(file), required)?;
+    let (file, required) = secrets.file();
+    let pins = rein_mcp::pins_path(secrets.state_dir, &spec.name);
+    let agent = Agent::load(
+        &spec,
+        &|var| std::env::var(var).ok(),
+        Some(&file),
+        required,
+        Some(&pins),
+    )
+    .await?;
     Ok((agent, spec.durability))
+}
+
+/// Stops the agent's MCP servers.
+async fn close_agent(agent: &Agent) {
+    for server in &agent.mcp_servers {
+        server.shutdown().await;
+    }
 }
 
 /// Every engine rein's commands build records into the state directory's audit log.
@@ -744,7 +805,8 @@ async fn run(
             state_dir,
             file: secrets_file,
         },
-    )?;
+    )
+    .await?;
     let durability = durability.unwrap_or(agent_durability);
     let store = open_store(state_dir, durability)?;
     let engine = with_audit(
@@ -762,14 +824,15 @@ async fn run(
     };
     let view = live_view(json);
     let report = match &view {
-        Some(view) => engine.start(&agent, request, view).await?,
+        Some(view) => engine.start(&agent, request, view).await,
         None => {
             engine
                 .start(&agent, request, &rein_engine::NoObserver)
-                .await?
+                .await
         }
     };
-    finish(&report, json)
+    close_agent(&agent).await;
+    finish(&report?, json)
 }
 
 async fn resume(
@@ -795,6 +858,7 @@ async fn resume(
             file: secrets_file,
         },
     )
+    .await
     .with_context(|| format!("loading the agent of run {run_id}"))?;
     drop(engine);
     drop(store);
@@ -808,14 +872,15 @@ async fn resume(
     .with_faults(faults_from_env());
     let view = live_view(json);
     let report = match &view {
-        Some(view) => engine.resume(&run_id, &agent, view).await?,
+        Some(view) => engine.resume(&run_id, &agent, view).await,
         None => {
             engine
                 .resume(&run_id, &agent, &rein_engine::NoObserver)
-                .await?
+                .await
         }
     };
-    finish(&report, json)
+    close_agent(&agent).await;
+    finish(&report?, json)
 }
 
 fn list(state_dir: &Path, limit: usize, json: bool) -> anyhow::Result<u8> {

@@ -165,6 +165,18 @@ impl Renderer {
                 verdict: Verdict::Allow | Verdict::Ask,
                 ..
             } => {}
+            Event::Notice {
+                kind,
+                subject,
+                detail,
+                ..
+            } => {
+                out.push(format!(
+                    "{stamp}    {} {subject}: {}",
+                    self.paint(YELLOW, &format!("• {}", kind.replace('_', " "))),
+                    one_line(detail, 200)
+                ));
+            }
             Event::ModelJudged { model, reasons, .. } => {
                 out.push(format!(
                     "{stamp}  {} model {model}: {}",
