@@ -47,6 +47,26 @@ pub struct AgentSpec {
     pub approval_ttl: Duration,
     /// MCP servers, in the order declared.
     pub mcp: Vec<McpServerSpec>,
+    /// The other models (`[[models]]`), by id.
+    pub models: Vec<ModelSpec>,
+    /// Ids of the models tried in order when `[model]` fails.
+    pub fallbacks: Vec<String>,
+    /// The model for steps that only read tool results, if routed.
+    pub route_tool_results: Option<String>,
+    /// The model for the wrap-up turn when a budget runs out, if routed.
+    pub route_wrap_up: Option<String>,
+    /// Spending limits: the run's own and shared ones.
+    pub budgets: Vec<rein_core::budget::Limit>,
+    /// The most tool calls in a run.
+    pub max_tool_calls: Option<u32>,
+    /// Prices that override the built-in table, by model name.
+    pub prices: BTreeMap<String, rein_core::budget::Price>,
+    /// The context budget.
+    pub context: ContextSpec,
+    /// The most a model call may take before a miss is recorded.
+    pub model_latency_target: Option<Duration>,
+    /// The most a tool call may take before a miss is recorded.
+    pub tool_latency_target: Option<Duration>,
     /// Every secret the agent refers to (`secret:NAME`), so all can be resolved before it runs.
     pub secrets: Vec<String>,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
@@ -56,6 +76,8 @@ pub struct AgentSpec {
 /// Which model answers and how to reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
+    /// Its id: `primary` for `[model]`, else the `[[models]]` entry's `id`.
+    pub id: String,
     /// The provider and its settings.
     pub provider: ProviderSpec,
     /// The model name.
@@ -131,6 +153,8 @@ pub struct ToolEntrySpec {
     pub groups: Vec<String>,
     /// Argument fields the audit trail stores only as keyed hashes.
     pub sensitive: Vec<String>,
+    /// Retries and circuit breaker.
+    pub resilience: Resilience,
 }
 
 impl ToolEntrySpec {
@@ -196,6 +220,42 @@ impl ToolConfig {
             ToolConfig::FsWrite => "fs.write",
             ToolConfig::HttpGet { .. } => "http.get",
             ToolConfig::Command { name, .. } | ToolConfig::Delegate { name, .. } => name,
+        }
+    }
+}
+
+/// What the model is sent: at most `max_tokens` of conversation, the `keep_recent` last
+/// messages never elided, the `pinned` constraints always present.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContextSpec {
+    /// The budget, if any.
+    pub max_tokens: Option<u64>,
+    /// Recent messages never elided.
+    pub keep_recent: usize,
+    /// The operator's constraints.
+    pub pinned: Vec<String>,
+}
+
+/// How a tool is retried and when its circuit breaker opens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resilience {
+    /// Tries in all.
+    pub max_attempts: u32,
+    /// The first wait between tries.
+    pub backoff: Duration,
+    /// Failures in a row that open the breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Resilience {
+            max_attempts: 1,
+            backoff: Duration::from_millis(200),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 }

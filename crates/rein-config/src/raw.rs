@@ -48,6 +48,27 @@ pub struct AgentFile {
     /// How approvals behave.
     #[serde(default)]
     pub approvals: Option<ApprovalsSection>,
+    /// More models, by `id`: fallbacks for `[model]` (`model.fallbacks`) and targets of `[routing]`.
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+    /// Which model answers which kind of step.
+    #[serde(default)]
+    pub routing: Option<RoutingSection>,
+    /// Limits on one run's spending (its sub-agents spend from it too).
+    #[serde(default)]
+    pub budget: Option<BudgetSection>,
+    /// Limits shared by many runs over a period: per agent, per user or per tenant.
+    #[serde(default)]
+    pub budgets: Vec<SharedBudgetSection>,
+    /// Prices per million tokens, by model name, overriding the built-in table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceSection>,
+    /// The context sent to the model: its budget and what compaction keeps.
+    #[serde(default)]
+    pub context: Option<ContextSection>,
+    /// Latency targets; a miss is recorded as an event.
+    #[serde(default)]
+    pub latency: Option<LatencySection>,
     /// MCP servers whose tools the agent may call, each offered as `server.tool`.
     #[serde(default)]
     #[schemars(with = "Vec<McpServerEntry>")]
@@ -122,6 +143,115 @@ pub struct McpToolEntry {
     pub enabled: Option<bool>,
 }
 
+/// The `[routing]` section: model ids (from `[[models]]`) per kind of step.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Steps that only read tool results (the last message is a tool result).
+    #[serde(default)]
+    pub tool_results: Option<String>,
+    /// The wrap-up turn when a budget runs out.
+    #[serde(default)]
+    pub wrap_up: Option<String>,
+}
+
+/// The `[budget]` section: hard limits on one run.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    /// Tokens (prompt + completion).
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Money, in US dollars.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// Tool calls.
+    #[serde(default)]
+    pub tool_calls: Option<u32>,
+    /// A warning is recorded when this share of a limit is spent (default 80).
+    #[serde(default)]
+    pub warn_at_percent: Option<u8>,
+}
+
+/// A `[[budgets]]` entry: a limit shared by runs over a period.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedBudgetSection {
+    /// `agent`, `user` or `tenant`.
+    pub scope: BudgetScopeName,
+    /// `day` or `month` (UTC).
+    pub period: BudgetPeriodName,
+    /// Tokens.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// Money, in US dollars.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    /// A warning is recorded when this share is spent (default 80).
+    #[serde(default)]
+    pub warn_at_percent: Option<u8>,
+}
+
+/// Who a shared budget is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScopeName {
+    /// Every run of this agent.
+    Agent,
+    /// Every run for one user.
+    User,
+    /// Every run for one tenant.
+    Tenant,
+}
+
+/// A budget period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriodName {
+    /// A UTC day.
+    Day,
+    /// A UTC month.
+    Month,
+}
+
+/// Prices in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSection {
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+}
+
+/// The `[context]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSection {
+    /// The most tokens of conversation sent to the model; older tool outputs are elided to stay
+    /// under it (default: no limit).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// The most recent messages, never elided (default 4).
+    #[serde(default)]
+    pub keep_recent: Option<usize>,
+    /// The operator's constraints: always in the context, whatever is compacted.
+    #[serde(default)]
+    pub pinned: Option<Vec<String>>,
+}
+
+/// The `[latency]` section, in milliseconds.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencySection {
+    /// One model call.
+    #[serde(default)]
+    pub model_call_ms: Option<u64>,
+    /// One tool call.
+    #[serde(default)]
+    pub tool_call_ms: Option<u64>,
+}
+
 /// The `[approvals]` section.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -153,10 +283,17 @@ pub enum ProviderName {
     Anthropic,
 }
 
-/// The `[model]` section.
+/// The `[model]` section, and each `[[models]]` entry.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
+    /// For `[[models]]`: the id `fallbacks` and `[routing]` use.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// For `[model]`: ids of `[[models]]` tried in order when it fails (after its retries) or
+    /// its circuit breaker is open.
+    #[serde(default)]
+    pub fallbacks: Option<Vec<String>>,
     /// `scripted`, `openai` or `anthropic`.
     pub provider: ProviderName,
     /// The model name, as the provider knows it.
@@ -230,6 +367,20 @@ pub struct ToolEntry {
     /// How long one call may run, in milliseconds (default 30000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Tries in all when the tool fails or times out (default 1). More than 1 only for
+    /// idempotent tools.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// The first wait between tries, in milliseconds; it doubles, with jitter (default 200).
+    #[serde(default)]
+    pub retry_backoff_ms: Option<u64>,
+    /// Failures in a row that open the tool's circuit breaker (default 5).
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker refuses calls before one probe is let through, in milliseconds
+    /// (default 30000).
+    #[serde(default)]
+    pub breaker_cooldown_ms: Option<u64>,
     /// For command tools: the most bytes the program may print (default 1048576).
     #[serde(default)]
     pub max_output_bytes: Option<usize>,

@@ -9,10 +9,14 @@ use rein_core::{Durability, Limits};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::raw::{AgentFile, DurabilityName, McpServerEntry, ProviderName, RiskName, ToolEntry};
+use crate::raw::{
+    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, McpServerEntry, ProviderName,
+    RiskName, ToolEntry,
+};
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, KeySource, McpServerSpec, McpToolPolicy, McpTransportSpec,
-    ModelSpec, ProviderSpec, ToolConfig, ToolEntrySpec, WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, ContextSpec, KeySource, McpServerSpec, McpToolPolicy,
+    McpTransportSpec, ModelSpec, ProviderSpec, Resilience, ToolConfig, ToolEntrySpec,
+    WorkspaceSpec,
 };
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
@@ -129,7 +133,124 @@ impl Resolver {
             }
         };
 
+        if raw.model.id.is_some() {
+            return Err(self.err(
+                None,
+                "model.id",
+                "`[model]` is `primary`; ids are for `[[models]]` entries",
+            ));
+        }
+        let fallbacks = raw.model.fallbacks.clone().unwrap_or_default();
         let model = self.model(raw.model)?;
+        let mut models = Vec::with_capacity(raw.models.len());
+        for (i, m) in raw.models.into_iter().enumerate() {
+            if m.fallbacks.is_some() {
+                return Err(self.err(
+                    None,
+                    format!("models[{i}].fallbacks"),
+                    "only `[model]` has fallbacks",
+                ));
+            }
+            let Some(id) = m.id.clone() else {
+                return Err(self.err(None, format!("models[{i}].id"), "every `[[models]]` entry needs an `id` (used by `model.fallbacks` and `[routing]`)"));
+            };
+            if id == "primary" || models.iter().any(|x: &ModelSpec| x.id == id) {
+                return Err(self.err(
+                    None,
+                    format!("models[{i}].id"),
+                    format!("`{id}` is used twice (`primary` is `[model]`)"),
+                ));
+            }
+            models.push(self.model(m)?);
+        }
+        let known = |id: &str| id == "primary" || models.iter().any(|m| m.id == id);
+        if let Some(bad) = fallbacks.iter().find(|f| !known(f)) {
+            return Err(self.err(
+                None,
+                "model.fallbacks",
+                format!("`{bad}` is not the id of a `[[models]]` entry"),
+            ));
+        }
+        let routing = raw.routing.unwrap_or_default();
+        for (field, id) in [
+            ("routing.tool_results", &routing.tool_results),
+            ("routing.wrap_up", &routing.wrap_up),
+        ] {
+            if let Some(id) = id.as_ref().filter(|id| !known(id)) {
+                return Err(self.err(
+                    None,
+                    field,
+                    format!("`{id}` is not `primary` or the id of a `[[models]]` entry"),
+                ));
+            }
+        }
+        let usd = |field: &str, v: Option<f64>| -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(v) if !(v.is_finite() && v >= 0.0) => {
+                    Err(self.err(None, field, "must be a non-negative amount of US dollars"))
+                }
+                Some(v) => Ok(Some((v * 1e6).round() as u64)),
+                None => Ok(None),
+            }
+        };
+        let mut budgets = Vec::new();
+        let run_budget = raw.budget.unwrap_or_default();
+        if run_budget.tokens.is_some() || run_budget.cost_usd.is_some() {
+            budgets.push(rein_core::budget::Limit {
+                scope: rein_core::budget::Scope::Run,
+                period: rein_core::budget::Period::Run,
+                tokens: run_budget.tokens,
+                cost_micros: usd("budget.cost_usd", run_budget.cost_usd)?,
+                warn_percent: run_budget.warn_at_percent.unwrap_or(80),
+            });
+        }
+        for (i, b) in raw.budgets.iter().enumerate() {
+            if b.tokens.is_none() && b.cost_usd.is_none() {
+                return Err(self.err(
+                    None,
+                    format!("budgets[{i}]"),
+                    "give `tokens`, `cost_usd` or both",
+                ));
+            }
+            budgets.push(rein_core::budget::Limit {
+                scope: match b.scope {
+                    BudgetScopeName::Agent => rein_core::budget::Scope::Agent,
+                    BudgetScopeName::User => rein_core::budget::Scope::User,
+                    BudgetScopeName::Tenant => rein_core::budget::Scope::Tenant,
+                },
+                period: match b.period {
+                    BudgetPeriodName::Day => rein_core::budget::Period::Day,
+                    BudgetPeriodName::Month => rein_core::budget::Period::Month,
+                },
+                tokens: b.tokens,
+                cost_micros: usd(&format!("budgets[{i}].cost_usd"), b.cost_usd)?,
+                warn_percent: b.warn_at_percent.unwrap_or(80),
+            });
+        }
+        let mut prices = BTreeMap::new();
+        for (name, p) in &raw.prices {
+            if !(p.input.is_finite() && p.input >= 0.0 && p.output.is_finite() && p.output >= 0.0) {
+                return Err(self.err(
+                    None,
+                    format!("prices.{name}"),
+                    "prices must be non-negative US dollars per million tokens",
+                ));
+            }
+            prices.insert(
+                name.clone(),
+                rein_core::budget::Price {
+                    input: p.input,
+                    output: p.output,
+                },
+            );
+        }
+        let context_raw = raw.context.unwrap_or_default();
+        let context = ContextSpec {
+            max_tokens: context_raw.max_tokens,
+            keep_recent: context_raw.keep_recent.unwrap_or(4),
+            pinned: context_raw.pinned.unwrap_or_default(),
+        };
+        let latency = raw.latency.unwrap_or_default();
         let mut tools = Vec::with_capacity(raw.tools.len());
         let mut seen = BTreeSet::new();
         for (i, entry) in raw.tools.into_iter().enumerate() {
@@ -142,6 +263,25 @@ impl Resolver {
                 entry.groups.clone(),
             );
             let sensitive = entry.sensitive.clone().unwrap_or_default();
+            let defaults = Resilience::default();
+            let resilience = Resilience {
+                max_attempts: entry.max_attempts.unwrap_or(1).max(1),
+                backoff: entry
+                    .retry_backoff_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(defaults.backoff),
+                breaker_failures: entry
+                    .breaker_failures
+                    .unwrap_or(defaults.breaker_failures)
+                    .max(1),
+                breaker_cooldown: entry
+                    .breaker_cooldown_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(defaults.breaker_cooldown),
+            };
+            if resilience.max_attempts > 1 && entry.idempotent != Some(true) {
+                return Err(self.err(Some(span.clone()), format!("tools[{i}].max_attempts"), "only an idempotent tool may be tried more than once: set `idempotent = true` if repeating it is harmless"));
+            }
             let tool = self.tool(i, span.clone(), entry)?;
             let is_http = matches!(tool, ToolConfig::HttpGet { .. });
             let labels = labels.unwrap_or_else(|| {
@@ -173,6 +313,7 @@ impl Resolver {
                 risk: risk.into(),
                 groups: groups.unwrap_or_default(),
                 sensitive,
+                resilience,
             };
             if !seen.insert(tool.name().to_owned()) {
                 return Err(self.err(
@@ -255,6 +396,16 @@ impl Resolver {
             durability,
             approval_ttl,
             mcp,
+            models,
+            fallbacks,
+            route_tool_results: routing.tool_results,
+            route_wrap_up: routing.wrap_up,
+            budgets,
+            max_tool_calls: run_budget.tool_calls,
+            prices,
+            context,
+            model_latency_target: latency.model_call_ms.map(Duration::from_millis),
+            tool_latency_target: latency.tool_call_ms.map(Duration::from_millis),
             secrets: self.secrets.iter().cloned().collect(),
             digest,
         })
@@ -362,6 +513,7 @@ impl Resolver {
             return Err(self.err(None, "model.max_attempts", "must be at least 1"));
         }
         Ok(ModelSpec {
+            id: m.id.unwrap_or_else(|| "primary".into()),
             provider,
             name: m.name,
             timeout: Duration::from_millis(m.timeout_ms.unwrap_or(DEFAULT_MODEL_TIMEOUT_MS).max(1)),

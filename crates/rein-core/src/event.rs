@@ -123,6 +123,13 @@ pub enum Event {
         /// The provider's stop reason, if it gave one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_reason: Option<String>,
+        /// The model that answered (a fallback or a routed model may answer instead of the
+        /// agent's primary model).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        model: String,
+        /// What the call cost, in millionths of a US dollar.
+        #[serde(default)]
+        cost_micros: u64,
     },
     /// A model call failed.
     ModelFailed {

@@ -4,6 +4,7 @@
 //! Nothing in this crate does I/O, reads a clock or spawns a task. The engine feeds it events and
 //! asks it what to do next; everything here can be tested with plain values.
 
+pub mod budget;
 pub mod end;
 pub mod event;
 pub mod gate;

@@ -163,6 +163,7 @@ pub struct RunState {
     suspended: bool,
     labels: LabelSet,
     usage: Usage,
+    cost_micros: u64,
     tool_executions: u32,
     last_seq: u64,
     first_at_ms: u64,
@@ -252,8 +253,10 @@ impl RunState {
                 text,
                 tool_calls,
                 usage,
+                cost_micros,
                 ..
             } => {
+                self.cost_micros = self.cost_micros.saturating_add(*cost_micros);
                 if self.requested_step != Some(*step) {
                     return Err(fail(format!("step {step} was not requested")));
                 }
@@ -659,6 +662,11 @@ impl RunState {
     pub fn tool_executions(&self) -> u32 {
         self.tool_executions
     }
+    /// Money spent on model calls so far, in millionths of a US dollar.
+    pub fn cost_micros(&self) -> u64 {
+        self.cost_micros
+    }
+
     /// Tokens used so far.
     pub fn usage(&self) -> Usage {
         self.usage

@@ -37,6 +37,9 @@ pub struct Agent {
     pub max_attempts: u32,
     /// The longest wait between tries.
     pub max_backoff: Duration,
+    /// The most tokens a model reply may have, as budgets reserve it (`model.max_tokens`, else
+    /// 1024).
+    pub max_output_tokens: u64,
     /// The tools.
     pub tools: ToolRegistry,
     /// Hard limits for new runs.
@@ -66,6 +69,28 @@ pub struct Agent {
     /// What each new run records about the agent's tools before it starts (MCP listings,
     /// changed tool definitions).
     pub load_notices: Vec<rein_tools::ToolNotice>,
+    /// Models tried in order when the primary fails or its breaker is open.
+    pub fallbacks: Vec<Arc<dyn Provider>>,
+    /// The model for steps that only read tool results, if routed.
+    pub route_tool_results: Option<Arc<dyn Provider>>,
+    /// The model for the wrap-up turn when a budget runs out, if routed.
+    pub route_wrap_up: Option<Arc<dyn Provider>>,
+    /// Spending limits.
+    pub budgets: Vec<rein_core::budget::Limit>,
+    /// The most tool calls in a run.
+    pub max_tool_calls: Option<u32>,
+    /// Prices overriding the built-in table.
+    pub prices: HashMap<String, rein_core::budget::Price>,
+    /// The context budget and pinned constraints.
+    pub context: rein_config::ContextSpec,
+    /// Latency targets for model and tool calls.
+    pub model_latency_target: Option<Duration>,
+    /// Latency target for tool calls.
+    pub tool_latency_target: Option<Duration>,
+    /// Retries and breaker settings per tool.
+    pub resilience: HashMap<String, rein_config::Resilience>,
+    /// Circuit breakers of tools and models, shared by the agent's runs.
+    pub breakers: crate::resilience::Breakers,
 }
 
 impl std::fmt::Debug for Agent {
@@ -151,35 +176,49 @@ impl Agent {
                 }),
             }
         };
+        let build_provider =
+            |m: &rein_config::ModelSpec| -> Result<Arc<dyn Provider>, EngineError> {
+                Ok(match &m.provider {
+                    ProviderSpec::Scripted { script } => Arc::new(
+                        ScriptedProvider::from_file(m.name.clone(), script)
+                            .map_err(|e| EngineError::Agent(e.to_string()))?,
+                    ),
+                    ProviderSpec::OpenAi { base_url, api_key } => Arc::new(
+                        OpenAiProvider::new(OpenAiConfig {
+                            base_url: base_url.clone(),
+                            api_key: key(api_key)?,
+                            model: m.name.clone(),
+                            timeout: m.timeout,
+                            max_tokens: m.max_tokens,
+                            temperature: m.temperature,
+                        })
+                        .map_err(EngineError::Agent)?,
+                    ),
+                    ProviderSpec::Anthropic { base_url, api_key } => Arc::new(
+                        AnthropicProvider::new(AnthropicConfig {
+                            base_url: base_url.clone(),
+                            api_key: key(api_key)?,
+                            model: m.name.clone(),
+                            timeout: m.timeout,
+                            max_tokens: m.max_tokens.unwrap_or(4096),
+                            temperature: m.temperature,
+                        })
+                        .map_err(EngineError::Agent)?,
+                    ),
+                })
+            };
         let m = &spec.model;
-        let provider: Arc<dyn Provider> = match &m.provider {
-            ProviderSpec::Scripted { script } => Arc::new(
-                ScriptedProvider::from_file(m.name.clone(), script)
-                    .map_err(|e| EngineError::Agent(e.to_string()))?,
-            ),
-            ProviderSpec::OpenAi { base_url, api_key } => Arc::new(
-                OpenAiProvider::new(OpenAiConfig {
-                    base_url: base_url.clone(),
-                    api_key: key(api_key)?,
-                    model: m.name.clone(),
-                    timeout: m.timeout,
-                    max_tokens: m.max_tokens,
-                    temperature: m.temperature,
-                })
-                .map_err(EngineError::Agent)?,
-            ),
-            ProviderSpec::Anthropic { base_url, api_key } => Arc::new(
-                AnthropicProvider::new(AnthropicConfig {
-                    base_url: base_url.clone(),
-                    api_key: key(api_key)?,
-                    model: m.name.clone(),
-                    timeout: m.timeout,
-                    max_tokens: m.max_tokens.unwrap_or(4096),
-                    temperature: m.temperature,
-                })
-                .map_err(EngineError::Agent)?,
-            ),
+        let provider = build_provider(m)?;
+        let mut others = HashMap::new();
+        for model in &spec.models {
+            others.insert(model.id.clone(), build_provider(model)?);
+        }
+        let by_id = |id: &str| -> Arc<dyn Provider> {
+            others.get(id).cloned().unwrap_or_else(|| provider.clone())
         };
+        let fallbacks = spec.fallbacks.iter().map(|id| by_id(id)).collect();
+        let route_tool_results = spec.route_tool_results.as_deref().map(by_id);
+        let route_wrap_up = spec.route_wrap_up.as_deref().map(by_id);
         let AgentTools {
             registry: tools,
             mut setup,
@@ -213,6 +252,21 @@ impl Agent {
             sensitive,
             mcp_servers: mcp.servers,
             load_notices: mcp.notices,
+            fallbacks,
+            route_tool_results,
+            route_wrap_up,
+            budgets: spec.budgets.clone(),
+            max_tool_calls: spec.max_tool_calls,
+            prices: spec.prices.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            context: spec.context.clone(),
+            model_latency_target: spec.model_latency_target,
+            tool_latency_target: spec.tool_latency_target,
+            resilience: spec
+                .tools
+                .iter()
+                .map(|t| (t.name().to_owned(), t.resilience))
+                .collect(),
+            breakers: Default::default(),
             approval_ttl: spec.approval_ttl,
             output_labels: labels,
             name: spec.name.clone(),
@@ -222,6 +276,7 @@ impl Agent {
             provider,
             max_attempts: m.max_attempts,
             max_backoff: m.max_backoff,
+            max_output_tokens: u64::from(m.max_tokens.unwrap_or(1024)),
             tools,
             limits: spec.limits,
             workspace: spec.workspace.path.clone(),
@@ -427,7 +482,15 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
         agent: spec.name.clone(),
         parents: vec![],
         tools: facts,
-        models: vec![spec.model.name.clone()],
+        models: std::iter::once(&spec.model)
+            .chain(&spec.models)
+            .map(|m| m.name.clone())
+            .fold(Vec::new(), |mut names, name| {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                names
+            }),
         delegates: vec![],
     };
     // The parent's policies bound what its sub-agents may do, so its schema knows their tools

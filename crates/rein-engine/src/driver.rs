@@ -5,10 +5,16 @@ use std::time::{Duration, Instant};
 
 use rein_core::gate::within_parent;
 use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
+use std::sync::Arc;
+
+use rein_core::budget::{Price, Spend, Spender};
 use rein_core::{
-    Action, Decision, EndState, Event, RunStarted, RunState, StoredEvent, ToolCall, ToolSpec,
-    Verdict,
+    Action, Decision, EndState, Event, Message, RunStarted, RunState, StoredEvent, ToolCall,
+    ToolSpec, Usage, Verdict,
 };
+use rein_store::LedgerLine;
+
+use crate::resilience::{Admission, Transition};
 use rein_model::ChatRequest;
 use rein_policy::RequestFacts;
 use rein_store::Commit;
@@ -22,6 +28,9 @@ use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
 /// themselves at their timeout; this is the backstop for one that does not).
 const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
+/// What a model decision depends on: the labels in play, the model, the budget share.
+type ModelDecisionKey = (Vec<String>, String, u64);
+
 pub(crate) struct Driver<'a> {
     engine: &'a Engine,
     agent: &'a Agent,
@@ -33,8 +42,18 @@ pub(crate) struct Driver<'a> {
     pending: Vec<Commit>,
     audit_pending: Vec<rein_audit::Entry>,
     effects: u32,
-    /// Model-call decisions of this run, by the labels in play when they were made.
-    model_decisions: Vec<(Vec<String>, Decision)>,
+    /// Model-call decisions of this run, by the labels in play, the model and the budget share.
+    model_decisions: Vec<(ModelDecisionKey, Decision)>,
+    /// The largest share of a budget spent, as the policies see it.
+    budget_percent: u64,
+    /// Budgets whose warning level this run has already noted.
+    warned: Vec<String>,
+    /// Token counts of the conversation's messages, in order (they never change).
+    token_counts: Vec<u64>,
+    /// How the primary model counts tokens.
+    counter: crate::context::TokenCounter,
+    /// How many elided outputs have been noted.
+    elided_noted: usize,
 }
 
 impl<'a> Driver<'a> {
@@ -64,6 +83,14 @@ impl<'a> Driver<'a> {
             audit_pending: Vec::new(),
             effects: 0,
             model_decisions: Vec::new(),
+            budget_percent: 0,
+            warned: Vec::new(),
+            token_counts: Vec::new(),
+            counter: crate::context::TokenCounter::for_model(
+                agent.provider.kind(),
+                agent.provider.model(),
+            ),
+            elided_noted: 0,
         }
     }
 
@@ -265,60 +292,429 @@ impl<'a> Driver<'a> {
         })
     }
 
-    async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {
-        let provider = &self.agent.provider;
-        let instructions = self
+    /// Notes something that does not change the run's state.
+    async fn notice(
+        &mut self,
+        kind: &str,
+        subject: &str,
+        detail: String,
+        call_id: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.record(Event::Notice {
+            kind: kind.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+            call_id,
+        })
+        .await
+    }
+
+    /// The ledger lines this run spends from now: its own (shared with its sub-agents through
+    /// the root run's id) and its agent's, user's and tenant's.
+    fn budget_lines(&self) -> Vec<(rein_core::budget::Limit, LedgerLine)> {
+        let Some(started) = self.state.started() else {
+            return vec![];
+        };
+        let root = started
+            .parent
+            .as_ref()
+            .map(|p| p.run_id.as_str())
+            .unwrap_or(&self.run_id);
+        let who = Spender {
+            root_run: root,
+            agent: &started.agent,
+            user: &started.user,
+            tenant: &started.tenant,
+        };
+        let now = self.engine.clock.now_ms();
+        self.agent
+            .budgets
+            .iter()
+            .map(|limit| {
+                let (key, period) = rein_core::budget::ledger_line(limit, &who, now);
+                (
+                    *limit,
+                    LedgerLine {
+                        key,
+                        period,
+                        max_tokens: limit.tokens,
+                        max_cost_micros: limit.cost_micros,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Reads what each budget has spent, sets the share the policies see
+    /// (`context.budget_percent`), and notes each budget's first pass of its warning level.
+    async fn check_budgets(
+        &mut self,
+        lines: &[(rein_core::budget::Limit, LedgerLine)],
+    ) -> Result<(), EngineError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let ledger = self.engine.ledger()?;
+        let mut highest = 0;
+        for (limit, line) in lines {
+            let spent = ledger.spent(line)?;
+            let percent = spent.percent_of(limit);
+            highest = highest.max(percent);
+            let id = format!("{} {}", line.key, line.period);
+            if percent >= u64::from(limit.warn_percent) && !self.warned.contains(&id) {
+                self.warned.push(id.clone());
+                self.notice(
+                    "budget_warning",
+                    &id,
+                    format!(
+                        "{percent}% spent ({} tokens, ${:.6}); warning level {}%",
+                        spent.tokens,
+                        spent.cost_micros as f64 / 1e6,
+                        limit.warn_percent
+                    ),
+                    None,
+                )
+                .await?;
+            }
+        }
+        self.budget_percent = highest;
+        Ok(())
+    }
+
+    /// The system prompt (instructions and pinned constraints) and the conversation to send,
+    /// compacted to the context budget; newly elided outputs are noted.
+    async fn context(&mut self, step: u32) -> Result<(String, Vec<Message>), EngineError> {
+        let mut system = self
             .state
             .started()
             .map(|s| s.instructions.clone())
             .unwrap_or_default();
-        // The decision depends on the run's fixed facts and the labels in play, and the gate is
-        // deterministic, so it is computed once per label set (it is still recorded every step).
-        let labels = self.state.labels().to_vec();
-        let decision = match self.model_decisions.iter().find(|(l, _)| *l == labels) {
-            Some((_, d)) => d.clone(),
-            None => {
-                let facts = self.facts(None);
-                let mut d = self.agent.gate.judge_model(provider.model(), &facts);
-                if let Some(parent) = &self.agent.parent_gate {
-                    d = within_parent(
-                        d,
-                        parent.judge_model_as(&self.agent.name, provider.model(), &facts),
-                    );
-                }
-                self.model_decisions.push((labels, d.clone()));
-                d
+        if !self.agent.context.pinned.is_empty() {
+            system.push_str("\n\nConstraints that always apply:\n");
+            for c in &self.agent.context.pinned {
+                system.push_str("- ");
+                system.push_str(c);
+                system.push('\n');
             }
+        }
+        let messages = self.state.messages();
+        let Some(max_tokens) = self.agent.context.max_tokens else {
+            return Ok((system, messages.to_vec()));
         };
-        self.record(Event::ModelJudged {
-            step,
-            model: provider.model().to_owned(),
-            verdict: decision.verdict,
-            policies: decision.policies.clone(),
-            reasons: decision.reasons.clone(),
-        })
-        .await?;
-        if decision.verdict != Verdict::Allow {
-            return self
-                .record(Event::RunEnded {
-                    status: EndState::Denied,
-                    output: self.state.last_text().map(str::to_owned),
-                    reason: Some(format!(
-                        "the policies do not allow model `{}`: {}",
-                        provider.model(),
-                        decision.reasons.join("; ")
-                    )),
-                    call_id: None,
+        for m in &messages[self.token_counts.len().min(messages.len())..] {
+            self.token_counts.push(self.counter.message(m));
+        }
+        let budget = max_tokens.saturating_sub(self.counter.count(&system));
+        let pinned: std::collections::HashSet<String> =
+            self.agent.delegates.keys().cloned().collect();
+        let compacted = crate::context::compact(
+            messages,
+            &self.token_counts[..messages.len()],
+            budget,
+            self.agent.context.keep_recent,
+            &pinned,
+            self.counter,
+        );
+        if compacted.elided.len() > self.elided_noted {
+            let new = compacted.elided[self.elided_noted..].join(", ");
+            self.elided_noted = compacted.elided.len();
+            let detail = format!(
+                "step {step}: elided the outputs of calls {new}; the conversation went from {} to {} tokens (budget {budget})",
+                compacted.tokens_before, compacted.tokens_after
+            );
+            self.notice("context_compacted", &self.run_id.clone(), detail, None)
+                .await?;
+        }
+        Ok((system, compacted.messages))
+    }
+
+    /// What a model call may cost at most: the prompt and the most the model may answer.
+    fn estimate(
+        &self,
+        provider: &dyn rein_model::Provider,
+        system: &str,
+        messages: &[Message],
+        tools: &[ToolSpec],
+        max_output: u64,
+    ) -> (Spend, Option<Price>) {
+        let counter = crate::context::TokenCounter::for_model(provider.kind(), provider.model());
+        let prompt = counter.count(system)
+            + messages.iter().map(|m| counter.message(m)).sum::<u64>()
+            + tools
+                .iter()
+                .map(|t| {
+                    counter.count(&t.name)
+                        + counter.count(&t.description)
+                        + counter.count(&t.parameters.to_string())
                 })
+                .sum::<u64>();
+        let price = self
+            .agent
+            .prices
+            .get(provider.model())
+            .copied()
+            .or_else(|| rein_core::budget::builtin_price(provider.model()));
+        let usage = Usage {
+            input_tokens: prompt,
+            output_tokens: max_output,
+        };
+        (
+            Spend {
+                tokens: prompt + max_output,
+                cost_micros: price.map(|p| p.cost_micros(&usage)).unwrap_or(0),
+            },
+            price,
+        )
+    }
+
+    fn judge_model(&mut self, model: &str) -> Decision {
+        let labels = self.state.labels().to_vec();
+        let key = (labels, model.to_owned(), self.budget_percent);
+        if let Some((_, d)) = self.model_decisions.iter().find(|(k, _)| *k == key) {
+            return d.clone();
+        }
+        let facts = self.facts(None);
+        let mut d = self.agent.gate.judge_model(model, &facts);
+        if let Some(parent) = &self.agent.parent_gate {
+            d = within_parent(d, parent.judge_model_as(&self.agent.name, model, &facts));
+        }
+        self.model_decisions.push((key, d.clone()));
+        d
+    }
+
+    async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {
+        if let Some(max) = self.agent.max_tool_calls
+            && self.state.tool_executions() >= max
+        {
+            return self
+                .wrap_up(step, format!("the run's tool-call budget ({max}) is spent"))
                 .await;
         }
-        for attempt in 1..=self.agent.max_attempts {
+        let lines = self.budget_lines();
+        self.check_budgets(&lines).await?;
+        let (system, messages) = self.context(step).await?;
+        // Candidates in order: the routed model for this kind of step, the primary, its fallbacks.
+        let reads_tool_results = matches!(self.state.messages().last(), Some(Message::Tool { .. }));
+        let mut candidates: Vec<(Arc<dyn rein_model::Provider>, &'static str)> = Vec::new();
+        if let (Some(routed), true) = (&self.agent.route_tool_results, reads_tool_results) {
+            candidates.push((routed.clone(), "routed: this step reads tool results"));
+        }
+        candidates.push((self.agent.provider.clone(), "primary"));
+        for fallback in &self.agent.fallbacks {
+            candidates.push((fallback.clone(), "fallback"));
+        }
+        let mut seen = Vec::new();
+        candidates.retain(|(p, _)| {
+            let fresh = !seen.contains(&p.model().to_owned());
+            seen.push(p.model().to_owned());
+            fresh
+        });
+        let mut failures: Vec<String> = Vec::new();
+        let count = candidates.len();
+        for (index, (provider, why)) in candidates.into_iter().enumerate() {
+            let model = provider.model().to_owned();
+            let breaker = format!("model:{model}");
+            let now = self.engine.clock.now_ms();
+            match self.agent.breakers.admit(&breaker, now) {
+                Admission::Refused { retry_in_ms } => {
+                    failures.push(format!("{model}: circuit breaker open"));
+                    self.notice(
+                        "model_skipped",
+                        &model,
+                        format!("its circuit breaker is open for {retry_in_ms} ms more"),
+                        None,
+                    )
+                    .await?;
+                    continue;
+                }
+                Admission::Probe => {
+                    self.notice(
+                        "breaker_half_open",
+                        &breaker,
+                        "letting one call through to probe the model".into(),
+                        None,
+                    )
+                    .await?
+                }
+                Admission::Pass => {}
+            }
+            if why != "primary" || !failures.is_empty() {
+                let detail = if failures.is_empty() {
+                    why.to_owned()
+                } else {
+                    format!("{why}, after: {}", failures.join("; "))
+                };
+                self.notice("model_chosen", &model, detail, None).await?;
+            }
+            let decision = self.judge_model(&model);
+            self.record(Event::ModelJudged {
+                step,
+                model: model.clone(),
+                verdict: decision.verdict,
+                policies: decision.policies.clone(),
+                reasons: decision.reasons.clone(),
+            })
+            .await?;
+            if decision.verdict != Verdict::Allow {
+                failures.push(format!("{model}: not allowed by the policies"));
+                if index + 1 < count {
+                    continue;
+                }
+                return self
+                    .record(Event::RunEnded {
+                        status: EndState::Denied,
+                        output: self.state.last_text().map(str::to_owned),
+                        reason: Some(format!(
+                            "the policies do not allow model `{model}`: {}",
+                            decision.reasons.join("; ")
+                        )),
+                        call_id: None,
+                    })
+                    .await;
+            }
+            let (estimate, price) = self.estimate(
+                provider.as_ref(),
+                &system,
+                &messages,
+                &self.tool_specs,
+                self.agent.max_output_tokens,
+            );
+            let reservation = if lines.is_empty() {
+                None
+            } else {
+                let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
+                match self.engine.ledger()?.reserve(
+                    &self.run_id,
+                    &ledger_lines,
+                    estimate,
+                    self.engine.clock.now_ms(),
+                )? {
+                    Ok(r) => Some(r),
+                    Err(exhausted) => return self.wrap_up(step, exhausted.to_string()).await,
+                }
+            };
+            let tools = self.tool_specs.clone();
+            let result = self
+                .try_model(step, provider.as_ref(), &system, &messages, &tools)
+                .await?;
+            let now = self.engine.clock.now_ms();
+            let (threshold, cooldown) = (5, Duration::from_secs(30));
+            match result {
+                Ok((reply, latency_us)) => {
+                    let actual = Spend {
+                        tokens: reply.usage.input_tokens + reply.usage.output_tokens,
+                        cost_micros: price.map(|p| p.cost_micros(&reply.usage)).unwrap_or(0),
+                    };
+                    if let Some(r) = &reservation {
+                        self.engine.ledger()?.settle(r, actual)?;
+                    }
+                    if let Some(Transition::Closed) = self
+                        .agent
+                        .breakers
+                        .record(&breaker, true, threshold, cooldown, now)
+                    {
+                        self.notice(
+                            "breaker_closed",
+                            &breaker,
+                            "the probe succeeded".into(),
+                            None,
+                        )
+                        .await?;
+                    }
+                    if let Some(target) = self.agent.model_latency_target
+                        && latency_us > target.as_micros() as u64
+                    {
+                        self.notice(
+                            "latency_target_missed",
+                            &model,
+                            format!(
+                                "the call took {} ms; the target is {} ms",
+                                latency_us / 1000,
+                                target.as_millis()
+                            ),
+                            None,
+                        )
+                        .await?;
+                    }
+                    return self
+                        .record(Event::ModelReplied {
+                            step,
+                            text: reply.text,
+                            tool_calls: reply.tool_calls,
+                            usage: reply.usage,
+                            latency_us,
+                            stop_reason: reply.stop_reason,
+                            model: model.clone(),
+                            cost_micros: actual.cost_micros,
+                        })
+                        .await;
+                }
+                Err((error, tries)) => {
+                    if let Some(r) = &reservation {
+                        self.engine.ledger()?.settle(r, Spend::default())?;
+                    }
+                    if let Some(Transition::Opened {
+                        failures: n,
+                        cooldown_ms,
+                    }) = self
+                        .agent
+                        .breakers
+                        .record(&breaker, false, threshold, cooldown, now)
+                    {
+                        self.notice(
+                            "breaker_opened",
+                            &breaker,
+                            format!(
+                                "{n} failed calls in a row; calls are refused for {cooldown_ms} ms"
+                            ),
+                            None,
+                        )
+                        .await?;
+                    }
+                    let tries = if tries == 1 {
+                        "1 try".to_owned()
+                    } else {
+                        format!("{tries} tries")
+                    };
+                    failures.push(format!("{model} failed after {tries}: {error}"));
+                }
+            }
+        }
+        let reason = format!(
+            "the model call for step {step} failed with every model: {}",
+            failures.join("; ")
+        );
+        self.record(Event::RunEnded {
+            status: EndState::Failed,
+            output: self.state.last_text().map(str::to_owned),
+            reason: Some(reason),
+            call_id: None,
+        })
+        .await
+    }
+
+    /// Calls one model, retrying errors that may pass. The outer error is the engine's; the inner
+    /// one is the model's last error once no retry is left.
+    async fn try_model(
+        &mut self,
+        step: u32,
+        provider: &dyn rein_model::Provider,
+        system: &str,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<
+        Result<(rein_model::ChatResponse, u64), (rein_model::ProviderError, u32)>,
+        EngineError,
+    > {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             self.record(Event::ModelRequested {
                 step,
                 attempt,
                 model: provider.model().to_owned(),
-                messages: self.state.messages().len() as u32,
-                tools: self.tool_specs.len() as u32,
+                messages: messages.len() as u32,
+                tools: tools.len() as u32,
             })
             .await?;
             let span = tracing::info_span!(
@@ -336,9 +732,9 @@ impl<'a> Driver<'a> {
             let began = Instant::now();
             let result = {
                 let request = ChatRequest {
-                    system: &instructions,
-                    messages: self.state.messages(),
-                    tools: &self.tool_specs,
+                    system,
+                    messages,
+                    tools,
                 };
                 provider.complete(&request).instrument(span.clone()).await
             };
@@ -350,16 +746,7 @@ impl<'a> Driver<'a> {
                     if let Some(reason) = &reply.stop_reason {
                         span.record("gen_ai.response.finish_reasons", reason.as_str());
                     }
-                    return self
-                        .record(Event::ModelReplied {
-                            step,
-                            text: reply.text,
-                            tool_calls: reply.tool_calls,
-                            usage: reply.usage,
-                            latency_us,
-                            stop_reason: reply.stop_reason,
-                        })
-                        .await;
+                    return Ok(Ok((reply, latency_us)));
                 }
                 Err(error) => {
                     span.record("error.type", error_type(&error));
@@ -386,65 +773,180 @@ impl<'a> Driver<'a> {
                             self.flush().await?;
                             tokio::time::sleep(wait).await;
                         }
-                        None => {
-                            let tries = if attempt == 1 {
-                                "1 try".to_owned()
-                            } else {
-                                format!("{attempt} tries")
-                            };
-                            return self
-                                .record(Event::RunEnded {
-                                    status: EndState::Failed,
-                                    output: self.state.last_text().map(str::to_owned),
-                                    reason: Some(format!("the model call for step {step} failed after {tries}: {error}")),
-                                    call_id: None,
-                                })
-                                .await;
-                        }
+                        None => return Ok(Err((error, attempt))),
                     }
                 }
             }
         }
-        Ok(())
+    }
+
+    /// A budget ran out: ask the model once more, without tools, to sum up what it completed and
+    /// what it did not (if that still fits), then end the run as `budget_exhausted` with that
+    /// summary as its partial output.
+    async fn wrap_up(&mut self, step: u32, why: String) -> Result<(), EngineError> {
+        const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
+        let provider = self
+            .agent
+            .route_wrap_up
+            .clone()
+            .unwrap_or_else(|| self.agent.provider.clone());
+        let (system, mut messages) = self.context(step).await?;
+        messages.push(Message::User {
+            text: format!(
+                "rein: the run must stop now ({why}). You cannot call tools any more. In a few sentences, say what you completed, what you did not, and why."
+            ),
+        });
+        let (estimate, price) = self.estimate(
+            provider.as_ref(),
+            &system,
+            &messages,
+            &[],
+            WRAP_UP_OUTPUT_TOKENS,
+        );
+        let lines = self.budget_lines();
+        let reservation = if lines.is_empty() {
+            Some(None)
+        } else {
+            let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
+            self.engine
+                .ledger()?
+                .reserve(
+                    &self.run_id,
+                    &ledger_lines,
+                    estimate,
+                    self.engine.clock.now_ms(),
+                )?
+                .ok()
+                .map(Some)
+        };
+        let model = provider.model().to_owned();
+        let mut output = self.state.last_text().map(str::to_owned);
+        let mut note = "no wrap-up turn: it would not fit in the budget either".to_owned();
+        if let Some(reservation) = reservation {
+            let decision = self.judge_model(&model);
+            self.record(Event::ModelJudged {
+                step,
+                model: model.clone(),
+                verdict: decision.verdict,
+                policies: decision.policies.clone(),
+                reasons: decision.reasons.clone(),
+            })
+            .await?;
+            let mut actual = Spend::default();
+            if decision.verdict == Verdict::Allow
+                && let Ok((reply, latency_us)) = self
+                    .try_model(step, provider.as_ref(), &system, &messages, &[])
+                    .await?
+            {
+                actual = Spend {
+                    tokens: reply.usage.input_tokens + reply.usage.output_tokens,
+                    cost_micros: price.map(|p| p.cost_micros(&reply.usage)).unwrap_or(0),
+                };
+                note = "after a wrap-up turn".to_owned();
+                if reply.text.is_some() {
+                    output = reply.text.clone();
+                }
+                self.record(Event::ModelReplied {
+                    step,
+                    text: reply.text,
+                    // No tools were offered: any call in a wrap-up is ignored.
+                    tool_calls: vec![],
+                    usage: reply.usage,
+                    latency_us,
+                    stop_reason: reply.stop_reason,
+                    model: model.clone(),
+                    cost_micros: actual.cost_micros,
+                })
+                .await?;
+            }
+            if let Some(r) = &reservation {
+                self.engine.ledger()?.settle(r, actual)?;
+            }
+        }
+        self.record(Event::RunEnded {
+            status: EndState::BudgetExhausted,
+            output,
+            reason: Some(format!("{why}; ended {note}")),
+            call_id: None,
+        })
+        .await
     }
 
     async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
         let step = self.state.steps();
-        match self.agent.tools.check(
-            &call.name,
-            &call.arguments,
-            call.invalid_arguments.as_deref(),
-        ) {
-            Err(rejection) => {
+        let checked = self
+            .agent
+            .tools
+            .check(
+                &call.name,
+                &call.arguments,
+                call.invalid_arguments.as_deref(),
+            )
+            .map_err(|r| r.to_string())
+            .and_then(|_| match self.agent.max_tool_calls {
+                Some(max) if self.state.tool_executions() >= max => Err(format!(
+                    "the run's tool-call budget ({max}) is spent; the run is ending"
+                )),
+                _ => Ok(()),
+            });
+        // A tool whose circuit breaker is open is not called: the model is told why.
+        let breaker = format!("tool:{}", call.name);
+        let checked = checked.and_then(|()| {
+            match self.agent.breakers.admit(&breaker, self.engine.clock.now_ms()) {
+                Admission::Refused { retry_in_ms } => Err(format!(
+                    "`{}` is failing: its circuit breaker is open and it will not be called for {} s; do without it or try later",
+                    call.name,
+                    retry_in_ms.div_ceil(1000)
+                )),
+                Admission::Probe => Ok(true),
+                Admission::Pass => Ok(false),
+            }
+        });
+        match checked {
+            Err(reason) => {
                 self.record(Event::ToolRejected {
                     step,
                     call_id: call.id,
                     tool: call.name,
-                    reason: rejection.to_string(),
+                    reason,
                 })
                 .await
             }
-            Ok(_) => {
-                let decision = self.judge_tool(&call, None);
-                self.record_judgement(&call, &decision, None).await?;
-                match decision.verdict {
-                    Verdict::Deny => Ok(()),
-                    Verdict::Allow => self.execute(call, 1).await,
-                    Verdict::Ask => {
-                        let ttl = self.agent.approval_ttl.as_millis() as u64;
-                        self.record(Event::ApprovalRequested {
-                            approval_id: uuid::Uuid::now_v7().simple().to_string(),
-                            call_id: call.id,
-                            tool: call.name,
-                            args: call.arguments,
-                            policies: decision.policies,
-                            reasons: decision.reasons,
-                            labels: self.state.labels().to_vec(),
-                            expires_at_ms: Some(self.engine.clock.now_ms().saturating_add(ttl)),
-                        })
-                        .await
-                    }
+            Ok(probe) => {
+                if probe {
+                    self.notice(
+                        "breaker_half_open",
+                        &breaker,
+                        "the cool-down is over: this call probes the tool".into(),
+                        Some(call.id.clone()),
+                    )
+                    .await?;
                 }
+                self.dispatch_checked(call).await
+            }
+        }
+    }
+
+    /// Judges a call that passed the checks, then runs it, asks for approval, or leaves it denied.
+    async fn dispatch_checked(&mut self, call: ToolCall) -> Result<(), EngineError> {
+        let decision = self.judge_tool(&call, None);
+        self.record_judgement(&call, &decision, None).await?;
+        match decision.verdict {
+            Verdict::Deny => Ok(()),
+            Verdict::Allow => self.execute(call, 1).await,
+            Verdict::Ask => {
+                let ttl = self.agent.approval_ttl.as_millis() as u64;
+                self.record(Event::ApprovalRequested {
+                    approval_id: uuid::Uuid::now_v7().simple().to_string(),
+                    call_id: call.id,
+                    tool: call.name,
+                    args: call.arguments,
+                    policies: decision.policies,
+                    reasons: decision.reasons,
+                    labels: self.state.labels().to_vec(),
+                    expires_at_ms: Some(self.engine.clock.now_ms().saturating_add(ttl)),
+                })
+                .await
             }
         }
     }
@@ -563,11 +1065,102 @@ impl<'a> Driver<'a> {
     fn facts(&self, approved_by: Option<String>) -> RequestFacts {
         let started = self.state.started();
         RequestFacts {
+            budget_percent: self.budget_percent,
             user: started.map(|s| s.user.clone()).unwrap_or_default(),
             tenant: started.map(|s| s.tenant.clone()).unwrap_or_default(),
             task: started.map(|s| s.task.clone()).unwrap_or_default(),
             labels: self.state.labels().to_vec(),
             approved_by,
+        }
+    }
+
+    /// Runs a tool, trying again (for idempotent tools configured to) after failures, and keeps
+    /// its circuit breaker: each retry and each change of the breaker is noted.
+    async fn call_with_retries(
+        &mut self,
+        tool: &Arc<dyn rein_tools::Tool>,
+        ctx: &ToolContext,
+        call: &ToolCall,
+        limit: Duration,
+    ) -> Result<
+        Result<Result<serde_json::Value, rein_tools::ToolError>, tokio::time::error::Elapsed>,
+        EngineError,
+    > {
+        let settings = self
+            .agent
+            .resilience
+            .get(&call.name)
+            .copied()
+            .unwrap_or_default();
+        let breaker = format!("tool:{}", call.name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::time::timeout(limit, tool.call(ctx, call.arguments.clone())).await;
+            let error = match &result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("timed out after {} ms", limit.as_millis())),
+            };
+            let now = self.engine.clock.now_ms();
+            let transition = self.agent.breakers.record(
+                &breaker,
+                error.is_none(),
+                settings.breaker_failures,
+                settings.breaker_cooldown,
+                now,
+            );
+            let opened = matches!(transition, Some(Transition::Opened { .. }));
+            match transition {
+                Some(Transition::Opened {
+                    failures,
+                    cooldown_ms,
+                }) => {
+                    self.notice(
+                        "breaker_opened",
+                        &breaker,
+                        format!(
+                            "{failures} failures in a row; calls are refused for {cooldown_ms} ms"
+                        ),
+                        Some(call.id.clone()),
+                    )
+                    .await?
+                }
+                Some(Transition::Closed) => {
+                    self.notice(
+                        "breaker_closed",
+                        &breaker,
+                        "the probe succeeded".into(),
+                        Some(call.id.clone()),
+                    )
+                    .await?
+                }
+                None => {}
+            }
+            let Some(error) = error else {
+                return Ok(result);
+            };
+            if attempt >= settings.max_attempts || opened {
+                return Ok(result);
+            }
+            let base = settings.backoff.as_millis() as u64;
+            let wait = backoff(&call.id, 0, attempt, None, Duration::from_secs(30)).as_millis()
+                as u64
+                * base
+                / 250;
+            let wait = Duration::from_millis(wait.max(1));
+            self.notice(
+                "tool_retry",
+                &call.name,
+                format!(
+                    "try {attempt} failed ({error}); trying again in {} ms",
+                    wait.as_millis()
+                ),
+                Some(call.id.clone()),
+            )
+            .await?;
+            self.flush().await?;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -628,9 +1221,9 @@ impl<'a> Driver<'a> {
                 .instrument(span.clone())
                 .await?),
             None => {
-                tokio::time::timeout(limit, tool.call(&ctx, call.arguments))
+                self.call_with_retries(&tool, &ctx, &call, limit)
                     .instrument(span.clone())
-                    .await
+                    .await?
             }
         };
         let duration_us = began.elapsed().as_micros() as u64;
@@ -652,6 +1245,21 @@ impl<'a> Driver<'a> {
                 )
             }
         };
+        if let Some(target) = self.agent.tool_latency_target
+            && duration_us > target.as_micros() as u64
+        {
+            self.notice(
+                "latency_target_missed",
+                &call.name,
+                format!(
+                    "the call took {} ms; the target is {} ms",
+                    duration_us / 1000,
+                    target.as_millis()
+                ),
+                Some(call.id.clone()),
+            )
+            .await?;
+        }
         for notice in ctx.notices.take() {
             self.record(Event::Notice {
                 kind: notice.kind,

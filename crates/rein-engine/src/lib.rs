@@ -11,9 +11,11 @@ mod agent;
 mod audit;
 mod audit_writer;
 pub mod bench;
+pub mod context;
 mod driver;
 mod mcp;
 mod observe;
+pub mod resilience;
 pub mod secrets;
 
 use std::path::{Path, PathBuf};
@@ -212,6 +214,8 @@ pub struct Engine {
     state_dir: PathBuf,
     faults: FaultPlan,
     audit: Option<audit_writer::AuditWriter>,
+    /// The budget ledger, opened on first use (`<state_dir>/budgets.sqlite`).
+    ledger: std::sync::OnceLock<Arc<rein_store::BudgetLedger>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -231,7 +235,18 @@ impl Engine {
             state_dir: state_dir.to_owned(),
             faults: FaultPlan::default(),
             audit: None,
+            ledger: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The budget ledger shared by every run of this engine (and, through SQLite, of every
+    /// process using the same state directory).
+    pub fn ledger(&self) -> Result<Arc<rein_store::BudgetLedger>, EngineError> {
+        if let Some(ledger) = self.ledger.get() {
+            return Ok(ledger.clone());
+        }
+        let opened = Arc::new(rein_store::BudgetLedger::open(&self.state_dir)?);
+        Ok(self.ledger.get_or_init(|| opened).clone())
     }
 
     /// Uses another clock (for tests).

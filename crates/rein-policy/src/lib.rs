@@ -59,6 +59,8 @@ pub struct RequestFacts {
     pub labels: Vec<String>,
     /// Who approved the action, when it was approved.
     pub approved_by: Option<String>,
+    /// The largest share of any budget the run spends from, in percent (`context.budget_percent`).
+    pub budget_percent: u64,
 }
 
 /// One problem in the policies, located.
@@ -648,6 +650,7 @@ impl Gate {
 
     fn judge_example(&self, example: &Example) -> Decision {
         let facts = RequestFacts {
+            budget_percent: 0,
             user: "example-user".into(),
             tenant: "default".into(),
             task: "example".into(),
@@ -691,6 +694,10 @@ fn base_context(facts: &RequestFacts) -> Vec<(String, RestrictedExpression)> {
         (
             "task".to_owned(),
             RestrictedExpression::new_string(facts.task.clone()),
+        ),
+        (
+            "budget_percent".to_owned(),
+            RestrictedExpression::new_long(facts.budget_percent.min(i64::MAX as u64) as i64),
         ),
         (
             "labels".to_owned(),

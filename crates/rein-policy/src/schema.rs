@@ -163,7 +163,7 @@ fn render(ty: &CedarType, indent: usize) -> String {
     }
 }
 
-const CONTEXT_FIELDS: &str = "\"user\": String, \"tenant\": String, \"task\": String, \"labels\": Set<String>, \"approval\": Approval";
+const CONTEXT_FIELDS: &str = "\"user\": String, \"tenant\": String, \"task\": String, \"labels\": Set<String>, \"budget_percent\": Long, \"approval\": Approval";
 
 /// The Cedar schema (Cedar format) for an agent with these tools, models and delegates.
 pub fn schema_text(setup: &crate::GateSetup) -> String {

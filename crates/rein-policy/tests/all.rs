@@ -154,6 +154,7 @@ fn gate_with(text: &str) -> Result<Gate, rein_policy::PolicyErrors> {
 
 fn facts(labels: &[&str], approved_by: Option<&str>) -> RequestFacts {
     RequestFacts {
+        budget_percent: 0,
         user: "jane".into(),
         tenant: "shop".into(),
         task: "help".into(),

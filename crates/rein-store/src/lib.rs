@@ -5,6 +5,7 @@
 //! the embedded default: one SQLite file in WAL mode, written by a single thread that commits the
 //! appends of all concurrent runs together (group commit).
 
+mod ledger;
 mod sqlite;
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::task::{Context, Poll};
 use rein_core::{EndState, StoredEvent};
 use serde::Serialize;
 
+pub use ledger::{BudgetLedger, Exhausted, LedgerLine, Reservation, UsageRow};
 pub use sqlite::SqliteStore;
 
 /// A run as listed: what it is and where it stands, without its events.

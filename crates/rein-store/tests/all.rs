@@ -58,6 +58,8 @@ fn step(seq: u64, n: u32) -> [StoredEvent; 2] {
                 },
                 latency_us: 7,
                 stop_reason: None,
+                model: "m".into(),
+                cost_micros: 0,
             },
         ),
     ]

@@ -263,6 +263,7 @@ pub(crate) async fn policy_explain(
     let args: Value =
         serde_json::from_str(&e.args).with_context(|| format!("--args is not JSON: {}", e.args))?;
     let facts = RequestFacts {
+        budget_percent: 0,
         user: e.user,
         tenant: e.tenant,
         task: "explain".into(),

@@ -113,6 +113,7 @@ fn describe(spec: &AgentSpec, mcp: &McpSet) -> anyhow::Result<Vec<Value>> {
     let tools = rein_engine::build_tools(spec, mcp)?;
     let gate = rein_engine::load_gate(spec, mcp)?;
     let facts = RequestFacts {
+        budget_percent: 0,
         user: "anonymous".into(),
         tenant: "default".into(),
         task: String::new(),

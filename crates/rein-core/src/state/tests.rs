@@ -57,6 +57,8 @@ fn replied(step: u32, text: Option<&str>, calls: &[&str]) -> Event {
         },
         latency_us: 5,
         stop_reason: None,
+        model: "m".into(),
+        cost_micros: 1,
     }
 }
 
