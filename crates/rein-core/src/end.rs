@@ -26,17 +26,21 @@ pub enum EndState {
     AwaitingApproval,
     /// The policies refused what the run needs to go on (its model), so it stopped.
     Denied,
+    /// The run could not finish (as for `failed`), but some of its tool calls had completed:
+    /// the report lists what was done, what was not, and why it stopped.
+    Partial,
 }
 
 impl EndState {
     /// All end states, for documentation and exhaustive tests.
-    pub const ALL: [EndState; 6] = [
+    pub const ALL: [EndState; 7] = [
         EndState::Completed,
         EndState::Failed,
         EndState::BudgetExhausted,
         EndState::NeedsReconciliation,
         EndState::AwaitingApproval,
         EndState::Denied,
+        EndState::Partial,
     ];
 
     /// The process exit code `rein run` and `rein runs resume` use for this state.
@@ -50,6 +54,7 @@ impl EndState {
             EndState::NeedsReconciliation => 12,
             EndState::AwaitingApproval => 13,
             EndState::Denied => 14,
+            EndState::Partial => 15,
         }
     }
 
@@ -62,6 +67,7 @@ impl EndState {
             EndState::NeedsReconciliation => "needs_reconciliation",
             EndState::AwaitingApproval => "awaiting_approval",
             EndState::Denied => "denied",
+            EndState::Partial => "partial",
         }
     }
 }

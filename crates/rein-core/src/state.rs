@@ -32,6 +32,20 @@ impl Default for Limits {
     }
 }
 
+/// How a tool call went, for the run's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallResult {
+    /// It ran and succeeded.
+    Done,
+    /// It ran and failed.
+    Failed,
+    /// The policies denied it.
+    Denied,
+    /// It was refused before judging (unknown tool, bad arguments, breaker open, budget).
+    Rejected,
+}
+
 /// Where one tool call of the current step stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallStatus {
@@ -164,6 +178,8 @@ pub struct RunState {
     labels: LabelSet,
     usage: Usage,
     cost_micros: u64,
+    /// Every tool call that got an answer, in order: (tool, how it went).
+    history: Vec<(String, CallResult)>,
     tool_executions: u32,
     last_seq: u64,
     first_at_ms: u64,
@@ -292,6 +308,7 @@ impl RunState {
                 }
                 slot.status = CallStatus::Rejected;
                 let name = slot.call.name.clone();
+                self.history.push((name.clone(), CallResult::Rejected));
                 self.messages.push(Message::Tool {
                     call_id: call_id.clone(),
                     name,
@@ -315,6 +332,7 @@ impl RunState {
                 if *verdict == Verdict::Deny {
                     slot.status = CallStatus::Rejected;
                     let name = slot.call.name.clone();
+                    self.history.push((name.clone(), CallResult::Denied));
                     let by = if policies.is_empty() {
                         String::new()
                     } else {
@@ -478,6 +496,13 @@ impl RunState {
                     )));
                 }
                 slot.status = CallStatus::Done;
+                let result = if *ok {
+                    CallResult::Done
+                } else {
+                    CallResult::Failed
+                };
+                let name = slot.call.name.clone();
+                self.history.push((name, result));
                 // Whatever came back, even an error message, is data the tool returned.
                 self.take_output(call_id, render_output(*ok, output), !ok);
             }
@@ -662,6 +687,11 @@ impl RunState {
     pub fn tool_executions(&self) -> u32 {
         self.tool_executions
     }
+    /// Every tool call that got an answer so far, in order, and how it went.
+    pub fn history(&self) -> &[(String, CallResult)] {
+        &self.history
+    }
+
     /// Money spent on model calls so far, in millionths of a US dollar.
     pub fn cost_micros(&self) -> u64 {
         self.cost_micros

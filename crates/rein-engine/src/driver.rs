@@ -24,6 +24,23 @@ use tracing::{Instrument, field};
 
 use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
 
+/// The most tokens a wrap-up turn may answer with.
+const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
+
+/// The first `max` characters of `text`, on one line.
+fn one_line(text: &str, max: usize) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        format!("{line}…")
+    } else {
+        line
+    }
+}
+
 /// Extra time the engine allows a tool beyond its own timeout before giving up on it (tools stop
 /// themselves at their timeout; this is the backstop for one that does not).
 const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
@@ -583,10 +600,21 @@ impl<'a> Driver<'a> {
                 None
             } else {
                 let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
+                // Room is kept for the wrap-up turn, so a run stopped by its budget can still
+                // say what it did.
+                let wrap_up = self.wrap_up_request("the budget is spent");
+                let (headroom, _) = self.estimate(
+                    provider.as_ref(),
+                    &wrap_up.0,
+                    &wrap_up.1,
+                    &[],
+                    WRAP_UP_OUTPUT_TOKENS,
+                );
                 match self.engine.ledger()?.reserve(
                     &self.run_id,
                     &ledger_lines,
                     estimate,
+                    headroom,
                     self.engine.clock.now_ms(),
                 )? {
                     Ok(r) => Some(r),
@@ -684,8 +712,19 @@ impl<'a> Driver<'a> {
             "the model call for step {step} failed with every model: {}",
             failures.join("; ")
         );
+        // Some work was done: say so, rather than a bare failure.
+        let status = if self
+            .state
+            .history()
+            .iter()
+            .any(|(_, r)| *r == rein_core::state::CallResult::Done)
+        {
+            EndState::Partial
+        } else {
+            EndState::Failed
+        };
         self.record(Event::RunEnded {
-            status: EndState::Failed,
+            status,
             output: self.state.last_text().map(str::to_owned),
             reason: Some(reason),
             call_id: None,
@@ -783,19 +822,40 @@ impl<'a> Driver<'a> {
     /// A budget ran out: ask the model once more, without tools, to sum up what it completed and
     /// what it did not (if that still fits), then end the run as `budget_exhausted` with that
     /// summary as its partial output.
+    /// The short request of a wrap-up turn: the instructions, the task, and a list of the calls
+    /// made and how each went (not their outputs).
+    fn wrap_up_request(&self, why: &str) -> (String, Vec<Message>) {
+        let started = self.state.started();
+        let system = started.map(|s| s.instructions.clone()).unwrap_or_default();
+        let task = started.map(|s| s.task.clone()).unwrap_or_default();
+        let mut done = String::new();
+        for slot in self.state.calls() {
+            done.push_str(&format!(
+                "\n- {} {}: {:?}",
+                slot.call.name,
+                one_line(&slot.call.arguments.to_string(), 120),
+                slot.status
+            ));
+        }
+        if done.is_empty() {
+            done.push_str(" none");
+        }
+        let text = format!(
+            "rein: the run must stop now ({why}). You cannot call tools any more. The tool calls so far:{done}\nIn a few sentences, say what you completed, what you did not, and why."
+        );
+        (
+            system,
+            vec![Message::User { text: task }, Message::User { text }],
+        )
+    }
+
     async fn wrap_up(&mut self, step: u32, why: String) -> Result<(), EngineError> {
-        const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
         let provider = self
             .agent
             .route_wrap_up
             .clone()
             .unwrap_or_else(|| self.agent.provider.clone());
-        let (system, mut messages) = self.context(step).await?;
-        messages.push(Message::User {
-            text: format!(
-                "rein: the run must stop now ({why}). You cannot call tools any more. In a few sentences, say what you completed, what you did not, and why."
-            ),
-        });
+        let (system, messages) = self.wrap_up_request(&why);
         let (estimate, price) = self.estimate(
             provider.as_ref(),
             &system,
@@ -814,6 +874,7 @@ impl<'a> Driver<'a> {
                     &self.run_id,
                     &ledger_lines,
                     estimate,
+                    Spend::default(),
                     self.engine.clock.now_ms(),
                 )?
                 .ok()

@@ -111,6 +111,12 @@ pub struct RunReport {
     pub output: Option<String>,
     /// Why the run did not complete.
     pub reason: Option<String>,
+    /// What the model calls cost, in US dollars.
+    pub cost_usd: f64,
+    /// The tool calls that completed, in order.
+    pub completed: Vec<String>,
+    /// The tool calls that did not (failed, denied, rejected), with how.
+    pub not_completed: Vec<String>,
     /// The tool call in doubt, for `needs_reconciliation`.
     pub call_id: Option<String>,
     /// Tokens used.
@@ -177,7 +183,25 @@ impl RunReport {
             }
             None => return None,
         };
+        let (completed, not_completed): (Vec<_>, Vec<_>) = state
+            .history()
+            .iter()
+            .partition(|(_, r)| *r == rein_core::state::CallResult::Done);
         Some(RunReport {
+            cost_usd: state.cost_micros() as f64 / 1e6,
+            completed: completed.into_iter().map(|(t, _)| t.clone()).collect(),
+            not_completed: not_completed
+                .into_iter()
+                .map(|(t, r)| {
+                    format!(
+                        "{t} ({})",
+                        serde_json::to_value(r)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect(),
             run_id: run_id.to_owned(),
             agent: started.agent.clone(),
             status,

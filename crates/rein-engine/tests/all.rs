@@ -278,14 +278,21 @@ async fn limits_end_the_run_with_its_partial_output() {
 }
 
 #[tokio::test]
-async fn a_run_that_outlives_its_script_fails_with_a_reason() {
-    let fx = Fixture::new("[[turns]]\ncalls = [{ tool = \"email.send\" }]\n", "");
+async fn a_run_that_outlives_its_script_ends_partial_with_what_it_completed() {
+    let fx = Fixture::new(
+        "[[turns]]\ncalls = [{ tool = \"email.send\" }, { tool = \"nope\" }]\n",
+        "",
+    );
     let report = fx
         .engine(FaultPlan::default())
         .start(&fx.agent(), "x", &NoObserver)
         .await
         .unwrap();
-    assert_eq!(report.status, EndState::Failed);
+    // The email went out before the model failed: not a bare failure, a partial run that says
+    // what it did and what it did not.
+    assert_eq!(report.status, EndState::Partial);
+    assert_eq!(report.completed, vec!["email.send"]);
+    assert_eq!(report.not_completed, vec!["nope (rejected)"]);
     assert!(
         report
             .reason

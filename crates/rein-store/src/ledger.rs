@@ -147,12 +147,13 @@ impl BudgetLedger {
     }
 
     /// Holds `amount` on every line, or refuses without holding anything if any line would pass
-    /// its limit.
+    /// its limit with `headroom` to spare (room kept for a last, smaller call).
     pub fn reserve(
         &self,
         run_id: &str,
         lines: &[LedgerLine],
         amount: Spend,
+        headroom: Spend,
         now_ms: u64,
     ) -> Result<Result<Reservation, Exhausted>, StoreError> {
         let mut conn = self
@@ -176,7 +177,7 @@ impl BudgetLedger {
                 tokens: reserved.0 as u64,
                 cost_micros: reserved.1 as u64,
             };
-            let total = spent.plus(reserved).plus(amount);
+            let total = spent.plus(reserved).plus(amount).plus(headroom);
             let over = line.max_tokens.is_some_and(|m| total.tokens > m)
                 || line.max_cost_micros.is_some_and(|m| total.cost_micros > m);
             if over {
@@ -326,16 +327,16 @@ mod tests {
             cost_micros: 0,
         };
         let a = ledger
-            .reserve("r1", &[line(100)], amount, 0)
+            .reserve("r1", &[line(100)], amount, Spend::default(), 0)
             .unwrap()
             .unwrap();
         let _b = ledger
-            .reserve("r2", &[line(100)], amount, 0)
+            .reserve("r2", &[line(100)], amount, Spend::default(), 0)
             .unwrap()
             .unwrap();
         // 40 + 40 held; another 40 would pass 100.
         let refused = ledger
-            .reserve("r3", &[line(100)], amount, 0)
+            .reserve("r3", &[line(100)], amount, Spend::default(), 0)
             .unwrap()
             .unwrap_err();
         assert_eq!(refused.reserved.tokens, 80);
@@ -351,15 +352,32 @@ mod tests {
             .unwrap();
         assert!(
             ledger
-                .reserve("r3", &[line(100)], amount, 0)
+                .reserve("r3", &[line(100)], amount, Spend::default(), 0)
                 .unwrap()
                 .is_ok()
         );
         assert_eq!(ledger.spent(&line(100)).unwrap().tokens, 10);
+        // Headroom is checked, not held.
+        let headroom = Spend {
+            tokens: 11,
+            cost_micros: 0,
+        };
+        assert!(
+            ledger
+                .reserve("r5", &[line(100)], Spend::default(), headroom, 0)
+                .unwrap()
+                .is_err()
+        );
         // Expired reservations (a dead process) stop counting.
         assert!(
             ledger
-                .reserve("r4", &[line(100)], amount, RESERVATION_TTL_MS + 1)
+                .reserve(
+                    "r4",
+                    &[line(100)],
+                    amount,
+                    Spend::default(),
+                    RESERVATION_TTL_MS + 1
+                )
                 .unwrap()
                 .is_ok()
         );

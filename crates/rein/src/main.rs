@@ -91,6 +91,24 @@ enum Command {
         #[command(subcommand)]
         command: ToolsCommand,
     },
+    /// Spending against budgets: tokens and money per agent, user, tenant and run, per period.
+    Usage {
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only periods from this one on (`2026-11-01`, `2026-11`).
+        #[arg(long)]
+        since: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of a file rein reads.
     Schema {
         #[command(subcommand)]
@@ -465,6 +483,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Schema {
             what: SchemaCommand::Policy { agent_dir },
         } => gate_cmds::schema_policy(agent_dir.as_deref(), &secrets).await,
+        Command::Usage {
+            agent,
+            user,
+            tenant,
+            since,
+            json,
+        } => usage(&state_dir, agent, user, tenant, since, json),
         Command::Tools {
             command:
                 ToolsCommand::List {
@@ -754,13 +779,27 @@ fn finish(report: &RunReport, json: bool) -> anyhow::Result<u8> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "  {} steps · {} tool calls · {} in / {} out tokens · {}",
+            "  {} steps · {} tool calls · {} in / {} out tokens · ${:.6} · {}",
             report.steps,
             report.tool_calls,
             report.usage.input_tokens,
             report.usage.output_tokens,
+            report.cost_usd,
             render::fmt_ms(report.active_ms)
         );
+        if report.status != rein_core::EndState::Completed
+            && (!report.completed.is_empty() || !report.not_completed.is_empty())
+        {
+            let list = |items: &[String]| {
+                if items.is_empty() {
+                    "none".to_owned()
+                } else {
+                    items.join(", ")
+                }
+            };
+            let _ = writeln!(out, "  completed: {}", list(&report.completed));
+            let _ = writeln!(out, "  not completed: {}", list(&report.not_completed));
+        }
         let _ = writeln!(out, "  details: rein runs show {}", report.run_id);
     }
     u8::try_from(report.status.exit_code()).context("exit code out of range")
@@ -943,13 +982,75 @@ fn show(state_dir: &Path, id: &str, json: bool) -> anyhow::Result<u8> {
             .unwrap_or("unfinished (resume it with `rein runs resume`)");
         let _ = writeln!(
             out,
-            "\n{status} · {} steps · {} tool calls · {} in / {} out tokens · active {} · {} events",
+            "\n{status} · {} steps · {} tool calls · {} in / {} out tokens · ${:.6} · active {} · {} events",
             state.steps(),
             state.tool_executions(),
             usage.input_tokens,
             usage.output_tokens,
+            state.cost_micros() as f64 / 1e6,
             render::fmt_ms(state.active_ms(state.last_at_ms())),
             events.len()
+        );
+    }
+    Ok(0)
+}
+
+/// `rein usage`: the budget ledger's lines, filtered.
+fn usage(
+    state_dir: &Path,
+    agent: Option<String>,
+    user: Option<String>,
+    tenant: Option<String>,
+    since: Option<String>,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let ledger = rein_store::BudgetLedger::open(state_dir)?;
+    let wanted: Vec<String> = [("agent", agent), ("user", user), ("tenant", tenant)]
+        .into_iter()
+        .filter_map(|(scope, name)| name.map(|n| format!("{scope}:{n}")))
+        .collect();
+    let rows: Vec<rein_store::UsageRow> = ledger
+        .usage("")?
+        .into_iter()
+        .filter(|r| wanted.is_empty() || wanted.contains(&r.key))
+        .filter(|r| {
+            since
+                .as_deref()
+                .is_none_or(|s| r.period == "run" || r.period.as_str() >= s)
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!(
+            "no spending recorded yet (budgets are kept when an agent declares [budget] or [[budgets]])"
+        );
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:44} {:10} {:>6} {:>12} {:>12} {:>12} {:>12}",
+        "budget", "period", "calls", "tokens", "of tokens", "usd", "of usd"
+    );
+    for r in rows {
+        let of = |v: Option<u64>, money: bool| match v {
+            Some(v) if money => format!("{:.6}", v as f64 / 1e6),
+            Some(v) => v.to_string(),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:44} {:10} {:>6} {:>12} {:>12} {:>12.6} {:>12}",
+            r.key,
+            r.period,
+            r.calls,
+            r.tokens,
+            of(r.max_tokens, false),
+            r.cost_micros as f64 / 1e6,
+            of(r.max_cost_micros, true)
         );
     }
     Ok(0)

@@ -98,9 +98,21 @@ impl Renderer {
                 tool_calls,
                 usage,
                 latency_us,
+                model,
+                cost_micros,
                 ..
             } => {
                 let calls: Vec<&str> = tool_calls.iter().map(|c| c.name.as_str()).collect();
+                let cost = if *cost_micros > 0 {
+                    format!(", ${:.6}", *cost_micros as f64 / 1e6)
+                } else {
+                    String::new()
+                };
+                let by = if model.is_empty() {
+                    String::new()
+                } else {
+                    format!("{model}, ")
+                };
                 let what = match (text, calls.is_empty()) {
                     (Some(t), _) => format!("“{}”", one_line(t, 100)),
                     (None, false) => String::new(),
@@ -117,7 +129,7 @@ impl Renderer {
                     self.paint(
                         DIM,
                         &format!(
-                            "({} in / {} out tokens, {})",
+                            "({by}{} in / {} out tokens{cost}, {})",
                             usage.input_tokens,
                             usage.output_tokens,
                             fmt_us(*latency_us)
@@ -298,7 +310,9 @@ impl Renderer {
                 let style = match status {
                     EndState::Completed => GREEN,
                     EndState::Failed | EndState::NeedsReconciliation => RED,
-                    EndState::BudgetExhausted | EndState::AwaitingApproval => YELLOW,
+                    EndState::BudgetExhausted | EndState::AwaitingApproval | EndState::Partial => {
+                        YELLOW
+                    }
                     EndState::Denied => RED,
                 };
                 out.push(format!(

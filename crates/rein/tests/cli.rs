@@ -65,6 +65,7 @@ fn the_quick_start_completes_offline_and_shows_its_timeline() {
         "\"amount\":42.5",
         "■ completed",
         "5 steps · 4 tool calls",
+        "support-script, ",
     ] {
         assert!(
             text.contains(needle),
@@ -76,6 +77,26 @@ fn the_quick_start_completes_offline_and_shows_its_timeline() {
     let list = json_out(&rein(state.path(), &["runs", "list", "--json"]));
     assert_eq!(list[0]["id"], run_id);
     assert_eq!(list[0]["status"], "completed");
+
+    // Costs: per step and in total, from the example's prices, and in the budget ledger.
+    let cost = report["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost < 0.5, "{cost}");
+    let usage = json_out(&rein(
+        state.path(),
+        &["usage", "--tenant", "default", "--json"],
+    ));
+    assert_eq!(usage[0]["key"], "tenant:default");
+    assert_eq!(usage[0]["calls"], 5);
+    assert_eq!(usage[0]["max_cost_micros"], 25_000_000);
+    assert_eq!(
+        (usage[0]["cost_micros"].as_f64().unwrap() / 1e6 * 1e6).round(),
+        (cost * 1e6).round()
+    );
+    let table = String::from_utf8(rein(state.path(), &["usage"]).stdout).unwrap();
+    assert!(
+        table.contains("tenant:default") && table.contains("run:"),
+        "{table}"
+    );
 
     // Without --json a person sees each step as it happens, and the exit code is the same.
     let human = rein(

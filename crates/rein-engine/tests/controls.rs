@@ -1,0 +1,454 @@
+//! Cost, latency and context controls, and recovery that does not give up silently: budgets
+//! (a run stopped at its limit and never above it; 50 concurrent runs sharing a user's daily
+//! budget), a flaky tool's retries and circuit breaker, a provider failing over to its fallback,
+//! and a long run compacting its context while keeping its task and constraints.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rein_core::{BoxFuture, Durability, EndState, Event, Message, StoredEvent};
+use rein_engine::{Agent, Engine, NoObserver, RunRequest};
+use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
+use rein_store::SqliteStore;
+use serde_json::json;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(agent_toml: &str, script: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("policies/all.cedar"),
+            "permit(principal, action, resource);\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("script.toml"), script).unwrap();
+        std::fs::write(
+            dir.path().join("agent.toml"),
+            format!("name = \"c\"\ninstructions = \"Work carefully.\"\n{agent_toml}"),
+        )
+        .unwrap();
+        Fixture {
+            dir,
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn agent(&self) -> Agent {
+        let spec = rein_config::load(self.dir.path()).unwrap();
+        Agent::from_spec(&spec, &|var| {
+            (var == "TEST_KEY").then(|| "sk-test".to_owned())
+        })
+        .unwrap()
+    }
+
+    fn engine(&self) -> Engine {
+        let store = Arc::new(SqliteStore::open(self.state.path(), Durability::Normal).unwrap());
+        Engine::new(store, self.state.path())
+    }
+}
+
+const SCRIPTED: &str = "[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n";
+
+const ECHO: &str = r#"
+[[tools]]
+name = "echo"
+description = "Echo"
+command = ["cat"]
+idempotent = true
+args_schema = { type = "object" }
+"#;
+
+/// A script of `n` turns that each say something and call `echo`, then a final answer.
+fn busy_script(n: usize) -> String {
+    let mut s = String::new();
+    for i in 1..=n {
+        s.push_str(&format!(
+            "[[turns]]\ntext = \"working on part {i}\"\ncalls = [{{ tool = \"echo\", args = {{ part = {i}, note = \"{}\" }} }}]\n",
+            "x".repeat(200)
+        ));
+    }
+    s.push_str("[[turns]]\ntext = \"all parts done\"\n");
+    s
+}
+
+fn notices(events: &[StoredEvent]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::Notice {
+                kind,
+                subject,
+                detail,
+                ..
+            } => Some((kind.clone(), subject.clone(), detail.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spent_tokens(events: &[StoredEvent]) -> u64 {
+    events
+        .iter()
+        .map(|e| match &e.event {
+            Event::ModelReplied { usage, .. } => usage.input_tokens + usage.output_tokens,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_run_stops_at_its_token_budget_with_a_wrap_up_and_never_above_it() {
+    let budget = 6_000;
+    let fx = Fixture::new(
+        &format!("{SCRIPTED}\n[budget]\ntokens = {budget}\nwarn_at_percent = 50\n{ECHO}"),
+        &busy_script(40),
+    );
+    let engine = fx.engine();
+    let report = engine
+        .start(&fx.agent(), "do all parts", &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.status,
+        EndState::BudgetExhausted,
+        "{:?}",
+        report.reason
+    );
+    let events = engine.store().events(&report.run_id).unwrap();
+    let spent = spent_tokens(&events);
+    assert!(spent <= budget, "spent {spent} of {budget}");
+    assert!(
+        report.steps > 3 && report.steps < 40,
+        "{} steps",
+        report.steps
+    );
+    // The ledger agrees with the log, and says the same for `rein usage`.
+    let usage = engine.ledger().unwrap().usage("run:").unwrap();
+    assert_eq!((usage.len(), usage[0].tokens), (1, spent));
+    // The warning came before the end, and the wrap-up turn's text is the partial output.
+    let kinds: Vec<String> = notices(&events).into_iter().map(|n| n.0).collect();
+    assert!(kinds.contains(&"budget_warning".to_owned()), "{kinds:?}");
+    let reason = report.reason.unwrap();
+    assert!(
+        reason.contains("would be exceeded") && reason.contains("after a wrap-up turn"),
+        "{reason}"
+    );
+    assert!(report.output.unwrap().starts_with("working on part"));
+    // The wrap-up turn offered no tools and its calls were dropped.
+    let last_reply = events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event {
+            Event::ModelReplied { tool_calls, .. } => Some(tool_calls.len()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_reply, 0);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_runs_of_one_user_share_a_daily_budget() {
+    let budget = 40_000;
+    let fx = Fixture::new(
+        &format!(
+            "{SCRIPTED}\n[[budgets]]\nscope = \"user\"\nperiod = \"day\"\ntokens = {budget}\n{ECHO}"
+        ),
+        &busy_script(6),
+    );
+    let engine = Arc::new(fx.engine());
+    let agent = Arc::new(fx.agent());
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (engine, agent) = (engine.clone(), agent.clone());
+        runs.spawn(async move {
+            let request = RunRequest {
+                task: format!("job {i}"),
+                user: "ann".into(),
+                tenant: "acme".into(),
+                parent: None,
+            };
+            let report = engine.start(&agent, request, &NoObserver).await.unwrap();
+            let events = engine.store().events(&report.run_id).unwrap();
+            (report.status, spent_tokens(&events))
+        });
+    }
+    let mut total = 0;
+    let mut statuses = Vec::new();
+    while let Some(done) = runs.join_next().await {
+        let (status, spent) = done.unwrap();
+        total += spent;
+        statuses.push(status);
+    }
+    assert!(
+        total <= budget,
+        "the runs spent {total} of {budget} together"
+    );
+    // The budget was the limit: the runs spent most of it, and it stopped them.
+    assert!(total > budget / 2, "the runs spent only {total}");
+    let completed = statuses
+        .iter()
+        .filter(|s| **s == EndState::Completed)
+        .count();
+    let stopped = statuses
+        .iter()
+        .filter(|s| **s == EndState::BudgetExhausted)
+        .count();
+    assert_eq!(completed + stopped, 50, "{statuses:?}");
+    assert!(stopped > 0, "{completed} completed, {stopped} stopped");
+    let rows = engine.ledger().unwrap().usage("user:ann").unwrap();
+    assert_eq!(rows[0].tokens, total);
+    assert_eq!(rows[0].max_tokens, Some(budget));
+}
+
+struct ManualClock(AtomicU64);
+
+impl rein_core::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The model's side: what each request held, and a hook before each call.
+struct Watching {
+    inner: Arc<dyn Provider>,
+    requests: Mutex<Vec<(String, Vec<Message>)>>,
+    before: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl Provider for Watching {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+    fn complete<'a>(
+        &'a self,
+        request: &'a ChatRequest<'a>,
+    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+        let n = {
+            let mut requests = self.requests.lock().unwrap();
+            requests.push((request.system.to_owned(), request.messages.to_vec()));
+            requests.len()
+        };
+        (self.before)(n);
+        self.inner.complete(request)
+    }
+}
+
+fn watch(agent: &mut Agent, before: impl Fn(usize) + Send + Sync + 'static) -> Arc<Watching> {
+    let watching = Arc::new(Watching {
+        inner: agent.provider.clone(),
+        requests: Mutex::new(vec![]),
+        before: Box::new(before),
+    });
+    agent.provider = watching.clone();
+    watching
+}
+
+#[tokio::test]
+async fn a_flaky_tool_is_retried_its_breaker_opens_then_a_probe_closes_it() {
+    // Fails its first three runs, then works; counts its runs in the workspace.
+    let flaky = r#"
+[[tools]]
+name = "flaky"
+description = "Works, eventually"
+command = ["sh", "-c", "n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; if [ $n -le 3 ]; then echo \"flaky failure $n\" >&2; exit 1; fi; cat"]
+idempotent = true
+max_attempts = 2
+retry_backoff_ms = 1
+breaker_failures = 3
+breaker_cooldown_ms = 60000
+args_schema = { type = "object" }
+"#;
+    let call = "[[turns]]\ncalls = [{ tool = \"flaky\", args = { n = 1 } }]\n";
+    let script = format!("{call}{call}{call}{call}[[turns]]\ntext = \"done\"\n");
+    let fx = Fixture::new(&format!("{SCRIPTED}{flaky}"), &script);
+    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let mut agent = fx.agent();
+    // Before the model's fourth step, the breaker's cool-down has passed.
+    let ticking = clock.clone();
+    watch(&mut agent, move |n| {
+        if n == 4 {
+            ticking.0.fetch_add(61_000, Ordering::SeqCst);
+        }
+    });
+    let engine = fx.engine().with_clock(clock);
+    let report = engine
+        .start(&agent, "use flaky", &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(report.status, EndState::Completed);
+    let events = engine.store().events(&report.run_id).unwrap();
+    let kinds: Vec<String> = notices(&events).into_iter().map(|n| n.0).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "tool_retry",
+            "breaker_opened",
+            "breaker_half_open",
+            "breaker_closed"
+        ]
+    );
+    // Step 3 was refused without running the tool, and the model was told why.
+    let rejected = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::ToolRejected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(rejected.contains("circuit breaker is open"), "{rejected}");
+    // Two tries, one try, none, the probe: four runs of the tool in all.
+    let runs = std::fs::read_to_string(fx.dir.path().join("workspace/runs")).unwrap();
+    assert_eq!(runs.trim(), "4");
+    let outcomes: Vec<bool> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::ToolOutcome { ok, .. } => Some(*ok),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, vec![false, false, true]);
+}
+
+#[tokio::test]
+async fn a_provider_failing_with_500s_falls_back_to_the_next_model() {
+    let primary = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("overloaded"))
+        .mount(&primary)
+        .await;
+    let fallback = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "choices": [{"message": {"content": "answered by the fallback"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 100}
+        })))
+        .mount(&fallback)
+        .await;
+    let models = format!(
+        r#"
+[model]
+provider = "openai"
+name = "gpt-4o"
+base_url = "{}/v1"
+api_key_env = "TEST_KEY"
+max_attempts = 2
+max_backoff_ms = 1
+fallbacks = ["small"]
+
+[[models]]
+id = "small"
+provider = "openai"
+name = "gpt-4o-mini"
+base_url = "{}/v1"
+api_key_env = "TEST_KEY"
+"#,
+        primary.uri(),
+        fallback.uri()
+    );
+    let fx = Fixture::new(&models, "");
+    let engine = fx.engine();
+    let report = engine.start(&fx.agent(), "hi", &NoObserver).await.unwrap();
+    assert_eq!(report.status, EndState::Completed);
+    assert_eq!(report.output.as_deref(), Some("answered by the fallback"));
+    let events = engine.store().events(&report.run_id).unwrap();
+    let failed = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ModelFailed { error, .. } if error.contains("500")))
+        .count();
+    assert_eq!(failed, 2);
+    assert_eq!(primary.received_requests().await.unwrap().len(), 2);
+    let chosen = notices(&events)
+        .into_iter()
+        .find(|n| n.0 == "model_chosen")
+        .unwrap();
+    assert_eq!(chosen.1, "gpt-4o-mini");
+    assert!(
+        chosen.2.contains("gpt-4o failed after 2 tries"),
+        "{}",
+        chosen.2
+    );
+    // The reply names its model and its cost from the built-in prices:
+    // 1000 * $0.15 + 100 * $0.60 per million = 210 micro-dollars.
+    let (model, cost) = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::ModelReplied {
+                model, cost_micros, ..
+            } => Some((model.clone(), *cost_micros)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((model.as_str(), cost), ("gpt-4o-mini", 210));
+}
+
+#[tokio::test]
+async fn a_long_run_compacts_several_times_and_keeps_its_task_and_constraints() {
+    let bulky = r#"
+[[tools]]
+name = "bulky"
+description = "Returns a lot"
+command = ["sh", "-c", "cat >/dev/null; printf '{\"report\": \"%s\"}' $(head -c 1500 /dev/zero | tr '\\0' 'b')"]
+idempotent = true
+args_schema = { type = "object" }
+
+[context]
+max_tokens = 1500
+keep_recent = 2
+pinned = ["Never refund more than 500 euros."]
+"#;
+    let call = "[[turns]]\ncalls = [{ tool = \"bulky\" }]\n";
+    let script = format!("{}[[turns]]\ntext = \"summarised\"\n", call.repeat(12));
+    let fx = Fixture::new(&format!("{SCRIPTED}{bulky}"), &script);
+    let mut agent = fx.agent();
+    let watching = watch(&mut agent, |_| {});
+    let engine = fx.engine();
+    let task = "Summarise the bulky reports for ticket T-77";
+    let report = engine.start(&agent, task, &NoObserver).await.unwrap();
+    assert_eq!(report.status, EndState::Completed, "{:?}", report.reason);
+    let events = engine.store().events(&report.run_id).unwrap();
+    let compactions = notices(&events)
+        .into_iter()
+        .filter(|n| n.0 == "context_compacted")
+        .count();
+    assert!(compactions >= 3, "{compactions} compactions");
+    // What the model was actually sent last: the task first, the constraint in the system
+    // prompt, old outputs elided, the recent ones whole, and the whole within budget.
+    let requests = watching.requests.lock().unwrap();
+    let (system, messages) = requests.last().unwrap();
+    assert!(system.contains("Never refund more than 500 euros."));
+    assert_eq!(messages[0], Message::User { text: task.into() });
+    let tool_outputs: Vec<&String> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Tool { content, .. } => Some(content),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tool_outputs.len(), 12);
+    assert!(tool_outputs[0].contains("[elided by rein to fit the context budget"));
+    assert!(tool_outputs[11].contains("bbbb"));
+    let bytes: usize = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap().len())
+        .sum();
+    assert!(bytes < 1500 * 4 * 2, "{bytes} bytes sent");
+    // The log keeps every output whole: compaction changes what is sent, never what happened.
+    let whole = events
+        .iter()
+        .filter(|e| matches!(&e.event, Event::ToolOutcome { output, .. } if output.to_string().contains(&"b".repeat(1500))))
+        .count();
+    assert_eq!(whole, 12);
+}
