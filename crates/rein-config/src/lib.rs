@@ -171,6 +171,10 @@ pub enum ToolConfig {
     FsRead,
     /// `fs.write`.
     FsWrite,
+    /// `memory.read`: a note from session, agent or user memory.
+    MemoryRead,
+    /// `memory.write`: keep a note in session, agent or user memory.
+    MemoryWrite,
     /// `http.get` with its allowlist.
     HttpGet {
         /// Allowed hosts.
@@ -218,6 +222,8 @@ impl ToolConfig {
         match self {
             ToolConfig::FsRead => "fs.read",
             ToolConfig::FsWrite => "fs.write",
+            ToolConfig::MemoryRead => "memory.read",
+            ToolConfig::MemoryWrite => "memory.write",
             ToolConfig::HttpGet { .. } => "http.get",
             ToolConfig::Command { name, .. } | ToolConfig::Delegate { name, .. } => name,
         }

@@ -339,7 +339,7 @@ pub struct ToolEntry {
     /// task to. The child runs with its own context and at most this agent's authority.
     #[serde(default)]
     pub delegate: Option<String>,
-    /// A built-in tool: `fs.read`, `fs.write` or `http.get`.
+    /// A built-in tool: `fs.read`, `fs.write`, `http.get`, `memory.read` or `memory.write`.
     #[serde(default)]
     pub builtin: Option<String>,
     /// A command tool's name: letters, digits, `.`, `_` and `-`.

@@ -23,7 +23,13 @@ const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
 const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
 const DEFAULT_HTTP_MAX_BYTES: usize = 64 * 1024;
-const BUILTINS: [&str; 3] = ["fs.read", "fs.write", "http.get"];
+const BUILTINS: [&str; 5] = [
+    "fs.read",
+    "fs.write",
+    "http.get",
+    "memory.read",
+    "memory.write",
+];
 /// Names of the policy actions that are not tools.
 const RESERVED: [&str; 3] = ["call_tool", "use_model", "delegate"];
 
@@ -284,8 +290,10 @@ impl Resolver {
             }
             let tool = self.tool(i, span.clone(), entry)?;
             let is_http = matches!(tool, ToolConfig::HttpGet { .. });
+            // Memory holds what the model wrote, which may have come from anywhere.
+            let untrusted_by_default = is_http || matches!(tool, ToolConfig::MemoryRead);
             let labels = labels.unwrap_or_else(|| {
-                if is_http {
+                if untrusted_by_default {
                     vec![rein_core::labels::UNTRUSTED.to_owned()]
                 } else {
                     vec![]
@@ -784,6 +792,8 @@ impl Resolver {
                 match builtin.as_str() {
                     "fs.read" => Ok(ToolConfig::FsRead),
                     "fs.write" => Ok(ToolConfig::FsWrite),
+                    "memory.read" => Ok(ToolConfig::MemoryRead),
+                    "memory.write" => Ok(ToolConfig::MemoryWrite),
                     "http.get" => {
                         let allow_hosts = t.allow_hosts.unwrap_or_default();
                         if allow_hosts.is_empty() || allow_hosts.iter().any(|h| h.trim().is_empty())

@@ -232,7 +232,7 @@ impl Agent {
         let gate = Arc::new(Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?);
         let mut delegates = HashMap::new();
         for (tool, child) in &children {
-            let child = Agent::build(
+            let mut child = Agent::build(
                 child,
                 env,
                 secrets_file,
@@ -240,6 +240,25 @@ impl Agent {
                 Some((&spec.name, gate.clone())),
                 McpSet::default(),
             )?;
+            // A sub-agent spends from its parent's budgets: the run's (booked to the root run)
+            // and the user's and tenant's; where both set one, the stricter limit holds.
+            for limit in spec
+                .budgets
+                .iter()
+                .filter(|l| l.scope != rein_core::budget::Scope::Agent)
+            {
+                match child
+                    .budgets
+                    .iter_mut()
+                    .find(|c| c.scope == limit.scope && c.period == limit.period)
+                {
+                    Some(own) => {
+                        own.tokens = min_limit(own.tokens, limit.tokens);
+                        own.cost_micros = min_limit(own.cost_micros, limit.cost_micros);
+                    }
+                    None => child.budgets.push(*limit),
+                }
+            }
             delegates.insert(tool.clone(), Arc::new(child));
         }
         let redactor = secrets.redactor();
@@ -382,6 +401,8 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
     for entry in &spec.tools {
         let tool: Arc<dyn Tool> = match &entry.tool {
             ToolConfig::FsRead => Arc::new(FsRead::default()),
+            ToolConfig::MemoryRead => Arc::new(rein_tools::MemoryRead::default()),
+            ToolConfig::MemoryWrite => Arc::new(rein_tools::MemoryWrite::default()),
             ToolConfig::FsWrite => Arc::new(FsWrite::default()),
             ToolConfig::HttpGet {
                 allow_hosts,
@@ -525,6 +546,14 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
         children,
         sensitive,
     })
+}
+
+/// The stricter of two optional limits.
+fn min_limit(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Every sensitive field must be one of the tool's arguments.

@@ -421,3 +421,112 @@ pub fn bench_audit(records: u64) -> Result<AuditBenchReport, EngineError> {
         bytes_per_record: bytes / records.max(1),
     })
 }
+
+/// What `rein bench controls` measured, per model step.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlsBenchReport {
+    /// Steps measured.
+    pub steps: usize,
+    /// Budget lines each step reserves on and settles to (run, user per day, tenant per month).
+    pub budget_lines: usize,
+    /// Reserve + settle on the durable ledger, median.
+    pub budget_p50_us: f64,
+    /// Reserve + settle, 99th percentile.
+    pub budget_p99_us: f64,
+    /// Building the context (counting the new messages' tokens with tiktoken o200k, compacting
+    /// to the budget), median.
+    pub context_p50_us: f64,
+    /// Building the context, 99th percentile.
+    pub context_p99_us: f64,
+    /// Messages in the conversation at the last step.
+    pub final_messages: usize,
+    /// Tool outputs elided at the last step.
+    pub final_elided: usize,
+}
+
+/// Measures, per model step, what budgets and context control add: reserving and settling a
+/// model call's spend on three ledger lines in `dir` (a real SQLite ledger), and building the
+/// context for a conversation that grows by a 2 KB tool output each step, compacted to 8,000
+/// tokens, with tokens counted by tiktoken as for an OpenAI model.
+pub fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, EngineError> {
+    use crate::context::{ContextWindow, TokenCounter};
+    use rein_core::Message;
+    use rein_core::budget::Spend;
+    use rein_store::{BudgetLedger, LedgerLine};
+
+    let ledger = BudgetLedger::open(dir)?;
+    let lines: Vec<LedgerLine> = ["run:bench", "user:ann", "tenant:acme"]
+        .iter()
+        .map(|key| LedgerLine {
+            key: (*key).into(),
+            period: "2026-11-23".into(),
+            max_tokens: Some(u64::MAX / 4),
+            max_cost_micros: Some(u64::MAX / 4),
+        })
+        .collect();
+    let mut window = ContextWindow::new(TokenCounter::for_model("openai", "gpt-4o"));
+    let mut messages = vec![Message::User {
+        text: "Reconcile the invoices for November and report the mismatches.".into(),
+    }];
+    let pinned = std::collections::HashSet::new();
+    let output: String = (0..2048)
+        .map(|i| (b'a' + (i * 7 % 26) as u8) as char)
+        .collect();
+    let (mut budget_us, mut context_us) = (Vec::new(), Vec::new());
+    let mut last = (0, 0);
+    for step in 0..steps {
+        messages.push(Message::Assistant {
+            text: None,
+            tool_calls: vec![rein_core::ToolCall {
+                id: format!("c{step}"),
+                name: "invoices.read".into(),
+                arguments: serde_json::json!({"page": step}),
+                invalid_arguments: None,
+            }],
+        });
+        messages.push(Message::Tool {
+            call_id: format!("c{step}"),
+            name: "invoices.read".into(),
+            content: format!("page {step}: {output}"),
+            is_error: false,
+        });
+        let began = Instant::now();
+        window.update(&messages, Some(8_000), 4, &pinned);
+        context_us.push(began.elapsed().as_secs_f64() * 1e6);
+        last = (window.messages().len(), window.elided().len());
+
+        let began = Instant::now();
+        let estimate = Spend {
+            tokens: window.tokens() + 1024,
+            cost_micros: 30_000,
+        };
+        let reservation = ledger
+            .reserve("bench", &lines, estimate, Spend::default(), step as u64)?
+            .map_err(|e| EngineError::Agent(e.to_string()))?;
+        ledger.settle(
+            &reservation,
+            Spend {
+                tokens: window.tokens() + 200,
+                cost_micros: 20_000,
+            },
+        )?;
+        budget_us.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    let pct = |samples: &mut Vec<f64>, q: f64| {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        samples
+            .get(((samples.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Ok(ControlsBenchReport {
+        steps,
+        budget_lines: lines.len(),
+        budget_p50_us: pct(&mut budget_us, 0.5),
+        budget_p99_us: pct(&mut budget_us, 0.99),
+        context_p50_us: pct(&mut context_us, 0.5),
+        context_p99_us: pct(&mut context_us, 0.99),
+        final_messages: last.0,
+        final_elided: last.1,
+    })
+}

@@ -44,6 +44,15 @@ impl TokenCounter {
         }
     }
 
+    /// Whether two counters count the same way.
+    pub fn same_as(&self, other: &TokenCounter) -> bool {
+        match (self, other) {
+            (TokenCounter::Estimate, TokenCounter::Estimate) => true,
+            (TokenCounter::Tiktoken(a), TokenCounter::Tiktoken(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+
     /// Tokens in `text`.
     pub fn count(&self, text: &str) -> u64 {
         match self {
@@ -68,70 +77,108 @@ impl TokenCounter {
     }
 }
 
-/// The conversation to send, and what compaction elided to fit.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Compacted {
-    /// The messages, tool outputs elided where needed.
-    pub messages: Vec<Message>,
-    /// Ids of the calls whose outputs were elided, oldest first.
-    pub elided: Vec<String>,
-    /// Tokens of the conversation before and after.
-    pub tokens_before: u64,
-    /// After.
-    pub tokens_after: u64,
+/// The conversation as the model is sent it, kept up to date step by step: each new message is
+/// counted once, and the oldest tool outputs are elided (never un-elided) while the whole passes
+/// the budget. Elision only moves forward, so each step costs what is new, not the whole
+/// conversation; the result is the same as compacting the whole conversation from scratch, which
+/// is what a resumed run does.
+#[derive(Debug)]
+pub struct ContextWindow {
+    counter: TokenCounter,
+    messages: Vec<Message>,
+    counts: Vec<u64>,
+    total: u64,
+    /// The first message not yet considered for elision.
+    next: usize,
+    elided: Vec<String>,
 }
 
-/// Elides the oldest tool outputs until the conversation (whose per-message token counts are
-/// `counts`) fits in `max_tokens`, keeping the last `keep_recent` messages and the outputs of
-/// `pinned_tools` (sub-agents) whole.
-pub fn compact(
-    messages: &[Message],
-    counts: &[u64],
-    max_tokens: u64,
-    keep_recent: usize,
-    pinned_tools: &HashSet<String>,
-    counter: TokenCounter,
-) -> Compacted {
-    let before: u64 = counts.iter().sum();
-    let mut total = before;
-    let mut out = messages.to_vec();
-    let mut elided = Vec::new();
-    let eligible_end = messages.len().saturating_sub(keep_recent);
-    for (i, message) in messages.iter().enumerate().take(eligible_end) {
-        if total <= max_tokens {
-            break;
+impl ContextWindow {
+    /// An empty window counting with `counter`.
+    pub fn new(counter: TokenCounter) -> ContextWindow {
+        ContextWindow {
+            counter,
+            messages: Vec::new(),
+            counts: Vec::new(),
+            total: 0,
+            next: 0,
+            elided: Vec::new(),
         }
-        if let Message::Tool {
-            call_id,
-            name,
-            is_error,
-            ..
-        } = message
-        {
+    }
+
+    /// Takes in the messages of `all` it has not seen, then, if the whole passes `max_tokens`,
+    /// elides the oldest tool outputs (except the last `keep_recent` messages and the outputs of
+    /// `pinned_tools`) until it fits. Returns the calls whose outputs this update elided.
+    pub fn update(
+        &mut self,
+        all: &[Message],
+        max_tokens: Option<u64>,
+        keep_recent: usize,
+        pinned_tools: &HashSet<String>,
+    ) -> Vec<String> {
+        for m in all.iter().skip(self.messages.len()) {
+            let count = self.counter.message(m);
+            self.messages.push(m.clone());
+            self.counts.push(count);
+            self.total += count;
+        }
+        let Some(max_tokens) = max_tokens else {
+            return vec![];
+        };
+        let eligible_end = self.messages.len().saturating_sub(keep_recent);
+        let mut newly = Vec::new();
+        while self.total > max_tokens && self.next < eligible_end {
+            let i = self.next;
+            self.next += 1;
+            let Message::Tool {
+                call_id,
+                name,
+                is_error,
+                ..
+            } = &self.messages[i]
+            else {
+                continue;
+            };
             if pinned_tools.contains(name) {
                 continue;
             }
-            let note = format!(
-                "[elided by rein to fit the context budget: the output of {name} (call {call_id}), {} tokens]",
-                counts[i]
-            );
             let replacement = Message::Tool {
                 call_id: call_id.clone(),
                 name: name.clone(),
-                content: note,
+                content: format!(
+                    "[elided by rein to fit the context budget: the output of {name} (call {call_id}), {} tokens]",
+                    self.counts[i]
+                ),
                 is_error: *is_error,
             };
-            let new_count = counter.message(&replacement);
-            total = total - counts[i] + new_count.min(counts[i]);
-            out[i] = replacement;
-            elided.push(call_id.clone());
+            let count = self.counter.message(&replacement).min(self.counts[i]);
+            self.total = self.total - self.counts[i] + count;
+            self.counts[i] = count;
+            newly.push(call_id.clone());
+            self.messages[i] = replacement;
         }
+        self.elided.extend(newly.iter().cloned());
+        newly
     }
-    Compacted {
-        messages: out,
-        elided,
-        tokens_before: before,
-        tokens_after: total,
+
+    /// The messages to send.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// Their tokens, as counted.
+    pub fn tokens(&self) -> u64 {
+        self.total
+    }
+
+    /// Every call whose output has been elided, oldest first.
+    pub fn elided(&self) -> &[String] {
+        &self.elided
+    }
+
+    /// How it counts.
+    pub fn counter(&self) -> TokenCounter {
+        self.counter
     }
 }
 
@@ -159,20 +206,22 @@ mod tests {
             tool("c3", "lookup", 400),
             tool("c4", "lookup", 400),
         ];
-        let counter = TokenCounter::Estimate;
-        let counts: Vec<u64> = messages.iter().map(|m| counter.message(m)).collect();
         let pinned: HashSet<String> = ["research".to_owned()].into();
-        let c = compact(&messages, &counts, 300, 1, &pinned, counter);
-        // c1 and c3 elided (c2 is a pinned sub-agent result, c4 is recent).
-        assert_eq!(c.elided, vec!["c1", "c3"]);
-        assert!(c.tokens_after <= 300, "{}", c.tokens_after);
-        assert_eq!(c.messages[0], messages[0]);
-        assert_eq!(c.messages[2], messages[2]);
-        assert_eq!(c.messages[4], messages[4]);
+        let mut w = ContextWindow::new(TokenCounter::Estimate);
         // Under budget: nothing changes.
-        let c = compact(&messages, &counts, 10_000, 1, &pinned, counter);
-        assert!(c.elided.is_empty());
-        assert_eq!(c.messages, messages);
+        assert!(w.update(&messages[..3], Some(300), 1, &pinned).is_empty());
+        assert_eq!(w.messages(), &messages[..3]);
+        // Past it: c1 and c3 elided (c2 is a pinned sub-agent result, c4 is recent).
+        assert_eq!(w.update(&messages, Some(300), 1, &pinned), vec!["c1", "c3"]);
+        assert!(w.tokens() <= 300, "{}", w.tokens());
+        assert_eq!(w.messages()[0], messages[0]);
+        assert_eq!(w.messages()[2], messages[2]);
+        assert_eq!(w.messages()[4], messages[4]);
+        // Built from scratch (a resumed run), the window is the same.
+        let mut fresh = ContextWindow::new(TokenCounter::Estimate);
+        fresh.update(&messages, Some(300), 1, &pinned);
+        assert_eq!(fresh.messages(), w.messages());
+        assert_eq!(fresh.elided(), w.elided());
     }
 
     #[test]

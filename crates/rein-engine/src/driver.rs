@@ -14,6 +14,7 @@ use rein_core::{
 };
 use rein_store::LedgerLine;
 
+use crate::context::{ContextWindow, TokenCounter};
 use crate::resilience::{Admission, Transition};
 use rein_model::ChatRequest;
 use rein_policy::RequestFacts;
@@ -23,6 +24,62 @@ use serde_json::json;
 use tracing::{Instrument, field};
 
 use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
+
+/// The memory tools' view of the notes, bound to one run's scopes.
+struct RunMemory {
+    notes: Arc<rein_store::NoteStore>,
+    session: String,
+    agent: String,
+    user: String,
+    run_id: String,
+    clock: Arc<dyn rein_core::Clock>,
+}
+
+impl RunMemory {
+    fn scope(&self, scope: rein_tools::MemoryScope) -> &str {
+        match scope {
+            rein_tools::MemoryScope::Session => &self.session,
+            rein_tools::MemoryScope::Agent => &self.agent,
+            rein_tools::MemoryScope::User => &self.user,
+        }
+    }
+}
+
+impl rein_tools::Memory for RunMemory {
+    fn read(&self, scope: rein_tools::MemoryScope, key: &str) -> Result<Option<String>, String> {
+        self.notes
+            .read(self.scope(scope), key)
+            .map_err(|e| e.to_string())
+    }
+    fn list(
+        &self,
+        scope: rein_tools::MemoryScope,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.notes
+            .list(self.scope(scope), limit)
+            .map_err(|e| e.to_string())
+    }
+    fn write(&self, scope: rein_tools::MemoryScope, key: &str, note: &str) -> Result<(), String> {
+        self.notes
+            .write(
+                self.scope(scope),
+                key,
+                note,
+                &self.run_id,
+                self.clock.now_ms(),
+            )
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The conversation of a request, for estimating its tokens.
+enum Prompt<'a> {
+    /// Already counted (the context window's total) by this counter.
+    Counted(&'a [Message], u64, TokenCounter),
+    /// These messages.
+    Messages(&'a [Message]),
+}
 
 /// The most tokens a wrap-up turn may answer with.
 const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
@@ -65,12 +122,10 @@ pub(crate) struct Driver<'a> {
     budget_percent: u64,
     /// Budgets whose warning level this run has already noted.
     warned: Vec<String>,
-    /// Token counts of the conversation's messages, in order (they never change).
-    token_counts: Vec<u64>,
-    /// How the primary model counts tokens.
-    counter: crate::context::TokenCounter,
-    /// How many elided outputs have been noted.
-    elided_noted: usize,
+    /// The conversation as the model is sent it, compacted to the context budget.
+    window: ContextWindow,
+    /// Tools whose outputs are never elided (sub-agent results).
+    pinned_tools: std::collections::HashSet<String>,
 }
 
 impl<'a> Driver<'a> {
@@ -102,12 +157,11 @@ impl<'a> Driver<'a> {
             model_decisions: Vec::new(),
             budget_percent: 0,
             warned: Vec::new(),
-            token_counts: Vec::new(),
-            counter: crate::context::TokenCounter::for_model(
+            window: ContextWindow::new(TokenCounter::for_model(
                 agent.provider.kind(),
                 agent.provider.model(),
-            ),
-            elided_noted: 0,
+            )),
+            pinned_tools: agent.delegates.keys().cloned().collect(),
         }
     }
 
@@ -309,6 +363,26 @@ impl<'a> Driver<'a> {
         })
     }
 
+    /// The run's memory: its session (shared with its sub-agents through the root run's id), its
+    /// agent's, and its user's with this agent.
+    fn memory(&self) -> Result<Arc<dyn rein_tools::Memory>, EngineError> {
+        let started = self.state.started();
+        let root = started
+            .and_then(|s| s.parent.as_ref())
+            .map(|p| p.run_id.clone())
+            .unwrap_or_else(|| self.run_id.clone());
+        let agent = started.map(|s| s.agent.clone()).unwrap_or_default();
+        let user = started.map(|s| s.user.clone()).unwrap_or_default();
+        Ok(Arc::new(RunMemory {
+            notes: self.engine.notes()?,
+            session: format!("session:{root}"),
+            agent: format!("agent:{agent}"),
+            user: format!("user:{agent}/{user}"),
+            run_id: self.run_id.clone(),
+            clock: self.engine.clock.clone(),
+        }))
+    }
+
     /// Notes something that does not change the run's state.
     async fn notice(
         &mut self,
@@ -398,9 +472,9 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    /// The system prompt (instructions and pinned constraints) and the conversation to send,
-    /// compacted to the context budget; newly elided outputs are noted.
-    async fn context(&mut self, step: u32) -> Result<(String, Vec<Message>), EngineError> {
+    /// The system prompt (instructions and pinned constraints); brings the context window up to
+    /// date with the conversation, compacted to the context budget, and notes newly elided outputs.
+    async fn context(&mut self, step: u32) -> Result<String, EngineError> {
         let mut system = self
             .state
             .started()
@@ -414,35 +488,30 @@ impl<'a> Driver<'a> {
                 system.push('\n');
             }
         }
-        let messages = self.state.messages();
-        let Some(max_tokens) = self.agent.context.max_tokens else {
-            return Ok((system, messages.to_vec()));
-        };
-        for m in &messages[self.token_counts.len().min(messages.len())..] {
-            self.token_counts.push(self.counter.message(m));
-        }
-        let budget = max_tokens.saturating_sub(self.counter.count(&system));
-        let pinned: std::collections::HashSet<String> =
-            self.agent.delegates.keys().cloned().collect();
-        let compacted = crate::context::compact(
-            messages,
-            &self.token_counts[..messages.len()],
+        let budget = self
+            .agent
+            .context
+            .max_tokens
+            .map(|max| max.saturating_sub(self.window.counter().count(&system)));
+        let before = self.window.tokens();
+        let newly = self.window.update(
+            self.state.messages(),
             budget,
             self.agent.context.keep_recent,
-            &pinned,
-            self.counter,
+            &self.pinned_tools,
         );
-        if compacted.elided.len() > self.elided_noted {
-            let new = compacted.elided[self.elided_noted..].join(", ");
-            self.elided_noted = compacted.elided.len();
+        if !newly.is_empty() {
             let detail = format!(
-                "step {step}: elided the outputs of calls {new}; the conversation went from {} to {} tokens (budget {budget})",
-                compacted.tokens_before, compacted.tokens_after
+                "step {step}: elided the outputs of calls {}; the conversation is {} tokens (budget {}, {} before this step's new messages were elided)",
+                newly.join(", "),
+                self.window.tokens(),
+                budget.unwrap_or_default(),
+                before
             );
             self.notice("context_compacted", &self.run_id.clone(), detail, None)
                 .await?;
         }
-        Ok((system, compacted.messages))
+        Ok(system)
     }
 
     /// What a model call may cost at most: the prompt and the most the model may answer.
@@ -450,13 +519,21 @@ impl<'a> Driver<'a> {
         &self,
         provider: &dyn rein_model::Provider,
         system: &str,
-        messages: &[Message],
+        messages: Prompt<'_>,
         tools: &[ToolSpec],
         max_output: u64,
     ) -> (Spend, Option<Price>) {
-        let counter = crate::context::TokenCounter::for_model(provider.kind(), provider.model());
+        let counter = TokenCounter::for_model(provider.kind(), provider.model());
+        let conversation = match messages {
+            // Counted already, the same way: no need to count again.
+            Prompt::Counted(_, tokens, by) if by.same_as(&counter) => tokens,
+            Prompt::Counted(messages, ..) => {
+                messages.iter().map(|m| counter.message(m)).sum::<u64>()
+            }
+            Prompt::Messages(messages) => messages.iter().map(|m| counter.message(m)).sum::<u64>(),
+        };
         let prompt = counter.count(system)
-            + messages.iter().map(|m| counter.message(m)).sum::<u64>()
+            + conversation
             + tools
                 .iter()
                 .map(|t| {
@@ -509,7 +586,34 @@ impl<'a> Driver<'a> {
         }
         let lines = self.budget_lines();
         self.check_budgets(&lines).await?;
-        let (system, messages) = self.context(step).await?;
+        let system = self.context(step).await?;
+        // The window is lent out for the call, so the conversation is not copied each step.
+        let window =
+            std::mem::replace(&mut self.window, ContextWindow::new(TokenCounter::Estimate));
+        let result = self
+            .call_candidates(
+                step,
+                &lines,
+                &system,
+                window.messages(),
+                window.tokens(),
+                window.counter(),
+            )
+            .await;
+        self.window = window;
+        result
+    }
+
+    /// Tries the routed model, the primary and its fallbacks in turn for one step.
+    async fn call_candidates(
+        &mut self,
+        step: u32,
+        lines: &[(rein_core::budget::Limit, LedgerLine)],
+        system: &str,
+        messages: &[Message],
+        counted: u64,
+        counted_by: TokenCounter,
+    ) -> Result<(), EngineError> {
         // Candidates in order: the routed model for this kind of step, the primary, its fallbacks.
         let reads_tool_results = matches!(self.state.messages().last(), Some(Message::Tool { .. }));
         let mut candidates: Vec<(Arc<dyn rein_model::Provider>, &'static str)> = Vec::new();
@@ -591,8 +695,8 @@ impl<'a> Driver<'a> {
             }
             let (estimate, price) = self.estimate(
                 provider.as_ref(),
-                &system,
-                &messages,
+                system,
+                Prompt::Counted(messages, counted, counted_by),
                 &self.tool_specs,
                 self.agent.max_output_tokens,
             );
@@ -606,7 +710,7 @@ impl<'a> Driver<'a> {
                 let (headroom, _) = self.estimate(
                     provider.as_ref(),
                     &wrap_up.0,
-                    &wrap_up.1,
+                    Prompt::Messages(&wrap_up.1),
                     &[],
                     WRAP_UP_OUTPUT_TOKENS,
                 );
@@ -623,7 +727,7 @@ impl<'a> Driver<'a> {
             };
             let tools = self.tool_specs.clone();
             let result = self
-                .try_model(step, provider.as_ref(), &system, &messages, &tools)
+                .try_model(step, provider.as_ref(), system, messages, &tools)
                 .await?;
             let now = self.engine.clock.now_ms();
             let (threshold, cooldown) = (5, Duration::from_secs(30));
@@ -859,7 +963,7 @@ impl<'a> Driver<'a> {
         let (estimate, price) = self.estimate(
             provider.as_ref(),
             &system,
-            &messages,
+            Prompt::Messages(&messages),
             &[],
             WRAP_UP_OUTPUT_TOKENS,
         );
@@ -1272,6 +1376,11 @@ impl<'a> Driver<'a> {
             call_id: call.id.clone(),
             secrets: self.agent.secrets.clone(),
             notices: Default::default(),
+            memory: if call.name.starts_with("memory.") {
+                Some(self.memory()?)
+            } else {
+                None
+            },
         };
         let began = Instant::now();
         let limit = manifest.timeout + TOOL_TIMEOUT_GRACE;

@@ -240,6 +240,8 @@ pub struct Engine {
     audit: Option<audit_writer::AuditWriter>,
     /// The budget ledger, opened on first use (`<state_dir>/budgets.sqlite`).
     ledger: std::sync::OnceLock<Arc<rein_store::BudgetLedger>>,
+    /// The memory tools' notes, opened on first use (`<state_dir>/memory.sqlite`).
+    notes: std::sync::OnceLock<Arc<rein_store::NoteStore>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -260,7 +262,17 @@ impl Engine {
             faults: FaultPlan::default(),
             audit: None,
             ledger: std::sync::OnceLock::new(),
+            notes: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The notes the memory tools keep.
+    pub fn notes(&self) -> Result<Arc<rein_store::NoteStore>, EngineError> {
+        if let Some(notes) = self.notes.get() {
+            return Ok(notes.clone());
+        }
+        let opened = Arc::new(rein_store::NoteStore::open(&self.state_dir)?);
+        Ok(self.notes.get_or_init(|| opened).clone())
     }
 
     /// The budget ledger shared by every run of this engine (and, through SQLite, of every

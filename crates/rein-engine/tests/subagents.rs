@@ -255,3 +255,48 @@ async fn a_crash_inside_the_sub_agent_resumes_the_same_child_run() {
         }
     ));
 }
+
+#[tokio::test]
+async fn a_sub_agent_spends_from_its_parents_run_budget() {
+    let root = tempfile::tempdir().unwrap();
+    agents(root.path());
+    let desk = root.path().join("desk/agent.toml");
+    let toml = std::fs::read_to_string(&desk).unwrap();
+    std::fs::write(
+        &desk,
+        toml.replace("[model]", "[budget]\ntokens = 1000000\n\n[model]"),
+    )
+    .unwrap();
+    let agent = Agent::from_spec(
+        &rein_config::load(&root.path().join("desk")).unwrap(),
+        &|_| None,
+    )
+    .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine(state.path(), FaultPlan::default());
+    let report = engine
+        .start(&agent, "What is the refund policy?", &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(report.status, EndState::Completed, "{:?}", report.reason);
+    let child = engine
+        .store()
+        .events(&format!("{}-call_1_1", report.run_id))
+        .unwrap();
+    let tokens = |events: &[rein_core::StoredEvent]| -> u64 {
+        events
+            .iter()
+            .map(|e| match &e.event {
+                Event::ModelReplied { usage, .. } => usage.input_tokens + usage.output_tokens,
+                _ => 0,
+            })
+            .sum()
+    };
+    let parent = engine.store().events(&report.run_id).unwrap();
+    let rows = engine.ledger().unwrap().usage("run:").unwrap();
+    // One line for the whole tree, holding the parent's and the child's spending.
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key, format!("run:{}", report.run_id));
+    assert_eq!(rows[0].tokens, tokens(&parent) + tokens(&child));
+    assert!(tokens(&child) > 0);
+}

@@ -6,6 +6,7 @@
 //! appends of all concurrent runs together (group commit).
 
 mod ledger;
+mod notes;
 mod sqlite;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use rein_core::{EndState, StoredEvent};
 use serde::Serialize;
 
 pub use ledger::{BudgetLedger, Exhausted, LedgerLine, Reservation, UsageRow};
+pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
 
 /// A run as listed: what it is and where it stands, without its events.

@@ -10,6 +10,7 @@
 mod command;
 mod fs;
 mod http;
+mod memory;
 mod registry;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use serde_json::Value;
 pub use command::{CommandSpec, CommandTool};
 pub use fs::{FsRead, FsWrite};
 pub use http::HttpGet;
+pub use memory::{Memory, MemoryRead, MemoryScope, MemoryWrite};
 pub use registry::{Rejection, ToolRegistry, ToolRegistryError};
 
 /// What rein and the model know about a tool.
@@ -69,6 +71,8 @@ pub struct ToolContext {
     /// Where the tool reports what the run should record besides its result (a server that
     /// restarted, a result that was cut).
     pub notices: Notices,
+    /// The run's memory (session, agent, user), for the memory tools.
+    pub memory: Option<std::sync::Arc<dyn Memory>>,
 }
 
 /// Something a tool reports during a call, recorded by the engine as a `notice` event.

@@ -24,6 +24,7 @@ fn ctx(workspace: &Path) -> ToolContext {
         call_id: "call-7".into(),
         secrets: Arc::new(NoSecrets),
         notices: Default::default(),
+        memory: None,
     }
 }
 

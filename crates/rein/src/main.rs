@@ -351,6 +351,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What budget accounting and context building cost per model step.
+    Controls {
+        /// Steps to measure (the conversation grows by one tool output each).
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Gate decision latency with N generated policies.
     Gate {
         /// Policies to generate.
@@ -498,6 +507,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     accept_changes,
                 },
         } => tools_cmds::tools_list(agent_dir, &secrets, json, accept_changes).await,
+        Command::Bench {
+            what: BenchCommand::Controls { steps, json },
+        } => {
+            let dir = tempfile::tempdir()?;
+            let r = rein_engine::bench::bench_controls(dir.path(), steps)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} steps\n  budget accounting (reserve + settle on {} ledger lines, durable): p50 {:.1} µs · p99 {:.1} µs\n  context building (tiktoken counts + compaction to 8,000 tokens; {} messages, {} outputs elided at the end): p50 {:.1} µs · p99 {:.1} µs",
+                    r.steps,
+                    r.budget_lines,
+                    r.budget_p50_us,
+                    r.budget_p99_us,
+                    r.final_messages,
+                    r.final_elided,
+                    r.context_p50_us,
+                    r.context_p99_us
+                );
+            }
+            Ok(0)
+        }
         Command::Bench {
             what:
                 BenchCommand::Gate {

@@ -131,9 +131,11 @@ fn describe(spec: &AgentSpec, mcp: &McpSet) -> anyhow::Result<Vec<Value>> {
             match spec.tools.iter().find(|t| t.name() == name) {
                 Some(entry) => (
                     match &entry.tool {
-                        ToolConfig::FsRead | ToolConfig::FsWrite | ToolConfig::HttpGet { .. } => {
-                            "built-in".to_owned()
-                        }
+                        ToolConfig::FsRead
+                        | ToolConfig::FsWrite
+                        | ToolConfig::HttpGet { .. }
+                        | ToolConfig::MemoryRead
+                        | ToolConfig::MemoryWrite => "built-in".to_owned(),
                         ToolConfig::Command { .. } => "command".to_owned(),
                         ToolConfig::Delegate { agent_dir, .. } => {
                             format!("sub-agent {}", agent_dir.display())
