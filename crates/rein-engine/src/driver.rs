@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rein_core::gate::within_parent;
 use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
+use rein_core::text::one_line;
 use std::sync::Arc;
 
 use rein_core::budget::{Price, Spend, Spender};
@@ -83,20 +84,6 @@ enum Prompt<'a> {
 
 /// The most tokens a wrap-up turn may answer with.
 const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
-
-/// The first `max` characters of `text`, on one line.
-fn one_line(text: &str, max: usize) -> String {
-    let line: String = text
-        .chars()
-        .map(|c| if c == '\n' { ' ' } else { c })
-        .take(max)
-        .collect();
-    if text.chars().count() > max {
-        format!("{line}…")
-    } else {
-        line
-    }
-}
 
 /// Extra time the engine allows a tool beyond its own timeout before giving up on it (tools stop
 /// themselves at their timeout; this is the backstop for one that does not).

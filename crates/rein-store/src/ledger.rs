@@ -7,11 +7,12 @@
 //! reservation is replaced by what it actually spent. A reservation left by a crashed process
 //! stops counting after its expiry.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use rein_core::budget::Spend;
 use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::side::SideDb;
 use serde::Serialize;
 
 use crate::StoreError;
@@ -88,14 +89,13 @@ pub struct UsageRow {
 
 /// The ledger.
 pub struct BudgetLedger {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    db: SideDb,
 }
 
 impl std::fmt::Debug for BudgetLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BudgetLedger")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .finish()
     }
 }
@@ -103,24 +103,11 @@ impl std::fmt::Debug for BudgetLedger {
 impl BudgetLedger {
     /// Opens (or creates) `<state_dir>/budgets.sqlite`.
     pub fn open(state_dir: &Path) -> Result<BudgetLedger, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| StoreError::CommitFailed {
-            path: state_dir.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let path = state_dir.join("budgets.sqlite");
-        let err = |source| StoreError::Database {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS spend (
+        Ok(BudgetLedger {
+            db: SideDb::open(
+                state_dir,
+                "budgets.sqlite",
+                "CREATE TABLE IF NOT EXISTS spend (
                 key TEXT NOT NULL, period TEXT NOT NULL,
                 tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
                 calls INTEGER NOT NULL DEFAULT 0,
@@ -131,19 +118,8 @@ impl BudgetLedger {
                 tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
                 run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS reservations_line ON reservations (key, period);",
-        )
-        .map_err(err)?;
-        Ok(BudgetLedger {
-            path,
-            conn: Mutex::new(conn),
+            )?,
         })
-    }
-
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Database {
-            path: self.path.display().to_string(),
-            source,
-        }
     }
 
     /// Holds `amount` on every line, or refuses without holding anything if any line would pass
@@ -156,15 +132,12 @@ impl BudgetLedger {
         headroom: Spend,
         now_ms: u64,
     ) -> Result<Result<Reservation, Exhausted>, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         for line in lines {
-            let spent = spent(&tx, line).map_err(|e| self.err(e))?;
+            let spent = spent(&tx, line).map_err(|e| self.db.err(e))?;
             let reserved: (i64, i64) = tx
                 .query_row(
                     "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
@@ -172,7 +145,7 @@ impl BudgetLedger {
                     params![line.key, line.period, now_ms as i64],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.db.err(e))?;
             let reserved = Spend {
                 tokens: reserved.0 as u64,
                 cost_micros: reserved.1 as u64,
@@ -206,10 +179,10 @@ impl BudgetLedger {
                     (now_ms + RESERVATION_TTL_MS) as i64
                 ],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
             ids.push(tx.last_insert_rowid());
         }
-        tx.commit().map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.db.err(e))?;
         Ok(Ok(Reservation {
             ids,
             lines: lines.to_vec(),
@@ -219,16 +192,13 @@ impl BudgetLedger {
 
     /// Replaces a reservation by what the call actually spent.
     pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Result<(), StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         for id in &reservation.ids {
             tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-                .map_err(|e| self.err(e))?;
+                .map_err(|e| self.db.err(e))?;
         }
         for line in &reservation.lines {
             tx.execute(
@@ -246,32 +216,26 @@ impl BudgetLedger {
                     line.max_cost_micros.map(|c| c as i64)
                 ],
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))
+        tx.commit().map_err(|e| self.db.err(e))
     }
 
     /// What a line has spent.
     pub fn spent(&self, line: &LedgerLine) -> Result<Spend, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        spent(&conn, line).map_err(|e| self.err(e))
+        let conn = self.db.conn();
+        spent(&conn, line).map_err(|e| self.db.err(e))
     }
 
     /// Every line whose key starts with `prefix` (all with ""), newest periods first.
     pub fn usage(&self, prefix: &str) -> Result<Vec<UsageRow>, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = self.db.conn();
         let mut stmt = conn
             .prepare(
                 "SELECT key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros FROM spend
                  WHERE substr(key, 1, length(?1)) = ?1 ORDER BY period DESC, key",
             )
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         let rows = stmt
             .query_map(params![prefix], |r| {
                 Ok(UsageRow {
@@ -284,8 +248,9 @@ impl BudgetLedger {
                     max_cost_micros: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
                 })
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            .map_err(|e| self.db.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db.err(e))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod ledger;
 mod notes;
+mod side;
 mod sqlite;
 
 use std::future::Future;

@@ -3,23 +3,23 @@
 //! (`session:<root run>`, `agent:<name>`, `user:<agent>/<user>`); the engine binds each run to its
 //! three scope keys, so a run can never reach another run's session or another user's notes.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
+
+use crate::side::SideDb;
 
 use crate::StoreError;
 
 /// The notes of every scope.
 pub struct NoteStore {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    db: SideDb,
 }
 
 impl std::fmt::Debug for NoteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NoteStore")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .finish()
     }
 }
@@ -27,64 +27,42 @@ impl std::fmt::Debug for NoteStore {
 impl NoteStore {
     /// Opens (or creates) `<state_dir>/memory.sqlite`.
     pub fn open(state_dir: &Path) -> Result<NoteStore, StoreError> {
-        let path = state_dir.join("memory.sqlite");
-        let err = |source| StoreError::Database {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS notes (
-                scope TEXT NOT NULL, key TEXT NOT NULL, note TEXT NOT NULL,
-                updated_ms INTEGER NOT NULL, run_id TEXT NOT NULL,
-                PRIMARY KEY (scope, key));",
-        )
-        .map_err(err)?;
         Ok(NoteStore {
-            path,
-            conn: Mutex::new(conn),
+            db: SideDb::open(
+                state_dir,
+                "memory.sqlite",
+                "CREATE TABLE IF NOT EXISTS notes (
+                    scope TEXT NOT NULL, key TEXT NOT NULL, note TEXT NOT NULL,
+                    updated_ms INTEGER NOT NULL, run_id TEXT NOT NULL,
+                    PRIMARY KEY (scope, key));",
+            )?,
         })
-    }
-
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Database {
-            path: self.path.display().to_string(),
-            source,
-        }
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The note under `key` in `scope`.
     pub fn read(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
-        self.conn()
+        self.db
+            .conn()
             .query_row(
                 "SELECT note FROM notes WHERE scope = ?1 AND key = ?2",
                 params![scope, key],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.db.err(e))
     }
 
     /// Up to `limit` notes of `scope`, newest first.
     pub fn list(&self, scope: &str, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.conn();
+        let conn = self.db.conn();
         let mut stmt = conn
             .prepare("SELECT key, note FROM notes WHERE scope = ?1 ORDER BY updated_ms DESC, key LIMIT ?2")
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.db.err(e))?;
         let rows = stmt
             .query_map(params![scope, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+            .map_err(|e| self.db.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.db.err(e))
     }
 
     /// Keeps `note` under `key` in `scope`.
@@ -96,7 +74,7 @@ impl NoteStore {
         run_id: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.conn()
+        self.db.conn()
             .execute(
                 "INSERT INTO notes (scope, key, note, updated_ms, run_id) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (scope, key) DO UPDATE SET note = excluded.note,
@@ -104,6 +82,6 @@ impl NoteStore {
                 params![scope, key, note, now_ms as i64, run_id],
             )
             .map(|_| ())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.db.err(e))
     }
 }

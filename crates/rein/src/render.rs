@@ -359,14 +359,7 @@ fn fmt_output(ok: bool, output: &Value) -> String {
 }
 
 /// The first `max` characters of `text` on one line.
-pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        format!("{}…", flat.chars().take(max).collect::<String>())
-    } else {
-        flat
-    }
-}
+pub(crate) use rein_core::text::one_line;
 
 pub(crate) fn fmt_us(us: u64) -> String {
     if us < 1_000 {
