@@ -35,6 +35,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 
 /// Loads the signing key at `path`, creating it (mode 0600) if it does not exist. A key file
 /// that others can read is refused.
+///
+/// Many processes may start on a new state directory at once: a new key is written whole to a
+/// file of its own, then linked into place, which fails if another process got there first (its
+/// key is then read). No process ever reads a key file that is still being written.
 pub(crate) fn load_or_create(path: &Path) -> Result<SigningKey, AuditError> {
     let io = |e: std::io::Error| AuditError::Io {
         path: path.display().to_string(),
@@ -65,16 +69,27 @@ pub(crate) fn load_or_create(path: &Path) -> Result<SigningKey, AuditError> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            file.write_all(format!("{}\n", hex(&seed)).as_bytes())
-                .map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok(key)
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce)
+                .map_err(|e| AuditError::Key(format!("no randomness for a new key: {e}")))?;
+            let tmp = path.with_extension(format!("new-{}", hex(&nonce)));
+            let written = (|| {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                file.write_all(format!("{}\n", hex(&seed)).as_bytes())?;
+                file.sync_all()?;
+                std::fs::hard_link(&tmp, path)
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            match written {
+                Ok(()) => Ok(key),
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create(path),
+                Err(e) => Err(io(e)),
+            }
         }
         Err(e) => Err(io(e)),
     }

@@ -13,7 +13,8 @@ pub mod merkle;
 pub use keys::{format_public, key_id, parse_public};
 pub use log::{
     AuditLog, AuditOptions, AuditPaths, Checkpoint, Entry, InclusionProof, Record, VerifyReport,
-    prove, read_records, rotate_key, verify, verify_bytes, verify_proof,
+    prove, read_held_checkpoints, read_records, rotate_key, verify, verify_against, verify_bytes,
+    verify_proof,
 };
 
 /// What can go wrong with the audit log.

@@ -1,7 +1,13 @@
 //! The audit log on disk: `records.jsonl` (one canonical JSON record per line, numbered from 1)
 //! and `checkpoints.jsonl` (signed tree heads, each naming the hash of the one before), in a
 //! directory of its own. Any number of processes append; a file lock orders them.
+//!
+//! A record may name the event it comes from (its run and the event's sequence number). The log
+//! keeps, per run, the last event recorded (its cursor): a record for an event at or before the
+//! cursor is not written again, so whoever fills in what a crash left out, and a writer whose
+//! records were queued at the time, never record an event twice.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +33,8 @@ pub struct Entry {
     pub kind: String,
     /// The run it belongs to, if any.
     pub run_id: Option<String>,
+    /// The run's event it records (its sequence number in the run's log), if it records one.
+    pub event: Option<u64>,
     /// The facts, as JSON.
     pub data: Value,
 }
@@ -38,6 +46,8 @@ struct RecordLine<'a> {
     kind: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     run_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<u64>,
     data: &'a Value,
 }
 
@@ -53,6 +63,9 @@ pub struct Record {
     /// Its run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The run's event it records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<u64>,
     /// Its facts.
     pub data: Value,
 }
@@ -99,6 +112,8 @@ pub struct AuditOptions {
     pub fsync: bool,
     /// Also write each checkpoint to this directory (so a copy can leave the machine).
     pub checkpoint_dir: Option<PathBuf>,
+    /// The signing key's file, when it lives outside the log's directory (mode 0600).
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for AuditOptions {
@@ -108,6 +123,7 @@ impl Default for AuditOptions {
             checkpoint_interval_ms: 60_000,
             fsync: false,
             checkpoint_dir: None,
+            key_file: None,
         }
     }
 }
@@ -148,6 +164,10 @@ struct WriterState {
     records: Option<File>,
     /// The lock file, kept open.
     lock: Option<File>,
+    /// The last event recorded per run (the runs' audit cursors), as far as read.
+    cursors: HashMap<String, u64>,
+    /// Runs with records that name no event (written before records named their events).
+    legacy: std::collections::HashSet<String>,
     /// The checkpoints file's length and its last checkpoint's tree size, as last read.
     checkpoints_len: u64,
     checkpointed: u64,
@@ -199,6 +219,24 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
     }
 }
 
+/// The run and event a record line names, read without parsing the whole line: records are
+/// written with `run_id` and `event` right after `kind`. A record of a run that names no event
+/// (written before records named their events) gives `(run, None)`.
+fn event_ref(line: &[u8]) -> Option<(String, Option<u64>)> {
+    const RUN: &[u8] = b"\"run_id\":\"";
+    const EVENT: &[u8] = b"\",\"event\":";
+    let at = line.windows(RUN.len()).position(|w| w == RUN)? + RUN.len();
+    let rest = &line[at..];
+    let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
+    let run = std::str::from_utf8(&rest[..end]).ok()?.to_owned();
+    let Some(after) = rest[end..].strip_prefix(EVENT) else {
+        return Some((run, None));
+    };
+    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    let event = std::str::from_utf8(&after[..digits]).ok()?.parse().ok()?;
+    Some((run, Some(event)))
+}
+
 /// Parses the `seq` a record line starts with, without reading the rest.
 fn leading_seq(line: &[u8]) -> Option<u64> {
     let rest = line.strip_prefix(b"{\"seq\":")?;
@@ -210,7 +248,10 @@ impl AuditLog {
     /// Opens (creating) the log in `dir`, with its signing key.
     pub fn open(dir: &Path, options: AuditOptions) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let paths = AuditPaths::new(dir);
+        let mut paths = AuditPaths::new(dir);
+        if let Some(file) = &options.key_file {
+            paths.key = file.clone();
+        }
         let key = keys::load_or_create(&paths.key)?;
         let key_id = keys::key_id(&key.verifying_key());
         let redaction_key = keys::load_or_create(&dir.join("redaction.key"))?.to_bytes();
@@ -286,6 +327,16 @@ impl AuditLog {
             .filter(|l| !l.is_empty())
         {
             state.frontier.push(leaf_hash(line));
+            match event_ref(line) {
+                Some((run, Some(event))) => {
+                    let cursor = state.cursors.entry(run).or_default();
+                    *cursor = (*cursor).max(event);
+                }
+                Some((run, None)) => {
+                    state.legacy.insert(run);
+                }
+                None => {}
+            }
         }
         if complete < tail.len() {
             file.set_len(state.records_len + complete as u64)
@@ -295,41 +346,91 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Appends records; returns the seq of the first. Signs a checkpoint when enough records have
-    /// gone without one.
+    /// Appends records; returns the seq of the first written (0 if none was). Records of events
+    /// already in the log are skipped. Signs a checkpoint when enough records have gone without
+    /// one.
     pub fn append(&self, entries: &[Entry]) -> Result<u64, AuditError> {
+        self.append_with(entries, self.options.fsync)
+    }
+
+    /// [`AuditLog::append`], flushing to disk before it returns when `fsync` (a run whose
+    /// durability asks for it).
+    pub fn append_with(&self, entries: &[Entry], fsync: bool) -> Result<u64, AuditError> {
         if entries.is_empty() {
             return Ok(0);
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let lock = self.lock(&mut state)?;
-        let result = self.append_locked(&mut state, entries);
+        let result = self.append_locked(&mut state, entries, fsync);
         let _ = lock.unlock();
         result
     }
 
-    fn append_locked(&self, state: &mut WriterState, entries: &[Entry]) -> Result<u64, AuditError> {
+    /// The last event of `run_id` the log holds a record of (0 if none): the run's audit cursor.
+    /// `None` for a run whose records predate records naming their events: its trail cannot be
+    /// followed event by event.
+    pub fn cursor(&self, run_id: &str) -> Result<Option<u64>, AuditError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = self.lock(&mut state)?;
+        let result = (|| {
+            let path = &self.paths.records;
+            let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
+            self.catch_up(&mut state, &mut file)?;
+            if state.legacy.contains(run_id) {
+                return Ok(None);
+            }
+            Ok(Some(state.cursors.get(run_id).copied().unwrap_or(0)))
+        })();
+        let _ = lock.unlock();
+        result
+    }
+
+    fn append_locked(
+        &self,
+        state: &mut WriterState,
+        entries: &[Entry],
+        fsync: bool,
+    ) -> Result<u64, AuditError> {
         let path = &self.paths.records;
         let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
         self.catch_up(state, &mut file)?;
         let first = state.frontier.size() + 1;
         let mut buf = Vec::with_capacity(entries.len() * 256);
-        for (i, entry) in entries.iter().enumerate() {
+        let mut seq = first;
+        for entry in entries {
+            match (&entry.run_id, entry.event) {
+                (Some(run), Some(event)) => match state.cursors.get_mut(run) {
+                    Some(cursor) if *cursor >= event => continue,
+                    Some(cursor) => *cursor = event,
+                    None => {
+                        state.cursors.insert(run.clone(), event);
+                    }
+                },
+                (Some(run), None) => {
+                    state.legacy.insert(run.clone());
+                }
+                _ => {}
+            }
             let start = buf.len();
             let line = RecordLine {
-                seq: first + i as u64,
+                seq,
                 at_ms: entry.at_ms,
                 kind: &entry.kind,
                 run_id: entry.run_id.as_deref(),
+                event: entry.event,
                 data: &entry.data,
             };
             serde_json::to_writer(&mut buf, &line)
                 .map_err(|e| AuditError::Format(e.to_string()))?;
             state.frontier.push(leaf_hash(&buf[start..]));
             buf.push(b'\n');
+            seq += 1;
+        }
+        if buf.is_empty() {
+            return Ok(0);
         }
         file.write_all(&buf).map_err(io_err(path))?;
-        if self.options.fsync {
+        if fsync {
             file.sync_data().map_err(io_err(path))?;
         }
         state.records_len += buf.len() as u64;
@@ -437,8 +538,12 @@ impl AuditLog {
 /// Replaces the signing key. The change is itself audited: a `key_rotated` record naming the new
 /// public key is appended and covered by a checkpoint signed with the old key, so whoever trusts
 /// the old key learns the new one from the log. Returns (old key id, new key id).
-pub fn rotate_key(dir: &Path, at_ms: u64) -> Result<(String, String), AuditError> {
-    let log = AuditLog::open(dir, AuditOptions::default())?;
+pub fn rotate_key(
+    dir: &Path,
+    options: AuditOptions,
+    at_ms: u64,
+) -> Result<(String, String), AuditError> {
+    let log = AuditLog::open(dir, options)?;
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
         .map_err(|e| AuditError::Key(format!("no randomness for a new key: {e}")))?;
@@ -448,6 +553,7 @@ pub fn rotate_key(dir: &Path, at_ms: u64) -> Result<(String, String), AuditError
         at_ms,
         kind: "key_rotated".into(),
         run_id: None,
+        event: None,
         data: serde_json::json!({"old_key_id": log.key_id, "new_key_id": new_id, "new_public_key": keys::format_public(&new.verifying_key())}),
     }])?;
     log.checkpoint(at_ms)?;
@@ -538,6 +644,18 @@ pub struct VerifyReport {
 /// nothing the files say about themselves beyond what a trusted key signed. Keys rotated by
 /// rein (a `key_rotated` record covered by a checkpoint of an already trusted key) become trusted.
 pub fn verify(dir: &Path, trusted: &[VerifyingKey]) -> Result<VerifyReport, AuditError> {
+    verify_against(dir, trusted, &[])
+}
+
+/// [`verify`], and also checks the log against checkpoints held outside it (copies taken off the
+/// machine): each must be signed by a trusted key, be one of the log's own checkpoints, and match
+/// the log's records. So a log cut back to an earlier checkpoint together with its checkpoints
+/// file, or whose last checkpoint was deleted, fails even though it is consistent in itself.
+pub fn verify_against(
+    dir: &Path,
+    trusted: &[VerifyingKey],
+    held: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
     let paths = AuditPaths::new(dir);
     let (records, _) = read_record_lines(&paths.records)?;
     let checkpoints = match std::fs::read(&paths.checkpoints) {
@@ -545,7 +663,108 @@ pub fn verify(dir: &Path, trusted: &[VerifyingKey]) -> Result<VerifyReport, Audi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(&paths.checkpoints)(e)),
     };
-    verify_bytes(&records, &checkpoints, trusted)
+    let report = verify_bytes(&records, &checkpoints, trusted)?;
+    check_held(&records, &checkpoints, &report, held)?;
+    Ok(report)
+}
+
+/// Checks checkpoints held outside the log against a log that verified in itself.
+fn check_held(
+    records: &[u8],
+    checkpoint_bytes: &[u8],
+    report: &VerifyReport,
+    held: &[Checkpoint],
+) -> Result<(), AuditError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let fail = |m: String| Err(AuditError::Verify(m));
+    let own = parse_checkpoint_lines(checkpoint_bytes)?;
+    for cp in held {
+        // Its signature was made by a key the log trusts (one of its signers).
+        if !report.keys.contains(&cp.key_id) {
+            return fail(format!(
+                "checkpoint {} held outside is signed by key {}, which signed nothing in this log",
+                cp.seq, cp.key_id
+            ));
+        }
+        if cp.tree_size > report.records {
+            return fail(format!(
+                "checkpoint {} held outside covers {} records but the log has {}: the log was cut back (its records and checkpoints truncated)",
+                cp.seq, cp.tree_size, report.records
+            ));
+        }
+        match own.iter().find(|(c, _)| c.seq == cp.seq) {
+            Some((c, _)) if c == cp => {}
+            Some(_) => {
+                return fail(format!(
+                    "checkpoint {} held outside differs from the log's checkpoint {}: the log's checkpoints were rewritten",
+                    cp.seq, cp.seq
+                ));
+            }
+            None => {
+                return fail(format!(
+                    "checkpoint {} held outside is missing from the log, which has {} checkpoints: checkpoints were deleted",
+                    cp.seq,
+                    own.len()
+                ));
+            }
+        }
+    }
+    // The held copies are the log's own checkpoints, which verified; their roots match its
+    // records by that check. Recomputing confirms it for the newest one.
+    if let Some(newest) = held.iter().max_by_key(|c| c.tree_size) {
+        let mut tree = Tree::new();
+        for line in records
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .take(newest.tree_size as usize)
+        {
+            tree.push(leaf_hash(line));
+        }
+        if tree.root(newest.tree_size).map(|r| hex(&r)).as_deref() != Some(newest.root.as_str()) {
+            return fail(format!(
+                "records 1..{} do not match checkpoint {} held outside",
+                newest.tree_size, newest.seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads checkpoints held outside the log: a file of one checkpoint per line (a copy of
+/// `checkpoints.jsonl`, or one `--checkpoint-dir` file), or a directory of such files.
+pub fn read_held_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let files: Vec<PathBuf> = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io_err(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "jsonl"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(io_err(&file))?;
+        let parsed = parse_checkpoint_lines(&bytes).map_err(|e| {
+            AuditError::Verify(format!(
+                "{}: not rein audit checkpoints ({e})",
+                file.display()
+            ))
+        })?;
+        out.extend(parsed.into_iter().map(|(c, _)| c));
+    }
+    if out.is_empty() {
+        return Err(AuditError::Verify(format!(
+            "{} holds no checkpoints",
+            path.display()
+        )));
+    }
+    Ok(out)
 }
 
 /// [`verify`] over the contents of the two files.

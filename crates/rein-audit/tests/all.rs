@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use rein_audit::{
-    AuditLog, AuditOptions, Entry, InclusionProof, parse_public, prove, verify, verify_bytes,
-    verify_proof,
+    AuditLog, AuditOptions, Entry, InclusionProof, parse_public, prove, read_held_checkpoints,
+    verify, verify_against, verify_bytes, verify_proof,
 };
 use serde_json::json;
 
@@ -21,6 +21,7 @@ fn entry(i: u64) -> Entry {
             "tool_outcome".into()
         },
         run_id: Some(format!("run-{}", i / 100)),
+        event: None,
         data: json!({"tool": "refunds.issue", "verdict": "allow", "n": i}),
     }
 }
@@ -35,6 +36,7 @@ fn log_dir() -> (tempfile::TempDir, ed25519_dalek::VerifyingKey) {
             checkpoint_interval_ms: u64::MAX,
             fsync: false,
             checkpoint_dir: Some(dir.path().join("outside")),
+            key_file: None,
         },
     )
     .unwrap();
@@ -246,7 +248,7 @@ fn a_rotated_key_is_trusted_through_the_log_and_a_forged_rotation_is_not() {
         log.checkpoint(10).unwrap();
         log.public_key()
     };
-    let (old_id, new_id) = rein_audit::rotate_key(dir.path(), 20).unwrap();
+    let (old_id, new_id) = rein_audit::rotate_key(dir.path(), AuditOptions::default(), 20).unwrap();
     assert_ne!(old_id, new_id);
     let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
     assert_eq!(rein_audit::key_id(&log.public_key()), new_id);
@@ -269,6 +271,7 @@ fn a_rotated_key_is_trusted_through_the_log_and_a_forged_rotation_is_not() {
             at_ms: 40,
             kind: "key_rotated".into(),
             run_id: None,
+            event: None,
             data: json!({"new_public_key": rein_audit::format_public(&forger.public_key())}),
         }])
         .unwrap();
@@ -314,5 +317,144 @@ fn a_checkpoint_is_signed_when_enough_time_has_passed() {
     assert_eq!(
         verify(dir.path(), &[log.public_key()]).unwrap().uncovered,
         0
+    );
+}
+
+/// An entry recording event `event` of run `run`.
+fn of_event(run: &str, event: u64) -> Entry {
+    Entry {
+        at_ms: 1_000 + event,
+        kind: "decision".into(),
+        run_id: Some(run.into()),
+        event: Some(event),
+        data: json!({"n": event}),
+    }
+}
+
+#[test]
+fn an_event_is_recorded_once_whoever_records_it_and_cursors_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    assert_eq!(a.cursor("r").unwrap(), Some(0));
+    a.append(&[of_event("r", 1), of_event("r", 2), of_event("q", 1)])
+        .unwrap();
+    // Another process backfills events 2..=4 while the first still has 2 and 3 queued.
+    let b = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    assert_eq!(b.cursor("r").unwrap(), Some(2));
+    b.append(&[of_event("r", 2), of_event("r", 3), of_event("r", 4)])
+        .unwrap();
+    assert_eq!(a.append(&[of_event("r", 3)]).unwrap(), 0, "nothing new");
+    a.append(&[of_event("r", 5), of_event("q", 2)]).unwrap();
+    let records = rein_audit::read_records(dir.path()).unwrap();
+    let events: Vec<(String, u64)> = records
+        .iter()
+        .map(|r| (r.run_id.clone().unwrap(), r.event.unwrap()))
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("r", 1),
+        ("r", 2),
+        ("q", 1),
+        ("r", 3),
+        ("r", 4),
+        ("r", 5),
+        ("q", 2),
+    ]
+    .iter()
+    .map(|(r, e)| ((*r).to_owned(), *e))
+    .collect();
+    assert_eq!(events, expected);
+    let reopened = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    assert_eq!(
+        (reopened.cursor("r").unwrap(), reopened.cursor("q").unwrap()),
+        (Some(5), Some(2))
+    );
+    // Records that name no event (from before they did) mark their run as not followed.
+    a.append(&[entry(7)]).unwrap();
+    assert_eq!(a.cursor("run-0").unwrap(), None);
+    a.checkpoint(9).unwrap();
+    assert_eq!(verify(dir.path(), &[a.public_key()]).unwrap().records, 8);
+}
+
+#[test]
+fn checkpoints_held_outside_catch_a_log_cut_back_with_its_checkpoints_and_a_deleted_last_checkpoint()
+ {
+    let (dir, key) = log_dir();
+    let held = read_held_checkpoints(&dir.path().join("outside")).unwrap();
+    assert_eq!(held.len(), 4);
+    assert!(verify_against(dir.path(), &[key], &held).is_ok());
+    let records = std::fs::read(dir.path().join("records.jsonl")).unwrap();
+    let checkpoints = std::fs::read(dir.path().join("checkpoints.jsonl")).unwrap();
+    let cp_lines = lines(&checkpoints);
+    let rec_lines = lines(&records);
+
+    // Cut back to checkpoint 2 (518 records), records and checkpoints together: consistent in
+    // itself, so a plain verify passes; the held copies do not.
+    let cut = tempfile::tempdir().unwrap();
+    std::fs::write(cut.path().join("records.jsonl"), join(&rec_lines[..518])).unwrap();
+    std::fs::write(cut.path().join("checkpoints.jsonl"), join(&cp_lines[..2])).unwrap();
+    assert!(verify(cut.path(), &[key]).is_ok());
+    let err = verify_against(cut.path(), &[key], &held)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("records but the log has 518: the log was cut back"),
+        "{err}"
+    );
+
+    // Only the last checkpoint deleted: the records are all there, but checkpoint 4 is gone.
+    let deleted = tempfile::tempdir().unwrap();
+    std::fs::write(deleted.path().join("records.jsonl"), &records).unwrap();
+    std::fs::write(
+        deleted.path().join("checkpoints.jsonl"),
+        join(&cp_lines[..3]),
+    )
+    .unwrap();
+    assert!(verify(deleted.path(), &[key]).is_ok());
+    let err = verify_against(deleted.path(), &[key], &held[3..])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checkpoint 4 held outside is missing"),
+        "{err}"
+    );
+
+    // A single held checkpoint, as a file, works the same way.
+    let one = dir.path().join("outside/checkpoint-00000003.json");
+    let held3 = read_held_checkpoints(&one).unwrap();
+    assert!(verify_against(dir.path(), &[key], &held3).is_ok());
+}
+
+#[test]
+fn the_signing_key_can_live_outside_the_log_and_thirty_processes_create_one_key() {
+    let keys = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = AuditOptions {
+        key_file: Some(keys.path().join("audit.key")),
+        ..AuditOptions::default()
+    };
+    let log = AuditLog::open(dir.path(), options.clone()).unwrap();
+    assert!(!dir.path().join("signing.key").exists());
+    assert!(keys.path().join("audit.key").exists());
+    log.append(&[entry(1)]).unwrap();
+    log.checkpoint(1).unwrap();
+    assert!(verify(dir.path(), &[log.public_key()]).is_ok());
+
+    let fresh = tempfile::tempdir().unwrap();
+    let path = fresh.path().join("audit");
+    let threads: Vec<_> = (0..30)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                AuditLog::open(&path, AuditOptions::default()).map(|l| l.public_key())
+            })
+        })
+        .collect();
+    let found: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert!(
+        found.iter().all(|k| *k == found[0]),
+        "every opener has the one key"
     );
 }

@@ -67,6 +67,8 @@ pub struct AgentSpec {
     pub model_latency_target: Option<Duration>,
     /// The most a tool call may take before a miss is recorded.
     pub tool_latency_target: Option<Duration>,
+    /// What one model reply may hold.
+    pub reply_limits: rein_core::reply::ReplyLimits,
     /// Every secret the agent refers to (`secret:NAME`), so all can be resolved before it runs.
     pub secrets: Vec<String>,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
@@ -253,6 +255,9 @@ pub struct Resilience {
     pub breaker_failures: u32,
     /// How long the breaker stays open.
     pub breaker_cooldown: Duration,
+    /// A call of a tool that is not idempotent which times out or is killed counts as failed
+    /// (`on_timeout = "failed"`) rather than in doubt.
+    pub timeout_is_failure: bool,
 }
 
 impl Default for Resilience {
@@ -262,6 +267,7 @@ impl Default for Resilience {
             backoff: Duration::from_millis(200),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(30),
+            timeout_is_failure: false,
         }
     }
 }
@@ -328,6 +334,8 @@ pub struct McpToolPolicy {
     pub groups: Vec<String>,
     /// Whether repeating it is safe.
     pub idempotent: bool,
+    /// A timed-out call counts as failed rather than in doubt.
+    pub timeout_is_failure: bool,
     /// Argument fields kept out of the audit trail in clear.
     pub sensitive: Vec<String>,
     /// Whether it is offered at all.
@@ -345,6 +353,7 @@ impl Default for McpToolPolicy {
             risk: "high".into(),
             groups: vec![],
             idempotent: false,
+            timeout_is_failure: false,
             sensitive: vec![],
             enabled: true,
             declared: false,

@@ -134,6 +134,12 @@ pub struct McpToolEntry {
     /// Whether repeating a call is harmless (default false).
     #[serde(default)]
     pub idempotent: Option<bool>,
+    /// What a call that times out (or whose process is killed) is, when the tool is not
+    /// idempotent: `in_doubt` (default: its effect may have happened, so the run stops
+    /// `needs_reconciliation` naming the call) or `failed` (its owner knows a timed-out call has
+    /// no effect; the model is told it failed).
+    #[serde(default)]
+    pub on_timeout: Option<OnTimeoutName>,
     /// Argument fields the audit trail stores only as keyed hashes.
     #[serde(default)]
     pub sensitive: Option<Vec<String>>,
@@ -367,6 +373,12 @@ pub struct ToolEntry {
     /// How long one call may run, in milliseconds (default 30000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// What a call that times out (or whose process is killed) is, when the tool is not
+    /// idempotent: `in_doubt` (default: its effect may have happened, so the run stops
+    /// `needs_reconciliation` naming the call) or `failed` (its owner knows a timed-out call has
+    /// no effect; the model is told it failed).
+    #[serde(default)]
+    pub on_timeout: Option<OnTimeoutName>,
     /// Tries in all when the tool fails or times out (default 1). More than 1 only for
     /// idempotent tools.
     #[serde(default)]
@@ -414,6 +426,16 @@ pub struct ToolEntry {
     pub sensitive: Option<Vec<String>>,
 }
 
+/// What a timed-out call of a tool that is not idempotent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeoutName {
+    /// Its effect may have happened: the run stops `needs_reconciliation`.
+    InDoubt,
+    /// It had no effect: the model is told it failed.
+    Failed,
+}
+
 /// A tool's risk level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -436,6 +458,14 @@ pub struct LimitsSection {
     /// The most seconds a run may be active (default 600).
     #[serde(default)]
     pub wall_clock_secs: Option<u64>,
+    /// Tool calls considered in one model reply (default 32); later ones are refused and the
+    /// model is told why.
+    #[serde(default)]
+    pub max_calls_per_step: Option<u32>,
+    /// The most bytes of one tool call's arguments, as JSON (default 262144); larger calls are
+    /// refused and the model is told why.
+    #[serde(default)]
+    pub max_call_args_bytes: Option<u64>,
 }
 
 /// The `[workspace]` section.

@@ -10,8 +10,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::raw::{
-    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, McpServerEntry, ProviderName,
-    RiskName, ToolEntry,
+    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, McpServerEntry, OnTimeoutName,
+    ProviderName, RiskName, ToolEntry,
 };
 use crate::{
     AGENT_FILE, AgentSpec, ConfigError, ContextSpec, KeySource, McpServerSpec, McpToolPolicy,
@@ -284,6 +284,7 @@ impl Resolver {
                     .breaker_cooldown_ms
                     .map(Duration::from_millis)
                     .unwrap_or(defaults.breaker_cooldown),
+                timeout_is_failure: entry.on_timeout == Some(OnTimeoutName::Failed),
             };
             if resilience.max_attempts > 1 && entry.idempotent != Some(true) {
                 return Err(self.err(Some(span.clone()), format!("tools[{i}].max_attempts"), "only an idempotent tool may be tried more than once: set `idempotent = true` if repeating it is harmless"));
@@ -347,6 +348,25 @@ impl Resolver {
         }
         if limits.wall_clock_ms == 0 {
             return Err(self.err(None, "limits.wall_clock_secs", "must be at least 1"));
+        }
+        let reply_defaults = rein_core::reply::ReplyLimits::default();
+        let reply_limits = rein_core::reply::ReplyLimits {
+            max_calls: limits_raw
+                .max_calls_per_step
+                .map_or(reply_defaults.max_calls, |n| n as usize),
+            max_args_bytes: limits_raw
+                .max_call_args_bytes
+                .map_or(reply_defaults.max_args_bytes, |n| n as usize),
+        };
+        if reply_limits.max_calls == 0 {
+            return Err(self.err(None, "limits.max_calls_per_step", "must be at least 1"));
+        }
+        if reply_limits.max_calls > rein_core::reply::MAX_RECORDED_CALLS {
+            return Err(self.err(
+                None,
+                "limits.max_calls_per_step",
+                format!("must be at most {}", rein_core::reply::MAX_RECORDED_CALLS),
+            ));
         }
 
         let ws = raw.workspace.unwrap_or_default();
@@ -414,6 +434,7 @@ impl Resolver {
             context,
             model_latency_target: latency.model_call_ms.map(Duration::from_millis),
             tool_latency_target: latency.tool_call_ms.map(Duration::from_millis),
+            reply_limits,
             secrets: self.secrets.iter().cloned().collect(),
             digest,
         })
@@ -680,6 +701,7 @@ impl Resolver {
                         .to_owned(),
                     groups: entry.groups.unwrap_or_default(),
                     idempotent: entry.idempotent.unwrap_or(false),
+                    timeout_is_failure: entry.on_timeout == Some(OnTimeoutName::Failed),
                     sensitive: entry.sensitive.unwrap_or_default(),
                     enabled: entry.enabled.unwrap_or(true),
                     declared: true,

@@ -29,11 +29,14 @@ pub enum EndState {
     /// The run could not finish (as for `failed`), but some of its tool calls had completed:
     /// the report lists what was done, what was not, and why it stopped.
     Partial,
+    /// A person (or a program through the API) cancelled the run; it stopped at its next step
+    /// boundary, after any tool call in flight had finished.
+    Cancelled,
 }
 
 impl EndState {
     /// All end states, for documentation and exhaustive tests.
-    pub const ALL: [EndState; 7] = [
+    pub const ALL: [EndState; 8] = [
         EndState::Completed,
         EndState::Failed,
         EndState::BudgetExhausted,
@@ -41,6 +44,7 @@ impl EndState {
         EndState::AwaitingApproval,
         EndState::Denied,
         EndState::Partial,
+        EndState::Cancelled,
     ];
 
     /// The process exit code `rein run` and `rein runs resume` use for this state.
@@ -55,6 +59,7 @@ impl EndState {
             EndState::AwaitingApproval => 13,
             EndState::Denied => 14,
             EndState::Partial => 15,
+            EndState::Cancelled => 16,
         }
     }
 
@@ -68,6 +73,7 @@ impl EndState {
             EndState::AwaitingApproval => "awaiting_approval",
             EndState::Denied => "denied",
             EndState::Partial => "partial",
+            EndState::Cancelled => "cancelled",
         }
     }
 }

@@ -4,6 +4,8 @@
 //! rein, so fields are only ever added with defaults, never renamed or removed, and
 //! [`EVENT_FORMAT_VERSION`] changes if that rule ever has to be broken.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -12,7 +14,8 @@ use crate::gate::Verdict;
 use crate::message::{ToolCall, Usage};
 use crate::state::Limits;
 
-/// The version of the event encoding written by this build.
+/// The version of the event encoding written by this build. The store writes it beside every
+/// event and refuses to read a log holding an event of a newer version.
 pub const EVENT_FORMAT_VERSION: u32 = 1;
 
 /// An event as stored: its position in the run's log and when it was appended.
@@ -60,6 +63,10 @@ pub struct RunStarted {
     /// For a sub-agent's run: the run and call that delegated to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRef>,
+    /// Each tool's argument fields that the audit trail keeps only as keyed hashes, fixed when
+    /// the run starts so that its audit records can be rebuilt from the log alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sensitive: BTreeMap<String, Vec<String>>,
 }
 
 /// The run and call a sub-agent's run was delegated from.
@@ -261,6 +268,17 @@ pub enum Event {
         /// How long it ran.
         duration_us: u64,
     },
+    /// A tool call that is not idempotent stopped without a known outcome (it timed out, its
+    /// process was killed, its server went away mid-call): its effect may have happened. The
+    /// call stays in doubt and the run ends `needs_reconciliation`, naming it.
+    ToolInDoubt {
+        /// The call.
+        call_id: String,
+        /// Why its outcome is unknown.
+        reason: String,
+        /// How long it ran.
+        duration_us: u64,
+    },
     /// A person settled a call that was in doubt after a crash (`needs_reconciliation`): its
     /// effect happened (with this output) or did not (so it is judged and run again). Reopens
     /// the run, which `rein runs resume` then continues.
@@ -320,6 +338,7 @@ impl Event {
             Event::ToolRejected { .. } => "tool_rejected",
             Event::ToolIntent { .. } => "tool_intent",
             Event::ToolOutcome { .. } => "tool_outcome",
+            Event::ToolInDoubt { .. } => "tool_in_doubt",
             Event::ToolJudged { .. } => "tool_judged",
             Event::ApprovalRequested { .. } => "approval_requested",
             Event::ApprovalDecided { .. } => "approval_decided",

@@ -10,6 +10,7 @@ pub mod event;
 pub mod gate;
 pub mod labels;
 pub mod message;
+pub mod reply;
 pub mod secrets;
 pub mod state;
 pub mod text;

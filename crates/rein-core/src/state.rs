@@ -79,6 +79,8 @@ pub struct CallSlot {
     pub labels: Vec<String>,
     /// Its approval request, if the gate asked.
     pub approval: Option<ApprovalSlot>,
+    /// Why its outcome is unknown, when it stopped without one (`tool_in_doubt`).
+    pub doubt: Option<String>,
 }
 
 /// A call's approval request and its decision.
@@ -290,6 +292,7 @@ impl RunState {
                         status: CallStatus::Proposed,
                         labels: vec![],
                         approval: None,
+                        doubt: None,
                     })
                     .collect();
                 self.messages.push(Message::Assistant {
@@ -437,6 +440,7 @@ impl RunState {
                 if !matches!(slot.status, CallStatus::InFlight { .. }) {
                     return Err(fail(format!("call {call_id} is not in doubt")));
                 }
+                slot.doubt = None;
                 if *happened {
                     slot.status = CallStatus::Done;
                     let rendered = format!(
@@ -505,6 +509,28 @@ impl RunState {
                 self.history.push((name, result));
                 // Whatever came back, even an error message, is data the tool returned.
                 self.take_output(call_id, render_output(*ok, output), !ok);
+            }
+            Event::ToolInDoubt {
+                call_id, reason, ..
+            } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                match slot.status {
+                    CallStatus::InFlight {
+                        idempotent: false, ..
+                    } => slot.doubt = Some(reason.clone()),
+                    CallStatus::InFlight { .. } => {
+                        return Err(fail(format!(
+                            "call {call_id} is idempotent: it is run again, never left in doubt"
+                        )));
+                    }
+                    _ => {
+                        return Err(fail(format!(
+                            "call {call_id} has no intent without an outcome"
+                        )));
+                    }
+                }
             }
             Event::RunEnded {
                 status,
@@ -600,16 +626,19 @@ impl RunState {
                         attempt: attempt + 1,
                     };
                 }
-                CallStatus::InFlight {
-                    idempotent: false, ..
-                } => {
+                CallStatus::InFlight { .. } => {
+                    let what = match &slot.doubt {
+                        Some(doubt) => format!("stopped without a known outcome ({doubt})"),
+                        None => "started but its outcome was not recorded before the process \
+                                 stopped"
+                            .to_owned(),
+                    };
                     return Action::End(Ended {
                         status: EndState::NeedsReconciliation,
                         output: self.last_text.clone(),
                         reason: Some(format!(
-                            "tool call {} ({}) started but its outcome was not recorded before the \
-                             process stopped; the tool is not idempotent, so rein will not run it \
-                             again. Check whether its effect happened.",
+                            "tool call {} ({}) {what}; the tool is not idempotent, so rein will \
+                             not run it again. Check whether its effect happened.",
                             slot.call.id, slot.call.name
                         )),
                         call_id: Some(slot.call.id.clone()),

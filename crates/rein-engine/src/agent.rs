@@ -37,9 +37,6 @@ pub struct Agent {
     pub max_attempts: u32,
     /// The longest wait between tries.
     pub max_backoff: Duration,
-    /// The most tokens a model reply may have, as budgets reserve it (`model.max_tokens`, else
-    /// 1024).
-    pub max_output_tokens: u64,
     /// The tools.
     pub tools: ToolRegistry,
     /// Hard limits for new runs.
@@ -48,22 +45,23 @@ pub struct Agent {
     pub workspace: PathBuf,
     /// Whether each run gets its own copy of the workspace.
     pub isolate_workspace: bool,
-    /// The policies that judge every model call and tool call.
-    pub gate: Arc<Gate>,
+    /// The policies that judge every model call and tool call. Not public: nothing outside the
+    /// engine may swap it.
+    pub(crate) gate: Arc<Gate>,
     /// How long an approval request stays open.
     pub approval_ttl: Duration,
     /// What each tool's output is (labels), by tool name.
     pub output_labels: HashMap<String, Vec<String>>,
     /// The agent's secrets, resolved; tools read them as they start.
     pub secrets: Arc<dyn SecretSource>,
-    /// Replaces secret values in everything the run records.
-    pub redactor: Redactor,
+    /// Replaces secret values in everything the run records. Not public, like the gate.
+    pub(crate) redactor: Redactor,
     /// Sub-agents, by the name of the tool that delegates to them.
     pub delegates: HashMap<String, Arc<Agent>>,
     /// For a sub-agent: its parent's gate, which must also allow everything the sub-agent does.
-    pub parent_gate: Option<Arc<Gate>>,
+    pub(crate) parent_gate: Option<Arc<Gate>>,
     /// Each tool's sensitive argument fields, kept out of the audit trail in clear.
-    pub sensitive: HashMap<String, Vec<String>>,
+    pub sensitive: std::collections::BTreeMap<String, Vec<String>>,
     /// The MCP servers the agent's MCP tools call.
     pub mcp_servers: Vec<Arc<rein_mcp::McpServer>>,
     /// What each new run records about the agent's tools before it starts (MCP listings,
@@ -91,6 +89,10 @@ pub struct Agent {
     pub resilience: HashMap<String, rein_config::Resilience>,
     /// Circuit breakers of tools and models, shared by the agent's runs.
     pub breakers: crate::resilience::Breakers,
+    /// What one model reply may hold.
+    pub reply_limits: rein_core::reply::ReplyLimits,
+    /// How durable the run's commits are.
+    pub durability: rein_core::Durability,
 }
 
 impl std::fmt::Debug for Agent {
@@ -103,6 +105,11 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// The policies that judge the agent's calls.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     /// Builds an agent from its resolved configuration. `env` looks up environment variables
     /// (the API key); it is a parameter so that nothing here reads the process environment.
     pub fn from_spec(
@@ -181,7 +188,8 @@ impl Agent {
                 Ok(match &m.provider {
                     ProviderSpec::Scripted { script } => Arc::new(
                         ScriptedProvider::from_file(m.name.clone(), script)
-                            .map_err(|e| EngineError::Agent(e.to_string()))?,
+                            .map_err(|e| EngineError::Agent(e.to_string()))?
+                            .with_max_output_tokens(u64::from(m.max_tokens.unwrap_or(1024))),
                     ),
                     ProviderSpec::OpenAi { base_url, api_key } => Arc::new(
                         OpenAiProvider::new(OpenAiConfig {
@@ -189,7 +197,9 @@ impl Agent {
                             api_key: key(api_key)?,
                             model: m.name.clone(),
                             timeout: m.timeout,
-                            max_tokens: m.max_tokens,
+                            max_tokens: m
+                                .max_tokens
+                                .unwrap_or(rein_model::DEFAULT_MAX_OUTPUT_TOKENS),
                             temperature: m.temperature,
                         })
                         .map_err(EngineError::Agent)?,
@@ -262,6 +272,20 @@ impl Agent {
             delegates.insert(tool.clone(), Arc::new(child));
         }
         let redactor = secrets.redactor();
+        // MCP tools fail fast; only what a timeout means is the operator's to say.
+        let mcp_resilience: Vec<(String, rein_config::Resilience)> = mcp
+            .tools
+            .iter()
+            .map(|t| {
+                (
+                    t.manifest().name.clone(),
+                    rein_config::Resilience {
+                        timeout_is_failure: t.policy().timeout_is_failure,
+                        ..rein_config::Resilience::default()
+                    },
+                )
+            })
+            .collect();
         Ok(Agent {
             secrets: Arc::new(secrets),
             redactor,
@@ -284,6 +308,7 @@ impl Agent {
                 .tools
                 .iter()
                 .map(|t| (t.name().to_owned(), t.resilience))
+                .chain(mcp_resilience)
                 .collect(),
             breakers: Default::default(),
             approval_ttl: spec.approval_ttl,
@@ -295,7 +320,8 @@ impl Agent {
             provider,
             max_attempts: m.max_attempts,
             max_backoff: m.max_backoff,
-            max_output_tokens: u64::from(m.max_tokens.unwrap_or(1024)),
+            reply_limits: spec.reply_limits,
+            durability: spec.durability,
             tools,
             limits: spec.limits,
             workspace: spec.workspace.path.clone(),
@@ -316,7 +342,7 @@ pub struct AgentTools {
     /// The sub-agents delegate tools lead to: (tool name, the child's configuration).
     pub children: Vec<(String, AgentSpec)>,
     /// Each tool's sensitive argument fields.
-    pub sensitive: HashMap<String, Vec<String>>,
+    pub sensitive: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The manifest of a delegation: checked and offered to the model like any tool, but run by the
@@ -366,7 +392,7 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
     let mut tools = ToolRegistry::new();
     let mut facts = Vec::with_capacity(spec.tools.len());
     let mut labels = HashMap::new();
-    let mut sensitive = HashMap::new();
+    let mut sensitive = std::collections::BTreeMap::new();
     let at = || spec.dir.join(rein_config::AGENT_FILE).display().to_string();
     for tool in &mcp.tools {
         let policy = tool.policy();

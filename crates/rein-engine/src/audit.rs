@@ -1,10 +1,13 @@
-//! What the audit trail records about a run: each event that is a decision, an approval, a model
-//! call, a tool call or outcome, or a run's start and end becomes one audit record. Tool outputs
-//! are recorded by hash, tasks by hash and length, and secret values never appear (the events
-//! passed the redactor before they get here).
+//! What the audit trail records about a run: every event becomes one audit record naming the
+//! event it comes from (run and sequence number). Tool outputs are recorded by hash, tasks by
+//! hash and length, the arguments a tool marks sensitive by keyed hash, and secret values never
+//! appear (the events passed the redactor before they get here).
+//!
+//! The mapping is a pure function of the run's log, so what a crash left out of the trail is
+//! rebuilt from the log ([`missing`]) exactly as it would have been written.
 
 use rein_audit::Entry;
-use rein_core::{Event, RunState, StoredEvent};
+use rein_core::{Event, RunState, StateError, StoredEvent};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -25,14 +28,39 @@ fn args_of(state: &RunState, call_id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The audit record for an event, if it is one the trail keeps. `state` is the run's state after
-/// the event was applied.
+fn tool_of(state: &RunState, call_id: &str) -> Option<String> {
+    state
+        .calls()
+        .iter()
+        .find(|c| c.call.id == call_id)
+        .map(|c| c.call.name.clone())
+}
+
+/// A tool's arguments with the fields its run marks sensitive replaced by keyed hashes.
+fn redact_args(
+    state: &RunState,
+    tool: &str,
+    mut args: Value,
+    keyed_hash: &dyn Fn(&[u8]) -> String,
+) -> Value {
+    let fields = state.started().and_then(|s| s.sensitive.get(tool));
+    if let (Some(fields), Some(map)) = (fields, args.as_object_mut()) {
+        for field in fields {
+            if let Some(value) = map.get_mut(field) {
+                *value = json!({ "keyed_hash": keyed_hash(value.to_string().as_bytes()) });
+            }
+        }
+    }
+    args
+}
+
+/// The audit record of an event. `state` is the run's state after the event was applied.
 pub(crate) fn entry_for(
     run_id: &str,
     stored: &StoredEvent,
     state: &RunState,
-    redact: &dyn Fn(&str, Value) -> Value,
-) -> Option<Entry> {
+    keyed_hash: &dyn Fn(&[u8]) -> String,
+) -> Entry {
     let (kind, data) = match &stored.event {
         Event::RunStarted(s) => (
             "run_started",
@@ -74,7 +102,7 @@ pub(crate) fn entry_for(
             json!({
                 "action": "call_tool", "tool": tool, "call_id": call_id, "step": step, "verdict": verdict,
                 "policies": policies, "reasons": reasons, "labels": labels, "approved_by": approved_by,
-                "args": redact(tool, args_of(state, call_id)),
+                "args": redact_args(state, tool, args_of(state, call_id), keyed_hash),
             }),
         ),
         Event::ApprovalRequested {
@@ -88,7 +116,7 @@ pub(crate) fn entry_for(
             expires_at_ms,
         } => (
             "approval_requested",
-            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": redact(tool, args.clone()), "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
+            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": redact_args(state, tool, args.clone(), keyed_hash), "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
         ),
         Event::ApprovalDecided {
             approval_id,
@@ -100,19 +128,32 @@ pub(crate) fn entry_for(
             "approval_decided",
             json!({"approval_id": approval_id, "approved": approved, "by": by, "note": note, "expired": expired}),
         ),
+        Event::ModelRequested {
+            step,
+            attempt,
+            model,
+            messages,
+            tools,
+        } => (
+            "model_requested",
+            json!({"step": step, "attempt": attempt, "model": model, "messages": messages, "tools": tools}),
+        ),
         Event::ModelReplied {
             step,
             usage,
             latency_us,
             stop_reason,
             tool_calls,
+            model,
+            cost_micros,
             ..
         } => (
             "model_call",
             json!({
-                "step": step, "provider": state.started().map(|s| s.provider.clone()), "model": state.started().map(|s| s.model.clone()),
+                "step": step, "provider": state.started().map(|s| s.provider.clone()),
+                "model": if model.is_empty() { state.started().map(|s| s.model.clone()).unwrap_or_default() } else { model.clone() },
                 "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "latency_us": latency_us,
-                "stop_reason": stop_reason, "tool_calls": tool_calls.len(), "cost_usd": Value::Null,
+                "stop_reason": stop_reason, "tool_calls": tool_calls.len(), "cost_usd": *cost_micros as f64 / 1e6,
             }),
         ),
         Event::ModelFailed {
@@ -152,10 +193,17 @@ pub(crate) fn entry_for(
         } => (
             "tool_outcome",
             json!({
-                "call_id": call_id,
-                "tool": state.calls().iter().find(|c| c.call.id == *call_id).map(|c| c.call.name.clone()),
+                "call_id": call_id, "tool": tool_of(state, call_id),
                 "ok": ok, "duration_us": duration_us, "output_sha256": sha256(output.to_string().as_bytes()),
             }),
+        ),
+        Event::ToolInDoubt {
+            call_id,
+            reason,
+            duration_us,
+        } => (
+            "tool_in_doubt",
+            json!({"call_id": call_id, "tool": tool_of(state, call_id), "reason": reason, "duration_us": duration_us}),
         ),
         Event::CallReconciled {
             call_id,
@@ -186,12 +234,42 @@ pub(crate) fn entry_for(
             "notice",
             json!({"kind": kind, "subject": subject, "detail": detail, "call_id": call_id}),
         ),
-        Event::ModelRequested { .. } => return None,
     };
-    Some(Entry {
+    Entry {
         at_ms: stored.at_ms,
         kind: kind.to_owned(),
         run_id: Some(run_id.to_owned()),
+        event: Some(stored.seq),
         data,
-    })
+    }
+}
+
+/// The records of a run's events after `cursor` (the last event the trail holds), in order:
+/// what a crash left out.
+pub(crate) fn missing(
+    run_id: &str,
+    events: &[StoredEvent],
+    cursor: u64,
+    keyed_hash: &dyn Fn(&[u8]) -> String,
+) -> Result<Vec<Entry>, StateError> {
+    let mut state = RunState::default();
+    let mut out = Vec::new();
+    for stored in events {
+        state.apply(stored)?;
+        if stored.seq > cursor {
+            out.push(entry_for(run_id, stored, &state, keyed_hash));
+        }
+    }
+    Ok(out)
+}
+
+/// The audit record kind an event of this type becomes (for cross-checking the trail against
+/// the log).
+pub(crate) fn record_kind(event: &Event) -> &'static str {
+    match event {
+        Event::ModelJudged { .. } | Event::ToolJudged { .. } => "decision",
+        Event::ModelReplied { .. } => "model_call",
+        Event::ModelFailed { .. } => "model_call_failed",
+        other => other.kind(),
+    }
 }

@@ -1,6 +1,7 @@
-//! The audit trail's writer thread: runs queue their records without waiting, the thread writes
-//! them in batches, and a run's end (or suspension) waits for everything it queued to be written
-//! and a checkpoint signed. A failed write is reported to the next run step that records.
+//! The audit trail's writer thread: records are handed to it as their events commit (from the
+//! store's commit hook), it writes them in batches, and a run's end (or suspension) waits for
+//! everything queued to be written and a checkpoint signed. A failed write is reported to the
+//! next run step that records.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -8,14 +9,26 @@ use std::sync::{Arc, Mutex};
 use rein_audit::{AuditLog, Entry};
 
 enum Message {
-    Append(Vec<Entry>),
+    Append(Vec<Entry>, bool),
     Checkpoint(u64, tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// Hands records to the writer thread; cheap to clone into commit hooks.
+#[derive(Clone)]
+pub(crate) struct AuditSender(mpsc::Sender<Message>);
+
+impl AuditSender {
+    /// Queues records (`fsync`: the run's durability asks for a flush to disk).
+    pub(crate) fn send(&self, entries: Vec<Entry>, fsync: bool) {
+        // If the thread has stopped, `failure` says why at the run's next step.
+        let _ = self.0.send(Message::Append(entries, fsync));
+    }
 }
 
 /// A handle on the writer thread.
 pub(crate) struct AuditWriter {
     log: Arc<AuditLog>,
-    sender: Mutex<mpsc::Sender<Message>>,
+    sender: AuditSender,
     failed: Arc<Mutex<Option<String>>>,
 }
 
@@ -39,18 +52,26 @@ impl AuditWriter {
                     }
                     // Consecutive appends go to disk together.
                     let mut batch = Vec::new();
+                    let mut fsync = false;
+                    let write = |batch: &mut Vec<Entry>, fsync: &mut bool| {
+                        if batch.is_empty() {
+                            return Ok(());
+                        }
+                        let result = thread_log
+                            .append_with(&std::mem::take(batch), *fsync)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                        *fsync = false;
+                        result
+                    };
                     for message in pending {
                         match message {
-                            Message::Append(entries) => batch.extend(entries),
+                            Message::Append(entries, sync) => {
+                                batch.extend(entries);
+                                fsync |= sync;
+                            }
                             Message::Checkpoint(at_ms, done) => {
-                                let mut result = Ok(());
-                                if !batch.is_empty() {
-                                    result = thread_log
-                                        .append(&std::mem::take(&mut batch))
-                                        .map(|_| ())
-                                        .map_err(|e| e.to_string());
-                                }
-                                let result = result.and_then(|()| {
+                                let result = write(&mut batch, &mut fsync).and_then(|()| {
                                     thread_log
                                         .checkpoint(at_ms)
                                         .map(|_| ())
@@ -63,10 +84,8 @@ impl AuditWriter {
                             }
                         }
                     }
-                    if !batch.is_empty()
-                        && let Err(e) = thread_log.append(&batch)
-                    {
-                        fail(e.to_string());
+                    if let Err(e) = write(&mut batch, &mut fsync) {
+                        fail(e);
                     }
                 }
             });
@@ -77,12 +96,12 @@ impl AuditWriter {
         }
         AuditWriter {
             log,
-            sender: Mutex::new(sender),
+            sender: AuditSender(sender),
             failed,
         }
     }
 
-    pub(crate) fn log(&self) -> &AuditLog {
+    pub(crate) fn log(&self) -> &Arc<AuditLog> {
         &self.log
     }
 
@@ -91,29 +110,18 @@ impl AuditWriter {
         self.failed.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Queues records.
-    pub(crate) fn append(&self, entries: Vec<Entry>) -> Result<(), String> {
-        let sender = self
-            .sender
-            .lock()
-            .map_err(|_| "the audit writer is poisoned".to_owned())?;
-        sender
-            .send(Message::Append(entries))
-            .map_err(|_| "the audit writer has stopped".to_owned())
+    /// A sender for commit hooks.
+    pub(crate) fn sender(&self) -> AuditSender {
+        self.sender.clone()
     }
 
     /// Waits until everything queued so far is written, then signs a checkpoint.
     pub(crate) async fn checkpoint(&self, at_ms: u64) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        {
-            let sender = self
-                .sender
-                .lock()
-                .map_err(|_| "the audit writer is poisoned".to_owned())?;
-            sender
-                .send(Message::Checkpoint(at_ms, done))
-                .map_err(|_| "the audit writer has stopped".to_owned())?;
-        }
+        self.sender
+            .0
+            .send(Message::Checkpoint(at_ms, done))
+            .map_err(|_| "the audit writer has stopped".to_owned())?;
         wait.await
             .map_err(|_| "the audit writer has stopped".to_owned())?
     }

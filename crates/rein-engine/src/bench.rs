@@ -94,7 +94,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
     };
     let audit = rein_audit::AuditLog::open(&dir.join("audit"), audit_options)
         .map_err(|e| EngineError::Audit(e.to_string()))?;
-    let engine = Arc::new(Engine::new(store.clone(), dir).with_audit(Arc::new(audit)));
+    let engine = Arc::new(Engine::new(store.clone(), dir, Arc::new(audit)));
     let mut turns: Vec<ScriptedTurn> = (0..options.steps)
         .map(|_| ScriptedTurn {
             on_injection: None,
@@ -149,7 +149,8 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         sensitive: Default::default(),
         mcp_servers: vec![],
         load_notices: vec![],
-        max_output_tokens: 1024,
+        reply_limits: Default::default(),
+        durability: options.durability,
         fallbacks: vec![],
         route_tool_results: None,
         route_wrap_up: None,
@@ -385,6 +386,7 @@ pub fn bench_audit(records: u64) -> Result<AuditBenchReport, EngineError> {
         let n = batch.min(records - written);
         let entries: Vec<rein_audit::Entry> = (0..n)
             .map(|i| rein_audit::Entry {
+                event: None,
                 at_ms: 1_700_000_000_000 + written + i,
                 kind: "decision".into(),
                 run_id: Some(format!("01a2{:028x}", (written + i) / 50)),
@@ -501,7 +503,15 @@ pub fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, E
             cost_micros: 30_000,
         };
         let reservation = ledger
-            .reserve("bench", &lines, estimate, Spend::default(), step as u64)?
+            .reserve(
+                "bench",
+                "bench",
+                &lines,
+                estimate,
+                Spend::default(),
+                60_000,
+                step as u64,
+            )?
             .map_err(|e| EngineError::Agent(e.to_string()))?;
         ledger.settle(
             &reservation,

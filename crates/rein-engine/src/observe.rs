@@ -1,6 +1,5 @@
-//! Watching a run as it goes, and injecting faults for crash tests.
-
-use std::sync::Arc;
+//! Watching a run as it goes, and (in builds with the `faults` feature, for crash tests only)
+//! injecting faults.
 
 use rein_core::StoredEvent;
 
@@ -21,7 +20,9 @@ impl Observer for NoObserver {
 /// Points at which the engine stops itself, for crash tests: it makes everything recorded so far
 /// durable, then calls `stop`, which in `rein` parks the process until the test kills it with
 /// SIGKILL. If `stop` returns, the run is abandoned with [`crate::EngineError::Interrupted`] and
-/// nothing more is recorded, as if the process had died. Off by default.
+/// nothing more is recorded, as if the process had died. Only in builds with the `faults`
+/// feature (tests), never in a release build.
+#[cfg(feature = "faults")]
 #[derive(Clone, Default)]
 pub struct FaultPlan {
     /// Stop once the event with this sequence number is durable.
@@ -30,9 +31,10 @@ pub struct FaultPlan {
     /// recorded (the window in which an effect happened but the log does not know it).
     pub after_effect: Option<u32>,
     /// What stopping means.
-    pub stop: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub stop: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
 }
 
+#[cfg(feature = "faults")]
 impl std::fmt::Debug for FaultPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultPlan")

@@ -126,9 +126,59 @@ pub fn resolve_secrets(
     Ok(SecretValues { values })
 }
 
+/// The event with every secret value replaced by its name. Fails closed: an event that cannot be
+/// redacted (it cannot be encoded, or redacting it leaves something that is no longer an event)
+/// is an error, never returned as it was.
+pub(crate) fn redact_event(
+    redactor: &Redactor,
+    event: rein_core::Event,
+) -> Result<rein_core::Event, EngineError> {
+    if redactor.is_empty() {
+        return Ok(event);
+    }
+    let kind = event.kind();
+    let mut value = serde_json::to_value(&event).map_err(|e| {
+        EngineError::Redaction(format!(
+            "a {kind} event cannot be encoded for redaction: {e}"
+        ))
+    })?;
+    redactor.json(&mut value);
+    serde_json::from_value(value).map_err(|e| {
+        EngineError::Redaction(format!(
+            "a {kind} event is no longer readable once its secret values are replaced ({e}); \
+             rein records nothing rather than record a secret: give the secret a value that \
+             cannot be mistaken for one of rein's own field names"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_that_cannot_be_redacted_is_an_error_never_the_event_in_clear() {
+        let event = rein_core::Event::Notice {
+            kind: "tool_said".into(),
+            subject: "x".into(),
+            detail: "the key is hunter22".into(),
+            call_id: None,
+        };
+        let plain = Redactor::new([("pw".to_string(), "hunter22".to_string())]);
+        match redact_event(&plain, event.clone()).unwrap() {
+            rein_core::Event::Notice { detail, .. } => {
+                assert_eq!(detail, "the key is [secret:pw]")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A secret whose value is the event's own tag: redacting it breaks the event.
+        let clash = Redactor::new([("tag".to_string(), "notice".to_string())]);
+        let err = redact_event(&clash, event).unwrap_err().to_string();
+        assert!(
+            err.contains("records nothing rather than record a secret"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn secrets_come_from_the_environment_or_a_private_file() {

@@ -5,11 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rein_core::{Durability, EndState, Event, StoredEvent};
+use rein_core::secrets::Redactor;
+use rein_core::{Durability, EndState, Event};
 use rein_engine::{Agent, Engine, EngineError, FaultPlan, NoObserver};
-use rein_store::SqliteStore;
+use rein_store::{ApprovalFilter, RunFilter};
+use rein_testkit::{
+    AgentFolder, SCRIPTED_MODEL, engine_with_faults, kinds, stop_after_effect, stop_after_event,
+};
 use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -17,7 +20,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 /// An agent folder with three sh command tools that each append a line to their own effects file
 /// (`lookups.log`, `refunds.log`, `emails.log`) and echo their arguments back.
 struct Fixture {
-    dir: tempfile::TempDir,
+    folder: AgentFolder,
     state: tempfile::TempDir,
 }
 
@@ -46,6 +49,14 @@ name = "slow"
 description = "Hangs"
 command = ["sh", "-c", "sleep 20"]
 timeout_ms = 200
+on_timeout = "failed"
+args_schema = { type = "object" }
+
+[[tools]]
+name = "transfer"
+description = "Moves money, slowly"
+command = ["sh", "-c", "echo x >> transfers.log; sleep 20"]
+timeout_ms = 200
 args_schema = { type = "object" }
 
 [[tools]]
@@ -69,58 +80,30 @@ text = "All done."
 
 impl Fixture {
     fn new(script: &str, extra: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
-        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-        std::fs::write(
-            dir.path().join("policies/all.cedar"),
-            "permit(principal, action, resource);\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("script.toml"), script).unwrap();
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            format!(
-                "name = \"t\"\ninstructions = \"Be careful.\"\n{extra}\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n{TOOLS}"
-            ),
-        )
-        .unwrap();
+        let folder = AgentFolder::new(&format!(
+            "name = \"t\"\ninstructions = \"Be careful.\"\n{extra}\n{SCRIPTED_MODEL}{TOOLS}"
+        ))
+        .file("script.toml", script);
         Fixture {
-            dir,
+            folder,
             state: tempfile::tempdir().unwrap(),
         }
     }
 
     fn agent(&self) -> Agent {
-        let spec = rein_config::load(self.dir.path()).unwrap();
-        Agent::from_spec(&spec, &|_| None).unwrap()
+        self.folder.agent()
     }
 
     fn engine(&self, faults: FaultPlan) -> Engine {
-        let store = Arc::new(SqliteStore::open(self.state.path(), Durability::Normal).unwrap());
-        Engine::new(store, self.state.path()).with_faults(faults)
+        engine_with_faults(self.state.path(), faults)
     }
 
     fn effects(&self, file: &str) -> usize {
-        std::fs::read_to_string(self.workspace().join(file))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+        self.folder.effects(file)
     }
 
     fn workspace(&self) -> PathBuf {
-        self.dir.path().join("workspace")
-    }
-}
-
-fn kinds(events: &[StoredEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.event.kind()).collect()
-}
-
-fn stop_after_event(seq: u64) -> FaultPlan {
-    FaultPlan {
-        after_event: Some(seq),
-        after_effect: None,
-        stop: Some(Arc::new(|| {})),
+        self.folder.workspace()
     }
 }
 
@@ -341,7 +324,7 @@ async fn resuming_after_a_crash_at_every_event_never_repeats_an_effect() {
         let run_id = fx
             .engine(FaultPlan::default())
             .store()
-            .list_runs(1)
+            .list_runs(&last())
             .unwrap()[0]
             .id
             .clone();
@@ -391,17 +374,13 @@ async fn an_effect_in_doubt_is_repeated_only_when_idempotent() {
     // Effect 1 is the idempotent lookup: it is run again, with the same call id.
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let agent = fx.agent();
-    let faults = FaultPlan {
-        after_effect: Some(1),
-        after_event: None,
-        stop: Some(Arc::new(|| {})),
-    };
+    let faults = stop_after_effect(1);
     fx.engine(faults)
         .start(&agent, "t", &NoObserver)
         .await
         .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
-    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    let run_id = engine.store().list_runs(&last()).unwrap()[0].id.clone();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::Completed);
     assert_eq!(
@@ -417,17 +396,13 @@ async fn an_effect_in_doubt_is_repeated_only_when_idempotent() {
     // Effect 2 is the refund: not idempotent, so the run stops and names it.
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let agent = fx.agent();
-    let faults = FaultPlan {
-        after_effect: Some(2),
-        after_event: None,
-        stop: Some(Arc::new(|| {})),
-    };
+    let faults = stop_after_effect(2);
     fx.engine(faults)
         .start(&agent, "t", &NoObserver)
         .await
         .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
-    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    let run_id = engine.store().list_runs(&last()).unwrap()[0].id.clone();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::NeedsReconciliation);
     assert_eq!(report.call_id.as_deref(), Some("call_2_1"));
@@ -486,16 +461,16 @@ async fn isolated_workspaces_are_copies_per_run() {
 
 fn openai_fixture(server: &MockServer) -> Fixture {
     let fx = Fixture::new("", "");
-    let toml = std::fs::read_to_string(fx.dir.path().join("agent.toml")).unwrap().replace(
+    let toml = std::fs::read_to_string(fx.folder.path().join("agent.toml")).unwrap().replace(
         "provider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"",
         &format!("provider = \"openai\"\nname = \"gpt-x\"\nbase_url = \"{}/v1\"\napi_key_env = \"TEST_KEY\"\nmax_attempts = 3\nmax_backoff_ms = 5", server.uri()),
     );
-    std::fs::write(fx.dir.path().join("agent.toml"), toml).unwrap();
+    std::fs::write(fx.folder.path().join("agent.toml"), toml).unwrap();
     fx
 }
 
 fn openai_agent(fx: &Fixture) -> Agent {
-    let spec = rein_config::load(fx.dir.path()).unwrap();
+    let spec = rein_config::load(fx.folder.path()).unwrap();
     Agent::from_spec(&spec, &|var| {
         (var == "TEST_KEY").then(|| "sk-test".to_owned())
     })
@@ -598,14 +573,14 @@ async fn a_provider_that_keeps_failing_ends_the_run_failed() {
 #[test]
 fn a_missing_api_key_is_a_clear_error() {
     let fx = Fixture::new("", "");
-    let toml = std::fs::read_to_string(fx.dir.path().join("agent.toml"))
+    let toml = std::fs::read_to_string(fx.folder.path().join("agent.toml"))
         .unwrap()
         .replace(
             "provider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"",
             "provider = \"anthropic\"\nname = \"claude\"\napi_key_env = \"MY_KEY\"",
         );
-    std::fs::write(fx.dir.path().join("agent.toml"), toml).unwrap();
-    let spec = rein_config::load(fx.dir.path()).unwrap();
+    std::fs::write(fx.folder.path().join("agent.toml"), toml).unwrap();
+    let spec = rein_config::load(fx.folder.path()).unwrap();
     let err = Agent::from_spec(&spec, &|_| None).unwrap_err();
     assert!(
         err.to_string()
@@ -614,12 +589,11 @@ fn a_missing_api_key_is_a_clear_error() {
     );
 }
 
-/// A clock the test moves by hand.
-struct ManualClock(std::sync::atomic::AtomicU64);
-
-impl rein_core::Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+/// The most recent run.
+fn last() -> RunFilter {
+    RunFilter {
+        limit: 1,
+        ..RunFilter::default()
     }
 }
 
@@ -627,12 +601,12 @@ impl rein_core::Clock for ManualClock {
 async fn an_approval_nobody_decides_expires_and_counts_as_denied() {
     let fx = Fixture::new(HAPPY_SCRIPT, "[approvals]\nexpire_after_secs = 60\n");
     std::fs::write(
-        fx.dir.path().join("policies/ask.cedar"),
+        fx.folder.path().join("policies/ask.cedar"),
         "@ask(\"refunds need a person\")\npermit(principal, action == Action::\"refunds.issue\", resource);\n",
     )
     .unwrap();
     let agent = fx.agent();
-    let clock = Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(1_000_000)));
+    let clock = rein_testkit::ManualClock::at(1_000_000);
     let engine = fx.engine(FaultPlan::default()).with_clock(clock.clone());
     let report = engine
         .start(&agent, "refund A-1", &NoObserver)
@@ -646,11 +620,16 @@ async fn an_approval_nobody_decides_expires_and_counts_as_denied() {
         (0, 1)
     );
 
-    clock
-        .0
-        .store(1_000_000 + 60_000, std::sync::atomic::Ordering::SeqCst);
+    clock.advance(60_000);
     let err = engine
-        .decide(&report.approvals[0], true, "late", None)
+        .decide(
+            &report.approvals[0],
+            true,
+            "late",
+            None,
+            &Redactor::default(),
+            Durability::Normal,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -667,7 +646,13 @@ async fn an_approval_nobody_decides_expires_and_counts_as_denied() {
     assert_eq!(fx.effects("refunds.log"), 0, "the expired refund never ran");
     let events = engine.store().events(&report.run_id).unwrap();
     assert!(events.iter().any(|e| matches!(&e.event, Event::ApprovalDecided { expired: true, approved: false, by, .. } if by == "rein")));
-    let approvals = engine.store().list_approvals(false, 10).unwrap();
+    let approvals = engine
+        .store()
+        .list_approvals(&ApprovalFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.status != "pending")
+        .collect::<Vec<_>>();
     assert_eq!(
         approvals
             .iter()
@@ -682,21 +667,26 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
     // The refund ran but its outcome was lost: the operator confirms it happened.
     let fx = Fixture::new(HAPPY_SCRIPT, "");
     let agent = fx.agent();
-    let faults = FaultPlan {
-        after_effect: Some(2),
-        after_event: None,
-        stop: Some(Arc::new(|| {})),
-    };
+    let faults = stop_after_effect(2);
     fx.engine(faults)
         .start(&agent, "t", &NoObserver)
         .await
         .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
-    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    let run_id = engine.store().list_runs(&last()).unwrap()[0].id.clone();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::NeedsReconciliation);
     let err = engine
-        .reconcile(&run_id, "call_9_9", true, json!({}), "ops", None)
+        .reconcile(
+            &run_id,
+            "call_9_9",
+            true,
+            json!({}),
+            "ops",
+            None,
+            &Redactor::default(),
+            Durability::Normal,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -711,6 +701,8 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
             json!({"amount": 5}),
             "ops",
             Some("seen in the ledger".into()),
+            &Redactor::default(),
+            Durability::Normal,
         )
         .await
         .unwrap();
@@ -746,7 +738,7 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
         .await
         .unwrap_err();
     let engine = fx.engine(FaultPlan::default());
-    let run_id = engine.store().list_runs(1).unwrap()[0].id.clone();
+    let run_id = engine.store().list_runs(&last()).unwrap()[0].id.clone();
     assert_eq!(
         engine
             .resume(&run_id, &agent, &NoObserver)
@@ -757,7 +749,16 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
     );
     assert_eq!(fx.effects("refunds.log"), 0);
     engine
-        .reconcile(&run_id, "call_2_1", false, json!(null), "ops", None)
+        .reconcile(
+            &run_id,
+            "call_2_1",
+            false,
+            json!(null),
+            "ops",
+            None,
+            &Redactor::default(),
+            Durability::Normal,
+        )
         .await
         .unwrap();
     let report = engine.resume(&run_id, &agent, &NoObserver).await.unwrap();
@@ -767,7 +768,16 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
         (1, 1)
     );
     let err = engine
-        .reconcile(&run_id, "call_2_1", true, json!({}), "ops", None)
+        .reconcile(
+            &run_id,
+            "call_2_1",
+            true,
+            json!({}),
+            "ops",
+            None,
+            &Redactor::default(),
+            Durability::Normal,
+        )
         .await
         .unwrap_err();
     assert!(

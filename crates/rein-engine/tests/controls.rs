@@ -5,55 +5,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rein_core::{BoxFuture, Durability, EndState, Event, Message, StoredEvent};
+use rein_core::{BoxFuture, EndState, Event, Message, StoredEvent};
 use rein_engine::{Agent, Engine, NoObserver, RunRequest};
 use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
-use rein_store::SqliteStore;
+use rein_testkit::AgentFolder;
 use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    folder: AgentFolder,
     state: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new(agent_toml: &str, script: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
-        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-        std::fs::write(
-            dir.path().join("policies/all.cedar"),
-            "permit(principal, action, resource);\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("script.toml"), script).unwrap();
-        std::fs::write(
-            dir.path().join("agent.toml"),
-            format!("name = \"c\"\ninstructions = \"Work carefully.\"\n{agent_toml}"),
-        )
-        .unwrap();
         Fixture {
-            dir,
+            folder: AgentFolder::new(&format!(
+                "name = \"c\"\ninstructions = \"Work carefully.\"\n{agent_toml}"
+            ))
+            .file("script.toml", script),
             state: tempfile::tempdir().unwrap(),
         }
     }
 
     fn agent(&self) -> Agent {
-        let spec = rein_config::load(self.dir.path()).unwrap();
-        Agent::from_spec(&spec, &|var| {
-            (var == "TEST_KEY").then(|| "sk-test".to_owned())
-        })
-        .unwrap()
+        self.folder
+            .agent_with_env(&|var| (var == "TEST_KEY").then(|| "sk-test".to_owned()))
     }
 
     fn engine(&self) -> Engine {
-        let store = Arc::new(SqliteStore::open(self.state.path(), Durability::Normal).unwrap());
-        Engine::new(store, self.state.path())
+        rein_testkit::engine(self.state.path())
     }
 }
 
@@ -210,14 +194,6 @@ async fn fifty_concurrent_runs_of_one_user_share_a_daily_budget() {
     assert_eq!(rows[0].max_tokens, Some(budget));
 }
 
-struct ManualClock(AtomicU64);
-
-impl rein_core::Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// The model's side: what each request held, and a hook before each call.
 struct Watching {
     inner: Arc<dyn Provider>,
@@ -231,6 +207,9 @@ impl Provider for Watching {
     }
     fn model(&self) -> &str {
         self.inner.model()
+    }
+    fn max_output_tokens(&self) -> u64 {
+        self.inner.max_output_tokens()
     }
     fn complete<'a>(
         &'a self,
@@ -274,13 +253,13 @@ args_schema = { type = "object" }
     let call = "[[turns]]\ncalls = [{ tool = \"flaky\", args = { n = 1 } }]\n";
     let script = format!("{call}{call}{call}{call}[[turns]]\ntext = \"done\"\n");
     let fx = Fixture::new(&format!("{SCRIPTED}{flaky}"), &script);
-    let clock = Arc::new(ManualClock(AtomicU64::new(1_000_000)));
+    let clock = rein_testkit::ManualClock::at(1_000_000);
     let mut agent = fx.agent();
     // Before the model's fourth step, the breaker's cool-down has passed.
     let ticking = clock.clone();
     watch(&mut agent, move |n| {
         if n == 4 {
-            ticking.0.fetch_add(61_000, Ordering::SeqCst);
+            ticking.advance(61_000);
         }
     });
     let engine = fx.engine().with_clock(clock);
@@ -310,7 +289,7 @@ args_schema = { type = "object" }
         .unwrap();
     assert!(rejected.contains("circuit breaker is open"), "{rejected}");
     // Two tries, one try, none, the probe: four runs of the tool in all.
-    let runs = std::fs::read_to_string(fx.dir.path().join("workspace/runs")).unwrap();
+    let runs = std::fs::read_to_string(fx.folder.path().join("workspace/runs")).unwrap();
     assert_eq!(runs.trim(), "4");
     let outcomes: Vec<bool> = events
         .iter()
@@ -498,7 +477,7 @@ text = "second done"
     // What memory returns is untrusted (the model wrote it, from anything it read): after a
     // read, the run may not write into the memory every run of the agent shares.
     std::fs::write(
-        fx.dir.path().join("policies/all.cedar"),
+        fx.folder.path().join("policies/all.cedar"),
         r#"permit(principal, action, resource);
 @id("no-poisoning")
 forbid (principal, action == Action::"memory.write", resource)

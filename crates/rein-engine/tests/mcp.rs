@@ -10,10 +10,9 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rein_core::{BoxFuture, Durability, EndState, Event, StoredEvent, Verdict};
+use rein_core::{BoxFuture, EndState, Event, StoredEvent, Verdict};
 use rein_engine::{Agent, Engine, NoObserver, RunReport};
 use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
-use rein_store::SqliteStore;
 use serde_json::Value;
 
 /// Where the npm reference servers are installed (`REIN_MCP_SERVERS`, else the cache directory
@@ -99,8 +98,7 @@ impl Fixture {
     }
 
     fn engine(&self) -> Engine {
-        let store = Arc::new(SqliteStore::open(self.state.path(), Durability::Normal).unwrap());
-        Engine::new(store, self.state.path())
+        rein_testkit::engine(self.state.path())
     }
 }
 
@@ -117,6 +115,9 @@ impl Provider for Recording {
     }
     fn model(&self) -> &str {
         self.inner.model()
+    }
+    fn max_output_tokens(&self) -> u64 {
+        self.inner.max_output_tokens()
     }
     fn complete<'a>(
         &'a self,
@@ -445,6 +446,16 @@ max_output_bytes = 1000
 
 [mcp.tools.echo]
 idempotent = true
+
+# Their owner knows a call that times out or whose server dies had no effect.
+[mcp.tools.slow]
+on_timeout = "failed"
+
+[mcp.tools.crash]
+on_timeout = "failed"
+
+[mcp.tools.garbage]
+on_timeout = "failed"
 "#,
         fake_server()
     )
@@ -529,6 +540,30 @@ text = "done"
         .unwrap();
     // What the server said on stderr before dying is part of the record.
     assert!(exited.contains("crashing on purpose"), "{exited}");
+
+    // Without the operator's word, a call that times out may have had its effect: the run stops
+    // and names it rather than going on as if it failed.
+    let mcp = fake_mcp("").replace("on_timeout = \"failed\"", "");
+    let fx = Fixture::new(
+        &mcp,
+        ALLOW_ALL,
+        "[[turns]]\ncalls = [{ tool = \"fake.slow\" }]\n[[turns]]\ntext = \"done\"\n",
+    );
+    let agent = fx.agent(&|_| None).await.unwrap();
+    let (report, events) = run(&fx, &agent).await;
+    assert_eq!(
+        report.status,
+        EndState::NeedsReconciliation,
+        "{:?}",
+        report.reason
+    );
+    assert_eq!(report.call_id.as_deref(), Some("call_1_1"));
+    assert!(report.reason.unwrap().contains("timed out"));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.event, Event::ToolInDoubt { .. }))
+    );
 }
 
 #[tokio::test]

@@ -6,9 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rein_core::Durability;
-use rein_engine::{Agent, Engine, NoObserver};
-use rein_store::SqliteStore;
+use rein_engine::NoObserver;
 
 const SCRIPT: &str = r#"
 [[turns]]
@@ -90,22 +88,10 @@ async fn spans_follow_the_opentelemetry_genai_conventions() {
     use tracing_subscriber::layer::SubscriberExt;
     let log = SpanLog::default();
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(log.clone()));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
-    std::fs::write(dir.path().join("script.toml"), SCRIPT).unwrap();
-    std::fs::write(dir.path().join("agent.toml"), AGENT).unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/all.cedar"),
-        "permit(principal, action, resource);\n",
-    )
-    .unwrap();
-    let agent = Agent::from_spec(&rein_config::load(dir.path()).unwrap(), &|_| None).unwrap();
+    let folder = rein_testkit::AgentFolder::new(AGENT).file("script.toml", SCRIPT);
+    let agent = folder.agent();
     let state = tempfile::tempdir().unwrap();
-    let engine = Engine::new(
-        Arc::new(SqliteStore::open(state.path(), Durability::Normal).unwrap()),
-        state.path(),
-    );
+    let engine = rein_testkit::engine(state.path());
     let report = engine.start(&agent, "t", &NoObserver).await.unwrap();
     assert_eq!(report.status, rein_core::EndState::Completed);
     let spans = log.0.lock().unwrap().clone();

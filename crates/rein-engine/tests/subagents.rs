@@ -4,11 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::sync::Arc;
 
-use rein_core::{Durability, EndState, Event, Verdict};
+use rein_core::{EndState, Event, Verdict};
 use rein_engine::{Agent, Engine, EngineError, FaultPlan, NoObserver};
-use rein_store::SqliteStore;
+use rein_store::RunFilter;
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -102,11 +101,14 @@ text = "Refunds within 30 days."
 }
 
 fn engine(state: &Path, faults: FaultPlan) -> Engine {
-    Engine::new(
-        Arc::new(SqliteStore::open(state, Durability::Normal).unwrap()),
-        state,
-    )
-    .with_faults(faults)
+    rein_testkit::engine_with_faults(state, faults)
+}
+
+fn all_runs() -> RunFilter {
+    RunFilter {
+        limit: 10,
+        ..RunFilter::default()
+    }
 }
 
 fn lines(path: &Path) -> usize {
@@ -211,18 +213,14 @@ async fn a_crash_inside_the_sub_agent_resumes_the_same_child_run() {
     let state = tempfile::tempdir().unwrap();
     // Event 8 of the parent is... never reached: the child's log hits 8 first (its kb.search
     // outcome), so the whole process stops inside the child.
-    let faults = FaultPlan {
-        after_event: Some(8),
-        after_effect: None,
-        stop: Some(Arc::new(|| {})),
-    };
+    let faults = rein_testkit::stop_after_event(8);
     let err = engine(state.path(), faults)
         .start(&agent, "What is the refund policy?", &NoObserver)
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Interrupted { .. }), "{err}");
     let engine = engine(state.path(), FaultPlan::default());
-    let runs = engine.store().list_runs(10).unwrap();
+    let runs = engine.store().list_runs(&all_runs()).unwrap();
     let parent = runs.iter().find(|r| r.agent == "desk").unwrap().id.clone();
     let report = engine.resume(&parent, &agent, &NoObserver).await.unwrap();
     assert_eq!(report.status, EndState::Completed);
@@ -231,7 +229,7 @@ async fn a_crash_inside_the_sub_agent_resumes_the_same_child_run() {
     assert_eq!(
         engine
             .store()
-            .list_runs(10)
+            .list_runs(&all_runs())
             .unwrap()
             .iter()
             .filter(|r| r.agent == "researcher")

@@ -372,7 +372,7 @@ impl McpServer {
             ))),
             Ok(Err(e @ (ServiceError::TransportClosed | ServiceError::TransportSend(_)))) => {
                 self.forget(notices).await;
-                Err(ToolError::Failed(format!(
+                Err(ToolError::Interrupted(format!(
                     "the connection to MCP server `{}` broke during the call ({e}); whether the call took effect is unknown; the server is restarted on the next call",
                     self.spec.name
                 )))

@@ -130,6 +130,10 @@ impl Provider for AnthropicProvider {
         &self.config.model
     }
 
+    fn max_output_tokens(&self) -> u64 {
+        u64::from(self.config.max_tokens)
+    }
+
     fn complete<'a>(
         &'a self,
         request: &'a ChatRequest<'a>,

@@ -36,7 +36,7 @@ pub(crate) async fn post_json(
         .map_err(|e| send_error(e, timeout))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let text = response.text().await.map_err(|e| send_error(e, timeout))?;
+    let text = read_capped(response, timeout).await?;
     if status.is_success() {
         return serde_json::from_str(&text).map_err(|e| ProviderError::Malformed {
             detail: format!("the body is not JSON ({e}): {}", snippet(&text)),
@@ -59,6 +59,33 @@ pub(crate) async fn post_json(
             message,
         },
     })
+}
+
+/// The most bytes rein reads of an answer: a reply larger than this is not a model's.
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads an answer's body, refusing one past [`MAX_ANSWER_BYTES`] without reading it all.
+async fn read_capped(
+    mut response: reqwest::Response,
+    timeout: Duration,
+) -> Result<String, ProviderError> {
+    let too_big = || ProviderError::Malformed {
+        detail: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| send_error(e, timeout))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn send_error(e: reqwest::Error, timeout: Duration) -> ProviderError {

@@ -140,12 +140,18 @@ pub trait Provider: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The model this provider calls.
     fn model(&self) -> &str;
+    /// The most tokens one reply may have: sent with every request (so the provider stops
+    /// there) and reserved on the budgets before the call.
+    fn max_output_tokens(&self) -> u64;
     /// Asks the model for its next turn.
     fn complete<'a>(
         &'a self,
         request: &'a ChatRequest<'a>,
     ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>>;
 }
+
+/// The reply cap of OpenAI-compatible models when the agent sets none.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 /// Estimates tokens for text where no tokenizer applies: one token per four bytes, rounded up.
 /// Used by the scripted provider, whose "model" reports no usage.

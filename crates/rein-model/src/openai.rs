@@ -21,8 +21,9 @@ pub struct OpenAiConfig {
     pub model: String,
     /// How long one call may take.
     pub timeout: Duration,
-    /// `max_tokens`, sent only when set.
-    pub max_tokens: Option<u32>,
+    /// The most tokens a reply may have, sent as `max_completion_tokens` (and, to servers other
+    /// than OpenAI's, also as `max_tokens`, the name older compatible servers know).
+    pub max_tokens: u32,
     /// `temperature`, sent only when set.
     pub temperature: Option<f32>,
 }
@@ -107,8 +108,9 @@ impl OpenAiProvider {
                 })
                 .collect();
         }
-        if let Some(max) = self.config.max_tokens {
-            body["max_tokens"] = json!(max);
+        body["max_completion_tokens"] = json!(self.config.max_tokens);
+        if !self.config.base_url.starts_with(Self::DEFAULT_BASE_URL) {
+            body["max_tokens"] = json!(self.config.max_tokens);
         }
         if let Some(t) = self.config.temperature {
             body["temperature"] = json!(t);
@@ -124,6 +126,10 @@ impl Provider for OpenAiProvider {
 
     fn model(&self) -> &str {
         &self.config.model
+    }
+
+    fn max_output_tokens(&self) -> u64 {
+        u64::from(self.config.max_tokens)
     }
 
     fn complete<'a>(

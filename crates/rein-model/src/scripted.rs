@@ -103,6 +103,7 @@ pub struct ScriptError {
 #[derive(Debug, Clone)]
 pub struct ScriptedProvider {
     model: String,
+    max_output_tokens: u64,
     turns: Vec<ScriptedTurn>,
     scenarios: Vec<Scenario>,
     source: String,
@@ -113,6 +114,7 @@ impl ScriptedProvider {
     pub fn new(model: impl Into<String>, turns: Vec<ScriptedTurn>) -> ScriptedProvider {
         ScriptedProvider {
             model: model.into(),
+            max_output_tokens: 1024,
             turns,
             scenarios: Vec::new(),
             source: "the script".into(),
@@ -170,10 +172,17 @@ impl ScriptedProvider {
         }
         Ok(ScriptedProvider {
             model: model.into(),
+            max_output_tokens: 1024,
             turns: file.turns,
             scenarios: file.scenarios,
             source: path.display().to_string(),
         })
+    }
+
+    /// Sets the reply cap budgets reserve for this "model" (default 1024).
+    pub fn with_max_output_tokens(mut self, max: u64) -> ScriptedProvider {
+        self.max_output_tokens = max;
+        self
     }
 
     /// The turns this provider plays.
@@ -189,6 +198,10 @@ impl Provider for ScriptedProvider {
 
     fn model(&self) -> &str {
         &self.model
+    }
+
+    fn max_output_tokens(&self) -> u64 {
+        self.max_output_tokens
     }
 
     fn complete<'a>(

@@ -69,7 +69,7 @@ fn openai(server: &MockServer, timeout_ms: u64) -> OpenAiProvider {
         api_key: Some("sk-test".into()),
         model: "gpt-test".into(),
         timeout: Duration::from_millis(timeout_ms),
-        max_tokens: Some(256),
+        max_tokens: 256,
         temperature: None,
     })
     .unwrap()
@@ -134,6 +134,9 @@ async fn openai_sends_the_conversation_and_tools_and_maps_the_answer_back() {
 
     let body = only_request_body(&server).await;
     assert_eq!(body["model"], "gpt-test");
+    // The reply cap is sent: as max_completion_tokens, and as max_tokens to servers other than
+    // OpenAI's own.
+    assert_eq!(body["max_completion_tokens"], 256);
     assert_eq!(body["max_tokens"], 256);
     assert_eq!(
         body["messages"][0],
@@ -364,7 +367,7 @@ async fn an_unreachable_provider_is_a_transport_error() {
         api_key: None,
         model: "m".into(),
         timeout: Duration::from_secs(2),
-        max_tokens: None,
+        max_tokens: 4096,
         temperature: None,
     })
     .unwrap();
@@ -468,4 +471,19 @@ fn bad_scripts_are_reported_with_file_and_line() {
             .contains("missing.toml: cannot read the script"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_any_model_reply_is_refused_unread() {
+    let server = MockServer::start().await;
+    let huge = "x".repeat(17 * 1024 * 1024);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+    let err = openai(&server, 5_000)
+        .complete(&conversation().request())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
 }

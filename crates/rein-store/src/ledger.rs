@@ -5,20 +5,23 @@
 //! transaction that checks spent + reserved + estimate against each limit: so concurrent runs,
 //! in one process or several, can never together pass a limit. When the call returns, its
 //! reservation is replaced by what it actually spent. A reservation left by a crashed process
-//! stops counting after its expiry.
+//! stops counting after its expiry; a live process extends the reservations of the runs it
+//! drives.
+//!
+//! A run with a budget of its own is first *admitted*: its whole per-run cap is held on every
+//! shared line it spends from, so when many runs contend for a shared budget the ones that fit are
+//! admitted whole and finish, and the rest are refused before they spend anything. A call of an
+//! admitted run draws on its admission first; what it does not spend goes back to it.
 
 use std::path::Path;
 
 use rein_core::budget::Spend;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::side::SideDb;
 use serde::Serialize;
 
 use crate::StoreError;
-
-/// How long a reservation counts if it is never settled (its process died).
-const RESERVATION_TTL_MS: u64 = 15 * 60 * 1000;
 
 /// One line a spend is checked against and booked to.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +36,13 @@ pub struct LedgerLine {
     pub max_cost_micros: Option<u64>,
 }
 
+impl LedgerLine {
+    fn over(&self, total: Spend) -> bool {
+        self.max_tokens.is_some_and(|m| total.tokens > m)
+            || self.max_cost_micros.is_some_and(|m| total.cost_micros > m)
+    }
+}
+
 /// Spend held for a call in flight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reservation {
@@ -42,11 +52,33 @@ pub struct Reservation {
     pub lines: Vec<LedgerLine>,
     /// What was reserved.
     pub amount: Spend,
+    /// What the call took from its run's admission, per line.
+    pub taken: Vec<Spend>,
+    /// The run whose admission the call draws on (the root of its run tree).
+    pub admission: String,
+}
+
+/// A run's admission: its whole per-run cap, held on the shared lines it spends from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    /// The run admitted (the root of its run tree).
+    pub run_id: String,
+    /// What is held on each line.
+    pub amount: Spend,
+}
+
+/// What settling a call found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settled {
+    /// The call spent more than it reserved (the provider passed the cap it was sent).
+    pub over_reserved: bool,
+    /// Lines now past their limit (`key period`), because of that overrun.
+    pub over_limit: Vec<String>,
 }
 
 /// Why a reservation was refused: the first line it would have passed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("budget {key} ({period}) would be exceeded: spent {} tokens / ${:.6}, reserved {} tokens / ${:.6}, this call needs up to {} tokens / ${:.6}; limit {} tokens / {}",
+#[error("budget {key} ({period}) would be exceeded: spent {} tokens / ${:.6}, reserved {} tokens / ${:.6}, this needs up to {} tokens / ${:.6}; limit {} tokens / {}",
     spent.tokens, spent.cost_micros as f64 / 1e6, reserved.tokens, reserved.cost_micros as f64 / 1e6,
     needed.tokens, needed.cost_micros as f64 / 1e6,
     max_tokens.map(|t| t.to_string()).unwrap_or_else(|| "unlimited".into()),
@@ -58,9 +90,9 @@ pub struct Exhausted {
     pub period: String,
     /// Spent so far.
     pub spent: Spend,
-    /// Held by calls in flight.
+    /// Held by calls in flight and admitted runs.
     pub reserved: Spend,
-    /// What the call needed.
+    /// What the call (or the admission) needed.
     pub needed: Spend,
     /// The token limit.
     pub max_tokens: Option<u64>,
@@ -100,125 +132,295 @@ impl std::fmt::Debug for BudgetLedger {
     }
 }
 
+/// `budgets.sqlite`, version by version.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS spend (
+        key TEXT NOT NULL, period TEXT NOT NULL,
+        tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+        calls INTEGER NOT NULL DEFAULT 0,
+        max_tokens INTEGER, max_cost_micros INTEGER,
+        PRIMARY KEY (key, period));
+     CREATE TABLE IF NOT EXISTS reservations (
+        id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
+        tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+        run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+     CREATE INDEX IF NOT EXISTS reservations_line ON reservations (key, period);",
+    "ALTER TABLE reservations ADD COLUMN kind TEXT NOT NULL DEFAULT 'call';
+     ALTER TABLE reservations ADD COLUMN taken_tokens INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE reservations ADD COLUMN taken_cost INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS reservations_run ON reservations (run_id);",
+];
+
+fn spend(tokens: i64, cost: i64) -> Spend {
+    Spend {
+        tokens: tokens.max(0) as u64,
+        cost_micros: cost.max(0) as u64,
+    }
+}
+
+/// Everything held on a line by unexpired reservations and admissions.
+fn reserved(tx: &Connection, line: &LedgerLine, now_ms: u64) -> rusqlite::Result<Spend> {
+    tx.query_row(
+        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
+         WHERE key = ?1 AND period = ?2 AND expires_ms > ?3",
+        params![line.key, line.period, now_ms as i64],
+        |r| Ok(spend(r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// What `run_id`'s admission still holds on a line.
+fn admission_on(
+    tx: &Connection,
+    run_id: &str,
+    line: &LedgerLine,
+    now_ms: u64,
+) -> rusqlite::Result<Spend> {
+    tx.query_row(
+        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
+         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3 AND expires_ms > ?4",
+        params![run_id, line.key, line.period, now_ms as i64],
+        |r| Ok(spend(r.get(0)?, r.get(1)?)),
+    )
+}
+
+fn min_spend(a: Spend, b: Spend) -> Spend {
+    Spend {
+        tokens: a.tokens.min(b.tokens),
+        cost_micros: a.cost_micros.min(b.cost_micros),
+    }
+}
+
+fn minus(a: Spend, b: Spend) -> Spend {
+    Spend {
+        tokens: a.tokens.saturating_sub(b.tokens),
+        cost_micros: a.cost_micros.saturating_sub(b.cost_micros),
+    }
+}
+
 impl BudgetLedger {
     /// Opens (or creates) `<state_dir>/budgets.sqlite`.
     pub fn open(state_dir: &Path) -> Result<BudgetLedger, StoreError> {
         Ok(BudgetLedger {
-            db: SideDb::open(
-                state_dir,
-                "budgets.sqlite",
-                "CREATE TABLE IF NOT EXISTS spend (
-                key TEXT NOT NULL, period TEXT NOT NULL,
-                tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
-                calls INTEGER NOT NULL DEFAULT 0,
-                max_tokens INTEGER, max_cost_micros INTEGER,
-                PRIMARY KEY (key, period));
-             CREATE TABLE IF NOT EXISTS reservations (
-                id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
-                tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
-                run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS reservations_line ON reservations (key, period);",
-            )?,
+            db: SideDb::open(state_dir, "budgets.sqlite", MIGRATIONS)?,
         })
     }
 
-    /// Holds `amount` on every line, or refuses without holding anything if any line would pass
-    /// its limit with `headroom` to spare (room kept for a last, smaller call).
-    pub fn reserve(
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db.err(e))?;
+        let out = f(&tx).map_err(|e| self.db.err(e))?;
+        tx.commit().map_err(|e| self.db.err(e))?;
+        Ok(out)
+    }
+
+    /// Admits run `run_id`: holds `amount` (what is left of its per-run cap) on every shared
+    /// line, or refuses without holding anything if a line cannot cover it. Admitting a run that
+    /// is admitted already only extends its hold.
+    pub fn admit(
         &self,
         run_id: &str,
         lines: &[LedgerLine],
         amount: Spend,
-        headroom: Spend,
+        ttl_ms: u64,
         now_ms: u64,
-    ) -> Result<Result<Reservation, Exhausted>, StoreError> {
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.db.err(e))?;
-        for line in lines {
-            let spent = spent(&tx, line).map_err(|e| self.db.err(e))?;
-            let reserved: (i64, i64) = tx
-                .query_row(
-                    "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
-                     WHERE key = ?1 AND period = ?2 AND expires_ms > ?3",
-                    params![line.key, line.period, now_ms as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(|e| self.db.err(e))?;
-            let reserved = Spend {
-                tokens: reserved.0 as u64,
-                cost_micros: reserved.1 as u64,
-            };
-            let total = spent.plus(reserved).plus(amount).plus(headroom);
-            let over = line.max_tokens.is_some_and(|m| total.tokens > m)
-                || line.max_cost_micros.is_some_and(|m| total.cost_micros > m);
-            if over {
-                return Ok(Err(Exhausted {
-                    key: line.key.clone(),
-                    period: line.period.clone(),
-                    spent,
-                    reserved,
-                    needed: amount,
-                    max_tokens: line.max_tokens,
-                    max_cost_micros: line.max_cost_micros,
-                }));
-            }
-        }
-        let mut ids = Vec::with_capacity(lines.len());
-        for line in lines {
+    ) -> Result<Result<Admission, Exhausted>, StoreError> {
+        let expires = (now_ms + ttl_ms) as i64;
+        self.write(|tx| {
             tx.execute(
-                "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    line.key,
-                    line.period,
-                    amount.tokens as i64,
-                    amount.cost_micros as i64,
-                    run_id,
-                    (now_ms + RESERVATION_TTL_MS) as i64
-                ],
-            )
-            .map_err(|e| self.db.err(e))?;
-            ids.push(tx.last_insert_rowid());
-        }
-        tx.commit().map_err(|e| self.db.err(e))?;
-        Ok(Ok(Reservation {
-            ids,
-            lines: lines.to_vec(),
-            amount,
-        }))
+                "DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2",
+                params![run_id, now_ms as i64],
+            )?;
+            let mut fresh = Vec::new();
+            for line in lines {
+                let held: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM reservations WHERE kind = 'admission' AND run_id = ?1
+                         AND key = ?2 AND period = ?3",
+                        params![run_id, line.key, line.period],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = held {
+                    tx.execute(
+                        "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE id = ?1",
+                        params![id, expires],
+                    )?;
+                    continue;
+                }
+                let spent = spent(tx, line)?;
+                let reserved = reserved(tx, line, now_ms)?;
+                if line.over(spent.plus(reserved).plus(amount)) {
+                    return Ok(Err(Exhausted {
+                        key: line.key.clone(),
+                        period: line.period.clone(),
+                        spent,
+                        reserved,
+                        needed: amount,
+                        max_tokens: line.max_tokens,
+                        max_cost_micros: line.max_cost_micros,
+                    }));
+                }
+                fresh.push(line);
+            }
+            for line in fresh {
+                tx.execute(
+                    "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'admission')",
+                    params![line.key, line.period, amount.tokens as i64, amount.cost_micros as i64, run_id, expires],
+                )?;
+            }
+            Ok(Ok(Admission {
+                run_id: run_id.to_owned(),
+                amount,
+            }))
+        })
     }
 
-    /// Replaces a reservation by what the call actually spent.
-    pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Result<(), StoreError> {
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.db.err(e))?;
-        for id in &reservation.ids {
-            tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])
-                .map_err(|e| self.db.err(e))?;
-        }
-        for line in &reservation.lines {
+    /// Gives up what is left of a run's admission (it ended or suspended).
+    pub fn release_admission(&self, run_id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
             tx.execute(
-                "INSERT INTO spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
-                 ON CONFLICT (key, period) DO UPDATE SET
-                   tokens = tokens + excluded.tokens, cost_micros = cost_micros + excluded.cost_micros,
-                   calls = calls + 1, max_tokens = excluded.max_tokens, max_cost_micros = excluded.max_cost_micros",
-                params![
-                    line.key,
-                    line.period,
-                    actual.tokens as i64,
-                    actual.cost_micros as i64,
-                    line.max_tokens.map(|t| t as i64),
-                    line.max_cost_micros.map(|c| c as i64)
-                ],
+                "DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1",
+                [run_id],
             )
-            .map_err(|e| self.db.err(e))?;
-        }
-        tx.commit().map_err(|e| self.db.err(e))
+            .map(|_| ())
+        })
+    }
+
+    /// Keeps the reservations and admission of a run that is still being driven from lapsing
+    /// before `until_ms`.
+    pub fn extend(&self, run_id: &str, until_ms: u64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE run_id = ?1",
+                params![run_id, until_ms as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Holds `amount` on every line for a call of `run_id`, or refuses without holding anything
+    /// if any line would pass its limit with `headroom` to spare (room kept for a last, smaller
+    /// call). The call draws first on the admission of `admission` (its run tree's root).
+    #[allow(clippy::too_many_arguments)]
+    pub fn reserve(
+        &self,
+        run_id: &str,
+        admission: &str,
+        lines: &[LedgerLine],
+        amount: Spend,
+        headroom: Spend,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Result<Reservation, Exhausted>, StoreError> {
+        let expires = (now_ms + ttl_ms) as i64;
+        self.write(|tx| {
+            let mut taken = Vec::with_capacity(lines.len());
+            for line in lines {
+                let spent = spent(tx, line)?;
+                let reserved = reserved(tx, line, now_ms)?;
+                let own = admission_on(tx, admission, line, now_ms)?;
+                let take = min_spend(amount, own);
+                let needed = minus(amount, take);
+                if line.over(spent.plus(reserved).plus(needed).plus(headroom)) {
+                    return Ok(Err(Exhausted {
+                        key: line.key.clone(),
+                        period: line.period.clone(),
+                        spent,
+                        reserved,
+                        needed: amount,
+                        max_tokens: line.max_tokens,
+                        max_cost_micros: line.max_cost_micros,
+                    }));
+                }
+                taken.push(take);
+            }
+            let mut ids = Vec::with_capacity(lines.len());
+            for (line, take) in lines.iter().zip(&taken) {
+                tx.execute(
+                    "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'call', ?7, ?8)",
+                    params![
+                        line.key,
+                        line.period,
+                        amount.tokens as i64,
+                        amount.cost_micros as i64,
+                        run_id,
+                        expires,
+                        take.tokens as i64,
+                        take.cost_micros as i64
+                    ],
+                )?;
+                ids.push(tx.last_insert_rowid());
+                if *take != Spend::default() {
+                    tx.execute(
+                        "UPDATE reservations SET tokens = MAX(0, tokens - ?4), cost_micros = MAX(0, cost_micros - ?5)
+                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3",
+                        params![admission, line.key, line.period, take.tokens as i64, take.cost_micros as i64],
+                    )?;
+                }
+            }
+            Ok(Ok(Reservation {
+                ids,
+                lines: lines.to_vec(),
+                amount,
+                taken,
+                admission: admission.to_owned(),
+            }))
+        })
+    }
+
+    /// Replaces a reservation by what the call actually spent; what it took from its run's
+    /// admission and did not spend goes back to the admission.
+    pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Result<Settled, StoreError> {
+        self.write(|tx| {
+            for id in &reservation.ids {
+                tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])?;
+            }
+            let mut settled = Settled {
+                over_reserved: actual.tokens > reservation.amount.tokens
+                    || actual.cost_micros > reservation.amount.cost_micros,
+                over_limit: Vec::new(),
+            };
+            for (i, line) in reservation.lines.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
+                     ON CONFLICT (key, period) DO UPDATE SET
+                       tokens = tokens + excluded.tokens, cost_micros = cost_micros + excluded.cost_micros,
+                       calls = calls + 1, max_tokens = excluded.max_tokens, max_cost_micros = excluded.max_cost_micros",
+                    params![
+                        line.key,
+                        line.period,
+                        actual.tokens as i64,
+                        actual.cost_micros as i64,
+                        line.max_tokens.map(|t| t as i64),
+                        line.max_cost_micros.map(|c| c as i64)
+                    ],
+                )?;
+                let back = reservation
+                    .taken
+                    .get(i)
+                    .map(|t| minus(*t, min_spend(*t, actual)))
+                    .unwrap_or_default();
+                if back != Spend::default() {
+                    tx.execute(
+                        "UPDATE reservations SET tokens = tokens + ?4, cost_micros = cost_micros + ?5
+                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3",
+                        params![reservation.admission, line.key, line.period, back.tokens as i64, back.cost_micros as i64],
+                    )?;
+                }
+                if settled.over_reserved && line.over(spent(tx, line)?) {
+                    settled.over_limit.push(format!("{} {}", line.key, line.period));
+                }
+            }
+            Ok(settled)
+        })
     }
 
     /// What a line has spent.
@@ -274,6 +476,8 @@ fn spent(conn: &Connection, line: &LedgerLine) -> rusqlite::Result<Spend> {
 mod tests {
     use super::*;
 
+    const TTL: u64 = 60_000;
+
     fn line(max_tokens: u64) -> LedgerLine {
         LedgerLine {
             key: "user:ann".into(),
@@ -292,16 +496,16 @@ mod tests {
             cost_micros: 0,
         };
         let a = ledger
-            .reserve("r1", &[line(100)], amount, Spend::default(), 0)
+            .reserve("r1", "r1", &[line(100)], amount, Spend::default(), TTL, 0)
             .unwrap()
             .unwrap();
         let _b = ledger
-            .reserve("r2", &[line(100)], amount, Spend::default(), 0)
+            .reserve("r2", "r2", &[line(100)], amount, Spend::default(), TTL, 0)
             .unwrap()
             .unwrap();
         // 40 + 40 held; another 40 would pass 100.
         let refused = ledger
-            .reserve("r3", &[line(100)], amount, Spend::default(), 0)
+            .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
             .unwrap()
             .unwrap_err();
         assert_eq!(refused.reserved.tokens, 80);
@@ -317,7 +521,7 @@ mod tests {
             .unwrap();
         assert!(
             ledger
-                .reserve("r3", &[line(100)], amount, Spend::default(), 0)
+                .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
                 .unwrap()
                 .is_ok()
         );
@@ -329,7 +533,7 @@ mod tests {
         };
         assert!(
             ledger
-                .reserve("r5", &[line(100)], Spend::default(), headroom, 0)
+                .reserve("r5", "r5", &[line(100)], Spend::default(), headroom, TTL, 0)
                 .unwrap()
                 .is_err()
         );
@@ -338,15 +542,132 @@ mod tests {
             ledger
                 .reserve(
                     "r4",
+                    "r4",
                     &[line(100)],
                     amount,
                     Spend::default(),
-                    RESERVATION_TTL_MS + 1
+                    TTL,
+                    TTL + 1
                 )
                 .unwrap()
                 .is_ok()
         );
         let rows = ledger.usage("user:").unwrap();
         assert_eq!((rows.len(), rows[0].tokens, rows[0].calls), (1, 10, 1));
+    }
+
+    #[test]
+    fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = BudgetLedger::open(dir.path()).unwrap();
+        let cap = Spend {
+            tokens: 40,
+            cost_micros: 0,
+        };
+        let shared = [line(100)];
+        assert!(ledger.admit("a", &shared, cap, TTL, 0).unwrap().is_ok());
+        assert!(ledger.admit("b", &shared, cap, TTL, 0).unwrap().is_ok());
+        // Admitting again only extends the hold.
+        assert!(ledger.admit("a", &shared, cap, TTL, 0).unwrap().is_ok());
+        let refused = ledger
+            .admit("c", &shared, cap, TTL, 0)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refused.reserved.tokens, 80);
+        // A call of `a` draws on its admission: nothing more is held on the line.
+        let call = ledger
+            .reserve(
+                "a",
+                "a",
+                &shared,
+                Spend {
+                    tokens: 30,
+                    cost_micros: 0,
+                },
+                Spend::default(),
+                TTL,
+                1,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.taken[0].tokens, 30);
+        assert!(ledger.admit("c", &shared, cap, TTL, 1).unwrap().is_err());
+        // It spent 10 of the 30 it took: 20 go back to its admission (now 30).
+        let settled = ledger
+            .settle(
+                &call,
+                Spend {
+                    tokens: 10,
+                    cost_micros: 0,
+                },
+            )
+            .unwrap();
+        assert!(!settled.over_reserved);
+        assert!(ledger.admit("c", &shared, cap, TTL, 2).unwrap().is_err());
+        // Once `a` ends, its hold is gone and only its spend counts: 10 + 40 + 40 fits.
+        ledger.release_admission("a").unwrap();
+        assert!(ledger.admit("c", &shared, cap, TTL, 3).unwrap().is_ok());
+        // Holds of a dead process lapse (b's, after TTL); a live one extends them (c's).
+        ledger.extend("c", TTL * 3).unwrap();
+        let late = ledger
+            .admit(
+                "d",
+                &shared,
+                Spend {
+                    tokens: 51,
+                    cost_micros: 0,
+                },
+                TTL,
+                TTL * 2,
+            )
+            .unwrap();
+        assert!(
+            late.is_err(),
+            "c's extended hold still counts: 10 + 40 + 51 > 100"
+        );
+        // A call beyond the admission needs room of its own; a provider that passes the cap it
+        // was sent is an overrun.
+        let big = ledger
+            .reserve(
+                "c",
+                "c",
+                &shared,
+                Spend {
+                    tokens: 101,
+                    cost_micros: 0,
+                },
+                Spend::default(),
+                TTL,
+                TTL * 2,
+            )
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(big.key, "user:ann");
+        let small = ledger
+            .reserve(
+                "c",
+                "c",
+                &shared,
+                Spend {
+                    tokens: 5,
+                    cost_micros: 0,
+                },
+                Spend::default(),
+                TTL,
+                TTL * 2,
+            )
+            .unwrap()
+            .unwrap();
+        let settled = ledger
+            .settle(
+                &small,
+                Spend {
+                    tokens: 95,
+                    cost_micros: 0,
+                },
+            )
+            .unwrap();
+        assert!(settled.over_reserved);
+        assert_eq!(settled.over_limit, vec!["user:ann 2026-11-23".to_owned()]);
     }
 }

@@ -1,9 +1,14 @@
 //! Durable, append-only event storage for rein runs.
 //!
 //! [`Store`] is what the engine needs from storage: append events to a run's log (durably, in
-//! order, with checked sequence numbers) and read logs and run summaries back. [`SqliteStore`] is
-//! the embedded default: one SQLite file in WAL mode, written by a single thread that commits the
-//! appends of all concurrent runs together (group commit).
+//! order, with checked sequence numbers, only under the run's lease) and read logs and run
+//! summaries back. [`SqliteStore`] is the embedded default: one SQLite file in WAL mode, written by
+//! a single thread that commits the appends of all concurrent runs together (group commit).
+//!
+//! A run is driven by at most one writer at a time. The writer holds the run's [`Lease`] (an
+//! owner, a token that grows with every new holder, an expiry it renews); every append names the
+//! lease it is made under and is refused unless that lease is the run's current one. A writer
+//! whose lease was taken over, or that lost one sequence race, has every later append refused.
 
 mod ledger;
 mod notes;
@@ -14,10 +19,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use rein_core::{EndState, StoredEvent};
+use rein_core::{Durability, EndState, StoredEvent};
 use serde::Serialize;
 
-pub use ledger::{BudgetLedger, Exhausted, LedgerLine, Reservation, UsageRow};
+pub use ledger::{Admission, BudgetLedger, Exhausted, LedgerLine, Reservation, Settled, UsageRow};
 pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
 
@@ -32,6 +37,12 @@ pub struct RunSummary {
     pub task: String,
     /// How it ended, or `None` while it has not (running, suspended or interrupted).
     pub status: Option<EndState>,
+    /// Who the run acts for.
+    pub user: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// For a sub-agent's run, the run that delegated to it.
+    pub parent: Option<String>,
     /// When it started (ms since the epoch).
     pub created_ms: u64,
     /// When its last event was appended.
@@ -40,6 +51,25 @@ pub struct RunSummary {
     pub events: u64,
     /// How many model steps it took.
     pub steps: u32,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    /// At most this many (the most recent first); 0 means 50.
+    pub limit: usize,
+    /// Only runs of this agent.
+    pub agent: Option<String>,
+    /// Only runs for this user.
+    pub user: Option<String>,
+    /// Only runs of this tenant.
+    pub tenant: Option<String>,
+    /// Only runs in this state; `Some(None)` asks for runs that have not ended.
+    pub status: Option<Option<EndState>>,
+    /// Only runs started at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only runs started before this time: the next page after a run started at this time.
+    pub before_ms: Option<u64>,
 }
 
 /// An approval request as listed.
@@ -61,7 +91,65 @@ pub struct ApprovalSummary {
     pub expires_ms: Option<u64>,
     /// Who decided it.
     pub decided_by: Option<String>,
+    /// The tenant of its run.
+    pub tenant: String,
 }
+
+/// Which approvals to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApprovalFilter {
+    /// Only undecided ones.
+    pub pending_only: bool,
+    /// Only those of this tenant's runs.
+    pub tenant: Option<String>,
+    /// At most this many, newest first; 0 means 200.
+    pub limit: usize,
+}
+
+/// The right to append to one run's log, held by one writer at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The run.
+    pub run_id: String,
+    /// Who holds it (a process and a nonce, see the engine's lease owners).
+    pub owner: String,
+    /// Grows with every new holder; appends carry it, so a writer that lost the lease is fenced.
+    pub token: u64,
+    /// When it lapses unless renewed (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+impl Lease {
+    /// The lease of a run that does not exist yet: its `run_started` append creates the run
+    /// with this lease.
+    pub fn new_run(run_id: &str, owner: &str, expires_ms: u64) -> Lease {
+        Lease {
+            run_id: run_id.to_owned(),
+            owner: owner.to_owned(),
+            token: 1,
+            expires_ms,
+        }
+    }
+}
+
+/// Who holds a run's lease, as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseHolder {
+    /// The holder.
+    pub owner: String,
+    /// When the lease lapses unless renewed.
+    pub expires_ms: u64,
+}
+
+/// What a renewal learned.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Renewed {
+    /// Someone asked for the run to be cancelled (and who).
+    pub cancel_requested: Option<String>,
+}
+
+/// Called by the store once an append has committed (`true`) or failed (`false`).
+pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// What can go wrong in the store. Every error says which run and event it concerns when it can.
 #[derive(Debug, thiserror::Error)]
@@ -83,13 +171,26 @@ pub enum StoreError {
         /// The database's error.
         message: String,
     },
-    /// An append did not follow the run's log: another process is driving the run, or a bug.
+    /// An append did not follow the run's log, or was made without the run's lease: another
+    /// process is driving the run, or a bug.
     #[error("run {run_id}: {detail}")]
     Conflict {
         /// The run.
         run_id: String,
         /// What clashed.
         detail: String,
+    },
+    /// Another live writer holds the run's lease.
+    #[error(
+        "run {run_id} is being driven by {holder} (its lease runs until {expires_ms} ms); try again once it has stopped"
+    )]
+    Leased {
+        /// The run.
+        run_id: String,
+        /// Who holds it.
+        holder: String,
+        /// When its lease lapses unless renewed.
+        expires_ms: u64,
     },
     /// A stored event cannot be decoded.
     #[error(
@@ -103,9 +204,26 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// An event was written in a newer event format than this build reads.
+    #[error(
+        "run {run_id}, event {seq} was written in event format {found} by a newer rein; this rein reads formats up to {supported}: upgrade rein to read this run"
+    )]
+    NewerEvent {
+        /// The run.
+        run_id: String,
+        /// The event.
+        seq: u64,
+        /// Its format.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
     /// No run has this id (or id prefix).
     #[error("no run matches `{0}`: `rein runs list` shows the runs in this state directory")]
     NotFound(String),
+    /// No approval has this id (or id prefix).
+    #[error("no approval matches `{0}`: `rein approvals list --all` shows the approval requests")]
+    ApprovalNotFound(String),
     /// Several runs start with this prefix.
     #[error("`{prefix}` matches several runs ({matches}): give more of the id")]
     Ambiguous {
@@ -171,28 +289,55 @@ impl Future for Commit {
 
 /// Durable storage of run logs.
 ///
-/// Appends for one run must be made from one place, in order: the store checks that each batch
-/// continues the log exactly (`seq` one past the last stored event) and refuses anything else,
-/// which is what stops two processes from driving the same run.
+/// Appends for one run are made under its lease, in order: the store checks that the lease is
+/// the run's current one and that each batch continues the log exactly (`seq` one past the last
+/// stored event), and refuses anything else, which is what stops two processes from driving the
+/// same run. PostgreSQL (fleet mode) implements the same trait and passes the same suite.
 pub trait Store: Send + Sync {
-    /// Queues events for a run's log. The first event of a run must be `run_started`.
-    fn append(&self, run_id: &str, events: &[StoredEvent]) -> Commit;
+    /// Queues events for a run's log under `lease`. The first event of a run must be
+    /// `run_started`, appended under [`Lease::new_run`]. `on_commit` runs once the append has
+    /// committed or failed (the audit trail follows commits through it).
+    fn append(
+        &self,
+        lease: &Lease,
+        events: &[StoredEvent],
+        durability: Durability,
+        on_commit: Option<OnCommit>,
+    ) -> Commit;
+    /// Takes the lease of an existing run for `ttl_ms`: free, lapsed, or held by an owner that
+    /// `holder_gone` says no longer exists (a process on this machine that died). Refused with
+    /// [`StoreError::Leased`] while another live writer holds it.
+    fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+        holder_gone: &dyn Fn(&str) -> bool,
+    ) -> Result<Lease, StoreError>;
+    /// Extends a held lease; [`StoreError::Conflict`] if it was taken over.
+    fn renew_lease(&self, lease: &Lease, ttl_ms: u64, now_ms: u64) -> Result<Renewed, StoreError>;
+    /// Gives a lease up (nothing happens if it is no longer held).
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Who holds a run's lease now, if anyone (a lapsed lease is still reported, with its
+    /// expiry in the past).
+    fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>, StoreError>;
+    /// Asks the run's driver to cancel it at its next step boundary.
+    fn request_cancel(&self, run_id: &str, by: &str) -> Result<(), StoreError>;
     /// A run's whole log, in order.
     fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, StoreError>;
-    /// The most recent runs first.
-    fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError>;
+    /// A run's events after `after_seq`, in order.
+    fn events_after(&self, run_id: &str, after_seq: u64) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Runs, the most recent first.
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// One run's summary.
     fn run(&self, run_id: &str) -> Result<RunSummary, StoreError>;
     /// The full id of the one run whose id starts with `prefix`.
     fn resolve_run_id(&self, prefix: &str) -> Result<String, StoreError>;
     /// Bytes the store occupies on disk, after folding its write-ahead log into the main file.
     fn disk_bytes(&self) -> Result<u64, StoreError>;
-    /// Approval requests, newest first; only undecided ones if `pending_only`.
-    fn list_approvals(
-        &self,
-        pending_only: bool,
-        limit: usize,
-    ) -> Result<Vec<ApprovalSummary>, StoreError>;
+    /// Approval requests, newest first.
+    fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalSummary>, StoreError>;
     /// The one approval whose id starts with `prefix`.
     fn approval(&self, prefix: &str) -> Result<ApprovalSummary, StoreError>;
 }

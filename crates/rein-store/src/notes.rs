@@ -31,10 +31,10 @@ impl NoteStore {
             db: SideDb::open(
                 state_dir,
                 "memory.sqlite",
-                "CREATE TABLE IF NOT EXISTS notes (
+                &["CREATE TABLE IF NOT EXISTS notes (
                     scope TEXT NOT NULL, key TEXT NOT NULL, note TEXT NOT NULL,
                     updated_ms INTEGER NOT NULL, run_id TEXT NOT NULL,
-                    PRIMARY KEY (scope, key));",
+                    PRIMARY KEY (scope, key));"],
             )?,
         })
     }

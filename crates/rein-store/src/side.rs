@@ -1,13 +1,34 @@
 //! The small SQLite files beside the event store (`budgets.sqlite`, `memory.sqlite`): opened the
-//! same way (WAL, a busy timeout, their schema created if missing), one connection behind a
+//! same way (WAL, a busy timeout, their schema migrated by version), one connection behind a
 //! mutex, errors naming the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
+
+/// Switches a connection to WAL mode. Switching needs a moment of exclusive access, which many
+/// processes opening a new state directory at once contend for; a busy answer is retried for as
+/// long as the busy timeout would wait.
+pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 pub(crate) struct SideDb {
     path: PathBuf,
@@ -15,25 +36,53 @@ pub(crate) struct SideDb {
 }
 
 impl SideDb {
-    /// Opens (or creates) `<state_dir>/<file>` and runs `schema` (idempotent DDL).
-    pub(crate) fn open(state_dir: &Path, file: &str, schema: &str) -> Result<SideDb, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| StoreError::CommitFailed {
+    /// Opens (or creates) `<state_dir>/<file>` and brings its schema up to date: `migrations[i]`
+    /// takes the file from version `i` to `i + 1` (`PRAGMA user_version`), in one immediate
+    /// transaction that reads the version inside it, so concurrent openers migrate once.
+    pub(crate) fn open(
+        state_dir: &Path,
+        file: &str,
+        migrations: &[&str],
+    ) -> Result<SideDb, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
             path: state_dir.display().to_string(),
-            message: e.to_string(),
+            source,
         })?;
         let path = state_dir.join(file);
         let err = |source| StoreError::Database {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute_batch(schema).map_err(err)?;
+        let version = |c: &Connection| -> Result<i64, StoreError> {
+            c.pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(err)
+        };
+        let target = migrations.len() as i64;
+        let found = version(&conn)?;
+        if found > target {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found,
+                supported: target,
+            });
+        }
+        if found < target {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let found = version(&tx)?;
+            for step in migrations.iter().skip(found.max(0) as usize) {
+                tx.execute_batch(step).map_err(err)?;
+            }
+            tx.pragma_update(None, "user_version", target)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
         Ok(SideDb {
             path,
             conn: Mutex::new(conn),

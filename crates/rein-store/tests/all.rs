@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use rein_core::{Durability, EndState, Event, Limits, RunStarted, StoredEvent, Usage};
-use rein_store::{SqliteStore, Store, StoreError};
+use rein_store::{Lease, RunFilter, SqliteStore, Store, StoreError};
 
 fn started(agent: &str) -> Event {
     Event::RunStarted(RunStarted {
@@ -23,7 +23,25 @@ fn started(agent: &str) -> Event {
         user: "u".into(),
         tenant: "t".into(),
         parent: None,
+        sensitive: Default::default(),
     })
+}
+
+/// The lease a test writer creates its run under.
+fn lease(run: &str) -> Lease {
+    Lease::new_run(run, "writer-1", u64::MAX / 4)
+}
+
+/// Appends under `lease` with normal durability.
+fn put(store: &dyn Store, lease: &Lease, events: &[StoredEvent]) -> rein_store::Commit {
+    store.append(lease, events, Durability::Normal, None)
+}
+
+fn all(n: usize) -> RunFilter {
+    RunFilter {
+        limit: n,
+        ..RunFilter::default()
+    }
 }
 
 fn ev(seq: u64, event: Event) -> StoredEvent {
@@ -89,22 +107,25 @@ async fn appended_events_read_back_in_order_with_a_summary() {
 }
 
 async fn check_round_trip(store: &dyn Store) {
-    store
-        .append("r1", &[ev(1, started("agent-a"))])
-        .await
-        .unwrap();
+    let l = lease("r1");
+    put(store, &l, &[ev(1, started("agent-a"))]).await.unwrap();
     let [a, b] = step(2, 1);
-    store.append("r1", &[a, b]).await.unwrap();
+    put(store, &l, &[a, b]).await.unwrap();
     let summary = store.run("r1").unwrap();
     assert_eq!(
         (summary.agent.as_str(), summary.task.as_str()),
         ("agent-a", "the task")
     );
+    assert_eq!((summary.user.as_str(), summary.tenant.as_str()), ("u", "t"));
     assert_eq!(
         (summary.status, summary.events, summary.steps),
         (None, 3, 1)
     );
-    store.append("r1", &[ended(4)]).await.unwrap();
+    assert_eq!(
+        store.lease_holder("r1").unwrap().map(|h| h.owner),
+        Some("writer-1".to_owned())
+    );
+    put(store, &l, &[ended(4)]).await.unwrap();
 
     let events = store.events("r1").unwrap();
     assert_eq!(
@@ -112,12 +133,26 @@ async fn check_round_trip(store: &dyn Store) {
         vec![1, 2, 3, 4]
     );
     assert_eq!(events[0], ev(1, started("agent-a")));
+    assert_eq!(store.events_after("r1", 2).unwrap().len(), 2);
     let summary = store.run("r1").unwrap();
     assert_eq!(
         (summary.status, summary.events, summary.updated_ms),
         (Some(EndState::Completed), 4, 1_004)
     );
-    assert_eq!(store.list_runs(10).unwrap(), vec![summary]);
+    // Ending a run releases its lease.
+    assert_eq!(store.lease_holder("r1").unwrap(), None);
+    assert_eq!(store.list_runs(&all(10)).unwrap(), vec![summary.clone()]);
+    let by_tenant = RunFilter {
+        tenant: Some("other".into()),
+        ..all(10)
+    };
+    assert!(store.list_runs(&by_tenant).unwrap().is_empty());
+    let done = RunFilter {
+        status: Some(Some(EndState::Completed)),
+        user: Some("u".into()),
+        ..all(10)
+    };
+    assert_eq!(store.list_runs(&done).unwrap(), vec![summary]);
 }
 
 #[tokio::test]
@@ -129,30 +164,42 @@ async fn appends_that_do_not_continue_the_log_are_refused() {
 
 async fn check_ordinals(store: &dyn Store) {
     let [a, b] = step(1, 1);
-    let err = store.append("r2", &[a]).await.unwrap_err();
+    let err = put(store, &lease("r0"), &[a]).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("first event of a run must be run_started"),
         "{err}"
     );
-    store.append("r2", &[ev(1, started("x"))]).await.unwrap();
-    let err = store
-        .append("r2", &[ev(1, started("x"))])
+    let l = lease("r2");
+    put(store, &l, &[ev(1, started("x"))]).await.unwrap();
+    let again = Lease::new_run("r2", "writer-2", u64::MAX / 4);
+    let err = put(store, &again, &[ev(1, started("x"))])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     let mut skip = b.clone();
     skip.seq = 3;
-    let err = store.append("r2", &[skip]).await.unwrap_err();
+    let err = put(store, &l, &[skip]).await.unwrap_err();
     assert!(
         err.to_string()
             .contains("expected event 2 but was given event 3"),
         "{err}"
     );
+    // The writer that was refused once is refused from then on, even an append that fits.
     let [a, _] = step(2, 1);
+    let err = put(store, &l, std::slice::from_ref(&a)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("every later one is refused"),
+        "{err}"
+    );
+    // A new holder of the lease goes on; a gap inside one append is refused.
+    let l = store
+        .acquire_lease("r2", "writer-3", 60_000, 0, &|h| h == "writer-1")
+        .unwrap();
+    assert_eq!(l.token, 2);
     let mut gap = b;
     gap.seq = 4;
-    let err = store.append("r2", &[a, gap]).await.unwrap_err();
+    let err = put(store, &l, &[a, gap]).await.unwrap_err();
     assert!(err.to_string().contains("consecutive"), "{err}");
     // The refused appends left nothing behind.
     assert_eq!(store.events("r2").unwrap().len(), 1);
@@ -167,12 +214,15 @@ async fn many_concurrent_runs_all_commit() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let id = format!("run-{r:03}");
-            store.append(&id, &[ev(1, started("c"))]).await.unwrap();
+            let l = lease(&id);
+            put(store.as_ref(), &l, &[ev(1, started("c"))])
+                .await
+                .unwrap();
             for n in 0..25u32 {
                 let [a, b] = step(2 + 2 * n as u64, n + 1);
                 // Queue without waiting on the first: order is still kept.
-                let first = store.append(&id, &[a]);
-                store.append(&id, &[b]).await.unwrap();
+                let first = put(store.as_ref(), &l, &[a]);
+                put(store.as_ref(), &l, &[b]).await.unwrap();
                 first.await.unwrap();
             }
         }));
@@ -180,7 +230,7 @@ async fn many_concurrent_runs_all_commit() {
     for t in tasks {
         t.await.unwrap();
     }
-    let runs = store.list_runs(100).unwrap();
+    let runs = store.list_runs(&all(100)).unwrap();
     assert_eq!(runs.len(), 40);
     for run in runs {
         assert_eq!((run.events, run.steps), (51, 25));
@@ -199,22 +249,148 @@ async fn a_reopened_store_continues_where_it_was_and_a_second_writer_is_refused(
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.append("r3", &[ev(1, started("x"))]).await.unwrap();
+        put(&store, &lease("r3"), &[ev(1, started("x"))])
+            .await
+            .unwrap();
     }
     let first = open(dir.path());
     let second = open(dir.path());
     let [a, _] = step(2, 1);
-    first.append("r3", std::slice::from_ref(&a)).await.unwrap();
-    // The second "process" has not seen event 2 and tries to write it too.
-    let err = second.append("r3", &[a]).await.unwrap_err();
+    put(&first, &lease("r3"), std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    // The second "process" has not seen event 2 and tries to write it too, under a lease it
+    // does not hold.
+    let stranger = Lease::new_run("r3", "writer-9", u64::MAX / 4);
+    let err = put(&second, &stranger, &[a]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert!(
-        matches!(
-            err,
-            StoreError::Conflict { .. } | StoreError::Database { .. }
-        ),
+        err.to_string().contains("does not hold the run's lease"),
         "{err}"
     );
     assert_eq!(second.events("r3").unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn leases_are_exclusive_lapse_and_fence_the_writer_that_lost_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    check_leases(&store).await;
+}
+
+async fn check_leases(store: &dyn Store) {
+    let first = Lease::new_run("r6", "proc-a", 1_000);
+    put(store, &first, &[ev(1, started("x"))]).await.unwrap();
+    // While proc-a's lease runs, nobody else gets it, and the refusal names the holder.
+    let err = store
+        .acquire_lease("r6", "proc-b", 1_000, 500, &|_| false)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Leased { holder, .. } if holder == "proc-a"),
+        "{err}"
+    );
+    // A holder that is known to be gone (a dead process) is taken over at once.
+    let b = store
+        .acquire_lease("r6", "proc-b", 1_000, 500, &|h| h == "proc-a")
+        .unwrap();
+    assert_eq!(b.token, 2);
+    // proc-a no longer holds it: its appends are refused even though they fit the log, and so
+    // are its renewals.
+    let [s1, s2] = step(2, 1);
+    let err = put(store, &first, std::slice::from_ref(&s1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not hold the run's lease (proc-b does)"),
+        "{err}"
+    );
+    assert!(store.renew_lease(&first, 1_000, 600).is_err());
+    put(store, &b, &[s1, s2]).await.unwrap();
+    // A renewed lease keeps others out; a lapsed one is taken over.
+    let renewed = store.renew_lease(&b, 1_000, 1_400).unwrap();
+    assert_eq!(renewed.cancel_requested, None);
+    assert!(
+        store
+            .acquire_lease("r6", "proc-c", 1_000, 2_000, &|_| false)
+            .is_err()
+    );
+    let c = store
+        .acquire_lease("r6", "proc-c", 1_000, 2_401, &|_| false)
+        .unwrap();
+    assert_eq!(c.token, 3);
+    let [s3, _] = step(4, 2);
+    assert!(put(store, &b, std::slice::from_ref(&s3)).await.is_err());
+    // A cancellation request reaches the holder with its next renewal.
+    store.request_cancel("r6", "ann").unwrap();
+    let renewed = store.renew_lease(&c, 1_000, 2_500).unwrap();
+    assert_eq!(renewed.cancel_requested.as_deref(), Some("ann"));
+    // Releasing lets the next writer in at once.
+    store.release_lease(&c).unwrap();
+    assert_eq!(store.lease_holder("r6").unwrap(), None);
+    let d = store
+        .acquire_lease("r6", "proc-d", 1_000, 2_500, &|_| false)
+        .unwrap();
+    put(store, &d, &[s3]).await.unwrap();
+    assert!(matches!(
+        store.acquire_lease("nope", "x", 1, 0, &|_| false),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_approval_is_decided_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let l = lease("r7");
+    put(&store, &l, &[ev(1, started("x"))]).await.unwrap();
+    let decided = |seq, by: &str| {
+        ev(
+            seq,
+            Event::ApprovalDecided {
+                approval_id: "ap1".into(),
+                approved: true,
+                by: by.into(),
+                note: None,
+                expired: false,
+            },
+        )
+    };
+    // The log's own checks would refuse this too; the approvals table refuses it as well.
+    let requested = ev(
+        2,
+        Event::ApprovalRequested {
+            approval_id: "ap1".into(),
+            call_id: "c1".into(),
+            tool: "t".into(),
+            args: serde_json::json!({}),
+            policies: vec![],
+            reasons: vec![],
+            labels: vec![],
+            expires_at_ms: None,
+        },
+    );
+    put(&store, &l, &[requested]).await.unwrap();
+    put(&store, &l, &[decided(3, "ann")]).await.unwrap();
+    store.release_lease(&l).unwrap();
+    let l2 = store
+        .acquire_lease("r7", "writer-2", 60_000, 0, &|_| false)
+        .unwrap();
+    let err = put(&store, &l2, &[decided(4, "bob")]).await.unwrap_err();
+    assert!(err.to_string().contains("decided already"), "{err}");
+    let approval = store.approval("ap").unwrap();
+    assert_eq!(
+        (
+            approval.status.as_str(),
+            approval.decided_by.as_deref(),
+            approval.tenant.as_str()
+        ),
+        ("approved", Some("ann"), "t")
+    );
+    assert!(matches!(
+        store.approval("zz"),
+        Err(StoreError::ApprovalNotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -222,7 +398,9 @@ async fn run_ids_resolve_from_unique_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for id in ["abc111", "abc222", "xyz"] {
-        store.append(id, &[ev(1, started("x"))]).await.unwrap();
+        put(&store, &lease(id), &[ev(1, started("x"))])
+            .await
+            .unwrap();
     }
     assert_eq!(store.resolve_run_id("x").unwrap(), "xyz");
     assert_eq!(store.resolve_run_id("abc1").unwrap(), "abc111");
@@ -242,7 +420,9 @@ async fn damaged_events_and_newer_schemas_are_reported_not_misread() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.append("r4", &[ev(1, started("x"))]).await.unwrap();
+        put(&store, &lease("r4"), &[ev(1, started("x"))])
+            .await
+            .unwrap();
     }
     let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
     raw.execute(
@@ -254,6 +434,22 @@ async fn damaged_events_and_newer_schemas_are_reported_not_misread() {
     let err = store.events("r4").unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { seq: 1, .. }), "{err}");
     assert!(err.to_string().contains("run r4, event 1"), "{err}");
+    // An event written in a newer event format is refused with a clear message, not misread.
+    raw.execute("UPDATE events SET v = 2 WHERE run_id = 'r4'", [])
+        .unwrap();
+    let err = store.events("r4").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::NewerEvent {
+                seq: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade rein"), "{err}");
     drop(store);
     raw.pragma_update(None, "user_version", 99).unwrap();
     let err = SqliteStore::open(dir.path(), Durability::Normal).unwrap_err();
@@ -264,7 +460,67 @@ async fn damaged_events_and_newer_schemas_are_reported_not_misread() {
 async fn fsync_durability_commits_and_disk_usage_is_measured() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), Durability::Fsync).unwrap();
-    store.append("r5", &[ev(1, started("x"))]).await.unwrap();
+    put(&store, &lease("r5"), &[ev(1, started("x"))])
+        .await
+        .unwrap();
     assert!(store.disk_bytes().unwrap() > 0);
     assert_eq!(store.events("r5").unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_version_1_state_store_is_migrated_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
+    raw.execute_batch(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, status TEXT,
+             created_ms INTEGER NOT NULL, steps INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE approvals (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, call_id TEXT NOT NULL,
+             tool TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL, expires_ms INTEGER,
+             decided_by TEXT, decided_ms INTEGER);
+         CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+             payload TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    let payload = serde_json::to_string(&started("old")).unwrap();
+    raw.execute(
+        "INSERT INTO runs (id, agent, task, status, created_ms) VALUES ('old1', 'old', 'the task', 'completed', 5)",
+        [],
+    )
+    .unwrap();
+    raw.execute(
+        "INSERT INTO events (run_id, seq, at_ms, payload) VALUES ('old1', 1, 5, ?1)",
+        [payload],
+    )
+    .unwrap();
+    drop(raw);
+    let store = open(dir.path());
+    let run = store.run("old1").unwrap();
+    assert_eq!((run.user.as_str(), run.tenant.as_str()), ("u", "t"));
+    assert_eq!(store.events("old1").unwrap().len(), 1);
+    // A run of the old store can be taken up under a lease.
+    let l = store
+        .acquire_lease("old1", "me", 1_000, 0, &|_| false)
+        .unwrap();
+    assert_eq!(l.token, 1);
+}
+
+#[tokio::test]
+async fn thirty_openers_of_a_new_state_directory_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh");
+    let threads: Vec<_> = (0..30)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                SqliteStore::open(&path, Durability::Normal)
+                    .map(|_| ())
+                    .and_then(|()| rein_store::BudgetLedger::open(&path).map(|_| ()))
+                    .and_then(|()| rein_store::NoteStore::open(&path).map(|_| ()))
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap().unwrap();
+    }
 }

@@ -158,6 +158,12 @@ impl Tool for CommandTool {
             })?;
             let text = String::from_utf8_lossy(&out);
             let parsed = serde_json::from_str::<Value>(text.trim());
+            if let (None, Some(signal)) = (status.code(), status.signal()) {
+                return Err(ToolError::Interrupted(format!(
+                    "`{}` was killed by signal {signal} before it finished; whether it had its effect is unknown",
+                    self.manifest.name
+                )));
+            }
             if !status.success() {
                 let how = match (status.code(), status.signal()) {
                     (Some(code), _) => format!("exited with status {code}"),

@@ -142,6 +142,18 @@ pub enum ToolError {
     /// The tool's output was not what the protocol requires.
     #[error("bad output: {0}")]
     BadOutput(String),
+    /// The tool stopped without a known outcome: its process was killed, or its server's
+    /// connection broke during the call. Its effect may have happened.
+    #[error("{0}")]
+    Interrupted(String),
+}
+
+impl ToolError {
+    /// Whether the call may have had its effect although it did not succeed: it timed out or
+    /// was interrupted. For a tool that is not idempotent such a call is in doubt.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ToolError::Timeout(_) | ToolError::Interrupted(_))
+    }
 }
 
 /// A tool an agent can call.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use anstyle::{AnsiColor, Style};
-use rein_core::{EndState, Event, StoredEvent, Verdict};
+use rein_api::v1::{EndState, Event, EventRecord, Verdict};
 use serde_json::Value;
 
 /// Turns events into lines of text.
@@ -43,7 +43,7 @@ impl Renderer {
     }
 
     /// The lines for one event (possibly none).
-    pub(crate) fn lines(&mut self, run_id: &str, stored: &StoredEvent) -> Vec<String> {
+    pub(crate) fn lines(&mut self, run_id: &str, stored: &EventRecord) -> Vec<String> {
         let start = *self.start_ms.get_or_insert(stored.at_ms);
         let stamp = if self.timestamps {
             self.paint(
@@ -294,10 +294,29 @@ impl Renderer {
                 } else {
                     self.paint(RED, "✗")
                 };
+
                 out.push(format!(
                     "{stamp}    {mark} {tool} {} {} {}",
                     self.paint(DIM, &one_line(&args, 80)),
                     fmt_output(*ok, output),
+                    self.paint(DIM, &fmt_us(*duration_us))
+                ));
+            }
+            Event::ToolInDoubt {
+                call_id,
+                reason,
+                duration_us,
+            } => {
+                let tool = self
+                    .intents
+                    .get(call_id)
+                    .map(|(t, _, _)| t.clone())
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{stamp}    {} {tool} {}: {} {}",
+                    self.paint(RED, "? in doubt"),
+                    call_id,
+                    one_line(reason, 160),
                     self.paint(DIM, &fmt_us(*duration_us))
                 ));
             }
@@ -310,9 +329,10 @@ impl Renderer {
                 let style = match status {
                     EndState::Completed => GREEN,
                     EndState::Failed | EndState::NeedsReconciliation => RED,
-                    EndState::BudgetExhausted | EndState::AwaitingApproval | EndState::Partial => {
-                        YELLOW
-                    }
+                    EndState::BudgetExhausted
+                    | EndState::AwaitingApproval
+                    | EndState::Partial
+                    | EndState::Cancelled => YELLOW,
                     EndState::Denied => RED,
                 };
                 out.push(format!(
@@ -340,7 +360,7 @@ impl Renderer {
     }
 
     /// Writes an event's lines to `w`, ignoring a closed pipe.
-    pub(crate) fn write(&mut self, w: &mut dyn Write, run_id: &str, stored: &StoredEvent) {
+    pub(crate) fn write(&mut self, w: &mut dyn Write, run_id: &str, stored: &EventRecord) {
         for line in self.lines(run_id, stored) {
             let _ = writeln!(w, "{line}");
         }
@@ -359,7 +379,7 @@ fn fmt_output(ok: bool, output: &Value) -> String {
 }
 
 /// The first `max` characters of `text` on one line.
-pub(crate) use rein_core::text::one_line;
+pub(crate) use rein_api::text::one_line;
 
 pub(crate) fn fmt_us(us: u64) -> String {
     if us < 1_000 {

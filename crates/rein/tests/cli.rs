@@ -355,7 +355,7 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
     );
     let out = rein(state.path(), &["run", no_task.path().to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no task: pass --task"),
+        String::from_utf8_lossy(&out.stderr).contains("no task: pass one (`--task"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

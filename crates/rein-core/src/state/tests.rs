@@ -24,6 +24,7 @@ fn started(max_steps: u32) -> Event {
         user: "u".into(),
         tenant: "t".into(),
         parent: None,
+        sensitive: Default::default(),
     })
 }
 
@@ -667,5 +668,90 @@ fn a_call_in_doubt_is_reconciled_and_the_run_reopens() {
     assert!(RunState::from_events(&log(stopped(vec![wrong]))).is_err());
     assert!(
         RunState::from_events(&log(stopped(vec![reconciled(true), reconciled(true)]))).is_err()
+    );
+}
+
+#[test]
+fn a_call_that_stopped_without_an_outcome_is_in_doubt_until_a_person_settles_it() {
+    let mut events = vec![
+        started(5),
+        requested(1),
+        replied(1, Some("paying"), &["c1"]),
+        intent("c1", false, 1),
+        Event::ToolInDoubt {
+            call_id: "c1".into(),
+            reason: "timed out after 200 ms and was stopped".into(),
+            duration_us: 200_000,
+        },
+    ];
+    let state = fold(events.clone());
+    match state.next_action(0) {
+        Action::End(ended) => {
+            assert_eq!(ended.status, EndState::NeedsReconciliation);
+            assert_eq!(ended.call_id.as_deref(), Some("c1"));
+            let reason = ended.reason.unwrap();
+            assert!(
+                reason.contains("stopped without a known outcome (timed out after 200 ms")
+                    && reason.contains("not idempotent"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // It is not a failure the model hears about: nothing went back to it.
+    assert!(
+        !state
+            .messages()
+            .iter()
+            .any(|m| matches!(m, Message::Tool { .. }))
+    );
+    // Settled as not having happened, the call is judged and run again.
+    events.push(Event::RunEnded {
+        status: EndState::NeedsReconciliation,
+        output: None,
+        reason: None,
+        call_id: Some("c1".into()),
+    });
+    events.push(Event::CallReconciled {
+        call_id: "c1".into(),
+        happened: false,
+        output: Value::Null,
+        by: "ops".into(),
+        note: None,
+    });
+    assert_eq!(
+        fold(events).next_action(0),
+        Action::Dispatch { call: call("c1") }
+    );
+    // An idempotent call is never in doubt (it is run again), and a call with an outcome is not.
+    let refused = RunState::from_events(&log(vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1"]),
+        intent("c1", true, 1),
+        Event::ToolInDoubt {
+            call_id: "c1".into(),
+            reason: "x".into(),
+            duration_us: 1,
+        },
+    ]))
+    .unwrap_err();
+    assert!(refused.problem.contains("idempotent"), "{refused}");
+    let refused = RunState::from_events(&log(vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1"]),
+        intent("c1", false, 1),
+        outcome("c1"),
+        Event::ToolInDoubt {
+            call_id: "c1".into(),
+            reason: "x".into(),
+            duration_us: 1,
+        },
+    ]))
+    .unwrap_err();
+    assert!(
+        refused.problem.contains("no intent without an outcome"),
+        "{refused}"
     );
 }

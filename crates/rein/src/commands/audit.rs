@@ -1,140 +1,146 @@
-//! `rein audit`: the signing key, verification, inclusion proofs, and reading the trail.
+//! `rein audit ...`: the key, verification, proofs, and reading the trail.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use rein_audit::{AuditLog, AuditOptions, InclusionProof};
+use rein_api::{Rein, v1};
 
+use crate::out::{self, outln};
 use crate::render;
 
-/// Exit code when a log or a proof fails verification.
+/// Exit code when a log or a proof does not verify.
 pub(crate) const VERIFY_FAILED: u8 = 3;
 
-/// The audit directory of a state directory.
-pub(crate) fn audit_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("audit")
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-/// Opens the log the engine writes to.
-pub(crate) fn open_log(
-    state_dir: &Path,
-    checkpoint_dir: Option<&Path>,
-    fsync: bool,
-) -> anyhow::Result<AuditLog> {
-    let options = AuditOptions {
-        checkpoint_dir: checkpoint_dir.map(Path::to_owned),
-        fsync,
-        ..AuditOptions::default()
-    };
-    AuditLog::open(&audit_dir(state_dir), options).context("opening the audit log")
+fn read_key(file: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
 }
 
-fn trusted_keys(
-    state_dir: &Path,
-    public_key: Option<&Path>,
-) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+/// The public key to trust, read from `--public-key`, or none (this machine's own, with a note).
+fn trusted(public_key: Option<&Path>) -> anyhow::Result<Option<String>> {
     match public_key {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            Ok(vec![rein_audit::parse_public(&text)?])
-        }
+        Some(file) => Ok(Some(read_key(file)?)),
         None => {
             eprintln!(
                 "note: trusting this machine's own audit key; pass --public-key for a check that does not"
             );
-            Ok(vec![open_log(state_dir, None, false)?.public_key()])
+            Ok(None)
         }
     }
 }
 
-pub(crate) fn key(state_dir: &Path) -> anyhow::Result<u8> {
-    let log = open_log(state_dir, None, false)?;
-    let key = log.public_key();
-    println!("{}", rein_audit::format_public(&key));
-    eprintln!(
-        "key id {} (signing key in {})",
-        rein_audit::key_id(&key),
-        log.paths().key.display()
-    );
+pub(crate) fn key(rein: &Rein) -> anyhow::Result<u8> {
+    let key = rein.audit_key()?;
+    outln!("{}", key.public_key);
+    eprintln!("key id {} (signing key in {})", key.key_id, key.key_file);
     Ok(0)
 }
 
-pub(crate) fn rotate_key(state_dir: &Path) -> anyhow::Result<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let (old, new) = rein_audit::rotate_key(&audit_dir(state_dir), now)?;
-    println!(
-        "{}",
-        rein_audit::format_public(&open_log(state_dir, None, false)?.public_key())
+pub(crate) fn rotate_key(rein: &Rein) -> anyhow::Result<u8> {
+    let (old, new) = rein.rotate_audit_key(now_ms())?;
+    outln!("{}", new.public_key);
+    eprintln!(
+        "rotated key {old} -> {}; the rotation is recorded and signed with {old}",
+        new.key_id
     );
-    eprintln!("rotated key {old} -> {new}; the rotation is recorded and signed with {old}");
     Ok(0)
 }
 
 pub(crate) fn verify(
-    state_dir: &Path,
+    rein: &Rein,
     public_key: Option<&Path>,
+    checkpoint: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<u8> {
-    let trusted = trusted_keys(state_dir, public_key)?;
-    match rein_audit::verify(&audit_dir(state_dir), &trusted) {
-        Ok(report) => {
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                println!(
-                    "ok: {} records, {} checkpoints signed by {}; {} records not yet covered by a checkpoint",
-                    report.records,
-                    report.checkpoints,
-                    if report.keys.is_empty() {
-                        "no key".to_owned()
-                    } else {
-                        report.keys.join(", ")
-                    },
-                    report.uncovered
-                );
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            eprintln!("audit log FAILED verification: {e}");
-            Ok(VERIFY_FAILED)
+    let key = trusted(public_key)?;
+    let report = rein.audit_verify(key.as_deref(), checkpoint)?;
+    let code = if report.ok { 0 } else { VERIFY_FAILED };
+    if json {
+        out::json(&report)?;
+        return Ok(code);
+    }
+    if report.trail.filled > 0 {
+        eprintln!(
+            "filled in {} audit records a crash had left out",
+            report.trail.filled
+        );
+    }
+    if let Some(failure) = &report.failure {
+        eprintln!("audit log FAILED verification: {failure}");
+    }
+    if !report.trail.problems.is_empty() {
+        eprintln!(
+            "audit trail does not match the event log ({} problems):",
+            report.trail.problems.len()
+        );
+        for p in report.trail.problems.iter().take(20) {
+            eprintln!("  {p}");
         }
     }
+    if report.ok {
+        outln!(
+            "ok: {} records, {} checkpoints signed by {}; {} records not yet covered by a checkpoint; every event of {} runs has its record{}",
+            report.records,
+            report.checkpoints,
+            if report.keys.is_empty() {
+                "no key".to_owned()
+            } else {
+                report.keys.join(", ")
+            },
+            report.uncovered,
+            report.trail.runs,
+            if report.held_checkpoints > 0 {
+                format!(
+                    "; {} checkpoints held outside match",
+                    report.held_checkpoints
+                )
+            } else {
+                String::new()
+            }
+        );
+        if !report.trail.in_progress.is_empty() {
+            outln!(
+                "note: {} runs are in progress; their newest events may not be recorded yet",
+                report.trail.in_progress.len()
+            );
+        }
+    }
+    Ok(code)
 }
 
-pub(crate) fn proof(state_dir: &Path, seq: u64, public_key: Option<&Path>) -> anyhow::Result<u8> {
-    let trusted = trusted_keys(state_dir, public_key)?;
-    let proof = rein_audit::prove(&audit_dir(state_dir), seq, &trusted)?;
-    println!("{}", serde_json::to_string_pretty(&proof)?);
+pub(crate) fn proof(rein: &Rein, seq: u64, public_key: Option<&Path>) -> anyhow::Result<u8> {
+    let key = trusted(public_key)?;
+    let proof = rein.audit_proof(seq, key.as_deref())?;
+    out::text(&format!("{}\n", serde_json::to_string_pretty(&proof)?));
     Ok(0)
 }
 
 pub(crate) fn verify_proof(file: &Path, public_key: &Path) -> anyhow::Result<u8> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let proof: InclusionProof = serde_json::from_str(&text)
+    let proof: v1::InclusionProof = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a rein inclusion proof", file.display()))?;
-    let key = rein_audit::parse_public(
-        &std::fs::read_to_string(public_key)
-            .with_context(|| format!("reading {}", public_key.display()))?,
-    )?;
-    match rein_audit::verify_proof(&proof, &key) {
+    let (seq, size, key_id) = (
+        proof.seq,
+        proof.checkpoint.tree_size,
+        proof.checkpoint.key_id.clone(),
+    );
+    match Rein::verify_proof(proof, &read_key(public_key)?) {
         Ok(()) => {
-            println!(
-                "ok: record {} is in the log of {} records signed by key {}",
-                proof.seq, proof.checkpoint.tree_size, proof.checkpoint.key_id
-            );
+            outln!("ok: record {seq} is in the log of {size} records signed by key {key_id}");
             Ok(0)
         }
-        Err(e) => {
+        Err(rein_api::Error::Verification(e)) => {
             eprintln!("proof FAILED: {e}");
             Ok(VERIFY_FAILED)
         }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -161,39 +167,20 @@ fn parse_since(text: &str) -> anyhow::Result<u64> {
     Ok(days * 86_400_000)
 }
 
-fn selected(
-    state_dir: &Path,
-    run: Option<&str>,
-    since: Option<&str>,
-) -> anyhow::Result<Vec<rein_audit::Record>> {
+pub(crate) fn export(rein: &Rein, run: Option<&str>, since: Option<&str>) -> anyhow::Result<u8> {
     let since = since.map(parse_since).transpose()?;
-    let records = rein_audit::read_records(&audit_dir(state_dir))?;
-    Ok(records
-        .into_iter()
-        .filter(|r| run.is_none_or(|id| r.run_id.as_deref().is_some_and(|rid| rid.starts_with(id))))
-        .filter(|r| since.is_none_or(|s| r.at_ms >= s))
-        .collect())
-}
-
-pub(crate) fn export(
-    state_dir: &Path,
-    run: Option<&str>,
-    since: Option<&str>,
-) -> anyhow::Result<u8> {
-    let mut out = std::io::stdout().lock();
-    for record in selected(state_dir, run, since)? {
-        let _ = writeln!(out, "{}", serde_json::to_string(&record)?);
+    for record in rein.audit_records(run, since)? {
+        out::json(&record)?;
     }
     Ok(0)
 }
 
-pub(crate) fn show(state_dir: &Path, run: &str) -> anyhow::Result<u8> {
-    let records = selected(state_dir, Some(run), None)?;
+pub(crate) fn show(rein: &Rein, run: &str) -> anyhow::Result<u8> {
+    let records = rein.audit_records(Some(run), None)?;
     if records.is_empty() {
         bail!("no audit records for run `{run}`");
     }
     let start = records[0].at_ms;
-    let mut out = std::io::stdout().lock();
     for r in &records {
         let d = &r.data;
         let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
@@ -254,11 +241,11 @@ pub(crate) fn show(state_dir: &Path, run: &str) -> anyhow::Result<u8> {
                 "approval {} {} by {}{}",
                 s("approval_id"),
                 if d["expired"] == true {
-                    "expired".to_owned()
+                    "expired"
                 } else if d["approved"] == true {
-                    "approved".to_owned()
+                    "approved"
                 } else {
-                    "denied".to_owned()
+                    "denied"
                 },
                 s("by"),
                 d.get("note")
@@ -300,28 +287,10 @@ pub(crate) fn show(state_dir: &Path, run: &str) -> anyhow::Result<u8> {
             ),
             other => format!("{other} {}", render::one_line(&d.to_string(), 120)),
         };
-        let _ = writeln!(
-            out,
+        outln!(
             "#{:<6} {:>9}  {what}",
             r.seq,
             format!("+{}", render::fmt_ms(r.at_ms.saturating_sub(start)))
-        );
-    }
-    Ok(0)
-}
-
-pub(crate) fn bench(records: u64, json: bool) -> anyhow::Result<u8> {
-    let report = rein_engine::bench::bench_audit(records)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!(
-            "{} records\n  append (durable, fsync per batch of {}): {:.0} records/s · verify: {:.0} records/s · {} bytes/record",
-            report.records,
-            report.batch,
-            report.append_per_s,
-            report.verify_per_s,
-            report.bytes_per_record
         );
     }
     Ok(0)

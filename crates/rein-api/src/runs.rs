@@ -1,0 +1,249 @@
+//! Runs: start, resume, list, show, reconcile and cancel.
+
+use std::path::{Path, PathBuf};
+
+use rein_core::secrets::Redactor;
+use rein_core::{Durability, StoredEvent};
+use rein_engine::{Agent, Observer, RunRequest};
+use rein_store::{RunFilter, Store};
+
+use crate::{Error, Rein, convert, v1};
+
+/// Sees every event of a run as it is recorded (the CLI's live view).
+pub trait Watch: Send + Sync {
+    /// Called after each event is recorded.
+    fn event(&self, run_id: &str, event: &v1::EventRecord);
+}
+
+/// Hands the engine's events to a [`Watch`] as wire events.
+struct Watching<'a>(&'a dyn Watch);
+
+impl Observer for Watching<'_> {
+    fn on_event(&self, run_id: &str, event: &StoredEvent) {
+        self.0.event(run_id, &event.clone().into());
+    }
+}
+
+/// What a new run is asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartRun {
+    /// The agent folder.
+    pub agent_dir: PathBuf,
+    /// The task; the agent's `default_task` when absent.
+    pub task: Option<String>,
+    /// Who the run acts for.
+    pub user: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Overrides the agent's durability (`true`: flush every commit to disk).
+    pub fsync: Option<bool>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunQuery {
+    /// At most this many (0: 50).
+    pub limit: usize,
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// Only this user's.
+    pub user: Option<String>,
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+}
+
+impl Rein {
+    /// Starts a run of an agent folder and drives it to its end or its suspension; `watch` sees
+    /// every event as it is recorded.
+    pub async fn start_run(
+        &self,
+        request: StartRun,
+        watch: Option<&dyn Watch>,
+    ) -> Result<v1::RunReport, Error> {
+        let spec = rein_config::load(&request.agent_dir)?;
+        let task = match request.task.or_else(|| spec.default_task.clone()) {
+            Some(t) if !t.trim().is_empty() => t,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "no task: pass one (`--task \"...\"`, or `task` in a request) or set `default_task` in {}",
+                    spec.dir.join(rein_config::AGENT_FILE).display()
+                )));
+            }
+        };
+        let mut agent = self.load_agent(&spec).await?;
+        if let Some(fsync) = request.fsync {
+            agent.durability = if fsync {
+                Durability::Fsync
+            } else {
+                Durability::Normal
+            };
+        }
+        let engine = self.engine()?;
+        let run = RunRequest {
+            task,
+            user: request.user,
+            tenant: request.tenant,
+            parent: None,
+        };
+        let report = match watch {
+            Some(w) => engine.start(&agent, run, &Watching(w)).await,
+            None => engine.start(&agent, run, &rein_engine::NoObserver).await,
+        };
+        close(&agent).await;
+        Ok(convert::report(report?))
+    }
+
+    /// Continues a run from its log after a crash, a stop or its approvals' decisions. Refused
+    /// while another live process drives it.
+    pub async fn resume_run(
+        &self,
+        id: &str,
+        watch: Option<&dyn Watch>,
+    ) -> Result<v1::RunReport, Error> {
+        let store = self.store()?;
+        let run_id = store.resolve_run_id(id)?;
+        let engine = self.engine()?;
+        let state = engine.load(&run_id)?;
+        let Some(agent_dir) = state.started().and_then(|s| s.agent_dir.clone()) else {
+            return Err(Error::Invalid(format!(
+                "run {run_id} was started by a program, not from an agent folder; resume it from that program"
+            )));
+        };
+        let spec = rein_config::load(Path::new(&agent_dir))
+            .map_err(|e| Error::Invalid(format!("loading the agent of run {run_id}: {e}")))?;
+        let agent = self
+            .load_agent(&spec)
+            .await
+            .map_err(|e| Error::Invalid(format!("loading the agent of run {run_id}: {e}")))?;
+        let report = match watch {
+            Some(w) => engine.resume(&run_id, &agent, &Watching(w)).await,
+            None => {
+                engine
+                    .resume(&run_id, &agent, &rein_engine::NoObserver)
+                    .await
+            }
+        };
+        close(&agent).await;
+        Ok(convert::report(report?))
+    }
+
+    /// The most recent runs first.
+    pub fn list_runs(&self, query: &RunQuery) -> Result<Vec<v1::RunSummary>, Error> {
+        let store = self.store()?;
+        let engine = self.engine()?;
+        let runs = store.list_runs(&RunFilter {
+            limit: query.limit,
+            agent: query.agent.clone(),
+            user: query.user.clone(),
+            tenant: query.tenant.clone(),
+            ..RunFilter::default()
+        })?;
+        runs.into_iter()
+            .map(|r| {
+                let running = r.status.is_none() && engine.driven_now(&r.id)?;
+                Ok(convert::summary(r, running))
+            })
+            .collect()
+    }
+
+    /// One run (an id or a unique prefix), with its whole log and its totals.
+    pub fn show_run(&self, id: &str) -> Result<v1::RunDetail, Error> {
+        let store = self.store()?;
+        let engine = self.engine()?;
+        let run_id = store.resolve_run_id(id)?;
+        let summary = store.run(&run_id)?;
+        let running = summary.status.is_none() && engine.driven_now(&run_id)?;
+        let events = store.events(&run_id)?;
+        let totals = rein_core::RunState::from_events(&events)
+            .ok()
+            .map(|state| v1::RunTotals {
+                steps: state.steps(),
+                tool_calls: state.tool_executions(),
+                usage: state.usage().into(),
+                cost_usd: state.cost_micros() as f64 / 1e6,
+                active_ms: state.active_ms(state.last_at_ms()),
+            });
+        Ok(v1::RunDetail {
+            run: convert::summary(summary, running),
+            totals,
+            events: events.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Settles the call a `needs_reconciliation` run stopped on: its effect `happened` (with
+    /// the tool's `output`), or did not (it is judged and run again when the run is resumed).
+    pub async fn reconcile(
+        &self,
+        id: &str,
+        call_id: &str,
+        happened: bool,
+        output: serde_json::Value,
+        by: &str,
+        note: Option<String>,
+    ) -> Result<String, Error> {
+        let run_id = self.store()?.resolve_run_id(id)?;
+        let (redactor, durability) = self.run_context(&run_id)?;
+        self.engine()?
+            .reconcile(
+                &run_id, call_id, happened, output, by, note, &redactor, durability,
+            )
+            .await?;
+        Ok(run_id)
+    }
+
+    /// Cancels a run: at once if nobody drives it, else at its driver's next step.
+    pub async fn cancel_run(&self, id: &str, by: &str) -> Result<v1::CancelOutcome, Error> {
+        let run_id = self.store()?.resolve_run_id(id)?;
+        let (redactor, durability) = self.run_context(&run_id)?;
+        Ok(
+            match self
+                .engine()?
+                .cancel(&run_id, by, &redactor, durability)
+                .await?
+            {
+                rein_engine::Cancelled::Ended(report) => v1::CancelOutcome::Cancelled {
+                    report: Box::new(convert::report(*report)),
+                },
+                rein_engine::Cancelled::Requested => v1::CancelOutcome::Requested { run_id },
+            },
+        )
+    }
+
+    /// What records about a run must pass and honour: the redactor of its agent's secrets and
+    /// its agent's durability. A run whose agent cannot be loaded cannot be redacted for, so
+    /// nothing is recorded for it.
+    pub(crate) fn run_context(&self, run_id: &str) -> Result<(Redactor, Durability), Error> {
+        let state = self.engine()?.load(run_id)?;
+        let Some(dir) = state.started().and_then(|s| s.agent_dir.clone()) else {
+            return Ok((Redactor::default(), Durability::Normal));
+        };
+        let spec = rein_config::load(Path::new(&dir)).map_err(|e| {
+            Error::Invalid(format!(
+                "run {run_id}'s agent ({dir}) cannot be loaded, so what would be recorded cannot be checked for its secrets: {e}"
+            ))
+        })?;
+        let (file, required) = self.secrets_file();
+        let secrets = rein_engine::secrets::resolve_secrets(
+            &spec.secrets,
+            self.env(),
+            Some(&file),
+            required,
+        )?;
+        Ok((secrets.redactor(), spec.durability))
+    }
+
+    /// Builds an agent from its folder's configuration, connecting its MCP servers (their tools'
+    /// definitions pinned in the state directory).
+    pub(crate) async fn load_agent(&self, spec: &rein_config::AgentSpec) -> Result<Agent, Error> {
+        let (file, required) = self.secrets_file();
+        let pins = self.dir.mcp_pins(&spec.name);
+        Ok(Agent::load(spec, self.env(), Some(&file), required, Some(&pins)).await?)
+    }
+}
+
+/// Stops an agent's MCP servers.
+async fn close(agent: &Agent) {
+    for server in &agent.mcp_servers {
+        server.shutdown().await;
+    }
+}

@@ -1,0 +1,434 @@
+//! Version 1 of rein's wire types: what the engine API returns to its faces (the CLI's JSON, the
+//! HTTP API) and what they send it. They are apart from the core's types on purpose: the core may
+//! change how it stores a run, while these only gain optional fields within a version. Every
+//! conversion from the core is explicit.
+
+mod events;
+
+pub use events::*;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The version of these types.
+pub const VERSION: &str = "v1";
+
+/// How a run went, once it ended or suspended: what `rein run --json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The run's id.
+    pub run_id: String,
+    /// The agent's name.
+    pub agent: String,
+    /// How the run ended (or `awaiting_approval`).
+    pub status: EndState,
+    /// Model calls made.
+    pub steps: u32,
+    /// Tool executions started.
+    pub tool_calls: u32,
+    /// The final or partial output.
+    pub output: Option<String>,
+    /// Why the run did not complete.
+    pub reason: Option<String>,
+    /// What the model calls cost, in US dollars.
+    pub cost_usd: f64,
+    /// The tool calls that completed, in order.
+    pub completed: Vec<String>,
+    /// The tool calls that did not (failed, denied, rejected), with how.
+    pub not_completed: Vec<String>,
+    /// The tool call in doubt, for `needs_reconciliation`.
+    pub call_id: Option<String>,
+    /// Tokens used.
+    pub usage: Usage,
+    /// Time the run was active, summed over the processes that drove it.
+    pub active_ms: u64,
+    /// The run's workspace.
+    pub workspace: String,
+    /// For `awaiting_approval`: the approvals the run waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+}
+
+/// A run as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run's id.
+    pub id: String,
+    /// The agent's name.
+    pub agent: String,
+    /// The task.
+    pub task: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Who it acts for.
+    pub user: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// For a sub-agent's run, the run that delegated to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// When it started (ms since the epoch).
+    pub created_ms: u64,
+    /// When its last event was recorded.
+    pub updated_ms: u64,
+    /// Events in its log.
+    pub events: u64,
+    /// Model steps taken.
+    pub steps: u32,
+}
+
+/// Totals folded from a run's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTotals {
+    /// Model steps.
+    pub steps: u32,
+    /// Tool executions.
+    pub tool_calls: u32,
+    /// Tokens.
+    pub usage: Usage,
+    /// Money, in US dollars.
+    pub cost_usd: f64,
+    /// Active time.
+    pub active_ms: u64,
+}
+
+/// A run with its whole log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    /// The run.
+    pub run: RunSummary,
+    /// Its totals, when its log could be folded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<RunTotals>,
+    /// Every event, in order.
+    pub events: Vec<EventRecord>,
+}
+
+/// What a cancellation did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// Nobody drove the run: it has ended `cancelled`.
+    Cancelled {
+        /// The run's report.
+        report: Box<RunReport>,
+    },
+    /// A live process drives the run: it was asked to stop, and ends it `cancelled` at its next
+    /// step boundary.
+    Requested {
+        /// The run.
+        run_id: String,
+    },
+}
+
+/// An approval request as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalSummary {
+    /// Its id.
+    pub id: String,
+    /// Its run.
+    pub run_id: String,
+    /// The call it holds.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: String,
+    /// When it was requested.
+    pub created_ms: u64,
+    /// When it expires.
+    pub expires_ms: Option<u64>,
+    /// Who decided it.
+    pub decided_by: Option<String>,
+    /// Its run's tenant.
+    pub tenant: String,
+}
+
+/// The approval card: rendered from the recorded request, never from text a model wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalCard {
+    /// The request.
+    pub approval: ApprovalSummary,
+    /// The exact arguments the call runs with.
+    pub arguments: Value,
+    /// The policies that asked.
+    pub policies: Vec<String>,
+    /// Their reasons.
+    pub reasons: Vec<String>,
+    /// The labels in play.
+    pub labels: Vec<String>,
+    /// The run's agent.
+    pub agent: Option<String>,
+    /// The run's task.
+    pub task: Option<String>,
+    /// Who the run acts for.
+    pub user: Option<String>,
+    /// The run's tenant.
+    pub tenant: Option<String>,
+}
+
+/// A decision and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The policies that decided it (empty for default deny).
+    pub policies: Vec<String>,
+    /// Why, in words.
+    pub reasons: Vec<String>,
+}
+
+/// What `policy check` found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyCheck {
+    /// Policies loaded and valid.
+    pub policies: usize,
+    /// `// example:` lines that hold.
+    pub examples: usize,
+}
+
+/// A request to explain: what the gate says about one call.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    /// The tool called (or `model`).
+    pub tool: Option<String>,
+    /// The model called.
+    pub model: Option<String>,
+    /// The arguments.
+    #[serde(default)]
+    pub args: Value,
+    /// Labels in play.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `context.user`.
+    pub user: String,
+    /// `context.tenant`.
+    pub tenant: String,
+    /// Judge as if approved by this person.
+    pub approved_by: Option<String>,
+}
+
+/// One of an agent's tools.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRow {
+    /// Its name (its Cedar action).
+    pub name: String,
+    /// built-in, command, sub-agent `<dir>`, or `mcp <server> (stdio|http)`.
+    pub source: String,
+    /// What the policies say when its arguments do not matter: allow, ask, deny or conditional.
+    pub verdict: String,
+    /// What its output is.
+    pub labels: Vec<String>,
+    /// Whether it sends data out.
+    pub sink: Option<bool>,
+    /// low, medium or high.
+    pub risk: Option<String>,
+    /// Whether repeating it is safe.
+    pub idempotent: bool,
+    /// Its arguments, summarised (`path: string, limit?: integer`).
+    pub arguments: String,
+    /// Its description.
+    pub description: String,
+    /// Whether the operator declared it (MCP tools without an entry get restrictive defaults).
+    pub operator_manifest: bool,
+    /// Whether its MCP definition changed since it was pinned (calls are refused).
+    pub changed: bool,
+}
+
+/// An agent's tools, and what connecting to its MCP servers noted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolsList {
+    /// The tools.
+    pub tools: Vec<ToolRow>,
+    /// Notes from the MCP servers (a tool changed, a declared tool missing), for people.
+    pub notes: Vec<String>,
+    /// MCP tools whose definitions were pinned now (`--accept-changes`).
+    pub pinned: usize,
+}
+
+/// One budget line's spending in one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// `run:<id>`, `agent:<name>`, `user:<name>` or `tenant:<name>`.
+    pub key: String,
+    /// `run`, `2026-11-23` or `2026-11`.
+    pub period: String,
+    /// Tokens spent.
+    pub tokens: u64,
+    /// Millionths of a dollar spent.
+    pub cost_micros: u64,
+    /// Model calls booked.
+    pub calls: u64,
+    /// Its token limit.
+    pub max_tokens: Option<u64>,
+    /// Its money limit.
+    pub max_cost_micros: Option<u64>,
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    /// Whether everything holds.
+    pub ok: bool,
+    /// Records in the log.
+    pub records: u64,
+    /// Checkpoints, all valid.
+    pub checkpoints: u64,
+    /// Records after the last checkpoint.
+    pub uncovered: u64,
+    /// Keys that signed.
+    pub keys: Vec<String>,
+    /// Checkpoints held outside the log that were checked against it.
+    pub held_checkpoints: usize,
+    /// The first failure of the log itself, if any.
+    pub failure: Option<String>,
+    /// The trail against the event log.
+    pub trail: TrailReport,
+}
+
+/// The audit trail against the event log.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TrailReport {
+    /// Runs checked.
+    pub runs: u64,
+    /// Events checked.
+    pub events: u64,
+    /// Records filled in now that a crash had left out.
+    pub filled: u64,
+    /// Runs in progress (their last events may not be recorded yet).
+    pub in_progress: Vec<String>,
+    /// Runs recorded before records named their events (not checked event by event).
+    pub legacy: Vec<String>,
+    /// Events without a record, records without an event, and other mismatches.
+    pub problems: Vec<String>,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Its position, from 1.
+    pub seq: u64,
+    /// When it happened.
+    pub at_ms: u64,
+    /// Its kind.
+    pub kind: String,
+    /// Its run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The run's event it records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<u64>,
+    /// Its facts.
+    pub data: Value,
+}
+
+/// A signed checkpoint of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its position among checkpoints.
+    pub seq: u64,
+    /// Records it covers.
+    pub tree_size: u64,
+    /// Their Merkle root (hex).
+    pub root: String,
+    /// When it was signed.
+    pub at_ms: u64,
+    /// The signing key's id.
+    pub key_id: String,
+    /// SHA-256 of the previous checkpoint's line.
+    pub prev: String,
+    /// The Ed25519 signature (hex).
+    pub signature: String,
+}
+
+/// An inclusion proof of one record, checkable offline (the file `audit proof` writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The record's line, exactly as logged.
+    pub record: String,
+    /// The record's number.
+    pub seq: u64,
+    /// The audit path, leaf to root (hex).
+    pub path: Vec<String>,
+    /// The checkpoint it leads to.
+    pub checkpoint: Checkpoint,
+}
+
+/// The audit log's public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditKey {
+    /// `ed25519:<hex>`.
+    pub public_key: String,
+    /// Its id.
+    pub key_id: String,
+    /// Where the signing key is.
+    pub key_file: String,
+}
+
+mod audit_conversions {
+    //! Between the audit crate's file formats and the wire.
+    use super::*;
+
+    impl From<rein_audit::Checkpoint> for Checkpoint {
+        fn from(c: rein_audit::Checkpoint) -> Checkpoint {
+            Checkpoint {
+                seq: c.seq,
+                tree_size: c.tree_size,
+                root: c.root,
+                at_ms: c.at_ms,
+                key_id: c.key_id,
+                prev: c.prev,
+                signature: c.signature,
+            }
+        }
+    }
+
+    impl From<Checkpoint> for rein_audit::Checkpoint {
+        fn from(c: Checkpoint) -> rein_audit::Checkpoint {
+            rein_audit::Checkpoint {
+                seq: c.seq,
+                tree_size: c.tree_size,
+                root: c.root,
+                at_ms: c.at_ms,
+                key_id: c.key_id,
+                prev: c.prev,
+                signature: c.signature,
+            }
+        }
+    }
+
+    impl From<rein_audit::InclusionProof> for InclusionProof {
+        fn from(p: rein_audit::InclusionProof) -> InclusionProof {
+            InclusionProof {
+                record: p.record,
+                seq: p.seq,
+                path: p.path,
+                checkpoint: p.checkpoint.into(),
+            }
+        }
+    }
+
+    impl From<InclusionProof> for rein_audit::InclusionProof {
+        fn from(p: InclusionProof) -> rein_audit::InclusionProof {
+            rein_audit::InclusionProof {
+                record: p.record,
+                seq: p.seq,
+                path: p.path,
+                checkpoint: p.checkpoint.into(),
+            }
+        }
+    }
+
+    impl From<rein_audit::Record> for AuditRecord {
+        fn from(r: rein_audit::Record) -> AuditRecord {
+            AuditRecord {
+                seq: r.seq,
+                at_ms: r.at_ms,
+                kind: r.kind,
+                run_id: r.run_id,
+                event: r.event,
+                data: r.data,
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Budgets for one run: the ledger lines it spends from, its admission on the shared ones, and
+//! reservations that are released on every path.
+
+use std::sync::Arc;
+
+use rein_core::budget::{Limit, Scope, Spend, Spender};
+use rein_core::{EndState, Event};
+use rein_store::{BudgetLedger, LedgerLine, Reservation, Settled};
+
+use crate::EngineError;
+use crate::driver::Driver;
+use crate::lease::LEASE_TTL_MS;
+
+/// A reservation that is settled exactly once: to what the call spent, or, if the call never
+/// got that far (an error, a panic, a dropped future), to nothing.
+pub(super) struct Held {
+    ledger: Arc<BudgetLedger>,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    /// Books what the call spent in place of what was held.
+    pub(super) fn settle(mut self, actual: Spend) -> Result<Settled, EngineError> {
+        match self.reservation.take() {
+            Some(r) => Ok(self.ledger.settle(&r, actual)?),
+            None => Ok(Settled::default()),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            // Nothing was spent that rein knows of; a failure here lapses with the hold's TTL.
+            let _ = self.ledger.settle(&r, Spend::default());
+        }
+    }
+}
+
+/// Why a hold was refused, for the run's end.
+pub(super) enum Hold {
+    /// Held (or nothing to hold).
+    Held(Option<Held>),
+    /// Some line cannot cover it.
+    Refused(String),
+}
+
+impl Driver<'_> {
+    /// The ledger lines this run spends from now: its own (shared with its sub-agents through
+    /// the root run's id) and its agent's, user's and tenant's.
+    pub(super) fn budget_lines(&self) -> Vec<(Limit, LedgerLine)> {
+        let Some(started) = self.state.started() else {
+            return vec![];
+        };
+        let root = self.root_run();
+        let who = Spender {
+            root_run: &root,
+            agent: &started.agent,
+            user: &started.user,
+            tenant: &started.tenant,
+        };
+        let now = self.engine.clock.now_ms();
+        self.agent
+            .budgets
+            .iter()
+            .map(|limit| {
+                let (key, period) = rein_core::budget::ledger_line(limit, &who, now);
+                (
+                    *limit,
+                    LedgerLine {
+                        key,
+                        period,
+                        max_tokens: limit.tokens,
+                        max_cost_micros: limit.cost_micros,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Reads what each budget has spent, sets the share the policies see
+    /// (`context.budget_percent`), and notes each budget's first pass of its warning level.
+    pub(super) async fn check_budgets(
+        &mut self,
+        lines: &[(Limit, LedgerLine)],
+    ) -> Result<(), EngineError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let ledger = self.engine.ledger()?;
+        let mut highest = 0;
+        for (limit, line) in lines {
+            let spent = ledger.spent(line)?;
+            let percent = spent.percent_of(limit);
+            highest = highest.max(percent);
+            let id = format!("{} {}", line.key, line.period);
+            if percent >= u64::from(limit.warn_percent) && !self.warned.contains(&id) {
+                self.warned.push(id.clone());
+                self.notice(
+                    "budget_warning",
+                    &id,
+                    format!(
+                        "{percent}% spent ({} tokens, ${:.6}); warning level {}%",
+                        spent.tokens,
+                        spent.cost_micros as f64 / 1e6,
+                        limit.warn_percent
+                    ),
+                    None,
+                )
+                .await?;
+            }
+        }
+        self.budget_percent = highest;
+        Ok(())
+    }
+
+    /// Admits the run on the shared budgets before its first model call in this process: when
+    /// it declares a budget of its own, what is left of that cap is held on every shared line it
+    /// spends from. Returns false (after ending the run `budget_exhausted`) when a shared line
+    /// cannot cover it, so contention completes the runs that fit instead of starting them all.
+    pub(super) async fn admit(
+        &mut self,
+        lines: &[(Limit, LedgerLine)],
+    ) -> Result<bool, EngineError> {
+        if std::mem::replace(&mut self.admission_checked, true) {
+            return Ok(true);
+        }
+        // A sub-agent draws on its root's admission.
+        if self.state.started().is_some_and(|s| s.parent.is_some()) {
+            return Ok(true);
+        }
+        let Some((cap, own)) = lines
+            .iter()
+            .find(|(limit, _)| limit.scope == Scope::Run)
+            .map(|(limit, line)| (*limit, line.clone()))
+        else {
+            return Ok(true);
+        };
+        let shared: Vec<LedgerLine> = lines
+            .iter()
+            .filter(|(limit, _)| limit.scope != Scope::Run)
+            .map(|(_, line)| line.clone())
+            .collect();
+        if shared.is_empty() {
+            return Ok(true);
+        }
+        let ledger = self.engine.ledger()?;
+        let spent = ledger.spent(&own)?;
+        // Only the dimensions the run's own budget bounds can be held; the others are checked
+        // call by call.
+        let amount = Spend {
+            tokens: cap.tokens.map_or(0, |t| t.saturating_sub(spent.tokens)),
+            cost_micros: cap
+                .cost_micros
+                .map_or(0, |c| c.saturating_sub(spent.cost_micros)),
+        };
+        let now = self.engine.clock.now_ms();
+        match ledger.admit(&self.run_id, &shared, amount, LEASE_TTL_MS, now)? {
+            Ok(_) => Ok(true),
+            Err(exhausted) => {
+                self.record(Event::RunEnded {
+                    status: EndState::BudgetExhausted,
+                    output: self.state.last_text().map(str::to_owned),
+                    reason: Some(format!(
+                        "not admitted: the run's own budget ({} tokens / ${:.6} left) cannot be covered by the shared budgets it spends from, so it ended before its first model call: {exhausted}",
+                        amount.tokens,
+                        amount.cost_micros as f64 / 1e6
+                    )),
+                    call_id: None,
+                })
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives up what is left of the run's admission (a root run that stops driving).
+    pub(super) fn release_admission(&self) {
+        if !self.admission_checked || self.state.started().is_some_and(|s| s.parent.is_some()) {
+            return;
+        }
+        if let Ok(ledger) = self.engine.ledger() {
+            let _ = ledger.release_admission(&self.run_id);
+        }
+    }
+
+    /// Holds `amount` on every line for one model call (with `headroom` kept for a wrap-up), for
+    /// as long as the call may take.
+    pub(super) fn hold(
+        &self,
+        lines: &[(Limit, LedgerLine)],
+        amount: Spend,
+        headroom: Spend,
+        ttl_ms: u64,
+    ) -> Result<Hold, EngineError> {
+        if lines.is_empty() {
+            return Ok(Hold::Held(None));
+        }
+        let ledger = self.engine.ledger()?;
+        let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
+        match ledger.reserve(
+            &self.run_id,
+            &self.root_run(),
+            &ledger_lines,
+            amount,
+            headroom,
+            ttl_ms.max(LEASE_TTL_MS),
+            self.engine.clock.now_ms(),
+        )? {
+            Ok(reservation) => Ok(Hold::Held(Some(Held {
+                ledger,
+                reservation: Some(reservation),
+            }))),
+            Err(exhausted) => Ok(Hold::Refused(exhausted.to_string())),
+        }
+    }
+
+    /// Settles a call's hold and notes an overrun: the provider answered with more than the cap
+    /// it was sent (or priced it higher), so the ledger may now pass a limit.
+    pub(super) async fn settle(
+        &mut self,
+        held: Option<Held>,
+        actual: Spend,
+        model: &str,
+    ) -> Result<(), EngineError> {
+        let Some(held) = held else {
+            return Ok(());
+        };
+        let reserved = held
+            .reservation
+            .as_ref()
+            .map(|r| r.amount)
+            .unwrap_or_default();
+        let settled = held.settle(actual)?;
+        if settled.over_reserved {
+            let past = if settled.over_limit.is_empty() {
+                String::new()
+            } else {
+                format!("; now past the limit of {}", settled.over_limit.join(", "))
+            };
+            self.notice(
+                "budget_overrun",
+                model,
+                format!(
+                    "the call spent {} tokens / ${:.6}, more than the {} tokens / ${:.6} held for it (the provider passed the cap it was sent){past}",
+                    actual.tokens,
+                    actual.cost_micros as f64 / 1e6,
+                    reserved.tokens,
+                    reserved.cost_micros as f64 / 1e6
+                ),
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

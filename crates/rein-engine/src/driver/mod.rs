@@ -1,0 +1,310 @@
+//! Driving one run: ask the core what to do, do it, record what happened.
+//!
+//! The driver is split by concern: [`record`] (every event passes one function that redacts,
+//! applies, stores and audits it), [`model_step`] (the model call with routing, fallbacks,
+//! retries and budgets), [`budget`] (ledger lines, admission, reservations), [`tool_step`]
+//! (checking, judging, running and settling a tool call) and [`memory`] (the memory tools' view
+//! of the notes). This file holds the loop.
+
+mod budget;
+mod memory;
+mod model_step;
+mod record;
+mod tool_step;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
+use rein_core::{Action, Decision, EndState, Event, RunStarted, RunState, ToolSpec};
+use rein_policy::RequestFacts;
+use rein_store::{Commit, Lease};
+use tracing::{Instrument, field};
+
+use crate::context::{ContextWindow, TokenCounter};
+use crate::lease::{Beat, Heartbeat};
+use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
+
+/// What a model decision depends on: the labels in play, the model, the budget share.
+type ModelDecisionKey = (Vec<String>, String, u64);
+
+pub(crate) struct Driver<'a> {
+    engine: &'a Engine,
+    agent: &'a Agent,
+    run_id: String,
+    /// The lease every append is made under.
+    lease: Lease,
+    state: RunState,
+    workspace: PathBuf,
+    observer: &'a dyn Observer,
+    tool_specs: Vec<ToolSpec>,
+    /// Appends queued and not yet known to be committed.
+    pending: Vec<Commit>,
+    /// A run_ended or run_suspended was recorded since the last flush: sign a checkpoint.
+    closing: bool,
+    effects: u32,
+    /// Model-call decisions of this run, by the labels in play, the model and the budget share.
+    model_decisions: Vec<(ModelDecisionKey, Decision)>,
+    /// The largest share of a budget spent, as the policies see it.
+    budget_percent: u64,
+    /// Budgets whose warning level this run has already noted.
+    warned: Vec<String>,
+    /// Whether this driver has checked the run's admission on the shared budgets.
+    admission_checked: bool,
+    /// The conversation as the model is sent it, compacted to the context budget.
+    window: ContextWindow,
+    /// Tools whose outputs are never elided (sub-agent results).
+    pinned_tools: HashSet<String>,
+    /// What the lease's heartbeat learned (a cancellation, a lost lease).
+    beat: Arc<Beat>,
+}
+
+impl<'a> Driver<'a> {
+    pub(crate) fn new(
+        engine: &'a Engine,
+        agent: &'a Agent,
+        lease: Lease,
+        state: RunState,
+        workspace: PathBuf,
+        observer: &'a dyn Observer,
+    ) -> Driver<'a> {
+        Driver {
+            engine,
+            agent,
+            run_id: lease.run_id.clone(),
+            lease,
+            state,
+            workspace,
+            observer,
+            // Tools the policies deny outright are not offered; every call is still judged.
+            tool_specs: agent
+                .tools
+                .specs()
+                .into_iter()
+                .filter(|t| !agent.gate.denied_outright(&t.name))
+                .collect(),
+            pending: Vec::new(),
+            closing: false,
+            effects: 0,
+            model_decisions: Vec::new(),
+            budget_percent: 0,
+            warned: Vec::new(),
+            admission_checked: false,
+            window: ContextWindow::new(TokenCounter::for_model(
+                agent.provider.kind(),
+                agent.provider.model(),
+            )),
+            pinned_tools: agent.delegates.keys().cloned().collect(),
+            beat: Arc::new(Beat::default()),
+        }
+    }
+
+    pub(crate) async fn start(mut self, request: &RunRequest) -> Result<RunReport, EngineError> {
+        let untrusted = self
+            .agent
+            .output_labels
+            .values()
+            .any(|l| l.iter().any(|l| l == UNTRUSTED));
+        let instructions = if untrusted {
+            format!(
+                "{}\n\n{UNTRUSTED_NOTICE}",
+                self.agent.instructions.trim_end()
+            )
+        } else {
+            self.agent.instructions.clone()
+        };
+        let started = RunStarted {
+            agent: self.agent.name.clone(),
+            agent_dir: self.agent.dir.as_ref().map(|d| d.display().to_string()),
+            agent_digest: self.agent.digest.clone(),
+            workspace: self.workspace.display().to_string(),
+            task: request.task.clone(),
+            instructions,
+            provider: self.agent.provider.kind().to_owned(),
+            model: self.agent.provider.model().to_owned(),
+            limits: self.agent.limits,
+            tools: self.agent.tools.names(),
+            user: request.user.clone(),
+            tenant: request.tenant.clone(),
+            parent: request.parent.clone(),
+            sensitive: self.agent.sensitive.clone(),
+        };
+        let result = async {
+            self.record(Event::RunStarted(started)).await?;
+            for notice in &self.agent.load_notices {
+                self.record(Event::Notice {
+                    kind: notice.kind.clone(),
+                    subject: notice.subject.clone(),
+                    detail: notice.detail.clone(),
+                    call_id: None,
+                })
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => self.drive().await,
+            Err(e) => {
+                self.abandon().await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) async fn resume(mut self) -> Result<RunReport, EngineError> {
+        let agent_changed = self
+            .state
+            .started()
+            .map(|s| s.agent_digest != self.agent.digest)
+            .unwrap_or(false);
+        let attempt = self.state.attempt() + 1;
+        if let Err(e) = self
+            .record(Event::RunResumed {
+                attempt,
+                agent_changed,
+            })
+            .await
+        {
+            self.abandon().await;
+            return Err(e);
+        }
+        self.drive().await
+    }
+
+    /// The top run of this run's tree: a sub-agent shares its root's budget and session.
+    fn root_run(&self) -> String {
+        self.state
+            .started()
+            .and_then(|s| s.parent.as_ref())
+            .map(|p| p.run_id.clone())
+            .unwrap_or_else(|| self.run_id.clone())
+    }
+
+    async fn drive(mut self) -> Result<RunReport, EngineError> {
+        let span = tracing::info_span!(
+            "invoke_agent",
+            otel.name = %format!("invoke_agent {}", self.agent.name),
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %self.agent.name,
+            gen_ai.conversation.id = %self.run_id,
+            gen_ai.provider.name = self.agent.provider.kind(),
+            gen_ai.request.model = %self.agent.provider.model(),
+            rein.run.status = field::Empty,
+        );
+        let ledger = if self.agent.budgets.is_empty() {
+            None
+        } else {
+            Some(self.engine.ledger()?)
+        };
+        let _heartbeat = Heartbeat::start(
+            self.engine.store.clone(),
+            ledger,
+            self.lease.clone(),
+            vec![self.run_id.clone(), self.root_run()],
+            self.engine.clock.clone(),
+            self.beat.clone(),
+        );
+        self.engine.track(&self.run_id, self.beat.clone());
+        let result = self.drive_loop().instrument(span).await;
+        self.engine.untrack(&self.run_id);
+        if let Err(e) = result {
+            self.abandon().await;
+            return Err(e);
+        }
+        self.release_admission();
+        RunReport::from_state(&self.run_id, &self.state).ok_or_else(|| {
+            EngineError::Agent(format!("run {} stopped without an end state", self.run_id))
+        })
+    }
+
+    async fn drive_loop(&mut self) -> Result<(), EngineError> {
+        loop {
+            if self.beat.lost.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(EngineError::Store(rein_store::StoreError::Conflict {
+                    run_id: self.run_id.clone(),
+                    detail: "this process lost the run's lease to another; it stops here".into(),
+                }));
+            }
+            let action = self.state.next_action(self.engine.clock.now_ms());
+            if let (Some(by), false) = (
+                self.beat.cancelled_by(),
+                matches!(action, Action::Finished(_) | Action::Suspended),
+            ) {
+                self.record(Event::RunEnded {
+                    status: EndState::Cancelled,
+                    output: self.state.last_text().map(str::to_owned),
+                    reason: Some(format!("cancelled by {by}")),
+                    call_id: None,
+                })
+                .await?;
+                continue;
+            }
+            match action {
+                Action::Finished(status) => {
+                    tracing::Span::current().record("rein.run.status", status.as_str());
+                    break;
+                }
+                Action::End(ended) => {
+                    self.record(Event::RunEnded {
+                        status: ended.status,
+                        output: ended.output,
+                        reason: ended.reason,
+                        call_id: ended.call_id,
+                    })
+                    .await?;
+                }
+                Action::Suspended => {
+                    tracing::Span::current()
+                        .record("rein.run.status", EndState::AwaitingApproval.as_str());
+                    break;
+                }
+                Action::Suspend { approvals } => {
+                    self.record(Event::RunSuspended { approvals }).await?
+                }
+                Action::Expire { approval_id } => {
+                    self.record(Event::ApprovalDecided {
+                        approval_id,
+                        approved: false,
+                        by: "rein".into(),
+                        note: None,
+                        expired: true,
+                    })
+                    .await?
+                }
+                Action::CallModel { step } => self.call_model(step).await?,
+                Action::Dispatch { call } => self.dispatch(call).await?,
+                Action::ExecuteApproved { call, approved_by } => {
+                    self.run_approved(call, approved_by).await?
+                }
+                Action::Reexecute { call, attempt } => self.execute(call, attempt).await?,
+            }
+        }
+        self.flush().await
+    }
+
+    /// The driver stops without an end state (an error, or a fault point in a test): whatever
+    /// it queued may still commit, but it gives up its lease and budget hold at once, so the run
+    /// can be resumed (here or elsewhere) without waiting for them to lapse.
+    async fn abandon(&mut self) {
+        for commit in self.pending.drain(..) {
+            let _ = commit.await;
+        }
+        let _ = self.engine.store.release_lease(&self.lease);
+        self.release_admission();
+    }
+
+    /// What the gate knows about the run for a request.
+    fn facts(&self, approved_by: Option<String>) -> RequestFacts {
+        let started = self.state.started();
+        RequestFacts {
+            budget_percent: self.budget_percent,
+            user: started.map(|s| s.user.clone()).unwrap_or_default(),
+            tenant: started.map(|s| s.tenant.clone()).unwrap_or_default(),
+            task: started.map(|s| s.task.clone()).unwrap_or_default(),
+            labels: self.state.labels().to_vec(),
+            approved_by,
+        }
+    }
+}

@@ -1,0 +1,679 @@
+//! The model step: the context, the candidates (routed model, primary, fallbacks) with their
+//! breakers, the gate's verdict, a hold on the budgets sized by each model's own reply cap, the
+//! call with retries, and what rein accepts of the reply before it is recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rein_core::budget::{Price, Spend};
+use rein_core::gate::within_parent;
+use rein_core::text::one_line;
+use rein_core::{Decision, EndState, Event, Message, ToolSpec, Usage, Verdict};
+use rein_model::ChatRequest;
+use rein_store::LedgerLine;
+use tracing::{Instrument, field};
+
+use crate::EngineError;
+use crate::context::{ContextWindow, TokenCounter};
+use crate::driver::Driver;
+use crate::driver::budget::Hold;
+use crate::resilience::{Admission, Transition};
+
+/// The conversation of a request, for estimating its tokens.
+enum Prompt<'a> {
+    /// Already counted (the context window's total) by this counter.
+    Counted(&'a [Message], u64, TokenCounter),
+    /// These messages.
+    Messages(&'a [Message]),
+}
+
+/// The most tokens a wrap-up turn may answer with.
+const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
+
+impl Driver<'_> {
+    /// The system prompt (instructions and pinned constraints); brings the context window up to
+    /// date with the conversation, compacted to the context budget, and notes newly elided outputs.
+    async fn context(&mut self, step: u32) -> Result<String, EngineError> {
+        let mut system = self
+            .state
+            .started()
+            .map(|s| s.instructions.clone())
+            .unwrap_or_default();
+        if !self.agent.context.pinned.is_empty() {
+            system.push_str("\n\nConstraints that always apply:\n");
+            for c in &self.agent.context.pinned {
+                system.push_str("- ");
+                system.push_str(c);
+                system.push('\n');
+            }
+        }
+        let budget = self
+            .agent
+            .context
+            .max_tokens
+            .map(|max| max.saturating_sub(self.window.counter().count(&system)));
+        let before = self.window.tokens();
+        let newly = self.window.update(
+            self.state.messages(),
+            budget,
+            self.agent.context.keep_recent,
+            &self.pinned_tools,
+        );
+        if !newly.is_empty() {
+            let detail = format!(
+                "step {step}: elided the outputs of calls {}; the conversation is {} tokens (budget {}, {} before this step's new messages were elided)",
+                newly.join(", "),
+                self.window.tokens(),
+                budget.unwrap_or_default(),
+                before
+            );
+            self.notice("context_compacted", &self.run_id.clone(), detail, None)
+                .await?;
+        }
+        Ok(system)
+    }
+
+    /// What a model call may cost at most: the prompt and the most the model may answer.
+    fn estimate(
+        &self,
+        provider: &dyn rein_model::Provider,
+        system: &str,
+        messages: Prompt<'_>,
+        tools: &[ToolSpec],
+        max_output: u64,
+    ) -> (Spend, Option<Price>) {
+        let counter = TokenCounter::for_model(provider.kind(), provider.model());
+        let conversation = match messages {
+            // Counted already, the same way: no need to count again.
+            Prompt::Counted(_, tokens, by) if by.same_as(&counter) => tokens,
+            Prompt::Counted(messages, ..) => {
+                messages.iter().map(|m| counter.message(m)).sum::<u64>()
+            }
+            Prompt::Messages(messages) => messages.iter().map(|m| counter.message(m)).sum::<u64>(),
+        };
+        let prompt = counter.count(system)
+            + conversation
+            + tools
+                .iter()
+                .map(|t| {
+                    counter.count(&t.name)
+                        + counter.count(&t.description)
+                        + counter.count(&t.parameters.to_string())
+                })
+                .sum::<u64>();
+        let price = self
+            .agent
+            .prices
+            .get(provider.model())
+            .copied()
+            .or_else(|| rein_core::budget::builtin_price(provider.model()));
+        let usage = Usage {
+            input_tokens: prompt,
+            output_tokens: max_output,
+        };
+        (
+            Spend {
+                tokens: prompt + max_output,
+                cost_micros: price.map(|p| p.cost_micros(&usage)).unwrap_or(0),
+            },
+            price,
+        )
+    }
+
+    fn judge_model(&mut self, model: &str) -> Decision {
+        let labels = self.state.labels().to_vec();
+        let key = (labels, model.to_owned(), self.budget_percent);
+        if let Some((_, d)) = self.model_decisions.iter().find(|(k, _)| *k == key) {
+            return d.clone();
+        }
+        let facts = self.facts(None);
+        let mut d = self.agent.gate.judge_model(model, &facts);
+        if let Some(parent) = &self.agent.parent_gate {
+            d = within_parent(d, parent.judge_model_as(&self.agent.name, model, &facts));
+        }
+        self.model_decisions.push((key, d.clone()));
+        d
+    }
+
+    pub(super) async fn call_model(&mut self, step: u32) -> Result<(), EngineError> {
+        if let Some(max) = self.agent.max_tool_calls
+            && self.state.tool_executions() >= max
+        {
+            return self
+                .wrap_up(step, format!("the run's tool-call budget ({max}) is spent"))
+                .await;
+        }
+        let lines = self.budget_lines();
+        if !self.admit(&lines).await? {
+            return Ok(());
+        }
+        self.check_budgets(&lines).await?;
+        let system = self.context(step).await?;
+        // The window is lent out for the call, so the conversation is not copied each step.
+        let window =
+            std::mem::replace(&mut self.window, ContextWindow::new(TokenCounter::Estimate));
+        let result = self
+            .call_candidates(
+                step,
+                &lines,
+                &system,
+                window.messages(),
+                window.tokens(),
+                window.counter(),
+            )
+            .await;
+        self.window = window;
+        result
+    }
+
+    /// Tries the routed model, the primary and its fallbacks in turn for one step.
+    async fn call_candidates(
+        &mut self,
+        step: u32,
+        lines: &[(rein_core::budget::Limit, LedgerLine)],
+        system: &str,
+        messages: &[Message],
+        counted: u64,
+        counted_by: TokenCounter,
+    ) -> Result<(), EngineError> {
+        // Candidates in order: the routed model for this kind of step, the primary, its fallbacks.
+        let reads_tool_results = matches!(self.state.messages().last(), Some(Message::Tool { .. }));
+        let mut candidates: Vec<(Arc<dyn rein_model::Provider>, &'static str)> = Vec::new();
+        if let (Some(routed), true) = (&self.agent.route_tool_results, reads_tool_results) {
+            candidates.push((routed.clone(), "routed: this step reads tool results"));
+        }
+        candidates.push((self.agent.provider.clone(), "primary"));
+        for fallback in &self.agent.fallbacks {
+            candidates.push((fallback.clone(), "fallback"));
+        }
+        let mut seen = Vec::new();
+        candidates.retain(|(p, _)| {
+            let fresh = !seen.contains(&p.model().to_owned());
+            seen.push(p.model().to_owned());
+            fresh
+        });
+        let mut failures: Vec<String> = Vec::new();
+        let count = candidates.len();
+        for (index, (provider, why)) in candidates.into_iter().enumerate() {
+            let model = provider.model().to_owned();
+            let breaker = format!("model:{model}");
+            let now = self.engine.clock.now_ms();
+            match self.agent.breakers.admit(&breaker, now) {
+                Admission::Refused { retry_in_ms } => {
+                    failures.push(format!("{model}: circuit breaker open"));
+                    self.notice(
+                        "model_skipped",
+                        &model,
+                        format!("its circuit breaker is open for {retry_in_ms} ms more"),
+                        None,
+                    )
+                    .await?;
+                    continue;
+                }
+                Admission::Probe => {
+                    self.notice(
+                        "breaker_half_open",
+                        &breaker,
+                        "letting one call through to probe the model".into(),
+                        None,
+                    )
+                    .await?
+                }
+                Admission::Pass => {}
+            }
+            if why != "primary" || !failures.is_empty() {
+                let detail = if failures.is_empty() {
+                    why.to_owned()
+                } else {
+                    format!("{why}, after: {}", failures.join("; "))
+                };
+                self.notice("model_chosen", &model, detail, None).await?;
+            }
+            let decision = self.judge_model(&model);
+            self.record(Event::ModelJudged {
+                step,
+                model: model.clone(),
+                verdict: decision.verdict,
+                policies: decision.policies.clone(),
+                reasons: decision.reasons.clone(),
+            })
+            .await?;
+            if decision.verdict != Verdict::Allow {
+                failures.push(format!("{model}: not allowed by the policies"));
+                if index + 1 < count {
+                    continue;
+                }
+                return self
+                    .record(Event::RunEnded {
+                        status: EndState::Denied,
+                        output: self.state.last_text().map(str::to_owned),
+                        reason: Some(format!(
+                            "the policies do not allow model `{model}`: {}",
+                            decision.reasons.join("; ")
+                        )),
+                        call_id: None,
+                    })
+                    .await;
+            }
+            // Each model reserves its own reply cap, the one it is sent.
+            let (estimate, price) = self.estimate(
+                provider.as_ref(),
+                system,
+                Prompt::Counted(messages, counted, counted_by),
+                &self.tool_specs,
+                provider.max_output_tokens(),
+            );
+            // Room is kept for the wrap-up turn, so a run stopped by its budget can still say
+            // what it did.
+            let headroom = if lines.is_empty() {
+                Spend::default()
+            } else {
+                let wrap_up = self.wrap_up_request("the budget is spent");
+                self.estimate(
+                    provider.as_ref(),
+                    &wrap_up.0,
+                    Prompt::Messages(&wrap_up.1),
+                    &[],
+                    WRAP_UP_OUTPUT_TOKENS,
+                )
+                .0
+            };
+            let held = match self.hold(lines, estimate, headroom, 0)? {
+                Hold::Held(held) => held,
+                Hold::Refused(why) => return self.wrap_up(step, why).await,
+            };
+            let tools = self.tool_specs.clone();
+            let result = self
+                .try_model(step, provider.as_ref(), system, messages, &tools)
+                .await?;
+            let now = self.engine.clock.now_ms();
+            let (threshold, cooldown) = (5, Duration::from_secs(30));
+            match result {
+                Ok((reply, latency_us)) => {
+                    let actual = Spend {
+                        tokens: reply.usage.input_tokens + reply.usage.output_tokens,
+                        cost_micros: price.map(|p| p.cost_micros(&reply.usage)).unwrap_or(0),
+                    };
+                    self.settle(held, actual, &model).await?;
+                    if let Some(Transition::Closed) = self
+                        .agent
+                        .breakers
+                        .record(&breaker, true, threshold, cooldown, now)
+                    {
+                        self.notice(
+                            "breaker_closed",
+                            &breaker,
+                            "the probe succeeded".into(),
+                            None,
+                        )
+                        .await?;
+                    }
+                    if let Some(target) = self.agent.model_latency_target
+                        && latency_us > target.as_micros() as u64
+                    {
+                        self.notice(
+                            "latency_target_missed",
+                            &model,
+                            format!(
+                                "the call took {} ms; the target is {} ms",
+                                latency_us / 1000,
+                                target.as_millis()
+                            ),
+                            None,
+                        )
+                        .await?;
+                    }
+                    // rein owns call ids, and refuses what is too big or too many, before
+                    // anything of the reply is recorded.
+                    let sanitized = rein_core::reply::sanitize_calls(
+                        step,
+                        reply.tool_calls,
+                        &self.agent.reply_limits,
+                    );
+                    self.record(Event::ModelReplied {
+                        step,
+                        text: reply.text,
+                        tool_calls: sanitized.calls,
+                        usage: reply.usage,
+                        latency_us,
+                        stop_reason: reply.stop_reason,
+                        model: model.clone(),
+                        cost_micros: actual.cost_micros,
+                    })
+                    .await?;
+                    if sanitized.dropped > 0 {
+                        self.notice(
+                            "tool_calls_dropped",
+                            &model,
+                            format!(
+                                "the reply proposed {} more tool calls than rein keeps ({}); they were dropped unread",
+                                sanitized.dropped,
+                                rein_core::reply::MAX_RECORDED_CALLS
+                            ),
+                            None,
+                        )
+                        .await?;
+                    }
+                    for refusal in sanitized.refused {
+                        self.record(Event::ToolRejected {
+                            step,
+                            call_id: refusal.call_id,
+                            tool: refusal.tool,
+                            reason: refusal.reason,
+                        })
+                        .await?;
+                    }
+                    return Ok(());
+                }
+                Err((error, tries)) => {
+                    drop(held);
+                    if let Some(Transition::Opened {
+                        failures: n,
+                        cooldown_ms,
+                    }) = self
+                        .agent
+                        .breakers
+                        .record(&breaker, false, threshold, cooldown, now)
+                    {
+                        self.notice(
+                            "breaker_opened",
+                            &breaker,
+                            format!(
+                                "{n} failed calls in a row; calls are refused for {cooldown_ms} ms"
+                            ),
+                            None,
+                        )
+                        .await?;
+                    }
+                    let tries = if tries == 1 {
+                        "1 try".to_owned()
+                    } else {
+                        format!("{tries} tries")
+                    };
+                    failures.push(format!("{model} failed after {tries}: {error}"));
+                }
+            }
+        }
+        let reason = format!(
+            "the model call for step {step} failed with every model: {}",
+            failures.join("; ")
+        );
+        // Some work was done: say so, rather than a bare failure.
+        let status = if self
+            .state
+            .history()
+            .iter()
+            .any(|(_, r)| *r == rein_core::state::CallResult::Done)
+        {
+            EndState::Partial
+        } else {
+            EndState::Failed
+        };
+        self.record(Event::RunEnded {
+            status,
+            output: self.state.last_text().map(str::to_owned),
+            reason: Some(reason),
+            call_id: None,
+        })
+        .await
+    }
+
+    /// Calls one model, retrying errors that may pass. The outer error is the engine's; the inner
+    /// one is the model's last error once no retry is left.
+    async fn try_model(
+        &mut self,
+        step: u32,
+        provider: &dyn rein_model::Provider,
+        system: &str,
+        messages: &[Message],
+        tools: &[ToolSpec],
+    ) -> Result<
+        Result<(rein_model::ChatResponse, u64), (rein_model::ProviderError, u32)>,
+        EngineError,
+    > {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.record(Event::ModelRequested {
+                step,
+                attempt,
+                model: provider.model().to_owned(),
+                messages: messages.len() as u32,
+                tools: tools.len() as u32,
+            })
+            .await?;
+            let span = tracing::info_span!(
+                "chat",
+                otel.name = %format!("chat {}", provider.model()),
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = provider.kind(),
+                gen_ai.request.model = %provider.model(),
+                gen_ai.conversation.id = %self.run_id,
+                gen_ai.usage.input_tokens = field::Empty,
+                gen_ai.usage.output_tokens = field::Empty,
+                gen_ai.response.finish_reasons = field::Empty,
+                error.r#type = field::Empty,
+            );
+            let began = Instant::now();
+            let result = {
+                let request = ChatRequest {
+                    system,
+                    messages,
+                    tools,
+                };
+                provider.complete(&request).instrument(span.clone()).await
+            };
+            let latency_us = began.elapsed().as_micros() as u64;
+            match result {
+                Ok(reply) => {
+                    span.record("gen_ai.usage.input_tokens", reply.usage.input_tokens);
+                    span.record("gen_ai.usage.output_tokens", reply.usage.output_tokens);
+                    if let Some(reason) = &reply.stop_reason {
+                        span.record("gen_ai.response.finish_reasons", reason.as_str());
+                    }
+                    return Ok(Ok((reply, latency_us)));
+                }
+                Err(error) => {
+                    span.record("error.type", error_type(&error));
+                    let will_retry = error.is_retryable() && attempt < self.agent.max_attempts;
+                    let wait = will_retry.then(|| {
+                        backoff(
+                            &self.run_id,
+                            step,
+                            attempt,
+                            error.retry_after(),
+                            self.agent.max_backoff,
+                        )
+                    });
+                    self.record(Event::ModelFailed {
+                        step,
+                        attempt,
+                        error: error.to_string(),
+                        will_retry,
+                        retry_in_ms: wait.map(|w| w.as_millis() as u64),
+                    })
+                    .await?;
+                    match wait {
+                        Some(wait) => {
+                            self.flush().await?;
+                            tokio::time::sleep(wait).await;
+                        }
+                        None => return Ok(Err((error, attempt))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A budget ran out: ask the model once more, without tools, to sum up what it completed and
+    /// what it did not (if that still fits), then end the run as `budget_exhausted` with that
+    /// summary as its partial output.
+    /// The short request of a wrap-up turn: the instructions, the task, and a list of the calls
+    /// made and how each went (not their outputs).
+    fn wrap_up_request(&self, why: &str) -> (String, Vec<Message>) {
+        let started = self.state.started();
+        let system = started.map(|s| s.instructions.clone()).unwrap_or_default();
+        let task = started.map(|s| s.task.clone()).unwrap_or_default();
+        let mut done = String::new();
+        for slot in self.state.calls() {
+            done.push_str(&format!(
+                "\n- {} {}: {:?}",
+                slot.call.name,
+                one_line(&slot.call.arguments.to_string(), 120),
+                slot.status
+            ));
+        }
+        if done.is_empty() {
+            done.push_str(" none");
+        }
+        let text = format!(
+            "rein: the run must stop now ({why}). You cannot call tools any more. The tool calls so far:{done}\nIn a few sentences, say what you completed, what you did not, and why."
+        );
+        (
+            system,
+            vec![Message::User { text: task }, Message::User { text }],
+        )
+    }
+
+    async fn wrap_up(&mut self, step: u32, why: String) -> Result<(), EngineError> {
+        let provider = self
+            .agent
+            .route_wrap_up
+            .clone()
+            .unwrap_or_else(|| self.agent.provider.clone());
+        let (system, messages) = self.wrap_up_request(&why);
+        let (estimate, price) = self.estimate(
+            provider.as_ref(),
+            &system,
+            Prompt::Messages(&messages),
+            &[],
+            WRAP_UP_OUTPUT_TOKENS,
+        );
+        let lines = self.budget_lines();
+        let held = match self.hold(&lines, estimate, Spend::default(), 0)? {
+            Hold::Held(held) => Some(held),
+            Hold::Refused(_) => None,
+        };
+        let model = provider.model().to_owned();
+        let mut output = self.state.last_text().map(str::to_owned);
+        let mut note = "no wrap-up turn: it would not fit in the budget either".to_owned();
+        if let Some(held) = held {
+            let decision = self.judge_model(&model);
+            self.record(Event::ModelJudged {
+                step,
+                model: model.clone(),
+                verdict: decision.verdict,
+                policies: decision.policies.clone(),
+                reasons: decision.reasons.clone(),
+            })
+            .await?;
+            let mut actual = Spend::default();
+            if decision.verdict == Verdict::Allow
+                && let Ok((reply, latency_us)) = self
+                    .try_model(step, provider.as_ref(), &system, &messages, &[])
+                    .await?
+            {
+                actual = Spend {
+                    tokens: reply.usage.input_tokens + reply.usage.output_tokens,
+                    cost_micros: price.map(|p| p.cost_micros(&reply.usage)).unwrap_or(0),
+                };
+                note = "after a wrap-up turn".to_owned();
+                if reply.text.is_some() {
+                    output = reply.text.clone();
+                }
+                self.record(Event::ModelReplied {
+                    step,
+                    text: reply.text,
+                    // No tools were offered: any call in a wrap-up is ignored.
+                    tool_calls: vec![],
+                    usage: reply.usage,
+                    latency_us,
+                    stop_reason: reply.stop_reason,
+                    model: model.clone(),
+                    cost_micros: actual.cost_micros,
+                })
+                .await?;
+            }
+            self.settle(held, actual, &model).await?;
+        }
+        self.record(Event::RunEnded {
+            status: EndState::BudgetExhausted,
+            output,
+            reason: Some(format!("{why}; ended {note}")),
+            call_id: None,
+        })
+        .await
+    }
+}
+
+fn error_type(error: &rein_model::ProviderError) -> &'static str {
+    use rein_model::ProviderError as E;
+    match error {
+        E::RateLimited { .. } => "rate_limited",
+        E::Server { .. } => "server_error",
+        E::Timeout { .. } => "timeout",
+        E::Rejected { .. } => "rejected",
+        E::Malformed { .. } => "malformed_response",
+        E::Transport { .. } => "transport",
+        E::Script(_) => "script",
+    }
+}
+
+/// How long to wait before try `attempt + 1`: what the provider asked for if it did, otherwise
+/// exponential backoff from 250 ms with ±25% jitter; never more than `max`. The jitter is derived
+/// from the run, step and attempt, so concurrent runs spread out while each run stays replayable.
+pub(crate) fn backoff(
+    run_id: &str,
+    step: u32,
+    attempt: u32,
+    asked: Option<Duration>,
+    max: Duration,
+) -> Duration {
+    if let Some(asked) = asked {
+        return asked.min(max);
+    }
+    let base = 250u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in run_id
+        .bytes()
+        .chain(step.to_le_bytes())
+        .chain(attempt.to_le_bytes())
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let jitter = (h % 501) as i64 - 250; // -250..=250 per mille of a quarter
+    let ms = (base as i64 + base as i64 * jitter / 1000).max(1) as u64;
+    Duration::from_millis(ms).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_honours_retry_after_grows_and_is_capped() {
+        let max = Duration::from_secs(10);
+        assert_eq!(
+            backoff("r", 1, 1, Some(Duration::from_secs(7)), max),
+            Duration::from_secs(7)
+        );
+        assert_eq!(backoff("r", 1, 1, Some(Duration::from_secs(70)), max), max);
+        let waits: Vec<Duration> = (1..=4).map(|a| backoff("r", 1, a, None, max)).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let base = 250u64 << i;
+            assert!(
+                w.as_millis() as u64 >= base * 3 / 4 && w.as_millis() as u64 <= base * 5 / 4,
+                "{w:?} for attempt {}",
+                i + 1
+            );
+        }
+        assert_eq!(backoff("r", 1, 30, None, max), max);
+        // Same inputs, same wait; other runs spread out.
+        assert_eq!(backoff("r", 1, 2, None, max), backoff("r", 1, 2, None, max));
+        let spread: std::collections::BTreeSet<Duration> = (0..20)
+            .map(|i| backoff(&format!("run{i}"), 1, 2, None, max))
+            .collect();
+        assert!(spread.len() > 5);
+    }
+}

@@ -1,0 +1,115 @@
+//! Recording: every event of a run passes [`Driver::record`], which redacts secrets (failing
+//! closed), applies the event to the run's state, queues it to the store under the run's lease,
+//! and hands its audit record to the audit writer once the event has committed.
+
+use rein_core::{Event, StoredEvent};
+use rein_store::OnCommit;
+
+use crate::EngineError;
+use crate::driver::Driver;
+
+impl Driver<'_> {
+    /// Applies an event to the run's state and queues it for commit. Every event passes here, so
+    /// the state the engine decides from is always exactly the log.
+    pub(super) async fn record(&mut self, event: Event) -> Result<(), EngineError> {
+        // Secret values never reach the log, the context or the live view, whoever produced them.
+        let event = crate::secrets::redact_event(&self.agent.redactor, event)?;
+        let stored = StoredEvent {
+            seq: self.state.last_seq() + 1,
+            at_ms: self.engine.clock.now_ms(),
+            event,
+        };
+        self.state
+            .apply(&stored)
+            .map_err(|source| EngineError::State {
+                run_id: self.run_id.clone(),
+                source,
+            })?;
+        // The audit record goes to the writer once the event is committed, not before (a
+        // record of an event that never committed would be false) and not later (a kill after
+        // the commit would lose it until the next resume fills it in).
+        let entry = crate::audit::entry_for(&self.run_id, &stored, &self.state, &|bytes| {
+            self.engine.audit.log().keyed_hash(bytes)
+        });
+        let sender = self.engine.audit.sender();
+        let fsync = self.agent.durability == rein_core::Durability::Fsync;
+        let hook: OnCommit = Box::new(move |ok| {
+            if ok {
+                sender.send(vec![entry], fsync);
+            }
+        });
+        self.pending.push(self.engine.store.append(
+            &self.lease,
+            std::slice::from_ref(&stored),
+            self.agent.durability,
+            Some(hook),
+        ));
+        self.observer.on_event(&self.run_id, &stored);
+        let closing = matches!(
+            stored.event,
+            Event::RunEnded { .. } | Event::RunSuspended { .. }
+        );
+        self.closing |= closing;
+        // Intents, outcomes and endings are waited for; other events ride along with them.
+        if closing
+            || matches!(
+                stored.event,
+                Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::ToolInDoubt { .. }
+            )
+        {
+            self.flush().await?;
+        }
+        if self.engine.fault_after_event(stored.seq) {
+            self.stop_for_fault().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until everything recorded so far is committed; once the run has ended or
+    /// suspended, also until its audit records are written and a checkpoint is signed. A failed
+    /// audit write stops the run here.
+    pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
+        for commit in self.pending.drain(..) {
+            commit.await?;
+        }
+        if let Some(failure) = self.engine.audit.failure() {
+            return Err(EngineError::Audit(failure));
+        }
+        if std::mem::take(&mut self.closing) {
+            self.engine
+                .audit
+                .checkpoint(self.engine.clock.now_ms())
+                .await
+                .map_err(EngineError::Audit)?;
+        }
+        Ok(())
+    }
+
+    /// A fault point was reached (tests only): make everything durable, stop as a dead process
+    /// would, and if the stop returns, abandon the run.
+    pub(super) async fn stop_for_fault(&mut self) -> Result<(), EngineError> {
+        self.flush().await?;
+        self.engine.fault_stop();
+        Err(EngineError::Interrupted {
+            run_id: self.run_id.clone(),
+            seq: self.state.last_seq(),
+        })
+    }
+
+    /// Notes something that does not change the run's state.
+    pub(super) async fn notice(
+        &mut self,
+        kind: &str,
+        subject: &str,
+        detail: String,
+        call_id: Option<String>,
+    ) -> Result<(), EngineError> {
+        self.record(Event::Notice {
+            kind: kind.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+            call_id,
+        })
+        .await
+    }
+}

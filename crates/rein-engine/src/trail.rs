@@ -1,0 +1,145 @@
+//! The audit trail against the event log: filling in what crashes left out, for every run, and
+//! checking that every event has exactly one record of the right kind and every record an event.
+
+use std::collections::HashMap;
+
+use rein_store::RunFilter;
+use serde::Serialize;
+
+use crate::lease::holder_gone;
+use crate::{Engine, EngineError};
+
+/// What cross-checking the trail against the event log found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrailCheck {
+    /// Runs checked.
+    pub runs: u64,
+    /// Events checked.
+    pub events: u64,
+    /// Records filled in before checking (events a crash had left out).
+    pub filled: u64,
+    /// Runs a live process is driving now: their last events may not be recorded yet.
+    pub in_progress: Vec<String>,
+    /// Runs whose records predate records naming their events: not checked event by event.
+    pub legacy: Vec<String>,
+    /// What does not match, for people: events without a record, records without an event,
+    /// records of the wrong kind, events recorded twice.
+    pub problems: Vec<String>,
+}
+
+impl Engine {
+    /// Whether a live process drives `run_id` now (it holds the run's lease, which has not
+    /// lapsed, and is not known to have died).
+    pub fn driven_now(&self, run_id: &str) -> Result<bool, EngineError> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .store
+            .lease_holder(run_id)?
+            .is_some_and(|h| h.expires_ms > now && !holder_gone(&h.owner)))
+    }
+
+    /// Fills in the audit records of every run that a crash left out (runs a live process
+    /// drives are left to it). Returns how many records were written.
+    pub fn fill_audit(&self) -> Result<u64, EngineError> {
+        let mut filled = 0;
+        for run in self.store.list_runs(&RunFilter {
+            limit: usize::MAX >> 1,
+            ..RunFilter::default()
+        })? {
+            let cursor = self
+                .audit_log()
+                .cursor(&run.id)
+                .map_err(|e| EngineError::Audit(e.to_string()))?;
+            if cursor.is_some_and(|c| c < run.events) && !self.driven_now(&run.id)? {
+                filled += self.backfill_audit(&run.id)? as u64;
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Checks the trail against the event log, after filling in what crashes left out.
+    pub fn check_trail(&self) -> Result<TrailCheck, EngineError> {
+        let mut check = TrailCheck {
+            filled: self.fill_audit()?,
+            ..TrailCheck::default()
+        };
+        let dir = &self.audit_log().paths().dir;
+        let records =
+            rein_audit::read_records(dir).map_err(|e| EngineError::Audit(e.to_string()))?;
+        // (run, event) -> the records naming it: (record seq, kind).
+        let mut by_event: HashMap<(&str, u64), Vec<(u64, &str)>> = HashMap::new();
+        for record in &records {
+            if let (Some(run), Some(event)) = (&record.run_id, record.event) {
+                by_event
+                    .entry((run.as_str(), event))
+                    .or_default()
+                    .push((record.seq, record.kind.as_str()));
+            }
+        }
+        let runs = self.store.list_runs(&RunFilter {
+            limit: usize::MAX >> 1,
+            ..RunFilter::default()
+        })?;
+        let mut known: HashMap<&str, u64> = HashMap::new();
+        for run in &runs {
+            known.insert(run.id.as_str(), run.events);
+            check.runs += 1;
+            let cursor = self
+                .audit_log()
+                .cursor(&run.id)
+                .map_err(|e| EngineError::Audit(e.to_string()))?;
+            let Some(cursor) = cursor else {
+                check.legacy.push(run.id.clone());
+                continue;
+            };
+            let live = cursor < run.events && self.driven_now(&run.id)?;
+            if live {
+                check.in_progress.push(run.id.clone());
+            }
+            for stored in self.store.events(&run.id)? {
+                check.events += 1;
+                let expected = crate::audit::record_kind(&stored.event);
+                match by_event.get(&(run.id.as_str(), stored.seq)) {
+                    None if live && stored.seq > cursor => {}
+                    None => check.problems.push(format!(
+                        "run {} event {} ({}) has no audit record",
+                        run.id,
+                        stored.seq,
+                        stored.event.kind()
+                    )),
+                    Some(found) if found.len() > 1 => check.problems.push(format!(
+                        "run {} event {} is recorded {} times (records {})",
+                        run.id,
+                        stored.seq,
+                        found.len(),
+                        found
+                            .iter()
+                            .map(|(s, _)| s.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Some(found) if found[0].1 != expected => check.problems.push(format!(
+                        "audit record {} says run {} event {} is a {}, but the event log holds a {} there",
+                        found[0].0,
+                        run.id,
+                        stored.seq,
+                        found[0].1,
+                        stored.event.kind()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for ((run, event), found) in &by_event {
+            let exists = known.get(run).is_some_and(|last| event <= last);
+            if !exists {
+                check.problems.push(format!(
+                    "audit record {} names run {run} event {event}, which the event log does not hold",
+                    found[0].0
+                ));
+            }
+        }
+        check.problems.sort();
+        Ok(check)
+    }
+}

@@ -1,0 +1,735 @@
+//! The embedded SQLite store: WAL mode, one writer thread committing the appends of all runs in
+//! shared transactions (group commit), a connection for reads and one for leases.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState, Event, StoredEvent};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{
+    ApprovalFilter, ApprovalSummary, Commit, Lease, LeaseHolder, OnCommit, Renewed, RunFilter,
+    RunSummary, Store, StoreError,
+};
+use writer::{Append, ApprovalChange, Started, write_loop};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// The schema of a new database, at [`SCHEMA_VERSION`].
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id               TEXT PRIMARY KEY,
+    agent            TEXT NOT NULL,
+    task             TEXT NOT NULL,
+    status           TEXT,
+    created_ms       INTEGER NOT NULL,
+    steps            INTEGER NOT NULL DEFAULT 0,
+    user             TEXT NOT NULL DEFAULT 'anonymous',
+    tenant           TEXT NOT NULL DEFAULT 'default',
+    parent_run       TEXT,
+    lease_owner      TEXT,
+    lease_token      INTEGER NOT NULL DEFAULT 0,
+    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
+    cancel_requested TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
+CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
+CREATE TABLE IF NOT EXISTS approvals (
+    id          TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    call_id     TEXT NOT NULL,
+    tool        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER,
+    decided_by  TEXT,
+    decided_ms  INTEGER
+);
+CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
+CREATE TABLE IF NOT EXISTS events (
+    run_id   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    payload  TEXT NOT NULL,
+    v        INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+";
+
+/// From schema version 1 (before leases, tenants on runs and event format versions).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE runs ADD COLUMN user TEXT NOT NULL DEFAULT 'anonymous';
+ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE runs ADD COLUMN parent_run TEXT;
+ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
+ALTER TABLE events ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
+UPDATE runs SET
+    user = COALESCE((SELECT json_extract(payload, '$.user') FROM events WHERE run_id = runs.id AND seq = 1), 'anonymous'),
+    tenant = COALESCE((SELECT json_extract(payload, '$.tenant') FROM events WHERE run_id = runs.id AND seq = 1), 'default'),
+    parent_run = (SELECT json_extract(payload, '$.parent.run_id') FROM events WHERE run_id = runs.id AND seq = 1);
+CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
+";
+
+/// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends.
+pub struct SqliteStore {
+    path: PathBuf,
+    sender: Option<mpsc::Sender<Append>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Connection>,
+    /// Leases and cancellation requests: small transactions of their own.
+    control: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Opens a connection to the store's file with the settings every connection shares.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(db_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db_err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `state_dir`, as `rein.db`. Many processes may
+    /// open a new state directory at once: creating the schema is one transaction, and the
+    /// others wait for it.
+    pub fn open(state_dir: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join("rein.db");
+        let db_err = |source| StoreError::Database {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut writer = connect(&path)?;
+        crate::side::enable_wal(&writer).map_err(db_err)?;
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Fsync => "FULL",
+        };
+        writer
+            .pragma_update(None, "synchronous", sync)
+            .map_err(db_err)?;
+        migrate(&mut writer, &path)?;
+        let reader = connect(&path)?;
+        let control = connect(&path)?;
+
+        let (sender, receiver) = mpsc::channel();
+        let writer_path = path.clone();
+        let handle = std::thread::Builder::new()
+            .name("rein-store-writer".into())
+            .spawn(move || write_loop(writer, writer_path, receiver))
+            .map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(SqliteStore {
+            path,
+            sender: Some(sender),
+            writer: Some(handle),
+            reader: Mutex::new(reader),
+            control: Mutex::new(control),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Database {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self
+            .reader
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+
+    /// Runs `f` in an immediate transaction on the control connection.
+    fn control<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| self.db_err(e))?;
+        Ok(out)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one immediate transaction; the version is read
+/// inside it, so two processes opening a new or old database at once migrate it once.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
+    let version = |c: &Connection| -> Result<i64, StoreError> {
+        c.pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)
+    };
+    let found = version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let found = version(&tx)?;
+    let has_runs: bool = tx
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(db_err)?
+        > 0;
+    match found {
+        0 if !has_runs => tx.execute_batch(SCHEMA).map_err(db_err)?,
+        // A version-1 database (also one whose version was never written).
+        0 | 1 => tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?,
+        _ => {}
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)
+}
+
+fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, StoreError> {
+    raw.map(|s| {
+        serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| {
+            StoreError::Corrupt {
+                run_id: run_id.into(),
+                seq: 0,
+                detail: format!("unknown status `{s}`"),
+            }
+        })
+    })
+    .transpose()
+}
+
+const APPROVAL_COLUMNS: &str = "a.id, a.run_id, a.call_id, a.tool, a.status, a.created_ms, a.expires_ms, a.decided_by, r.tenant";
+
+fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummary> {
+    Ok(ApprovalSummary {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        call_id: row.get(2)?,
+        tool: row.get(3)?,
+        status: row.get(4)?,
+        created_ms: row.get::<_, i64>(5)? as u64,
+        expires_ms: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        decided_by: row.get(7)?,
+        tenant: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+    })
+}
+
+/// A run's summary columns; the last event's position and time come from the events' key.
+const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms,
+    (SELECT at_ms FROM events WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1),
+    (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps, user, tenant, parent_run";
+
+fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Option<String>)> {
+    Ok((
+        RunSummary {
+            id: row.get(0)?,
+            agent: row.get(1)?,
+            task: row.get(2)?,
+            status: None,
+            created_ms: row.get::<_, i64>(4)? as u64,
+            updated_ms: row.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+            events: row.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
+            steps: row.get::<_, i64>(7)? as u32,
+            user: row.get(8)?,
+            tenant: row.get(9)?,
+            parent: row.get(10)?,
+        },
+        row.get(3)?,
+    ))
+}
+
+/// The events of a run from the rows of a query (seq, at_ms, payload, format).
+fn decode_events(
+    run_id: &str,
+    rows: impl Iterator<Item = rusqlite::Result<(u64, u64, String, u32)>>,
+    db_err: impl Fn(rusqlite::Error) -> StoreError,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, at_ms, payload, format) = row.map_err(&db_err)?;
+        if format > EVENT_FORMAT_VERSION {
+            return Err(StoreError::NewerEvent {
+                run_id: run_id.into(),
+                seq,
+                found: format,
+                supported: EVENT_FORMAT_VERSION,
+            });
+        }
+        let event: Event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
+            run_id: run_id.into(),
+            seq,
+            detail: e.to_string(),
+        })?;
+        out.push(StoredEvent { seq, at_ms, event });
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn append(
+        &self,
+        lease: &Lease,
+        events: &[StoredEvent],
+        durability: Durability,
+        on_commit: Option<OnCommit>,
+    ) -> Commit {
+        let run_id = lease.run_id.as_str();
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let mut append = Append {
+            lease: lease.clone(),
+            rows: Vec::with_capacity(events.len()),
+            started: None,
+            status: None,
+            releases: false,
+            steps: None,
+            approvals: Vec::new(),
+            durability,
+            done,
+            on_commit,
+        };
+        for stored in events {
+            match &stored.event {
+                Event::RunStarted(s) => {
+                    append.started = Some(Started {
+                        agent: s.agent.clone(),
+                        task: s.task.clone(),
+                        user: s.user.clone(),
+                        tenant: s.tenant.clone(),
+                        parent: s.parent.as_ref().map(|p| p.run_id.clone()),
+                    })
+                }
+                Event::RunEnded { status, .. } => {
+                    append.status = Some(Some(*status));
+                    append.releases = true;
+                }
+                Event::RunSuspended { .. } => {
+                    append.status = Some(Some(EndState::AwaitingApproval));
+                    append.releases = true;
+                }
+                Event::RunResumed { .. } => append.status = Some(None),
+                Event::CallReconciled { .. } => append.status = Some(None),
+                Event::ModelReplied { step, .. } => append.steps = Some(*step),
+                Event::ApprovalRequested {
+                    approval_id,
+                    call_id,
+                    tool,
+                    expires_at_ms,
+                    ..
+                } => {
+                    append.approvals.push(ApprovalChange::Requested {
+                        id: approval_id.clone(),
+                        call_id: call_id.clone(),
+                        tool: tool.clone(),
+                        at_ms: stored.at_ms,
+                        expires_ms: *expires_at_ms,
+                    });
+                }
+                Event::ApprovalDecided {
+                    approval_id,
+                    approved,
+                    by,
+                    expired,
+                    ..
+                } => {
+                    let status = if *expired {
+                        "expired"
+                    } else if *approved {
+                        "approved"
+                    } else {
+                        "denied"
+                    };
+                    append.approvals.push(ApprovalChange::Decided {
+                        id: approval_id.clone(),
+                        status,
+                        by: by.clone(),
+                        at_ms: stored.at_ms,
+                    });
+                }
+                _ => {}
+            }
+            let payload = match serde_json::to_string(&stored.event) {
+                Ok(p) => p,
+                Err(e) => {
+                    return Commit::failed(StoreError::Corrupt {
+                        run_id: run_id.into(),
+                        seq: stored.seq,
+                        detail: format!("cannot encode: {e}"),
+                    });
+                }
+            };
+            append.rows.push((stored.seq, stored.at_ms, payload));
+        }
+        match &self.sender {
+            Some(sender) => match sender.send(append) {
+                Ok(()) => Commit(rx),
+                Err(_) => Commit::failed(StoreError::Closed),
+            },
+            None => Commit::failed(StoreError::Closed),
+        }
+    }
+
+    fn acquire_lease(
+        &self,
+        run_id: &str,
+        owner: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+        holder_gone: &dyn Fn(&str) -> bool,
+    ) -> Result<Lease, StoreError> {
+        self.control(|tx| {
+            let row: Option<(Option<String>, i64, i64)> = tx
+                .query_row(
+                    "SELECT lease_owner, lease_token, lease_expires_ms FROM runs WHERE id = ?1",
+                    [run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| self.db_err(e))?;
+            let Some((holder, token, expires)) = row else {
+                return Err(StoreError::NotFound(run_id.into()));
+            };
+            if let Some(holder) = holder
+                && holder != owner
+                && (expires as u64) > now_ms
+                && !holder_gone(&holder)
+            {
+                return Err(StoreError::Leased {
+                    run_id: run_id.into(),
+                    holder,
+                    expires_ms: expires as u64,
+                });
+            }
+            let lease = Lease {
+                run_id: run_id.to_owned(),
+                owner: owner.to_owned(),
+                token: token as u64 + 1,
+                expires_ms: now_ms + ttl_ms,
+            };
+            tx.execute(
+                "UPDATE runs SET lease_owner = ?2, lease_token = ?3, lease_expires_ms = ?4 WHERE id = ?1",
+                params![run_id, owner, lease.token as i64, lease.expires_ms as i64],
+            )
+            .map_err(|e| self.db_err(e))?;
+            Ok(lease)
+        })
+    }
+
+    fn renew_lease(&self, lease: &Lease, ttl_ms: u64, now_ms: u64) -> Result<Renewed, StoreError> {
+        self.control(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE runs SET lease_expires_ms = ?4
+                     WHERE id = ?1 AND lease_owner = ?2 AND lease_token = ?3",
+                    params![
+                        lease.run_id,
+                        lease.owner,
+                        lease.token as i64,
+                        (now_ms + ttl_ms) as i64
+                    ],
+                )
+                .map_err(|e| self.db_err(e))?;
+            if changed != 1 {
+                return Err(StoreError::Conflict {
+                    run_id: lease.run_id.clone(),
+                    detail: format!("{} no longer holds the run's lease", lease.owner),
+                });
+            }
+            let cancel_requested = tx
+                .query_row(
+                    "SELECT cancel_requested FROM runs WHERE id = ?1",
+                    [&lease.run_id],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.db_err(e))?;
+            Ok(Renewed { cancel_requested })
+        })
+    }
+
+    fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.control(|tx| {
+            tx.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_ms = 0
+                 WHERE id = ?1 AND lease_owner = ?2 AND lease_token = ?3",
+                params![lease.run_id, lease.owner, lease.token as i64],
+            )
+            .map(|_| ())
+            .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>, StoreError> {
+        self.read(|conn| {
+            let row: Option<(Option<String>, i64)> = conn
+                .prepare_cached("SELECT lease_owner, lease_expires_ms FROM runs WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(|e| self.db_err(e))?;
+            match row {
+                None => Err(StoreError::NotFound(run_id.into())),
+                Some((owner, expires)) => Ok(owner.map(|owner| LeaseHolder {
+                    owner,
+                    expires_ms: expires as u64,
+                })),
+            }
+        })
+    }
+
+    fn request_cancel(&self, run_id: &str, by: &str) -> Result<(), StoreError> {
+        self.control(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE runs SET cancel_requested = ?2 WHERE id = ?1",
+                    params![run_id, by],
+                )
+                .map_err(|e| self.db_err(e))?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(run_id.into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        self.events_after(run_id, 0)
+    }
+
+    fn events_after(&self, run_id: &str, after_seq: u64) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, at_ms, payload, v FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map(params![run_id, after_seq as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)? as u32,
+                    ))
+                })
+                .map_err(|e| self.db_err(e))?;
+            decode_events(run_id, rows, |e| self.db_err(e))
+        })
+    }
+
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.read(|conn| {
+            let mut clauses: Vec<String> = Vec::new();
+            let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            let mut push = |clause: &str, value: rusqlite::types::Value| {
+                values.push(value);
+                clauses.push(clause.replace('?', &format!("?{}", values.len())));
+            };
+            if let Some(agent) = &filter.agent {
+                push("agent = ?", agent.clone().into());
+            }
+            if let Some(user) = &filter.user {
+                push("user = ?", user.clone().into());
+            }
+            if let Some(tenant) = &filter.tenant {
+                push("tenant = ?", tenant.clone().into());
+            }
+            match &filter.status {
+                Some(Some(status)) => push("status = ?", status.as_str().to_owned().into()),
+                Some(None) => push(
+                    "(status IS NULL OR status = ?)",
+                    EndState::AwaitingApproval.as_str().to_owned().into(),
+                ),
+                None => {}
+            }
+            if let Some(since) = filter.since_ms {
+                push("created_ms >= ?", (since as i64).into());
+            }
+            if let Some(before) = filter.before_ms {
+                push("created_ms < ?", (before as i64).into());
+            }
+            let limit = if filter.limit == 0 { 50 } else { filter.limit };
+            values.push((limit as i64).into());
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM runs {} ORDER BY created_ms DESC, id DESC LIMIT ?{}",
+                if clauses.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", clauses.join(" AND "))
+                },
+                values.len()
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values.iter()), summary_from_row)
+                .map_err(|e| self.db_err(e))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut summary, status) = row.map_err(|e| self.db_err(e))?;
+                summary.status = parse_status(&summary.id, status)?;
+                out.push(summary);
+            }
+            Ok(out)
+        })
+    }
+
+    fn run(&self, run_id: &str) -> Result<RunSummary, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE id = ?1");
+            let found = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.query_row([run_id], summary_from_row).optional())
+                .map_err(|e| self.db_err(e))?;
+            let (mut summary, status) = found.ok_or_else(|| StoreError::NotFound(run_id.into()))?;
+            summary.status = parse_status(&summary.id, status)?;
+            Ok(summary)
+        })
+    }
+
+    fn resolve_run_id(&self, prefix: &str) -> Result<String, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id FROM runs WHERE substr(id, 1, ?1) = ?2 ORDER BY id LIMIT 4",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let ids: Vec<String> = stmt
+                .query_map(params![prefix.chars().count() as i64, prefix], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.db_err(e))?;
+            match ids.len() {
+                0 => Err(StoreError::NotFound(prefix.into())),
+                1 => Ok(ids.into_iter().next().unwrap_or_default()),
+                _ if ids.iter().any(|id| id == prefix) => Ok(prefix.into()),
+                _ => Err(StoreError::Ambiguous {
+                    prefix: prefix.into(),
+                    matches: ids.join(", "),
+                }),
+            }
+        })
+    }
+
+    fn disk_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| self.db_err(e))?;
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+            Ok(size(&self.path) + size(&wal))
+        })
+    }
+
+    fn list_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<ApprovalSummary>, StoreError> {
+        self.read(|conn| {
+            let mut clauses = Vec::new();
+            if filter.pending_only {
+                clauses.push("a.status = 'pending'");
+            }
+            if filter.tenant.is_some() {
+                clauses.push("r.tenant = ?2");
+            }
+            let sql = format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals a LEFT JOIN runs r ON r.id = a.run_id {}
+                 ORDER BY a.created_ms DESC, a.id DESC LIMIT ?1",
+                if clauses.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", clauses.join(" AND "))
+                }
+            );
+            let limit = if filter.limit == 0 { 200 } else { filter.limit } as i64;
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
+            let rows = match &filter.tenant {
+                Some(t) => stmt.query_map(params![limit, t], approval_from_row),
+                None => stmt.query_map(params![limit], approval_from_row),
+            }
+            .map_err(|e| self.db_err(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
+    fn approval(&self, prefix: &str) -> Result<ApprovalSummary, StoreError> {
+        self.read(|conn| {
+            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals a LEFT JOIN runs r ON r.id = a.run_id WHERE substr(a.id, 1, ?1) = ?2 ORDER BY a.id LIMIT 4");
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
+            let found: Vec<ApprovalSummary> = stmt
+                .query_map(params![prefix.chars().count() as i64, prefix], approval_from_row)
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.db_err(e))?;
+            match found.len() {
+                0 => Err(StoreError::ApprovalNotFound(prefix.into())),
+                1 => Ok(found.into_iter().next().ok_or_else(|| StoreError::ApprovalNotFound(prefix.into()))?),
+                _ => match found.iter().find(|a| a.id == prefix) {
+                    Some(exact) => Ok(exact.clone()),
+                    None => Err(StoreError::Ambiguous {
+                        prefix: prefix.into(),
+                        matches: found.iter().map(|a| a.id.clone()).collect::<Vec<_>>().join(", "),
+                    }),
+                },
+            }
+        })
+    }
+}

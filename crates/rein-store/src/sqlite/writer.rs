@@ -1,0 +1,400 @@
+//! The store's writer thread: it owns the write connection and commits the appends of all runs
+//! that are waiting in one transaction (group commit), each append in its own savepoint so that
+//! one bad append fails alone. Every append is checked against its run's lease and log before it
+//! is written.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Lease, OnCommit, StoreError};
+
+/// At most this many appends share one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// One append, encoded by the caller's thread so the writer only writes. The `runs` row is only
+/// touched when something it shows changes (start, a step, the end); the number of events and the
+/// time of the last one are read from the events' primary key instead, so most commits dirty a
+/// single page.
+pub(super) struct Append {
+    pub(super) lease: Lease,
+    pub(super) rows: Vec<(u64, u64, String)>,
+    pub(super) started: Option<Started>,
+    /// A new status for the run: `Some(None)` clears it (resumed), `Some(Some(s))` sets it.
+    pub(super) status: Option<Option<EndState>>,
+    /// The run ends or suspends with this append: its lease is released with it.
+    pub(super) releases: bool,
+    pub(super) steps: Option<u32>,
+    pub(super) approvals: Vec<ApprovalChange>,
+    pub(super) durability: Durability,
+    pub(super) done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    pub(super) on_commit: Option<OnCommit>,
+}
+
+/// What the `runs` row of a new run holds.
+pub(super) struct Started {
+    pub(super) agent: String,
+    pub(super) task: String,
+    pub(super) user: String,
+    pub(super) tenant: String,
+    pub(super) parent: Option<String>,
+}
+
+/// A change to the approvals table that an append carries.
+pub(super) enum ApprovalChange {
+    Requested {
+        id: String,
+        call_id: String,
+        tool: String,
+        at_ms: u64,
+        expires_ms: Option<u64>,
+    },
+    Decided {
+        id: String,
+        status: &'static str,
+        by: String,
+        at_ms: u64,
+    },
+}
+
+/// What the writer remembers between batches.
+#[derive(Default)]
+struct WriterMemory {
+    /// The last sequence number committed per run, under the lease token it was committed with,
+    /// so each append is checked without reading the log's end.
+    last_seq: HashMap<String, (u64, u64)>,
+    /// (run, lease owner, lease token) that were refused once: every later append under them is
+    /// refused too, so a writer that lost a race can never land a later event.
+    fenced: HashSet<(String, String, u64)>,
+    /// The `synchronous` setting the connection has now.
+    fsync: bool,
+}
+
+pub(super) fn write_loop(mut conn: Connection, path: PathBuf, receiver: mpsc::Receiver<Append>) {
+    let mut memory = WriterMemory::default();
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // The batch is flushed to disk if any append in it asks for it (group commit).
+        let fsync = batch.iter().any(|a| a.durability == Durability::Fsync);
+        let results = if fsync != memory.fsync {
+            match conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" }) {
+                Ok(()) => {
+                    memory.fsync = fsync;
+                    commit_batch(&mut conn, &path, &mut memory, &batch)
+                }
+                Err(e) => fail_all(&e, &path, &mut memory, batch.len()),
+            }
+        } else {
+            commit_batch(&mut conn, &path, &mut memory, &batch)
+        };
+        for (append, result) in batch.into_iter().zip(results) {
+            // The hook runs before the waiter wakes, so whatever it hands on (audit records) is
+            // on its way before the appender's next step.
+            if let Some(hook) = append.on_commit {
+                hook(result.is_ok());
+            }
+            let _ = append.done.send(result);
+        }
+    }
+}
+
+fn fail_all(
+    e: &rusqlite::Error,
+    path: &Path,
+    memory: &mut WriterMemory,
+    n: usize,
+) -> Vec<Result<(), StoreError>> {
+    memory.last_seq.clear();
+    let msg = e.to_string();
+    (0..n)
+        .map(|_| {
+            Err(StoreError::CommitFailed {
+                path: path.display().to_string(),
+                message: msg.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Commits a batch in one transaction, each append in its own savepoint so that one bad append
+/// fails alone. Returns one result per append.
+fn commit_batch(
+    conn: &mut Connection,
+    path: &Path,
+    memory: &mut WriterMemory,
+    batch: &[Append],
+) -> Vec<Result<(), StoreError>> {
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(&e, path, memory, batch.len()),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    // Runs advanced in this transaction: (run, token, last seq), applied to memory on commit.
+    let mut advanced: Vec<(&str, u64, u64)> = Vec::new();
+    // A lone append needs no savepoint: if it fails, the transaction is dropped.
+    let isolate = batch.len() > 1;
+    for append in batch {
+        let run = append.lease.run_id.as_str();
+        let fence = (
+            run.to_owned(),
+            append.lease.owner.clone(),
+            append.lease.token,
+        );
+        if memory.fenced.contains(&fence) {
+            results.push(Err(conflict(
+                run,
+                "this writer was refused an earlier append of this run, so every later one is \
+                 refused too; resume the run to continue it"
+                    .into(),
+            )));
+            continue;
+        }
+        let outcome = if isolate {
+            match tx.savepoint() {
+                Ok(mut sp) => {
+                    let r = apply_append(&sp, append, memory, &advanced);
+                    match r {
+                        Ok(seq) => sp.commit().map(|()| seq).map_err(ApplyError::Db),
+                        Err(e) => {
+                            let _ = sp.rollback();
+                            Err(e)
+                        }
+                    }
+                }
+                Err(e) => Err(ApplyError::Db(e)),
+            }
+        } else {
+            apply_append(&tx, append, memory, &advanced)
+        };
+        match outcome {
+            Ok(seq) => {
+                advanced.push((run, append.lease.token, seq));
+                results.push(Ok(()));
+            }
+            Err(e) => {
+                let e = match e {
+                    ApplyError::Db(e) => db_err(e),
+                    ApplyError::Conflict(detail) => {
+                        memory.fenced.insert(fence);
+                        conflict(run, detail)
+                    }
+                };
+                if !isolate {
+                    // The lone append failed: drop the transaction rather than commit a part.
+                    drop(tx);
+                    return vec![Err(e)];
+                }
+                results.push(Err(e));
+            }
+        }
+    }
+    if let Err(e) = tx.commit() {
+        return fail_all(&e, path, memory, batch.len());
+    }
+    for (run, token, seq) in advanced {
+        memory.last_seq.insert(run.to_owned(), (token, seq));
+    }
+    results
+}
+
+fn conflict(run_id: &str, detail: String) -> StoreError {
+    StoreError::Conflict {
+        run_id: run_id.to_owned(),
+        detail,
+    }
+}
+
+enum ApplyError {
+    Db(rusqlite::Error),
+    Conflict(String),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Db(e)
+    }
+}
+
+fn apply_append(
+    conn: &Connection,
+    append: &Append,
+    memory: &WriterMemory,
+    advanced: &[(&str, u64, u64)],
+) -> Result<u64, ApplyError> {
+    let lease = &append.lease;
+    let run = lease.run_id.as_str();
+    let Some(&(first_seq, first_at, _)) = append.rows.first() else {
+        return Err(ApplyError::Conflict(
+            "an append must hold at least one event".into(),
+        ));
+    };
+    // The lease is read inside the write transaction, so no other writer can change it between
+    // this check and the commit.
+    let holder: Option<(Option<String>, i64)> = conn
+        .prepare_cached("SELECT lease_owner, lease_token FROM runs WHERE id = ?1")?
+        .query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let last = match &holder {
+        None => {
+            if append.started.is_none() {
+                return Err(ApplyError::Conflict(
+                    "the first event of a run must be run_started".into(),
+                ));
+            }
+            if lease.token != 1 {
+                return Err(ApplyError::Conflict(format!(
+                    "a new run is created under lease token 1, not {}",
+                    lease.token
+                )));
+            }
+            0
+        }
+        Some((owner, token)) => {
+            if append.started.is_some() {
+                return Err(ApplyError::Conflict(
+                    "run_started must be the first event".into(),
+                ));
+            }
+            if *token as u64 != lease.token || owner.as_deref() != Some(lease.owner.as_str()) {
+                return Err(ApplyError::Conflict(format!(
+                    "this writer ({}) does not hold the run's lease{}: is another process driving \
+                     this run?",
+                    lease.owner,
+                    owner
+                        .as_ref()
+                        .map(|o| format!(" ({o} does)"))
+                        .unwrap_or_default()
+                )));
+            }
+            // Within this batch the run may already have advanced; otherwise trust memory kept
+            // under this same lease, then the file.
+            let known = advanced
+                .iter()
+                .rev()
+                .find(|(r, t, _)| *r == run && *t == lease.token)
+                .map(|(_, _, seq)| *seq)
+                .or_else(|| match memory.last_seq.get(run) {
+                    Some((t, seq)) if *t == lease.token => Some(*seq),
+                    _ => None,
+                });
+            match known {
+                Some(seq) => seq,
+                None => conn
+                    .prepare_cached("SELECT MAX(seq) FROM events WHERE run_id = ?1")?
+                    .query_row([run], |r| r.get::<_, Option<i64>>(0))?
+                    .map(|v| v as u64)
+                    .unwrap_or(0),
+            }
+        }
+    };
+    if first_seq != last + 1 {
+        return Err(ApplyError::Conflict(format!(
+            "expected event {} but was given event {first_seq}; is another process driving this run?",
+            last + 1
+        )));
+    }
+    if let Some(s) = &append.started {
+        conn.prepare_cached(
+            "INSERT INTO runs (id, agent, task, status, created_ms, steps, user, tenant, parent_run,
+                               lease_owner, lease_token, lease_expires_ms)
+             VALUES (?1, ?2, ?3, NULL, ?4, 0, ?5, ?6, ?7, ?8, 1, ?9)",
+        )?
+        .execute(params![
+            run,
+            s.agent,
+            s.task,
+            first_at as i64,
+            s.user,
+            s.tenant,
+            s.parent,
+            lease.owner,
+            lease.expires_ms as i64
+        ])?;
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events (run_id, seq, at_ms, payload, v) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut expected = first_seq;
+    for (seq, at_ms, payload) in &append.rows {
+        if *seq != expected {
+            return Err(ApplyError::Conflict(format!(
+                "events in one append must be consecutive (expected {expected}, got {seq})"
+            )));
+        }
+        insert.execute(params![
+            run,
+            *seq as i64,
+            *at_ms as i64,
+            payload,
+            i64::from(EVENT_FORMAT_VERSION)
+        ])?;
+        expected += 1;
+    }
+    let last_new = expected - 1;
+    if let Some(steps) = append.steps {
+        conn.prepare_cached("UPDATE runs SET steps = ?2 WHERE id = ?1")?
+            .execute(params![run, i64::from(steps)])?;
+    }
+    if let Some(status) = append.status {
+        conn.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?
+            .execute(params![run, status.map(EndState::as_str)])?;
+    }
+    if append.releases {
+        // The run ended or suspended: nobody drives it now. The token stays, so the old holder
+        // is still fenced.
+        conn.prepare_cached(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = 0, cancel_requested = NULL
+             WHERE id = ?1",
+        )?
+        .execute([run])?;
+    }
+    for change in &append.approvals {
+        match change {
+            ApprovalChange::Requested {
+                id,
+                call_id,
+                tool,
+                at_ms,
+                expires_ms,
+            } => {
+                conn.prepare_cached(
+                    "INSERT INTO approvals (id, run_id, call_id, tool, status, created_ms, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                )?
+                .execute(params![id, run, call_id, tool, *at_ms as i64, expires_ms.map(|e| e as i64)])?;
+            }
+            ApprovalChange::Decided {
+                id,
+                status,
+                by,
+                at_ms,
+            } => {
+                let changed = conn
+                    .prepare_cached(
+                        "UPDATE approvals SET status = ?2, decided_by = ?3, decided_ms = ?4
+                         WHERE id = ?1 AND status = 'pending'",
+                    )?
+                    .execute(params![id, status, by, *at_ms as i64])?;
+                if changed != 1 {
+                    return Err(ApplyError::Conflict(format!(
+                        "approval {id} is not pending: it was decided already"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(last_new)
+}

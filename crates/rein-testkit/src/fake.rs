@@ -1,0 +1,93 @@
+//! Fake model servers on loopback: OpenAI- and Anthropic-shaped answers played in order, built
+//! from tool calls (duplicate ids, ids with path characters, arguments that are not JSON, usage
+//! above what was reserved), and a server that accepts connections and never answers.
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// Plays answers in order; after the last, repeats it.
+struct Sequence(Mutex<VecDeque<Value>>);
+
+impl Respond for Sequence {
+    fn respond(&self, _request: &Request) -> ResponseTemplate {
+        let mut answers = self.0.lock().unwrap();
+        let answer = if answers.len() > 1 {
+            answers.pop_front()
+        } else {
+            answers.front().cloned()
+        };
+        ResponseTemplate::new(200).set_body_json(answer.unwrap_or(Value::Null))
+    }
+}
+
+/// A model server answering every POST with `answers`, in order.
+pub async fn server(answers: Vec<Value>) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(Sequence(Mutex::new(answers.into())))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A Chat Completions answer with these tool calls `(id, name on the wire, raw arguments)`.
+pub fn openai_calls(calls: &[(&str, &str, &str)]) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(id, name, args)| {
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+        })
+        .collect();
+    json!({
+        "choices": [{"message": {"role": "assistant", "content": null, "tool_calls": calls}, "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 10}
+    })
+}
+
+/// A Chat Completions answer with text only, reporting this usage.
+pub fn openai_text(text: &str, prompt_tokens: u64, completion_tokens: u64) -> Value {
+    json!({
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    })
+}
+
+/// A Messages answer with these tool calls `(id, name on the wire, input)`.
+pub fn anthropic_calls(calls: &[(&str, &str, Value)]) -> Value {
+    let content: Vec<Value> = calls
+        .iter()
+        .map(
+            |(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+        )
+        .collect();
+    json!({
+        "content": content, "stop_reason": "tool_use",
+        "usage": {"input_tokens": 50, "output_tokens": 10}
+    })
+}
+
+/// A Messages answer with text only.
+pub fn anthropic_text(text: &str) -> Value {
+    json!({
+        "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 60, "output_tokens": 5}
+    })
+}
+
+/// A server that accepts connections and never answers: a model call to it hangs until its
+/// timeout. Its address is `http://127.0.0.1:<port>`; it lives as long as the process.
+pub fn hanging_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}

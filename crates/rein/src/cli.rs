@@ -1,0 +1,416 @@
+//! The command line's shape: every command, flag and argument, parsed by clap. Nothing here
+//! does anything; `main.rs` and the `commands` modules act on it.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The production harness for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "rein", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Where runs are recorded.
+    #[arg(long, global = true, env = "REIN_STATE_DIR", default_value = ".rein")]
+    pub(crate) state_dir: PathBuf,
+    /// A TOML file of `name = "value"` secrets (mode 600); default: secrets.toml in the state
+    /// directory, when it exists. `REIN_SECRET_<NAME>` variables take precedence.
+    #[arg(long, global = true, env = "REIN_SECRETS_FILE")]
+    pub(crate) secrets_file: Option<PathBuf>,
+    /// Also write each signed audit checkpoint to this directory (for example one that is
+    /// copied off the machine).
+    #[arg(long, global = true, env = "REIN_AUDIT_CHECKPOINT_DIR")]
+    pub(crate) checkpoint_dir: Option<PathBuf>,
+    /// The audit signing key's file, when it lives outside the state directory (mode 600).
+    #[arg(long, global = true, env = "REIN_AUDIT_KEY_FILE")]
+    pub(crate) audit_key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run an agent folder on a task.
+    Run {
+        /// The agent folder (holding agent.toml).
+        agent_dir: PathBuf,
+        /// The task; defaults to the agent's `default_task`.
+        #[arg(long)]
+        task: Option<String>,
+        /// Print one JSON object at the end instead of the live view.
+        #[arg(long)]
+        json: bool,
+        /// Override the agent's durability.
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityArg>,
+        /// Who the run acts for (`context.user` in policies).
+        #[arg(long, env = "REIN_USER", default_value = "anonymous")]
+        user: String,
+        /// The tenant the run belongs to (`context.tenant`).
+        #[arg(long, env = "REIN_TENANT", default_value = "default")]
+        tenant: String,
+    },
+    /// List, show, approve and deny approval requests.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// The audit trail: its key, verification, proofs, and reading it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Check policies and explain decisions.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// List, show and resume runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// The tools an agent has: built-in, command, sub-agent and MCP.
+    Tools {
+        #[command(subcommand)]
+        command: ToolsCommand,
+    },
+    /// Spending against budgets: tokens and money per agent, user, tenant and run, per period.
+    Usage {
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only periods from this one on (`2026-11-01`, `2026-11`).
+        #[arg(long)]
+        since: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of a file rein reads.
+    Schema {
+        #[command(subcommand)]
+        what: SchemaCommand,
+    },
+    /// Measure rein's own costs on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolsCommand {
+    /// Every tool with its source, arguments, labels and the verdict the policies give it by
+    /// default. Connects to the agent's MCP servers to list theirs.
+    List {
+        /// The agent folder.
+        agent_dir: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Accept the current definitions of MCP tools that changed since they were pinned.
+        #[arg(long)]
+        accept_changes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// The most recent runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only this agent's runs.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only runs for this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this tenant's runs.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run: at once if nobody drives it, else at its driver's next step.
+    Cancel {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// Who cancels (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's timeline: steps, tool calls with arguments and outcomes, durations, tokens.
+    Show {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// As JSON: the summary and every event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle the call a `needs_reconciliation` run stopped on, then resume it.
+    Reconcile {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// The call in doubt (the run's report names it).
+        #[arg(long)]
+        call: String,
+        /// Its effect happened.
+        #[arg(
+            long,
+            conflicts_with = "did_not_happen",
+            required_unless_present = "did_not_happen"
+        )]
+        happened: bool,
+        /// Its effect did not happen: judge and run it again.
+        #[arg(long)]
+        did_not_happen: bool,
+        /// What the tool returned, as JSON, when it happened.
+        #[arg(long, default_value = "{}")]
+        output: String,
+        /// Why, or how you checked.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who settles it (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+    },
+    /// Continue a run from its log after a crash or a stop.
+    Resume {
+        /// The run id (or a unique prefix).
+        id: String,
+        /// Print one JSON object at the end instead of the live view.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SchemaCommand {
+    /// agent.toml (JSON Schema).
+    Agent,
+    /// The Cedar schema policies are validated against; with an agent folder, including its
+    /// tools' actions and argument types.
+    Policy {
+        /// The agent folder.
+        agent_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// Pending approval requests (all of them with --all).
+    List {
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The approval card: the tool, its exact arguments, and the policies that asked.
+    Show {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let the call run.
+    Approve {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who decides (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the call; the model is told.
+    Deny {
+        /// The approval id (or a unique prefix).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+        /// Who decides (default: the login name).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// The public key that signs checkpoints (created on first use).
+    Key,
+    /// Replace the signing key; the rotation is recorded and signed with the old key.
+    RotateKey,
+    /// Recompute the whole log, check every checkpoint and the trail against the event log;
+    /// exit 3 on a failure.
+    Verify {
+        /// The trusted public key (`rein audit key` output); default this machine's own key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Checkpoints held outside the log (a file, or a directory such as the
+        /// --checkpoint-dir copies): the log must hold them all.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// An inclusion proof of one record and its signed checkpoint, as JSON.
+    Proof {
+        /// The record's number.
+        seq: u64,
+        /// The trusted public key; default this machine's own key.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Check a proof offline, with nothing but the proof and the public key.
+    VerifyProof {
+        /// The proof file.
+        file: PathBuf,
+        /// The public key to trust.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// A run's audit records, readable.
+    Show {
+        /// The run id (or a prefix).
+        #[arg(long)]
+        run: String,
+    },
+    /// Audit records as JSON lines.
+    Export {
+        /// Only records from this time on: milliseconds since the epoch, or YYYY-MM-DD.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this run's records (an id or a prefix).
+        #[arg(long)]
+        run: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Validate an agent's policies and the examples they carry.
+    Check {
+        /// The agent folder.
+        agent_dir: PathBuf,
+    },
+    /// The verdict for a request, and the policies that decided it.
+    Explain {
+        /// The agent folder.
+        agent_dir: PathBuf,
+        /// The tool called.
+        #[arg(long, conflicts_with = "model")]
+        tool: Option<String>,
+        /// Or: the model called.
+        #[arg(long)]
+        model: Option<String>,
+        /// The arguments, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// A label in play (repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// `context.user`.
+        #[arg(long, default_value = "anonymous")]
+        user: String,
+        /// `context.tenant`.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Judge as if approved by this person.
+        #[arg(long)]
+        approved_by: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Audit log append rate (durable) and verification rate.
+    Audit {
+        /// Records to append and verify.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What budget accounting and context building cost per model step.
+    Controls {
+        /// Steps to measure (the conversation grows by one tool output each).
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gate decision latency with N generated policies.
+    Gate {
+        /// Policies to generate.
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// Decisions to time.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runtime's cost per durable tool step (scripted model, no-op tool).
+    Steps {
+        /// Runs in all.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Runs at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Tool steps per run.
+        #[arg(long, default_value_t = 50)]
+        steps: u32,
+        /// Commit durability.
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Normal)]
+        durability: DurabilityArg,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum DurabilityArg {
+    /// Survives a killed process.
+    Normal,
+    /// Also survives power loss.
+    Fsync,
+}
+
+impl DurabilityArg {
+    /// Whether every commit is flushed to disk.
+    pub(crate) fn fsync(self) -> bool {
+        matches!(self, DurabilityArg::Fsync)
+    }
+}
