@@ -327,6 +327,9 @@ impl BudgetLedger {
                 let own = admission_on(tx, admission, line, now_ms)?;
                 let take = min_spend(amount, own);
                 let needed = minus(amount, take);
+                // The room kept for a wrap-up may also come out of what the admission still
+                // holds.
+                let headroom = minus(headroom, minus(own, take));
                 if line.over(spent.plus(reserved).plus(needed).plus(headroom)) {
                     return Ok(Err(Exhausted {
                         key: line.key.clone(),
@@ -592,6 +595,28 @@ mod tests {
             .unwrap();
         assert_eq!(call.taken[0].tokens, 30);
         assert!(ledger.admit("c", &shared, cap, TTL, 1).unwrap().is_err());
+        // The room it keeps for a wrap-up comes out of what its admission still holds too: 80 of
+        // 100 are held (a's 10 left and its call's 30, b's 40); a call of 5 taken from a's
+        // admission, with 23 of headroom of which a's last 5 cover part, fits.
+        let fits = ledger
+            .reserve(
+                "a",
+                "a",
+                &shared,
+                Spend {
+                    tokens: 5,
+                    cost_micros: 0,
+                },
+                Spend {
+                    tokens: 23,
+                    cost_micros: 0,
+                },
+                TTL,
+                1,
+            )
+            .unwrap()
+            .unwrap();
+        ledger.settle(&fits, Spend::default()).unwrap();
         // It spent 10 of the 30 it took: 20 go back to its admission (now 30).
         let settled = ledger
             .settle(

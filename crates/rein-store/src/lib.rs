@@ -83,7 +83,7 @@ pub struct ApprovalSummary {
     pub call_id: String,
     /// The tool.
     pub tool: String,
-    /// `pending`, `approved`, `denied` or `expired`.
+    /// `pending`, `approved`, `denied`, `expired`, or `cancelled` (its run ended first).
     pub status: String,
     /// When it was requested.
     pub created_ms: u64,
@@ -324,6 +324,8 @@ pub trait Store: Send + Sync {
     fn lease_holder(&self, run_id: &str) -> Result<Option<LeaseHolder>, StoreError>;
     /// Asks the run's driver to cancel it at its next step boundary.
     fn request_cancel(&self, run_id: &str, by: &str) -> Result<(), StoreError>;
+    /// Who asked for the run to be cancelled, if anyone has (read at each model step).
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>, StoreError>;
     /// A run's whole log, in order.
     fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, StoreError>;
     /// A run's events after `after_seq`, in order.

@@ -34,6 +34,37 @@ pub async fn server(answers: Vec<Value>) -> MockServer {
     server
 }
 
+/// Plays answers in order; every request after them says so on a channel, then hangs.
+struct ThenHang {
+    answers: Mutex<VecDeque<Value>>,
+    arrived: Mutex<std::sync::mpsc::Sender<()>>,
+}
+
+impl Respond for ThenHang {
+    fn respond(&self, _request: &Request) -> ResponseTemplate {
+        if let Some(answer) = self.answers.lock().unwrap().pop_front() {
+            return ResponseTemplate::new(200).set_body_json(answer);
+        }
+        let _ = self.arrived.lock().unwrap().send(());
+        ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(3600))
+    }
+}
+
+/// A model server answering with `answers`, in order, then hanging on every later request;
+/// the receiver hears of each request that hangs as it arrives.
+pub async fn server_then_hang(answers: Vec<Value>) -> (MockServer, std::sync::mpsc::Receiver<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ThenHang {
+            answers: Mutex::new(answers.into()),
+            arrived: Mutex::new(tx),
+        })
+        .mount(&server)
+        .await;
+    (server, rx)
+}
+
 /// A Chat Completions answer with these tool calls `(id, name on the wire, raw arguments)`.
 pub fn openai_calls(calls: &[(&str, &str, &str)]) -> Value {
     let calls: Vec<Value> = calls

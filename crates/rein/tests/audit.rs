@@ -225,3 +225,43 @@ fn the_audit_benchmark_reports_its_figures() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}");
     }
 }
+
+#[test]
+fn the_signing_key_can_live_outside_the_state_directory() {
+    let state = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("rein-audit.key");
+    let key_arg = key.to_str().unwrap();
+    let run = rein(
+        state.path(),
+        &[
+            "--audit-key-file",
+            key_arg,
+            "run",
+            example().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0));
+    assert!(key.exists());
+    assert!(!state.path().join("audit/signing.key").exists());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let public = state.path().join("trusted.pub");
+    std::fs::write(
+        &public,
+        rein(state.path(), &["--audit-key-file", key_arg, "audit", "key"]).stdout,
+    )
+    .unwrap();
+    let verify = rein(
+        state.path(),
+        &["audit", "verify", "--public-key", public.to_str().unwrap()],
+    );
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}

@@ -280,18 +280,8 @@ fn killed_at_every_event_boundary_and_after_every_effect_resumes_without_repeati
     }
 }
 
-fn agent_folder(agent_toml: &str, script: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("workspace")).unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/all.cedar"),
-        "permit(principal, action, resource);\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("agent.toml"), agent_toml).unwrap();
-    std::fs::write(dir.path().join("script.toml"), script).unwrap();
-    dir
+fn agent_folder(agent_toml: &str, script: &str) -> rein_testkit::AgentFolder {
+    rein_testkit::AgentFolder::new(agent_toml).file("script.toml", script)
 }
 
 const LOOPING: &str = "name = \"loop\"\ninstructions = \"x\"\ndefault_task = \"go\"\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n[[tools]]\nbuiltin = \"fs.read\"\n";

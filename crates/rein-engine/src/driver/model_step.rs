@@ -143,6 +143,9 @@ impl Driver<'_> {
                 .wrap_up(step, format!("the run's tool-call budget ({max}) is spent"))
                 .await;
         }
+        if self.cancel_requested()? {
+            return Ok(());
+        }
         let lines = self.budget_lines();
         if !self.admit(&lines).await? {
             return Ok(());
@@ -164,6 +167,19 @@ impl Driver<'_> {
             .await;
         self.window = window;
         result
+    }
+
+    /// Whether someone (in another process, through the store) asked for the run to be
+    /// cancelled; the loop then ends it before its next action. Read before and after each model
+    /// call; the lease's heartbeat reads it in between.
+    fn cancel_requested(&self) -> Result<bool, EngineError> {
+        match self.engine.store.cancel_requested(&self.run_id)? {
+            Some(by) => {
+                self.beat.request_cancel(&by);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Tries the routed model, the primary and its fallbacks in turn for one step.
@@ -363,6 +379,8 @@ impl Driver<'_> {
                         })
                         .await?;
                     }
+                    // Asked to stop while the model was thinking: none of its calls run.
+                    self.cancel_requested()?;
                     return Ok(());
                 }
                 Err((error, tries)) => {

@@ -344,6 +344,7 @@ impl Store for SqliteStore {
             started: None,
             status: None,
             releases: false,
+            ends: false,
             steps: None,
             approvals: Vec::new(),
             durability,
@@ -364,6 +365,7 @@ impl Store for SqliteStore {
                 Event::RunEnded { status, .. } => {
                     append.status = Some(Some(*status));
                     append.releases = true;
+                    append.ends = true;
                 }
                 Event::RunSuspended { .. } => {
                     append.status = Some(Some(EndState::AwaitingApproval));
@@ -551,6 +553,15 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(run_id.into()));
             }
             Ok(())
+        })
+    }
+
+    fn cancel_requested(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT cancel_requested FROM runs WHERE id = ?1")
+                .and_then(|mut s| s.query_row([run_id], |r| r.get(0)).optional())
+                .map(Option::flatten)
+                .map_err(|e| self.db_err(e))
         })
     }
 

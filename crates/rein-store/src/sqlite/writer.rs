@@ -27,6 +27,8 @@ pub(super) struct Append {
     pub(super) status: Option<Option<EndState>>,
     /// The run ends or suspends with this append: its lease is released with it.
     pub(super) releases: bool,
+    /// The run ends with this append: approvals still pending can no longer be decided.
+    pub(super) ends: bool,
     pub(super) steps: Option<u32>,
     pub(super) approvals: Vec<ApprovalChange>,
     pub(super) durability: Durability,
@@ -352,12 +354,19 @@ fn apply_append(
         conn.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?
             .execute(params![run, status.map(EndState::as_str)])?;
     }
+    if append.ends {
+        conn.prepare_cached(
+            "UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'",
+        )?
+        .execute([run])?;
+        conn.prepare_cached("UPDATE runs SET cancel_requested = NULL WHERE id = ?1")?
+            .execute([run])?;
+    }
     if append.releases {
         // The run ended or suspended: nobody drives it now. The token stays, so the old holder
         // is still fenced.
         conn.prepare_cached(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = 0, cancel_requested = NULL
-             WHERE id = ?1",
+            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?1",
         )?
         .execute([run])?;
     }
