@@ -147,6 +147,11 @@ impl Engine {
         &self.clock
     }
 
+    /// The state directory (per-run workspaces, the budget ledger, the notes).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// The notes the memory tools keep.
     pub fn notes(&self) -> Result<Arc<rein_store::NoteStore>, EngineError> {
         if let Some(notes) = self.notes.get() {
@@ -578,36 +583,4 @@ impl Engine {
             source,
         })
     }
-
-    fn prepare_workspace(&self, agent: &Agent, run_id: &str) -> Result<PathBuf, EngineError> {
-        if !agent.isolate_workspace {
-            return Ok(agent.workspace.clone());
-        }
-        let target = self.state_dir.join("workspaces").join(run_id);
-        let fail = |source| EngineError::Workspace {
-            path: target.display().to_string(),
-            source,
-        };
-        copy_tree(&agent.workspace, &target).map_err(fail)?;
-        target.canonicalize().map_err(fail)
-    }
-}
-
-/// Copies a folder recursively. Symbolic links are copied as links, never followed, so a copy
-/// cannot pull in files from outside the folder.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
 }

@@ -20,6 +20,7 @@ mod observe;
 pub mod resilience;
 pub mod secrets;
 mod trail;
+mod workspace;
 
 use rein_core::{EndState, ParentRef, RunState, StateError, Usage};
 use rein_store::StoreError;

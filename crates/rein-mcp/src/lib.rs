@@ -626,7 +626,13 @@ pub fn read_pins(path: &Path) -> Result<BTreeMap<String, String>, String> {
 pub fn write_pins(path: &Path, pins: &BTreeMap<String, String>) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
+    // A file of this process's own, renamed into place: processes writing pins at once never
+    // read or rename each other's half-written file.
+    let tmp = path.with_extension(format!(
+        "json.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let text = serde_json::to_string_pretty(pins).map_err(|e| e.to_string())?;
     std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))

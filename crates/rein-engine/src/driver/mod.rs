@@ -3,14 +3,15 @@
 //! The driver is split by concern: [`record`] (every event passes one function that redacts,
 //! applies, stores and audits it), [`model_step`] (the model call with routing, fallbacks,
 //! retries and budgets), [`budget`] (ledger lines, admission, reservations), [`tool_step`]
-//! (checking, judging, running and settling a tool call) and [`memory`] (the memory tools' view
-//! of the notes). This file holds the loop.
+//! (checking, judging, running and settling a tool call), [`wrap_up`] (the last turn when a budget
+//! runs out) and [`memory`] (the memory tools' view of the notes). This file holds the loop.
 
 mod budget;
 mod memory;
 mod model_step;
 mod record;
 mod tool_step;
+mod wrap_up;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

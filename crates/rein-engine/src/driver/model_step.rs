@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use rein_core::budget::{Price, Spend};
 use rein_core::gate::within_parent;
-use rein_core::text::one_line;
 use rein_core::{Decision, EndState, Event, Message, ToolSpec, Usage, Verdict};
 use rein_model::ChatRequest;
 use rein_store::LedgerLine;
@@ -20,7 +19,7 @@ use crate::driver::budget::Hold;
 use crate::resilience::{Admission, Transition};
 
 /// The conversation of a request, for estimating its tokens.
-enum Prompt<'a> {
+pub(super) enum Prompt<'a> {
     /// Already counted (the context window's total) by this counter.
     Counted(&'a [Message], u64, TokenCounter),
     /// These messages.
@@ -28,7 +27,7 @@ enum Prompt<'a> {
 }
 
 /// The most tokens a wrap-up turn may answer with.
-const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
+pub(super) const WRAP_UP_OUTPUT_TOKENS: u64 = 256;
 
 impl Driver<'_> {
     /// The system prompt (instructions and pinned constraints); brings the context window up to
@@ -74,7 +73,7 @@ impl Driver<'_> {
     }
 
     /// What a model call may cost at most: the prompt and the most the model may answer.
-    fn estimate(
+    pub(super) fn estimate(
         &self,
         provider: &dyn rein_model::Provider,
         system: &str,
@@ -120,7 +119,7 @@ impl Driver<'_> {
         )
     }
 
-    fn judge_model(&mut self, model: &str) -> Decision {
+    pub(super) fn judge_model(&mut self, model: &str) -> Decision {
         let labels = self.state.labels().to_vec();
         let key = (labels, model.to_owned(), self.budget_percent);
         if let Some((_, d)) = self.model_decisions.iter().find(|(k, _)| *k == key) {
@@ -438,7 +437,7 @@ impl Driver<'_> {
 
     /// Calls one model, retrying errors that may pass. The outer error is the engine's; the inner
     /// one is the model's last error once no retry is left.
-    async fn try_model(
+    pub(super) async fn try_model(
         &mut self,
         step: u32,
         provider: &dyn rein_model::Provider,
@@ -521,106 +520,6 @@ impl Driver<'_> {
                 }
             }
         }
-    }
-
-    /// A budget ran out: ask the model once more, without tools, to sum up what it completed and
-    /// what it did not (if that still fits), then end the run as `budget_exhausted` with that
-    /// summary as its partial output.
-    /// The short request of a wrap-up turn: the instructions, the task, and a list of the calls
-    /// made and how each went (not their outputs).
-    fn wrap_up_request(&self, why: &str) -> (String, Vec<Message>) {
-        let started = self.state.started();
-        let system = started.map(|s| s.instructions.clone()).unwrap_or_default();
-        let task = started.map(|s| s.task.clone()).unwrap_or_default();
-        let mut done = String::new();
-        for slot in self.state.calls() {
-            done.push_str(&format!(
-                "\n- {} {}: {:?}",
-                slot.call.name,
-                one_line(&slot.call.arguments.to_string(), 120),
-                slot.status
-            ));
-        }
-        if done.is_empty() {
-            done.push_str(" none");
-        }
-        let text = format!(
-            "rein: the run must stop now ({why}). You cannot call tools any more. The tool calls so far:{done}\nIn a few sentences, say what you completed, what you did not, and why."
-        );
-        (
-            system,
-            vec![Message::User { text: task }, Message::User { text }],
-        )
-    }
-
-    async fn wrap_up(&mut self, step: u32, why: String) -> Result<(), EngineError> {
-        let provider = self
-            .agent
-            .route_wrap_up
-            .clone()
-            .unwrap_or_else(|| self.agent.provider.clone());
-        let (system, messages) = self.wrap_up_request(&why);
-        let (estimate, price) = self.estimate(
-            provider.as_ref(),
-            &system,
-            Prompt::Messages(&messages),
-            &[],
-            WRAP_UP_OUTPUT_TOKENS,
-        );
-        let lines = self.budget_lines();
-        let held = match self.hold(&lines, estimate, Spend::default(), 0)? {
-            Hold::Held(held) => Some(held),
-            Hold::Refused(_) => None,
-        };
-        let model = provider.model().to_owned();
-        let mut output = self.state.last_text().map(str::to_owned);
-        let mut note = "no wrap-up turn: it would not fit in the budget either".to_owned();
-        if let Some(held) = held {
-            let decision = self.judge_model(&model);
-            self.record(Event::ModelJudged {
-                step,
-                model: model.clone(),
-                verdict: decision.verdict,
-                policies: decision.policies.clone(),
-                reasons: decision.reasons.clone(),
-            })
-            .await?;
-            let mut actual = Spend::default();
-            if decision.verdict == Verdict::Allow
-                && let Ok((reply, latency_us)) = self
-                    .try_model(step, provider.as_ref(), &system, &messages, &[])
-                    .await?
-            {
-                actual = Spend {
-                    tokens: reply.usage.input_tokens + reply.usage.output_tokens,
-                    cost_micros: price.map(|p| p.cost_micros(&reply.usage)).unwrap_or(0),
-                };
-                note = "after a wrap-up turn".to_owned();
-                if reply.text.is_some() {
-                    output = reply.text.clone();
-                }
-                self.record(Event::ModelReplied {
-                    step,
-                    text: reply.text,
-                    // No tools were offered: any call in a wrap-up is ignored.
-                    tool_calls: vec![],
-                    usage: reply.usage,
-                    latency_us,
-                    stop_reason: reply.stop_reason,
-                    model: model.clone(),
-                    cost_micros: actual.cost_micros,
-                })
-                .await?;
-            }
-            self.settle(held, actual, &model).await?;
-        }
-        self.record(Event::RunEnded {
-            status: EndState::BudgetExhausted,
-            output,
-            reason: Some(format!("{why}; ended {note}")),
-            call_id: None,
-        })
-        .await
     }
 }
 

@@ -71,6 +71,14 @@ struct WriterMemory {
     /// (run, lease owner, lease token) that were refused once: every later append under them is
     /// refused too, so a writer that lost a race can never land a later event.
     fenced: HashSet<(String, String, u64)>,
+    /// Each run's lease (owner, token) as this writer last read or wrote it. Valid only while no
+    /// other connection has committed: see `data_version`.
+    leases: HashMap<String, (Option<String>, u64)>,
+    /// `PRAGMA data_version` when the caches were last known valid: it changes when any other
+    /// connection (a lease taken by another process, a renewal) commits, and the caches are
+    /// then dropped, so the lease check inside the write transaction stays exact without reading
+    /// the runs table for every append.
+    data_version: Option<i64>,
     /// The `synchronous` setting the connection has now.
     fsync: bool,
 }
@@ -116,6 +124,8 @@ fn fail_all(
     n: usize,
 ) -> Vec<Result<(), StoreError>> {
     memory.last_seq.clear();
+    memory.leases.clear();
+    memory.data_version = None;
     let msg = e.to_string();
     (0..n)
         .map(|_| {
@@ -143,9 +153,25 @@ fn commit_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(&e, path, memory, batch.len()),
     };
+    // Another connection committed since this writer's last commit: what it remembers of leases
+    // and logs may be stale.
+    match tx.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(version) if memory.data_version == Some(version) => {}
+        Ok(version) => {
+            memory.leases.clear();
+            memory.last_seq.clear();
+            memory.data_version = Some(version);
+        }
+        Err(e) => {
+            drop(tx);
+            return fail_all(&e, path, memory, batch.len());
+        }
+    }
     let mut results = Vec::with_capacity(batch.len());
     // Runs advanced in this transaction: (run, token, last seq), applied to memory on commit.
     let mut advanced: Vec<(&str, u64, u64)> = Vec::new();
+    // Leases read or changed in this transaction, applied to memory on commit.
+    let mut leases: Vec<(&str, Option<String>, u64)> = Vec::new();
     // A lone append needs no savepoint: if it fails, the transaction is dropped.
     let isolate = batch.len() > 1;
     for append in batch {
@@ -167,7 +193,7 @@ fn commit_batch(
         let outcome = if isolate {
             match tx.savepoint() {
                 Ok(mut sp) => {
-                    let r = apply_append(&sp, append, memory, &advanced);
+                    let r = apply_append(&sp, append, memory, &advanced, &mut leases);
                     match r {
                         Ok(seq) => sp.commit().map(|()| seq).map_err(ApplyError::Db),
                         Err(e) => {
@@ -179,7 +205,7 @@ fn commit_batch(
                 Err(e) => Err(ApplyError::Db(e)),
             }
         } else {
-            apply_append(&tx, append, memory, &advanced)
+            apply_append(&tx, append, memory, &advanced, &mut leases)
         };
         match outcome {
             Ok(seq) => {
@@ -187,6 +213,8 @@ fn commit_batch(
                 results.push(Ok(()));
             }
             Err(e) => {
+                // What this append read may be half applied: read leases afresh next time.
+                leases.retain(|(r, _, _)| *r != run);
                 let e = match e {
                     ApplyError::Db(e) => db_err(e),
                     ApplyError::Conflict(detail) => {
@@ -209,6 +237,9 @@ fn commit_batch(
     for (run, token, seq) in advanced {
         memory.last_seq.insert(run.to_owned(), (token, seq));
     }
+    for (run, owner, token) in leases {
+        memory.leases.insert(run.to_owned(), (owner, token));
+    }
     results
 }
 
@@ -230,11 +261,12 @@ impl From<rusqlite::Error> for ApplyError {
     }
 }
 
-fn apply_append(
+fn apply_append<'a>(
     conn: &Connection,
-    append: &Append,
+    append: &'a Append,
     memory: &WriterMemory,
     advanced: &[(&str, u64, u64)],
+    leases: &mut Vec<(&'a str, Option<String>, u64)>,
 ) -> Result<u64, ApplyError> {
     let lease = &append.lease;
     let run = lease.run_id.as_str();
@@ -243,12 +275,27 @@ fn apply_append(
             "an append must hold at least one event".into(),
         ));
     };
-    // The lease is read inside the write transaction, so no other writer can change it between
-    // this check and the commit.
-    let holder: Option<(Option<String>, i64)> = conn
-        .prepare_cached("SELECT lease_owner, lease_token FROM runs WHERE id = ?1")?
-        .query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    // The lease is checked inside the write transaction, so no other writer can change it
+    // between this check and the commit: as this writer knows it (no other connection committed
+    // since), else read.
+    let known = leases
+        .iter()
+        .rev()
+        .find(|(r, _, _)| *r == run)
+        .map(|(_, owner, token)| (owner.clone(), *token as i64))
+        .or_else(|| {
+            memory
+                .leases
+                .get(run)
+                .map(|(owner, token)| (owner.clone(), *token as i64))
+        });
+    let holder: Option<(Option<String>, i64)> = match known {
+        Some(lease) => Some(lease),
+        None => conn
+            .prepare_cached("SELECT lease_owner, lease_token FROM runs WHERE id = ?1")?
+            .query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+    };
     let last = match &holder {
         None => {
             if append.started.is_none() {
@@ -405,5 +452,7 @@ fn apply_append(
             }
         }
     }
+    let owner = (!append.releases).then(|| lease.owner.clone());
+    leases.push((run, owner, lease.token));
     Ok(last_new)
 }
