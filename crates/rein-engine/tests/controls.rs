@@ -5,11 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rein_core::{BoxFuture, EndState, Event, Message, StoredEvent};
+use rein_core::{EndState, Event, Message, StoredEvent};
 use rein_engine::{Agent, Engine, NoObserver, RunRequest};
-use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
 use rein_testkit::AgentFolder;
 use serde_json::json;
 use wiremock::matchers::method;
@@ -194,47 +193,6 @@ async fn fifty_concurrent_runs_of_one_user_share_a_daily_budget() {
     assert_eq!(rows[0].max_tokens, Some(budget));
 }
 
-/// The model's side: what each request held, and a hook before each call.
-struct Watching {
-    inner: Arc<dyn Provider>,
-    requests: Mutex<Vec<(String, Vec<Message>)>>,
-    before: Box<dyn Fn(usize) + Send + Sync>,
-}
-
-impl Provider for Watching {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn model(&self) -> &str {
-        self.inner.model()
-    }
-    fn max_output_tokens(&self) -> u64 {
-        self.inner.max_output_tokens()
-    }
-    fn complete<'a>(
-        &'a self,
-        request: &'a ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        let n = {
-            let mut requests = self.requests.lock().unwrap();
-            requests.push((request.system.to_owned(), request.messages.to_vec()));
-            requests.len()
-        };
-        (self.before)(n);
-        self.inner.complete(request)
-    }
-}
-
-fn watch(agent: &mut Agent, before: impl Fn(usize) + Send + Sync + 'static) -> Arc<Watching> {
-    let watching = Arc::new(Watching {
-        inner: agent.provider.clone(),
-        requests: Mutex::new(vec![]),
-        before: Box::new(before),
-    });
-    agent.provider = watching.clone();
-    watching
-}
-
 #[tokio::test]
 async fn a_flaky_tool_is_retried_its_breaker_opens_then_a_probe_closes_it() {
     // Fails its first three runs, then works; counts its runs in the workspace.
@@ -257,7 +215,7 @@ args_schema = { type = "object" }
     let mut agent = fx.agent();
     // Before the model's fourth step, the breaker's cool-down has passed.
     let ticking = clock.clone();
-    watch(&mut agent, move |n| {
+    rein_testkit::model::watch_sync(&mut agent, move |n| {
         if n == 4 {
             ticking.advance(61_000);
         }
@@ -392,7 +350,7 @@ pinned = ["Never refund more than 500 euros."]
     let script = format!("{}[[turns]]\ntext = \"summarised\"\n", call.repeat(12));
     let fx = Fixture::new(&format!("{SCRIPTED}{bulky}"), &script);
     let mut agent = fx.agent();
-    let watching = watch(&mut agent, |_| {});
+    let watching = rein_testkit::model::watch_sync(&mut agent, |_| {});
     let engine = fx.engine();
     let task = "Summarise the bulky reports for ticket T-77";
     let report = engine.start(&agent, task, &NoObserver).await.unwrap();
@@ -405,8 +363,9 @@ pinned = ["Never refund more than 500 euros."]
     assert!(compactions >= 3, "{compactions} compactions");
     // What the model was actually sent last: the task first, the constraint in the system
     // prompt, old outputs elided, the recent ones whole, and the whole within budget.
-    let requests = watching.requests.lock().unwrap();
-    let (system, messages) = requests.last().unwrap();
+    let requests = watching.asked();
+    let last = requests.last().unwrap();
+    let (system, messages) = (&last.system, &last.messages);
     assert!(system.contains("Never refund more than 500 euros."));
     assert_eq!(messages[0], Message::User { text: task.into() });
     let tool_outputs: Vec<&String> = messages

@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rein_core::secrets::Redactor;
-use rein_core::{BoxFuture, Durability, EndState, Event, Message, StoredEvent};
+use rein_core::{Durability, EndState, Event, StoredEvent};
 use rein_engine::{Agent, Cancelled, EngineError, NoObserver};
-use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
 use rein_store::{RunFilter, StoreError};
 use rein_testkit::{AgentFolder, ManualClock, SCRIPTED_MODEL, engine, engine_with_faults};
 use tokio::sync::{Notify, Semaphore};
@@ -39,52 +38,29 @@ fn folder(extra: &str) -> AgentFolder {
     .file("script.toml", THREE_STEPS)
 }
 
-/// A model that says when it is called and answers only when let through.
-struct Gated {
-    inner: Arc<dyn Provider>,
-    entered: Notify,
-    pass: Semaphore,
-    steps: Mutex<Vec<usize>>,
+/// The agent's model, saying when it is called and answering only when let through: `open`
+/// calls pass at once.
+struct Gate {
+    recorder: Arc<rein_testkit::model::Recorder>,
+    entered: Arc<Notify>,
+    pass: Arc<Semaphore>,
 }
 
-impl Provider for Gated {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn model(&self) -> &str {
-        self.inner.model()
-    }
-    fn max_output_tokens(&self) -> u64 {
-        self.inner.max_output_tokens()
-    }
-    fn complete<'a>(
-        &'a self,
-        request: &'a ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
+fn gated(agent: &mut Agent, open: usize) -> Gate {
+    let (entered, pass) = (Arc::new(Notify::new()), Arc::new(Semaphore::new(open)));
+    let (e, p) = (entered.clone(), pass.clone());
+    let recorder = rein_testkit::model::watch(agent, move |_| {
+        let (e, p) = (e.clone(), p.clone());
         Box::pin(async move {
-            let step = 1 + request
-                .messages
-                .iter()
-                .filter(|m| matches!(m, Message::Assistant { .. }))
-                .count();
-            self.steps.lock().unwrap().push(step);
-            self.entered.notify_one();
-            self.pass.acquire().await.unwrap().forget();
-            self.inner.complete(request).await
+            e.notify_one();
+            p.acquire().await.unwrap().forget();
         })
-    }
-}
-
-/// The agent with its model gated; `open` calls pass at once.
-fn gated(agent: &mut Agent, open: usize) -> Arc<Gated> {
-    let gate = Arc::new(Gated {
-        inner: agent.provider.clone(),
-        entered: Notify::new(),
-        pass: Semaphore::new(open),
-        steps: Mutex::new(vec![]),
     });
-    agent.provider = gate.clone();
-    gate
+    Gate {
+        recorder,
+        entered,
+        pass,
+    }
 }
 
 fn only_run(engine: &rein_engine::Engine) -> String {
@@ -132,7 +108,8 @@ async fn two_resumes_of_one_run_at_once_exactly_one_proceeds_and_each_step_calls
     gate.pass.add_permits(10);
     let report = driving.await.unwrap().unwrap();
     assert_eq!(report.status, EndState::Completed);
-    assert_eq!(*gate.steps.lock().unwrap(), vec![1, 2, 3]);
+    let steps: Vec<usize> = gate.recorder.asked().iter().map(|a| a.step()).collect();
+    assert_eq!(steps, vec![1, 2, 3]);
     let events = first.store().events(&run_id).unwrap();
     for step in 1..=3 {
         assert_eq!(

@@ -8,11 +8,9 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use rein_core::{BoxFuture, EndState, Event, StoredEvent, Verdict};
+use rein_core::{EndState, Event, StoredEvent, Verdict};
 use rein_engine::{Agent, Engine, NoObserver, RunReport};
-use rein_model::{ChatRequest, ChatResponse, Provider, ProviderError};
 use serde_json::Value;
 
 /// Where the npm reference servers are installed (`REIN_MCP_SERVERS`, else the cache directory
@@ -100,50 +98,6 @@ impl Fixture {
     fn engine(&self) -> Engine {
         rein_testkit::engine(self.state.path())
     }
-}
-
-/// The model's side of the run: the tools each request offered, and a hook before a step.
-struct Recording {
-    inner: Arc<dyn Provider>,
-    offered: Mutex<Vec<Vec<String>>>,
-    before_step: Box<dyn Fn(usize) + Send + Sync>,
-}
-
-impl Provider for Recording {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn model(&self) -> &str {
-        self.inner.model()
-    }
-    fn max_output_tokens(&self) -> u64 {
-        self.inner.max_output_tokens()
-    }
-    fn complete<'a>(
-        &'a self,
-        request: &'a ChatRequest<'a>,
-    ) -> BoxFuture<'a, Result<ChatResponse, ProviderError>> {
-        let step = {
-            let mut offered = self.offered.lock().unwrap();
-            offered.push(request.tools.iter().map(|t| t.name.clone()).collect());
-            offered.len()
-        };
-        (self.before_step)(step);
-        self.inner.complete(request)
-    }
-}
-
-fn record(
-    agent: &mut Agent,
-    before_step: impl Fn(usize) + Send + Sync + 'static,
-) -> Arc<Recording> {
-    let recording = Arc::new(Recording {
-        inner: agent.provider.clone(),
-        offered: Mutex::new(vec![]),
-        before_step: Box::new(before_step),
-    });
-    agent.provider = recording.clone();
-    recording
 }
 
 async fn run(fx: &Fixture, agent: &Agent) -> (RunReport, Vec<StoredEvent>) {
@@ -245,7 +199,7 @@ text = "Read the plan."
 "#;
     let fx = Fixture::new(&mcp, FS_POLICIES, script);
     let mut agent = fx.agent(&|_| None).await.unwrap();
-    let recording = record(&mut agent, |_| {});
+    let recording = rein_testkit::model::watch_sync(&mut agent, |_| {});
     let (report, events) = run(&fx, &agent).await;
     assert_eq!(report.status, EndState::Completed);
 
@@ -272,7 +226,7 @@ text = "Read the plan."
 
     // The model is offered only what it may call: the forbidden write and the tools without a
     // permit are left out.
-    let offered = recording.offered.lock().unwrap()[0].clone();
+    let offered = recording.asked()[0].tools.clone();
     assert_eq!(offered, vec!["fs.list_directory", "fs.read_text_file"]);
     // The listing is recorded in the run.
     assert!(notices(&events).contains(&("mcp_server_listed".into(), "fs".into())));
@@ -305,7 +259,7 @@ calls = [{ tool = "fs.read_text_file", args = { path = "notes/plan.txt" } }]
     let server = agent.mcp_servers[0].clone();
     let pid = server.pid().await.unwrap();
     // Before the model's second step, the server is killed.
-    record(&mut agent, move |step| {
+    rein_testkit::model::watch_sync(&mut agent, move |step| {
         if step == 2 {
             let status = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
@@ -411,7 +365,7 @@ text = "done"
     let fx = Fixture::new(&mcp, policies, script);
     let env = |var: &str| (var == "REIN_SECRET_EV_TOKEN").then(|| "Bearer t0ken-canary".to_owned());
     let mut agent = fx.agent(&env).await.unwrap();
-    let recording = record(&mut agent, |_| {});
+    let recording = rein_testkit::model::watch_sync(&mut agent, |_| {});
     let (report, events) = run(&fx, &agent).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -425,7 +379,7 @@ text = "done"
     let sum = calls[1].2.clone().unwrap();
     assert!(sum.0 && sum.1.to_string().contains("42"), "{sum:?}");
     assert_eq!((calls[2].1, &calls[2].2), (Verdict::Deny, &None));
-    let offered = recording.offered.lock().unwrap()[0].clone();
+    let offered = recording.asked()[0].tools.clone();
     assert_eq!(offered, vec!["ev.echo", "ev.get-sum"]);
     // Server output is untrusted by default; the operator's entry made `echo` internal.
     assert!(!events.iter().any(|e| {

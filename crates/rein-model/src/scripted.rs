@@ -285,7 +285,7 @@ impl Provider for ScriptedProvider {
                     text.as_deref().map_or(0, str::len)
                         + tool_calls
                             .iter()
-                            .map(|c| c.name.len() + json_bytes(&c.arguments))
+                            .map(|c| c.name.len() + rein_core::reply::json_len(&c.arguments))
                             .sum::<usize>(),
                 );
                 Ok(ChatResponse {
@@ -318,28 +318,11 @@ fn message_bytes(message: &Message) -> usize {
             text.as_deref().map_or(0, str::len)
                 + tool_calls
                     .iter()
-                    .map(|c| c.name.len() + json_bytes(&c.arguments))
+                    .map(|c| c.name.len() + rein_core::reply::json_len(&c.arguments))
                     .sum::<usize>()
         }
         Message::Tool { content, .. } => content.len(),
     }
-}
-
-/// The length of a value's compact JSON, counted without allocating.
-fn json_bytes(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// The documented estimate: one token per four bytes, rounded up (see [`estimate_tokens`]).

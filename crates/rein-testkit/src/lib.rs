@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod fake;
+pub mod model;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

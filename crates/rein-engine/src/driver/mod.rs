@@ -28,7 +28,7 @@ use crate::lease::{Beat, Heartbeat};
 use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
 
 /// What a model decision depends on: the labels in play, the model, the budget share.
-type ModelDecisionKey = (Vec<String>, String, u64);
+pub(super) type ModelDecisionKey = (Vec<String>, String, u64);
 
 pub(crate) struct Driver<'a> {
     engine: &'a Engine,

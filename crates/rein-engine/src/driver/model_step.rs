@@ -14,8 +14,8 @@ use tracing::{Instrument, field};
 
 use crate::EngineError;
 use crate::context::{ContextWindow, TokenCounter};
-use crate::driver::Driver;
 use crate::driver::budget::Hold;
+use crate::driver::{Driver, ModelDecisionKey};
 use crate::resilience::{Admission, Transition};
 
 /// The conversation of a request, for estimating its tokens.
@@ -119,12 +119,36 @@ impl Driver<'_> {
         )
     }
 
-    pub(super) fn judge_model(&mut self, model: &str) -> Decision {
+    /// The gate's decision on calling `model` for `step`, recorded.
+    pub(super) async fn judge_model(
+        &mut self,
+        step: u32,
+        model: &str,
+    ) -> Result<Decision, EngineError> {
         let labels = self.state.labels().to_vec();
         let key = (labels, model.to_owned(), self.budget_percent);
-        if let Some((_, d)) = self.model_decisions.iter().find(|(k, _)| *k == key) {
-            return d.clone();
-        }
+        let cached = self
+            .model_decisions
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, d)| d.clone());
+        let decision = match cached {
+            Some(d) => d,
+            None => self.decide_model(key, model),
+        };
+        self.record(Event::ModelJudged {
+            step,
+            model: model.to_owned(),
+            verdict: decision.verdict,
+            policies: decision.policies.clone(),
+            reasons: decision.reasons.clone(),
+        })
+        .await?;
+        Ok(decision)
+    }
+
+    /// The gate's decision on `model` for the run as it stands, remembered under `key`.
+    fn decide_model(&mut self, key: ModelDecisionKey, model: &str) -> Decision {
         let facts = self.facts(None);
         let mut d = self.agent.gate.judge_model(model, &facts);
         if let Some(parent) = &self.agent.parent_gate {
@@ -244,15 +268,7 @@ impl Driver<'_> {
                 };
                 self.notice("model_chosen", &model, detail, None).await?;
             }
-            let decision = self.judge_model(&model);
-            self.record(Event::ModelJudged {
-                step,
-                model: model.clone(),
-                verdict: decision.verdict,
-                policies: decision.policies.clone(),
-                reasons: decision.reasons.clone(),
-            })
-            .await?;
+            let decision = self.judge_model(step, &model).await?;
             if decision.verdict != Verdict::Allow {
                 failures.push(format!("{model}: not allowed by the policies"));
                 if index + 1 < count {

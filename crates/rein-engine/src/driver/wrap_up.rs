@@ -65,15 +65,7 @@ impl Driver<'_> {
         let mut output = self.state.last_text().map(str::to_owned);
         let mut note = "no wrap-up turn: it would not fit in the budget either".to_owned();
         if let Some(held) = held {
-            let decision = self.judge_model(&model);
-            self.record(Event::ModelJudged {
-                step,
-                model: model.clone(),
-                verdict: decision.verdict,
-                policies: decision.policies.clone(),
-                reasons: decision.reasons.clone(),
-            })
-            .await?;
+            let decision = self.judge_model(step, &model).await?;
             let mut actual = Spend::default();
             if decision.verdict == Verdict::Allow
                 && let Ok((reply, latency_us)) = self
