@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rein_config::{AgentSpec, ToolConfig};
 use rein_core::Verdict;
 use rein_engine::McpSet;
-use rein_policy::{Gate, GateSetup, RequestFacts};
+use rein_policy::{Gate, GateSetup, GrantFacts, RequestFacts, Scenario, Target};
 use rein_tools::Tool;
 use serde_json::{Value, json};
 
@@ -55,24 +55,57 @@ impl Rein {
         request: &v1::ExplainRequest,
     ) -> Result<v1::Decision, Error> {
         let (gate, _) = self.gate(agent_dir).await?;
-        let facts = RequestFacts {
-            budget_percent: 0,
-            user: request.user.clone(),
-            tenant: request.tenant.clone(),
-            task: "explain".into(),
-            labels: request.labels.clone(),
-            approved_by: request.approved_by.clone(),
-        };
         let args = if request.args.is_null() {
             json!({})
         } else {
             request.args.clone()
         };
-        let decision = match (&request.tool, &request.model) {
-            (Some(tool), None) => gate.judge_tool(tool, &args, &facts),
-            (None, Some(model)) => gate.judge_model(model, &facts),
-            _ => return Err(Error::Invalid("give a tool or a model to explain".into())),
+        let target = match (&request.tool, &request.model, &request.answer) {
+            (Some(tool), None, None) => Target::Tool(tool.clone()),
+            (None, Some(model), None) => Target::Model(model.clone()),
+            (None, None, Some(_)) => Target::Respond,
+            _ => {
+                return Err(Error::Invalid(
+                    "give one of a tool, a model or an answer to explain".into(),
+                ));
+            }
         };
+        let args = match &request.answer {
+            Some(text) => json!({ "text": text }),
+            None => args,
+        };
+        let grants = match &request.grants {
+            None => GrantFacts::default(),
+            Some(list) => {
+                let list = convert::grants(list)?;
+                let tool = request.tool.as_deref().unwrap_or("respond");
+                let mut tools: Vec<String> = list.iter().map(|g| g.tool.clone()).collect();
+                tools.sort();
+                tools.dedup();
+                GrantFacts {
+                    fixed: true,
+                    covered: rein_core::grants::covering(&list, tool, &args, request.calls)
+                        .is_some(),
+                    tools,
+                }
+            }
+        };
+        let scenario = Scenario {
+            user: request.user.clone(),
+            tenant: request.tenant.clone(),
+            task: request.task.clone().unwrap_or_else(|| "explain".into()),
+            labels: request.labels.clone(),
+            approved_by: request.approved_by.clone(),
+            from: request.from.clone(),
+            grants,
+            data: request
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                .collect(),
+            calls: request.calls,
+        };
+        let decision = gate.judge_scenario(&target, &args, &scenario);
         Ok(convert::decision(decision))
     }
 
@@ -147,12 +180,9 @@ fn describe(spec: &AgentSpec, mcp: &McpSet) -> Result<Vec<v1::ToolRow>, Error> {
     let tools = rein_engine::build_tools(spec, mcp)?;
     let gate = rein_engine::load_gate(spec, mcp)?;
     let facts = RequestFacts {
-        budget_percent: 0,
         user: "anonymous".into(),
         tenant: "default".into(),
-        task: String::new(),
-        labels: vec![],
-        approved_by: None,
+        ..RequestFacts::default()
     };
     let mut rows = Vec::new();
     for name in tools.registry.names() {

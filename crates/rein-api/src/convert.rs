@@ -1,6 +1,23 @@
 //! From the engine's and the store's types to the wire's.
 
-use crate::v1;
+use crate::{Error, v1};
+
+/// Grants from the wire, checked: each constraint must be a value or a rule rein knows.
+pub(crate) fn grants(list: &[v1::Grant]) -> Result<Vec<rein_core::grants::Grant>, Error> {
+    list.iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let value = serde_json::to_value(g).map_err(|e| Error::Internal(e.to_string()))?;
+            serde_json::from_value(value).map_err(|e| {
+                Error::Invalid(format!(
+                    "grant {} (`{}`): {e}; a constraint is a value or one of {{\"one_of\": [..]}}, {{\"max\": n}}, {{\"min\": n}}, {{\"prefix\": \"..\"}}, {{\"any\": true}}",
+                    i + 1,
+                    g.tool
+                ))
+            })
+        })
+        .collect()
+}
 
 pub(crate) fn report(r: rein_engine::RunReport) -> v1::RunReport {
     v1::RunReport {

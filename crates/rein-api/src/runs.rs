@@ -37,6 +37,9 @@ pub struct StartRun {
     pub tenant: String,
     /// Overrides the agent's durability (`true`: flush every commit to disk).
     pub fsync: Option<bool>,
+    /// Grants fixed with the run: once untrusted data is in it, a call none of them covers is
+    /// denied. `None` leaves them to the agent's planner, if it has one.
+    pub grants: Option<Vec<v1::Grant>>,
 }
 
 /// Which runs to list.
@@ -70,6 +73,7 @@ impl Rein {
                 )));
             }
         };
+        let grants = request.grants.as_deref().map(convert::grants).transpose()?;
         let mut agent = self.load_agent(&spec).await?;
         if let Some(fsync) = request.fsync {
             agent.durability = if fsync {
@@ -84,6 +88,7 @@ impl Rein {
             user: request.user,
             tenant: request.tenant,
             parent: None,
+            grants,
         };
         let report = match watch {
             Some(w) => engine.start(&agent, run, &Watching(w)).await,

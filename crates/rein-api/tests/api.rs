@@ -44,6 +44,7 @@ fn start(folder: &AgentFolder, user: &str, tenant: &str) -> StartRun {
         user: user.into(),
         tenant: tenant.into(),
         fsync: None,
+        grants: None,
     }
 }
 

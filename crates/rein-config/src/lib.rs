@@ -7,6 +7,7 @@
 
 pub mod raw;
 mod resolve;
+mod security;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use rein_core::{Durability, Limits};
 use serde_json::Value;
 
 pub use resolve::load;
+pub use security::{AnswerSpec, DataSpec, SandboxFallback, SandboxSpec, StripLinks, read_data};
 
 /// The file name of an agent's configuration inside its folder.
 pub const AGENT_FILE: &str = "agent.toml";
@@ -71,6 +73,14 @@ pub struct AgentSpec {
     pub reply_limits: rein_core::reply::ReplyLimits,
     /// Every secret the agent refers to (`secret:NAME`), so all can be resolved before it runs.
     pub secrets: Vec<String>,
+    /// Policy data files (`[data]`), by name.
+    pub data: Vec<DataSpec>,
+    /// The model that fixes a run's grants when its caller gives none (`[grants] planner`).
+    pub planner: Option<String>,
+    /// How the run's answer is treated as a sink (`[answer]`).
+    pub answer: AnswerSpec,
+    /// What happens when the kernel cannot sandbox command tools.
+    pub sandbox_fallback: SandboxFallback,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
     pub digest: String,
 }
@@ -157,6 +167,10 @@ pub struct ToolEntrySpec {
     pub sensitive: Vec<String>,
     /// Retries and circuit breaker.
     pub resilience: Resilience,
+    /// Labels of parts of its output, by JSON pointer pattern.
+    pub field_labels: BTreeMap<String, Vec<String>>,
+    /// The policy data set its output feeds.
+    pub data: Option<String>,
 }
 
 impl ToolEntrySpec {
@@ -215,6 +229,8 @@ pub enum ToolConfig {
         timeout: Duration,
         /// The most bytes it may print.
         max_output_bytes: usize,
+        /// What its program may reach.
+        sandbox: Box<SandboxSpec>,
     },
 }
 
@@ -338,6 +354,10 @@ pub struct McpToolPolicy {
     pub timeout_is_failure: bool,
     /// Argument fields kept out of the audit trail in clear.
     pub sensitive: Vec<String>,
+    /// Labels of parts of its output, by JSON pointer pattern.
+    pub field_labels: BTreeMap<String, Vec<String>>,
+    /// The policy data set its output feeds.
+    pub data: Option<String>,
     /// Whether it is offered at all.
     pub enabled: bool,
     /// Whether the operator declared it (false: these are the defaults).
@@ -355,6 +375,8 @@ impl Default for McpToolPolicy {
             idempotent: false,
             timeout_is_failure: false,
             sensitive: vec![],
+            field_labels: BTreeMap::new(),
+            data: None,
             enabled: true,
             declared: false,
         }

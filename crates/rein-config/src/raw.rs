@@ -69,6 +69,19 @@ pub struct AgentFile {
     /// Latency targets; a miss is recorded as an event.
     #[serde(default)]
     pub latency: Option<LatencySection>,
+    /// Policy data: name = "file.json" (relative to the agent folder). Each file's strings and
+    /// numbers become the set `context.data.<name>` (saved payees, the org's domains).
+    #[serde(default)]
+    pub data: Option<BTreeMap<String, String>>,
+    /// Grants fixed before untrusted data is read.
+    #[serde(default)]
+    pub grants: Option<GrantsSection>,
+    /// The run's answer as a sink.
+    #[serde(default)]
+    pub answer: Option<AnswerSection>,
+    /// How command tools are sandboxed.
+    #[serde(default)]
+    pub sandbox: Option<SandboxSection>,
     /// MCP servers whose tools the agent may call, each offered as `server.tool`.
     #[serde(default)]
     #[schemars(with = "Vec<McpServerEntry>")]
@@ -140,6 +153,16 @@ pub struct McpToolEntry {
     /// no effect; the model is told it failed).
     #[serde(default)]
     pub on_timeout: Option<OnTimeoutName>,
+    /// Labels of parts of the tool's output, by JSON pointer (`*` for any one segment):
+    /// `{ "/transactions/*/memo" = ["untrusted"] }`. The values there carry them (for
+    /// provenance and marking), the rest of the output does not.
+    #[serde(default)]
+    pub field_labels: Option<BTreeMap<String, Vec<String>>>,
+    /// The policy data set this tool's output feeds (`context.data.<name>`): for a tool the
+    /// operator trusts to say what is allowed, such as a list of saved payees. Not for a tool
+    /// whose output is labelled `untrusted`.
+    #[serde(default)]
+    pub data: Option<String>,
     /// Argument fields the audit trail stores only as keyed hashes.
     #[serde(default)]
     pub sensitive: Option<Vec<String>>,
@@ -147,6 +170,64 @@ pub struct McpToolEntry {
     /// refuses every call, whatever the policies say.
     #[serde(default)]
     pub enabled: Option<bool>,
+}
+
+/// The `[grants]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsSection {
+    /// A model (an `id` from `[[models]]`, or `primary`) that fixes the run's grants from the
+    /// instructions and the task alone, before any tool runs, when the caller gives none.
+    #[serde(default)]
+    pub planner: Option<String>,
+}
+
+/// How links in the run's answer are stripped before it is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StripLinksName {
+    /// Keep every link and image (the policies still judge them).
+    None,
+    /// Remove links and images whose URL carries data the run read.
+    CarryingData,
+    /// Also remove those whose host is not in `allow_hosts`.
+    OutsideAllowlist,
+    /// Remove every link and image.
+    All,
+}
+
+/// The `[answer]` section: the run's answer is judged as the `respond` action.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSection {
+    /// Which links and images are removed before the answer is judged (default
+    /// `carrying_data`); each removal is recorded.
+    #[serde(default)]
+    pub strip_links: Option<StripLinksName>,
+    /// Hosts links may point to, for `outside_allowlist` (`host` or `*.domain`).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+}
+
+/// What rein does when the kernel cannot sandbox command tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxFallbackName {
+    /// Refuse to start the run (default).
+    Refuse,
+    /// Run command tools without a sandbox, saying so at start.
+    Continue,
+}
+
+/// The `[sandbox]` section. Command tools run with no network unless they list hosts, and with
+/// the file system limited to the workspace, their declared paths and the system's read-only
+/// folders (Landlock and seccomp on Linux).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// When the kernel cannot sandbox: `refuse` (default) or `continue`.
+    #[serde(default)]
+    pub if_unavailable: Option<SandboxFallbackName>,
 }
 
 /// The `[routing]` section: model ids (from `[[models]]`) per kind of step.
@@ -399,9 +480,18 @@ pub struct ToolEntry {
     /// For command tools: extra environment variables.
     #[serde(default)]
     pub env: Option<BTreeMap<String, String>>,
-    /// For `http.get`: the hosts it may fetch from (`host`, `host:port` or `*.domain`).
+    /// For `http.get`: the hosts it may fetch from (`host`, `host:port` or `*.domain`). For a
+    /// command tool: the hosts its program may connect to, through rein's proxy (default none:
+    /// no network at all).
     #[serde(default)]
     pub allow_hosts: Option<Vec<String>>,
+    /// For command tools: folders or files (relative to the agent folder, or absolute) the
+    /// program may read besides the workspace, its own files and the system's.
+    #[serde(default)]
+    pub read_paths: Option<Vec<String>>,
+    /// For command tools: folders or files the program may write besides the workspace.
+    #[serde(default)]
+    pub write_paths: Option<Vec<String>>,
     /// For `http.get`: the most body bytes returned (default 65536).
     #[serde(default)]
     pub max_bytes: Option<usize>,
@@ -420,6 +510,16 @@ pub struct ToolEntry {
     /// Tool groups the tool belongs to, for policies (`resource in ToolGroup::"payments"`).
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    /// Labels of parts of the tool's output, by JSON pointer (`*` for any one segment):
+    /// `{ "/transactions/*/memo" = ["untrusted"] }`. The values there carry them (for
+    /// provenance and marking), the rest of the output does not.
+    #[serde(default)]
+    pub field_labels: Option<BTreeMap<String, Vec<String>>>,
+    /// The policy data set this tool's output feeds (`context.data.<name>`): for a tool the
+    /// operator trusts to say what is allowed, such as a list of saved payees. Not for a tool
+    /// whose output is labelled `untrusted`.
+    #[serde(default)]
+    pub data: Option<String>,
     /// Argument fields that are sensitive (card numbers, personal data): the audit trail stores
     /// them as keyed hashes, never in clear.
     #[serde(default)]

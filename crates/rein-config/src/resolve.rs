@@ -6,18 +6,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rein_core::{Durability, Limits};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::raw::{
-    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, McpServerEntry, OnTimeoutName,
-    ProviderName, RiskName, ToolEntry,
+    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, OnTimeoutName, ProviderName,
+    RiskName, SandboxFallbackName,
 };
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, ContextSpec, KeySource, McpServerSpec, McpToolPolicy,
-    McpTransportSpec, ModelSpec, ProviderSpec, Resilience, ToolConfig, ToolEntrySpec,
-    WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, ContextSpec, KeySource, McpServerSpec, ModelSpec,
+    ProviderSpec, Resilience, SandboxFallback, ToolConfig, ToolEntrySpec, WorkspaceSpec,
 };
+
+mod guard;
+mod tools;
 
 const DEFAULT_MODEL_TIMEOUT_MS: u64 = 120_000;
 const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
@@ -169,7 +170,10 @@ impl Resolver {
             }
             models.push(self.model(m)?);
         }
-        let known = |id: &str| id == "primary" || models.iter().any(|m| m.id == id);
+        let known_ids: Vec<String> = std::iter::once("primary".to_owned())
+            .chain(models.iter().map(|m| m.id.clone()))
+            .collect();
+        let known = |id: &str| known_ids.iter().any(|k| k == id);
         if let Some(bad) = fallbacks.iter().find(|f| !known(f)) {
             return Err(self.err(
                 None,
@@ -269,6 +273,7 @@ impl Resolver {
                 entry.groups.clone(),
             );
             let sensitive = entry.sensitive.clone().unwrap_or_default();
+            let (field_labels, data) = (entry.field_labels.clone(), entry.data.clone());
             let defaults = Resilience::default();
             let resilience = Resilience {
                 max_attempts: entry.max_attempts.unwrap_or(1).max(1),
@@ -315,6 +320,17 @@ impl Resolver {
                 }
             }
             let risk = risk.map(risk_name).unwrap_or("medium");
+            let field_labels = self.field_labels(
+                Some(span.clone()),
+                &format!("tools[{i}].field_labels"),
+                field_labels,
+            )?;
+            let data = self.data_feed(
+                Some(span.clone()),
+                &format!("tools[{i}].data"),
+                data,
+                &labels,
+            )?;
             let tool = ToolEntrySpec {
                 tool,
                 labels,
@@ -323,6 +339,8 @@ impl Resolver {
                 groups: groups.unwrap_or_default(),
                 sensitive,
                 resilience,
+                field_labels,
+                data,
             };
             if !seen.insert(tool.name().to_owned()) {
                 return Err(self.err(
@@ -402,6 +420,13 @@ impl Resolver {
                 .unwrap_or(86_400)
                 .max(1),
         );
+        let data = self.data_files(raw.data)?;
+        let planner = self.planner(raw.grants, &known_ids)?;
+        let answer = self.answer(raw.answer)?;
+        let sandbox_fallback = match raw.sandbox.and_then(|s| s.if_unavailable) {
+            None | Some(SandboxFallbackName::Refuse) => SandboxFallback::Refuse,
+            Some(SandboxFallbackName::Continue) => SandboxFallback::Continue,
+        };
         let digest = self
             .digest
             .finalize()
@@ -436,6 +461,10 @@ impl Resolver {
             tool_latency_target: latency.tool_call_ms.map(Duration::from_millis),
             reply_limits,
             secrets: self.secrets.iter().cloned().collect(),
+            data,
+            planner,
+            answer,
+            sandbox_fallback,
             digest,
         })
     }
@@ -573,368 +602,6 @@ impl Resolver {
             }
         }
         Ok(())
-    }
-
-    fn mcp_server(
-        &mut self,
-        i: usize,
-        span: Range<usize>,
-        m: McpServerEntry,
-        workspace: &Path,
-    ) -> Result<McpServerSpec, ConfigError> {
-        let at = |field: &str| format!("mcp[{i}].{field}");
-        let sp = Some(span.clone());
-        check_name(&m.name).map_err(|e| self.err(sp.clone(), at("name"), e))?;
-        if m.name.contains('.') {
-            return Err(self.err(
-                sp,
-                at("name"),
-                format!(
-                    "`{}` contains `.`, which separates the server from its tools in `server.tool`",
-                    m.name
-                ),
-            ));
-        }
-        let transport = match (m.command, m.url) {
-            (Some(command), None) => {
-                if m.headers.is_some() {
-                    return Err(self.err(
-                        sp,
-                        at("headers"),
-                        "`headers` are for `url` servers; a `command` server takes `env`",
-                    ));
-                }
-                let (program, args) = match command.split_first() {
-                    Some((p, rest)) if !p.trim().is_empty() => (p.clone(), rest.to_vec()),
-                    _ => return Err(self.err(sp, at("command"), "must name a program, for example `command = [\"npx\", \"-y\", \"@modelcontextprotocol/server-filesystem\", \"{workspace}\"]`")),
-                };
-                let program = if program.contains('/') && !Path::new(&program).is_absolute() {
-                    let path = self.dir.join(&program);
-                    if !path.is_file() {
-                        return Err(self.err(sp, at("command"), format!("`{program}` does not exist; program paths are relative to the agent folder")));
-                    }
-                    path
-                } else {
-                    PathBuf::from(program)
-                };
-                let ws = workspace.display().to_string();
-                let args = args
-                    .into_iter()
-                    .map(|a| {
-                        let candidate = self.dir.join(&a);
-                        if a.contains('/') && !Path::new(&a).is_absolute() && candidate.is_file() {
-                            candidate.display().to_string()
-                        } else {
-                            a.replace("{workspace}", &ws)
-                        }
-                    })
-                    .collect();
-                let env = m.env.unwrap_or_default();
-                self.note_secrets(sp.clone(), &at("env"), &env)?;
-                McpTransportSpec::Stdio { program, args, env }
-            }
-            (None, Some(url)) => {
-                if m.env.is_some() {
-                    return Err(self.err(
-                        sp,
-                        at("env"),
-                        "`env` is for `command` servers; a `url` server takes `headers`",
-                    ));
-                }
-                match url::Url::parse(&url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                    _ => {
-                        return Err(self.err(
-                            sp,
-                            at("url"),
-                            format!("`{url}` is not an http(s) URL"),
-                        ));
-                    }
-                }
-                let headers = m.headers.unwrap_or_default();
-                self.note_secrets(sp.clone(), &at("headers"), &headers)?;
-                McpTransportSpec::Http { url, headers }
-            }
-            (Some(_), Some(_)) => {
-                return Err(self.err(
-                    sp,
-                    at("url"),
-                    "give `command` (stdio) or `url` (Streamable HTTP), not both",
-                ));
-            }
-            (None, None) => {
-                return Err(self.err(
-                    sp,
-                    at("command"),
-                    "an MCP server needs `command` (stdio) or `url` (Streamable HTTP)",
-                ));
-            }
-        };
-        let mut tools = BTreeMap::new();
-        for (tool, entry) in m.tools.unwrap_or_default() {
-            let field = at(&format!("tools.{tool}"));
-            for (what, names) in [
-                ("labels", entry.labels.as_ref()),
-                ("groups", entry.groups.as_ref()),
-            ] {
-                if let Some(bad) = names.into_iter().flatten().find(|n| check_name(n).is_err()) {
-                    return Err(self.err(
-                        sp.clone(),
-                        format!("{field}.{what}"),
-                        format!(
-                            "`{bad}` is not a valid name: use letters, digits, `.`, `_` or `-`"
-                        ),
-                    ));
-                }
-            }
-            let defaults = McpToolPolicy::default();
-            tools.insert(
-                tool,
-                McpToolPolicy {
-                    description: entry.description,
-                    labels: entry.labels.unwrap_or(defaults.labels),
-                    sink: entry.sink.unwrap_or(defaults.sink),
-                    risk: entry
-                        .risk
-                        .map(risk_name)
-                        .unwrap_or(&defaults.risk)
-                        .to_owned(),
-                    groups: entry.groups.unwrap_or_default(),
-                    idempotent: entry.idempotent.unwrap_or(false),
-                    timeout_is_failure: entry.on_timeout == Some(OnTimeoutName::Failed),
-                    sensitive: entry.sensitive.unwrap_or_default(),
-                    enabled: entry.enabled.unwrap_or(true),
-                    declared: true,
-                },
-            );
-        }
-        Ok(McpServerSpec {
-            name: m.name,
-            transport,
-            timeout: Duration::from_millis(m.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS).max(1)),
-            startup_timeout: Duration::from_millis(m.startup_timeout_ms.unwrap_or(20_000).max(1)),
-            max_output_bytes: m
-                .max_output_bytes
-                .unwrap_or(DEFAULT_HTTP_MAX_BYTES)
-                .max(256),
-            tools,
-            line: rein_core::text::line_col(&self.text, span.start).0,
-        })
-    }
-
-    fn tool(
-        &mut self,
-        i: usize,
-        span: Range<usize>,
-        t: ToolEntry,
-    ) -> Result<ToolConfig, ConfigError> {
-        let at = |field: &str| format!("tools[{i}].{field}");
-        let sp = Some(span);
-        let timeout = Duration::from_millis(t.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS).max(1));
-        let not_for = |this: &Self, present: bool, field: &str, what: &str| {
-            if present {
-                Err(this.err(sp.clone(), at(field), format!("does not apply to {what}")))
-            } else {
-                Ok(())
-            }
-        };
-        if let Some(delegate) = t.delegate {
-            let what = "delegate tools";
-            for (present, field) in [
-                (t.builtin.is_some(), "builtin"),
-                (t.command.is_some(), "command"),
-                (t.args_schema.is_some(), "args_schema"),
-                (t.args_schema_file.is_some(), "args_schema_file"),
-                (t.env.is_some(), "env"),
-                (t.allow_hosts.is_some(), "allow_hosts"),
-                (t.max_bytes.is_some(), "max_bytes"),
-                (t.max_output_bytes.is_some(), "max_output_bytes"),
-            ] {
-                not_for(self, present, field, what)?;
-            }
-            let name = t.name.ok_or_else(|| {
-                self.err(sp.clone(), at("name"), "a delegate tool needs a `name`")
-            })?;
-            check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
-            let description = t.description.ok_or_else(|| {
-                self.err(
-                    sp.clone(),
-                    at("description"),
-                    "a delegate tool needs a `description` for the model",
-                )
-            })?;
-            let agent_dir = self.dir.join(&delegate);
-            if !agent_dir.join(AGENT_FILE).is_file() {
-                return Err(self.err(sp, at("delegate"), format!("`{delegate}` is not an agent folder (it has no {AGENT_FILE}); paths are relative to this agent's folder")));
-            }
-            let agent_dir = agent_dir.canonicalize().map_err(|e| {
-                self.err(
-                    sp.clone(),
-                    at("delegate"),
-                    format!("cannot open `{delegate}`: {e}"),
-                )
-            })?;
-            if agent_dir == self.dir {
-                return Err(self.err(sp, at("delegate"), "an agent cannot delegate to itself"));
-            }
-            return Ok(ToolConfig::Delegate {
-                name,
-                description,
-                agent_dir,
-            });
-        }
-        match (t.builtin, t.command) {
-            (Some(_), Some(_)) => Err(self.err(
-                sp,
-                at("command"),
-                "a tool is either `builtin` or `command`, not both",
-            )),
-            (None, None) => Err(self.err(
-                sp,
-                format!("tools[{i}]"),
-                "needs `builtin = \"fs.read\"` (or fs.write, http.get), a `command`, or a `delegate` folder",
-            )),
-            (Some(builtin), None) => {
-                let what = format!("builtin `{builtin}`");
-                for (present, field) in [
-                    (t.name.is_some(), "name"),
-                    (t.description.is_some(), "description"),
-                    (t.args_schema.is_some(), "args_schema"),
-                    (t.args_schema_file.is_some(), "args_schema_file"),
-                    (t.idempotent.is_some(), "idempotent"),
-                    (t.max_output_bytes.is_some(), "max_output_bytes"),
-                    (t.env.is_some(), "env"),
-                ] {
-                    not_for(self, present, field, &what)?;
-                }
-                if builtin != "http.get" {
-                    not_for(self, t.allow_hosts.is_some(), "allow_hosts", &what)?;
-                    not_for(self, t.max_bytes.is_some(), "max_bytes", &what)?;
-                }
-                match builtin.as_str() {
-                    "fs.read" => Ok(ToolConfig::FsRead),
-                    "fs.write" => Ok(ToolConfig::FsWrite),
-                    "memory.read" => Ok(ToolConfig::MemoryRead),
-                    "memory.write" => Ok(ToolConfig::MemoryWrite),
-                    "http.get" => {
-                        let allow_hosts = t.allow_hosts.unwrap_or_default();
-                        if allow_hosts.is_empty() || allow_hosts.iter().any(|h| h.trim().is_empty())
-                        {
-                            return Err(self.err(sp, at("allow_hosts"), "http.get needs a list of allowed hosts, for example `allow_hosts = [\"api.example.com\"]`"));
-                        }
-                        Ok(ToolConfig::HttpGet {
-                            allow_hosts,
-                            max_bytes: t.max_bytes.unwrap_or(DEFAULT_HTTP_MAX_BYTES),
-                            timeout,
-                        })
-                    }
-                    other => Err(self.err(
-                        sp,
-                        at("builtin"),
-                        format!(
-                            "unknown built-in `{other}`; the built-ins are {}",
-                            BUILTINS.join(", ")
-                        ),
-                    )),
-                }
-            }
-            (None, Some(command)) => {
-                let what = "command tools";
-                not_for(self, t.allow_hosts.is_some(), "allow_hosts", what)?;
-                not_for(self, t.max_bytes.is_some(), "max_bytes", what)?;
-                let name = t.name.ok_or_else(|| {
-                    self.err(sp.clone(), at("name"), "a command tool needs a `name`")
-                })?;
-                check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
-                if RESERVED.contains(&name.as_str()) {
-                    return Err(self.err(
-                        sp,
-                        at("name"),
-                        format!(
-                            "`{name}` is the name of a policy action; choose another tool name"
-                        ),
-                    ));
-                }
-                if BUILTINS.contains(&name.as_str()) {
-                    return Err(self.err(sp, at("name"), format!("`{name}` is a built-in's name; use `builtin = \"{name}\"` or another name")));
-                }
-                let description = t.description.ok_or_else(|| {
-                    self.err(
-                        sp.clone(),
-                        at("description"),
-                        "a command tool needs a `description` for the model",
-                    )
-                })?;
-                let (program, args) = match command.split_first() {
-                    Some((p, rest)) if !p.trim().is_empty() => (p.clone(), rest.to_vec()),
-                    _ => return Err(self.err(sp, at("command"), "must name a program, for example `command = [\"python3\", \"tools/refund.py\"]`")),
-                };
-                let program = if program.contains('/') {
-                    let path = self.dir.join(&program);
-                    if !path.is_file() {
-                        return Err(self.err(sp, at("command"), format!("`{program}` does not exist; program paths are relative to the agent folder")));
-                    }
-                    path
-                } else {
-                    PathBuf::from(program)
-                };
-                // Tools run in the workspace, so an argument naming a file in the agent folder
-                // (a script) is passed as an absolute path; its content is part of the agent.
-                let mut args = args;
-                for arg in &mut args {
-                    let candidate = self.dir.join(&*arg);
-                    if !Path::new(arg.as_str()).is_absolute()
-                        && arg.contains('/')
-                        && candidate.is_file()
-                    {
-                        if let Ok(content) = std::fs::read(&candidate) {
-                            self.digest.update(&content);
-                        }
-                        *arg = candidate.display().to_string();
-                    }
-                }
-                let args_schema = match (t.args_schema, t.args_schema_file) {
-                    (Some(schema), None) => schema,
-                    (None, Some(file)) => {
-                        let field = at("args_schema_file");
-                        let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
-                        serde_json::from_str::<Value>(&text).map_err(|e| {
-                            self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
-                        })?
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(self.err(
-                            sp,
-                            at("args_schema_file"),
-                            "give `args_schema` or `args_schema_file`, not both",
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(self.err(sp, at("args_schema"), "a command tool needs the JSON Schema of its arguments (`args_schema` or `args_schema_file`)"));
-                    }
-                };
-                if args_schema.get("type").and_then(Value::as_str) != Some("object") {
-                    return Err(self.err(
-                        sp,
-                        at("args_schema"),
-                        "must be an object schema (`type = \"object\"`)",
-                    ));
-                }
-                let env = t.env.unwrap_or_default();
-                self.note_secrets(sp, &at("env"), &env)?;
-                Ok(ToolConfig::Command {
-                    name,
-                    description,
-                    program,
-                    args,
-                    env,
-                    args_schema,
-                    idempotent: t.idempotent.unwrap_or(false),
-                    timeout,
-                    max_output_bytes: t.max_output_bytes.unwrap_or(DEFAULT_MAX_OUTPUT_BYTES),
-                })
-            }
-        }
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::end::EndState;
 use crate::gate::Verdict;
+use crate::grants::Grant;
 use crate::message::{ToolCall, Usage};
 use crate::state::Limits;
 
@@ -67,6 +68,13 @@ pub struct RunStarted {
     /// the run starts so that its audit records can be rebuilt from the log alone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive: BTreeMap<String, Vec<String>>,
+    /// Grants given by whoever started the run, fixed with it: once untrusted data is in the
+    /// run, a call none of them covers is denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// The SHA-256 of each policy data file the run started with, by data set name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
 }
 
 /// The run and call a sub-agent's run was delegated from.
@@ -181,6 +189,14 @@ pub enum Event {
         /// What the tool's output is (its manifest's labels); they join the run's labels.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         labels: Vec<String>,
+        /// Labels of parts of the output, by JSON pointer pattern (`/items/*/memo`), from the
+        /// manifest: the values there carry them, the rest does not.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        field_labels: BTreeMap<String, Vec<String>>,
+        /// The policy data set the output feeds (`context.data.<name>`), for a tool the
+        /// operator trusts to say what is allowed (saved payees, the org's domains).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
     },
     /// The gate judged a proposed tool call. Recorded before anything else happens to the call.
     ToolJudged {
@@ -202,6 +218,10 @@ pub enum Event {
         /// Who approved the call, when this judgement follows an approval.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approved_by: Option<String>,
+        /// Where each argument's values came from (`task`, `operator`, `tool:<name>`, labels,
+        /// `model`), as the policies saw it.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        provenance: BTreeMap<String, Vec<String>>,
     },
     /// A call needs a person's approval; the run will suspend once the step's other calls are done.
     ApprovalRequested {
@@ -223,6 +243,9 @@ pub enum Event {
         /// When an undecided request counts as denied (ms since the epoch).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at_ms: Option<u64>,
+        /// Where each argument's values came from.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        provenance: BTreeMap<String, Vec<String>>,
     },
     /// A person decided an approval, or it expired.
     ApprovalDecided {
@@ -267,6 +290,10 @@ pub enum Event {
         output: Value,
         /// How long it ran.
         duration_us: u64,
+        /// Labels the tool gave parts of its own output, by JSON pointer pattern (they can
+        /// only add to what the manifest says).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, Vec<String>>,
     },
     /// A tool call that is not idempotent stopped without a known outcome (it timed out, its
     /// process was killed, its server went away mid-call): its effect may have happened. The
@@ -295,6 +322,46 @@ pub enum Event {
         /// Their note.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+    },
+    /// What the run may do, fixed before it reads untrusted data: by whoever started it, or by a
+    /// planning model call that saw only the instructions and the task. Once untrusted data is
+    /// in the run, a call no grant covers is denied.
+    GrantsFixed {
+        /// The grants.
+        grants: Vec<Grant>,
+        /// `caller` or `planner`.
+        by: String,
+        /// The planning model, when a planner fixed them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// What the planning call used.
+        #[serde(default)]
+        usage: Usage,
+        /// What it cost, in millionths of a US dollar.
+        #[serde(default)]
+        cost_micros: u64,
+    },
+    /// The gate judged text the run returns to the user (its answer, or the output of a run that
+    /// ends otherwise), as the `respond` action: allow, deny (withheld) or ask (held for a
+    /// person). Links and images stripped before judging are named.
+    AnswerJudged {
+        /// The step whose text it is.
+        step: u32,
+        /// The verdict.
+        verdict: Verdict,
+        /// The deciding policies.
+        policies: Vec<String>,
+        /// Why.
+        reasons: Vec<String>,
+        /// The text as it would be returned (links stripped), when it is not withheld.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The links and images stripped from it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stripped: Vec<String>,
+        /// Who approved it, when this judgement follows an approval.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approved_by: Option<String>,
     },
     /// Something worth knowing that does not change the run's state: an MCP server exited or
     /// restarted, a tool's definition changed, a circuit breaker opened, a latency target was
@@ -346,6 +413,8 @@ impl Event {
             Event::ModelJudged { .. } => "model_judged",
             Event::CallReconciled { .. } => "call_reconciled",
             Event::Notice { .. } => "notice",
+            Event::GrantsFixed { .. } => "grants_fixed",
+            Event::AnswerJudged { .. } => "answer_judged",
             Event::RunEnded { .. } => "run_ended",
         }
     }

@@ -69,13 +69,18 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-/// Combines the satisfied policies (and those that failed to evaluate) into a decision.
+/// Combines the satisfied policies (and those that failed to evaluate) into a decision. The
+/// deciding policies (and their reasons, in the same order) are listed by id, whatever order the
+/// policy engine found them in, so the same request always gives the same decision record.
 pub fn compose(matched: &[Matched], failed: &[(String, Effect)]) -> Decision {
-    let failed_forbids: Vec<&String> = failed
+    let mut matched: Vec<&Matched> = matched.iter().collect();
+    matched.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut failed_forbids: Vec<&String> = failed
         .iter()
         .filter(|(_, e)| *e == Effect::Forbid)
         .map(|(id, _)| id)
         .collect();
+    failed_forbids.sort();
     if !failed_forbids.is_empty() {
         return Decision {
             verdict: Verdict::Deny,
@@ -86,7 +91,7 @@ pub fn compose(matched: &[Matched], failed: &[(String, Effect)]) -> Decision {
                 .collect(),
         };
     }
-    let pick = |effect: Effect| matched.iter().filter(move |m| m.effect == effect);
+    let pick = |effect: Effect| matched.iter().copied().filter(move |m| m.effect == effect);
     let forbids: Vec<&Matched> = pick(Effect::Forbid).collect();
     if !forbids.is_empty() {
         return Decision {
@@ -277,6 +282,25 @@ mod tests {
                 vec!["the parent agent's policies: r".to_string()]
             )
         );
+    }
+
+    #[test]
+    fn the_same_request_gives_the_same_decision_whatever_order_policies_matched_in() {
+        let a = [
+            m("c-forbid", Effect::Forbid, false),
+            m("a-forbid", Effect::Forbid, false),
+            m("b-forbid", Effect::Forbid, false),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        let (x, y) = (compose(&a, &[]), compose(&b, &[]));
+        assert_eq!(x, y);
+        assert_eq!(x.policies, ["a-forbid", "b-forbid", "c-forbid"]);
+        let failed = [
+            ("z".to_owned(), Effect::Forbid),
+            ("y".to_owned(), Effect::Forbid),
+        ];
+        assert_eq!(compose(&[], &failed).policies, ["y", "z"]);
     }
 
     #[test]

@@ -7,9 +7,12 @@
 pub mod budget;
 pub mod end;
 pub mod event;
+pub mod facts;
 pub mod gate;
+pub mod grants;
 pub mod labels;
 pub mod message;
+pub mod provenance;
 pub mod reply;
 pub mod secrets;
 pub mod state;

@@ -8,11 +8,18 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::end::EndState;
 use crate::event::{Event, RunStarted, StoredEvent};
 use crate::gate::Verdict;
+use crate::grants::Grant;
 use crate::labels::{LabelSet, UNTRUSTED, mark_untrusted};
 use crate::message::{Message, ToolCall, Usage};
+use crate::provenance::{self, Sources};
+
+mod answer;
+pub use answer::{AnswerSlot, AnswerStatus};
 
 /// Hard limits a run is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +88,19 @@ pub struct CallSlot {
     pub approval: Option<ApprovalSlot>,
     /// Why its outcome is unknown, when it stopped without one (`tool_in_doubt`).
     pub doubt: Option<String>,
+    /// Labels of parts of its output, by pointer pattern, as its intent recorded.
+    pub field_labels: BTreeMap<String, Vec<String>>,
+    /// The policy data set its output feeds, as its intent recorded.
+    pub data: Option<String>,
+}
+
+/// What a tool has done in a run so far, for policies that limit it (`context.counters`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counter {
+    /// Calls started (and calls waiting for or holding an approval).
+    pub calls: u32,
+    /// The sums of its numeric arguments over those calls, by argument.
+    pub sums: BTreeMap<String, f64>,
 }
 
 /// A call's approval request and its decision.
@@ -110,6 +130,29 @@ pub struct Ended {
 /// What the engine should do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Judge the text the model answered with (the `respond` action).
+    JudgeAnswer {
+        /// The step.
+        step: u32,
+        /// The text.
+        text: Option<String>,
+    },
+    /// The policies asked for a person to look at the answer: request the approval.
+    HoldAnswer {
+        /// The step.
+        step: u32,
+        /// The text as judged.
+        text: Option<String>,
+    },
+    /// A person approved the held answer: judge it again knowing who, then return it.
+    ReleaseAnswer {
+        /// The step.
+        step: u32,
+        /// The text.
+        text: Option<String>,
+        /// Who approved it.
+        approved_by: String,
+    },
     /// Ask the model for the given step.
     CallModel {
         /// The step number, from 1.
@@ -182,6 +225,16 @@ pub struct RunState {
     cost_micros: u64,
     /// Every tool call that got an answer, in order: (tool, how it went).
     history: Vec<(String, CallResult)>,
+    /// Every value the run has seen, with where it came from.
+    sources: Sources,
+    /// What each tool has done so far.
+    counters: BTreeMap<String, Counter>,
+    /// The grants fixed for the run, if any were.
+    grants: Option<Vec<Grant>>,
+    /// Policy data sets fed by trusted tools' outputs, by name.
+    data: BTreeMap<String, BTreeSet<String>>,
+    /// The model's final answer and where its judging stands.
+    answer: Option<AnswerSlot>,
     tool_executions: u32,
     last_seq: u64,
     first_at_ms: u64,
@@ -232,6 +285,10 @@ impl RunState {
                 self.messages.push(Message::User {
                     text: started.task.clone(),
                 });
+                self.sources.add_text(&started.task, &[provenance::TASK]);
+                self.sources
+                    .add_text(&started.instructions, &[provenance::OPERATOR]);
+                self.grants = started.grants.clone();
                 self.started = Some(started.clone());
                 self.attempt = 1;
                 self.first_at_ms = stored.at_ms;
@@ -285,6 +342,9 @@ impl RunState {
                     self.last_text = text.clone();
                 }
                 self.last_reply_had_calls = !tool_calls.is_empty();
+                self.answer = tool_calls
+                    .is_empty()
+                    .then(|| AnswerSlot::new(*step, text.clone()));
                 self.calls = tool_calls
                     .iter()
                     .map(|c| CallSlot {
@@ -293,6 +353,8 @@ impl RunState {
                         labels: vec![],
                         approval: None,
                         doubt: None,
+                        field_labels: BTreeMap::new(),
+                        data: None,
                     })
                     .collect();
                 self.messages.push(Message::Assistant {
@@ -358,18 +420,41 @@ impl RunState {
                 expires_at_ms,
                 ..
             } => {
-                let slot = self
-                    .slot_mut(call_id)
-                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
-                if slot.status != CallStatus::Proposed {
-                    return Err(fail(format!("call {call_id} was already handled")));
-                }
-                slot.status = CallStatus::AwaitingApproval;
-                slot.approval = Some(ApprovalSlot {
+                let approval = ApprovalSlot {
                     id: approval_id.clone(),
                     expires_at_ms: *expires_at_ms,
                     approved_by: None,
-                });
+                };
+                if self
+                    .answer
+                    .as_ref()
+                    .is_some_and(|a| a.call_id() == *call_id)
+                {
+                    self.hold_answer(approval).map_err(fail)?;
+                } else {
+                    let slot = self
+                        .slot_mut(call_id)
+                        .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                    if slot.status != CallStatus::Proposed {
+                        return Err(fail(format!("call {call_id} was already handled")));
+                    }
+                    slot.status = CallStatus::AwaitingApproval;
+                    slot.approval = Some(approval);
+                }
+            }
+            Event::ApprovalDecided {
+                approval_id,
+                approved,
+                by,
+                note,
+                expired,
+            } if self
+                .answer
+                .as_ref()
+                .is_some_and(|a| a.approval_id() == Some(approval_id)) =>
+            {
+                self.decide_answer(*approved, by, note.as_deref(), *expired)
+                    .map_err(fail)?;
             }
             Event::ApprovalDecided {
                 approval_id,
@@ -409,12 +494,7 @@ impl RunState {
                 }
             }
             Event::RunSuspended { approvals } => {
-                if approvals.is_empty()
-                    || !self
-                        .calls
-                        .iter()
-                        .any(|c| c.status == CallStatus::AwaitingApproval)
-                {
+                if approvals.is_empty() || self.pending_approvals().is_empty() {
                     return Err(fail(
                         "a run suspends only while calls await approval".into(),
                     ));
@@ -422,6 +502,43 @@ impl RunState {
                 self.suspended = true;
             }
             Event::ModelJudged { .. } | Event::Notice { .. } => {}
+            Event::GrantsFixed {
+                grants,
+                usage,
+                cost_micros,
+                ..
+            } => {
+                if self.grants.is_some() {
+                    return Err(fail("the run's grants were fixed already".into()));
+                }
+                if self.tool_executions > 0 {
+                    return Err(fail(
+                        "grants are fixed before the first tool runs, not after".into(),
+                    ));
+                }
+                self.grants = Some(grants.clone());
+                self.usage = self.usage.plus(*usage);
+                self.cost_micros = self.cost_micros.saturating_add(*cost_micros);
+            }
+            Event::AnswerJudged {
+                step,
+                verdict,
+                reasons,
+                text,
+                approved_by,
+                ..
+            } => {
+                // A judgement of text the run ends with, outside the answer path (a partial
+                // output, or an answer held when the run was cancelled), leaves the slot alone.
+                if let Some(answer) = self.answer.as_mut().filter(|a| {
+                    a.step == *step
+                        && matches!(a.status, AnswerStatus::Proposed | AnswerStatus::Approved)
+                }) {
+                    answer
+                        .judged(*verdict, text.clone(), reasons, approved_by.as_deref())
+                        .map_err(fail)?;
+                }
+            }
             Event::CallReconciled {
                 call_id,
                 happened,
@@ -447,7 +564,7 @@ impl RunState {
                         "{} (as confirmed by {by} after a crash)",
                         render_output(true, output)
                     );
-                    self.take_output(call_id, rendered, false);
+                    self.take_output(call_id, rendered, false, output, &BTreeMap::new());
                 } else {
                     // It did not happen: the call is judged and run again, as if just proposed.
                     slot.status = CallStatus::Proposed;
@@ -456,9 +573,13 @@ impl RunState {
             }
             Event::ToolIntent {
                 call_id,
+                tool,
+                args,
                 attempt,
                 idempotent,
                 labels,
+                field_labels,
+                data,
                 ..
             } => {
                 let slot = self
@@ -483,12 +604,19 @@ impl RunState {
                     idempotent: *idempotent,
                 };
                 slot.labels = labels.clone();
+                slot.field_labels = field_labels.clone();
+                slot.data = data.clone();
                 self.tool_executions += 1;
+                if *attempt == 1 {
+                    let counter = self.counters.entry(tool.clone()).or_default();
+                    counter.add(args);
+                }
             }
             Event::ToolOutcome {
                 call_id,
                 ok,
                 output,
+                labels: returned,
                 ..
             } => {
                 let slot = self
@@ -508,7 +636,7 @@ impl RunState {
                 let name = slot.call.name.clone();
                 self.history.push((name, result));
                 // Whatever came back, even an error message, is data the tool returned.
-                self.take_output(call_id, render_output(*ok, output), !ok);
+                self.take_output(call_id, render_output(*ok, output), !ok, output, returned);
             }
             Event::ToolInDoubt {
                 call_id, reason, ..
@@ -555,18 +683,46 @@ impl RunState {
     }
 
     /// Puts a call's output into the conversation the one way it may enter: marked as data when
-    /// the tool's output is untrusted, its labels joining the run's.
-    fn take_output(&mut self, call_id: &str, rendered: String, is_error: bool) {
+    /// any part of it is untrusted, its labels (the manifest's, its field rules', and those the
+    /// tool returned) joining the run's, and its values joining the sources provenance is traced
+    /// to, each with its own labels.
+    fn take_output(
+        &mut self,
+        call_id: &str,
+        rendered: String,
+        is_error: bool,
+        output: &Value,
+        returned: &BTreeMap<String, Vec<String>>,
+    ) {
         let Some(slot) = self.calls.iter().find(|s| s.call.id == call_id) else {
             return;
         };
-        let (name, labels) = (slot.call.name.clone(), slot.labels.clone());
-        let content = if labels.iter().any(|l| l == UNTRUSTED) {
+        let name = slot.call.name.clone();
+        let labels = slot.labels.clone();
+        let mut fields = slot.field_labels.clone();
+        for (pointer, extra) in returned {
+            fields
+                .entry(pointer.clone())
+                .or_default()
+                .extend(extra.iter().cloned());
+        }
+        let all: Vec<String> = labels
+            .iter()
+            .chain(fields.values().flatten())
+            .cloned()
+            .collect();
+        let content = if all.iter().any(|l| l == UNTRUSTED) {
             mark_untrusted(&name, call_id, &rendered)
         } else {
             rendered
         };
-        self.labels.absorb(labels.iter());
+        self.labels.absorb(all.iter());
+        self.sources.add_json(output, &|pointer| {
+            provenance::output_origins(&name, &labels, &fields, pointer)
+        });
+        if let Some(set) = slot.data.clone() {
+            provenance::data_values(output, self.data.entry(set).or_default());
+        }
         self.messages.push(Message::Tool {
             call_id: call_id.to_owned(),
             name,
@@ -647,10 +803,22 @@ impl RunState {
                 CallStatus::Rejected | CallStatus::Done => {}
             }
         }
+        if let Some(answer) = self
+            .answer
+            .as_ref()
+            .filter(|_| self.requested_step.is_none())
+        {
+            match answer.next_action(now_ms) {
+                answer::Next::Action(action) => return action,
+                answer::Next::Wait(id) => waiting.push(id),
+            }
+        }
         if !waiting.is_empty() {
             return Action::Suspend { approvals: waiting };
         }
         if self.steps > 0 && !self.last_reply_had_calls && self.requested_step.is_none() {
+            // A reply without calls and without an answer slot (a log from before answers
+            // were judged): it completes as it did then.
             return Action::End(Ended {
                 status: EndState::Completed,
                 output: self.last_text.clone(),
@@ -762,17 +930,76 @@ impl RunState {
     pub fn is_suspended(&self) -> bool {
         self.suspended
     }
-    /// The approvals of the current step that are still undecided.
+    /// The approvals of the current step (or of its answer) that are still undecided.
     pub fn pending_approvals(&self) -> Vec<String> {
         self.calls
             .iter()
             .filter(|c| c.status == CallStatus::AwaitingApproval)
             .filter_map(|c| c.approval.as_ref().map(|a| a.id.clone()))
+            .chain(self.answer.as_ref().and_then(AnswerSlot::pending_approval))
             .collect()
+    }
+
+    /// Every value the run has seen, with where it came from (for provenance).
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    /// What `tool` has done so far: calls started, and calls waiting for or holding an
+    /// approval (except `except`, the call being judged), with the sums of their numeric
+    /// arguments.
+    pub fn counter(&self, tool: &str, except: &str) -> Counter {
+        let mut counter = self.counters.get(tool).cloned().unwrap_or_default();
+        for slot in &self.calls {
+            if slot.call.name == tool
+                && slot.call.id != except
+                && matches!(
+                    slot.status,
+                    CallStatus::AwaitingApproval | CallStatus::Approved
+                )
+            {
+                counter.add(&slot.call.arguments);
+            }
+        }
+        counter
+    }
+
+    /// Calls started in the run, all tools together.
+    pub fn calls_started(&self) -> u32 {
+        self.counters.values().map(|c| c.calls).sum()
+    }
+
+    /// The grants fixed for the run, if any were.
+    pub fn grants(&self) -> Option<&[Grant]> {
+        self.grants.as_deref()
+    }
+
+    /// Policy data sets fed by trusted tools' outputs so far.
+    pub fn data(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        &self.data
+    }
+
+    /// The model's final answer and where its judging stands.
+    pub fn answer(&self) -> Option<&AnswerSlot> {
+        self.answer.as_ref()
     }
     /// The most recent text the model produced.
     pub fn last_text(&self) -> Option<&str> {
         self.last_text.as_deref()
+    }
+}
+
+impl Counter {
+    /// Counts one more call with these arguments.
+    pub fn add(&mut self, args: &Value) {
+        self.calls += 1;
+        if let Value::Object(map) = args {
+            for (name, value) in map {
+                if let Some(n) = value.as_f64() {
+                    *self.sums.entry(name.clone()).or_default() += n;
+                }
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! An agent ready to run: its provider and tools built from a resolved [`AgentSpec`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use rein_tools::{
 
 use crate::EngineError;
 use crate::mcp::{McpSet, connect_mcp};
+use crate::policy_data::PolicyData;
 
 /// An agent with a live provider and tool set.
 pub struct Agent {
@@ -52,6 +53,17 @@ pub struct Agent {
     pub approval_ttl: Duration,
     /// What each tool's output is (labels), by tool name.
     pub output_labels: HashMap<String, Vec<String>>,
+    /// Labels of parts of each tool's output, by tool name and JSON pointer pattern.
+    pub output_fields: HashMap<String, BTreeMap<String, Vec<String>>>,
+    /// The policy data set each trusted tool's output feeds, by tool name.
+    pub data_feeds: HashMap<String, String>,
+    /// The operator's policy data files, read again when they change.
+    pub policy_data: Arc<PolicyData>,
+    /// The model that fixes a run's grants from its instructions and task, when its caller
+    /// gives none.
+    pub planner: Option<Arc<dyn Provider>>,
+    /// How the run's answer is treated as a sink.
+    pub answer: rein_config::AnswerSpec,
     /// The agent's secrets, resolved; tools read them as they start.
     pub secrets: Arc<dyn SecretSource>,
     /// Replaces secret values in everything the run records. Not public, like the gate.
@@ -229,13 +241,28 @@ impl Agent {
         let fallbacks = spec.fallbacks.iter().map(|id| by_id(id)).collect();
         let route_tool_results = spec.route_tool_results.as_deref().map(by_id);
         let route_wrap_up = spec.route_wrap_up.as_deref().map(by_id);
+        let planner = spec.planner.as_deref().map(by_id);
         let AgentTools {
             registry: tools,
             mut setup,
             output_labels: labels,
+            output_fields,
+            data_feeds,
             children,
             sensitive,
         } = build_tools(spec, &mcp)?;
+        let policy_data = PolicyData::load(
+            spec.data
+                .iter()
+                .map(|d| (d.name.clone(), d.path.clone()))
+                .collect(),
+        )
+        .map_err(|e| {
+            EngineError::Agent(format!(
+                "{}: [data]: {e}",
+                spec.dir.join(rein_config::AGENT_FILE).display()
+            ))
+        })?;
         if let Some((parent_name, _)) = &parent {
             setup.parents = vec![(*parent_name).to_owned()];
         }
@@ -313,6 +340,11 @@ impl Agent {
             breakers: Default::default(),
             approval_ttl: spec.approval_ttl,
             output_labels: labels,
+            output_fields,
+            data_feeds,
+            policy_data: Arc::new(policy_data),
+            planner,
+            answer: spec.answer.clone(),
             name: spec.name.clone(),
             dir: Some(spec.dir.clone()),
             digest: spec.digest.clone(),
@@ -339,6 +371,10 @@ pub struct AgentTools {
     pub setup: GateSetup,
     /// Each tool's output labels.
     pub output_labels: HashMap<String, Vec<String>>,
+    /// Each tool's field label rules.
+    pub output_fields: HashMap<String, BTreeMap<String, Vec<String>>>,
+    /// The data set each trusted tool feeds.
+    pub data_feeds: HashMap<String, String>,
     /// The sub-agents delegate tools lead to: (tool name, the child's configuration).
     pub children: Vec<(String, AgentSpec)>,
     /// Each tool's sensitive argument fields.
@@ -392,6 +428,8 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
     let mut tools = ToolRegistry::new();
     let mut facts = Vec::with_capacity(spec.tools.len());
     let mut labels = HashMap::new();
+    let mut output_fields = HashMap::new();
+    let mut data_feeds = HashMap::new();
     let mut sensitive = std::collections::BTreeMap::new();
     let at = || spec.dir.join(rein_config::AGENT_FILE).display().to_string();
     for tool in &mcp.tools {
@@ -413,6 +451,12 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
             groups: policy.groups.clone(),
         });
         labels.insert(manifest.name.clone(), policy.labels.clone());
+        if !policy.field_labels.is_empty() {
+            output_fields.insert(manifest.name.clone(), policy.field_labels.clone());
+        }
+        if let Some(set) = &policy.data {
+            data_feeds.insert(manifest.name.clone(), set.clone());
+        }
         if !policy.sensitive.is_empty() {
             sensitive.insert(manifest.name.clone(), policy.sensitive.clone());
         }
@@ -482,6 +526,7 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                 idempotent,
                 timeout,
                 max_output_bytes,
+                sandbox: _,
             } => Arc::new(CommandTool::new(
                 ToolManifest {
                     name: name.clone(),
@@ -518,6 +563,12 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
             groups: entry.groups.clone(),
         });
         labels.insert(manifest.name.clone(), entry.labels.clone());
+        if !entry.field_labels.is_empty() {
+            output_fields.insert(manifest.name.clone(), entry.field_labels.clone());
+        }
+        if let Some(set) = &entry.data {
+            data_feeds.insert(manifest.name.clone(), set.clone());
+        }
         tools.register(tool).map_err(|e| {
             EngineError::Agent(format!(
                 "{}: {e}",
@@ -539,6 +590,14 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                 names
             }),
         delegates: vec![],
+        data: spec
+            .data
+            .iter()
+            .map(|d| d.name.clone())
+            .chain(data_feeds.values().cloned())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect(),
     };
     // The parent's policies bound what its sub-agents may do, so its schema knows their tools
     // and models too.
@@ -558,6 +617,11 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                 }
             }
         }
+        for set in child_setup.data {
+            if !setup.data.contains(&set) {
+                setup.data.push(set);
+            }
+        }
         for model in child_setup.models {
             if !setup.models.contains(&model) {
                 setup.models.push(model);
@@ -569,6 +633,8 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
         registry: tools,
         setup,
         output_labels: labels,
+        output_fields,
+        data_feeds,
         children,
         sensitive,
     })

@@ -68,6 +68,8 @@ pub(crate) fn entry_for(
                 "agent": s.agent, "agent_digest": s.agent_digest, "provider": s.provider, "model": s.model,
                 "tools": s.tools, "user": s.user, "tenant": s.tenant,
                 "task_sha256": sha256(s.task.as_bytes()), "task_bytes": s.task.len(),
+                "grants_sha256": s.grants.as_ref().map(|g| sha256(serde_json::to_string(g).unwrap_or_default().as_bytes())),
+                "data": s.data,
                 "parent": s.parent.as_ref().map(|p| json!({"run_id": p.run_id, "call_id": p.call_id})),
             }),
         ),
@@ -97,12 +99,48 @@ pub(crate) fn entry_for(
             reasons,
             labels,
             approved_by,
+            provenance,
         } => (
             "decision",
             json!({
                 "action": "call_tool", "tool": tool, "call_id": call_id, "step": step, "verdict": verdict,
                 "policies": policies, "reasons": reasons, "labels": labels, "approved_by": approved_by,
                 "args": redact_args(state, tool, args_of(state, call_id), keyed_hash),
+                "provenance": provenance,
+            }),
+        ),
+        Event::AnswerJudged {
+            step,
+            verdict,
+            policies,
+            reasons,
+            text,
+            stripped,
+            approved_by,
+        } => (
+            "decision",
+            json!({
+                "action": "respond", "step": step, "verdict": verdict, "policies": policies,
+                "reasons": reasons, "approved_by": approved_by,
+                "text_sha256": text.as_ref().map(|t| sha256(t.as_bytes())),
+                "stripped": stripped.iter().map(|u| json!({
+                    "host": rein_core::facts::host_of(u), "url_sha256": sha256(u.as_bytes()),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Event::GrantsFixed {
+            grants,
+            by,
+            model,
+            usage,
+            cost_micros,
+        } => (
+            "grants_fixed",
+            json!({
+                "by": by, "model": model, "grants_sha256": sha256(serde_json::to_string(grants).unwrap_or_default().as_bytes()),
+                "tools": grants.iter().map(|g| g.tool.clone()).collect::<Vec<_>>(),
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "cost_usd": *cost_micros as f64 / 1e6,
             }),
         ),
         Event::ApprovalRequested {
@@ -114,9 +152,10 @@ pub(crate) fn entry_for(
             reasons,
             labels,
             expires_at_ms,
+            provenance,
         } => (
             "approval_requested",
-            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": redact_args(state, tool, args.clone(), keyed_hash), "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms}),
+            json!({"approval_id": approval_id, "call_id": call_id, "tool": tool, "args": redact_args(state, tool, args.clone(), keyed_hash), "policies": policies, "reasons": reasons, "labels": labels, "expires_at_ms": expires_at_ms, "provenance": provenance}),
         ),
         Event::ApprovalDecided {
             approval_id,
@@ -190,11 +229,13 @@ pub(crate) fn entry_for(
             ok,
             output,
             duration_us,
+            labels,
         } => (
             "tool_outcome",
             json!({
                 "call_id": call_id, "tool": tool_of(state, call_id),
                 "ok": ok, "duration_us": duration_us, "output_sha256": sha256(output.to_string().as_bytes()),
+                "labels": labels,
             }),
         ),
         Event::ToolInDoubt {
@@ -267,7 +308,9 @@ pub(crate) fn missing(
 /// the log).
 pub(crate) fn record_kind(event: &Event) -> &'static str {
     match event {
-        Event::ModelJudged { .. } | Event::ToolJudged { .. } => "decision",
+        Event::ModelJudged { .. } | Event::ToolJudged { .. } | Event::AnswerJudged { .. } => {
+            "decision"
+        }
         Event::ModelReplied { .. } => "model_call",
         Event::ModelFailed { .. } => "model_call_failed",
         other => other.kind(),

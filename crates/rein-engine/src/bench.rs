@@ -142,6 +142,11 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         gate: Arc::new(gate),
         approval_ttl: Duration::from_secs(60),
         output_labels: Default::default(),
+        output_fields: Default::default(),
+        data_feeds: Default::default(),
+        policy_data: Arc::new(crate::policy_data::PolicyData::none()),
+        planner: None,
+        answer: Default::default(),
         secrets: Arc::new(rein_tools::NoSecrets),
         redactor: Default::default(),
         delegates: Default::default(),
@@ -261,7 +266,10 @@ pub struct GateBenchReport {
 
 /// Measures gate decisions with `policies` generated policies over 20 tools: permits with
 /// argument conditions, `@ask` permits, forbids on labels and tool groups, judged against a mix of
-/// requests that land on every verdict.
+/// requests that land on every verdict. Each decision's time includes what the engine computes
+/// before judging: every argument's provenance (against a task, instructions, five tool outputs
+/// and fifty data values), the facts of its string arguments, the tool's counters and whether a
+/// grant covers the call.
 pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, EngineError> {
     let tools: Vec<ToolFacts> = (0..20)
         .map(|i| ToolFacts {
@@ -282,6 +290,7 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
         agent: "bench".into(),
         tools,
         models: vec!["m".into()],
+        data: vec!["payees".into()],
         ..GateSetup::default()
     };
     let mut text = String::from("permit(principal, action == Action::\"use_model\", resource);\n");
@@ -312,10 +321,53 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
         vec!["untrusted".to_string()],
         vec!["confidential".to_string(), "pii".to_string()],
     ];
+    // What a run has seen by the time it proposes a call: the task, the instructions, five tool
+    // outputs of twenty records each (one field of each labelled untrusted), and fifty saved
+    // payees as operator data; the run's grants cover some calls.
+    let mut sources = rein_core::provenance::Sources::default();
+    sources.add_text(
+        "Pay 120.50 to someone@example7.com for invoice INV-2231 and tell me the balance",
+        &[rein_core::provenance::TASK],
+    );
+    sources.add_text(
+        "You are the bank's assistant. Never pay anyone who is not a saved payee.",
+        &[rein_core::provenance::OPERATOR],
+    );
+    let fields: std::collections::BTreeMap<String, Vec<String>> =
+        [("/items/*/memo".to_owned(), vec!["untrusted".to_owned()])].into();
+    for t in 0..5 {
+        let items: Vec<serde_json::Value> = (0..20)
+            .map(|r| serde_json::json!({"id": format!("TX-{t}-{r:04}"), "amount": r * 10 + t, "memo": format!("transfer for order {r} from shop{t}.example.com"), "iban": format!("DE{:020}", t * 1000 + r)}))
+            .collect();
+        sources.add_json(&serde_json::json!({"items": items}), &|p| {
+            rein_core::provenance::output_origins("bank.history", &[], &fields, p)
+        });
+    }
+    let mut operator = rein_core::provenance::Sources::default();
+    let mut payees = std::collections::BTreeSet::new();
+    for i in 0..50 {
+        let payee = format!("someone@example{i}.com");
+        operator.add_text(&payee, &[rein_core::provenance::OPERATOR]);
+        payees.insert(payee);
+    }
+    let data: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        [("payees".to_owned(), payees)].into();
+    let grants = rein_core::grants::parse(
+        r#"[{"tool": "tool1.run", "args": {"to": "someone@example7.com", "amount": {"max": 200}}}, {"tool": "tool2.run"}]"#,
+    )
+    .map_err(EngineError::Agent)?;
+    let mut counter = rein_core::state::Counter::default();
     let mut samples = Vec::with_capacity(decisions);
     let began = Instant::now();
     for i in 0..decisions {
         let args = serde_json::json!({"amount": (i % 1000) as f64 + 0.5, "to": format!("someone@example{}.com", i % 40), "count": i % 7});
+        let tool = format!("tool{}.run", i % 20);
+        let t = Instant::now();
+        // Everything the engine computes for a call besides the judgement itself is timed too.
+        let from = rein_core::provenance::of_args_in(&args, &[&sources, &operator]);
+        let arg_facts =
+            rein_policy::arg_facts(gate.string_args(&tool), &args, "/workspace", &sources);
+        let covered = rein_core::grants::covering(&grants, &tool, &args, counter.calls).is_some();
         let facts = rein_policy::RequestFacts {
             budget_percent: 0,
             user: format!("user{}", i % 3),
@@ -323,12 +375,22 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
             task: "bench".into(),
             labels: labels[i % 3].clone(),
             approved_by: None,
+            from,
+            facts: arg_facts,
+            counter: counter.clone(),
+            run_calls: counter.calls,
+            cost_micros: 0,
+            grants: rein_policy::GrantFacts {
+                fixed: true,
+                covered,
+                tools: vec!["tool1.run".into(), "tool2.run".into()],
+            },
+            data: data.clone(),
         };
-        let tool = format!("tool{}.run", i % 20);
-        let t = Instant::now();
         let decision = gate.judge_tool(&tool, &args, &facts);
         samples.push(t.elapsed().as_nanos() as u64);
         std::hint::black_box(decision);
+        counter.add(&args);
     }
     let elapsed = began.elapsed();
     samples.sort_unstable();

@@ -17,6 +17,7 @@ mod engine;
 mod lease;
 mod mcp;
 mod observe;
+pub mod policy_data;
 pub mod resilience;
 pub mod secrets;
 mod trail;
@@ -140,7 +141,7 @@ pub struct RunReport {
 }
 
 /// What a new run is asked to do, and for whom.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunRequest {
     /// The task.
     pub task: String,
@@ -150,6 +151,9 @@ pub struct RunRequest {
     pub tenant: String,
     /// For a sub-agent's run: the run and call it was delegated from.
     pub parent: Option<ParentRef>,
+    /// Grants fixed with the run (`--grant`): once untrusted data is in the run, a call none
+    /// of them covers is denied. `None` leaves them to the agent's planner, if it has one.
+    pub grants: Option<Vec<rein_core::grants::Grant>>,
 }
 
 impl From<&str> for RunRequest {
@@ -159,6 +163,7 @@ impl From<&str> for RunRequest {
             user: "anonymous".into(),
             tenant: "default".into(),
             parent: None,
+            grants: None,
         }
     }
 }

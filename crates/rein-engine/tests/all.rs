@@ -142,6 +142,7 @@ async fn a_run_records_every_step_and_completes() {
             "model_judged",
             "model_requested",
             "model_replied",
+            "answer_judged",
             "run_ended",
         ]
     );
@@ -163,7 +164,7 @@ async fn a_run_records_every_step_and_completes() {
     let summary = engine.store().run(&report.run_id).unwrap();
     assert_eq!(
         (summary.status, summary.steps, summary.events),
-        (Some(EndState::Completed), 3, 20)
+        (Some(EndState::Completed), 3, 21)
     );
 }
 
@@ -518,6 +519,7 @@ async fn a_rate_limited_provider_is_retried_then_succeeds() {
             "model_failed",
             "model_requested",
             "model_replied",
+            "answer_judged",
             "run_ended"
         ]
     );

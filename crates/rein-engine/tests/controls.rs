@@ -159,6 +159,7 @@ async fn fifty_concurrent_runs_of_one_user_share_a_daily_budget() {
                 user: "ann".into(),
                 tenant: "acme".into(),
                 parent: None,
+                grants: None,
             };
             let report = engine.start(&agent, request, &NoObserver).await.unwrap();
             let events = engine.store().events(&report.run_id).unwrap();
@@ -451,6 +452,7 @@ when { context.args.scope == "agent" && context.labels.contains("untrusted") };
         user: user.into(),
         tenant: "acme".into(),
         parent: None,
+        grants: None,
     };
     let outputs = |events: &[StoredEvent]| -> Vec<(String, serde_json::Value)> {
         let mut judged = Vec::new();

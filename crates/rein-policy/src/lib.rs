@@ -14,6 +14,8 @@
 //! carry examples in comments (`// example: ask refunds.issue {"amount": 250.0}`) that must hold
 //! when the policies load.
 
+mod context;
+mod examples;
 mod schema;
 
 use std::collections::{BTreeSet, HashMap};
@@ -29,6 +31,8 @@ use rein_core::gate::{Effect, Matched, compose};
 use rein_core::{Decision, Verdict};
 use serde_json::{Value, json};
 
+pub use context::{AnswerFacts, GrantFacts, RequestFacts, answer_facts, arg_facts};
+pub use examples::{Scenario, Target};
 pub use schema::{CedarType, ToolFacts, cedar_type, schema_text};
 
 /// What the gate knows about the agent it guards.
@@ -44,23 +48,9 @@ pub struct GateSetup {
     pub models: Vec<String>,
     /// The agents it can delegate to.
     pub delegates: Vec<String>,
-}
-
-/// The facts of one request besides its target.
-#[derive(Debug, Clone, Default)]
-pub struct RequestFacts {
-    /// Who the run acts for.
-    pub user: String,
-    /// The tenant.
-    pub tenant: String,
-    /// The task.
-    pub task: String,
-    /// The labels in play.
-    pub labels: Vec<String>,
-    /// Who approved the action, when it was approved.
-    pub approved_by: Option<String>,
-    /// The largest share of any budget the run spends from, in percent (`context.budget_percent`).
-    pub budget_percent: u64,
+    /// The names of its policy data sets (`context.data.<name>`): data files and trusted tools'
+    /// outputs.
+    pub data: Vec<String>,
 }
 
 /// One problem in the policies, located.
@@ -105,12 +95,17 @@ struct PolicyMeta {
 
 /// What a request about one target (a tool, a model, a sub-agent) needs, prepared once: its
 /// action and resource, and only the policies whose scope can match them.
-struct Target {
+struct TargetSlice {
     action: EntityUid,
     resource: EntityUid,
     args_type: Option<CedarType>,
+    kinds: schema::ArgKinds,
     policies: PolicySet,
 }
+
+/// rein's own permit on answers (the operator's forbids and `@ask` permits still decide).
+const ANSWERS_ARE_RETURNED: &str = "permit(principal, action == Action::\"respond\", resource);";
+const ANSWERS_ARE_RETURNED_ID: &str = "rein:answers-are-returned";
 
 /// Loaded, validated policies for one agent, ready to judge.
 pub struct Gate {
@@ -118,9 +113,13 @@ pub struct Gate {
     authorizer: Authorizer,
     meta: HashMap<PolicyId, PolicyMeta>,
     principal: EntityUid,
-    tools: HashMap<String, Target>,
-    models: HashMap<String, Target>,
-    delegates: HashMap<String, Target>,
+    tools: HashMap<String, TargetSlice>,
+    models: HashMap<String, TargetSlice>,
+    delegates: HashMap<String, TargetSlice>,
+    /// `respond` on `Answer::"final"`: judging the text a run returns.
+    respond: TargetSlice,
+    /// The agent's data set names, for `context.data`.
+    data: Vec<String>,
     schema_text: String,
 }
 
@@ -140,7 +139,12 @@ fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
         .map_err(|e| format!("`{literal}` is not a valid entity id: {e}"))
 }
 
-fn problem(file: &Path, text: &str, offset: Option<usize>, message: String) -> PolicyProblem {
+pub(crate) fn problem(
+    file: &Path,
+    text: &str,
+    offset: Option<usize>,
+    message: String,
+) -> PolicyProblem {
     PolicyProblem {
         file: file.to_owned(),
         position: offset.map(|o| rein_core::text::line_col(text, o)),
@@ -345,10 +349,11 @@ impl Gate {
             );
             tools.insert(
                 tool.name.clone(),
-                Target {
+                TargetSlice {
                     action,
                     resource,
                     args_type: cedar_type(&tool.args_schema),
+                    kinds: schema::arg_kinds(&tool.args_schema),
                     policies,
                 },
             );
@@ -360,10 +365,11 @@ impl Gate {
             let policies = slice(&policies, &use_model, &[], &resource, &[]);
             models.insert(
                 model.clone(),
-                Target {
+                TargetSlice {
                     action: use_model.clone(),
                     resource,
                     args_type: None,
+                    kinds: Default::default(),
                     policies,
                 },
             );
@@ -382,15 +388,44 @@ impl Gate {
             );
             delegates.insert(
                 child.clone(),
-                Target {
+                TargetSlice {
                     action: delegate.clone(),
                     resource,
                     args_type: None,
+                    kinds: Default::default(),
                     policies,
                 },
             );
         }
+        // Answers are returned unless a forbid or an @ask permit says otherwise: the respond
+        // action carries a permit of rein's own beside the operator's policies.
+        let respond_action = uid("Action", "respond").map_err(internal)?;
+        let answer = uid("Answer", "final").map_err(internal)?;
+        let mut respond_policies = slice(&policies, &respond_action, &[], &answer, &[]);
+        let implicit: Policy = ANSWERS_ARE_RETURNED
+            .parse()
+            .map_err(|e| internal(format!("rein's own respond policy: {e}")))?;
+        let implicit = implicit.new_id(PolicyId::new(ANSWERS_ARE_RETURNED_ID));
+        respond_policies
+            .add(implicit)
+            .map_err(|e| internal(e.to_string()))?;
+        meta.insert(
+            PolicyId::new(ANSWERS_ARE_RETURNED_ID),
+            PolicyMeta {
+                effect: Effect::Permit,
+                ask: None,
+                reason: None,
+            },
+        );
         let gate = Gate {
+            respond: TargetSlice {
+                action: respond_action,
+                resource: answer,
+                args_type: None,
+                kinds: Default::default(),
+                policies: respond_policies,
+            },
+            data: setup.data.clone(),
             principal: this_agent,
             entities,
             authorizer: Authorizer::new(),
@@ -412,9 +447,13 @@ impl Gate {
         &self.schema_text
     }
 
-    /// How many policies are loaded.
+    /// How many of the operator's policies are loaded (rein's own permit on answers is not
+    /// counted).
     pub fn policy_count(&self) -> usize {
-        self.meta.len()
+        self.meta
+            .keys()
+            .filter(|id| id.to_string() != ANSWERS_ARE_RETURNED_ID)
+            .count()
     }
 
     /// Judges a tool call with already schema-checked arguments.
@@ -488,9 +527,55 @@ impl Gate {
                     Err(e) => return deny(format!("the arguments cannot be expressed: {e}")),
                 },
             };
-        let mut context = base_context(facts);
+        let mut context = context::base(facts);
         context.push(("args".into(), args));
+        let extras = (|| -> Result<Vec<(String, RestrictedExpression)>, String> {
+            Ok(vec![
+                ("from".into(), context::from(&target.kinds.all, facts)?),
+                (
+                    "facts".into(),
+                    context::facts_of(&target.kinds.strings, facts)?,
+                ),
+                (
+                    "counters".into(),
+                    context::counters(&target.kinds.numbers, facts)?,
+                ),
+                ("grants".into(), context::grants(&facts.grants)?),
+                ("data".into(), context::data(&self.data, facts)?),
+            ])
+        })();
+        match extras {
+            Ok(extras) => context.extend(extras),
+            Err(e) => return deny(format!("the request cannot be expressed: {e}")),
+        }
         self.judge(principal, target, context)
+    }
+
+    /// Judges text the run returns to the user (the `respond` action). Answers are returned
+    /// unless a forbid or an `@ask` permit matches.
+    pub fn judge_answer(&self, answer: &AnswerFacts, facts: &RequestFacts) -> Decision {
+        let mut context = context::base(facts);
+        let extras = (|| -> Result<Vec<(String, RestrictedExpression)>, String> {
+            Ok(vec![
+                ("answer".into(), context::answer(answer)?),
+                ("grants".into(), context::grants(&facts.grants)?),
+                ("data".into(), context::data(&self.data, facts)?),
+            ])
+        })();
+        match extras {
+            Ok(extras) => context.extend(extras),
+            Err(e) => return deny(format!("the answer cannot be expressed: {e}")),
+        }
+        self.judge(&self.principal, &self.respond, context)
+    }
+
+    /// The top-level arguments of a tool that are strings or lists of strings (those
+    /// `context.facts` describes).
+    pub fn string_args(&self, tool: &str) -> &[String] {
+        self.tools
+            .get(tool)
+            .map(|t| t.kinds.strings.as_slice())
+            .unwrap_or_default()
     }
 
     /// Judges a model call. An ask from the policies counts as deny: a model call cannot wait.
@@ -517,7 +602,7 @@ impl Gate {
                 "model `{model}` is not one this agent is configured with"
             ));
         };
-        let mut decision = self.judge(principal, target, base_context(facts));
+        let mut decision = self.judge(principal, target, context::base(facts));
         if decision.verdict == Verdict::Ask {
             decision.verdict = Verdict::Deny;
             decision
@@ -532,7 +617,7 @@ impl Gate {
         let Some(target) = self.delegates.get(child) else {
             return deny(format!("`{child}` is not one of this agent's sub-agents"));
         };
-        let mut context = base_context(facts);
+        let mut context = context::base(facts);
         let args = RestrictedExpression::new_record([(
             "task".to_owned(),
             RestrictedExpression::new_string(child_task.to_owned()),
@@ -547,7 +632,7 @@ impl Gate {
     fn judge(
         &self,
         principal: &EntityUid,
-        target: &Target,
+        target: &TargetSlice,
         context: Vec<(String, RestrictedExpression)>,
     ) -> Decision {
         let context = match Context::from_pairs(context) {
@@ -596,81 +681,6 @@ impl Gate {
             .collect();
         compose(&matched, &failed)
     }
-
-    /// Checks the `// example:` lines of every source against the loaded policies.
-    fn check_examples(&self, sources: &[PolicySource]) -> Vec<PolicyProblem> {
-        let mut problems = Vec::new();
-        for source in sources {
-            let mut offset = 0;
-            for line in source.text.split_inclusive('\n') {
-                let at = offset;
-                offset += line.len();
-                let Some(rest) = line
-                    .trim_start()
-                    .strip_prefix("//")
-                    .map(str::trim_start)
-                    .and_then(|l| l.strip_prefix("example:"))
-                else {
-                    continue;
-                };
-                let column = line.len() - line.trim_start().len();
-                match Example::parse(rest.trim()) {
-                    Err(message) => problems.push(problem(
-                        &source.file,
-                        &source.text,
-                        Some(at + column),
-                        format!("bad example: {message}"),
-                    )),
-                    Ok(example) => {
-                        let decision = self.judge_example(&example);
-                        if decision.verdict != example.expect {
-                            let by = if decision.policies.is_empty() {
-                                "no policy matched (default deny)".to_owned()
-                            } else {
-                                format!("decided by {}", decision.policies.join(", "))
-                            };
-                            problems.push(problem(
-                                &source.file,
-                                &source.text,
-                                Some(at + column),
-                                format!(
-                                    "example expects {} but the policies say {} ({by}): {}",
-                                    example.expect,
-                                    decision.verdict,
-                                    decision.reasons.join("; ")
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        problems
-    }
-
-    fn judge_example(&self, example: &Example) -> Decision {
-        let facts = RequestFacts {
-            budget_percent: 0,
-            user: "example-user".into(),
-            tenant: "default".into(),
-            task: "example".into(),
-            labels: example.labels.clone(),
-            approved_by: example.approved_by.clone(),
-        };
-        match &example.target {
-            ExampleTarget::Tool(name) => self.judge_tool(name, &example.args, &facts),
-            ExampleTarget::Model(name) => self.judge_model(name, &facts),
-            ExampleTarget::Delegate(name) => self.judge_delegate(
-                name,
-                example
-                    .args
-                    .get("task")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                &facts,
-            ),
-        }
-    }
 }
 
 fn deny(reason: String) -> Decision {
@@ -679,50 +689,6 @@ fn deny(reason: String) -> Decision {
         policies: vec![],
         reasons: vec![reason],
     }
-}
-
-fn base_context(facts: &RequestFacts) -> Vec<(String, RestrictedExpression)> {
-    let mut pairs = vec![
-        (
-            "user".to_owned(),
-            RestrictedExpression::new_string(facts.user.clone()),
-        ),
-        (
-            "tenant".to_owned(),
-            RestrictedExpression::new_string(facts.tenant.clone()),
-        ),
-        (
-            "task".to_owned(),
-            RestrictedExpression::new_string(facts.task.clone()),
-        ),
-        (
-            "budget_percent".to_owned(),
-            RestrictedExpression::new_long(facts.budget_percent.min(i64::MAX as u64) as i64),
-        ),
-        (
-            "labels".to_owned(),
-            RestrictedExpression::new_set(
-                facts
-                    .labels
-                    .iter()
-                    .map(|l| RestrictedExpression::new_string(l.clone())),
-            ),
-        ),
-    ];
-    let approval = RestrictedExpression::new_record([
-        (
-            "granted".to_owned(),
-            RestrictedExpression::new_bool(facts.approved_by.is_some()),
-        ),
-        (
-            "by".to_owned(),
-            RestrictedExpression::new_string(facts.approved_by.clone().unwrap_or_default()),
-        ),
-    ]);
-    if let Ok(approval) = approval {
-        pairs.push(("approval".to_owned(), approval));
-    }
-    pairs
 }
 
 /// The policies whose scope can match requests for this action and resource: a policy whose
@@ -799,6 +765,7 @@ fn entities(setup: &GateSetup, schema: &Schema) -> Result<Entities, String> {
     for m in &setup.models {
         list.push(json!({"uid": e("Model", m), "attrs": {}, "parents": []}));
     }
+    list.push(json!({"uid": e("Answer", "final"), "attrs": {}, "parents": []}));
     Entities::from_json_value(Value::Array(list), Some(schema))
         .map_err(|e| format!("rein built invalid entities: {e}"))
 }
@@ -826,6 +793,7 @@ fn unknown_entities(
         .entry("Model")
         .or_default()
         .extend(setup.models.iter().map(String::as_str));
+    known.entry("Answer").or_default().insert("final");
     let agents = known.entry("Agent").or_default();
     agents.insert(setup.agent.as_str());
     agents.extend(setup.parents.iter().map(String::as_str));
@@ -881,78 +849,5 @@ fn collect_entity_refs(v: &Value, out: &mut Vec<(String, String)>) {
         }
         Value::Array(items) => items.iter().for_each(|i| collect_entity_refs(i, out)),
         _ => {}
-    }
-}
-
-enum ExampleTarget {
-    Tool(String),
-    Model(String),
-    Delegate(String),
-}
-
-/// `<verdict> <target> [<json args>] [labels: a, b] [approved-by: name]`, where target is a tool
-/// name, `model:<name>` or `delegate:<agent>`.
-struct Example {
-    expect: Verdict,
-    target: ExampleTarget,
-    args: Value,
-    labels: Vec<String>,
-    approved_by: Option<String>,
-}
-
-impl Example {
-    fn parse(text: &str) -> Result<Example, String> {
-        let usage = "write `// example: <allow|deny|ask> <tool | model:NAME | delegate:AGENT> [{json args}] [labels: a, b] [approved-by: NAME]`";
-        let (verdict, rest) = text.split_once(char::is_whitespace).ok_or(usage)?;
-        let expect = match verdict {
-            "allow" => Verdict::Allow,
-            "deny" => Verdict::Deny,
-            "ask" => Verdict::Ask,
-            other => return Err(format!("`{other}` is not a verdict; {usage}")),
-        };
-        let rest = rest.trim();
-        let (target, mut rest) = rest
-            .split_once(char::is_whitespace)
-            .map(|(t, r)| (t, r.trim()))
-            .unwrap_or((rest, ""));
-        let target = if let Some(m) = target.strip_prefix("model:") {
-            ExampleTarget::Model(m.to_owned())
-        } else if let Some(a) = target.strip_prefix("delegate:") {
-            ExampleTarget::Delegate(a.to_owned())
-        } else if target.is_empty() {
-            return Err(usage.to_owned());
-        } else {
-            ExampleTarget::Tool(target.to_owned())
-        };
-        let mut args = json!({});
-        if rest.starts_with('{') {
-            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-            args = stream
-                .next()
-                .ok_or(usage)?
-                .map_err(|e| format!("the arguments are not JSON: {e}"))?;
-            rest = rest[stream.byte_offset()..].trim();
-        }
-        let (mut labels, mut approved_by) = (vec![], None);
-        for part in rest.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            if let Some(l) = part.strip_prefix("labels:") {
-                labels = l
-                    .split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-            } else if let Some(a) = part.strip_prefix("approved-by:") {
-                approved_by = Some(a.trim().to_owned());
-            } else {
-                return Err(format!("cannot read `{part}`; {usage}"));
-            }
-        }
-        Ok(Example {
-            expect,
-            target,
-            args,
-            labels,
-            approved_by,
-        })
     }
 }

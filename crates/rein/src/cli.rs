@@ -48,6 +48,12 @@ pub(crate) enum Command {
         /// The tenant the run belongs to (`context.tenant`).
         #[arg(long, env = "REIN_TENANT", default_value = "default")]
         tenant: String,
+        /// A grant, as JSON: what the run may do once untrusted data is in it (repeat for
+        /// several; `[]` fixes none). Without grants, the agent's planner fixes them, if it
+        /// has one. Example: `{"tool": "bank.transfer", "args": {"to": "DE89...", "amount":
+        /// {"max": 100}}, "max_calls": 1}`.
+        #[arg(long = "grant")]
+        grants: Vec<String>,
     },
     /// List, show, approve and deny approval requests.
     Approvals {
@@ -321,31 +327,57 @@ pub(crate) enum PolicyCommand {
     Explain {
         /// The agent folder.
         agent_dir: PathBuf,
-        /// The tool called.
-        #[arg(long, conflicts_with = "model")]
-        tool: Option<String>,
-        /// Or: the model called.
-        #[arg(long)]
-        model: Option<String>,
-        /// The arguments, as JSON.
-        #[arg(long, default_value = "{}")]
-        args: String,
-        /// A label in play (repeat for several).
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// `context.user`.
-        #[arg(long, default_value = "anonymous")]
-        user: String,
-        /// `context.tenant`.
-        #[arg(long, default_value = "default")]
-        tenant: String,
-        /// Judge as if approved by this person.
-        #[arg(long)]
-        approved_by: Option<String>,
-        /// As JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        request: Box<ExplainArgs>,
     },
+}
+
+/// What `rein policy explain` is asked: the request and the run's facts as given.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExplainArgs {
+    /// The tool called.
+    #[arg(long, conflicts_with_all = ["model", "answer"])]
+    pub(crate) tool: Option<String>,
+    /// Or: the model called.
+    #[arg(long, conflicts_with = "answer")]
+    pub(crate) model: Option<String>,
+    /// Or: the run's answer, with this text (the `respond` action).
+    #[arg(long)]
+    pub(crate) answer: Option<String>,
+    /// The arguments, as JSON.
+    #[arg(long, default_value = "{}")]
+    pub(crate) args: String,
+    /// A label in play (repeat for several).
+    #[arg(long = "label")]
+    pub(crate) labels: Vec<String>,
+    /// `context.task` (default `explain`).
+    #[arg(long)]
+    pub(crate) task: Option<String>,
+    /// A grant of the run, as JSON (repeat for several; an empty list `[]` fixes none).
+    #[arg(long = "grant")]
+    pub(crate) grants: Vec<String>,
+    /// Where an argument's values came from: `ARG=ORIGIN|ORIGIN` (repeat for several; origins
+    /// are `task`, `operator`, `tool:NAME`, labels such as `untrusted`, or `model`).
+    #[arg(long = "from")]
+    pub(crate) from: Vec<String>,
+    /// A policy data set: `NAME=VALUE|VALUE` (repeat for several).
+    #[arg(long = "data")]
+    pub(crate) data: Vec<String>,
+    /// Calls the tool has made in the run so far.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) calls: u32,
+    /// `context.user`.
+    #[arg(long, default_value = "anonymous")]
+    pub(crate) user: String,
+    /// `context.tenant`.
+    #[arg(long, default_value = "default")]
+    pub(crate) tenant: String,
+    /// Judge as if approved by this person.
+    #[arg(long)]
+    pub(crate) approved_by: Option<String>,
+    /// As JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -121,6 +121,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             durability,
             user,
             tenant,
+            grants,
         } => {
             let request = StartRun {
                 agent_dir,
@@ -128,6 +129,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 user,
                 tenant,
                 fsync: durability.map(|d| d.fsync()),
+                grants: agents::grants_flag(&grants)?,
             };
             runs::run(rein, request, json).await
         }
@@ -210,28 +212,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Policy { command } => match command {
             PolicyCommand::Check { agent_dir } => agents::policy_check(rein, &agent_dir).await,
-            PolicyCommand::Explain {
-                agent_dir,
-                tool,
-                model,
-                args,
-                labels,
-                user,
-                tenant,
-                approved_by,
-                json,
-            } => {
-                let explain = agents::Explain {
-                    tool,
-                    model,
-                    args,
-                    labels,
-                    user,
-                    tenant,
-                    approved_by,
-                    json,
-                };
-                agents::policy_explain(rein, &agent_dir, explain).await
+            PolicyCommand::Explain { agent_dir, request } => {
+                agents::policy_explain(rein, &agent_dir, *request).await
             }
         },
         Command::Tools {

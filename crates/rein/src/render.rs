@@ -15,6 +15,8 @@ pub(crate) struct Renderer {
     timestamps: bool,
     start_ms: Option<u64>,
     intents: HashMap<String, (String, Value, u64)>,
+    /// The arguments of each proposed call, by call id (a denied call is shown with them).
+    proposed: HashMap<String, Value>,
 }
 
 const DIM: Style = Style::new().dimmed();
@@ -31,6 +33,7 @@ impl Renderer {
             timestamps,
             start_ms: None,
             intents: HashMap::new(),
+            proposed: HashMap::new(),
         }
     }
 
@@ -102,6 +105,10 @@ impl Renderer {
                 cost_micros,
                 ..
             } => {
+                for call in tool_calls {
+                    self.proposed
+                        .insert(call.id.clone(), call.arguments.clone());
+                }
                 let calls: Vec<&str> = tool_calls.iter().map(|c| c.name.as_str()).collect();
                 let cost = if *cost_micros > 0 {
                     format!(", ${:.6}", *cost_micros as f64 / 1e6)
@@ -155,15 +162,23 @@ impl Renderer {
                 ));
             }
             Event::ToolJudged {
+                call_id,
                 tool,
                 verdict: Verdict::Deny,
                 policies,
                 reasons,
+                provenance,
                 ..
             } => {
+                let args = self
+                    .proposed
+                    .get(call_id)
+                    .map(|a| one_line(&a.to_string(), 120))
+                    .unwrap_or_default();
                 out.push(format!(
-                    "{stamp}    {} {tool} by {}: {}",
+                    "{stamp}    {} {tool} {} by {}: {}",
                     self.paint(RED, "✗ denied"),
+                    self.paint(DIM, &args),
                     if policies.is_empty() {
                         "default deny".to_owned()
                     } else {
@@ -171,6 +186,64 @@ impl Renderer {
                     },
                     one_line(&reasons.join("; "), 160)
                 ));
+                let from = origins_line(provenance);
+                if !from.is_empty() {
+                    out.push(format!("{stamp}      {}", self.paint(DIM, &from)));
+                }
+            }
+            Event::GrantsFixed {
+                grants, by, model, ..
+            } => {
+                let tools: Vec<String> = grants.iter().map(|g| g.tool.clone()).collect();
+                out.push(format!(
+                    "{stamp}  {} by {by}{}: {}",
+                    self.paint(BOLD, "grants fixed"),
+                    model
+                        .as_ref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default(),
+                    if tools.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        tools.join(", ")
+                    }
+                ));
+            }
+            Event::AnswerJudged {
+                verdict,
+                policies,
+                reasons,
+                stripped,
+                ..
+            } => {
+                if !stripped.is_empty() {
+                    out.push(format!(
+                        "{stamp}    {} {} link{} from the answer: {}",
+                        self.paint(YELLOW, "✂ stripped"),
+                        stripped.len(),
+                        if stripped.len() == 1 { "" } else { "s" },
+                        one_line(&stripped.join(" "), 160)
+                    ));
+                }
+                if *verdict != Verdict::Allow {
+                    out.push(format!(
+                        "{stamp}    {} the answer by {}: {}",
+                        self.paint(
+                            if *verdict == Verdict::Deny {
+                                RED
+                            } else {
+                                YELLOW
+                            },
+                            if *verdict == Verdict::Deny {
+                                "✗ withheld"
+                            } else {
+                                "⏸ held"
+                            }
+                        ),
+                        policies.join(", "),
+                        one_line(&reasons.join("; "), 160)
+                    ));
+                }
             }
             Event::ToolJudged { .. }
             | Event::ModelJudged {
@@ -283,6 +356,7 @@ impl Renderer {
                 ok,
                 output,
                 duration_us,
+                ..
             } => {
                 let (tool, args) = self
                     .intents
@@ -396,6 +470,19 @@ pub(crate) fn fmt_ms(ms: u64) -> String {
         60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
         _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
     }
+}
+
+/// `from: to=tool:mail.read|untrusted, amount=task`: where each argument's values came from.
+pub(crate) fn origins_line(provenance: &std::collections::BTreeMap<String, Vec<String>>) -> String {
+    if provenance.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = provenance
+        .iter()
+        .filter(|(_, o)| !o.is_empty())
+        .map(|(arg, origins)| format!("{arg}={}", origins.join("|")))
+        .collect();
+    format!("from: {}", parts.join(", "))
 }
 
 #[cfg(test)]

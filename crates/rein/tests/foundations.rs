@@ -85,7 +85,7 @@ async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_dec
         .filter(|e| {
             matches!(
                 e["event"]["type"].as_str(),
-                Some("model_judged" | "tool_judged")
+                Some("model_judged" | "tool_judged" | "answer_judged")
             )
         })
         .count();

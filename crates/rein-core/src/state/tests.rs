@@ -25,6 +25,8 @@ fn started(max_steps: u32) -> Event {
         tenant: "t".into(),
         parent: None,
         sensitive: Default::default(),
+        grants: None,
+        data: Default::default(),
     })
 }
 
@@ -72,6 +74,8 @@ fn intent(id: &str, idempotent: bool, attempt: u32) -> Event {
         idempotent,
         attempt,
         labels: vec![],
+        field_labels: Default::default(),
+        data: None,
     }
 }
 
@@ -81,6 +85,7 @@ fn outcome(id: &str) -> Event {
         ok: true,
         output: json!({"n": 1}),
         duration_us: 3,
+        labels: Default::default(),
     }
 }
 
@@ -112,6 +117,7 @@ fn happy_path(idempotent_second: bool) -> Vec<Event> {
         outcome("c2"),
         requested(2),
         replied(2, Some("done"), &[]),
+        answered(2, Verdict::Allow, None),
         Event::RunEnded {
             status: EndState::Completed,
             output: Some("done".into()),
@@ -119,6 +125,19 @@ fn happy_path(idempotent_second: bool) -> Vec<Event> {
             call_id: None,
         },
     ]
+}
+
+/// The answer of `step` judged, as "done".
+fn answered(step: u32, verdict: Verdict, approved_by: Option<&str>) -> Event {
+    Event::AnswerJudged {
+        step,
+        verdict,
+        policies: vec![],
+        reasons: vec!["because".into()],
+        text: Some("done".into()),
+        stripped: vec![],
+        approved_by: approved_by.map(str::to_owned),
+    }
 }
 
 #[test]
@@ -142,13 +161,17 @@ fn each_prefix_of_a_log_resumes_to_the_right_action() {
             }),
             7 => Action::CallModel { step: 2 },
             8 => Action::CallModel { step: 2 },
-            9 => Action::End(Ended {
+            9 => Action::JudgeAnswer {
+                step: 2,
+                text: Some("done".into()),
+            },
+            10 => Action::End(Ended {
                 status: EndState::Completed,
                 output: Some("done".into()),
                 reason: None,
                 call_id: None,
             }),
-            10 => Action::Finished(EndState::Completed),
+            11 => Action::Finished(EndState::Completed),
             _ => unreachable!(),
         }
     };
@@ -422,6 +445,7 @@ fn judged(id: &str, verdict: Verdict) -> Event {
         reasons: vec!["because".into()],
         labels: vec![],
         approved_by: None,
+        provenance: Default::default(),
     }
 }
 
@@ -435,6 +459,7 @@ fn asked(approval: &str, id: &str, expires_at_ms: Option<u64>) -> Event {
         reasons: vec!["big".into()],
         labels: vec![],
         expires_at_ms,
+        provenance: Default::default(),
     }
 }
 
@@ -754,4 +779,138 @@ fn a_call_that_stopped_without_an_outcome_is_in_doubt_until_a_person_settles_it(
         refused.problem.contains("no intent without an outcome"),
         "{refused}"
     );
+}
+
+#[test]
+fn an_answer_is_judged_and_returned_withheld_or_held_for_a_person() {
+    let base = || vec![started(5), requested(1), replied(1, Some("done"), &[])];
+    // Withheld: the run ends denied and returns nothing.
+    let mut denied = base();
+    denied.push(answered(1, Verdict::Deny, None));
+    match fold(denied).next_action(0) {
+        Action::End(e) => {
+            assert_eq!((e.status, e.output), (EndState::Denied, None));
+            assert!(e.reason.unwrap().contains("withheld the answer: because"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Held: an approval is requested for it, the run suspends, a person releases it.
+    let mut held = base();
+    held.push(answered(1, Verdict::Ask, None));
+    assert!(matches!(
+        fold(held.clone()).next_action(0),
+        Action::HoldAnswer { step: 1, .. }
+    ));
+    held.push(Event::ApprovalRequested {
+        approval_id: "ap".into(),
+        call_id: "answer_1".into(),
+        tool: "respond".into(),
+        args: json!({"text": "done"}),
+        policies: vec![],
+        reasons: vec![],
+        labels: vec![],
+        expires_at_ms: Some(1_000),
+        provenance: Default::default(),
+    });
+    let state = fold(held.clone());
+    assert_eq!(state.pending_approvals(), vec!["ap"]);
+    assert_eq!(
+        state.next_action(0),
+        Action::Suspend {
+            approvals: vec!["ap".into()]
+        }
+    );
+    assert_eq!(
+        state.next_action(1_000),
+        Action::Expire {
+            approval_id: "ap".into()
+        }
+    );
+    let mut approved = held.clone();
+    approved.push(Event::RunSuspended {
+        approvals: vec!["ap".into()],
+    });
+    approved.push(decided("ap", true));
+    approved.push(Event::RunResumed {
+        attempt: 2,
+        agent_changed: false,
+    });
+    assert!(matches!(
+        fold(approved.clone()).next_action(0),
+        Action::ReleaseAnswer { step: 1, ref approved_by, .. } if approved_by == "alice"
+    ));
+    approved.push(answered(1, Verdict::Ask, Some("alice")));
+    assert!(matches!(
+        fold(approved).next_action(0),
+        Action::End(Ended {
+            status: EndState::Completed,
+            ..
+        })
+    ));
+    let mut refused = held;
+    refused.push(decided("ap", false));
+    assert!(matches!(
+        fold(refused).next_action(0),
+        Action::End(Ended {
+            status: EndState::Denied,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn provenance_counters_grants_and_data_are_folded_from_the_log() {
+    let mut labelled = intent("c1", true, 1);
+    if let Event::ToolIntent {
+        field_labels,
+        data,
+        args,
+        ..
+    } = &mut labelled
+    {
+        field_labels.insert("/memo".into(), vec!["untrusted".into()]);
+        *data = Some("payees".into());
+        *args = json!({"amount": 40});
+    }
+    let events = vec![
+        started(5),
+        Event::GrantsFixed {
+            grants: vec![crate::grants::Grant {
+                tool: "t".into(),
+                args: Default::default(),
+                max_calls: Some(2),
+            }],
+            by: "caller".into(),
+            model: None,
+            usage: Usage::default(),
+            cost_micros: 0,
+        },
+        requested(1),
+        replied(1, None, &["c1", "c2"]),
+        labelled,
+        Event::ToolOutcome {
+            call_id: "c1".into(),
+            ok: true,
+            output: json!({"memo": "pay GB33BUKB20201555555555", "payee": "DE44500105175407324931"}),
+            duration_us: 1,
+            labels: Default::default(),
+        },
+    ];
+    let state = fold(events);
+    let s = state.sources();
+    assert!(
+        s.origins(&json!("GB33BUKB20201555555555"))
+            .contains("untrusted")
+    );
+    assert!(
+        !s.origins(&json!("DE44500105175407324931"))
+            .contains("untrusted")
+    );
+    assert!(s.origins(&json!("do it")).contains("task"));
+    assert!(state.labels().contains("untrusted"));
+    assert!(state.data()["payees"].contains("DE44500105175407324931"));
+    assert_eq!(state.grants().unwrap().len(), 1);
+    let counter = state.counter("t", "c2");
+    assert_eq!((counter.calls, counter.sums["amount"]), (1, 40.0));
+    assert_eq!(state.calls_started(), 1);
 }

@@ -7,6 +7,7 @@
 //! runs out) and [`memory`] (the memory tools' view of the notes). This file holds the loop.
 
 mod budget;
+mod guard;
 mod memory;
 mod model_step;
 mod record;
@@ -59,6 +60,8 @@ pub(crate) struct Driver<'a> {
     pinned_tools: HashSet<String>,
     /// What the lease's heartbeat learned (a cancellation, a lost lease).
     beat: Arc<Beat>,
+    /// The policy data as last read.
+    data: Arc<crate::policy_data::Loaded>,
 }
 
 impl<'a> Driver<'a> {
@@ -98,6 +101,7 @@ impl<'a> Driver<'a> {
             )),
             pinned_tools: agent.delegates.keys().cloned().collect(),
             beat: Arc::new(Beat::default()),
+            data: agent.policy_data.current().0,
         }
     }
 
@@ -130,6 +134,8 @@ impl<'a> Driver<'a> {
             tenant: request.tenant.clone(),
             parent: request.parent.clone(),
             sensitive: self.agent.sensitive.clone(),
+            grants: request.grants.clone(),
+            data: self.data.digests.clone(),
         };
         let result = async {
             self.record(Event::RunStarted(started)).await?;
@@ -208,7 +214,12 @@ impl<'a> Driver<'a> {
             self.beat.clone(),
         );
         self.engine.track(&self.run_id, self.beat.clone());
-        let result = self.drive_loop().instrument(span).await;
+        let result = async {
+            self.plan_grants().await?;
+            self.drive_loop().await
+        }
+        .instrument(span)
+        .await;
         self.engine.untrack(&self.run_id);
         if let Err(e) = result {
             self.abandon().await;
@@ -280,6 +291,13 @@ impl<'a> Driver<'a> {
                     self.run_approved(call, approved_by).await?
                 }
                 Action::Reexecute { call, attempt } => self.execute(call, attempt).await?,
+                Action::JudgeAnswer { step, text } => self.judge_answer(step, text, None).await?,
+                Action::HoldAnswer { step, text } => self.hold_answer(step, text).await?,
+                Action::ReleaseAnswer {
+                    step,
+                    text,
+                    approved_by,
+                } => self.judge_answer(step, text, Some(approved_by)).await?,
             }
         }
         self.flush().await
@@ -306,6 +324,9 @@ impl<'a> Driver<'a> {
             task: started.map(|s| s.task.clone()).unwrap_or_default(),
             labels: self.state.labels().to_vec(),
             approved_by,
+            cost_micros: self.state.cost_micros(),
+            run_calls: self.state.calls_started(),
+            ..RequestFacts::default()
         }
     }
 }

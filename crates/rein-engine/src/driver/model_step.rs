@@ -475,6 +475,9 @@ impl Driver<'_> {
                 tools: tools.len() as u32,
             })
             .await?;
+            // What led to the call is durable before it is made: a process killed while the
+            // model answers leaves a run that can be found and resumed, not one that never was.
+            self.flush().await?;
             let span = tracing::info_span!(
                 "chat",
                 otel.name = %format!("chat {}", provider.model()),

@@ -10,8 +10,22 @@ use crate::driver::Driver;
 
 impl Driver<'_> {
     /// Applies an event to the run's state and queues it for commit. Every event passes here, so
-    /// the state the engine decides from is always exactly the log.
+    /// the state the engine decides from is always exactly the log. A run's ending that carries
+    /// text the answer path did not judge is judged first (`respond`), whatever ended it.
     pub(super) async fn record(&mut self, event: Event) -> Result<(), EngineError> {
+        let (judged, event) = match event {
+            ending @ Event::RunEnded {
+                output: Some(_), ..
+            } => self.judge_ending(ending),
+            other => (None, other),
+        };
+        if let Some(judged) = judged {
+            self.record_one(judged).await?;
+        }
+        self.record_one(event).await
+    }
+
+    async fn record_one(&mut self, event: Event) -> Result<(), EngineError> {
         // Secret values never reach the log, the context or the live view, whoever produced them.
         let event = crate::secrets::redact_event(&self.agent.redactor, event)?;
         let stored = StoredEvent {

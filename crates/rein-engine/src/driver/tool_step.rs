@@ -78,8 +78,10 @@ impl Driver<'_> {
 
     /// Judges a call that passed the checks, then runs it, asks for approval, or leaves it denied.
     async fn dispatch_checked(&mut self, call: ToolCall) -> Result<(), EngineError> {
-        let decision = self.judge_tool(&call, None);
-        self.record_judgement(&call, &decision, None).await?;
+        self.refresh_data().await?;
+        let (decision, provenance) = self.judge_tool(&call, None);
+        self.record_judgement(&call, &decision, None, provenance.clone())
+            .await?;
         match decision.verdict {
             Verdict::Deny => Ok(()),
             Verdict::Allow => self.execute(call, 1).await,
@@ -94,6 +96,7 @@ impl Driver<'_> {
                     reasons: decision.reasons,
                     labels: self.state.labels().to_vec(),
                     expires_at_ms: Some(self.engine.clock.now_ms().saturating_add(ttl)),
+                    provenance,
                 })
                 .await
             }
@@ -101,14 +104,19 @@ impl Driver<'_> {
     }
 
     /// A person approved the call: judge it again knowing who approved (a forbid may require a
-    /// particular approver), then run it unless that judgement denies.
+    /// particular approver), then run it unless that judgement denies. The approval settles
+    /// the policies' ask, so the judgement is recorded as `allow`, with the approver.
     pub(super) async fn run_approved(
         &mut self,
         call: ToolCall,
         approved_by: String,
     ) -> Result<(), EngineError> {
-        let decision = self.judge_tool(&call, Some(approved_by.clone()));
-        self.record_judgement(&call, &decision, Some(approved_by))
+        self.refresh_data().await?;
+        let (mut decision, provenance) = self.judge_tool(&call, Some(approved_by.clone()));
+        if decision.verdict == Verdict::Ask {
+            decision.verdict = Verdict::Allow;
+        }
+        self.record_judgement(&call, &decision, Some(approved_by), provenance)
             .await?;
         match decision.verdict {
             Verdict::Deny => Ok(()),
@@ -139,6 +147,9 @@ impl Driver<'_> {
                 run_id: self.run_id.clone(),
                 call_id: call.id.clone(),
             }),
+            // The parent's grants bound the sub-agent through its parent's gate; the sub-agent
+            // plans its own, if it has a planner.
+            grants: None,
         };
         let report = match self.engine.run_child(child, request, self.observer).await {
             Ok(report) => report,
@@ -171,6 +182,7 @@ impl Driver<'_> {
         call: &ToolCall,
         decision: &Decision,
         approved_by: Option<String>,
+        provenance: std::collections::BTreeMap<String, Vec<String>>,
     ) -> Result<(), EngineError> {
         self.record(Event::ToolJudged {
             step: self.state.steps(),
@@ -181,33 +193,43 @@ impl Driver<'_> {
             reasons: decision.reasons.clone(),
             labels: self.state.labels().to_vec(),
             approved_by,
+            provenance,
         })
         .await
     }
 
-    /// The gate's decision on a call: a delegation is judged as `delegate` on the sub-agent; a
-    /// sub-agent's own calls must also be allowed by its parent's policies.
-    fn judge_tool(&self, call: &ToolCall, approved_by: Option<String>) -> Decision {
-        let facts = self.facts(approved_by);
-        if let Some(child) = self.agent.delegates.get(&call.name) {
+    /// The gate's decision on a call, with where its arguments' values came from: a delegation
+    /// is judged as `delegate` on the sub-agent; a sub-agent's own calls must also be allowed by
+    /// its parent's policies; and once untrusted data is in a run with grants, a call none of
+    /// them covers is denied.
+    fn judge_tool(
+        &self,
+        call: &ToolCall,
+        approved_by: Option<String>,
+    ) -> (Decision, std::collections::BTreeMap<String, Vec<String>>) {
+        let facts = self.call_facts(call, approved_by);
+        let decision = if let Some(child) = self.agent.delegates.get(&call.name) {
             let task = call
                 .arguments
                 .get("task")
                 .and_then(serde_json::Value::as_str)
                 .unwrap_or_default();
-            return self.agent.gate.judge_delegate(&child.name, task, &facts);
-        }
-        let own = self
-            .agent
-            .gate
-            .judge_tool(&call.name, &call.arguments, &facts);
-        match &self.agent.parent_gate {
-            Some(parent) => within_parent(
-                own,
-                parent.judge_tool_as(&self.agent.name, &call.name, &call.arguments, &facts),
-            ),
-            None => own,
-        }
+            self.agent.gate.judge_delegate(&child.name, task, &facts)
+        } else {
+            let own = self
+                .agent
+                .gate
+                .judge_tool(&call.name, &call.arguments, &facts);
+            match &self.agent.parent_gate {
+                Some(parent) => within_parent(
+                    own,
+                    parent.judge_tool_as(&self.agent.name, &call.name, &call.arguments, &facts),
+                ),
+                None => own,
+            }
+        };
+        let decision = self.apply_grants(&facts, decision);
+        (decision, facts.from)
     }
 
     /// Runs a tool, trying again (for idempotent tools configured to) after failures, and keeps
@@ -334,6 +356,13 @@ impl Driver<'_> {
                 .get(&call.name)
                 .cloned()
                 .unwrap_or_default(),
+            field_labels: self
+                .agent
+                .output_fields
+                .get(&call.name)
+                .cloned()
+                .unwrap_or_default(),
+            data: self.agent.data_feeds.get(&call.name).cloned(),
         })
         .await?;
         let span = tracing::info_span!(
@@ -390,8 +419,12 @@ impl Driver<'_> {
             .get(&call.name)
             .is_some_and(|r| r.timeout_is_failure);
         let in_doubt = may_have_happened && !manifest.idempotent && !timeout_is_failure;
+        let mut returned_labels = std::collections::BTreeMap::new();
         let (ok, output) = match result {
-            Ok(Ok(value)) => (true, value),
+            Ok(Ok(mut value)) => {
+                returned_labels = rein_core::provenance::take_returned_labels(&mut value);
+                (true, value)
+            }
             Ok(Err(error)) => {
                 span.record(
                     "error.type",
@@ -450,6 +483,7 @@ impl Driver<'_> {
             ok,
             output,
             duration_us,
+            labels: returned_labels,
         })
         .await
     }

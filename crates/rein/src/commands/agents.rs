@@ -2,8 +2,12 @@
 
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use rein_api::{Rein, v1};
+
+use crate::cli::ExplainArgs;
 
 use crate::out::{self, outln};
 
@@ -17,29 +21,56 @@ pub(crate) async fn policy_check(rein: &Rein, agent_dir: &Path) -> anyhow::Resul
     Ok(0)
 }
 
-/// What `rein policy explain` was asked.
-pub(crate) struct Explain {
-    pub(crate) tool: Option<String>,
-    pub(crate) model: Option<String>,
-    pub(crate) args: String,
-    pub(crate) labels: Vec<String>,
-    pub(crate) user: String,
-    pub(crate) tenant: String,
-    pub(crate) approved_by: Option<String>,
-    pub(crate) json: bool,
+/// Grants given with `--grant` (each a grant or a list of them); none given: `None`.
+pub(crate) fn grants_flag(flags: &[String]) -> anyhow::Result<Option<Vec<v1::Grant>>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for flag in flags {
+        let value: serde_json::Value =
+            serde_json::from_str(flag).with_context(|| format!("--grant is not JSON: {flag}"))?;
+        let list = match value {
+            serde_json::Value::Array(items) => items,
+            one => vec![one],
+        };
+        for item in list {
+            let grant: v1::Grant = serde_json::from_value(item).with_context(|| {
+                format!("--grant {flag}: a grant is {{\"tool\": NAME, \"args\": {{..}}, \"max_calls\": N}}")
+            })?;
+            out.push(grant);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// `NAME=A|B` pairs of a repeated flag.
+fn pairs(flag: &str, items: &[String]) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (name, values) = item
+            .split_once('=')
+            .with_context(|| format!("--{flag} {item}: write NAME=VALUE|VALUE"))?;
+        out.insert(
+            name.trim().to_owned(),
+            values.split('|').map(|v| v.trim().to_owned()).collect(),
+        );
+    }
+    Ok(out)
 }
 
 pub(crate) async fn policy_explain(
     rein: &Rein,
     agent_dir: &Path,
-    e: Explain,
+    e: ExplainArgs,
 ) -> anyhow::Result<u8> {
     let args: serde_json::Value =
         serde_json::from_str(&e.args).with_context(|| format!("--args is not JSON: {}", e.args))?;
-    let target = match (&e.tool, &e.model) {
-        (Some(tool), None) => format!("tool {tool}"),
-        (None, Some(model)) => format!("model {model}"),
-        _ => anyhow::bail!("give --tool NAME or --model NAME"),
+    let target = match (&e.tool, &e.model, &e.answer) {
+        (Some(tool), None, None) => format!("tool {tool}"),
+        (None, Some(model), None) => format!("model {model}"),
+        (None, None, Some(_)) => "answer".to_owned(),
+        _ => anyhow::bail!("give --tool NAME, --model NAME or --answer TEXT"),
     };
     let request = v1::ExplainRequest {
         tool: e.tool,
@@ -49,6 +80,12 @@ pub(crate) async fn policy_explain(
         user: e.user,
         tenant: e.tenant,
         approved_by: e.approved_by,
+        task: e.task,
+        grants: grants_flag(&e.grants)?,
+        from: pairs("from", &e.from)?,
+        data: pairs("data", &e.data)?,
+        calls: e.calls,
+        answer: e.answer,
     };
     let decision = rein.policy_explain(agent_dir, &request).await?;
     if e.json {

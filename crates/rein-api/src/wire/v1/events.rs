@@ -184,6 +184,27 @@ pub struct RunStarted {
     /// the run starts so that its audit records can be rebuilt from the log alone.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sensitive: BTreeMap<String, Vec<String>>,
+    /// Grants given by whoever started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<Vec<Grant>>,
+    /// The SHA-256 of each policy data file the run started with, by data set name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// What a run may do once untrusted data is in it: a tool, constraints on some of its
+/// arguments (a value, or a rule: `{"one_of": [..]}`, `{"max": n}`, `{"min": n}`,
+/// `{"prefix": ".."}`, `{"any": true}`), and at most how many calls it covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The tool.
+    pub tool: String,
+    /// Constraints on arguments, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, Value>,
+    /// How many calls it covers at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u32>,
 }
 
 /// The run and call a sub-agent's run was delegated from.
@@ -290,6 +311,12 @@ pub enum Event {
         /// What the tool's output is (its manifest's labels); they join the run's labels.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         labels: Vec<String>,
+        /// Labels of parts of the output, by JSON pointer pattern.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        field_labels: BTreeMap<String, Vec<String>>,
+        /// The policy data set the output feeds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
     },
     /// The gate judged a proposed tool call. Recorded before anything else happens to the call.
     ToolJudged {
@@ -311,6 +338,10 @@ pub enum Event {
         /// Who approved the call, when this judgement follows an approval.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approved_by: Option<String>,
+        /// Where each argument's values came from (`task`, `operator`, `tool:<name>`, labels,
+        /// `model`), as the policies saw it.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        provenance: BTreeMap<String, Vec<String>>,
     },
     /// A call needs a person's approval; the run will suspend once the step's other calls are done.
     ApprovalRequested {
@@ -332,6 +363,9 @@ pub enum Event {
         /// When an undecided request counts as denied (ms since the epoch).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at_ms: Option<u64>,
+        /// Where each argument's values came from.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        provenance: BTreeMap<String, Vec<String>>,
     },
     /// A person decided an approval, or it expired.
     ApprovalDecided {
@@ -376,6 +410,9 @@ pub enum Event {
         output: Value,
         /// How long it ran.
         duration_us: u64,
+        /// Labels the tool gave parts of its own output, by JSON pointer pattern.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, Vec<String>>,
     },
     /// A tool call that is not idempotent stopped without a known outcome (it timed out, its
     /// process was killed, its server went away mid-call): its effect may have happened. The
@@ -404,6 +441,44 @@ pub enum Event {
         /// Their note.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+    },
+    /// What the run may do, fixed before it reads untrusted data by a planning model call
+    /// that saw only the instructions and the task.
+    GrantsFixed {
+        /// The grants.
+        grants: Vec<Grant>,
+        /// `caller` or `planner`.
+        by: String,
+        /// The planning model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// What the planning call used.
+        #[serde(default)]
+        usage: Usage,
+        /// What it cost, in millionths of a US dollar.
+        #[serde(default)]
+        cost_micros: u64,
+    },
+    /// The gate judged text the run returns (its answer, or the output of a run that ends
+    /// otherwise), as the `respond` action.
+    AnswerJudged {
+        /// The step whose text it is.
+        step: u32,
+        /// The verdict.
+        verdict: Verdict,
+        /// The deciding policies.
+        policies: Vec<String>,
+        /// Why.
+        reasons: Vec<String>,
+        /// The text as it would be returned (links stripped), when it is not withheld.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The links and images stripped from it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stripped: Vec<String>,
+        /// Who approved it, when this judgement follows an approval.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approved_by: Option<String>,
     },
     /// Something worth knowing that does not change the run's state: an MCP server exited or
     /// restarted, a tool's definition changed, a circuit breaker opened, a latency target was
@@ -446,298 +521,4 @@ pub struct EventRecord {
     pub event: Event,
 }
 
-mod from_core {
-    //! Explicit conversions from the core's types.
-    use super::*;
-    use rein_core as core;
-
-    impl From<core::EndState> for EndState {
-        fn from(s: core::EndState) -> EndState {
-            match s {
-                core::EndState::Completed => EndState::Completed,
-                core::EndState::Failed => EndState::Failed,
-                core::EndState::BudgetExhausted => EndState::BudgetExhausted,
-                core::EndState::NeedsReconciliation => EndState::NeedsReconciliation,
-                core::EndState::AwaitingApproval => EndState::AwaitingApproval,
-                core::EndState::Denied => EndState::Denied,
-                core::EndState::Partial => EndState::Partial,
-                core::EndState::Cancelled => EndState::Cancelled,
-            }
-        }
-    }
-
-    impl From<core::Verdict> for Verdict {
-        fn from(v: core::Verdict) -> Verdict {
-            match v {
-                core::Verdict::Allow => Verdict::Allow,
-                core::Verdict::Deny => Verdict::Deny,
-                core::Verdict::Ask => Verdict::Ask,
-            }
-        }
-    }
-
-    impl From<core::Usage> for Usage {
-        fn from(u: core::Usage) -> Usage {
-            Usage {
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-            }
-        }
-    }
-
-    impl From<core::ToolCall> for ToolCall {
-        fn from(c: core::ToolCall) -> ToolCall {
-            ToolCall {
-                id: c.id,
-                name: c.name,
-                arguments: c.arguments,
-                invalid_arguments: c.invalid_arguments,
-            }
-        }
-    }
-
-    impl From<core::RunStarted> for RunStarted {
-        fn from(s: core::RunStarted) -> RunStarted {
-            RunStarted {
-                agent: s.agent,
-                agent_dir: s.agent_dir,
-                agent_digest: s.agent_digest,
-                workspace: s.workspace,
-                task: s.task,
-                instructions: s.instructions,
-                provider: s.provider,
-                model: s.model,
-                limits: Limits {
-                    max_steps: s.limits.max_steps,
-                    wall_clock_ms: s.limits.wall_clock_ms,
-                },
-                tools: s.tools,
-                user: s.user,
-                tenant: s.tenant,
-                parent: s.parent.map(|p| ParentRef {
-                    run_id: p.run_id,
-                    call_id: p.call_id,
-                }),
-                sensitive: s.sensitive,
-            }
-        }
-    }
-
-    impl From<core::Event> for Event {
-        fn from(e: core::Event) -> Event {
-            match e {
-                core::Event::RunStarted(s) => Event::RunStarted(s.into()),
-                core::Event::RunResumed {
-                    attempt,
-                    agent_changed,
-                } => Event::RunResumed {
-                    attempt,
-                    agent_changed,
-                },
-                core::Event::ModelRequested {
-                    step,
-                    attempt,
-                    model,
-                    messages,
-                    tools,
-                } => Event::ModelRequested {
-                    step,
-                    attempt,
-                    model,
-                    messages,
-                    tools,
-                },
-                core::Event::ModelReplied {
-                    step,
-                    text,
-                    tool_calls,
-                    usage,
-                    latency_us,
-                    stop_reason,
-                    model,
-                    cost_micros,
-                } => Event::ModelReplied {
-                    step,
-                    text,
-                    tool_calls: tool_calls.into_iter().map(Into::into).collect(),
-                    usage: usage.into(),
-                    latency_us,
-                    stop_reason,
-                    model,
-                    cost_micros,
-                },
-                core::Event::ModelFailed {
-                    step,
-                    attempt,
-                    error,
-                    will_retry,
-                    retry_in_ms,
-                } => Event::ModelFailed {
-                    step,
-                    attempt,
-                    error,
-                    will_retry,
-                    retry_in_ms,
-                },
-                core::Event::ToolRejected {
-                    step,
-                    call_id,
-                    tool,
-                    reason,
-                } => Event::ToolRejected {
-                    step,
-                    call_id,
-                    tool,
-                    reason,
-                },
-                core::Event::ToolIntent {
-                    step,
-                    call_id,
-                    tool,
-                    args,
-                    idempotent,
-                    attempt,
-                    labels,
-                } => Event::ToolIntent {
-                    step,
-                    call_id,
-                    tool,
-                    args,
-                    idempotent,
-                    attempt,
-                    labels,
-                },
-                core::Event::ToolJudged {
-                    step,
-                    call_id,
-                    tool,
-                    verdict,
-                    policies,
-                    reasons,
-                    labels,
-                    approved_by,
-                } => Event::ToolJudged {
-                    step,
-                    call_id,
-                    tool,
-                    verdict: verdict.into(),
-                    policies,
-                    reasons,
-                    labels,
-                    approved_by,
-                },
-                core::Event::ApprovalRequested {
-                    approval_id,
-                    call_id,
-                    tool,
-                    args,
-                    policies,
-                    reasons,
-                    labels,
-                    expires_at_ms,
-                } => Event::ApprovalRequested {
-                    approval_id,
-                    call_id,
-                    tool,
-                    args,
-                    policies,
-                    reasons,
-                    labels,
-                    expires_at_ms,
-                },
-                core::Event::ApprovalDecided {
-                    approval_id,
-                    approved,
-                    by,
-                    note,
-                    expired,
-                } => Event::ApprovalDecided {
-                    approval_id,
-                    approved,
-                    by,
-                    note,
-                    expired,
-                },
-                core::Event::RunSuspended { approvals } => Event::RunSuspended { approvals },
-                core::Event::ModelJudged {
-                    step,
-                    model,
-                    verdict,
-                    policies,
-                    reasons,
-                } => Event::ModelJudged {
-                    step,
-                    model,
-                    verdict: verdict.into(),
-                    policies,
-                    reasons,
-                },
-                core::Event::ToolOutcome {
-                    call_id,
-                    ok,
-                    output,
-                    duration_us,
-                } => Event::ToolOutcome {
-                    call_id,
-                    ok,
-                    output,
-                    duration_us,
-                },
-                core::Event::ToolInDoubt {
-                    call_id,
-                    reason,
-                    duration_us,
-                } => Event::ToolInDoubt {
-                    call_id,
-                    reason,
-                    duration_us,
-                },
-                core::Event::CallReconciled {
-                    call_id,
-                    happened,
-                    output,
-                    by,
-                    note,
-                } => Event::CallReconciled {
-                    call_id,
-                    happened,
-                    output,
-                    by,
-                    note,
-                },
-                core::Event::Notice {
-                    kind,
-                    subject,
-                    detail,
-                    call_id,
-                } => Event::Notice {
-                    kind,
-                    subject,
-                    detail,
-                    call_id,
-                },
-                core::Event::RunEnded {
-                    status,
-                    output,
-                    reason,
-                    call_id,
-                } => Event::RunEnded {
-                    status: status.into(),
-                    output,
-                    reason,
-                    call_id,
-                },
-            }
-        }
-    }
-
-    impl From<core::StoredEvent> for EventRecord {
-        fn from(e: core::StoredEvent) -> EventRecord {
-            EventRecord {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                event: e.event.into(),
-            }
-        }
-    }
-}
+mod from_core;

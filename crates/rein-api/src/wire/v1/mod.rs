@@ -7,6 +7,8 @@ mod events;
 
 pub use events::*;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -206,6 +208,25 @@ pub struct ExplainRequest {
     pub tenant: String,
     /// Judge as if approved by this person.
     pub approved_by: Option<String>,
+    /// `context.task` (default `explain`).
+    #[serde(default)]
+    pub task: Option<String>,
+    /// The run's grants, as `--grant` gives them: `context.grants.covered` says whether one
+    /// covers the call.
+    #[serde(default)]
+    pub grants: Option<Vec<Grant>>,
+    /// Where each argument's values came from (`context.from`).
+    #[serde(default)]
+    pub from: BTreeMap<String, Vec<String>>,
+    /// Policy data sets (`context.data`).
+    #[serde(default)]
+    pub data: BTreeMap<String, Vec<String>>,
+    /// Calls of the tool so far (`context.counters.calls`).
+    #[serde(default)]
+    pub calls: u32,
+    /// Explain the run's answer being returned (the `respond` action) with this text.
+    #[serde(default)]
+    pub answer: Option<String>,
 }
 
 /// One of an agent's tools.
