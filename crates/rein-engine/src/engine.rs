@@ -489,7 +489,8 @@ impl Engine {
                 "run {run_id} stopped on a call in doubt; settle it with `rein runs reconcile` first, then cancel"
             )));
         }
-        let output = state.last_text().map(str::to_owned);
+        // A run cancelled while suspended returns nothing the model said: no gate judged it.
+        let output = None;
         self.append_one(
             &holding,
             &mut state,

@@ -187,9 +187,10 @@ impl RunReport {
                     pending.len(),
                     if pending.len() == 1 { "" } else { "s" }
                 );
+                // Nothing the model said is returned until the run ends and it is judged.
                 (
                     EndState::AwaitingApproval,
-                    state.last_text().map(str::to_owned),
+                    None,
                     Some(reason),
                     None,
                     pending,

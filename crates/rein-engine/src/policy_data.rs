@@ -76,6 +76,15 @@ impl PolicyData {
         self.files.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    /// The data as last read, without looking at the files.
+    pub fn last(&self) -> Arc<Loaded> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
     /// The data as it is now, reading again any file that changed, and what changed.
     pub fn current(&self) -> (Arc<Loaded>, Changes) {
         if self.files.is_empty() {

@@ -101,7 +101,7 @@ impl<'a> Driver<'a> {
             )),
             pinned_tools: agent.delegates.keys().cloned().collect(),
             beat: Arc::new(Beat::default()),
-            data: agent.policy_data.current().0,
+            data: agent.policy_data.last(),
         }
     }
 
@@ -119,6 +119,8 @@ impl<'a> Driver<'a> {
         } else {
             self.agent.instructions.clone()
         };
+        // The run starts with the policy data as it is now; its digests are recorded.
+        self.data = self.agent.policy_data.current().0;
         let started = RunStarted {
             agent: self.agent.name.clone(),
             agent_dir: self.agent.dir.as_ref().map(|d| d.display().to_string()),
