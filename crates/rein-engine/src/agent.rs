@@ -250,6 +250,7 @@ impl Agent {
             data_feeds,
             children,
             sensitive,
+            notices: tool_notices,
         } = build_tools(spec, &mcp)?;
         let policy_data = PolicyData::load(
             spec.data
@@ -321,7 +322,7 @@ impl Agent {
             parent_gate: parent.map(|(_, g)| g),
             sensitive,
             mcp_servers: mcp.servers,
-            load_notices: mcp.notices,
+            load_notices: mcp.notices.into_iter().chain(tool_notices).collect(),
             fallbacks,
             route_tool_results,
             route_wrap_up,
@@ -379,6 +380,9 @@ pub struct AgentTools {
     pub children: Vec<(String, AgentSpec)>,
     /// Each tool's sensitive argument fields.
     pub sensitive: std::collections::BTreeMap<String, Vec<String>>,
+    /// What each run should record about the tools when it starts (command tools running
+    /// unsandboxed).
+    pub notices: Vec<rein_tools::ToolNotice>,
 }
 
 /// The manifest of a delegation: checked and offered to the model like any tool, but run by the
@@ -431,6 +435,25 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
     let mut output_fields = HashMap::new();
     let mut data_feeds = HashMap::new();
     let mut sensitive = std::collections::BTreeMap::new();
+    let mut notices = Vec::new();
+    // Whether command tools can be sandboxed here, asked once.
+    let has_commands = spec
+        .tools
+        .iter()
+        .any(|t| matches!(t.tool, ToolConfig::Command { .. }));
+    let sandboxing = if has_commands {
+        rein_tools::sandbox::availability()
+    } else {
+        Ok(())
+    };
+    if let Err(why) = &sandboxing
+        && spec.sandbox_fallback == rein_config::SandboxFallback::Refuse
+    {
+        return Err(EngineError::Agent(format!(
+            "{}: command tools cannot be sandboxed here: {why}. Run rein where they can, or set `[sandbox] if_unavailable = \"continue\"` to run them without a sandbox",
+            spec.dir.join(rein_config::AGENT_FILE).display()
+        )));
+    }
     let at = || spec.dir.join(rein_config::AGENT_FILE).display().to_string();
     for tool in &mcp.tools {
         let policy = tool.policy();
@@ -526,7 +549,7 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                 idempotent,
                 timeout,
                 max_output_bytes,
-                sandbox: _,
+                sandbox,
             } => Arc::new(CommandTool::new(
                 ToolManifest {
                     name: name.clone(),
@@ -540,6 +563,23 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                     args: args.clone(),
                     env: env.clone(),
                     max_output_bytes: *max_output_bytes,
+                    sandbox: match &sandboxing {
+                        Ok(()) => Some(rein_tools::sandbox::Sandbox {
+                            allow_hosts: sandbox.allow_hosts.clone(),
+                            read_paths: sandbox.read_paths.clone(),
+                            write_paths: sandbox.write_paths.clone(),
+                        }),
+                        Err(why) => {
+                            notices.push(rein_tools::ToolNotice {
+                                kind: "sandbox_unavailable".into(),
+                                subject: name.clone(),
+                                detail: format!(
+                                    "{why}; the operator chose to run it without a sandbox"
+                                ),
+                            });
+                            None
+                        }
+                    },
                 },
             )),
         };
@@ -637,6 +677,7 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
         data_feeds,
         children,
         sensitive,
+        notices,
     })
 }
 

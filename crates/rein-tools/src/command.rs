@@ -38,6 +38,9 @@ pub struct CommandSpec {
     pub env: BTreeMap<String, String>,
     /// The most bytes the program may print on stdout.
     pub max_output_bytes: usize,
+    /// What the program may reach; `None` runs it unsandboxed (where the kernel cannot sandbox
+    /// and the operator chose to go on).
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// A tool backed by an executable.
@@ -95,6 +98,23 @@ impl Tool for CommandTool {
                     }
                     None => cmd.env(key, value),
                 };
+            }
+            // The sandbox (and its proxy and temporary folder) lives until the call ends.
+            let prepared = match &self.spec.sandbox {
+                Some(sandbox) => Some(
+                    crate::sandbox::Prepared::new(
+                        sandbox,
+                        &self.spec.program,
+                        &self.spec.args,
+                        &ctx.workspace,
+                    )
+                    .await
+                    .map_err(|e| ToolError::Failed(format!("cannot sandbox `{program}`: {e}")))?,
+                ),
+                None => None,
+            };
+            if let Some(prepared) = &prepared {
+                prepared.apply(&mut cmd);
             }
             cmd.env("REIN_RUN_ID", &ctx.run_id)
                 .env("REIN_CALL_ID", &ctx.call_id)

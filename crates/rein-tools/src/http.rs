@@ -70,19 +70,7 @@ impl HttpGet {
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let port = url.port_or_known_default().unwrap_or(0);
-        let allowed = self.allow_hosts.iter().any(|entry| {
-            if let Some(suffix) = entry.strip_prefix("*.") {
-                host.ends_with(&format!(".{suffix}"))
-            } else if let Some((h, p)) = entry
-                .rsplit_once(':')
-                .filter(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                host == h && p.parse::<u16>().ok() == Some(port)
-            } else {
-                host == *entry
-            }
-        });
-        if allowed {
+        if host_allowed(&self.allow_hosts, &host, port) {
             Ok(())
         } else {
             Err(ToolError::Refused(format!(
@@ -90,6 +78,27 @@ impl HttpGet {
             )))
         }
     }
+}
+
+/// Whether `host:port` is on an allowlist of `host`, `host:port`, `*.domain` (its subdomains)
+/// and `*` (any host). Hosts are compared lower-cased.
+pub fn host_allowed(allow: &[String], host: &str, port: u16) -> bool {
+    let host = host.to_ascii_lowercase();
+    allow.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        if entry == "*" {
+            true
+        } else if let Some(suffix) = entry.strip_prefix("*.") {
+            host.ends_with(&format!(".{suffix}"))
+        } else if let Some((h, p)) = entry
+            .rsplit_once(':')
+            .filter(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host == h && p.parse::<u16>().ok() == Some(port)
+        } else {
+            host == entry
+        }
+    })
 }
 
 impl Tool for HttpGet {

@@ -12,6 +12,7 @@ mod fs;
 mod http;
 mod memory;
 mod registry;
+pub mod sandbox;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use serde_json::Value;
 
 pub use command::{CommandSpec, CommandTool};
 pub use fs::{FsRead, FsWrite};
-pub use http::HttpGet;
+pub use http::{HttpGet, host_allowed};
 pub use memory::{Memory, MemoryRead, MemoryScope, MemoryWrite};
 pub use registry::{Rejection, ToolRegistry, ToolRegistryError};
 

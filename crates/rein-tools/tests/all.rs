@@ -50,6 +50,7 @@ async fn command_tools_get_secrets_in_their_environment_at_run_time() {
         args: vec!["-c".into(), r#"printf '{"token":"%s"}' "$TOKEN""#.into()],
         env: BTreeMap::from([("TOKEN".into(), "secret:api".into())]),
         max_output_bytes: 4096,
+        sandbox: Some(Default::default()),
     };
     let manifest = sh("secretive", "true", 5_000, 4096).manifest().clone();
     let tool = CommandTool::new(manifest.clone(), spec.clone());
@@ -276,6 +277,7 @@ fn sh(name: &str, script: &str, timeout_ms: u64, cap: usize) -> CommandTool {
             args: vec!["-c".into(), script.into()],
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             max_output_bytes: cap,
+            sandbox: Some(Default::default()),
         },
     )
 }
@@ -371,6 +373,7 @@ async fn misbehaving_command_tools_fail_cleanly() {
             args: vec![],
             env: BTreeMap::new(),
             max_output_bytes: 10,
+            sandbox: Some(Default::default()),
         },
     );
     let err = missing.call(&ctx, json!({})).await.unwrap_err();
@@ -432,6 +435,7 @@ fn the_registry_checks_names_and_arguments_before_anything_runs() {
             args: vec![],
             env: BTreeMap::new(),
             max_output_bytes: 1,
+            sandbox: Some(Default::default()),
         },
     );
     let err = registry.register(Arc::new(tool)).unwrap_err();
@@ -449,6 +453,7 @@ fn the_registry_checks_names_and_arguments_before_anything_runs() {
             args: vec![],
             env: BTreeMap::new(),
             max_output_bytes: 1,
+            sandbox: Some(Default::default()),
         },
     );
     assert!(
