@@ -1,5 +1,7 @@
 //! Approvals: list, the card, and decisions.
 
+use std::path::Path;
+
 use rein_core::Event;
 use rein_store::{ApprovalFilter, Store};
 
@@ -38,16 +40,18 @@ impl Rein {
                 policies,
                 reasons,
                 labels,
+                provenance,
                 ..
             } if *approval_id == summary.id => Some((
                 args.clone(),
                 policies.clone(),
                 reasons.clone(),
                 labels.clone(),
+                provenance.clone(),
             )),
             _ => None,
         });
-        let Some((arguments, policies, reasons, labels)) = request else {
+        let Some((arguments, policies, reasons, labels, provenance)) = request else {
             return Err(Error::Internal(format!(
                 "approval {} has no request in run {}'s log",
                 summary.id, summary.run_id
@@ -57,7 +61,19 @@ impl Rein {
             Event::RunStarted(s) => Some(s),
             _ => None,
         });
+        let diff = match (summary.tool.as_str(), started) {
+            ("fs.write", Some(s)) => write_diff(Path::new(&s.workspace), &arguments),
+            _ => None,
+        };
+        let provenance_text = provenance
+            .iter()
+            .filter(|(_, origins)| !origins.is_empty())
+            .map(|(arg, origins)| format!("{arg}: {}", rein_core::provenance::describe(origins)))
+            .collect();
         Ok(v1::ApprovalCard {
+            provenance,
+            provenance_text,
+            diff,
             agent: started.map(|s| s.agent.clone()),
             task: started.map(|s| s.task.clone()),
             user: started.map(|s| s.user.clone()),
@@ -88,4 +104,44 @@ impl Rein {
             .await?;
         Ok(convert::approval(decided))
     }
+}
+
+/// What an `fs.write` call changes: a unified diff of the file as it is in the run's workspace
+/// now against what the call writes (appended, with `append`). A path outside the workspace
+/// is not read.
+fn write_diff(workspace: &Path, args: &serde_json::Value) -> Option<String> {
+    let path = args.get("path")?.as_str()?;
+    let content = args.get("content")?.as_str()?;
+    let root = workspace.display().to_string();
+    let resolved = rein_core::facts::resolve_path(&root, path);
+    if !rein_core::facts::within(&root, &resolved) {
+        return Some(format!(
+            "`{path}` is outside the workspace; the write will be refused"
+        ));
+    }
+    if std::fs::symlink_metadata(&resolved).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Some(format!(
+            "`{path}` is a symbolic link; the write will be refused"
+        ));
+    }
+    let current = std::fs::read_to_string(&resolved).unwrap_or_default();
+    let append = args
+        .get("append")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let next = if append {
+        format!("{current}{content}")
+    } else {
+        content.to_owned()
+    };
+    if current == next {
+        return Some("(no change)".into());
+    }
+    let diff = similar::TextDiff::from_lines(&current, &next);
+    Some(
+        diff.unified_diff()
+            .context_radius(3)
+            .header(&format!("a/{path}"), &format!("b/{path}"))
+            .to_string(),
+    )
 }

@@ -73,6 +73,7 @@ pub(crate) fn approval(a: rein_store::ApprovalSummary) -> v1::ApprovalSummary {
         expires_ms: a.expires_ms,
         decided_by: a.decided_by,
         tenant: a.tenant,
+        arguments: a.args,
     }
 }
 

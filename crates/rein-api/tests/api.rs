@@ -126,3 +126,45 @@ async fn runs_approvals_and_cancellation_through_the_api() {
     let verify = api.audit_verify(None, None).unwrap();
     assert!(verify.ok, "{verify:?}");
 }
+
+#[tokio::test]
+async fn an_approval_card_shows_what_a_file_write_changes_and_where_its_values_came_from() {
+    let folder = AgentFolder::new(&format!(
+        "name = \"writer\"\ninstructions = \"x\"\n{SCRIPTED_MODEL}\n[[tools]]\nbuiltin = \"fs.write\"\n"
+    ))
+    .file("workspace/notes.txt", "keep\nold line\n")
+    .file(
+        "script.toml",
+        "[[turns]]\ncalls = [{ tool = \"fs.write\", args = { path = \"notes.txt\", content = \"keep\\nnew line from the task\\n\" } }]\n[[turns]]\ntext = \"written\"\n",
+    )
+    .policy("@ask(\"writes are reviewed\")\npermit(principal, action == Action::\"fs.write\", resource);\npermit(principal, action == Action::\"use_model\", resource);\n");
+    let state = tempfile::tempdir().unwrap();
+    let api = rein(state.path());
+    let mut request = start(&folder, "ann", "acme");
+    request.task = Some("In notes.txt, replace the old line with: new line from the task".into());
+    let report = api.start_run(request, None).await.unwrap();
+    assert_eq!(report.status, v1::EndState::AwaitingApproval);
+    let listed = api.list_approvals(false, None).unwrap();
+    assert_eq!(
+        listed[0].arguments["path"], "notes.txt",
+        "the inbox shows the arguments"
+    );
+    let card = api.approval_card(&listed[0].id).unwrap();
+    let diff = card.diff.unwrap();
+    assert!(
+        diff.contains("--- a/notes.txt") && diff.contains("+++ b/notes.txt"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("-old line") && diff.contains("+new line from the task"),
+        "{diff}"
+    );
+    assert_eq!(card.provenance["path"], vec!["task"]);
+    assert!(
+        card.provenance_text
+            .iter()
+            .any(|l| l == "path: from the user's task"),
+        "{:?}",
+        card.provenance_text
+    );
+}

@@ -379,6 +379,47 @@ pub fn of_args_in(args: &Value, sets: &[&Sources]) -> BTreeMap<String, Vec<Strin
     }
 }
 
+/// Origins in words, for a person deciding an approval: `from the user's task`, `from
+/// bank.history (untrusted)`, `made up by the model (in no source)`.
+pub fn describe(origins: &[String]) -> String {
+    let mut parts = Vec::new();
+    let tools: Vec<&str> = origins
+        .iter()
+        .filter_map(|o| o.strip_prefix("tool:"))
+        .collect();
+    let labels: Vec<&str> = origins
+        .iter()
+        .map(String::as_str)
+        .filter(|o| !o.starts_with("tool:") && ![TASK, OPERATOR, MODEL].contains(o))
+        .collect();
+    if origins.iter().any(|o| o == TASK) {
+        parts.push("the user's task".to_owned());
+    }
+    if origins.iter().any(|o| o == OPERATOR) {
+        parts.push("the operator's configuration".to_owned());
+    }
+    if !tools.is_empty() {
+        let labelled = if labels.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", labels.join(", "))
+        };
+        parts.push(format!("{}{labelled}", tools.join(", ")));
+    }
+    let mut text = if parts.is_empty() {
+        String::new()
+    } else {
+        format!("from {}", parts.join(" and "))
+    };
+    if origins.iter().any(|o| o == MODEL) {
+        if !text.is_empty() {
+            text.push_str("; partly ");
+        }
+        text.push_str("made up by the model (in no source)");
+    }
+    text
+}
+
 /// The key under which a tool may label parts of its own output: `{"$rein_labels":
 /// {"/items/*/memo": ["untrusted"]}, ...}`.
 pub const RETURNED_LABELS: &str = "$rein_labels";
@@ -576,6 +617,24 @@ mod tests {
         }
         assert!(take_returned_labels(&mut json!({"a": 1})).is_empty());
         assert!(take_returned_labels(&mut json!("text")).is_empty());
+    }
+
+    #[test]
+    fn origins_read_as_words() {
+        let o = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(describe(&o(&[TASK])), "from the user's task");
+        assert_eq!(
+            describe(&o(&["tool:mail.inbox", "untrusted"])),
+            "from mail.inbox (untrusted)"
+        );
+        assert_eq!(
+            describe(&o(&[MODEL, TASK])),
+            "from the user's task; partly made up by the model (in no source)"
+        );
+        assert_eq!(
+            describe(&o(&[MODEL])),
+            "made up by the model (in no source)"
+        );
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct ApprovalSummary {
     pub created_ms: u64,
     /// When it expires, if it does.
     pub expires_ms: Option<u64>,
+    /// The arguments of the call it holds (`null` for an approval recorded before they were
+    /// kept).
+    pub args: serde_json::Value,
     /// Who decided it.
     pub decided_by: Option<String>,
     /// The tenant of its run.

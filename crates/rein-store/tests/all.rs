@@ -496,11 +496,38 @@ async fn a_version_1_state_store_is_migrated_in_place() {
         [payload],
     )
     .unwrap();
+    // An approval of the old store: its arguments are found in its request event.
+    let requested = serde_json::to_string(&Event::ApprovalRequested {
+        approval_id: "ap-old".into(),
+        call_id: "c1".into(),
+        tool: "pay".into(),
+        args: serde_json::json!({"amount": 5}),
+        policies: vec![],
+        reasons: vec![],
+        labels: vec![],
+        expires_at_ms: None,
+        provenance: Default::default(),
+    })
+    .unwrap();
+    raw.execute(
+        "INSERT INTO events (run_id, seq, at_ms, payload) VALUES ('old1', 2, 6, ?1)",
+        [requested],
+    )
+    .unwrap();
+    raw.execute(
+        "INSERT INTO approvals (id, run_id, call_id, tool, status, created_ms) VALUES ('ap-old', 'old1', 'c1', 'pay', 'pending', 6)",
+        [],
+    )
+    .unwrap();
     drop(raw);
     let store = open(dir.path());
     let run = store.run("old1").unwrap();
     assert_eq!((run.user.as_str(), run.tenant.as_str()), ("u", "t"));
-    assert_eq!(store.events("old1").unwrap().len(), 1);
+    assert_eq!(
+        store.approval("ap-old").unwrap().args,
+        serde_json::json!({"amount": 5})
+    );
+    assert_eq!(store.events("old1").unwrap().len(), 2);
     // A run of the old store can be taken up under a lease.
     let l = store
         .acquire_lease("old1", "me", 1_000, 0, &|_| false)

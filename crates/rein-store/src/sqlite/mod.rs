@@ -18,7 +18,7 @@ use crate::{
 use writer::{Append, ApprovalChange, Started, write_loop};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// The schema of a new database, at [`SCHEMA_VERSION`].
 const SCHEMA: &str = "
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     created_ms  INTEGER NOT NULL,
     expires_ms  INTEGER,
     decided_by  TEXT,
-    decided_ms  INTEGER
+    decided_ms  INTEGER,
+    args        TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
 CREATE TABLE IF NOT EXISTS events (
@@ -76,6 +77,18 @@ UPDATE runs SET
     tenant = COALESCE((SELECT json_extract(payload, '$.tenant') FROM events WHERE run_id = runs.id AND seq = 1), 'default'),
     parent_run = (SELECT json_extract(payload, '$.parent.run_id') FROM events WHERE run_id = runs.id AND seq = 1);
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
+";
+
+/// From schema version 2: approvals keep the arguments of the call they hold, so the inbox can
+/// show them without reading each run's log.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE approvals ADD COLUMN args TEXT;
+UPDATE approvals SET args = (
+    SELECT json_extract(payload, '$.args') FROM events
+    WHERE events.run_id = approvals.run_id
+      AND json_extract(payload, '$.type') = 'approval_requested'
+      AND json_extract(payload, '$.approval_id') = approvals.id
+);
 ";
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends.
@@ -240,7 +253,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     match found {
         0 if !has_runs => tx.execute_batch(SCHEMA).map_err(db_err)?,
         // A version-1 database (also one whose version was never written).
-        0 | 1 => tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?,
+        0 | 1 => {
+            tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?;
+            tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?;
+        }
+        2 => tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?,
         _ => {}
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -261,7 +278,7 @@ fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, S
     .transpose()
 }
 
-const APPROVAL_COLUMNS: &str = "a.id, a.run_id, a.call_id, a.tool, a.status, a.created_ms, a.expires_ms, a.decided_by, r.tenant";
+const APPROVAL_COLUMNS: &str = "a.id, a.run_id, a.call_id, a.tool, a.status, a.created_ms, a.expires_ms, a.decided_by, r.tenant, a.args";
 
 fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummary> {
     Ok(ApprovalSummary {
@@ -274,6 +291,10 @@ fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummar
         expires_ms: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         decided_by: row.get(7)?,
         tenant: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
+        args: row
+            .get::<_, Option<String>>(9)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or(serde_json::Value::Null),
     })
 }
 
@@ -378,6 +399,7 @@ impl Store for SqliteStore {
                     approval_id,
                     call_id,
                     tool,
+                    args,
                     expires_at_ms,
                     ..
                 } => {
@@ -385,6 +407,7 @@ impl Store for SqliteStore {
                         id: approval_id.clone(),
                         call_id: call_id.clone(),
                         tool: tool.clone(),
+                        args: args.to_string(),
                         at_ms: stored.at_ms,
                         expires_ms: *expires_at_ms,
                     });

@@ -51,6 +51,7 @@ pub(super) enum ApprovalChange {
         id: String,
         call_id: String,
         tool: String,
+        args: String,
         at_ms: u64,
         expires_ms: Option<u64>,
     },
@@ -423,14 +424,15 @@ fn apply_append<'a>(
                 id,
                 call_id,
                 tool,
+                args,
                 at_ms,
                 expires_ms,
             } => {
                 conn.prepare_cached(
-                    "INSERT INTO approvals (id, run_id, call_id, tool, status, created_ms, expires_ms)
-                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                    "INSERT INTO approvals (id, run_id, call_id, tool, status, created_ms, expires_ms, args)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7)",
                 )?
-                .execute(params![id, run, call_id, tool, *at_ms as i64, expires_ms.map(|e| e as i64)])?;
+                .execute(params![id, run, call_id, tool, *at_ms as i64, expires_ms.map(|e| e as i64), args])?;
             }
             ApprovalChange::Decided {
                 id,

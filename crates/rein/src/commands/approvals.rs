@@ -47,11 +47,12 @@ pub(crate) fn list(rein: &Rein, all: bool, json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     outln!(
-        "{:<32}  {:<9}  {:<20}  {:<32}  when",
+        "{:<32}  {:<9}  {:<20}  {:<32}  {:<18}  arguments",
         "approval",
         "status",
         "tool",
-        "run"
+        "run",
+        "when"
     );
     for a in approvals {
         let when = if a.status == "pending" {
@@ -63,11 +64,13 @@ pub(crate) fn list(rein: &Rein, all: bool, json: bool) -> anyhow::Result<u8> {
                 .unwrap_or_default()
         };
         outln!(
-            "{:<32}  {:<9}  {:<20}  {:<32}  {when}",
+            "{:<32}  {:<9}  {:<20}  {:<32}  {:<18}  {}",
             a.id,
             a.status,
             render::one_line(&a.tool, 20),
-            a.run_id
+            a.run_id,
+            when,
+            render::one_line(&a.arguments.to_string(), 60)
         );
     }
     Ok(0)
@@ -115,6 +118,18 @@ pub(crate) fn show(rein: &Rein, id: &str, json: bool) -> anyhow::Result<u8> {
             }
         }
         other => outln!("    {}", serde_json::to_string(other)?),
+    }
+    if !card.provenance_text.is_empty() {
+        outln!("  from");
+        for line in &card.provenance_text {
+            outln!("    {line}");
+        }
+    }
+    if let Some(diff) = &card.diff {
+        outln!("  changes");
+        for line in diff.lines() {
+            outln!("    {line}");
+        }
     }
     outln!("  why        {}", card.reasons.join("; "));
     outln!("  policies   {}", card.policies.join(", "));

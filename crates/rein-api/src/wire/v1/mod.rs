@@ -144,6 +144,9 @@ pub struct ApprovalSummary {
     pub decided_by: Option<String>,
     /// Its run's tenant.
     pub tenant: String,
+    /// The exact arguments the call runs with (for the answer, `{"text": ...}`).
+    #[serde(default)]
+    pub arguments: Value,
 }
 
 /// The approval card: rendered from the recorded request, never from text a model wrote.
@@ -159,6 +162,16 @@ pub struct ApprovalCard {
     pub reasons: Vec<String>,
     /// The labels in play.
     pub labels: Vec<String>,
+    /// Where each argument's values came from (`task`, `operator`, `tool:<name>`, labels,
+    /// `model`).
+    #[serde(default)]
+    pub provenance: BTreeMap<String, Vec<String>>,
+    /// Each argument's provenance in words: `to_iban: from mail.inbox (untrusted)`.
+    #[serde(default)]
+    pub provenance_text: Vec<String>,
+    /// For a file write: what it changes, as a unified diff against the file as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
     /// The run's agent.
     pub agent: Option<String>,
     /// The run's task.
