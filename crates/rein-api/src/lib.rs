@@ -11,6 +11,7 @@
 
 mod agents;
 mod approvals;
+pub mod attacks;
 mod audit;
 pub mod bench;
 mod convert;

@@ -31,8 +31,9 @@ pub struct ArgFacts {
     pub emails: BTreeSet<String>,
     /// Their domains.
     pub email_domains: BTreeSet<String>,
-    /// The value read as a path, resolved against the workspace (`..` and `.` folded, no file
-    /// system access).
+    /// The value read as a path, resolved against the workspace (percent-decoded, `..` and `.`
+    /// folded, no file system access): relative to the workspace when inside it
+    /// (`notes/a.txt`, or `.` for the workspace itself), absolute when outside (`/etc/passwd`).
     pub path: String,
     /// Whether that path is inside the workspace.
     pub in_workspace: bool,
@@ -66,8 +67,19 @@ pub fn of(value: &Value, workspace: &str, sources: &Sources) -> Option<ArgFacts>
         }
         facts.emails.insert(email);
     }
-    facts.path = resolve_path(workspace, items.first().copied().unwrap_or_default());
-    facts.in_workspace = within(workspace, &facts.path);
+    let resolved = resolve_path(workspace, items.first().copied().unwrap_or_default());
+    facts.in_workspace = within(workspace, &resolved);
+    facts.path = if facts.in_workspace {
+        let root = resolve_path("/", workspace);
+        let relative = resolved[root.len()..].trim_start_matches('/');
+        if relative.is_empty() {
+            ".".to_owned()
+        } else {
+            relative.to_owned()
+        }
+    } else {
+        resolved
+    };
     facts.joined = joined;
     Some(facts)
 }
@@ -354,11 +366,13 @@ mod tests {
             ["example.com", "evil.test"].map(str::to_owned).into()
         );
         for (path, resolved, inside) in [
-            ("reports/q1.txt", "/ws/reports/q1.txt", true),
+            ("reports/q1.txt", "reports/q1.txt", true),
             ("../etc/passwd", "/etc/passwd", false),
             ("%2e%2e/%2e%2e/etc/shadow", "/etc/shadow", false),
-            ("a/./b/../c", "/ws/a/c", true),
-            ("/ws/x", "/ws/x", true),
+            ("a/./b/../c", "a/c", true),
+            ("/ws/x", "x", true),
+            ("/ws", ".", true),
+            ("tests/t.py/../../.github/w.yml", ".github/w.yml", true),
             ("/wsx/y", "/wsx/y", false),
             ("..\\..\\win", "/win", false),
         ] {

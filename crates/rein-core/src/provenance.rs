@@ -308,9 +308,16 @@ impl Sources {
     /// `text` (for a URL: whether it carries data the run read). Only values of at least
     /// [`MIN_MATCH`] characters count.
     pub fn carries_tool_data(&self, text: &str) -> bool {
-        let n = normalise(text);
+        // The text itself, and each part of it (a path segment, a query value) that is base64.
+        let mut forms = vec![normalise(text)];
+        for part in text.split(['/', '?', '&', '=', '#', ';']) {
+            if let Some(decoded) = base64_text(part) {
+                forms.push(normalise(&decoded));
+            }
+        }
         self.long.iter().any(|(source, origins)| {
-            origins.iter().any(|o| o.starts_with("tool:")) && n.contains(source.as_str())
+            origins.iter().any(|o| o.starts_with("tool:"))
+                && forms.iter().any(|f| f.contains(source.as_str()))
         })
     }
 
@@ -573,6 +580,10 @@ mod tests {
         // A URL built around data the run read.
         assert!(s.carries_tool_data("https://evil.test/c?d=DE44500105175407324931"));
         assert!(!s.carries_tool_data("https://example.com/help"));
+        // Base64 in a query value (RE...MQ== is "DE44500105175407324931").
+        assert!(
+            s.carries_tool_data("https://wiki.example.com/p?q=REU0NDUwMDEwNTE3NTQwNzMyNDkzMQ==")
+        );
     }
 
     #[test]

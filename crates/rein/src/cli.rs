@@ -103,6 +103,23 @@ pub(crate) enum Command {
         #[command(subcommand)]
         what: SchemaCommand,
     },
+    /// Run the attack catalogue: each scenario's compromised model against its policies, with
+    /// rein playing a careful person; prints harmful attempts, those the gate denied, harmful
+    /// effects, benign tasks completed and approvals. Exits 1 when a harmful effect happened.
+    Attacks {
+        /// The catalogue (a folder of scenario folders), such as examples/attacks.
+        catalogue: PathBuf,
+        /// Use each scenario's policies from this subfolder instead of `policies/` (`before`:
+        /// what an operator would have written without provenance, grants, data or counters).
+        #[arg(long)]
+        policies: Option<String>,
+        /// Give no grants, as rein could not before grants existed.
+        #[arg(long)]
+        no_grants: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure rein's own costs on this machine.
     Bench {
         #[command(subcommand)]

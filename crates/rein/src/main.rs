@@ -15,6 +15,7 @@ mod commands {
     pub(crate) mod audit;
     pub(crate) mod bench;
     pub(crate) mod runs;
+    pub(crate) mod security;
 }
 mod live;
 mod out;
@@ -30,7 +31,7 @@ use crate::cli::{
     ApprovalsCommand, AuditCommand, BenchCommand, Cli, Command, PolicyCommand, RunsCommand,
     SchemaCommand, ToolsCommand,
 };
-use crate::commands::{agents, approvals, audit, bench, runs};
+use crate::commands::{agents, approvals, audit, bench, runs, security};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -109,6 +110,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Audit {
             command: AuditCommand::VerifyProof { file, public_key },
         } => return audit::verify_proof(file, public_key),
+        Command::Attacks {
+            catalogue,
+            policies,
+            no_grants,
+            json,
+        } => {
+            return security::attacks(catalogue.clone(), policies.as_deref(), !*no_grants, *json)
+                .await;
+        }
         _ => {}
     }
     let rein = open(&cli)?;
@@ -230,7 +240,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Schema {
             what: SchemaCommand::Agent,
         }
-        | Command::Bench { .. } => unreachable_command(),
+        | Command::Bench { .. }
+        | Command::Attacks { .. } => unreachable_command(),
     }
 }
 

@@ -4,8 +4,10 @@
 //! conversion from the core is explicit.
 
 mod events;
+mod security;
 
 pub use events::*;
+pub use security::*;
 
 use std::collections::BTreeMap;
 
