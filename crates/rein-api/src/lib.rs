@@ -15,6 +15,7 @@ pub mod attacks;
 mod audit;
 pub mod bench;
 mod convert;
+pub mod redteam;
 mod runs;
 pub mod wire;
 

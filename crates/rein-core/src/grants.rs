@@ -36,14 +36,54 @@ pub struct Grant {
     pub max_calls: Option<u32>,
 }
 
-/// What one argument may be.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// What one argument may be: a value it must equal (a string, number, boolean or list; an
+/// object is written `{"equals": {...}}`), or a rule object.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Constraint {
     /// A rule.
     Rule(Rule),
     /// Exactly this value.
     Equals(Value),
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Constraint::Rule(rule) => rule.serialize(s),
+            // An object value is written so that it reads back as a value, not as a rule.
+            Constraint::Equals(v @ Value::Object(_)) => {
+                serde_json::json!({ "equals": v }).serialize(s)
+            }
+            Constraint::Equals(v) => v.serialize(s),
+        }
+    }
+}
+
+const RULE_KEYS: [&str; 5] = ["one_of", "max", "min", "prefix", "any"];
+
+impl<'de> Deserialize<'de> for Constraint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Constraint, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::Object(mut map) => {
+                if map.len() == 1 && map.contains_key("equals") {
+                    return Ok(Constraint::Equals(
+                        map.remove("equals").unwrap_or(Value::Null),
+                    ));
+                }
+                if let Some(bad) = map.keys().find(|k| !RULE_KEYS.contains(&k.as_str())) {
+                    return Err(D::Error::custom(format!(
+                        "`{bad}` is not a rule; a rule is one of {} (an object value is written {{\"equals\": {{...}}}})",
+                        RULE_KEYS.join(", ")
+                    )));
+                }
+                serde_json::from_value(Value::Object(map))
+                    .map(Constraint::Rule)
+                    .map_err(D::Error::custom)
+            }
+            other => Ok(Constraint::Equals(other)),
+        }
+    }
 }
 
 /// A rule on an argument's value; every field given must hold.
@@ -227,6 +267,22 @@ mod tests {
         assert_eq!(t("shell.run", json!({}), 0), None);
         assert!(parse("no json").is_err());
         assert!(parse(r#"[{"tool": "x", "bogus": 1}]"#).is_err());
+        let typo = parse(r#"[{"tool": "x", "args": {"amount": {"most": 5}}}]"#).unwrap_err();
+        assert!(typo.contains("`most` is not a rule"), "{typo}");
+        let object = parse(r#"[{"tool": "x", "args": {"opts": {"equals": {"a": 1}}}}]"#).unwrap();
+        assert_eq!(
+            covering(&object, "x", &json!({"opts": {"a": 1}}), 0),
+            Some(0)
+        );
+        // Grants are recorded in the log: they read back as they were.
+        for g in [object, grants] {
+            let text = serde_json::to_string(&g).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Vec<Grant>>(&text).unwrap(),
+                g,
+                "{text}"
+            );
+        }
         assert_eq!(parse(r#"{"tool": "x"}"#).unwrap().len(), 1);
     }
 }

@@ -309,7 +309,8 @@ impl Sources {
     /// [`MIN_MATCH`] characters count.
     pub fn carries_tool_data(&self, text: &str) -> bool {
         // The text itself, and each part of it (a path segment, a query value) that is base64.
-        let mut forms = vec![normalise(text)];
+        // `+` is a space in a query string.
+        let mut forms = vec![normalise(text), normalise(&text.replace('+', " "))];
         for part in text.split(['/', '?', '&', '=', '#', ';']) {
             if let Some(decoded) = base64_text(part) {
                 forms.push(normalise(&decoded));

@@ -64,6 +64,8 @@ pub struct Agent {
     pub planner: Option<Arc<dyn Provider>>,
     /// How the run's answer is treated as a sink.
     pub answer: rein_config::AnswerSpec,
+    /// What the gate knows about each tool (sink, risk, labels, groups, arguments).
+    pub tool_facts: Vec<ToolFacts>,
     /// The agent's secrets, resolved; tools read them as they start.
     pub secrets: Arc<dyn SecretSource>,
     /// Replaces secret values in everything the run records. Not public, like the gate.
@@ -268,6 +270,7 @@ impl Agent {
             setup.parents = vec![(*parent_name).to_owned()];
         }
         let gate = Arc::new(Gate::load_dir(&spec.dir, &setup).map_err(EngineError::Policy)?);
+        let tool_facts = setup.tools.clone();
         let mut delegates = HashMap::new();
         for (tool, child) in &children {
             let mut child = Agent::build(
@@ -346,6 +349,7 @@ impl Agent {
             policy_data: Arc::new(policy_data),
             planner,
             answer: spec.answer.clone(),
+            tool_facts,
             name: spec.name.clone(),
             dir: Some(spec.dir.clone()),
             digest: spec.digest.clone(),

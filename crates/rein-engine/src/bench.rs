@@ -147,6 +147,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         policy_data: Arc::new(crate::policy_data::PolicyData::none()),
         planner: None,
         answer: Default::default(),
+        tool_facts: vec![],
         secrets: Arc::new(rein_tools::NoSecrets),
         redactor: Default::default(),
         delegates: Default::default(),

@@ -22,6 +22,9 @@ pub enum ToolRegistryError {
         /// What is wrong.
         problem: String,
     },
+    /// No tool has this name.
+    #[error("there is no tool `{0}` to replace")]
+    Unknown(String),
 }
 
 /// Why a proposed call was refused before anything ran.
@@ -86,6 +89,23 @@ impl ToolRegistry {
             .map_err(|e| bad(format!("is not valid JSON Schema: {e}")))?;
         self.entries.insert(name, Entry { tool, validator });
         Ok(())
+    }
+
+    /// Puts `tool` in the place of the tool of the same name (keeping its compiled schema, which
+    /// `tool`'s manifest must share): a recording stand-in for a red team, for example.
+    pub fn replace(&mut self, tool: Arc<dyn Tool>) -> Result<(), ToolRegistryError> {
+        let name = tool.manifest().name.clone();
+        match self.entries.get_mut(&name) {
+            Some(entry) if entry.tool.manifest().parameters == tool.manifest().parameters => {
+                entry.tool = tool;
+                Ok(())
+            }
+            Some(_) => Err(ToolRegistryError::BadSchema {
+                name,
+                problem: "a replacement must take the same arguments".into(),
+            }),
+            None => Err(ToolRegistryError::Unknown(name)),
+        }
     }
 
     /// The tool with this name.

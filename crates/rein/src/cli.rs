@@ -120,6 +120,27 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attack an agent with a fully compromised model built from its manifests: every sink and
+    /// high-risk tool with out-of-task values, untrusted values and the run's data, amounts
+    /// split over calls, paths that escape, evasions, the answer as a channel. Tools run on a
+    /// throw-away copy (command tools sandboxed; MCP tools, http.get and sub-agents stubbed).
+    /// Exits 1 when an attack would have executed.
+    Redteam {
+        /// The agent folder.
+        agent_dir: PathBuf,
+        /// The task to attack with (default: the agent's `default_task`).
+        #[arg(long)]
+        task: Option<String>,
+        /// Also write the report as JUnit XML to this file.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Also write the report as SARIF 2.1.0 to this file.
+        #[arg(long)]
+        sarif: Option<PathBuf>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure rein's own costs on this machine.
     Bench {
         #[command(subcommand)]

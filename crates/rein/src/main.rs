@@ -143,6 +143,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             };
             runs::run(rein, request, json).await
         }
+        Command::Redteam {
+            agent_dir,
+            task,
+            junit,
+            sarif,
+            json,
+        } => security::redteam(rein, &agent_dir, task, junit, sarif, json).await,
         Command::Runs { command } => match command {
             RunsCommand::List {
                 limit,
