@@ -36,8 +36,8 @@ pub async fn steps(
 }
 
 /// Gate decision latency with `policies` generated policies.
-pub fn gate(policies: usize, decisions: usize) -> Result<GateBenchReport, Error> {
-    Ok(rein_engine::bench::bench_gate(policies, decisions)?)
+pub fn gate(policies: usize, decisions: usize, guards: bool) -> Result<GateBenchReport, Error> {
+    Ok(rein_engine::bench::bench_gate(policies, decisions, guards)?)
 }
 
 /// What budget accounting and context building cost per model step.

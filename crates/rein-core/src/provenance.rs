@@ -41,10 +41,29 @@ pub type Origins = BTreeSet<String>;
 pub struct Sources {
     /// Normalised short values (words, short strings) and their origins, for equality.
     exact: HashMap<String, Origins>,
-    /// Normalised values of at least [`MIN_MATCH`] characters, for containment both ways.
-    long: Vec<(String, Origins)>,
+    /// Normalised values of at least [`MIN_MATCH`] characters, for containment both ways, each
+    /// once.
+    long: Vec<Long>,
+    /// Where each long value is in `long`.
+    long_index: HashMap<String, usize>,
+    /// Every long value, each followed by a newline (normalised text holds none), so the values
+    /// containing a string are found with one substring search.
+    corpus: String,
+    /// Where each long value starts in `corpus`.
+    starts: Vec<usize>,
+    /// Long values by their first [`MIN_MATCH`] characters, so the values a string contains
+    /// are found by looking up each of its windows.
+    prefixes: HashMap<String, Vec<usize>>,
     /// Numbers (as their bits, for hashing) and their origins.
     numbers: HashMap<u64, Origins>,
+}
+
+/// A long source value.
+#[derive(Debug, Clone, PartialEq)]
+struct Long {
+    text: String,
+    origins: Origins,
+    from_tool: bool,
 }
 
 /// Percent-decodes, lower-cases and removes whitespace.
@@ -187,8 +206,34 @@ impl Sources {
 
     fn add_string(&mut self, text: &str, origins: &Origins) {
         let n = normalise(text);
-        if n.chars().count() >= MIN_MATCH {
-            self.long.push((n.clone(), origins.clone()));
+        let chars = n.chars().count();
+        if chars >= MIN_MATCH {
+            match self.long_index.get(&n) {
+                Some(&i) => self.long[i].origins.extend(origins.iter().cloned()),
+                None => {
+                    let prefix: String = n.chars().take(MIN_MATCH).collect();
+                    self.prefixes
+                        .entry(prefix)
+                        .or_default()
+                        .push(self.long.len());
+                    self.long_index.insert(n.clone(), self.long.len());
+                    self.starts.push(self.corpus.len());
+                    self.corpus.push_str(&n);
+                    self.corpus.push('\n');
+                    self.long.push(Long {
+                        text: n.clone(),
+                        origins: Origins::new(),
+                        from_tool: false,
+                    });
+                    if let Some(last) = self.long.last_mut() {
+                        last.origins.extend(origins.iter().cloned());
+                    }
+                }
+            }
+            if let Some(&i) = self.long_index.get(&n) {
+                self.long[i].from_tool =
+                    self.long[i].origins.iter().any(|o| o.starts_with("tool:"));
+            }
         }
         self.add_exact(n, origins);
         for word in words(text) {
@@ -262,16 +307,14 @@ impl Sources {
             out.extend(found.iter().cloned());
         }
         let len = n.chars().count();
-        for (source, origins) in &self.long {
-            let hit = (len >= MIN_MATCH && source.contains(&n))
-                || (source.chars().count() >= MIN_MATCH && n.contains(source.as_str()));
-            if hit {
-                out.extend(origins.iter().cloned());
-            }
+        if len >= MIN_MATCH {
+            // Source values that contain it, and source values it contains.
+            self.containing(&n, out);
+            self.contained(&n, out);
         }
         // Free text in an argument (a message body): its words of at least MIN_MATCH characters
         // are looked up one by one.
-        if n.chars().count() > MIN_MATCH {
+        if len > MIN_MATCH {
             for word in words(text) {
                 let w = normalise(word);
                 if w.chars().count() < MIN_MATCH || w == n {
@@ -280,11 +323,7 @@ impl Sources {
                 if let Some(found) = self.exact.get(&w) {
                     out.extend(found.iter().cloned());
                 }
-                for (source, origins) in &self.long {
-                    if source.contains(w.as_str()) {
-                        out.extend(origins.iter().cloned());
-                    }
-                }
+                self.containing(&w, out);
             }
         }
         // A number written as text ("120.00") matches the number.
@@ -295,6 +334,43 @@ impl Sources {
         }
         if let Some(decoded) = base64_text(text) {
             self.of_string(&decoded, out);
+        }
+    }
+
+    /// Adds the origins of every long source value that contains `n` (normalised, at least
+    /// [`MIN_MATCH`] characters).
+    fn containing(&self, n: &str, out: &mut Origins) {
+        let mut last = usize::MAX;
+        for (at, _) in self.corpus.match_indices(n) {
+            let i = self.starts.partition_point(|s| *s <= at).saturating_sub(1);
+            if i != last {
+                last = i;
+                if let Some(l) = self.long.get(i) {
+                    out.extend(l.origins.iter().cloned());
+                }
+            }
+        }
+    }
+
+    /// Adds the origins of every long source value that `n` (normalised) contains: each window
+    /// of [`MIN_MATCH`] characters is looked up among the values' beginnings.
+    fn contained(&self, n: &str, out: &mut Origins) {
+        let bounds: Vec<usize> = n
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(n.len()))
+            .collect();
+        for w in 0..bounds.len().saturating_sub(MIN_MATCH) {
+            let (start, end) = (bounds[w], bounds[w + MIN_MATCH]);
+            if let Some(candidates) = self.prefixes.get(&n[start..end]) {
+                for &i in candidates {
+                    if let Some(l) = self.long.get(i)
+                        && n[start..].starts_with(l.text.as_str())
+                    {
+                        out.extend(l.origins.iter().cloned());
+                    }
+                }
+            }
         }
     }
 
@@ -316,10 +392,9 @@ impl Sources {
                 forms.push(normalise(&decoded));
             }
         }
-        self.long.iter().any(|(source, origins)| {
-            origins.iter().any(|o| o.starts_with("tool:"))
-                && forms.iter().any(|f| f.contains(source.as_str()))
-        })
+        self.long
+            .iter()
+            .any(|l| l.from_tool && forms.iter().any(|f| f.contains(l.text.as_str())))
     }
 
     /// Whether nothing has been added.
@@ -610,6 +685,50 @@ mod tests {
         assert_eq!(s.origins(&json!("A-1002")), origins(&[TASK]));
         assert_eq!(s.origins(&json!("A-100")), origins(&[MODEL]));
         assert_eq!(s.origins(&json!("fund")), origins(&[MODEL]));
+    }
+
+    #[test]
+    fn indexed_containment_finds_what_a_scan_of_every_value_finds() {
+        let mut s = Sources::default();
+        let values = [
+            "DE89370400440532013000",
+            "ann@example.com",
+            "INV-2026-0042",
+            "invoice INV-2026-0042 paid",
+            "näïve-ünïcode-välue",
+            "aaaaaaaaaaaaaaaa",
+            "aaaaaaaab",
+            "https://x.example/a?b=c",
+        ];
+        for (i, v) in values.iter().enumerate() {
+            s.add_text(v, &[&format!("tool:t{i}")]);
+        }
+        let probes = [
+            "DE89370400440532013000",
+            "pay DE89370400440532013000 now",
+            "INV-2026-0042",
+            "xx-näïve-ünïcode-välue-yy",
+            "aaaaaaaaaaaaaaaaaaaa",
+            "aaaaaaaab",
+            "ann@example.com,bob",
+            "x.example/a?b=c",
+            "nothing-here-at-all",
+        ];
+        for probe in probes {
+            let n = normalise(probe);
+            let mut fast = Origins::new();
+            s.containing(&n, &mut fast);
+            s.contained(&n, &mut fast);
+            let mut slow = Origins::new();
+            for l in &s.long {
+                if n.chars().count() >= MIN_MATCH
+                    && (l.text.contains(&n) || n.contains(l.text.as_str()))
+                {
+                    slow.extend(l.origins.iter().cloned());
+                }
+            }
+            assert_eq!(fast, slow, "{probe}");
+        }
     }
 
     #[test]

@@ -255,12 +255,17 @@ fn peak_rss_kb() -> u64 {
 pub struct GateBenchReport {
     /// Policies loaded.
     pub policies: usize,
+    /// Whether a fifth of them read provenance, facts, data, counters and grants.
+    pub guards: bool,
     /// Decisions made.
     pub decisions: usize,
     /// Median decision latency.
     pub p50_us: f64,
     /// 99th percentile decision latency.
     pub p99_us: f64,
+    /// Of the median decision, the time spent on provenance, argument facts, counters and
+    /// grants before judging.
+    pub facts_p50_us: f64,
     /// Decisions per second on one thread.
     pub decisions_per_s: f64,
 }
@@ -271,7 +276,15 @@ pub struct GateBenchReport {
 /// before judging: every argument's provenance (against a task, instructions, five tool outputs
 /// and fifty data values), the facts of its string arguments, the tool's counters and whether a
 /// grant covers the call.
-pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, EngineError> {
+///
+/// With `guards`, the fifth of the policies that match argument text with `like` read the facts
+/// rein computes instead: where a value came from, policy data with counters, e-mail domains
+/// with grants, so their cost in the context is measured too.
+pub fn bench_gate(
+    policies: usize,
+    decisions: usize,
+    guards: bool,
+) -> Result<GateBenchReport, EngineError> {
     let tools: Vec<ToolFacts> = (0..20)
         .map(|i| ToolFacts {
             name: format!("tool{i}.run"),
@@ -304,6 +317,11 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
             0 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.lessThan(decimal(\"{}.0\")) }};\n", 50 + p),
             1 => format!("@ask(\"big\")\npermit(principal, action == Action::\"{tool}\", resource) when {{ context.args.amount.greaterThan(decimal(\"{}.0\")) }};\n", 500 + p),
             2 => format!("forbid(principal, action in Action::\"call_tool\", resource in ToolGroup::\"group{group}\") when {{ context.labels.contains(\"confidential\") && resource.sink }};\n"),
+            3 if guards => match (p / 5) % 3 {
+                0 => format!("forbid(principal, action == Action::\"{tool}\", resource) when {{ context.from.to.contains(\"untrusted\") }};\n"),
+                1 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.data.payees.contains(context.args.to) && context.counters.calls < {p} }};\n"),
+                _ => format!("forbid(principal, action == Action::\"{tool}\", resource) when {{ context.facts has to && context.facts.to.email_domains.contains(\"evil{p}.test\") && !context.grants.covered }};\n"),
+            },
             3 => format!("permit(principal, action == Action::\"{tool}\", resource) when {{ context.args.to like \"*@example{p}.com\" }};\n"),
             _ => format!("forbid(principal, action == Action::\"{tool}\", resource) when {{ context.user == \"blocked{p}\" && context.args has count && context.args.count > {p} }};\n"),
         });
@@ -351,14 +369,14 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
         operator.add_text(&payee, &[rein_core::provenance::OPERATOR]);
         payees.insert(payee);
     }
-    let data: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        [("payees".to_owned(), payees)].into();
+    let data: rein_policy::DataSets = Arc::new([("payees".to_owned(), payees)].into());
     let grants = rein_core::grants::parse(
         r#"[{"tool": "tool1.run", "args": {"to": "someone@example7.com", "amount": {"max": 200}}}, {"tool": "tool2.run"}]"#,
     )
     .map_err(EngineError::Agent)?;
     let mut counter = rein_core::state::Counter::default();
     let mut samples = Vec::with_capacity(decisions);
+    let mut facts_samples = Vec::with_capacity(decisions);
     let began = Instant::now();
     for i in 0..decisions {
         let args = serde_json::json!({"amount": (i % 1000) as f64 + 0.5, "to": format!("someone@example{}.com", i % 40), "count": i % 7});
@@ -388,6 +406,7 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
             },
             data: data.clone(),
         };
+        facts_samples.push(t.elapsed().as_nanos() as u64);
         let decision = gate.judge_tool(&tool, &args, &facts);
         samples.push(t.elapsed().as_nanos() as u64);
         std::hint::black_box(decision);
@@ -395,7 +414,8 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
     }
     let elapsed = began.elapsed();
     samples.sort_unstable();
-    let pct = |p: f64| {
+    facts_samples.sort_unstable();
+    let pct = |samples: &[u64], p: f64| {
         samples
             .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
             .copied()
@@ -404,9 +424,11 @@ pub fn bench_gate(policies: usize, decisions: usize) -> Result<GateBenchReport, 
     };
     Ok(GateBenchReport {
         policies: gate.policy_count(),
+        guards,
         decisions,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        p50_us: pct(&samples, 0.50),
+        p99_us: pct(&samples, 0.99),
+        facts_p50_us: pct(&facts_samples, 0.50),
         decisions_per_s: decisions as f64 / elapsed.as_secs_f64(),
     })
 }

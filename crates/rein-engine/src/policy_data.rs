@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// Each set's values: every string as it is and lower-cased, every number.
-    pub sets: BTreeMap<String, BTreeSet<String>>,
+    pub sets: Arc<BTreeMap<String, BTreeSet<String>>>,
     /// Every value, with origin `operator`, for provenance.
     pub sources: Sources,
     /// Each file's SHA-256, by set name.
@@ -105,6 +105,7 @@ impl PolicyData {
         let mut changes = Changes::default();
         let previous = guard.1.clone();
         let mut next = Loaded::default();
+        let mut sets = BTreeMap::new();
         for (i, (name, path)) in self.files.iter().enumerate() {
             let unchanged = guard.0.get(i) == Some(&stamps[i]) && stamps[i].is_some();
             let read = if unchanged {
@@ -129,7 +130,7 @@ impl PolicyData {
                         .collect();
                     let mut set = BTreeSet::new();
                     provenance::data_values(&value, &mut set);
-                    next.sets.insert(name.clone(), set);
+                    sets.insert(name.clone(), set);
                     next.digests.insert(name.clone(), digest.clone());
                     if previous.digests.get(name).is_some_and(|d| *d != digest) {
                         changes.reloaded.push((name.clone(), digest));
@@ -141,7 +142,7 @@ impl PolicyData {
                     }
                     // Unchanged, or unreadable now: the last good content stays.
                     if let Some(set) = previous.sets.get(name) {
-                        next.sets.insert(name.clone(), set.clone());
+                        sets.insert(name.clone(), set.clone());
                     }
                     if let Some(d) = previous.digests.get(name) {
                         next.digests.insert(name.clone(), d.clone());
@@ -149,6 +150,7 @@ impl PolicyData {
                 }
             }
         }
+        next.sets = Arc::new(sets);
         for set in next.sets.values() {
             for value in set {
                 next.sources.add_text(value, &[provenance::OPERATOR]);

@@ -59,6 +59,44 @@ pub fn answer_facts(text: &str, sources: &Sources) -> AnswerFacts {
     }
 }
 
+/// Which of the costlier context attributes a target's policies read. An attribute no policy of
+/// the target names cannot change its decisions, so it is not built (requests are not checked
+/// against the schema; the policies were, when they loaded). Found by the attribute's name
+/// appearing as a word in a policy's text, which can only err towards building it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Uses {
+    pub(crate) from: bool,
+    pub(crate) facts: bool,
+    pub(crate) counters: bool,
+    pub(crate) grants: bool,
+    pub(crate) data: bool,
+    pub(crate) answer: bool,
+}
+
+impl Uses {
+    pub(crate) fn of(policies: &cedar_policy::PolicySet) -> Uses {
+        let mut uses = Uses::default();
+        for policy in policies.policies() {
+            let text = policy.to_string();
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                match word {
+                    "from" => uses.from = true,
+                    "facts" => uses.facts = true,
+                    "counters" => uses.counters = true,
+                    "grants" => uses.grants = true,
+                    "data" => uses.data = true,
+                    "answer" => uses.answer = true,
+                    _ => {}
+                }
+            }
+        }
+        uses
+    }
+}
+
+/// Policy data sets by name, shared between decisions.
+pub type DataSets = std::sync::Arc<BTreeMap<String, BTreeSet<String>>>;
+
 /// The facts of one request besides its target.
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
@@ -86,8 +124,9 @@ pub struct RequestFacts {
     pub cost_micros: u64,
     /// The run's grants (`context.grants`).
     pub grants: GrantFacts,
-    /// Policy data sets (`context.data.<name>`).
-    pub data: BTreeMap<String, BTreeSet<String>>,
+    /// Policy data sets (`context.data.<name>`), shared: the same sets serve every decision
+    /// until they change.
+    pub data: DataSets,
 }
 
 /// What the policies see of the run's grants.

@@ -81,7 +81,7 @@ impl Gate {
             approved_by: scenario.approved_by.clone(),
             from: scenario.from.clone(),
             grants: scenario.grants.clone(),
-            data: scenario.data.clone(),
+            data: std::sync::Arc::new(scenario.data.clone()),
             run_calls: scenario.calls,
             ..RequestFacts::default()
         };

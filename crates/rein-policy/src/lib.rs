@@ -31,7 +31,7 @@ use rein_core::gate::{Effect, Matched, compose};
 use rein_core::{Decision, Verdict};
 use serde_json::{Value, json};
 
-pub use context::{AnswerFacts, GrantFacts, RequestFacts, answer_facts, arg_facts};
+pub use context::{AnswerFacts, DataSets, GrantFacts, RequestFacts, answer_facts, arg_facts};
 pub use examples::{Scenario, Target};
 pub use schema::{CedarType, ToolFacts, cedar_type, schema_text};
 
@@ -100,6 +100,8 @@ struct TargetSlice {
     resource: EntityUid,
     args_type: Option<CedarType>,
     kinds: schema::ArgKinds,
+    /// Which costlier context attributes its policies read.
+    uses: context::Uses,
     policies: PolicySet,
 }
 
@@ -354,6 +356,7 @@ impl Gate {
                     resource,
                     args_type: cedar_type(&tool.args_schema),
                     kinds: schema::arg_kinds(&tool.args_schema),
+                    uses: context::Uses::of(&policies),
                     policies,
                 },
             );
@@ -370,6 +373,7 @@ impl Gate {
                     resource,
                     args_type: None,
                     kinds: Default::default(),
+                    uses: context::Uses::of(&policies),
                     policies,
                 },
             );
@@ -393,6 +397,7 @@ impl Gate {
                     resource,
                     args_type: None,
                     kinds: Default::default(),
+                    uses: context::Uses::of(&policies),
                     policies,
                 },
             );
@@ -423,6 +428,7 @@ impl Gate {
                 resource: answer,
                 args_type: None,
                 kinds: Default::default(),
+                uses: context::Uses::of(&respond_policies),
                 policies: respond_policies,
             },
             data: setup.data.clone(),
@@ -529,20 +535,31 @@ impl Gate {
             };
         let mut context = context::base(facts);
         context.push(("args".into(), args));
+        let uses = target.uses;
         let extras = (|| -> Result<Vec<(String, RestrictedExpression)>, String> {
-            Ok(vec![
-                ("from".into(), context::from(&target.kinds.all, facts)?),
-                (
+            let mut extras = Vec::with_capacity(5);
+            if uses.from {
+                extras.push(("from".into(), context::from(&target.kinds.all, facts)?));
+            }
+            if uses.facts {
+                extras.push((
                     "facts".into(),
                     context::facts_of(&target.kinds.strings, facts)?,
-                ),
-                (
+                ));
+            }
+            if uses.counters {
+                extras.push((
                     "counters".into(),
                     context::counters(&target.kinds.numbers, facts)?,
-                ),
-                ("grants".into(), context::grants(&facts.grants)?),
-                ("data".into(), context::data(&self.data, facts)?),
-            ])
+                ));
+            }
+            if uses.grants {
+                extras.push(("grants".into(), context::grants(&facts.grants)?));
+            }
+            if uses.data {
+                extras.push(("data".into(), context::data(&self.data, facts)?));
+            }
+            Ok(extras)
         })();
         match extras {
             Ok(extras) => context.extend(extras),
@@ -555,12 +572,19 @@ impl Gate {
     /// unless a forbid or an `@ask` permit matches.
     pub fn judge_answer(&self, answer: &AnswerFacts, facts: &RequestFacts) -> Decision {
         let mut context = context::base(facts);
+        let uses = self.respond.uses;
         let extras = (|| -> Result<Vec<(String, RestrictedExpression)>, String> {
-            Ok(vec![
-                ("answer".into(), context::answer(answer)?),
-                ("grants".into(), context::grants(&facts.grants)?),
-                ("data".into(), context::data(&self.data, facts)?),
-            ])
+            let mut extras = Vec::with_capacity(3);
+            if uses.answer {
+                extras.push(("answer".into(), context::answer(answer)?));
+            }
+            if uses.grants {
+                extras.push(("grants".into(), context::grants(&facts.grants)?));
+            }
+            if uses.data {
+                extras.push(("data".into(), context::data(&self.data, facts)?));
+            }
+            Ok(extras)
         })();
         match extras {
             Ok(extras) => context.extend(extras),

@@ -215,7 +215,8 @@ pub fn schema_text(setup: &crate::GateSetup) -> String {
          //   facts.<arg>     for a string (or list of strings) argument: lower, joined (a list's\n\
          //                   items in order), length, first, urls, hosts, carries_data (a URL\n\
          //                   holds data the run read), emails, email_domains, path (resolved\n\
-         //                   against the workspace), in_workspace\n\
+         //                   against the workspace: relative inside it, absolute outside),\n\
+         //                   in_workspace\n\
          //   counters        calls (this tool's, so far), run_calls, cost_micros, sums.<arg>\n\
          //                   (the sum of a numeric argument over this tool's calls)\n\
          //   grants          fixed, covered (a grant covers this call), tools\n\

@@ -446,6 +446,9 @@ pub(crate) enum BenchCommand {
         /// Decisions to time.
         #[arg(long, default_value_t = 20_000)]
         decisions: usize,
+        /// Let a fifth of the policies read provenance, facts, data, counters and grants.
+        #[arg(long)]
+        guards: bool,
         /// As JSON.
         #[arg(long)]
         json: bool,

@@ -101,8 +101,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 BenchCommand::Gate {
                     policies,
                     decisions,
+                    guards,
                     json,
-                } => bench::gate(policies, decisions, json),
+                } => bench::gate(policies, decisions, guards, json),
                 BenchCommand::Controls { steps, json } => bench::controls(steps, json),
                 BenchCommand::Audit { records, json } => bench::audit(records, json),
             };

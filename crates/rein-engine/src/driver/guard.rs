@@ -71,15 +71,19 @@ impl Driver<'_> {
         }
     }
 
-    /// Policy data: the operator's files and what trusted tools returned in this run.
-    fn data_sets(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
-        let mut sets = self.data.sets.clone();
+    /// Policy data: the operator's files and what trusted tools returned in this run (the
+    /// files' sets are shared as they are when no tool has added to them).
+    fn data_sets(&self) -> rein_policy::DataSets {
+        if self.state.data().is_empty() {
+            return self.data.sets.clone();
+        }
+        let mut sets = (*self.data.sets).clone();
         for (name, values) in self.state.data() {
             sets.entry(name.clone())
                 .or_default()
                 .extend(values.iter().cloned());
         }
-        sets
+        Arc::new(sets)
     }
 
     /// Everything the gate is told about a tool call.

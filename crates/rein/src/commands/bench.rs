@@ -33,18 +33,24 @@ pub(crate) async fn steps(
     Ok(0)
 }
 
-pub(crate) fn gate(policies: usize, decisions: usize, json: bool) -> anyhow::Result<u8> {
-    let report = bench::gate(policies, decisions)?;
+pub(crate) fn gate(
+    policies: usize,
+    decisions: usize,
+    guards: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let report = bench::gate(policies, decisions, guards)?;
     if json {
         out::json(&report)?;
     } else {
         outln!(
-            "{} policies, {} decisions\n  p50 {:.1} µs · p99 {:.1} µs · {:.0} decisions/s on one thread",
+            "{} policies, {} decisions\n  p50 {:.1} µs · p99 {:.1} µs · {:.0} decisions/s on one thread\n  of which provenance, argument facts, counters and grants: p50 {:.1} µs",
             report.policies,
             report.decisions,
             report.p50_us,
             report.p99_us,
-            report.decisions_per_s
+            report.decisions_per_s,
+            report.facts_p50_us
         );
     }
     Ok(0)
