@@ -475,9 +475,12 @@ impl Driver<'_> {
                 tools: tools.len() as u32,
             })
             .await?;
-            // What led to the call is durable before it is made: a process killed while the
-            // model answers leaves a run that can be found and resumed, not one that never was.
-            self.flush().await?;
+            // Before the run's first model call its start is made durable: a process killed
+            // while the model answers leaves a run that can be found and resumed, not one that
+            // never was. (Later calls follow an awaited outcome, so the run is on disk already.)
+            if step <= 1 && attempt == 1 {
+                self.flush().await?;
+            }
             let span = tracing::info_span!(
                 "chat",
                 otel.name = %format!("chat {}", provider.model()),
