@@ -98,14 +98,15 @@ fn same(want: &Value, got: &Value) -> bool {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Copies a folder's files and folders (not its symbolic links) into `to`.
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
-        } else {
+        } else if entry.file_type()?.is_file() {
             std::fs::copy(entry.path(), &target)?;
         }
     }

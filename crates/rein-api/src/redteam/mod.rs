@@ -20,6 +20,7 @@ use rein_engine::{NoObserver, RunRequest};
 use rein_tools::{Tool, ToolContext, ToolError, ToolManifest, ToolRegistry};
 use serde_json::{Value, json};
 
+use crate::attacks::copy_dir;
 use crate::{Error, Options, Rein, v1};
 use adversary::{ATTACKER_HOST, Adversary, Plan, ToolInfo};
 pub use formats::{junit, sarif};
@@ -43,20 +44,6 @@ impl Tool for Stub {
             json!({"ok": true, "stub": "rein redteam: this tool was not called"}),
         )))
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else if entry.file_type()?.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 impl Rein {
