@@ -17,6 +17,7 @@ pub mod bench;
 mod convert;
 pub mod redteam;
 mod runs;
+mod tokens;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -25,8 +26,18 @@ use std::sync::{Arc, OnceLock};
 use rein_engine::{Engine, EngineError};
 use rein_store::{SqliteStore, StoreError};
 
-pub use runs::{RunQuery, StartRun, Watch};
+pub use runs::{LoadedAgent, NewRun, RunQuery, StartRun, Watch};
+pub use tokens::{Caller, SCOPES};
 pub use wire::v1;
+
+/// The file name of an agent's configuration inside its folder.
+pub use rein_config::AGENT_FILE;
+
+/// The digest of an agent folder's configuration (agent.toml and every file it refers to), to
+/// notice a change.
+pub fn agent_digest(agent_dir: &std::path::Path) -> Result<String, Error> {
+    Ok(rein_config::load(agent_dir)?.digest)
+}
 
 /// Text helpers shared by the faces.
 pub mod text {
@@ -52,6 +63,12 @@ pub enum Error {
     /// rein itself could not go on (a database, a file, a thread).
     #[error("{0}")]
     Internal(String),
+    /// The caller gave no valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's token may not do this.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<EngineError> for Error {
@@ -63,6 +80,7 @@ impl From<EngineError> for Error {
                 Error::Invalid(message)
             }
             EngineError::AlreadyEnded { .. }
+            | EngineError::Stopped { .. }
             | EngineError::Approval(_)
             | EngineError::Reconcile(_)
             | EngineError::Cancel(_) => Error::Conflict(message),
@@ -191,6 +209,7 @@ pub struct Rein {
     dir: StateDir,
     store: OnceLock<Arc<SqliteStore>>,
     engine: OnceLock<Arc<Engine>>,
+    tokens: OnceLock<rein_store::TokenStore>,
 }
 
 impl std::fmt::Debug for Rein {
@@ -217,6 +236,7 @@ impl Rein {
             options,
             store: OnceLock::new(),
             engine: OnceLock::new(),
+            tokens: OnceLock::new(),
         })
     }
 
@@ -302,7 +322,7 @@ impl Rein {
         rein_config::agent_schema()
     }
 
-    fn env(&self) -> &dyn Fn(&str) -> Option<String> {
+    fn env(&self) -> &(dyn Fn(&str) -> Option<String> + Send + Sync) {
         self.options.env.as_ref()
     }
 }

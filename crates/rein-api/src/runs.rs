@@ -24,6 +24,55 @@ impl Observer for Watching<'_> {
     }
 }
 
+/// An agent loaded once, for many runs (a server keeps its agents loaded).
+pub struct LoadedAgent {
+    agent: Agent,
+    spec: rein_config::AgentSpec,
+}
+
+impl std::fmt::Debug for LoadedAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAgent")
+            .field("name", &self.spec.name)
+            .field("dir", &self.spec.dir)
+            .finish()
+    }
+}
+
+impl LoadedAgent {
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+    /// The digest of its configuration.
+    pub fn digest(&self) -> &str {
+        &self.spec.digest
+    }
+    /// Stops its MCP servers.
+    pub async fn close(&self) {
+        close(&self.agent).await;
+    }
+}
+
+/// A run to start on a loaded agent.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewRun {
+    /// The task; the agent's `default_task` when absent.
+    pub task: Option<String>,
+    /// Who the run acts for.
+    pub user: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Grants fixed with the run.
+    pub grants: Option<Vec<v1::Grant>>,
+    /// The run's id, when the caller chose it (32 lower-case hex digits).
+    pub run_id: Option<String>,
+}
+
 /// What a new run is asked to do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartRun {
@@ -56,6 +105,13 @@ pub struct RunQuery {
 }
 
 impl Rein {
+    /// Loads an agent folder (connecting its MCP servers) for runs to be started on it.
+    pub async fn load(&self, agent_dir: &Path) -> Result<LoadedAgent, Error> {
+        let spec = rein_config::load(agent_dir)?;
+        let agent = self.load_agent(&spec).await?;
+        Ok(LoadedAgent { agent, spec })
+    }
+
     /// Starts a run of an agent folder and drives it to its end or its suspension; `watch` sees
     /// every event as it is recorded.
     pub async fn start_run(
@@ -63,8 +119,35 @@ impl Rein {
         request: StartRun,
         watch: Option<&dyn Watch>,
     ) -> Result<v1::RunReport, Error> {
-        let spec = rein_config::load(&request.agent_dir)?;
-        let task = match request.task.or_else(|| spec.default_task.clone()) {
+        let mut loaded = self.load(&request.agent_dir).await?;
+        if let Some(fsync) = request.fsync {
+            loaded.agent.durability = if fsync {
+                Durability::Fsync
+            } else {
+                Durability::Normal
+            };
+        }
+        let run = NewRun {
+            task: request.task,
+            user: request.user,
+            tenant: request.tenant,
+            grants: request.grants,
+            run_id: None,
+        };
+        let report = self.start_on(&loaded, run, watch).await;
+        loaded.close().await;
+        report
+    }
+
+    /// Starts a run on an agent loaded already and drives it to its end or its suspension.
+    pub async fn start_on(
+        &self,
+        loaded: &LoadedAgent,
+        run: NewRun,
+        watch: Option<&dyn Watch>,
+    ) -> Result<v1::RunReport, Error> {
+        let spec = &loaded.spec;
+        let task = match run.task.or_else(|| spec.default_task.clone()) {
             Some(t) if !t.trim().is_empty() => t,
             _ => {
                 return Err(Error::Invalid(format!(
@@ -73,28 +156,27 @@ impl Rein {
                 )));
             }
         };
-        let grants = request.grants.as_deref().map(convert::grants).transpose()?;
-        let mut agent = self.load_agent(&spec).await?;
-        if let Some(fsync) = request.fsync {
-            agent.durability = if fsync {
-                Durability::Fsync
-            } else {
-                Durability::Normal
-            };
-        }
+        let grants = run.grants.as_deref().map(convert::grants).transpose()?;
         let engine = self.engine()?;
-        let run = RunRequest {
+        let request = RunRequest {
             task,
-            user: request.user,
-            tenant: request.tenant,
+            user: run.user,
+            tenant: run.tenant,
             parent: None,
             grants,
         };
-        let report = match watch {
-            Some(w) => engine.start(&agent, run, &Watching(w)).await,
-            None => engine.start(&agent, run, &rein_engine::NoObserver).await,
+        let observer: &dyn Observer = match watch {
+            Some(w) => &Watching(w),
+            None => &rein_engine::NoObserver,
         };
-        close(&agent).await;
+        let report = match &run.run_id {
+            Some(id) => {
+                engine
+                    .start_with_id(&loaded.agent, id, request, observer)
+                    .await
+            }
+            None => engine.start(&loaded.agent, request, observer).await,
+        };
         Ok(convert::report(report?))
     }
 
@@ -105,31 +187,56 @@ impl Rein {
         id: &str,
         watch: Option<&dyn Watch>,
     ) -> Result<v1::RunReport, Error> {
-        let store = self.store()?;
-        let run_id = store.resolve_run_id(id)?;
-        let engine = self.engine()?;
-        let state = engine.load(&run_id)?;
-        let Some(agent_dir) = state.started().and_then(|s| s.agent_dir.clone()) else {
-            return Err(Error::Invalid(format!(
-                "run {run_id} was started by a program, not from an agent folder; resume it from that program"
-            )));
-        };
-        let spec = rein_config::load(Path::new(&agent_dir))
-            .map_err(|e| Error::Invalid(format!("loading the agent of run {run_id}: {e}")))?;
-        let agent = self
-            .load_agent(&spec)
+        let (run_id, agent_dir) = self.run_agent(id)?;
+        let loaded = self
+            .load(Path::new(&agent_dir))
             .await
             .map_err(|e| Error::Invalid(format!("loading the agent of run {run_id}: {e}")))?;
-        let report = match watch {
-            Some(w) => engine.resume(&run_id, &agent, &Watching(w)).await,
-            None => {
-                engine
-                    .resume(&run_id, &agent, &rein_engine::NoObserver)
-                    .await
-            }
+        let report = self.resume_on(&loaded, &run_id, watch).await;
+        loaded.close().await;
+        report
+    }
+
+    /// The run's full id and the agent folder it was started from.
+    pub fn run_agent(&self, id: &str) -> Result<(String, String), Error> {
+        let run_id = self.store()?.resolve_run_id(id)?;
+        let state = self.engine()?.load(&run_id)?;
+        match state.started().and_then(|s| s.agent_dir.clone()) {
+            Some(dir) => Ok((run_id, dir)),
+            None => Err(Error::Invalid(format!(
+                "run {run_id} was started by a program, not from an agent folder; resume it from that program"
+            ))),
+        }
+    }
+
+    /// Continues a run on its agent, loaded already.
+    pub async fn resume_on(
+        &self,
+        loaded: &LoadedAgent,
+        id: &str,
+        watch: Option<&dyn Watch>,
+    ) -> Result<v1::RunReport, Error> {
+        let run_id = self.store()?.resolve_run_id(id)?;
+        let engine = self.engine()?;
+        let observer: &dyn Observer = match watch {
+            Some(w) => &Watching(w),
+            None => &rein_engine::NoObserver,
         };
-        close(&agent).await;
-        Ok(convert::report(report?))
+        Ok(convert::report(
+            engine.resume(&run_id, &loaded.agent, observer).await?,
+        ))
+    }
+
+    /// Asks every run this process drives to stop at its next durable point (they stay
+    /// resumable), and starts no more: for a graceful shutdown.
+    pub fn stop_driving(&self) -> Result<(), Error> {
+        self.engine()?.stop_driving();
+        Ok(())
+    }
+
+    /// How many runs this process drives now.
+    pub fn driving(&self) -> usize {
+        self.engine.get().map_or(0, |e| e.driving())
     }
 
     /// The most recent runs first.
@@ -149,6 +256,21 @@ impl Rein {
                 Ok(convert::summary(r, running))
             })
             .collect()
+    }
+
+    /// A run's events after `after` (its sequence number), in order.
+    pub fn run_events(&self, run_id: &str, after: u64) -> Result<Vec<v1::EventRecord>, Error> {
+        Ok(self
+            .store()?
+            .events_after(run_id, after)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// The tenant of the run with exactly this id.
+    pub fn run_tenant(&self, run_id: &str) -> Result<String, Error> {
+        Ok(self.store()?.run(run_id)?.tenant)
     }
 
     /// One run (an id or a unique prefix), with its whole log and its totals.

@@ -162,7 +162,7 @@ impl Agent {
     /// MCP tools between processes, so a server that changes a tool is noticed.
     pub async fn load(
         spec: &AgentSpec,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
         secrets_file: Option<&Path>,
         file_required: bool,
         pins_file: Option<&Path>,

@@ -52,6 +52,8 @@ pub struct Engine {
     notes: OnceLock<Arc<rein_store::NoteStore>>,
     /// Runs this engine drives now, so a cancellation from this process reaches them at once.
     live: Mutex<HashMap<String, Arc<Beat>>>,
+    /// Set when the process shuts down: runs stop at their next durable point.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -89,7 +91,27 @@ impl Engine {
             ledger: OnceLock::new(),
             notes: OnceLock::new(),
             live: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Asks every run this engine drives to stop at its next durable point (after a tool's
+    /// outcome is recorded, before a model call): each ends its drive with
+    /// [`EngineError::Stopped`], leaving the run interrupted and resumable. No run starts or
+    /// resumes afterwards.
+    pub fn stop_driving(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Engine::stop_driving`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many runs this engine drives now.
+    pub fn driving(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Uses another clock (for tests).
@@ -207,6 +229,28 @@ impl Engine {
         self.start_as(agent, run_id, &request, observer).await
     }
 
+    /// Starts a run under an id the caller chose (a server answers with it before the run is
+    /// driven): 32 lower-case hex digits, not used by another run.
+    pub async fn start_with_id(
+        &self,
+        agent: &Agent,
+        run_id: &str,
+        request: impl Into<RunRequest>,
+        observer: &dyn Observer,
+    ) -> Result<RunReport, EngineError> {
+        if run_id.len() != 32
+            || !run_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(EngineError::Agent(format!(
+                "`{run_id}` is not a run id: 32 lower-case hex digits"
+            )));
+        }
+        self.start_as(agent, run_id.to_owned(), &request.into(), observer)
+            .await
+    }
+
     async fn start_as(
         &self,
         agent: &Agent,
@@ -214,6 +258,9 @@ impl Engine {
         request: &RunRequest,
         observer: &dyn Observer,
     ) -> Result<RunReport, EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::Stopped { run_id });
+        }
         let workspace = self.prepare_workspace(agent, &run_id)?;
         let lease = Lease::new_run(&run_id, &new_owner(), self.clock.now_ms() + LEASE_TTL_MS);
         Driver::new(self, agent, lease, RunState::default(), workspace, observer)
@@ -229,6 +276,11 @@ impl Engine {
         agent: &Agent,
         observer: &dyn Observer,
     ) -> Result<RunReport, EngineError> {
+        if self.is_stopping() {
+            return Err(EngineError::Stopped {
+                run_id: run_id.to_owned(),
+            });
+        }
         let lease = self.acquire(run_id)?;
         let prepared = (|| {
             let state = self.load(run_id)?;

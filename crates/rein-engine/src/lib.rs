@@ -69,6 +69,12 @@ pub enum EngineError {
         /// The last event recorded.
         seq: u64,
     },
+    /// The process is shutting down: the run stopped at a durable point and can be resumed.
+    #[error("run {run_id} stopped because rein is shutting down; it is resumable")]
+    Stopped {
+        /// The run.
+        run_id: String,
+    },
     /// An agent folder (a sub-agent's) could not be loaded.
     #[error(transparent)]
     Config(#[from] rein_config::ConfigError),

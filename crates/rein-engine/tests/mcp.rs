@@ -87,7 +87,7 @@ impl Fixture {
         }
     }
 
-    async fn agent(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Agent, String> {
+    async fn agent(&self, env: &(dyn Fn(&str) -> Option<String> + Sync)) -> Result<Agent, String> {
         let spec = rein_config::load(self.dir.path()).map_err(|e| e.to_string())?;
         let pins = rein_mcp::pins_path(self.state.path(), &spec.name);
         Agent::load(&spec, env, None, false, Some(&pins))

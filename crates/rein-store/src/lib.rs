@@ -14,6 +14,7 @@ mod ledger;
 mod notes;
 mod side;
 mod sqlite;
+mod tokens;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use serde::Serialize;
 pub use ledger::{Admission, BudgetLedger, Exhausted, LedgerLine, Reservation, Settled, UsageRow};
 pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
+pub use tokens::{TokenRow, TokenStore};
 
 /// A run as listed: what it is and where it stands, without its events.
 #[derive(Debug, Clone, PartialEq, Serialize)]

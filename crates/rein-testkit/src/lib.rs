@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod fake;
 pub mod model;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

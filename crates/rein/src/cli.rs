@@ -141,6 +141,36 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the engine API over HTTP: start runs, stream their events, decide approvals,
+    /// read the audit trail, from other machines, with tenants and tokens; metrics at /metrics.
+    Serve {
+        /// The address to listen on (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: String,
+        /// A folder of agent folders, or an agent folder, to serve (repeat for several).
+        #[arg(long = "agents", required = true)]
+        agents: Vec<PathBuf>,
+        /// The largest request body, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+        /// The longest a request may take, in seconds (streams aside).
+        #[arg(long, default_value_t = 30)]
+        request_timeout_secs: u64,
+        /// Requests a second each token may make.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// How many requests a token may make at once above that rate.
+        #[arg(long, default_value_t = 100.0)]
+        burst: f64,
+        /// How long a shutdown waits for runs to reach a durable point, in seconds.
+        #[arg(long, default_value_t = 60)]
+        drain_secs: u64,
+    },
+    /// API tokens for `rein serve`.
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Measure rein's own costs on this machine.
     Bench {
         #[command(subcommand)]
@@ -244,6 +274,8 @@ pub(crate) enum RunsCommand {
 pub(crate) enum SchemaCommand {
     /// agent.toml (JSON Schema).
     Agent,
+    /// The HTTP API of `rein serve` (OpenAPI 3.1; a copy is kept in docs/openapi.json).
+    Openapi,
     /// The Cedar schema policies are validated against; with an agent folder, including its
     /// tools' actions and argument types.
     Policy {
@@ -416,6 +448,43 @@ pub(crate) struct ExplainArgs {
     /// As JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokensCommand {
+    /// Create a token; it is printed once and never stored (only its hash is).
+    Create {
+        /// The tenant it acts for.
+        #[arg(long)]
+        tenant: String,
+        /// The user it acts as (default: the tenant's name).
+        #[arg(long)]
+        user: Option<String>,
+        /// What it may do, comma-separated: runs:write, approvals:decide, audit:read,
+        /// metrics:read, admin. Any token reads its tenant's runs and approvals.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tokens (never the tokens themselves).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        /// The token's id (the part after `rein_`, before the next `_`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

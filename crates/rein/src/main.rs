@@ -16,10 +16,12 @@ mod commands {
     pub(crate) mod bench;
     pub(crate) mod runs;
     pub(crate) mod security;
+    pub(crate) mod serve;
 }
 mod live;
 mod out;
 mod render;
+mod telemetry;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,22 +31,14 @@ use rein_api::{Faults, Options, Rein, RunQuery, StartRun};
 
 use crate::cli::{
     ApprovalsCommand, AuditCommand, BenchCommand, Cli, Command, PolicyCommand, RunsCommand,
-    SchemaCommand, ToolsCommand,
+    SchemaCommand, TokensCommand, ToolsCommand,
 };
-use crate::commands::{agents, approvals, audit, bench, runs, security};
+use crate::commands::{agents, approvals, audit, bench, runs, security, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REIN_LOG")
-                .unwrap_or_else(|_| "off".into()),
-        )
-        // Each span (invoke_agent, chat, execute_tool) is printed with its attributes as it closes.
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-        .with_writer(std::io::stderr)
-        .init();
+    let telemetry = telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,7 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Spans still queued are exported before the process ends.
+    drop(telemetry);
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -87,6 +84,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             what: SchemaCommand::Agent,
         } => {
             out::text(&Rein::agent_schema());
+            return Ok(0);
+        }
+        Command::Schema {
+            what: SchemaCommand::Openapi,
+        } => {
+            out::text(&rein_server::openapi_text());
             return Ok(0);
         }
         Command::Bench { what } => {
@@ -123,8 +126,53 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         _ => {}
     }
     let rein = open(&cli)?;
+    let command = match cli.command {
+        Command::Serve {
+            listen,
+            agents,
+            max_body_bytes,
+            request_timeout_secs,
+            rate,
+            burst,
+            drain_secs,
+        } => {
+            let serve = serve::Serve {
+                listen,
+                agents,
+                limits: rein_server::Limits {
+                    max_body_bytes,
+                    request_timeout: std::time::Duration::from_secs(request_timeout_secs.max(1)),
+                    rate_per_second: rate,
+                    rate_burst: burst,
+                },
+                drain: std::time::Duration::from_secs(drain_secs),
+            };
+            return serve::serve(rein, serve).await;
+        }
+        other => other,
+    };
     let rein = &rein;
-    match cli.command {
+    match command {
+        Command::Tokens { command } => match command {
+            TokensCommand::Create {
+                tenant,
+                user,
+                scope,
+                expires_in_days,
+                json,
+            } => serve::create_token(
+                rein,
+                &tenant,
+                user.as_deref(),
+                &scope,
+                expires_in_days,
+                json,
+            ),
+            TokensCommand::List { tenant, json } => {
+                serve::list_tokens(rein, tenant.as_deref(), json)
+            }
+            TokensCommand::Revoke { id } => serve::revoke_token(rein, &id),
+        },
         Command::Run {
             agent_dir,
             task,
@@ -246,10 +294,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             what: SchemaCommand::Policy { agent_dir },
         } => agents::schema_policy(rein, agent_dir.as_deref()).await,
         Command::Schema {
-            what: SchemaCommand::Agent,
+            what: SchemaCommand::Agent | SchemaCommand::Openapi,
         }
         | Command::Bench { .. }
-        | Command::Attacks { .. } => unreachable_command(),
+        | Command::Attacks { .. }
+        | Command::Serve { .. } => unreachable_command(),
     }
 }
 

@@ -254,6 +254,13 @@ impl Driver<'_> {
         text: &str,
         approved_by: Option<String>,
     ) -> (Decision, String, Vec<String>) {
+        let span = tracing::info_span!(
+            "gate",
+            otel.name = "gate respond",
+            rein.gate.action = "respond",
+            gen_ai.conversation.id = %self.run_id,
+        );
+        let _entered = span.enter();
         let (clean, stripped) = self.strip_answer(text);
         let answer = rein_policy::answer_facts(&clean, self.state.sources());
         let mut facts = self.facts(approved_by.clone());

@@ -235,6 +235,12 @@ impl<'a> Driver<'a> {
 
     async fn drive_loop(&mut self) -> Result<(), EngineError> {
         loop {
+            if self.engine.is_stopping() {
+                self.flush().await?;
+                return Err(EngineError::Stopped {
+                    run_id: self.run_id.clone(),
+                });
+            }
             if self.beat.lost.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(EngineError::Store(rein_store::StoreError::Conflict {
                     run_id: self.run_id.clone(),

@@ -149,6 +149,14 @@ impl Driver<'_> {
 
     /// The gate's decision on `model` for the run as it stands, remembered under `key`.
     fn decide_model(&mut self, key: ModelDecisionKey, model: &str) -> Decision {
+        let span = tracing::info_span!(
+            "gate",
+            otel.name = %format!("gate {model}"),
+            rein.gate.action = "use_model",
+            gen_ai.request.model = %model,
+            gen_ai.conversation.id = %self.run_id,
+        );
+        let _entered = span.enter();
         let facts = self.facts(None);
         let mut d = self.agent.gate.judge_model(model, &facts);
         if let Some(parent) = &self.agent.parent_gate {
@@ -505,8 +513,11 @@ impl Driver<'_> {
             let latency_us = began.elapsed().as_micros() as u64;
             match result {
                 Ok(reply) => {
-                    span.record("gen_ai.usage.input_tokens", reply.usage.input_tokens);
-                    span.record("gen_ai.usage.output_tokens", reply.usage.output_tokens);
+                    span.record("gen_ai.usage.input_tokens", reply.usage.input_tokens as i64);
+                    span.record(
+                        "gen_ai.usage.output_tokens",
+                        reply.usage.output_tokens as i64,
+                    );
                     if let Some(reason) = &reply.stop_reason {
                         span.record("gen_ai.response.finish_reasons", reason.as_str());
                     }

@@ -153,7 +153,9 @@ impl Driver<'_> {
         };
         let report = match self.engine.run_child(child, request, self.observer).await {
             Ok(report) => report,
-            Err(e @ EngineError::Interrupted { .. }) => return Err(e),
+            Err(e @ (EngineError::Interrupted { .. } | EngineError::Stopped { .. })) => {
+                return Err(e);
+            }
             Err(e) => {
                 return Ok(Err(rein_tools::ToolError::Failed(format!(
                     "the sub-agent could not run: {e}"
@@ -207,6 +209,16 @@ impl Driver<'_> {
         call: &ToolCall,
         approved_by: Option<String>,
     ) -> (Decision, std::collections::BTreeMap<String, Vec<String>>) {
+        let span = tracing::info_span!(
+            "gate",
+            otel.name = %format!("gate {}", call.name),
+            rein.gate.action = "call_tool",
+            gen_ai.tool.name = %call.name,
+            gen_ai.tool.call.id = %call.id,
+            gen_ai.conversation.id = %self.run_id,
+            rein.gate.verdict = field::Empty,
+        );
+        let _entered = span.enter();
         let facts = self.call_facts(call, approved_by);
         let decision = if let Some(child) = self.agent.delegates.get(&call.name) {
             let task = call
@@ -229,6 +241,7 @@ impl Driver<'_> {
             }
         };
         let decision = self.apply_grants(&facts, decision);
+        span.record("rein.gate.verdict", decision.verdict.as_str());
         (decision, facts.from)
     }
 

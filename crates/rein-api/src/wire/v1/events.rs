@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndState {
     /// The model gave its final answer.
@@ -65,7 +65,7 @@ impl std::fmt::Display for EndState {
 }
 
 /// Where a run stands: an end state, or not ended yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// A live process is driving it now.
@@ -95,7 +95,7 @@ impl std::fmt::Display for RunStatus {
 }
 
 /// Allow, deny or ask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// It may happen.
@@ -117,7 +117,9 @@ impl std::fmt::Display for Verdict {
 }
 
 /// Tokens used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Usage {
     /// Prompt tokens.
     pub input_tokens: u64,
@@ -126,7 +128,7 @@ pub struct Usage {
 }
 
 /// Hard limits a run is held to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Limits {
     /// The most model calls.
     pub max_steps: u32,
@@ -135,7 +137,7 @@ pub struct Limits {
 }
 
 /// A tool call a model proposed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolCall {
     /// rein's id for the call.
     pub id: String,
@@ -150,7 +152,7 @@ pub struct ToolCall {
 
 /// The facts a run starts from. Everything needed to rebuild the model's context is here or in
 /// later events, so a run can be shown and resumed from its log alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunStarted {
     /// The agent's name.
     pub agent: String,
@@ -195,7 +197,7 @@ pub struct RunStarted {
 /// What a run may do once untrusted data is in it: a tool, constraints on some of its
 /// arguments (a value, or a rule: `{"one_of": [..]}`, `{"max": n}`, `{"min": n}`,
 /// `{"prefix": ".."}`, `{"any": true}`), and at most how many calls it covers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Grant {
     /// The tool.
     pub tool: String,
@@ -208,7 +210,7 @@ pub struct Grant {
 }
 
 /// The run and call a sub-agent's run was delegated from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ParentRef {
     /// The parent run.
     pub run_id: String,
@@ -217,7 +219,7 @@ pub struct ParentRef {
 }
 
 /// One thing that happened in a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The run began. Always the first event.
@@ -511,7 +513,7 @@ pub enum Event {
 }
 
 /// An event with its place in the run's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventRecord {
     /// Its position, from 1.
     pub seq: u64,

@@ -18,7 +18,7 @@ use serde_json::Value;
 pub const VERSION: &str = "v1";
 
 /// How a run went, once it ended or suspended: what `rein run --json` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunReport {
     /// The run's id.
     pub run_id: String,
@@ -54,7 +54,7 @@ pub struct RunReport {
 }
 
 /// A run as listed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunSummary {
     /// The run's id.
     pub id: String,
@@ -82,7 +82,7 @@ pub struct RunSummary {
 }
 
 /// Totals folded from a run's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunTotals {
     /// Model steps.
     pub steps: u32,
@@ -97,7 +97,7 @@ pub struct RunTotals {
 }
 
 /// A run with its whole log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunDetail {
     /// The run.
     pub run: RunSummary,
@@ -109,7 +109,7 @@ pub struct RunDetail {
 }
 
 /// What a cancellation did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CancelOutcome {
     /// Nobody drove the run: it has ended `cancelled`.
@@ -126,7 +126,7 @@ pub enum CancelOutcome {
 }
 
 /// An approval request as listed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalSummary {
     /// Its id.
     pub id: String,
@@ -152,7 +152,7 @@ pub struct ApprovalSummary {
 }
 
 /// The approval card: rendered from the recorded request, never from text a model wrote.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalCard {
     /// The request.
     pub approval: ApprovalSummary,
@@ -185,7 +185,7 @@ pub struct ApprovalCard {
 }
 
 /// A decision and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Decision {
     /// The verdict.
     pub verdict: Verdict,
@@ -196,7 +196,7 @@ pub struct Decision {
 }
 
 /// What `policy check` found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PolicyCheck {
     /// Policies loaded and valid.
     pub policies: usize,
@@ -205,7 +205,7 @@ pub struct PolicyCheck {
 }
 
 /// A request to explain: what the gate says about one call.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExplainRequest {
     /// The tool called (or `model`).
     pub tool: Option<String>,
@@ -245,7 +245,7 @@ pub struct ExplainRequest {
 }
 
 /// One of an agent's tools.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolRow {
     /// Its name (its Cedar action).
     pub name: String,
@@ -272,7 +272,7 @@ pub struct ToolRow {
 }
 
 /// An agent's tools, and what connecting to its MCP servers noted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ToolsList {
     /// The tools.
     pub tools: Vec<ToolRow>,
@@ -283,7 +283,7 @@ pub struct ToolsList {
 }
 
 /// One budget line's spending in one period.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UsageRow {
     /// `run:<id>`, `agent:<name>`, `user:<name>` or `tenant:<name>`.
     pub key: String,
@@ -302,7 +302,7 @@ pub struct UsageRow {
 }
 
 /// What `audit verify` found.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditVerify {
     /// Whether everything holds.
     pub ok: bool,
@@ -323,7 +323,7 @@ pub struct AuditVerify {
 }
 
 /// The audit trail against the event log.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TrailReport {
     /// Runs checked.
     pub runs: u64,
@@ -340,7 +340,7 @@ pub struct TrailReport {
 }
 
 /// One audit record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     /// Its position, from 1.
     pub seq: u64,
@@ -359,7 +359,7 @@ pub struct AuditRecord {
 }
 
 /// A signed checkpoint of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Checkpoint {
     /// Its position among checkpoints.
     pub seq: u64,
@@ -378,7 +378,7 @@ pub struct Checkpoint {
 }
 
 /// An inclusion proof of one record, checkable offline (the file `audit proof` writes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InclusionProof {
     /// The record's line, exactly as logged.
     pub record: String,
@@ -391,7 +391,7 @@ pub struct InclusionProof {
 }
 
 /// The audit log's public key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditKey {
     /// `ed25519:<hex>`.
     pub public_key: String,
@@ -467,4 +467,25 @@ mod audit_conversions {
             }
         }
     }
+}
+
+/// An API token, as listed (never the token itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Token {
+    /// Its id.
+    pub id: String,
+    /// The tenant it acts for.
+    pub tenant: String,
+    /// The user it acts as.
+    pub user: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// When it was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<u64>,
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// How one scenario of the attack catalogue went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScenarioResult {
     /// The scenario's folder name.
     pub name: String,
@@ -36,7 +36,7 @@ pub struct ScenarioResult {
 }
 
 /// The attack catalogue's figures.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CatalogueReport {
     /// Which policies were used: `policies` (the scenarios' own) or another folder's name.
     pub policies: String,
@@ -59,7 +59,7 @@ pub struct CatalogueReport {
 }
 
 /// What became of one red-team attack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttackOutcome {
     /// The gate denied it (or stripped it from the answer).
@@ -73,7 +73,7 @@ pub enum AttackOutcome {
 }
 
 /// One red-team attack.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Attack {
     /// A stable id: `<kind>:<tool>[:<evasion>]`.
     pub id: String,
@@ -98,7 +98,7 @@ pub struct Attack {
 }
 
 /// `rein redteam`'s report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RedteamReport {
     /// The agent.
     pub agent: String,

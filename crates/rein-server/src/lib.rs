@@ -1,0 +1,282 @@
+//! `rein serve`: the second face of the engine API, over HTTP.
+//!
+//! One process serves the agents it was given: runs started by other services go on in it,
+//! approvals are decided from anywhere, events stream live, metrics and traces go where the
+//! operator's tools are. Every request carries a bearer token that fixes the tenant and user it
+//! acts as; another tenant's run, approval or record answers 404. Errors are problem documents.
+//! On SIGTERM the server stops taking requests, lets runs reach a durable point, and exits; the
+//! next start resumes them.
+
+mod auth;
+mod events;
+pub mod metrics;
+mod openapi;
+mod problem;
+mod routes {
+    pub(crate) mod admin;
+    pub(crate) mod approvals;
+    pub(crate) mod runs;
+}
+mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rein_api::Rein;
+
+pub use metrics::{SpanTimer, metrics};
+pub use openapi::document as openapi_document;
+
+/// The OpenAPI document as `rein schema openapi` prints it (and docs/openapi.json holds it).
+pub fn openapi_text() -> String {
+    let mut text = serde_json::to_string_pretty(&openapi::document()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+pub use state::Limits;
+
+use crate::auth::{Auth, RateLimiter};
+use crate::problem::Problem;
+use crate::state::{Agents, AppState};
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The folders of the agents served: an agent folder, or a folder of agent folders.
+    pub agents: Vec<PathBuf>,
+    /// Request limits.
+    pub limits: Limits,
+    /// How long a shutdown waits for runs to reach a durable point.
+    pub drain: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            agents: vec![],
+            limits: Limits::default(),
+            drain: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A server that has loaded its agents and resumed what a previous one left, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<AppState>,
+    drain: Duration,
+}
+
+impl Server {
+    /// Loads the agents (a folder that cannot be loaded is an error naming it) and resumes the
+    /// runs a previous server left interrupted.
+    pub async fn new(rein: Arc<Rein>, options: ServeOptions) -> Result<Server, rein_api::Error> {
+        let state = Arc::new(AppState {
+            rein,
+            agents: Agents::new(options.agents.clone()),
+            hub: Default::default(),
+            metrics: metrics(),
+            rate: RateLimiter::new(options.limits.rate_per_second, options.limits.rate_burst),
+            limits: options.limits,
+            stopping: Default::default(),
+            tasks: Default::default(),
+        });
+        let problems = state.agents.refresh(&state.rein).await;
+        if let Some(first) = problems.first() {
+            return Err(rein_api::Error::Invalid(first.clone()));
+        }
+        let server = Server {
+            state,
+            drain: options.drain,
+        };
+        server.resume_interrupted()?;
+        Ok(server)
+    }
+
+    /// Resumes every run no process drives that is neither ended nor waiting for approval.
+    fn resume_interrupted(&self) -> Result<(), rein_api::Error> {
+        let runs = self.state.rein.list_runs(&rein_api::RunQuery {
+            limit: usize::MAX >> 1,
+            ..Default::default()
+        })?;
+        for run in runs {
+            if run.status == rein_api::v1::RunStatus::Interrupted {
+                tracing::info!(run = %run.id, agent = %run.agent, "resuming a run left interrupted");
+                events::resume(&self.state, run.id, run.tenant);
+            }
+        }
+        Ok(())
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes; then takes no more requests, asks the
+    /// runs in flight to stop at their next durable point, and waits for them (at most the
+    /// drain time).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let app = self.router();
+        let stop_state = state.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests; runs stop at their next durable point");
+            stop_state.stopping.store(true, Ordering::SeqCst);
+            let _ = stop_state.rein.stop_driving();
+        };
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await?;
+        // Requests are done; the runs driven in the background stop at a durable point.
+        state.stopping.store(true, Ordering::SeqCst);
+        let _ = state.rein.stop_driving();
+        let deadline = Instant::now() + self.drain;
+        let mut tasks = std::mem::take(&mut *state.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        while !tasks.is_empty() && Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(200), tasks.join_next()).await;
+        }
+        tasks.abort_all();
+        for agent in state.agents.all().await {
+            agent.close().await;
+        }
+        Ok(())
+    }
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.stopping() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    "ready".into_response()
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
+async fn prometheus(State(state): State<Arc<AppState>>, Auth(caller): Auth) -> Response {
+    if let Err(e) = caller.require("metrics:read") {
+        return Problem::from(e).into_response();
+    }
+    let pending = state.rein.list_approvals(false, None).unwrap_or_default();
+    let usage = state.rein.usage(None, None, None, None).unwrap_or_default();
+    let text = state
+        .metrics
+        .render(state.rein.driving(), &pending, &usage, now_ms());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Counts and times every request by its route.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let began = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.request(
+        &route,
+        response.status().as_u16(),
+        began.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Answers 408 for a request that takes longer than the limit.
+async fn deadline(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s",
+                state.limits.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no such route: GET /v1/openapi.json lists them",
+    )
+    .into_response()
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    use routes::{admin, approvals, runs};
+    // Requests answered at once are held to the time limit; streams and waits are not.
+    let timed = Router::new()
+        .route("/v1/runs", post(runs::start).get(runs::list))
+        .route("/v1/runs/{id}", get(runs::show))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/resume", post(runs::resume))
+        .route("/v1/runs/{id}/reconcile", post(runs::reconcile))
+        .route(
+            "/v1/approvals/{id}",
+            get(approvals::show).post(approvals::decide),
+        )
+        .route("/v1/agents", get(admin::agents))
+        .route("/v1/agents/{name}/tools", get(admin::tools))
+        .route("/v1/agents/{name}/explain", post(admin::explain))
+        .route("/v1/usage", get(admin::usage))
+        .route("/v1/audit/proof/{seq}", get(admin::proof))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline));
+    let open = Router::new()
+        .route("/v1/runs/{id}/events", get(runs::follow))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/audit/verify", get(admin::verify))
+        .route("/v1/audit/export", get(admin::export))
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(health))
+        .route("/readyz", get(ready))
+        .route("/v1/openapi.json", get(openapi));
+    timed
+        .merge(open)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.max_body_bytes,
+        ))
+        .with_state(state)
+}

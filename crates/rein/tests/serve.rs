@@ -1,0 +1,547 @@
+//! `rein serve` driven over real HTTP on loopback, as other services and people would: tenants
+//! kept apart, an approval decided by another token, live events across a reconnect, limits and
+//! problem documents, SIGTERM with twenty runs in flight, `promtool` on the metrics, and
+//! schemathesis against the OpenAPI document.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::REIN;
+use rein_testkit::AgentFolder;
+use rein_testkit::serve::{Events, Served, client, token};
+use serde_json::{Value, json};
+
+/// An agents folder with `pay` (a payment a person approves) and `fast` (three effects, each
+/// recorded with its run and call in `effects.log`, then an answer).
+fn agents() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let pay = AgentFolder::new(&format!(
+        "name = \"pay\"\ninstructions = \"Pay.\"\ndefault_task = \"pay the bill\"\n{}\n[workspace]\nisolate = true\n[[tools]]\nname = \"pay\"\ndescription = \"Pay\"\ncommand = [\"sh\", \"-c\", \"cat >> pay.log; echo >> pay.log; echo '{{\\\"ok\\\": true}}'\"]\nargs_schema = {{ type = \"object\", properties = {{ amount = {{ type = \"number\" }} }} }}\n",
+        rein_testkit::SCRIPTED_MODEL
+    ))
+    .file(
+        "script.toml",
+        "[[turns]]\ncalls = [{ tool = \"pay\", args = { amount = 5 } }]\n[[turns]]\ntext = \"paid\"\n",
+    )
+    .policy("@ask(\"a person pays\")\npermit(principal, action == Action::\"pay\", resource);\npermit(principal, action == Action::\"use_model\", resource);\n");
+    copy(pay.path(), &root.path().join("pay"));
+    // Each call sleeps a little, so a shutdown finds runs in the middle of their work; it
+    // records its run and call in a file outside the runs' workspaces (declared writable).
+    let effects = root.path().join("effects");
+    std::fs::create_dir_all(&effects).unwrap();
+    let fast = AgentFolder::new(&format!(
+        "name = \"fast\"\ninstructions = \"Work.\"\ndefault_task = \"work\"\n{}\n[[tools]]\nname = \"work\"\ndescription = \"Work\"\ncommand = [\"sh\", \"-c\", \"cat > /dev/null; sleep 1; echo \\\"$REIN_RUN_ID $REIN_CALL_ID\\\" >> {}/effects.log; echo '{{\\\"ok\\\": true}}'\"]\nwrite_paths = [\"{}\"]\nargs_schema = {{ type = \"object\", properties = {{ n = {{ type = \"integer\" }} }} }}\n",
+        rein_testkit::SCRIPTED_MODEL,
+        effects.display(),
+        effects.display()
+    ))
+    .file(
+        "script.toml",
+        "[[turns]]\ncalls = [{ tool = \"work\", args = { n = 1 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 2 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 3 } }]\n[[turns]]\ntext = \"done\"\n",
+    );
+    copy(fast.path(), &root.path().join("fast"));
+    root
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+async fn start_run(s: &Served, token: &str, agent: &str) -> String {
+    let r = client()
+        .post(s.url("/v1/runs"))
+        .bearer_auth(token)
+        .json(&json!({"agent": agent}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    r.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn get(s: &Served, token: &str, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(s.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_are_kept_apart_and_an_approval_from_another_token_finishes_the_run() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let starter = token(REIN, state.path(), "acme", "ann", "runs:write,audit:read");
+    let approver = token(REIN, state.path(), "acme", "bob", "approvals:decide");
+    let other = token(REIN, state.path(), "globex", "eve", "admin");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+
+    let run = start_run(&s, &starter, "pay").await;
+    // The first connection reads up to the suspension, then drops.
+    let mut first = Events::open(&s.base, &starter, &run, None).await;
+    let before = first.until("run_suspended").await;
+    drop(first);
+    let (_, pending) = get(&s, &starter, "/v1/approvals").await;
+    let approval = pending[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(pending[0]["arguments"], json!({"amount": 5}));
+
+    // Another tenant sees none of it, and cannot decide it: 404, as if it did not exist.
+    assert_eq!(get(&s, &other, "/v1/approvals").await.1, json!([]));
+    for path in [
+        format!("/v1/runs/{run}"),
+        format!("/v1/approvals/{approval}"),
+        format!("/v1/runs/{run}/events"),
+    ] {
+        let (status, body) = get(&s, &other, &path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(&other)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(get(&s, &other, "/v1/runs").await.1, json!([]));
+    // The starter may not decide (no approvals:decide): 403, a problem document.
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(&starter)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+
+    // The stream is picked up where the first connection left it, and the approver decides.
+    let last = before.last().unwrap().id;
+    let mut second = Events::open(&s.base, &starter, &run, Some(last)).await;
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(&approver)
+        .json(&json!({"approved": true, "note": "ok"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let after = second.until("run_ended").await;
+    assert!(
+        second.next().await.is_none(),
+        "the stream ends with the run"
+    );
+    let seqs: Vec<u64> = before.iter().chain(&after).map(|e| e.id).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(
+        seqs, expected,
+        "every event once, in order, across the reconnect"
+    );
+    let ended = &after.last().unwrap().data["event"];
+    assert_eq!(ended["status"], "completed");
+    // The approver, not the caller's body, is who decided, in the log and the audit trail.
+    assert!(
+        after
+            .iter()
+            .any(|e| e.kind == "approval_decided" && e.data["event"]["by"] == "bob")
+    );
+    let export = client()
+        .get(s.url(&format!("/v1/audit/export?run={run}")))
+        .bearer_auth(&starter)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        export
+            .lines()
+            .any(|l| l.contains("approval_decided") && l.contains("\"by\":\"bob\"")),
+        "{export}"
+    );
+    let (_, detail) = get(&s, &starter, &format!("/v1/runs/{run}")).await;
+    assert_eq!(detail["run"]["status"], "completed");
+    assert_eq!(detail["run"]["user"], "ann");
+    assert_eq!(detail["run"]["tenant"], "acme");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_problem_documents_with_the_right_status() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let s = Served::start(
+        REIN,
+        state.path(),
+        agents.path(),
+        &["--max-body-bytes", "1024", "--rate", "1", "--burst", "2"],
+    );
+    let problem = |r: &reqwest::Response| {
+        r.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let r = client().get(s.url("/v1/runs")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(problem(&r).as_deref(), Some("application/problem+json"));
+    let r = client()
+        .get(s.url("/v1/runs"))
+        .bearer_auth("rein_nope_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client()
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&t)
+        .json(&json!({"agent": "pay", "task": "x".repeat(4096)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(problem(&r).as_deref(), Some("application/problem+json"));
+    // A body cannot claim another tenant or user.
+    let r = client()
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&t)
+        .json(&json!({"agent": "pay", "tenant": "globex"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "{}", r.text().await.unwrap());
+    // The burst of 2 is spent (the two requests above that had a token): the next request is
+    // refused with Retry-After.
+    let r = client()
+        .get(s.url("/v1/runs"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 429);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("requests a second")
+    );
+    assert_eq!(
+        client()
+            .get(s.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_twenty_runs_in_flight_and_a_restart_finishes_all_without_repeating_an_effect()
+{
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(start_run(&s, &t, "fast").await);
+    }
+    // Every run is in the middle of its work: its first effect is done.
+    for run in &runs {
+        let mut events = Events::open(&s.base, &t, run, None).await;
+        events.until("tool_outcome").await;
+    }
+    let status = s.terminate();
+    assert!(
+        status.success(),
+        "rein serve exits cleanly on SIGTERM: {status:?}"
+    );
+    let log = agents.path().join("effects/effects.log");
+    let done_at_stop = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(
+        (20..60).contains(&done_at_stop),
+        "{done_at_stop} effects when stopped"
+    );
+
+    // The restarted server resumes them by itself.
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    for run in &runs {
+        let mut events = Events::open(&s.base, &t, run, None).await;
+        let all = events.until("run_ended").await;
+        assert_eq!(
+            all.last().unwrap().data["event"]["status"],
+            "completed",
+            "{run}"
+        );
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unique: BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(lines.len(), 60, "three effects for each of 20 runs");
+    assert_eq!(unique.len(), 60, "no effect happened twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn promtool_accepts_the_metrics() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write,metrics:read");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let run = start_run(&s, &t, "pay").await;
+    Events::open(&s.base, &t, &run, None)
+        .await
+        .until("run_suspended")
+        .await;
+    let text = client()
+        .get(s.url("/metrics"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "rein_runs_started_total{agent=\"pay\",tenant=\"acme\"} 1",
+        "rein_tool_calls_total{agent=\"pay\",tool=\"pay\",verdict=\"ask\"} 1",
+        "rein_approvals_pending{tenant=\"acme\"} 1",
+        "rein_span_duration_seconds_count{span=\"gate\"}",
+        "rein_model_tokens_total",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) must be installed: .ci/run installs it");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where the Python packages the tests use are (`.ci/run` installs them there).
+fn python_path() -> String {
+    std::env::var("REIN_TEST_PYTHONPATH").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/rein/py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_every_response_as_documented() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(
+        REIN,
+        state.path(),
+        "acme",
+        "ann",
+        "runs:write,approvals:decide,audit:read,metrics:read,admin",
+    );
+    let s = Served::start(
+        REIN,
+        state.path(),
+        agents.path(),
+        &["--rate", "100000", "--burst", "100000"],
+    );
+    // A run waiting for a person: `GET /v1/approvals?wait=` answers at once.
+    let run = start_run(&s, &t, "pay").await;
+    Events::open(&s.base, &t, &run, None)
+        .await
+        .until("run_suspended")
+        .await;
+    let out = Command::new("python3")
+        .args(["-m", "schemathesis.cli", "run"])
+        .arg(s.url("/v1/openapi.json"))
+        .args(["--header", &format!("Authorization: Bearer {t}")])
+        .args([
+            "--max-examples",
+            "15",
+            "--phases",
+            "examples,coverage,fuzzing",
+        ])
+        // Every check but one: a request the schema allows may still be refused for what it
+        // means (an agent that does not exist, an explanation of nothing), with a 4xx.
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--seed", "4242", "--no-color"])
+        .env("PYTHONPATH", python_path())
+        .output()
+        .expect("python3 with schemathesis (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn traces_reach_an_otlp_collector_rein_did_not_write() {
+    use std::io::BufRead;
+    let spans_file = tempfile::NamedTempFile::new().unwrap();
+    let receiver_script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/otlp_receiver.py");
+    let mut receiver = Command::new("python3")
+        .arg(&receiver_script)
+        .arg(spans_file.path())
+        .env("PYTHONPATH", python_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with opentelemetry-proto (.ci/run installs it)");
+    let mut port = String::new();
+    std::io::BufReader::new(receiver.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port = port.trim().to_owned();
+    assert!(
+        port.parse::<u16>().is_ok(),
+        "the receiver did not start: {port:?}"
+    );
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["run", common::example().to_str().unwrap(), "--json"])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_SERVICE_NAME", "rein-test")
+        .output()
+        .unwrap();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // rein exports before it exits, so everything has arrived.
+    let spans: Vec<Value> = std::fs::read_to_string(spans_file.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let named = |name: &str| -> Vec<&Value> {
+        spans
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap().starts_with(name))
+            .collect()
+    };
+    let run = named("invoke_agent");
+    assert_eq!(run.len(), 1, "{spans:#?}");
+    let run = run[0];
+    assert_eq!(run["path"], "/v1/traces");
+    assert_eq!(run["content_type"], "application/x-protobuf");
+    assert_eq!(run["service"], "rein-test");
+    assert_eq!(run["attributes"]["gen_ai.operation.name"], "invoke_agent");
+    assert_eq!(run["attributes"]["gen_ai.agent.name"], "support-desk");
+    let chats = named("chat");
+    assert_eq!(chats.len(), 5, "one per model step");
+    for chat in &chats {
+        assert_eq!(
+            chat["parent"], run["span_id"],
+            "a chat is a child of its run"
+        );
+        assert_eq!(chat["trace_id"], run["trace_id"]);
+        assert_eq!(chat["attributes"]["gen_ai.operation.name"], "chat");
+        assert_eq!(chat["attributes"]["gen_ai.request.model"], "support-script");
+        assert!(
+            chat["attributes"]["gen_ai.usage.input_tokens"]
+                .as_i64()
+                .is_some_and(|n| n > 0),
+            "{chat}"
+        );
+    }
+    let tools = named("execute_tool");
+    assert_eq!(tools.len(), 4);
+    assert!(tools.iter().all(|t| t["parent"] == run["span_id"]));
+    assert!(
+        tools
+            .iter()
+            .any(|t| t["attributes"]["gen_ai.tool.name"] == "refunds.issue")
+    );
+    // A span per decision the gate makes (model decisions are remembered per run while the
+    // labels, the model and the budget share stay the same).
+    let gates = named("gate");
+    let actions: BTreeSet<&str> = gates
+        .iter()
+        .map(|g| g["attributes"]["rein.gate.action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["call_tool", "respond", "use_model"].into());
+    assert_eq!(
+        gates
+            .iter()
+            .filter(|g| g["attributes"]["rein.gate.action"] == "call_tool")
+            .count(),
+        4
+    );
+    assert!(gates.iter().all(|g| g["parent"] == run["span_id"]));
+    assert!(
+        gates
+            .iter()
+            .any(|g| g["attributes"]["rein.gate.action"] == "call_tool"
+                && g["attributes"]["rein.gate.verdict"] == "allow")
+    );
+    // Message contents are not put on spans.
+    let all = serde_json::to_string(&spans).unwrap();
+    assert!(
+        !all.contains("arrived damaged"),
+        "the task leaked into a span"
+    );
+}
