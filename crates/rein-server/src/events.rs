@@ -24,40 +24,62 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    fn sender(&self, run_id: &str) -> broadcast::Sender<v1::EventRecord> {
+    /// Listens to a run's events from now on. The run's channel exists only while someone
+    /// listens: a channel preallocates its buffer, and a server holds thousands of runs
+    /// suspended that nobody follows.
+    pub(crate) fn subscribe(&self, run_id: &str) -> broadcast::Receiver<v1::EventRecord> {
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(run_id.to_owned())
-            .or_insert_with(|| broadcast::channel(1024).0)
-            .clone()
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
     }
 
-    /// Listens to a run's events from now on.
-    pub(crate) fn subscribe(&self, run_id: &str) -> broadcast::Receiver<v1::EventRecord> {
-        self.sender(run_id).subscribe()
-    }
-
+    /// Hands an event to the run's listeners, if it has any; a channel whose listeners have all
+    /// gone is dropped here (under the lock `subscribe` takes, so no listener is left on a
+    /// dropped channel).
     fn publish(&self, run_id: &str, record: &v1::EventRecord) {
-        let sender = self.sender(run_id);
+        let sender = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(run_id) {
+                None => return,
+                Some(sender) if sender.receiver_count() == 0 => {
+                    channels.remove(run_id);
+                    return;
+                }
+                Some(sender) => sender.clone(),
+            }
+        };
         let _ = sender.send(record.clone());
-        // A run that ended has nothing more to say; its channel goes once nobody listens.
-        if matches!(record.event, v1::Event::RunEnded { .. }) && sender.receiver_count() == 0 {
-            self.channels
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(run_id);
-        }
+    }
+
+    /// Runs with a channel now (someone follows them, or did until their last event).
+    #[cfg(test)]
+    fn channels(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }
+
+/// Events a follower may fall behind by before it reads the log instead.
+const CHANNEL_CAPACITY: usize = 256;
 
 /// Sees the events of one run the server drives.
 struct RunWatch {
     state: Arc<AppState>,
     agent: String,
     tenant: String,
-    started: Mutex<Option<oneshot::Sender<String>>>,
+    /// Answers the request that started the run: with its id at its first event, or with the
+    /// error that kept it from starting. One channel for both, so a run that ends at once (its
+    /// driver gone before the request is answered) still answers with its id.
+    started: Starting,
 }
+
+/// Where the request that started a run waits for its answer (taken once).
+type Starting = Arc<Mutex<Option<oneshot::Sender<Result<String, Error>>>>>;
 
 impl Watch for RunWatch {
     fn event(&self, run_id: &str, event: &v1::EventRecord) {
@@ -67,7 +89,7 @@ impl Watch for RunWatch {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            let _ = tx.send(run_id.to_owned());
+            let _ = tx.send(Ok(run_id.to_owned()));
         }
         self.state
             .metrics
@@ -87,25 +109,26 @@ pub(crate) async fn start(
     run: NewRun,
 ) -> Result<String, Error> {
     let (tx, rx) = oneshot::channel();
-    let (err_tx, err_rx) = oneshot::channel::<Error>();
+    let started = Arc::new(Mutex::new(Some(tx)));
     let watch = RunWatch {
         state: state.clone(),
         agent: agent.name().to_owned(),
         tenant: run.tenant.clone(),
-        started: Mutex::new(Some(tx)),
+        started: started.clone(),
     };
     let task_state = state.clone();
     state.spawn(async move {
         let result = task_state.rein.start_on(&agent, run, Some(&watch)).await;
         if let Err(e) = result {
             log_drive_end(&e);
-            let _ = err_tx.send(e);
+            let waiting = started.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(tx) = waiting {
+                let _ = tx.send(Err(e));
+            }
         }
     });
-    tokio::select! {
-        id = rx => id.map_err(|_| Error::Internal("the run stopped before it started".into())),
-        e = err_rx => Err(e.unwrap_or_else(|_| Error::Internal("the run stopped before it started".into()))),
-    }
+    rx.await
+        .unwrap_or_else(|_| Err(Error::Internal("the run stopped before it started".into())))
 }
 
 fn log_drive_end(e: &Error) {
@@ -133,7 +156,7 @@ pub(crate) fn resume(state: &Arc<AppState>, run_id: String, tenant: String) {
             state: task_state.clone(),
             agent: agent.name().to_owned(),
             tenant,
-            started: Mutex::new(None),
+            started: Arc::new(Mutex::new(None)),
         };
         // Another decision's resume may hold the run for a moment, and a resume that read the
         // run before a later decision suspends again: try again until the run is driven past
@@ -213,7 +236,10 @@ impl Follow {
                     // A gap (the channel lagged, or events from before we listened): the log
                     // has them.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.reload(),
-                    Err(broadcast::error::RecvError::Closed) => self.reload(),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.rx = self.state.hub.subscribe(&self.run_id);
+                        self.reload();
+                    }
                 },
                 // A run driven by another process publishes nothing here: read the log.
                 () = tokio::time::sleep(Duration::from_secs(1)) => self.reload(),
@@ -258,4 +284,35 @@ pub(crate) fn follow(
     // No keep-alive comments: some clients read a comment as an event without data. A client
     // whose idle connection a proxy cuts reconnects with Last-Event-ID and misses nothing.
     Sse::new(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64) -> v1::EventRecord {
+        v1::EventRecord {
+            seq,
+            at_ms: 0,
+            event: v1::Event::RunSuspended { approvals: vec![] },
+        }
+    }
+
+    /// Runs nobody follows hold no channel (a suspended run's preallocated buffer was most of a
+    /// server's memory), and a channel goes once its last listener has.
+    #[test]
+    fn only_followed_runs_hold_a_channel() {
+        let hub = Hub::default();
+        for i in 0..100 {
+            hub.publish(&format!("run{i}"), &record(1));
+        }
+        assert_eq!(hub.channels(), 0);
+        let mut rx = hub.subscribe("run1");
+        hub.publish("run1", &record(2));
+        assert_eq!(rx.try_recv().unwrap().seq, 2);
+        assert_eq!(hub.channels(), 1);
+        drop(rx);
+        hub.publish("run1", &record(3));
+        assert_eq!(hub.channels(), 0);
+    }
 }

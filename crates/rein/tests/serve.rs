@@ -45,6 +45,12 @@ fn agents() -> tempfile::TempDir {
         "[[turns]]\ncalls = [{ tool = \"work\", args = { n = 1 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 2 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 3 } }]\n[[turns]]\ntext = \"done\"\n",
     );
     copy(fast.path(), &root.path().join("fast"));
+    let instant = AgentFolder::new(&format!(
+        "name = \"instant\"\ninstructions = \"Answer.\"\ndefault_task = \"answer\"\n{}\n",
+        rein_testkit::SCRIPTED_MODEL
+    ))
+    .file("script.toml", "[[turns]]\ntext = \"done\"\n");
+    copy(instant.path(), &root.path().join("instant"));
     root
 }
 
@@ -318,6 +324,43 @@ async fn sigterm_with_twenty_runs_in_flight_and_a_restart_finishes_all_without_r
     let unique: BTreeSet<&String> = lines.iter().collect();
     assert_eq!(lines.len(), 60, "three effects for each of 20 runs");
     assert_eq!(unique.len(), 60, "no effect happened twice");
+}
+
+/// A run that ends before its request is answered is still started: the request gets its id,
+/// never a 500 (its driver's end once raced the first event).
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_that_end_at_once_are_all_started() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (client, url, t) = (client(), s.url("/v1/runs"), t.clone());
+        set.spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(t)
+                .json(&json!({"agent": "instant"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        });
+    }
+    let mut ids = BTreeSet::new();
+    while let Some(done) = set.join_next().await {
+        let (status, body) = done.unwrap();
+        assert_eq!(status, 202, "{body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        ids.insert(body["run_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 40);
+    for run in &ids {
+        let mut events = Events::open(&s.base, &t, run, None).await;
+        let all = events.until("run_ended").await;
+        assert_eq!(all.last().unwrap().data["event"]["status"], "completed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
