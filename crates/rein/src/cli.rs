@@ -489,6 +489,22 @@ pub(crate) enum TokensCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
+    /// `rein serve` under load from this process on loopback: runs started per second, the
+    /// latency of `POST /v1/runs`, and the server's memory idle and with runs suspended.
+    Serve {
+        /// Runs to start.
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Runs left suspended waiting for approval, for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        suspended: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit log append rate (durable) and verification rate.
     Audit {
         /// Records to append and verify.

@@ -14,6 +14,7 @@ mod commands {
     pub(crate) mod approvals;
     pub(crate) mod audit;
     pub(crate) mod bench;
+    pub(crate) mod bench_serve;
     pub(crate) mod runs;
     pub(crate) mod security;
     pub(crate) mod serve;
@@ -33,7 +34,7 @@ use crate::cli::{
     ApprovalsCommand, AuditCommand, BenchCommand, Cli, Command, PolicyCommand, RunsCommand,
     SchemaCommand, TokensCommand, ToolsCommand,
 };
-use crate::commands::{agents, approvals, audit, bench, runs, security, serve};
+use crate::commands::{agents, approvals, audit, bench, bench_serve, runs, security, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -109,6 +110,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 } => bench::gate(policies, decisions, guards, json),
                 BenchCommand::Controls { steps, json } => bench::controls(steps, json),
                 BenchCommand::Audit { records, json } => bench::audit(records, json),
+                BenchCommand::Serve {
+                    runs,
+                    concurrency,
+                    suspended,
+                    json,
+                } => bench_serve::serve(runs, concurrency, suspended, json).await,
             };
         }
         Command::Audit {
