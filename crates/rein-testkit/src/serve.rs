@@ -68,6 +68,15 @@ impl Served {
     }
 }
 
+impl Served {
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -324,6 +324,76 @@ async fn sigterm_with_twenty_runs_in_flight_and_a_restart_finishes_all_without_r
     let unique: BTreeSet<&String> = lines.iter().collect();
     assert_eq!(lines.len(), 60, "three effects for each of 20 runs");
     assert_eq!(unique.len(), 60, "no effect happened twice");
+}
+
+/// A server killed with SIGKILL in the middle of 20 runs, then two servers started at once on the
+/// same state directory: each run is driven by one of them (under its lease), every run ends,
+/// a call whose outcome the crash left unknown is named rather than run again, and no effect
+/// happens twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_restarted_at_once_after_a_kill_drive_each_run_once() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(start_run(&s, &t, "fast").await);
+    }
+    for run in &runs {
+        let mut events = Events::open(&s.base, &t, run, None).await;
+        events.until("tool_outcome").await;
+    }
+    s.kill();
+
+    let (a, b) = (
+        Served::start(REIN, state.path(), agents.path(), &[]),
+        Served::start(REIN, state.path(), agents.path(), &[]),
+    );
+    let mut ended = BTreeMap::new();
+    for (i, run) in runs.iter().enumerate() {
+        // Either server shows every run (one state directory); ask them in turn.
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let mut events = Events::open(base, &t, run, None).await;
+        let all = events.until("run_ended").await;
+        // One of the two servers drove it: the loser's resume was refused before it recorded
+        // anything.
+        let resumes = all.iter().filter(|e| e.kind == "run_resumed").count();
+        assert_eq!(resumes, 1, "{run} was resumed {resumes} times");
+        let end = &all.last().unwrap().data["event"];
+        ended.insert(
+            run.clone(),
+            (end["status"].as_str().unwrap().to_owned(), end.clone()),
+        );
+    }
+    let log = agents.path().join("effects/effects.log");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let unique: BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(
+        unique.len(),
+        lines.len(),
+        "no effect happened twice: {lines:?}"
+    );
+    for (run, (status, end)) in &ended {
+        match status.as_str() {
+            // Every call of a completed run had its effect, once.
+            "completed" => {
+                for call in ["call_1_1", "call_2_1", "call_3_1"] {
+                    assert!(
+                        lines.contains(&format!("{run} {call}")),
+                        "{run} {call}: {lines:?}"
+                    );
+                }
+            }
+            // The kill left a call's outcome unknown: it is named, not repeated.
+            "needs_reconciliation" => assert!(end["call_id"].is_string(), "{end}"),
+            other => panic!("{run} ended {other}: {end}"),
+        }
+    }
 }
 
 /// A run that ends before its request is answered is still started: the request gets its id,

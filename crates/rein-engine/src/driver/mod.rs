@@ -241,13 +241,18 @@ impl<'a> Driver<'a> {
                     run_id: self.run_id.clone(),
                 });
             }
-            if self.beat.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            let action = self.state.next_action(self.engine.clock.now_ms());
+            // The append that ends or suspends a run releases its lease, so a renewal that
+            // fires while that end is still being sealed (the audit checkpoint, under a lock
+            // many processes share) finds no lease: that is not a loss, the run is over.
+            if self.beat.lost.load(std::sync::atomic::Ordering::SeqCst)
+                && !matches!(action, Action::Finished(_) | Action::Suspended)
+            {
                 return Err(EngineError::Store(rein_store::StoreError::Conflict {
                     run_id: self.run_id.clone(),
                     detail: "this process lost the run's lease to another; it stops here".into(),
                 }));
             }
-            let action = self.state.next_action(self.engine.clock.now_ms());
             if let (Some(by), false) = (
                 self.beat.cancelled_by(),
                 matches!(action, Action::Finished(_) | Action::Suspended),
