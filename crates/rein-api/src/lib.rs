@@ -39,6 +39,11 @@ pub fn agent_digest(agent_dir: &std::path::Path) -> Result<String, Error> {
     Ok(rein_config::load(agent_dir)?.digest)
 }
 
+/// Budget periods as the ledger keys them (`2026-11-23`, `2026-11`, `run`).
+pub mod budget {
+    pub use rein_core::budget::{Period, period_key};
+}
+
 /// Text helpers shared by the faces.
 pub mod text {
     pub use rein_core::text::one_line;

@@ -9,10 +9,16 @@ use rein_store::{RunFilter, Store};
 
 use crate::{Error, Rein, convert, v1};
 
-/// Sees every event of a run as it is recorded (the CLI's live view).
+/// Sees every event of a run: as it is recorded (the CLI's live view), or once it is durable
+/// (what a server tells its clients, which a crash must not take back).
 pub trait Watch: Send + Sync {
-    /// Called after each event is recorded.
+    /// Called for each event, in order.
     fn event(&self, run_id: &str, event: &v1::EventRecord);
+
+    /// Whether events come only once committed (later, in batches) rather than as recorded.
+    fn durable(&self) -> bool {
+        false
+    }
 }
 
 /// Hands the engine's events to a [`Watch`] as wire events.
@@ -20,6 +26,16 @@ struct Watching<'a>(&'a dyn Watch);
 
 impl Observer for Watching<'_> {
     fn on_event(&self, run_id: &str, event: &StoredEvent) {
+        if !self.0.durable() {
+            self.0.event(run_id, &event.clone().into());
+        }
+    }
+
+    fn wants_committed(&self) -> bool {
+        self.0.durable()
+    }
+
+    fn on_committed(&self, run_id: &str, event: &StoredEvent) {
         self.0.event(run_id, &event.clone().into());
     }
 }
@@ -266,6 +282,25 @@ impl Rein {
             .into_iter()
             .map(Into::into)
             .collect())
+    }
+
+    /// The run at the root of this one's tree (itself when it is not a sub-agent's run): the
+    /// one to resume, since a sub-agent's run is driven by its parent, under its policies.
+    pub fn root_run(&self, run_id: &str) -> Result<String, Error> {
+        let store = self.store()?;
+        let mut id = run_id.to_owned();
+        while let Some(parent) = store.run(&id)?.parent {
+            id = parent;
+        }
+        Ok(id)
+    }
+
+    /// Where the run with exactly this id stands.
+    pub fn run_status(&self, run_id: &str) -> Result<v1::RunStatus, Error> {
+        let store = self.store()?;
+        let summary = store.run(run_id)?;
+        let running = summary.status.is_none() && self.engine()?.driven_now(run_id)?;
+        Ok(convert::summary(summary, running).status)
     }
 
     /// The tenant of the run with exactly this id.

@@ -5,8 +5,19 @@ use rein_core::StoredEvent;
 
 /// Sees every event of a run as it is recorded (the CLI prints them).
 pub trait Observer: Send + Sync {
-    /// Called after each event is applied and queued for commit.
+    /// Called after each event is applied and queued for commit (a live view: it may be lost
+    /// to a crash before it commits).
     fn on_event(&self, run_id: &str, event: &StoredEvent);
+
+    /// Whether [`Observer::on_committed`] is wanted (it costs a copy of each event).
+    fn wants_committed(&self) -> bool {
+        false
+    }
+
+    /// Called for each event once it is known to be durable, in order: when the driver next
+    /// waits for its commits (an intent, an outcome, an ending, a suspension, the first model
+    /// call, a stop). What others are told from here can never be taken back by a crash.
+    fn on_committed(&self, _run_id: &str, _event: &StoredEvent) {}
 }
 
 /// An observer that ignores everything.

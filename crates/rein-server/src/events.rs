@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use rein_api::{Error, NewRun, Watch, v1};
 use tokio::sync::{Notify, broadcast, oneshot};
@@ -54,6 +54,17 @@ impl Hub {
         let _ = sender.send(record.clone());
     }
 
+    /// Drops the run's channel if nobody listens any more (a follower went away).
+    fn release(&self, run_id: &str) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if channels
+            .get(run_id)
+            .is_some_and(|s| s.receiver_count() == 0)
+        {
+            channels.remove(run_id);
+        }
+    }
+
     /// Runs with a channel now (someone follows them, or did until their last event).
     #[cfg(test)]
     fn channels(&self) -> usize {
@@ -82,6 +93,12 @@ struct RunWatch {
 type Starting = Arc<Mutex<Option<oneshot::Sender<Result<String, Error>>>>>;
 
 impl Watch for RunWatch {
+    /// Clients are told only what a crash cannot take back: a run's id once its start is
+    /// durable, events once committed (so a reconnect from `Last-Event-ID` never skips one).
+    fn durable(&self) -> bool {
+        true
+    }
+
     fn event(&self, run_id: &str, event: &v1::EventRecord) {
         if let Some(tx) = self
             .started
@@ -142,6 +159,8 @@ fn log_drive_end(e: &Error) {
 pub(crate) fn resume(state: &Arc<AppState>, run_id: String, tenant: String) {
     let task_state = state.clone();
     state.spawn(async move {
+        // A sub-agent's run goes on inside its root's: resume the root.
+        let run_id = task_state.rein.root_run(&run_id).unwrap_or(run_id);
         let Ok((_, dir)) = task_state.rein.run_agent(&run_id) else {
             return;
         };
@@ -175,7 +194,11 @@ pub(crate) fn resume(state: &Arc<AppState>, run_id: String, tenant: String) {
                     let undecided = task_state
                         .rein
                         .list_approvals(false, Some(&watch.tenant))
-                        .map(|list| list.iter().any(|a| a.run_id == run_id))
+                        .map(|list| {
+                            list.iter().any(|a| {
+                                a.run_id == run_id || a.run_id.starts_with(&format!("{run_id}-"))
+                            })
+                        })
                         .unwrap_or(true);
                     if undecided {
                         return;
@@ -212,8 +235,17 @@ struct Follow {
     run_id: String,
     last: u64,
     backlog: std::collections::VecDeque<v1::EventRecord>,
-    rx: broadcast::Receiver<v1::EventRecord>,
+    /// `None` only while being dropped.
+    rx: Option<broadcast::Receiver<v1::EventRecord>>,
     done: bool,
+}
+
+impl Drop for Follow {
+    /// The follower's channel goes with its last listener.
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.state.hub.release(&self.run_id);
+    }
 }
 
 impl Follow {
@@ -229,20 +261,24 @@ impl Follow {
             if self.done {
                 return None;
             }
+            let state = self.state.clone();
+            let rx = self.rx.as_mut()?;
             tokio::select! {
-                got = self.rx.recv() => match got {
+                got = rx.recv() => match got {
                     Ok(r) if r.seq == self.last + 1 => return Some(r),
                     Ok(r) if r.seq <= self.last => continue,
                     // A gap (the channel lagged, or events from before we listened): the log
                     // has them.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.reload(),
                     Err(broadcast::error::RecvError::Closed) => {
-                        self.rx = self.state.hub.subscribe(&self.run_id);
+                        self.rx = Some(state.hub.subscribe(&self.run_id));
                         self.reload();
                     }
                 },
                 // A run driven by another process publishes nothing here: read the log.
                 () = tokio::time::sleep(Duration::from_secs(1)) => self.reload(),
+                // The server is shutting down: the client reconnects to the next one.
+                () = state.stopped() => return None,
             }
         }
     }
@@ -268,10 +304,20 @@ pub(crate) fn follow(
         run_id,
         last: from,
         backlog: Default::default(),
-        rx,
+        rx: Some(rx),
         done: false,
     };
     follow.reload();
+    // Nothing after `from` and the run is over (a client reconnecting after the end): the
+    // stream ends at once rather than wait for events that will never come.
+    if follow.backlog.is_empty()
+        && let Ok(v1::RunStatus::Ended(end)) = follow.state.rein.run_status(&follow.run_id)
+        && end != v1::EndState::AwaitingApproval
+    {
+        // Read again: the run may have ended (and its last events landed) after the first read.
+        follow.reload();
+        follow.done = follow.backlog.is_empty();
+    }
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let record = f.next().await?;
         f.last = record.seq;
@@ -281,9 +327,10 @@ pub(crate) fn follow(
         }
         Some((Ok(sse_event(&record)), f))
     });
-    // No keep-alive comments: some clients read a comment as an event without data. A client
-    // whose idle connection a proxy cuts reconnects with Last-Event-ID and misses nothing.
-    Sse::new(stream)
+    // A comment every 15 s keeps a quiet stream (a run waiting days for a person) open through
+    // proxies that cut idle connections; SSE clients ignore comments. A client whose connection
+    // is cut anyway reconnects with Last-Event-ID and misses nothing.
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 #[cfg(test)]
@@ -313,6 +360,15 @@ mod tests {
         assert_eq!(hub.channels(), 1);
         drop(rx);
         hub.publish("run1", &record(3));
+        assert_eq!(hub.channels(), 0);
+        // A follower that goes away takes the channel with it, with no event to wait for.
+        let rx = hub.subscribe("run2");
+        let second = hub.subscribe("run2");
+        drop(rx);
+        hub.release("run2");
+        assert_eq!(hub.channels(), 1, "another follower still listens");
+        drop(second);
+        hub.release("run2");
         assert_eq!(hub.channels(), 0);
     }
 }

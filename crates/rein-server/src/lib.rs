@@ -19,10 +19,10 @@ mod routes {
 }
 mod state;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -96,6 +96,7 @@ impl Server {
             rate: RateLimiter::new(options.limits.rate_per_second, options.limits.rate_burst),
             limits: options.limits,
             stopping: Default::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
             tasks: Default::default(),
         });
         let problems = state.agents.refresh(&state.rein).await;
@@ -110,17 +111,34 @@ impl Server {
         Ok(server)
     }
 
-    /// Resumes every run no process drives that is neither ended nor waiting for approval.
+    /// Resumes what a previous server left: every run no process drives that is neither ended
+    /// nor waiting for approval, and every run suspended for approvals that have all been
+    /// decided (a decision made while that server stopped). A sub-agent's run is left to its
+    /// root, whose resume drives it under the parent's policies.
     fn resume_interrupted(&self) -> Result<(), rein_api::Error> {
         let runs = self.state.rein.list_runs(&rein_api::RunQuery {
             limit: usize::MAX >> 1,
             ..Default::default()
         })?;
+        let pending: std::collections::HashSet<String> = self
+            .state
+            .rein
+            .list_approvals(false, None)?
+            .into_iter()
+            .map(|a| a.run_id)
+            .collect();
+        let awaiting = rein_api::v1::RunStatus::Ended(rein_api::v1::EndState::AwaitingApproval);
+        let mut roots = std::collections::BTreeMap::new();
         for run in runs {
-            if run.status == rein_api::v1::RunStatus::Interrupted {
-                tracing::info!(run = %run.id, agent = %run.agent, "resuming a run left interrupted");
-                events::resume(&self.state, run.id, run.tenant);
+            let decided = run.status == awaiting && !pending.contains(&run.id);
+            if run.status == rein_api::v1::RunStatus::Interrupted || decided {
+                let root = self.state.rein.root_run(&run.id)?;
+                roots.entry(root).or_insert(run.tenant);
             }
+        }
+        for (root, tenant) in roots {
+            tracing::info!(run = %root, "resuming a run a previous server left");
+            events::resume(&self.state, root, tenant);
         }
         Ok(())
     }
@@ -144,18 +162,27 @@ impl Server {
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; runs stop at their next durable point");
-            stop_state.stopping.store(true, Ordering::SeqCst);
-            let _ = stop_state.rein.stop_driving();
+            stop_state.begin_stop();
         };
-        axum::serve(
+        let serving = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(signal)
-        .await?;
+        .into_future();
+        // Streams and long polls end at shutdown, and other requests have their time limit; a
+        // request exempt from it (an audit export) still gets no more than the drain time.
+        let late = state.clone();
+        let drain = self.drain;
+        tokio::select! {
+            served = serving => served?,
+            () = async move {
+                late.stopped().await;
+                tokio::time::sleep(drain).await;
+            } => tracing::warn!("requests still open after the drain time were closed"),
+        }
         // Requests are done; the runs driven in the background stop at a durable point.
-        state.stopping.store(true, Ordering::SeqCst);
-        let _ = state.rein.stop_driving();
+        state.begin_stop();
         let deadline = Instant::now() + self.drain;
         let mut tasks = std::mem::take(&mut *state.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         while !tasks.is_empty() && Instant::now() < deadline {
@@ -188,11 +215,25 @@ async fn prometheus(State(state): State<Arc<AppState>>, Auth(caller): Auth) -> R
     if let Err(e) = caller.require("metrics:read") {
         return Problem::from(e).into_response();
     }
+    // Metrics are the operator's: they cover every tenant (`metrics:read` is for the
+    // operator's scraper, not for a tenant's token). Budget use is the current day's and
+    // month's shared lines; a run's own line ends with it.
     let pending = state.rein.list_approvals(false, None).unwrap_or_default();
-    let usage = state.rein.usage(None, None, None, None).unwrap_or_default();
+    let now = now_ms();
+    let current = [
+        rein_api::budget::period_key(rein_api::budget::Period::Day, now),
+        rein_api::budget::period_key(rein_api::budget::Period::Month, now),
+    ];
+    let usage: Vec<_> = state
+        .rein
+        .usage(None, None, None, None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|row| !row.key.starts_with("run:") && current.contains(&row.period))
+        .collect();
     let text = state
         .metrics
-        .render(state.rein.driving(), &pending, &usage, now_ms());
+        .render(state.rein.driving(), &pending, &usage, now);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -243,6 +284,14 @@ async fn not_found() -> Response {
     .into_response()
 }
 
+async fn method_not_allowed() -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method: GET /v1/openapi.json lists what each takes",
+    )
+    .into_response()
+}
+
 fn router(state: Arc<AppState>) -> Router {
     use routes::{admin, approvals, runs};
     // Requests answered at once are held to the time limit; streams and waits are not.
@@ -274,6 +323,7 @@ fn router(state: Arc<AppState>) -> Router {
     timed
         .merge(open)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_body_bytes,

@@ -53,15 +53,29 @@ impl From<Error> for Problem {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "request failed");
-        }
         Problem::new(status, e.to_string())
     }
 }
 
+/// Tells apart the server errors of this process, to find one in the log.
+static ERROR_REFS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        // A server error's cause (a database message, a path) stays in the log; the client
+        // gets a reference to it.
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+            let reference = format!(
+                "{:x}-{}",
+                std::process::id(),
+                ERROR_REFS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            tracing::error!(error = %self.detail, reference = %reference, "request failed");
+            self.detail = format!(
+                "rein could not complete the request; the server's log has the cause under \
+                 reference {reference}"
+            );
+        }
         let title = self.status.canonical_reason().unwrap_or("Error");
         let body = serde_json::to_vec(&Body {
             kind: "about:blank",

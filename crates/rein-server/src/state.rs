@@ -2,7 +2,7 @@
 //! their configuration changes), the live event hub, the metrics, the request limits, and the
 //! runs it drives in the background.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,10 @@ impl Default for Limits {
 pub(crate) struct Agents {
     roots: Vec<PathBuf>,
     loaded: AsyncMutex<BTreeMap<String, Arc<LoadedAgent>>>,
+    /// Configurations (folder, digest) that could not be loaded, with the problem.
+    failed: AsyncMutex<HashMap<(PathBuf, String), String>>,
+    /// Held while the folders are looked at on a request's behalf.
+    refreshing: AsyncMutex<()>,
     /// When the folders were last looked at; they are looked at again at most every two seconds.
     checked: Mutex<Option<Instant>>,
 }
@@ -77,34 +81,47 @@ impl Agents {
         Agents {
             roots,
             loaded: AsyncMutex::new(BTreeMap::new()),
+            failed: AsyncMutex::new(HashMap::new()),
+            refreshing: AsyncMutex::new(()),
             checked: Mutex::new(None),
         }
     }
 
     /// Looks at the folders again: new agents are loaded, changed ones (their configuration's
-    /// digest) loaded again, removed ones dropped. Returns problems, one per folder that could
-    /// not be loaded.
+    /// digest) loaded again, removed ones dropped. A folder that cannot be loaded keeps its last
+    /// good version in service, and the same broken configuration is not tried again until it
+    /// changes. Returns problems, one per folder that could not be loaded.
     pub(crate) async fn refresh(&self, rein: &Rein) -> Vec<String> {
         let mut problems = Vec::new();
         let mut loaded = self.loaded.lock().await;
+        let mut failed = self.failed.lock().await;
         let mut seen = Vec::new();
         for root in &self.roots {
             for dir in agent_folders(root) {
+                let canonical = dir.canonicalize().unwrap_or(dir.clone());
+                let current = loaded.values().find(|a| a.dir() == canonical).cloned();
+                let keep = |seen: &mut Vec<String>| {
+                    if let Some(a) = &current {
+                        seen.push(a.name().to_owned());
+                    }
+                };
                 let digest = match rein_api::agent_digest(&dir) {
                     Ok(d) => d,
                     Err(e) => {
                         problems.push(e.to_string());
+                        keep(&mut seen);
                         continue;
                     }
                 };
-                let current = loaded
-                    .values()
-                    .find(|a| a.dir() == dir.canonicalize().unwrap_or(dir.clone()))
-                    .cloned();
                 if let Some(a) = &current
                     && a.digest() == digest
                 {
                     seen.push(a.name().to_owned());
+                    continue;
+                }
+                if let Some(problem) = failed.get(&(canonical.clone(), digest.clone())) {
+                    problems.push(problem.clone());
+                    keep(&mut seen);
                     continue;
                 }
                 match rein.load(&dir).await {
@@ -113,7 +130,12 @@ impl Agents {
                         seen.push(agent.name().to_owned());
                         loaded.insert(agent.name().to_owned(), Arc::new(agent));
                     }
-                    Err(e) => problems.push(format!("{}: {e}", dir.display())),
+                    Err(e) => {
+                        let problem = format!("{}: {e}", dir.display());
+                        failed.insert((canonical, digest), problem.clone());
+                        problems.push(problem);
+                        keep(&mut seen);
+                    }
                 }
             }
         }
@@ -122,16 +144,23 @@ impl Agents {
         problems
     }
 
-    /// The agent of this name, the folders looked at again first if it has been a while.
-    pub(crate) async fn get(&self, rein: &Rein, name: &str) -> Option<Arc<LoadedAgent>> {
-        let stale = self
-            .checked
+    /// Whether the folders were looked at more than two seconds ago.
+    fn stale(&self) -> bool {
+        self.checked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|at| at.elapsed() > Duration::from_secs(2));
-        if stale {
-            for p in self.refresh(rein).await {
-                tracing::warn!(problem = %p, "an agent could not be loaded");
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(2))
+    }
+
+    /// The agent of this name, the folders looked at again first if it has been a while.
+    pub(crate) async fn get(&self, rein: &Rein, name: &str) -> Option<Arc<LoadedAgent>> {
+        if self.stale() {
+            // One refresh at a time: requests that queued behind it find the folders fresh.
+            let _one = self.refreshing.lock().await;
+            if self.stale() {
+                for p in self.refresh(rein).await {
+                    tracing::warn!(problem = %p, "an agent could not be loaded");
+                }
             }
         }
         self.loaded.lock().await.get(name).cloned()
@@ -170,6 +199,9 @@ pub(crate) struct AppState {
     pub rate: RateLimiter,
     /// Set once shutdown has begun: readiness fails and no run starts.
     pub stopping: AtomicBool,
+    /// Told when shutdown begins, so event streams and long polls end rather than hold the
+    /// server open.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Runs driven in the background.
     pub tasks: Mutex<tokio::task::JoinSet<()>>,
 }
@@ -186,6 +218,20 @@ impl AppState {
     /// Whether shutdown has begun.
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Begins shutdown: no new runs, readiness fails, streams and long polls end, and the runs
+    /// driven here stop at their next durable point.
+    pub(crate) fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
+        let _ = self.rein.stop_driving();
+    }
+
+    /// Completes once shutdown has begun.
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Drives a run in the background.

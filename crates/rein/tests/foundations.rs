@@ -109,7 +109,11 @@ async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_dec
     // Step 1's and (at least) the resumed step 2's: the dead process's step-2 decision is there
     // too when it had committed before the kill.
     assert!(decisions >= 2, "{decisions} decisions");
-    assert!(records.iter().any(|r| r["kind"] == "tool_rejected"));
+    // The rejection is not waited for before the next model call (nothing happened that a
+    // resume could repeat), so the kill may land before it commits; whether or not it did, the
+    // trail holds exactly what the log holds.
+    let in_log = events.iter().any(|e| e["event"]["type"] == "tool_rejected");
+    assert_eq!(records.iter().any(|r| r["kind"] == "tool_rejected"), in_log);
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::REIN;
 use rein_testkit::AgentFolder;
@@ -193,6 +194,79 @@ async fn tenants_are_kept_apart_and_an_approval_from_another_token_finishes_the_
     assert_eq!(detail["run"]["status"], "completed");
     assert_eq!(detail["run"]["user"], "ann");
     assert_eq!(detail["run"]["tenant"], "acme");
+
+    // A client reconnecting after the end (as a browser's EventSource does) gets an ended
+    // stream, not one that waits for ever.
+    let end = after.last().unwrap().id;
+    let mut again = Events::open(&s.base, &starter, &run, Some(end)).await;
+    assert!(again.next().await.is_none());
+
+    // Another tenant's admin sees neither acme's spending nor its runs in the audit report.
+    let (_, usage) = get(&s, &other, "/v1/usage").await;
+    assert!(
+        usage
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| !row["key"].as_str().unwrap().contains("acme")),
+        "{usage}"
+    );
+    let (status, verify) = get(&s, &other, "/v1/audit/verify").await;
+    assert_eq!(status, 200, "{verify}");
+    assert!(!verify.to_string().contains(&run), "{verify}");
+}
+
+/// SIGTERM while clients hold an event stream of a run waiting for a person and a long poll for
+/// approvals: both end, the server exits 0, and the run is still there for the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_streams_and_long_polls() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let run = start_run(&s, &t, "pay").await;
+    let mut events = Events::open(&s.base, &t, &run, None).await;
+    events.until("run_suspended").await;
+    // A long poll of another tenant, which has nothing pending, so it waits.
+    let other = token(REIN, state.path(), "globex", "eve", "runs:write");
+    let poll = tokio::spawn(
+        client()
+            .get(s.url("/v1/approvals?wait=60"))
+            .bearer_auth(other)
+            .send(),
+    );
+    let pid = s.pid();
+    let exited = tokio::task::spawn_blocking(move || s.terminate());
+    assert!(events.next().await.is_none(), "the stream ends at shutdown");
+    let answered = poll.await.unwrap().unwrap();
+    assert_eq!(answered.status(), 200);
+    // Bounded only so that a server that never exits fails the test instead of hanging CI.
+    let status = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .unwrap_or_else(|_| panic!("rein serve (pid {pid}) did not exit on SIGTERM"))
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+
+    // Decided while no server ran (from the command line): the next server resumes it.
+    let approval = Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["approvals", "list", "--json"])
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&approval.stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap();
+    let decided = Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["approvals", "approve", id, "--as", "bob"])
+        .output()
+        .unwrap();
+    assert!(decided.status.success(), "{decided:?}");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let mut events = Events::open(&s.base, &t, &run, None).await;
+    let all = events.until("run_ended").await;
+    assert_eq!(all.last().unwrap().data["event"]["status"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -214,6 +288,10 @@ async fn bad_requests_get_problem_documents_with_the_right_status() {
     let r = client().get(s.url("/v1/runs")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(problem(&r).as_deref(), Some("application/problem+json"));
+    let r = client().delete(s.url("/v1/runs")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(problem(&r).as_deref(), Some("application/problem+json"));
+    assert!(r.headers().get("allow").is_some(), "{:?}", r.headers());
     let r = client()
         .get(s.url("/v1/runs"))
         .bearer_auth("rein_nope_nope")

@@ -43,6 +43,9 @@ pub(crate) struct Driver<'a> {
     tool_specs: Vec<ToolSpec>,
     /// Appends queued and not yet known to be committed.
     pending: Vec<Commit>,
+    /// Events queued and not yet known to be committed, for an observer that wants only
+    /// durable ones.
+    uncommitted: Vec<rein_core::StoredEvent>,
     /// A run_ended or run_suspended was recorded since the last flush: sign a checkpoint.
     closing: bool,
     effects: u32,
@@ -89,6 +92,7 @@ impl<'a> Driver<'a> {
                 .filter(|t| !agent.gate.denied_outright(&t.name))
                 .collect(),
             pending: Vec::new(),
+            uncommitted: Vec::new(),
             closing: false,
             effects: 0,
             model_decisions: Vec::new(),

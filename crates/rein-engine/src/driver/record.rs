@@ -59,6 +59,9 @@ impl Driver<'_> {
             Some(hook),
         ));
         self.observer.on_event(&self.run_id, &stored);
+        if self.observer.wants_committed() {
+            self.uncommitted.push(stored.clone());
+        }
         let closing = matches!(
             stored.event,
             Event::RunEnded { .. } | Event::RunSuspended { .. }
@@ -85,6 +88,9 @@ impl Driver<'_> {
     pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
         for commit in self.pending.drain(..) {
             commit.await?;
+        }
+        for event in self.uncommitted.drain(..) {
+            self.observer.on_committed(&self.run_id, &event);
         }
         if let Some(failure) = self.engine.audit.failure() {
             return Err(EngineError::Audit(failure));

@@ -43,11 +43,12 @@ pub(crate) async fn list(
         while found.is_empty() && tokio::time::Instant::now() < deadline {
             // Woken by a request of a run this server drives; read again every second for those
             // other processes make.
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
-                state.hub.approvals.notified(),
-            )
-            .await;
+            let tick = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::timeout_at(tick, state.hub.approvals.notified()) => {}
+                // Shutting down: answer with what there is rather than hold the server open.
+                () = state.stopped() => break,
+            }
             found = read()?;
         }
     }
@@ -56,7 +57,7 @@ pub(crate) async fn list(
 
 /// The approval with this id, if it is the caller's tenant's.
 fn owned(state: &AppState, caller: &rein_api::Caller, id: &str) -> ApiResult<v1::ApprovalCard> {
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !crate::routes::runs::valid_id(id) {
         return Err(Problem::not_found("approval"));
     }
     match state.rein.approval_card(id) {
@@ -93,12 +94,17 @@ pub(crate) async fn decide(
 ) -> ApiResult<axum::Json<v1::ApprovalSummary>> {
     caller.require("approvals:decide")?;
     let card = owned(&state, &caller, &id)?;
+    // A decision now would not resume its run here: the client decides on the next server.
+    if state.stopping() {
+        return Err(Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down; decide on another one",
+        ));
+    }
     let decided = state
         .rein
         .decide(&id, body.approved, &caller.user, body.note)
         .await?;
-    if !state.stopping() {
-        events::resume(&state, card.approval.run_id.clone(), caller.tenant.clone());
-    }
+    events::resume(&state, card.approval.run_id.clone(), caller.tenant.clone());
     Ok(axum::Json(decided))
 }

@@ -38,11 +38,27 @@ pub(crate) struct Started {
     pub events: String,
 }
 
-fn valid_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+/// A rein id (32 lower-case hex digits), or a sub-agent's run id: its parent's id and the
+/// call that delegated to it (`<id>-call_<step>_<n>`, nested for deeper sub-agents).
+pub(crate) fn valid_id(id: &str) -> bool {
+    let mut parts = id.split('-');
+    let hex = |p: &str| {
+        p.len() == 32
+            && p.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let call = |p: &str| {
+        p.strip_prefix("call_").is_some_and(|rest| {
+            let mut n = rest.split('_');
+            let digits = |x: Option<&str>| {
+                x.is_some_and(|x| {
+                    !x.is_empty() && x.len() <= 10 && x.bytes().all(|b| b.is_ascii_digit())
+                })
+            };
+            digits(n.next()) && digits(n.next()) && n.next().is_none()
+        })
+    };
+    parts.next().is_some_and(hex) && parts.all(call)
 }
 
 /// The run with this exact id, if it is the caller's tenant's.
@@ -253,4 +269,30 @@ pub(crate) async fn reconcile(
     Ok(axum::Json(
         serde_json::json!({"run_id": id, "call": call, "next": format!("POST /v1/runs/{id}/resume")}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_id;
+
+    #[test]
+    fn ids_of_runs_and_of_sub_agents_runs_are_valid_and_nothing_else() {
+        let root = "0123456789abcdef0123456789abcdef";
+        assert!(valid_id(root));
+        assert!(valid_id(&format!("{root}-call_2_1")));
+        assert!(valid_id(&format!("{root}-call_2_1-call_1_3")));
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789abcdef",
+            &root[1..],
+            &format!("{root}-"),
+            &format!("{root}-call_2"),
+            &format!("{root}-call_2_1_3"),
+            &format!("{root}-call_x_1"),
+            &format!("{root}-../etc"),
+            &format!("{root}/call_2_1"),
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
 }

@@ -77,7 +77,7 @@ pub(crate) fn create_token(
     json: bool,
 ) -> anyhow::Result<u8> {
     let now = now_ms();
-    let expires = expires_in_days.map(|d| now + d * 86_400_000);
+    let expires = expires_in_days.map(|d| now.saturating_add(d.saturating_mul(86_400_000)));
     let (token, info) = rein.create_token(tenant, user.unwrap_or(tenant), scopes, expires, now)?;
     if json {
         out::json(&serde_json::json!({"token": token, "info": info}))?;
