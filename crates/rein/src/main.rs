@@ -39,7 +39,7 @@ use crate::commands::{agents, approvals, audit, bench, bench_serve, runs, securi
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let telemetry = telemetry::init();
+    let telemetry = telemetry::init(matches!(cli.command, Command::Serve { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

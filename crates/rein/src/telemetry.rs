@@ -34,9 +34,10 @@ fn rein_spans() -> Targets {
         .with_target("rein_server", LevelFilter::INFO)
 }
 
-/// Sets up the subscriber. A collector that cannot be set up is reported, and rein goes on
-/// without it.
-pub(crate) fn init() -> Telemetry {
+/// Sets up the subscriber; `serving` adds the server's span timer (its latency histograms), which
+/// no other command reads, so spans cost nothing there unless logged or exported. A collector
+/// that cannot be set up is reported, and rein goes on without it.
+pub(crate) fn init(serving: bool) -> Telemetry {
     let fmt = tracing_subscriber::fmt::layer()
         // Each span (invoke_agent, chat, execute_tool, gate) is printed with its attributes as
         // it closes.
@@ -78,7 +79,7 @@ pub(crate) fn init() -> Telemetry {
             .with_tracer(p.tracer("rein"))
             .with_filter(rein_spans())
     });
-    let timer = rein_server::SpanTimer.with_filter(rein_spans());
+    let timer = serving.then(|| rein_server::SpanTimer.with_filter(rein_spans()));
     let _ = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
