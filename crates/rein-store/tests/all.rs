@@ -340,6 +340,35 @@ async fn check_leases(store: &dyn Store) {
     ));
 }
 
+/// A driver asks before and after every model call whether its run was cancelled, and reads the
+/// database only when some process made a request since it last looked: a request made through
+/// another store (another process) is seen at the next ask, and runs not asked for are not.
+#[tokio::test]
+async fn a_cancellation_request_from_another_store_is_seen_at_the_next_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let (driving, other) = (open(dir.path()), open(dir.path()));
+    for run in ["c1", "c2"] {
+        let lease = Lease::new_run(run, "proc-a", u64::MAX / 4);
+        put(&driving, &lease, &[ev(1, started("x"))]).await.unwrap();
+    }
+    assert_eq!(driving.cancel_requested("c1").unwrap(), None);
+    other.request_cancel("c1", "ann").unwrap();
+    assert_eq!(
+        driving.cancel_requested("c1").unwrap().as_deref(),
+        Some("ann")
+    );
+    assert_eq!(driving.cancel_requested("c2").unwrap(), None);
+    other.request_cancel("c2", "bob").unwrap();
+    assert_eq!(
+        driving.cancel_requested("c2").unwrap().as_deref(),
+        Some("bob")
+    );
+    assert!(matches!(
+        other.request_cancel("nope", "x"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 #[tokio::test]
 async fn an_approval_is_decided_once() {
     let dir = tempfile::tempdir().unwrap();

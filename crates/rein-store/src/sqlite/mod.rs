@@ -3,6 +3,7 @@
 
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -96,7 +97,13 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: Option<mpsc::Sender<Append>>,
     writer: Option<JoinHandle<()>>,
-    reader: Mutex<Connection>,
+    /// Idle reading connections: a read takes one for its duration (opening another when none
+    /// is idle), so concurrent reads (each run's cancellation check, event streams) never wait
+    /// on each other; a lock around one shared connection made every reader of a busy process
+    /// park on a futex.
+    readers: Mutex<Vec<Connection>>,
+    /// The cancellation requests as last read, and the size of the signal file then.
+    cancels: Mutex<CancelView>,
     /// Leases and cancellation requests: small transactions of their own.
     control: Mutex<Connection>,
 }
@@ -108,6 +115,18 @@ impl std::fmt::Debug for SqliteStore {
             .finish()
     }
 }
+
+/// Cancellation requests of unfinished runs, as a store last read them.
+#[derive(Debug, Default)]
+struct CancelView {
+    /// The signal file's size when they were read (`None`: never read).
+    signal: Option<u64>,
+    /// Run id to who asked.
+    requested: HashMap<String, String>,
+}
+
+/// Reading connections kept open between reads.
+const MAX_IDLE_READERS: usize = 8;
 
 /// Opens a connection to the store's file with the settings every connection shares.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -161,9 +180,16 @@ impl SqliteStore {
             path,
             sender: Some(sender),
             writer: Some(handle),
-            reader: Mutex::new(reader),
+            readers: Mutex::new(vec![reader]),
+            cancels: Mutex::new(CancelView::default()),
             control: Mutex::new(control),
         })
+    }
+
+    /// `rein.db-cancels`: a byte is appended after each cancellation request, so a driver
+    /// reads the requests only when one was made.
+    fn cancel_signal(&self) -> PathBuf {
+        self.path.with_extension("db-cancels")
     }
 
     /// The database file.
@@ -182,11 +208,25 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self
-            .reader
+        let idle = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self
+            .readers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&conn)
+        // As many stay open as were ever in use at once, up to a bound.
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
     }
 
     /// Runs `f` in an immediate transaction on the control connection.
@@ -576,16 +616,44 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(run_id.into()));
             }
             Ok(())
-        })
+        })?;
+        // Tell every process's drivers to look (after the commit, so a driver that sees the
+        // signal finds the request). Should the signal fail, the lease's heartbeat still reads
+        // the request within its period.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cancel_signal())
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"."));
+        Ok(())
     }
 
     fn cancel_requested(&self, run_id: &str) -> Result<Option<String>, StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT cancel_requested FROM runs WHERE id = ?1")
-                .and_then(|mut s| s.query_row([run_id], |r| r.get(0)).optional())
-                .map(Option::flatten)
-                .map_err(|e| self.db_err(e))
-        })
+        // Drivers ask before and after every model call; the database is read only when the
+        // signal file has grown since the last look (a request was made, by any process).
+        let signal = std::fs::metadata(self.cancel_signal())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut view = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if view.signal != Some(signal) {
+            view.requested = self.read(|conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, cancel_requested FROM runs WHERE cancel_requested IS NOT NULL",
+                    )
+                    .map_err(|e| self.db_err(e))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .map_err(|e| self.db_err(e))?;
+                rows.collect::<Result<HashMap<_, _>, _>>()
+                    .map_err(|e| self.db_err(e))
+            })?;
+            view.signal = Some(signal);
+        }
+        Ok(view.requested.get(run_id).cloned())
     }
 
     fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
