@@ -55,58 +55,17 @@ impl Rein {
         request: &v1::ExplainRequest,
     ) -> Result<v1::Decision, Error> {
         let (gate, _) = self.gate(agent_dir).await?;
-        let args = if request.args.is_null() {
-            json!({})
-        } else {
-            request.args.clone()
-        };
-        let target = match (&request.tool, &request.model, &request.answer) {
-            (Some(tool), None, None) => Target::Tool(tool.clone()),
-            (None, Some(model), None) => Target::Model(model.clone()),
-            (None, None, Some(_)) => Target::Respond,
-            _ => {
-                return Err(Error::Invalid(
-                    "give one of a tool, a model or an answer to explain".into(),
-                ));
-            }
-        };
-        let args = match &request.answer {
-            Some(text) => json!({ "text": text }),
-            None => args,
-        };
-        let grants = match &request.grants {
-            None => GrantFacts::default(),
-            Some(list) => {
-                let list = convert::grants(list)?;
-                let tool = request.tool.as_deref().unwrap_or("respond");
-                let mut tools: Vec<String> = list.iter().map(|g| g.tool.clone()).collect();
-                tools.sort();
-                tools.dedup();
-                GrantFacts {
-                    fixed: true,
-                    covered: rein_core::grants::covering(&list, tool, &args, request.calls)
-                        .is_some(),
-                    tools,
-                }
-            }
-        };
-        let scenario = Scenario {
-            user: request.user.clone(),
-            tenant: request.tenant.clone(),
-            task: request.task.clone().unwrap_or_else(|| "explain".into()),
-            labels: request.labels.clone(),
-            approved_by: request.approved_by.clone(),
-            from: request.from.clone(),
-            grants,
-            data: request
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
-                .collect(),
-            calls: request.calls,
-        };
-        let decision = gate.judge_scenario(&target, &args, &scenario);
-        Ok(convert::decision(decision))
+        explain_with(&gate, request)
+    }
+
+    /// As [`Rein::policy_explain`], with the gate of an agent loaded already (a server's): no
+    /// configuration read and no MCP server started per request.
+    pub fn policy_explain_on(
+        &self,
+        loaded: &crate::LoadedAgent,
+        request: &v1::ExplainRequest,
+    ) -> Result<v1::Decision, Error> {
+        explain_with(loaded.gate(), request)
     }
 
     /// The Cedar schema policies are validated against: an agent's, with its tools, or the
@@ -303,4 +262,59 @@ fn arguments(schema: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The verdict `gate` gives the request, and the policies that decided it.
+fn explain_with(gate: &Gate, request: &v1::ExplainRequest) -> Result<v1::Decision, Error> {
+    let args = if request.args.is_null() {
+        json!({})
+    } else {
+        request.args.clone()
+    };
+    let target = match (&request.tool, &request.model, &request.answer) {
+        (Some(tool), None, None) => Target::Tool(tool.clone()),
+        (None, Some(model), None) => Target::Model(model.clone()),
+        (None, None, Some(_)) => Target::Respond,
+        _ => {
+            return Err(Error::Invalid(
+                "give one of a tool, a model or an answer to explain".into(),
+            ));
+        }
+    };
+    let args = match &request.answer {
+        Some(text) => json!({ "text": text }),
+        None => args,
+    };
+    let grants = match &request.grants {
+        None => GrantFacts::default(),
+        Some(list) => {
+            let list = convert::grants(list)?;
+            let tool = request.tool.as_deref().unwrap_or("respond");
+            let mut tools: Vec<String> = list.iter().map(|g| g.tool.clone()).collect();
+            tools.sort();
+            tools.dedup();
+            GrantFacts {
+                fixed: true,
+                covered: rein_core::grants::covering(&list, tool, &args, request.calls).is_some(),
+                tools,
+            }
+        }
+    };
+    let scenario = Scenario {
+        user: request.user.clone(),
+        tenant: request.tenant.clone(),
+        task: request.task.clone().unwrap_or_else(|| "explain".into()),
+        labels: request.labels.clone(),
+        approved_by: request.approved_by.clone(),
+        from: request.from.clone(),
+        grants,
+        data: request
+            .data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .collect(),
+        calls: request.calls,
+    };
+    let decision = gate.judge_scenario(&target, &args, &scenario);
+    Ok(convert::decision(decision))
 }

@@ -68,6 +68,10 @@ impl LoadedAgent {
     pub fn digest(&self) -> &str {
         &self.spec.digest
     }
+    /// Its gate.
+    pub(crate) fn gate(&self) -> &rein_policy::Gate {
+        self.agent.gate()
+    }
     /// Stops its MCP servers.
     pub async fn close(&self) {
         close(&self.agent).await;

@@ -26,29 +26,34 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "send `Authorization: Bearer <token>`; `rein tokens create` makes one",
-                )
-            })?;
-        let bearer = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the Authorization header must be `Bearer <token>`",
-                )
-            })?;
-        let caller = state.rein.authenticate(bearer.trim(), crate::now_ms())?;
+        let bearer = bearer(&parts.headers)?;
+        let caller = state.rein.authenticate(bearer, crate::now_ms())?;
         state.rate.admit(&caller.token_id)?;
         Ok(Auth(caller))
     }
+}
+
+/// The bearer token a request carries.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Problem> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <token>`; `rein tokens create` makes one",
+            )
+        })?;
+    let bearer = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })?;
+    Ok(bearer.trim())
 }
 
 /// Per-token request rates: a bucket of `burst` requests refilled at `per_second`.

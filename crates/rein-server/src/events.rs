@@ -238,6 +238,9 @@ struct Follow {
     /// `None` only while being dropped.
     rx: Option<broadcast::Receiver<v1::EventRecord>>,
     done: bool,
+    /// The follower's token, checked again every second: a revoked or expired one ends the
+    /// stream.
+    bearer: String,
 }
 
 impl Drop for Follow {
@@ -275,8 +278,14 @@ impl Follow {
                         self.reload();
                     }
                 },
-                // A run driven by another process publishes nothing here: read the log.
-                () = tokio::time::sleep(Duration::from_secs(1)) => self.reload(),
+                // A run driven by another process publishes nothing here: read the log. And the
+                // token may have been revoked since the stream opened.
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if state.rein.authenticate(&self.bearer, crate::now_ms()).is_err() {
+                        return None;
+                    }
+                    self.reload();
+                }
                 // The server is shutting down: the client reconnects to the next one.
                 () = state.stopped() => return None,
             }
@@ -296,6 +305,7 @@ pub(crate) fn follow(
     state: Arc<AppState>,
     run_id: String,
     from: u64,
+    bearer: String,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     // Subscribe before reading the log, so nothing falls between the two.
     let rx = state.hub.subscribe(&run_id);
@@ -306,6 +316,7 @@ pub(crate) fn follow(
         backlog: Default::default(),
         rx: Some(rx),
         done: false,
+        bearer,
     };
     follow.reload();
     // Nothing after `from` and the run is over (a client reconnecting after the end): the

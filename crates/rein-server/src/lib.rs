@@ -97,6 +97,7 @@ impl Server {
             limits: options.limits,
             stopping: Default::default(),
             shutdown: tokio::sync::watch::channel(false).0,
+            tools_listed: Default::default(),
             tasks: Default::default(),
         });
         let problems = state.agents.refresh(&state.rein).await;

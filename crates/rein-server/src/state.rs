@@ -202,6 +202,8 @@ pub(crate) struct AppState {
     /// Told when shutdown begins, so event streams and long polls end rather than hold the
     /// server open.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Each served configuration's tools list (by digest), made once.
+    pub tools_listed: AsyncMutex<HashMap<String, rein_api::v1::ToolsList>>,
     /// Runs driven in the background.
     pub tasks: Mutex<tokio::task::JoinSet<()>>,
 }

@@ -195,6 +195,22 @@ async fn tenants_are_kept_apart_and_an_approval_from_another_token_finishes_the_
     assert_eq!(detail["run"]["user"], "ann");
     assert_eq!(detail["run"]["tenant"], "acme");
 
+    // The agent's policies, asked through the served agent (its gate, not a fresh load).
+    let r = client()
+        .post(s.url("/v1/agents/pay/explain"))
+        .bearer_auth(&starter)
+        .json(&json!({"tool": "pay", "args": {"amount": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let decision: Value = r.json().await.unwrap();
+    assert_eq!(decision["verdict"], "ask", "{decision}");
+    let (status, tools) = get(&s, &starter, "/v1/agents/pay/tools").await;
+    assert_eq!(status, 200);
+    assert_eq!(tools["tools"][0]["name"], "pay", "{tools}");
+    assert_eq!(get(&s, &starter, "/v1/agents/pay/tools").await.1, tools);
+
     // A client reconnecting after the end (as a browser's EventSource does) gets an ended
     // stream, not one that waits for ever.
     let end = after.last().unwrap().id;
@@ -217,7 +233,8 @@ async fn tenants_are_kept_apart_and_an_approval_from_another_token_finishes_the_
 }
 
 /// SIGTERM while clients hold an event stream of a run waiting for a person and a long poll for
-/// approvals: both end, the server exits 0, and the run is still there for the next one.
+/// approvals: both end, the server exits 0, and the run is still there for the next one. (And a
+/// stream whose token is revoked ends.)
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_open_streams_and_long_polls() {
     let state = tempfile::tempdir().unwrap();
@@ -227,6 +244,22 @@ async fn sigterm_ends_open_streams_and_long_polls() {
     let run = start_run(&s, &t, "pay").await;
     let mut events = Events::open(&s.base, &t, &run, None).await;
     events.until("run_suspended").await;
+    // A token revoked while its stream is open loses the stream.
+    let revoked = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let mut watching = Events::open(&s.base, &revoked, &run, None).await;
+    watching.until("run_suspended").await;
+    let id = revoked.split('_').nth(1).unwrap();
+    let out = Command::new(REIN)
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["tokens", "revoke", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        watching.next().await.is_none(),
+        "a revoked token's stream ends"
+    );
     // A long poll of another tenant, which has nothing pending, so it waits.
     let other = token(REIN, state.path(), "globex", "eve", "runs:write");
     let poll = tokio::spawn(

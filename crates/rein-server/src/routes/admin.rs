@@ -61,7 +61,14 @@ pub(crate) async fn tools(
     P(name): P<String>,
 ) -> ApiResult<axum::Json<v1::ToolsList>> {
     let a = agent(&state, &name).await?;
-    Ok(axum::Json(state.rein.tools_list(a.dir(), false).await?))
+    // Listed once per configuration (listing starts the agent's MCP servers), not per request.
+    let mut listed = state.tools_listed.lock().await;
+    if let Some(list) = listed.get(a.digest()) {
+        return Ok(axum::Json(list.clone()));
+    }
+    let list = state.rein.tools_list(a.dir(), false).await?;
+    listed.insert(a.digest().to_owned(), list.clone());
+    Ok(axum::Json(list))
 }
 
 pub(crate) async fn explain(
@@ -74,9 +81,7 @@ pub(crate) async fn explain(
     // The caller's tenant and user, whatever the body says.
     request.tenant = caller.tenant.clone();
     request.user = caller.user.clone();
-    Ok(axum::Json(
-        state.rein.policy_explain(a.dir(), &request).await?,
-    ))
+    Ok(axum::Json(state.rein.policy_explain_on(&a, &request)?))
 }
 
 /// `GET /v1/usage` parameters.

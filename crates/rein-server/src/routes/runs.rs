@@ -183,7 +183,8 @@ pub(crate) async fn follow(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from = last.or(q.from).unwrap_or(0);
-    Ok(events::follow(state, id, from).into_response())
+    let bearer = crate::auth::bearer(&headers)?.to_owned();
+    Ok(events::follow(state, id, from, bearer).into_response())
 }
 
 pub(crate) async fn cancel(

@@ -217,9 +217,11 @@ pub struct ExplainRequest {
     /// Labels in play.
     #[serde(default)]
     pub labels: Vec<String>,
-    /// `context.user`.
+    /// `context.user` (over HTTP, the token's user, whatever is given).
+    #[serde(default)]
     pub user: String,
-    /// `context.tenant`.
+    /// `context.tenant` (over HTTP, the token's tenant, whatever is given).
+    #[serde(default)]
     pub tenant: String,
     /// Judge as if approved by this person.
     pub approved_by: Option<String>,
