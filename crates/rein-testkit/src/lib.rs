@@ -94,6 +94,21 @@ impl AgentFolder {
     }
 }
 
+/// Copies a folder and everything in it (an agent folder into a folder of agents, an example
+/// into a scratch directory).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// An engine on `state` (created if needed), recording into its audit trail.
 pub fn engine(state: &Path) -> Engine {
     let store = Arc::new(SqliteStore::open(state, Durability::Normal).unwrap());

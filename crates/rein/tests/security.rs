@@ -11,20 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{example, json_out, rein, stderr, stdout};
+use rein_testkit::copy_dir;
 use serde_json::Value;
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// The JUnit file as Python's XML parser reads it: (tests, failures, names of failed cases).
 fn junit(path: &Path) -> (u64, u64, Vec<String>) {
@@ -101,7 +89,7 @@ fn the_support_desk_withstands_the_red_team() {
 fn without_the_refund_guard_the_red_team_names_the_refund_attacks_and_fails() {
     let state = tempfile::tempdir().unwrap();
     let agent = tempfile::tempdir().unwrap();
-    copy(&example(), agent.path());
+    copy_dir(&example(), agent.path());
     let policy = agent.path().join("policies/support.cedar");
     let text = std::fs::read_to_string(&policy).unwrap();
     let start = text

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::REIN;
-use rein_testkit::AgentFolder;
 use rein_testkit::serve::{Events, Served, client, token};
+use rein_testkit::{AgentFolder, copy_dir};
 use serde_json::{Value, json};
 
 /// An agents folder with `pay` (a payment a person approves) and `fast` (three effects, each
@@ -30,7 +30,7 @@ fn agents() -> tempfile::TempDir {
         "[[turns]]\ncalls = [{ tool = \"pay\", args = { amount = 5 } }]\n[[turns]]\ntext = \"paid\"\n",
     )
     .policy("@ask(\"a person pays\")\npermit(principal, action == Action::\"pay\", resource);\npermit(principal, action == Action::\"use_model\", resource);\n");
-    copy(pay.path(), &root.path().join("pay"));
+    copy_dir(pay.path(), &root.path().join("pay"));
     // Each call sleeps a little, so a shutdown finds runs in the middle of their work; it
     // records its run and call in a file outside the runs' workspaces (declared writable).
     let effects = root.path().join("effects");
@@ -45,27 +45,14 @@ fn agents() -> tempfile::TempDir {
         "script.toml",
         "[[turns]]\ncalls = [{ tool = \"work\", args = { n = 1 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 2 } }]\n[[turns]]\ncalls = [{ tool = \"work\", args = { n = 3 } }]\n[[turns]]\ntext = \"done\"\n",
     );
-    copy(fast.path(), &root.path().join("fast"));
+    copy_dir(fast.path(), &root.path().join("fast"));
     let instant = AgentFolder::new(&format!(
         "name = \"instant\"\ninstructions = \"Answer.\"\ndefault_task = \"answer\"\n{}\n",
         rein_testkit::SCRIPTED_MODEL
     ))
     .file("script.toml", "[[turns]]\ntext = \"done\"\n");
-    copy(instant.path(), &root.path().join("instant"));
+    copy_dir(instant.path(), &root.path().join("instant"));
     root
-}
-
-fn copy(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 async fn start_run(s: &Served, token: &str, agent: &str) -> String {
@@ -81,6 +68,19 @@ async fn start_run(s: &Served, token: &str, agent: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// Twenty runs of `fast` started, each with its first effect done (the rest to come).
+async fn twenty_in_the_middle_of_their_work(s: &Served, token: &str) -> Vec<String> {
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(start_run(s, token, "fast").await);
+    }
+    for run in &runs {
+        let mut events = Events::open(&s.base, token, run, None).await;
+        events.until("tool_outcome").await;
+    }
+    runs
 }
 
 async fn get(s: &Served, token: &str, path: &str) -> (u16, Value) {
@@ -395,15 +395,7 @@ async fn sigterm_with_twenty_runs_in_flight_and_a_restart_finishes_all_without_r
     let agents = agents();
     let t = token(REIN, state.path(), "acme", "ann", "runs:write");
     let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
-    let mut runs = Vec::new();
-    for _ in 0..20 {
-        runs.push(start_run(&s, &t, "fast").await);
-    }
-    // Every run is in the middle of its work: its first effect is done.
-    for run in &runs {
-        let mut events = Events::open(&s.base, &t, run, None).await;
-        events.until("tool_outcome").await;
-    }
+    let runs = twenty_in_the_middle_of_their_work(&s, &t).await;
     let status = s.terminate();
     assert!(
         status.success(),
@@ -447,14 +439,7 @@ async fn two_servers_restarted_at_once_after_a_kill_drive_each_run_once() {
     let agents = agents();
     let t = token(REIN, state.path(), "acme", "ann", "runs:write");
     let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
-    let mut runs = Vec::new();
-    for _ in 0..20 {
-        runs.push(start_run(&s, &t, "fast").await);
-    }
-    for run in &runs {
-        let mut events = Events::open(&s.base, &t, run, None).await;
-        events.until("tool_outcome").await;
-    }
+    let runs = twenty_in_the_middle_of_their_work(&s, &t).await;
     s.kill();
 
     let (a, b) = (
