@@ -241,6 +241,8 @@ struct Follow {
     /// The follower's token, checked again every second: a revoked or expired one ends the
     /// stream.
     bearer: String,
+    /// Its id: the stream holds one of the token's slots until it ends.
+    token_id: String,
 }
 
 impl Drop for Follow {
@@ -248,6 +250,7 @@ impl Drop for Follow {
     fn drop(&mut self) {
         drop(self.rx.take());
         self.state.hub.release(&self.run_id);
+        self.state.close_stream(&self.token_id);
     }
 }
 
@@ -306,6 +309,7 @@ pub(crate) fn follow(
     run_id: String,
     from: u64,
     bearer: String,
+    token_id: String,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     // Subscribe before reading the log, so nothing falls between the two.
     let rx = state.hub.subscribe(&run_id);
@@ -317,6 +321,7 @@ pub(crate) fn follow(
         rx: Some(rx),
         done: false,
         bearer,
+        token_id,
     };
     follow.reload();
     // Nothing after `from` and the run is over (a client reconnecting after the end): the

@@ -98,6 +98,7 @@ impl Server {
             stopping: Default::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             tools_listed: Default::default(),
+            streams: Default::default(),
             tasks: Default::default(),
         });
         let problems = state.agents.refresh(&state.rein).await;

@@ -26,6 +26,8 @@ pub struct Limits {
     pub rate_per_second: f64,
     /// The burst.
     pub rate_burst: f64,
+    /// Event streams one token may hold open at once (429 beyond).
+    pub max_streams_per_token: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +37,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             rate_per_second: 50.0,
             rate_burst: 100.0,
+            max_streams_per_token: 16,
         }
     }
 }
@@ -202,6 +205,8 @@ pub(crate) struct AppState {
     /// Told when shutdown begins, so event streams and long polls end rather than hold the
     /// server open.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Event streams open now, by token id.
+    pub streams: Mutex<HashMap<String, usize>>,
     /// Each served configuration's tools list (by digest), made once.
     pub tools_listed: AsyncMutex<HashMap<String, rein_api::v1::ToolsList>>,
     /// Runs driven in the background.
@@ -234,6 +239,28 @@ impl AppState {
     pub(crate) async fn stopped(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Takes one of the token's event-stream slots, or says how many it holds.
+    pub(crate) fn open_stream(&self, token_id: &str) -> Result<(), usize> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let open = streams.entry(token_id.to_owned()).or_default();
+        if *open >= self.limits.max_streams_per_token {
+            return Err(*open);
+        }
+        *open += 1;
+        Ok(())
+    }
+
+    /// Gives a slot back when a stream ends.
+    pub(crate) fn close_stream(&self, token_id: &str) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = streams.get_mut(token_id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(token_id);
+            }
+        }
     }
 
     /// Drives a run in the background.

@@ -165,6 +165,9 @@ pub(crate) enum Command {
         /// How long a shutdown waits for runs to reach a durable point, in seconds.
         #[arg(long, default_value_t = 60)]
         drain_secs: u64,
+        /// Event streams one token may hold open at once.
+        #[arg(long, default_value_t = 16)]
+        max_streams_per_token: usize,
     },
     /// API tokens for `rein serve`.
     Tokens {

@@ -142,6 +142,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             rate,
             burst,
             drain_secs,
+            max_streams_per_token,
         } => {
             let serve = serve::Serve {
                 listen,
@@ -151,6 +152,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     request_timeout: std::time::Duration::from_secs(request_timeout_secs.max(1)),
                     rate_per_second: rate,
                     rate_burst: burst,
+                    max_streams_per_token,
                 },
                 drain: std::time::Duration::from_secs(drain_secs),
             };

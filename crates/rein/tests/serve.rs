@@ -241,6 +241,15 @@ async fn sigterm_ends_open_streams_and_long_polls() {
     let agents = agents();
     let t = token(REIN, state.path(), "acme", "ann", "runs:write");
     let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
+    // A long poll of another tenant, which has nothing pending, so it waits (from now on, well
+    // before the SIGTERM: a request the server has not read yet is refused, not held).
+    let other = token(REIN, state.path(), "globex", "eve", "runs:write");
+    let poll = tokio::spawn(
+        client()
+            .get(s.url("/v1/approvals?wait=60"))
+            .bearer_auth(other)
+            .send(),
+    );
     let run = start_run(&s, &t, "pay").await;
     let mut events = Events::open(&s.base, &t, &run, None).await;
     events.until("run_suspended").await;
@@ -259,14 +268,6 @@ async fn sigterm_ends_open_streams_and_long_polls() {
     assert!(
         watching.next().await.is_none(),
         "a revoked token's stream ends"
-    );
-    // A long poll of another tenant, which has nothing pending, so it waits.
-    let other = token(REIN, state.path(), "globex", "eve", "runs:write");
-    let poll = tokio::spawn(
-        client()
-            .get(s.url("/v1/approvals?wait=60"))
-            .bearer_auth(other)
-            .send(),
     );
     let pid = s.pid();
     let exited = tokio::task::spawn_blocking(move || s.terminate());
@@ -490,6 +491,39 @@ async fn two_servers_restarted_at_once_after_a_kill_drive_each_run_once() {
             other => panic!("{run} ended {other}: {end}"),
         }
     }
+}
+
+/// A token holds at most `--max-streams-per-token` event streams open; another token is not
+/// held back by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_holds_a_bounded_number_of_event_streams() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let t = token(REIN, state.path(), "acme", "ann", "runs:write");
+    let other = token(REIN, state.path(), "acme", "bob", "runs:write");
+    let s = Served::start(
+        REIN,
+        state.path(),
+        agents.path(),
+        &["--max-streams-per-token", "2"],
+    );
+    let run = start_run(&s, &t, "pay").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut events = Events::open(&s.base, &t, &run, None).await;
+        events.until("run_suspended").await;
+        held.push(events);
+    }
+    let r = client()
+        .get(s.url(&format!("/v1/runs/{run}/events")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let mut events = Events::open(&s.base, &other, &run, None).await;
+    events.until("run_suspended").await;
 }
 
 /// A run that ends before its request is answered is still started: the request gets its id,

@@ -184,7 +184,15 @@ pub(crate) async fn follow(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from = last.or(q.from).unwrap_or(0);
     let bearer = crate::auth::bearer(&headers)?.to_owned();
-    Ok(events::follow(state, id, from, bearer).into_response())
+    if let Err(open) = state.open_stream(&caller.token_id) {
+        let mut problem = Problem::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("this token holds {open} event streams open, the most it may; close one first"),
+        );
+        problem.retry_after = Some(1);
+        return Err(problem);
+    }
+    Ok(events::follow(state, id, from, bearer, caller.token_id).into_response())
 }
 
 pub(crate) async fn cancel(
