@@ -83,6 +83,13 @@ async fn twenty_in_the_middle_of_their_work(s: &Served, token: &str) -> Vec<Stri
     runs
 }
 
+/// The `run_ended` event of a run, read from its stream (all of it, from the start).
+async fn end_of(base: &str, token: &str, run: &str) -> Value {
+    let mut events = Events::open(base, token, run, None).await;
+    let all = events.until("run_ended").await;
+    all.last().unwrap().data["event"].clone()
+}
+
 async fn get(s: &Served, token: &str, path: &str) -> (u16, Value) {
     let r = client()
         .get(s.url(path))
@@ -298,9 +305,7 @@ async fn sigterm_ends_open_streams_and_long_polls() {
         .unwrap();
     assert!(decided.status.success(), "{decided:?}");
     let s = Served::start(REIN, state.path(), agents.path(), &[]);
-    let mut events = Events::open(&s.base, &t, &run, None).await;
-    let all = events.until("run_ended").await;
-    assert_eq!(all.last().unwrap().data["event"]["status"], "completed");
+    assert_eq!(end_of(&s.base, &t, &run).await["status"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -412,10 +417,8 @@ async fn sigterm_with_twenty_runs_in_flight_and_a_restart_finishes_all_without_r
     // The restarted server resumes them by itself.
     let s = Served::start(REIN, state.path(), agents.path(), &[]);
     for run in &runs {
-        let mut events = Events::open(&s.base, &t, run, None).await;
-        let all = events.until("run_ended").await;
         assert_eq!(
-            all.last().unwrap().data["event"]["status"],
+            end_of(&s.base, &t, run).await["status"],
             "completed",
             "{run}"
         );
@@ -557,9 +560,7 @@ async fn runs_that_end_at_once_are_all_started() {
     }
     assert_eq!(ids.len(), 40);
     for run in &ids {
-        let mut events = Events::open(&s.base, &t, run, None).await;
-        let all = events.until("run_ended").await;
-        assert_eq!(all.last().unwrap().data["event"]["status"], "completed");
+        assert_eq!(end_of(&s.base, &t, run).await["status"], "completed");
     }
 }
 
