@@ -160,6 +160,7 @@ fn describe(spec: &AgentSpec, mcp: &McpSet) -> Result<Vec<v1::ToolRow>, Error> {
                         | ToolConfig::MemoryRead
                         | ToolConfig::MemoryWrite => "built-in".to_owned(),
                         ToolConfig::Command { .. } => "command".to_owned(),
+                        ToolConfig::Client { .. } => "client".to_owned(),
                         ToolConfig::Delegate { agent_dir, .. } => {
                             format!("sub-agent {}", agent_dir.display())
                         }

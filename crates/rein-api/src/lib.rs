@@ -15,6 +15,7 @@ pub mod attacks;
 mod audit;
 pub mod bench;
 mod convert;
+pub mod gateway;
 pub mod redteam;
 mod runs;
 mod tokens;
@@ -215,6 +216,7 @@ pub struct Rein {
     store: OnceLock<Arc<SqliteStore>>,
     engine: OnceLock<Arc<Engine>>,
     tokens: OnceLock<rein_store::TokenStore>,
+    held: gateway::Held,
 }
 
 impl std::fmt::Debug for Rein {
@@ -242,6 +244,7 @@ impl Rein {
             store: OnceLock::new(),
             engine: OnceLock::new(),
             tokens: OnceLock::new(),
+            held: Default::default(),
         })
     }
 

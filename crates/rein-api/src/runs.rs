@@ -22,7 +22,7 @@ pub trait Watch: Send + Sync {
 }
 
 /// Hands the engine's events to a [`Watch`] as wire events.
-struct Watching<'a>(&'a dyn Watch);
+pub(crate) struct Watching<'a>(pub(crate) &'a dyn Watch);
 
 impl Observer for Watching<'_> {
     fn on_event(&self, run_id: &str, event: &StoredEvent) {
@@ -67,6 +67,21 @@ impl LoadedAgent {
     /// The digest of its configuration.
     pub fn digest(&self) -> &str {
         &self.spec.digest
+    }
+    /// The engine's agent.
+    pub(crate) fn agent(&self) -> &Agent {
+        &self.agent
+    }
+    /// Whether it is a gateway: it declares tools its clients run.
+    pub fn is_gateway(&self) -> bool {
+        self.agent.gateway
+    }
+    /// Whether, as a gateway, it fails a request whose answer held a denied call (rather than
+    /// leaving the call out and saying so).
+    pub fn fails_on_denied(&self) -> bool {
+        self.spec
+            .gateway
+            .is_some_and(|g| g.on_denied == rein_config::OnDenied::Error)
     }
     /// Its gate.
     pub(crate) fn gate(&self) -> &rein_policy::Gate {
@@ -238,6 +253,13 @@ impl Rein {
     ) -> Result<v1::RunReport, Error> {
         let run_id = self.store()?.resolve_run_id(id)?;
         let engine = self.engine()?;
+        // A gateway's held turn hands its approved calls to the conversation's next request;
+        // resumed here, they would go to nobody.
+        if loaded.is_gateway() && engine.load(&run_id)?.is_suspended() {
+            return Err(Error::Conflict(format!(
+                "run {run_id} is a gateway request held for approval: it goes on when its conversation sends its next request, which receives the approved calls"
+            )));
+        }
         let observer: &dyn Observer = match watch {
             Some(w) => &Watching(w),
             None => &rein_engine::NoObserver,

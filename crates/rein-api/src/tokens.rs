@@ -9,7 +9,9 @@ use crate::{Error, Rein, v1};
 
 /// What a token may do. `admin` may do everything within its tenant, and read the audit log's
 /// verification and the metrics.
-pub const SCOPES: [&str; 5] = [
+/// `gateway` lets a token use every gateway served (`gateway:<agent>`: that one only).
+pub const SCOPES: [&str; 6] = [
+    "gateway",
     "runs:write",
     "approvals:decide",
     "audit:read",
@@ -34,6 +36,16 @@ impl Caller {
     /// Whether the caller holds `scope` (or `admin`).
     pub fn may(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope || s == "admin")
+    }
+
+    /// Whether the caller may use the gateway agent `agent` (`gateway`, `gateway:<agent>` or
+    /// `admin`).
+    pub fn may_use_gateway(&self, agent: &str) -> bool {
+        self.may("gateway")
+            || self
+                .scopes
+                .iter()
+                .any(|s| s.strip_prefix("gateway:") == Some(agent))
     }
 
     /// Refuses a caller without `scope`.
@@ -108,9 +120,18 @@ impl Rein {
                 SCOPES.join(", ")
             )));
         }
-        if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        let known = |s: &str| {
+            SCOPES.contains(&s)
+                || s.strip_prefix("gateway:").is_some_and(|a| {
+                    !a.is_empty()
+                        && a.len() <= 128
+                        && a.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                })
+        };
+        if let Some(bad) = scopes.iter().find(|s| !known(s)) {
             return Err(Error::Invalid(format!(
-                "`{bad}` is not a scope; the scopes are {}",
+                "`{bad}` is not a scope; the scopes are {} and gateway:<agent>",
                 SCOPES.join(", ")
             )));
         }

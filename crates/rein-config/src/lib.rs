@@ -81,8 +81,26 @@ pub struct AgentSpec {
     pub answer: AnswerSpec,
     /// What happens when the kernel cannot sandbox command tools.
     pub sandbox_fallback: SandboxFallback,
+    /// How the agent answers as a gateway (`[gateway]`), when it is one.
+    pub gateway: Option<GatewaySpec>,
     /// SHA-256 over agent.toml and every file it references, to notice changes between runs.
     pub digest: String,
+}
+
+/// How a gateway answers its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewaySpec {
+    /// What a client gets for a denied tool call.
+    pub on_denied: OnDenied,
+}
+
+/// What a gateway does with a tool call the policies deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDenied {
+    /// Leave it out of the answer, whose text says which call was refused and why.
+    Remove,
+    /// Fail the request with an error naming the call and the reason.
+    Error,
 }
 
 /// Which model answers and how to reach it.
@@ -209,6 +227,18 @@ pub enum ToolConfig {
         /// The sub-agent's folder (absolute).
         agent_dir: PathBuf,
     },
+    /// A tool the gateway's clients run themselves: rein judges its calls and hands the allowed
+    /// ones over.
+    Client {
+        /// The tool's name.
+        name: String,
+        /// What it does (empty when the client's declaration is all there is).
+        description: String,
+        /// JSON Schema its arguments must match (`{"type": "object"}` when not given).
+        args_schema: Value,
+        /// Whether repeating it is safe.
+        idempotent: bool,
+    },
     /// An executable speaking JSON on stdin and stdout.
     Command {
         /// The tool's name.
@@ -243,7 +273,9 @@ impl ToolConfig {
             ToolConfig::MemoryRead => "memory.read",
             ToolConfig::MemoryWrite => "memory.write",
             ToolConfig::HttpGet { .. } => "http.get",
-            ToolConfig::Command { name, .. } | ToolConfig::Delegate { name, .. } => name,
+            ToolConfig::Command { name, .. }
+            | ToolConfig::Delegate { name, .. }
+            | ToolConfig::Client { name, .. } => name,
         }
     }
 }

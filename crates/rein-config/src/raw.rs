@@ -86,6 +86,31 @@ pub struct AgentFile {
     #[serde(default)]
     #[schemars(with = "Vec<McpServerEntry>")]
     pub mcp: Vec<Spanned<McpServerEntry>>,
+    /// This agent is a gateway for agents built elsewhere (`rein serve`'s OpenAI- and
+    /// Anthropic-compatible endpoints): how it answers them.
+    #[serde(default)]
+    pub gateway: Option<GatewaySection>,
+}
+
+/// The `[gateway]` section.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// What a client gets when the policies deny a tool call in the model's answer: `remove`
+    /// (default: the call is left out and the answer's text says which call was refused and
+    /// why) or `error` (the request fails with a 403 naming the call and the reason).
+    #[serde(default)]
+    pub on_denied: Option<OnDeniedName>,
+}
+
+/// What a gateway does with a denied call.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeniedName {
+    /// Leave the call out and say so in the answer.
+    Remove,
+    /// Fail the request.
+    Error,
 }
 
 /// One MCP server (`[[mcp]]`): a command to spawn (stdio) or a Streamable HTTP `url`.
@@ -429,6 +454,12 @@ pub struct ToolEntry {
     /// A built-in tool: `fs.read`, `fs.write`, `http.get`, `memory.read` or `memory.write`.
     #[serde(default)]
     pub builtin: Option<String>,
+    /// A tool the clients of this agent's gateway run themselves (`rein serve`'s OpenAI- and
+    /// Anthropic-compatible endpoints): rein never runs it, it judges each call the model makes
+    /// of it and hands the allowed ones to the client. Needs a `name`; `description` and
+    /// `args_schema` are optional (the model sees the client's own declaration).
+    #[serde(default)]
+    pub client: Option<bool>,
     /// A command tool's name: letters, digits, `.`, `_` and `-`.
     #[serde(default)]
     pub name: Option<String>,

@@ -9,12 +9,13 @@ use rein_core::{Durability, Limits};
 use sha2::{Digest, Sha256};
 
 use crate::raw::{
-    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, OnTimeoutName, ProviderName,
-    RiskName, SandboxFallbackName,
+    AgentFile, BudgetPeriodName, BudgetScopeName, DurabilityName, OnDeniedName, OnTimeoutName,
+    ProviderName, RiskName, SandboxFallbackName,
 };
 use crate::{
-    AGENT_FILE, AgentSpec, ConfigError, ContextSpec, KeySource, McpServerSpec, ModelSpec,
-    ProviderSpec, Resilience, SandboxFallback, ToolConfig, ToolEntrySpec, WorkspaceSpec,
+    AGENT_FILE, AgentSpec, ConfigError, ContextSpec, GatewaySpec, KeySource, McpServerSpec,
+    ModelSpec, OnDenied, ProviderSpec, Resilience, SandboxFallback, ToolConfig, ToolEntrySpec,
+    WorkspaceSpec,
 };
 
 mod guard;
@@ -111,7 +112,7 @@ impl Resolver {
         Ok((path, content))
     }
 
-    fn resolve(mut self, raw: AgentFile) -> Result<AgentSpec, ConfigError> {
+    fn resolve(mut self, mut raw: AgentFile) -> Result<AgentSpec, ConfigError> {
         self.digest.update(self.text.as_bytes());
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
@@ -131,6 +132,8 @@ impl Resolver {
                     "give `instructions` or `instructions_file`, not both",
                 ));
             }
+            // A gateway's clients bring their own system prompt.
+            (None, None) if raw.gateway.is_some() => String::new(),
             (None, None) => {
                 return Err(self.err(
                     None,
@@ -139,6 +142,12 @@ impl Resolver {
                 ));
             }
         };
+        let gateway = raw.gateway.take().map(|g| GatewaySpec {
+            on_denied: match g.on_denied {
+                None | Some(OnDeniedName::Remove) => OnDenied::Remove,
+                Some(OnDeniedName::Error) => OnDenied::Error,
+            },
+        });
 
         if raw.model.id.is_some() {
             return Err(self.err(
@@ -388,7 +397,10 @@ impl Resolver {
         }
 
         let ws = raw.workspace.unwrap_or_default();
-        let ws_rel = ws.path.unwrap_or_else(|| "workspace".into());
+        // A gateway's tools run at its clients: it needs no workspace of its own.
+        let ws_rel = ws
+            .path
+            .unwrap_or_else(|| if gateway.is_some() { "." } else { "workspace" }.into());
         let ws_path = self.dir.join(&ws_rel);
         if !ws_path.is_dir() {
             return Err(self.err(
@@ -465,6 +477,7 @@ impl Resolver {
             planner,
             answer,
             sandbox_fallback,
+            gateway,
             digest,
         })
     }

@@ -17,7 +17,9 @@ use crate::state::Limits;
 
 /// The version of the event encoding written by this build. The store writes it beside every
 /// event and refuses to read a log holding an event of a newer version.
-pub const EVENT_FORMAT_VERSION: u32 = 1;
+/// Version 2 added the gateway's events (`client_results`, `tool_handed_off`); an event of
+/// another kind is still written as version 1, so older builds read every log that holds none.
+pub const EVENT_FORMAT_VERSION: u32 = 2;
 
 /// An event as stored: its position in the run's log and when it was appended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -377,6 +379,19 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         call_id: Option<String>,
     },
+    /// A gateway's client sent back the results of tool calls it ran (calls this or an earlier
+    /// run of the conversation handed to it): their values join the run's sources, each with
+    /// the labels of its tool's manifest, so later judgements see where data came from.
+    ClientResults {
+        /// The results, in the order the client sent them.
+        results: Vec<ClientResult>,
+    },
+    /// A call the gateway's client runs itself was handed to it (its intent recorded first).
+    /// Its result arrives, if at all, with a later request of the conversation.
+    ToolHandedOff {
+        /// The call.
+        call_id: String,
+    },
     /// The run ended. Always the last event.
     RunEnded {
         /// How.
@@ -416,6 +431,32 @@ impl Event {
             Event::GrantsFixed { .. } => "grants_fixed",
             Event::AnswerJudged { .. } => "answer_judged",
             Event::RunEnded { .. } => "run_ended",
+            Event::ClientResults { .. } => "client_results",
+            Event::ToolHandedOff { .. } => "tool_handed_off",
         }
     }
+
+    /// The encoding version this event needs a reader to understand: 2 for the kinds version 2
+    /// added, 1 for the rest (see [`EVENT_FORMAT_VERSION`]).
+    pub fn format_version(&self) -> u32 {
+        match self {
+            Event::ClientResults { .. } | Event::ToolHandedOff { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// One tool result a gateway's client sent back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientResult {
+    /// The call it answers, as the client named it.
+    pub call_id: String,
+    /// The tool, as the conversation named it.
+    pub tool: String,
+    /// Its manifest's labels (the most restrictive defaults for a tool the operator does not
+    /// know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// What the client said the tool returned.
+    pub output: Value,
 }

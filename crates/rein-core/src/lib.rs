@@ -19,7 +19,7 @@ pub mod state;
 pub mod text;
 
 pub use end::EndState;
-pub use event::{EVENT_FORMAT_VERSION, Event, ParentRef, RunStarted, StoredEvent};
+pub use event::{ClientResult, EVENT_FORMAT_VERSION, Event, ParentRef, RunStarted, StoredEvent};
 pub use gate::{Decision, Verdict};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
 pub use state::{Action, Limits, RunState, StateError};

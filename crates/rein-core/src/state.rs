@@ -51,6 +51,8 @@ pub enum CallResult {
     Denied,
     /// It was refused before judging (unknown tool, bad arguments, breaker open, budget).
     Rejected,
+    /// It was handed to a gateway's client, which runs it.
+    HandedOff,
 }
 
 /// Where one tool call of the current step stands.
@@ -92,6 +94,8 @@ pub struct CallSlot {
     pub field_labels: BTreeMap<String, Vec<String>>,
     /// The policy data set its output feeds, as its intent recorded.
     pub data: Option<String>,
+    /// Whether it was handed to a gateway's client to run (its status is then `Done`).
+    pub handed_off: bool,
 }
 
 /// What a tool has done in a run so far, for policies that limit it (`context.counters`).
@@ -355,6 +359,7 @@ impl RunState {
                         doubt: None,
                         field_labels: BTreeMap::new(),
                         data: None,
+                        handed_off: false,
                     })
                     .collect();
                 self.messages.push(Message::Assistant {
@@ -659,6 +664,31 @@ impl RunState {
                         )));
                     }
                 }
+            }
+            Event::ClientResults { results } => {
+                if self.requested_step.is_some() {
+                    return Err(fail("a model call is in progress".into()));
+                }
+                for r in results {
+                    self.labels.absorb(r.labels.iter());
+                    self.sources.add_json(&r.output, &|_| {
+                        provenance::output_origins(&r.tool, &r.labels, &BTreeMap::new(), "")
+                    });
+                }
+            }
+            Event::ToolHandedOff { call_id } => {
+                let slot = self
+                    .slot_mut(call_id)
+                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
+                if !matches!(slot.status, CallStatus::InFlight { attempt: 1, .. }) {
+                    return Err(fail(format!(
+                        "call {call_id} has no first intent without an outcome"
+                    )));
+                }
+                slot.status = CallStatus::Done;
+                slot.handed_off = true;
+                let name = slot.call.name.clone();
+                self.history.push((name, CallResult::HandedOff));
             }
             Event::RunEnded {
                 status,

@@ -1,6 +1,6 @@
 //! An agent ready to run: its provider and tools built from a resolved [`AgentSpec`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,12 @@ pub struct Agent {
     pub approval_ttl: Duration,
     /// What each tool's output is (labels), by tool name.
     pub output_labels: HashMap<String, Vec<String>>,
+    /// The tools the clients of this agent's gateway run themselves: a call of one is handed to
+    /// the client (after its intent is recorded), never run here.
+    pub client_tools: HashSet<String>,
+    /// Whether the agent is a gateway (`[gateway]`, or tools its clients run): each of its runs
+    /// is one request of a client, one model call.
+    pub gateway: bool,
     /// Labels of parts of each tool's output, by tool name and JSON pointer pattern.
     pub output_fields: HashMap<String, BTreeMap<String, Vec<String>>>,
     /// The policy data set each trusted tool's output feeds, by tool name.
@@ -253,6 +259,7 @@ impl Agent {
             children,
             sensitive,
             notices: tool_notices,
+            client_tools,
         } = build_tools(spec, &mcp)?;
         let policy_data = PolicyData::load(
             spec.data
@@ -346,6 +353,8 @@ impl Agent {
             output_labels: labels,
             output_fields,
             data_feeds,
+            gateway: spec.gateway.is_some() || !client_tools.is_empty(),
+            client_tools,
             policy_data: Arc::new(policy_data),
             planner,
             answer: spec.answer.clone(),
@@ -387,6 +396,8 @@ pub struct AgentTools {
     /// What each run should record about the tools when it starts (command tools running
     /// unsandboxed).
     pub notices: Vec<rein_tools::ToolNotice>,
+    /// The tools a gateway's clients run themselves.
+    pub client_tools: HashSet<String>,
 }
 
 /// The manifest of a delegation: checked and offered to the model like any tool, but run by the
@@ -543,6 +554,18 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
                 children.push((name.clone(), child));
                 continue;
             }
+            ToolConfig::Client {
+                name,
+                description,
+                args_schema,
+                idempotent,
+            } => Arc::new(rein_tools::ClientTool::new(ToolManifest {
+                name: name.clone(),
+                description: description.clone(),
+                parameters: args_schema.clone(),
+                idempotent: *idempotent,
+                timeout: Duration::from_secs(30),
+            })),
             ToolConfig::Command {
                 name,
                 description,
@@ -682,6 +705,12 @@ pub fn build_tools(spec: &AgentSpec, mcp: &McpSet) -> Result<AgentTools, EngineE
         children,
         sensitive,
         notices,
+        client_tools: spec
+            .tools
+            .iter()
+            .filter(|t| matches!(t.tool, ToolConfig::Client { .. }))
+            .map(|t| t.name().to_owned())
+            .collect(),
     })
 }
 

@@ -275,6 +275,19 @@ pub(crate) fn entry_for(
             "notice",
             json!({"kind": kind, "subject": subject, "detail": detail, "call_id": call_id}),
         ),
+        Event::ClientResults { results } => (
+            "client_results",
+            json!({
+                "results": results.iter().map(|r| json!({
+                    "call_id": r.call_id, "tool": r.tool, "labels": r.labels,
+                    "output_sha256": sha256(r.output.to_string().as_bytes()),
+                })).collect::<Vec<_>>(),
+            }),
+        ),
+        Event::ToolHandedOff { call_id } => (
+            "tool_handed_off",
+            json!({"call_id": call_id, "tool": tool_of(state, call_id)}),
+        ),
     };
     Entry {
         at_ms: stored.at_ms,

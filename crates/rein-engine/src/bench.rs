@@ -142,6 +142,8 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         gate: Arc::new(gate),
         approval_ttl: Duration::from_secs(60),
         output_labels: Default::default(),
+        client_tools: Default::default(),
+        gateway: false,
         output_fields: Default::default(),
         data_feeds: Default::default(),
         policy_data: Arc::new(crate::policy_data::PolicyData::none()),

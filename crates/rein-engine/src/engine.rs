@@ -276,6 +276,16 @@ impl Engine {
         agent: &Agent,
         observer: &dyn Observer,
     ) -> Result<RunReport, EngineError> {
+        self.resume_driver(run_id, agent, observer)?.resume().await
+    }
+
+    /// A driver for an existing run, holding its lease, with its log backfilled into the trail.
+    pub(crate) fn resume_driver<'a>(
+        &'a self,
+        run_id: &str,
+        agent: &'a Agent,
+        observer: &'a dyn Observer,
+    ) -> Result<Driver<'a>, EngineError> {
         if self.is_stopping() {
             return Err(EngineError::Stopped {
                 run_id: run_id.to_owned(),
@@ -306,9 +316,7 @@ impl Engine {
                 .map(|s| s.workspace.clone())
                 .unwrap_or_default(),
         );
-        Driver::new(self, agent, lease, state, workspace, observer)
-            .resume()
-            .await
+        Ok(Driver::new(self, agent, lease, state, workspace, observer))
     }
 
     /// Appends one event to a run under a short lease of this process's own (a decision, a

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod context;
 mod driver;
 mod engine;
+mod gateway;
 mod lease;
 mod mcp;
 mod observe;
@@ -29,6 +30,7 @@ use serde::Serialize;
 
 pub use agent::{Agent, AgentTools, build_tools, load_gate};
 pub use engine::{Cancelled, Engine, SystemClock};
+pub use gateway::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, Withheld, WithheldBy};
 pub use mcp::{McpSet, connect_mcp};
 #[cfg(feature = "faults")]
 pub use observe::FaultPlan;

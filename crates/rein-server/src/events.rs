@@ -79,14 +79,14 @@ impl Hub {
 const CHANNEL_CAPACITY: usize = 256;
 
 /// Sees the events of one run the server drives.
-struct RunWatch {
-    state: Arc<AppState>,
-    agent: String,
-    tenant: String,
+pub(crate) struct RunWatch {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) agent: String,
+    pub(crate) tenant: String,
     /// Answers the request that started the run: with its id at its first event, or with the
     /// error that kept it from starting. One channel for both, so a run that ends at once (its
     /// driver gone before the request is answered) still answers with its id.
-    started: Starting,
+    pub(crate) started: Starting,
 }
 
 /// Where the request that started a run waits for its answer (taken once).
@@ -171,6 +171,16 @@ pub(crate) fn resume(state: &Arc<AppState>, run_id: String, tenant: String) {
                 return;
             }
         };
+        // A gateway's turn held for approval is continued by its conversation's next request,
+        // which hands the approved calls to the client: not here, where nobody would get them.
+        if agent.is_gateway()
+            && matches!(
+                task_state.rein.run_status(&run_id),
+                Ok(v1::RunStatus::Ended(v1::EndState::AwaitingApproval))
+            )
+        {
+            return;
+        }
         let watch = RunWatch {
             state: task_state.clone(),
             agent: agent.name().to_owned(),

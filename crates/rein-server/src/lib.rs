@@ -9,6 +9,7 @@
 
 mod auth;
 mod events;
+mod gateway;
 pub mod metrics;
 mod openapi;
 mod problem;
@@ -307,6 +308,13 @@ fn router(state: Arc<AppState>) -> Router {
             "/v1/approvals/{id}",
             get(approvals::show).post(approvals::decide),
         )
+        .route(
+            "/v1/chat/completions",
+            post(gateway::openai::chat_completions),
+        )
+        .route("/v1/models", get(gateway::openai::models))
+        .route("/v1/responses", post(gateway::responses::responses))
+        .route("/v1/messages", post(gateway::anthropic::messages))
         .route("/v1/agents", get(admin::agents))
         .route("/v1/agents/{name}/tools", get(admin::tools))
         .route("/v1/agents/{name}/explain", post(admin::explain))

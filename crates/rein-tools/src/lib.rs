@@ -196,6 +196,36 @@ impl Default for Noop {
     }
 }
 
+/// A tool a gateway's client runs itself: rein judges its calls and hands the allowed ones to
+/// the client, so the engine never calls it (a call here is a bug, reported as a failure).
+#[derive(Debug)]
+pub struct ClientTool {
+    manifest: ToolManifest,
+}
+
+impl ClientTool {
+    /// A client tool with this manifest.
+    pub fn new(manifest: ToolManifest) -> ClientTool {
+        ClientTool { manifest }
+    }
+}
+
+impl Tool for ClientTool {
+    fn manifest(&self) -> &ToolManifest {
+        &self.manifest
+    }
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a ToolContext,
+        _args: Value,
+    ) -> BoxFuture<'a, Result<Value, ToolError>> {
+        Box::pin(std::future::ready(Err(ToolError::Failed(format!(
+            "`{}` is run by the gateway's client, not by rein",
+            self.manifest.name
+        )))))
+    }
+}
+
 impl Tool for Noop {
     fn manifest(&self) -> &ToolManifest {
         &self.manifest

@@ -262,6 +262,34 @@ impl Renderer {
                     one_line(detail, 200)
                 ));
             }
+            Event::ClientResults { results } => {
+                for r in results {
+                    let labels = if r.labels.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", r.labels.join(", "))
+                    };
+                    out.push(format!(
+                        "{stamp}    {} {} {}{labels}: {}",
+                        self.paint(CYAN, "← client result"),
+                        r.tool,
+                        self.paint(DIM, &r.call_id),
+                        one_line(&r.output.to_string(), 200)
+                    ));
+                }
+            }
+            Event::ToolHandedOff { call_id } => {
+                let tool = self
+                    .intents
+                    .get(call_id)
+                    .map(|(t, _, _)| t.clone())
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{stamp}    {} {tool} {}",
+                    self.paint(GREEN, "→ handed to the client"),
+                    self.paint(DIM, call_id)
+                ));
+            }
             Event::ModelJudged { model, reasons, .. } => {
                 out.push(format!(
                     "{stamp}  {} model {model}: {}",

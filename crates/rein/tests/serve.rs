@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::REIN;
+use common::{REIN, python_path};
 use rein_testkit::serve::{Events, Served, client, token};
 use rein_testkit::{AgentFolder, copy_dir};
 use serde_json::{Value, json};
@@ -614,16 +614,6 @@ async fn promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Where the Python packages the tests use are (`.ci/run` installs them there).
-fn python_path() -> String {
-    std::env::var("REIN_TEST_PYTHONPATH").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/rein/py",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

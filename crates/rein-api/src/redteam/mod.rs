@@ -86,7 +86,9 @@ impl Rein {
             let stub = match spec.tools.iter().find(|t| t.name() == name) {
                 None => true, // an MCP tool
                 Some(t) => match t.tool {
-                    ToolConfig::HttpGet { .. } | ToolConfig::Delegate { .. } => true,
+                    ToolConfig::HttpGet { .. }
+                    | ToolConfig::Delegate { .. }
+                    | ToolConfig::Client { .. } => true,
                     ToolConfig::Command { .. } => !sandboxed,
                     _ => false,
                 },

@@ -242,6 +242,9 @@ impl Resolver {
                 agent_dir,
             });
         }
+        if t.client == Some(true) {
+            return self.client_tool(i, sp, t);
+        }
         match (t.builtin, t.command) {
             (Some(_), Some(_)) => Err(self.err(
                 sp,
@@ -405,6 +408,78 @@ impl Resolver {
 }
 
 impl Resolver {
+    /// A tool the gateway's clients run: a name, and optionally a description and a schema.
+    fn client_tool(
+        &mut self,
+        i: usize,
+        sp: Option<Range<usize>>,
+        t: ToolEntry,
+    ) -> Result<ToolConfig, ConfigError> {
+        let at = |field: &str| format!("tools[{i}].{field}");
+        let what = "client tools (the client runs them, not rein)";
+        for (present, field) in [
+            (t.builtin.is_some(), "builtin"),
+            (t.command.is_some(), "command"),
+            (t.env.is_some(), "env"),
+            (t.allow_hosts.is_some(), "allow_hosts"),
+            (t.max_bytes.is_some(), "max_bytes"),
+            (t.max_output_bytes.is_some(), "max_output_bytes"),
+            (t.read_paths.is_some(), "read_paths"),
+            (t.write_paths.is_some(), "write_paths"),
+            (t.timeout_ms.is_some(), "timeout_ms"),
+            (t.max_attempts.is_some(), "max_attempts"),
+            (t.on_timeout.is_some(), "on_timeout"),
+        ] {
+            if present {
+                return Err(self.err(sp, at(field), format!("does not apply to {what}")));
+            }
+        }
+        let name = t
+            .name
+            .ok_or_else(|| self.err(sp.clone(), at("name"), "a client tool needs a `name`"))?;
+        check_name(&name).map_err(|m| self.err(sp.clone(), at("name"), m))?;
+        if RESERVED.contains(&name.as_str()) || BUILTINS.contains(&name.as_str()) {
+            return Err(self.err(
+                sp,
+                at("name"),
+                format!(
+                    "`{name}` is reserved (a built-in or a policy action); choose another name"
+                ),
+            ));
+        }
+        let args_schema = match (t.args_schema, t.args_schema_file) {
+            (Some(schema), None) => schema,
+            (None, Some(file)) => {
+                let field = at("args_schema_file");
+                let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
+                serde_json::from_str::<Value>(&text).map_err(|e| {
+                    self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    sp,
+                    at("args_schema_file"),
+                    "give `args_schema` or `args_schema_file`, not both",
+                ));
+            }
+            (None, None) => serde_json::json!({"type": "object"}),
+        };
+        if args_schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(self.err(
+                sp,
+                at("args_schema"),
+                "must be an object schema (`type = \"object\"`)",
+            ));
+        }
+        Ok(ToolConfig::Client {
+            name,
+            description: t.description.unwrap_or_default(),
+            args_schema,
+            idempotent: t.idempotent.unwrap_or(false),
+        })
+    }
+
     /// Hosts a command tool may reach: `host`, `host:port` or `*.domain`, or `*` for any.
     fn hosts(
         &self,

@@ -7,6 +7,7 @@
 //! runs out) and [`memory`] (the memory tools' view of the notes). This file holds the loop.
 
 mod budget;
+mod gateway;
 mod guard;
 mod memory;
 mod model_step;
@@ -27,6 +28,14 @@ use tracing::{Instrument, field};
 use crate::context::{ContextWindow, TokenCounter};
 use crate::lease::{Beat, Heartbeat};
 use crate::{Agent, Engine, EngineError, Observer, RunReport, RunRequest};
+
+pub(crate) use gateway::GatewayInput;
+
+/// The report of a run a driver left ended or suspended.
+fn report((run_id, state, _): (String, RunState, Vec<String>)) -> Result<RunReport, EngineError> {
+    RunReport::from_state(&run_id, &state)
+        .ok_or_else(|| EngineError::Agent(format!("run {run_id} stopped without an end state")))
+}
 
 /// What a model decision depends on: the labels in play, the model, the budget share.
 pub(super) type ModelDecisionKey = (Vec<String>, String, u64);
@@ -65,6 +74,10 @@ pub(crate) struct Driver<'a> {
     beat: Arc<Beat>,
     /// The policy data as last read.
     data: Arc<crate::policy_data::Loaded>,
+    /// For a gateway turn not yet taken: what the client sent.
+    gateway: Option<GatewayInput>,
+    /// The calls handed to a gateway's client by this driver.
+    handed: Vec<String>,
 }
 
 impl<'a> Driver<'a> {
@@ -106,16 +119,43 @@ impl<'a> Driver<'a> {
             pinned_tools: agent.delegates.keys().cloned().collect(),
             beat: Arc::new(Beat::default()),
             data: agent.policy_data.last(),
+            gateway: None,
+            handed: Vec::new(),
         }
     }
 
-    pub(crate) async fn start(mut self, request: &RunRequest) -> Result<RunReport, EngineError> {
+    /// Makes this driver's run a gateway turn with what the client sent.
+    pub(crate) fn for_gateway(mut self, input: GatewayInput) -> Self {
+        self.gateway = Some(input);
+        self
+    }
+
+    /// Whether this run is a gateway's: one request of a client, one model call.
+    pub(super) fn is_gateway(&self) -> bool {
+        self.agent.gateway
+    }
+
+    pub(crate) async fn start(self, request: &RunRequest) -> Result<RunReport, EngineError> {
+        report(self.start_through(request).await?)
+    }
+
+    pub(crate) async fn resume(self) -> Result<RunReport, EngineError> {
+        report(self.resume_through().await?)
+    }
+
+    /// Starts the run and drives it until it ends or suspends (see [`Driver::drive_through`]).
+    pub(crate) async fn start_through(
+        mut self,
+        request: &RunRequest,
+    ) -> Result<(String, RunState, Vec<String>), EngineError> {
         let untrusted = self
             .agent
             .output_labels
             .values()
             .any(|l| l.iter().any(|l| l == UNTRUSTED));
-        let instructions = if untrusted {
+        let instructions = if let Some(input) = &self.gateway {
+            input.system.clone()
+        } else if untrusted {
             format!(
                 "{}\n\n{UNTRUSTED_NOTICE}",
                 self.agent.instructions.trim_end()
@@ -154,11 +194,11 @@ impl<'a> Driver<'a> {
                 })
                 .await?;
             }
-            Ok(())
+            self.record_gateway_request().await
         }
         .await;
         match result {
-            Ok(()) => self.drive().await,
+            Ok(()) => self.drive_through().await,
             Err(e) => {
                 self.abandon().await;
                 Err(e)
@@ -166,7 +206,10 @@ impl<'a> Driver<'a> {
         }
     }
 
-    pub(crate) async fn resume(mut self) -> Result<RunReport, EngineError> {
+    /// Resumes the run and drives it until it ends or suspends.
+    pub(crate) async fn resume_through(
+        mut self,
+    ) -> Result<(String, RunState, Vec<String>), EngineError> {
         let agent_changed = self
             .state
             .started()
@@ -183,7 +226,7 @@ impl<'a> Driver<'a> {
             self.abandon().await;
             return Err(e);
         }
-        self.drive().await
+        self.drive_through().await
     }
 
     /// The top run of this run's tree: a sub-agent shares its root's budget and session.
@@ -195,7 +238,9 @@ impl<'a> Driver<'a> {
             .unwrap_or_else(|| self.run_id.clone())
     }
 
-    async fn drive(mut self) -> Result<RunReport, EngineError> {
+    /// Drives the run until it ends or suspends; answers with its state then and the calls
+    /// handed to a gateway's client on the way.
+    async fn drive_through(mut self) -> Result<(String, RunState, Vec<String>), EngineError> {
         let span = tracing::info_span!(
             "invoke_agent",
             otel.name = %format!("invoke_agent {}", self.agent.name),
@@ -232,9 +277,8 @@ impl<'a> Driver<'a> {
             return Err(e);
         }
         self.release_admission();
-        RunReport::from_state(&self.run_id, &self.state).ok_or_else(|| {
-            EngineError::Agent(format!("run {} stopped without an end state", self.run_id))
-        })
+        let handed = std::mem::take(&mut self.handed);
+        Ok((self.run_id.clone(), std::mem::take(&mut self.state), handed))
     }
 
     async fn drive_loop(&mut self) -> Result<(), EngineError> {
@@ -302,6 +346,7 @@ impl<'a> Driver<'a> {
                     })
                     .await?
                 }
+                Action::CallModel { step } if self.is_gateway() => self.gateway_step(step).await?,
                 Action::CallModel { step } => self.call_model(step).await?,
                 Action::Dispatch { call } => self.dispatch(call).await?,
                 Action::ExecuteApproved { call, approved_by } => {

@@ -203,7 +203,7 @@ impl Driver<'_> {
     /// Whether someone (in another process, through the store) asked for the run to be
     /// cancelled; the loop then ends it before its next action. Read before and after each model
     /// call; the lease's heartbeat reads it in between.
-    fn cancel_requested(&self) -> Result<bool, EngineError> {
+    pub(super) fn cancel_requested(&self) -> Result<bool, EngineError> {
         match self.engine.store.cancel_requested(&self.run_id)? {
             Some(by) => {
                 self.beat.request_cancel(&by);
@@ -214,7 +214,7 @@ impl Driver<'_> {
     }
 
     /// Tries the routed model, the primary and its fallbacks in turn for one step.
-    async fn call_candidates(
+    pub(super) async fn call_candidates(
         &mut self,
         step: u32,
         lines: &[(rein_core::budget::Limit, LedgerLine)],
@@ -304,7 +304,7 @@ impl Driver<'_> {
             );
             // Room is kept for the wrap-up turn, so a run stopped by its budget can still say
             // what it did.
-            let headroom = if lines.is_empty() {
+            let headroom = if lines.is_empty() || self.is_gateway() {
                 Spend::default()
             } else {
                 let wrap_up = self.wrap_up_request("the budget is spent");

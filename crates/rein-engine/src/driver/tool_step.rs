@@ -378,6 +378,9 @@ impl Driver<'_> {
             data: self.agent.data_feeds.get(&call.name).cloned(),
         })
         .await?;
+        if self.runs_at_client(&call.name) {
+            return self.hand_off(call.id).await;
+        }
         let span = tracing::info_span!(
             "execute_tool",
             otel.name = %format!("execute_tool {}", call.name),

@@ -43,6 +43,17 @@ impl Driver<'_> {
     /// what it did not (if that still fits), then end the run as `budget_exhausted` with that
     /// summary as its partial output.
     pub(super) async fn wrap_up(&mut self, step: u32, why: String) -> Result<(), EngineError> {
+        // A gateway's client gets the refusal itself: there is no run of its own to sum up.
+        if self.is_gateway() {
+            return self
+                .record(Event::RunEnded {
+                    status: EndState::BudgetExhausted,
+                    output: None,
+                    reason: Some(why),
+                    call_id: None,
+                })
+                .await;
+        }
         let provider = self
             .agent
             .route_wrap_up

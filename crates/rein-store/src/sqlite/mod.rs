@@ -485,7 +485,12 @@ impl Store for SqliteStore {
                     });
                 }
             };
-            append.rows.push((stored.seq, stored.at_ms, payload));
+            append.rows.push((
+                stored.seq,
+                stored.at_ms,
+                payload,
+                stored.event.format_version(),
+            ));
         }
         match &self.sender {
             Some(sender) => match sender.send(append) {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState};
+use rein_core::{Durability, EndState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Lease, OnCommit, StoreError};
@@ -21,7 +21,8 @@ const MAX_BATCH: usize = 1024;
 /// single page.
 pub(super) struct Append {
     pub(super) lease: Lease,
-    pub(super) rows: Vec<(u64, u64, String)>,
+    /// (seq, at_ms, payload, the event's format version).
+    pub(super) rows: Vec<(u64, u64, String, u32)>,
     pub(super) started: Option<Started>,
     /// A new status for the run: `Some(None)` clears it (resumed), `Some(Some(s))` sets it.
     pub(super) status: Option<Option<EndState>>,
@@ -271,7 +272,7 @@ fn apply_append<'a>(
 ) -> Result<u64, ApplyError> {
     let lease = &append.lease;
     let run = lease.run_id.as_str();
-    let Some(&(first_seq, first_at, _)) = append.rows.first() else {
+    let Some(&(first_seq, first_at, _, _)) = append.rows.first() else {
         return Err(ApplyError::Conflict(
             "an append must hold at least one event".into(),
         ));
@@ -378,7 +379,7 @@ fn apply_append<'a>(
         "INSERT INTO events (run_id, seq, at_ms, payload, v) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     let mut expected = first_seq;
-    for (seq, at_ms, payload) in &append.rows {
+    for (seq, at_ms, payload, format) in &append.rows {
         if *seq != expected {
             return Err(ApplyError::Conflict(format!(
                 "events in one append must be consecutive (expected {expected}, got {seq})"
@@ -389,7 +390,7 @@ fn apply_append<'a>(
             *seq as i64,
             *at_ms as i64,
             payload,
-            i64::from(EVENT_FORMAT_VERSION)
+            i64::from(*format)
         ])?;
         expected += 1;
     }

@@ -35,3 +35,13 @@ pub(crate) fn stdout(output: &Output) -> String {
 pub(crate) fn stderr(output: &Output) -> String {
     rein_testkit::cli::stderr(output)
 }
+
+/// Where the Python packages the tests use are (`.ci/run` installs them there).
+pub(crate) fn python_path() -> String {
+    std::env::var("REIN_TEST_PYTHONPATH").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/rein/py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    })
+}

@@ -496,6 +496,17 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         call_id: Option<String>,
     },
+    /// A gateway's client sent back the results of tool calls it ran; each joins the run's
+    /// sources with its tool's labels.
+    ClientResults {
+        /// The results, in the order the client sent them.
+        results: Vec<ClientResult>,
+    },
+    /// A call a gateway's client runs itself was handed to it (its intent recorded first).
+    ToolHandedOff {
+        /// The call.
+        call_id: String,
+    },
     /// The run ended. Always the last event.
     RunEnded {
         /// How.
@@ -524,3 +535,17 @@ pub struct EventRecord {
 }
 
 mod from_core;
+
+/// One tool result a gateway's client sent back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ClientResult {
+    /// The call it answers, as the client named it.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Its manifest's labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// What the client said the tool returned.
+    pub output: Value,
+}

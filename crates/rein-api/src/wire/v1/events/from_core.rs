@@ -325,6 +325,18 @@ impl From<core::Event> for Event {
                 detail,
                 call_id,
             },
+            core::Event::ClientResults { results } => Event::ClientResults {
+                results: results
+                    .into_iter()
+                    .map(|r| ClientResult {
+                        call_id: r.call_id,
+                        tool: r.tool,
+                        labels: r.labels,
+                        output: r.output,
+                    })
+                    .collect(),
+            },
+            core::Event::ToolHandedOff { call_id } => Event::ToolHandedOff { call_id },
             core::Event::RunEnded {
                 status,
                 output,

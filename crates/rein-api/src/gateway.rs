@@ -1,0 +1,399 @@
+//! The gateway: requests from agents built elsewhere, each recorded as one run of a gateway agent
+//! (an agent folder whose tools its clients run). The HTTP faces (OpenAI Chat Completions and
+//! Responses, Anthropic Messages) translate their wire formats to a [`GatewayRequest`] and the
+//! [`GatewayAnswer`] back; what is judged, reserved, recorded and withheld is decided here and in
+//! the engine, once for every face.
+//!
+//! A conversation is named by the client (a header) or derived from its token and its first
+//! messages. A request whose reply held calls for approval leaves its run suspended; the next
+//! request of that conversation is answered from that run once the approvals are decided (the
+//! approved calls, judged again, are handed over), and told to wait until then.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rein_core::{EndState, Message, RunState};
+use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer, WithheldBy};
+use rein_store::Store;
+use sha2::{Digest, Sha256};
+
+pub use rein_core::{Message as ChatMessage, ToolCall, ToolSpec};
+
+use crate::runs::{LoadedAgent, Watch, Watching};
+use crate::{Caller, Error, Rein, v1};
+
+/// A model request to a gateway, in rein's terms.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayRequest {
+    /// The conversation the client names (`x-rein-conversation`), if it names one.
+    pub conversation: Option<String>,
+    /// The system prompt.
+    pub system: String,
+    /// The conversation so far. Tool results must name their tool (the faces take it from the
+    /// assistant message that made the call).
+    pub messages: Vec<ChatMessage>,
+    /// The tools the client declares.
+    pub tools: Vec<ToolSpec>,
+}
+
+/// Why a call did not reach the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WithheldCall {
+    /// The call's id.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// `denied`, `rejected` or `awaiting_approval`.
+    pub by: &'static str,
+    /// Why, in words.
+    pub reason: String,
+    /// The approval it waits for.
+    pub approval_id: Option<String>,
+}
+
+/// What a gateway request answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayAnswer {
+    /// The run that recorded the request.
+    pub run_id: String,
+    /// The conversation it belongs to.
+    pub conversation: String,
+    /// How the request ended: `completed` (served), `awaiting_approval` (calls held),
+    /// `denied`, `budget_exhausted`, `failed`, `cancelled`.
+    pub status: v1::EndState,
+    /// The model's text, as released.
+    pub text: Option<String>,
+    /// The calls handed over, with ids unique within the conversation.
+    pub calls: Vec<ToolCall>,
+    /// The calls withheld, and why.
+    pub withheld: Vec<WithheldCall>,
+    /// Tokens used.
+    pub usage: v1::Usage,
+    /// What the request cost, in US dollars.
+    pub cost_usd: f64,
+    /// Why the request did not complete.
+    pub reason: Option<String>,
+}
+
+impl GatewayAnswer {
+    /// A note for the agent about what was withheld, to append to the reply's text: which calls
+    /// were refused and why, and which wait for a person.
+    pub fn notice(&self) -> Option<String> {
+        if self.withheld.is_empty() {
+            return None;
+        }
+        let mut lines = Vec::new();
+        for w in &self.withheld {
+            lines.push(match w.approval_id.as_deref() {
+                Some(id) if w.by == "awaiting_approval" => format!(
+                    "rein held the call to `{}` ({}) for a person's approval (approval {id}). Wait for it to be decided, then send the conversation again to receive the call if it is approved.",
+                    w.tool, w.call_id
+                ),
+                _ => format!(
+                    "rein withheld the call to `{}` ({}): {}",
+                    w.tool, w.call_id, w.reason
+                ),
+            });
+        }
+        Some(lines.join("\n"))
+    }
+}
+
+/// Runs held for approval, by (tenant, conversation): the next request of the conversation is
+/// answered from them.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    runs: Mutex<HashMap<(String, String), Vec<String>>>,
+    /// The agents whose held runs were read from the store since this process started.
+    scanned: Mutex<Vec<String>>,
+}
+
+impl Rein {
+    /// Answers one request to the gateway agent `loaded` for `caller`.
+    pub async fn gateway(
+        &self,
+        loaded: &LoadedAgent,
+        caller: &Caller,
+        request: GatewayRequest,
+        watch: Option<&dyn Watch>,
+    ) -> Result<GatewayAnswer, Error> {
+        let observer: &dyn Observer = match watch {
+            Some(w) => &Watching(w),
+            None => &NoObserver,
+        };
+        let agent = loaded.agent();
+        if !agent.gateway {
+            return Err(Error::Invalid(format!(
+                "agent `{}` is not a gateway: add a `[gateway]` section (and the tools its clients run, with `client = true`) to {}",
+                loaded.name(),
+                loaded.dir().join(rein_config::AGENT_FILE).display()
+            )));
+        }
+        let conversation = match request.conversation.as_deref() {
+            Some(c) => {
+                check_conversation(c)?;
+                c.to_owned()
+            }
+            None => derive_conversation(caller, loaded.name(), &request),
+        };
+        let engine = self.engine()?;
+        self.scan_held(loaded)?;
+        let key = (caller.tenant.clone(), conversation.clone());
+        // A held turn of this conversation answers first: with its approved calls once decided.
+        if let Some(run_id) = self.held_first(&key) {
+            let state = engine.load(&run_id)?;
+            if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state)
+            {
+                return Ok(self.answer(&conversation, still_waiting(&run_id, &state)));
+            }
+            self.release_held(&key, &run_id);
+            if state.ended().is_none() {
+                let reply = engine.gateway_resume(&run_id, agent, observer).await?;
+                if reply.status == EndState::AwaitingApproval {
+                    self.hold(key, reply.run_id.clone());
+                }
+                return Ok(self.answer(&conversation, reply));
+            }
+        }
+        let task = request
+            .messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                Message::User { text } => Some(text.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let results = request
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Tool {
+                    call_id,
+                    name,
+                    content,
+                    ..
+                } => Some((
+                    call_id.clone(),
+                    name.clone(),
+                    serde_json::Value::String(content.clone()),
+                )),
+                _ => None,
+            })
+            .collect();
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let turn = GatewayTurn {
+            conversation: conversation.clone(),
+            user: caller.user.clone(),
+            tenant: caller.tenant.clone(),
+            task,
+            system: request.system,
+            messages: request.messages,
+            tools: request.tools,
+            results,
+        };
+        let reply = engine.gateway_turn(agent, &run_id, turn, observer).await?;
+        if reply.status == EndState::AwaitingApproval {
+            self.hold(key, reply.run_id.clone());
+        }
+        Ok(self.answer(&conversation, reply))
+    }
+
+    fn answer(&self, conversation: &str, reply: GatewayReply) -> GatewayAnswer {
+        let run = &reply.run_id;
+        GatewayAnswer {
+            // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
+            // them with the run's id, so each is unique in it.
+            calls: reply
+                .calls
+                .into_iter()
+                .map(|mut c| {
+                    c.id = wire_call_id(run, &c.id);
+                    c
+                })
+                .collect(),
+            withheld: reply
+                .withheld
+                .into_iter()
+                .map(|w| WithheldCall {
+                    call_id: wire_call_id(run, &w.call_id),
+                    tool: w.tool,
+                    by: w.by.as_str(),
+                    reason: w.reason,
+                    approval_id: w.approval_id,
+                })
+                .collect(),
+            run_id: reply.run_id,
+            conversation: conversation.to_owned(),
+            status: reply.status.into(),
+            text: reply.text,
+            usage: reply.usage.into(),
+            cost_usd: reply.cost_micros as f64 / 1e6,
+            reason: reply.reason,
+        }
+    }
+
+    fn held_first(&self, key: &(String, String)) -> Option<String> {
+        let runs = self.held.runs.lock().ok()?;
+        runs.get(key).and_then(|v| v.first().cloned())
+    }
+
+    fn hold(&self, key: (String, String), run_id: String) {
+        if let Ok(mut runs) = self.held.runs.lock() {
+            runs.entry(key).or_default().push(run_id);
+        }
+    }
+
+    fn release_held(&self, key: &(String, String), run_id: &str) {
+        if let Ok(mut runs) = self.held.runs.lock()
+            && let Some(list) = runs.get_mut(key)
+        {
+            list.retain(|r| r != run_id);
+            if list.is_empty() {
+                runs.remove(key);
+            }
+        }
+    }
+
+    /// Reads the agent's held runs from the store once per process, so a restart loses none.
+    fn scan_held(&self, loaded: &LoadedAgent) -> Result<(), Error> {
+        {
+            let scanned = self
+                .held
+                .scanned
+                .lock()
+                .map_err(|_| Error::Internal("the held-runs lock is poisoned".into()))?;
+            if scanned.iter().any(|a| a == loaded.name()) {
+                return Ok(());
+            }
+        }
+        let filter = rein_store::RunFilter {
+            limit: 10_000,
+            agent: Some(loaded.name().to_owned()),
+            status: Some(Some(EndState::AwaitingApproval)),
+            ..Default::default()
+        };
+        let store = self.store()?;
+        let mut found = Vec::new();
+        for run in store.list_runs(&filter)? {
+            let events = store.events(&run.id)?;
+            let conversation = events.iter().take(8).find_map(|e| match &e.event {
+                rein_core::Event::Notice { kind, subject, .. } if kind == GATEWAY_REQUEST => {
+                    Some(subject.clone())
+                }
+                _ => None,
+            });
+            let tenant = events.first().and_then(|e| match &e.event {
+                rein_core::Event::RunStarted(s) => Some(s.tenant.clone()),
+                _ => None,
+            });
+            if let (Some(c), Some(t)) = (conversation, tenant) {
+                found.push(((t, c), run.id, run.created_ms));
+            }
+        }
+        // Oldest first, as they were held.
+        found.sort_by_key(|(_, _, at)| *at);
+        let mut scanned = self
+            .held
+            .scanned
+            .lock()
+            .map_err(|_| Error::Internal("the held-runs lock is poisoned".into()))?;
+        if scanned.iter().any(|a| a == loaded.name()) {
+            return Ok(());
+        }
+        scanned.push(loaded.name().to_owned());
+        for (key, run, _) in found {
+            self.hold(key, run);
+        }
+        Ok(())
+    }
+}
+
+/// A call id as the conversation sees it: rein's id in the run, with the run's id.
+fn wire_call_id(run_id: &str, call_id: &str) -> String {
+    format!("{call_id}_{run_id}")
+}
+
+/// Whether a held run's approval has expired (the resume then records it as denied).
+fn expired(state: &RunState) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    state.calls().iter().any(|c| {
+        c.approval
+            .as_ref()
+            .and_then(|a| a.expires_at_ms)
+            .is_some_and(|at| at <= now)
+    })
+}
+
+/// The answer to a request while the conversation's held calls are still undecided: no model
+/// call, the same note again.
+fn still_waiting(run_id: &str, state: &RunState) -> GatewayReply {
+    let withheld = state
+        .calls()
+        .iter()
+        .filter(|c| c.status == rein_core::state::CallStatus::AwaitingApproval)
+        .map(|c| {
+            let id = c.approval.as_ref().map(|a| a.id.clone());
+            rein_engine::Withheld {
+                call_id: c.call.id.clone(),
+                tool: c.call.name.clone(),
+                by: WithheldBy::AwaitingApproval,
+                reason: format!(
+                    "held for a person's approval ({})",
+                    id.as_deref().unwrap_or_default()
+                ),
+                approval_id: id,
+            }
+        })
+        .collect();
+    GatewayReply {
+        run_id: run_id.to_owned(),
+        status: EndState::AwaitingApproval,
+        text: None,
+        calls: vec![],
+        withheld,
+        usage: Default::default(),
+        cost_micros: 0,
+        reason: Some("calls of this conversation still wait for approval".into()),
+    }
+}
+
+/// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.
+fn check_conversation(c: &str) -> Result<(), Error> {
+    if c.is_empty()
+        || c.len() > 128
+        || !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(Error::Invalid(
+            "x-rein-conversation: 1 to 128 letters, digits, `-`, `_`, `.` or `:`".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A conversation the client did not name: its token, the gateway, its system prompt and its
+/// first message from the user identify it.
+fn derive_conversation(caller: &Caller, agent: &str, request: &GatewayRequest) -> String {
+    let first = request.messages.iter().find_map(|m| match m {
+        Message::User { text } => Some(text.as_str()),
+        _ => None,
+    });
+    let mut h = Sha256::new();
+    for part in [
+        caller.token_id.as_str(),
+        agent,
+        request.system.as_str(),
+        first.unwrap_or_default(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("c-{hex}")
+}

@@ -1,0 +1,123 @@
+//! A gateway turn: one request of a client's conversation, driven as a run of the gateway's agent
+//! whose tools the client runs. The run records the tool results the client sent back (with their
+//! manifests' labels), makes one model call through the same step as a hosted agent (judged,
+//! reserved on the budgets, retried, audited) with the client's own conversation, and judges each
+//! call in the reply as a dispatch: an allowed call has its intent recorded and is handed to the
+//! client, a denied one is left out with its reason, an asked one waits for a person. Then the
+//! run ends: the turn is over.
+
+use rein_core::{ClientResult, EndState, Event, Message, ToolSpec};
+
+use crate::EngineError;
+use crate::context::TokenCounter;
+use crate::driver::Driver;
+use crate::gateway::GATEWAY_REQUEST;
+
+/// What the client sent: its system prompt, its conversation, its tools, and the tool results in
+/// it, already labelled.
+pub(crate) struct GatewayInput {
+    pub(crate) conversation: String,
+    pub(crate) system: String,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) tools: Vec<ToolSpec>,
+    pub(crate) results: Vec<ClientResult>,
+}
+
+impl Driver<'_> {
+    /// Records which conversation the request belongs to and the results the client sent back,
+    /// before anything is judged.
+    pub(super) async fn record_gateway_request(&mut self) -> Result<(), EngineError> {
+        let Some(input) = self.gateway.as_mut() else {
+            return Ok(());
+        };
+        let results = std::mem::take(&mut input.results);
+        let detail = format!(
+            "a request of {} messages, {} tools and {} tool results",
+            input.messages.len(),
+            input.tools.len(),
+            results.len()
+        );
+        let conversation = input.conversation.clone();
+        self.notice(GATEWAY_REQUEST, &conversation, detail, None)
+            .await?;
+        if results.is_empty() {
+            return Ok(());
+        }
+        self.record(Event::ClientResults { results }).await
+    }
+
+    /// The model step of a gateway run: the first step calls the model with the client's
+    /// conversation; any later step means this turn's calls are settled, so the run ends with
+    /// the reply's text (a resumed run's approved calls were handed over on the way here).
+    pub(super) async fn gateway_step(&mut self, step: u32) -> Result<(), EngineError> {
+        let input = match self.gateway.take() {
+            Some(input) if step == 1 => input,
+            // Resumed after a crash before the model answered: the client got no answer and
+            // sends its request again, as a new run.
+            None if step == 1 => {
+                return self
+                    .record(Event::RunEnded {
+                        status: EndState::Failed,
+                        output: None,
+                        reason: Some(
+                            "the gateway request was interrupted before the model answered; its client was not answered"
+                                .into(),
+                        ),
+                        call_id: None,
+                    })
+                    .await;
+            }
+            _ => {
+                return self
+                    .record(Event::RunEnded {
+                        status: EndState::Completed,
+                        output: self.state.last_text().map(str::to_owned),
+                        reason: None,
+                        call_id: None,
+                    })
+                    .await;
+            }
+        };
+        if self.cancel_requested()? {
+            return Ok(());
+        }
+        let lines = self.budget_lines();
+        if !self.admit(&lines).await? {
+            return Ok(());
+        }
+        self.check_budgets(&lines).await?;
+        // Tools the policies deny outright (and tools the operator has no manifest for) are not
+        // offered; a call of one anyway is refused like any unknown tool.
+        self.tool_specs = input
+            .tools
+            .into_iter()
+            .filter(|t| {
+                self.agent.client_tools.contains(&t.name)
+                    && !self.agent.gate.denied_outright(&t.name)
+            })
+            .collect();
+        let counter =
+            TokenCounter::for_model(self.agent.provider.kind(), self.agent.provider.model());
+        let counted = input.messages.iter().map(|m| counter.message(m)).sum();
+        self.call_candidates(
+            step,
+            &lines,
+            &input.system,
+            &input.messages,
+            counted,
+            counter,
+        )
+        .await
+    }
+
+    /// Whether `tool` is run by the gateway's client: its call is handed over, not run.
+    pub(super) fn runs_at_client(&self, tool: &str) -> bool {
+        self.agent.client_tools.contains(tool)
+    }
+
+    /// Hands a call whose intent is recorded to the client.
+    pub(super) async fn hand_off(&mut self, call_id: String) -> Result<(), EngineError> {
+        self.handed.push(call_id.clone());
+        self.record(Event::ToolHandedOff { call_id }).await
+    }
+}

@@ -1,0 +1,269 @@
+//! The gateway's side of the engine: a request from an agent built elsewhere (with the OpenAI or
+//! Anthropic SDK, LangGraph, Claude Code) is one run of the gateway's agent, whose tools the
+//! client runs. [`Engine::gateway_turn`] records what the client sent back, makes one judged,
+//! budgeted, audited model call with the client's conversation, and answers with the calls the
+//! policies let through and those they withheld, and why. [`Engine::gateway_resume`] continues a
+//! turn held for approval once it is decided, handing over the approved calls.
+
+use rein_core::labels::UNTRUSTED;
+use rein_core::state::CallStatus;
+use rein_core::{ClientResult, EndState, Message, RunState, ToolCall, ToolSpec, Usage};
+use rein_store::Lease;
+use serde_json::Value;
+
+use crate::driver::{Driver, GatewayInput};
+use crate::lease::{LEASE_TTL_MS, new_owner};
+use crate::{Agent, Engine, EngineError, Observer, RunRequest};
+
+/// The kind of the notice that opens a gateway run; its subject is the conversation.
+pub const GATEWAY_REQUEST: &str = "gateway_request";
+
+/// One request to a gateway, in rein's terms.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayTurn {
+    /// The conversation it belongs to (recorded as the subject of the run's first notice).
+    pub conversation: String,
+    /// Who it acts for.
+    pub user: String,
+    /// Their tenant.
+    pub tenant: String,
+    /// What the run is about, for people and policies (`context.task`): the client's last
+    /// message from its user.
+    pub task: String,
+    /// The client's system prompt.
+    pub system: String,
+    /// The client's conversation, as the model is sent it.
+    pub messages: Vec<Message>,
+    /// The tools the client declares.
+    pub tools: Vec<ToolSpec>,
+    /// The tool results in the conversation: (call id, tool, output).
+    pub results: Vec<(String, String, Value)>,
+}
+
+/// Why a call in the model's reply did not reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithheldBy {
+    /// The policies denied it (or the person asked denied it).
+    Denied,
+    /// It was refused before judging: a tool the operator does not know, arguments that do not
+    /// match its schema.
+    Rejected,
+    /// It waits for a person's approval.
+    AwaitingApproval,
+}
+
+impl WithheldBy {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WithheldBy::Denied => "denied",
+            WithheldBy::Rejected => "rejected",
+            WithheldBy::AwaitingApproval => "awaiting_approval",
+        }
+    }
+}
+
+/// A call the client did not get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Withheld {
+    /// The call's id, as rein assigned it.
+    pub call_id: String,
+    /// The tool.
+    pub tool: String,
+    /// Why.
+    pub by: WithheldBy,
+    /// In words, as the policies and checks gave it.
+    pub reason: String,
+    /// The approval it waits for.
+    pub approval_id: Option<String>,
+}
+
+/// What a gateway request answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayReply {
+    /// The run that recorded the request.
+    pub run_id: String,
+    /// How it ended (`completed`, or `awaiting_approval`, `denied`, `budget_exhausted`,
+    /// `failed`, `cancelled`).
+    pub status: EndState,
+    /// The model's text, as released to the client.
+    pub text: Option<String>,
+    /// The calls handed to the client, with rein's ids and the model's arguments.
+    pub calls: Vec<ToolCall>,
+    /// The calls the client does not get, and why.
+    pub withheld: Vec<Withheld>,
+    /// Tokens the model call used.
+    pub usage: Usage,
+    /// What it cost, in millionths of a US dollar.
+    pub cost_micros: u64,
+    /// Why the run did not complete.
+    pub reason: Option<String>,
+}
+
+impl Engine {
+    /// The labels a result of `tool` carries: its manifest's, or for a tool the operator does not
+    /// know, the most restrictive default (`untrusted`).
+    pub fn gateway_labels(agent: &Agent, tool: &str) -> Vec<String> {
+        if agent.client_tools.contains(tool) {
+            agent.output_labels.get(tool).cloned().unwrap_or_default()
+        } else {
+            vec![UNTRUSTED.to_owned()]
+        }
+    }
+
+    /// Records one gateway request as run `run_id` (new: 32 lower-case hex digits) of `agent`
+    /// and answers it.
+    pub async fn gateway_turn(
+        &self,
+        agent: &Agent,
+        run_id: &str,
+        turn: GatewayTurn,
+        observer: &dyn Observer,
+    ) -> Result<GatewayReply, EngineError> {
+        if !agent.gateway {
+            return Err(EngineError::Agent(format!(
+                "agent `{}` is not a gateway: it has no `[gateway]` section",
+                agent.name
+            )));
+        }
+        if self.is_stopping() {
+            return Err(EngineError::Stopped {
+                run_id: run_id.to_owned(),
+            });
+        }
+        let results = turn
+            .results
+            .into_iter()
+            .map(|(call_id, tool, output)| ClientResult {
+                labels: Engine::gateway_labels(agent, &tool),
+                call_id,
+                tool,
+                output,
+            })
+            .collect();
+        let input = GatewayInput {
+            conversation: turn.conversation,
+            system: turn.system,
+            messages: turn.messages,
+            tools: turn.tools,
+            results,
+        };
+        let request = RunRequest {
+            task: turn.task,
+            user: turn.user,
+            tenant: turn.tenant,
+            parent: None,
+            grants: None,
+        };
+        let workspace = self.prepare_workspace(agent, run_id)?;
+        let lease = Lease::new_run(run_id, &new_owner(), self.clock.now_ms() + LEASE_TTL_MS);
+        let driven = Driver::new(self, agent, lease, RunState::default(), workspace, observer)
+            .for_gateway(input)
+            .start_through(&request)
+            .await?;
+        Ok(reply(driven))
+    }
+
+    /// Continues a gateway run held for approval, now that its approvals are decided: approved
+    /// calls are judged again and handed over, denied ones withheld.
+    pub async fn gateway_resume(
+        &self,
+        run_id: &str,
+        agent: &Agent,
+        observer: &dyn Observer,
+    ) -> Result<GatewayReply, EngineError> {
+        let driven = self
+            .resume_driver(run_id, agent, observer)?
+            .resume_through()
+            .await?;
+        Ok(reply(driven))
+    }
+}
+
+/// The answer to a request, from the run's state once the driver stopped.
+fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayReply {
+    let ended = state.ended();
+    let status = ended
+        .map(|e| e.status)
+        .unwrap_or(EndState::AwaitingApproval);
+    let calls = state
+        .calls()
+        .iter()
+        .filter(|s| handed.contains(&s.call.id))
+        .map(|s| s.call.clone())
+        .collect();
+    let withheld = state
+        .calls()
+        .iter()
+        .filter_map(|slot| {
+            let (by, approval_id) = match slot.status {
+                CallStatus::Rejected => {
+                    let said = refusal(&state, &slot.call.id);
+                    let denied = said.starts_with("error: denied by")
+                        || said.contains("did not approve")
+                        || said.contains("nobody approved");
+                    (
+                        if denied {
+                            WithheldBy::Denied
+                        } else {
+                            WithheldBy::Rejected
+                        },
+                        slot.approval.as_ref().map(|a| a.id.clone()),
+                    )
+                }
+                CallStatus::AwaitingApproval => (
+                    WithheldBy::AwaitingApproval,
+                    slot.approval.as_ref().map(|a| a.id.clone()),
+                ),
+                _ => return None,
+            };
+            let reason = match by {
+                WithheldBy::AwaitingApproval => format!(
+                    "held for a person's approval ({})",
+                    approval_id.as_deref().unwrap_or_default()
+                ),
+                _ => refusal(&state, &slot.call.id)
+                    .trim_start_matches("error: ")
+                    .to_owned(),
+            };
+            Some(Withheld {
+                call_id: slot.call.id.clone(),
+                tool: slot.call.name.clone(),
+                by,
+                reason,
+                approval_id,
+            })
+        })
+        .collect();
+    let text = match ended {
+        Some(e) => e.output.clone(),
+        None => state.last_text().map(str::to_owned),
+    };
+    GatewayReply {
+        run_id,
+        status,
+        text,
+        calls,
+        withheld,
+        usage: state.usage(),
+        cost_micros: state.cost_micros(),
+        reason: ended.and_then(|e| e.reason.clone()),
+    }
+}
+
+/// What the run's conversation says about a call that did not run.
+fn refusal(state: &RunState, call_id: &str) -> String {
+    state
+        .messages()
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            Message::Tool {
+                call_id: id,
+                content,
+                ..
+            } if id == call_id => Some(content.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,309 @@
+//! Anthropic Messages (`POST /v1/messages`, streaming and not, with tools), as the official SDK
+//! and Claude Code speak it. As with the OpenAI face, a stream carries the judged answer.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::openai::text_of;
+use super::{Dialect, GwError, answer, caller, pick, rein_headers, text_with_notice};
+use crate::state::AppState;
+
+const D: Dialect = Dialect::Anthropic;
+
+/// The parts of a Messages request rein reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MessagesRequest {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    system: Value,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    tools: Vec<WireTool>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTool {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    input_schema: Option<Value>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+fn bad(message: String) -> GwError {
+    GwError::new(D, StatusCode::BAD_REQUEST, message)
+}
+
+impl MessagesRequest {
+    fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        let system = match &self.system {
+            Value::Null => String::new(),
+            other => text_of(other, "system", D)?,
+        };
+        let mut messages = Vec::new();
+        let mut names: HashMap<String, String> = HashMap::new();
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let at = format!("messages[{i}]");
+            let blocks = match m.content {
+                Value::String(text) => vec![json!({"type": "text", "text": text})],
+                Value::Array(blocks) => blocks,
+                _ => {
+                    return Err(bad(format!(
+                        "{at}.content: expected a string or an array of content blocks"
+                    )));
+                }
+            };
+            match m.role.as_str() {
+                "user" => {
+                    let mut text = Vec::new();
+                    for (j, b) in blocks.iter().enumerate() {
+                        match b.get("type").and_then(Value::as_str).unwrap_or_default() {
+                            "text" => text.push(
+                                b.get("text")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                            ),
+                            "tool_result" => {
+                                let call_id = b
+                                    .get("tool_use_id")
+                                    .and_then(Value::as_str)
+                                    .ok_or_else(|| {
+                                        bad(format!("{at}.content[{j}].tool_use_id: missing"))
+                                    })?
+                                    .to_owned();
+                                let content = match b.get("content") {
+                                    None => String::new(),
+                                    Some(c) => text_of(c, &format!("{at}.content[{j}]"), D)?,
+                                };
+                                messages.push(ChatMessage::Tool {
+                                    name: names.get(&call_id).cloned().unwrap_or_default(),
+                                    call_id,
+                                    content,
+                                    is_error: b
+                                        .get("is_error")
+                                        .and_then(Value::as_bool)
+                                        .unwrap_or(false),
+                                });
+                            }
+                            other => {
+                                return Err(bad(format!(
+                                    "{at}.content[{j}]: rein's gateway takes text and tool_result blocks from the user, not `{other}`"
+                                )));
+                            }
+                        }
+                    }
+                    if !text.is_empty() {
+                        messages.push(ChatMessage::User {
+                            text: text.join("\n"),
+                        });
+                    }
+                }
+                "assistant" => {
+                    let mut text = Vec::new();
+                    let mut calls = Vec::new();
+                    for (j, b) in blocks.iter().enumerate() {
+                        match b.get("type").and_then(Value::as_str).unwrap_or_default() {
+                            "text" => text.push(
+                                b.get("text")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                            ),
+                            "tool_use" => {
+                                let id = b
+                                    .get("id")
+                                    .and_then(Value::as_str)
+                                    .ok_or_else(|| bad(format!("{at}.content[{j}].id: missing")))?
+                                    .to_owned();
+                                let name = b
+                                    .get("name")
+                                    .and_then(Value::as_str)
+                                    .ok_or_else(|| bad(format!("{at}.content[{j}].name: missing")))?
+                                    .to_owned();
+                                names.insert(id.clone(), name.clone());
+                                calls.push(ToolCall {
+                                    id,
+                                    name,
+                                    arguments: b.get("input").cloned().unwrap_or(json!({})),
+                                    invalid_arguments: None,
+                                });
+                            }
+                            // Thinking is the model's own; it is not judged or resent.
+                            "thinking" | "redacted_thinking" => {}
+                            other => {
+                                return Err(bad(format!(
+                                    "{at}.content[{j}]: rein's gateway takes text and tool_use blocks from the assistant, not `{other}`"
+                                )));
+                            }
+                        }
+                    }
+                    messages.push(ChatMessage::Assistant {
+                        text: (!text.is_empty()).then(|| text.join("\n")),
+                        tool_calls: calls,
+                    });
+                }
+                other => {
+                    return Err(bad(format!(
+                        "{at}.role: `{other}` is not a role of the Messages API (user, assistant)"
+                    )));
+                }
+            }
+        }
+        let tools = self
+            .tools
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| match t.kind.as_deref() {
+                None | Some("custom") => Ok(ToolSpec {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t
+                        .input_schema
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                }),
+                Some(kind) => Err(bad(format!(
+                    "tools[{i}]: rein's gateway takes client tools only, not Anthropic's server tool `{kind}`"
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(GatewayRequest {
+            conversation,
+            system,
+            messages,
+            tools,
+        })
+    }
+}
+
+/// `POST /v1/messages`.
+pub(crate) async fn messages(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, GwError> {
+    let caller = caller(&state, &headers, D)?;
+    let request: MessagesRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is not a Messages request: {e}")))?;
+    let model = request.model.clone();
+    let stream = request.stream;
+    let agent = pick(&state, &caller, &model, D).await?;
+    let gateway = request.into_gateway(super::conversation(&headers))?;
+    let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let mut response = if stream {
+        streamed(&answer, &model)
+    } else {
+        axum::Json(message(&answer, &model)).into_response()
+    };
+    for (name, value) in rein_headers(&answer) {
+        if let Ok(v) = value.parse() {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+fn blocks(answer: &GatewayAnswer) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(text) = text_with_notice(answer) {
+        out.push(json!({"type": "text", "text": text}));
+    }
+    for c in &answer.calls {
+        out.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}));
+    }
+    out
+}
+
+fn stop_reason(answer: &GatewayAnswer) -> &'static str {
+    if answer.calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    }
+}
+
+fn message(answer: &GatewayAnswer, model: &str) -> Value {
+    json!({
+        "id": format!("msg_{}", answer.run_id),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": blocks(answer),
+        "stop_reason": stop_reason(answer),
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": answer.usage.input_tokens,
+            "output_tokens": answer.usage.output_tokens,
+        },
+    })
+}
+
+/// The judged answer as a Messages event stream.
+fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
+    let mut events: Vec<(&'static str, Value)> = Vec::new();
+    let mut start = message(answer, model);
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"]["output_tokens"] = json!(0);
+    events.push((
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+    ));
+    for (index, block) in blocks(answer).into_iter().enumerate() {
+        let (empty, delta) = match block["type"].as_str() {
+            Some("text") => (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": block["text"]}),
+            ),
+            _ => (
+                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            ),
+        };
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": empty}),
+        ));
+        events.push((
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    events.push((
+        "message_delta",
+        json!({
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(answer), "stop_sequence": null},
+            "usage": {"output_tokens": answer.usage.output_tokens},
+        }),
+    ));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    let events = events.into_iter().map(|(name, data)| {
+        Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
+    });
+    Sse::new(futures_util::stream::iter(events)).into_response()
+}

@@ -1,0 +1,277 @@
+//! The governed gateway: OpenAI- and Anthropic-compatible model endpoints, so agents built with
+//! any framework get rein's governance by changing a base URL. Each face translates its wire
+//! format to a [`GatewayRequest`] and the engine API's answer back; what is judged, budgeted,
+//! recorded and withheld is decided once, in `rein_api::gateway`.
+//!
+//! A client authenticates with a rein token (`Authorization: Bearer`, or `x-api-key` as the
+//! Anthropic SDK sends it) holding the `gateway` scope (or `gateway:<agent>`). The request's
+//! `model` names the gateway agent; a token that may use only one gateway may name any model.
+//! Errors come in the face's own shape, so the SDKs raise their usual exceptions.
+
+pub(crate) mod anthropic;
+pub(crate) mod openai;
+pub(crate) mod responses;
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rein_api::gateway::{GatewayAnswer, GatewayRequest};
+use rein_api::{Caller, LoadedAgent, v1};
+
+use crate::events::RunWatch;
+use crate::state::AppState;
+
+/// The header naming a conversation.
+pub(crate) const CONVERSATION_HEADER: &str = "x-rein-conversation";
+
+/// Which API's error shape a face answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `{"error": {"message", "type", "code"}}`.
+    OpenAi,
+    /// `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+/// A gateway error, answered in its face's shape.
+#[derive(Debug)]
+pub(crate) struct GwError {
+    pub status: StatusCode,
+    pub message: String,
+    pub dialect: Dialect,
+}
+
+impl GwError {
+    pub(crate) fn new(dialect: Dialect, status: StatusCode, message: impl Into<String>) -> Self {
+        GwError {
+            status,
+            message: message.into(),
+            dialect,
+        }
+    }
+
+    pub(crate) fn from_api(dialect: Dialect, e: rein_api::Error) -> Self {
+        let p = crate::problem::Problem::from(e);
+        GwError::new(dialect, p.status, p.detail)
+    }
+}
+
+/// The error type names each API uses for a status.
+fn kind(dialect: Dialect, status: StatusCode) -> &'static str {
+    match (dialect, status.as_u16()) {
+        (Dialect::OpenAi, 400 | 404 | 405 | 413 | 415 | 422) => "invalid_request_error",
+        (Dialect::OpenAi, 401) => "authentication_error",
+        (Dialect::OpenAi, 403) => "permission_denied",
+        (Dialect::OpenAi, 429) => "insufficient_quota",
+        (Dialect::OpenAi, _) => "server_error",
+        (Dialect::Anthropic, 400 | 405 | 413 | 415 | 422) => "invalid_request_error",
+        (Dialect::Anthropic, 401) => "authentication_error",
+        (Dialect::Anthropic, 403) => "permission_error",
+        (Dialect::Anthropic, 404) => "not_found_error",
+        (Dialect::Anthropic, 429) => "rate_limit_error",
+        (Dialect::Anthropic, _) => "api_error",
+    }
+}
+
+impl IntoResponse for GwError {
+    fn into_response(self) -> Response {
+        let mut message = self.message;
+        // rein's own failures keep their cause in the log (a database message, a path); an
+        // upstream's failure (502) is the client's to read.
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %message, "gateway request failed");
+            message = "rein could not complete the request; the server's log has the cause".into();
+        }
+        let kind = kind(self.dialect, self.status);
+        let body = match self.dialect {
+            Dialect::OpenAi => serde_json::json!({
+                "error": {"message": message, "type": kind, "param": null, "code": kind}
+            }),
+            Dialect::Anthropic => serde_json::json!({
+                "type": "error", "error": {"type": kind, "message": message}
+            }),
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The caller of a gateway request: a rein token as a bearer token or an `x-api-key`.
+pub(crate) fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    dialect: Dialect,
+) -> Result<Caller, GwError> {
+    let token = match headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        Some(key) if headers.get(header::AUTHORIZATION).is_none() => key.trim(),
+        _ => crate::auth::bearer(headers).map_err(|p| GwError::new(dialect, p.status, p.detail))?,
+    };
+    let caller = state
+        .rein
+        .authenticate(token, crate::now_ms())
+        .map_err(|e| GwError::from_api(dialect, e))?;
+    state
+        .rate
+        .admit(&caller.token_id)
+        .map_err(|p| GwError::new(dialect, p.status, p.detail))?;
+    Ok(caller)
+}
+
+/// The gateway a request names by its `model`, or the only one the caller may use.
+pub(crate) async fn pick(
+    state: &AppState,
+    caller: &Caller,
+    model: &str,
+    dialect: Dialect,
+) -> Result<Arc<LoadedAgent>, GwError> {
+    if let Some(agent) = state.agents.get(&state.rein, model).await
+        && agent.is_gateway()
+    {
+        if caller.may_use_gateway(agent.name()) {
+            return Ok(agent);
+        }
+        return Err(GwError::new(
+            dialect,
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token may not use gateway `{model}`; create one with `--scope gateway:{model}`"
+            ),
+        ));
+    }
+    let usable = usable(state, caller).await;
+    match usable.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(GwError::new(
+            dialect,
+            StatusCode::FORBIDDEN,
+            "this token may use no gateway served here: it needs the `gateway` scope (or `gateway:<agent>`), and `rein serve` an agent folder with a `[gateway]` section",
+        )),
+        many => Err(GwError::new(
+            dialect,
+            StatusCode::NOT_FOUND,
+            format!(
+                "no gateway `{model}` is served here; name one as the model: {}",
+                many.iter()
+                    .map(|a| a.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The gateways the caller may use, by name.
+pub(crate) async fn usable(state: &AppState, caller: &Caller) -> Vec<Arc<LoadedAgent>> {
+    let mut all: Vec<Arc<LoadedAgent>> = state
+        .agents
+        .all()
+        .await
+        .into_iter()
+        .filter(|a| a.is_gateway() && caller.may_use_gateway(a.name()))
+        .collect();
+    all.sort_by(|a, b| a.name().cmp(b.name()));
+    all
+}
+
+/// The conversation a request names, if any.
+pub(crate) fn conversation(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(CONVERSATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Asks the engine API, with the run's events feeding the metrics and live streams.
+pub(crate) async fn answer(
+    state: &Arc<AppState>,
+    agent: &LoadedAgent,
+    caller: &Caller,
+    request: GatewayRequest,
+    dialect: Dialect,
+) -> Result<GatewayAnswer, GwError> {
+    if state.stopping() {
+        return Err(GwError::new(
+            dialect,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down; send the request to another one",
+        ));
+    }
+    let watch = RunWatch {
+        state: state.clone(),
+        agent: agent.name().to_owned(),
+        tenant: caller.tenant.clone(),
+        started: Arc::new(Mutex::new(None)),
+    };
+    let answer = state
+        .rein
+        .gateway(agent, caller, request, Some(&watch))
+        .await
+        .map_err(|e| GwError::from_api(dialect, e))?;
+    check(agent, &answer, dialect)?;
+    Ok(answer)
+}
+
+/// A request that did not end with an answer for the client becomes an error: the budget
+/// refused it (429), the policies refused the model or the answer (403), the model failed
+/// (502); and a denied call fails the request when the operator chose `on_denied = "error"`.
+fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Result<(), GwError> {
+    let reason = || {
+        answer
+            .reason
+            .clone()
+            .unwrap_or_else(|| "no reason was recorded".into())
+    };
+    let status = match answer.status {
+        v1::EndState::Completed | v1::EndState::AwaitingApproval => None,
+        v1::EndState::BudgetExhausted => Some(StatusCode::TOO_MANY_REQUESTS),
+        v1::EndState::Denied => Some(StatusCode::FORBIDDEN),
+        v1::EndState::Cancelled => Some(StatusCode::CONFLICT),
+        _ => Some(StatusCode::BAD_GATEWAY),
+    };
+    if let Some(status) = status {
+        let message = format!("rein (run {}): {}", answer.run_id, reason());
+        return Err(GwError::new(dialect, status, message));
+    }
+    if agent.fails_on_denied()
+        && let Some(w) = answer.withheld.iter().find(|w| w.by != "awaiting_approval")
+    {
+        return Err(GwError::new(
+            dialect,
+            StatusCode::FORBIDDEN,
+            format!(
+                "rein (run {}) refused the model's call to `{}`: {}",
+                answer.run_id, w.tool, w.reason
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The reply's text with rein's note about withheld calls appended.
+pub(crate) fn text_with_notice(answer: &GatewayAnswer) -> Option<String> {
+    match (answer.text.as_deref(), answer.notice()) {
+        (Some(t), Some(n)) if !t.is_empty() => Some(format!("{t}\n\n{n}")),
+        (_, Some(n)) => Some(n),
+        (Some(t), None) => Some(t.to_owned()),
+        (None, None) => None,
+    }
+}
+
+/// Headers every gateway answer carries: the run that recorded it and its conversation.
+pub(crate) fn rein_headers(answer: &GatewayAnswer) -> [(&'static str, String); 2] {
+    [
+        ("x-rein-run", answer.run_id.clone()),
+        (CONVERSATION_HEADER, answer.conversation.clone()),
+    ]
+}
+
+/// Seconds since the epoch, for `created` fields.
+pub(crate) fn created() -> u64 {
+    crate::now_ms() / 1000
+}

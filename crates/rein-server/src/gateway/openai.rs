@@ -1,0 +1,358 @@
+//! OpenAI Chat Completions (`POST /v1/chat/completions`, streaming and not, with tools) and
+//! `GET /v1/models`, as the official SDKs speak them. A streamed answer is sent once it is
+//! judged: the client never sees a call, or a word, before rein has decided it may.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Dialect, GwError, answer, caller, created, pick, rein_headers, text_with_notice};
+use crate::state::AppState;
+
+const D: Dialect = Dialect::OpenAi;
+
+/// The parts of a Chat Completions request rein reads; the rest (temperature, `n`, ...) is
+/// accepted and left to the gateway's configuration.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    #[serde(default)]
+    model: String,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    tools: Vec<WireTool>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+    #[serde(default)]
+    tool_calls: Vec<WireCall>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTool {
+    #[serde(rename = "type", default)]
+    kind: String,
+    function: Option<WireToolFunction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolFunction {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+/// Text content: a string, or an array of `text` parts. Anything else (images, audio) is
+/// refused by name, since rein judges what it can read.
+pub(crate) fn text_of(content: &Value, at: &str, dialect: Dialect) -> Result<String, GwError> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut out = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
+                match (kind, part.get("text").and_then(Value::as_str)) {
+                    ("text" | "input_text" | "output_text", Some(t)) => out.push(t),
+                    _ => {
+                        return Err(GwError::new(
+                            dialect,
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "{at}.content[{i}]: rein's gateway takes text parts only, not `{kind}`"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(out.join("\n"))
+        }
+        _ => Err(GwError::new(
+            dialect,
+            StatusCode::BAD_REQUEST,
+            format!("{at}.content: expected a string or an array of text parts"),
+        )),
+    }
+}
+
+/// Arguments as the model sent them: JSON when they parse, the text otherwise.
+pub(crate) fn parse_arguments(text: &str) -> Value {
+    if text.trim().is_empty() {
+        return json!({});
+    }
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+impl ChatRequest {
+    fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        let mut system = Vec::new();
+        let mut messages = Vec::new();
+        // Tool results name only their call: the tool is the one the assistant called.
+        let mut names: HashMap<String, String> = HashMap::new();
+        for (i, m) in self.messages.into_iter().enumerate() {
+            let at = format!("messages[{i}]");
+            match m.role.as_str() {
+                "system" | "developer" => system.push(text_of(&m.content, &at, D)?),
+                "user" => messages.push(ChatMessage::User {
+                    text: text_of(&m.content, &at, D)?,
+                }),
+                "assistant" => {
+                    let text = text_of(&m.content, &at, D)?;
+                    let tool_calls = m
+                        .tool_calls
+                        .into_iter()
+                        .map(|c| {
+                            names.insert(c.id.clone(), c.function.name.clone());
+                            ToolCall {
+                                id: c.id,
+                                name: c.function.name,
+                                arguments: parse_arguments(&c.function.arguments),
+                                invalid_arguments: None,
+                            }
+                        })
+                        .collect();
+                    messages.push(ChatMessage::Assistant {
+                        text: (!text.is_empty()).then_some(text),
+                        tool_calls,
+                    });
+                }
+                "tool" => {
+                    let call_id = m.tool_call_id.ok_or_else(|| {
+                        GwError::new(
+                            D,
+                            StatusCode::BAD_REQUEST,
+                            format!("{at}.tool_call_id: a tool message names the call it answers"),
+                        )
+                    })?;
+                    messages.push(ChatMessage::Tool {
+                        name: names.get(&call_id).cloned().unwrap_or_default(),
+                        call_id,
+                        content: text_of(&m.content, &at, D)?,
+                        is_error: false,
+                    });
+                }
+                other => {
+                    return Err(GwError::new(
+                        D,
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "{at}.role: `{other}` is not a role rein's gateway takes (system, developer, user, assistant, tool)"
+                        ),
+                    ));
+                }
+            }
+        }
+        let tools = self
+            .tools
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| match (t.kind.as_str(), t.function) {
+                ("function", Some(f)) => Ok(ToolSpec {
+                    name: f.name,
+                    description: f.description,
+                    parameters: f
+                        .parameters
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                }),
+                (kind, _) => Err(GwError::new(
+                    D,
+                    StatusCode::BAD_REQUEST,
+                    format!("tools[{i}]: rein's gateway takes function tools only, not `{kind}`"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(GatewayRequest {
+            conversation,
+            system: system.join("\n\n"),
+            messages,
+            tools,
+        })
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, GwError> {
+    let caller = caller(&state, &headers, D)?;
+    let request: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        GwError::new(
+            D,
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a Chat Completions request: {e}"),
+        )
+    })?;
+    let model = request.model.clone();
+    let stream = request.stream;
+    let usage_chunk = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let agent = pick(&state, &caller, &model, D).await?;
+    let gateway = request.into_gateway(super::conversation(&headers))?;
+    let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let mut response = if stream {
+        streamed(&answer, &model, usage_chunk)
+    } else {
+        axum::Json(completion(&answer, &model)).into_response()
+    };
+    for (name, value) in rein_headers(&answer) {
+        if let Ok(v) = value.parse() {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+fn wire_calls(calls: &[ToolCall]) -> Vec<Value> {
+    calls
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": arguments_text(&c.arguments)},
+            })
+        })
+        .collect()
+}
+
+/// Arguments as the wire carries them: JSON text (a model's non-JSON text as it was).
+pub(crate) fn arguments_text(arguments: &Value) -> String {
+    match arguments {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn finish_reason(answer: &GatewayAnswer) -> &'static str {
+    if answer.calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    }
+}
+
+fn usage(answer: &GatewayAnswer) -> Value {
+    json!({
+        "prompt_tokens": answer.usage.input_tokens,
+        "completion_tokens": answer.usage.output_tokens,
+        "total_tokens": answer.usage.input_tokens + answer.usage.output_tokens,
+    })
+}
+
+fn completion(answer: &GatewayAnswer, model: &str) -> Value {
+    let mut message = json!({
+        "role": "assistant",
+        "content": text_with_notice(answer),
+        "refusal": null,
+    });
+    if !answer.calls.is_empty() {
+        message["tool_calls"] = Value::Array(wire_calls(&answer.calls));
+    }
+    json!({
+        "id": format!("chatcmpl-{}", answer.run_id),
+        "object": "chat.completion",
+        "created": created(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason(answer),
+            "logprobs": null,
+        }],
+        "usage": usage(answer),
+    })
+}
+
+/// The judged answer as a Chat Completions stream: the role, the text, each call, the finish
+/// reason, the usage if asked for, and `[DONE]`.
+fn streamed(answer: &GatewayAnswer, model: &str, usage_chunk: bool) -> Response {
+    let id = format!("chatcmpl-{}", answer.run_id);
+    let created = created();
+    let chunk = |delta: Value, finish: Option<&str>| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+        })
+    };
+    let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    if let Some(text) = text_with_notice(answer) {
+        chunks.push(chunk(json!({"content": text}), None));
+    }
+    for (index, call) in answer.calls.iter().enumerate() {
+        chunks.push(chunk(
+            json!({"tool_calls": [{
+                "index": index, "id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": arguments_text(&call.arguments)},
+            }]}),
+            None,
+        ));
+    }
+    chunks.push(chunk(json!({}), Some(finish_reason(answer))));
+    if usage_chunk {
+        chunks.push(json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage(answer),
+        }));
+    }
+    let events = chunks
+        .into_iter()
+        .map(|c| Ok::<_, Infallible>(SseEvent::default().data(c.to_string())))
+        .chain(std::iter::once(Ok(SseEvent::default().data("[DONE]"))));
+    Sse::new(futures_util::stream::iter(events)).into_response()
+}
+
+/// `GET /v1/models`: the gateways the caller may use.
+pub(crate) async fn models(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, GwError> {
+    let caller = caller(&state, &headers, D)?;
+    let data: Vec<Value> = super::usable(&state, &caller)
+        .await
+        .iter()
+        .map(|a| json!({"id": a.name(), "object": "model", "created": 0, "owned_by": "rein"}))
+        .collect();
+    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+}

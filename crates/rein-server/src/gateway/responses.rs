@@ -1,0 +1,278 @@
+//! OpenAI Responses (`POST /v1/responses`), stateless (`store: false`: the client sends the whole
+//! conversation each time), with function tools, streaming and not: what the OpenAI Agents SDK
+//! and Codex speak.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::openai::{arguments_text, parse_arguments, text_of};
+use super::{Dialect, GwError, answer, caller, created, pick, rein_headers, text_with_notice};
+use crate::state::AppState;
+
+const D: Dialect = Dialect::OpenAi;
+
+/// The parts of a Responses request rein reads.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ResponsesRequest {
+    #[serde(default)]
+    model: String,
+    input: Value,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    tools: Vec<Value>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+}
+
+fn bad(message: String) -> GwError {
+    GwError::new(D, StatusCode::BAD_REQUEST, message)
+}
+
+fn field<'a>(item: &'a Value, name: &str, at: &str) -> Result<&'a str, GwError> {
+    item.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(format!("{at}.{name}: missing")))
+}
+
+impl ResponsesRequest {
+    fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        if self.previous_response_id.is_some() {
+            return Err(bad(
+                "previous_response_id: rein's gateway keeps no responses (use `store: false` and send the whole conversation as `input`)".into(),
+            ));
+        }
+        let mut system: Vec<String> = self.instructions.into_iter().collect();
+        let mut messages: Vec<ChatMessage> = Vec::new();
+        let mut names = std::collections::HashMap::new();
+        let items = match self.input {
+            Value::String(text) => vec![json!({"role": "user", "content": text})],
+            Value::Array(items) => items,
+            _ => return Err(bad("input: expected a string or an array of items".into())),
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let at = format!("input[{i}]");
+            let kind = item
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("message");
+            match kind {
+                "message" => {
+                    let content = item.get("content").cloned().unwrap_or(Value::Null);
+                    let text = text_of(&content, &at, D)?;
+                    match field(&item, "role", &at)? {
+                        "system" | "developer" => system.push(text),
+                        "user" => messages.push(ChatMessage::User { text }),
+                        "assistant" => messages.push(ChatMessage::Assistant {
+                            text: Some(text),
+                            tool_calls: vec![],
+                        }),
+                        other => return Err(bad(format!("{at}.role: `{other}` is not a role"))),
+                    }
+                }
+                "function_call" => {
+                    let call = ToolCall {
+                        id: field(&item, "call_id", &at)?.to_owned(),
+                        name: field(&item, "name", &at)?.to_owned(),
+                        arguments: parse_arguments(
+                            item.get("arguments")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default(),
+                        ),
+                        invalid_arguments: None,
+                    };
+                    names.insert(call.id.clone(), call.name.clone());
+                    match messages.last_mut() {
+                        Some(ChatMessage::Assistant { tool_calls, .. }) => tool_calls.push(call),
+                        _ => messages.push(ChatMessage::Assistant {
+                            text: None,
+                            tool_calls: vec![call],
+                        }),
+                    }
+                }
+                "function_call_output" => {
+                    let call_id = field(&item, "call_id", &at)?.to_owned();
+                    let output = item.get("output").cloned().unwrap_or(Value::Null);
+                    messages.push(ChatMessage::Tool {
+                        name: names.get(&call_id).cloned().unwrap_or_default(),
+                        call_id,
+                        content: text_of(&output, &at, D)?,
+                        is_error: false,
+                    });
+                }
+                // The model's reasoning is its own: not judged, not resent.
+                "reasoning" => {}
+                other => {
+                    return Err(bad(format!(
+                        "{at}.type: rein's gateway takes message, function_call and function_call_output items, not `{other}`"
+                    )));
+                }
+            }
+        }
+        let tools = self
+            .tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let at = format!("tools[{i}]");
+                match t.get("type").and_then(Value::as_str) {
+                    Some("function") => Ok(ToolSpec {
+                        name: field(t, "name", &at)?.to_owned(),
+                        description: t
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        parameters: t
+                            .get("parameters")
+                            .cloned()
+                            .filter(|p| !p.is_null())
+                            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                    }),
+                    other => Err(bad(format!(
+                        "{at}.type: rein's gateway takes function tools only, not `{}`",
+                        other.unwrap_or("none")
+                    ))),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(GatewayRequest {
+            conversation,
+            system: system.join("\n\n"),
+            messages,
+            tools,
+        })
+    }
+}
+
+/// `POST /v1/responses`.
+pub(crate) async fn responses(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, GwError> {
+    let caller = caller(&state, &headers, D)?;
+    let request: ResponsesRequest = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is not a Responses request: {e}")))?;
+    let model = request.model.clone();
+    let stream = request.stream;
+    let agent = pick(&state, &caller, &model, D).await?;
+    let gateway = request.into_gateway(super::conversation(&headers))?;
+    let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let mut response = if stream {
+        streamed(&answer, &model)
+    } else {
+        axum::Json(response_object(&answer, &model, "completed")).into_response()
+    };
+    for (name, value) in rein_headers(&answer) {
+        if let Ok(v) = value.parse() {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+fn output_items(answer: &GatewayAnswer) -> Vec<Value> {
+    let mut out = Vec::new();
+    if let Some(text) = text_with_notice(answer) {
+        out.push(json!({
+            "type": "message", "id": format!("msg_{}", answer.run_id), "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }));
+    }
+    for c in &answer.calls {
+        out.push(json!({
+            "type": "function_call", "id": format!("fc_{}", c.id), "call_id": c.id,
+            "name": c.name, "arguments": arguments_text(&c.arguments), "status": "completed",
+        }));
+    }
+    out
+}
+
+fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
+    let output = if status == "completed" {
+        output_items(answer)
+    } else {
+        vec![]
+    };
+    json!({
+        "id": format!("resp_{}", answer.run_id),
+        "object": "response",
+        "created_at": created(),
+        "status": status,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "tool_choice": "auto",
+        "tools": [],
+        "store": false,
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "metadata": {},
+        "temperature": null,
+        "top_p": null,
+        "text": {"format": {"type": "text"}},
+        "usage": {
+            "input_tokens": answer.usage.input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": answer.usage.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": answer.usage.input_tokens + answer.usage.output_tokens,
+        },
+    })
+}
+
+/// The judged answer as Responses streaming events.
+fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
+    let mut events: Vec<Value> = vec![
+        json!({"type": "response.created", "response": response_object(answer, model, "in_progress")}),
+        json!({"type": "response.in_progress", "response": response_object(answer, model, "in_progress")}),
+    ];
+    for (index, item) in output_items(answer).into_iter().enumerate() {
+        let id = item["id"].clone();
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        if item["type"] == "message" {
+            added["content"] = json!([]);
+            let text = item["content"][0]["text"].clone();
+            let part = json!({"type": "output_text", "text": "", "annotations": []});
+            events.push(
+                json!({"type": "response.output_item.added", "output_index": index, "item": added}),
+            );
+            events.push(json!({"type": "response.content_part.added", "item_id": id, "output_index": index, "content_index": 0, "part": part}));
+            events.push(json!({"type": "response.output_text.delta", "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
+            events.push(json!({"type": "response.output_text.done", "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
+            events.push(json!({"type": "response.content_part.done", "item_id": id, "output_index": index, "content_index": 0, "part": item["content"][0]}));
+        } else {
+            let arguments = item["arguments"].clone();
+            added["arguments"] = json!("");
+            events.push(
+                json!({"type": "response.output_item.added", "output_index": index, "item": added}),
+            );
+            events.push(json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": index, "delta": arguments}));
+            events.push(json!({"type": "response.function_call_arguments.done", "item_id": id, "output_index": index, "arguments": arguments}));
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": index, "item": item}),
+        );
+    }
+    events.push(json!({"type": "response.completed", "response": response_object(answer, model, "completed")}));
+    let events = events.into_iter().enumerate().map(|(n, mut e)| {
+        e["sequence_number"] = json!(n);
+        let name = e["type"].as_str().unwrap_or_default().to_owned();
+        Ok::<_, Infallible>(SseEvent::default().event(name).data(e.to_string()))
+    });
+    Sse::new(futures_util::stream::iter(events)).into_response()
+}
