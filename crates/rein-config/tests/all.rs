@@ -418,3 +418,57 @@ fn the_published_schema_is_current() {
             || schema["properties"]["tools"]["items"]["$ref"].is_string()
     );
 }
+
+#[test]
+fn a_gateway_needs_no_instructions_or_workspace_and_its_client_tools_are_checked() {
+    let gateway = "name = \"gw\"\n[gateway]\non_denied = \"error\"\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("script.toml"), "[[turns]]\ntext = \"hi\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!("{gateway}[[tools]]\nclient = true\nname = \"send_email\"\nsink = true\n"),
+    )
+    .unwrap();
+    let spec = load(dir.path()).unwrap();
+    assert_eq!(spec.instructions, "");
+    assert_eq!(
+        spec.workspace.path,
+        dir.path().canonicalize().unwrap().join(".")
+    );
+    assert_eq!(
+        spec.gateway.map(|g| g.on_denied),
+        Some(rein_config::OnDenied::Error)
+    );
+    match &spec.tools[0].tool {
+        ToolConfig::Client {
+            name, args_schema, ..
+        } => {
+            assert_eq!(name, "send_email");
+            assert_eq!(args_schema["type"], "object");
+        }
+        other => panic!("not a client tool: {other:?}"),
+    }
+    assert!(spec.tools[0].sink);
+
+    // What does not apply to a tool rein never runs is refused, by field.
+    for (extra, field) in [
+        ("command = [\"sh\"]", "tools[0].command"),
+        ("timeout_ms = 5", "tools[0].timeout_ms"),
+        (
+            "args_schema = { type = \"string\" }",
+            "tools[0].args_schema",
+        ),
+    ] {
+        let e = load_err(&format!(
+            "{gateway}[[tools]]\nclient = true\nname = \"x\"\n{extra}\n"
+        ));
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+    }
+    let e = load_err(&format!("{gateway}[[tools]]\nclient = true\n"));
+    assert_eq!(e.field.as_deref(), Some("tools[0].name"), "{e}");
+    // An agent that is not a gateway still needs its instructions.
+    let e = load_err(
+        "name = \"a\"\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\n",
+    );
+    assert_eq!(e.field.as_deref(), Some("instructions"), "{e}");
+}
