@@ -11,6 +11,7 @@ mod auth;
 mod events;
 mod gateway;
 pub mod metrics;
+pub mod mock_upstream;
 mod openapi;
 mod problem;
 mod routes {

@@ -14,6 +14,7 @@ mod commands {
     pub(crate) mod approvals;
     pub(crate) mod audit;
     pub(crate) mod bench;
+    pub(crate) mod bench_gateway;
     pub(crate) mod bench_serve;
     pub(crate) mod runs;
     pub(crate) mod security;
@@ -34,7 +35,9 @@ use crate::cli::{
     ApprovalsCommand, AuditCommand, BenchCommand, Cli, Command, PolicyCommand, RunsCommand,
     SchemaCommand, TokensCommand, ToolsCommand,
 };
-use crate::commands::{agents, approvals, audit, bench, bench_serve, runs, security, serve};
+use crate::commands::{
+    agents, approvals, audit, bench, bench_gateway, bench_serve, runs, security, serve,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,6 +119,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     suspended,
                     json,
                 } => bench_serve::serve(runs, concurrency, suspended, json).await,
+                BenchCommand::Gateway {
+                    requests,
+                    concurrency,
+                    json,
+                } => bench_gateway::gateway(requests, concurrency, json).await,
             };
         }
         Command::Audit {

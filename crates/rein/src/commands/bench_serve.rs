@@ -52,7 +52,7 @@ fn write_agent(root: &std::path::Path, name: &str, ask: bool) -> anyhow::Result<
 }
 
 /// The server process, stopped (SIGTERM, then waited for) however the bench ends.
-struct Server(std::process::Child);
+pub(crate) struct Server(pub(crate) std::process::Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -63,7 +63,8 @@ impl Drop for Server {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
+/// A process's resident memory now, in KiB.
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -113,27 +114,8 @@ pub(crate) async fn serve(
     let scopes = ["runs:write".to_owned()];
     let (token, _) = rein.create_token("bench", "bench", &scopes, None, now)?;
     drop(rein);
-    let exe = std::env::current_exe()?;
-    let mut child = Server(
-        Command::new(exe)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
-            .arg(&agents)
-            .args(["--rate", "1000000", "--burst", "1000000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting rein serve")?,
-    );
+    let (child, base) = start_server(&state, &agents, &[])?;
     let pid = child.0.id();
-    let mut line = String::new();
-    BufReader::new(child.0.stdout.take().context("no stdout")?).read_line(&mut line)?;
-    let base = line
-        .trim()
-        .strip_prefix("rein serve: listening on ")
-        .context("rein serve did not start")?
-        .to_owned();
     let client = reqwest::Client::new();
     // One run first, so the agents are loaded and the database is warm.
     post_run(&client, &base, &token, "quick").await?;
@@ -163,12 +145,7 @@ pub(crate) async fn serve(
     let elapsed = began.elapsed().as_secs_f64();
     let rss_after_runs_kb = rss_kb(pid);
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&latencies, p);
 
     // Runs that wait for a person: started, then counted until every one is suspended.
     let began = Instant::now();
@@ -230,6 +207,45 @@ pub(crate) async fn serve(
         );
     }
     Ok(0)
+}
+
+/// Starts `rein serve` (this binary) on a free loopback port for `agents`, with no request rate
+/// limit and these environment variables; answers with the process and its base URL.
+pub(crate) fn start_server(
+    state: &std::path::Path,
+    agents: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> anyhow::Result<(Server, String)> {
+    let exe = std::env::current_exe()?;
+    let mut child = Server(
+        Command::new(exe)
+            .envs(envs.iter().copied())
+            .arg("--state-dir")
+            .arg(state)
+            .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
+            .arg(agents)
+            .args(["--rate", "1000000", "--burst", "1000000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting rein serve")?,
+    );
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().context("no stdout")?).read_line(&mut line)?;
+    let base = line
+        .trim()
+        .strip_prefix("rein serve: listening on ")
+        .context("rein serve did not start")?
+        .to_owned();
+    Ok((child, base))
+}
+
+/// The value at fraction `p` of sorted `values`.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// Runs of the `wait` agent suspended waiting for approval, counted from the store.
