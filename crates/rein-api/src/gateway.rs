@@ -67,6 +67,8 @@ pub struct GatewayAnswer {
     pub calls: Vec<ToolCall>,
     /// The calls withheld, and why.
     pub withheld: Vec<WithheldCall>,
+    /// The calls run by rein (the gateway's own MCP tools): (call id, tool, output, failed).
+    pub results: Vec<(String, String, String, bool)>,
     /// Tokens used.
     pub usage: v1::Usage,
     /// What the request cost, in US dollars.
@@ -136,24 +138,9 @@ impl Rein {
             }
             None => derive_conversation(caller, loaded.name(), &request),
         };
-        let engine = self.engine()?;
-        self.scan_held(loaded)?;
         let key = (caller.tenant.clone(), conversation.clone());
-        // A held turn of this conversation answers first: with its approved calls once decided.
-        if let Some(run_id) = self.held_first(&key) {
-            let state = engine.load(&run_id)?;
-            if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state)
-            {
-                return Ok(self.answer(&conversation, still_waiting(&run_id, &state)));
-            }
-            self.release_held(&key, &run_id);
-            if state.ended().is_none() {
-                let reply = engine.gateway_resume(&run_id, agent, observer).await?;
-                if reply.status == EndState::AwaitingApproval {
-                    self.hold(key, reply.run_id.clone());
-                }
-                return Ok(self.answer(&conversation, reply));
-            }
+        if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
+            return Ok(self.answer(&conversation, reply));
         }
         let task = request
             .messages
@@ -191,12 +178,107 @@ impl Rein {
             messages: request.messages,
             tools: request.tools,
             results,
+            proposed: None,
         };
-        let reply = engine.gateway_turn(agent, &run_id, turn, observer).await?;
+        let reply = self
+            .engine()?
+            .gateway_turn(agent, &run_id, turn, observer)
+            .await?;
         if reply.status == EndState::AwaitingApproval {
             self.hold(key, reply.run_id.clone());
         }
         Ok(self.answer(&conversation, reply))
+    }
+
+    /// Judges and runs a call an agent proposes itself through the MCP gateway (`tools/call` of
+    /// one of the gateway's MCP tools), recorded as a run like a model request. A call held for
+    /// approval is answered, once decided, to the same caller's next identical call.
+    pub async fn gateway_tool_call(
+        &self,
+        loaded: &LoadedAgent,
+        caller: &Caller,
+        tool: &str,
+        arguments: serde_json::Value,
+        watch: Option<&dyn Watch>,
+    ) -> Result<GatewayAnswer, Error> {
+        let observer: &dyn Observer = match watch {
+            Some(w) => &Watching(w),
+            None => &NoObserver,
+        };
+        if !loaded.agent().gateway {
+            return Err(Error::Invalid(format!(
+                "agent `{}` is not a gateway",
+                loaded.name()
+            )));
+        }
+        let conversation = {
+            let mut h = Sha256::new();
+            for part in [caller.token_id.as_str(), tool, &arguments.to_string()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            let hex: String = h.finalize()[..12]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("mcp-{hex}")
+        };
+        let key = (caller.tenant.clone(), conversation.clone());
+        if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
+            return Ok(self.answer(&conversation, reply));
+        }
+        let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let turn = GatewayTurn {
+            conversation: conversation.clone(),
+            user: caller.user.clone(),
+            tenant: caller.tenant.clone(),
+            task: format!("MCP call of {tool}"),
+            proposed: Some(ToolCall {
+                id: String::new(),
+                name: tool.to_owned(),
+                arguments,
+                invalid_arguments: None,
+            }),
+            ..Default::default()
+        };
+        let reply = self
+            .engine()?
+            .gateway_turn(loaded.agent(), &run_id, turn, observer)
+            .await?;
+        if reply.status == EndState::AwaitingApproval {
+            self.hold(key, reply.run_id.clone());
+        }
+        Ok(self.answer(&conversation, reply))
+    }
+
+    /// The answer a held turn of this conversation gives, if it has one: the same note while
+    /// its approvals are undecided; once decided, what the resumed run hands over.
+    async fn held_answer(
+        &self,
+        loaded: &LoadedAgent,
+        key: &(String, String),
+        observer: &dyn Observer,
+    ) -> Result<Option<GatewayReply>, Error> {
+        self.scan_held(loaded)?;
+        let Some(run_id) = self.held_first(key) else {
+            return Ok(None);
+        };
+        let engine = self.engine()?;
+        let state = engine.load(&run_id)?;
+        if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state) {
+            return Ok(Some(still_waiting(&run_id, &state)));
+        }
+        self.release_held(key, &run_id);
+        if state.ended().is_some() {
+            return Ok(None);
+        }
+        let reply = engine
+            .gateway_resume(&run_id, loaded.agent(), observer)
+            .await?;
+        if reply.status == EndState::AwaitingApproval {
+            self.hold(key.clone(), reply.run_id.clone());
+        }
+        Ok(Some(reply))
     }
 
     fn answer(&self, conversation: &str, reply: GatewayReply) -> GatewayAnswer {
@@ -222,6 +304,11 @@ impl Rein {
                     reason: w.reason,
                     approval_id: w.approval_id,
                 })
+                .collect(),
+            results: reply
+                .results
+                .into_iter()
+                .map(|(id, tool, output, failed)| (wire_call_id(run, &id), tool, output, failed))
                 .collect(),
             run_id: reply.run_id,
             conversation: conversation.to_owned(),
@@ -355,6 +442,7 @@ fn still_waiting(run_id: &str, state: &RunState) -> GatewayReply {
         text: None,
         calls: vec![],
         withheld,
+        results: vec![],
         usage: Default::default(),
         cost_micros: 0,
         reason: Some("calls of this conversation still wait for approval".into()),

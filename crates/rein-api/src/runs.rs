@@ -76,6 +76,30 @@ impl LoadedAgent {
     pub fn is_gateway(&self) -> bool {
         self.agent.gateway
     }
+    /// The tools of its MCP servers, as the MCP gateway serves them: (name, description, JSON
+    /// Schema of the arguments), leaving out those the policies deny outright.
+    pub fn mcp_tools(&self) -> Vec<(String, String, serde_json::Value)> {
+        let mut out: Vec<_> = self
+            .agent
+            .tools
+            .names()
+            .into_iter()
+            .filter(|n| self.is_mcp_tool(n) && !self.agent.gate().denied_outright(n))
+            .filter_map(|n| self.agent.tools.get(&n).cloned())
+            .map(|t| {
+                let m = t.manifest();
+                (m.name.clone(), m.description.clone(), m.parameters.clone())
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Whether `tool` comes from one of its MCP servers (`server.tool`).
+    pub fn is_mcp_tool(&self, tool: &str) -> bool {
+        self.agent.tools.get(tool).is_some() && !self.spec.tools.iter().any(|t| t.name() == tool)
+    }
+
     /// Whether, as a gateway, it fails a request whose answer held a denied call (rather than
     /// leaving the call out and saying so).
     pub fn fails_on_denied(&self) -> bool {

@@ -38,6 +38,9 @@ pub struct GatewayTurn {
     pub tools: Vec<ToolSpec>,
     /// The tool results in the conversation: (call id, tool, output).
     pub results: Vec<(String, String, Value)>,
+    /// A call the client proposes itself, to be judged and run here (an MCP `tools/call`), in
+    /// place of a model call.
+    pub proposed: Option<ToolCall>,
 }
 
 /// Why a call in the model's reply did not reach the client.
@@ -92,6 +95,9 @@ pub struct GatewayReply {
     pub calls: Vec<ToolCall>,
     /// The calls the client does not get, and why.
     pub withheld: Vec<Withheld>,
+    /// The calls run here (tools the gateway runs itself, such as its MCP servers'), with what
+    /// the model would read of them: (call id, tool, output, whether it failed).
+    pub results: Vec<(String, String, String, bool)>,
     /// Tokens the model call used.
     pub usage: Usage,
     /// What it cost, in millionths of a US dollar.
@@ -147,6 +153,7 @@ impl Engine {
             messages: turn.messages,
             tools: turn.tools,
             results,
+            proposed: turn.proposed,
         };
         let request = RunRequest {
             task: turn.task,
@@ -235,6 +242,27 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
             })
         })
         .collect();
+    let results = state
+        .calls()
+        .iter()
+        .filter(|s| s.status == CallStatus::Done && !s.handed_off)
+        .filter_map(|slot| {
+            state.messages().iter().rev().find_map(|m| match m {
+                Message::Tool {
+                    call_id,
+                    content,
+                    is_error,
+                    ..
+                } if *call_id == slot.call.id => Some((
+                    call_id.clone(),
+                    slot.call.name.clone(),
+                    content.clone(),
+                    *is_error,
+                )),
+                _ => None,
+            })
+        })
+        .collect();
     let text = match ended {
         Some(e) => e.output.clone(),
         None => state.last_text().map(str::to_owned),
@@ -245,6 +273,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         text,
         calls,
         withheld,
+        results,
         usage: state.usage(),
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),

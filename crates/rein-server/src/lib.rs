@@ -309,20 +309,31 @@ fn router(state: Arc<AppState>) -> Router {
             "/v1/approvals/{id}",
             get(approvals::show).post(approvals::decide),
         )
-        .route(
-            "/v1/chat/completions",
-            post(gateway::openai::chat_completions),
-        )
         .route("/v1/models", get(gateway::openai::models))
-        .route("/v1/responses", post(gateway::responses::responses))
-        .route("/v1/messages", post(gateway::anthropic::messages))
         .route("/v1/agents", get(admin::agents))
         .route("/v1/agents/{name}/tools", get(admin::tools))
         .route("/v1/agents/{name}/explain", post(admin::explain))
         .route("/v1/usage", get(admin::usage))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
+    // The gateway's model calls are held to each model's own timeout, not the request limit.
+    let gateway = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(gateway::openai::chat_completions),
+        )
+        .route("/v1/responses", post(gateway::responses::responses))
+        .route("/v1/messages", post(gateway::anthropic::messages))
+        .merge(
+            Router::new()
+                .route_service("/mcp", gateway::mcp::service(state.clone()))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    gateway::mcp::authenticate,
+                )),
+        );
     let open = Router::new()
+        .merge(gateway)
         .route("/v1/runs/{id}/events", get(runs::follow))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/audit/verify", get(admin::verify))

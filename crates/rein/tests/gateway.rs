@@ -422,3 +422,80 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
     drop(s);
     assert_trail_complete(state.path());
 }
+
+/// Where `.ci/run` installs the MCP reference servers.
+fn reference_servers() -> std::path::PathBuf {
+    let dir = std::env::var_os("REIN_MCP_SERVERS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/rein/mcp-servers")
+        });
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+            .is_file(),
+        "the MCP reference servers are not installed in {} (.ci/run installs them with npm)",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mcp_sdk_lists_and_calls_the_gateways_mcp_tools_only_as_the_policies_allow() {
+    let everything = reference_servers()
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        r#"name = "tools"
+[gateway]
+[model]
+provider = "scripted"
+name = "s"
+script = "script.toml"
+
+[[mcp]]
+name = "ev"
+command = ["node", "{}"]
+timeout_ms = 20000
+
+[mcp.tools.echo]
+labels = ["untrusted"]
+idempotent = true
+
+[mcp.tools.get-sum]
+idempotent = true
+"#,
+        everything.display()
+    ))
+    .file("script.toml", "[[turns]]\ntext = \"unused\"\n")
+    .policy(
+        r#"permit (principal, action in [Action::"ev.echo", Action::"ev.get-sum"], resource);
+@id("sums-stay-small")
+@reason("sums of large numbers are not for agents")
+forbid (principal, action == Action::"ev.get-sum", resource) when { context.args.a.greaterThan(decimal("100.0")) };
+@id("no-env")
+@reason("the server's environment holds secrets")
+forbid (principal, action == Action::"ev.get-env", resource);
+"#,
+    );
+    copy_dir(folder.path(), &root.path().join("tools"));
+    let state = tempfile::tempdir().unwrap();
+    let t = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    // Without a token, nothing is read.
+    let r = client()
+        .post(s.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    python_client("mcp_client.py", &[&s.base, &t]);
+    // Every call is a run in the trail: the allowed ones ran, the others were judged and refused.
+    let kinds = kinds_recorded(state.path());
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    assert_eq!(count("tool_outcome"), 2, "{kinds:?}");
+    assert_eq!(count("tool_judged"), 4, "{kinds:?}");
+    drop(s);
+    assert_trail_complete(state.path());
+}

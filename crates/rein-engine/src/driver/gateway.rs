@@ -6,12 +6,15 @@
 //! client, a denied one is left out with its reason, an asked one waits for a person. Then the
 //! run ends: the turn is over.
 
-use rein_core::{ClientResult, EndState, Event, Message, ToolSpec};
+use rein_core::{ClientResult, EndState, Event, Message, ToolCall, ToolSpec, Usage};
 
 use crate::EngineError;
 use crate::context::TokenCounter;
 use crate::driver::Driver;
 use crate::gateway::GATEWAY_REQUEST;
+
+/// The "model" a call the client proposed itself is recorded as coming from.
+const CLIENT_MODEL: &str = "client";
 
 /// What the client sent: its system prompt, its conversation, its tools, and the tool results in
 /// it, already labelled.
@@ -21,6 +24,9 @@ pub(crate) struct GatewayInput {
     pub(crate) messages: Vec<Message>,
     pub(crate) tools: Vec<ToolSpec>,
     pub(crate) results: Vec<ClientResult>,
+    /// A call the client's agent proposes itself (an MCP `tools/call`): recorded as the step's
+    /// reply in place of a model call, then judged and run here like any call.
+    pub(crate) proposed: Option<ToolCall>,
 }
 
 impl Driver<'_> {
@@ -81,6 +87,9 @@ impl Driver<'_> {
         if self.cancel_requested()? {
             return Ok(());
         }
+        if let Some(call) = input.proposed {
+            return self.record_proposed(step, call).await;
+        }
         let lines = self.budget_lines();
         if !self.admit(&lines).await? {
             return Ok(());
@@ -108,6 +117,42 @@ impl Driver<'_> {
             counter,
         )
         .await
+    }
+
+    /// Records a call the client proposed as the step's reply of the client ("model" `client`,
+    /// nothing used), checked like a model's, so the run judges and runs it next.
+    async fn record_proposed(&mut self, step: u32, call: ToolCall) -> Result<(), EngineError> {
+        self.record(Event::ModelRequested {
+            step,
+            attempt: 1,
+            model: CLIENT_MODEL.into(),
+            messages: 0,
+            tools: 0,
+        })
+        .await?;
+        let sanitized =
+            rein_core::reply::sanitize_calls(step, vec![call], &self.agent.reply_limits);
+        self.record(Event::ModelReplied {
+            step,
+            text: None,
+            tool_calls: sanitized.calls,
+            usage: Usage::default(),
+            latency_us: 0,
+            stop_reason: Some("client_call".into()),
+            model: CLIENT_MODEL.into(),
+            cost_micros: 0,
+        })
+        .await?;
+        for refusal in sanitized.refused {
+            self.record(Event::ToolRejected {
+                step,
+                call_id: refusal.call_id,
+                tool: refusal.tool,
+                reason: refusal.reason,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Whether `tool` is run by the gateway's client: its call is handed over, not run.

@@ -9,6 +9,7 @@
 //! Errors come in the face's own shape, so the SDKs raise their usual exceptions.
 
 pub(crate) mod anthropic;
+pub(crate) mod mcp;
 pub(crate) mod openai;
 pub(crate) mod responses;
 
