@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rein_core::{EndState, Message, RunState};
-use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer, WithheldBy};
+use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer};
 use rein_store::Store;
 use sha2::{Digest, Sha256};
 
@@ -86,6 +86,16 @@ impl GatewayAnswer {
         }
         let mut lines = Vec::new();
         for w in &self.withheld {
+            // The answer itself (its id is not a call's).
+            if w.tool == "answer" && !w.call_id.starts_with("call_") {
+                lines.push(match w.approval_id.as_deref() {
+                    Some(id) => format!(
+                        "rein held the model's answer for a person's approval (approval {id}). Wait for it to be decided, then send the conversation again to receive it if it is approved."
+                    ),
+                    None => format!("rein withheld the model's answer: {}", w.reason),
+                });
+                continue;
+            }
             lines.push(match w.approval_id.as_deref() {
                 Some(id) if w.by == "awaiting_approval" => format!(
                     "rein held the call to `{}` ({}) for a person's approval (approval {id}). Wait for it to be decided, then send the conversation again to receive the call if it is approved.",
@@ -266,7 +276,7 @@ impl Rein {
         let engine = self.engine()?;
         let state = engine.load(&run_id)?;
         if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state) {
-            return Ok(Some(still_waiting(&run_id, &state)));
+            return Ok(Some(GatewayReply::waiting(&run_id, &state)));
         }
         self.release_held(key, &run_id);
         if state.ended().is_some() {
@@ -413,40 +423,6 @@ fn expired(state: &RunState) -> bool {
             .and_then(|a| a.expires_at_ms)
             .is_some_and(|at| at <= now)
     })
-}
-
-/// The answer to a request while the conversation's held calls are still undecided: no model
-/// call, the same note again.
-fn still_waiting(run_id: &str, state: &RunState) -> GatewayReply {
-    let withheld = state
-        .calls()
-        .iter()
-        .filter(|c| c.status == rein_core::state::CallStatus::AwaitingApproval)
-        .map(|c| {
-            let id = c.approval.as_ref().map(|a| a.id.clone());
-            rein_engine::Withheld {
-                call_id: c.call.id.clone(),
-                tool: c.call.name.clone(),
-                by: WithheldBy::AwaitingApproval,
-                reason: format!(
-                    "held for a person's approval ({})",
-                    id.as_deref().unwrap_or_default()
-                ),
-                approval_id: id,
-            }
-        })
-        .collect();
-    GatewayReply {
-        run_id: run_id.to_owned(),
-        status: EndState::AwaitingApproval,
-        text: None,
-        calls: vec![],
-        withheld,
-        results: vec![],
-        usage: Default::default(),
-        cost_micros: 0,
-        reason: Some("calls of this conversation still wait for approval".into()),
-    }
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.

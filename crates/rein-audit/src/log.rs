@@ -494,14 +494,12 @@ impl AuditLog {
     }
 
     fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        Ok(read_checkpoint_lines(&self.paths.checkpoints)?
-            .last()
-            .map(|(c, _)| c.clone()))
+        Ok(read_last_checkpoint_line(&self.paths.checkpoints)?.map(|(c, _)| c))
     }
 
     fn write_checkpoint(&self, frontier: &Frontier, at_ms: u64) -> Result<Checkpoint, AuditError> {
-        let existing = read_checkpoint_lines(&self.paths.checkpoints)?;
-        let (seq, prev) = match existing.last() {
+        let last = read_last_checkpoint_line(&self.paths.checkpoints)?;
+        let (seq, prev) = match &last {
             Some((c, line)) => (c.seq + 1, hex(&Sha256::digest(line))),
             None => (1, String::new()),
         };
@@ -581,6 +579,46 @@ fn read_checkpoint_lines(path: &Path) -> Result<Vec<(Checkpoint, Vec<u8>)>, Audi
         Ok(b) => parse_checkpoint_lines(&b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The last checkpoint of a log with its exact line, read from the end of the file: a writer
+/// signs a checkpoint at every run's end, so reading the whole file each time would cost more
+/// with every run the log has seen.
+fn read_last_checkpoint_line(path: &Path) -> Result<Option<(Checkpoint, Vec<u8>)>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut window: u64 = 8192;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        Read::by_ref(&mut file)
+            .take(len - start)
+            .read_to_end(&mut tail)
+            .map_err(io_err(path))?;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        // The last line is whole when a newline precedes it in the window, or the window
+        // reaches the start of the file.
+        let line = match body.iter().rposition(|b| *b == b'\n') {
+            Some(at) => &body[at + 1..],
+            None if start == 0 => body,
+            None => {
+                window = window.saturating_mul(4);
+                continue;
+            }
+        };
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let checkpoint: Checkpoint = serde_json::from_slice(line)
+            .map_err(|e| AuditError::Verify(format!("the last checkpoint cannot be read ({e})")))?;
+        return Ok(Some((checkpoint, line.to_vec())));
     }
 }
 
@@ -979,4 +1017,46 @@ pub fn verify_proof(proof: &InclusionProof, key: &VerifyingKey) -> Result<(), Au
         return fail("the record is not in the signed tree: it, or the proof, was changed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Checkpoint, read_checkpoint_lines, read_last_checkpoint_line};
+
+    fn checkpoint(seq: u64, key_id: String) -> Checkpoint {
+        Checkpoint {
+            seq,
+            tree_size: seq * 3,
+            root: "ab".repeat(32),
+            at_ms: seq,
+            key_id,
+            prev: String::new(),
+            signature: "cd".repeat(32),
+        }
+    }
+
+    #[test]
+    fn the_last_checkpoint_is_read_from_the_end_whatever_the_lines_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        assert_eq!(read_last_checkpoint_line(&path).unwrap(), None);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(read_last_checkpoint_line(&path).unwrap(), None);
+        // Short lines, then lines longer than the first window read from the end.
+        let mut text = String::new();
+        for (seq, key_len) in [(1, 8), (2, 8), (3, 20_000), (4, 40_000)] {
+            text.push_str(&serde_json::to_string(&checkpoint(seq, "k".repeat(key_len))).unwrap());
+            text.push('\n');
+            std::fs::write(&path, &text).unwrap();
+            let all = read_checkpoint_lines(&path).unwrap();
+            assert_eq!(
+                read_last_checkpoint_line(&path).unwrap().as_ref(),
+                all.last(),
+                "after checkpoint {seq}"
+            );
+        }
+        // A torn last line is an error, as when the whole file is read.
+        std::fs::write(&path, format!("{text}{{\"seq\": 5, \"tree")).unwrap();
+        assert!(read_last_checkpoint_line(&path).is_err());
+    }
 }

@@ -6,7 +6,7 @@
 //! turn held for approval once it is decided, handing over the approved calls.
 
 use rein_core::labels::UNTRUSTED;
-use rein_core::state::CallStatus;
+use rein_core::state::{AnswerStatus, CallStatus};
 use rein_core::{ClientResult, EndState, Message, RunState, ToolCall, ToolSpec, Usage};
 use rein_store::Lease;
 use serde_json::Value;
@@ -187,6 +187,22 @@ impl Engine {
     }
 }
 
+impl GatewayReply {
+    /// What a request is told while its conversation's held run still waits for a person:
+    /// what is held and why, nothing new spent, no text.
+    pub fn waiting(run_id: &str, state: &RunState) -> GatewayReply {
+        let mut reply = reply((run_id.to_owned(), state.clone(), Vec::new()));
+        reply.status = EndState::AwaitingApproval;
+        reply.text = None;
+        reply.results.clear();
+        reply.usage = Usage::default();
+        reply.cost_micros = 0;
+        reply.reason =
+            Some("what this conversation's earlier request held still waits for a person".into());
+        reply
+    }
+}
+
 /// The answer to a request, from the run's state once the driver stopped.
 fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayReply {
     let ended = state.ended();
@@ -199,7 +215,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         .filter(|s| handed.contains(&s.call.id))
         .map(|s| s.call.clone())
         .collect();
-    let withheld = state
+    let withheld: Vec<Withheld> = state
         .calls()
         .iter()
         .filter_map(|slot| {
@@ -263,9 +279,37 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
             })
         })
         .collect();
-    let text = match ended {
-        Some(e) => e.output.clone(),
-        None => state.last_text().map(str::to_owned),
+    let mut withheld: Vec<Withheld> = withheld;
+    // A final answer the policies hold or withhold is not the client's to read.
+    let text = match state.answer().map(|a| (a, &a.status)) {
+        Some((a, AnswerStatus::Held | AnswerStatus::AwaitingApproval)) => {
+            let approval_id = a.approval.as_ref().map(|x| x.id.clone());
+            withheld.push(Withheld {
+                call_id: a.call_id(),
+                tool: "answer".into(),
+                by: WithheldBy::AwaitingApproval,
+                reason: format!(
+                    "the answer is held for a person's approval ({})",
+                    approval_id.as_deref().unwrap_or_default()
+                ),
+                approval_id,
+            });
+            None
+        }
+        Some((_, AnswerStatus::Withheld(reason))) => {
+            withheld.push(Withheld {
+                call_id: String::new(),
+                tool: "answer".into(),
+                by: WithheldBy::Denied,
+                reason: reason.clone(),
+                approval_id: None,
+            });
+            None
+        }
+        _ => match ended {
+            Some(e) => e.output.clone(),
+            None => state.last_text().map(str::to_owned),
+        },
     };
     GatewayReply {
         run_id,

@@ -110,6 +110,16 @@ fn budget_gateway(tokens: Option<u64>) -> tempfile::TempDir {
     root
 }
 
+/// Function tools as a Chat Completions request declares them.
+fn declared(names: &[&str]) -> Value {
+    Value::Array(
+        names
+            .iter()
+            .map(|n| json!({"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}))
+            .collect(),
+    )
+}
+
 async fn chat(base: &str, token: &str, body: &Value) -> (u16, Value) {
     let r = client()
         .post(format!("{base}/v1/chat/completions"))
@@ -290,7 +300,8 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     let (status, e) = post(
         "/v1/chat/completions",
         Some(&gw),
-        json!({"model": "strict", "messages": [{"role": "user", "content": "please delete lee"}]}),
+        json!({"model": "strict", "messages": [{"role": "user", "content": "please delete lee"}],
+               "tools": declared(&["delete_customer", "orders_lookup"])}),
     )
     .await;
     assert_eq!(status, 403, "{e}");
@@ -359,7 +370,8 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
                 .post(format!("{base}/v1/chat/completions"))
                 .bearer_auth(&gw)
                 .header("x-rein-conversation", conversation)
-                .json(&json!({"model": "gateway", "messages": messages}))
+                .json(&json!({"model": "gateway", "messages": messages,
+                              "tools": declared(&["web_fetch", "send_email"])}))
                 .send()
                 .await
                 .unwrap();
@@ -466,9 +478,14 @@ idempotent = true
 "#,
         everything.display()
     ))
-    .file("script.toml", "[[turns]]\ntext = \"unused\"\n")
+    // The gateway's model, asked through the chat face, reaches for the gateway's MCP tool.
+    .file(
+        "script.toml",
+        "[[turns]]\ntext = \"summing\"\ncalls = [{ tool = \"ev.get-sum\", args = { a = 1, b = 2 } }]\n",
+    )
     .policy(
-        r#"permit (principal, action in [Action::"ev.echo", Action::"ev.get-sum"], resource);
+        r#"permit (principal, action == Action::"use_model", resource);
+permit (principal, action in [Action::"ev.echo", Action::"ev.get-sum"], resource);
 @id("sums-stay-small")
 @reason("sums of large numbers are not for agents")
 forbid (principal, action == Action::"ev.get-sum", resource) when { context.args.a.greaterThan(decimal("100.0")) };
@@ -491,6 +508,24 @@ forbid (principal, action == Action::"ev.get-env", resource);
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     python_client("mcp_client.py", &[&s.base, &t]);
+    // A model behind the chat face cannot reach the gateway's MCP tools, even when the client
+    // declares one by its name: only client tools the operator knows may be called there.
+    let (status, answer) = chat(
+        &s.base,
+        &t,
+        &json!({"model": "tools", "messages": [{"role": "user", "content": "sum"}], "tools": declared(&["ev.get-sum"])}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let message = &answer["choices"][0]["message"];
+    assert!(message["tool_calls"].is_null(), "{answer}");
+    assert!(
+        message["content"]
+            .as_str()
+            .unwrap()
+            .contains("is not a tool of this request"),
+        "{answer}"
+    );
     // Every call is a run in the trail: the allowed ones ran, the others were judged and refused.
     let kinds = kinds_recorded(state.path());
     let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
@@ -498,4 +533,49 @@ forbid (principal, action == Action::"ev.get-env", resource);
     assert_eq!(count("tool_judged"), 4, "{kinds:?}");
     drop(s);
     assert_trail_complete(state.path());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_held_for_a_person_is_not_read_until_approved() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = example_gateway();
+    let gw = token(REIN, state.path(), "acme", "ann", "gateway");
+    let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let body = json!({"model": "gateway", "messages": [{"role": "user", "content": "I want my money back"}]});
+    let (status, held) = chat(&s.base, &gw, &body).await;
+    assert_eq!(status, 200, "{held}");
+    let text = held["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!text.contains("in full"), "the held answer leaked: {text}");
+    assert!(text.contains("held the model's answer"), "{text}");
+    let approval = text
+        .split("(approval ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap()
+        .to_owned();
+    // Asked again before anyone decided: still nothing.
+    let (_, again) = chat(&s.base, &gw, &body).await;
+    let again_text = again["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        !again_text.contains("in full") && again_text.contains(&approval),
+        "{again}"
+    );
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(&approver)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (status, released) = chat(&s.base, &gw, &body).await;
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(
+        released["choices"][0]["message"]["content"], "We will refund you in full today.",
+        "{released}"
+    );
 }

@@ -95,15 +95,18 @@ impl Driver<'_> {
             return Ok(());
         }
         self.check_budgets(&lines).await?;
-        // Tools the policies deny outright (and tools the operator has no manifest for) are not
-        // offered; a call of one anyway is refused like any unknown tool.
-        self.tool_specs = input
+        // The model may call only tools the client declared and the operator knows (a call of
+        // any other is refused unjudged); of those, the ones the policies deny outright are not
+        // offered, and a call of one anyway is judged, and denied by the policy that says so.
+        let known: Vec<ToolSpec> = input
             .tools
             .into_iter()
-            .filter(|t| {
-                self.agent.client_tools.contains(&t.name)
-                    && !self.agent.gate.denied_outright(&t.name)
-            })
+            .filter(|t| self.agent.client_tools.contains(&t.name))
+            .collect();
+        self.offered = Some(known.iter().map(|t| t.name.clone()).collect());
+        self.tool_specs = known
+            .into_iter()
+            .filter(|t| !self.agent.gate.denied_outright(&t.name))
             .collect();
         let counter =
             TokenCounter::for_model(self.agent.provider.kind(), self.agent.provider.model());
@@ -153,6 +156,15 @@ impl Driver<'_> {
             .await?;
         }
         Ok(())
+    }
+
+    /// Why a call of `tool` cannot be dispatched in this gateway turn, if it cannot: the model
+    /// called a tool it was not offered.
+    pub(super) fn not_offered(&self, tool: &str) -> Option<String> {
+        let offered = self.offered.as_ref()?;
+        (!offered.iter().any(|t| t == tool)).then(|| {
+            format!("`{tool}` is not a tool of this request: only tools the client declared and the operator knows may be called")
+        })
     }
 
     /// Whether `tool` is run by the gateway's client: its call is handed over, not run.

@@ -78,6 +78,10 @@ pub(crate) struct Driver<'a> {
     gateway: Option<GatewayInput>,
     /// The calls handed to a gateway's client by this driver.
     handed: Vec<String>,
+    /// In a gateway's model turn, the tools the model was offered: a call of any other (one of
+    /// the gateway's own MCP tools, say) is refused, so a model cannot reach what its client
+    /// never asked for.
+    offered: Option<Vec<String>>,
 }
 
 impl<'a> Driver<'a> {
@@ -121,6 +125,7 @@ impl<'a> Driver<'a> {
             data: agent.policy_data.last(),
             gateway: None,
             handed: Vec::new(),
+            offered: None,
         }
     }
 

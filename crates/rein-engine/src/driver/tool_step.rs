@@ -23,15 +23,21 @@ const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 impl Driver<'_> {
     pub(super) async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
         let step = self.state.steps();
-        let checked = self
-            .agent
-            .tools
-            .check(
-                &call.name,
-                &call.arguments,
-                call.invalid_arguments.as_deref(),
-            )
-            .map_err(|r| r.to_string())
+        let checked = match self.not_offered(&call.name) {
+            Some(why) => Err(why),
+            None => Ok(()),
+        };
+        let checked = checked
+            .and_then(|()| {
+                self.agent
+                    .tools
+                    .check(
+                        &call.name,
+                        &call.arguments,
+                        call.invalid_arguments.as_deref(),
+                    )
+                    .map_err(|r| r.to_string())
+            })
             .and_then(|_| match self.agent.max_tool_calls {
                 Some(max) if self.state.tool_executions() >= max => Err(format!(
                     "the run's tool-call budget ({max}) is spent; the run is ending"
