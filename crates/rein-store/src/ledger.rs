@@ -160,12 +160,13 @@ fn spend(tokens: i64, cost: i64) -> Spend {
 
 /// Everything held on a line by unexpired reservations and admissions.
 fn reserved(tx: &Connection, line: &LedgerLine, now_ms: u64) -> rusqlite::Result<Spend> {
-    tx.query_row(
+    tx.prepare_cached(
         "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
          WHERE key = ?1 AND period = ?2 AND expires_ms > ?3",
-        params![line.key, line.period, now_ms as i64],
-        |r| Ok(spend(r.get(0)?, r.get(1)?)),
-    )
+    )?
+    .query_row(params![line.key, line.period, now_ms as i64], |r| {
+        Ok(spend(r.get(0)?, r.get(1)?))
+    })
 }
 
 /// What `run_id`'s admission still holds on a line.
@@ -175,12 +176,13 @@ fn admission_on(
     line: &LedgerLine,
     now_ms: u64,
 ) -> rusqlite::Result<Spend> {
-    tx.query_row(
+    tx.prepare_cached(
         "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
          WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3 AND expires_ms > ?4",
-        params![run_id, line.key, line.period, now_ms as i64],
-        |r| Ok(spend(r.get(0)?, r.get(1)?)),
-    )
+    )?
+    .query_row(params![run_id, line.key, line.period, now_ms as i64], |r| {
+        Ok(spend(r.get(0)?, r.get(1)?))
+    })
 }
 
 fn min_spend(a: Spend, b: Spend) -> Spend {
@@ -231,23 +233,23 @@ impl BudgetLedger {
     ) -> Result<Result<Admission, Exhausted>, StoreError> {
         let expires = (now_ms + ttl_ms) as i64;
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2",
+            tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2")?
+.execute(
                 params![run_id, now_ms as i64],
             )?;
             let mut fresh = Vec::new();
             for line in lines {
                 let held: Option<i64> = tx
-                    .query_row(
-                        "SELECT id FROM reservations WHERE kind = 'admission' AND run_id = ?1
-                         AND key = ?2 AND period = ?3",
+                    .prepare_cached("SELECT id FROM reservations WHERE kind = 'admission' AND run_id = ?1
+                         AND key = ?2 AND period = ?3")?
+.query_row(
                         params![run_id, line.key, line.period],
                         |r| r.get(0),
                     )
                     .optional()?;
                 if let Some(id) = held {
-                    tx.execute(
-                        "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE id = ?1",
+                    tx.prepare_cached("UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE id = ?1")?
+.execute(
                         params![id, expires],
                     )?;
                     continue;
@@ -268,9 +270,9 @@ impl BudgetLedger {
                 fresh.push(line);
             }
             for line in fresh {
-                tx.execute(
-                    "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'admission')",
+                tx.prepare_cached("INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'admission')")?
+.execute(
                     params![line.key, line.period, amount.tokens as i64, amount.cost_micros as i64, run_id, expires],
                 )?;
             }
@@ -284,11 +286,9 @@ impl BudgetLedger {
     /// Gives up what is left of a run's admission (it ended or suspended).
     pub fn release_admission(&self, run_id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1",
-                [run_id],
-            )
-            .map(|_| ())
+            tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1")?
+                .execute([run_id])
+                .map(|_| ())
         })
     }
 
@@ -296,10 +296,10 @@ impl BudgetLedger {
     /// before `until_ms`.
     pub fn extend(&self, run_id: &str, until_ms: u64) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE run_id = ?1",
-                params![run_id, until_ms as i64],
-            )
+            )?
+            .execute(params![run_id, until_ms as i64])
             .map(|_| ())
         })
     }
@@ -345,9 +345,9 @@ impl BudgetLedger {
             }
             let mut ids = Vec::with_capacity(lines.len());
             for (line, take) in lines.iter().zip(&taken) {
-                tx.execute(
-                    "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'call', ?7, ?8)",
+                tx.prepare_cached("INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'call', ?7, ?8)")?
+.execute(
                     params![
                         line.key,
                         line.period,
@@ -361,9 +361,9 @@ impl BudgetLedger {
                 )?;
                 ids.push(tx.last_insert_rowid());
                 if *take != Spend::default() {
-                    tx.execute(
-                        "UPDATE reservations SET tokens = MAX(0, tokens - ?4), cost_micros = MAX(0, cost_micros - ?5)
-                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3",
+                    tx.prepare_cached("UPDATE reservations SET tokens = MAX(0, tokens - ?4), cost_micros = MAX(0, cost_micros - ?5)
+                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3")?
+.execute(
                         params![admission, line.key, line.period, take.tokens as i64, take.cost_micros as i64],
                     )?;
                 }
@@ -383,7 +383,8 @@ impl BudgetLedger {
     pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Result<Settled, StoreError> {
         self.write(|tx| {
             for id in &reservation.ids {
-                tx.execute("DELETE FROM reservations WHERE id = ?1", params![id])?;
+                tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
+.execute( params![id])?;
             }
             let mut settled = Settled {
                 over_reserved: actual.tokens > reservation.amount.tokens
@@ -391,12 +392,12 @@ impl BudgetLedger {
                 over_limit: Vec::new(),
             };
             for (i, line) in reservation.lines.iter().enumerate() {
-                tx.execute(
-                    "INSERT INTO spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
+                tx.prepare_cached("INSERT INTO spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
                      VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
                      ON CONFLICT (key, period) DO UPDATE SET
                        tokens = tokens + excluded.tokens, cost_micros = cost_micros + excluded.cost_micros,
-                       calls = calls + 1, max_tokens = excluded.max_tokens, max_cost_micros = excluded.max_cost_micros",
+                       calls = calls + 1, max_tokens = excluded.max_tokens, max_cost_micros = excluded.max_cost_micros")?
+.execute(
                     params![
                         line.key,
                         line.period,
@@ -412,9 +413,9 @@ impl BudgetLedger {
                     .map(|t| minus(*t, min_spend(*t, actual)))
                     .unwrap_or_default();
                 if back != Spend::default() {
-                    tx.execute(
-                        "UPDATE reservations SET tokens = tokens + ?4, cost_micros = cost_micros + ?5
-                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3",
+                    tx.prepare_cached("UPDATE reservations SET tokens = tokens + ?4, cost_micros = cost_micros + ?5
+                         WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3")?
+.execute(
                         params![reservation.admission, line.key, line.period, back.tokens as i64, back.cost_micros as i64],
                     )?;
                 }
@@ -461,16 +462,13 @@ impl BudgetLedger {
 
 fn spent(conn: &Connection, line: &LedgerLine) -> rusqlite::Result<Spend> {
     Ok(conn
-        .query_row(
-            "SELECT tokens, cost_micros FROM spend WHERE key = ?1 AND period = ?2",
-            params![line.key, line.period],
-            |r| {
-                Ok(Spend {
-                    tokens: r.get::<_, i64>(0)? as u64,
-                    cost_micros: r.get::<_, i64>(1)? as u64,
-                })
-            },
-        )
+        .prepare_cached("SELECT tokens, cost_micros FROM spend WHERE key = ?1 AND period = ?2")?
+        .query_row(params![line.key, line.period], |r| {
+            Ok(Spend {
+                tokens: r.get::<_, i64>(0)? as u64,
+                cost_micros: r.get::<_, i64>(1)? as u64,
+            })
+        })
         .optional()?
         .unwrap_or_default())
 }

@@ -55,6 +55,8 @@ impl SideDb {
         };
         let mut conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        // Room for every statement a side database runs (the ledger's are all cached).
+        conn.set_prepared_statement_cache_capacity(64);
         enable_wal(&conn).map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
