@@ -467,17 +467,17 @@ async fn damaged_events_and_newer_schemas_are_reported_not_misread() {
     assert!(matches!(err, StoreError::Corrupt { seq: 1, .. }), "{err}");
     assert!(err.to_string().contains("run r4, event 1"), "{err}");
     // An event written in a newer event format is refused with a clear message, not misread.
-    raw.execute("UPDATE events SET v = 2 WHERE run_id = 'r4'", [])
-        .unwrap();
+    let newer = rein_core::EVENT_FORMAT_VERSION + 1;
+    raw.execute(
+        "UPDATE events SET v = ?1 WHERE run_id = 'r4'",
+        [i64::from(newer)],
+    )
+    .unwrap();
     let err = store.events("r4").unwrap_err();
     assert!(
         matches!(
             err,
-            StoreError::NewerEvent {
-                seq: 1,
-                found: 2,
-                ..
-            }
+            StoreError::NewerEvent { seq: 1, found, .. } if found == newer
         ),
         "{err}"
     );
@@ -582,4 +582,36 @@ async fn thirty_openers_of_a_new_state_directory_all_succeed() {
     for t in threads {
         t.join().unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn each_event_is_written_with_the_oldest_format_that_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put(
+        &store,
+        &lease("r6"),
+        &[
+            ev(1, started("x")),
+            ev(
+                2,
+                Event::ToolHandedOff {
+                    call_id: "call_1_1".into(),
+                },
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
+    let versions: Vec<(i64, i64)> = raw
+        .prepare("SELECT seq, v FROM events WHERE run_id = 'r6' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // A log without the gateway's events stays readable by builds that predate them.
+    assert_eq!(versions, vec![(1, 1), (2, 2)]);
+    assert_eq!(store.events("r6").unwrap().len(), 2);
 }
