@@ -26,11 +26,59 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let bearer = bearer(&parts.headers)?;
+        let bearer = token(&parts.headers, &parts.method)?;
         let caller = state.rein.authenticate(bearer, crate::now_ms())?;
         state.rate.admit(&caller.token_id)?;
         Ok(Auth(caller))
     }
+}
+
+/// The cookie the dashboard keeps its token in (HttpOnly, SameSite=Strict).
+pub(crate) const SESSION_COOKIE: &str = "rein_session";
+
+/// The header a dashboard request that changes something carries: a page on another site cannot
+/// make a browser send it (a custom header needs a CORS preflight, which rein never grants), so a
+/// cookie alone never authorizes a change.
+pub(crate) const DASHBOARD_HEADER: &str = "x-rein-dashboard";
+
+/// The token a request carries: `Authorization: Bearer`, or else the dashboard's session cookie
+/// (for a request that changes something, only with [`DASHBOARD_HEADER`]).
+pub(crate) fn token<'a>(
+    headers: &'a axum::http::HeaderMap,
+    method: &axum::http::Method,
+) -> Result<&'a str, Problem> {
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return bearer(headers);
+    }
+    let Some(cookie) = session_cookie(headers) else {
+        return bearer(headers);
+    };
+    let safe = matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && headers.get(DASHBOARD_HEADER).is_none() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a request signed in by the dashboard's cookie must carry `{DASHBOARD_HEADER}: 1`"
+            ),
+        ));
+    }
+    Ok(cookie)
+}
+
+/// The dashboard's session cookie, if the request has one.
+pub(crate) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
+        })
 }
 
 /// The bearer token a request carries.

@@ -8,6 +8,7 @@
 //! next start resumes them.
 
 mod auth;
+mod dashboard;
 mod events;
 mod gateway;
 pub mod metrics;
@@ -18,6 +19,7 @@ mod routes {
     pub(crate) mod admin;
     pub(crate) mod approvals;
     pub(crate) mod runs;
+    pub(crate) mod session;
 }
 mod state;
 
@@ -297,7 +299,7 @@ async fn method_not_allowed() -> Response {
 }
 
 fn router(state: Arc<AppState>) -> Router {
-    use routes::{admin, approvals, runs};
+    use routes::{admin, approvals, runs, session};
     // Requests answered at once are held to the time limit; streams and waits are not.
     let timed = Router::new()
         .route("/v1/runs", post(runs::start).get(runs::list))
@@ -310,6 +312,12 @@ fn router(state: Arc<AppState>) -> Router {
             get(approvals::show).post(approvals::decide),
         )
         .route("/v1/models", get(gateway::openai::models))
+        .route(
+            "/v1/session",
+            post(session::sign_in)
+                .get(session::show)
+                .delete(session::sign_out),
+        )
         .route("/v1/agents", get(admin::agents))
         .route("/v1/agents/{name}/tools", get(admin::tools))
         .route("/v1/agents/{name}/explain", post(admin::explain))
@@ -339,6 +347,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/verify", get(admin::verify))
         .route("/v1/audit/export", get(admin::export))
         .route("/metrics", get(prometheus))
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/app.css", get(dashboard::app_css))
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/v1/openapi.json", get(openapi));

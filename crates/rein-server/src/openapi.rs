@@ -6,7 +6,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{admin, approvals, runs};
+use crate::routes::{admin, approvals, runs, session};
 use rein_api::v1;
 
 /// A query or path parameter.
@@ -49,6 +49,8 @@ enum Answer {
     Text(&'static str, &'static str),
     /// A stream whose every item has this schema.
     Stream(&'static str, Value),
+    /// No content (204).
+    Empty,
 }
 
 struct Op {
@@ -275,6 +277,35 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
             Answer::Text("application/x-ndjson", "One AuditRecord per line"),
         ),
         Op {
+            method: "post",
+            path: "/v1/session",
+            id: "signIn",
+            summary: "Sign the dashboard in with a token: it is kept in an HttpOnly, SameSite=Strict cookie; a cookie-signed request that changes anything must carry `x-rein-dashboard: 1`",
+            params: vec![],
+            body: Some(schema::<session::SignIn>(g)),
+            answer: Answer::Json(200, schema::<session::Session>(g)),
+            secured: false,
+        },
+        op(
+            "get",
+            "/v1/session",
+            "session",
+            "Who the token or the dashboard's session acts as, and its scopes",
+            vec![],
+            None,
+            Answer::Json(200, schema::<session::Session>(g)),
+        ),
+        Op {
+            method: "delete",
+            path: "/v1/session",
+            id: "signOut",
+            summary: "Sign the dashboard out (the cookie is cleared)",
+            params: vec![],
+            body: None,
+            answer: Answer::Empty,
+            secured: false,
+        },
+        Op {
             method: "get",
             path: "/metrics",
             id: "metrics",
@@ -307,6 +338,11 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
     ]
 }
 
+/// Whether an operation answers with no content.
+fn content_is_empty(operation: &Value, code: u16) -> bool {
+    operation["responses"][code.to_string()]["content"].is_null()
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut generator = SchemaSettings::draft2020_12()
@@ -324,6 +360,7 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     for op in ops {
         let (code, content) = match op.answer {
+            Answer::Empty => (204, Value::Null),
             Answer::Json(code, schema) => (code, json!({"application/json": {"schema": schema}})),
             Answer::Text(kind, description) => (
                 200,
@@ -356,6 +393,9 @@ pub fn document() -> Value {
                 "default": problem,
             },
         });
+        if content_is_empty(&operation, code) {
+            operation["responses"][code.to_string()] = json!({"description": "Done"});
+        }
         if let Some(body) = op.body {
             operation["requestBody"] =
                 json!({"required": true, "content": {"application/json": {"schema": body}}});
@@ -374,7 +414,7 @@ pub fn document() -> Value {
         "info": {
             "title": "rein",
             "version": v1::VERSION,
-            "description": "The engine API of rein over HTTP: runs, approvals, agents, usage and the audit trail. Every request but health, readiness and this document carries `Authorization: Bearer <token>`; the token fixes the tenant and user.",
+            "description": "The engine API of rein over HTTP: runs, approvals, agents, usage and the audit trail. Every request but health, readiness, sign-in and this document carries `Authorization: Bearer <token>` (or the dashboard's session cookie, with `x-rein-dashboard: 1` on a change); the token fixes the tenant and user.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

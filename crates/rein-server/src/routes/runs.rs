@@ -183,7 +183,7 @@ pub(crate) async fn follow(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let from = last.or(q.from).unwrap_or(0);
-    let bearer = crate::auth::bearer(&headers)?.to_owned();
+    let bearer = crate::auth::token(&headers, &axum::http::Method::GET)?.to_owned();
     if let Err(open) = state.open_stream(&caller.token_id) {
         let mut problem = Problem::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
