@@ -111,14 +111,34 @@ impl GatewayAnswer {
     }
 }
 
-/// Runs held for approval, by (tenant, conversation): the next request of the conversation is
-/// answered from them.
+/// A conversation, as held runs and carried labels are kept by: whose it is (tenant and user),
+/// at which gateway, and its name. Another user, tenant or gateway naming the same conversation
+/// never reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ConversationKey {
+    tenant: String,
+    user: String,
+    agent: String,
+    conversation: String,
+}
+
+/// The most conversations whose labels one process carries; past it, the oldest half is
+/// forgotten (their clients' resent histories still label them).
+const CARRIED_CONVERSATIONS: usize = 100_000;
+
+/// Runs held for approval, by conversation (the next request of the conversation is answered
+/// from them), and the labels each conversation has seen.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    runs: Mutex<HashMap<(String, String), Vec<String>>>,
+    runs: Mutex<HashMap<ConversationKey, Vec<String>>>,
     /// The agents whose held runs were read from the store since this process started.
     scanned: Mutex<Vec<String>>,
+    /// Labels by conversation, with the order they were first seen in.
+    labels: Mutex<(Carried, u64)>,
 }
+
+/// Each conversation's labels, with when (in order) it was first seen.
+type Carried = HashMap<ConversationKey, (u64, Vec<String>)>;
 
 impl Rein {
     /// Answers one request to the gateway agent `loaded` for `caller`.
@@ -148,9 +168,14 @@ impl Rein {
             }
             None => derive_conversation(caller, loaded.name(), &request),
         };
-        let key = (caller.tenant.clone(), conversation.clone());
+        let key = ConversationKey {
+            tenant: caller.tenant.clone(),
+            user: caller.user.clone(),
+            agent: loaded.name().to_owned(),
+            conversation: conversation.clone(),
+        };
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return Ok(self.answer(&conversation, reply));
+            return Ok(self.answer(&key, reply));
         }
         let task = request
             .messages
@@ -188,6 +213,7 @@ impl Rein {
             messages: request.messages,
             tools: request.tools,
             results,
+            carried_labels: self.carried(&key),
             proposed: None,
         };
         let reply = self
@@ -195,9 +221,9 @@ impl Rein {
             .gateway_turn(agent, &run_id, turn, observer)
             .await?;
         if reply.status == EndState::AwaitingApproval {
-            self.hold(key, reply.run_id.clone());
+            self.hold(key.clone(), reply.run_id.clone());
         }
-        Ok(self.answer(&conversation, reply))
+        Ok(self.answer(&key, reply))
     }
 
     /// Judges and runs a call an agent proposes itself through the MCP gateway (`tools/call` of
@@ -233,9 +259,14 @@ impl Rein {
                 .collect();
             format!("mcp-{hex}")
         };
-        let key = (caller.tenant.clone(), conversation.clone());
+        let key = ConversationKey {
+            tenant: caller.tenant.clone(),
+            user: caller.user.clone(),
+            agent: loaded.name().to_owned(),
+            conversation: conversation.clone(),
+        };
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return Ok(self.answer(&conversation, reply));
+            return Ok(self.answer(&key, reply));
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let turn = GatewayTurn {
@@ -256,9 +287,9 @@ impl Rein {
             .gateway_turn(loaded.agent(), &run_id, turn, observer)
             .await?;
         if reply.status == EndState::AwaitingApproval {
-            self.hold(key, reply.run_id.clone());
+            self.hold(key.clone(), reply.run_id.clone());
         }
-        Ok(self.answer(&conversation, reply))
+        Ok(self.answer(&key, reply))
     }
 
     /// The answer a held turn of this conversation gives, if it has one: the same note while
@@ -266,7 +297,7 @@ impl Rein {
     async fn held_answer(
         &self,
         loaded: &LoadedAgent,
-        key: &(String, String),
+        key: &ConversationKey,
         observer: &dyn Observer,
     ) -> Result<Option<GatewayReply>, Error> {
         self.scan_held(loaded)?;
@@ -275,23 +306,79 @@ impl Rein {
         };
         let engine = self.engine()?;
         let state = engine.load(&run_id)?;
+        // Only the run's own tenant, user and gateway get what it holds.
+        let owned = state
+            .started()
+            .is_some_and(|s| s.tenant == key.tenant && s.user == key.user && s.agent == key.agent);
+        if !owned {
+            self.release_held(key, &run_id);
+            return Ok(None);
+        }
         if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state) {
             return Ok(Some(GatewayReply::waiting(&run_id, &state)));
         }
-        self.release_held(key, &run_id);
         if state.ended().is_some() {
+            self.release_held(key, &run_id);
             return Ok(None);
         }
-        let reply = engine
+        // Released only once the resume has answered: a resume that fails (another request of
+        // the conversation holds the run, a shutdown) leaves it held for the next one.
+        self.release_held(key, &run_id);
+        let reply = match engine
             .gateway_resume(&run_id, loaded.agent(), observer)
-            .await?;
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.hold_first(key.clone(), run_id);
+                return Err(e.into());
+            }
+        };
         if reply.status == EndState::AwaitingApproval {
             self.hold(key.clone(), reply.run_id.clone());
         }
         Ok(Some(reply))
     }
 
-    fn answer(&self, conversation: &str, reply: GatewayReply) -> GatewayAnswer {
+    /// The labels the conversation's earlier requests saw.
+    fn carried(&self, key: &ConversationKey) -> Vec<String> {
+        self.held
+            .labels
+            .lock()
+            .ok()
+            .and_then(|l| l.0.get(key).map(|(_, labels)| labels.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Remembers the labels a request of the conversation ended with.
+    fn carry(&self, key: &ConversationKey, labels: &[String]) {
+        if labels.is_empty() {
+            return;
+        }
+        let Ok(mut guard) = self.held.labels.lock() else {
+            return;
+        };
+        let (map, counter) = &mut *guard;
+        *counter += 1;
+        let order = *counter;
+        let entry = map
+            .entry(key.clone())
+            .or_insert_with(|| (order, Vec::new()));
+        for l in labels {
+            if !entry.1.contains(l) {
+                entry.1.push(l.clone());
+            }
+        }
+        if map.len() > CARRIED_CONVERSATIONS {
+            let mut orders: Vec<u64> = map.values().map(|(o, _)| *o).collect();
+            orders.sort_unstable();
+            let cut = orders[orders.len() / 2];
+            map.retain(|_, (o, _)| *o >= cut);
+        }
+    }
+
+    fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> GatewayAnswer {
+        self.carry(key, &reply.labels);
         let run = &reply.run_id;
         GatewayAnswer {
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
@@ -321,7 +408,7 @@ impl Rein {
                 .map(|(id, tool, output, failed)| (wire_call_id(run, &id), tool, output, failed))
                 .collect(),
             run_id: reply.run_id,
-            conversation: conversation.to_owned(),
+            conversation: key.conversation.clone(),
             status: reply.status.into(),
             text: reply.text,
             usage: reply.usage.into(),
@@ -330,18 +417,24 @@ impl Rein {
         }
     }
 
-    fn held_first(&self, key: &(String, String)) -> Option<String> {
+    fn held_first(&self, key: &ConversationKey) -> Option<String> {
         let runs = self.held.runs.lock().ok()?;
         runs.get(key).and_then(|v| v.first().cloned())
     }
 
-    fn hold(&self, key: (String, String), run_id: String) {
+    fn hold(&self, key: ConversationKey, run_id: String) {
         if let Ok(mut runs) = self.held.runs.lock() {
             runs.entry(key).or_default().push(run_id);
         }
     }
 
-    fn release_held(&self, key: &(String, String), run_id: &str) {
+    fn hold_first(&self, key: ConversationKey, run_id: String) {
+        if let Ok(mut runs) = self.held.runs.lock() {
+            runs.entry(key).or_default().insert(0, run_id);
+        }
+    }
+
+    fn release_held(&self, key: &ConversationKey, run_id: &str) {
         if let Ok(mut runs) = self.held.runs.lock()
             && let Some(list) = runs.get_mut(key)
         {
@@ -374,18 +467,24 @@ impl Rein {
         let mut found = Vec::new();
         for run in store.list_runs(&filter)? {
             let events = store.events(&run.id)?;
-            let conversation = events.iter().take(8).find_map(|e| match &e.event {
+            let conversation = events.iter().find_map(|e| match &e.event {
                 rein_core::Event::Notice { kind, subject, .. } if kind == GATEWAY_REQUEST => {
                     Some(subject.clone())
                 }
                 _ => None,
             });
-            let tenant = events.first().and_then(|e| match &e.event {
-                rein_core::Event::RunStarted(s) => Some(s.tenant.clone()),
+            let started = events.first().and_then(|e| match &e.event {
+                rein_core::Event::RunStarted(s) => Some(s.clone()),
                 _ => None,
             });
-            if let (Some(c), Some(t)) = (conversation, tenant) {
-                found.push(((t, c), run.id, run.created_ms));
+            if let (Some(conversation), Some(s)) = (conversation, started) {
+                let key = ConversationKey {
+                    tenant: s.tenant,
+                    user: s.user,
+                    agent: s.agent,
+                    conversation,
+                };
+                found.push((key, run.id, run.created_ms));
             }
         }
         // Oldest first, as they were held.
@@ -417,12 +516,11 @@ fn expired(state: &RunState) -> bool {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    state.calls().iter().any(|c| {
-        c.approval
-            .as_ref()
-            .and_then(|a| a.expires_at_ms)
-            .is_some_and(|at| at <= now)
-    })
+    let lapsed = |a: Option<&rein_core::state::ApprovalSlot>| {
+        a.and_then(|a| a.expires_at_ms).is_some_and(|at| at <= now)
+    };
+    state.calls().iter().any(|c| lapsed(c.approval.as_ref()))
+        || state.answer().is_some_and(|a| lapsed(a.approval.as_ref()))
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.

@@ -385,6 +385,10 @@ pub enum Event {
     ClientResults {
         /// The results, in the order the client sent them.
         results: Vec<ClientResult>,
+        /// Labels earlier requests of the conversation saw, carried into this one whether or
+        /// not the client still sends what brought them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carried: Vec<String>,
     },
     /// A call the gateway's client runs itself was handed to it (its intent recorded first).
     /// Its result arrives, if at all, with a later request of the conversation.

@@ -665,10 +665,11 @@ impl RunState {
                     }
                 }
             }
-            Event::ClientResults { results } => {
+            Event::ClientResults { results, carried } => {
                 if self.requested_step.is_some() {
                     return Err(fail("a model call is in progress".into()));
                 }
+                self.labels.absorb(carried.iter());
                 for r in results {
                     self.labels.absorb(r.labels.iter());
                     self.sources.add_json(&r.output, &|_| {
@@ -680,9 +681,9 @@ impl RunState {
                 let slot = self
                     .slot_mut(call_id)
                     .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
-                if !matches!(slot.status, CallStatus::InFlight { attempt: 1, .. }) {
+                if !matches!(slot.status, CallStatus::InFlight { .. }) {
                     return Err(fail(format!(
-                        "call {call_id} has no first intent without an outcome"
+                        "call {call_id} has no intent without an outcome"
                     )));
                 }
                 slot.status = CallStatus::Done;

@@ -275,9 +275,10 @@ pub(crate) fn entry_for(
             "notice",
             json!({"kind": kind, "subject": subject, "detail": detail, "call_id": call_id}),
         ),
-        Event::ClientResults { results } => (
+        Event::ClientResults { results, carried } => (
             "client_results",
             json!({
+                "carried": carried,
                 "results": results.iter().map(|r| json!({
                     "call_id": r.call_id, "tool": r.tool, "labels": r.labels,
                     "output_sha256": sha256(r.output.to_string().as_bytes()),

@@ -38,6 +38,8 @@ pub struct GatewayTurn {
     pub tools: Vec<ToolSpec>,
     /// The tool results in the conversation: (call id, tool, output).
     pub results: Vec<(String, String, Value)>,
+    /// Labels the conversation's earlier requests saw, carried into this one.
+    pub carried_labels: Vec<String>,
     /// A call the client proposes itself, to be judged and run here (an MCP `tools/call`), in
     /// place of a model call.
     pub proposed: Option<ToolCall>,
@@ -104,6 +106,8 @@ pub struct GatewayReply {
     pub cost_micros: u64,
     /// Why the run did not complete.
     pub reason: Option<String>,
+    /// The labels in play at the end of the run: what the conversation's next request carries.
+    pub labels: Vec<String>,
 }
 
 impl Engine {
@@ -153,6 +157,7 @@ impl Engine {
             messages: turn.messages,
             tools: turn.tools,
             results,
+            carried: turn.carried_labels,
             proposed: turn.proposed,
         };
         let request = RunRequest {
@@ -181,6 +186,7 @@ impl Engine {
     ) -> Result<GatewayReply, EngineError> {
         let driven = self
             .resume_driver(run_id, agent, observer)?
+            .taking_turn()
             .resume_through()
             .await?;
         Ok(reply(driven))
@@ -306,10 +312,8 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
             });
             None
         }
-        _ => match ended {
-            Some(e) => e.output.clone(),
-            None => state.last_text().map(str::to_owned),
-        },
+        // While the run waits for a person, the text that came with the held calls waits too.
+        _ => ended.and_then(|e| e.output.clone()),
     };
     GatewayReply {
         run_id,
@@ -321,6 +325,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         usage: state.usage(),
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),
+        labels: state.labels().to_vec(),
     }
 }
 

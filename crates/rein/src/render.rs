@@ -262,7 +262,14 @@ impl Renderer {
                     one_line(detail, 200)
                 ));
             }
-            Event::ClientResults { results } => {
+            Event::ClientResults { results, carried } => {
+                if !carried.is_empty() {
+                    out.push(format!(
+                        "{stamp}    {} {}",
+                        self.paint(CYAN, "← carried from the conversation"),
+                        carried.join(", ")
+                    ));
+                }
                 for r in results {
                     let labels = if r.labels.is_empty() {
                         String::new()

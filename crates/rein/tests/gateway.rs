@@ -579,3 +579,101 @@ async fn an_answer_held_for_a_person_is_not_read_until_approved() {
         "{released}"
     );
 }
+
+/// A Chat Completions request of a named conversation, answered 200.
+async fn ask_in(s: &Served, token: &str, conversation: &str, messages: Value) -> Value {
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .header("x-rein-conversation", conversation)
+        .json(&json!({"model": "gateway", "messages": messages,
+                      "tools": declared(&["web_fetch", "send_email"])}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_stay_with_a_conversation_that_drops_its_tool_results_and_held_calls_stay_with_their_user()
+ {
+    let state = tempfile::tempdir().unwrap();
+    let agents = example_gateway();
+    let ann = token(REIN, state.path(), "acme", "ann", "gateway");
+    let bob = token(REIN, state.path(), "acme", "bob", "gateway");
+    let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let first = json!({"role": "user", "content": "Please send a summary by mail"});
+    let fetched = ask_in(&s, &ann, "carry-1", json!([first])).await;
+    let call = fetched["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(call["function"]["name"], "web_fetch", "{fetched}");
+    let with_result = json!([first,
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "Shipping takes 3 days."}]);
+    let read = ask_in(&s, &ann, "carry-1", with_result).await;
+    assert_eq!(
+        read["choices"][0]["message"]["content"],
+        "The page is about shipping times."
+    );
+    // The client trims its history: the page's text is gone, its label is not.
+    let trimmed = json!([first,
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "assistant", "content": "The page is about shipping times."},
+        {"role": "user", "content": "mail it"}]);
+    let held = ask_in(&s, &ann, "carry-1", trimmed.clone()).await;
+    let text = held["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        held["choices"][0]["message"]["tool_calls"].is_null(),
+        "{held}"
+    );
+    assert!(
+        text.contains("send_email") && text.contains("approval"),
+        "{text}"
+    );
+    // The same history in a conversation that never read the page is not held.
+    let clean = ask_in(&s, &ann, "carry-2", trimmed.clone()).await;
+    assert_eq!(
+        clean["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "send_email",
+        "{clean}"
+    );
+    // Another user naming Ann's conversation gets nothing of hers: not the wait, not the call.
+    let approval = text
+        .split("(approval ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap()
+        .to_owned();
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(&approver)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let bobs = ask_in(&s, &bob, "carry-1", trimmed.clone()).await;
+    let bob_text = bobs["choices"][0]["message"].to_string();
+    assert!(!bob_text.contains(&approval), "{bobs}");
+    assert!(
+        !bobs["choices"][0]["message"]["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(&held["id"].as_str().unwrap()["chatcmpl-".len()..]),
+        "Bob received Ann's held call: {bobs}"
+    );
+    // Ann's next request receives her approved call.
+    let anns = ask_in(&s, &ann, "carry-1", trimmed).await;
+    let delivered = &anns["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(delivered["function"]["name"], "send_email", "{anns}");
+    assert!(
+        delivered["id"]
+            .as_str()
+            .unwrap()
+            .ends_with(&held["id"].as_str().unwrap()["chatcmpl-".len()..]),
+        "{anns}"
+    );
+}

@@ -24,6 +24,8 @@ pub(crate) struct GatewayInput {
     pub(crate) messages: Vec<Message>,
     pub(crate) tools: Vec<ToolSpec>,
     pub(crate) results: Vec<ClientResult>,
+    /// Labels the conversation's earlier requests saw.
+    pub(crate) carried: Vec<String>,
     /// A call the client's agent proposes itself (an MCP `tools/call`): recorded as the step's
     /// reply in place of a model call, then judged and run here like any call.
     pub(crate) proposed: Option<ToolCall>,
@@ -37,6 +39,7 @@ impl Driver<'_> {
             return Ok(());
         };
         let results = std::mem::take(&mut input.results);
+        let carried = std::mem::take(&mut input.carried);
         let detail = format!(
             "a request of {} messages, {} tools and {} tool results",
             input.messages.len(),
@@ -46,10 +49,10 @@ impl Driver<'_> {
         let conversation = input.conversation.clone();
         self.notice(GATEWAY_REQUEST, &conversation, detail, None)
             .await?;
-        if results.is_empty() {
+        if results.is_empty() && carried.is_empty() {
             return Ok(());
         }
-        self.record(Event::ClientResults { results }).await
+        self.record(Event::ClientResults { results, carried }).await
     }
 
     /// The model step of a gateway run: the first step calls the model with the client's
@@ -161,6 +164,12 @@ impl Driver<'_> {
     /// Why a call of `tool` cannot be dispatched in this gateway turn, if it cannot: the model
     /// called a tool it was not offered.
     pub(super) fn not_offered(&self, tool: &str) -> Option<String> {
+        if self.is_gateway() && !self.turn {
+            return Some(
+                "the gateway request was interrupted before this call was judged; it was not handed over"
+                    .into(),
+            );
+        }
         let offered = self.offered.as_ref()?;
         (!offered.iter().any(|t| t == tool)).then(|| {
             format!("`{tool}` is not a tool of this request: only tools the client declared and the operator knows may be called")

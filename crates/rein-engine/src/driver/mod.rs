@@ -82,6 +82,9 @@ pub(crate) struct Driver<'a> {
     /// the gateway's own MCP tools, say) is refused, so a model cannot reach what its client
     /// never asked for.
     offered: Option<Vec<String>>,
+    /// Whether this driver took a request's turn (a gateway run resumed after a crash did not:
+    /// nobody is there to receive a call it would hand over).
+    turn: bool,
 }
 
 impl<'a> Driver<'a> {
@@ -126,12 +129,21 @@ impl<'a> Driver<'a> {
             gateway: None,
             handed: Vec::new(),
             offered: None,
+            turn: false,
         }
     }
 
     /// Makes this driver's run a gateway turn with what the client sent.
     pub(crate) fn for_gateway(mut self, input: GatewayInput) -> Self {
         self.gateway = Some(input);
+        self.turn = true;
+        self
+    }
+
+    /// Makes this driver answer a request of its gateway run's conversation (a held run resumed
+    /// for it), so the calls it hands over have someone to receive them.
+    pub(crate) fn taking_turn(mut self) -> Self {
+        self.turn = true;
         self
     }
 
@@ -179,7 +191,16 @@ impl<'a> Driver<'a> {
             instructions,
             provider: self.agent.provider.kind().to_owned(),
             model: self.agent.provider.model().to_owned(),
-            limits: self.agent.limits,
+            // A gateway run makes one model call, bounded by the model's timeout: the limits of
+            // a hosted run must not end it after its calls were handed over.
+            limits: if self.is_gateway() {
+                rein_core::Limits {
+                    max_steps: u32::MAX,
+                    wall_clock_ms: u64::MAX / 4,
+                }
+            } else {
+                self.agent.limits
+            },
             tools: self.agent.tools.names(),
             user: request.user.clone(),
             tenant: request.tenant.clone(),

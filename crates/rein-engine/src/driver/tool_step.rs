@@ -361,6 +361,20 @@ impl Driver<'_> {
                 })
                 .await;
         };
+        // A gateway run resumed without a request (after a crash) has nobody to hand a call to.
+        if self.runs_at_client(&call.name) && !self.turn {
+            return self
+                .record(Event::RunEnded {
+                    status: EndState::Failed,
+                    output: None,
+                    reason: Some(format!(
+                        "the gateway request was interrupted before call {} reached its client",
+                        call.id
+                    )),
+                    call_id: Some(call.id),
+                })
+                .await;
+        }
         let manifest = tool.manifest();
         self.record(Event::ToolIntent {
             step,

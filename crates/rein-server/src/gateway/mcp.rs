@@ -24,7 +24,6 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
 use super::{Dialect, GwError};
-use crate::events::RunWatch;
 use crate::state::AppState;
 
 /// The MCP service, mounted at `/mcp` behind [`authenticate`].
@@ -76,13 +75,21 @@ impl Gateway {
         &self,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<(Caller, Arc<LoadedAgent>), ErrorData> {
-        let caller = ctx
-            .extensions
-            .get::<Parts>()
+        let parts = ctx.extensions.get::<Parts>();
+        let caller = parts
             .and_then(|p| p.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| refused("no caller: send `Authorization: Bearer <token>`"))?;
-        let agent = super::pick(&self.state, &caller, "", Dialect::OpenAi)
+        // `/mcp?gateway=<agent>` names the gateway for a token that may use several.
+        let named = parts
+            .and_then(|p| p.uri.query())
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("gateway="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let agent = super::pick(&self.state, &caller, &named, Dialect::OpenAi)
             .await
             .map_err(|e: GwError| refused(e.message))?;
         Ok((caller, agent))
@@ -136,24 +143,21 @@ impl ServerHandler for Gateway {
             ));
         }
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        let watch = RunWatch {
-            state: self.state.clone(),
-            agent: agent.name().to_owned(),
-            tenant: caller.tenant.clone(),
-            started: Default::default(),
-        };
-        let answer = self
-            .state
-            .rein
-            .gateway_tool_call(&agent, &caller, &request.name, arguments, Some(&watch))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "an MCP gateway call failed");
-                ErrorData::internal_error(
-                    "rein could not complete the call; the server's log has the cause",
-                    None,
-                )
-            })?;
+        let answer = super::tool_call(
+            &self.state,
+            &agent,
+            &caller,
+            request.name.to_string(),
+            arguments,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "an MCP gateway call failed");
+            ErrorData::internal_error(
+                "rein could not complete the call; the server's log has the cause",
+                None,
+            )
+        })?;
         let result = if let Some((_, _, output, failed)) = answer.results.first() {
             let content = vec![ContentBlock::text(output.clone())];
             if *failed {

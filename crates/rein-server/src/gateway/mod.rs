@@ -191,7 +191,7 @@ pub(crate) fn conversation(headers: &HeaderMap) -> Option<String> {
 /// Asks the engine API, with the run's events feeding the metrics and live streams.
 pub(crate) async fn answer(
     state: &Arc<AppState>,
-    agent: &LoadedAgent,
+    agent: &Arc<LoadedAgent>,
     caller: &Caller,
     request: GatewayRequest,
     dialect: Dialect,
@@ -209,13 +209,57 @@ pub(crate) async fn answer(
         tenant: caller.tenant.clone(),
         started: Arc::new(Mutex::new(None)),
     };
-    let answer = state
-        .rein
-        .gateway(agent, caller, request, Some(&watch))
+    // The turn goes on in the server even if the client goes away: its model call is settled on
+    // the budgets and its run ends in a named state, whoever is left to read the answer.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (task_state, task_agent, task_caller) = (state.clone(), agent.clone(), caller.clone());
+    state.spawn(async move {
+        let answer = task_state
+            .rein
+            .gateway(&task_agent, &task_caller, request, Some(&watch))
+            .await;
+        let _ = tx.send(answer);
+    });
+    let answer = rx
         .await
+        .map_err(|_| {
+            GwError::new(
+                dialect,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server stopped before the request was answered; send it again",
+            )
+        })?
         .map_err(|e| GwError::from_api(dialect, e))?;
     check(agent, &answer, dialect)?;
     Ok(answer)
+}
+
+/// The same for a call an MCP client makes of one of the gateway's own MCP tools.
+pub(crate) async fn tool_call(
+    state: &Arc<AppState>,
+    agent: &Arc<LoadedAgent>,
+    caller: &Caller,
+    tool: String,
+    arguments: serde_json::Value,
+) -> Result<GatewayAnswer, rein_api::Error> {
+    let watch = RunWatch {
+        state: state.clone(),
+        agent: agent.name().to_owned(),
+        tenant: caller.tenant.clone(),
+        started: Arc::new(Mutex::new(None)),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (task_state, task_agent, task_caller) = (state.clone(), agent.clone(), caller.clone());
+    state.spawn(async move {
+        let answer = task_state
+            .rein
+            .gateway_tool_call(&task_agent, &task_caller, &tool, arguments, Some(&watch))
+            .await;
+        let _ = tx.send(answer);
+    });
+    rx.await.map_err(|_| {
+        rein_api::Error::Conflict("the server stopped before the call was answered".into())
+    })?
 }
 
 /// A request that did not end with an answer for the client becomes an error: the budget

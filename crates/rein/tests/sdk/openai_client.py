@@ -128,6 +128,7 @@ msgs += [assistant(text, calls), {"role": "tool", "tool_call_id": calls[0][0],
 text, calls, _, _ = chat(msgs, stream=True, conversation=conv)
 check(calls == [], f"the sink call after untrusted content is not handed over: {calls}")
 check("approval" in text and "send_email" in text, f"the answer says the call waits for approval: {text!r}")
+check("Sending the list" not in text, f"the text that came with the held call is held too: {text!r}")
 approval = text.split("(approval ")[1].split(")")[0]
 msgs.append(assistant(text, []))
 msgs.append({"role": "user", "content": "Is it approved yet?"})

@@ -501,6 +501,9 @@ pub enum Event {
     ClientResults {
         /// The results, in the order the client sent them.
         results: Vec<ClientResult>,
+        /// Labels earlier requests of the conversation saw, carried into this one.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carried: Vec<String>,
     },
     /// A call a gateway's client runs itself was handed to it (its intent recorded first).
     ToolHandedOff {

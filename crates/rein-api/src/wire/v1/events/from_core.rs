@@ -325,7 +325,8 @@ impl From<core::Event> for Event {
                 detail,
                 call_id,
             },
-            core::Event::ClientResults { results } => Event::ClientResults {
+            core::Event::ClientResults { results, carried } => Event::ClientResults {
+                carried,
                 results: results
                     .into_iter()
                     .map(|r| ClientResult {
