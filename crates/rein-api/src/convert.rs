@@ -59,6 +59,7 @@ pub(crate) fn summary(s: rein_store::RunSummary, running: bool) -> v1::RunSummar
         updated_ms: s.updated_ms,
         events: s.events,
         steps: s.steps,
+        cost_usd: s.cost_micros as f64 / 1e6,
     }
 }
 

@@ -218,6 +218,25 @@ function describe(e) {
   }
 }
 
+// The run's records in the audit trail, on request: what an auditor would check.
+function auditRecords(id) {
+  const out = el("div", { id: "audit-records" });
+  const show = async () => {
+    try {
+      const response = await fetch(`/v1/audit/export?run=${encodeURIComponent(id)}`, { credentials: "same-origin" });
+      if (!response.ok) throw new ApiError(response.status, (await response.json()).detail);
+      const records = (await response.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l));
+      out.replaceChildren(el("p", { class: "muted" }, `${records.length} records in the signed log`),
+        el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Record"), el("th", {}, "Event"), el("th", {}, "Kind"), el("th", { class: "wide" }, "At"))),
+          el("tbody", {}, ...records.map((r) => el("tr", {}, el("td", {}, r.seq), el("td", {}, r.event ?? ""), el("td", {}, r.kind), el("td", { class: "wide" }, when(r.at_ms))))))));
+    } catch (err) {
+      out.replaceChildren(problem(err));
+    }
+  };
+  return el("section", {}, el("h2", {}, "Audit records"),
+    el("button", { class: "secondary", id: "show-audit", onclick: show }, "Show this run's audit records"), out);
+}
+
 async function runPage(id) {
   let detail;
   try {
@@ -259,7 +278,7 @@ async function runPage(id) {
       el("dt", {}, "Agent"), el("dd", {}, detail.run.agent), el("dt", {}, "User"), el("dd", {}, `${detail.run.user} (${detail.run.tenant})`),
       el("dt", {}, "Task"), el("dd", {}, detail.run.task),
       totals ? [el("dt", {}, "Used"), el("dd", {}, `${totals.steps} steps, ${totals.tool_calls} tool calls, ${totals.usage.input_tokens + totals.usage.output_tokens} tokens`)] : null),
-    actions, el("h2", {}, "Timeline"), list);
+    actions, el("h2", {}, "Timeline"), list, may("audit:read") ? auditRecords(id) : null);
   detail.events.forEach(add);
   // Live: the run's events as they become durable, from where the page left off.
   const source = new EventSource(`/v1/runs/${encodeURIComponent(id)}/events?from=${last}`);
@@ -339,7 +358,7 @@ async function approvalCard(id) {
 // A bar per row against the largest value, with each row's limit marked. Widths are set
 // through the CSSOM, which the page's Content-Security-Policy allows (inline styles it does not).
 function bars(rows) {
-  const max = Math.max(1, ...rows.map((r) => Math.max(r.value, r.limit || 0)));
+  const max = Math.max(...rows.map((r) => Math.max(r.value, r.limit || 0))) || 1;
   const pct = (v) => `${Math.min(100, (100 * v) / max)}%`;
   return el("div", { class: "bars", role: "img", "aria-label": rows.map((r) => `${r.label}: ${r.text}`).join("; ") },
     ...rows.map((r) => {
@@ -357,26 +376,47 @@ function bars(rows) {
 }
 
 async function costsPage() {
-  let rows;
+  let rows, runs;
   try {
-    rows = await api("/v1/usage");
+    [rows, runs] = await Promise.all([api("/v1/usage"), api("/v1/runs?limit=1000")]);
   } catch (err) {
     page("Costs", problem(err));
     return;
   }
+  const usd = (v) => `$${v.toFixed(v < 0.01 ? 6 : 2)}`;
+  const sum = (key) => {
+    const totals = new Map();
+    for (const r of runs) totals.set(key(r), (totals.get(key(r)) || 0) + (r.cost_usd || 0));
+    return [...totals.entries()];
+  };
+  const chart = (title, entries) => el("section", { class: "panel" }, el("h2", {}, title),
+    entries.length ? bars(entries.map(([label, v]) => ({ label, value: v, text: usd(v) })))
+      : el("p", { class: "muted" }, "Nothing spent yet."));
+  const day = (ms) => new Date(ms).toISOString().slice(0, 10);
+  const byDay = sum((r) => day(r.created_ms)).sort((a, b) => b[0].localeCompare(a[0])).slice(0, 14);
+  const top = [...runs].filter((r) => r.cost_usd > 0).sort((a, b) => b.cost_usd - a.cost_usd).slice(0, 10);
   const byPeriod = new Map();
   for (const r of rows) {
     if (!byPeriod.has(r.period)) byPeriod.set(r.period, []);
     byPeriod.get(r.period).push(r);
   }
-  const sections = [...byPeriod.entries()].sort((a, b) => b[0].localeCompare(a[0])).map(([period, lines]) => el("section", { class: "panel" },
-    el("h2", {}, period),
+  const budgets = [...byPeriod.entries()].sort((a, b) => b[0].localeCompare(a[0])).map(([period, lines]) => el("section", { class: "panel" },
+    el("h2", {}, `Budgets, ${period}`),
     bars(lines.map((l) => ({ label: l.key, value: l.cost_micros, limit: l.max_cost_micros || 0,
       text: `${money(l.cost_micros)}${l.max_cost_micros ? ` of ${money(l.max_cost_micros)}` : ""}` }))),
     el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Budget line"), el("th", {}, "Spent"), el("th", {}, "Limit"), el("th", { class: "wide" }, "Tokens"), el("th", { class: "wide" }, "Calls"))),
       el("tbody", {}, ...lines.map((l) => el("tr", {}, el("td", { class: "mono" }, l.key), el("td", {}, money(l.cost_micros)),
         el("td", {}, l.max_cost_micros ? money(l.max_cost_micros) : l.max_tokens ? `${l.max_tokens} tokens` : "none"), el("td", { class: "wide" }, l.tokens), el("td", { class: "wide" }, l.calls))))))));
-  page("Costs", rows.length ? el("p", { class: "muted" }, "Spend on each budget line per period, against its limit (dashed).") : el("p", { class: "muted" }, "Nothing spent on a budget line yet."), ...sections);
+  page("Costs",
+    rows.length ? el("p", { class: "muted" }, "Each budget line's spend per period against its limit (dashed), and what runs cost by day, agent and user.")
+      : el("p", { class: "muted" }, "Nothing spent on a budget line yet."),
+    ...budgets,
+    chart("By day", byDay), chart("By agent", sum((r) => r.agent)), chart("By user", sum((r) => r.user)),
+    el("section", { class: "panel" }, el("h2", {}, "Runs that cost most"),
+      top.length ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Run"), el("th", {}, "Cost"), el("th", {}, "Agent"), el("th", { class: "wide" }, "User"), el("th", {}, "Task"))),
+        el("tbody", {}, ...top.map((r) => el("tr", {}, el("td", {}, el("a", { href: `#/runs/${r.id}`, class: "mono" }, r.id.slice(0, 12))),
+          el("td", {}, usd(r.cost_usd)), el("td", {}, r.agent), el("td", { class: "wide" }, r.user), el("td", { class: "task" }, r.task))))))
+        : el("p", { class: "muted" }, "No run has cost anything yet.")));
 }
 
 // ---- audit ------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ pub struct RunSummary {
     pub events: u64,
     /// How many model steps it took.
     pub steps: u32,
+    /// What its model calls cost, in millionths of a US dollar.
+    pub cost_micros: u64,
 }
 
 /// Which runs to list.

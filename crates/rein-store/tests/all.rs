@@ -79,7 +79,7 @@ fn step(seq: u64, n: u32) -> [StoredEvent; 2] {
                 latency_us: 7,
                 stop_reason: None,
                 model: "m".into(),
-                cost_micros: 0,
+                cost_micros: 100 * u64::from(n),
             },
         ),
     ]
@@ -120,8 +120,13 @@ async fn check_round_trip(store: &dyn Store) {
     );
     assert_eq!((summary.user.as_str(), summary.tenant.as_str()), ("u", "t"));
     assert_eq!(
-        (summary.status, summary.events, summary.steps),
-        (None, 3, 1)
+        (
+            summary.status,
+            summary.events,
+            summary.steps,
+            summary.cost_micros
+        ),
+        (None, 3, 1, 100)
     );
     assert_eq!(
         store.lease_holder("r1").unwrap().map(|h| h.owner),
@@ -548,15 +553,33 @@ async fn a_version_1_state_store_is_migrated_in_place() {
         [],
     )
     .unwrap();
+    // A model call of the old store: the run's cost is summed from it.
+    let replied = serde_json::to_string(&Event::ModelReplied {
+        step: 1,
+        text: None,
+        tool_calls: vec![],
+        usage: Usage::default(),
+        latency_us: 1,
+        stop_reason: None,
+        model: "m".into(),
+        cost_micros: 1234,
+    })
+    .unwrap();
+    raw.execute(
+        "INSERT INTO events (run_id, seq, at_ms, payload) VALUES ('old1', 3, 7, ?1)",
+        [replied],
+    )
+    .unwrap();
     drop(raw);
     let store = open(dir.path());
     let run = store.run("old1").unwrap();
     assert_eq!((run.user.as_str(), run.tenant.as_str()), ("u", "t"));
+    assert_eq!(run.cost_micros, 1234);
     assert_eq!(
         store.approval("ap-old").unwrap().args,
         serde_json::json!({"amount": 5})
     );
-    assert_eq!(store.events("old1").unwrap().len(), 2);
+    assert_eq!(store.events("old1").unwrap().len(), 3);
     // A run of the old store can be taken up under a lease.
     let l = store
         .acquire_lease("old1", "me", 1_000, 0, &|_| false)

@@ -19,7 +19,7 @@ use crate::{
 use writer::{Append, ApprovalChange, Started, write_loop};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The schema of a new database, at [`SCHEMA_VERSION`].
 const SCHEMA: &str = "
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     lease_owner      TEXT,
     lease_token      INTEGER NOT NULL DEFAULT 0,
     lease_expires_ms INTEGER NOT NULL DEFAULT 0,
-    cancel_requested TEXT
+    cancel_requested TEXT,
+    cost_micros      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
@@ -90,6 +91,16 @@ UPDATE approvals SET args = (
       AND json_extract(payload, '$.type') = 'approval_requested'
       AND json_extract(payload, '$.approval_id') = approvals.id
 );
+";
+
+/// From schema version 3: runs keep what their model calls cost, so a list can rank them.
+const MIGRATE_3_TO_4: &str = "
+ALTER TABLE runs ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
+UPDATE runs SET cost_micros = COALESCE((
+    SELECT SUM(COALESCE(json_extract(payload, '$.cost_micros'), 0)) FROM events
+    WHERE events.run_id = runs.id
+      AND json_extract(payload, '$.type') IN ('model_replied', 'grants_fixed')
+), 0);
 ";
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends.
@@ -296,8 +307,13 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         0 | 1 => {
             tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?;
             tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?;
+            tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?;
         }
-        2 => tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?,
+        2 => {
+            tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?;
+            tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?;
+        }
+        3 => tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?,
         _ => {}
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -341,7 +357,8 @@ fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummar
 /// A run's summary columns; the last event's position and time come from the events' key.
 const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms,
     (SELECT at_ms FROM events WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1),
-    (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps, user, tenant, parent_run";
+    (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps, user, tenant, parent_run,
+    cost_micros";
 
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Option<String>)> {
     Ok((
@@ -357,6 +374,7 @@ fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Op
             user: row.get(8)?,
             tenant: row.get(9)?,
             parent: row.get(10)?,
+            cost_micros: row.get::<_, i64>(11)?.max(0) as u64,
         },
         row.get(3)?,
     ))
@@ -407,6 +425,7 @@ impl Store for SqliteStore {
             releases: false,
             ends: false,
             steps: None,
+            cost_micros: 0,
             approvals: Vec::new(),
             durability,
             done,
@@ -434,7 +453,15 @@ impl Store for SqliteStore {
                 }
                 Event::RunResumed { .. } => append.status = Some(None),
                 Event::CallReconciled { .. } => append.status = Some(None),
-                Event::ModelReplied { step, .. } => append.steps = Some(*step),
+                Event::ModelReplied {
+                    step, cost_micros, ..
+                } => {
+                    append.steps = Some(*step);
+                    append.cost_micros = append.cost_micros.saturating_add(*cost_micros);
+                }
+                Event::GrantsFixed { cost_micros, .. } => {
+                    append.cost_micros = append.cost_micros.saturating_add(*cost_micros);
+                }
                 Event::ApprovalRequested {
                     approval_id,
                     call_id,

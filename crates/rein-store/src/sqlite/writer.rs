@@ -31,6 +31,8 @@ pub(super) struct Append {
     /// The run ends with this append: approvals still pending can no longer be decided.
     pub(super) ends: bool,
     pub(super) steps: Option<u32>,
+    /// What the model calls in this append cost, added to the run's total.
+    pub(super) cost_micros: u64,
     pub(super) approvals: Vec<ApprovalChange>,
     pub(super) durability: Durability,
     pub(super) done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
@@ -398,6 +400,10 @@ fn apply_append<'a>(
     if let Some(steps) = append.steps {
         conn.prepare_cached("UPDATE runs SET steps = ?2 WHERE id = ?1")?
             .execute(params![run, i64::from(steps)])?;
+    }
+    if append.cost_micros > 0 {
+        conn.prepare_cached("UPDATE runs SET cost_micros = cost_micros + ?2 WHERE id = ?1")?
+            .execute(params![run, append.cost_micros as i64])?;
     }
     if let Some(status) = append.status {
         conn.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?

@@ -16,8 +16,19 @@ function check(cond, what) {
   if (!cond) throw new Error(`FAILED: ${what}`);
 }
 
+// Every request the pages make, to check against the OpenAPI document.
+const requested = new Set();
+
+function watch(page) {
+  page.on("request", (r) => {
+    const url = new URL(r.url());
+    if (url.origin === new URL(base).origin && url.pathname.startsWith("/v1/")) requested.add(`${r.method().toLowerCase()} ${url.pathname}`);
+  });
+}
+
 async function signIn(context, token) {
   const page = await context.newPage();
+  watch(page);
   // Script errors and policy violations (a refused inline script would be one); a status a
   // request was meant to get (401 before sign-in, 403, 404) is not.
   page.on("console", (m) => {
@@ -65,6 +76,7 @@ try {
 
   // The inbox is open in another tab before the run asks.
   const inbox = await a.newPage();
+  watch(inbox);
   inbox.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   await inbox.goto(base + "/#/approvals");
   await inbox.waitForSelector("text=Nothing waits for a decision.");
@@ -89,6 +101,9 @@ try {
   await runs.waitForSelector('li[data-kind="run_ended"]');
   await runs.waitForSelector("#run-status .badge.completed");
   check((await runs.textContent("ol.timeline")).includes("customer verified by phone"), "the note is on the timeline");
+  await runs.click("#show-audit");
+  await runs.waitForSelector("#audit-records table");
+  check((await runs.textContent("#audit-records")).includes("approval_decided"), "the run's audit records include the decision");
   await shoot(runs, "run");
 
   await runs.goto(base + "/#/runs");
@@ -101,6 +116,8 @@ try {
   const costs = await runs.textContent("main");
   check(costs.includes("tenant:acme"), `the costs page shows the tenant's line: ${costs}`);
   check(/\$0\.0*[1-9]/.test(costs), `the costs page shows a spend: ${costs}`);
+  check(costs.includes("Runs that cost most") && (await runs.locator(`a[href="#/runs/${runId}"]`).count()) === 1,
+    "the run is among the runs that cost most");
   await shoot(runs, "costs");
 
   await runs.goto(base + "/#/audit");
@@ -134,6 +151,16 @@ try {
   await other.goto(base + `/#/runs/${runId}`);
   await other.waitForSelector("text=no run with that id");
   check(problems.length === 0, `the pages ran without errors: ${problems.join("; ")}`);
+  // Every request the pages made is in the documented API.
+  const doc = await (await fetch(base + "/v1/openapi.json")).json();
+  const documented = Object.entries(doc.paths).flatMap(([path, ops]) => Object.keys(ops).map((m) =>
+    ({ method: m, re: new RegExp(`^${path.replace(/\{[^}]+\}/g, "[^/]+")}$`) })));
+  const undocumented = [...requested].filter((r) => {
+    const [method, path] = r.split(" ");
+    return !documented.some((d) => d.method === method && d.re.test(path));
+  });
+  check(requested.size >= 10 && undocumented.length === 0,
+    `the pages call only the documented API (${requested.size} kinds of request): undocumented ${undocumented.join(", ")}`);
   console.log("ok");
 } finally {
   await browser.close();

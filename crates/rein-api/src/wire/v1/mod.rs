@@ -79,6 +79,9 @@ pub struct RunSummary {
     pub events: u64,
     /// Model steps taken.
     pub steps: u32,
+    /// What its model calls cost, in US dollars.
+    #[serde(default)]
+    pub cost_usd: f64,
 }
 
 /// Totals folded from a run's log.
