@@ -128,6 +128,27 @@ impl Rein {
             .collect())
     }
 
+    /// What one tenant's model calls cost over the last `days` days, by day, model, agent and
+    /// user, read from the calls themselves (so every model and agent is there, budgeted or not).
+    pub fn spend(&self, tenant: &str, days: u64, now_ms: u64) -> Result<Vec<v1::SpendRow>, Error> {
+        let day_ms = 86_400_000;
+        let since = (now_ms / day_ms).saturating_sub(days.saturating_sub(1)) * day_ms;
+        Ok(self
+            .store()?
+            .spend(Some(tenant), since)?
+            .into_iter()
+            .map(|r| v1::SpendRow {
+                day: r.day,
+                model: r.model,
+                agent: r.agent,
+                user: r.user,
+                cost_usd: r.cost_micros as f64 / 1e6,
+                tokens: r.tokens,
+                calls: r.calls,
+            })
+            .collect())
+    }
+
     /// Spending against budgets: every ledger line, or those of the given agent, user and
     /// tenant; only periods from `since` on (`2026-11-01`, `2026-11`).
     pub fn usage(

@@ -376,24 +376,24 @@ function bars(rows) {
 }
 
 async function costsPage() {
-  let rows, runs;
+  let rows, runs, spend;
   try {
-    [rows, runs] = await Promise.all([api("/v1/usage"), api("/v1/runs?limit=1000")]);
+    [rows, runs, spend] = await Promise.all([api("/v1/usage"), api("/v1/runs?limit=1000"), api("/v1/spend?days=14")]);
   } catch (err) {
     page("Costs", problem(err));
     return;
   }
   const usd = (v) => `$${v.toFixed(v < 0.01 ? 6 : 2)}`;
+  // Totals of the last 14 days' model calls by one of their dimensions, largest first.
   const sum = (key) => {
     const totals = new Map();
-    for (const r of runs) totals.set(key(r), (totals.get(key(r)) || 0) + (r.cost_usd || 0));
-    return [...totals.entries()];
+    for (const r of spend) totals.set(key(r), (totals.get(key(r)) || 0) + r.cost_usd);
+    return [...totals.entries()].sort((a, b) => b[1] - a[1]);
   };
   const chart = (title, entries) => el("section", { class: "panel" }, el("h2", {}, title),
     entries.length ? bars(entries.map(([label, v]) => ({ label, value: v, text: usd(v) })))
       : el("p", { class: "muted" }, "Nothing spent yet."));
-  const day = (ms) => new Date(ms).toISOString().slice(0, 10);
-  const byDay = sum((r) => day(r.created_ms)).sort((a, b) => b[0].localeCompare(a[0])).slice(0, 14);
+  const byDay = sum((r) => r.day).sort((a, b) => b[0].localeCompare(a[0]));
   const top = [...runs].filter((r) => r.cost_usd > 0).sort((a, b) => b.cost_usd - a.cost_usd).slice(0, 10);
   const byPeriod = new Map();
   for (const r of rows) {
@@ -408,10 +408,11 @@ async function costsPage() {
       el("tbody", {}, ...lines.map((l) => el("tr", {}, el("td", { class: "mono" }, l.key), el("td", {}, money(l.cost_micros)),
         el("td", {}, l.max_cost_micros ? money(l.max_cost_micros) : l.max_tokens ? `${l.max_tokens} tokens` : "none"), el("td", { class: "wide" }, l.tokens), el("td", { class: "wide" }, l.calls))))))));
   page("Costs",
-    rows.length ? el("p", { class: "muted" }, "Each budget line's spend per period against its limit (dashed), and what runs cost by day, agent and user.")
+    rows.length ? el("p", { class: "muted" }, "Each budget line's spend per period against its limit (dashed), and what model calls cost over the last 14 days by day, model, agent and user.")
       : el("p", { class: "muted" }, "Nothing spent on a budget line yet."),
     ...budgets,
-    chart("By day", byDay), chart("By agent", sum((r) => r.agent)), chart("By user", sum((r) => r.user)),
+    chart("By day (last 14)", byDay), chart("By model", sum((r) => r.model)),
+    chart("By agent", sum((r) => r.agent)), chart("By user", sum((r) => r.user)),
     el("section", { class: "panel" }, el("h2", {}, "Runs that cost most"),
       top.length ? el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "Run"), el("th", {}, "Cost"), el("th", {}, "Agent"), el("th", { class: "wide" }, "User"), el("th", {}, "Task"))),
         el("tbody", {}, ...top.map((r) => el("tr", {}, el("td", {}, el("a", { href: `#/runs/${r.id}`, class: "mono" }, r.id.slice(0, 12))),

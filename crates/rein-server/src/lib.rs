@@ -322,6 +322,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/tools", get(admin::tools))
         .route("/v1/agents/{name}/explain", post(admin::explain))
         .route("/v1/usage", get(admin::usage))
+        .route("/v1/spend", get(admin::spend))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     // The gateway's model calls are held to each model's own timeout, not the request limit.

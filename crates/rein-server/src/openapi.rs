@@ -240,6 +240,19 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
         ),
         op(
             "get",
+            "/v1/spend",
+            "spend",
+            "What the tenant's model calls cost, by day (UTC), model, agent and user",
+            vec![query(
+                "days",
+                json!({"type": "integer", "minimum": 1, "maximum": 366}),
+                "Days back, today included (default 14)",
+            )],
+            None,
+            Answer::Json(200, schema::<Vec<v1::SpendRow>>(g)),
+        ),
+        op(
+            "get",
             "/v1/audit/verify",
             "verifyAudit",
             "Verify the whole audit log (admin)",

@@ -28,6 +28,25 @@ pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{TokenRow, TokenStore};
 
+/// What model calls cost on one day (UTC) for one model, agent and user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendRow {
+    /// The day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The model.
+    pub model: String,
+    /// The agent.
+    pub agent: String,
+    /// Who the runs acted for.
+    pub user: String,
+    /// What the calls cost, in millionths of a US dollar.
+    pub cost_micros: u64,
+    /// Tokens in and out.
+    pub tokens: u64,
+    /// Model calls.
+    pub calls: u64,
+}
+
 /// A run as listed: what it is and where it stands, without its events.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSummary {

@@ -638,3 +638,31 @@ async fn each_event_is_written_with_the_oldest_format_that_reads_it() {
     assert_eq!(versions, vec![(1, 1), (2, 2)]);
     assert_eq!(store.events("r6").unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let l = lease("r7");
+    put(&store, &l, &[ev(1, started("agent-a"))]).await.unwrap();
+    let [a, b] = step(2, 1);
+    let [c, d] = step(4, 2);
+    put(&store, &l, &[a, b, c, d]).await.unwrap();
+    let rows = store.spend(Some("t"), 0).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        (
+            row.day.as_str(),
+            row.model.as_str(),
+            row.agent.as_str(),
+            row.user.as_str()
+        ),
+        ("1970-01-01", "m", "agent-a", "u")
+    );
+    // Two calls of 100 and 200 micro-dollars, 4 tokens each.
+    assert_eq!((row.cost_micros, row.tokens, row.calls), (300, 8, 2));
+    assert!(store.spend(Some("another"), 0).unwrap().is_empty());
+    // Calls before the window are left out.
+    assert!(store.spend(Some("t"), 86_400_000).unwrap().is_empty());
+}

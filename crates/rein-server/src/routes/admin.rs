@@ -107,6 +107,36 @@ pub(crate) async fn usage(
     )?))
 }
 
+/// `GET /v1/spend`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SpendQuery {
+    /// Days back, today included (default 14, at most 366).
+    #[serde(default)]
+    pub days: Option<u64>,
+}
+
+pub(crate) async fn spend(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Q(q): Q<SpendQuery>,
+) -> ApiResult<axum::Json<Vec<v1::SpendRow>>> {
+    let days = q.days.unwrap_or(14);
+    if !(1..=366).contains(&days) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`days` is 1 to 366",
+        ));
+    }
+    // The tenant's own spending only.
+    let rein = state.rein.clone();
+    let tenant = caller.tenant.clone();
+    let rows = tokio::task::spawn_blocking(move || rein.spend(&tenant, days, crate::now_ms()))
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(axum::Json(rows))
+}
+
 pub(crate) async fn verify(
     State(state): State<Arc<AppState>>,
     Auth(caller): Auth,

@@ -215,6 +215,46 @@ impl SqliteStore {
         }
     }
 
+    /// What model calls cost since `since_ms`, by day (UTC), model, agent and user, for one
+    /// tenant's runs (every tenant's with `None`): read from the calls' own events.
+    pub fn spend(
+        &self,
+        tenant: Option<&str>,
+        since_ms: u64,
+    ) -> Result<Vec<crate::SpendRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT date(e.at_ms / 1000, 'unixepoch'),
+                            json_extract(e.payload, '$.model'), r.agent, r.user,
+                            SUM(COALESCE(json_extract(e.payload, '$.cost_micros'), 0)),
+                            SUM(COALESCE(json_extract(e.payload, '$.usage.input_tokens'), 0)
+                              + COALESCE(json_extract(e.payload, '$.usage.output_tokens'), 0)),
+                            COUNT(*)
+                     FROM runs r JOIN events e ON e.run_id = r.id
+                     WHERE (?1 IS NULL OR r.tenant = ?1) AND e.at_ms >= ?2
+                       AND json_extract(e.payload, '$.type') = 'model_replied'
+                     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+                )
+                .map_err(|e| self.db_err(e))?;
+            let rows = stmt
+                .query_map(params![tenant, since_ms as i64], |r| {
+                    Ok(crate::SpendRow {
+                        day: r.get(0)?,
+                        model: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                        agent: r.get(2)?,
+                        user: r.get(3)?,
+                        cost_micros: r.get::<_, i64>(4)?.max(0) as u64,
+                        tokens: r.get::<_, i64>(5)?.max(0) as u64,
+                        calls: r.get::<_, i64>(6)?.max(0) as u64,
+                    })
+                })
+                .map_err(|e| self.db_err(e))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.db_err(e))
+        })
+    }
+
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,

@@ -116,6 +116,7 @@ try {
   const costs = await runs.textContent("main");
   check(costs.includes("tenant:acme"), `the costs page shows the tenant's line: ${costs}`);
   check(/\$0\.0*[1-9]/.test(costs), `the costs page shows a spend: ${costs}`);
+  check(costs.includes("By model") && costs.includes("By agent"), `the costs page charts spend by model and agent: ${costs}`);
   check(costs.includes("Runs that cost most") && (await runs.locator(`a[href="#/runs/${runId}"]`).count()) === 1,
     "the run is among the runs that cost most");
   await shoot(runs, "costs");

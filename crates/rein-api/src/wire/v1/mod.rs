@@ -288,6 +288,25 @@ pub struct ToolsList {
 }
 
 /// One budget line's spending in one period.
+/// What model calls cost on one day (UTC) for one model, agent and user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SpendRow {
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// The model.
+    pub model: String,
+    /// The agent.
+    pub agent: String,
+    /// Who the runs acted for.
+    pub user: String,
+    /// What the calls cost, in US dollars.
+    pub cost_usd: f64,
+    /// Tokens in and out.
+    pub tokens: u64,
+    /// Model calls.
+    pub calls: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UsageRow {
     /// `run:<id>`, `agent:<name>`, `user:<name>` or `tenant:<name>`.
