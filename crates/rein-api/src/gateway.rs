@@ -208,6 +208,7 @@ impl Rein {
             conversation: conversation.clone(),
             user: caller.user.clone(),
             tenant: caller.tenant.clone(),
+            token: Some(caller.token_id.clone()),
             task,
             system: request.system,
             messages: request.messages,
@@ -273,6 +274,7 @@ impl Rein {
             conversation: conversation.clone(),
             user: caller.user.clone(),
             tenant: caller.tenant.clone(),
+            token: Some(caller.token_id.clone()),
             task: format!("MCP call of {tool}"),
             proposed: Some(ToolCall {
                 id: String::new(),

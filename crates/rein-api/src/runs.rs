@@ -130,6 +130,8 @@ pub struct NewRun {
     pub grants: Option<Vec<v1::Grant>>,
     /// The run's id, when the caller chose it (32 lower-case hex digits).
     pub run_id: Option<String>,
+    /// The id of the API token that starts it, for `token` budgets.
+    pub token: Option<String>,
 }
 
 /// What a new run is asked to do.
@@ -192,6 +194,7 @@ impl Rein {
             tenant: request.tenant,
             grants: request.grants,
             run_id: None,
+            token: None,
         };
         let report = self.start_on(&loaded, run, watch).await;
         loaded.close().await;
@@ -218,6 +221,7 @@ impl Rein {
         let grants = run.grants.as_deref().map(convert::grants).transpose()?;
         let engine = self.engine()?;
         let request = RunRequest {
+            token: run.token,
             task,
             user: run.user,
             tenant: run.tenant,

@@ -314,6 +314,8 @@ pub enum BudgetScopeName {
     User,
     /// Every run for one tenant.
     Tenant,
+    /// Every run (or gateway request) made with one API token.
+    Token,
 }
 
 /// A budget period.

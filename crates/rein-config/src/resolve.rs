@@ -236,6 +236,7 @@ impl Resolver {
                     BudgetScopeName::Agent => rein_core::budget::Scope::Agent,
                     BudgetScopeName::User => rein_core::budget::Scope::User,
                     BudgetScopeName::Tenant => rein_core::budget::Scope::Tenant,
+                    BudgetScopeName::Token => rein_core::budget::Scope::Token,
                 },
                 period: match b.period {
                     BudgetPeriodName::Day => rein_core::budget::Period::Day,

@@ -18,6 +18,8 @@ pub enum Scope {
     User,
     /// Every run for a tenant.
     Tenant,
+    /// Every run started with one API token (`token:cli` for runs started without one).
+    Token,
 }
 
 /// Over what time a budget counts.
@@ -93,6 +95,8 @@ pub struct Spender<'a> {
     pub user: &'a str,
     /// The tenant.
     pub tenant: &'a str,
+    /// The API token the run was started with, if any.
+    pub token: Option<&'a str>,
 }
 
 /// The ledger line a limit applies to at `now_ms`: (`scope:who`, period key).
@@ -102,6 +106,7 @@ pub fn ledger_line(limit: &Limit, who: &Spender<'_>, now_ms: u64) -> (String, St
         Scope::Agent => format!("agent:{}", who.agent),
         Scope::User => format!("user:{}", who.user),
         Scope::Tenant => format!("tenant:{}", who.tenant),
+        Scope::Token => format!("token:{}", who.token.unwrap_or("cli")),
     };
     (key, period_key(limit.period, now_ms))
 }

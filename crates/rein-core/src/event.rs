@@ -36,6 +36,9 @@ pub struct StoredEvent {
 /// later events, so a run can be shown and resumed from its log alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunStarted {
+    /// The id of the API token the run was started with (its budgets' `token` lines), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// The agent's name.
     pub agent: String,
     /// The agent folder the run was started from, if it came from one.

@@ -27,6 +27,8 @@ pub struct GatewayTurn {
     pub user: String,
     /// Their tenant.
     pub tenant: String,
+    /// The id of the API token the request came with, for `token` budgets.
+    pub token: Option<String>,
     /// What the run is about, for people and policies (`context.task`): the client's last
     /// message from its user.
     pub task: String,
@@ -161,6 +163,7 @@ impl Engine {
             proposed: turn.proposed,
         };
         let request = RunRequest {
+            token: turn.token,
             task: turn.task,
             user: turn.user,
             tenant: turn.tenant,

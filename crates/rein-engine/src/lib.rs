@@ -157,6 +157,8 @@ pub struct RunRequest {
     pub user: String,
     /// The tenant (`context.tenant`).
     pub tenant: String,
+    /// The id of the API token that started it, for `token` budgets.
+    pub token: Option<String>,
     /// For a sub-agent's run: the run and call it was delegated from.
     pub parent: Option<ParentRef>,
     /// Grants fixed with the run (`--grant`): once untrusted data is in the run, a call none
@@ -167,6 +169,7 @@ pub struct RunRequest {
 impl From<&str> for RunRequest {
     fn from(task: &str) -> RunRequest {
         RunRequest {
+            token: None,
             task: task.to_owned(),
             user: "anonymous".into(),
             tenant: "default".into(),

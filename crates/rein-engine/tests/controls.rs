@@ -155,6 +155,7 @@ async fn fifty_concurrent_runs_of_one_user_share_a_daily_budget() {
         let (engine, agent) = (engine.clone(), agent.clone());
         runs.spawn(async move {
             let request = RunRequest {
+                token: None,
                 task: format!("job {i}"),
                 user: "ann".into(),
                 tenant: "acme".into(),
@@ -448,6 +449,7 @@ when { context.args.scope == "agent" && context.labels.contains("untrusted") };
     let engine = fx.engine();
     let agent = fx.agent();
     let run = |task: &str, user: &str| RunRequest {
+        token: None,
         task: task.into(),
         user: user.into(),
         tenant: "acme".into(),

@@ -87,6 +87,7 @@ fn transfers(folder: &AgentFolder) -> Vec<Value> {
 
 fn request(task: &str, grants: Option<&str>) -> RunRequest {
     RunRequest {
+        token: None,
         grants: grants.map(|g| rein_core::grants::parse(g).unwrap()),
         ..RunRequest::from(task)
     }

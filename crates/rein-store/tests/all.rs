@@ -10,6 +10,7 @@ use rein_store::{Lease, RunFilter, SqliteStore, Store, StoreError};
 
 fn started(agent: &str) -> Event {
     Event::RunStarted(RunStarted {
+        token: None,
         agent: agent.into(),
         agent_dir: None,
         agent_digest: "digest".into(),

@@ -96,11 +96,16 @@ async fn the_anthropic_sdk_gets_allowed_tool_uses_intact_and_never_a_forbidden_o
     assert_trail_complete(state.path());
 }
 
-/// A gateway whose every answer is the same short text, with a tenant budget of `tokens` a day.
+/// A gateway whose every answer is the same short text, with a budget of `tokens` a day for each
+/// tenant (or each API token).
 fn budget_gateway(tokens: Option<u64>) -> tempfile::TempDir {
+    budget_gateway_for("tenant", tokens)
+}
+
+fn budget_gateway_for(scope: &str, tokens: Option<u64>) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     let budget = tokens
-        .map(|t| format!("[[budgets]]\nscope = \"tenant\"\nperiod = \"day\"\ntokens = {t}\n"))
+        .map(|t| format!("[[budgets]]\nscope = \"{scope}\"\nperiod = \"day\"\ntokens = {t}\n"))
         .unwrap_or_default();
     let folder = AgentFolder::new(&format!(
         "name = \"gw\"\n[gateway]\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\nmax_tokens = 1\n{budget}"
@@ -676,4 +681,42 @@ async fn labels_stay_with_a_conversation_that_drops_its_tool_results_and_held_ca
             .ends_with(&held["id"].as_str().unwrap()["chatcmpl-".len()..]),
         "{anns}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_budget_stops_one_token_and_not_another_of_the_same_user() {
+    let body = json!({"model": "gw", "messages": [{"role": "user", "content": "hello there"}]});
+    let probe_state = tempfile::tempdir().unwrap();
+    let unlimited = budget_gateway(None);
+    let t = token(REIN, probe_state.path(), "probe", "p", "gateway");
+    let s = Served::start(REIN, probe_state.path(), unlimited.path(), &[]);
+    let (_, answer) = chat(&s.base, &t, &body).await;
+    let per_request = answer["usage"]["total_tokens"].as_u64().unwrap();
+    drop(s);
+    // Room for a few requests per token a day.
+    let state = tempfile::tempdir().unwrap();
+    let agents = budget_gateway_for("token", Some(per_request * 4));
+    let first = token(REIN, state.path(), "acme", "ann", "gateway");
+    let second = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let mut served = 0;
+    let refused = loop {
+        let (status, answer) = chat(&s.base, &first, &body).await;
+        match status {
+            200 => served += 1,
+            429 => break answer,
+            other => panic!("{other}: {answer}"),
+        }
+        assert!(served <= 4, "the first token spent past its budget");
+    };
+    assert!(served >= 1, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token:"),
+        "{refused}"
+    );
+    // The same user's other token has a budget of its own.
+    assert_eq!(chat(&s.base, &second, &body).await.0, 200);
 }

@@ -166,6 +166,7 @@ impl Rein {
             // the next one's.
             agent.breakers = Default::default();
             let request = RunRequest {
+                token: None,
                 user: "redteam".into(),
                 ..RunRequest::from(task.as_str())
             };

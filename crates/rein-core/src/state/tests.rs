@@ -8,6 +8,7 @@ use serde_json::json;
 
 fn started(max_steps: u32) -> Event {
     Event::RunStarted(RunStarted {
+        token: None,
         agent: "a".into(),
         agent_dir: None,
         agent_digest: "d".into(),

@@ -54,6 +54,7 @@ impl Driver<'_> {
         };
         let root = self.root_run();
         let who = Spender {
+            token: started.token.as_deref(),
             root_run: &root,
             agent: &started.agent,
             user: &started.user,

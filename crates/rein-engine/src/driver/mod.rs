@@ -183,6 +183,7 @@ impl<'a> Driver<'a> {
         // The run starts with the policy data as it is now; its digests are recorded.
         self.data = self.agent.policy_data.current().0;
         let started = RunStarted {
+            token: request.token.clone(),
             agent: self.agent.name.clone(),
             agent_dir: self.agent.dir.as_ref().map(|d| d.display().to_string()),
             agent_digest: self.agent.digest.clone(),

@@ -141,6 +141,8 @@ impl Driver<'_> {
     ) -> Result<Result<serde_json::Value, rein_tools::ToolError>, EngineError> {
         let started = self.state.started();
         let request = RunRequest {
+            // A sub-agent spends from its parent's token's budgets too.
+            token: started.and_then(|s| s.token.clone()),
             task: call
                 .arguments
                 .get("task")

@@ -104,6 +104,7 @@ pub(crate) async fn start(
         tenant: caller.tenant.clone(),
         grants: body.grants,
         run_id: Some(uuid::Uuid::now_v7().simple().to_string()),
+        token: Some(caller.token_id.clone()),
     };
     let run_id = events::start(&state, agent, run).await?;
     let location = format!("/v1/runs/{run_id}");
