@@ -441,7 +441,8 @@ async function auditPage() {
     }
   };
   const parts = [el("p", {}, "The audit trail is a signed Merkle log of every decision. ",
-    el("a", { href: "/v1/audit/export", download: "audit.jsonl" }, "Export this tenant's records"), " (JSON lines).")];
+    may("audit:read") ? [el("a", { href: "/v1/audit/export", download: "audit.jsonl" }, "Export this tenant's records"), " (JSON lines)."]
+      : "Reading its records takes the audit:read scope.")];
   if (may("admin")) parts.push(el("button", { onclick: verify }, "Verify now"), out);
   else parts.push(el("p", { class: "muted" }, "Verifying the whole log takes the admin scope."));
   page("Audit", ...parts);
