@@ -122,6 +122,17 @@ pub(crate) struct ConversationKey {
     conversation: String,
 }
 
+impl ConversationKey {
+    fn of(caller: &Caller, loaded: &LoadedAgent, conversation: &str) -> ConversationKey {
+        ConversationKey {
+            tenant: caller.tenant.clone(),
+            user: caller.user.clone(),
+            agent: loaded.name().to_owned(),
+            conversation: conversation.to_owned(),
+        }
+    }
+}
+
 /// The most conversations whose labels one process carries; past it, the oldest half is
 /// forgotten (their clients' resent histories still label them).
 const CARRIED_CONVERSATIONS: usize = 100_000;
@@ -168,12 +179,7 @@ impl Rein {
             }
             None => derive_conversation(caller, loaded.name(), &request),
         };
-        let key = ConversationKey {
-            tenant: caller.tenant.clone(),
-            user: caller.user.clone(),
-            agent: loaded.name().to_owned(),
-            conversation: conversation.clone(),
-        };
+        let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
             return Ok(self.answer(&key, reply));
         }
@@ -260,12 +266,7 @@ impl Rein {
                 .collect();
             format!("mcp-{hex}")
         };
-        let key = ConversationKey {
-            tenant: caller.tenant.clone(),
-            user: caller.user.clone(),
-            agent: loaded.name().to_owned(),
-            conversation: conversation.clone(),
-        };
+        let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
             return Ok(self.answer(&key, reply));
         }

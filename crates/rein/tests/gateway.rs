@@ -115,6 +115,27 @@ fn budget_gateway_for(scope: &str, tokens: Option<u64>) -> tempfile::TempDir {
     root
 }
 
+/// The approval a held answer names.
+fn approval_in(text: &str) -> String {
+    text.split("(approval ")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .unwrap_or_else(|| panic!("no approval in {text:?}"))
+        .to_owned()
+}
+
+/// Approves `approval` through the API as `token`'s user.
+async fn approve(s: &Served, token: &str, approval: &str) {
+    let r = client()
+        .post(s.url(&format!("/v1/approvals/{approval}")))
+        .bearer_auth(token)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
 /// Function tools as a Chat Completions request declares them.
 fn declared(names: &[&str]) -> Value {
     Value::Array(
@@ -405,22 +426,10 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
         held["choices"][0]["message"]["tool_calls"].is_null(),
         "{held}"
     );
-    let approval = text
-        .split("(approval ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .unwrap_or_else(|| panic!("no approval in {text:?}"))
-        .to_owned();
+    let approval = approval_in(&text);
     s.kill();
     let s = Served::start(REIN, state.path(), agents.path(), &[]);
-    let r = client()
-        .post(s.url(&format!("/v1/approvals/{approval}")))
-        .bearer_auth(&approver)
-        .json(&json!({"approved": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    approve(&s, &approver, &approval).await;
     let mut later = history.as_array().unwrap().clone();
     later.push(json!({"role": "assistant", "content": text}));
     later.push(json!({"role": "user", "content": "go on"}));
@@ -556,12 +565,7 @@ async fn an_answer_held_for_a_person_is_not_read_until_approved() {
         .to_owned();
     assert!(!text.contains("in full"), "the held answer leaked: {text}");
     assert!(text.contains("held the model's answer"), "{text}");
-    let approval = text
-        .split("(approval ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .unwrap()
-        .to_owned();
+    let approval = approval_in(&text);
     // Asked again before anyone decided: still nothing.
     let (_, again) = chat(&s.base, &gw, &body).await;
     let again_text = again["choices"][0]["message"]["content"].as_str().unwrap();
@@ -569,14 +573,7 @@ async fn an_answer_held_for_a_person_is_not_read_until_approved() {
         !again_text.contains("in full") && again_text.contains(&approval),
         "{again}"
     );
-    let r = client()
-        .post(s.url(&format!("/v1/approvals/{approval}")))
-        .bearer_auth(&approver)
-        .json(&json!({"approved": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    approve(&s, &approver, &approval).await;
     let (status, released) = chat(&s.base, &gw, &body).await;
     assert_eq!(status, 200, "{released}");
     assert_eq!(
@@ -646,20 +643,8 @@ async fn labels_stay_with_a_conversation_that_drops_its_tool_results_and_held_ca
         "{clean}"
     );
     // Another user naming Ann's conversation gets nothing of hers: not the wait, not the call.
-    let approval = text
-        .split("(approval ")
-        .nth(1)
-        .and_then(|t| t.split(')').next())
-        .unwrap()
-        .to_owned();
-    let r = client()
-        .post(s.url(&format!("/v1/approvals/{approval}")))
-        .bearer_auth(&approver)
-        .json(&json!({"approved": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let approval = approval_in(&text);
+    approve(&s, &approver, &approval).await;
     let bobs = ask_in(&s, &bob, "carry-1", trimmed.clone()).await;
     let bob_text = bobs["choices"][0]["message"].to_string();
     assert!(!bob_text.contains(&approval), "{bobs}");

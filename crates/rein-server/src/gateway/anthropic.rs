@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::text_of;
-use super::{Dialect, GwError, answer, caller, pick, rein_headers, text_with_notice};
+use super::{Dialect, GwError, answer, caller, pick, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::Anthropic;
@@ -203,24 +203,18 @@ pub(crate) async fn messages(
     body: axum::body::Bytes,
 ) -> Result<Response, GwError> {
     let caller = caller(&state, &headers, D)?;
-    let request: MessagesRequest = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the body is not a Messages request: {e}")))?;
+    let request: MessagesRequest = super::parse(&body, D, "a Messages request")?;
     let model = request.model.clone();
     let stream = request.stream;
     let agent = pick(&state, &caller, &model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
-    let mut response = if stream {
+    let response = if stream {
         streamed(&answer, &model)
     } else {
         axum::Json(message(&answer, &model)).into_response()
     };
-    for (name, value) in rein_headers(&answer) {
-        if let Ok(v) = value.parse() {
-            response.headers_mut().insert(name, v);
-        }
-    }
-    Ok(response)
+    Ok(super::with_headers(response, &answer))
 }
 
 fn blocks(answer: &GatewayAnswer) -> Vec<Value> {

@@ -203,33 +203,23 @@ pub(crate) async fn answer(
             "the server is shutting down; send the request to another one",
         ));
     }
-    let watch = RunWatch {
-        state: state.clone(),
-        agent: agent.name().to_owned(),
-        tenant: caller.tenant.clone(),
-        started: Arc::new(Mutex::new(None)),
-    };
-    // The turn goes on in the server even if the client goes away: its model call is settled on
-    // the budgets and its run ends in a named state, whoever is left to read the answer.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (task_state, task_agent, task_caller) = (state.clone(), agent.clone(), caller.clone());
-    state.spawn(async move {
-        let answer = task_state
-            .rein
-            .gateway(&task_agent, &task_caller, request, Some(&watch))
-            .await;
-        let _ = tx.send(answer);
-    });
-    let answer = rx
-        .await
-        .map_err(|_| {
-            GwError::new(
-                dialect,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server stopped before the request was answered; send it again",
-            )
-        })?
-        .map_err(|e| GwError::from_api(dialect, e))?;
+    let answer = in_server(
+        state,
+        agent,
+        caller,
+        Box::new(move |rein, agent, caller, watch| {
+            Box::pin(async move { rein.gateway(&agent, &caller, request, Some(&watch)).await })
+        }),
+    )
+    .await
+    .map_err(|e| match e {
+        Stopped => GwError::new(
+            dialect,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server stopped before the request was answered; send it again",
+        ),
+        Failed(e) => GwError::from_api(dialect, e),
+    })?;
     check(agent, &answer, dialect)?;
     Ok(answer)
 }
@@ -242,6 +232,57 @@ pub(crate) async fn tool_call(
     tool: String,
     arguments: serde_json::Value,
 ) -> Result<GatewayAnswer, rein_api::Error> {
+    in_server(
+        state,
+        agent,
+        caller,
+        Box::new(move |rein, agent, caller, watch| {
+            Box::pin(async move {
+                rein.gateway_tool_call(&agent, &caller, &tool, arguments, Some(&watch))
+                    .await
+            })
+        }),
+    )
+    .await
+    .map_err(|e| match e {
+        Stopped => {
+            rein_api::Error::Conflict("the server stopped before the call was answered".into())
+        }
+        Failed(e) => e,
+    })
+}
+
+/// Why a turn driven in the server gave no answer.
+enum InServer {
+    /// The server stopped first.
+    Stopped,
+    /// The engine API refused or failed.
+    Failed(rein_api::Error),
+}
+use InServer::{Failed, Stopped};
+
+/// What a turn run in the server is handed: the API, the agent, the caller, and the watch that
+/// feeds the metrics and live streams.
+type Turn = Box<
+    dyn FnOnce(
+            Arc<rein_api::Rein>,
+            Arc<LoadedAgent>,
+            Caller,
+            RunWatch,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<GatewayAnswer, rein_api::Error>> + Send>,
+        > + Send,
+>;
+
+/// Runs a turn as a task of the server, not of the request: it goes on even if the client goes
+/// away, so its model call is settled on the budgets and its run ends in a named state, whoever
+/// is left to read the answer.
+async fn in_server(
+    state: &Arc<AppState>,
+    agent: &Arc<LoadedAgent>,
+    caller: &Caller,
+    turn: Turn,
+) -> Result<GatewayAnswer, InServer> {
     let watch = RunWatch {
         state: state.clone(),
         agent: agent.name().to_owned(),
@@ -249,17 +290,36 @@ pub(crate) async fn tool_call(
         started: Arc::new(Mutex::new(None)),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (task_state, task_agent, task_caller) = (state.clone(), agent.clone(), caller.clone());
+    let future = turn(state.rein.clone(), agent.clone(), caller.clone(), watch);
     state.spawn(async move {
-        let answer = task_state
-            .rein
-            .gateway_tool_call(&task_agent, &task_caller, &tool, arguments, Some(&watch))
-            .await;
-        let _ = tx.send(answer);
+        let _ = tx.send(future.await);
     });
-    rx.await.map_err(|_| {
-        rein_api::Error::Conflict("the server stopped before the call was answered".into())
-    })?
+    rx.await.map_err(|_| Stopped)?.map_err(Failed)
+}
+
+/// A request body of one of the faces, or a 400 naming what is wrong with it.
+pub(crate) fn parse<R: serde::de::DeserializeOwned>(
+    body: &[u8],
+    dialect: Dialect,
+    what: &str,
+) -> Result<R, GwError> {
+    serde_json::from_slice(body).map_err(|e| {
+        GwError::new(
+            dialect,
+            StatusCode::BAD_REQUEST,
+            format!("the body is not {what}: {e}"),
+        )
+    })
+}
+
+/// An answer with rein's headers: the run that recorded it and its conversation.
+pub(crate) fn with_headers(mut response: Response, answer: &GatewayAnswer) -> Response {
+    for (name, value) in rein_headers(answer) {
+        if let Ok(v) = value.parse() {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    response
 }
 
 /// A request that did not end with an answer for the client becomes an error: the budget

@@ -14,7 +14,7 @@ use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, To
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Dialect, GwError, answer, caller, created, pick, rein_headers, text_with_notice};
+use super::{Dialect, GwError, answer, caller, created, pick, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::OpenAi;
@@ -215,13 +215,7 @@ pub(crate) async fn chat_completions(
     body: axum::body::Bytes,
 ) -> Result<Response, GwError> {
     let caller = caller(&state, &headers, D)?;
-    let request: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
-        GwError::new(
-            D,
-            StatusCode::BAD_REQUEST,
-            format!("the body is not a Chat Completions request: {e}"),
-        )
-    })?;
+    let request: ChatRequest = super::parse(&body, D, "a Chat Completions request")?;
     let model = request.model.clone();
     let stream = request.stream;
     let usage_chunk = request
@@ -231,17 +225,12 @@ pub(crate) async fn chat_completions(
     let agent = pick(&state, &caller, &model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
-    let mut response = if stream {
+    let response = if stream {
         streamed(&answer, &model, usage_chunk)
     } else {
         axum::Json(completion(&answer, &model)).into_response()
     };
-    for (name, value) in rein_headers(&answer) {
-        if let Ok(v) = value.parse() {
-            response.headers_mut().insert(name, v);
-        }
-    }
-    Ok(response)
+    Ok(super::with_headers(response, &answer))
 }
 
 fn wire_calls(calls: &[ToolCall]) -> Vec<Value> {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::{arguments_text, parse_arguments, text_of};
-use super::{Dialect, GwError, answer, caller, created, pick, rein_headers, text_with_notice};
+use super::{Dialect, GwError, answer, caller, created, pick, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::OpenAi;
@@ -162,24 +162,18 @@ pub(crate) async fn responses(
     body: axum::body::Bytes,
 ) -> Result<Response, GwError> {
     let caller = caller(&state, &headers, D)?;
-    let request: ResponsesRequest = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the body is not a Responses request: {e}")))?;
+    let request: ResponsesRequest = super::parse(&body, D, "a Responses request")?;
     let model = request.model.clone();
     let stream = request.stream;
     let agent = pick(&state, &caller, &model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
-    let mut response = if stream {
+    let response = if stream {
         streamed(&answer, &model)
     } else {
         axum::Json(response_object(&answer, &model, "completed")).into_response()
     };
-    for (name, value) in rein_headers(&answer) {
-        if let Ok(v) = value.parse() {
-            response.headers_mut().insert(name, v);
-        }
-    }
-    Ok(response)
+    Ok(super::with_headers(response, &answer))
 }
 
 fn output_items(answer: &GatewayAnswer) -> Vec<Value> {
