@@ -249,17 +249,41 @@ async function runPage(id) {
   const list = el("ol", { class: "timeline", "aria-live": "polite" });
   const state = el("span");
   let last = 0;
+  const actions = el("div", { class: "row" });
+  // What each tool call came to, as `rein runs show` sums it up: done, failed, refused.
+  const calls = el("ul", { id: "calls" });
+  const outcome = new Map();
+  const note = (e) => {
+    switch (e.type) {
+      case "model_replied": for (const c of e.tool_calls || []) outcome.set(c.id, [c.name, "proposed"]); break;
+      case "tool_outcome": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = e.ok ? "completed" : "failed"; break;
+      case "tool_handed_off": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "handed to the client"; break;
+      case "tool_rejected": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "rejected"; break;
+      case "tool_judged": if (e.verdict === "deny" && outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "denied"; break;
+      case "approval_requested": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "awaiting approval"; break;
+      case "approval_decided": if (!e.approved) for (const v of outcome.values()) if (v[1] === "awaiting approval") v[1] = "not approved"; break;
+      default: return;
+    }
+    calls.replaceChildren(...[...outcome.entries()].map(([callId, [tool, how]]) => el("li", {},
+      el("code", {}, tool), " ", badge(how.replaceAll(" ", "_")), " ", el("span", { class: "muted mono" }, callId))));
+    if (!outcome.size) calls.replaceChildren(el("li", { class: "muted" }, "none"));
+  };
   const add = (record) => {
     if (record.seq <= last) return;
     last = record.seq;
+    note(record.event);
     list.append(el("li", { "data-kind": record.event.type },
       el("span", { class: "at" }, `+${Math.round((record.at_ms - started) / 10) / 100} s`),
       el("div", { class: "what" }, describe(record.event))));
-    if (record.event.type === "run_ended") state.replaceChildren(badge(record.event.status));
+    // The buttons follow the run: none once it has ended, no resume while it is driven.
+    if (record.event.type === "run_ended") {
+      state.replaceChildren(badge(record.event.status));
+      actions.replaceChildren();
+    }
     if (record.event.type === "run_suspended") state.replaceChildren(badge("awaiting_approval"));
+    if (record.event.type === "run_resumed" || record.event.type === "run_suspended") actions.querySelector(".resume")?.remove();
   };
   state.replaceChildren(badge(status(detail.run)));
-  const actions = el("div", { class: "row" });
   const now = status(detail.run);
   const ended = !["running", "interrupted", "awaiting_approval"].includes(now);
   if (may("runs:write") && !ended) {
@@ -267,7 +291,7 @@ async function runPage(id) {
       try { await api(`/v1/runs/${id}/cancel`, { method: "POST" }); } catch (err) { actions.append(problem(err)); }
     } }, "Cancel"));
     if (now === "interrupted") {
-      actions.append(el("button", { class: "secondary", onclick: async () => {
+      actions.append(el("button", { class: "secondary resume", onclick: async () => {
         try { await api(`/v1/runs/${id}/resume`, { method: "POST" }); } catch (err) { actions.append(problem(err)); }
       } }, "Resume"));
     }
@@ -278,7 +302,8 @@ async function runPage(id) {
       el("dt", {}, "Agent"), el("dd", {}, detail.run.agent), el("dt", {}, "User"), el("dd", {}, `${detail.run.user} (${detail.run.tenant})`),
       el("dt", {}, "Task"), el("dd", {}, detail.run.task),
       totals ? [el("dt", {}, "Used"), el("dd", {}, `${totals.steps} steps, ${totals.tool_calls} tool calls, ${totals.usage.input_tokens + totals.usage.output_tokens} tokens`)] : null),
-    actions, el("h2", {}, "Timeline"), list, may("audit:read") ? auditRecords(id) : null);
+    actions, el("h2", {}, "Timeline"), list, el("h2", {}, "Tool calls"), calls,
+    may("audit:read") ? auditRecords(id) : null);
   detail.events.forEach(add);
   // Live: the run's events as they become durable, from where the page left off.
   const source = new EventSource(`/v1/runs/${encodeURIComponent(id)}/events?from=${last}`);

@@ -101,6 +101,8 @@ try {
   await runs.waitForSelector('li[data-kind="run_ended"]');
   await runs.waitForSelector("#run-status .badge.completed");
   check((await runs.textContent("ol.timeline")).includes("customer verified by phone"), "the note is on the timeline");
+  check((await runs.textContent("#calls")).includes("completed"), "the run's page sums up its tool calls");
+  check((await runs.locator("text=Cancel").count()) === 0, "an ended run offers no cancel");
   await runs.click("#show-audit");
   await runs.waitForSelector("#audit-records table");
   check((await runs.textContent("#audit-records")).includes("approval_decided"), "the run's audit records include the decision");
