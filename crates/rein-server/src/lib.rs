@@ -340,7 +340,10 @@ fn router(state: Arc<AppState>) -> Router {
                     state.clone(),
                     gateway::mcp::authenticate,
                 )),
-        );
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.limits.max_gateway_body_bytes,
+        ));
     let open = Router::new()
         .merge(gateway)
         .route("/v1/runs/{id}/events", get(runs::follow))

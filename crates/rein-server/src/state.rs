@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 pub struct Limits {
     /// The largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// The largest request body of the gateway's endpoints, whose clients send whole
+    /// conversations.
+    pub max_gateway_body_bytes: usize,
     /// The longest a request may take, streams aside (408 beyond).
     pub request_timeout: Duration,
     /// Requests a second per token (429 beyond), and how many at once.
@@ -34,6 +37,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1 << 20,
+            max_gateway_body_bytes: 32 << 20,
             request_timeout: Duration::from_secs(30),
             rate_per_second: 50.0,
             rate_burst: 100.0,

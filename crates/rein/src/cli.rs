@@ -153,6 +153,10 @@ pub(crate) enum Command {
         /// The largest request body, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_body_bytes: usize,
+        /// The largest request body of the gateway's model endpoints and /mcp, in bytes (a
+        /// long conversation is sent whole with every request).
+        #[arg(long, default_value_t = 32 << 20)]
+        max_gateway_body_bytes: usize,
         /// The longest a request may take, in seconds (streams aside).
         #[arg(long, default_value_t = 30)]
         request_timeout_secs: u64,

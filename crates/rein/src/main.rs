@@ -146,6 +146,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             listen,
             agents,
             max_body_bytes,
+            max_gateway_body_bytes,
             request_timeout_secs,
             rate,
             burst,
@@ -157,6 +158,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 agents,
                 limits: rein_server::Limits {
                     max_body_bytes,
+                    max_gateway_body_bytes,
                     request_timeout: std::time::Duration::from_secs(request_timeout_secs.max(1)),
                     rate_per_second: rate,
                     rate_burst: burst,

@@ -364,6 +364,31 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     assert_eq!(r.status().as_u16(), 400);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    // A long conversation is read (2 MiB: twice the rest of the API's body limit) and judged as
+    // usual: here the example's per-request budget refuses it.
+    let long = "x".repeat(2 << 20);
+    let (status, e) = post(
+        "/v1/chat/completions",
+        Some(&gw),
+        json!({"model": "gateway", "messages": [{"role": "user", "content": long}]}),
+    )
+    .await;
+    assert_eq!(status, 429, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget run:"),
+        "{e}"
+    );
+    let r = http
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&runs_only)
+        .json(&json!({"agent": "gateway", "task": "x".repeat(2 << 20)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
     // Responses is stateless: a stored response cannot be continued.
     let (status, e) = post(
         "/v1/responses",

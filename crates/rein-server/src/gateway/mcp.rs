@@ -34,6 +34,7 @@ pub(crate) fn service(state: Arc<AppState>) -> StreamableHttpService<Gateway, Ne
         .with_legacy_session_mode(false)
         .with_json_response(true)
         .with_sse_keep_alive(None)
+        .with_max_request_body_bytes(state.limits.max_gateway_body_bytes)
         .disable_allowed_hosts();
     let handler = Gateway { state };
     StreamableHttpService::new(
