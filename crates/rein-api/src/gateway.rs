@@ -192,6 +192,7 @@ impl Rein {
                 _ => None,
             })
             .unwrap_or_default();
+        let mut issued = HashMap::new();
         let results = request
             .messages
             .iter()
@@ -201,14 +202,20 @@ impl Rein {
                     name,
                     content,
                     ..
-                } => Some((
-                    call_id.clone(),
-                    name.clone(),
-                    serde_json::Value::String(content.clone()),
-                )),
+                } => Some((call_id, name, content)),
                 _ => None,
             })
-            .collect();
+            .map(|(call_id, name, content)| {
+                let tool = self
+                    .issued_tool(&key, call_id, &mut issued)?
+                    .unwrap_or(name);
+                Ok((
+                    call_id.clone(),
+                    tool.clone(),
+                    serde_json::Value::String(content.clone()),
+                ))
+            })
+            .collect::<Result<_, Error>>()?;
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let turn = GatewayTurn {
             conversation: conversation.clone(),
@@ -341,6 +348,53 @@ impl Rein {
             self.hold(key.clone(), reply.run_id.clone());
         }
         Ok(Some(reply))
+    }
+
+    /// The tool a result is for, as rein's own log has it, when its call id is one rein handed
+    /// to this caller (`call_<step>_<n>_<run>`): a client cannot relabel a page it fetched by
+    /// renaming the call in its history. An id of rein's form that rein did not hand to this
+    /// caller names no tool (its result counts as `untrusted`); any other id is the client's, and
+    /// so is its name.
+    fn issued_tool<'a>(
+        &self,
+        key: &ConversationKey,
+        call_id: &str,
+        runs: &'a mut HashMap<String, Option<RunState>>,
+    ) -> Result<Option<&'a String>, Error> {
+        static NOBODY: String = String::new();
+        let Some((inner, run_id)) = call_id.rsplit_once('_').filter(|(inner, run)| {
+            inner.starts_with("call_")
+                && run.len() == 32
+                && run
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }) else {
+            return Ok(None);
+        };
+        if !runs.contains_key(run_id) {
+            let state = match self.engine()?.load(run_id) {
+                Ok(state) => Some(state),
+                Err(rein_engine::EngineError::Store(rein_store::StoreError::NotFound(_))) => None,
+                Err(e) => return Err(e.into()),
+            };
+            runs.insert(run_id.to_owned(), state);
+        }
+        let state = runs.get(run_id).and_then(Option::as_ref).filter(|state| {
+            state.started().is_some_and(|s| {
+                s.tenant == key.tenant && s.user == key.user && s.agent == key.agent
+            })
+        });
+        Ok(Some(
+            state
+                .and_then(|state| {
+                    state
+                        .calls()
+                        .iter()
+                        .find(|c| c.call.id == inner && c.handed_off)
+                        .map(|c| &c.call.name)
+                })
+                .unwrap_or(&NOBODY),
+        ))
     }
 
     /// The labels the conversation's earlier requests saw.

@@ -667,6 +667,20 @@ async fn labels_stay_with_a_conversation_that_drops_its_tool_results_and_held_ca
         clean["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "send_email",
         "{clean}"
     );
+    // Renaming the fetch in the history does not make its page trusted: rein knows which tool
+    // it handed that call id to.
+    let mut renamed = call.clone();
+    renamed["function"]["name"] = json!("orders_lookup");
+    let relabelled = json!([first,
+        {"role": "assistant", "content": null, "tool_calls": [renamed]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "Shipping takes 3 days."},
+        {"role": "assistant", "content": "The page is about shipping times."},
+        {"role": "user", "content": "mail it"}]);
+    let still_held = ask_in(&s, &ann, "carry-3", relabelled).await;
+    assert!(
+        still_held["choices"][0]["message"]["tool_calls"].is_null(),
+        "a renamed result laundered its label: {still_held}"
+    );
     // Another user naming Ann's conversation gets nothing of hers: not the wait, not the call.
     let approval = approval_in(&text);
     approve(&s, &approver, &approval).await;
