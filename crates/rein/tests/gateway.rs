@@ -411,7 +411,6 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
     let gw = token(REIN, state.path(), "acme", "ann", "gateway");
-    let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
     let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
     let conversation = "support-ticket-77";
     let ask = |base: String, messages: Value| {
@@ -454,7 +453,16 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
     let approval = approval_in(&text);
     s.kill();
     let s = Served::start(REIN, state.path(), agents.path(), &[]);
-    approve(&s, &approver, &approval).await;
+    // Decided from the command line, while the new server runs: it says where the call goes.
+    let decided = common::rein(
+        state.path(),
+        &["approvals", "approve", &approval, "--as", "omar"],
+    );
+    assert!(
+        common::stdout(&decided).contains("the conversation's next request"),
+        "{}",
+        common::stdout(&decided)
+    );
     let mut later = history.as_array().unwrap().clone();
     later.push(json!({"role": "assistant", "content": text}));
     later.push(json!({"role": "user", "content": "go on"}));

@@ -163,13 +163,16 @@ pub(crate) async fn decide(
     if json {
         out::json(&decided)?;
     } else {
-        outln!(
-            "{} {} by {}; continue the run with: rein runs resume {}",
-            decided.id,
-            decided.status,
-            by,
-            decided.run_id
-        );
+        // A gateway's held request goes on when its conversation sends its next request.
+        let gateway = rein.run_events(&decided.run_id, 0)?.iter().any(|e| {
+            matches!(&e.event, rein_api::v1::Event::Notice { kind, .. } if kind == "gateway_request")
+        });
+        let next = if gateway {
+            "the conversation's next request to the gateway receives what was decided".to_owned()
+        } else {
+            format!("continue the run with: rein runs resume {}", decided.run_id)
+        };
+        outln!("{} {} by {}; {next}", decided.id, decided.status, by);
     }
     Ok(0)
 }
