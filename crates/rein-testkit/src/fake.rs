@@ -112,13 +112,20 @@ pub fn anthropic_text(text: &str) -> Value {
 /// A server that accepts connections and never answers: a model call to it hangs until its
 /// timeout. Its address is `http://127.0.0.1:<port>`; it lives as long as the process.
 pub fn hanging_server() -> String {
+    hanging_server_told().0
+}
+
+/// The same, telling the receiver of each connection it accepts (a model call in flight).
+pub fn hanging_server_told() -> (String, std::sync::mpsc::Receiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for stream in listener.incoming().flatten() {
             held.push(stream);
+            let _ = tx.send(());
         }
     });
-    format!("http://127.0.0.1:{port}")
+    (format!("http://127.0.0.1:{port}"), rx)
 }

@@ -752,3 +752,72 @@ async fn a_token_budget_stops_one_token_and_not_another_of_the_same_user() {
     // The same user's other token has a budget of its own.
     assert_eq!(chat(&s.base, &second, &body).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_server_is_killed_mid_model_call_ends_failed_and_hands_nothing_over() {
+    let (upstream, called) = rein_testkit::fake::hanging_server_told();
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{upstream}/v1\"\napi_key = \"secret:UPSTREAM\"\ntimeout_ms = 600000\nmax_attempts = 1\n[[tools]]\nclient = true\nname = \"send_email\"\n"
+    ))
+    .policy("permit(principal, action, resource);\n");
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = tempfile::tempdir().unwrap();
+    // The upstream's key, as an operator keeps it: in the state directory's secrets file.
+    let secrets = state.path().join("secrets.toml");
+    std::fs::write(&secrets, "UPSTREAM = \"sk-test\"\n").unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let t = token(REIN, state.path(), "acme", "ann", "gateway");
+    let mut s = Served::start(REIN, state.path(), root.path(), &[]);
+    let base = s.base.clone();
+    let body = json!({"model": "gw", "messages": [{"role": "user", "content": "mail it"}],
+                      "tools": declared(&["send_email"])});
+    let pending = tokio::spawn({
+        let t = t.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&t)
+                .json(&body)
+                .send()
+                .await
+        }
+    });
+    // The model call is in flight (its start durable before it was made): kill the server.
+    tokio::task::spawn_blocking(move || called.recv().unwrap())
+        .await
+        .unwrap();
+    s.kill();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the client saw its connection drop"
+    );
+    let rein = rein_api::Rein::new(rein_api::Options::new(state.path())).unwrap();
+    let runs = rein.list_runs(&rein_api::RunQuery::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0].id.clone();
+    drop(rein);
+    // The next server takes the interrupted run up: nobody is there to answer, so it ends.
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let events = rein_testkit::serve::Events::open(&s.base, &t, &run, None)
+        .await
+        .until("run_ended")
+        .await;
+    let ended = events.last().unwrap();
+    assert_eq!(ended.data["event"]["status"], "failed", "{:?}", ended.data);
+    assert!(
+        ended.data["event"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{:?}",
+        ended.data
+    );
+    assert!(events.iter().all(|e| e.kind != "tool_handed_off"));
+    drop(s);
+    assert_trail_complete(state.path());
+}
