@@ -93,8 +93,12 @@ try {
   await card.waitFor();
   check((await card.textContent()).includes('"amount": 5'), "the card shows the recorded arguments");
   await shoot(inbox, "approvals");
-  await inbox.fill("textarea", "customer verified by phone");
-  await inbox.click("text=Approve");
+  // With the keyboard: the note, then Tab to Approve and Enter.
+  await inbox.focus("textarea");
+  await inbox.keyboard.type("customer verified by phone");
+  await inbox.keyboard.press("Tab");
+  check(await inbox.evaluate(() => document.activeElement.textContent === "Approve"), "Tab from the note reaches Approve");
+  await inbox.keyboard.press("Enter");
   await inbox.waitForSelector("text=Approved.");
 
   // The run's page, open all along, shows it completing, live.
