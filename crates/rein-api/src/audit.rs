@@ -135,7 +135,7 @@ impl Rein {
         let since = (now_ms / day_ms).saturating_sub(days.saturating_sub(1)) * day_ms;
         Ok(self
             .store()?
-            .spend(Some(tenant), since)?
+            .spend(tenant, since)?
             .into_iter()
             .map(|r| v1::SpendRow {
                 day: r.day,

@@ -5,6 +5,9 @@
 const main = document.getElementById("main");
 let session = null;
 let stops = [];
+// Each render has a number; a view that finishes after the next render began draws nothing.
+let generation = 0;
+let drawing = 0;
 
 // ---- helpers ----------------------------------------------------------------------------
 
@@ -78,6 +81,7 @@ function money(micros) {
 }
 
 function every(ms, fn) {
+  if (drawing !== generation) return;
   const id = setInterval(fn, ms);
   stops.push(() => clearInterval(id));
 }
@@ -87,8 +91,10 @@ function problem(error) {
 }
 
 function page(title, ...content) {
+  if (drawing !== generation) return false;
   main.replaceChildren(el("h1", {}, title), ...content);
   document.title = `${title} · rein`;
+  return true;
 }
 
 // ---- sign in ----------------------------------------------------------------------------
@@ -250,9 +256,12 @@ async function runPage(id) {
   const state = el("span");
   let last = 0;
   const actions = el("div", { class: "row" });
+  const now = status(detail.run);
+  const ended = !["running", "interrupted", "awaiting_approval"].includes(now);
   // What each tool call came to, as `rein runs show` sums it up: done, failed, refused.
   const calls = el("ul", { id: "calls" });
   const outcome = new Map();
+  const approvalCall = new Map();
   const note = (e) => {
     switch (e.type) {
       case "model_replied": for (const c of e.tool_calls || []) outcome.set(c.id, [c.name, "proposed"]); break;
@@ -260,8 +269,8 @@ async function runPage(id) {
       case "tool_handed_off": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "handed to the client"; break;
       case "tool_rejected": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "rejected"; break;
       case "tool_judged": if (e.verdict === "deny" && outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "denied"; break;
-      case "approval_requested": if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "awaiting approval"; break;
-      case "approval_decided": if (!e.approved) for (const v of outcome.values()) if (v[1] === "awaiting approval") v[1] = "not approved"; break;
+      case "approval_requested": approvalCall.set(e.approval_id, e.call_id); if (outcome.has(e.call_id)) outcome.get(e.call_id)[1] = "awaiting approval"; break;
+      case "approval_decided": { const c = outcome.get(approvalCall.get(e.approval_id)); if (c && !e.approved) c[1] = "not approved"; break; }
       default: return;
     }
     calls.replaceChildren(...[...outcome.entries()].map(([callId, [tool, how]]) => el("li", {},
@@ -284,8 +293,6 @@ async function runPage(id) {
     if (record.event.type === "run_resumed" || record.event.type === "run_suspended") actions.querySelector(".resume")?.remove();
   };
   state.replaceChildren(badge(status(detail.run)));
-  const now = status(detail.run);
-  const ended = !["running", "interrupted", "awaiting_approval"].includes(now);
   if (may("runs:write") && !ended) {
     actions.append(el("button", { class: "danger", onclick: async () => {
       try { await api(`/v1/runs/${id}/cancel`, { method: "POST" }); } catch (err) { actions.append(problem(err)); }
@@ -305,10 +312,16 @@ async function runPage(id) {
     actions, el("h2", {}, "Timeline"), list, el("h2", {}, "Tool calls"), calls,
     may("audit:read") ? auditRecords(id) : null);
   detail.events.forEach(add);
-  // Live: the run's events as they become durable, from where the page left off.
+  if (ended || drawing !== generation) return;
+  // Live: the run's events as they become durable, from where the page left off, until it
+  // ends (a stream of an ended run closes, and a browser would otherwise reconnect to it).
   const source = new EventSource(`/v1/runs/${encodeURIComponent(id)}/events?from=${last}`);
-  for (const kind of KINDS) source.addEventListener(kind, (m) => add(JSON.parse(m.data)));
-  source.onerror = () => { if (source.readyState === EventSource.CLOSED) source.close(); };
+  for (const kind of KINDS) {
+    source.addEventListener(kind, (m) => {
+      add(JSON.parse(m.data));
+      if (kind === "run_ended") source.close();
+    });
+  }
   stops.push(() => source.close());
 }
 
@@ -318,7 +331,13 @@ async function approvalsPage() {
   const cards = el("div", { class: "cards", "aria-live": "polite" });
   const note = el("p", { class: "muted" });
   const open = new Map();
+  let loading = false;
   const load = async () => {
+    if (loading) return;
+    loading = true;
+    try { await loadOnce(); } finally { loading = false; }
+  };
+  const loadOnce = async () => {
     let pending;
     try {
       pending = await api("/v1/approvals");
@@ -335,14 +354,18 @@ async function approvalsPage() {
         open.get(a.id).querySelector(".age").textContent = `waiting ${age(a.created_ms)}`;
         continue;
       }
-      const card = await approvalCard(a.id);
-      open.set(a.id, card);
-      cards.prepend(card);
+      try {
+        const card = await approvalCard(a.id);
+        open.set(a.id, card);
+        cards.prepend(card);
+      } catch (err) {
+        note.textContent = err.message;
+      }
     }
   };
-  page("Approvals", note, cards);
-  await load();
+  if (!page("Approvals", note, cards)) return;
   every(2000, load);
+  await load();
 }
 
 async function approvalCard(id) {
@@ -471,7 +494,6 @@ async function auditPage() {
   if (may("admin")) parts.push(el("button", { onclick: verify }, "Verify now"), out);
   else parts.push(el("p", { class: "muted" }, "Verifying the whole log takes the admin scope."));
   page("Audit", ...parts);
-  if (may("admin")) await verify();
 }
 
 // ---- policies and tools -----------------------------------------------------------------
@@ -523,6 +545,8 @@ async function agentsPage() {
 async function render() {
   for (const stop of stops) stop();
   stops = [];
+  const mine = ++generation;
+  drawing = mine;
   if (!session) {
     try {
       session = await api("/v1/session");
@@ -540,6 +564,7 @@ async function render() {
     else a.removeAttribute("aria-current");
   }
   const [, section, id] = hash.split("/");
+  if (mine !== generation) return;
   try {
     if (section === "runs" && id) await runPage(id);
     else if (section === "approvals") await approvalsPage();

@@ -69,16 +69,19 @@ pub(crate) fn token<'a>(
 }
 
 /// The dashboard's session cookie, if the request has one.
+/// Two of them (one planted by a sibling domain, say) count as none.
 pub(crate) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
+    let mut found = headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
             (name == SESSION_COOKIE && !value.is_empty()).then_some(value)
-        })
+        });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// The bearer token a request carries.

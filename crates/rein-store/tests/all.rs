@@ -649,7 +649,7 @@ async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_te
     let [a, b] = step(2, 1);
     let [c, d] = step(4, 2);
     put(&store, &l, &[a, b, c, d]).await.unwrap();
-    let rows = store.spend(Some("t"), 0).unwrap();
+    let rows = store.spend("t", 0).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
     assert_eq!(
@@ -663,7 +663,7 @@ async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_te
     );
     // Two calls of 100 and 200 micro-dollars, 4 tokens each.
     assert_eq!((row.cost_micros, row.tokens, row.calls), (300, 8, 2));
-    assert!(store.spend(Some("another"), 0).unwrap().is_empty());
+    assert!(store.spend("another", 0).unwrap().is_empty());
     // Calls before the window are left out.
-    assert!(store.spend(Some("t"), 86_400_000).unwrap().is_empty());
+    assert!(store.spend("t", 86_400_000).unwrap().is_empty());
 }

@@ -215,25 +215,23 @@ impl SqliteStore {
         }
     }
 
-    /// What model calls cost since `since_ms`, by day (UTC), model, agent and user, for one
-    /// tenant's runs (every tenant's with `None`): read from the calls' own events.
-    pub fn spend(
-        &self,
-        tenant: Option<&str>,
-        since_ms: u64,
-    ) -> Result<Vec<crate::SpendRow>, StoreError> {
+    /// What model calls (and grant planning) cost since `since_ms`, by day (UTC), model, agent
+    /// and user, for one tenant's runs: read from the calls' own events, through the runs of
+    /// that tenant only (its index), so one tenant's dashboard never scans another's log.
+    pub fn spend(&self, tenant: &str, since_ms: u64) -> Result<Vec<crate::SpendRow>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT date(e.at_ms / 1000, 'unixepoch'),
-                            json_extract(e.payload, '$.model'), r.agent, r.user,
+                            COALESCE(json_extract(e.payload, '$.model'), 'planner'),
+                            r.agent, r.user,
                             SUM(COALESCE(json_extract(e.payload, '$.cost_micros'), 0)),
                             SUM(COALESCE(json_extract(e.payload, '$.usage.input_tokens'), 0)
                               + COALESCE(json_extract(e.payload, '$.usage.output_tokens'), 0)),
                             COUNT(*)
                      FROM runs r JOIN events e ON e.run_id = r.id
-                     WHERE (?1 IS NULL OR r.tenant = ?1) AND e.at_ms >= ?2
-                       AND json_extract(e.payload, '$.type') = 'model_replied'
+                     WHERE r.tenant = ?1 AND e.at_ms >= ?2
+                       AND json_extract(e.payload, '$.type') IN ('model_replied', 'grants_fixed')
                      GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
                 )
                 .map_err(|e| self.db_err(e))?;

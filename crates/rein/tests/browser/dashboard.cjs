@@ -128,6 +128,7 @@ try {
   await shoot(runs, "costs");
 
   await runs.goto(base + "/#/audit");
+  await runs.click("text=Verify now");
   await runs.waitForSelector("dl.facts dt", { timeout: 60000 }).catch(async (e) => {
     throw new Error(`${e.message}\nthe audit page showed: ${await runs.textContent("main")}`);
   });
@@ -146,6 +147,14 @@ try {
   // A change without the dashboard's header is refused, even with the cookie.
   const forged = await runs.evaluate(async (id) => (await fetch(`/v1/runs/${id}/cancel`, { method: "POST" })).status, runId);
   check(forged === 403, `a cookie-signed change without the header is refused: ${forged}`);
+
+  // Signing out revokes the session: its cookie, replayed, is refused.
+  const sessionCookie = (await a.cookies()).find((c) => c.name === "rein_session").value;
+  await runs.click("text=Sign out");
+  await runs.waitForSelector("#token");
+  const replay = await fetch(base + "/v1/session", { headers: { cookie: `rein_session=${sessionCookie}` } });
+  check(replay.status === 401, `a signed-out session is refused: ${replay.status}`);
+  check(!sessionCookie.includes(tokenA.split("_")[2]), "the cookie holds a session of its own, not the token typed in");
 
   // Another tenant sees none of it.
   const b = await browser.newContext({ viewport: SIZES.wide });
