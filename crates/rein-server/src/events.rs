@@ -253,6 +253,8 @@ struct Follow {
     bearer: String,
     /// Its id: the stream holds one of the token's slots until it ends.
     token_id: String,
+    /// When the token was last checked: at least every second, however busy the run.
+    checked: tokio::time::Instant,
 }
 
 impl Drop for Follow {
@@ -268,6 +270,17 @@ impl Follow {
     /// The next event after `last`, waiting for it; `None` once the run has ended.
     async fn next(&mut self) -> Option<v1::EventRecord> {
         loop {
+            if self.checked.elapsed() >= Duration::from_secs(1) {
+                if self
+                    .state
+                    .rein
+                    .authenticate(&self.bearer, crate::now_ms())
+                    .is_err()
+                {
+                    return None;
+                }
+                self.checked = tokio::time::Instant::now();
+            }
             if let Some(r) = self.backlog.pop_front() {
                 if r.seq <= self.last {
                     continue;
@@ -293,12 +306,7 @@ impl Follow {
                 },
                 // A run driven by another process publishes nothing here: read the log. And the
                 // token may have been revoked since the stream opened.
-                () = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if state.rein.authenticate(&self.bearer, crate::now_ms()).is_err() {
-                        return None;
-                    }
-                    self.reload();
-                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => self.reload(),
                 // The server is shutting down: the client reconnects to the next one.
                 () = state.stopped() => return None,
             }
@@ -332,6 +340,7 @@ pub(crate) fn follow(
         done: false,
         bearer,
         token_id,
+        checked: tokio::time::Instant::now(),
     };
     follow.reload();
     // Nothing after `from` and the run is over (a client reconnecting after the end): the
