@@ -129,3 +129,50 @@ pub fn hanging_server_told() -> (String, std::sync::mpsc::Receiver<()>) {
     });
     (format!("http://127.0.0.1:{port}"), rx)
 }
+
+/// A server that answers each request with `answer` (JSON) only when told to: the receiver hears
+/// of each request as it arrives; each send on the sender lets one answer go. For a model call
+/// still in flight when something else happens (its client going away).
+pub fn held_server(
+    answer: Value,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (arrived, heard) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let body = answer.to_string();
+        for stream in listener.incoming().flatten() {
+            // The whole request is read (its headers, then as many bytes as it says it has).
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut request = vec![0; length];
+            let _ = reader.read_exact(&mut request);
+            let _ = arrived.send(());
+            if released.recv().is_err() {
+                return;
+            }
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), heard, release)
+}

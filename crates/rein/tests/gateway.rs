@@ -821,3 +821,74 @@ async fn a_request_whose_server_is_killed_mid_model_call_ends_failed_and_hands_n
     drop(s);
     assert_trail_complete(state.path());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_mid_model_call_does_not_stop_its_run_or_its_charge() {
+    let (upstream, called, release) =
+        rein_testkit::fake::held_server(rein_testkit::fake::openai_text("late but here", 40, 10));
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{upstream}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_attempts = 1\n[[budgets]]\nscope = \"tenant\"\nperiod = \"day\"\ntokens = 100000\n"
+    ))
+    .policy("permit(principal, action, resource);\n");
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = tempfile::tempdir().unwrap();
+    let secrets = state.path().join("secrets.toml");
+    std::fs::write(&secrets, "UPSTREAM = \"sk-test\"\n").unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let t = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let base = s.base.clone();
+    let pending = tokio::spawn({
+        let t = t.clone();
+        async move {
+            client()
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&t)
+                .json(&json!({"model": "gw", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+        }
+    });
+    // The model call is in flight: the client goes away.
+    tokio::task::spawn_blocking(move || called.recv().unwrap())
+        .await
+        .unwrap();
+    pending.abort();
+    assert!(
+        pending.await.is_err(),
+        "the request was dropped by its client"
+    );
+    let rein = rein_api::Rein::new(rein_api::Options::new(state.path())).unwrap();
+    let run = rein
+        .list_runs(&rein_api::RunQuery::default())
+        .unwrap()
+        .remove(0)
+        .id;
+    let mut events = rein_testkit::serve::Events::open(&s.base, &t, &run, None).await;
+    // Only now does the model answer: the run, driven by the server, still takes its reply.
+    release.send(()).unwrap();
+    // A run stopped with its request would never end: bounded, so that fails rather than hangs.
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        events.until("run_ended"),
+    )
+    .await
+    .expect("the run went on to its end after its client went away");
+    let ended = got.last().unwrap();
+    assert_eq!(
+        ended.data["event"]["status"], "completed",
+        "{:?}",
+        ended.data
+    );
+    drop(s);
+    // And its tokens are on the tenant's budget line, settled to what the reply used.
+    let rows = rein.usage(None, None, Some("acme"), None).unwrap();
+    let line = rows.iter().find(|r| r.key == "tenant:acme").unwrap();
+    assert_eq!(line.tokens, 50, "{rows:?}");
+    assert_trail_complete(state.path());
+}
