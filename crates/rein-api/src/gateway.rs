@@ -146,7 +146,15 @@ pub(crate) struct Held {
     scanned: Mutex<Vec<String>>,
     /// Labels by conversation, with the order they were first seen in.
     labels: Mutex<(Carried, u64)>,
+    /// Calls handed over, by the id the client saw: ((tenant, user, gateway), tool).
+    issued: Mutex<HashMap<String, (Owner, String)>>,
 }
+
+/// Whose a run is: tenant, user and gateway.
+type Owner = (String, String, String);
+
+/// The most hand-offs remembered; past it, they are read from the log again.
+const ISSUED_KEPT: usize = 100_000;
 
 /// Each conversation's labels, with when (in order) it was first seen.
 type Carried = HashMap<ConversationKey, (u64, Vec<String>)>;
@@ -192,7 +200,6 @@ impl Rein {
                 _ => None,
             })
             .unwrap_or_default();
-        let mut issued = HashMap::new();
         let results = request
             .messages
             .iter()
@@ -207,11 +214,11 @@ impl Rein {
             })
             .map(|(call_id, name, content)| {
                 let tool = self
-                    .issued_tool(&key, call_id, &mut issued)?
-                    .unwrap_or(name);
+                    .issued_tool(&key, call_id)?
+                    .unwrap_or_else(|| name.clone());
                 Ok((
                     call_id.clone(),
-                    tool.clone(),
+                    tool,
                     serde_json::Value::String(content.clone()),
                 ))
             })
@@ -355,13 +362,7 @@ impl Rein {
     /// renaming the call in its history. An id of rein's form that rein did not hand to this
     /// caller names no tool (its result counts as `untrusted`); any other id is the client's, and
     /// so is its name.
-    fn issued_tool<'a>(
-        &self,
-        key: &ConversationKey,
-        call_id: &str,
-        runs: &'a mut HashMap<String, Option<RunState>>,
-    ) -> Result<Option<&'a String>, Error> {
-        static NOBODY: String = String::new();
+    fn issued_tool(&self, key: &ConversationKey, call_id: &str) -> Result<Option<String>, Error> {
         let Some((inner, run_id)) = call_id.rsplit_once('_').filter(|(inner, run)| {
             inner.starts_with("call_")
                 && run.len() == 32
@@ -371,30 +372,48 @@ impl Rein {
         }) else {
             return Ok(None);
         };
-        if !runs.contains_key(run_id) {
-            let state = match self.engine()?.load(run_id) {
-                Ok(state) => Some(state),
-                Err(rein_engine::EngineError::Store(rein_store::StoreError::NotFound(_))) => None,
-                Err(e) => return Err(e.into()),
-            };
-            runs.insert(run_id.to_owned(), state);
+        // A hand-off never changes once recorded: each is read from its run's log once, then
+        // kept (with its owner), so a long history does not read every earlier run each request.
+        let owner = (key.tenant.clone(), key.user.clone(), key.agent.clone());
+        if let Some((who, tool)) = self
+            .held
+            .issued
+            .lock()
+            .ok()
+            .and_then(|m| m.get(call_id).cloned())
+        {
+            return Ok(Some(if who == owner { tool } else { String::new() }));
         }
-        let state = runs.get(run_id).and_then(Option::as_ref).filter(|state| {
-            state.started().is_some_and(|s| {
-                s.tenant == key.tenant && s.user == key.user && s.agent == key.agent
-            })
-        });
-        Ok(Some(
-            state
-                .and_then(|state| {
-                    state
-                        .calls()
-                        .iter()
-                        .find(|c| c.call.id == inner && c.handed_off)
-                        .map(|c| &c.call.name)
-                })
-                .unwrap_or(&NOBODY),
-        ))
+        let state = match self.engine()?.load(run_id) {
+            Ok(state) => state,
+            Err(rein_engine::EngineError::Store(rein_store::StoreError::NotFound(_))) => {
+                return Ok(Some(String::new()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(started) = state.started() else {
+            return Ok(Some(String::new()));
+        };
+        let Some(tool) = state
+            .calls()
+            .iter()
+            .find(|c| c.call.id == inner && c.handed_off)
+            .map(|c| c.call.name.clone())
+        else {
+            return Ok(Some(String::new()));
+        };
+        let who = (
+            started.tenant.clone(),
+            started.user.clone(),
+            started.agent.clone(),
+        );
+        if let Ok(mut issued) = self.held.issued.lock() {
+            if issued.len() >= ISSUED_KEPT {
+                issued.clear();
+            }
+            issued.insert(call_id.to_owned(), (who.clone(), tool.clone()));
+        }
+        Ok(Some(if who == owner { tool } else { String::new() }))
     }
 
     /// The labels the conversation's earlier requests saw.

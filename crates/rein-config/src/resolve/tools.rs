@@ -356,33 +356,12 @@ impl Resolver {
                         *arg = candidate.display().to_string();
                     }
                 }
-                let args_schema = match (t.args_schema, t.args_schema_file) {
-                    (Some(schema), None) => schema,
-                    (None, Some(file)) => {
-                        let field = at("args_schema_file");
-                        let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
-                        serde_json::from_str::<Value>(&text).map_err(|e| {
-                            self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
-                        })?
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(self.err(
-                            sp,
-                            at("args_schema_file"),
-                            "give `args_schema` or `args_schema_file`, not both",
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(self.err(sp, at("args_schema"), "a command tool needs the JSON Schema of its arguments (`args_schema` or `args_schema_file`)"));
-                    }
-                };
-                if args_schema.get("type").and_then(Value::as_str) != Some("object") {
-                    return Err(self.err(
-                        sp,
-                        at("args_schema"),
-                        "must be an object schema (`type = \"object\"`)",
-                    ));
-                }
+                let args_schema = self.args_schema(
+                    i,
+                    &sp,
+                    (t.args_schema, t.args_schema_file),
+                    Err("a command tool needs the JSON Schema of its arguments (`args_schema` or `args_schema_file`)"),
+                )?;
                 let env = t.env.unwrap_or_default();
                 self.note_secrets(sp.clone(), &at("env"), &env)?;
                 let sandbox = Box::new(SandboxSpec {
@@ -408,6 +387,44 @@ impl Resolver {
 }
 
 impl Resolver {
+    /// A tool's argument schema, given inline or as a file: an object schema. Without either,
+    /// `otherwise`: a default schema, or the error to report.
+    fn args_schema(
+        &mut self,
+        i: usize,
+        sp: &Option<Range<usize>>,
+        given: (Option<Value>, Option<String>),
+        otherwise: Result<Value, &str>,
+    ) -> Result<Value, ConfigError> {
+        let at = |field: &str| format!("tools[{i}].{field}");
+        let schema = match given {
+            (Some(schema), None) => schema,
+            (None, Some(file)) => {
+                let field = at("args_schema_file");
+                let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
+                serde_json::from_str::<Value>(&text).map_err(|e| {
+                    self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    sp.clone(),
+                    at("args_schema_file"),
+                    "give `args_schema` or `args_schema_file`, not both",
+                ));
+            }
+            (None, None) => otherwise.map_err(|m| self.err(sp.clone(), at("args_schema"), m))?,
+        };
+        if schema.get("type").and_then(Value::as_str) != Some("object") {
+            return Err(self.err(
+                sp.clone(),
+                at("args_schema"),
+                "must be an object schema (`type = \"object\"`)",
+            ));
+        }
+        Ok(schema)
+    }
+
     /// A tool the gateway's clients run: a name, and optionally a description and a schema.
     fn client_tool(
         &mut self,
@@ -447,31 +464,12 @@ impl Resolver {
                 ),
             ));
         }
-        let args_schema = match (t.args_schema, t.args_schema_file) {
-            (Some(schema), None) => schema,
-            (None, Some(file)) => {
-                let field = at("args_schema_file");
-                let (_, text) = self.read_ref(sp.clone(), &field, &file)?;
-                serde_json::from_str::<Value>(&text).map_err(|e| {
-                    self.err(sp.clone(), field, format!("`{file}` is not JSON: {e}"))
-                })?
-            }
-            (Some(_), Some(_)) => {
-                return Err(self.err(
-                    sp,
-                    at("args_schema_file"),
-                    "give `args_schema` or `args_schema_file`, not both",
-                ));
-            }
-            (None, None) => serde_json::json!({"type": "object"}),
-        };
-        if args_schema.get("type").and_then(Value::as_str) != Some("object") {
-            return Err(self.err(
-                sp,
-                at("args_schema"),
-                "must be an object schema (`type = \"object\"`)",
-            ));
-        }
+        let args_schema = self.args_schema(
+            i,
+            &sp,
+            (t.args_schema, t.args_schema_file),
+            Ok(serde_json::json!({"type": "object"})),
+        )?;
         Ok(ToolConfig::Client {
             name,
             description: t.description.unwrap_or_default(),

@@ -149,21 +149,12 @@ impl Driver<'_> {
             cost_micros: 0,
         })
         .await?;
-        for refusal in sanitized.refused {
-            self.record(Event::ToolRejected {
-                step,
-                call_id: refusal.call_id,
-                tool: refusal.tool,
-                reason: refusal.reason,
-            })
-            .await?;
-        }
-        Ok(())
+        self.record_refusals(step, sanitized.refused).await
     }
 
-    /// Why a call of `tool` cannot be dispatched in this gateway turn, if it cannot: the model
-    /// called a tool it was not offered.
-    pub(super) fn not_offered(&self, tool: &str) -> Option<String> {
+    /// Why a call of `tool` cannot be dispatched in this gateway run, if it cannot: the run was
+    /// resumed without a request to hand it to, or the model called a tool it was not offered.
+    pub(super) fn gateway_refusal(&self, tool: &str) -> Option<String> {
         if self.is_gateway() && !self.turn {
             return Some(
                 "the gateway request was interrupted before this call was judged; it was not handed over"

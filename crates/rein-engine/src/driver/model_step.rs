@@ -393,15 +393,7 @@ impl Driver<'_> {
                         )
                         .await?;
                     }
-                    for refusal in sanitized.refused {
-                        self.record(Event::ToolRejected {
-                            step,
-                            call_id: refusal.call_id,
-                            tool: refusal.tool,
-                            reason: refusal.reason,
-                        })
-                        .await?;
-                    }
+                    self.record_refusals(step, sanitized.refused).await?;
                     // Asked to stop while the model was thinking: none of its calls run.
                     self.cancel_requested()?;
                     return Ok(());
@@ -457,6 +449,25 @@ impl Driver<'_> {
             call_id: None,
         })
         .await
+    }
+
+    /// Records the calls of a reply rein refused before judging them (what `sanitize_calls`
+    /// found), so the model is told.
+    pub(super) async fn record_refusals(
+        &mut self,
+        step: u32,
+        refused: Vec<rein_core::reply::Refusal>,
+    ) -> Result<(), EngineError> {
+        for refusal in refused {
+            self.record(Event::ToolRejected {
+                step,
+                call_id: refusal.call_id,
+                tool: refusal.tool,
+                reason: refusal.reason,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Calls one model, retrying errors that may pass. The outer error is the engine's; the inner

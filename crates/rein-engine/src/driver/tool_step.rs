@@ -23,7 +23,7 @@ const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 impl Driver<'_> {
     pub(super) async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
         let step = self.state.steps();
-        let checked = match self.not_offered(&call.name) {
+        let checked = match self.gateway_refusal(&call.name) {
             Some(why) => Err(why),
             None => Ok(()),
         };

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::text_of;
-use super::{Dialect, GwError, answer, caller, pick, text_with_notice};
+use super::{Dialect, GwError, answer, caller, pick, required, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::Anthropic;
@@ -50,6 +50,14 @@ struct WireTool {
     kind: Option<String>,
 }
 
+/// The text of a `text` block.
+fn block_text(b: &Value) -> String {
+    b.get("text")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn bad(message: String) -> GwError {
     GwError::new(D, StatusCode::BAD_REQUEST, message)
 }
@@ -78,20 +86,11 @@ impl MessagesRequest {
                     let mut text = Vec::new();
                     for (j, b) in blocks.iter().enumerate() {
                         match b.get("type").and_then(Value::as_str).unwrap_or_default() {
-                            "text" => text.push(
-                                b.get("text")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                            ),
+                            "text" => text.push(block_text(b)),
                             "tool_result" => {
-                                let call_id = b
-                                    .get("tool_use_id")
-                                    .and_then(Value::as_str)
-                                    .ok_or_else(|| {
-                                        bad(format!("{at}.content[{j}].tool_use_id: missing"))
-                                    })?
-                                    .to_owned();
+                                let call_id =
+                                    required(b, "tool_use_id", &format!("{at}.content[{j}]"), D)?
+                                        .to_owned();
                                 let content = match b.get("content") {
                                     None => String::new(),
                                     Some(c) => text_of(c, &format!("{at}.content[{j}]"), D)?,
@@ -124,23 +123,11 @@ impl MessagesRequest {
                     let mut calls = Vec::new();
                     for (j, b) in blocks.iter().enumerate() {
                         match b.get("type").and_then(Value::as_str).unwrap_or_default() {
-                            "text" => text.push(
-                                b.get("text")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                            ),
+                            "text" => text.push(block_text(b)),
                             "tool_use" => {
-                                let id = b
-                                    .get("id")
-                                    .and_then(Value::as_str)
-                                    .ok_or_else(|| bad(format!("{at}.content[{j}].id: missing")))?
-                                    .to_owned();
-                                let name = b
-                                    .get("name")
-                                    .and_then(Value::as_str)
-                                    .ok_or_else(|| bad(format!("{at}.content[{j}].name: missing")))?
-                                    .to_owned();
+                                let block = format!("{at}.content[{j}]");
+                                let id = required(b, "id", &block, D)?.to_owned();
+                                let name = required(b, "name", &block, D)?.to_owned();
                                 names.insert(id.clone(), name.clone());
                                 calls.push(ToolCall {
                                     id,

@@ -297,6 +297,24 @@ async fn in_server(
     rx.await.map_err(|_| Stopped)?.map_err(Failed)
 }
 
+/// A string field a request item must have, or a 400 naming where it is missing.
+pub(crate) fn required<'a>(
+    item: &'a serde_json::Value,
+    name: &str,
+    at: &str,
+    dialect: Dialect,
+) -> Result<&'a str, GwError> {
+    item.get(name)
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| {
+            GwError::new(
+                dialect,
+                StatusCode::BAD_REQUEST,
+                format!("{at}.{name}: missing"),
+            )
+        })
+}
+
 /// A request body of one of the faces, or a 400 naming what is wrong with it.
 pub(crate) fn parse<R: serde::de::DeserializeOwned>(
     body: &[u8],

@@ -40,9 +40,7 @@ fn bad(message: String) -> GwError {
 }
 
 fn field<'a>(item: &'a Value, name: &str, at: &str) -> Result<&'a str, GwError> {
-    item.get(name)
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(format!("{at}.{name}: missing")))
+    super::required(item, name, at, D)
 }
 
 impl ResponsesRequest {
