@@ -115,6 +115,20 @@ fn budget_gateway_for(scope: &str, tokens: Option<u64>) -> tempfile::TempDir {
     root
 }
 
+/// A state directory whose secrets file holds the upstream's key (`secret:UPSTREAM`), as an
+/// operator keeps it.
+fn state_with_upstream_key() -> tempfile::TempDir {
+    let state = tempfile::tempdir().unwrap();
+    let secrets = state.path().join("secrets.toml");
+    std::fs::write(&secrets, "UPSTREAM = \"sk-test\"\n").unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    state
+}
+
 /// The approval a held answer names.
 fn approval_in(text: &str) -> String {
     text.split("(approval ")
@@ -762,15 +776,7 @@ async fn a_request_whose_server_is_killed_mid_model_call_ends_failed_and_hands_n
     ))
     .policy("permit(principal, action, resource);\n");
     copy_dir(folder.path(), &root.path().join("gw"));
-    let state = tempfile::tempdir().unwrap();
-    // The upstream's key, as an operator keeps it: in the state directory's secrets file.
-    let secrets = state.path().join("secrets.toml");
-    std::fs::write(&secrets, "UPSTREAM = \"sk-test\"\n").unwrap();
-    std::fs::set_permissions(
-        &secrets,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let state = state_with_upstream_key();
     let t = token(REIN, state.path(), "acme", "ann", "gateway");
     let mut s = Served::start(REIN, state.path(), root.path(), &[]);
     let base = s.base.clone();
@@ -832,14 +838,7 @@ async fn a_client_that_goes_away_mid_model_call_does_not_stop_its_run_or_its_cha
     ))
     .policy("permit(principal, action, resource);\n");
     copy_dir(folder.path(), &root.path().join("gw"));
-    let state = tempfile::tempdir().unwrap();
-    let secrets = state.path().join("secrets.toml");
-    std::fs::write(&secrets, "UPSTREAM = \"sk-test\"\n").unwrap();
-    std::fs::set_permissions(
-        &secrets,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let state = state_with_upstream_key();
     let t = token(REIN, state.path(), "acme", "ann", "gateway");
     let s = Served::start(REIN, state.path(), root.path(), &[]);
     let base = s.base.clone();
