@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mock_upstream;
 mod openapi;
 mod problem;
+mod unread;
 mod routes {
     pub(crate) mod admin;
     pub(crate) mod approvals;
@@ -258,12 +259,14 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let began = Instant::now();
-    let response = next.run(request).await;
+    let (request, unread) = unread::watch(request);
+    let mut response = next.run(request).await;
     state.metrics.request(
         &route,
         response.status().as_u16(),
         began.elapsed().as_secs_f64(),
     );
+    unread.mark(&mut response);
     response
 }
 

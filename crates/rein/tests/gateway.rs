@@ -403,6 +403,9 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // The rest of the body was never read, so the connection closes, and says so: the next
+    // request (below) goes on a new one rather than failing on this one (it did, now and then).
+    assert_eq!(r.headers()["connection"], "close");
     // Responses is stateless: a stored response cannot be continued.
     let (status, e) = post(
         "/v1/responses",

@@ -347,6 +347,25 @@ async fn bad_requests_get_problem_documents_with_the_right_status() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(problem(&r).as_deref(), Some("application/problem+json"));
+    // The body was not read: the connection cannot carry another request, and says so, or a
+    // client that pools it fails its next request on it.
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    // As does a request refused before its body was read.
+    let r = client()
+        .post(s.url("/v1/runs"))
+        .bearer_auth("rein_nope_nope")
+        .json(&json!({"agent": "pay", "task": "x".repeat(4096)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     // A body cannot claim another tenant or user.
     let r = client()
         .post(s.url("/v1/runs"))
