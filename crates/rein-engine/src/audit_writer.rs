@@ -1,7 +1,7 @@
 //! The audit trail's writer thread: records are handed to it as their events commit (from the
 //! store's commit hook), it writes them in batches, and a run's end (or suspension) waits for
-//! everything queued to be written and a checkpoint signed. A failed write is reported to the
-//! next run step that records.
+//! everything queued to be written and a checkpoint signed (runs that end together share one
+//! signature). A failed write is reported to the next run step that records.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -50,20 +50,13 @@ impl AuditWriter {
                     while let Ok(next) = receiver.try_recv() {
                         pending.push(next);
                     }
-                    // Consecutive appends go to disk together.
+                    // Everything queued goes to disk together, then one checkpoint answers
+                    // every run that asked for one: it covers all their records (a waiter only
+                    // needs a signed checkpoint after its own records, and this one is).
                     let mut batch = Vec::new();
                     let mut fsync = false;
-                    let write = |batch: &mut Vec<Entry>, fsync: &mut bool| {
-                        if batch.is_empty() {
-                            return Ok(());
-                        }
-                        let result = thread_log
-                            .append_with(&std::mem::take(batch), *fsync)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string());
-                        *fsync = false;
-                        result
-                    };
+                    let mut waiting = Vec::new();
+                    let mut at = 0;
                     for message in pending {
                         match message {
                             Message::Append(entries, sync) => {
@@ -71,21 +64,32 @@ impl AuditWriter {
                                 fsync |= sync;
                             }
                             Message::Checkpoint(at_ms, done) => {
-                                let result = write(&mut batch, &mut fsync).and_then(|()| {
-                                    thread_log
-                                        .checkpoint(at_ms)
-                                        .map(|_| ())
-                                        .map_err(|e| e.to_string())
-                                });
-                                if let Err(e) = &result {
-                                    fail(e.clone());
-                                }
-                                let _ = done.send(result);
+                                at = at.max(at_ms);
+                                waiting.push(done);
                             }
                         }
                     }
-                    if let Err(e) = write(&mut batch, &mut fsync) {
-                        fail(e);
+                    let mut result = if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        thread_log
+                            .append_with(&batch, fsync)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    };
+                    if !waiting.is_empty() {
+                        result = result.and_then(|()| {
+                            thread_log
+                                .checkpoint(at)
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        });
+                    }
+                    if let Err(e) = &result {
+                        fail(e.clone());
+                    }
+                    for done in waiting {
+                        let _ = done.send(result.clone());
                     }
                 }
             });

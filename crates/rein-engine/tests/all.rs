@@ -787,3 +787,55 @@ async fn a_run_in_doubt_is_reconciled_by_a_person_and_finishes_without_repeating
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_ending_together_each_return_covered_by_a_signed_checkpoint() {
+    // Runs that end at the same moment share the audit writer's checkpoints: each must still
+    // find, once its call returns, a signed checkpoint that covers every record of its events.
+    let fx = Fixture::new("[[turns]]\ntext = \"Done.\"\n", "");
+    let engine = std::sync::Arc::new(fx.engine(FaultPlan::default()));
+    let agent = std::sync::Arc::new(fx.agent());
+    let audit = fx.state.path().join("audit");
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let (engine, agent, audit) = (engine.clone(), agent.clone(), audit.clone());
+        runs.spawn(async move {
+            let report = engine
+                .start(&agent, format!("job {i}").as_str(), &NoObserver)
+                .await
+                .unwrap();
+            assert_eq!(report.status, EndState::Completed);
+            // Read the checkpoints before the records: whatever other runs append meanwhile,
+            // this run's records were all written before it returned.
+            let checkpoints =
+                rein_audit::read_held_checkpoints(&audit.join("checkpoints.jsonl")).unwrap();
+            let covered = checkpoints.last().map_or(0, |c| c.tree_size);
+            let records = rein_audit::read_records(&audit).unwrap();
+            let events = engine.store().events(&report.run_id).unwrap();
+            let last = records
+                .iter()
+                .filter(|r| r.run_id.as_deref() == Some(report.run_id.as_str()))
+                .map(|r| r.seq)
+                .max()
+                .unwrap();
+            let mine = records
+                .iter()
+                .filter(|r| r.run_id.as_deref() == Some(report.run_id.as_str()))
+                .count();
+            assert_eq!(mine, events.len(), "a record for every event");
+            assert!(
+                covered >= last,
+                "run {} returned with its last record at {last} but the last checkpoint covers {covered}",
+                report.run_id
+            );
+        });
+    }
+    while let Some(done) = runs.join_next().await {
+        done.unwrap();
+    }
+    let key = rein_audit::AuditLog::open(&audit, Default::default())
+        .unwrap()
+        .public_key();
+    let report = rein_audit::verify(&audit, &[key]).unwrap();
+    assert_eq!(report.uncovered, 0);
+}
