@@ -253,6 +253,61 @@ async fn many_concurrent_runs_all_commit() {
 }
 
 #[tokio::test]
+async fn a_bad_append_among_good_ones_fails_alone_and_leaves_nothing_behind() {
+    // Appends queued together share a transaction; one that fails half-way (its first event
+    // fits, its second leaves a gap) must roll back alone, and the others commit whole.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let runs: Vec<String> = (0..20).map(|r| format!("mixed-{r:02}")).collect();
+    let starts: Vec<_> = runs
+        .iter()
+        .map(|id| put(&store, &lease(id), &[ev(1, started("m"))]))
+        .collect();
+    for s in starts {
+        s.await.unwrap();
+    }
+    // Queued before any is awaited, so the writer finds them waiting together.
+    let appends: Vec<_> = runs
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let [a, mut b] = step(2, 1);
+            if i % 2 == 1 {
+                b.seq = 9;
+            }
+            put(&store, &lease(id), &[a, b])
+        })
+        .collect();
+    for (i, (id, append)) in runs.iter().zip(appends).enumerate() {
+        let result = append.await;
+        let events = store.events(id).unwrap();
+        if i % 2 == 1 {
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("consecutive"), "{err}");
+            assert_eq!(
+                events.len(),
+                1,
+                "{id}: the failed append left events behind"
+            );
+        } else {
+            result.unwrap();
+            assert_eq!(events.len(), 3, "{id}");
+        }
+    }
+    let summaries = store.list_runs(&all(100)).unwrap();
+    for run in summaries {
+        let bad = run
+            .id
+            .trim_start_matches("mixed-")
+            .parse::<usize>()
+            .unwrap()
+            % 2
+            == 1;
+        assert_eq!(run.steps, if bad { 0 } else { 1 }, "{}", run.id);
+    }
+}
+
+#[tokio::test]
 async fn a_reopened_store_continues_where_it_was_and_a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -175,6 +175,8 @@ impl SqliteStore {
             .pragma_update(None, "synchronous", sync)
             .map_err(db_err)?;
         migrate(&mut writer, &path)?;
+        // Room for every statement the writer runs, so none is parsed twice.
+        writer.set_prepared_statement_cache_capacity(64);
         let reader = connect(&path)?;
         let control = connect(&path)?;
 

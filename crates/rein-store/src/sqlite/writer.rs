@@ -153,13 +153,17 @@ fn commit_batch(
         path: path.display().to_string(),
         source,
     };
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+    let tx = match Tx::begin(conn) {
         Ok(tx) => tx,
         Err(e) => return fail_all(&e, path, memory, batch.len()),
     };
     // Another connection committed since this writer's last commit: what it remembers of leases
     // and logs may be stale.
-    match tx.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
+    match tx
+        .0
+        .prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+    {
         Ok(version) if memory.data_version == Some(version) => {}
         Ok(version) => {
             memory.leases.clear();
@@ -195,21 +199,21 @@ fn commit_batch(
             continue;
         }
         let outcome = if isolate {
-            match tx.savepoint() {
-                Ok(mut sp) => {
-                    let r = apply_append(&sp, append, memory, &advanced, &mut leases);
-                    match r {
-                        Ok(seq) => sp.commit().map(|()| seq).map_err(ApplyError::Db),
-                        Err(e) => {
-                            let _ = sp.rollback();
-                            Err(e)
-                        }
+            match exec(tx.0, "SAVEPOINT append") {
+                Ok(()) => match apply_append(tx.0, append, memory, &advanced, &mut leases) {
+                    Ok(seq) => exec(tx.0, "RELEASE append")
+                        .map(|()| seq)
+                        .map_err(ApplyError::Db),
+                    Err(e) => {
+                        let _ = exec(tx.0, "ROLLBACK TO append")
+                            .and_then(|()| exec(tx.0, "RELEASE append"));
+                        Err(e)
                     }
-                }
+                },
                 Err(e) => Err(ApplyError::Db(e)),
             }
         } else {
-            apply_append(&tx, append, memory, &advanced, &mut leases)
+            apply_append(tx.0, append, memory, &advanced, &mut leases)
         };
         match outcome {
             Ok(seq) => {
@@ -245,6 +249,39 @@ fn commit_batch(
         memory.leases.insert(run.to_owned(), (owner, token));
     }
     results
+}
+
+/// Runs one of the writer's fixed statements. They are prepared once and kept (rusqlite's own
+/// transactions and savepoints parse their SQL anew each time, which on a busy writer was a
+/// noticeable share of its time).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// The batch's write transaction: rolled back when dropped uncommitted.
+struct Tx<'c>(&'c Connection);
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
+        exec(conn, "BEGIN IMMEDIATE")?;
+        Ok(Tx(conn))
+    }
+
+    fn commit(self) -> rusqlite::Result<()> {
+        let result = exec(self.0, "COMMIT");
+        if result.is_ok() {
+            std::mem::forget(self);
+        }
+        result
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit() {
+            let _ = exec(self.0, "ROLLBACK");
+        }
+    }
 }
 
 fn conflict(run_id: &str, detail: String) -> StoreError {
