@@ -50,6 +50,10 @@ pub(crate) struct Driver<'a> {
     workspace: PathBuf,
     observer: &'a dyn Observer,
     tool_specs: Vec<ToolSpec>,
+    /// Events recorded and not yet handed to the store, with their audit records: they go
+    /// together, as one append, at the next flush or wait on the outside world.
+    unsent: Vec<rein_core::StoredEvent>,
+    unsent_records: Vec<rein_audit::Entry>,
     /// Appends queued and not yet known to be committed.
     pending: Vec<Commit>,
     /// Events queued and not yet known to be committed, for an observer that wants only
@@ -111,6 +115,8 @@ impl<'a> Driver<'a> {
                 .into_iter()
                 .filter(|t| !agent.gate.denied_outright(&t.name))
                 .collect(),
+            unsent: Vec::new(),
+            unsent_records: Vec::new(),
             pending: Vec::new(),
             uncommitted: Vec::new(),
             closing: false,
@@ -396,6 +402,7 @@ impl<'a> Driver<'a> {
     /// it queued may still commit, but it gives up its lease and budget hold at once, so the run
     /// can be resumed (here or elsewhere) without waiting for them to lapse.
     async fn abandon(&mut self) {
+        self.submit();
         for commit in self.pending.drain(..) {
             let _ = commit.await;
         }

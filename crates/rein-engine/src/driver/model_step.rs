@@ -500,6 +500,9 @@ impl Driver<'_> {
             if step <= 1 && attempt == 1 {
                 self.flush().await?;
             }
+            // What led to the call is on its way to the store while the model answers, so
+            // another process reading the run sees the call in flight.
+            self.submit();
             let span = tracing::info_span!(
                 "chat",
                 otel.name = %format!("chat {}", provider.model()),

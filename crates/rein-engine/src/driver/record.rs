@@ -1,6 +1,8 @@
 //! Recording: every event of a run passes [`Driver::record`], which redacts secrets (failing
-//! closed), applies the event to the run's state, queues it to the store under the run's lease,
-//! and hands its audit record to the audit writer once the event has committed.
+//! closed) and applies the event to the run's state. The events of a step go to the store
+//! together, as one append under the run's lease, when the driver waits for them (an intent, an
+//! outcome, an ending) or is about to wait on the outside world (a model call); their audit
+//! records go to the audit writer once that append has committed.
 
 use rein_core::{Event, StoredEvent};
 use rein_store::OnCommit;
@@ -39,25 +41,11 @@ impl Driver<'_> {
                 run_id: self.run_id.clone(),
                 source,
             })?;
-        // The audit record goes to the writer once the event is committed, not before (a
-        // record of an event that never committed would be false) and not later (a kill after
-        // the commit would lose it until the next resume fills it in).
+        // Its audit record goes with it (see `submit`).
         let entry = crate::audit::entry_for(&self.run_id, &stored, &self.state, &|bytes| {
             self.engine.audit.log().keyed_hash(bytes)
         });
-        let sender = self.engine.audit.sender();
-        let fsync = self.agent.durability == rein_core::Durability::Fsync;
-        let hook: OnCommit = Box::new(move |ok| {
-            if ok {
-                sender.send(vec![entry], fsync);
-            }
-        });
-        self.pending.push(self.engine.store.append(
-            &self.lease,
-            std::slice::from_ref(&stored),
-            self.agent.durability,
-            Some(hook),
-        ));
+        self.unsent_records.push(entry);
         self.observer.on_event(&self.run_id, &stored);
         if self.observer.wants_committed() {
             self.uncommitted.push(stored.clone());
@@ -66,26 +54,56 @@ impl Driver<'_> {
             stored.event,
             Event::RunEnded { .. } | Event::RunSuspended { .. }
         );
+        // An intent is waited for before its effect; a gateway's client runs its tools only
+        // once it has the answer, which is sent after the run's ending is durable (and the
+        // intent with it), so a hand-off's intent need not be waited for on its own.
+        let waited = match &stored.event {
+            Event::ToolIntent { tool, .. } => !self.runs_at_client(tool),
+            Event::ToolOutcome { .. } | Event::ToolInDoubt { .. } => true,
+            _ => closing,
+        };
+        self.unsent.push(stored);
         self.closing |= closing;
         // Intents, outcomes and endings are waited for; other events ride along with them.
-        if closing
-            || matches!(
-                stored.event,
-                Event::ToolIntent { .. } | Event::ToolOutcome { .. } | Event::ToolInDoubt { .. }
-            )
-        {
+        if waited {
             self.flush().await?;
         }
-        if self.engine.fault_after_event(stored.seq) {
+        if self.engine.fault_after_event(self.state.last_seq()) {
             self.stop_for_fault().await?;
         }
         Ok(())
+    }
+
+    /// Hands the events recorded since the last hand-over to the store, as one append under the
+    /// run's lease, without waiting for the commit; their audit records go to the audit writer
+    /// once it commits (not before: a record of an event that never committed would be false;
+    /// not later: a kill after the commit would lose them until the next resume filled them in).
+    pub(super) fn submit(&mut self) {
+        if self.unsent.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.unsent);
+        let records = std::mem::take(&mut self.unsent_records);
+        let sender = self.engine.audit.sender();
+        let fsync = self.agent.durability == rein_core::Durability::Fsync;
+        let hook: OnCommit = Box::new(move |ok| {
+            if ok {
+                sender.send(records, fsync);
+            }
+        });
+        self.pending.push(self.engine.store.append(
+            &self.lease,
+            &events,
+            self.agent.durability,
+            Some(hook),
+        ));
     }
 
     /// Waits until everything recorded so far is committed; once the run has ended or
     /// suspended, also until its audit records are written and a checkpoint is signed. A failed
     /// audit write stops the run here.
     pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
+        self.submit();
         for commit in self.pending.drain(..) {
             commit.await?;
         }
