@@ -101,13 +101,12 @@ impl TokenStore {
 
     /// The token with this id.
     pub fn get(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        self.db
-            .conn()
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"),
-                params![id],
-                row,
-            )
+        // Every authenticated request asks: the statement is parsed once and kept.
+        let conn = self.db.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?1"))
+            .map_err(|e| self.db.err(e))?;
+        stmt.query_row(params![id], row)
             .optional()
             .map_err(|e| self.db.err(e))
     }
