@@ -308,6 +308,36 @@ async fn a_bad_append_among_good_ones_fails_alone_and_leaves_nothing_behind() {
 }
 
 #[tokio::test]
+async fn the_write_ahead_log_is_copied_into_the_database_as_runs_write() {
+    // The writer leaves checkpoints to a thread of its own: written on and on, the log must still
+    // be copied into the database and reused, not grow with everything ever written.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let wal = dir.path().join("rein.db-wal");
+    let l = lease("long");
+    put(&store, &l, &[ev(1, started("w"))]).await.unwrap();
+    let mut seq = 2;
+    let mut written = 0u64;
+    for n in 0..400u32 {
+        let events: Vec<StoredEvent> = (0..50)
+            .flat_map(|i| step(seq + 2 * i, n * 50 + i as u32 + 1))
+            .collect();
+        seq += events.len() as u64;
+        written += events
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap().len() as u64)
+            .sum::<u64>();
+        put(&store, &l, &events).await.unwrap();
+    }
+    let wal_bytes = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        wal_bytes < written / 2,
+        "the log holds {wal_bytes} bytes after {written} bytes of events were written: it was never checkpointed"
+    );
+    assert_eq!(store.events("long").unwrap().len() as u64, seq - 1);
+}
+
+#[tokio::test]
 async fn a_reopened_store_continues_where_it_was_and_a_second_writer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -87,8 +87,18 @@ struct WriterMemory {
     fsync: bool,
 }
 
-pub(super) fn write_loop(mut conn: Connection, path: PathBuf, receiver: mpsc::Receiver<Append>) {
+/// After about this many events the checkpointer is asked to copy the log into the database
+/// (SQLite's own automatic checkpoint, off on the writer, runs after 1000 pages).
+const CHECKPOINT_EVERY: usize = 1000;
+
+pub(super) fn write_loop(
+    mut conn: Connection,
+    path: PathBuf,
+    receiver: mpsc::Receiver<Append>,
+    checkpoint: mpsc::SyncSender<()>,
+) {
     let mut memory = WriterMemory::default();
+    let mut since_checkpoint = 0;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -110,6 +120,12 @@ pub(super) fn write_loop(mut conn: Connection, path: PathBuf, receiver: mpsc::Re
         } else {
             commit_batch(&mut conn, &path, &mut memory, &batch)
         };
+        since_checkpoint += batch.iter().map(|a| a.rows.len()).sum::<usize>();
+        if since_checkpoint >= CHECKPOINT_EVERY {
+            since_checkpoint = 0;
+            // One request waiting is enough: a full channel means one is on its way.
+            let _ = checkpoint.try_send(());
+        }
         for (append, result) in batch.into_iter().zip(results) {
             // The hook runs before the waiter wakes, so whatever it hands on (audit records) is
             // on its way before the appender's next step.
