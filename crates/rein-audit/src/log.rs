@@ -174,25 +174,6 @@ struct WriterState {
     checkpointed_at_ms: u64,
 }
 
-impl WriterState {
-    /// The records file, opened once.
-    fn records(&mut self, path: &Path) -> Result<&mut File, AuditError> {
-        if self.records.is_none() {
-            self.records = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(io_err(path))?,
-            );
-        }
-        self.records
-            .as_mut()
-            .ok_or_else(|| AuditError::Format("the records file is not open".into()))
-    }
-}
-
 /// An open log that appends records and signs checkpoints.
 pub struct AuditLog {
     paths: AuditPaths,
@@ -285,25 +266,51 @@ impl AuditLog {
         &self.paths
     }
 
-    /// Takes the log's file lock (ordering writers across processes); unlock the returned handle.
-    fn lock(&self, state: &mut WriterState) -> Result<File, AuditError> {
-        if state.lock.is_none() {
-            let file = std::fs::OpenOptions::new()
+    /// Runs `f` holding the log's file lock (ordering writers across processes), with the records
+    /// file. Both files stay open between calls; they are moved out of the state while `f` runs
+    /// (no duplicate handles per write) and put back after, so a state reset inside `f` (a log
+    /// found cut short) neither closes the lock nor loses the files.
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&mut WriterState, &mut File) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = match state.lock.take() {
+            Some(file) => file,
+            None => std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&self.paths.lock)
-                .map_err(io_err(&self.paths.lock))?;
-            state.lock = Some(file);
-        }
-        let file = state
-            .lock
-            .as_ref()
-            .ok_or_else(|| AuditError::Format("the lock file is not open".into()))?
-            .try_clone()
-            .map_err(io_err(&self.paths.lock))?;
-        file.lock().map_err(io_err(&self.paths.lock))?;
-        Ok(file)
+                .map_err(io_err(&self.paths.lock))?,
+        };
+        let path = &self.paths.records;
+        let records = match state.records.take() {
+            Some(file) => Ok(file),
+            None => std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io_err(path)),
+        };
+        let result = match records {
+            Ok(mut records) => {
+                let result = match lock.lock().map_err(io_err(&self.paths.lock)) {
+                    Ok(()) => {
+                        let result = f(&mut state, &mut records);
+                        let _ = lock.unlock();
+                        result
+                    }
+                    Err(e) => Err(e),
+                };
+                state.records = Some(records);
+                result
+            }
+            Err(e) => Err(e),
+        };
+        state.lock = Some(lock);
+        result
     }
 
     /// Brings this process's view up to the file's end (other processes may have appended), and
@@ -359,41 +366,31 @@ impl AuditLog {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = self.lock(&mut state)?;
-        let result = self.append_locked(&mut state, entries, fsync);
-        let _ = lock.unlock();
-        result
+        self.locked(|state, file| self.append_locked(state, file, entries, fsync))
     }
 
     /// The last event of `run_id` the log holds a record of (0 if none): the run's audit cursor.
     /// `None` for a run whose records predate records naming their events: its trail cannot be
     /// followed event by event.
     pub fn cursor(&self, run_id: &str) -> Result<Option<u64>, AuditError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = self.lock(&mut state)?;
-        let result = (|| {
-            let path = &self.paths.records;
-            let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
-            self.catch_up(&mut state, &mut file)?;
+        self.locked(|state, file| {
+            self.catch_up(state, file)?;
             if state.legacy.contains(run_id) {
                 return Ok(None);
             }
             Ok(Some(state.cursors.get(run_id).copied().unwrap_or(0)))
-        })();
-        let _ = lock.unlock();
-        result
+        })
     }
 
     fn append_locked(
         &self,
         state: &mut WriterState,
+        file: &mut File,
         entries: &[Entry],
         fsync: bool,
     ) -> Result<u64, AuditError> {
         let path = &self.paths.records;
-        let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
-        self.catch_up(state, &mut file)?;
+        self.catch_up(state, file)?;
         let first = state.frontier.size() + 1;
         let mut buf = Vec::with_capacity(entries.len() * 256);
         let mut seq = first;
@@ -471,13 +468,9 @@ impl AuditLog {
 
     /// Signs a checkpoint over every record so far, unless the last one already covers them.
     pub fn checkpoint(&self, at_ms: u64) -> Result<Option<Checkpoint>, AuditError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = self.lock(&mut state)?;
-        let result = (|| {
-            let path = &self.paths.records;
-            let mut file = state.records(path)?.try_clone().map_err(io_err(path))?;
-            self.catch_up(&mut state, &mut file)?;
-            self.sync_checkpointed(&mut state)?;
+        self.locked(|state, file| {
+            self.catch_up(state, file)?;
+            self.sync_checkpointed(state)?;
             if state.frontier.size() == 0 || state.checkpointed == state.frontier.size() {
                 return Ok(None);
             }
@@ -488,9 +481,7 @@ impl AuditLog {
                 .map(|m| m.len())
                 .unwrap_or(0);
             Ok(Some(checkpoint))
-        })();
-        let _ = lock.unlock();
-        result
+        })
     }
 
     fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
