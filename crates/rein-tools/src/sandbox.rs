@@ -51,6 +51,20 @@ pub fn availability() -> Result<(), String> {
 #[cfg(target_os = "linux")]
 pub(crate) use linux::Prepared;
 
+/// Removes the private temporary folders that processes which died mid-call (killed, say) left
+/// behind; those of live processes are kept. Runs once per process before its first sandboxed
+/// call; returns how many folders it removed.
+pub fn remove_stale_folders() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        linux::remove_stale_folders()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
 /// A sandbox that cannot be prepared where sandboxes are not supported.
 #[cfg(not(target_os = "linux"))]
 pub(crate) struct Prepared;

@@ -211,3 +211,29 @@ async fn a_listed_host_is_reached_through_the_proxy_and_nothing_else_is() {
         Some(std::io::ErrorKind::WouldBlock)
     );
 }
+
+#[test]
+fn temporary_folders_of_dead_processes_are_removed_and_live_ones_kept() {
+    // A process killed mid-call leaves its call's private temporary folder behind.
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let tmp = std::env::temp_dir();
+    // No process can have a pid above pid_max: this one is dead.
+    let dead = tmp.join(format!("rein-sandbox-{}-1-0", pid_max + 1));
+    std::fs::create_dir_all(dead.join("inside")).unwrap();
+    std::fs::write(dead.join("inside/left.txt"), "x").unwrap();
+    // A live process's folder (pid 1 is always alive) is kept, as is anything else.
+    let live = tmp.join("rein-sandbox-1-1-0");
+    std::fs::create_dir_all(&live).unwrap();
+    let other = tmp.join(format!("rein-sandboxed-{}", pid_max + 1));
+    std::fs::create_dir_all(&other).unwrap();
+    // (Another test's first sandboxed call may sweep it first: either way it must be gone.)
+    rein_tools::sandbox::remove_stale_folders();
+    assert!(!dead.exists(), "the dead process's folder is still there");
+    assert!(live.exists() && other.exists());
+    std::fs::remove_dir_all(&live).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+}

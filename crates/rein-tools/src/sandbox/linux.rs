@@ -107,15 +107,52 @@ fn filter(via_proxy: bool) -> Result<BpfProgram, String> {
 /// A private temporary folder for one call, removed when the call ends.
 struct TempDir(PathBuf);
 
+/// The prefix of a call's temporary folder: `rein-sandbox-<pid>-<nanos>-<n>`.
+const TEMP_PREFIX: &str = "rein-sandbox-";
+
+/// See [`super::remove_stale_folders`]. A folder's process is alive while `/proc/<pid>` exists;
+/// without `/proc` nothing is removed (a live process's folder could not be told apart).
+pub(super) fn remove_stale_folders() -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl TempDir {
     fn new() -> Result<TempDir, String> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            remove_stale_folders();
+        });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let path = std::env::temp_dir().join(format!(
-            "rein-sandbox-{}-{nanos}-{}",
+            "{TEMP_PREFIX}{}-{nanos}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
