@@ -230,10 +230,21 @@ fn temporary_folders_of_dead_processes_are_removed_and_live_ones_kept() {
     std::fs::create_dir_all(&live).unwrap();
     let other = tmp.join(format!("rein-sandboxed-{}", pid_max + 1));
     std::fs::create_dir_all(&other).unwrap();
+    // A folder whose pid this process cannot see (a live process in another pid namespace
+    // sharing the temporary folder) but whose lock is held is kept too.
+    let unseen = tmp.join(format!("rein-sandbox-{}-2-0", pid_max + 2));
+    std::fs::create_dir_all(&unseen).unwrap();
+    let held = std::fs::File::open(&unseen).unwrap();
+    held.lock().unwrap();
     // (Another test's first sandboxed call may sweep it first: either way it must be gone.)
     rein_tools::sandbox::remove_stale_folders();
     assert!(!dead.exists(), "the dead process's folder is still there");
     assert!(live.exists() && other.exists());
+    assert!(unseen.exists(), "a folder whose lock is held was removed");
+    // Once its holder is gone, it goes too.
+    drop(held);
+    rein_tools::sandbox::remove_stale_folders();
+    assert!(!unseen.exists());
     std::fs::remove_dir_all(&live).unwrap();
     std::fs::remove_dir_all(&other).unwrap();
 }

@@ -104,14 +104,20 @@ fn filter(via_proxy: bool) -> Result<BpfProgram, String> {
         .map_err(|e: seccompiler::BackendError| format!("seccomp filter: {e}"))
 }
 
-/// A private temporary folder for one call, removed when the call ends.
-struct TempDir(PathBuf);
+/// A private temporary folder for one call, removed when the call ends. The folder itself is
+/// locked (`flock`) while the call lives, so a sweep by another process, even one that cannot
+/// see this process's pid (another pid namespace sharing the temporary folder), leaves it alone.
+struct TempDir {
+    path: PathBuf,
+    /// Held while the call lives.
+    _lock: std::fs::File,
+}
 
 /// The prefix of a call's temporary folder: `rein-sandbox-<pid>-<nanos>-<n>`.
 const TEMP_PREFIX: &str = "rein-sandbox-";
 
-/// See [`super::remove_stale_folders`]. A folder's process is alive while `/proc/<pid>` exists;
-/// without `/proc` nothing is removed (a live process's folder could not be told apart).
+/// See [`super::remove_stale_folders`]. A folder is stale when its process is gone (no
+/// `/proc/<pid>`; without `/proc` nothing is removed) and nobody holds its lock.
 pub(super) fn remove_stale_folders() -> usize {
     if !Path::new("/proc/self").exists() {
         return 0;
@@ -130,8 +136,11 @@ pub(super) fn remove_stale_folders() -> usize {
         else {
             continue;
         };
+        let unlocked =
+            || std::fs::File::open(entry.path()).is_ok_and(|folder| folder.try_lock().is_ok());
         if pid != std::process::id()
             && !Path::new(&format!("/proc/{pid}")).exists()
+            && unlocked()
             && std::fs::remove_dir_all(entry.path()).is_ok()
         {
             removed += 1;
@@ -157,13 +166,16 @@ impl TempDir {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir(path))
+        let lock = std::fs::File::open(&path)
+            .and_then(|folder| folder.lock().map(|()| folder))
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+        Ok(TempDir { path, _lock: lock })
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -233,7 +245,7 @@ impl Prepared {
         }
         grants.extend(sandbox.read_paths.iter().map(|p| (p.clone(), read)));
         grants.push((workspace.to_owned(), all));
-        grants.push((tmp.0.clone(), all));
+        grants.push((tmp.path.clone(), all));
         grants.extend(sandbox.write_paths.iter().map(|p| (p.clone(), all)));
         grants.push((
             PathBuf::from("/dev"),
@@ -273,7 +285,7 @@ impl Prepared {
     pub(crate) fn apply(&self, cmd: &mut tokio::process::Command) {
         let fd = self.ruleset.as_raw_fd();
         let filter = self.filter.clone();
-        cmd.env("TMPDIR", &self.tmp.0);
+        cmd.env("TMPDIR", &self.tmp.path);
         if let Some(proxy) = &self.proxy {
             let url = format!("http://127.0.0.1:{}", proxy.port());
             for key in [
