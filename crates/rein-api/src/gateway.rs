@@ -357,6 +357,12 @@ impl Rein {
         Ok(Some(reply))
     }
 
+    /// Whether run `run_id` recorded a request to a gateway: what is decided for it goes to its
+    /// conversation's next request, not to `rein runs resume`.
+    pub fn is_gateway_run(&self, run_id: &str) -> Result<bool, Error> {
+        Ok(conversation_of(&self.store()?.events(run_id)?).is_some())
+    }
+
     /// The tool a result is for, as rein's own log has it, when its call id is one rein handed
     /// to this caller (`call_<step>_<n>_<run>`): a client cannot relabel a page it fetched by
     /// renaming the call in its history. An id of rein's form that rein did not hand to this
@@ -543,12 +549,7 @@ impl Rein {
         let mut found = Vec::new();
         for run in store.list_runs(&filter)? {
             let events = store.events(&run.id)?;
-            let conversation = events.iter().find_map(|e| match &e.event {
-                rein_core::Event::Notice { kind, subject, .. } if kind == GATEWAY_REQUEST => {
-                    Some(subject.clone())
-                }
-                _ => None,
-            });
+            let conversation = conversation_of(&events);
             let started = events.first().and_then(|e| match &e.event {
                 rein_core::Event::RunStarted(s) => Some(s.clone()),
                 _ => None,
@@ -634,4 +635,14 @@ fn derive_conversation(caller: &Caller, agent: &str, request: &GatewayRequest) -
     let digest = h.finalize();
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     format!("c-{hex}")
+}
+
+/// The conversation a gateway run's log names (the subject of its request notice).
+fn conversation_of(events: &[rein_core::StoredEvent]) -> Option<String> {
+    events.iter().find_map(|e| match &e.event {
+        rein_core::Event::Notice { kind, subject, .. } if kind == GATEWAY_REQUEST => {
+            Some(subject.clone())
+        }
+        _ => None,
+    })
 }

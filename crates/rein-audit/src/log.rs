@@ -275,41 +275,38 @@ impl AuditLog {
         f: impl FnOnce(&mut WriterState, &mut File) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = match state.lock.take() {
-            Some(file) => file,
-            None => std::fs::OpenOptions::new()
+        if state.lock.is_none() {
+            let lock = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&self.paths.lock)
-                .map_err(io_err(&self.paths.lock))?,
-        };
-        let path = &self.paths.records;
-        let records = match state.records.take() {
-            Some(file) => Ok(file),
-            None => std::fs::OpenOptions::new()
+                .map_err(io_err(&self.paths.lock))?;
+            state.lock = Some(lock);
+        }
+        if state.records.is_none() {
+            let path = &self.paths.records;
+            let records = std::fs::OpenOptions::new()
                 .create(true)
                 .read(true)
                 .append(true)
                 .open(path)
-                .map_err(io_err(path)),
+                .map_err(io_err(path))?;
+            state.records = Some(records);
+        }
+        let (Some(lock), Some(mut records)) = (state.lock.take(), state.records.take()) else {
+            return Err(AuditError::Format("the log's files are not open".into()));
         };
-        let result = match records {
-            Ok(mut records) => {
-                let result = match lock.lock().map_err(io_err(&self.paths.lock)) {
-                    Ok(()) => {
-                        let result = f(&mut state, &mut records);
-                        let _ = lock.unlock();
-                        result
-                    }
-                    Err(e) => Err(e),
-                };
-                state.records = Some(records);
+        let result = lock
+            .lock()
+            .map_err(io_err(&self.paths.lock))
+            .and_then(|()| {
+                let result = f(&mut state, &mut records);
+                let _ = lock.unlock();
                 result
-            }
-            Err(e) => Err(e),
-        };
+            });
         state.lock = Some(lock);
+        state.records = Some(records);
         result
     }
 

@@ -43,6 +43,11 @@ fn python_client(script: &str, args: &[&str]) {
 
 /// Every event kind recorded in the state directory's runs, as `rein runs show --json` would
 /// give them: read through the engine API.
+/// The message of an error answer in the OpenAI shape (empty when there is none).
+fn error_message(e: &Value) -> &str {
+    e["error"]["message"].as_str().unwrap_or_default()
+}
+
 fn kinds_recorded(state: &Path) -> Vec<String> {
     let rein = rein_api::Rein::new(rein_api::Options::new(state)).unwrap();
     let runs = rein
@@ -280,10 +285,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     );
     let (status, e) = post("/v1/chat/completions", Some(&runs_only), hello.clone()).await;
     assert_eq!(status, 403, "{e}");
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("gateway"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("gateway"), "{e}");
     // With two gateways served, the model must name one.
     let (status, e) = post(
         "/v1/chat/completions",
@@ -292,13 +294,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     )
     .await;
     assert_eq!(status, 404, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("gateway, strict"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("gateway, strict"), "{e}");
     // Bodies that are not requests, and content rein cannot judge, are refused by name.
     let r = http
         .post(s.url("/v1/chat/completions"))
@@ -315,13 +311,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
     let (status, e) = post("/v1/chat/completions", Some(&gw), image).await;
     assert_eq!(status, 400, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("messages[0].content[0]"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("messages[0].content[0]"), "{e}");
     let (status, e) = post(
         "/v1/chat/completions",
         Some(&gw),
@@ -329,13 +319,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     )
     .await;
     assert_eq!(status, 400, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("tool_call_id"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("tool_call_id"), "{e}");
     // The operator chose to fail a request whose answer held a denied call.
     let (status, e) = post(
         "/v1/chat/completions",
@@ -345,13 +329,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     )
     .await;
     assert_eq!(status, 403, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("never-delete-customers"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("never-delete-customers"), "{e}");
     // The Anthropic face answers in its own shape, with the key the SDK sends.
     let r = http
         .post(s.url("/v1/messages"))
@@ -388,13 +366,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     )
     .await;
     assert_eq!(status, 429, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("budget run:"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("budget run:"), "{e}");
     let r = http
         .post(s.url("/v1/runs"))
         .bearer_auth(&runs_only)
@@ -414,13 +386,7 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     )
     .await;
     assert_eq!(status, 400, "{e}");
-    assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("store: false"),
-        "{e}"
-    );
+    assert!(error_message(&e).contains("store: false"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

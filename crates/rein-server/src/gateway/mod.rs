@@ -207,9 +207,9 @@ pub(crate) async fn answer(
         state,
         agent,
         caller,
-        Box::new(move |rein, agent, caller, watch| {
-            Box::pin(async move { rein.gateway(&agent, &caller, request, Some(&watch)).await })
-        }),
+        move |rein, agent, caller, watch| async move {
+            rein.gateway(&agent, &caller, request, Some(&watch)).await
+        },
     )
     .await
     .map_err(|e| match e {
@@ -236,12 +236,10 @@ pub(crate) async fn tool_call(
         state,
         agent,
         caller,
-        Box::new(move |rein, agent, caller, watch| {
-            Box::pin(async move {
-                rein.gateway_tool_call(&agent, &caller, &tool, arguments, Some(&watch))
-                    .await
-            })
-        }),
+        move |rein, agent, caller, watch| async move {
+            rein.gateway_tool_call(&agent, &caller, &tool, arguments, Some(&watch))
+                .await
+        },
     )
     .await
     .map_err(|e| match e {
@@ -261,28 +259,20 @@ enum InServer {
 }
 use InServer::{Failed, Stopped};
 
-/// What a turn run in the server is handed: the API, the agent, the caller, and the watch that
-/// feeds the metrics and live streams.
-type Turn = Box<
-    dyn FnOnce(
-            Arc<rein_api::Rein>,
-            Arc<LoadedAgent>,
-            Caller,
-            RunWatch,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<GatewayAnswer, rein_api::Error>> + Send>,
-        > + Send,
->;
-
 /// Runs a turn as a task of the server, not of the request: it goes on even if the client goes
 /// away, so its model call is settled on the budgets and its run ends in a named state, whoever
-/// is left to read the answer.
-async fn in_server(
+/// is left to read the answer. `turn` is handed the API, the agent, the caller, and the watch
+/// that feeds the metrics and live streams.
+async fn in_server<F, Fut>(
     state: &Arc<AppState>,
     agent: &Arc<LoadedAgent>,
     caller: &Caller,
-    turn: Turn,
-) -> Result<GatewayAnswer, InServer> {
+    turn: F,
+) -> Result<GatewayAnswer, InServer>
+where
+    F: FnOnce(Arc<rein_api::Rein>, Arc<LoadedAgent>, Caller, RunWatch) -> Fut,
+    Fut: std::future::Future<Output = Result<GatewayAnswer, rein_api::Error>> + Send + 'static,
+{
     let watch = RunWatch {
         state: state.clone(),
         agent: agent.name().to_owned(),

@@ -139,7 +139,6 @@ struct CancelView {
 /// Reading connections kept open between reads.
 const MAX_IDLE_READERS: usize = 8;
 
-/// Opens a connection to the store's file with the settings every connection shares.
 /// Copies the write-ahead log into the database each time the writer asks (a passive
 /// checkpoint: it never waits for readers or the writer, and what it cannot copy now it copies
 /// next time); ends with the writer.
@@ -150,6 +149,7 @@ fn checkpoint_loop(conn: Connection, wanted: mpsc::Receiver<()>) {
     }
 }
 
+/// Opens a connection to the store's file with the settings every connection shares.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let db_err = |source| StoreError::Database {
         path: path.display().to_string(),

@@ -164,10 +164,7 @@ pub(crate) async fn decide(
         out::json(&decided)?;
     } else {
         // A gateway's held request goes on when its conversation sends its next request.
-        let gateway = rein.run_events(&decided.run_id, 0)?.iter().any(|e| {
-            matches!(&e.event, rein_api::v1::Event::Notice { kind, .. } if kind == "gateway_request")
-        });
-        let next = if gateway {
+        let next = if rein.is_gateway_run(&decided.run_id)? {
             "the conversation's next request to the gateway receives what was decided".to_owned()
         } else {
             format!("continue the run with: rein runs resume {}", decided.run_id)

@@ -287,7 +287,6 @@ pub struct ToolsList {
     pub pinned: usize,
 }
 
-/// One budget line's spending in one period.
 /// What model calls cost on one day (UTC) for one model, agent and user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpendRow {
@@ -307,6 +306,7 @@ pub struct SpendRow {
     pub calls: u64,
 }
 
+/// One budget line's spending in one period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UsageRow {
     /// `run:<id>`, `agent:<name>`, `user:<name>` or `tenant:<name>`.
