@@ -439,7 +439,7 @@ impl AuditLog {
         let due_by_time =
             at.saturating_sub(state.checkpointed_at_ms) >= self.options.checkpoint_interval_ms;
         if due_by_count || due_by_time {
-            let checkpoint = self.write_checkpoint(&state.frontier, at)?;
+            let checkpoint = self.write_checkpoint(&state.frontier, at, fsync)?;
             state.checkpointed = checkpoint.tree_size;
             state.checkpointed_at_ms = checkpoint.at_ms;
             state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
@@ -463,15 +463,31 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Signs a checkpoint over every record so far, unless the last one already covers them.
+    /// Signs a checkpoint over every record so far, unless the last one already covers them;
+    /// flushed to disk as the log's options say.
     pub fn checkpoint(&self, at_ms: u64) -> Result<Option<Checkpoint>, AuditError> {
+        self.checkpoint_with(at_ms, self.options.fsync)
+    }
+
+    /// [`AuditLog::checkpoint`], flushed to disk (the records it covers first) when `fsync`: a
+    /// run whose durability asks for it. Without, the checkpoint survives what the records do (a
+    /// crash of the process, not of the machine): a checkpoint on disk over records that a power
+    /// loss took would read as a truncated log.
+    pub fn checkpoint_with(
+        &self,
+        at_ms: u64,
+        fsync: bool,
+    ) -> Result<Option<Checkpoint>, AuditError> {
         self.locked(|state, file| {
             self.catch_up(state, file)?;
             self.sync_checkpointed(state)?;
             if state.frontier.size() == 0 || state.checkpointed == state.frontier.size() {
                 return Ok(None);
             }
-            let checkpoint = self.write_checkpoint(&state.frontier, at_ms)?;
+            if fsync {
+                file.sync_data().map_err(io_err(&self.paths.records))?;
+            }
+            let checkpoint = self.write_checkpoint(&state.frontier, at_ms, fsync)?;
             state.checkpointed = checkpoint.tree_size;
             state.checkpointed_at_ms = checkpoint.at_ms;
             state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
@@ -485,7 +501,12 @@ impl AuditLog {
         Ok(read_last_checkpoint_line(&self.paths.checkpoints)?.map(|(c, _)| c))
     }
 
-    fn write_checkpoint(&self, frontier: &Frontier, at_ms: u64) -> Result<Checkpoint, AuditError> {
+    fn write_checkpoint(
+        &self,
+        frontier: &Frontier,
+        at_ms: u64,
+        fsync: bool,
+    ) -> Result<Checkpoint, AuditError> {
         let last = read_last_checkpoint_line(&self.paths.checkpoints)?;
         let (seq, prev) = match &last {
             Some((c, line)) => (c.seq + 1, hex(&Sha256::digest(line))),
@@ -511,7 +532,9 @@ impl AuditLog {
             .open(path)
             .map_err(io_err(path))?;
         file.write_all(&line).map_err(io_err(path))?;
-        file.sync_data().map_err(io_err(path))?;
+        if fsync {
+            file.sync_data().map_err(io_err(path))?;
+        }
         if let Some(dir) = &self.options.checkpoint_dir {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             let copy = dir.join(format!("checkpoint-{seq:08}.json"));
@@ -542,7 +565,8 @@ pub fn rotate_key(
         event: None,
         data: serde_json::json!({"old_key_id": log.key_id, "new_key_id": new_id, "new_public_key": keys::format_public(&new.verifying_key())}),
     }])?;
-    log.checkpoint(at_ms)?;
+    // On disk before the key it was signed with is replaced.
+    log.checkpoint_with(at_ms, true)?;
     let tmp = log.paths.key.with_extension("key.new");
     let _ = std::fs::remove_file(&tmp);
     {

@@ -10,7 +10,8 @@ use rein_audit::{AuditLog, Entry};
 
 enum Message {
     Append(Vec<Entry>, bool),
-    Checkpoint(u64, tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// A checkpoint at a time, flushed to disk if asked.
+    Checkpoint(u64, bool, tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
 /// Hands records to the writer thread; cheap to clone into commit hooks.
@@ -55,6 +56,7 @@ impl AuditWriter {
                     // needs a signed checkpoint after its own records, and this one is).
                     let mut batch = Vec::new();
                     let mut fsync = false;
+                    let mut sync_checkpoint = false;
                     let mut waiting = Vec::new();
                     let mut at = 0;
                     for message in pending {
@@ -63,8 +65,9 @@ impl AuditWriter {
                                 batch.extend(entries);
                                 fsync |= sync;
                             }
-                            Message::Checkpoint(at_ms, done) => {
+                            Message::Checkpoint(at_ms, sync, done) => {
                                 at = at.max(at_ms);
+                                sync_checkpoint |= sync;
                                 waiting.push(done);
                             }
                         }
@@ -80,7 +83,7 @@ impl AuditWriter {
                     if !waiting.is_empty() {
                         result = result.and_then(|()| {
                             thread_log
-                                .checkpoint(at)
+                                .checkpoint_with(at, sync_checkpoint)
                                 .map(|_| ())
                                 .map_err(|e| e.to_string())
                         });
@@ -119,12 +122,13 @@ impl AuditWriter {
         self.sender.clone()
     }
 
-    /// Waits until everything queued so far is written, then signs a checkpoint.
-    pub(crate) async fn checkpoint(&self, at_ms: u64) -> Result<(), String> {
+    /// Waits until everything queued so far is written, then signs a checkpoint (flushed to
+    /// disk, with the records, when `fsync`).
+    pub(crate) async fn checkpoint(&self, at_ms: u64, fsync: bool) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.sender
             .0
-            .send(Message::Checkpoint(at_ms, done))
+            .send(Message::Checkpoint(at_ms, fsync, done))
             .map_err(|_| "the audit writer has stopped".to_owned())?;
         wait.await
             .map_err(|_| "the audit writer has stopped".to_owned())?

@@ -358,7 +358,7 @@ impl Engine {
             )
             .await?;
         self.audit
-            .checkpoint(self.clock.now_ms())
+            .checkpoint(self.clock.now_ms(), fsync)
             .await
             .map_err(EngineError::Audit)
     }

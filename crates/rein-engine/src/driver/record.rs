@@ -116,7 +116,10 @@ impl Driver<'_> {
         if std::mem::take(&mut self.closing) {
             self.engine
                 .audit
-                .checkpoint(self.engine.clock.now_ms())
+                .checkpoint(
+                    self.engine.clock.now_ms(),
+                    self.agent.durability == rein_core::Durability::Fsync,
+                )
                 .await
                 .map_err(EngineError::Audit)?;
         }
