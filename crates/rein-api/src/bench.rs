@@ -41,9 +41,9 @@ pub fn gate(policies: usize, decisions: usize, guards: bool) -> Result<GateBench
 }
 
 /// What budget accounting and context building cost per model step.
-pub fn controls(steps: usize) -> Result<ControlsBenchReport, Error> {
+pub async fn controls(steps: usize) -> Result<ControlsBenchReport, Error> {
     let dir = scratch()?;
-    Ok(rein_engine::bench::bench_controls(dir.path(), steps)?)
+    Ok(rein_engine::bench::bench_controls(dir.path(), steps).await?)
 }
 
 /// Audit log append and verification rates.

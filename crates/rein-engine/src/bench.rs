@@ -537,7 +537,7 @@ pub struct ControlsBenchReport {
 /// model call's spend on three ledger lines in `dir` (a real SQLite ledger), and building the
 /// context for a conversation that grows by a 2 KB tool output each step, compacted to 8,000
 /// tokens, with tokens counted by tiktoken as for an OpenAI model.
-pub fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, EngineError> {
+pub async fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, EngineError> {
     use crate::context::{ContextWindow, TokenCounter};
     use rein_core::Message;
     use rein_core::budget::Spend;
@@ -598,15 +598,18 @@ pub fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, E
                 Spend::default(),
                 60_000,
                 step as u64,
-            )?
+            )
+            .await?
             .map_err(|e| EngineError::Agent(e.to_string()))?;
-        ledger.settle(
-            &reservation,
-            Spend {
-                tokens: window.tokens() + 200,
-                cost_micros: 20_000,
-            },
-        )?;
+        ledger
+            .settle(
+                &reservation,
+                Spend {
+                    tokens: window.tokens() + 200,
+                    cost_micros: 20_000,
+                },
+            )
+            .await?;
         budget_us.push(began.elapsed().as_secs_f64() * 1e6);
     }
     let pct = |samples: &mut Vec<f64>, q: f64| {

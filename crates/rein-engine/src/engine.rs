@@ -566,7 +566,7 @@ impl Engine {
         .await?;
         drop(holding);
         if let Ok(ledger) = self.ledger() {
-            let _ = ledger.release_admission(run_id);
+            let _ = ledger.release_admission(run_id).await;
         }
         RunReport::from_state(run_id, &state)
             .map(|r| Cancelled::Ended(Box::new(r)))

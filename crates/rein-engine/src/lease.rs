@@ -157,7 +157,7 @@ impl Heartbeat {
                 }
                 if let Some(ledger) = &ledger {
                     for run in &holders {
-                        let _ = ledger.extend(run, now + LEASE_TTL_MS);
+                        let _ = ledger.extend(run, now + LEASE_TTL_MS).await;
                     }
                 }
             }

@@ -23,7 +23,9 @@ use std::task::{Context, Poll};
 use rein_core::{Durability, EndState, StoredEvent};
 use serde::Serialize;
 
-pub use ledger::{Admission, BudgetLedger, Exhausted, LedgerLine, Reservation, Settled, UsageRow};
+pub use ledger::{
+    Admission, BudgetLedger, Exhausted, LedgerLine, Queued, Reservation, Settled, UsageRow,
+};
 pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
 pub use tokens::{TokenRow, TokenStore};

@@ -111,7 +111,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     guards,
                     json,
                 } => bench::gate(policies, decisions, guards, json),
-                BenchCommand::Controls { steps, json } => bench::controls(steps, json),
+                BenchCommand::Controls { steps, json } => bench::controls(steps, json).await,
                 BenchCommand::Audit { records, json } => bench::audit(records, json),
                 BenchCommand::Serve {
                     runs,

@@ -20,9 +20,9 @@ pub(super) struct Held {
 
 impl Held {
     /// Books what the call spent in place of what was held.
-    pub(super) fn settle(mut self, actual: Spend) -> Result<Settled, EngineError> {
+    pub(super) async fn settle(mut self, actual: Spend) -> Result<Settled, EngineError> {
         match self.reservation.take() {
-            Some(r) => Ok(self.ledger.settle(&r, actual)?),
+            Some(r) => Ok(self.ledger.settle(&r, actual).await?),
             None => Ok(Settled::default()),
         }
     }
@@ -31,8 +31,9 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
-            // Nothing was spent that rein knows of; a failure here lapses with the hold's TTL.
-            let _ = self.ledger.settle(&r, Spend::default());
+            // Nothing was spent that rein knows of. Queued, not waited for (the writer settles
+            // it in order); a failure here lapses with the hold's TTL.
+            drop(self.ledger.settle(&r, Spend::default()));
         }
     }
 }
@@ -156,7 +157,10 @@ impl Driver<'_> {
                 .map_or(0, |c| c.saturating_sub(spent.cost_micros)),
         };
         let now = self.engine.clock.now_ms();
-        match ledger.admit(&self.run_id, &shared, amount, LEASE_TTL_MS, now)? {
+        match ledger
+            .admit(&self.run_id, &shared, amount, LEASE_TTL_MS, now)
+            .await?
+        {
             Ok(_) => Ok(true),
             Err(exhausted) => {
                 self.record(Event::RunEnded {
@@ -176,18 +180,18 @@ impl Driver<'_> {
     }
 
     /// Gives up what is left of the run's admission (a root run that stops driving).
-    pub(super) fn release_admission(&self) {
+    pub(super) async fn release_admission(&self) {
         if !self.admission_checked || self.state.started().is_some_and(|s| s.parent.is_some()) {
             return;
         }
         if let Ok(ledger) = self.engine.ledger() {
-            let _ = ledger.release_admission(&self.run_id);
+            let _ = ledger.release_admission(&self.run_id).await;
         }
     }
 
     /// Holds `amount` on every line for one model call (with `headroom` kept for a wrap-up), for
     /// as long as the call may take.
-    pub(super) fn hold(
+    pub(super) async fn hold(
         &self,
         lines: &[(Limit, LedgerLine)],
         amount: Spend,
@@ -199,15 +203,18 @@ impl Driver<'_> {
         }
         let ledger = self.engine.ledger()?;
         let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
-        match ledger.reserve(
-            &self.run_id,
-            &self.root_run(),
-            &ledger_lines,
-            amount,
-            headroom,
-            ttl_ms.max(LEASE_TTL_MS),
-            self.engine.clock.now_ms(),
-        )? {
+        match ledger
+            .reserve(
+                &self.run_id,
+                &self.root_run(),
+                &ledger_lines,
+                amount,
+                headroom,
+                ttl_ms.max(LEASE_TTL_MS),
+                self.engine.clock.now_ms(),
+            )
+            .await?
+        {
             Ok(reservation) => Ok(Hold::Held(Some(Held {
                 ledger,
                 reservation: Some(reservation),
@@ -232,7 +239,7 @@ impl Driver<'_> {
             .as_ref()
             .map(|r| r.amount)
             .unwrap_or_default();
-        let settled = held.settle(actual)?;
+        let settled = held.settle(actual).await?;
         if settled.over_reserved {
             let past = if settled.over_limit.is_empty() {
                 String::new()

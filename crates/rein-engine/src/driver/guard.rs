@@ -175,7 +175,7 @@ impl Driver<'_> {
             ));
         } else {
             let lines = self.budget_lines();
-            match self.hold(&lines, estimate, Spend::default(), 0)? {
+            match self.hold(&lines, estimate, Spend::default(), 0).await? {
                 Hold::Refused(reason) => why = Some(format!("no budget for planning: {reason}")),
                 Hold::Held(held) => {
                     let request = ChatRequest {

@@ -309,7 +309,7 @@ impl<'a> Driver<'a> {
             self.abandon().await;
             return Err(e);
         }
-        self.release_admission();
+        self.release_admission().await;
         let handed = std::mem::take(&mut self.handed);
         Ok((self.run_id.clone(), std::mem::take(&mut self.state), handed))
     }
@@ -407,7 +407,7 @@ impl<'a> Driver<'a> {
             let _ = commit.await;
         }
         let _ = self.engine.store.release_lease(&self.lease);
-        self.release_admission();
+        self.release_admission().await;
     }
 
     /// What the gate knows about the run for a request.

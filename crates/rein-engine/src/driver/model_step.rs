@@ -317,7 +317,7 @@ impl Driver<'_> {
                 )
                 .0
             };
-            let held = match self.hold(lines, estimate, headroom, 0)? {
+            let held = match self.hold(lines, estimate, headroom, 0).await? {
                 Hold::Held(held) => held,
                 Hold::Refused(why) => return self.wrap_up(step, why).await,
             };

@@ -68,7 +68,7 @@ impl Driver<'_> {
             WRAP_UP_OUTPUT_TOKENS,
         );
         let lines = self.budget_lines();
-        let held = match self.hold(&lines, estimate, Spend::default(), 0)? {
+        let held = match self.hold(&lines, estimate, Spend::default(), 0).await? {
             Hold::Held(held) => Some(held),
             Hold::Refused(_) => None,
         };

@@ -13,13 +13,18 @@
 //! admitted whole and finish, and the rest are refused before they spend anything. A call of an
 //! admitted run draws on its admission first; what it does not spend goes back to it.
 
+mod writer;
+
 use std::path::Path;
+use std::sync::{Arc, mpsc};
 
 use rein_core::budget::Spend;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::side::SideDb;
 use serde::Serialize;
+pub use writer::Queued;
+use writer::{Job, Write, write_loop};
 
 use crate::StoreError;
 
@@ -119,9 +124,15 @@ pub struct UsageRow {
     pub max_cost_micros: Option<u64>,
 }
 
-/// The ledger.
+/// The ledger. Its writes are queued to a writer thread of its own, which commits everything
+/// queued together in one transaction, each write in a savepoint of its own (group commit): a
+/// write is applied in the order it was queued and sees every earlier one, so the limits hold as
+/// if each were its own transaction, while concurrent runs share the commit, and an async caller
+/// never blocks a worker thread on the database (another process may hold its lock for seconds).
 pub struct BudgetLedger {
-    db: SideDb,
+    db: Arc<SideDb>,
+    queue: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for BudgetLedger {
@@ -199,25 +210,54 @@ fn minus(a: Spend, b: Spend) -> Spend {
     }
 }
 
+impl Drop for BudgetLedger {
+    /// Lets the writer finish what is queued (a run's last release, say) before the ledger goes.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
 impl BudgetLedger {
-    /// Opens (or creates) `<state_dir>/budgets.sqlite`.
+    /// Opens (or creates) `<state_dir>/budgets.sqlite`, and starts its writer thread.
     pub fn open(state_dir: &Path) -> Result<BudgetLedger, StoreError> {
+        let db = Arc::new(SideDb::open(state_dir, "budgets.sqlite", MIGRATIONS)?);
+        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
+        let thread_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("rein-ledger-writer".into())
+            .spawn(move || write_loop(&thread_db, &jobs))
+            .map_err(|source| StoreError::Io {
+                path: db.path().display().to_string(),
+                source,
+            })?;
         Ok(BudgetLedger {
-            db: SideDb::open(state_dir, "budgets.sqlite", MIGRATIONS)?,
+            db,
+            queue: Some(queue),
+            writer: Some(writer),
         })
     }
 
-    fn write<T>(
+    /// Queues a write for the writer thread.
+    fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.db.conn();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| self.db.err(e))?;
-        let out = f(&tx).map_err(|e| self.db.err(e))?;
-        tx.commit().map_err(|e| self.db.err(e))?;
-        Ok(out)
+        op: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Queued<T> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job = Box::new(Write {
+            op: Some(op),
+            out: None,
+            done,
+        });
+        if let Some(queue) = &self.queue
+            && let Err(mpsc::SendError(job)) = queue.send(job)
+        {
+            // The thread is gone (it only stops when the ledger is dropped): say so.
+            job.finish(Some("the ledger's writer has stopped"), &self.db);
+        }
+        Queued(answer)
     }
 
     /// Admits run `run_id`: holds `amount` (what is left of its per-run cap) on every shared
@@ -230,15 +270,16 @@ impl BudgetLedger {
         amount: Spend,
         ttl_ms: u64,
         now_ms: u64,
-    ) -> Result<Result<Admission, Exhausted>, StoreError> {
+    ) -> Queued<Result<Admission, Exhausted>> {
         let expires = (now_ms + ttl_ms) as i64;
-        self.write(|tx| {
+        let (run_id, lines) = (run_id.to_owned(), lines.to_vec());
+        self.write(move |tx| {
             tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2")?
 .execute(
                 params![run_id, now_ms as i64],
             )?;
             let mut fresh = Vec::new();
-            for line in lines {
+            for line in &lines {
                 let held: Option<i64> = tx
                     .prepare_cached("SELECT id FROM reservations WHERE kind = 'admission' AND run_id = ?1
                          AND key = ?2 AND period = ?3")?
@@ -276,16 +317,14 @@ impl BudgetLedger {
                     params![line.key, line.period, amount.tokens as i64, amount.cost_micros as i64, run_id, expires],
                 )?;
             }
-            Ok(Ok(Admission {
-                run_id: run_id.to_owned(),
-                amount,
-            }))
+            Ok(Ok(Admission { run_id, amount }))
         })
     }
 
     /// Gives up what is left of a run's admission (it ended or suspended).
-    pub fn release_admission(&self, run_id: &str) -> Result<(), StoreError> {
-        self.write(|tx| {
+    pub fn release_admission(&self, run_id: &str) -> Queued<()> {
+        let run_id = run_id.to_owned();
+        self.write(move |tx| {
             tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1")?
                 .execute([run_id])
                 .map(|_| ())
@@ -294,8 +333,9 @@ impl BudgetLedger {
 
     /// Keeps the reservations and admission of a run that is still being driven from lapsing
     /// before `until_ms`.
-    pub fn extend(&self, run_id: &str, until_ms: u64) -> Result<(), StoreError> {
-        self.write(|tx| {
+    pub fn extend(&self, run_id: &str, until_ms: u64) -> Queued<()> {
+        let run_id = run_id.to_owned();
+        self.write(move |tx| {
             tx.prepare_cached(
                 "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE run_id = ?1",
             )?
@@ -317,11 +357,13 @@ impl BudgetLedger {
         headroom: Spend,
         ttl_ms: u64,
         now_ms: u64,
-    ) -> Result<Result<Reservation, Exhausted>, StoreError> {
+    ) -> Queued<Result<Reservation, Exhausted>> {
         let expires = (now_ms + ttl_ms) as i64;
-        self.write(|tx| {
+        let (run_id, admission, lines) = (run_id.to_owned(), admission.to_owned(), lines.to_vec());
+        self.write(move |tx| {
             let mut taken = Vec::with_capacity(lines.len());
-            for line in lines {
+            for line in &lines {
+                let admission = admission.as_str();
                 let spent = spent(tx, line)?;
                 let reserved = reserved(tx, line, now_ms)?;
                 let own = admission_on(tx, admission, line, now_ms)?;
@@ -353,7 +395,7 @@ impl BudgetLedger {
                         line.period,
                         amount.tokens as i64,
                         amount.cost_micros as i64,
-                        run_id,
+                        run_id.as_str(),
                         expires,
                         take.tokens as i64,
                         take.cost_micros as i64
@@ -370,18 +412,19 @@ impl BudgetLedger {
             }
             Ok(Ok(Reservation {
                 ids,
-                lines: lines.to_vec(),
+                lines,
                 amount,
                 taken,
-                admission: admission.to_owned(),
+                admission,
             }))
         })
     }
 
     /// Replaces a reservation by what the call actually spent; what it took from its run's
     /// admission and did not spend goes back to the admission.
-    pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Result<Settled, StoreError> {
-        self.write(|tx| {
+    pub fn settle(&self, reservation: &Reservation, actual: Spend) -> Queued<Settled> {
+        let reservation = reservation.clone();
+        self.write(move |tx| {
             for id in &reservation.ids {
                 tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
 .execute( params![id])?;
@@ -474,223 +517,4 @@ fn spent(conn: &Connection, line: &LedgerLine) -> rusqlite::Result<Spend> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TTL: u64 = 60_000;
-
-    fn line(max_tokens: u64) -> LedgerLine {
-        LedgerLine {
-            key: "user:ann".into(),
-            period: "2026-11-23".into(),
-            max_tokens: Some(max_tokens),
-            max_cost_micros: None,
-        }
-    }
-
-    #[test]
-    fn reservations_count_until_settled_and_never_pass_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = BudgetLedger::open(dir.path()).unwrap();
-        let amount = Spend {
-            tokens: 40,
-            cost_micros: 0,
-        };
-        let a = ledger
-            .reserve("r1", "r1", &[line(100)], amount, Spend::default(), TTL, 0)
-            .unwrap()
-            .unwrap();
-        let _b = ledger
-            .reserve("r2", "r2", &[line(100)], amount, Spend::default(), TTL, 0)
-            .unwrap()
-            .unwrap();
-        // 40 + 40 held; another 40 would pass 100.
-        let refused = ledger
-            .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(refused.reserved.tokens, 80);
-        // Settling for less frees the difference.
-        ledger
-            .settle(
-                &a,
-                Spend {
-                    tokens: 10,
-                    cost_micros: 0,
-                },
-            )
-            .unwrap();
-        assert!(
-            ledger
-                .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
-                .unwrap()
-                .is_ok()
-        );
-        assert_eq!(ledger.spent(&line(100)).unwrap().tokens, 10);
-        // Headroom is checked, not held.
-        let headroom = Spend {
-            tokens: 11,
-            cost_micros: 0,
-        };
-        assert!(
-            ledger
-                .reserve("r5", "r5", &[line(100)], Spend::default(), headroom, TTL, 0)
-                .unwrap()
-                .is_err()
-        );
-        // Expired reservations (a dead process) stop counting.
-        assert!(
-            ledger
-                .reserve(
-                    "r4",
-                    "r4",
-                    &[line(100)],
-                    amount,
-                    Spend::default(),
-                    TTL,
-                    TTL + 1
-                )
-                .unwrap()
-                .is_ok()
-        );
-        let rows = ledger.usage("user:").unwrap();
-        assert_eq!((rows.len(), rows[0].tokens, rows[0].calls), (1, 10, 1));
-    }
-
-    #[test]
-    fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend() {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = BudgetLedger::open(dir.path()).unwrap();
-        let cap = Spend {
-            tokens: 40,
-            cost_micros: 0,
-        };
-        let shared = [line(100)];
-        assert!(ledger.admit("a", &shared, cap, TTL, 0).unwrap().is_ok());
-        assert!(ledger.admit("b", &shared, cap, TTL, 0).unwrap().is_ok());
-        // Admitting again only extends the hold.
-        assert!(ledger.admit("a", &shared, cap, TTL, 0).unwrap().is_ok());
-        let refused = ledger
-            .admit("c", &shared, cap, TTL, 0)
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(refused.reserved.tokens, 80);
-        // A call of `a` draws on its admission: nothing more is held on the line.
-        let call = ledger
-            .reserve(
-                "a",
-                "a",
-                &shared,
-                Spend {
-                    tokens: 30,
-                    cost_micros: 0,
-                },
-                Spend::default(),
-                TTL,
-                1,
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(call.taken[0].tokens, 30);
-        assert!(ledger.admit("c", &shared, cap, TTL, 1).unwrap().is_err());
-        // The room it keeps for a wrap-up comes out of what its admission still holds too: 80 of
-        // 100 are held (a's 10 left and its call's 30, b's 40); a call of 5 taken from a's
-        // admission, with 23 of headroom of which a's last 5 cover part, fits.
-        let fits = ledger
-            .reserve(
-                "a",
-                "a",
-                &shared,
-                Spend {
-                    tokens: 5,
-                    cost_micros: 0,
-                },
-                Spend {
-                    tokens: 23,
-                    cost_micros: 0,
-                },
-                TTL,
-                1,
-            )
-            .unwrap()
-            .unwrap();
-        ledger.settle(&fits, Spend::default()).unwrap();
-        // It spent 10 of the 30 it took: 20 go back to its admission (now 30).
-        let settled = ledger
-            .settle(
-                &call,
-                Spend {
-                    tokens: 10,
-                    cost_micros: 0,
-                },
-            )
-            .unwrap();
-        assert!(!settled.over_reserved);
-        assert!(ledger.admit("c", &shared, cap, TTL, 2).unwrap().is_err());
-        // Once `a` ends, its hold is gone and only its spend counts: 10 + 40 + 40 fits.
-        ledger.release_admission("a").unwrap();
-        assert!(ledger.admit("c", &shared, cap, TTL, 3).unwrap().is_ok());
-        // Holds of a dead process lapse (b's, after TTL); a live one extends them (c's).
-        ledger.extend("c", TTL * 3).unwrap();
-        let late = ledger
-            .admit(
-                "d",
-                &shared,
-                Spend {
-                    tokens: 51,
-                    cost_micros: 0,
-                },
-                TTL,
-                TTL * 2,
-            )
-            .unwrap();
-        assert!(
-            late.is_err(),
-            "c's extended hold still counts: 10 + 40 + 51 > 100"
-        );
-        // A call beyond the admission needs room of its own; a provider that passes the cap it
-        // was sent is an overrun.
-        let big = ledger
-            .reserve(
-                "c",
-                "c",
-                &shared,
-                Spend {
-                    tokens: 101,
-                    cost_micros: 0,
-                },
-                Spend::default(),
-                TTL,
-                TTL * 2,
-            )
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(big.key, "user:ann");
-        let small = ledger
-            .reserve(
-                "c",
-                "c",
-                &shared,
-                Spend {
-                    tokens: 5,
-                    cost_micros: 0,
-                },
-                Spend::default(),
-                TTL,
-                TTL * 2,
-            )
-            .unwrap()
-            .unwrap();
-        let settled = ledger
-            .settle(
-                &small,
-                Spend {
-                    tokens: 95,
-                    cost_micros: 0,
-                },
-            )
-            .unwrap();
-        assert!(settled.over_reserved);
-        assert_eq!(settled.over_limit, vec!["user:ann 2026-11-23".to_owned()]);
-    }
-}
+mod tests;

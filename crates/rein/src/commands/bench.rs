@@ -56,8 +56,8 @@ pub(crate) fn gate(
     Ok(0)
 }
 
-pub(crate) fn controls(steps: usize, json: bool) -> anyhow::Result<u8> {
-    let r = bench::controls(steps)?;
+pub(crate) async fn controls(steps: usize, json: bool) -> anyhow::Result<u8> {
+    let r = bench::controls(steps).await?;
     if json {
         out::json(&r)?;
     } else {

@@ -1,0 +1,446 @@
+//! The ledger's tests: limits under reservations and admissions, and its group-commit writer.
+
+use std::sync::{Arc, mpsc};
+
+use super::*;
+
+const TTL: u64 = 60_000;
+
+fn line(max_tokens: u64) -> LedgerLine {
+    LedgerLine {
+        key: "user:ann".into(),
+        period: "2026-11-23".into(),
+        max_tokens: Some(max_tokens),
+        max_cost_micros: None,
+    }
+}
+
+#[test]
+fn reservations_count_until_settled_and_never_pass_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let amount = Spend {
+        tokens: 40,
+        cost_micros: 0,
+    };
+    let a = ledger
+        .reserve("r1", "r1", &[line(100)], amount, Spend::default(), TTL, 0)
+        .wait()
+        .unwrap()
+        .unwrap();
+    let _b = ledger
+        .reserve("r2", "r2", &[line(100)], amount, Spend::default(), TTL, 0)
+        .wait()
+        .unwrap()
+        .unwrap();
+    // 40 + 40 held; another 40 would pass 100.
+    let refused = ledger
+        .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.reserved.tokens, 80);
+    // Settling for less frees the difference.
+    ledger
+        .settle(
+            &a,
+            Spend {
+                tokens: 10,
+                cost_micros: 0,
+            },
+        )
+        .wait()
+        .unwrap();
+    assert!(
+        ledger
+            .reserve("r3", "r3", &[line(100)], amount, Spend::default(), TTL, 0)
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    assert_eq!(ledger.spent(&line(100)).unwrap().tokens, 10);
+    // Headroom is checked, not held.
+    let headroom = Spend {
+        tokens: 11,
+        cost_micros: 0,
+    };
+    assert!(
+        ledger
+            .reserve("r5", "r5", &[line(100)], Spend::default(), headroom, TTL, 0)
+            .wait()
+            .unwrap()
+            .is_err()
+    );
+    // Expired reservations (a dead process) stop counting.
+    assert!(
+        ledger
+            .reserve(
+                "r4",
+                "r4",
+                &[line(100)],
+                amount,
+                Spend::default(),
+                TTL,
+                TTL + 1
+            )
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    let rows = ledger.usage("user:").unwrap();
+    assert_eq!((rows.len(), rows[0].tokens, rows[0].calls), (1, 10, 1));
+}
+
+#[test]
+fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let cap = Spend {
+        tokens: 40,
+        cost_micros: 0,
+    };
+    let shared = [line(100)];
+    assert!(
+        ledger
+            .admit("a", &shared, cap, TTL, 0)
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        ledger
+            .admit("b", &shared, cap, TTL, 0)
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    // Admitting again only extends the hold.
+    assert!(
+        ledger
+            .admit("a", &shared, cap, TTL, 0)
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    let refused = ledger
+        .admit("c", &shared, cap, TTL, 0)
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.reserved.tokens, 80);
+    // A call of `a` draws on its admission: nothing more is held on the line.
+    let call = ledger
+        .reserve(
+            "a",
+            "a",
+            &shared,
+            Spend {
+                tokens: 30,
+                cost_micros: 0,
+            },
+            Spend::default(),
+            TTL,
+            1,
+        )
+        .wait()
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.taken[0].tokens, 30);
+    assert!(
+        ledger
+            .admit("c", &shared, cap, TTL, 1)
+            .wait()
+            .unwrap()
+            .is_err()
+    );
+    // The room it keeps for a wrap-up comes out of what its admission still holds too: 80 of
+    // 100 are held (a's 10 left and its call's 30, b's 40); a call of 5 taken from a's
+    // admission, with 23 of headroom of which a's last 5 cover part, fits.
+    let fits = ledger
+        .reserve(
+            "a",
+            "a",
+            &shared,
+            Spend {
+                tokens: 5,
+                cost_micros: 0,
+            },
+            Spend {
+                tokens: 23,
+                cost_micros: 0,
+            },
+            TTL,
+            1,
+        )
+        .wait()
+        .unwrap()
+        .unwrap();
+    ledger.settle(&fits, Spend::default()).wait().unwrap();
+    // It spent 10 of the 30 it took: 20 go back to its admission (now 30).
+    let settled = ledger
+        .settle(
+            &call,
+            Spend {
+                tokens: 10,
+                cost_micros: 0,
+            },
+        )
+        .wait()
+        .unwrap();
+    assert!(!settled.over_reserved);
+    assert!(
+        ledger
+            .admit("c", &shared, cap, TTL, 2)
+            .wait()
+            .unwrap()
+            .is_err()
+    );
+    // Once `a` ends, its hold is gone and only its spend counts: 10 + 40 + 40 fits.
+    ledger.release_admission("a").wait().unwrap();
+    assert!(
+        ledger
+            .admit("c", &shared, cap, TTL, 3)
+            .wait()
+            .unwrap()
+            .is_ok()
+    );
+    // Holds of a dead process lapse (b's, after TTL); a live one extends them (c's).
+    ledger.extend("c", TTL * 3).wait().unwrap();
+    let late = ledger
+        .admit(
+            "d",
+            &shared,
+            Spend {
+                tokens: 51,
+                cost_micros: 0,
+            },
+            TTL,
+            TTL * 2,
+        )
+        .wait()
+        .unwrap();
+    assert!(
+        late.is_err(),
+        "c's extended hold still counts: 10 + 40 + 51 > 100"
+    );
+    // A call beyond the admission needs room of its own; a provider that passes the cap it
+    // was sent is an overrun.
+    let big = ledger
+        .reserve(
+            "c",
+            "c",
+            &shared,
+            Spend {
+                tokens: 101,
+                cost_micros: 0,
+            },
+            Spend::default(),
+            TTL,
+            TTL * 2,
+        )
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(big.key, "user:ann");
+    let small = ledger
+        .reserve(
+            "c",
+            "c",
+            &shared,
+            Spend {
+                tokens: 5,
+                cost_micros: 0,
+            },
+            Spend::default(),
+            TTL,
+            TTL * 2,
+        )
+        .wait()
+        .unwrap()
+        .unwrap();
+    let settled = ledger
+        .settle(
+            &small,
+            Spend {
+                tokens: 95,
+                cost_micros: 0,
+            },
+        )
+        .wait()
+        .unwrap();
+    assert!(settled.over_reserved);
+    assert_eq!(settled.over_limit, vec!["user:ann 2026-11-23".to_owned()]);
+}
+
+/// Reservations queued from many threads, on two ledgers over one file (two processes), each
+/// committed in batches with others: exactly as many as the limit covers are granted.
+#[test]
+fn reservations_queued_together_never_pass_the_limit_across_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledgers = [
+        Arc::new(BudgetLedger::open(dir.path()).unwrap()),
+        Arc::new(BudgetLedger::open(dir.path()).unwrap()),
+    ];
+    let one = Spend {
+        tokens: 1,
+        cost_micros: 0,
+    };
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let ledger = ledgers[t % 2].clone();
+            std::thread::spawn(move || {
+                // Queued all at once, then waited for: the writer takes them in batches.
+                let queued: Vec<_> = (0..40)
+                    .map(|i| {
+                        let run = format!("r{t}-{i}");
+                        ledger.reserve(&run, &run, &[line(100)], one, Spend::default(), TTL, 0)
+                    })
+                    .collect();
+                queued
+                    .into_iter()
+                    .filter_map(|q| q.wait().unwrap().ok())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for t in threads {
+        granted.extend(t.join().unwrap());
+    }
+    assert_eq!(granted.len(), 100, "320 asked, 100 fit");
+    // Each settles for what it held: the ledger books exactly that.
+    let settles: Vec<_> = granted
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ledgers[i % 2].settle(r, one))
+        .collect();
+    for s in settles {
+        s.wait().unwrap();
+    }
+    assert_eq!(ledgers[0].spent(&line(100)).unwrap().tokens, 100);
+    assert_eq!(ledgers[1].usage("user:").unwrap()[0].calls, 100);
+}
+
+/// A write that fails half-way, committed in one batch between two good ones, fails alone and
+/// leaves nothing behind; the good ones commit.
+#[test]
+fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    // The writer is held inside a first write while three more are queued: they form the next
+    // batch together.
+    let (entered, wait_entered) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let gate = ledger.write(move |_| {
+        entered.send(()).unwrap();
+        held.recv().unwrap();
+        Ok(())
+    });
+    wait_entered.recv().unwrap();
+    let held_tokens = Spend {
+        tokens: 30,
+        cost_micros: 0,
+    };
+    let a = ledger.reserve(
+        "a",
+        "a",
+        &[line(100)],
+        held_tokens,
+        Spend::default(),
+        TTL,
+        0,
+    );
+    let broken = ledger.write(|tx| {
+        tx.execute(
+            "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms)
+             VALUES ('user:ann', '2026-11-23', 50, 0, 'broken', 99999999)",
+            [],
+        )?;
+        tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+        Ok(())
+    });
+    let c = ledger.reserve(
+        "c",
+        "c",
+        &[line(100)],
+        held_tokens,
+        Spend::default(),
+        TTL,
+        0,
+    );
+    release.send(()).unwrap();
+    gate.wait().unwrap();
+    let a = a.wait().unwrap().unwrap();
+    let failed = broken.wait().unwrap_err().to_string();
+    assert!(
+        failed.contains("budgets.sqlite") && failed.contains("no_such_table"),
+        "{failed}"
+    );
+    c.wait().unwrap().unwrap();
+    // 30 + 30 held; the broken write's 50 is gone, so 40 more fit and 41 do not.
+    let fits = |tokens| {
+        ledger
+            .reserve(
+                "d",
+                "d",
+                &[line(100)],
+                Spend {
+                    tokens,
+                    cost_micros: 0,
+                },
+                Spend::default(),
+                TTL,
+                0,
+            )
+            .wait()
+            .unwrap()
+            .is_ok()
+    };
+    assert!(!fits(41));
+    assert!(fits(40));
+    assert_eq!(a.amount.tokens, 30);
+}
+
+/// A write queued and not waited for (a run's last release, a hold dropped on an error path)
+/// is done before the ledger goes away: a process that ends right after leaves no hold behind.
+#[test]
+fn writes_queued_and_not_waited_for_are_done_when_the_ledger_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = Spend {
+        tokens: 100,
+        cost_micros: 0,
+    };
+    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    ledger
+        .admit("a", &[line(100)], cap, TTL, 0)
+        .wait()
+        .unwrap()
+        .unwrap();
+    // The writer is busy when the release is queued, and the ledger is dropped at once.
+    let (release, held) = mpsc::channel::<()>();
+    drop(ledger.write(move |_| {
+        held.recv().unwrap();
+        Ok(())
+    }));
+    drop(ledger.release_admission("a"));
+    let writer_holds = Arc::downgrade(&ledger.db);
+    let closing = std::thread::spawn(move || drop(ledger));
+    release.send(()).unwrap();
+    closing.join().unwrap();
+    assert!(
+        writer_holds.upgrade().is_none(),
+        "the writer thread has finished when the ledger is dropped"
+    );
+    let conn = Connection::open(dir.path().join("budgets.sqlite")).unwrap();
+    let held: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM reservations WHERE run_id = 'a'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        held, 0,
+        "a's admission was released before the ledger closed"
+    );
+}
