@@ -172,6 +172,11 @@ struct WriterState {
     checkpoints_len: u64,
     checkpointed: u64,
     checkpointed_at_ms: u64,
+    /// Whether the checkpoints file has been read since the log was opened (or reset).
+    checkpoints_read: bool,
+    /// The last checkpoint's seq and the hash of its line (the next one's `prev`), while the
+    /// file is `checkpoints_len` long: a checkpoint is chained without reading the file back.
+    last_checkpoint: Option<(u64, String)>,
 }
 
 /// An open log that appends records and signs checkpoints.
@@ -428,37 +433,42 @@ impl AuditLog {
             file.sync_data().map_err(io_err(path))?;
         }
         state.records_len += buf.len() as u64;
-        self.sync_checkpointed(state)?;
+        if !state.checkpoints_read {
+            self.sync_checkpointed(state)?;
+        }
         let at = entries.last().map_or(0, |e| e.at_ms);
         if state.checkpointed_at_ms == 0 {
             // No checkpoint yet: the interval runs from the first record.
             state.checkpointed_at_ms = entries.first().map_or(at, |e| e.at_ms);
         }
-        let due_by_count =
-            state.frontier.size() - state.checkpointed >= self.options.checkpoint_every;
-        let due_by_time =
-            at.saturating_sub(state.checkpointed_at_ms) >= self.options.checkpoint_interval_ms;
-        if due_by_count || due_by_time {
-            let checkpoint = self.write_checkpoint(&state.frontier, at, fsync)?;
-            state.checkpointed = checkpoint.tree_size;
-            state.checkpointed_at_ms = checkpoint.at_ms;
-            state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
-                .map(|m| m.len())
-                .unwrap_or(0);
+        let due = |state: &WriterState| {
+            state.frontier.size() - state.checkpointed >= self.options.checkpoint_every
+                || at.saturating_sub(state.checkpointed_at_ms)
+                    >= self.options.checkpoint_interval_ms
+        };
+        // Another process's checkpoint only makes one less due, so the file is looked at only
+        // when what this process knows says one is due.
+        if due(state) {
+            self.sync_checkpointed(state)?;
+            if due(state) {
+                self.write_checkpoint(state, at, fsync)?;
+            }
         }
         Ok(first)
     }
 
-    /// Re-reads the last checkpoint's size if the checkpoints file changed since last time.
+    /// Re-reads the last checkpoint if the checkpoints file changed since last time.
     fn sync_checkpointed(&self, state: &mut WriterState) -> Result<(), AuditError> {
         let len = std::fs::metadata(&self.paths.checkpoints)
             .map(|m| m.len())
             .unwrap_or(0);
-        if len != state.checkpoints_len {
-            let last = self.last_checkpoint()?;
-            state.checkpointed = last.as_ref().map_or(0, |c| c.tree_size);
-            state.checkpointed_at_ms = last.as_ref().map_or(0, |c| c.at_ms);
+        if len != state.checkpoints_len || !state.checkpoints_read {
+            let last = read_last_checkpoint_line(&self.paths.checkpoints)?;
+            state.checkpointed = last.as_ref().map_or(0, |(c, _)| c.tree_size);
+            state.checkpointed_at_ms = last.as_ref().map_or(0, |(c, _)| c.at_ms);
+            state.last_checkpoint = last.map(|(c, line)| (c.seq, hex(&Sha256::digest(&line))));
             state.checkpoints_len = len;
+            state.checkpoints_read = true;
         }
         Ok(())
     }
@@ -487,31 +497,23 @@ impl AuditLog {
             if fsync {
                 file.sync_data().map_err(io_err(&self.paths.records))?;
             }
-            let checkpoint = self.write_checkpoint(&state.frontier, at_ms, fsync)?;
-            state.checkpointed = checkpoint.tree_size;
-            state.checkpointed_at_ms = checkpoint.at_ms;
-            state.checkpoints_len = std::fs::metadata(&self.paths.checkpoints)
-                .map(|m| m.len())
-                .unwrap_or(0);
-            Ok(Some(checkpoint))
+            self.write_checkpoint(state, at_ms, fsync).map(Some)
         })
     }
 
-    fn last_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        Ok(read_last_checkpoint_line(&self.paths.checkpoints)?.map(|(c, _)| c))
-    }
-
+    /// Signs and appends a checkpoint over the records so far, chained to the last one. Called
+    /// under the lock right after [`AuditLog::sync_checkpointed`], so the state knows the file.
     fn write_checkpoint(
         &self,
-        frontier: &Frontier,
+        state: &mut WriterState,
         at_ms: u64,
         fsync: bool,
     ) -> Result<Checkpoint, AuditError> {
-        let last = read_last_checkpoint_line(&self.paths.checkpoints)?;
-        let (seq, prev) = match &last {
-            Some((c, line)) => (c.seq + 1, hex(&Sha256::digest(line))),
+        let (seq, prev) = match &state.last_checkpoint {
+            Some((seq, line_hash)) => (seq + 1, line_hash.clone()),
             None => (1, String::new()),
         };
+        let frontier = &state.frontier;
         let mut checkpoint = Checkpoint {
             seq,
             tree_size: frontier.size(),
@@ -535,6 +537,11 @@ impl AuditLog {
         if fsync {
             file.sync_data().map_err(io_err(path))?;
         }
+        state.checkpointed = checkpoint.tree_size;
+        state.checkpointed_at_ms = checkpoint.at_ms;
+        state.checkpoints_len += line.len() as u64;
+        let whole = line.strip_suffix(b"\n").unwrap_or(&line);
+        state.last_checkpoint = Some((seq, hex(&Sha256::digest(whole))));
         if let Some(dir) = &self.options.checkpoint_dir {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             let copy = dir.join(format!("checkpoint-{seq:08}.json"));

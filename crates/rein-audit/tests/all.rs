@@ -458,3 +458,29 @@ fn the_signing_key_can_live_outside_the_log_and_thirty_processes_create_one_key(
         "every opener has the one key"
     );
 }
+
+/// Two processes appending and checkpointing in turn: each chains its checkpoint to the other's
+/// last one (a writer that remembered only its own would break the chain), and the log verifies.
+#[test]
+fn checkpoints_from_two_writers_in_turn_form_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    let b = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    for round in 0..6u64 {
+        let (writer, other) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        writer.append(&[entry(round * 2 + 1)]).unwrap();
+        let signed = writer
+            .checkpoint(1_700_000_000_000 + round * 2 + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(signed.seq, round + 1);
+        // The other one's view is stale until it looks again; its next checkpoint still chains.
+        other.append(&[entry(round * 2 + 2)]).unwrap();
+    }
+    a.checkpoint(1_700_000_000_099).unwrap();
+    let report = verify(dir.path(), &[a.public_key()]).unwrap();
+    assert_eq!(
+        (report.records, report.checkpoints, report.uncovered),
+        (12, 7, 0)
+    );
+}
