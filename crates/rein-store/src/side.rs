@@ -30,6 +30,17 @@ pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// A connection to `path`: in WAL mode, waiting up to ten seconds for another writer, with room
+/// for every statement a side database runs (the ledger's are all cached).
+fn configured(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    enable_wal(&conn)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
 pub(crate) struct SideDb {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -53,13 +64,7 @@ impl SideDb {
             path: path.display().to_string(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        // Room for every statement a side database runs (the ledger's are all cached).
-        conn.set_prepared_statement_cache_capacity(64);
-        enable_wal(&conn).map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
+        let mut conn = configured(&path).map_err(err)?;
         let version = |c: &Connection| -> Result<i64, StoreError> {
             c.pragma_query_value(None, "user_version", |r| r.get(0))
                 .map_err(err)
@@ -89,6 +94,11 @@ impl SideDb {
             path,
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Another connection to the file, set up as the first (for a writer thread of its own).
+    pub(crate) fn connect(&self) -> Result<Connection, StoreError> {
+        configured(&self.path).map_err(|e| self.err(e))
     }
 
     /// The file.

@@ -225,10 +225,12 @@ impl BudgetLedger {
     pub fn open(state_dir: &Path) -> Result<BudgetLedger, StoreError> {
         let db = Arc::new(SideDb::open(state_dir, "budgets.sqlite", MIGRATIONS)?);
         let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
-        let thread_db = db.clone();
+        // The writer has a connection of its own: reads (`spent`, `usage`) never wait for a
+        // batch to commit.
+        let (conn, thread_db) = (db.connect()?, db.clone());
         let writer = std::thread::Builder::new()
             .name("rein-ledger-writer".into())
-            .spawn(move || write_loop(&thread_db, &jobs))
+            .spawn(move || write_loop(&conn, &thread_db, &jobs))
             .map_err(|source| StoreError::Io {
                 path: db.path().display().to_string(),
                 source,

@@ -69,18 +69,15 @@ impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> Job for Writ
     }
 }
 
-/// The writer thread: takes everything queued, runs it in one immediate transaction (a
-/// savepoint per write), commits, answers every caller.
-pub(super) fn write_loop(db: &SideDb, queue: &mpsc::Receiver<Box<dyn Job>>) {
+/// The writer thread, on its own connection: takes everything queued, runs it in one immediate
+/// transaction (a savepoint per write), commits, answers every caller (errors name `db`'s file).
+pub(super) fn write_loop(conn: &Connection, db: &SideDb, queue: &mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while let Ok(next) = queue.try_recv() {
             jobs.push(next);
         }
-        let failed = {
-            let conn = db.conn();
-            commit_batch(&conn, &mut jobs).err().map(|e| e.to_string())
-        };
+        let failed = commit_batch(conn, &mut jobs).err().map(|e| e.to_string());
         for job in jobs {
             job.finish(failed.as_deref(), db);
         }
