@@ -1,7 +1,7 @@
 //! Recording: every event of a run passes [`Driver::record`], which redacts secrets (failing
 //! closed) and applies the event to the run's state. The events of a step go to the store
 //! together, as one append under the run's lease, when the driver waits for them (an intent, an
-//! outcome, an ending) or is about to wait on the outside world (a model call); their audit
+//! ending, a suspension) or is about to wait on the outside world (a model call); their audit
 //! records go to the audit writer once that append has committed.
 
 use rein_core::{Event, StoredEvent};
@@ -56,15 +56,19 @@ impl Driver<'_> {
         );
         // An intent is waited for before its effect; a gateway's client runs its tools only
         // once it has the answer, which is sent after the run's ending is durable (and the
-        // intent with it), so a hand-off's intent need not be waited for on its own.
+        // intent with it), so a hand-off's intent need not be waited for on its own. An
+        // outcome is not waited for alone: it goes with the next step's events, handed over
+        // before the model call and committed in order before any later intent, ending or
+        // suspension, which are waited for. A crash before it commits leaves the call in doubt,
+        // as a crash between the effect and the outcome always could.
         let waited = match &stored.event {
             Event::ToolIntent { tool, .. } => !self.runs_at_client(tool),
-            Event::ToolOutcome { .. } | Event::ToolInDoubt { .. } => true,
+            Event::ToolInDoubt { .. } => true,
             _ => closing,
         };
         self.unsent.push(stored);
         self.closing |= closing;
-        // Intents, outcomes and endings are waited for; other events ride along with them.
+        // Intents and endings are waited for; other events ride along with them.
         if waited {
             self.flush().await?;
         }
