@@ -41,6 +41,9 @@ use crate::commands::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        small_pages();
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let telemetry = telemetry::init(matches!(cli.command, Command::Serve { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +66,15 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A server keeps its memory in 4 KiB pages. Where transparent huge pages are on (`always`, or
+/// `madvise`, which the allocator asks for), every arena region it touches costs 2 MiB: `rein
+/// bench gateway` measured 74-77 MiB resident under load with them and 46-48 MiB without, at the
+/// same CPU per request. A kernel that refuses leaves things as they were.
+fn small_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }
 
 /// The engine API, set up from the flags and the environment.

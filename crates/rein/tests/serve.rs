@@ -802,3 +802,19 @@ fn traces_reach_an_otlp_collector_rein_did_not_write() {
         "the task leaked into a span"
     );
 }
+
+/// A server's memory is kept in 4 KiB pages, whatever the machine's transparent huge page
+/// setting (huge pages took `rein bench gateway` from ~50 to ~75 MiB resident under load).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_keeps_its_memory_in_small_pages() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = agents();
+    let s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+}
