@@ -116,6 +116,64 @@ async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_dec
     assert_eq!(records.iter().any(|r| r["kind"] == "tool_rejected"), in_log);
 }
 
+/// A tool's outcome is not waited for on its own: it goes to the store with the next step's
+/// events, handed over as the model is called. Killed while that call hangs, whether or not the
+/// outcome had committed, the resumed run never repeats the tool's effect, ends in a named state
+/// (completed with the outcome in its log, or in doubt about that one call), and its trail holds
+/// a record for every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_while_the_model_hangs_after_a_tool_ran_its_effect_is_not_repeated() {
+    let agent = |uri: &str| {
+        format!(
+            "{}[[tools]]\nname = \"transfer\"\ndescription = \"Moves money\"\ncommand = [\"sh\", \"-c\", \"echo x >> transfers.log; printf '{{\\\"ok\\\":true}}'\"]\nargs_schema = {{ type = \"object\" }}\n",
+            openai_agent(uri)
+        )
+    };
+    let (hanging, arrived) =
+        fake::server_then_hang(vec![openai_calls(&[("c1", "transfer", "{}")])]).await;
+    let folder = AgentFolder::new(&agent(&hanging.uri()));
+    let state = tempfile::tempdir().unwrap();
+    let mut child = spawn(
+        state.path(),
+        &["run", folder.path().to_str().unwrap(), "--json"],
+    );
+    arrived
+        .recv_timeout(Duration::from_secs(60))
+        .expect("rein never made its second model call");
+    child.kill().unwrap(); // SIGKILL, with the outcome handed over and the call in flight
+    child.wait().unwrap();
+    assert_eq!(folder.effects("transfers.log"), 1);
+
+    let answering = fake::server(vec![openai_text("Sent.", 30, 4)]).await;
+    std::fs::write(folder.path().join("agent.toml"), agent(&answering.uri())).unwrap();
+    let runs = json_out(&rein(state.path(), &["runs", "list", "--json"]));
+    let run_id = runs[0]["id"].as_str().unwrap().to_owned();
+    let resumed = rein(state.path(), &["runs", "resume", &run_id, "--json"]);
+    let report = json_out(&resumed);
+    let show = json_out(&rein(state.path(), &["runs", "show", &run_id, "--json"]));
+    let outcome_logged = show["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"]["type"] == "tool_outcome");
+    match report["status"].as_str() {
+        Some("completed") => assert!(outcome_logged, "{report}"),
+        Some("needs_reconciliation") => {
+            assert!(!outcome_logged, "{report}");
+            assert_eq!(report["call_id"], "call_1_1", "{report}");
+        }
+        other => panic!("resumed run ended {other:?}: {}", stderr(&resumed)),
+    }
+    assert_eq!(
+        folder.effects("transfers.log"),
+        1,
+        "the effect was repeated"
+    );
+    let verify = json_out(&rein(state.path(), &["audit", "verify", "--json"]));
+    assert_eq!(verify["ok"], true, "{verify}");
+    assert!(verify["trail"]["problems"].as_array().unwrap().is_empty());
+}
+
 #[test]
 fn thirty_processes_starting_at_once_on_a_fresh_state_directory_all_succeed() {
     let root = tempfile::tempdir().unwrap();
