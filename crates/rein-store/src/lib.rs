@@ -15,6 +15,7 @@ mod notes;
 mod side;
 mod sqlite;
 mod tokens;
+mod tx;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,9 +1,9 @@
 //! The budget ledger: what every agent, user, tenant and run has spent in each period, and the
 //! reservations of model calls in flight, in its own SQLite file (`budgets.sqlite`).
 //!
-//! A call reserves its estimated spend on every line that limits it, in one `BEGIN IMMEDIATE`
-//! transaction that checks spent + reserved + estimate against each limit: so concurrent runs,
-//! in one process or several, can never together pass a limit. When the call returns, its
+//! A call reserves its estimated spend on every line that limits it, in one write (a savepoint of
+//! the writer's `BEGIN IMMEDIATE` transaction) that checks spent + reserved + estimate against
+//! each limit: so concurrent runs, in one process or several, can never together pass a limit. When the call returns, its
 //! reservation is replaced by what it actually spent. A reservation left by a crashed process
 //! stops counting after its expiry; a live process extends the reservations of the runs it
 //! drives.
@@ -103,6 +103,20 @@ pub struct Exhausted {
     pub max_tokens: Option<u64>,
     /// The money limit.
     pub max_cost_micros: Option<u64>,
+}
+
+impl Exhausted {
+    fn on(line: &LedgerLine, spent: Spend, reserved: Spend, needed: Spend) -> Exhausted {
+        Exhausted {
+            key: line.key.clone(),
+            period: line.period.clone(),
+            spent,
+            reserved,
+            needed,
+            max_tokens: line.max_tokens,
+            max_cost_micros: line.max_cost_micros,
+        }
+    }
 }
 
 /// One line of `rein usage`.
@@ -300,15 +314,7 @@ impl BudgetLedger {
                 let spent = spent(tx, line)?;
                 let reserved = reserved(tx, line, now_ms)?;
                 if line.over(spent.plus(reserved).plus(amount)) {
-                    return Ok(Err(Exhausted {
-                        key: line.key.clone(),
-                        period: line.period.clone(),
-                        spent,
-                        reserved,
-                        needed: amount,
-                        max_tokens: line.max_tokens,
-                        max_cost_micros: line.max_cost_micros,
-                    }));
+                    return Ok(Err(Exhausted::on(line, spent, reserved, amount)));
                 }
                 fresh.push(line);
             }
@@ -365,25 +371,16 @@ impl BudgetLedger {
         self.write(move |tx| {
             let mut taken = Vec::with_capacity(lines.len());
             for line in &lines {
-                let admission = admission.as_str();
                 let spent = spent(tx, line)?;
                 let reserved = reserved(tx, line, now_ms)?;
-                let own = admission_on(tx, admission, line, now_ms)?;
+                let own = admission_on(tx, &admission, line, now_ms)?;
                 let take = min_spend(amount, own);
                 let needed = minus(amount, take);
                 // The room kept for a wrap-up may also come out of what the admission still
                 // holds.
                 let headroom = minus(headroom, minus(own, take));
                 if line.over(spent.plus(reserved).plus(needed).plus(headroom)) {
-                    return Ok(Err(Exhausted {
-                        key: line.key.clone(),
-                        period: line.period.clone(),
-                        spent,
-                        reserved,
-                        needed: amount,
-                        max_tokens: line.max_tokens,
-                        max_cost_micros: line.max_cost_micros,
-                    }));
+                    return Ok(Err(Exhausted::on(line, spent, reserved, amount)));
                 }
                 taken.push(take);
             }

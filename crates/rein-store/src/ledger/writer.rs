@@ -10,6 +10,7 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 use crate::side::SideDb;
+use crate::tx::Tx;
 
 /// A write queued to the ledger: settled once the transaction holding it commits or fails.
 /// Await it, or [`Queued::wait`] for it outside async code; dropped, the write still happens.
@@ -87,20 +88,9 @@ pub(super) fn write_loop(conn: &Connection, db: &SideDb, queue: &mpsc::Receiver<
 /// Runs `jobs` in one transaction: a write that fails is undone alone; anything else that fails
 /// undoes them all.
 fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
-    exec("BEGIN IMMEDIATE")?;
-    let done = jobs.iter_mut().try_for_each(|job| {
-        exec("SAVEPOINT ledger_write")?;
-        if !job.run(conn) {
-            exec("ROLLBACK TO ledger_write")?;
-        }
-        exec("RELEASE ledger_write").map(|_| ())
-    });
-    match done.and_then(|()| exec("COMMIT")) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let _ = exec("ROLLBACK");
-            Err(e)
-        }
+    let tx = Tx::begin(conn)?;
+    for job in jobs.iter_mut() {
+        let _ = tx.item(|conn| if job.run(conn) { Ok(()) } else { Err(()) })?;
     }
+    tx.commit()
 }

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use rein_core::{Durability, EndState};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::tx::Tx;
 use crate::{Lease, OnCommit, StoreError};
 
 /// At most this many appends share one transaction.
@@ -215,18 +216,13 @@ fn commit_batch(
             continue;
         }
         let outcome = if isolate {
-            match exec(tx.0, "SAVEPOINT append") {
-                Ok(()) => match apply_append(tx.0, append, memory, &advanced, &mut leases) {
-                    Ok(seq) => exec(tx.0, "RELEASE append")
-                        .map(|()| seq)
-                        .map_err(ApplyError::Db),
-                    Err(e) => {
-                        let _ = exec(tx.0, "ROLLBACK TO append")
-                            .and_then(|()| exec(tx.0, "RELEASE append"));
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(ApplyError::Db(e)),
+            match tx.item(|conn| apply_append(conn, append, memory, &advanced, &mut leases)) {
+                Ok(outcome) => outcome,
+                // The savepoint could not be taken or undone: no part of the batch may commit.
+                Err(e) => {
+                    drop(tx);
+                    return fail_all(&e, path, memory, batch.len());
+                }
             }
         } else {
             apply_append(tx.0, append, memory, &advanced, &mut leases)
@@ -265,39 +261,6 @@ fn commit_batch(
         memory.leases.insert(run.to_owned(), (owner, token));
     }
     results
-}
-
-/// Runs one of the writer's fixed statements. They are prepared once and kept (rusqlite's own
-/// transactions and savepoints parse their SQL anew each time, which on a busy writer was a
-/// noticeable share of its time).
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
-/// The batch's write transaction: rolled back when dropped uncommitted.
-struct Tx<'c>(&'c Connection);
-
-impl<'c> Tx<'c> {
-    fn begin(conn: &'c Connection) -> rusqlite::Result<Tx<'c>> {
-        exec(conn, "BEGIN IMMEDIATE")?;
-        Ok(Tx(conn))
-    }
-
-    fn commit(self) -> rusqlite::Result<()> {
-        let result = exec(self.0, "COMMIT");
-        if result.is_ok() {
-            std::mem::forget(self);
-        }
-        result
-    }
-}
-
-impl Drop for Tx<'_> {
-    fn drop(&mut self) {
-        if !self.0.is_autocommit() {
-            let _ = exec(self.0, "ROLLBACK");
-        }
-    }
 }
 
 fn conflict(run_id: &str, detail: String) -> StoreError {
