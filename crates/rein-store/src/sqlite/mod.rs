@@ -5,8 +5,8 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState, Event, StoredEvent};
@@ -108,6 +108,8 @@ pub struct SqliteStore {
     path: PathBuf,
     sender: Option<mpsc::Sender<Append>>,
     writer: Option<JoinHandle<()>>,
+    /// Ends after the writer (which holds the only sender of its requests).
+    checkpointer: Option<JoinHandle<()>>,
     /// Idle reading connections: a read takes one for its duration (opening another when none
     /// is idle), so concurrent reads (each run's cancellation check, event streams) never wait
     /// on each other; a lock around one shared connection made every reader of a busy process
@@ -139,13 +141,35 @@ struct CancelView {
 /// Reading connections kept open between reads.
 const MAX_IDLE_READERS: usize = 8;
 
+/// Past this many frames (about 4 MiB of 4 KiB pages, SQLite's own automatic checkpoint
+/// size), the log is made to start over: a checkpoint is finished with the writer held.
+const CATCH_UP_FRAMES: i64 = 1000;
+
 /// Copies the write-ahead log into the database each time the writer asks (a passive
 /// checkpoint: it never waits for readers or the writer, and what it cannot copy now it copies
 /// next time); ends with the writer.
-fn checkpoint_loop(conn: Connection, wanted: mpsc::Receiver<()>) {
+///
+/// The log starts over from its beginning only when the writer begins a transaction with all of
+/// it copied, which a writer that never stops (a busy gateway) rarely finds: it commits more
+/// while each checkpoint copies, and the log grows with everything ever written. So once the log
+/// is past [`CATCH_UP_FRAMES`], what was written while the checkpoint copied is copied again
+/// while the writer waits at `gate` (a few frames), and the writer's next commit starts the log
+/// over.
+fn checkpoint_loop(conn: Connection, wanted: mpsc::Receiver<()>, gate: Arc<Mutex<()>>) {
+    // (frames in the log, frames copied into the database)
+    let passive = |conn: &Connection| {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+    };
     while wanted.recv().is_ok() {
         // A busy or failed checkpoint leaves the log to grow until the next one; nothing is lost.
-        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if let Ok((log, _)) = passive(&conn)
+            && log >= CATCH_UP_FRAMES
+        {
+            let _writer_waits = gate.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = passive(&conn);
+        }
     }
 }
 
@@ -198,9 +222,11 @@ impl SqliteStore {
         let control = connect(&path)?;
 
         let (wanted, checkpoints) = mpsc::sync_channel::<()>(1);
-        std::thread::Builder::new()
+        let gate = Arc::new(Mutex::new(()));
+        let writer_gate = gate.clone();
+        let checkpoints = std::thread::Builder::new()
             .name("rein-store-checkpointer".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoints))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoints, gate))
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -209,7 +235,7 @@ impl SqliteStore {
         let writer_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("rein-store-writer".into())
-            .spawn(move || write_loop(writer, writer_path, receiver, wanted))
+            .spawn(move || write_loop(writer, writer_path, receiver, wanted, writer_gate))
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -218,6 +244,7 @@ impl SqliteStore {
             path,
             sender: Some(sender),
             writer: Some(handle),
+            checkpointer: Some(checkpoints),
             readers: Mutex::new(vec![reader]),
             cancels: Mutex::new(CancelView::default()),
             control: Mutex::new(control),
@@ -327,6 +354,9 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.sender.take();
         if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+        if let Some(handle) = self.checkpointer.take() {
             let _ = handle.join();
         }
     }

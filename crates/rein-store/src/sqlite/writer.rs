@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use rein_core::{Durability, EndState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -97,6 +97,7 @@ pub(super) fn write_loop(
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
     checkpoint: mpsc::SyncSender<()>,
+    gate: Arc<Mutex<()>>,
 ) {
     let mut memory = WriterMemory::default();
     let mut since_checkpoint = 0;
@@ -110,6 +111,8 @@ pub(super) fn write_loop(
         }
         // The batch is flushed to disk if any append in it asks for it (group commit).
         let fsync = batch.iter().any(|a| a.durability == Durability::Fsync);
+        // Held by the checkpointer only while it finishes a checkpoint this writer outran.
+        let turn = gate.lock().unwrap_or_else(|p| p.into_inner());
         let results = if fsync != memory.fsync {
             match conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" }) {
                 Ok(()) => {
@@ -121,6 +124,7 @@ pub(super) fn write_loop(
         } else {
             commit_batch(&mut conn, &path, &mut memory, &batch)
         };
+        drop(turn);
         since_checkpoint += batch.iter().map(|a| a.rows.len()).sum::<usize>();
         if since_checkpoint >= CHECKPOINT_EVERY {
             since_checkpoint = 0;
