@@ -8,10 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use rein_audit::{AuditLog, Entry};
 
+/// Answers a run waiting for a checkpoint.
+pub(crate) type CheckpointDone = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 enum Message {
     Append(Vec<Entry>, bool),
     /// A checkpoint at a time, flushed to disk if asked.
-    Checkpoint(u64, bool, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Checkpoint(u64, bool, CheckpointDone),
+    /// A run's last records, and a checkpoint after them: sent by the commit hook of the append
+    /// that ends (or suspends) the run, so the run waits for one hand-off, not two.
+    Closing(Vec<Entry>, bool, u64, CheckpointDone),
 }
 
 /// Hands records to the writer thread; cheap to clone into commit hooks.
@@ -23,6 +29,19 @@ impl AuditSender {
     pub(crate) fn send(&self, entries: Vec<Entry>, fsync: bool) {
         // If the thread has stopped, `failure` says why at the run's next step.
         let _ = self.0.send(Message::Append(entries, fsync));
+    }
+
+    /// Queues a run's last records and a checkpoint at `at_ms` after them; `done` is answered
+    /// once both are written.
+    pub(crate) fn send_closing(
+        &self,
+        entries: Vec<Entry>,
+        fsync: bool,
+        at_ms: u64,
+        done: CheckpointDone,
+    ) {
+        // A stopped thread drops `done`, and the waiting run learns it from that.
+        let _ = self.0.send(Message::Closing(entries, fsync, at_ms, done));
     }
 }
 
@@ -66,6 +85,13 @@ impl AuditWriter {
                                 fsync |= sync;
                             }
                             Message::Checkpoint(at_ms, sync, done) => {
+                                at = at.max(at_ms);
+                                sync_checkpoint |= sync;
+                                waiting.push(done);
+                            }
+                            Message::Closing(entries, sync, at_ms, done) => {
+                                batch.extend(entries);
+                                fsync |= sync;
                                 at = at.max(at_ms);
                                 sync_checkpoint |= sync;
                                 waiting.push(done);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rein_core::budget::{Limit, Scope, Spend, Spender};
 use rein_core::{EndState, Event};
-use rein_store::{BudgetLedger, LedgerLine, Reservation, Settled};
+use rein_store::{BudgetLedger, LedgerLine, Queued, Reservation, Settled};
 
 use crate::EngineError;
 use crate::driver::Driver;
@@ -19,12 +19,19 @@ pub(super) struct Held {
 }
 
 impl Held {
-    /// Books what the call spent in place of what was held.
-    pub(super) async fn settle(mut self, actual: Spend) -> Result<Settled, EngineError> {
-        match self.reservation.take() {
-            Some(r) => Ok(self.ledger.settle(&r, actual).await?),
-            None => Ok(Settled::default()),
-        }
+    /// What was held.
+    fn amount(&self) -> Spend {
+        self.reservation
+            .as_ref()
+            .map(|r| r.amount)
+            .unwrap_or_default()
+    }
+
+    /// Queues the booking of what the call spent in place of what was held.
+    fn settle(mut self, actual: Spend) -> Option<Queued<Settled>> {
+        self.reservation
+            .take()
+            .map(|r| self.ledger.settle(&r, actual))
     }
 }
 
@@ -89,6 +96,7 @@ impl Driver<'_> {
         if lines.is_empty() {
             return Ok(());
         }
+        self.booked().await?;
         let ledger = self.engine.ledger()?;
         let mut highest = 0;
         for (limit, line) in lines {
@@ -192,7 +200,7 @@ impl Driver<'_> {
     /// Holds `amount` on every line for one model call (with `headroom` kept for a wrap-up), for
     /// as long as the call may take.
     pub(super) async fn hold(
-        &self,
+        &mut self,
         lines: &[(Limit, LedgerLine)],
         amount: Spend,
         headroom: Spend,
@@ -201,6 +209,7 @@ impl Driver<'_> {
         if lines.is_empty() {
             return Ok(Hold::Held(None));
         }
+        self.booked().await?;
         let ledger = self.engine.ledger()?;
         let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
         match ledger
@@ -224,7 +233,10 @@ impl Driver<'_> {
     }
 
     /// Settles a call's hold and notes an overrun: the provider answered with more than the cap
-    /// it was sent (or priced it higher), so the ledger may now pass a limit.
+    /// it was sent (or priced it higher), so the ledger may now pass a limit. A call that spent
+    /// no more than it held has nothing to note: its booking is queued and awaited with the
+    /// run's next flush (the commit of what follows it) or before the budgets are read or held
+    /// again, so the run waits for the ledger once per model call, not twice.
     pub(super) async fn settle(
         &mut self,
         held: Option<Held>,
@@ -234,31 +246,40 @@ impl Driver<'_> {
         let Some(held) = held else {
             return Ok(());
         };
-        let reserved = held
-            .reservation
-            .as_ref()
-            .map(|r| r.amount)
-            .unwrap_or_default();
-        let settled = held.settle(actual).await?;
-        if settled.over_reserved {
-            let past = if settled.over_limit.is_empty() {
-                String::new()
-            } else {
-                format!("; now past the limit of {}", settled.over_limit.join(", "))
-            };
-            self.notice(
-                "budget_overrun",
-                model,
-                format!(
-                    "the call spent {} tokens / ${:.6}, more than the {} tokens / ${:.6} held for it (the provider passed the cap it was sent){past}",
-                    actual.tokens,
-                    actual.cost_micros as f64 / 1e6,
-                    reserved.tokens,
-                    reserved.cost_micros as f64 / 1e6
-                ),
-                None,
-            )
-            .await?;
+        let reserved = held.amount();
+        let over = actual.tokens > reserved.tokens || actual.cost_micros > reserved.cost_micros;
+        let Some(booking) = held.settle(actual) else {
+            return Ok(());
+        };
+        if !over {
+            self.settling.push(booking);
+            return Ok(());
+        }
+        let settled = booking.await?;
+        let past = if settled.over_limit.is_empty() {
+            String::new()
+        } else {
+            format!("; now past the limit of {}", settled.over_limit.join(", "))
+        };
+        self.notice(
+            "budget_overrun",
+            model,
+            format!(
+                "the call spent {} tokens / ${:.6}, more than the {} tokens / ${:.6} held for it (the provider passed the cap it was sent){past}",
+                actual.tokens,
+                actual.cost_micros as f64 / 1e6,
+                reserved.tokens,
+                reserved.cost_micros as f64 / 1e6
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// Waits until the settlements queued so far are booked.
+    pub(super) async fn booked(&mut self) -> Result<(), EngineError> {
+        for booking in std::mem::take(&mut self.settling) {
+            booking.await?;
         }
         Ok(())
     }

@@ -61,6 +61,11 @@ pub(crate) struct Driver<'a> {
     uncommitted: Vec<rein_core::StoredEvent>,
     /// A run_ended or run_suspended was recorded since the last flush: sign a checkpoint.
     closing: bool,
+    /// The checkpoint the append that closes the run asked for, once it commits.
+    signed: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    /// Settlements of model calls queued on the ledger and not yet known to be booked: awaited
+    /// at the next flush, and before the budgets are read or held again.
+    settling: Vec<rein_store::Queued<rein_store::Settled>>,
     effects: u32,
     /// Model-call decisions of this run, by the labels in play, the model and the budget share.
     model_decisions: Vec<(ModelDecisionKey, Decision)>,
@@ -120,6 +125,8 @@ impl<'a> Driver<'a> {
             pending: Vec::new(),
             uncommitted: Vec::new(),
             closing: false,
+            signed: None,
+            settling: Vec::new(),
             effects: 0,
             model_decisions: Vec::new(),
             budget_percent: 0,

@@ -90,11 +90,25 @@ impl Driver<'_> {
         let records = std::mem::take(&mut self.unsent_records);
         let sender = self.engine.audit.sender();
         let fsync = self.agent.durability == rein_core::Durability::Fsync;
-        let hook: OnCommit = Box::new(move |ok| {
-            if ok {
-                sender.send(records, fsync);
-            }
-        });
+        // The append that ends or suspends the run also asks for the checkpoint the run waits
+        // for, from its commit hook: the run then waits for one hand-off (store, then audit
+        // writer), not for the commit and then for a checkpoint it asks for itself.
+        let hook: OnCommit = if self.closing {
+            let (done, signed) = tokio::sync::oneshot::channel();
+            self.signed = Some(signed);
+            let at = self.engine.clock.now_ms();
+            Box::new(move |ok| {
+                if ok {
+                    sender.send_closing(records, fsync, at, done);
+                }
+            })
+        } else {
+            Box::new(move |ok| {
+                if ok {
+                    sender.send(records, fsync);
+                }
+            })
+        };
         self.pending.push(self.engine.store.append(
             &self.lease,
             &events,
@@ -103,9 +117,9 @@ impl Driver<'_> {
         ));
     }
 
-    /// Waits until everything recorded so far is committed; once the run has ended or
-    /// suspended, also until its audit records are written and a checkpoint is signed. A failed
-    /// audit write stops the run here.
+    /// Waits until everything recorded so far is committed, and the budget settlements queued
+    /// since the last wait; once the run has ended or suspended, also until its audit records
+    /// are written and a checkpoint is signed. A failed audit write stops the run here.
     pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
         self.submit();
         for commit in self.pending.drain(..) {
@@ -117,15 +131,23 @@ impl Driver<'_> {
         if let Some(failure) = self.engine.audit.failure() {
             return Err(EngineError::Audit(failure));
         }
+        self.booked().await?;
         if std::mem::take(&mut self.closing) {
-            self.engine
-                .audit
-                .checkpoint(
-                    self.engine.clock.now_ms(),
-                    self.agent.durability == rein_core::Durability::Fsync,
-                )
-                .await
-                .map_err(EngineError::Audit)?;
+            match self.signed.take() {
+                Some(signed) => signed
+                    .await
+                    .map_err(|_| EngineError::Audit("the audit writer has stopped".into()))?
+                    .map_err(EngineError::Audit)?,
+                None => self
+                    .engine
+                    .audit
+                    .checkpoint(
+                        self.engine.clock.now_ms(),
+                        self.agent.durability == rein_core::Durability::Fsync,
+                    )
+                    .await
+                    .map_err(EngineError::Audit)?,
+            }
         }
         Ok(())
     }
