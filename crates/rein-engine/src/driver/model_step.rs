@@ -317,9 +317,6 @@ impl Driver<'_> {
                 )
                 .0
             };
-            // What led here (the run's start, the decision) goes to the store while the ledger
-            // holds the call's cost; the first call waits for both before the model is asked.
-            self.submit();
             let held = match self.hold(lines, estimate, headroom, 0).await? {
                 Hold::Held(held) => held,
                 Hold::Refused(why) => return self.wrap_up(step, why).await,
