@@ -817,4 +817,12 @@ fn the_server_keeps_its_memory_in_small_pages() {
         .find_map(|l| l.strip_prefix("THP_enabled:"))
         .map(str::trim);
     assert_eq!(thp, Some("0"), "{status}");
+    // Including what was touched before the server knew it was one (parsing its command line):
+    // a region faulted in before the switch keeps its huge pages.
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", s.pid())).unwrap();
+    let huge = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned());
+    assert_eq!(huge.as_deref(), Some("0"), "{rollup}");
 }
