@@ -59,6 +59,8 @@ pub(crate) struct Driver<'a> {
     /// Events queued and not yet known to be committed, for an observer that wants only
     /// durable ones.
     uncommitted: Vec<rein_core::StoredEvent>,
+    /// The last event handed to the store.
+    submitted_seq: u64,
     /// A run_ended or run_suspended was recorded since the last flush: sign a checkpoint.
     closing: bool,
     /// The checkpoint the append that closes the run asked for, once it commits.
@@ -124,6 +126,7 @@ impl<'a> Driver<'a> {
             unsent_records: Vec::new(),
             pending: Vec::new(),
             uncommitted: Vec::new(),
+            submitted_seq: 0,
             closing: false,
             signed: None,
             settling: Vec::new(),

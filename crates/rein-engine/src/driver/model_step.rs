@@ -317,6 +317,11 @@ impl Driver<'_> {
                 )
                 .0
             };
+            // A gateway run's start goes to the store while the ledger holds the call's cost: the
+            // request waits for both at once (`try_model`).
+            if self.is_gateway() && step <= 1 {
+                self.submit();
+            }
             let held = match self.hold(lines, estimate, headroom, 0).await? {
                 Hold::Held(held) => held,
                 Hold::Refused(why) => return self.wrap_up(step, why).await,
@@ -497,12 +502,22 @@ impl Driver<'_> {
             // Before the run's first model call its start is made durable: a process killed
             // while the model answers leaves a run that can be found and resumed, not one that
             // never was. (Later calls follow an awaited outcome, so the run is on disk already.)
+            // A gateway run's start was handed over before the ledger's hold, so only its commit
+            // is waited for here; the rest (`model_requested`) goes with the reply, in the
+            // request's one other append. Its resume after a crash ends it unanswered either way.
             if step <= 1 && attempt == 1 {
-                self.flush().await?;
+                if self.is_gateway() {
+                    self.committed().await?;
+                } else {
+                    self.flush().await?;
+                }
             }
             // What led to the call is on its way to the store while the model answers, so
-            // another process reading the run sees the call in flight.
-            self.submit();
+            // another process reading the run sees the call in flight (a gateway's call lasts
+            // no longer than its request, which another process cannot answer).
+            if !self.is_gateway() {
+                self.submit();
+            }
             let span = tracing::info_span!(
                 "chat",
                 otel.name = %format!("chat {}", provider.model()),

@@ -88,6 +88,7 @@ impl Driver<'_> {
         }
         let events = std::mem::take(&mut self.unsent);
         let records = std::mem::take(&mut self.unsent_records);
+        self.submitted_seq = events.last().map_or(self.submitted_seq, |e| e.seq);
         let sender = self.engine.audit.sender();
         let fsync = self.agent.durability == rein_core::Durability::Fsync;
         // The append that ends or suspends the run also asks for the checkpoint the run waits
@@ -122,15 +123,7 @@ impl Driver<'_> {
     /// are written and a checkpoint is signed. A failed audit write stops the run here.
     pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
         self.submit();
-        for commit in self.pending.drain(..) {
-            commit.await?;
-        }
-        for event in self.uncommitted.drain(..) {
-            self.observer.on_committed(&self.run_id, &event);
-        }
-        if let Some(failure) = self.engine.audit.failure() {
-            return Err(EngineError::Audit(failure));
-        }
+        self.committed().await?;
         self.booked().await?;
         if std::mem::take(&mut self.closing) {
             match self.signed.take() {
@@ -148,6 +141,23 @@ impl Driver<'_> {
                     .await
                     .map_err(EngineError::Audit)?,
             }
+        }
+        Ok(())
+    }
+
+    /// Waits until the appends handed to the store so far are committed (events not yet handed
+    /// over stay where they are). A failed audit write stops the run here.
+    pub(super) async fn committed(&mut self) -> Result<(), EngineError> {
+        for commit in self.pending.drain(..) {
+            commit.await?;
+        }
+        let through = self.submitted_seq;
+        let durable = self.uncommitted.partition_point(|e| e.seq <= through);
+        for event in self.uncommitted.drain(..durable) {
+            self.observer.on_committed(&self.run_id, &event);
+        }
+        if let Some(failure) = self.engine.audit.failure() {
+            return Err(EngineError::Audit(failure));
         }
         Ok(())
     }
