@@ -103,6 +103,10 @@ struct TargetSlice {
     /// Which costlier context attributes its policies read.
     uses: context::Uses,
     policies: PolicySet,
+    /// The decision for the gate's own agent when none of the policies has a `when` or
+    /// `unless` clause: it cannot depend on the request's context, so it is made once, when the
+    /// policies load, and every request of the agent gets it without building a context.
+    constant: Option<Decision>,
 }
 
 /// rein's own permit on answers (the operator's forbids and `@ask` permits still decide).
@@ -358,6 +362,7 @@ impl Gate {
                     kinds: schema::arg_kinds(&tool.args_schema),
                     uses: context::Uses::of(&policies),
                     policies,
+                    constant: None,
                 },
             );
         }
@@ -375,6 +380,7 @@ impl Gate {
                     kinds: Default::default(),
                     uses: context::Uses::of(&policies),
                     policies,
+                    constant: None,
                 },
             );
         }
@@ -399,6 +405,7 @@ impl Gate {
                     kinds: Default::default(),
                     uses: context::Uses::of(&policies),
                     policies,
+                    constant: None,
                 },
             );
         }
@@ -422,7 +429,7 @@ impl Gate {
                 reason: None,
             },
         );
-        let gate = Gate {
+        let mut gate = Gate {
             respond: TargetSlice {
                 action: respond_action,
                 resource: answer,
@@ -430,6 +437,7 @@ impl Gate {
                 kinds: Default::default(),
                 uses: context::Uses::of(&respond_policies),
                 policies: respond_policies,
+                constant: None,
             },
             data: setup.data.clone(),
             principal: this_agent,
@@ -441,11 +449,59 @@ impl Gate {
             delegates,
             schema_text: schema_src,
         };
+        gate.fix_constants();
         let example_problems = gate.check_examples(sources);
         if !example_problems.is_empty() {
             return Err(PolicyErrors(example_problems));
         }
         Ok(gate)
+    }
+
+    /// Makes the decisions that cannot depend on a request (see `TargetSlice::constant`).
+    fn fix_constants(&mut self) {
+        let decide = |gate: &Gate, target: &TargetSlice| {
+            target
+                .policies
+                .policies()
+                .all(|p| !p.has_non_scope_constraint())
+                .then(|| gate.judge(&gate.principal, target, Vec::new()))
+        };
+        let tools: Vec<(String, Option<Decision>)> = self
+            .tools
+            .iter()
+            .map(|(name, t)| (name.clone(), decide(self, t)))
+            .collect();
+        let models: Vec<(String, Option<Decision>)> = self
+            .models
+            .iter()
+            .map(|(name, t)| (name.clone(), decide(self, t)))
+            .collect();
+        let delegates: Vec<(String, Option<Decision>)> = self
+            .delegates
+            .iter()
+            .map(|(name, t)| (name.clone(), decide(self, t)))
+            .collect();
+        let respond = decide(self, &self.respond);
+        for (slices, decided) in [
+            (&mut self.tools, tools),
+            (&mut self.models, models),
+            (&mut self.delegates, delegates),
+        ] {
+            for (name, decision) in decided {
+                if let Some(t) = slices.get_mut(&name) {
+                    t.constant = decision;
+                }
+            }
+        }
+        self.respond.constant = respond;
+    }
+
+    /// The decision made when the policies loaded, if `target`'s cannot depend on the request.
+    fn constant(&self, principal: &EntityUid, target: &TargetSlice) -> Option<Decision> {
+        if *principal != self.principal {
+            return None;
+        }
+        target.constant.clone()
     }
 
     /// The Cedar schema the policies were validated against.
@@ -533,6 +589,9 @@ impl Gate {
                     Err(e) => return deny(format!("the arguments cannot be expressed: {e}")),
                 },
             };
+        if let Some(decided) = self.constant(principal, target) {
+            return decided;
+        }
         let mut context = context::base(facts);
         context.push(("args".into(), args));
         let uses = target.uses;
@@ -571,6 +630,9 @@ impl Gate {
     /// Judges text the run returns to the user (the `respond` action). Answers are returned
     /// unless a forbid or an `@ask` permit matches.
     pub fn judge_answer(&self, answer: &AnswerFacts, facts: &RequestFacts) -> Decision {
+        if let Some(decided) = self.constant(&self.principal, &self.respond) {
+            return decided;
+        }
         let mut context = context::base(facts);
         let uses = self.respond.uses;
         let extras = (|| -> Result<Vec<(String, RestrictedExpression)>, String> {
@@ -626,7 +688,10 @@ impl Gate {
                 "model `{model}` is not one this agent is configured with"
             ));
         };
-        let mut decision = self.judge(principal, target, context::base(facts));
+        let mut decision = match self.constant(principal, target) {
+            Some(decided) => decided,
+            None => self.judge(principal, target, context::base(facts)),
+        };
         if decision.verdict == Verdict::Ask {
             decision.verdict = Verdict::Deny;
             decision
@@ -641,6 +706,9 @@ impl Gate {
         let Some(target) = self.delegates.get(child) else {
             return deny(format!("`{child}` is not one of this agent's sub-agents"));
         };
+        if let Some(decided) = self.constant(&self.principal, target) {
+            return decided;
+        }
         let mut context = context::base(facts);
         let args = RestrictedExpression::new_record([(
             "task".to_owned(),

