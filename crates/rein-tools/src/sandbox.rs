@@ -55,12 +55,18 @@ pub(crate) use linux::Prepared;
 /// behind; those of live processes are kept. Runs once per process before its first sandboxed
 /// call; returns how many folders it removed.
 pub fn remove_stale_folders() -> usize {
+    remove_stale_folders_in(&std::env::temp_dir())
+}
+
+/// The same, in `dir` (where the folders are made: the temporary folder).
+pub fn remove_stale_folders_in(dir: &std::path::Path) -> usize {
     #[cfg(target_os = "linux")]
     {
-        linux::remove_stale_folders()
+        linux::remove_stale_folders(dir)
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = dir;
         0
     }
 }

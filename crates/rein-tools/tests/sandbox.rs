@@ -220,7 +220,10 @@ fn temporary_folders_of_dead_processes_are_removed_and_live_ones_kept() {
         .trim()
         .parse()
         .unwrap();
-    let tmp = std::env::temp_dir();
+    // A folder of its own: the system's temporary folder is swept at the same time by the other
+    // tests' first sandboxed calls, whose sweep could be removing a folder as this one looks.
+    let scratch = tempfile::tempdir().unwrap();
+    let tmp = scratch.path();
     // No process can have a pid above pid_max: this one is dead.
     let dead = tmp.join(format!("rein-sandbox-{}-1-0", pid_max + 1));
     std::fs::create_dir_all(dead.join("inside")).unwrap();
@@ -236,15 +239,12 @@ fn temporary_folders_of_dead_processes_are_removed_and_live_ones_kept() {
     std::fs::create_dir_all(&unseen).unwrap();
     let held = std::fs::File::open(&unseen).unwrap();
     held.lock().unwrap();
-    // (Another test's first sandboxed call may sweep it first: either way it must be gone.)
-    rein_tools::sandbox::remove_stale_folders();
+    rein_tools::sandbox::remove_stale_folders_in(tmp);
     assert!(!dead.exists(), "the dead process's folder is still there");
     assert!(live.exists() && other.exists());
     assert!(unseen.exists(), "a folder whose lock is held was removed");
     // Once its holder is gone, it goes too.
     drop(held);
-    rein_tools::sandbox::remove_stale_folders();
+    rein_tools::sandbox::remove_stale_folders_in(tmp);
     assert!(!unseen.exists());
-    std::fs::remove_dir_all(&live).unwrap();
-    std::fs::remove_dir_all(&other).unwrap();
 }

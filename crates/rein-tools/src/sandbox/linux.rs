@@ -118,11 +118,11 @@ const TEMP_PREFIX: &str = "rein-sandbox-";
 
 /// See [`super::remove_stale_folders`]. A folder is stale when its process is gone (no
 /// `/proc/<pid>`; without `/proc` nothing is removed) and nobody holds its lock.
-pub(super) fn remove_stale_folders() -> usize {
+pub(super) fn remove_stale_folders(dir: &Path) -> usize {
     if !Path::new("/proc/self").exists() {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let mut removed = 0;
@@ -154,7 +154,7 @@ impl TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         static SWEPT: std::sync::Once = std::sync::Once::new();
         SWEPT.call_once(|| {
-            remove_stale_folders();
+            remove_stale_folders(&std::env::temp_dir());
         });
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
