@@ -172,6 +172,11 @@ pub(crate) enum Command {
         /// Event streams one token may hold open at once.
         #[arg(long, default_value_t = 16)]
         max_streams_per_token: usize,
+        /// Threads serving requests and driving runs. Default: one fewer than the machine's
+        /// cores (at least one), leaving a core to rein's writer threads (event log, budget
+        /// ledger, audit trail), which every request waits for.
+        #[arg(long, env = "REIN_WORKERS")]
+        workers: Option<usize>,
     },
     /// API tokens for `rein serve`.
     Tokens {

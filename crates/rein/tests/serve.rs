@@ -826,3 +826,31 @@ fn the_server_keeps_its_memory_in_small_pages() {
         .map(|v| v.trim().trim_end_matches("kB").trim().to_owned());
     assert_eq!(huge.as_deref(), Some("0"), "{rollup}");
 }
+
+/// `--workers` sets how many threads serve requests (the default leaves a core to the writer
+/// threads); the rest of the server's threads are the same whatever it is.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_runs_as_many_request_threads_as_asked() {
+    let runtime_threads = |workers: &str| {
+        let state = tempfile::tempdir().unwrap();
+        let agents = agents();
+        let s = Served::start(REIN, state.path(), agents.path(), &["--workers", workers]);
+        let mut named = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", s.pid())).unwrap() {
+            let comm =
+                std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap_or_default();
+            if comm.trim() == "tokio-rt-worker" {
+                named += 1;
+            }
+        }
+        named
+    };
+    let (one, three) = (runtime_threads("1"), runtime_threads("3"));
+    assert!(one >= 1, "{one}");
+    assert_eq!(
+        three - one,
+        2,
+        "one request thread: {one} runtime threads; three: {three}"
+    );
+}
