@@ -6,6 +6,7 @@
 //! client, a denied one is left out with its reason, an asked one waits for a person. Then the
 //! run ends: the turn is over.
 
+use rein_core::state::Ended;
 use rein_core::{ClientResult, EndState, Event, Message, ToolCall, ToolSpec, Usage};
 
 use crate::EngineError;
@@ -170,6 +171,43 @@ impl Driver<'_> {
     /// Whether `tool` is run by the gateway's client: its call is handed over, not run.
     pub(super) fn runs_at_client(&self, tool: &str) -> bool {
         self.agent.client_tools.contains(tool)
+    }
+
+    /// The call a gateway run resumed without a request (after a crash) stopped on with its
+    /// intent recorded but not handed over, when the core would end the run on it as in doubt:
+    /// a call its client runs cannot have happened before its hand-off, since the client only
+    /// gets calls in the answer sent after the run's end is durable. (A driver that took a
+    /// request leaves such a call to the core, as before.)
+    pub(super) fn unhanded_client_call(&self, ended: &Ended) -> Option<String> {
+        if !self.is_gateway() || self.turn || ended.status != EndState::NeedsReconciliation {
+            return None;
+        }
+        let call_id = ended.call_id.as_ref()?;
+        self.state
+            .calls()
+            .iter()
+            .find(|c| &c.call.id == call_id && !c.handed_off && self.runs_at_client(&c.call.name))
+            .map(|c| c.call.id.clone())
+    }
+
+    /// Ends the run `failed` on such a call, naming it, instead of asking a person to check
+    /// whether a call nobody received happened.
+    pub(super) async fn end_unhanded(&mut self, ended: Ended) -> Result<(), EngineError> {
+        let call = ended
+            .call_id
+            .as_ref()
+            .and_then(|id| self.state.calls().iter().find(|c| &c.call.id == id))
+            .map(|c| format!("{} ({})", c.call.id, c.call.name))
+            .unwrap_or_default();
+        self.record(Event::RunEnded {
+            status: EndState::Failed,
+            output: ended.output,
+            reason: Some(format!(
+                "the gateway request was interrupted before call {call} was handed over: its client never received it and was not answered"
+            )),
+            call_id: None,
+        })
+        .await
     }
 
     /// Hands a call whose intent is recorded to the client.

@@ -362,6 +362,9 @@ impl<'a> Driver<'a> {
                     tracing::Span::current().record("rein.run.status", status.as_str());
                     break;
                 }
+                Action::End(ended) if self.unhanded_client_call(&ended).is_some() => {
+                    self.end_unhanded(ended).await?
+                }
                 Action::End(ended) => {
                     self.record(Event::RunEnded {
                         status: ended.status,

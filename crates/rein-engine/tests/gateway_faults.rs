@@ -1,0 +1,142 @@
+//! A gateway turn stopped at every event, as a killed process would leave it, then resumed as a
+//! new server resumes what it finds: the run always reaches a named end, a call is handed over
+//! only by the driver that took the request (a resumed run has nobody to hand it to), the
+//! tenant's budget books at most the one model call, and the audit trail holds a record of every
+//! event.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use rein_core::{EndState, Message, ToolSpec};
+use rein_engine::{EngineError, FaultPlan, GatewayTurn, NoObserver};
+use rein_testkit::{AgentFolder, SCRIPTED_MODEL, engine_with_faults, kinds, stop_after_event};
+
+const SCRIPT: &str = r#"
+[[turns]]
+text = "Let me look."
+calls = [{ tool = "lookup", args = { q = "A-1" } }]
+"#;
+
+fn folder() -> AgentFolder {
+    AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n{SCRIPTED_MODEL}[[budgets]]\nscope = \"tenant\"\nperiod = \"day\"\ntokens = 100000\n[[tools]]\nclient = true\nname = \"lookup\"\nargs_schema = {{ type = \"object\", properties = {{ q = {{ type = \"string\" }} }} }}\n"
+    ))
+    .file("script.toml", SCRIPT)
+}
+
+fn turn() -> GatewayTurn {
+    GatewayTurn {
+        conversation: "c-1".into(),
+        user: "ann".into(),
+        tenant: "acme".into(),
+        token: None,
+        task: "find A-1".into(),
+        system: "You help.".into(),
+        messages: vec![Message::User {
+            text: "find A-1".into(),
+        }],
+        tools: vec![ToolSpec {
+            name: "lookup".into(),
+            description: "looks up".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+        }],
+        ..Default::default()
+    }
+}
+
+const RUN: &str = "0123456789abcdef0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_turn_stopped_after_any_event_resumes_to_a_named_end_with_its_trail_whole() {
+    let folder = folder();
+    let agent = folder.agent();
+    // The turn undisturbed: what every stop is measured against.
+    let clean = tempfile::tempdir().unwrap();
+    let engine = engine_with_faults(clean.path(), FaultPlan::default());
+    let reply = engine
+        .gateway_turn(&agent, RUN, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, EndState::Completed);
+    assert_eq!(reply.calls.len(), 1, "{reply:?}");
+    let all = engine.store().events(RUN).unwrap();
+    assert!(
+        kinds(&all).contains(&"tool_handed_off"),
+        "{:?}",
+        kinds(&all)
+    );
+    let booked = engine.ledger().unwrap().usage("").unwrap();
+    drop(engine);
+    rein_testkit::assert_trail_complete(clean.path());
+
+    let mut unhanded = 0;
+    for stop in 1..all.len() as u64 {
+        let state = tempfile::tempdir().unwrap();
+        let stopped = engine_with_faults(state.path(), stop_after_event(stop))
+            .gateway_turn(&agent, RUN, turn(), &NoObserver)
+            .await;
+        assert!(
+            matches!(stopped, Err(EngineError::Interrupted { .. })),
+            "stop after event {stop}: {stopped:?}"
+        );
+        // A new process finds the run and resumes it.
+        let engine = engine_with_faults(state.path(), FaultPlan::default());
+        let resumed = engine.resume(RUN, &agent, &NoObserver).await;
+        let events = engine.store().events(RUN).unwrap();
+        let ended = events.iter().rev().find_map(|e| match &e.event {
+            rein_core::Event::RunEnded { status, .. } => Some(*status),
+            _ => None,
+        });
+        let ended = ended.unwrap_or_else(|| {
+            panic!(
+                "stop after event {stop}: the resumed run has no end ({resumed:?}): {:?}",
+                kinds(&events)
+            )
+        });
+        assert!(
+            matches!(ended, EndState::Completed | EndState::Failed),
+            "stop after event {stop}: ended {ended:?}"
+        );
+        // Only the driver that took the request hands a call over: a hand-off after the stop
+        // would go to nobody.
+        let handed: Vec<u64> = events
+            .iter()
+            .filter(|e| matches!(e.event, rein_core::Event::ToolHandedOff { .. }))
+            .map(|e| e.seq)
+            .collect();
+        assert!(
+            handed.iter().all(|seq| *seq <= stop),
+            "stop after event {stop}: handed over after it at {handed:?}: {:?}",
+            kinds(&events)
+        );
+        // A call whose intent was durable but which was never handed over cannot have been run
+        // by anyone: the run ends failed naming it, and no person is asked to check it.
+        let intended = events
+            .iter()
+            .any(|e| e.seq <= stop && matches!(e.event, rein_core::Event::ToolIntent { .. }));
+        if intended && handed.is_empty() {
+            let named = events.iter().any(|e| {
+                matches!(&e.event, rein_core::Event::RunEnded { status: EndState::Failed, reason: Some(r), .. }
+                    if r.contains("call_1_1 (lookup) was handed over"))
+            });
+            assert!(named, "stop after event {stop}: {:?}", events.last());
+            unhanded += 1;
+        }
+        // No line books more than the undisturbed turn did: the model call at most once.
+        let usage = engine.ledger().unwrap().usage("").unwrap();
+        for row in &usage {
+            let clean_row = booked
+                .iter()
+                .find(|b| b.key == row.key && b.period == row.period);
+            assert!(
+                row.tokens <= clean_row.map_or(0, |b| b.tokens),
+                "stop after event {stop}: {row:?} against {clean_row:?}"
+            );
+        }
+        drop(engine);
+        rein_testkit::assert_trail_complete(state.path());
+    }
+    assert_eq!(
+        unhanded, 1,
+        "one stop falls between the intent and its hand-off"
+    );
+}
