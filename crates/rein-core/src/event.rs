@@ -104,7 +104,7 @@ fn default_tenant() -> String {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The run began. Always the first event.
-    RunStarted(RunStarted),
+    RunStarted(Box<RunStarted>),
     /// A process picked the run up again from its log.
     RunResumed {
         /// 2 for the first resume, 3 for the next, and so on.

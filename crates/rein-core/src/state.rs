@@ -293,7 +293,7 @@ impl RunState {
                 self.sources
                     .add_text(&started.instructions, &[provenance::OPERATOR]);
                 self.grants = started.grants.clone();
-                self.started = Some(started.clone());
+                self.started = Some((**started).clone());
                 self.attempt = 1;
                 self.first_at_ms = stored.at_ms;
                 self.attempt_started_ms = stored.at_ms;

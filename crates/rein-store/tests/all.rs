@@ -9,7 +9,7 @@ use rein_core::{Durability, EndState, Event, Limits, RunStarted, StoredEvent, Us
 use rein_store::{Lease, RunFilter, SqliteStore, Store, StoreError};
 
 fn started(agent: &str) -> Event {
-    Event::RunStarted(RunStarted {
+    Event::RunStarted(Box::new(RunStarted {
         token: None,
         agent: agent.into(),
         agent_dir: None,
@@ -27,7 +27,7 @@ fn started(agent: &str) -> Event {
         sensitive: Default::default(),
         grants: None,
         data: Default::default(),
-    })
+    }))
 }
 
 /// The lease a test writer creates its run under.

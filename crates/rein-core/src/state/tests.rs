@@ -7,7 +7,7 @@ use crate::gate::Verdict;
 use serde_json::json;
 
 fn started(max_steps: u32) -> Event {
-    Event::RunStarted(RunStarted {
+    Event::RunStarted(Box::new(RunStarted {
         token: None,
         agent: "a".into(),
         agent_dir: None,
@@ -28,7 +28,7 @@ fn started(max_steps: u32) -> Event {
         sensitive: Default::default(),
         grants: None,
         data: Default::default(),
-    })
+    }))
 }
 
 fn call(id: &str) -> ToolCall {

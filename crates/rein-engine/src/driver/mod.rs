@@ -227,7 +227,7 @@ impl<'a> Driver<'a> {
             data: self.data.digests.clone(),
         };
         let result = async {
-            self.record(Event::RunStarted(started)).await?;
+            self.record(Event::RunStarted(Box::new(started))).await?;
             for notice in &self.agent.load_notices {
                 self.record(Event::Notice {
                     kind: notice.kind.clone(),

@@ -95,7 +95,7 @@ impl From<core::RunStarted> for RunStarted {
 impl From<core::Event> for Event {
     fn from(e: core::Event) -> Event {
         match e {
-            core::Event::RunStarted(s) => Event::RunStarted(s.into()),
+            core::Event::RunStarted(s) => Event::RunStarted((*s).into()),
             core::Event::RunResumed {
                 attempt,
                 agent_changed,
