@@ -466,34 +466,17 @@ impl Gate {
                 .all(|p| !p.has_non_scope_constraint())
                 .then(|| gate.judge(&gate.principal, target, Vec::new()))
         };
-        let tools: Vec<(String, Option<Decision>)> = self
-            .tools
-            .iter()
-            .map(|(name, t)| (name.clone(), decide(self, t)))
-            .collect();
-        let models: Vec<(String, Option<Decision>)> = self
-            .models
-            .iter()
-            .map(|(name, t)| (name.clone(), decide(self, t)))
-            .collect();
-        let delegates: Vec<(String, Option<Decision>)> = self
-            .delegates
-            .iter()
-            .map(|(name, t)| (name.clone(), decide(self, t)))
-            .collect();
-        let respond = decide(self, &self.respond);
-        for (slices, decided) in [
-            (&mut self.tools, tools),
-            (&mut self.models, models),
-            (&mut self.delegates, delegates),
-        ] {
-            for (name, decision) in decided {
-                if let Some(t) = slices.get_mut(&name) {
-                    t.constant = decision;
-                }
-            }
+        // Judging needs the gate but none of its targets: they are taken out while decided.
+        let mut maps = [
+            std::mem::take(&mut self.tools),
+            std::mem::take(&mut self.models),
+            std::mem::take(&mut self.delegates),
+        ];
+        for target in maps.iter_mut().flat_map(|m| m.values_mut()) {
+            target.constant = decide(self, target);
         }
-        self.respond.constant = respond;
+        [self.tools, self.models, self.delegates] = maps;
+        self.respond.constant = decide(self, &self.respond);
     }
 
     /// The decision made when the policies loaded, if `target`'s cannot depend on the request.

@@ -37,12 +37,15 @@ fn openai_agent(uri: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_decision() {
-    // Step 1 proposes a tool the agent does not have (refused); step 2's model call hangs.
-    let (hanging, arrived) =
-        fake::server_then_hang(vec![openai_calls(&[("c1", "wipe_disk", "{}")])]).await;
-    let folder = AgentFolder::new(&openai_agent(&hanging.uri()));
+/// Starts `rein run` on `agent` (given its provider's URL) against a provider that answers
+/// `first` and then hangs, and kills the process (SIGKILL) once the second model call is in
+/// flight. Answers the agent folder and the state directory.
+async fn killed_in_second_model_call(
+    agent: &dyn Fn(&str) -> String,
+    first: Value,
+) -> (AgentFolder, tempfile::TempDir) {
+    let (hanging, arrived) = fake::server_then_hang(vec![first]).await;
+    let folder = AgentFolder::new(&agent(&hanging.uri()));
     let state = tempfile::tempdir().unwrap();
     let mut child = spawn(
         state.path(),
@@ -51,8 +54,17 @@ async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_dec
     arrived
         .recv_timeout(Duration::from_secs(60))
         .expect("rein never made its second model call");
-    child.kill().unwrap(); // SIGKILL, while the call is in flight
+    child.kill().unwrap();
     child.wait().unwrap();
+    (folder, state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_while_the_model_hangs_the_resumed_run_has_a_record_for_every_decision() {
+    // Step 1 proposes a tool the agent does not have (refused); step 2's model call hangs.
+    let (folder, state) =
+        killed_in_second_model_call(&openai_agent, openai_calls(&[("c1", "wipe_disk", "{}")]))
+            .await;
 
     // The provider answers again; the run is resumed to its end.
     let answering = fake::server(vec![openai_text("Nothing to do.", 30, 4)]).await;
@@ -129,19 +141,9 @@ async fn killed_while_the_model_hangs_after_a_tool_ran_its_effect_is_not_repeate
             openai_agent(uri)
         )
     };
-    let (hanging, arrived) =
-        fake::server_then_hang(vec![openai_calls(&[("c1", "transfer", "{}")])]).await;
-    let folder = AgentFolder::new(&agent(&hanging.uri()));
-    let state = tempfile::tempdir().unwrap();
-    let mut child = spawn(
-        state.path(),
-        &["run", folder.path().to_str().unwrap(), "--json"],
-    );
-    arrived
-        .recv_timeout(Duration::from_secs(60))
-        .expect("rein never made its second model call");
-    child.kill().unwrap(); // SIGKILL, with the outcome handed over and the call in flight
-    child.wait().unwrap();
+    // The outcome is handed over unawaited and the next call is in flight when the kill comes.
+    let (folder, state) =
+        killed_in_second_model_call(&agent, openai_calls(&[("c1", "transfer", "{}")])).await;
     assert_eq!(folder.effects("transfers.log"), 1);
 
     let answering = fake::server(vec![openai_text("Sent.", 30, 4)]).await;

@@ -173,11 +173,11 @@ impl Driver<'_> {
         self.agent.client_tools.contains(tool)
     }
 
-    /// The call a gateway run resumed without a request (after a crash) stopped on with its
-    /// intent recorded but not handed over, when the core would end the run on it as in doubt:
-    /// a call its client runs cannot have happened before its hand-off, since the client only
-    /// gets calls in the answer sent after the run's end is durable. (A driver that took a
-    /// request leaves such a call to the core, as before.)
+    /// The call (`id (tool)`) a gateway run resumed without a request (after a crash) stopped
+    /// on with its intent recorded but not handed over, when the core would end the run on it as
+    /// in doubt: a call its client runs cannot have happened before its hand-off, since the
+    /// client only gets calls in the answer sent after the run's end is durable. (A driver that
+    /// took a request leaves such a call to the core, as before.)
     pub(super) fn unhanded_client_call(&self, ended: &Ended) -> Option<String> {
         if !self.is_gateway() || self.turn || ended.status != EndState::NeedsReconciliation {
             return None;
@@ -187,21 +187,19 @@ impl Driver<'_> {
             .calls()
             .iter()
             .find(|c| &c.call.id == call_id && !c.handed_off && self.runs_at_client(&c.call.name))
-            .map(|c| c.call.id.clone())
+            .map(|c| format!("{} ({})", c.call.id, c.call.name))
     }
 
     /// Ends the run `failed` on such a call, naming it, instead of asking a person to check
     /// whether a call nobody received happened.
-    pub(super) async fn end_unhanded(&mut self, ended: Ended) -> Result<(), EngineError> {
-        let call = ended
-            .call_id
-            .as_ref()
-            .and_then(|id| self.state.calls().iter().find(|c| &c.call.id == id))
-            .map(|c| format!("{} ({})", c.call.id, c.call.name))
-            .unwrap_or_default();
+    pub(super) async fn end_unhanded(
+        &mut self,
+        output: Option<String>,
+        call: String,
+    ) -> Result<(), EngineError> {
         self.record(Event::RunEnded {
             status: EndState::Failed,
-            output: ended.output,
+            output,
             reason: Some(format!(
                 "the gateway request was interrupted before call {call} was handed over: its client never received it and was not answered"
             )),

@@ -61,9 +61,11 @@ pub(crate) struct Driver<'a> {
     uncommitted: Vec<rein_core::StoredEvent>,
     /// The last event handed to the store.
     submitted_seq: u64,
-    /// A run_ended or run_suspended was recorded since the last flush: sign a checkpoint.
+    /// A run_ended or run_suspended was recorded and not yet handed to the store: the append
+    /// that carries it asks for a checkpoint.
     closing: bool,
-    /// The checkpoint the append that closes the run asked for, once it commits.
+    /// The checkpoint the append that closed the run asked for, answered once it is signed:
+    /// the next flush waits for it.
     signed: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
     /// Settlements of model calls queued on the ledger and not yet known to be booked: awaited
     /// at the next flush, and before the budgets are read or held again.
@@ -362,18 +364,18 @@ impl<'a> Driver<'a> {
                     tracing::Span::current().record("rein.run.status", status.as_str());
                     break;
                 }
-                Action::End(ended) if self.unhanded_client_call(&ended).is_some() => {
-                    self.end_unhanded(ended).await?
-                }
-                Action::End(ended) => {
-                    self.record(Event::RunEnded {
-                        status: ended.status,
-                        output: ended.output,
-                        reason: ended.reason,
-                        call_id: ended.call_id,
-                    })
-                    .await?;
-                }
+                Action::End(ended) => match self.unhanded_client_call(&ended) {
+                    Some(call) => self.end_unhanded(ended.output, call).await?,
+                    None => {
+                        self.record(Event::RunEnded {
+                            status: ended.status,
+                            output: ended.output,
+                            reason: ended.reason,
+                            call_id: ended.call_id,
+                        })
+                        .await?
+                    }
+                },
                 Action::Suspended => {
                     tracing::Span::current()
                         .record("rein.run.status", EndState::AwaitingApproval.as_str());

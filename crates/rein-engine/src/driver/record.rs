@@ -94,7 +94,7 @@ impl Driver<'_> {
         // The append that ends or suspends the run also asks for the checkpoint the run waits
         // for, from its commit hook: the run then waits for one hand-off (store, then audit
         // writer), not for the commit and then for a checkpoint it asks for itself.
-        let hook: OnCommit = if self.closing {
+        let hook: OnCommit = if std::mem::take(&mut self.closing) {
             let (done, signed) = tokio::sync::oneshot::channel();
             self.signed = Some(signed);
             let at = self.engine.clock.now_ms();
@@ -125,22 +125,12 @@ impl Driver<'_> {
         self.submit();
         self.committed().await?;
         self.booked().await?;
-        if std::mem::take(&mut self.closing) {
-            match self.signed.take() {
-                Some(signed) => signed
-                    .await
-                    .map_err(|_| EngineError::Audit("the audit writer has stopped".into()))?
-                    .map_err(EngineError::Audit)?,
-                None => self
-                    .engine
-                    .audit
-                    .checkpoint(
-                        self.engine.clock.now_ms(),
-                        self.agent.durability == rein_core::Durability::Fsync,
-                    )
-                    .await
-                    .map_err(EngineError::Audit)?,
-            }
+        // The append that closed the run asked for a checkpoint after its records (`submit`).
+        if let Some(signed) = self.signed.take() {
+            signed
+                .await
+                .map_err(|_| EngineError::Audit("the audit writer has stopped".into()))?
+                .map_err(EngineError::Audit)?;
         }
         Ok(())
     }
