@@ -234,17 +234,35 @@ fn temporary_folders_of_dead_processes_are_removed_and_live_ones_kept() {
     let other = tmp.join(format!("rein-sandboxed-{}", pid_max + 1));
     std::fs::create_dir_all(&other).unwrap();
     // A folder whose pid this process cannot see (a live process in another pid namespace
-    // sharing the temporary folder) but whose lock is held is kept too.
+    // sharing the temporary folder) but whose lock is held is kept too. Its holder is another
+    // process: a lock this one took would also be held, until their `exec`, by the children
+    // the other tests fork meanwhile, and could outlive the drop that should release it.
     let unseen = tmp.join(format!("rein-sandbox-{}-2-0", pid_max + 2));
     std::fs::create_dir_all(&unseen).unwrap();
-    let held = std::fs::File::open(&unseen).unwrap();
-    held.lock().unwrap();
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()",
+        ])
+        .arg(&unseen)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
     rein_tools::sandbox::remove_stale_folders_in(tmp);
     assert!(!dead.exists(), "the dead process's folder is still there");
     assert!(live.exists() && other.exists());
     assert!(unseen.exists(), "a folder whose lock is held was removed");
     // Once its holder is gone, it goes too.
-    drop(held);
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
     rein_tools::sandbox::remove_stale_folders_in(tmp);
     assert!(!unseen.exists());
 }
