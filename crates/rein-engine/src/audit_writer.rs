@@ -1,38 +1,96 @@
-//! The audit trail's writer thread: records are handed to it as their events commit (from the
-//! store's commit hook), it writes them in batches, and a run's end (or suspension) waits for
-//! everything queued to be written and a checkpoint signed (runs that end together share one
-//! signature). A failed write is reported to the next run step that records.
+//! The audit trail's writer: records are queued as their events commit (by the store's commit
+//! hooks) and written by the store's own writer thread once per batch of appends, after the
+//! batch's hooks and before any appender of the batch is answered. A run's end (or suspension)
+//! queues its last records with a request for a checkpoint after them; the runs that end in one
+//! batch share one signature. No thread of its own: a record is on disk (or failed) by the time
+//! its event's commit is acknowledged, and a run's ending waits for one hand-off, the store's.
+//! A failed write is reported to the next run step that records.
 
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rein_audit::{AuditLog, Entry};
+use rein_store::Store;
 
 /// Answers a run waiting for a checkpoint.
 pub(crate) type CheckpointDone = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-enum Message {
-    Append(Vec<Entry>, bool),
-    /// A checkpoint at a time, flushed to disk if asked.
-    Checkpoint(u64, bool, CheckpointDone),
-    /// A run's last records, and a checkpoint after them: sent by the commit hook of the append
-    /// that ends (or suspends) the run, so the run waits for one hand-off, not two.
-    Closing(Vec<Entry>, bool, u64, CheckpointDone),
+/// What the hooks of the batch being committed have queued.
+#[derive(Default)]
+struct Queue {
+    entries: Vec<Entry>,
+    /// Some run's durability asks for the records to be flushed to disk.
+    fsync: bool,
+    /// Runs waiting for a checkpoint after their records, and the latest time they asked for.
+    waiting: Vec<CheckpointDone>,
+    at_ms: u64,
+    sync_checkpoint: bool,
 }
 
-/// Hands records to the writer thread; cheap to clone into commit hooks.
+struct Shared {
+    log: Arc<AuditLog>,
+    /// Held while the queue is written, so records reach the log in the order they were queued
+    /// whoever writes them.
+    queue: Mutex<Queue>,
+    failed: Mutex<Option<String>>,
+    /// Its engine is gone: the store stops calling once it has written what was queued.
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Writes what is queued, then signs one checkpoint if a run asked for one: it covers all
+    /// their records (a waiter only needs a signed checkpoint after its own records, and this one
+    /// is).
+    fn write_queued(&self) {
+        let mut queue = lock(&self.queue);
+        if queue.entries.is_empty() && queue.waiting.is_empty() {
+            return;
+        }
+        let q = std::mem::take(&mut *queue);
+        let mut result = if q.entries.is_empty() {
+            Ok(())
+        } else {
+            self.log
+                .append_with(&q.entries, q.fsync)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if !q.waiting.is_empty() {
+            result = result.and_then(|()| {
+                self.log
+                    .checkpoint_with(q.at_ms, q.sync_checkpoint)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+        }
+        drop(queue);
+        if let Err(e) = &result {
+            lock(&self.failed).get_or_insert(e.clone());
+        }
+        for done in q.waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// Queues records from commit hooks; cheap to clone into them.
 #[derive(Clone)]
-pub(crate) struct AuditSender(mpsc::Sender<Message>);
+pub(crate) struct AuditSender(Arc<Shared>);
 
 impl AuditSender {
     /// Queues records (`fsync`: the run's durability asks for a flush to disk).
     pub(crate) fn send(&self, entries: Vec<Entry>, fsync: bool) {
-        // If the thread has stopped, `failure` says why at the run's next step.
-        let _ = self.0.send(Message::Append(entries, fsync));
+        let mut queue = lock(&self.0.queue);
+        queue.entries.extend(entries);
+        queue.fsync |= fsync;
     }
 
-    /// Queues a run's last records and a checkpoint at `at_ms` after them; `done` is answered
-    /// once both are written.
+    /// Queues a run's last records and asks for a checkpoint at `at_ms` after them; `done` is
+    /// answered once both are written.
     pub(crate) fn send_closing(
         &self,
         entries: Vec<Entry>,
@@ -40,123 +98,57 @@ impl AuditSender {
         at_ms: u64,
         done: CheckpointDone,
     ) {
-        // A stopped thread drops `done`, and the waiting run learns it from that.
-        let _ = self.0.send(Message::Closing(entries, fsync, at_ms, done));
+        let mut queue = lock(&self.0.queue);
+        queue.entries.extend(entries);
+        queue.fsync |= fsync;
+        queue.at_ms = queue.at_ms.max(at_ms);
+        queue.sync_checkpoint |= fsync;
+        queue.waiting.push(done);
     }
 }
 
-/// A handle on the writer thread.
+/// The audit trail of an engine, written after each batch of its store's appends.
 pub(crate) struct AuditWriter {
-    log: Arc<AuditLog>,
-    sender: AuditSender,
-    failed: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
 }
 
 impl AuditWriter {
-    pub(crate) fn start(log: Arc<AuditLog>) -> AuditWriter {
-        let (sender, receiver) = mpsc::channel::<Message>();
-        let failed = Arc::new(Mutex::new(None));
-        let (thread_log, thread_failed) = (log.clone(), failed.clone());
-        let spawned = std::thread::Builder::new()
-            .name("rein-audit-writer".into())
-            .spawn(move || {
-                let fail = |e: String| {
-                    if let Ok(mut f) = thread_failed.lock() {
-                        f.get_or_insert(e);
-                    }
-                };
-                while let Ok(first) = receiver.recv() {
-                    let mut pending = vec![first];
-                    while let Ok(next) = receiver.try_recv() {
-                        pending.push(next);
-                    }
-                    // Everything queued goes to disk together, then one checkpoint answers
-                    // every run that asked for one: it covers all their records (a waiter only
-                    // needs a signed checkpoint after its own records, and this one is).
-                    let mut batch = Vec::new();
-                    let mut fsync = false;
-                    let mut sync_checkpoint = false;
-                    let mut waiting = Vec::new();
-                    let mut at = 0;
-                    for message in pending {
-                        match message {
-                            Message::Append(entries, sync) => {
-                                batch.extend(entries);
-                                fsync |= sync;
-                            }
-                            Message::Checkpoint(at_ms, sync, done) => {
-                                at = at.max(at_ms);
-                                sync_checkpoint |= sync;
-                                waiting.push(done);
-                            }
-                            Message::Closing(entries, sync, at_ms, done) => {
-                                batch.extend(entries);
-                                fsync |= sync;
-                                at = at.max(at_ms);
-                                sync_checkpoint |= sync;
-                                waiting.push(done);
-                            }
-                        }
-                    }
-                    let mut result = if batch.is_empty() {
-                        Ok(())
-                    } else {
-                        thread_log
-                            .append_with(&batch, fsync)
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    };
-                    if !waiting.is_empty() {
-                        result = result.and_then(|()| {
-                            thread_log
-                                .checkpoint_with(at, sync_checkpoint)
-                                .map(|_| ())
-                                .map_err(|e| e.to_string())
-                        });
-                    }
-                    if let Err(e) = &result {
-                        fail(e.clone());
-                    }
-                    for done in waiting {
-                        let _ = done.send(result.clone());
-                    }
-                }
-            });
-        if let Err(e) = spawned
-            && let Ok(mut f) = failed.lock()
-        {
-            *f = Some(format!("cannot start the audit writer: {e}"));
-        }
-        AuditWriter {
+    /// Writes what the commit hooks of `store`'s appends queue, on the store's writer thread
+    /// after each batch (until the batch after this writer is dropped).
+    pub(crate) fn start(log: Arc<AuditLog>, store: &dyn Store) -> AuditWriter {
+        let shared = Arc::new(Shared {
             log,
-            sender: AuditSender(sender),
-            failed,
-        }
+            queue: Mutex::new(Queue::default()),
+            failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
+        store.after_batch(Box::new(move || {
+            // Read first: a hook that queued before its engine went is written this once.
+            let closed = writer.closed.load(Ordering::Acquire);
+            writer.write_queued();
+            !closed
+        }));
+        AuditWriter { shared }
     }
 
     pub(crate) fn log(&self) -> &Arc<AuditLog> {
-        &self.log
+        &self.shared.log
     }
 
     /// A write that failed, if one did.
     pub(crate) fn failure(&self) -> Option<String> {
-        self.failed.lock().ok().and_then(|f| f.clone())
+        lock(&self.shared.failed).clone()
     }
 
     /// A sender for commit hooks.
     pub(crate) fn sender(&self) -> AuditSender {
-        self.sender.clone()
+        AuditSender(self.shared.clone())
     }
+}
 
-    /// Waits until everything queued so far is written, then signs a checkpoint (flushed to
-    /// disk, with the records, when `fsync`).
-    pub(crate) async fn checkpoint(&self, at_ms: u64, fsync: bool) -> Result<(), String> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.sender
-            .0
-            .send(Message::Checkpoint(at_ms, fsync, done))
-            .map_err(|_| "the audit writer has stopped".to_owned())?;
-        wait.await
-            .map_err(|_| "the audit writer has stopped".to_owned())?
+impl Drop for AuditWriter {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
     }
 }

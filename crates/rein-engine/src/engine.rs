@@ -82,12 +82,12 @@ impl Engine {
     /// recorded there.
     pub fn new(store: Arc<dyn Store>, state_dir: &Path, audit: Arc<AuditLog>) -> Engine {
         Engine {
+            audit: AuditWriter::start(audit, store.as_ref()),
             store,
             clock: Arc::new(SystemClock),
             state_dir: state_dir.to_owned(),
             #[cfg(feature = "faults")]
             faults: crate::FaultPlan::default(),
-            audit: AuditWriter::start(audit),
             ledger: OnceLock::new(),
             notes: OnceLock::new(),
             live: Mutex::new(HashMap::new()),
@@ -344,9 +344,12 @@ impl Engine {
             crate::audit::entry_for(&run_id, &stored, state, &|b| self.audit.log().keyed_hash(b));
         let sender = self.audit.sender();
         let fsync = durability == Durability::Fsync;
+        // Its record and a checkpoint after it are written with the append's batch.
+        let (done, signed) = tokio::sync::oneshot::channel();
+        let at = self.clock.now_ms();
         let hook: OnCommit = Box::new(move |ok| {
             if ok {
-                sender.send(vec![entry], fsync);
+                sender.send_closing(vec![entry], fsync, at, done);
             }
         });
         self.store
@@ -357,9 +360,9 @@ impl Engine {
                 Some(hook),
             )
             .await?;
-        self.audit
-            .checkpoint(self.clock.now_ms(), fsync)
+        signed
             .await
+            .map_err(|_| EngineError::Audit("the audit trail was not written".into()))?
             .map_err(EngineError::Audit)
     }
 

@@ -180,6 +180,11 @@ pub struct Renewed {
 /// Called by the store once an append has committed (`true`) or failed (`false`).
 pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
+/// Called by the store after the commit hooks of each batch of appends have run, before any of
+/// their appenders is told the batch committed; it answers whether it wants to be called again
+/// (false once whatever it serves is gone).
+pub type AfterBatch = Box<dyn Fn() -> bool + Send>;
+
 /// What can go wrong in the store. Every error says which run and event it concerns when it can.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -333,6 +338,10 @@ pub trait Store: Send + Sync {
         durability: Durability,
         on_commit: Option<OnCommit>,
     ) -> Commit;
+    /// Registers `f` to run after each batch of appends' commit hooks, on the thread that ran
+    /// them, before the appenders are answered: what the hooks queued (audit records) is handled
+    /// once per batch, and is done by the time an appender learns its events committed.
+    fn after_batch(&self, f: AfterBatch);
     /// Takes the lease of an existing run for `ttl_ms`: free, lapsed, or held by an owner that
     /// `holder_gone` says no longer exists (a process on this machine that died). Refused with
     /// [`StoreError::Leased`] while another live writer holds it.

@@ -253,6 +253,94 @@ async fn many_concurrent_runs_all_commit() {
 }
 
 #[tokio::test]
+async fn what_runs_after_a_batch_has_handled_its_hooks_before_any_appender_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    check_after_batch(&open(dir.path())).await;
+}
+
+/// The engine's audit trail relies on this: each append's hook queues something, and the
+/// store's `after_batch` callbacks have handled it by the time the appender is answered, in the
+/// order the hooks queued it; a callback that answers false is not called again.
+async fn check_after_batch(store: &dyn Store) {
+    use std::sync::Mutex;
+    let queued: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (q, h) = (queued.clone(), handled.clone());
+    store.after_batch(Box::new(move || {
+        let mut q = q.lock().unwrap();
+        h.lock().unwrap().extend(q.drain(..));
+        true
+    }));
+    // Called once, then dropped by the store.
+    let once = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = once.clone();
+    store.after_batch(Box::new(move || {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        false
+    }));
+    let hooked = |name: String| -> rein_store::OnCommit {
+        let queued = queued.clone();
+        Box::new(move |ok| {
+            assert!(ok, "{name} did not commit");
+            queued.lock().unwrap().push(name);
+        })
+    };
+    // Many appends queued at once, so the writer finds several waiting together.
+    let runs: Vec<String> = (0..30).map(|r| format!("batched-{r:02}")).collect();
+    let commits: Vec<_> = runs
+        .iter()
+        .map(|id| {
+            store.append(
+                &lease(id),
+                &[ev(1, started("b"))],
+                Durability::Normal,
+                Some(hooked(format!("{id} start"))),
+            )
+        })
+        .collect();
+    for (id, commit) in runs.iter().zip(commits) {
+        commit.await.unwrap();
+        assert!(
+            handled.lock().unwrap().contains(&format!("{id} start")),
+            "{id}: answered before what its hook queued was handled"
+        );
+    }
+    // One run's appends, queued without waiting: handled in the order they committed.
+    let l = lease("ordered");
+    let mut commits = vec![store.append(
+        &l,
+        &[ev(1, started("o"))],
+        Durability::Normal,
+        Some(hooked("ordered 1".into())),
+    )];
+    for n in 0..10u32 {
+        let [a, b] = step(2 + 2 * u64::from(n), n + 1);
+        commits.push(store.append(
+            &l,
+            &[a, b],
+            Durability::Normal,
+            Some(hooked(format!("ordered {}", n + 2))),
+        ));
+    }
+    for commit in commits {
+        commit.await.unwrap();
+    }
+    let ordered: Vec<String> = handled
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n.starts_with("ordered "))
+        .cloned()
+        .collect();
+    assert_eq!(
+        ordered,
+        (1..=11).map(|n| format!("ordered {n}")).collect::<Vec<_>>()
+    );
+    assert!(queued.lock().unwrap().is_empty());
+    assert_eq!(once.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn a_bad_append_among_good_ones_fails_alone_and_leaves_nothing_behind() {
     // Appends queued together share a transaction; one that fails half-way (its first event
     // fits, its second leaves a gap) must roll back alone, and the others commit whole.

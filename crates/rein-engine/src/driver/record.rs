@@ -2,7 +2,7 @@
 //! closed) and applies the event to the run's state. The events of a step go to the store
 //! together, as one append under the run's lease, when the driver waits for them (an intent, an
 //! ending, a suspension) or is about to wait on the outside world (a model call); their audit
-//! records go to the audit writer once that append has committed.
+//! records are queued for the audit writer once that append has committed.
 
 use rein_core::{Event, StoredEvent};
 use rein_store::OnCommit;
@@ -92,8 +92,9 @@ impl Driver<'_> {
         let sender = self.engine.audit.sender();
         let fsync = self.agent.durability == rein_core::Durability::Fsync;
         // The append that ends or suspends the run also asks for the checkpoint the run waits
-        // for, from its commit hook: the run then waits for one hand-off (store, then audit
-        // writer), not for the commit and then for a checkpoint it asks for itself.
+        // for, from its commit hook: the store's writer writes the batch's records and signs it
+        // before answering, so the run waits for one hand-off, not for the commit and then for
+        // a checkpoint it asks for itself.
         let hook: OnCommit = if std::mem::take(&mut self.closing) {
             let (done, signed) = tokio::sync::oneshot::channel();
             self.signed = Some(signed);
@@ -129,7 +130,7 @@ impl Driver<'_> {
         if let Some(signed) = self.signed.take() {
             signed
                 .await
-                .map_err(|_| EngineError::Audit("the audit writer has stopped".into()))?
+                .map_err(|_| EngineError::Audit("the audit trail was not written".into()))?
                 .map_err(EngineError::Audit)?;
         }
         Ok(())

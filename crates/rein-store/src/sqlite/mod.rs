@@ -13,8 +13,8 @@ use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState, Event, StoredEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::{
-    ApprovalFilter, ApprovalSummary, Commit, Lease, LeaseHolder, OnCommit, Renewed, RunFilter,
-    RunSummary, Store, StoreError,
+    AfterBatch, ApprovalFilter, ApprovalSummary, Commit, Lease, LeaseHolder, OnCommit, Renewed,
+    RunFilter, RunSummary, Store, StoreError,
 };
 use writer::{Append, ApprovalChange, Started, write_loop};
 
@@ -119,6 +119,8 @@ pub struct SqliteStore {
     cancels: Mutex<CancelView>,
     /// Leases and cancellation requests: small transactions of their own.
     control: Mutex<Connection>,
+    /// What runs on the writer thread after each batch's commit hooks.
+    after: Arc<Mutex<Vec<AfterBatch>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -233,9 +235,20 @@ impl SqliteStore {
             })?;
         let (sender, receiver) = mpsc::channel();
         let writer_path = path.clone();
+        let after = Arc::new(Mutex::new(Vec::new()));
+        let writer_after = after.clone();
         let handle = std::thread::Builder::new()
             .name("rein-store-writer".into())
-            .spawn(move || write_loop(writer, writer_path, receiver, wanted, writer_gate))
+            .spawn(move || {
+                write_loop(
+                    writer,
+                    writer_path,
+                    receiver,
+                    writer_after,
+                    wanted,
+                    writer_gate,
+                )
+            })
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -248,6 +261,7 @@ impl SqliteStore {
             readers: Mutex::new(vec![reader]),
             cancels: Mutex::new(CancelView::default()),
             control: Mutex::new(control),
+            after,
         })
     }
 
@@ -503,6 +517,10 @@ fn decode_events(
 }
 
 impl Store for SqliteStore {
+    fn after_batch(&self, f: AfterBatch) {
+        self.after.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
     fn append(
         &self,
         lease: &Lease,

@@ -11,7 +11,7 @@ use rein_core::{Durability, EndState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::tx::Tx;
-use crate::{Lease, OnCommit, StoreError};
+use crate::{AfterBatch, Lease, OnCommit, StoreError};
 
 /// At most this many appends share one transaction.
 const MAX_BATCH: usize = 1024;
@@ -96,6 +96,7 @@ pub(super) fn write_loop(
     mut conn: Connection,
     path: PathBuf,
     receiver: mpsc::Receiver<Append>,
+    after: Arc<Mutex<Vec<AfterBatch>>>,
     checkpoint: mpsc::SyncSender<()>,
     gate: Arc<Mutex<()>>,
 ) {
@@ -131,13 +132,21 @@ pub(super) fn write_loop(
             // One request waiting is enough: a full channel means one is on its way.
             let _ = checkpoint.try_send(());
         }
+        // The hooks run, then what comes after the batch, before any appender wakes: whatever
+        // they hand on (audit records) is handled by the time the appender's next step runs.
+        let mut answers = Vec::with_capacity(batch.len());
         for (append, result) in batch.into_iter().zip(results) {
-            // The hook runs before the waiter wakes, so whatever it hands on (audit records) is
-            // on its way before the appender's next step.
             if let Some(hook) = append.on_commit {
                 hook(result.is_ok());
             }
-            let _ = append.done.send(result);
+            answers.push((append.done, result));
+        }
+        after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| f());
+        for (done, result) in answers {
+            let _ = done.send(result);
         }
     }
 }
