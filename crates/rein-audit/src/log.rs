@@ -490,15 +490,52 @@ impl AuditLog {
     ) -> Result<Option<Checkpoint>, AuditError> {
         self.locked(|state, file| {
             self.catch_up(state, file)?;
-            self.sync_checkpointed(state)?;
-            if state.frontier.size() == 0 || state.checkpointed == state.frontier.size() {
-                return Ok(None);
-            }
-            if fsync {
-                file.sync_data().map_err(io_err(&self.paths.records))?;
-            }
-            self.write_checkpoint(state, at_ms, fsync).map(Some)
+            self.checkpoint_locked(state, file, at_ms, fsync)
         })
+    }
+
+    /// [`AuditLog::append_with`], then (when `checkpoint` names a time and whether to flush)
+    /// [`AuditLog::checkpoint_with`], under one hold of the log's lock: a writer that ends runs
+    /// takes the lock once per batch, not twice.
+    pub fn append_and_checkpoint(
+        &self,
+        entries: &[Entry],
+        fsync: bool,
+        checkpoint: Option<(u64, bool)>,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        if entries.is_empty() && checkpoint.is_none() {
+            return Ok(None);
+        }
+        self.locked(|state, file| {
+            // Appending catches up with the file first; without records, the checkpoint does.
+            if entries.is_empty() {
+                self.catch_up(state, file)?;
+            } else {
+                self.append_locked(state, file, entries, fsync)?;
+            }
+            match checkpoint {
+                Some((at_ms, sync)) => self.checkpoint_locked(state, file, at_ms, sync),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Signs a checkpoint over the records so far (the caller has caught up with the file).
+    fn checkpoint_locked(
+        &self,
+        state: &mut WriterState,
+        file: &mut File,
+        at_ms: u64,
+        fsync: bool,
+    ) -> Result<Option<Checkpoint>, AuditError> {
+        self.sync_checkpointed(state)?;
+        if state.frontier.size() == 0 || state.checkpointed == state.frontier.size() {
+            return Ok(None);
+        }
+        if fsync {
+            file.sync_data().map_err(io_err(&self.paths.records))?;
+        }
+        self.write_checkpoint(state, at_ms, fsync).map(Some)
     }
 
     /// Signs and appends a checkpoint over the records so far, chained to the last one. Called

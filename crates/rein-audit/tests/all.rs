@@ -320,6 +320,48 @@ fn a_checkpoint_is_signed_when_enough_time_has_passed() {
     );
 }
 
+#[test]
+fn records_and_the_checkpoint_after_them_are_written_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: u64::MAX,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    // Records alone: none is due, so none is signed.
+    assert!(
+        log.append_and_checkpoint(&[entry(1), entry(2)], false, None)
+            .unwrap()
+            .is_none()
+    );
+    // Records with a checkpoint: it covers them all, earlier ones included.
+    let signed = log
+        .append_and_checkpoint(&[entry(3)], false, Some((7, false)))
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!((signed.tree_size, signed.at_ms), (3, 7));
+    // Nothing new: nothing to sign; nothing at all: nothing done.
+    assert!(
+        log.append_and_checkpoint(&[], false, Some((8, false)))
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        log.append_and_checkpoint(&[], false, None)
+            .unwrap()
+            .is_none()
+    );
+    let report = verify(dir.path(), &[log.public_key()]).unwrap();
+    assert_eq!(
+        (report.records, report.checkpoints, report.uncovered),
+        (3, 1, 0)
+    );
+}
+
 /// An entry recording event `event` of run `run`.
 fn of_event(run: &str, event: u64) -> Entry {
     Entry {

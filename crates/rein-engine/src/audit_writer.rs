@@ -2,11 +2,11 @@
 //! hooks) and written by the store's own writer thread once per batch of appends, after the
 //! batch's hooks and before any appender of the batch is answered. A run's end (or suspension)
 //! queues its last records with a request for a checkpoint after them; the runs that end in one
-//! batch share one signature. No thread of its own: a record is on disk (or failed) by the time
-//! its event's commit is acknowledged, and a run's ending waits for one hand-off, the store's.
+//! batch share one signature. No thread of its own: a record is written (or its failure noted)
+//! by the time its event's commit is acknowledged, and a run's ending waits for one hand-off, the
+//! store's.
 //! A failed write is reported to the next run step that records.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rein_audit::{AuditLog, Entry};
@@ -33,8 +33,6 @@ struct Shared {
     /// whoever writes them.
     queue: Mutex<Queue>,
     failed: Mutex<Option<String>>,
-    /// Its engine is gone: the store stops calling once it has written what was queued.
-    closed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,22 +49,16 @@ impl Shared {
             return;
         }
         let q = std::mem::take(&mut *queue);
-        let mut result = if q.entries.is_empty() {
-            Ok(())
-        } else {
+        let checkpoint = (!q.waiting.is_empty()).then_some((q.at_ms, q.sync_checkpoint));
+        // On the store's writer thread: a panic in the audit code must not stop the store,
+        // so it becomes this write's failure, which stops the runs it concerns.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.log
-                .append_with(&q.entries, q.fsync)
+                .append_and_checkpoint(&q.entries, q.fsync, checkpoint)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
-        };
-        if !q.waiting.is_empty() {
-            result = result.and_then(|()| {
-                self.log
-                    .checkpoint_with(q.at_ms, q.sync_checkpoint)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            });
-        }
+        }))
+        .unwrap_or_else(|_| Err("writing the audit trail panicked".into()));
         drop(queue);
         if let Err(e) = &result {
             lock(&self.failed).get_or_insert(e.clone());
@@ -114,20 +106,20 @@ pub(crate) struct AuditWriter {
 
 impl AuditWriter {
     /// Writes what the commit hooks of `store`'s appends queue, on the store's writer thread
-    /// after each batch (until the batch after this writer is dropped).
+    /// after each batch (until this writer and every hook holding its sender are gone).
     pub(crate) fn start(log: Arc<AuditLog>, store: &dyn Store) -> AuditWriter {
         let shared = Arc::new(Shared {
             log,
             queue: Mutex::new(Queue::default()),
             failed: Mutex::new(None),
-            closed: AtomicBool::new(false),
         });
         let writer = shared.clone();
         store.after_batch(Box::new(move || {
-            // Read first: a hook that queued before its engine went is written this once.
-            let closed = writer.closed.load(Ordering::Acquire);
+            // Held only here: the engine is gone and no hook of its appends is left to run
+            // (senders come only from the engine), so this is the last call it needs.
+            let last = Arc::strong_count(&writer) == 1;
             writer.write_queued();
-            !closed
+            !last
         }));
         AuditWriter { shared }
     }
@@ -147,8 +139,89 @@ impl AuditWriter {
     }
 }
 
-impl Drop for AuditWriter {
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use rein_audit::{AuditLog, AuditOptions, Entry};
+    use rein_core::{Durability, Event, Limits, RunStarted, StoredEvent};
+    use rein_store::{Lease, SqliteStore, Store};
+
+    use super::AuditWriter;
+
+    fn started(seq: u64) -> StoredEvent {
+        StoredEvent {
+            seq,
+            at_ms: seq,
+            event: Event::RunStarted(Box::new(RunStarted {
+                token: None,
+                agent: "a".into(),
+                agent_dir: None,
+                agent_digest: "d".into(),
+                workspace: "/w".into(),
+                task: "t".into(),
+                instructions: "i".into(),
+                provider: "scripted".into(),
+                model: "m".into(),
+                limits: Limits::default(),
+                tools: vec![],
+                user: "u".into(),
+                tenant: "t".into(),
+                parent: None,
+                sensitive: Default::default(),
+                grants: None,
+                data: Default::default(),
+            })),
+        }
+    }
+
+    fn record(run: &str) -> Entry {
+        Entry {
+            at_ms: 1,
+            kind: "run_started".into(),
+            run_id: Some(run.into()),
+            event: Some(1),
+            data: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_of_appends_committed_after_their_engine_went_are_still_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let log =
+            Arc::new(AuditLog::open(&dir.path().join("audit"), AuditOptions::default()).unwrap());
+        let writer = AuditWriter::start(log.clone(), store.as_ref());
+        // A hook made while the engine lived, whose append commits after it is gone, with
+        // another batch in between.
+        let sender = writer.sender();
+        drop(writer);
+        let other = Lease::new_run("other", "w", u64::MAX / 4);
+        store
+            .append(&other, &[started(1)], Durability::Normal, None)
+            .await
+            .unwrap();
+        let late = Lease::new_run("late", "w", u64::MAX / 4);
+        store
+            .append(
+                &late,
+                &[started(1)],
+                Durability::Normal,
+                Some(Box::new(move |ok| {
+                    if ok {
+                        sender.send(vec![record("late")], false);
+                    }
+                })),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            log.cursor("late").unwrap(),
+            Some(1),
+            "the late record was lost"
+        );
     }
 }

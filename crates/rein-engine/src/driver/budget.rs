@@ -98,9 +98,10 @@ impl Driver<'_> {
         }
         self.booked().await?;
         let ledger = self.engine.ledger()?;
+        let all: Vec<&LedgerLine> = lines.iter().map(|(_, line)| line).collect();
+        let spent_on = ledger.spent_on(&all)?;
         let mut highest = 0;
-        for (limit, line) in lines {
-            let spent = ledger.spent(line)?;
+        for ((limit, line), spent) in lines.iter().zip(spent_on) {
             let percent = spent.percent_of(limit);
             highest = highest.max(percent);
             let id = format!("{} {}", line.key, line.period);

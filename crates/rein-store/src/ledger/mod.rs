@@ -475,6 +475,41 @@ impl BudgetLedger {
         spent(&conn, line).map_err(|e| self.db.err(e))
     }
 
+    /// What each of `lines` has spent, in their order, read in one statement.
+    pub fn spent_on(&self, lines: &[&LedgerLine]) -> Result<Vec<Spend>, StoreError> {
+        if lines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.db.conn();
+        let wanted: Vec<String> = (0..lines.len())
+            .map(|i| format!("(key = ?{} AND period = ?{})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "SELECT key, period, tokens, cost_micros FROM spend WHERE {}",
+            wanted.join(" OR ")
+        );
+        let values: Vec<&dyn rusqlite::ToSql> = lines
+            .iter()
+            .flat_map(|l| [&l.key as &dyn rusqlite::ToSql, &l.period])
+            .collect();
+        let read = || -> rusqlite::Result<Vec<Spend>> {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(values.as_slice())?;
+            let mut out = vec![Spend::default(); lines.len()];
+            while let Some(row) = rows.next()? {
+                let (key, period): (String, String) = (row.get(0)?, row.get(1)?);
+                let found = spend(row.get(2)?, row.get(3)?);
+                for (line, slot) in lines.iter().zip(out.iter_mut()) {
+                    if line.key == key && line.period == period {
+                        *slot = found;
+                    }
+                }
+            }
+            Ok(out)
+        };
+        read().map_err(|e| self.db.err(e))
+    }
+
     /// Every line whose key starts with `prefix` (all with ""), newest periods first.
     pub fn usage(&self, prefix: &str) -> Result<Vec<UsageRow>, StoreError> {
         let conn = self.db.conn();

@@ -444,3 +444,49 @@ fn writes_queued_and_not_waited_for_are_done_when_the_ledger_closes() {
         "a's admission was released before the ledger closed"
     );
 }
+
+#[test]
+fn lines_read_together_read_as_each_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let at = |key: &str, period: &str| LedgerLine {
+        key: key.into(),
+        period: period.into(),
+        max_tokens: Some(1_000),
+        max_cost_micros: None,
+    };
+    // Two periods of one key, another key, and a key that looks like SQL.
+    let day = at("tenant:acme", "2026-12-01");
+    let month = at("tenant:acme", "2026-12");
+    let odd = at("user:x') OR 1=1 --", "2026-12-01");
+    let never = at("run:none", "run");
+    for (i, l) in [&day, &month, &odd].into_iter().enumerate() {
+        let held = ledger
+            .reserve(
+                "r",
+                "r",
+                std::slice::from_ref(l),
+                Spend::default(),
+                Spend::default(),
+                TTL,
+                0,
+            )
+            .wait()
+            .unwrap()
+            .unwrap();
+        let spent = Spend {
+            tokens: 10 * (i as u64 + 1),
+            cost_micros: i as u64,
+        };
+        ledger.settle(&held, spent).wait().unwrap();
+    }
+    let lines = [&month, &never, &odd, &day, &month];
+    let together = ledger.spent_on(&lines).unwrap();
+    let alone: Vec<Spend> = lines.iter().map(|l| ledger.spent(l).unwrap()).collect();
+    assert_eq!(together, alone);
+    assert_eq!(
+        together.iter().map(|s| s.tokens).collect::<Vec<_>>(),
+        [20, 0, 30, 10, 20]
+    );
+    assert!(ledger.spent_on(&[]).unwrap().is_empty());
+}
