@@ -33,8 +33,9 @@ pub struct StoredEvent {
 }
 
 /// The facts a run starts from. Everything needed to rebuild the model's context is here or in
-/// later events, so a run can be shown and resumed from its log alone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// later events, so a run can be shown and resumed from its log alone. (`Default` is for tests
+/// and fixtures that name only the fields they care about.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunStarted {
     /// The id of the API token the run was started with (its budgets' `token` lines), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

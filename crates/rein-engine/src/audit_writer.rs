@@ -146,33 +146,18 @@ mod tests {
     use std::sync::Arc;
 
     use rein_audit::{AuditLog, AuditOptions, Entry};
-    use rein_core::{Durability, Event, Limits, RunStarted, StoredEvent};
+    use rein_core::{Durability, Event, RunStarted, StoredEvent};
     use rein_store::{Lease, SqliteStore, Store};
 
     use super::AuditWriter;
 
-    fn started(seq: u64) -> StoredEvent {
+    fn started() -> StoredEvent {
         StoredEvent {
-            seq,
-            at_ms: seq,
+            seq: 1,
+            at_ms: 1,
             event: Event::RunStarted(Box::new(RunStarted {
-                token: None,
                 agent: "a".into(),
-                agent_dir: None,
-                agent_digest: "d".into(),
-                workspace: "/w".into(),
-                task: "t".into(),
-                instructions: "i".into(),
-                provider: "scripted".into(),
-                model: "m".into(),
-                limits: Limits::default(),
-                tools: vec![],
-                user: "u".into(),
-                tenant: "t".into(),
-                parent: None,
-                sensitive: Default::default(),
-                grants: None,
-                data: Default::default(),
+                ..RunStarted::default()
             })),
         }
     }
@@ -201,14 +186,14 @@ mod tests {
         drop(writer);
         let other = Lease::new_run("other", "w", u64::MAX / 4);
         store
-            .append(&other, &[started(1)], Durability::Normal, None)
+            .append(&other, &[started()], Durability::Normal, None)
             .await
             .unwrap();
         let late = Lease::new_run("late", "w", u64::MAX / 4);
         store
             .append(
                 &late,
-                &[started(1)],
+                &[started()],
                 Durability::Normal,
                 Some(Box::new(move |ok| {
                     if ok {

@@ -5,28 +5,21 @@
 
 use std::sync::Arc;
 
-use rein_core::{Durability, EndState, Event, Limits, RunStarted, StoredEvent, Usage};
+use rein_core::{Durability, EndState, Event, RunStarted, StoredEvent, Usage};
 use rein_store::{Lease, RunFilter, SqliteStore, Store, StoreError};
 
 fn started(agent: &str) -> Event {
     Event::RunStarted(Box::new(RunStarted {
-        token: None,
         agent: agent.into(),
-        agent_dir: None,
         agent_digest: "digest".into(),
         workspace: "/w".into(),
         task: "the task".into(),
         instructions: "be brief".into(),
         provider: "scripted".into(),
         model: "m".into(),
-        limits: Limits::default(),
-        tools: vec![],
         user: "u".into(),
         tenant: "t".into(),
-        parent: None,
-        sensitive: Default::default(),
-        grants: None,
-        data: Default::default(),
+        ..RunStarted::default()
     }))
 }
 
