@@ -393,6 +393,51 @@ fn the_benchmark_reports_its_figures() {
 }
 
 #[test]
+fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
+    // A real `rein serve` in front of the project's mock upstream, loaded from this process.
+    let out = Command::new(REIN)
+        .args([
+            "bench",
+            "gateway",
+            "--requests",
+            "30",
+            "--concurrency",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_out(&out);
+    assert_eq!(report["requests"], 30, "{report}");
+    for key in [
+        "requests_per_s",
+        "cpu_us_per_request",
+        "context_switches_per_request",
+        "direct_p50_ms",
+        "gateway_p50_ms",
+        "rss_idle_kb",
+        "rss_under_load_kb",
+    ] {
+        assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
+    }
+    for (p50, p99) in [
+        ("direct_p50_ms", "direct_p99_ms"),
+        ("gateway_p50_ms", "gateway_p99_ms"),
+    ] {
+        assert!(
+            report[p50].as_f64() <= report[p99].as_f64(),
+            "{p50} > {p99} in {report}"
+        );
+    }
+}
+
+#[test]
 fn a_person_settles_the_call_in_doubt_and_the_run_finishes() {
     let state = tempfile::tempdir().unwrap();
     // Killed right after the refund ran, before its outcome was recorded.

@@ -20,6 +20,9 @@ struct Report {
     concurrency: usize,
     requests_per_s: f64,
     cpu_us_per_request: f64,
+    /// The server's threads' context switches per request (voluntary and not): on a shared or
+    /// virtual machine, whose CPU figures drift between runs, this one holds still.
+    context_switches_per_request: f64,
     direct_p50_ms: f64,
     direct_p99_ms: f64,
     gateway_p50_ms: f64,
@@ -124,6 +127,26 @@ fn cpu_us(pid: u32) -> anyhow::Result<u64> {
     Ok(ticks * 10_000)
 }
 
+/// Context switches, voluntary and not, of the threads a process has now (a thread that has
+/// exited no longer counts).
+fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
 pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let upstream = format!("http://{}", listener.local_addr()?);
@@ -148,9 +171,10 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
     load(&direct_url, &token, 50, concurrency).await?;
     let rss_idle_kb = rss_kb(pid);
     let (direct, _) = load(&direct_url, &token, requests, concurrency).await?;
-    let cpu_before = cpu_us(pid)?;
+    let (cpu_before, switches_before) = (cpu_us(pid)?, context_switches(pid)?);
     let (through, elapsed) = load(&gateway_url, &token, requests, concurrency).await?;
     let cpu = cpu_us(pid)? - cpu_before;
+    let switches = context_switches(pid)?.saturating_sub(switches_before);
     let rss_under_load_kb = rss_kb(pid);
 
     let report = Report {
@@ -158,6 +182,7 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
         concurrency,
         requests_per_s: requests as f64 / elapsed,
         cpu_us_per_request: cpu as f64 / requests as f64,
+        context_switches_per_request: switches as f64 / requests as f64,
         direct_p50_ms: percentile(&direct, 0.50),
         direct_p99_ms: percentile(&direct, 0.99),
         gateway_p50_ms: percentile(&through, 0.50),
@@ -171,11 +196,12 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
         out::json(&report)?;
     } else {
         outln!(
-            "{} requests, {} at once, through the gateway (policy, budget and audit on each): {:.0} requests/s · {:.0} µs of rein's CPU per request\n  latency added to the mock upstream: p50 {:.2} ms · p99 {:.2} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {} KiB",
+            "{} requests, {} at once, through the gateway (policy, budget and audit on each): {:.0} requests/s · {:.0} µs of rein's CPU and {:.1} context switches per request\n  latency added to the mock upstream: p50 {:.2} ms · p99 {:.2} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {} KiB",
             report.requests,
             report.concurrency,
             report.requests_per_s,
             report.cpu_us_per_request,
+            report.context_switches_per_request,
             report.added_p50_ms,
             report.added_p99_ms,
             report.direct_p50_ms,
