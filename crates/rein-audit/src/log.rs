@@ -170,6 +170,10 @@ struct WriterState {
     legacy: std::collections::HashSet<String>,
     /// The checkpoints file's length and its last checkpoint's tree size, as last read.
     checkpoints_len: u64,
+    /// The file at the checkpoints path as last looked at (its inode), and the checkpoints file
+    /// kept open for appending with its inode: reused while the path still names it.
+    checkpoints_at: Option<u64>,
+    checkpoints_file: Option<(File, Option<u64>)>,
     checkpointed: u64,
     checkpointed_at_ms: u64,
     /// Whether the checkpoints file has been read since the log was opened (or reset).
@@ -221,6 +225,21 @@ fn event_ref(line: &[u8]) -> Option<(String, Option<u64>)> {
     let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
     let event = std::str::from_utf8(&after[..digits]).ok()?.parse().ok()?;
     Some((run, Some(event)))
+}
+
+/// A file's inode, where the platform has them: what tells whether a path still names a file
+/// that is held open.
+fn inode(meta: &std::fs::Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some(meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// Parses the `seq` a record line starts with, without reading the rest.
@@ -459,9 +478,9 @@ impl AuditLog {
 
     /// Re-reads the last checkpoint if the checkpoints file changed since last time.
     fn sync_checkpointed(&self, state: &mut WriterState) -> Result<(), AuditError> {
-        let len = std::fs::metadata(&self.paths.checkpoints)
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let meta = std::fs::metadata(&self.paths.checkpoints).ok();
+        let len = meta.as_ref().map_or(0, std::fs::Metadata::len);
+        state.checkpoints_at = meta.as_ref().and_then(inode);
         if len != state.checkpoints_len || !state.checkpoints_read {
             let last = read_last_checkpoint_line(&self.paths.checkpoints)?;
             state.checkpointed = last.as_ref().map_or(0, |(c, _)| c.tree_size);
@@ -565,11 +584,20 @@ impl AuditLog {
             serde_json::to_vec(&checkpoint).map_err(|e| AuditError::Format(e.to_string()))?;
         line.push(b'\n');
         let path = &self.paths.checkpoints;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io_err(path))?;
+        // The file kept open is used while the path still names it (the caller has just looked);
+        // otherwise (none yet, replaced, removed) the path is opened again.
+        let file = match &mut state.checkpoints_file {
+            Some((file, held)) if held.is_some() && *held == state.checkpoints_at => file,
+            kept => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                let held = file.metadata().ok().as_ref().and_then(inode);
+                &mut kept.insert((file, held)).0
+            }
+        };
         file.write_all(&line).map_err(io_err(path))?;
         if fsync {
             file.sync_data().map_err(io_err(path))?;

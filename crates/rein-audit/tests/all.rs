@@ -362,6 +362,49 @@ fn records_and_the_checkpoint_after_them_are_written_together() {
     );
 }
 
+#[test]
+fn a_checkpoints_file_replaced_between_checkpoints_gets_the_next_one() {
+    // The writer keeps the checkpoints file open; a file put in its place (a restore, an editor's
+    // rename) must get the next checkpoint, not the file it replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every: 1000,
+            checkpoint_interval_ms: u64::MAX,
+            ..AuditOptions::default()
+        },
+    )
+    .unwrap();
+    let path = dir.path().join("checkpoints.jsonl");
+    let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+    log.append_and_checkpoint(&[entry(1)], false, Some((1, false)))
+        .unwrap()
+        .unwrap();
+    let copy = dir.path().join("checkpoints.copy");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::rename(&copy, &path).unwrap();
+    log.append_and_checkpoint(&[entry(2)], false, Some((2, false)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        lines(),
+        2,
+        "the second checkpoint went to the replaced file"
+    );
+    // Removed: the next one starts a file at the path again (not in the removed one); only
+    // copies held outside tell that earlier ones are gone (`verify_against`).
+    std::fs::remove_file(&path).unwrap();
+    log.append_and_checkpoint(&[entry(3)], false, Some((3, false)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(lines(), 1);
+    assert_eq!(
+        verify(dir.path(), &[log.public_key()]).unwrap().uncovered,
+        0
+    );
+}
+
 /// An entry recording event `event` of run `run`.
 fn of_event(run: &str, event: u64) -> Entry {
     Entry {
