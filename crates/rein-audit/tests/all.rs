@@ -320,18 +320,23 @@ fn a_checkpoint_is_signed_when_enough_time_has_passed() {
     );
 }
 
-#[test]
-fn records_and_the_checkpoint_after_them_are_written_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(
-        dir.path(),
+/// A log that signs a checkpoint only when asked for one.
+fn signing_only_when_asked(dir: &std::path::Path) -> AuditLog {
+    AuditLog::open(
+        dir,
         AuditOptions {
-            checkpoint_every: 1000,
+            checkpoint_every: u64::MAX,
             checkpoint_interval_ms: u64::MAX,
             ..AuditOptions::default()
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn records_and_the_checkpoint_after_them_are_written_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = signing_only_when_asked(dir.path());
     // Records alone: none is due, so none is signed.
     assert!(
         log.append_and_checkpoint(&[entry(1), entry(2)], false, None)
@@ -367,15 +372,7 @@ fn a_checkpoints_file_replaced_between_checkpoints_gets_the_next_one() {
     // The writer keeps the checkpoints file open; a file put in its place (a restore, an editor's
     // rename) must get the next checkpoint, not the file it replaced.
     let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(
-        dir.path(),
-        AuditOptions {
-            checkpoint_every: 1000,
-            checkpoint_interval_ms: u64::MAX,
-            ..AuditOptions::default()
-        },
-    )
-    .unwrap();
+    let log = signing_only_when_asked(dir.path());
     let path = dir.path().join("checkpoints.jsonl");
     let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
     log.append_and_checkpoint(&[entry(1)], false, Some((1, false)))

@@ -10,10 +10,12 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rein_audit::{AuditLog, Entry};
-use rein_store::Store;
+use rein_store::{OnCommit, Store};
+
+use crate::EngineError;
 
 /// Answers a run waiting for a checkpoint.
-pub(crate) type CheckpointDone = tokio::sync::oneshot::Sender<Result<(), String>>;
+type CheckpointDone = tokio::sync::oneshot::Sender<Result<(), String>>;
 
 /// What the hooks of the batch being committed have queued.
 #[derive(Default)]
@@ -73,29 +75,61 @@ impl Shared {
 #[derive(Clone)]
 pub(crate) struct AuditSender(Arc<Shared>);
 
+/// A run's wait for the checkpoint its closing append asked for.
+pub(crate) struct Signed(tokio::sync::oneshot::Receiver<Result<(), String>>);
+
+impl Signed {
+    /// Waits until the records before it are written and the checkpoint signed; a failed write
+    /// (or an append that never committed) is the run's audit error.
+    pub(crate) async fn wait(self) -> Result<(), EngineError> {
+        self.0
+            .await
+            .map_err(|_| EngineError::Audit("the audit trail was not written".into()))?
+            .map_err(EngineError::Audit)
+    }
+}
+
 impl AuditSender {
-    /// Queues records (`fsync`: the run's durability asks for a flush to disk).
-    pub(crate) fn send(&self, entries: Vec<Entry>, fsync: bool) {
-        let mut queue = lock(&self.0.queue);
-        queue.entries.extend(entries);
-        queue.fsync |= fsync;
+    /// The commit hook of an append whose audit records are `entries` (`fsync`: the run's
+    /// durability asks for a flush to disk): it queues them once the append commits.
+    pub(crate) fn hook(&self, entries: Vec<Entry>, fsync: bool) -> OnCommit {
+        let sender = self.clone();
+        Box::new(move |ok| {
+            if ok {
+                drop(sender.queue(entries, fsync));
+            }
+        })
     }
 
-    /// Queues a run's last records and asks for a checkpoint at `at_ms` after them; `done` is
-    /// answered once both are written.
-    pub(crate) fn send_closing(
+    /// The same for an append that ends or suspends a run: it also asks for a checkpoint at
+    /// `at_ms` after the records, which the returned [`Signed`] waits for. The store's writer
+    /// writes both before answering the append, so the run waits for one hand-off.
+    pub(crate) fn closing_hook(
         &self,
         entries: Vec<Entry>,
         fsync: bool,
         at_ms: u64,
-        done: CheckpointDone,
-    ) {
+    ) -> (OnCommit, Signed) {
+        let (done, signed) = tokio::sync::oneshot::channel();
+        let sender = self.clone();
+        let hook: OnCommit = Box::new(move |ok| {
+            // A failed append drops `done`: its waiter learns it (and the commit says why).
+            if ok {
+                let mut queue = sender.queue(entries, fsync);
+                queue.at_ms = queue.at_ms.max(at_ms);
+                queue.sync_checkpoint |= fsync;
+                queue.waiting.push(done);
+            }
+        });
+        (hook, Signed(signed))
+    }
+
+    /// Queues committed records; the queue stays locked for the caller.
+    fn queue(&self, entries: Vec<Entry>, fsync: bool) -> MutexGuard<'_, Queue> {
         let mut queue = lock(&self.0.queue);
         queue.entries.extend(entries);
         queue.fsync |= fsync;
-        queue.at_ms = queue.at_ms.max(at_ms);
-        queue.sync_checkpoint |= fsync;
-        queue.waiting.push(done);
+        queue
     }
 }
 
@@ -195,11 +229,7 @@ mod tests {
                 &late,
                 &[started()],
                 Durability::Normal,
-                Some(Box::new(move |ok| {
-                    if ok {
-                        sender.send(vec![record("late")], false);
-                    }
-                })),
+                Some(sender.hook(vec![record("late")], false)),
             )
             .await
             .unwrap();

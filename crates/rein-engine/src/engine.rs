@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rein_audit::AuditLog;
 use rein_core::secrets::Redactor;
 use rein_core::{BoxFuture, Clock, Durability, EndState, Event, RunState, StoredEvent};
-use rein_store::{ApprovalSummary, Lease, OnCommit, Store, StoreError};
+use rein_store::{ApprovalSummary, Lease, Store, StoreError};
 
 use crate::audit_writer::AuditWriter;
 use crate::driver::Driver;
@@ -342,16 +342,12 @@ impl Engine {
         })?;
         let entry =
             crate::audit::entry_for(&run_id, &stored, state, &|b| self.audit.log().keyed_hash(b));
-        let sender = self.audit.sender();
-        let fsync = durability == Durability::Fsync;
         // Its record and a checkpoint after it are written with the append's batch.
-        let (done, signed) = tokio::sync::oneshot::channel();
-        let at = self.clock.now_ms();
-        let hook: OnCommit = Box::new(move |ok| {
-            if ok {
-                sender.send_closing(vec![entry], fsync, at, done);
-            }
-        });
+        let (hook, signed) = self.audit.sender().closing_hook(
+            vec![entry],
+            durability == Durability::Fsync,
+            self.clock.now_ms(),
+        );
         self.store
             .append(
                 &holding.lease,
@@ -360,10 +356,7 @@ impl Engine {
                 Some(hook),
             )
             .await?;
-        signed
-            .await
-            .map_err(|_| EngineError::Audit("the audit trail was not written".into()))?
-            .map_err(EngineError::Audit)
+        signed.wait().await
     }
 
     /// Records a person's decision on a pending approval, from any process, while its run is

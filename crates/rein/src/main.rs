@@ -86,7 +86,8 @@ fn default_workers() -> usize {
 /// rein keeps its memory in 4 KiB pages. Where transparent huge pages are on (`always`, or
 /// `madvise`, which the allocator asks for), every arena region it touches costs 2 MiB: `rein
 /// bench gateway` measured 74-77 MiB resident under load with them and 52 MiB without, at no
-/// more CPU per request. A kernel that refuses leaves things as they were.
+/// more CPU per request. The kernel keeps the setting across fork and exec, so the command tools
+/// rein starts inherit it. A kernel that refuses leaves things as they were.
 fn small_pages() {
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_thp_disable(true);

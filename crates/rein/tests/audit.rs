@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{REIN, example, rein, stdout};
-use std::process::Command;
+use common::{assert_positive, bench_report, example, rein, stdout};
 
 #[test]
 fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {
@@ -210,20 +209,11 @@ fn the_example_leaves_a_trail_that_verifies_and_tampering_is_caught() {
 
 #[test]
 fn the_audit_benchmark_reports_its_figures() {
-    let out = Command::new(REIN)
-        .args(["bench", "audit", "--records", "3000", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = bench_report(&["audit", "--records", "3000"]);
+    assert_positive(
+        &report,
+        &["append_per_s", "verify_per_s", "bytes_per_record"],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in ["append_per_s", "verify_per_s", "bytes_per_record"] {
-        assert!(report[key].as_f64().unwrap() > 0.0, "{key}");
-    }
 }
 
 #[test]

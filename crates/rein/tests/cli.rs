@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{REIN, example, json_out, rein};
+use common::{REIN, assert_positive, bench_report, example, json_out, rein};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -359,73 +359,37 @@ fn bad_input_gets_a_clear_error_not_a_panic() {
 
 #[test]
 fn the_benchmark_reports_its_figures() {
-    let out = Command::new(REIN)
-        .args([
-            "bench",
-            "steps",
-            "--runs",
-            "4",
-            "--concurrency",
-            "2",
-            "--steps",
-            "5",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = bench_report(&["steps", "--runs", "4", "--concurrency", "2", "--steps", "5"]);
+    assert_positive(
+        &report,
+        &[
+            "steps_per_s",
+            "p50_us",
+            "p99_us",
+            "bytes_per_step",
+            "peak_rss_kb",
+        ],
     );
-    let report = json_out(&out);
-    for key in [
-        "steps_per_s",
-        "p50_us",
-        "p99_us",
-        "bytes_per_step",
-        "peak_rss_kb",
-    ] {
-        assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
-    }
     assert!(report["p50_us"].as_u64() <= report["p99_us"].as_u64());
 }
 
 #[test]
 fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
     // A real `rein serve` in front of the project's mock upstream, loaded from this process.
-    let out = Command::new(REIN)
-        .args([
-            "bench",
-            "gateway",
-            "--requests",
-            "30",
-            "--concurrency",
-            "3",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = json_out(&out);
+    let report = bench_report(&["gateway", "--requests", "30", "--concurrency", "3"]);
     assert_eq!(report["requests"], 30, "{report}");
-    for key in [
-        "requests_per_s",
-        "cpu_us_per_request",
-        "context_switches_per_request",
-        "direct_p50_ms",
-        "gateway_p50_ms",
-        "rss_idle_kb",
-        "rss_under_load_kb",
-    ] {
-        assert!(report[key].as_f64().unwrap() > 0.0, "{key} in {report}");
-    }
+    assert_positive(
+        &report,
+        &[
+            "requests_per_s",
+            "cpu_us_per_request",
+            "context_switches_per_request",
+            "direct_p50_ms",
+            "gateway_p50_ms",
+            "rss_idle_kb",
+            "rss_under_load_kb",
+        ],
+    );
     for (p50, p99) in [
         ("direct_p50_ms", "direct_p99_ms"),
         ("gateway_p50_ms", "gateway_p99_ms"),

@@ -66,7 +66,7 @@ pub(crate) struct Driver<'a> {
     closing: bool,
     /// The checkpoint the append that closed the run asked for, answered once it is signed:
     /// the next flush waits for it.
-    signed: Option<tokio::sync::oneshot::Receiver<Result<(), String>>>,
+    signed: Option<crate::audit_writer::Signed>,
     /// Settlements of model calls queued on the ledger and not yet known to be booked: awaited
     /// at the next flush, and before the budgets are read or held again.
     settling: Vec<rein_store::Queued<rein_store::Settled>>,

@@ -5,7 +5,6 @@
 //! records are queued for the audit writer once that append has committed.
 
 use rein_core::{Event, StoredEvent};
-use rein_store::OnCommit;
 
 use crate::EngineError;
 use crate::driver::Driver;
@@ -92,24 +91,14 @@ impl Driver<'_> {
         let sender = self.engine.audit.sender();
         let fsync = self.agent.durability == rein_core::Durability::Fsync;
         // The append that ends or suspends the run also asks for the checkpoint the run waits
-        // for, from its commit hook: the store's writer writes the batch's records and signs it
-        // before answering, so the run waits for one hand-off, not for the commit and then for
-        // a checkpoint it asks for itself.
-        let hook: OnCommit = if std::mem::take(&mut self.closing) {
-            let (done, signed) = tokio::sync::oneshot::channel();
+        // for, from its commit hook, so the run waits for one hand-off, not for the commit and
+        // then for a checkpoint it asks for itself.
+        let hook = if std::mem::take(&mut self.closing) {
+            let (hook, signed) = sender.closing_hook(records, fsync, self.engine.clock.now_ms());
             self.signed = Some(signed);
-            let at = self.engine.clock.now_ms();
-            Box::new(move |ok| {
-                if ok {
-                    sender.send_closing(records, fsync, at, done);
-                }
-            })
+            hook
         } else {
-            Box::new(move |ok| {
-                if ok {
-                    sender.send(records, fsync);
-                }
-            })
+            sender.hook(records, fsync)
         };
         self.pending.push(self.engine.store.append(
             &self.lease,
@@ -128,10 +117,7 @@ impl Driver<'_> {
         self.booked().await?;
         // The append that closed the run asked for a checkpoint after its records (`submit`).
         if let Some(signed) = self.signed.take() {
-            signed
-                .await
-                .map_err(|_| EngineError::Audit("the audit trail was not written".into()))?
-                .map_err(EngineError::Audit)?;
+            signed.wait().await?;
         }
         Ok(())
     }

@@ -471,8 +471,7 @@ impl BudgetLedger {
 
     /// What a line has spent.
     pub fn spent(&self, line: &LedgerLine) -> Result<Spend, StoreError> {
-        let conn = self.db.conn();
-        spent(&conn, line).map_err(|e| self.db.err(e))
+        Ok(self.spent_on(&[line])?.pop().unwrap_or_default())
     }
 
     /// What each of `lines` has spent, in their order, read in one statement.

@@ -36,6 +36,28 @@ pub(crate) fn stderr(output: &Output) -> String {
     rein_testkit::cli::stderr(output)
 }
 
+/// The report of `rein bench <args> --json`, which must succeed.
+pub(crate) fn bench_report(args: &[&str]) -> Value {
+    let out = std::process::Command::new(REIN)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json_out(&out)
+}
+
+/// Panics naming the first of `keys` the report does not give as a positive number.
+pub(crate) fn assert_positive(report: &Value, keys: &[&str]) {
+    for key in keys {
+        assert!(
+            report[*key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {report}"
+        );
+    }
+}
+
 /// Where the Python packages the tests use are (`.ci/run` installs them there).
 pub(crate) fn python_path() -> String {
     std::env::var("REIN_TEST_PYTHONPATH").unwrap_or_else(|_| {
