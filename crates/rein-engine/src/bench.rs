@@ -534,16 +534,17 @@ pub struct ControlsBenchReport {
 }
 
 /// Measures, per model step, what budgets and context control add: reserving and settling a
-/// model call's spend on three ledger lines in `dir` (a real SQLite ledger), and building the
+/// model call's spend on three ledger lines in `dir` (a real SQLite ledger, in the store's file), and building the
 /// context for a conversation that grows by a 2 KB tool output each step, compacted to 8,000
 /// tokens, with tokens counted by tiktoken as for an OpenAI model.
 pub async fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, EngineError> {
     use crate::context::{ContextWindow, TokenCounter};
     use rein_core::Message;
     use rein_core::budget::Spend;
-    use rein_store::{BudgetLedger, LedgerLine};
+    use rein_store::LedgerLine;
 
-    let ledger = BudgetLedger::open(dir)?;
+    let store = SqliteStore::open(dir, Durability::Normal)?;
+    let ledger = store.ledger()?;
     let lines: Vec<LedgerLine> = ["run:bench", "user:ann", "tenant:acme"]
         .iter()
         .map(|key| LedgerLine {

@@ -46,7 +46,7 @@ pub struct Engine {
     #[cfg(feature = "faults")]
     faults: crate::FaultPlan,
     pub(crate) audit: AuditWriter,
-    /// The budget ledger, opened on first use (`<state_dir>/budgets.sqlite`).
+    /// The budget ledger, in the store's database, opened on first use.
     ledger: OnceLock<Arc<rein_store::BudgetLedger>>,
     /// The memory tools' notes, opened on first use (`<state_dir>/memory.sqlite`).
     notes: OnceLock<Arc<rein_store::NoteStore>>,
@@ -189,7 +189,7 @@ impl Engine {
         if let Some(ledger) = self.ledger.get() {
             return Ok(ledger.clone());
         }
-        let opened = Arc::new(rein_store::BudgetLedger::open(&self.state_dir)?);
+        let opened = Arc::new(self.store.ledger()?);
         Ok(self.ledger.get_or_init(|| opened).clone())
     }
 

@@ -25,7 +25,8 @@ use rein_core::{Durability, EndState, StoredEvent};
 use serde::Serialize;
 
 pub use ledger::{
-    Admission, BudgetLedger, Exhausted, LedgerLine, Queued, Reservation, Settled, UsageRow,
+    Admission, BudgetLedger, Exhausted, LedgerLine, LedgerWrite, Queued, Reservation, Settled,
+    UsageRow,
 };
 pub use notes::NoteStore;
 pub use sqlite::SqliteStore;
@@ -337,11 +338,27 @@ pub trait Store: Send + Sync {
         events: &[StoredEvent],
         durability: Durability,
         on_commit: Option<OnCommit>,
+    ) -> Commit {
+        self.append_with(lease, events, durability, on_commit, Vec::new())
+    }
+    /// As [`Store::append`], with budget ledger writes ([`BudgetLedger::later`]) committed in
+    /// the same transaction. Each write keeps its own savepoint and answer: one that fails is
+    /// undone alone, and an append refused does not undo them.
+    fn append_with(
+        &self,
+        lease: &Lease,
+        events: &[StoredEvent],
+        durability: Durability,
+        on_commit: Option<OnCommit>,
+        writes: Vec<LedgerWrite>,
     ) -> Commit;
     /// Registers `f` to run after each batch of appends' commit hooks, on the thread that ran
     /// them, before the appenders are answered: what the hooks queued (audit records) is handled
     /// once per batch, and is done by the time an appender learns its events committed.
     fn after_batch(&self, f: AfterBatch);
+    /// The budget ledger kept in this store: its writes are committed with the appends queued
+    /// beside them, so a run's hold and its events share a commit.
+    fn ledger(&self) -> Result<BudgetLedger, StoreError>;
     /// Takes the lease of an existing run for `ttl_ms`: free, lapsed, or held by an owner that
     /// `holder_gone` says no longer exists (a process on this machine that died). Refused with
     /// [`StoreError::Leased`] while another live writer holds it.

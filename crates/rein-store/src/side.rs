@@ -1,6 +1,6 @@
-//! The small SQLite files beside the event store (`budgets.sqlite`, `memory.sqlite`): opened the
-//! same way (WAL, a busy timeout, their schema migrated by version), one connection behind a
-//! mutex, errors naming the file.
+//! The small SQLite files beside the event store (`memory.sqlite`, `tokens.sqlite`), and the budget
+//! ledger's reads of the store's own file: opened the same way (WAL, a busy timeout, their schema
+//! migrated by version), one connection behind a mutex, errors naming the file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -96,9 +96,17 @@ impl SideDb {
         })
     }
 
-    /// Another connection to the file, set up as the first (for a writer thread of its own).
-    pub(crate) fn connect(&self) -> Result<Connection, StoreError> {
-        configured(&self.path).map_err(|e| self.err(e))
+    /// A connection to `path`, a database whose schema its owner keeps (the store's `rein.db`,
+    /// which holds the ledger's tables): set up as [`SideDb::open`] sets one up, not migrated.
+    pub(crate) fn attach(path: &Path) -> Result<SideDb, StoreError> {
+        let conn = configured(path).map_err(|source| StoreError::Database {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(SideDb {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        })
     }
 
     /// The file.

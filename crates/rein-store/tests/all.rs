@@ -739,7 +739,53 @@ async fn a_version_1_state_store_is_migrated_in_place() {
     )
     .unwrap();
     drop(raw);
+    // The budget ledger of that time, in a file of its own (its latest format, version 2): a
+    // month's spend, and an admission a run still holds.
+    let old = rusqlite::Connection::open(dir.path().join("budgets.sqlite")).unwrap();
+    old.execute_batch(
+        "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
+             tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+             calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
+             PRIMARY KEY (key, period));
+         CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
+             tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL, run_id TEXT NOT NULL,
+             expires_ms INTEGER NOT NULL, kind TEXT NOT NULL DEFAULT 'call',
+             taken_tokens INTEGER NOT NULL DEFAULT 0, taken_cost INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO spend VALUES ('tenant:acme', '2026-12', 700, 7000, 7, 1000, NULL);
+         INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
+             VALUES ('tenant:acme', '2026-12', 200, 0, 'old1', 9999999999999, 'admission');
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    drop(old);
     let store = open(dir.path());
+    let ledger = store.ledger().unwrap();
+    let acme = rein_store::LedgerLine {
+        key: "tenant:acme".into(),
+        period: "2026-12".into(),
+        max_tokens: Some(1000),
+        max_cost_micros: None,
+    };
+    let spent = ledger.spent(&acme).unwrap();
+    assert_eq!((spent.tokens, spent.cost_micros), (700, 7000));
+    assert_eq!(ledger.usage("tenant:").unwrap()[0].calls, 7);
+    // The admission still holds 200 of the 300 left: 101 more do not fit, 100 do.
+    let reserve = |tokens| {
+        ledger.reserve(
+            "new",
+            "new",
+            std::slice::from_ref(&acme),
+            rein_core::budget::Spend {
+                tokens,
+                cost_micros: 0,
+            },
+            rein_core::budget::Spend::default(),
+            60_000,
+            0,
+        )
+    };
+    assert!(reserve(101).await.unwrap().is_err());
+    assert!(reserve(100).await.unwrap().is_ok());
     let run = store.run("old1").unwrap();
     assert_eq!((run.user.as_str(), run.tenant.as_str()), ("u", "t"));
     assert_eq!(run.cost_micros, 1234);
@@ -764,8 +810,7 @@ async fn thirty_openers_of_a_new_state_directory_all_succeed() {
             let path = path.clone();
             std::thread::spawn(move || {
                 SqliteStore::open(&path, Durability::Normal)
-                    .map(|_| ())
-                    .and_then(|()| rein_store::BudgetLedger::open(&path).map(|_| ()))
+                    .and_then(|store| store.ledger().map(|_| ()))
                     .and_then(|()| rein_store::NoteStore::open(&path).map(|_| ()))
             })
         })

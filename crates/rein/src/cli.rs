@@ -173,9 +173,8 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 16)]
         max_streams_per_token: usize,
         /// Threads serving requests and driving runs. Default: one fewer than the machine's
-        /// cores (at least one), leaving a core to rein's writer threads (the event log's,
-        /// which also writes the audit trail, and the budget ledger's), which every request
-        /// waits for.
+        /// cores (at least one), leaving a core to rein's writer thread (the event log's, which
+        /// also writes the budget ledger and the audit trail), which every request waits for.
         #[arg(long, env = "REIN_WORKERS")]
         workers: Option<usize>,
     },

@@ -71,8 +71,8 @@ fn main() -> ExitCode {
 }
 
 /// A server's request threads: one fewer than the machine's cores, at least one. Every request
-/// waits on rein's writer threads (event log and audit trail, budget ledger); with as many request
-/// threads as cores they queue behind them. `rein bench gateway` on two cores, the server with
+/// waits on rein's writer thread (event log, budget ledger and audit trail); with as many request
+/// threads as cores they queue behind it. `rein bench gateway` on two cores, the server with
 /// one thread against two (3 interleaved rounds): at one request at a time, CPU per request
 /// 775-815 µs against 860-890 and added p50 0.74-0.78 ms against 0.82-0.84; at 16 at once about
 /// the same (478-495 µs against 455-482, requests/s within 5 %).

@@ -1,9 +1,11 @@
 //! The budget ledger: what every agent, user, tenant and run has spent in each period, and the
-//! reservations of model calls in flight, in its own SQLite file (`budgets.sqlite`).
+//! reservations of model calls in flight, in two tables of the store's database (`rein.db`:
+//! `budget_spend`, `budget_reservations`).
 //!
 //! A call reserves its estimated spend on every line that limits it, in one write (a savepoint of
-//! the writer's `BEGIN IMMEDIATE` transaction) that checks spent + reserved + estimate against
-//! each limit: so concurrent runs, in one process or several, can never together pass a limit. When the call returns, its
+//! the store writer's `BEGIN IMMEDIATE` transaction) that checks spent + reserved + estimate
+//! against each limit: so concurrent runs, in one process or several, can never together pass a
+//! limit. When the call returns, its
 //! reservation is replaced by what it actually spent. A reservation left by a crashed process
 //! stops counting after its expiry; a live process extends the reservations of the runs it
 //! drives.
@@ -23,10 +25,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::side::SideDb;
 use serde::Serialize;
-pub use writer::Queued;
-use writer::{Job, Write, write_loop};
+pub(crate) use writer::Job;
+use writer::Write;
+pub use writer::{LedgerWrite, Queued};
 
 use crate::StoreError;
+use crate::sqlite::Work;
 
 /// One line a spend is checked against and booked to.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,15 +142,17 @@ pub struct UsageRow {
     pub max_cost_micros: Option<u64>,
 }
 
-/// The ledger. Its writes are queued to a writer thread of its own, which commits everything
-/// queued together in one transaction, each write in a savepoint of its own (group commit): a
-/// write is applied in the order it was queued and sees every earlier one, so the limits hold as
-/// if each were its own transaction, while concurrent runs share the commit, and an async caller
-/// never blocks a worker thread on the database (another process may hold its lock for seconds).
+/// The ledger. Its writes are queued to the store's writer thread, which commits them with the
+/// event appends waiting beside them in one transaction, each write in a savepoint of its own
+/// (group commit): a write is applied in the order it was queued and sees every earlier one, so
+/// the limits hold as if each were its own transaction, while concurrent runs share the commit
+/// (a gateway request's hold shares its run's start's), and an async
+/// caller never blocks a worker thread on the database (another process may hold its lock for
+/// seconds). Obtained from [`crate::Store::ledger`].
 pub struct BudgetLedger {
+    /// The store's database, for reads.
     db: Arc<SideDb>,
-    queue: Option<mpsc::Sender<Box<dyn Job>>>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    queue: mpsc::Sender<Work>,
 }
 
 impl std::fmt::Debug for BudgetLedger {
@@ -157,24 +163,90 @@ impl std::fmt::Debug for BudgetLedger {
     }
 }
 
-/// `budgets.sqlite`, version by version.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS spend (
-        key TEXT NOT NULL, period TEXT NOT NULL,
-        tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
-        calls INTEGER NOT NULL DEFAULT 0,
-        max_tokens INTEGER, max_cost_micros INTEGER,
-        PRIMARY KEY (key, period));
-     CREATE TABLE IF NOT EXISTS reservations (
-        id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
-        tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
-        run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
-     CREATE INDEX IF NOT EXISTS reservations_line ON reservations (key, period);",
-    "ALTER TABLE reservations ADD COLUMN kind TEXT NOT NULL DEFAULT 'call';
-     ALTER TABLE reservations ADD COLUMN taken_tokens INTEGER NOT NULL DEFAULT 0;
-     ALTER TABLE reservations ADD COLUMN taken_cost INTEGER NOT NULL DEFAULT 0;
-     CREATE INDEX IF NOT EXISTS reservations_run ON reservations (run_id);",
-];
+/// The ledger's tables, as the store's schema creates them (version 5 on).
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS budget_spend (
+    key TEXT NOT NULL, period TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+    calls INTEGER NOT NULL DEFAULT 0,
+    max_tokens INTEGER, max_cost_micros INTEGER,
+    PRIMARY KEY (key, period));
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
+    tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'call',
+    taken_tokens INTEGER NOT NULL DEFAULT 0, taken_cost INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS budget_reservations_line ON budget_reservations (key, period);
+CREATE INDEX IF NOT EXISTS budget_reservations_run ON budget_reservations (run_id);
+";
+
+/// Moves what the ledger's own file from before schema version 5 (`old`, if it is there) holds
+/// into its tables in the store's database, inside the store's migration `tx`: the spend of
+/// every line and period, and the reservations and admissions (those of a process that is gone
+/// lapse at their expiry, as they would have). The old file is left as it was, unused.
+pub(crate) fn import(tx: &Connection, old: &Path) -> Result<(), StoreError> {
+    if !old.exists() {
+        return Ok(());
+    }
+    let named = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StoreError::Database {
+            path: path.clone(),
+            source,
+        }
+    };
+    let (err, into) = (named(old), named(&old.with_file_name("rein.db")));
+    let from = Connection::open_with_flags(old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(&err)?;
+    from.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(&err)?;
+    let tables: Vec<String> = from
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(&err)?;
+    // Version 1 of the old file had no admissions.
+    let version: i64 = from
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&err)?;
+    let copies = [
+        (
+            "spend",
+            "SELECT key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros FROM spend",
+            "INSERT INTO budget_spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        ),
+        (
+            "reservations",
+            if version >= 2 {
+                "SELECT key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost FROM reservations"
+            } else {
+                "SELECT key, period, tokens, cost_micros, run_id, expires_ms, 'call', 0, 0 FROM reservations"
+            },
+            "INSERT INTO budget_reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        ),
+    ];
+    for (table, select, insert) in copies {
+        if !tables.iter().any(|t| t == table) {
+            continue;
+        }
+        let mut read = from.prepare(select).map_err(&err)?;
+        let columns = read.column_count();
+        let mut rows = read.query([]).map_err(&err)?;
+        let mut write = tx.prepare(insert).map_err(&into)?;
+        while let Some(row) = rows.next().map_err(&err)? {
+            let values = (0..columns)
+                .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(&err)?;
+            write
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(&into)?;
+        }
+    }
+    Ok(())
+}
 
 fn spend(tokens: i64, cost: i64) -> Spend {
     Spend {
@@ -186,7 +258,7 @@ fn spend(tokens: i64, cost: i64) -> Spend {
 /// Everything held on a line by unexpired reservations and admissions.
 fn reserved(tx: &Connection, line: &LedgerLine, now_ms: u64) -> rusqlite::Result<Spend> {
     tx.prepare_cached(
-        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
+        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM budget_reservations
          WHERE key = ?1 AND period = ?2 AND expires_ms > ?3",
     )?
     .query_row(params![line.key, line.period, now_ms as i64], |r| {
@@ -202,7 +274,7 @@ fn admission_on(
     now_ms: u64,
 ) -> rusqlite::Result<Spend> {
     tx.prepare_cached(
-        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM reservations
+        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM budget_reservations
          WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3 AND expires_ms > ?4",
     )?
     .query_row(params![run_id, line.key, line.period, now_ms as i64], |r| {
@@ -224,36 +296,39 @@ fn minus(a: Spend, b: Spend) -> Spend {
     }
 }
 
-impl Drop for BudgetLedger {
-    /// Lets the writer finish what is queued (a run's last release, say) before the ledger goes.
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+impl BudgetLedger {
+    /// The ledger in the store's database at `db`, written through the store's writer `queue`.
+    pub(crate) fn within(db: SideDb, queue: mpsc::Sender<Work>) -> BudgetLedger {
+        BudgetLedger {
+            db: Arc::new(db),
+            queue,
         }
     }
-}
 
-impl BudgetLedger {
-    /// Opens (or creates) `<state_dir>/budgets.sqlite`, and starts its writer thread.
-    pub fn open(state_dir: &Path) -> Result<BudgetLedger, StoreError> {
-        let db = Arc::new(SideDb::open(state_dir, "budgets.sqlite", MIGRATIONS)?);
-        let (queue, jobs) = mpsc::channel::<Box<dyn Job>>();
-        // The writer has a connection of its own: reads (`spent`, `usage`) never wait for a
-        // batch to commit.
-        let (conn, thread_db) = (db.connect()?, db.clone());
-        let writer = std::thread::Builder::new()
-            .name("rein-ledger-writer".into())
-            .spawn(move || write_loop(&conn, &thread_db, &jobs))
-            .map_err(|source| StoreError::Io {
-                path: db.path().display().to_string(),
-                source,
-            })?;
-        Ok(BudgetLedger {
-            db,
-            queue: Some(queue),
-            writer: Some(writer),
-        })
+    /// Prepares what `f` writes instead of queueing it: the writes go to the store with an
+    /// append ([`crate::Store::append_with`]) and share its commit, or, dropped, on their own.
+    /// The answer comes once they are committed.
+    pub fn later<T>(
+        &self,
+        f: impl FnOnce(&BudgetLedger) -> Queued<T>,
+    ) -> (Vec<LedgerWrite>, Queued<T>) {
+        let (queue, prepared) = mpsc::channel();
+        let answer = f(&BudgetLedger {
+            db: self.db.clone(),
+            queue,
+        });
+        let writes = prepared
+            .try_iter()
+            .filter_map(|work| match work {
+                Work::Ledger(job) => Some(LedgerWrite {
+                    job: std::sync::Mutex::new(Some(job)),
+                    queue: self.queue.clone(),
+                    db: self.db.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        (writes, answer)
     }
 
     /// Queues a write for the writer thread.
@@ -267,12 +342,7 @@ impl BudgetLedger {
             out: None,
             done,
         });
-        if let Some(queue) = &self.queue
-            && let Err(mpsc::SendError(job)) = queue.send(job)
-        {
-            // The thread is gone (it only stops when the ledger is dropped): say so.
-            job.finish(Some("the ledger's writer has stopped"), &self.db);
-        }
+        writer::queue(&self.queue, job, self.db.path());
         Queued(answer)
     }
 
@@ -290,14 +360,14 @@ impl BudgetLedger {
         let expires = (now_ms + ttl_ms) as i64;
         let (run_id, lines) = (run_id.to_owned(), lines.to_vec());
         self.write(move |tx| {
-            tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2")?
+            tx.prepare_cached("DELETE FROM budget_reservations WHERE kind = 'admission' AND run_id = ?1 AND expires_ms <= ?2")?
 .execute(
                 params![run_id, now_ms as i64],
             )?;
             let mut fresh = Vec::new();
             for line in &lines {
                 let held: Option<i64> = tx
-                    .prepare_cached("SELECT id FROM reservations WHERE kind = 'admission' AND run_id = ?1
+                    .prepare_cached("SELECT id FROM budget_reservations WHERE kind = 'admission' AND run_id = ?1
                          AND key = ?2 AND period = ?3")?
 .query_row(
                         params![run_id, line.key, line.period],
@@ -305,7 +375,7 @@ impl BudgetLedger {
                     )
                     .optional()?;
                 if let Some(id) = held {
-                    tx.prepare_cached("UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE id = ?1")?
+                    tx.prepare_cached("UPDATE budget_reservations SET expires_ms = MAX(expires_ms, ?2) WHERE id = ?1")?
 .execute(
                         params![id, expires],
                     )?;
@@ -319,7 +389,7 @@ impl BudgetLedger {
                 fresh.push(line);
             }
             for line in fresh {
-                tx.prepare_cached("INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
+                tx.prepare_cached("INSERT INTO budget_reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'admission')")?
 .execute(
                     params![line.key, line.period, amount.tokens as i64, amount.cost_micros as i64, run_id, expires],
@@ -333,9 +403,11 @@ impl BudgetLedger {
     pub fn release_admission(&self, run_id: &str) -> Queued<()> {
         let run_id = run_id.to_owned();
         self.write(move |tx| {
-            tx.prepare_cached("DELETE FROM reservations WHERE kind = 'admission' AND run_id = ?1")?
-                .execute([run_id])
-                .map(|_| ())
+            tx.prepare_cached(
+                "DELETE FROM budget_reservations WHERE kind = 'admission' AND run_id = ?1",
+            )?
+            .execute([run_id])
+            .map(|_| ())
         })
     }
 
@@ -345,7 +417,7 @@ impl BudgetLedger {
         let run_id = run_id.to_owned();
         self.write(move |tx| {
             tx.prepare_cached(
-                "UPDATE reservations SET expires_ms = MAX(expires_ms, ?2) WHERE run_id = ?1",
+                "UPDATE budget_reservations SET expires_ms = MAX(expires_ms, ?2) WHERE run_id = ?1",
             )?
             .execute(params![run_id, until_ms as i64])
             .map(|_| ())
@@ -386,7 +458,7 @@ impl BudgetLedger {
             }
             let mut ids = Vec::with_capacity(lines.len());
             for (line, take) in lines.iter().zip(&taken) {
-                tx.prepare_cached("INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
+                tx.prepare_cached("INSERT INTO budget_reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind, taken_tokens, taken_cost)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'call', ?7, ?8)")?
 .execute(
                     params![
@@ -402,7 +474,7 @@ impl BudgetLedger {
                 )?;
                 ids.push(tx.last_insert_rowid());
                 if *take != Spend::default() {
-                    tx.prepare_cached("UPDATE reservations SET tokens = MAX(0, tokens - ?4), cost_micros = MAX(0, cost_micros - ?5)
+                    tx.prepare_cached("UPDATE budget_reservations SET tokens = MAX(0, tokens - ?4), cost_micros = MAX(0, cost_micros - ?5)
                          WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3")?
 .execute(
                         params![admission, line.key, line.period, take.tokens as i64, take.cost_micros as i64],
@@ -425,7 +497,7 @@ impl BudgetLedger {
         let reservation = reservation.clone();
         self.write(move |tx| {
             for id in &reservation.ids {
-                tx.prepare_cached("DELETE FROM reservations WHERE id = ?1")?
+                tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")?
 .execute( params![id])?;
             }
             let mut settled = Settled {
@@ -434,7 +506,7 @@ impl BudgetLedger {
                 over_limit: Vec::new(),
             };
             for (i, line) in reservation.lines.iter().enumerate() {
-                tx.prepare_cached("INSERT INTO spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
+                tx.prepare_cached("INSERT INTO budget_spend (key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros)
                      VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6)
                      ON CONFLICT (key, period) DO UPDATE SET
                        tokens = tokens + excluded.tokens, cost_micros = cost_micros + excluded.cost_micros,
@@ -455,7 +527,7 @@ impl BudgetLedger {
                     .map(|t| minus(*t, min_spend(*t, actual)))
                     .unwrap_or_default();
                 if back != Spend::default() {
-                    tx.prepare_cached("UPDATE reservations SET tokens = tokens + ?4, cost_micros = cost_micros + ?5
+                    tx.prepare_cached("UPDATE budget_reservations SET tokens = tokens + ?4, cost_micros = cost_micros + ?5
                          WHERE kind = 'admission' AND run_id = ?1 AND key = ?2 AND period = ?3")?
 .execute(
                         params![reservation.admission, line.key, line.period, back.tokens as i64, back.cost_micros as i64],
@@ -484,7 +556,7 @@ impl BudgetLedger {
             .map(|i| format!("(key = ?{} AND period = ?{})", 2 * i + 1, 2 * i + 2))
             .collect();
         let sql = format!(
-            "SELECT key, period, tokens, cost_micros FROM spend WHERE {}",
+            "SELECT key, period, tokens, cost_micros FROM budget_spend WHERE {}",
             wanted.join(" OR ")
         );
         let values: Vec<&dyn rusqlite::ToSql> = lines
@@ -514,7 +586,7 @@ impl BudgetLedger {
         let conn = self.db.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros FROM spend
+                "SELECT key, period, tokens, cost_micros, calls, max_tokens, max_cost_micros FROM budget_spend
                  WHERE substr(key, 1, length(?1)) = ?1 ORDER BY period DESC, key",
             )
             .map_err(|e| self.db.err(e))?;
@@ -538,7 +610,9 @@ impl BudgetLedger {
 
 fn spent(conn: &Connection, line: &LedgerLine) -> rusqlite::Result<Spend> {
     Ok(conn
-        .prepare_cached("SELECT tokens, cost_micros FROM spend WHERE key = ?1 AND period = ?2")?
+        .prepare_cached(
+            "SELECT tokens, cost_micros FROM budget_spend WHERE key = ?1 AND period = ?2",
+        )?
         .query_row(params![line.key, line.period], |r| {
             Ok(Spend {
                 tokens: r.get::<_, i64>(0)? as u64,

@@ -1,10 +1,22 @@
-//! The ledger's tests: limits under reservations and admissions, and its group-commit writer.
+//! The ledger's tests: limits under reservations and admissions, and its writes' group commit
+//! on the store's writer thread.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
+use rein_core::{Durability, Event, StoredEvent};
+
 use super::*;
+use crate::{Lease, SqliteStore, Store};
 
 const TTL: u64 = 60_000;
+
+/// A store in `dir` and its ledger (which writes only while the store is open).
+fn opened(dir: &std::path::Path) -> (SqliteStore, BudgetLedger) {
+    let store = SqliteStore::open(dir, Durability::Normal).unwrap();
+    let ledger = store.ledger().unwrap();
+    (store, ledger)
+}
 
 fn line(max_tokens: u64) -> LedgerLine {
     LedgerLine {
@@ -18,7 +30,7 @@ fn line(max_tokens: u64) -> LedgerLine {
 #[test]
 fn reservations_count_until_settled_and_never_pass_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let (_store, ledger) = opened(dir.path());
     let amount = Spend {
         tokens: 40,
         cost_micros: 0,
@@ -94,7 +106,7 @@ fn reservations_count_until_settled_and_never_pass_the_limit() {
 #[test]
 fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let (_store, ledger) = opened(dir.path());
     let cap = Spend {
         tokens: 40,
         cost_micros: 0,
@@ -272,15 +284,15 @@ fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend(
     assert_eq!(settled.over_limit, vec!["user:ann 2026-11-23".to_owned()]);
 }
 
-/// Reservations queued from many threads, on two ledgers over one file (two processes), each
-/// committed in batches with others: exactly as many as the limit covers are granted.
+/// Reservations queued from many threads, on the ledgers of two stores over one file (two
+/// processes), each committed in batches with others: exactly as many as the limit covers are
+/// granted.
 #[test]
 fn reservations_queued_together_never_pass_the_limit_across_writers() {
     let dir = tempfile::tempdir().unwrap();
-    let ledgers = [
-        Arc::new(BudgetLedger::open(dir.path()).unwrap()),
-        Arc::new(BudgetLedger::open(dir.path()).unwrap()),
-    ];
+    let (_one, first) = opened(dir.path());
+    let (_two, second) = opened(dir.path());
+    let ledgers = [Arc::new(first), Arc::new(second)];
     let one = Spend {
         tokens: 1,
         cost_micros: 0,
@@ -326,7 +338,7 @@ fn reservations_queued_together_never_pass_the_limit_across_writers() {
 #[test]
 fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let (_store, ledger) = opened(dir.path());
     // The writer is held inside a first write while three more are queued: they form the next
     // batch together.
     let (entered, wait_entered) = mpsc::channel();
@@ -352,7 +364,7 @@ fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
     );
     let broken = ledger.write(|tx| {
         tx.execute(
-            "INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms)
+            "INSERT INTO budget_reservations (key, period, tokens, cost_micros, run_id, expires_ms)
              VALUES ('user:ann', '2026-11-23', 50, 0, 'broken', 99999999)",
             [],
         )?;
@@ -373,7 +385,7 @@ fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
     let a = a.wait().unwrap().unwrap();
     let failed = broken.wait().unwrap_err().to_string();
     assert!(
-        failed.contains("budgets.sqlite") && failed.contains("no_such_table"),
+        failed.contains("rein.db") && failed.contains("no_such_table"),
         "{failed}"
     );
     c.wait().unwrap().unwrap();
@@ -402,53 +414,110 @@ fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
 }
 
 /// A write queued and not waited for (a run's last release, a hold dropped on an error path)
-/// is done before the ledger goes away: a process that ends right after leaves no hold behind.
+/// is done before the store goes away: a process that ends right after leaves no hold behind.
+/// A write queued once the store is closed is answered with an error, not left waiting.
 #[test]
-fn writes_queued_and_not_waited_for_are_done_when_the_ledger_closes() {
+fn writes_queued_and_not_waited_for_are_done_when_the_store_closes() {
     let dir = tempfile::tempdir().unwrap();
     let cap = Spend {
         tokens: 100,
         cost_micros: 0,
     };
-    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let (store, ledger) = opened(dir.path());
     ledger
         .admit("a", &[line(100)], cap, TTL, 0)
         .wait()
         .unwrap()
         .unwrap();
-    // The writer is busy when the release is queued, and the ledger is dropped at once.
+    // The writer is busy when the release is queued, and the store is closed at once.
     let (release, held) = mpsc::channel::<()>();
     drop(ledger.write(move |_| {
         held.recv().unwrap();
         Ok(())
     }));
     drop(ledger.release_admission("a"));
-    let writer_holds = Arc::downgrade(&ledger.db);
-    let closing = std::thread::spawn(move || drop(ledger));
+    let closing = std::thread::spawn(move || drop(store));
     release.send(()).unwrap();
     closing.join().unwrap();
-    assert!(
-        writer_holds.upgrade().is_none(),
-        "the writer thread has finished when the ledger is dropped"
-    );
-    let conn = Connection::open(dir.path().join("budgets.sqlite")).unwrap();
+    let conn = Connection::open(dir.path().join("rein.db")).unwrap();
     let held: i64 = conn
         .query_row(
-            "SELECT count(*) FROM reservations WHERE run_id = 'a'",
+            "SELECT count(*) FROM budget_reservations WHERE run_id = 'a'",
             [],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(
         held, 0,
-        "a's admission was released before the ledger closed"
+        "a's admission was released before the store closed"
     );
+    let late = ledger.release_admission("b").wait().unwrap_err();
+    assert!(late.to_string().contains("stopped"), "{late}");
+}
+
+/// A ledger write and an append queued while the writer is busy go into one transaction: the
+/// hold of a gateway request shares its run's start's commit.
+#[test]
+fn a_ledger_write_and_an_append_queued_together_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ledger) = opened(dir.path());
+    let batches = Arc::new(AtomicUsize::new(0));
+    let counted = batches.clone();
+    store.after_batch(Box::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        true
+    }));
+    let (entered, wait_entered) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let gate = ledger.write(move |_| {
+        entered.send(()).unwrap();
+        held.recv().unwrap();
+        Ok(())
+    });
+    wait_entered.recv().unwrap();
+    let started = StoredEvent {
+        seq: 1,
+        at_ms: 1,
+        event: Event::RunStarted(Box::new(rein_core::RunStarted {
+            agent: "a".into(),
+            task: "t".into(),
+            ..Default::default()
+        })),
+    };
+    let append = store.append(
+        &Lease::new_run("r1", "me", TTL),
+        &[started],
+        Durability::Normal,
+        None,
+    );
+    let reserved = ledger.reserve(
+        "r1",
+        "r1",
+        &[line(100)],
+        Spend {
+            tokens: 10,
+            cost_micros: 0,
+        },
+        Spend::default(),
+        TTL,
+        0,
+    );
+    release.send(()).unwrap();
+    gate.wait().unwrap();
+    append.wait().unwrap();
+    reserved.wait().unwrap().unwrap();
+    assert_eq!(
+        batches.load(Ordering::SeqCst),
+        2,
+        "the gate's batch, then one for the append and the reservation"
+    );
+    assert_eq!(store.events("r1").unwrap().len(), 1);
 }
 
 #[test]
 fn lines_read_together_read_as_each_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = BudgetLedger::open(dir.path()).unwrap();
+    let (_store, ledger) = opened(dir.path());
     let at = |key: &str, period: &str| LedgerLine {
         key: key.into(),
         period: period.into(),
@@ -493,4 +562,67 @@ fn lines_read_together_read_as_each_alone() {
         [20, 0, 30, 10, 20]
     );
     assert!(ledger.spent_on(&[]).unwrap().is_empty());
+}
+
+/// Writes that go with an append keep their own fate: an append refused (a lease that is not the
+/// run's) does not undo them, and one that fails does not undo the append. A prepared write
+/// dropped unsent is done on its own.
+#[test]
+fn writes_that_go_with_an_append_keep_their_own_fate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ledger) = opened(dir.path());
+    let ten = Spend {
+        tokens: 10,
+        cost_micros: 0,
+    };
+    let started = |run: &str| StoredEvent {
+        seq: 1,
+        at_ms: 1,
+        event: Event::RunStarted(Box::new(rein_core::RunStarted {
+            agent: "a".into(),
+            task: run.into(),
+            ..Default::default()
+        })),
+    };
+    let reserve = |run: &str| {
+        ledger.later(|l| l.reserve(run, run, &[line(100)], ten, Spend::default(), TTL, 0))
+    };
+    // Refused: a new run must start under lease token 1.
+    let (writes, held) = reserve("r1");
+    let mut lease = Lease::new_run("r1", "me", TTL);
+    lease.token = 7;
+    let refused = store.append_with(&lease, &[started("r1")], Durability::Normal, None, writes);
+    assert!(refused.wait().is_err());
+    held.wait().unwrap().unwrap();
+    // A write that fails beside an append that commits.
+    let (mut writes, broken) = ledger.later(|l| {
+        l.write(|tx| {
+            tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+            Ok(())
+        })
+    });
+    let (more, held_too) = reserve("r2");
+    writes.extend(more);
+    store
+        .append_with(
+            &Lease::new_run("r2", "me", TTL),
+            &[started("r2")],
+            Durability::Normal,
+            None,
+            writes,
+        )
+        .wait()
+        .unwrap();
+    assert!(broken.wait().is_err());
+    held_too.wait().unwrap().unwrap();
+    assert_eq!(store.events("r2").unwrap().len(), 1);
+    // Prepared and dropped: queued alone.
+    let (writes, dropped) = reserve("r3");
+    drop(writes);
+    dropped.wait().unwrap().unwrap();
+    let conn = Connection::open(dir.path().join("rein.db")).unwrap();
+    let holds: i64 = conn
+        .query_row("SELECT count(*) FROM budget_reservations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(holds, 3);
 }

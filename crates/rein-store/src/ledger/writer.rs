@@ -1,16 +1,18 @@
-//! The ledger's writer thread: writes are queued to it and committed together, each in a
-//! savepoint of its own (group commit), so concurrent runs share a commit and no async caller
-//! blocks a worker thread on the database.
+//! A ledger write as the store's writer thread runs it: queued with the event appends, committed
+//! in their transaction, each in a savepoint of its own (group commit), so a gateway request's
+//! hold goes in with its run's start, and no async caller blocks
+//! a worker thread on the database.
 
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
 
 use rusqlite::Connection;
 
 use crate::StoreError;
 use crate::side::SideDb;
-use crate::tx::Tx;
+use crate::sqlite::Work;
 
 /// A write queued to the ledger: settled once the transaction holding it commits or fails.
 /// Await it, or [`Queued::wait`] for it outside async code; dropped, the write still happens.
@@ -35,11 +37,12 @@ impl<T> Future for Queued<T> {
 }
 
 /// One queued write, type-erased for the writer thread.
-pub(super) trait Job: Send {
+pub(crate) trait Job: Send {
     /// Runs the write in the open transaction; false if it failed (its savepoint is undone).
     fn run(&mut self, conn: &Connection) -> bool;
-    /// Answers the caller once the transaction has committed (`None`) or failed (why).
-    fn finish(self: Box<Self>, failed: Option<&str>, db: &SideDb);
+    /// Answers the caller once the transaction has committed (`None`) or failed (why); errors
+    /// name the database at `path`.
+    fn finish(self: Box<Self>, failed: Option<&str>, path: &Path);
 }
 
 pub(super) struct Write<T, F> {
@@ -56,11 +59,14 @@ impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> Job for Writ
         ok
     }
 
-    fn finish(self: Box<Self>, failed: Option<&str>, db: &SideDb) {
+    fn finish(self: Box<Self>, failed: Option<&str>, path: &Path) {
         let answer = match (self.out, failed) {
-            (Some(Err(e)), _) => Err(db.err(e)),
+            (Some(Err(source)), _) => Err(StoreError::Database {
+                path: path.display().to_string(),
+                source,
+            }),
             (_, Some(message)) => Err(StoreError::CommitFailed {
-                path: db.path().display().to_string(),
+                path: path.display().to_string(),
                 message: message.to_owned(),
             }),
             (Some(Ok(v)), None) => Ok(v),
@@ -70,27 +76,48 @@ impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> Job for Writ
     }
 }
 
-/// The writer thread, on its own connection: takes everything queued, runs it in one immediate
-/// transaction (a savepoint per write), commits, answers every caller (errors name `db`'s file).
-pub(super) fn write_loop(conn: &Connection, db: &SideDb, queue: &mpsc::Receiver<Box<dyn Job>>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while let Ok(next) = queue.try_recv() {
-            jobs.push(next);
-        }
-        let failed = commit_batch(conn, &mut jobs).err().map(|e| e.to_string());
-        for job in jobs {
-            job.finish(failed.as_deref(), db);
-        }
+/// Queues `job` for the store's writer, or, if the store is closed, answers that it is.
+pub(super) fn queue(queue: &mpsc::Sender<Work>, job: Box<dyn Job>, db: &Path) {
+    if let Err(mpsc::SendError(Work::Ledger(job))) = queue.send(Work::Ledger(job)) {
+        job.finish(Some("the store's writer has stopped"), db);
     }
 }
 
-/// Runs `jobs` in one transaction: a write that fails is undone alone; anything else that fails
-/// undoes them all.
-fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
-    let tx = Tx::begin(conn)?;
-    for job in jobs.iter_mut() {
-        let _ = tx.item(|conn| if job.run(conn) { Ok(()) } else { Err(()) })?;
+/// A ledger write prepared to go to the store together with an append
+/// ([`crate::Store::append_with`]), so the two share one commit
+/// ([`crate::BudgetLedger::later`]). Dropped before that, it is queued on its own: a prepared
+/// write is always done.
+pub struct LedgerWrite {
+    /// Behind a mutex only so a run's driver holding writes stays `Sync`; never contended.
+    pub(super) job: Mutex<Option<Box<dyn Job>>>,
+    pub(super) queue: mpsc::Sender<Work>,
+    pub(super) db: Arc<SideDb>,
+}
+
+impl LedgerWrite {
+    /// The write, for the store's writer to run with an append.
+    pub(crate) fn take(self) -> Option<Box<dyn Job>> {
+        self.job.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
-    tx.commit()
+}
+
+impl std::fmt::Debug for LedgerWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerWrite")
+            .field("path", &self.db.path())
+            .field(
+                "sent",
+                &self.job.lock().map(|j| j.is_none()).unwrap_or(true),
+            )
+            .finish()
+    }
+}
+
+impl Drop for LedgerWrite {
+    fn drop(&mut self) {
+        let job = self.job.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(job) = job {
+            queue(&self.queue, job, self.db.path());
+        }
+    }
 }

@@ -1,7 +1,10 @@
-//! The embedded SQLite store: WAL mode, one writer thread committing the appends of all runs in
-//! shared transactions (group commit), a connection for reads and one for leases.
+//! The embedded SQLite store: WAL mode, one writer thread committing the appends of all runs and
+//! the budget ledger's writes in shared transactions (group commit), a connection for reads and
+//! one for leases.
 
 mod writer;
+
+pub(crate) use writer::Work;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,14 +15,15 @@ use std::thread::JoinHandle;
 use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState, Event, StoredEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use crate::side::SideDb;
 use crate::{
-    AfterBatch, ApprovalFilter, ApprovalSummary, Commit, Lease, LeaseHolder, OnCommit, Renewed,
-    RunFilter, RunSummary, Store, StoreError,
+    AfterBatch, ApprovalFilter, ApprovalSummary, BudgetLedger, Commit, Lease, LeaseHolder,
+    LedgerWrite, OnCommit, Renewed, RunFilter, RunSummary, Store, StoreError,
 };
 use writer::{Append, ApprovalChange, Started, write_loop};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// The schema of a new database, at [`SCHEMA_VERSION`].
 const SCHEMA: &str = "
@@ -103,10 +107,14 @@ UPDATE runs SET cost_micros = COALESCE((
 ), 0);
 ";
 
-/// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends.
+/// The file the budget ledger had before schema version 5, beside `rein.db`.
+const OLD_LEDGER: &str = "budgets.sqlite";
+
+/// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends
+/// (and ledger writes).
 pub struct SqliteStore {
     path: PathBuf,
-    sender: Option<mpsc::Sender<Append>>,
+    sender: Option<mpsc::Sender<Work>>,
     writer: Option<JoinHandle<()>>,
     /// Ends after the writer (which holds the only sender of its requests).
     checkpointer: Option<JoinHandle<()>>,
@@ -366,7 +374,9 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.sender.take();
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Work::Stop);
+        }
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
@@ -411,7 +421,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(db_err)?
         > 0;
     match found {
-        0 if !has_runs => tx.execute_batch(SCHEMA).map_err(db_err)?,
+        0 if !has_runs => {
+            tx.execute_batch(SCHEMA).map_err(db_err)?;
+            tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
+        }
         // A version-1 database (also one whose version was never written).
         0 | 1 => {
             tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?;
@@ -424,6 +437,11 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         }
         3 => tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?,
         _ => {}
+    }
+    // From schema version 4: the budget ledger moves in from a file of its own.
+    if has_runs && found < 5 {
+        tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
+        crate::ledger::import(&tx, &path.with_file_name(OLD_LEDGER))?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db_err)?;
@@ -521,13 +539,20 @@ impl Store for SqliteStore {
         self.after.lock().unwrap_or_else(|p| p.into_inner()).push(f);
     }
 
-    fn append(
+    fn ledger(&self) -> Result<BudgetLedger, StoreError> {
+        let sender = self.sender.clone().ok_or(StoreError::Closed)?;
+        Ok(BudgetLedger::within(SideDb::attach(&self.path)?, sender))
+    }
+
+    fn append_with(
         &self,
         lease: &Lease,
         events: &[StoredEvent],
         durability: Durability,
         on_commit: Option<OnCommit>,
+        writes: Vec<LedgerWrite>,
     ) -> Commit {
+        // (An append that fails before it is queued drops `writes`: each is then queued alone.)
         let run_id = lease.run_id.as_str();
         let (done, rx) = tokio::sync::oneshot::channel();
         let mut append = Append {
@@ -543,6 +568,7 @@ impl Store for SqliteStore {
             durability,
             done,
             on_commit,
+            ledger: Vec::new(),
         };
         for stored in events {
             match &stored.event {
@@ -632,10 +658,18 @@ impl Store for SqliteStore {
                 stored.event.format_version(),
             ));
         }
+        append.ledger = writes.into_iter().filter_map(LedgerWrite::take).collect();
         match &self.sender {
-            Some(sender) => match sender.send(append) {
+            Some(sender) => match sender.send(Work::Append(append)) {
                 Ok(()) => Commit(rx),
-                Err(_) => Commit::failed(StoreError::Closed),
+                Err(mpsc::SendError(work)) => {
+                    if let Work::Append(append) = work {
+                        for job in append.ledger {
+                            job.finish(Some("the store's writer has stopped"), &self.path);
+                        }
+                    }
+                    Commit::failed(StoreError::Closed)
+                }
             },
             None => Commit::failed(StoreError::Closed),
         }

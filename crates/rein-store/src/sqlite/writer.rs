@@ -1,7 +1,7 @@
 //! The store's writer thread: it owns the write connection and commits the appends of all runs
-//! that are waiting in one transaction (group commit), each append in its own savepoint so that
-//! one bad append fails alone. Every append is checked against its run's lease and log before it
-//! is written.
+//! that are waiting, and the budget ledger's writes, in one transaction (group commit), each in
+//! its own savepoint so that one bad append or write fails alone. Every append is checked against
+//! its run's lease and log before it is written.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -10,17 +10,31 @@ use std::sync::{Arc, Mutex, mpsc};
 use rein_core::{Durability, EndState};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::ledger::Job;
 use crate::tx::Tx;
 use crate::{AfterBatch, Lease, OnCommit, StoreError};
 
-/// At most this many appends share one transaction.
+/// At most this many appends and ledger writes share one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// What the writer thread is sent. (An append is what it is sent most, and moved once: boxing
+/// it to make a ledger write's message smaller would cost an allocation per append.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Work {
+    /// Events for a run's log.
+    Append(Append),
+    /// A write of the budget ledger, whose tables are in the same file.
+    Ledger(Box<dyn Job>),
+    /// The store is closing: what was sent before this is committed, then the thread ends (a
+    /// ledger may still hold a sender, so the channel's closing cannot be waited for).
+    Stop,
+}
 
 /// One append, encoded by the caller's thread so the writer only writes. The `runs` row is only
 /// touched when something it shows changes (start, a step, the end); the number of events and the
 /// time of the last one are read from the events' primary key instead, so most commits dirty a
 /// single page.
-pub(super) struct Append {
+pub(crate) struct Append {
     pub(super) lease: Lease,
     /// (seq, at_ms, payload, the event's format version).
     pub(super) rows: Vec<(u64, u64, String, u32)>,
@@ -38,6 +52,8 @@ pub(super) struct Append {
     pub(super) durability: Durability,
     pub(super) done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     pub(super) on_commit: Option<OnCommit>,
+    /// Budget ledger writes that go in the same transaction (each in its own savepoint).
+    pub(super) ledger: Vec<Box<dyn Job>>,
 }
 
 /// What the `runs` row of a new run holds.
@@ -95,38 +111,59 @@ const CHECKPOINT_EVERY: usize = 1000;
 pub(super) fn write_loop(
     mut conn: Connection,
     path: PathBuf,
-    receiver: mpsc::Receiver<Append>,
+    receiver: mpsc::Receiver<Work>,
     after: Arc<Mutex<Vec<AfterBatch>>>,
     checkpoint: mpsc::SyncSender<()>,
     gate: Arc<Mutex<()>>,
 ) {
     let mut memory = WriterMemory::default();
     let mut since_checkpoint = 0;
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = receiver.recv() else { break };
+        let (mut batch, mut jobs) = (Vec::new(), Vec::new());
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Append(mut append) => {
+                    jobs.append(&mut append.ledger);
+                    batch.push(append);
+                }
+                Work::Ledger(job) => jobs.push(job),
+                Work::Stop => {
+                    stopping = true;
+                    break;
+                }
             }
+            if batch.len() + jobs.len() < MAX_BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if batch.is_empty() && jobs.is_empty() {
+            continue;
         }
         // The batch is flushed to disk if any append in it asks for it (group commit).
         let fsync = batch.iter().any(|a| a.durability == Durability::Fsync);
         // Held by the checkpointer only while it finishes a checkpoint this writer outran.
         let turn = gate.lock().unwrap_or_else(|p| p.into_inner());
-        let results = if fsync != memory.fsync {
-            match conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" }) {
-                Ok(()) => {
+        let outcome = if fsync != memory.fsync {
+            conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
+                .and_then(|()| {
                     memory.fsync = fsync;
-                    commit_batch(&mut conn, &path, &mut memory, &batch)
-                }
-                Err(e) => fail_all(&e, &path, &mut memory, batch.len()),
-            }
+                    commit_batch(&mut conn, &path, &mut memory, &batch, &mut jobs)
+                })
         } else {
-            commit_batch(&mut conn, &path, &mut memory, &batch)
+            commit_batch(&mut conn, &path, &mut memory, &batch, &mut jobs)
         };
         drop(turn);
-        since_checkpoint += batch.iter().map(|a| a.rows.len()).sum::<usize>();
+        let (results, failed) = match outcome {
+            Ok(results) => (results, None),
+            Err(e) => (
+                fail_all(&e, &path, &mut memory, batch.len()),
+                Some(e.to_string()),
+            ),
+        };
+        since_checkpoint += jobs.len() + batch.iter().map(|a| a.rows.len()).sum::<usize>();
         if since_checkpoint >= CHECKPOINT_EVERY {
             since_checkpoint = 0;
             // One request waiting is enough: a full channel means one is on its way.
@@ -147,6 +184,9 @@ pub(super) fn write_loop(
             .retain(|f| f());
         for (done, result) in answers {
             let _ = done.send(result);
+        }
+        for job in jobs {
+            job.finish(failed.as_deref(), &path);
         }
     }
 }
@@ -171,22 +211,21 @@ fn fail_all(
         .collect()
 }
 
-/// Commits a batch in one transaction, each append in its own savepoint so that one bad append
-/// fails alone. Returns one result per append.
+/// Commits a batch of appends and ledger writes in one transaction, each in its own savepoint so
+/// that one bad append or write fails alone. Returns one result per append (a ledger write keeps
+/// its own), or why the whole batch failed.
 fn commit_batch(
     conn: &mut Connection,
     path: &Path,
     memory: &mut WriterMemory,
     batch: &[Append],
-) -> Vec<Result<(), StoreError>> {
+    jobs: &mut [Box<dyn Job>],
+) -> rusqlite::Result<Vec<Result<(), StoreError>>> {
     let db_err = |source| StoreError::Database {
         path: path.display().to_string(),
         source,
     };
-    let tx = match Tx::begin(conn) {
-        Ok(tx) => tx,
-        Err(e) => return fail_all(&e, path, memory, batch.len()),
-    };
+    let tx = Tx::begin(conn)?;
     // Another connection committed since this writer's last commit: what it remembers of leases
     // and logs may be stale.
     match tx
@@ -200,10 +239,7 @@ fn commit_batch(
             memory.last_seq.clear();
             memory.data_version = Some(version);
         }
-        Err(e) => {
-            drop(tx);
-            return fail_all(&e, path, memory, batch.len());
-        }
+        Err(e) => return Err(e),
     }
     let mut results = Vec::with_capacity(batch.len());
     // Runs advanced in this transaction: (run, token, last seq), applied to memory on commit.
@@ -211,7 +247,7 @@ fn commit_batch(
     // Leases read or changed in this transaction, applied to memory on commit.
     let mut leases: Vec<(&str, Option<String>, u64)> = Vec::new();
     // A lone append needs no savepoint: if it fails, the transaction is dropped.
-    let isolate = batch.len() > 1;
+    let isolate = batch.len() + jobs.len() > 1;
     for append in batch {
         let run = append.lease.run_id.as_str();
         let fence = (
@@ -229,14 +265,8 @@ fn commit_batch(
             continue;
         }
         let outcome = if isolate {
-            match tx.item(|conn| apply_append(conn, append, memory, &advanced, &mut leases)) {
-                Ok(outcome) => outcome,
-                // The savepoint could not be taken or undone: no part of the batch may commit.
-                Err(e) => {
-                    drop(tx);
-                    return fail_all(&e, path, memory, batch.len());
-                }
-            }
+            // The savepoint could not be taken or undone: no part of the batch may commit.
+            tx.item(|conn| apply_append(conn, append, memory, &advanced, &mut leases))?
         } else {
             apply_append(tx.0, append, memory, &advanced, &mut leases)
         };
@@ -258,22 +288,24 @@ fn commit_batch(
                 if !isolate {
                     // The lone append failed: drop the transaction rather than commit a part.
                     drop(tx);
-                    return vec![Err(e)];
+                    return Ok(vec![Err(e)]);
                 }
                 results.push(Err(e));
             }
         }
     }
-    if let Err(e) = tx.commit() {
-        return fail_all(&e, path, memory, batch.len());
+    for job in jobs.iter_mut() {
+        // A write that fails is undone alone, and answered with its own error.
+        let _ = tx.item(|conn| if job.run(conn) { Ok(()) } else { Err(()) })?;
     }
+    tx.commit()?;
     for (run, token, seq) in advanced {
         memory.last_seq.insert(run.to_owned(), (token, seq));
     }
     for (run, owner, token) in leases {
         memory.leases.insert(run.to_owned(), (owner, token));
     }
-    results
+    Ok(results)
 }
 
 fn conflict(run_id: &str, detail: String) -> StoreError {
