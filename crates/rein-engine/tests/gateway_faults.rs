@@ -2,9 +2,12 @@
 //! new server resumes what it finds: the run always reaches a named end, a call is handed over
 //! only by the driver that took the request (a resumed run has nobody to hand it to), the
 //! tenant's budget books at most the one model call, and the audit trail holds a record of every
-//! event.
+//! event. And what each of a turn's commits leaves: the run never exists without the ledger's
+//! hold of its model call, and the call is booked once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
 
 use rein_core::{EndState, Message, ToolSpec};
 use rein_engine::{EngineError, FaultPlan, GatewayTurn, NoObserver};
@@ -44,6 +47,53 @@ fn turn() -> GatewayTurn {
 }
 
 const RUN: &str = "0123456789abcdef0123456789abcdef";
+
+/// A budgeted gateway request's start commits with the ledger's hold of its model call, and
+/// from then on the call is held or booked, never both and never neither: read by another
+/// connection right after each commit, no state shows the run without its hold, and the last
+/// shows the whole run and the call booked once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_turn_commits_its_hold_with_its_start_and_books_its_call_once() {
+    let folder = folder();
+    let agent = folder.agent();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rein_testkit::engine(dir.path());
+    let reader = Mutex::new(rusqlite::Connection::open(dir.path().join("rein.db")).unwrap());
+    // After each commit: (the run's events, holds on the ledger, model calls booked).
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    engine.store().after_batch(Box::new(move || {
+        let conn = reader.lock().unwrap();
+        let count = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .unwrap_or(-1)
+        };
+        log.lock().unwrap().push((
+            count("SELECT count(*) FROM events"),
+            count("SELECT count(*) FROM budget_reservations"),
+            count("SELECT COALESCE(SUM(calls), 0) FROM budget_spend"),
+        ));
+        true
+    }));
+    let reply = engine
+        .gateway_turn(&agent, RUN, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, EndState::Completed);
+    let events = engine.store().events(RUN).unwrap().len() as i64;
+    let seen = seen.lock().unwrap().clone();
+    // The settlement is queued as the reply comes in: it commits on its own or with the end,
+    // as the writer finds them, so there are two commits or three.
+    assert!(seen.len() == 2 || seen.len() == 3, "{seen:?}");
+    let (started, held, booked) = seen[0];
+    assert!(started >= 1 && started < events, "{seen:?}");
+    assert_eq!((held, booked), (1, 0), "the start commits with the hold");
+    assert!(
+        seen.iter().all(|(_, held, booked)| held + booked == 1),
+        "held or booked, never both or neither: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&(events, 0, 1)));
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_turn_stopped_after_any_event_resumes_to_a_named_end_with_its_trail_whole() {

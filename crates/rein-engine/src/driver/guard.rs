@@ -175,7 +175,10 @@ impl Driver<'_> {
             ));
         } else {
             let lines = self.budget_lines();
-            match self.hold(&lines, estimate, Spend::default(), 0).await? {
+            match self
+                .hold(&lines, estimate, Spend::default(), 0, false)
+                .await?
+            {
                 Hold::Refused(reason) => why = Some(format!("no budget for planning: {reason}")),
                 Hold::Held(held) => {
                     let request = ChatRequest {

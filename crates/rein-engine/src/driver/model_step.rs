@@ -317,12 +317,10 @@ impl Driver<'_> {
                 )
                 .0
             };
-            // A gateway run's start goes to the store while the ledger holds the call's cost: the
-            // request waits for both at once (`try_model`).
-            if self.is_gateway() && step <= 1 {
-                self.submit();
-            }
-            let held = match self.hold(lines, estimate, headroom, 0).await? {
+            // A gateway run's start goes to the store with the ledger's hold of the call's cost,
+            // in one commit: the request waits for both at once (`try_model`).
+            let with_start = self.is_gateway() && step <= 1;
+            let held = match self.hold(lines, estimate, headroom, 0, with_start).await? {
                 Hold::Held(held) => held,
                 Hold::Refused(why) => return self.wrap_up(step, why).await,
             };
@@ -502,7 +500,7 @@ impl Driver<'_> {
             // Before the run's first model call its start is made durable: a process killed
             // while the model answers leaves a run that can be found and resumed, not one that
             // never was. (Later calls follow an awaited outcome, so the run is on disk already.)
-            // A gateway run's start was handed over before the ledger's hold, so only its commit
+            // A gateway run's start was handed over with the ledger's hold, so only its commit
             // is waited for here; the rest (`model_requested`) goes with the reply, in the
             // request's one other append. Its resume after a crash ends it unanswered either way.
             if step <= 1 && attempt == 1 {

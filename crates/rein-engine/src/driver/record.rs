@@ -67,6 +67,7 @@ impl Driver<'_> {
         };
         self.unsent.push(stored);
         self.closing |= closing;
+
         // Intents and endings are waited for; other events ride along with them.
         if waited {
             self.flush().await?;
@@ -82,6 +83,12 @@ impl Driver<'_> {
     /// once it commits (not before: a record of an event that never committed would be false;
     /// not later: a kill after the commit would lose them until the next resume filled them in).
     pub(super) fn submit(&mut self) {
+        self.submit_with(Vec::new());
+    }
+
+    /// [`Driver::submit`], with ledger writes that share the append's commit (with nothing to
+    /// append, they are queued on their own).
+    pub(super) fn submit_with(&mut self, writes: Vec<rein_store::LedgerWrite>) {
         if self.unsent.is_empty() {
             return;
         }
@@ -100,11 +107,12 @@ impl Driver<'_> {
         } else {
             sender.hook(records, fsync)
         };
-        self.pending.push(self.engine.store.append(
+        self.pending.push(self.engine.store.append_with(
             &self.lease,
             &events,
             self.agent.durability,
             Some(hook),
+            writes,
         ));
     }
 

@@ -68,7 +68,10 @@ impl Driver<'_> {
             WRAP_UP_OUTPUT_TOKENS,
         );
         let lines = self.budget_lines();
-        let held = match self.hold(&lines, estimate, Spend::default(), 0).await? {
+        let held = match self
+            .hold(&lines, estimate, Spend::default(), 0, false)
+            .await?
+        {
             Hold::Held(held) => Some(held),
             Hold::Refused(_) => None,
         };
