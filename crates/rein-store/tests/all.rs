@@ -672,21 +672,84 @@ async fn fsync_durability_commits_and_disk_usage_is_measured() {
     assert_eq!(store.events("r5").unwrap().len(), 1);
 }
 
+/// The schema of a state store's first version.
+const VERSION_1_SCHEMA: &str =
+    "CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, status TEXT,
+         created_ms INTEGER NOT NULL, steps INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE approvals (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, call_id TEXT NOT NULL,
+         tool TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL, expires_ms INTEGER,
+         decided_by TEXT, decided_ms INTEGER);
+     CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+         payload TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
+     PRAGMA user_version = 1;";
+
+/// The budget ledger's own file in its first format (no admissions) is imported too: its holds
+/// become holds of calls, and still count against the limit.
+#[tokio::test]
+async fn a_first_format_budget_file_is_imported_with_its_holds_as_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .execute_batch(VERSION_1_SCHEMA)
+        .unwrap();
+    rusqlite::Connection::open(dir.path().join("budgets.sqlite"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
+                 tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+                 calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
+                 PRIMARY KEY (key, period));
+             CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+                 period TEXT NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+                 run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+             INSERT INTO spend VALUES ('user:ann', '2026-12-01', 40, 0, 2, 100, NULL);
+             INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms)
+                 VALUES ('user:ann', '2026-12-01', 50, 0, 'r9', 9999999999999);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    let store = open(dir.path());
+    let ledger = store.ledger().unwrap();
+    let ann = rein_store::LedgerLine {
+        key: "user:ann".into(),
+        period: "2026-12-01".into(),
+        max_tokens: Some(100),
+        max_cost_micros: None,
+    };
+    assert_eq!(ledger.spent(&ann).unwrap().tokens, 40);
+    let reserve = |tokens| {
+        ledger.reserve(
+            "new",
+            "new",
+            std::slice::from_ref(&ann),
+            rein_core::budget::Spend {
+                tokens,
+                cost_micros: 0,
+            },
+            rein_core::budget::Spend::default(),
+            60_000,
+            0,
+        )
+    };
+    // 40 spent and 50 held: 11 more do not fit, 10 do.
+    assert!(reserve(11).await.unwrap().is_err());
+    assert!(reserve(10).await.unwrap().is_ok());
+    let kind: String = rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .query_row(
+            "SELECT kind FROM budget_reservations WHERE run_id = 'r9'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "call");
+}
+
 #[tokio::test]
 async fn a_version_1_state_store_is_migrated_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
-    raw.execute_batch(
-        "CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, status TEXT,
-             created_ms INTEGER NOT NULL, steps INTEGER NOT NULL DEFAULT 0);
-         CREATE TABLE approvals (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, call_id TEXT NOT NULL,
-             tool TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL, expires_ms INTEGER,
-             decided_by TEXT, decided_ms INTEGER);
-         CREATE TABLE events (run_id TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL,
-             payload TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID;
-         PRAGMA user_version = 1;",
-    )
-    .unwrap();
+    raw.execute_batch(VERSION_1_SCHEMA).unwrap();
     let payload = serde_json::to_string(&started("old")).unwrap();
     raw.execute(
         "INSERT INTO runs (id, agent, task, status, created_ms) VALUES ('old1', 'old', 'the task', 'completed', 5)",

@@ -11,6 +11,33 @@ use crate::{Lease, SqliteStore, Store};
 
 const TTL: u64 = 60_000;
 
+/// Holds the store's writer inside a ledger write until the sender is used (or dropped): what is
+/// queued meanwhile forms the next batch together. Returns once the writer is inside.
+fn hold_writer(ledger: &BudgetLedger) -> (Queued<()>, mpsc::Sender<()>) {
+    let (entered, wait_entered) = mpsc::channel();
+    let (release, held) = mpsc::channel::<()>();
+    let gate = ledger.write(move |_| {
+        entered.send(()).unwrap();
+        let _ = held.recv();
+        Ok(())
+    });
+    wait_entered.recv().unwrap();
+    (gate, release)
+}
+
+/// The first event of run `run`.
+fn started(run: &str) -> StoredEvent {
+    StoredEvent {
+        seq: 1,
+        at_ms: 1,
+        event: Event::RunStarted(Box::new(rein_core::RunStarted {
+            agent: "a".into(),
+            task: run.into(),
+            ..Default::default()
+        })),
+    }
+}
+
 /// A store in `dir` and its ledger (which writes only while the store is open).
 fn opened(dir: &std::path::Path) -> (SqliteStore, BudgetLedger) {
     let store = SqliteStore::open(dir, Durability::Normal).unwrap();
@@ -341,14 +368,7 @@ fn a_failing_write_in_a_batch_fails_alone_and_leaves_nothing_behind() {
     let (_store, ledger) = opened(dir.path());
     // The writer is held inside a first write while three more are queued: they form the next
     // batch together.
-    let (entered, wait_entered) = mpsc::channel();
-    let (release, held) = mpsc::channel::<()>();
-    let gate = ledger.write(move |_| {
-        entered.send(()).unwrap();
-        held.recv().unwrap();
-        Ok(())
-    });
-    wait_entered.recv().unwrap();
+    let (gate, release) = hold_writer(&ledger);
     let held_tokens = Spend {
         tokens: 30,
         cost_micros: 0,
@@ -430,11 +450,8 @@ fn writes_queued_and_not_waited_for_are_done_when_the_store_closes() {
         .unwrap()
         .unwrap();
     // The writer is busy when the release is queued, and the store is closed at once.
-    let (release, held) = mpsc::channel::<()>();
-    drop(ledger.write(move |_| {
-        held.recv().unwrap();
-        Ok(())
-    }));
+    let (gate, release) = hold_writer(&ledger);
+    drop(gate);
     drop(ledger.release_admission("a"));
     let closing = std::thread::spawn(move || drop(store));
     release.send(()).unwrap();
@@ -467,26 +484,10 @@ fn a_ledger_write_and_an_append_queued_together_share_one_commit() {
         counted.fetch_add(1, Ordering::SeqCst);
         true
     }));
-    let (entered, wait_entered) = mpsc::channel();
-    let (release, held) = mpsc::channel::<()>();
-    let gate = ledger.write(move |_| {
-        entered.send(()).unwrap();
-        held.recv().unwrap();
-        Ok(())
-    });
-    wait_entered.recv().unwrap();
-    let started = StoredEvent {
-        seq: 1,
-        at_ms: 1,
-        event: Event::RunStarted(Box::new(rein_core::RunStarted {
-            agent: "a".into(),
-            task: "t".into(),
-            ..Default::default()
-        })),
-    };
+    let (gate, release) = hold_writer(&ledger);
     let append = store.append(
         &Lease::new_run("r1", "me", TTL),
-        &[started],
+        &[started("r1")],
         Durability::Normal,
         None,
     );
@@ -574,15 +575,6 @@ fn writes_that_go_with_an_append_keep_their_own_fate() {
     let ten = Spend {
         tokens: 10,
         cost_micros: 0,
-    };
-    let started = |run: &str| StoredEvent {
-        seq: 1,
-        at_ms: 1,
-        event: Event::RunStarted(Box::new(rein_core::RunStarted {
-            agent: "a".into(),
-            task: run.into(),
-            ..Default::default()
-        })),
     };
     let reserve = |run: &str| {
         ledger.later(|l| l.reserve(run, run, &[line(100)], ten, Spend::default(), TTL, 0))
