@@ -534,9 +534,9 @@ pub struct ControlsBenchReport {
 }
 
 /// Measures, per model step, what budgets and context control add: reserving and settling a
-/// model call's spend on three ledger lines in `dir` (a real SQLite ledger, in the store's file), and building the
-/// context for a conversation that grows by a 2 KB tool output each step, compacted to 8,000
-/// tokens, with tokens counted by tiktoken as for an OpenAI model.
+/// model call's spend on three ledger lines in `dir` (a real SQLite ledger, in the store's file),
+/// and building the context for a conversation that grows by a 2 KB tool output each step,
+/// compacted to 8,000 tokens, with tokens counted by tiktoken as for an OpenAI model.
 pub async fn bench_controls(dir: &Path, steps: usize) -> Result<ControlsBenchReport, EngineError> {
     use crate::context::{ContextWindow, TokenCounter};
     use rein_core::Message;

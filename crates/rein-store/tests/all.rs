@@ -672,6 +672,96 @@ async fn fsync_durability_commits_and_disk_usage_is_measured() {
     assert_eq!(store.events("r5").unwrap().len(), 1);
 }
 
+/// A ledger line limited to `max_tokens`.
+fn line(key: &str, period: &str, max_tokens: u64) -> rein_store::LedgerLine {
+    rein_store::LedgerLine {
+        key: key.into(),
+        period: period.into(),
+        max_tokens: Some(max_tokens),
+        max_cost_micros: None,
+    }
+}
+
+/// Whether `tokens` more can be held on `line` now (they stay held if so).
+async fn fits(
+    ledger: &rein_store::BudgetLedger,
+    line: &rein_store::LedgerLine,
+    tokens: u64,
+) -> bool {
+    let amount = rein_core::budget::Spend {
+        tokens,
+        cost_micros: 0,
+    };
+    ledger
+        .reserve(
+            "new",
+            "new",
+            std::slice::from_ref(line),
+            amount,
+            Default::default(),
+            60_000,
+            0,
+        )
+        .await
+        .unwrap()
+        .is_ok()
+}
+
+/// The budget ledger's own file before schema version 5, in its latest format (version 2): a
+/// month's spend on `tenant:acme` (700 of 1000 tokens, 7 calls), and 200 held by an admission.
+fn old_budgets(dir: &std::path::Path) {
+    rusqlite::Connection::open(dir.join("budgets.sqlite"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
+                 tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+                 calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
+                 PRIMARY KEY (key, period));
+             CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+                 period TEXT NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+                 run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+                 kind TEXT NOT NULL DEFAULT 'call', taken_tokens INTEGER NOT NULL DEFAULT 0,
+                 taken_cost INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO spend VALUES ('tenant:acme', '2026-12', 700, 7000, 7, 1000, NULL);
+             INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
+                 VALUES ('tenant:acme', '2026-12', 200, 0, 'old1', 9999999999999, 'admission');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+}
+
+/// Many processes starting at once on a state directory of an older rein upgrade it once: the
+/// old budget file's spend and holds are imported once, not once per opener (doubled spend would
+/// refuse calls the budget covers), and every opener succeeds.
+#[tokio::test]
+async fn openers_upgrading_one_state_directory_at_once_import_its_budgets_once() {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .execute_batch(VERSION_1_SCHEMA)
+        .unwrap();
+    old_budgets(dir.path());
+    let openers: Vec<_> = (0..12)
+        .map(|_| {
+            let path = dir.path().to_owned();
+            std::thread::spawn(move || {
+                SqliteStore::open(&path, Durability::Normal)
+                    .and_then(|store| store.ledger().map(|_| ()))
+            })
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+    let store = open(dir.path());
+    let ledger = store.ledger().unwrap();
+    let acme = line("tenant:acme", "2026-12", 1000);
+    assert_eq!(ledger.spent(&acme).unwrap().tokens, 700);
+    assert_eq!(ledger.usage("").unwrap().len(), 1);
+    assert!(!fits(&ledger, &acme, 101).await);
+    assert!(fits(&ledger, &acme, 100).await);
+}
+
 /// The schema of a state store's first version.
 const VERSION_1_SCHEMA: &str =
     "CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, status TEXT,
@@ -710,30 +800,11 @@ async fn a_first_format_budget_file_is_imported_with_its_holds_as_calls() {
         .unwrap();
     let store = open(dir.path());
     let ledger = store.ledger().unwrap();
-    let ann = rein_store::LedgerLine {
-        key: "user:ann".into(),
-        period: "2026-12-01".into(),
-        max_tokens: Some(100),
-        max_cost_micros: None,
-    };
+    let ann = line("user:ann", "2026-12-01", 100);
     assert_eq!(ledger.spent(&ann).unwrap().tokens, 40);
-    let reserve = |tokens| {
-        ledger.reserve(
-            "new",
-            "new",
-            std::slice::from_ref(&ann),
-            rein_core::budget::Spend {
-                tokens,
-                cost_micros: 0,
-            },
-            rein_core::budget::Spend::default(),
-            60_000,
-            0,
-        )
-    };
     // 40 spent and 50 held: 11 more do not fit, 10 do.
-    assert!(reserve(11).await.unwrap().is_err());
-    assert!(reserve(10).await.unwrap().is_ok());
+    assert!(!fits(&ledger, &ann, 11).await);
+    assert!(fits(&ledger, &ann, 10).await);
     let kind: String = rusqlite::Connection::open(dir.path().join("rein.db"))
         .unwrap()
         .query_row(
@@ -802,53 +873,16 @@ async fn a_version_1_state_store_is_migrated_in_place() {
     )
     .unwrap();
     drop(raw);
-    // The budget ledger of that time, in a file of its own (its latest format, version 2): a
-    // month's spend, and an admission a run still holds.
-    let old = rusqlite::Connection::open(dir.path().join("budgets.sqlite")).unwrap();
-    old.execute_batch(
-        "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
-             tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
-             calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
-             PRIMARY KEY (key, period));
-         CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL, period TEXT NOT NULL,
-             tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL, run_id TEXT NOT NULL,
-             expires_ms INTEGER NOT NULL, kind TEXT NOT NULL DEFAULT 'call',
-             taken_tokens INTEGER NOT NULL DEFAULT 0, taken_cost INTEGER NOT NULL DEFAULT 0);
-         INSERT INTO spend VALUES ('tenant:acme', '2026-12', 700, 7000, 7, 1000, NULL);
-         INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
-             VALUES ('tenant:acme', '2026-12', 200, 0, 'old1', 9999999999999, 'admission');
-         PRAGMA user_version = 2;",
-    )
-    .unwrap();
-    drop(old);
+    old_budgets(dir.path());
     let store = open(dir.path());
     let ledger = store.ledger().unwrap();
-    let acme = rein_store::LedgerLine {
-        key: "tenant:acme".into(),
-        period: "2026-12".into(),
-        max_tokens: Some(1000),
-        max_cost_micros: None,
-    };
+    let acme = line("tenant:acme", "2026-12", 1000);
     let spent = ledger.spent(&acme).unwrap();
     assert_eq!((spent.tokens, spent.cost_micros), (700, 7000));
     assert_eq!(ledger.usage("tenant:").unwrap()[0].calls, 7);
     // The admission still holds 200 of the 300 left: 101 more do not fit, 100 do.
-    let reserve = |tokens| {
-        ledger.reserve(
-            "new",
-            "new",
-            std::slice::from_ref(&acme),
-            rein_core::budget::Spend {
-                tokens,
-                cost_micros: 0,
-            },
-            rein_core::budget::Spend::default(),
-            60_000,
-            0,
-        )
-    };
-    assert!(reserve(101).await.unwrap().is_err());
-    assert!(reserve(100).await.unwrap().is_ok());
+    assert!(!fits(&ledger, &acme, 101).await);
+    assert!(fits(&ledger, &acme, 100).await);
     let run = store.run("old1").unwrap();
     assert_eq!((run.user.as_str(), run.tenant.as_str()), ("u", "t"));
     assert_eq!(run.cost_micros, 1234);

@@ -5,10 +5,9 @@
 //! A call reserves its estimated spend on every line that limits it, in one write (a savepoint of
 //! the store writer's `BEGIN IMMEDIATE` transaction) that checks spent + reserved + estimate
 //! against each limit: so concurrent runs, in one process or several, can never together pass a
-//! limit. When the call returns, its
-//! reservation is replaced by what it actually spent. A reservation left by a crashed process
-//! stops counting after its expiry; a live process extends the reservations of the runs it
-//! drives.
+//! limit. When the call returns, its reservation is replaced by what it actually spent. A
+//! reservation left by a crashed process stops counting after its expiry; a live process extends
+//! the reservations of the runs it drives.
 //!
 //! A run with a budget of its own is first *admitted*: its whole per-run cap is held on every
 //! shared line it spends from, so when many runs contend for a shared budget the ones that fit are
@@ -146,9 +145,9 @@ pub struct UsageRow {
 /// event appends waiting beside them in one transaction, each write in a savepoint of its own
 /// (group commit): a write is applied in the order it was queued and sees every earlier one, so
 /// the limits hold as if each were its own transaction, while concurrent runs share the commit
-/// (a gateway request's hold shares its run's start's), and an async
-/// caller never blocks a worker thread on the database (another process may hold its lock for
-/// seconds). Obtained from [`crate::Store::ledger`].
+/// (a gateway request's hold shares its run's start's), and an async caller never blocks a worker
+/// thread on the database (another process may hold its lock for seconds). Obtained from
+/// [`crate::Store::ledger`].
 pub struct BudgetLedger {
     /// The store's database, for reads.
     db: Arc<SideDb>,
@@ -182,10 +181,10 @@ CREATE INDEX IF NOT EXISTS budget_reservations_run ON budget_reservations (run_i
 ";
 
 /// Moves what the ledger's own file from before schema version 5 (`old`, if it is there) holds
-/// into its tables in the store's database, inside the store's migration `tx`: the spend of
-/// every line and period, and the reservations and admissions (those of a process that is gone
-/// lapse at their expiry, as they would have). The old file is left as it was, unused.
-pub(crate) fn import(tx: &Connection, old: &Path) -> Result<(), StoreError> {
+/// into its tables in the store's database at `db`, inside the store's migration `tx`: the spend
+/// of every line and period, and the reservations and admissions (those of a process that is
+/// gone lapse at their expiry, as they would have). The old file is left as it was, unused.
+pub(crate) fn import(tx: &Connection, db: &Path, old: &Path) -> Result<(), StoreError> {
     if !old.exists() {
         return Ok(());
     }
@@ -196,7 +195,7 @@ pub(crate) fn import(tx: &Connection, old: &Path) -> Result<(), StoreError> {
             source,
         }
     };
-    let (err, into) = (named(old), named(&old.with_file_name("rein.db")));
+    let (err, into) = (named(old), named(db));
     let from = Connection::open_with_flags(old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(&err)?;
     from.busy_timeout(std::time::Duration::from_secs(10))

@@ -441,7 +441,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     // From schema version 4: the budget ledger moves in from a file of its own.
     if has_runs && found < 5 {
         tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
-        crate::ledger::import(&tx, &path.with_file_name(OLD_LEDGER))?;
+        crate::ledger::import(&tx, path, &path.with_file_name(OLD_LEDGER))?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db_err)?;
