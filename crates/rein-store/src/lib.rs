@@ -282,6 +282,17 @@ pub enum StoreError {
     /// The writer thread has stopped (after a fatal error), so nothing more can be appended.
     #[error("the state store's writer has stopped; no more events can be recorded")]
     Closed,
+    /// The budget ledger's own file from before schema version 5 could not be read to move its
+    /// spend into the store.
+    #[error(
+        "{path}: the budget ledger of an older rein could not be read to move its spend into rein.db ({source}); repair it, or move it away to start every budget from nothing"
+    )]
+    OldLedger {
+        /// The old file.
+        path: String,
+        /// Why.
+        source: rusqlite::Error,
+    },
     /// The state directory could not be created.
     #[error("state directory {path}: {source}")]
     Io {

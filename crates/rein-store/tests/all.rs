@@ -762,6 +762,33 @@ async fn openers_upgrading_one_state_directory_at_once_import_its_budgets_once()
     assert!(fits(&ledger, &acme, 100).await);
 }
 
+/// An old budget file that is not a database stops the upgrade with an error naming it (rather
+/// than starting with the month's spend forgotten); moved away, the store opens.
+#[tokio::test]
+async fn an_old_budget_file_that_is_not_a_database_is_named_and_nothing_is_half_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .execute_batch(VERSION_1_SCHEMA)
+        .unwrap();
+    let old = dir.path().join("budgets.sqlite");
+    std::fs::write(&old, vec![0x5a_u8; 8192]).unwrap();
+    let err = SqliteStore::open(dir.path(), Durability::Normal).unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.contains("budgets.sqlite") && said.contains("move it away"),
+        "{said}"
+    );
+    let version: i64 = rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1, "the failed upgrade left the store as it was");
+    std::fs::rename(&old, dir.path().join("budgets.sqlite.broken")).unwrap();
+    let store = open(dir.path());
+    assert!(store.ledger().unwrap().usage("").unwrap().is_empty());
+}
+
 /// The schema of a state store's first version.
 const VERSION_1_SCHEMA: &str =
     "CREATE TABLE runs (id TEXT PRIMARY KEY, agent TEXT NOT NULL, task TEXT NOT NULL, status TEXT,

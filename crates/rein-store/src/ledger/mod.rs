@@ -188,14 +188,14 @@ pub(crate) fn import(tx: &Connection, db: &Path, old: &Path) -> Result<(), Store
     if !old.exists() {
         return Ok(());
     }
-    let named = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| StoreError::Database {
-            path: path.clone(),
-            source,
-        }
+    let err = |source| StoreError::OldLedger {
+        path: old.display().to_string(),
+        source,
     };
-    let (err, into) = (named(old), named(db));
+    let into = |source| StoreError::Database {
+        path: db.display().to_string(),
+        source,
+    };
     let from = Connection::open_with_flags(old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(&err)?;
     from.busy_timeout(std::time::Duration::from_secs(10))
