@@ -190,3 +190,61 @@ async fn a_gateway_turn_stopped_after_any_event_resumes_to_a_named_end_with_its_
         "one stop falls between the intent and its hand-off"
     );
 }
+
+/// A gateway agent with its own per-request budget of `tokens` beside the tenant's.
+fn folder_with_own_budget(tokens: u64) -> AgentFolder {
+    AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n{SCRIPTED_MODEL}[budget]\ntokens = {tokens}\n[[budgets]]\nscope = \"tenant\"\nperiod = \"day\"\ntokens = 100000\n[[tools]]\nclient = true\nname = \"lookup\"\n"
+    ))
+    .file("script.toml", SCRIPT)
+}
+
+/// A gateway request's own budget is kept by its run, from its log: the request is held and
+/// booked on the tenant's line alone, no line of its own is left in the ledger (one per request,
+/// never read again), and a cap its own budget cannot cover still ends it `budget_exhausted`,
+/// naming that budget, before anything is held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_requests_own_budget_is_kept_by_its_run_and_leaves_no_line_in_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rein_testkit::engine(dir.path());
+    let roomy = folder_with_own_budget(100_000);
+    let reply = engine
+        .gateway_turn(&roomy.agent(), RUN, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, EndState::Completed, "{reply:?}");
+    let ledger = engine.ledger().unwrap();
+    assert_eq!(
+        ledger.usage("run:").unwrap(),
+        vec![],
+        "no line of the run's own"
+    );
+    let tenant = ledger.usage("tenant:acme").unwrap();
+    assert_eq!(tenant.len(), 1, "{tenant:?}");
+    assert_eq!(
+        (tenant[0].calls, tenant[0].tokens),
+        (1, reply.usage.input_tokens + reply.usage.output_tokens)
+    );
+
+    let tight = folder_with_own_budget(5);
+    let other = "fedcba9876543210fedcba9876543210";
+    let refused = engine
+        .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, EndState::BudgetExhausted, "{refused:?}");
+    let why = refused.reason.unwrap_or_default();
+    assert!(why.contains(&format!("budget run:{other} (run)")), "{why}");
+    assert!(refused.calls.is_empty());
+    let tenant_after = ledger.usage("tenant:acme").unwrap();
+    assert_eq!(
+        tenant_after, tenant,
+        "nothing held or booked for the refused request"
+    );
+    assert_eq!(ledger.usage("run:").unwrap(), vec![]);
+    let held: i64 = rusqlite::Connection::open(dir.path().join("rein.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM budget_reservations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(held, 0);
+}

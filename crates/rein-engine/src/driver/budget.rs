@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rein_core::budget::{Limit, Scope, Spend, Spender};
 use rein_core::{EndState, Event};
-use rein_store::{BudgetLedger, LedgerLine, Queued, Reservation, Settled};
+use rein_store::{BudgetLedger, Exhausted, LedgerLine, Queued, Reservation, Settled};
 
 use crate::EngineError;
 use crate::driver::Driver;
@@ -14,19 +14,17 @@ use crate::lease::LEASE_TTL_MS;
 /// A reservation that is settled exactly once: to what the call spent, or, if the call never
 /// got that far (an error, a panic, a dropped future), to nothing.
 pub(super) struct Held {
-    ledger: Arc<BudgetLedger>,
-    reservation: Option<Reservation>,
+    /// The ledger's hold, until it is settled.
+    reservation: Option<(Arc<BudgetLedger>, Reservation)>,
+    /// What was held.
+    amount: Spend,
+    /// The lines the run keeps itself (see [`Driver::kept_by_run`]), and what it had spent when
+    /// the call was held, to tell whether the call's overrun passed them.
+    own: Vec<LedgerLine>,
+    spent: Spend,
 }
 
 impl Held {
-    /// What was held.
-    fn amount(&self) -> Spend {
-        self.reservation
-            .as_ref()
-            .map(|r| r.amount)
-            .unwrap_or_default()
-    }
-
     /// Queues the booking of what the call spent in place of what was held. (Queued at once,
     /// not with the run's next append: the store's writer commits it while the driver goes on
     /// with the reply, which at one request at a time kept 0.1-0.2 ms off a gateway request's
@@ -35,16 +33,25 @@ impl Held {
     fn settle(mut self, actual: Spend) -> Option<Queued<Settled>> {
         self.reservation
             .take()
-            .map(|r| self.ledger.settle(&r, actual))
+            .map(|(ledger, r)| ledger.settle(&r, actual))
+    }
+
+    /// The lines the run keeps itself that spending `actual` passed.
+    fn own_passed(&self, actual: Spend) -> Vec<String> {
+        self.own
+            .iter()
+            .filter(|line| line.over(self.spent.plus(actual)))
+            .map(|line| format!("{} {}", line.key, line.period))
+            .collect()
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(r) = self.reservation.take() {
+        if let Some((ledger, r)) = self.reservation.take() {
             // Nothing was spent that rein knows of. Queued, not waited for (the writer settles
             // it in order); a failure here lapses with the hold's TTL.
-            drop(self.ledger.settle(&r, Spend::default()));
+            drop(ledger.settle(&r, Spend::default()));
         }
     }
 }
@@ -91,6 +98,24 @@ impl Driver<'_> {
             .collect()
     }
 
+    /// Whether the run keeps the line of `limit` itself, from its own log, rather than the
+    /// ledger: a gateway run's own budget. Such a run makes at most one model call and has no
+    /// sub-agents, so all its line would ever hold is what the run's log already says; kept out
+    /// of the ledger, a request spares a reservation, a booking and a row of `budget_spend` per
+    /// request that nothing reads again.
+    pub(super) fn kept_by_run(&self, limit: &Limit) -> bool {
+        limit.scope == Scope::Run && self.is_gateway() && self.agent.delegates.is_empty()
+    }
+
+    /// What the run has spent, as its log says.
+    fn spent_by_run(&self) -> Spend {
+        let usage = self.state.usage();
+        Spend {
+            tokens: usage.input_tokens + usage.output_tokens,
+            cost_micros: self.state.cost_micros(),
+        }
+    }
+
     /// Reads what each budget has spent, sets the share the policies see
     /// (`context.budget_percent`), and notes each budget's first pass of its warning level.
     pub(super) async fn check_budgets(
@@ -101,9 +126,28 @@ impl Driver<'_> {
             return Ok(());
         }
         self.booked().await?;
-        let ledger = self.engine.ledger()?;
-        let all: Vec<&LedgerLine> = lines.iter().map(|(_, line)| line).collect();
-        let spent_on = ledger.spent_on(&all)?;
+        let shared: Vec<&LedgerLine> = lines
+            .iter()
+            .filter(|(limit, _)| !self.kept_by_run(limit))
+            .map(|(_, line)| line)
+            .collect();
+        let mut from_ledger = if shared.is_empty() {
+            Vec::new()
+        } else {
+            self.engine.ledger()?.spent_on(&shared)?
+        }
+        .into_iter();
+        let own = self.spent_by_run();
+        let spent_on: Vec<Spend> = lines
+            .iter()
+            .map(|(limit, _)| {
+                if self.kept_by_run(limit) {
+                    own
+                } else {
+                    from_ledger.next().unwrap_or_default()
+                }
+            })
+            .collect();
         let mut highest = 0;
         for ((limit, line), spent) in lines.iter().zip(spent_on) {
             let percent = spent.percent_of(limit);
@@ -213,15 +257,37 @@ impl Driver<'_> {
         ttl_ms: u64,
         with_append: bool,
     ) -> Result<Hold, EngineError> {
-        if lines.is_empty() {
+        let spent = self.spent_by_run();
+        let own: Vec<LedgerLine> = lines
+            .iter()
+            .filter(|(limit, _)| self.kept_by_run(limit))
+            .map(|(_, line)| line.clone())
+            .collect();
+        if let Some(line) = own
+            .iter()
+            .find(|l| l.over(spent.plus(amount).plus(headroom)))
+        {
+            let refused = Exhausted::on(line, spent, Spend::default(), amount);
+            return Ok(Hold::Refused(refused.to_string()));
+        }
+        let ledger_lines: Vec<LedgerLine> = lines
+            .iter()
+            .filter(|(limit, _)| !self.kept_by_run(limit))
+            .map(|(_, line)| line.clone())
+            .collect();
+        if ledger_lines.is_empty() {
             if with_append {
                 self.submit();
             }
-            return Ok(Hold::Held(None));
+            return Ok(Hold::Held((!own.is_empty()).then_some(Held {
+                reservation: None,
+                amount,
+                own,
+                spent,
+            })));
         }
         self.booked().await?;
         let ledger = self.engine.ledger()?;
-        let ledger_lines: Vec<LedgerLine> = lines.iter().map(|(_, l)| l.clone()).collect();
         let (writes, reserved) = ledger.later(|ledger| {
             ledger.reserve(
                 &self.run_id,
@@ -241,8 +307,10 @@ impl Driver<'_> {
         }
         match reserved.await? {
             Ok(reservation) => Ok(Hold::Held(Some(Held {
-                ledger,
-                reservation: Some(reservation),
+                reservation: Some((ledger, reservation)),
+                amount,
+                own,
+                spent,
             }))),
             Err(exhausted) => Ok(Hold::Refused(exhausted.to_string())),
         }
@@ -262,20 +330,27 @@ impl Driver<'_> {
         let Some(held) = held else {
             return Ok(());
         };
-        let reserved = held.amount();
+        let reserved = held.amount;
         let over = actual.tokens > reserved.tokens || actual.cost_micros > reserved.cost_micros;
-        let Some(booking) = held.settle(actual) else {
-            return Ok(());
+        let own_passed = if over {
+            held.own_passed(actual)
+        } else {
+            Vec::new()
         };
+        let booking = held.settle(actual);
         if !over {
-            self.settling.push(booking);
+            self.settling.extend(booking);
             return Ok(());
         }
-        let settled = booking.await?;
-        let past = if settled.over_limit.is_empty() {
+        let mut passed = match booking {
+            Some(booking) => booking.await?.over_limit,
+            None => Vec::new(),
+        };
+        passed.extend(own_passed);
+        let past = if passed.is_empty() {
             String::new()
         } else {
-            format!("; now past the limit of {}", settled.over_limit.join(", "))
+            format!("; now past the limit of {}", passed.join(", "))
         };
         self.notice(
             "budget_overrun",

@@ -45,7 +45,8 @@ pub struct LedgerLine {
 }
 
 impl LedgerLine {
-    fn over(&self, total: Spend) -> bool {
+    /// Whether `total` passes one of the line's limits.
+    pub fn over(&self, total: Spend) -> bool {
         self.max_tokens.is_some_and(|m| total.tokens > m)
             || self.max_cost_micros.is_some_and(|m| total.cost_micros > m)
     }
@@ -109,7 +110,8 @@ pub struct Exhausted {
 }
 
 impl Exhausted {
-    fn on(line: &LedgerLine, spent: Spend, reserved: Spend, needed: Spend) -> Exhausted {
+    /// The refusal of `needed` on `line`, which has `spent` and `reserved` already.
+    pub fn on(line: &LedgerLine, spent: Spend, reserved: Spend, needed: Spend) -> Exhausted {
         Exhausted {
             key: line.key.clone(),
             period: line.period.clone(),
