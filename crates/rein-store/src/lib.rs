@@ -29,7 +29,7 @@ pub use ledger::{
     UsageRow,
 };
 pub use notes::NoteStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{CheckpointsPaused, SqliteStore};
 pub use tokens::{TokenRow, TokenStore};
 
 /// What model calls cost on one day (UTC) for one model, agent and user.

@@ -129,6 +129,43 @@ pub struct SqliteStore {
     control: Mutex<Connection>,
     /// What runs on the writer thread after each batch's commit hooks.
     after: Arc<Mutex<Vec<AfterBatch>>>,
+    /// Whether the checkpointer may start a checkpoint (see [`SqliteStore::pause_checkpoints`]).
+    paused: Arc<Paused>,
+}
+
+/// Keeps the checkpointer from starting a checkpoint while set.
+#[derive(Debug, Default)]
+struct Paused {
+    on: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Paused {
+    fn set(&self, on: bool) {
+        *self.on.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        self.changed.notify_all();
+    }
+
+    /// Returns once checkpoints are not paused.
+    fn wait(&self) {
+        let on = self.on.lock().unwrap_or_else(|p| p.into_inner());
+        drop(
+            self.changed
+                .wait_while(on, |on| *on)
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+    }
+}
+
+/// Checkpoints paused until dropped (see [`SqliteStore::pause_checkpoints`]).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CheckpointsPaused(Arc<Paused>);
+
+impl Drop for CheckpointsPaused {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -165,7 +202,16 @@ const CATCH_UP_FRAMES: i64 = 1000;
 /// is past [`CATCH_UP_FRAMES`], what was written while the checkpoint copied is copied again
 /// while the writer waits at `gate` (a few frames), and the writer's next commit starts the log
 /// over.
-fn checkpoint_loop(conn: Connection, wanted: mpsc::Receiver<()>, gate: Arc<Mutex<()>>) {
+///
+/// While [`SqliteStore::pause_checkpoints`] holds `paused`, no checkpoint starts: it stands in
+/// for a checkpointer that falls behind (a starved thread on a loaded machine), for which the
+/// writer then caps the log itself.
+fn checkpoint_loop(
+    conn: Connection,
+    wanted: mpsc::Receiver<()>,
+    gate: Arc<Mutex<()>>,
+    paused: Arc<Paused>,
+) {
     // (frames in the log, frames copied into the database)
     let passive = |conn: &Connection| {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -173,6 +219,7 @@ fn checkpoint_loop(conn: Connection, wanted: mpsc::Receiver<()>, gate: Arc<Mutex
         })
     };
     while wanted.recv().is_ok() {
+        paused.wait();
         // A busy or failed checkpoint leaves the log to grow until the next one; nothing is lost.
         if let Ok((log, _)) = passive(&conn)
             && log >= CATCH_UP_FRAMES
@@ -196,6 +243,15 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
+    /// Keeps the checkpointer from copying the log into the database until the guard is
+    /// dropped, as a thread starved on a loaded machine would be kept: the writer then copies it
+    /// itself once it passes its cap. For tests.
+    #[doc(hidden)]
+    pub fn pause_checkpoints(&self) -> CheckpointsPaused {
+        self.paused.set(true);
+        CheckpointsPaused(self.paused.clone())
+    }
+
     /// Opens (creating if needed) the store in `state_dir`, as `rein.db`. Many processes may
     /// open a new state directory at once: creating the schema is one transaction, and the
     /// others wait for it.
@@ -234,9 +290,11 @@ impl SqliteStore {
         let (wanted, checkpoints) = mpsc::sync_channel::<()>(1);
         let gate = Arc::new(Mutex::new(()));
         let writer_gate = gate.clone();
+        let paused = Arc::new(Paused::default());
+        let checkpointer_paused = paused.clone();
         let checkpoints = std::thread::Builder::new()
             .name("rein-store-checkpointer".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoints, gate))
+            .spawn(move || checkpoint_loop(checkpointer, checkpoints, gate, checkpointer_paused))
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
@@ -270,6 +328,7 @@ impl SqliteStore {
             cancels: Mutex::new(CancelView::default()),
             control: Mutex::new(control),
             after,
+            paused,
         })
     }
 
@@ -381,6 +440,8 @@ impl Drop for SqliteStore {
             let _ = handle.join();
         }
         if let Some(handle) = self.checkpointer.take() {
+            // A pause outliving the store must not keep its checkpointer from ending.
+            self.paused.set(false);
             let _ = handle.join();
         }
     }
