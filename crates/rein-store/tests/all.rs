@@ -388,51 +388,14 @@ async fn a_bad_append_among_good_ones_fails_alone_and_leaves_nothing_behind() {
     }
 }
 
-#[tokio::test]
-async fn the_write_ahead_log_is_copied_into_the_database_as_runs_write() {
-    // The writer leaves checkpoints to a thread of its own: written on and on, without a pause
-    // (a busy gateway), the log must still be copied into the database and started over, not
-    // grow with everything ever written (about 15 MB here, 46 MB as pages of the log; the log
-    // starts over past about 4 MB, later when the checkpointer lags, and never passes about
-    // 12 MB, where the writer copies it itself).
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let wal = dir.path().join("rein.db-wal");
-    let l = lease("long");
+/// Writes `run`'s start, then 1000 appends of 50 steps each (about 15 MB of events) under
+/// `paused` checkpoints or not, without a pause; answers with the log's size and the events'
+/// bytes.
+async fn write_on_and_on(dir: &std::path::Path, run: &str, paused: bool) -> (u64, u64) {
+    let store = open(dir);
+    let l = lease(run);
     put(&store, &l, &[ev(1, started("w"))]).await.unwrap();
-    let mut seq = 2;
-    let mut written = 0u64;
-    for n in 0..1000u32 {
-        let events: Vec<StoredEvent> = (0..50)
-            .flat_map(|i| step(seq + 2 * i, n * 50 + i as u32 + 1))
-            .collect();
-        seq += events.len() as u64;
-        written += events
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap().len() as u64)
-            .sum::<u64>();
-        put(&store, &l, &events).await.unwrap();
-    }
-    let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-    assert!(
-        wal_bytes < written,
-        "the log holds {wal_bytes} bytes after {written} bytes of events were written: it was never checkpointed"
-    );
-    assert_eq!(store.events("long").unwrap().len() as u64, seq - 1);
-}
-
-#[tokio::test]
-async fn the_write_ahead_log_is_copied_into_the_database_when_the_checkpointer_falls_behind() {
-    // The checkpointer kept from running all along, as a thread starved on a loaded machine
-    // (CI's) can be: the writer copies the log itself once it passes its cap (about 12 MB), so
-    // the log still does not grow with everything written (about 15 MB here, three times as
-    // much as pages of the log: 46 MB without the cap).
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let wal = dir.path().join("rein.db-wal");
-    let l = lease("starved");
-    put(&store, &l, &[ev(1, started("w"))]).await.unwrap();
-    let paused = store.pause_checkpoints();
+    let pause = paused.then(|| store.pause_checkpoints());
     let (mut seq, mut written) = (2, 0u64);
     for n in 0..1000u32 {
         let events: Vec<StoredEvent> = (0..50)
@@ -445,13 +408,38 @@ async fn the_write_ahead_log_is_copied_into_the_database_when_the_checkpointer_f
             .sum::<u64>();
         put(&store, &l, &events).await.unwrap();
     }
-    let wal_bytes = std::fs::metadata(&wal).unwrap().len();
-    drop(paused);
+    let wal_bytes = std::fs::metadata(dir.join("rein.db-wal")).unwrap().len();
+    drop(pause);
+    assert_eq!(store.events(run).unwrap().len() as u64, seq - 1);
+    (wal_bytes, written)
+}
+
+#[tokio::test]
+async fn the_write_ahead_log_is_copied_into_the_database_as_runs_write() {
+    // The writer leaves checkpoints to a thread of its own: written on and on, without a pause
+    // (a busy gateway), the log must still be copied into the database and started over, not
+    // grow with everything ever written (about 15 MB here, 46 MB as pages of the log; the log
+    // starts over past about 4 MB, later when the checkpointer lags, and never passes about
+    // 12 MB, where the writer copies it itself).
+    let dir = tempfile::tempdir().unwrap();
+    let (wal_bytes, written) = write_on_and_on(dir.path(), "long", false).await;
+    assert!(
+        wal_bytes < written,
+        "the log holds {wal_bytes} bytes after {written} bytes of events were written: it was never checkpointed"
+    );
+}
+
+#[tokio::test]
+async fn the_write_ahead_log_is_copied_into_the_database_when_the_checkpointer_falls_behind() {
+    // The checkpointer kept from running all along, as a thread starved on a loaded machine
+    // (CI's) can be: the writer copies the log itself once it passes its cap (about 12 MB), so
+    // the log still does not grow with everything written (48 MB without the cap).
+    let dir = tempfile::tempdir().unwrap();
+    let (wal_bytes, written) = write_on_and_on(dir.path(), "starved", true).await;
     assert!(
         wal_bytes < written,
         "the log holds {wal_bytes} bytes after {written} bytes of events, the checkpointer kept away: the writer never copied it"
     );
-    assert_eq!(store.events("starved").unwrap().len() as u64, seq - 1);
 }
 
 #[tokio::test]
