@@ -104,7 +104,11 @@ impl Driver<'_> {
     /// of the ledger, a request spares a reservation, a booking and a row of `budget_spend` per
     /// request that nothing reads again.
     pub(super) fn kept_by_run(&self, limit: &Limit) -> bool {
-        limit.scope == Scope::Run && self.is_gateway() && self.agent.delegates.is_empty()
+        limit.scope == Scope::Run
+            && self.is_gateway()
+            && self.agent.delegates.is_empty()
+            // A gateway agent run as another's sub-agent spends from its root's line.
+            && self.state.started().is_some_and(|s| s.parent.is_none())
     }
 
     /// What the run has spent, as its log says.

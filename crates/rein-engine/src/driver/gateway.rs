@@ -94,9 +94,10 @@ impl Driver<'_> {
         if let Some(call) = input.proposed {
             return self.record_proposed(step, call).await;
         }
-        // No admission: a gateway run makes one model call, so that call's reservation (on the
-        // run's own line and every shared one) already holds the whole run, and contention
-        // serves the requests that fit without a second hold to take and give back.
+        // No admission: a gateway run makes one model call, so that call's reservation (on
+        // every shared line; the run's own budget it checks against its log) already holds the
+        // whole run, and contention serves the requests that fit without a second hold to take
+        // and give back.
         let lines = self.budget_lines();
         self.check_budgets(&lines).await?;
         // The model may call only tools the client declared and the operator knows (a call of

@@ -121,6 +121,10 @@ const LOG_CAP_BYTES: u64 = 3000 * (4096 + 24);
 /// readers to let go before leaving the log for the next look.
 const CAP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Looks (one per `CHECKPOINT_EVERY` events) skipped after a try to empty the log found it busy,
+/// so a long reader costs the writer one wait now and then, not one per look.
+const CAP_RETRY_LOOKS: usize = 10;
+
 pub(super) fn write_loop(
     mut conn: Connection,
     path: PathBuf,
@@ -131,6 +135,8 @@ pub(super) fn write_loop(
 ) {
     let mut memory = WriterMemory::default();
     let mut since_checkpoint = 0;
+    // The log is past its cap (see `cap_log`); looks to skip after a busy try.
+    let (mut cap_due, mut cap_rest) = (false, 0usize);
     let mut stopping = false;
     let log = {
         let mut name = path.clone().into_os_string();
@@ -186,9 +192,9 @@ pub(super) fn write_loop(
             since_checkpoint = 0;
             // One request waiting is enough: a full channel means one is on its way.
             let _ = checkpoint.try_send(());
-            if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_CAP_BYTES) {
-                cap_log(&conn);
-            }
+            cap_due =
+                cap_rest == 0 && std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_CAP_BYTES);
+            cap_rest = cap_rest.saturating_sub(1);
         }
         // The hooks run, then what comes after the batch, before any appender wakes: whatever
         // they hand on (audit records) is handled by the time the appender's next step runs.
@@ -209,16 +215,26 @@ pub(super) fn write_loop(
         for job in jobs {
             job.finish(failed.as_deref(), &path);
         }
+        // Once the batch is answered, so its appenders do not wait for it. A reader that kept
+        // the log busy is given a few more looks' time before the next try.
+        if std::mem::take(&mut cap_due) && !cap_log(&conn) {
+            cap_rest = CAP_RETRY_LOOKS;
+        }
     }
 }
 
 /// Copies the whole log into the database and empties it, waiting a moment (not the
-/// connection's ten seconds) for the checkpointer's pass and for readers; one still busy leaves
-/// the log for the next look.
-fn cap_log(conn: &Connection) {
+/// connection's ten seconds) for the checkpointer's pass and for readers. False when something
+/// still kept it busy: the log is left for a later look.
+fn cap_log(conn: &Connection) -> bool {
     let _ = conn.busy_timeout(CAP_WAIT);
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let emptied = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_ok_and(|busy| busy == 0);
     let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    emptied
 }
 
 fn fail_all(
