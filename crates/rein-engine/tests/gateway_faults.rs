@@ -248,3 +248,64 @@ async fn a_gateway_requests_own_budget_is_kept_by_its_run_and_leaves_no_line_in_
         .unwrap();
     assert_eq!(held, 0);
 }
+
+/// The notice of the overrun a gateway request's reply made, if it made one.
+fn overrun(engine: &rein_engine::Engine, run: &str) -> Option<String> {
+    engine
+        .store()
+        .events(run)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.event {
+            rein_core::Event::Notice { kind, detail, .. } if kind == "budget_overrun" => {
+                Some(detail)
+            }
+            _ => None,
+        })
+}
+
+/// A reply longer than the cap sent with it is booked as spent; past a gateway request's own
+/// budget (kept by its run, with no line in the ledger), the overrun's notice names that budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_reply_past_its_requests_own_budget_is_noted_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rein_testkit::engine(dir.path());
+    // A reply cap of one token, and a reply of about 500 (the scripted model counts four bytes a
+    // token): more than the request's tools and cap were held for.
+    let script = format!("[[turns]]\ntext = \"{}\"\n", "long ".repeat(400));
+    let folder = |tokens: u64| {
+        AgentFolder::new(&format!(
+            "name = \"gw\"\n[gateway]\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\nmax_tokens = 1\n[budget]\ntokens = {tokens}\n[[tools]]\nclient = true\nname = \"lookup\"\n"
+        ))
+        .file("script.toml", &script)
+    };
+    // With room: the overrun is noted, with what was held for the call.
+    let roomy = folder(100_000);
+    let first = engine
+        .gateway_turn(&roomy.agent(), RUN, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(first.status, EndState::Completed, "{first:?}");
+    let noted = overrun(&engine, RUN).expect("the reply passed its cap");
+    assert!(!noted.contains("past the limit"), "{noted}");
+    let held: u64 = noted
+        .split("more than the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no amount held in: {noted}"));
+    // A budget of exactly what is held: the call fits, its reply passes the budget.
+    let tight = folder(held);
+    let other = "fedcba9876543210fedcba9876543210";
+    let second = engine
+        .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
+        .await
+        .unwrap();
+    assert_eq!(second.status, EndState::Completed, "{second:?}");
+    let noted = overrun(&engine, other).expect("the reply passed its cap");
+    assert!(
+        noted.contains(&format!("now past the limit of run:{other} run")),
+        "{noted}"
+    );
+    assert_eq!(engine.ledger().unwrap().usage("run:").unwrap(), vec![]);
+}
