@@ -48,6 +48,9 @@ fn turn() -> GatewayTurn {
 
 const RUN: &str = "0123456789abcdef0123456789abcdef";
 
+/// A second request's run.
+const OTHER_RUN: &str = "fedcba9876543210fedcba9876543210";
+
 /// A budgeted gateway request's start commits with the ledger's hold of its model call, and
 /// from then on the call is held or booked, never both and never neither: read by another
 /// connection right after each commit, no state shows the run without its hold, and the last
@@ -227,7 +230,7 @@ async fn a_gateway_requests_own_budget_is_kept_by_its_run_and_leaves_no_line_in_
     );
 
     let tight = folder_with_own_budget(5);
-    let other = "fedcba9876543210fedcba9876543210";
+    let other = OTHER_RUN;
     let refused = engine
         .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
         .await
@@ -296,7 +299,7 @@ async fn a_gateway_reply_past_its_requests_own_budget_is_noted_naming_it() {
         .unwrap_or_else(|| panic!("no amount held in: {noted}"));
     // A budget of exactly what is held: the call fits, its reply passes the budget.
     let tight = folder(held);
-    let other = "fedcba9876543210fedcba9876543210";
+    let other = OTHER_RUN;
     let second = engine
         .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
         .await

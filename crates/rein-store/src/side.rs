@@ -14,7 +14,7 @@ use crate::StoreError;
 /// processes opening a new state directory at once contend for; a busy answer is retried for as
 /// long as the busy timeout would wait.
 pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(1);
     loop {
         match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
@@ -30,11 +30,14 @@ pub(crate) fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// How long a connection waits for another writer (or a checkpoint) before it gives up.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection to `path`: in WAL mode, waiting up to ten seconds for another writer, with room
 /// for every statement a side database runs (the ledger's are all cached).
 fn configured(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     enable_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -418,7 +418,7 @@ async fn write_on_and_on(dir: &std::path::Path, run: &str, paused: bool) -> (u64
 async fn the_write_ahead_log_is_copied_into_the_database_as_runs_write() {
     // The writer leaves checkpoints to a thread of its own: written on and on, without a pause
     // (a busy gateway), the log must still be copied into the database and started over, not
-    // grow with everything ever written (about 15 MB here, 46 MB as pages of the log; the log
+    // grow with everything ever written (about 15 MB here, 48 MB as pages of the log; the log
     // starts over past about 4 MB, later when the checkpointer lags, and never passes about
     // 12 MB, where the writer copies it itself: that cap alone would pass this test, so it
     // checks the log is not kept whole, and the test below that the cap holds without the
@@ -734,26 +734,30 @@ async fn fits(
         .is_ok()
 }
 
+/// The budget ledger's own tables before schema version 5, as its first format had them, up to
+/// the reservations' last column of that format (the second adds admissions' columns after it).
+const OLD_LEDGER_TABLES: &str = "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
+        tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
+        calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
+        PRIMARY KEY (key, period));
+    CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
+        period TEXT NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+        run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL";
+
 /// The budget ledger's own file before schema version 5, in its latest format (version 2): a
 /// month's spend on `tenant:acme` (700 of 1000 tokens, 7 calls), and 200 held by an admission.
 fn old_budgets(dir: &std::path::Path) {
     rusqlite::Connection::open(dir.join("budgets.sqlite"))
         .unwrap()
-        .execute_batch(
-            "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
-                 tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
-                 calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
-                 PRIMARY KEY (key, period));
-             CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
-                 period TEXT NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
-                 run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+        .execute_batch(&format!(
+            "{OLD_LEDGER_TABLES},
                  kind TEXT NOT NULL DEFAULT 'call', taken_tokens INTEGER NOT NULL DEFAULT 0,
                  taken_cost INTEGER NOT NULL DEFAULT 0);
              INSERT INTO spend VALUES ('tenant:acme', '2026-12', 700, 7000, 7, 1000, NULL);
              INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms, kind)
                  VALUES ('tenant:acme', '2026-12', 200, 0, 'old1', 9999999999999, 'admission');
-             PRAGMA user_version = 2;",
-        )
+             PRAGMA user_version = 2;"
+        ))
         .unwrap();
 }
 
@@ -838,19 +842,13 @@ async fn a_first_format_budget_file_is_imported_with_its_holds_as_calls() {
         .unwrap();
     rusqlite::Connection::open(dir.path().join("budgets.sqlite"))
         .unwrap()
-        .execute_batch(
-            "CREATE TABLE spend (key TEXT NOT NULL, period TEXT NOT NULL,
-                 tokens INTEGER NOT NULL DEFAULT 0, cost_micros INTEGER NOT NULL DEFAULT 0,
-                 calls INTEGER NOT NULL DEFAULT 0, max_tokens INTEGER, max_cost_micros INTEGER,
-                 PRIMARY KEY (key, period));
-             CREATE TABLE reservations (id INTEGER PRIMARY KEY, key TEXT NOT NULL,
-                 period TEXT NOT NULL, tokens INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
-                 run_id TEXT NOT NULL, expires_ms INTEGER NOT NULL);
+        .execute_batch(&format!(
+            "{OLD_LEDGER_TABLES});
              INSERT INTO spend VALUES ('user:ann', '2026-12-01', 40, 0, 2, 100, NULL);
              INSERT INTO reservations (key, period, tokens, cost_micros, run_id, expires_ms)
                  VALUES ('user:ann', '2026-12-01', 50, 0, 'r9', 9999999999999);
-             PRAGMA user_version = 1;",
-        )
+             PRAGMA user_version = 1;"
+        ))
         .unwrap();
     let store = open(dir.path());
     let ledger = store.ledger().unwrap();

@@ -111,6 +111,19 @@ impl Driver<'_> {
             && self.state.started().is_some_and(|s| s.parent.is_none())
     }
 
+    /// `lines` as (the ones the run keeps itself, the ones in the ledger).
+    fn split_lines<'l>(
+        &self,
+        lines: &'l [(Limit, LedgerLine)],
+    ) -> (Vec<&'l LedgerLine>, Vec<&'l LedgerLine>) {
+        let (own, shared): (Vec<_>, Vec<_>) =
+            lines.iter().partition(|(limit, _)| self.kept_by_run(limit));
+        (
+            own.into_iter().map(|(_, line)| line).collect(),
+            shared.into_iter().map(|(_, line)| line).collect(),
+        )
+    }
+
     /// What the run has spent, as its log says.
     fn spent_by_run(&self) -> Spend {
         let usage = self.state.usage();
@@ -130,11 +143,7 @@ impl Driver<'_> {
             return Ok(());
         }
         self.booked().await?;
-        let shared: Vec<&LedgerLine> = lines
-            .iter()
-            .filter(|(limit, _)| !self.kept_by_run(limit))
-            .map(|(_, line)| line)
-            .collect();
+        let (_, shared) = self.split_lines(lines);
         let mut from_ledger = if shared.is_empty() {
             Vec::new()
         } else {
@@ -262,11 +271,8 @@ impl Driver<'_> {
         with_append: bool,
     ) -> Result<Hold, EngineError> {
         let spent = self.spent_by_run();
-        let own: Vec<LedgerLine> = lines
-            .iter()
-            .filter(|(limit, _)| self.kept_by_run(limit))
-            .map(|(_, line)| line.clone())
-            .collect();
+        let (own, shared) = self.split_lines(lines);
+        let own: Vec<LedgerLine> = own.into_iter().cloned().collect();
         if let Some(line) = own
             .iter()
             .find(|l| l.over(spent.plus(amount).plus(headroom)))
@@ -274,11 +280,7 @@ impl Driver<'_> {
             let refused = Exhausted::on(line, spent, Spend::default(), amount);
             return Ok(Hold::Refused(refused.to_string()));
         }
-        let ledger_lines: Vec<LedgerLine> = lines
-            .iter()
-            .filter(|(limit, _)| !self.kept_by_run(limit))
-            .map(|(_, line)| line.clone())
-            .collect();
+        let ledger_lines: Vec<LedgerLine> = shared.into_iter().cloned().collect();
         if ledger_lines.is_empty() {
             if with_append {
                 self.submit();

@@ -200,8 +200,7 @@ pub(crate) fn import(tx: &Connection, db: &Path, old: &Path) -> Result<(), Store
     };
     let from = Connection::open_with_flags(old, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(&err)?;
-    from.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(&err)?;
+    from.busy_timeout(crate::side::BUSY_TIMEOUT).map_err(&err)?;
     let tables: Vec<String> = from
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())

@@ -190,7 +190,12 @@ const MAX_IDLE_READERS: usize = 8;
 
 /// Past this many frames (about 4 MiB of 4 KiB pages, SQLite's own automatic checkpoint
 /// size), the log is made to start over: a checkpoint is finished with the writer held.
-const CATCH_UP_FRAMES: i64 = 1000;
+pub(super) const CATCH_UP_FRAMES: i64 = 1000;
+
+/// The write-ahead log of the database at `db` (`rein.db-wal`).
+pub(super) fn log_path(db: &Path) -> PathBuf {
+    db.with_extension("db-wal")
+}
 
 /// Copies the write-ahead log into the database each time the writer asks (a passive
 /// checkpoint: it never waits for readers or the writer, and what it cannot copy now it copies
@@ -237,7 +242,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         source,
     };
     let conn = Connection::open(path).map_err(db_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
+    conn.busy_timeout(crate::side::BUSY_TIMEOUT)
         .map_err(db_err)?;
     Ok(conn)
 }
@@ -1018,8 +1023,7 @@ impl Store for SqliteStore {
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(|e| self.db_err(e))?;
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            let wal = PathBuf::from(format!("{}-wal", self.path.display()));
-            Ok(size(&self.path) + size(&wal))
+            Ok(size(&self.path) + size(&log_path(&self.path)))
         })
     }
 

@@ -115,7 +115,7 @@ const CHECKPOINT_EVERY: usize = 1000;
 /// thread starved on a loaded machine, a slow disk's fsyncs) no longer lets it grow with
 /// everything written. (At half as much again, 6 MB, the writer stepped in every few hundred
 /// milliseconds under that load, and its own checkpoints, fsyncs included, cost it latency.)
-const LOG_CAP_BYTES: u64 = 3000 * (4096 + 24);
+const LOG_CAP_BYTES: u64 = 3 * super::CATCH_UP_FRAMES as u64 * (4096 + 24);
 
 /// How long the writer waits, when the log is past its cap, for the checkpointer's pass and for
 /// readers to let go before leaving the log for the next look.
@@ -138,11 +138,7 @@ pub(super) fn write_loop(
     // The log is past its cap (see `cap_log`); looks to skip after a busy try.
     let (mut cap_due, mut cap_rest) = (false, 0usize);
     let mut stopping = false;
-    let log = {
-        let mut name = path.clone().into_os_string();
-        name.push("-wal");
-        PathBuf::from(name)
-    };
+    let log = super::log_path(&path);
     while !stopping {
         let Ok(first) = receiver.recv() else { break };
         let (mut batch, mut jobs) = (Vec::new(), Vec::new());
@@ -233,7 +229,7 @@ fn cap_log(conn: &Connection) -> bool {
             r.get::<_, i64>(0)
         })
         .is_ok_and(|busy| busy == 0);
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(10));
+    let _ = conn.busy_timeout(crate::side::BUSY_TIMEOUT);
     emptied
 }
 
