@@ -515,6 +515,10 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The mock upstream `rein bench gateway` measures against, as a process of its own (as a
+    /// provider is to its clients): prints the address it listens on, then serves until stopped.
+    #[command(hide = true)]
+    MockUpstream,
     /// `rein serve` under load from this process on loopback: runs started per second, the
     /// latency of `POST /v1/runs`, and the server's memory idle and with runs suspended.
     Serve {

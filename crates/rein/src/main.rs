@@ -152,6 +152,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     concurrency,
                     json,
                 } => bench_gateway::gateway(requests, concurrency, json).await,
+                BenchCommand::MockUpstream => bench_gateway::mock_upstream().await,
             };
         }
         Command::Audit {

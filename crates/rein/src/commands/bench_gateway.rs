@@ -1,8 +1,13 @@
 //! `rein bench gateway`: a `rein serve` gateway under load from this process on loopback, in
 //! front of the mock upstream the project keeps (`rein_server::mock_upstream`), with a policy, a
 //! budget and the audit trail on every request. The same requests go to the mock directly first,
-//! so the latency rein adds is the difference; the server's CPU time comes from `/proc`.
+//! so the latency rein adds is the difference; the server's CPU time comes from `/proc`. The mock
+//! runs in a process of its own (`rein bench mock-upstream`), as a provider does: served from
+//! inside this process, its direct calls never crossed a process (no thread had to be woken to
+//! answer them), which made the direct figure lower than any real client's, and the difference
+//! larger than what rein adds.
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -10,7 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::commands::bench_serve::{percentile, rss_kb, start_server};
+use crate::commands::bench_serve::{percentile, rss_kb, start_listening, start_server};
 use crate::out::{self, outln};
 
 /// What was measured.
@@ -148,9 +153,9 @@ fn context_switches(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> anyhow::Result<u8> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = format!("http://{}", listener.local_addr()?);
-    let mock = tokio::spawn(rein_server::mock_upstream::serve(listener));
+    let mut mock = Command::new(std::env::current_exe()?);
+    mock.args(["bench", "mock-upstream"]);
+    let (mock, upstream) = start_listening(mock, MOCK_ANNOUNCE)?;
 
     let scratch = tempfile::tempdir()?;
     let (state, agents) = (scratch.path().join("state"), scratch.path().join("agents"));
@@ -213,6 +218,17 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
         );
     }
     drop(child);
-    mock.abort();
+    drop(mock);
+    Ok(0)
+}
+
+/// The first line `rein bench mock-upstream` prints, before its address.
+const MOCK_ANNOUNCE: &str = "rein mock upstream: listening on ";
+
+/// `rein bench mock-upstream`: serves the mock on a port of loopback until stopped.
+pub(crate) async fn mock_upstream() -> anyhow::Result<u8> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    outln!("{MOCK_ANNOUNCE}http://{}", listener.local_addr()?);
+    rein_server::mock_upstream::serve(listener).await?;
     Ok(0)
 }

@@ -216,26 +216,36 @@ pub(crate) fn start_server(
     agents: &std::path::Path,
     envs: &[(&str, &str)],
 ) -> anyhow::Result<(Server, String)> {
-    let exe = std::env::current_exe()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .envs(envs.iter().copied())
+        .arg("--state-dir")
+        .arg(state)
+        .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
+        .arg(agents)
+        .args(["--rate", "1000000", "--burst", "1000000"]);
+    start_listening(command, "rein serve: listening on ")
+}
+
+/// Starts a process of this binary that announces its address on its first line of output
+/// (`announce` followed by the address), and answers with it.
+pub(crate) fn start_listening(
+    mut command: Command,
+    announce: &str,
+) -> anyhow::Result<(Server, String)> {
     let mut child = Server(
-        Command::new(exe)
-            .envs(envs.iter().copied())
-            .arg("--state-dir")
-            .arg(state)
-            .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
-            .arg(agents)
-            .args(["--rate", "1000000", "--burst", "1000000"])
+        command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting rein serve")?,
+            .with_context(|| format!("starting {command:?}"))?,
     );
     let mut line = String::new();
     BufReader::new(child.0.stdout.take().context("no stdout")?).read_line(&mut line)?;
     let base = line
         .trim()
-        .strip_prefix("rein serve: listening on ")
-        .context("rein serve did not start")?
+        .strip_prefix(announce)
+        .with_context(|| format!("{command:?} did not start: it printed {line:?}"))?
         .to_owned();
     Ok((child, base))
 }
