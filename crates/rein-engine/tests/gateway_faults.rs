@@ -194,6 +194,18 @@ async fn a_gateway_turn_stopped_after_any_event_resumes_to_a_named_end_with_its_
     );
 }
 
+/// Answers one request, `turn()`, of `folder`'s gateway as run `run`.
+async fn request(
+    engine: &rein_engine::Engine,
+    folder: &AgentFolder,
+    run: &str,
+) -> rein_engine::GatewayReply {
+    engine
+        .gateway_turn(&folder.agent(), run, turn(), &NoObserver)
+        .await
+        .unwrap()
+}
+
 /// A gateway agent with its own per-request budget of `tokens` beside the tenant's.
 fn folder_with_own_budget(tokens: u64) -> AgentFolder {
     AgentFolder::new(&format!(
@@ -211,10 +223,7 @@ async fn a_gateway_requests_own_budget_is_kept_by_its_run_and_leaves_no_line_in_
     let dir = tempfile::tempdir().unwrap();
     let engine = rein_testkit::engine(dir.path());
     let roomy = folder_with_own_budget(100_000);
-    let reply = engine
-        .gateway_turn(&roomy.agent(), RUN, turn(), &NoObserver)
-        .await
-        .unwrap();
+    let reply = request(&engine, &roomy, RUN).await;
     assert_eq!(reply.status, EndState::Completed, "{reply:?}");
     let ledger = engine.ledger().unwrap();
     assert_eq!(
@@ -231,10 +240,7 @@ async fn a_gateway_requests_own_budget_is_kept_by_its_run_and_leaves_no_line_in_
 
     let tight = folder_with_own_budget(5);
     let other = OTHER_RUN;
-    let refused = engine
-        .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
-        .await
-        .unwrap();
+    let refused = request(&engine, &tight, other).await;
     assert_eq!(refused.status, EndState::BudgetExhausted, "{refused:?}");
     let why = refused.reason.unwrap_or_default();
     assert!(why.contains(&format!("budget run:{other} (run)")), "{why}");
@@ -284,10 +290,7 @@ async fn a_gateway_reply_past_its_requests_own_budget_is_noted_naming_it() {
     };
     // With room: the overrun is noted, with what was held for the call.
     let roomy = folder(100_000);
-    let first = engine
-        .gateway_turn(&roomy.agent(), RUN, turn(), &NoObserver)
-        .await
-        .unwrap();
+    let first = request(&engine, &roomy, RUN).await;
     assert_eq!(first.status, EndState::Completed, "{first:?}");
     let noted = overrun(&engine, RUN).expect("the reply passed its cap");
     assert!(!noted.contains("past the limit"), "{noted}");
@@ -300,10 +303,7 @@ async fn a_gateway_reply_past_its_requests_own_budget_is_noted_naming_it() {
     // A budget of exactly what is held: the call fits, its reply passes the budget.
     let tight = folder(held);
     let other = OTHER_RUN;
-    let second = engine
-        .gateway_turn(&tight.agent(), other, turn(), &NoObserver)
-        .await
-        .unwrap();
+    let second = request(&engine, &tight, other).await;
     assert_eq!(second.status, EndState::Completed, "{second:?}");
     let noted = overrun(&engine, other).expect("the reply passed its cap");
     assert!(

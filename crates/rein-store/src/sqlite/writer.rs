@@ -113,7 +113,7 @@ const CHECKPOINT_EVERY: usize = 1000;
 /// of 4 KiB pages, with their frame headers). A checkpointer that keeps up stays below it (under
 /// `rein bench gateway` at 16 at once the log peaked at 10.9 MB); one that falls behind (a
 /// thread starved on a loaded machine, a slow disk's fsyncs) no longer lets it grow with
-/// everything written. (At half as much again, 6 MB, the writer stepped in every few hundred
+/// everything written. (At half that, 6 MB, the writer stepped in every few hundred
 /// milliseconds under that load, and its own checkpoints, fsyncs included, cost it latency.)
 const LOG_CAP_BYTES: u64 = 3 * super::CATCH_UP_FRAMES as u64 * (4096 + 24);
 
