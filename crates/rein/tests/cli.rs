@@ -390,6 +390,21 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
             "rss_under_load_kb",
         ],
     );
+    // Where the server's CPU went, by thread: its request threads and the store's writer
+    // among them, together no more than the process's own figure (which also holds threads
+    // that exited; a tick of each thread may fall between the two readings).
+    let by_thread = report["cpu_us_per_request_by_thread"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no CPU by thread in {report}"));
+    for name in ["tokio-rt-worker", "rein-store-writ"] {
+        assert!(by_thread.contains_key(name), "no {name} in {report}");
+    }
+    let threads_total: f64 = by_thread.values().filter_map(|v| v.as_f64()).sum();
+    let tick_each = 10_000.0 * by_thread.len() as f64 / 30.0;
+    assert!(
+        threads_total <= report["cpu_us_per_request"].as_f64().unwrap() + tick_each,
+        "threads add up to more than the process: {report}"
+    );
     for (p50, p99) in [
         ("direct_p50_ms", "direct_p99_ms"),
         ("gateway_p50_ms", "gateway_p99_ms"),

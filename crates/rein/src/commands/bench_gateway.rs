@@ -7,6 +7,7 @@
 //! answer them), which made the direct figure lower than any real client's, and the difference
 //! larger than what rein adds.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,11 @@ struct Report {
     concurrency: usize,
     requests_per_s: f64,
     cpu_us_per_request: f64,
+    /// The same, by the server's thread (by name, as the kernel cuts it to 15 bytes: the request
+    /// threads `tokio-rt-worker`, the store's writer `rein-store-writ`, its checkpointer
+    /// `rein-store-chec`), of the threads alive at the end: where the time goes, without a
+    /// profiler.
+    cpu_us_per_request_by_thread: BTreeMap<String, f64>,
     /// The server's threads' context switches per request (voluntary and not): on a shared or
     /// virtual machine, whose CPU figures drift between runs, this one holds still.
     context_switches_per_request: f64,
@@ -120,27 +126,43 @@ async fn load(
     Ok((latencies, elapsed))
 }
 
-/// CPU time a process has used, user and system, in microseconds.
+/// CPU time a process has used, user and system, in microseconds (its exited threads' too).
 fn cpu_us(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').context("unreadable /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
-        + fields.get(12).context("no stime")?.parse::<u64>()?;
-    // In USER_HZ ticks, which Linux fixes at 100 a second for user space.
-    Ok(ticks * 10_000)
+    let (_, ticks) = stat_ticks(&stat).context("unreadable /proc stat")?;
+    Ok(ticks * TICK_US)
 }
 
-/// Context switches, voluntary and not, of the threads a process has now (a thread that has
-/// exited no longer counts).
-fn context_switches(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
+/// A `/proc` tick: Linux fixes USER_HZ at 100 a second for user space.
+const TICK_US: u64 = 10_000;
+
+/// A `/proc/.../stat` line's command name (a thread's name, cut to 15 bytes by the kernel) and
+/// its CPU time, user and system, in ticks.
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    // The name is in parentheses and may hold spaces and parentheses of its own.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((name, ticks))
+}
+
+/// The threads a process has now (one that has exited no longer counts), by id: name, CPU
+/// ticks, and context switches, voluntary and not.
+fn threads(pid: u32) -> anyhow::Result<BTreeMap<String, (String, u64, u64)>> {
+    let mut threads = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+        let task = task?;
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(task.path().join("stat")),
+            std::fs::read_to_string(task.path().join("status")),
+        ) else {
             continue;
         };
-        total += status
+        let Some((name, ticks)) = stat_ticks(&stat) else {
+            continue;
+        };
+        let switches = status
             .lines()
             .filter_map(|l| {
                 l.strip_prefix("voluntary_ctxt_switches:")
@@ -148,8 +170,28 @@ fn context_switches(pid: u32) -> anyhow::Result<u64> {
             })
             .filter_map(|v| v.trim().parse::<u64>().ok())
             .sum::<u64>();
+        threads.insert(
+            task.file_name().to_string_lossy().into_owned(),
+            (name.to_owned(), ticks, switches),
+        );
     }
-    Ok(total)
+    Ok(threads)
+}
+
+/// What the threads alive at `after` did since `before` (a thread started since counts from
+/// nothing): CPU microseconds by thread name (threads of one name together), and context
+/// switches.
+fn threads_since(
+    before: &BTreeMap<String, (String, u64, u64)>,
+    after: &BTreeMap<String, (String, u64, u64)>,
+) -> (BTreeMap<String, u64>, u64) {
+    let (mut cpu, mut switches) = (BTreeMap::new(), 0);
+    for (tid, (name, ticks, switched)) in after {
+        let (was_ticks, was_switched) = before.get(tid).map_or((0, 0), |(_, t, s)| (*t, *s));
+        *cpu.entry(name.clone()).or_insert(0) += ticks.saturating_sub(was_ticks) * TICK_US;
+        switches += switched.saturating_sub(was_switched);
+    }
+    (cpu, switches)
 }
 
 pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> anyhow::Result<u8> {
@@ -176,10 +218,10 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
     load(&direct_url, &token, 50, concurrency).await?;
     let rss_idle_kb = rss_kb(pid);
     let (direct, _) = load(&direct_url, &token, requests, concurrency).await?;
-    let (cpu_before, switches_before) = (cpu_us(pid)?, context_switches(pid)?);
+    let (cpu_before, threads_before) = (cpu_us(pid)?, threads(pid)?);
     let (through, elapsed) = load(&gateway_url, &token, requests, concurrency).await?;
     let cpu = cpu_us(pid)? - cpu_before;
-    let switches = context_switches(pid)?.saturating_sub(switches_before);
+    let (by_thread, switches) = threads_since(&threads_before, &threads(pid)?);
     let rss_under_load_kb = rss_kb(pid);
 
     let report = Report {
@@ -187,6 +229,10 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
         concurrency,
         requests_per_s: requests as f64 / elapsed,
         cpu_us_per_request: cpu as f64 / requests as f64,
+        cpu_us_per_request_by_thread: by_thread
+            .into_iter()
+            .map(|(name, us)| (name, us as f64 / requests as f64))
+            .collect(),
         context_switches_per_request: switches as f64 / requests as f64,
         direct_p50_ms: percentile(&direct, 0.50),
         direct_p99_ms: percentile(&direct, 0.99),
@@ -201,12 +247,18 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
         out::json(&report)?;
     } else {
         outln!(
-            "{} requests, {} at once, through the gateway (policy, budget and audit on each): {:.0} requests/s · {:.0} µs of rein's CPU and {:.1} context switches per request\n  latency added to the mock upstream: p50 {:.2} ms · p99 {:.2} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {} KiB",
+            "{} requests, {} at once, through the gateway (policy, budget and audit on each): {:.0} requests/s · {:.0} µs of rein's CPU and {:.1} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2} ms · p99 {:.2} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {} KiB",
             report.requests,
             report.concurrency,
             report.requests_per_s,
             report.cpu_us_per_request,
             report.context_switches_per_request,
+            report
+                .cpu_us_per_request_by_thread
+                .iter()
+                .map(|(name, us)| format!("{name} {us:.0} µs"))
+                .collect::<Vec<_>>()
+                .join(" · "),
             report.added_p50_ms,
             report.added_p99_ms,
             report.direct_p50_ms,
