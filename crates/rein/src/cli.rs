@@ -511,6 +511,11 @@ pub(crate) enum BenchCommand {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Rounds to measure, one after another against the same server: each figure is their
+        /// median (on a shared or virtual machine, where one round's CPU and latency drift, take
+        /// three or more), with each round's own in `per_round`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
         /// As JSON.
         #[arg(long)]
         json: bool,

@@ -150,8 +150,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 BenchCommand::Gateway {
                     requests,
                     concurrency,
+                    rounds,
                     json,
-                } => bench_gateway::gateway(requests, concurrency, json).await,
+                } => bench_gateway::gateway(requests, concurrency, usize::from(rounds), json).await,
                 BenchCommand::MockUpstream => bench_gateway::mock_upstream().await,
             };
         }

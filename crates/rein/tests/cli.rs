@@ -376,8 +376,27 @@ fn the_benchmark_reports_its_figures() {
 #[test]
 fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
     // A real `rein serve` in front of the project's mock upstream, loaded from this process.
-    let report = bench_report(&["gateway", "--requests", "30", "--concurrency", "3"]);
+    let report = bench_report(&[
+        "gateway",
+        "--requests",
+        "30",
+        "--concurrency",
+        "3",
+        "--rounds",
+        "2",
+    ]);
     assert_eq!(report["requests"], 30, "{report}");
+    // Each figure is the median of the rounds' own: of two, their mean.
+    let rounds = report["per_round"].as_array().unwrap();
+    assert_eq!((report["rounds"].as_u64(), rounds.len()), (Some(2), 2));
+    for figure in ["requests_per_s", "cpu_us_per_request", "added_p50_ms"] {
+        let each: Vec<f64> = rounds.iter().map(|r| r[figure].as_f64().unwrap()).collect();
+        let median = report[figure].as_f64().unwrap();
+        assert!(
+            (median - (each[0] + each[1]) / 2.0).abs() < 1e-9,
+            "{figure}: {median} is not the mean of {each:?}"
+        );
+    }
     assert_positive(
         &report,
         &[

@@ -19,11 +19,21 @@ use serde::Serialize;
 use crate::commands::bench_serve::{percentile, rss_kb, start_listening, start_server};
 use crate::out::{self, outln};
 
-/// What was measured.
+/// What was measured: each figure the median of the rounds', and each round's own.
 #[derive(Debug, Serialize)]
 struct Report {
     requests: usize,
     concurrency: usize,
+    rounds: usize,
+    #[serde(flatten)]
+    median: Figures,
+    rss_idle_kb: u64,
+    per_round: Vec<Figures>,
+}
+
+/// One round's figures: `requests` straight to the mock, then through the gateway.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Figures {
     requests_per_s: f64,
     cpu_us_per_request: f64,
     /// The same, by the server's thread (by name, as the kernel cuts it to 15 bytes: the request
@@ -40,8 +50,50 @@ struct Report {
     gateway_p99_ms: f64,
     added_p50_ms: f64,
     added_p99_ms: f64,
-    rss_idle_kb: u64,
     rss_under_load_kb: u64,
+}
+
+impl Figures {
+    /// Each figure's median over `rounds` (of an even number, the mean of the middle two).
+    fn median(rounds: &[Figures]) -> Figures {
+        let of = |f: &dyn Fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
+        };
+        let names: std::collections::BTreeSet<&String> = rounds
+            .iter()
+            .flat_map(|r| r.cpu_us_per_request_by_thread.keys())
+            .collect();
+        Figures {
+            requests_per_s: of(&|r| r.requests_per_s),
+            cpu_us_per_request: of(&|r| r.cpu_us_per_request),
+            cpu_us_per_request_by_thread: names
+                .into_iter()
+                .map(|name| {
+                    let us = of(&|r| {
+                        r.cpu_us_per_request_by_thread
+                            .get(name)
+                            .copied()
+                            .unwrap_or(0.0)
+                    });
+                    (name.clone(), us)
+                })
+                .collect(),
+            context_switches_per_request: of(&|r| r.context_switches_per_request),
+            direct_p50_ms: of(&|r| r.direct_p50_ms),
+            direct_p99_ms: of(&|r| r.direct_p99_ms),
+            gateway_p50_ms: of(&|r| r.gateway_p50_ms),
+            gateway_p99_ms: of(&|r| r.gateway_p99_ms),
+            added_p50_ms: of(&|r| r.added_p50_ms),
+            added_p99_ms: of(&|r| r.added_p99_ms),
+            rss_under_load_kb: of(&|r| r.rss_under_load_kb as f64).round() as u64,
+        }
+    }
 }
 
 /// The gateway: the mock as its model, a policy on the model and on each tool call, a tenant
@@ -194,7 +246,12 @@ fn threads_since(
     (cpu, switches)
 }
 
-pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> anyhow::Result<u8> {
+pub(crate) async fn gateway(
+    requests: usize,
+    concurrency: usize,
+    rounds: usize,
+    json: bool,
+) -> anyhow::Result<u8> {
     let mut mock = Command::new(std::env::current_exe()?);
     mock.args(["bench", "mock-upstream"]);
     let (mock, upstream) = start_listening(mock, MOCK_ANNOUNCE)?;
@@ -217,61 +274,112 @@ pub(crate) async fn gateway(requests: usize, concurrency: usize, json: bool) -> 
     load(&gateway_url, &token, 50, concurrency).await?;
     load(&direct_url, &token, 50, concurrency).await?;
     let rss_idle_kb = rss_kb(pid);
-    let (direct, _) = load(&direct_url, &token, requests, concurrency).await?;
-    let (cpu_before, threads_before) = (cpu_us(pid)?, threads(pid)?);
-    let (through, elapsed) = load(&gateway_url, &token, requests, concurrency).await?;
-    let cpu = cpu_us(pid)? - cpu_before;
-    let (by_thread, switches) = threads_since(&threads_before, &threads(pid)?);
-    let rss_under_load_kb = rss_kb(pid);
-
+    let mut per_round = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        per_round.push(
+            round(
+                pid,
+                &direct_url,
+                &gateway_url,
+                &token,
+                requests,
+                concurrency,
+            )
+            .await?,
+        );
+    }
     let report = Report {
         requests,
         concurrency,
+        rounds: per_round.len(),
+        median: Figures::median(&per_round),
+        rss_idle_kb,
+        per_round,
+    };
+    if json {
+        out::json(&report)?;
+    } else {
+        let m = &report.median;
+        // With more than one round, each figure is followed by its range over the rounds.
+        let range = |f: &dyn Fn(&Figures) -> f64, digits: usize| {
+            if report.rounds < 2 {
+                return String::new();
+            }
+            let v = report.per_round.iter().map(f);
+            let (lo, hi) = v.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            format!(" ({lo:.digits$}-{hi:.digits$})")
+        };
+        outln!(
+            "{} requests, {} at once, through the gateway (policy, budget and audit on each){}: {:.0}{} requests/s · {:.0}{} µs of rein's CPU and {:.1}{} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {}{} KiB",
+            report.requests,
+            report.concurrency,
+            if report.rounds > 1 {
+                format!(", median of {} rounds (range)", report.rounds)
+            } else {
+                String::new()
+            },
+            m.requests_per_s,
+            range(&|r| r.requests_per_s, 0),
+            m.cpu_us_per_request,
+            range(&|r| r.cpu_us_per_request, 0),
+            m.context_switches_per_request,
+            range(&|r| r.context_switches_per_request, 1),
+            m.cpu_us_per_request_by_thread
+                .iter()
+                .filter(|(_, us)| **us >= 0.5)
+                .map(|(name, us)| format!("{name} {us:.0} µs"))
+                .collect::<Vec<_>>()
+                .join(" · "),
+            m.added_p50_ms,
+            range(&|r| r.added_p50_ms, 2),
+            m.added_p99_ms,
+            range(&|r| r.added_p99_ms, 2),
+            m.direct_p50_ms,
+            m.direct_p99_ms,
+            m.gateway_p50_ms,
+            m.gateway_p99_ms,
+            report.rss_idle_kb,
+            m.rss_under_load_kb,
+            range(&|r| r.rss_under_load_kb as f64, 0),
+        );
+    }
+    drop(child);
+    drop(mock);
+    Ok(0)
+}
+
+/// One round: `requests` straight to the mock, then as many through the gateway (served by
+/// process `pid`), `concurrency` at a time.
+async fn round(
+    pid: u32,
+    direct_url: &str,
+    gateway_url: &str,
+    token: &str,
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<Figures> {
+    let (direct, _) = load(direct_url, token, requests, concurrency).await?;
+    let (cpu_before, threads_before) = (cpu_us(pid)?, threads(pid)?);
+    let (through, elapsed) = load(gateway_url, token, requests, concurrency).await?;
+    let cpu = cpu_us(pid)? - cpu_before;
+    let (by_thread, switches) = threads_since(&threads_before, &threads(pid)?);
+    let per_request = |total: u64| total as f64 / requests as f64;
+    Ok(Figures {
         requests_per_s: requests as f64 / elapsed,
-        cpu_us_per_request: cpu as f64 / requests as f64,
+        cpu_us_per_request: per_request(cpu),
         cpu_us_per_request_by_thread: by_thread
             .into_iter()
-            .map(|(name, us)| (name, us as f64 / requests as f64))
+            .map(|(name, us)| (name, per_request(us)))
             .collect(),
-        context_switches_per_request: switches as f64 / requests as f64,
+        context_switches_per_request: per_request(switches),
         direct_p50_ms: percentile(&direct, 0.50),
         direct_p99_ms: percentile(&direct, 0.99),
         gateway_p50_ms: percentile(&through, 0.50),
         gateway_p99_ms: percentile(&through, 0.99),
         added_p50_ms: percentile(&through, 0.50) - percentile(&direct, 0.50),
         added_p99_ms: percentile(&through, 0.99) - percentile(&direct, 0.99),
-        rss_idle_kb,
-        rss_under_load_kb,
-    };
-    if json {
-        out::json(&report)?;
-    } else {
-        outln!(
-            "{} requests, {} at once, through the gateway (policy, budget and audit on each): {:.0} requests/s · {:.0} µs of rein's CPU and {:.1} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2} ms · p99 {:.2} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {} KiB",
-            report.requests,
-            report.concurrency,
-            report.requests_per_s,
-            report.cpu_us_per_request,
-            report.context_switches_per_request,
-            report
-                .cpu_us_per_request_by_thread
-                .iter()
-                .map(|(name, us)| format!("{name} {us:.0} µs"))
-                .collect::<Vec<_>>()
-                .join(" · "),
-            report.added_p50_ms,
-            report.added_p99_ms,
-            report.direct_p50_ms,
-            report.direct_p99_ms,
-            report.gateway_p50_ms,
-            report.gateway_p99_ms,
-            report.rss_idle_kb,
-            report.rss_under_load_kb
-        );
-    }
-    drop(child);
-    drop(mock);
-    Ok(0)
+        rss_under_load_kb: rss_kb(pid),
+    })
 }
 
 /// The first line `rein bench mock-upstream` prints, before its address.
