@@ -255,15 +255,28 @@ fn spend(tokens: i64, cost: i64) -> Spend {
     }
 }
 
-/// Everything held on a line by unexpired reservations and admissions.
+/// Everything held on a line by unexpired reservations and admissions. Holds found lapsed are
+/// deleted (their process died mid-call, or gave up without settling): they hold nothing, and
+/// left in place, every later hold on the line would read past them, for good.
 fn reserved(tx: &Connection, line: &LedgerLine, now_ms: u64) -> rusqlite::Result<Spend> {
-    tx.prepare_cached(
-        "SELECT COALESCE(SUM(tokens), 0), COALESCE(SUM(cost_micros), 0) FROM budget_reservations
-         WHERE key = ?1 AND period = ?2 AND expires_ms > ?3",
-    )?
-    .query_row(params![line.key, line.period, now_ms as i64], |r| {
-        Ok(spend(r.get(0)?, r.get(1)?))
-    })
+    let at = params![line.key, line.period, now_ms as i64];
+    let (held, lapsed) = tx
+        .prepare_cached(
+            "SELECT COALESCE(SUM(tokens) FILTER (WHERE expires_ms > ?3), 0),
+                    COALESCE(SUM(cost_micros) FILTER (WHERE expires_ms > ?3), 0),
+                    COUNT(*) FILTER (WHERE expires_ms <= ?3)
+             FROM budget_reservations WHERE key = ?1 AND period = ?2",
+        )?
+        .query_row(at, |r| {
+            Ok((spend(r.get(0)?, r.get(1)?), r.get::<_, i64>(2)?))
+        })?;
+    if lapsed > 0 {
+        tx.prepare_cached(
+            "DELETE FROM budget_reservations WHERE key = ?1 AND period = ?2 AND expires_ms <= ?3",
+        )?
+        .execute(at)?;
+    }
+    Ok(held)
 }
 
 /// What `run_id`'s admission still holds on a line.

@@ -130,6 +130,68 @@ fn reservations_count_until_settled_and_never_pass_the_limit() {
     assert_eq!((rows.len(), rows[0].tokens, rows[0].calls), (1, 10, 1));
 }
 
+/// Holds of processes that died mid-call are deleted once a later hold on their line finds
+/// them lapsed (else the table, and every reservation's reading of it, grows with each crash);
+/// holds still live, and other lines', stay.
+#[test]
+fn lapsed_holds_are_deleted_by_the_next_hold_on_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, ledger) = opened(dir.path());
+    let amount = Spend {
+        tokens: 10,
+        cost_micros: 0,
+    };
+    let other = LedgerLine {
+        key: "user:bob".into(),
+        ..line(100)
+    };
+    let hold = |run: &str, line: LedgerLine, ttl: u64, now: u64| {
+        ledger
+            .reserve(run, run, &[line], amount, Spend::default(), ttl, now)
+            .wait()
+            .unwrap()
+            .unwrap()
+    };
+    // Three holds whose process dies (never settled): two lapse at 1 000, one at 60 000; and
+    // one on another line, lapsing at 1 000 too.
+    hold("dead-1", line(100), 1_000, 0);
+    hold("dead-2", line(100), 1_000, 0);
+    hold("alive", line(100), TTL, 0);
+    hold("bob", other.clone(), 1_000, 0);
+    let holders = || -> Vec<String> {
+        let conn = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
+        let mut s = conn
+            .prepare("SELECT run_id FROM budget_reservations ORDER BY run_id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(holders(), ["alive", "bob", "dead-1", "dead-2"]);
+    // Later, a hold on the same line counts only the live one, and clears the lapsed ones.
+    let refused = ledger
+        .reserve(
+            "next",
+            "next",
+            &[line(100)],
+            Spend {
+                tokens: 91,
+                cost_micros: 0,
+            },
+            Spend::default(),
+            TTL,
+            5_000,
+        )
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.reserved.tokens, 10);
+    assert_eq!(holders(), ["alive", "bob"]);
+    hold("next", line(100), TTL, 5_000);
+    assert_eq!(holders(), ["alive", "bob", "next"]);
+}
+
 #[test]
 fn admitted_runs_hold_their_cap_draw_on_it_and_give_back_what_they_do_not_spend() {
     let dir = tempfile::tempdir().unwrap();
