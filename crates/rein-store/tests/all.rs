@@ -544,7 +544,8 @@ async fn check_leases(store: &dyn Store) {
 /// database only when some process made a request since it last looked: a request made through
 /// another store (another process) is seen at the next ask, and runs not asked for are not.
 #[tokio::test]
-async fn a_cancellation_request_from_another_store_is_seen_at_the_next_ask() {
+async fn a_cancellation_request_from_another_store_is_seen_at_the_next_ask_and_dropped_at_the_end()
+{
     let dir = tempfile::tempdir().unwrap();
     let (driving, other) = (open(dir.path()), open(dir.path()));
     for run in ["c1", "c2"] {
@@ -567,6 +568,45 @@ async fn a_cancellation_request_from_another_store_is_seen_at_the_next_ask() {
         other.request_cancel("nope", "x"),
         Err(StoreError::NotFound(_))
     ));
+    // A run that ends drops its request: a store opened later (or reading the requests again)
+    // no longer carries it among the pending ones; the other run's stays.
+    let lease = Lease::new_run("c1", "proc-a", u64::MAX / 4);
+    put(&driving, &lease, &[ended(2)]).await.unwrap();
+    let later = open(dir.path());
+    assert_eq!(later.cancel_requested("c1").unwrap(), None);
+    assert_eq!(
+        later.cancel_requested("c2").unwrap().as_deref(),
+        Some("bob")
+    );
+}
+
+/// The `runs` row follows the run through a suspension and a resume: waiting for approval (its
+/// lease let go), then no status while it is driven again, then its end.
+#[tokio::test]
+async fn a_suspended_run_resumed_shows_no_status_until_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let lease = Lease::new_run("s1", "proc-a", u64::MAX / 4);
+    let suspended = Event::RunSuspended {
+        approvals: vec!["a1".into()],
+    };
+    put(&store, &lease, &[ev(1, started("x")), ev(2, suspended)])
+        .await
+        .unwrap();
+    let summary = store.run("s1").unwrap();
+    assert_eq!(summary.status, Some(EndState::AwaitingApproval));
+    assert_eq!(store.lease_holder("s1").unwrap(), None);
+    let lease = store
+        .acquire_lease("s1", "proc-b", 60_000, 0, &|_| false)
+        .unwrap();
+    let resumed = Event::RunResumed {
+        attempt: 2,
+        agent_changed: false,
+    };
+    put(&store, &lease, &[ev(3, resumed)]).await.unwrap();
+    assert_eq!(store.run("s1").unwrap().status, None);
+    put(&store, &lease, &[ended(4)]).await.unwrap();
+    assert_eq!(store.run("s1").unwrap().status, Some(EndState::Completed));
 }
 
 #[tokio::test]

@@ -500,31 +500,39 @@ fn apply_append<'a>(
         expected += 1;
     }
     let last_new = expected - 1;
-    if let Some(steps) = append.steps {
-        conn.prepare_cached("UPDATE runs SET steps = ?2 WHERE id = ?1")?
-            .execute(params![run, i64::from(steps)])?;
-    }
-    if append.cost_micros > 0 {
-        conn.prepare_cached("UPDATE runs SET cost_micros = cost_micros + ?2 WHERE id = ?1")?
-            .execute(params![run, append.cost_micros as i64])?;
-    }
-    if let Some(status) = append.status {
-        conn.prepare_cached("UPDATE runs SET status = ?2 WHERE id = ?1")?
-            .execute(params![run, status.map(EndState::as_str)])?;
+    // What the `runs` row shows, changed in one statement (the row is found and rewritten once,
+    // not once per change): the steps, the cost, the status; at the end no cancellation is
+    // pending; once the run ends or suspends nobody drives it (the lease token stays, so the
+    // old holder is still fenced).
+    if append.steps.is_some()
+        || append.cost_micros > 0
+        || append.status.is_some()
+        || append.ends
+        || append.releases
+    {
+        conn.prepare_cached(
+            "UPDATE runs SET
+               steps = COALESCE(?2, steps),
+               cost_micros = cost_micros + ?3,
+               status = CASE WHEN ?4 THEN ?5 ELSE status END,
+               cancel_requested = CASE WHEN ?6 THEN NULL ELSE cancel_requested END,
+               lease_owner = CASE WHEN ?7 THEN NULL ELSE lease_owner END,
+               lease_expires_ms = CASE WHEN ?7 THEN 0 ELSE lease_expires_ms END
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            run,
+            append.steps.map(i64::from),
+            append.cost_micros as i64,
+            append.status.is_some(),
+            append.status.flatten().map(EndState::as_str),
+            append.ends,
+            append.releases
+        ])?;
     }
     if append.ends {
         conn.prepare_cached(
             "UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'",
-        )?
-        .execute([run])?;
-        conn.prepare_cached("UPDATE runs SET cancel_requested = NULL WHERE id = ?1")?
-            .execute([run])?;
-    }
-    if append.releases {
-        // The run ended or suspended: nobody drives it now. The token stays, so the old holder
-        // is still fenced.
-        conn.prepare_cached(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_ms = 0 WHERE id = ?1",
         )?
         .execute([run])?;
     }
