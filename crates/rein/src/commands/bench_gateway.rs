@@ -32,7 +32,7 @@ struct Report {
 }
 
 /// One round's figures: `requests` straight to the mock, then through the gateway.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Serialize)]
 struct Figures {
     requests_per_s: f64,
     cpu_us_per_request: f64,
@@ -307,7 +307,7 @@ pub(crate) async fn gateway(
             }
             let v = report.per_round.iter().map(f);
             let (lo, hi) = v.fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(x), hi.max(x)));
-            format!(" ({lo:.digits$}-{hi:.digits$})")
+            format!(" ({lo:.digits$}–{hi:.digits$})")
         };
         outln!(
             "{} requests, {} at once, through the gateway (policy, budget and audit on each){}: {:.0}{} requests/s · {:.0}{} µs of rein's CPU and {:.1}{} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {}{} KiB",
