@@ -157,7 +157,7 @@ fn lapsed_holds_are_deleted_by_the_next_hold_on_their_line() {
     hold("dead-1", line(100), 1_000, 0);
     hold("dead-2", line(100), 1_000, 0);
     hold("alive", line(100), TTL, 0);
-    hold("bob", other.clone(), 1_000, 0);
+    hold("bob", other, 1_000, 0);
     let holders = || -> Vec<String> {
         let conn = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
         let mut s = conn
