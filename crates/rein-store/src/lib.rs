@@ -186,6 +186,27 @@ pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 /// (false once whatever it serves is gone).
 pub type AfterBatch = Box<dyn Fn() -> bool + Send>;
 
+/// A run being driven in this process, counted by its store while this is kept: with one run at
+/// a time, its appends are committed on its own thread rather than handed to the writer thread
+/// (see [`Store::driving`]). Dropped when the driver stops.
+#[derive(Debug, Default)]
+pub struct Driving(Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Driving {
+    pub(crate) fn counted(count: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Driving {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Driving(Some(count))
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// What can go wrong in the store. Every error says which run and event it concerns when it can.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -367,6 +388,13 @@ pub trait Store: Send + Sync {
     /// them, before the appenders are answered: what the hooks queued (audit records) is handled
     /// once per batch, and is done by the time an appender learns its events committed.
     fn after_batch(&self, f: AfterBatch);
+    /// Counts a run being driven in this process until the guard is dropped. A store may then
+    /// commit the appends of a run driven alone on the appender's own thread: waking a writer
+    /// thread and being woken by it cost more than the commit (see the SQLite store's queue);
+    /// with several runs at once their appends share the writer thread's commits instead.
+    fn driving(&self) -> Driving {
+        Driving::default()
+    }
     /// The budget ledger kept in this store: its writes are committed with the appends queued
     /// beside them, so a run's hold and its events share a commit.
     fn ledger(&self) -> Result<BudgetLedger, StoreError>;

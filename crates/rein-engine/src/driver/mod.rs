@@ -98,6 +98,9 @@ pub(crate) struct Driver<'a> {
     /// Whether this driver took a request's turn (a gateway run resumed after a crash did not:
     /// nobody is there to receive a call it would hand over).
     turn: bool,
+    /// Counts this run among those the store sees driven at once (a run driven alone commits
+    /// its appends on its own thread).
+    _driving: rein_store::Driving,
 }
 
 impl<'a> Driver<'a> {
@@ -148,6 +151,7 @@ impl<'a> Driver<'a> {
             handed: Vec::new(),
             offered: None,
             turn: false,
+            _driving: engine.store.driving(),
         }
     }
 

@@ -17,7 +17,7 @@
 mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex};
 
 use rein_core::budget::Spend;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -29,7 +29,7 @@ use writer::Write;
 pub use writer::{LedgerWrite, Queued};
 
 use crate::StoreError;
-use crate::sqlite::Work;
+use crate::sqlite::{Work, WorkQueue};
 
 /// One line a spend is checked against and booked to.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +153,7 @@ pub struct UsageRow {
 pub struct BudgetLedger {
     /// The store's database, for reads.
     db: Arc<SideDb>,
-    queue: mpsc::Sender<Work>,
+    queue: WorkQueue,
 }
 
 impl std::fmt::Debug for BudgetLedger {
@@ -311,7 +311,7 @@ fn minus(a: Spend, b: Spend) -> Spend {
 
 impl BudgetLedger {
     /// The ledger in the store's database at `db`, written through the store's writer `queue`.
-    pub(crate) fn within(db: SideDb, queue: mpsc::Sender<Work>) -> BudgetLedger {
+    pub(crate) fn within(db: SideDb, queue: WorkQueue) -> BudgetLedger {
         BudgetLedger {
             db: Arc::new(db),
             queue,
@@ -325,13 +325,14 @@ impl BudgetLedger {
         &self,
         f: impl FnOnce(&BudgetLedger) -> Queued<T>,
     ) -> (Vec<LedgerWrite>, Queued<T>) {
-        let (queue, prepared) = mpsc::channel();
+        let kept = Arc::new(Mutex::new(Vec::new()));
         let answer = f(&BudgetLedger {
             db: self.db.clone(),
-            queue,
+            queue: WorkQueue::Kept(kept.clone()),
         });
+        let prepared = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
         let writes = prepared
-            .try_iter()
+            .into_iter()
             .filter_map(|work| match work {
                 Work::Ledger(job) => Some(LedgerWrite {
                     job: std::sync::Mutex::new(Some(job)),
@@ -355,7 +356,7 @@ impl BudgetLedger {
             out: None,
             done,
         });
-        writer::queue(&self.queue, job, self.db.path());
+        self.queue.send(Work::Ledger(job));
         Queued(answer)
     }
 

@@ -1,18 +1,18 @@
-//! A ledger write as the store's writer thread runs it: queued with the event appends, committed
-//! in their transaction, each in a savepoint of its own (group commit), so a gateway request's
-//! hold goes in with its run's start, and no async caller blocks
-//! a worker thread on the database.
+//! A ledger write as the store's writer runs it: queued with the event appends, committed in
+//! their transaction, each in a savepoint of its own (group commit), so a gateway request's hold
+//! goes in with its run's start. A write queued alone goes to the writer thread, so no async
+//! caller blocks a worker thread on the database for it.
 
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use rusqlite::Connection;
 
 use crate::StoreError;
 use crate::side::SideDb;
-use crate::sqlite::Work;
+use crate::sqlite::{Work, WorkQueue};
 
 /// A write queued to the ledger: settled once the transaction holding it commits or fails.
 /// Await it, or [`Queued::wait`] for it outside async code; dropped, the write still happens.
@@ -76,13 +76,6 @@ impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> Job for Writ
     }
 }
 
-/// Queues `job` for the store's writer, or, if the store is closed, answers that it is.
-pub(super) fn queue(queue: &mpsc::Sender<Work>, job: Box<dyn Job>, db: &Path) {
-    if let Err(mpsc::SendError(Work::Ledger(job))) = queue.send(Work::Ledger(job)) {
-        job.finish(Some("the store's writer has stopped"), db);
-    }
-}
-
 /// A ledger write prepared to go to the store together with an append
 /// ([`crate::Store::append_with`]), so the two share one commit
 /// ([`crate::BudgetLedger::later`]). Dropped before that, it is queued on its own: a prepared
@@ -90,7 +83,7 @@ pub(super) fn queue(queue: &mpsc::Sender<Work>, job: Box<dyn Job>, db: &Path) {
 pub struct LedgerWrite {
     /// Behind a mutex only so a run's driver holding writes stays `Sync`; never contended.
     pub(super) job: Mutex<Option<Box<dyn Job>>>,
-    pub(super) queue: mpsc::Sender<Work>,
+    pub(super) queue: WorkQueue,
     pub(super) db: Arc<SideDb>,
 }
 
@@ -117,7 +110,7 @@ impl Drop for LedgerWrite {
     fn drop(&mut self) {
         let job = self.job.get_mut().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(job) = job {
-            queue(&self.queue, job, self.db.path());
+            self.queue.send(Work::Ledger(job));
         }
     }
 }

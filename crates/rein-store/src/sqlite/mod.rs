@@ -1,9 +1,12 @@
-//! The embedded SQLite store: WAL mode, one writer thread committing the appends of all runs and
-//! the budget ledger's writes in shared transactions (group commit), a connection for reads and
+//! The embedded SQLite store: WAL mode, one writer connection committing the appends of all runs
+//! and the budget ledger's writes in shared transactions (group commit) on its own thread (or on
+//! the appender's, for a run driven alone: see [`queue`]), a pool of connections for reads and
 //! one for leases.
 
+mod queue;
 mod writer;
 
+pub(crate) use queue::WorkQueue;
 pub(crate) use writer::Work;
 
 use std::collections::HashMap;
@@ -17,10 +20,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::side::SideDb;
 use crate::{
-    AfterBatch, ApprovalFilter, ApprovalSummary, BudgetLedger, Commit, Lease, LeaseHolder,
+    AfterBatch, ApprovalFilter, ApprovalSummary, BudgetLedger, Commit, Driving, Lease, LeaseHolder,
     LedgerWrite, OnCommit, Renewed, RunFilter, RunSummary, Store, StoreError,
 };
-use writer::{Append, ApprovalChange, Started, write_loop};
+use writer::{Append, ApprovalChange, Started, Writer};
 
 /// The schema version this build writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 5;
@@ -114,7 +117,8 @@ const OLD_LEDGER: &str = "budgets.sqlite";
 /// (and ledger writes).
 pub struct SqliteStore {
     path: PathBuf,
-    sender: Option<mpsc::Sender<Work>>,
+    /// The way to the writer (see [`queue`]).
+    queue: Arc<queue::Shared>,
     writer: Option<JoinHandle<()>>,
     /// Ends after the writer (which holds the only sender of its requests).
     checkpointer: Option<JoinHandle<()>>,
@@ -304,29 +308,22 @@ impl SqliteStore {
                 path: path.display().to_string(),
                 source,
             })?;
-        let (sender, receiver) = mpsc::channel();
-        let writer_path = path.clone();
         let after = Arc::new(Mutex::new(Vec::new()));
-        let writer_after = after.clone();
+        let queue = queue::Shared::new(
+            Writer::new(writer, path.clone(), after.clone(), wanted, writer_gate),
+            path.clone(),
+        );
+        let writer_queue = queue.clone();
         let handle = std::thread::Builder::new()
             .name("rein-store-writer".into())
-            .spawn(move || {
-                write_loop(
-                    writer,
-                    writer_path,
-                    receiver,
-                    writer_after,
-                    wanted,
-                    writer_gate,
-                )
-            })
+            .spawn(move || writer_queue.run_writer())
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
             })?;
         Ok(SqliteStore {
             path,
-            sender: Some(sender),
+            queue,
             writer: Some(handle),
             checkpointer: Some(checkpoints),
             readers: Mutex::new(vec![reader]),
@@ -438,9 +435,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Work::Stop);
-        }
+        self.queue.close();
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
@@ -606,8 +601,14 @@ impl Store for SqliteStore {
     }
 
     fn ledger(&self) -> Result<BudgetLedger, StoreError> {
-        let sender = self.sender.clone().ok_or(StoreError::Closed)?;
-        Ok(BudgetLedger::within(SideDb::attach(&self.path)?, sender))
+        Ok(BudgetLedger::within(
+            SideDb::attach(&self.path)?,
+            WorkQueue::Store(self.queue.clone()),
+        ))
+    }
+
+    fn driving(&self) -> Driving {
+        Driving::counted(self.queue.drivers.clone())
     }
 
     fn append_with(
@@ -725,20 +726,9 @@ impl Store for SqliteStore {
             ));
         }
         append.ledger = writes.into_iter().filter_map(LedgerWrite::take).collect();
-        match &self.sender {
-            Some(sender) => match sender.send(Work::Append(append)) {
-                Ok(()) => Commit(rx),
-                Err(mpsc::SendError(work)) => {
-                    if let Work::Append(append) = work {
-                        for job in append.ledger {
-                            job.finish(Some("the store's writer has stopped"), &self.path);
-                        }
-                    }
-                    Commit::failed(StoreError::Closed)
-                }
-            },
-            None => Commit::failed(StoreError::Closed),
-        }
+        // (Sent to a closed store, its answer is dropped: the commit reads as closed.)
+        self.queue.commit_or_queue(Work::Append(append));
+        Commit(rx)
     }
 
     fn acquire_lease(

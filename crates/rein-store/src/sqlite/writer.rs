@@ -1,7 +1,8 @@
-//! The store's writer thread: it owns the write connection and commits the appends of all runs
-//! that are waiting, and the budget ledger's writes, in one transaction (group commit), each in
-//! its own savepoint so that one bad append or write fails alone. Every append is checked against
-//! its run's lease and log before it is written.
+//! The store's writer: the write connection, which commits the appends of all runs that are
+//! waiting, and the budget ledger's writes, in one transaction (group commit), each in its own
+//! savepoint so that one bad append or write fails alone. Every append is checked against its
+//! run's lease and log before it is written. Who holds it (the writer thread, or an appender
+//! that found it idle) is decided in [`super::queue`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,10 +15,7 @@ use crate::ledger::Job;
 use crate::tx::Tx;
 use crate::{AfterBatch, Lease, OnCommit, StoreError};
 
-/// At most this many appends and ledger writes share one transaction.
-const MAX_BATCH: usize = 1024;
-
-/// What the writer thread is sent. (An append is what it is sent most, and moved once: boxing
+/// What the writer is sent. (An append is what it is sent most, and moved once: boxing
 /// it to make a ledger write's message smaller would cost an allocation per append.)
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Work {
@@ -25,9 +23,6 @@ pub(crate) enum Work {
     Append(Append),
     /// A write of the budget ledger, whose tables are in the same file.
     Ledger(Box<dyn Job>),
-    /// The store is closing: what was sent before this is committed, then the thread ends (a
-    /// ledger may still hold a sender, so the channel's closing cannot be waited for).
-    Stop,
 }
 
 /// One append, encoded by the caller's thread so the writer only writes. The `runs` row is only
@@ -125,72 +120,148 @@ const CAP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// so a long reader costs the writer one wait now and then, not one per look.
 const CAP_RETRY_LOOKS: usize = 10;
 
-pub(super) fn write_loop(
-    mut conn: Connection,
+/// The write connection and what goes with it: whoever holds it (the writer thread, or an
+/// appender that found it idle, see [`super::queue`]) commits what is queued.
+pub(super) struct Writer {
+    conn: Connection,
     path: PathBuf,
-    receiver: mpsc::Receiver<Work>,
+    /// The write-ahead log's file.
+    log: PathBuf,
+    memory: WriterMemory,
+    since_checkpoint: usize,
+    /// The log is past its cap (see `cap_log`); looks to skip after a busy try.
+    cap_due: bool,
+    cap_rest: usize,
     after: Arc<Mutex<Vec<AfterBatch>>>,
     checkpoint: mpsc::SyncSender<()>,
+    /// Held by the checkpointer only while it finishes a checkpoint this writer outran.
     gate: Arc<Mutex<()>>,
-) {
-    let mut memory = WriterMemory::default();
-    let mut since_checkpoint = 0;
-    // The log is past its cap (see `cap_log`); looks to skip after a busy try.
-    let (mut cap_due, mut cap_rest) = (false, 0usize);
-    let mut stopping = false;
-    let log = super::log_path(&path);
-    while !stopping {
-        let Ok(first) = receiver.recv() else { break };
+}
+
+/// How a batch went, for the one that committed it.
+pub(super) enum Committed {
+    /// Committed (or failed) and answered.
+    Done,
+    /// Not begun: another process holds the database's write lock, and a caller's thread does
+    /// not wait for it. The batch is handed back, untouched, for the writer thread.
+    Busy(Vec<Work>),
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        path: PathBuf,
+        after: Arc<Mutex<Vec<AfterBatch>>>,
+        checkpoint: mpsc::SyncSender<()>,
+        gate: Arc<Mutex<()>>,
+    ) -> Writer {
+        Writer {
+            conn,
+            log: super::log_path(&path),
+            path,
+            memory: WriterMemory::default(),
+            since_checkpoint: 0,
+            cap_due: false,
+            cap_rest: 0,
+            after,
+            checkpoint,
+            gate,
+        }
+    }
+
+    /// Whether the log passed its cap and waits to be emptied (by the writer thread: it may wait
+    /// for readers).
+    pub(super) fn cap_due(&self) -> bool {
+        self.cap_due
+    }
+
+    /// Empties the log if it passed its cap (on the writer thread, once its batch is answered).
+    pub(super) fn cap_if_due(&mut self) {
+        // A reader that kept the log busy is given a few more looks' time before the next try.
+        if std::mem::take(&mut self.cap_due) && !cap_log(&self.conn) {
+            self.cap_rest = CAP_RETRY_LOOKS;
+        }
+    }
+
+    /// Commits `works` (appends and ledger writes, in the order they were queued) in one
+    /// transaction and answers each. On a caller's thread (`here`), a batch that would wait
+    /// (for another process's write lock, for the checkpointer) is handed back untouched.
+    pub(super) fn commit(&mut self, works: Vec<Work>, here: bool) -> Committed {
+        if works.is_empty() {
+            return Committed::Done;
+        }
+        // A caller's thread neither waits for the checkpointer nor blocks on another process.
+        let turn = if here {
+            match self.gate.try_lock() {
+                Ok(turn) => turn,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Committed::Busy(works),
+            }
+        } else {
+            self.gate.lock().unwrap_or_else(|p| p.into_inner())
+        };
+        // The batch is flushed to disk if any append in it asks for it (group commit).
+        let fsync = works
+            .iter()
+            .any(|w| matches!(w, Work::Append(a) if a.durability == Durability::Fsync));
+        let synced = if fsync == self.memory.fsync {
+            Ok(())
+        } else {
+            let level = if fsync { "FULL" } else { "NORMAL" };
+            self.conn
+                .pragma_update(None, "synchronous", level)
+                .map(|()| self.memory.fsync = fsync)
+        };
+        let begun = synced.and_then(|()| {
+            if !here {
+                return Tx::begin(&self.conn).map(std::mem::forget);
+            }
+            let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
+            let begun = Tx::begin(&self.conn).map(std::mem::forget);
+            let _ = self.conn.busy_timeout(crate::side::BUSY_TIMEOUT);
+            begun
+        });
+        if here
+            && let Err(e) = &begun
+            && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+        {
+            return Committed::Busy(works);
+        }
         let (mut batch, mut jobs) = (Vec::new(), Vec::new());
-        let mut next = Some(first);
-        while let Some(work) = next.take() {
+        for work in works {
             match work {
                 Work::Append(mut append) => {
                     jobs.append(&mut append.ledger);
                     batch.push(append);
                 }
                 Work::Ledger(job) => jobs.push(job),
-                Work::Stop => {
-                    stopping = true;
-                    break;
-                }
-            }
-            if batch.len() + jobs.len() < MAX_BATCH {
-                next = receiver.try_recv().ok();
             }
         }
-        if batch.is_empty() && jobs.is_empty() {
-            continue;
-        }
-        // The batch is flushed to disk if any append in it asks for it (group commit).
-        let fsync = batch.iter().any(|a| a.durability == Durability::Fsync);
-        // Held by the checkpointer only while it finishes a checkpoint this writer outran.
-        let turn = gate.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = if fsync != memory.fsync {
-            conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "NORMAL" })
-                .and_then(|()| {
-                    memory.fsync = fsync;
-                    commit_batch(&mut conn, &path, &mut memory, &batch, &mut jobs)
-                })
-        } else {
-            commit_batch(&mut conn, &path, &mut memory, &batch, &mut jobs)
-        };
+        let outcome = begun.and_then(|()| {
+            commit_batch(
+                Tx(&self.conn),
+                &self.path,
+                &mut self.memory,
+                &batch,
+                &mut jobs,
+            )
+        });
         drop(turn);
         let (results, failed) = match outcome {
             Ok(results) => (results, None),
             Err(e) => (
-                fail_all(&e, &path, &mut memory, batch.len()),
+                fail_all(&e, &self.path, &mut self.memory, batch.len()),
                 Some(e.to_string()),
             ),
         };
-        since_checkpoint += jobs.len() + batch.iter().map(|a| a.rows.len()).sum::<usize>();
-        if since_checkpoint >= CHECKPOINT_EVERY {
-            since_checkpoint = 0;
+        self.since_checkpoint += jobs.len() + batch.iter().map(|a| a.rows.len()).sum::<usize>();
+        if self.since_checkpoint >= CHECKPOINT_EVERY {
+            self.since_checkpoint = 0;
             // One request waiting is enough: a full channel means one is on its way.
-            let _ = checkpoint.try_send(());
-            cap_due =
-                cap_rest == 0 && std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_CAP_BYTES);
-            cap_rest = cap_rest.saturating_sub(1);
+            let _ = self.checkpoint.try_send(());
+            self.cap_due = self.cap_rest == 0
+                && std::fs::metadata(&self.log).is_ok_and(|m| m.len() > LOG_CAP_BYTES);
+            self.cap_rest = self.cap_rest.saturating_sub(1);
         }
         // The hooks run, then what comes after the batch, before any appender wakes: whatever
         // they hand on (audit records) is handled by the time the appender's next step runs.
@@ -201,7 +272,7 @@ pub(super) fn write_loop(
             }
             answers.push((append.done, result));
         }
-        after
+        self.after
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|f| f());
@@ -209,13 +280,9 @@ pub(super) fn write_loop(
             let _ = done.send(result);
         }
         for job in jobs {
-            job.finish(failed.as_deref(), &path);
+            job.finish(failed.as_deref(), &self.path);
         }
-        // Once the batch is answered, so its appenders do not wait for it. A reader that kept
-        // the log busy is given a few more looks' time before the next try.
-        if std::mem::take(&mut cap_due) && !cap_log(&conn) {
-            cap_rest = CAP_RETRY_LOOKS;
-        }
+        Committed::Done
     }
 }
 
@@ -257,7 +324,7 @@ fn fail_all(
 /// that one bad append or write fails alone. Returns one result per append (a ledger write keeps
 /// its own), or why the whole batch failed.
 fn commit_batch(
-    conn: &mut Connection,
+    tx: Tx<'_>,
     path: &Path,
     memory: &mut WriterMemory,
     batch: &[Append],
@@ -267,7 +334,6 @@ fn commit_batch(
         path: path.display().to_string(),
         source,
     };
-    let tx = Tx::begin(conn)?;
     // Another connection committed since this writer's last commit: what it remembers of leases
     // and logs may be stale.
     match tx
