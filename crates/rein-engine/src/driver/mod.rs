@@ -70,6 +70,8 @@ pub(crate) struct Driver<'a> {
     /// Settlements of model calls queued on the ledger and not yet known to be booked: awaited
     /// at the next flush, and before the budgets are read or held again.
     settling: Vec<rein_store::Queued<rein_store::Settled>>,
+    /// Those settlements' writes, to go to the store with the run's next append.
+    riding: Vec<rein_store::LedgerWrite>,
     effects: u32,
     /// Model-call decisions of this run, by the labels in play, the model and the budget share.
     model_decisions: Vec<(ModelDecisionKey, Decision)>,
@@ -135,6 +137,7 @@ impl<'a> Driver<'a> {
             closing: false,
             signed: None,
             settling: Vec::new(),
+            riding: Vec::new(),
             effects: 0,
             model_decisions: Vec::new(),
             budget_percent: 0,

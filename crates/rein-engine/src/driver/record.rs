@@ -83,11 +83,13 @@ impl Driver<'_> {
     /// once it commits (not before: a record of an event that never committed would be false;
     /// not later: a kill after the commit would lose them until the next resume filled them in).
     pub(super) fn submit(&mut self) {
-        self.submit_with(Vec::new());
+        let writes = std::mem::take(&mut self.riding);
+        self.submit_with(writes);
     }
 
     /// [`Driver::submit`], with ledger writes that share the append's commit (with nothing to
-    /// append, they are queued on their own).
+    /// append, they are queued on their own). Settlements waiting to ride (`riding`) go with
+    /// [`Driver::submit`]'s appends, not with these.
     pub(super) fn submit_with(&mut self, writes: Vec<rein_store::LedgerWrite>) {
         if self.unsent.is_empty() {
             return;
