@@ -263,6 +263,13 @@ mod tests {
     use super::lock;
     use crate::{Lease, OnCommit, SqliteStore, Store};
 
+    /// A store in a new directory, and the lease of run `r` in it.
+    fn opened() -> (tempfile::TempDir, SqliteStore, Lease) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        (dir, store, Lease::new_run("r", "w", u64::MAX / 4))
+    }
+
     fn event(seq: u64) -> StoredEvent {
         let event = if seq == 1 {
             Event::RunStarted(Box::new(RunStarted {
@@ -294,6 +301,17 @@ mod tests {
         })
     }
 
+    /// Appends event `seq` of run `r`, telling `threads` which thread committed it.
+    fn put(
+        store: &SqliteStore,
+        lease: &Lease,
+        seq: u64,
+        durability: Durability,
+        threads: &mpsc::Sender<String>,
+    ) -> crate::Commit {
+        store.append(lease, &[event(seq)], durability, Some(tell(threads)))
+    }
+
     fn here() -> String {
         std::thread::current()
             .name()
@@ -303,32 +321,20 @@ mod tests {
 
     #[test]
     fn a_lone_runs_appends_commit_on_its_thread_and_runs_at_once_share_the_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let (_dir, store, lease) = opened();
         let (threads, committed_on) = mpsc::channel();
-        let lease = Lease::new_run("r", "w", u64::MAX / 4);
         let one = store.driving();
-        let commit = store.append(
-            &lease,
-            &[event(1)],
-            Durability::Normal,
-            Some(tell(&threads)),
-        );
+        let commit = put(&store, &lease, 1, Durability::Normal, &threads);
         // Committed before the call returned, on this thread.
         assert_eq!(committed_on.try_recv().unwrap(), here());
         commit.wait().unwrap();
         // A flush to disk is not waited for on a caller's thread (a request's, in a server).
-        let commit = store.append(&lease, &[event(2)], Durability::Fsync, Some(tell(&threads)));
+        let commit = put(&store, &lease, 2, Durability::Fsync, &threads);
         commit.wait().unwrap();
         assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
         // Two runs driven at once: their appends go to the writer thread, to share its commits.
         let two = store.driving();
-        let commit = store.append(
-            &lease,
-            &[event(3)],
-            Durability::Normal,
-            Some(tell(&threads)),
-        );
+        let commit = put(&store, &lease, 3, Durability::Normal, &threads);
         commit.wait().unwrap();
         assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
         drop(two);
@@ -339,29 +345,17 @@ mod tests {
 
     #[test]
     fn a_lone_run_commits_what_was_queued_before_its_append_first_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let (_dir, store, lease) = opened();
         let (threads, committed_on) = mpsc::channel();
-        let lease = Lease::new_run("r", "w", u64::MAX / 4);
         lock(&store.queue.pending).paused = true;
         // Queued (two runs driven), and left there by the writer thread.
         let (one, two) = (store.driving(), store.driving());
-        let first = store.append(
-            &lease,
-            &[event(1)],
-            Durability::Normal,
-            Some(tell(&threads)),
-        );
+        let first = put(&store, &lease, 1, Durability::Normal, &threads);
         assert!(committed_on.try_recv().is_err(), "committed while queued");
         drop(two);
         // The run is alone now: its next append takes the queued one with it, first. (Taken in
         // the other order, the second would be refused: its log would not begin at 1.)
-        let second = store.append(
-            &lease,
-            &[event(2)],
-            Durability::Normal,
-            Some(tell(&threads)),
-        );
+        let second = put(&store, &lease, 2, Durability::Normal, &threads);
         assert_eq!(committed_on.try_recv().unwrap(), here());
         assert_eq!(committed_on.try_recv().unwrap(), here());
         first.wait().unwrap();
@@ -374,21 +368,14 @@ mod tests {
 
     #[test]
     fn a_lone_runs_append_goes_to_the_writer_while_another_process_holds_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let (dir, store, lease) = opened();
         let (threads, committed_on) = mpsc::channel();
-        let lease = Lease::new_run("r", "w", u64::MAX / 4);
         let _one = store.driving();
         // Another process's write transaction.
         let other = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         // The call returns at once: the caller's thread does not wait for the lock.
-        let commit = store.append(
-            &lease,
-            &[event(1)],
-            Durability::Normal,
-            Some(tell(&threads)),
-        );
+        let commit = put(&store, &lease, 1, Durability::Normal, &threads);
         assert!(
             committed_on.try_recv().is_err(),
             "committed past another's lock"
@@ -401,10 +388,8 @@ mod tests {
 
     #[test]
     fn a_writer_thread_that_panicked_answers_later_appends_and_lets_the_store_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let (_dir, store, lease) = opened();
         let (one, two) = (store.driving(), store.driving());
-        let lease = Lease::new_run("r", "w", u64::MAX / 4);
         let boom: OnCommit = Box::new(|_| panic!("a hook panicked"));
         let commit = store.append(&lease, &[event(1)], Durability::Normal, Some(boom));
         // Its appender learns the store is gone rather than waiting for good...
