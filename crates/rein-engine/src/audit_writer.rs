@@ -1,7 +1,8 @@
 //! The audit trail's writer: records are queued as their events commit (by the store's commit
-//! hooks) and written by the store's writer (its thread, or a lone run's own, see
-//! `rein_store::Store::driving`) once per batch of appends, after the batch's hooks and before any appender of the batch is answered. A run's end (or suspension)
-//! queues its last records with a request for a checkpoint after them; the runs that end in one
+//! hooks) and written by whoever committed them (the store's writer thread, or a run driven
+//! alone, see `rein_store::Store::driving`) once per batch of appends, after the batch's hooks
+//! and before any appender of the batch is answered. A run's end (or suspension) queues its last
+//! records with a request for a checkpoint after them; the runs that end in one
 //! batch share one signature. No thread of its own: a record is written (or its failure noted)
 //! by the time its event's commit is acknowledged, and a run's ending waits for one hand-off, the
 //! store's.
@@ -52,7 +53,7 @@ impl Shared {
         }
         let q = std::mem::take(&mut *queue);
         let checkpoint = (!q.waiting.is_empty()).then_some((q.at_ms, q.sync_checkpoint));
-        // On the store's writer's thread: a panic in the audit code must not stop the store,
+        // On the thread that committed: a panic in the audit code must not stop the store,
         // so it becomes this write's failure, which stops the runs it concerns.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.log

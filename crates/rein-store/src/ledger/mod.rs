@@ -143,13 +143,14 @@ pub struct UsageRow {
     pub max_cost_micros: Option<u64>,
 }
 
-/// The ledger. Its writes are queued to the store's writer thread, which commits them with the
-/// event appends waiting beside them in one transaction, each write in a savepoint of its own
-/// (group commit): a write is applied in the order it was queued and sees every earlier one, so
-/// the limits hold as if each were its own transaction, while concurrent runs share the commit
-/// (a gateway request's hold shares its run's start's), and an async caller never blocks a worker
-/// thread on the database (another process may hold its lock for seconds). Obtained from
-/// [`crate::Store::ledger`].
+/// The ledger. Its writes are queued to the store's writer, which commits them with the event
+/// appends waiting beside them in one transaction, each write in a savepoint of its own (group
+/// commit): a write is applied in the order it was queued and sees every earlier one, so the
+/// limits hold as if each were its own transaction, while concurrent runs share the commit (a
+/// gateway request's hold shares its run's start's). A write queued alone goes to the writer
+/// thread, and one riding with a lone run's append is committed on the run's thread only when
+/// that waits for nothing, so an async caller never blocks a worker thread on the database
+/// (another process may hold its lock for seconds). Obtained from [`crate::Store::ledger`].
 pub struct BudgetLedger {
     /// The store's database, for reads.
     db: Arc<SideDb>,

@@ -1,5 +1,5 @@
 //! The ledger's tests: limits under reservations and admissions, and its writes' group commit
-//! on the store's writer thread.
+//! by the store's writer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};

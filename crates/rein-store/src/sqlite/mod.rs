@@ -11,6 +11,7 @@ pub(crate) use writer::Work;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -131,7 +132,7 @@ pub struct SqliteStore {
     cancels: Mutex<CancelView>,
     /// Leases and cancellation requests: small transactions of their own.
     control: Mutex<Connection>,
-    /// What runs on the writer thread after each batch's commit hooks.
+    /// What runs after each batch's commit hooks, on the thread that committed it.
     after: Arc<Mutex<Vec<AfterBatch>>>,
     /// Whether the checkpointer may start a checkpoint (see [`SqliteStore::pause_checkpoints`]).
     paused: Arc<Paused>,
@@ -220,6 +221,7 @@ fn checkpoint_loop(
     wanted: mpsc::Receiver<()>,
     gate: Arc<Mutex<()>>,
     paused: Arc<Paused>,
+    restarts: Arc<AtomicBool>,
 ) {
     // (frames in the log, frames copied into the database)
     let passive = |conn: &Connection| {
@@ -227,14 +229,25 @@ fn checkpoint_loop(
             Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         })
     };
+    // Every frame copied: the writer's next commit may start the log over.
+    let copied_all = |pass: &rusqlite::Result<(i64, i64)>| {
+        if let Ok((log, copied)) = pass
+            && *log > 0
+            && copied >= log
+        {
+            restarts.store(true, Ordering::Relaxed);
+        }
+    };
     while wanted.recv().is_ok() {
         paused.wait();
         // A busy or failed checkpoint leaves the log to grow until the next one; nothing is lost.
-        if let Ok((log, _)) = passive(&conn)
+        let pass = passive(&conn);
+        copied_all(&pass);
+        if let Ok((log, _)) = pass
             && log >= CATCH_UP_FRAMES
         {
             let _writer_waits = gate.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = passive(&conn);
+            copied_all(&passive(&conn));
         }
     }
 }
@@ -301,16 +314,29 @@ impl SqliteStore {
         let writer_gate = gate.clone();
         let paused = Arc::new(Paused::default());
         let checkpointer_paused = paused.clone();
+        // A new or emptied log's first commit writes its header (see `Writer`).
+        let restarts = Arc::new(AtomicBool::new(true));
+        let told = restarts.clone();
         let checkpoints = std::thread::Builder::new()
             .name("rein-store-checkpointer".into())
-            .spawn(move || checkpoint_loop(checkpointer, checkpoints, gate, checkpointer_paused))
+            .spawn(move || {
+                checkpoint_loop(checkpointer, checkpoints, gate, checkpointer_paused, told)
+            })
             .map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
                 source,
             })?;
         let after = Arc::new(Mutex::new(Vec::new()));
         let queue = queue::Shared::new(
-            Writer::new(writer, path.clone(), after.clone(), wanted, writer_gate),
+            Writer::new(
+                writer,
+                path.clone(),
+                durability == Durability::Fsync,
+                after.clone(),
+                wanted,
+                writer_gate,
+                restarts,
+            ),
             path.clone(),
         );
         let writer_queue = queue.clone();

@@ -1,14 +1,24 @@
 //! The way to the store's writer: appends and ledger writes are queued in order, and whoever
 //! holds the write connection commits what is queued, together. That is usually the writer
-//! thread; but an append that finds the connection idle and nothing waiting for the disk is
-//! committed by its own caller's thread, at once, with whatever was queued before it.
+//! thread; but an append of the one run driven in the process ([`crate::Store::driving`]) that
+//! asks for no flush to disk, finds the connection idle and nothing queued that asks for one, is
+//! committed by its own caller's thread, at once, with whatever was queued before it. A batch
+//! that would wait there (another process's write lock, the checkpointer, a new log's header
+//! flushed to disk) is handed back to the writer thread. What a caller's thread may still wait
+//! for: the audit trail's file lock, which another process holds only while it appends (or
+//! rotates the key), as the writer thread did.
 //!
 //! Waking the writer thread and being woken by it cost more than the commit itself at one request
 //! at a time: on a virtual machine each wake of a thread on another CPU is an interrupt sent
 //! through the hypervisor. `rein bench gateway --concurrency 1` on two cores spent 13 % of the
 //! server's CPU in the kernel waking the writer (`perf`: `futex_wake` from the channel's send),
-//! and the writer slept and woke about three times per request. Under load the connection is
-//! rarely idle, so appends queue and share the writer thread's commits as before.
+//! and the writer slept and woke about three times per request. With runs at once, appends queue
+//! and share the writer thread's commits as before.
+//!
+//! A commit hook that panics on a caller's thread unwinds that caller (the batch's other
+//! appenders learn `Closed`, as they did when the writer thread died); the store goes on. On the
+//! writer thread it ends the thread, and with it the store's writing. The engine's hooks only
+//! queue audit records, and its after-batch writer catches panics.
 //!
 //! Order is kept: queued work is only taken by whoever holds the connection, and all of it, so a
 //! run's appends (an unwaited one, then the next) commit in the order they were made.
@@ -263,11 +273,24 @@ mod tests {
     use super::lock;
     use crate::{Lease, OnCommit, SqliteStore, Store};
 
-    /// A store in a new directory, and the lease of run `r` in it.
+    /// A store in a new directory, past its first commit (which the writer thread makes: it
+    /// writes the new log's header), and the lease of run `r` in it.
     fn opened() -> (tempfile::TempDir, SqliteStore, Lease) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let first = Lease::new_run("first", "w", u64::MAX / 4);
+        store
+            .append(&first, &[event(1)], Durability::Normal, None)
+            .wait()
+            .unwrap();
+        let_go(&store);
         (dir, store, Lease::new_run("r", "w", u64::MAX / 4))
+    }
+
+    /// Returns once the writer thread has let go of the connection (it answers its appenders
+    /// first: until it lets go, a caller finds the connection taken and queues).
+    fn let_go(store: &SqliteStore) {
+        drop(lock(&store.queue.writer));
     }
 
     fn event(seq: u64) -> StoredEvent {
@@ -321,26 +344,34 @@ mod tests {
 
     #[test]
     fn a_lone_runs_appends_commit_on_its_thread_and_runs_at_once_share_the_writers() {
-        let (_dir, store, lease) = opened();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Normal).unwrap();
+        let lease = Lease::new_run("r", "w", u64::MAX / 4);
         let (threads, committed_on) = mpsc::channel();
         let one = store.driving();
+        // A new store's first commit writes the log's header, which SQLite flushes to disk even
+        // at `synchronous = NORMAL`: the writer thread makes it.
         let commit = put(&store, &lease, 1, Durability::Normal, &threads);
+        commit.wait().unwrap();
+        assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
+        let_go(&store);
+        let commit = put(&store, &lease, 2, Durability::Normal, &threads);
         // Committed before the call returned, on this thread.
         assert_eq!(committed_on.try_recv().unwrap(), here());
         commit.wait().unwrap();
         // A flush to disk is not waited for on a caller's thread (a request's, in a server).
-        let commit = put(&store, &lease, 2, Durability::Fsync, &threads);
+        let commit = put(&store, &lease, 3, Durability::Fsync, &threads);
         commit.wait().unwrap();
         assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
         // Two runs driven at once: their appends go to the writer thread, to share its commits.
         let two = store.driving();
-        let commit = put(&store, &lease, 3, Durability::Normal, &threads);
+        let commit = put(&store, &lease, 4, Durability::Normal, &threads);
         commit.wait().unwrap();
         assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
         drop(two);
         drop(one);
         let seqs: Vec<u64> = store.events("r").unwrap().iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [1, 2, 3]);
+        assert_eq!(seqs, [1, 2, 3, 4]);
     }
 
     #[test]

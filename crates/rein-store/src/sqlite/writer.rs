@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use rein_core::{Durability, EndState};
@@ -136,6 +137,10 @@ pub(super) struct Writer {
     checkpoint: mpsc::SyncSender<()>,
     /// Held by the checkpointer only while it finishes a checkpoint this writer outran.
     gate: Arc<Mutex<()>>,
+    /// The log may start over at the next commit (everything in it was copied into the
+    /// database, or it was emptied): SQLite then flushes the new log's header to disk, even at
+    /// `synchronous = NORMAL`, which a caller's thread does not wait for.
+    restarts: Arc<AtomicBool>,
 }
 
 /// How a batch went, for the one that committed it.
@@ -148,24 +153,31 @@ pub(super) enum Committed {
 }
 
 impl Writer {
+    /// The writer of `conn`, whose `synchronous` setting is FULL when `fsync`.
     pub(super) fn new(
         conn: Connection,
         path: PathBuf,
+        fsync: bool,
         after: Arc<Mutex<Vec<AfterBatch>>>,
         checkpoint: mpsc::SyncSender<()>,
         gate: Arc<Mutex<()>>,
+        restarts: Arc<AtomicBool>,
     ) -> Writer {
         Writer {
             conn,
             log: super::log_path(&path),
             path,
-            memory: WriterMemory::default(),
+            memory: WriterMemory {
+                fsync,
+                ..WriterMemory::default()
+            },
             since_checkpoint: 0,
             cap_due: false,
             cap_rest: 0,
             after,
             checkpoint,
             gate,
+            restarts,
         }
     }
 
@@ -178,17 +190,25 @@ impl Writer {
     /// Empties the log if it passed its cap (on the writer thread, once its batch is answered).
     pub(super) fn cap_if_due(&mut self) {
         // A reader that kept the log busy is given a few more looks' time before the next try.
-        if std::mem::take(&mut self.cap_due) && !cap_log(&self.conn) {
-            self.cap_rest = CAP_RETRY_LOOKS;
+        if std::mem::take(&mut self.cap_due) {
+            if cap_log(&self.conn) {
+                self.restarts.store(true, Ordering::Relaxed);
+            } else {
+                self.cap_rest = CAP_RETRY_LOOKS;
+            }
         }
     }
 
     /// Commits `works` (appends and ledger writes, in the order they were queued) in one
     /// transaction and answers each. On a caller's thread (`here`), a batch that would wait
-    /// (for another process's write lock, for the checkpointer) is handed back untouched.
+    /// (for another process's write lock, for the checkpointer, for the log's header to reach
+    /// the disk) is handed back untouched.
     pub(super) fn commit(&mut self, works: Vec<Work>, here: bool) -> Committed {
         if works.is_empty() {
             return Committed::Done;
+        }
+        if here && self.restarts.load(Ordering::Relaxed) {
+            return Committed::Busy(works);
         }
         // A caller's thread neither waits for the checkpointer nor blocks on another process.
         let turn = if here {
@@ -248,7 +268,11 @@ impl Writer {
         });
         drop(turn);
         let (results, failed) = match outcome {
-            Ok(results) => (results, None),
+            Ok(results) => {
+                // Whether or not it started the log over, the next commit will not.
+                self.restarts.store(false, Ordering::Relaxed);
+                (results, None)
+            }
             Err(e) => (
                 fail_all(&e, &self.path, &mut self.memory, batch.len()),
                 Some(e.to_string()),
