@@ -85,9 +85,9 @@ async fn a_gateway_turn_commits_its_hold_with_its_start_and_books_its_call_once(
     assert_eq!(reply.status, EndState::Completed);
     let events = engine.store().events(RUN).unwrap().len() as i64;
     let seen = seen.lock().unwrap().clone();
-    // The settlement is queued as the reply comes in: it commits on its own or with the end,
-    // as the writer finds them, so there are two commits or three.
-    assert!(seen.len() == 2 || seen.len() == 3, "{seen:?}");
+    // The settlement rides with the end: two commits, the start with its hold, the end with
+    // the booking.
+    assert_eq!(seen.len(), 2, "{seen:?}");
     let (started, held, booked) = seen[0];
     assert!(started >= 1 && started < events, "{seen:?}");
     assert_eq!((held, booked), (1, 0), "the start commits with the hold");

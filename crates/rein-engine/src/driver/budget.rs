@@ -299,9 +299,19 @@ impl Driver<'_> {
                 spent,
             })));
         }
-        self.booked().await?;
+        // Settlements waiting to ride go with the hold (and what the run recorded) in its
+        // commit, ahead of it in the transaction, so the hold counts them; a planner's call
+        // before a gateway's first step has one.
+        let riding = if with_append {
+            std::mem::take(&mut self.riding)
+        } else {
+            Vec::new()
+        };
+        if riding.is_empty() {
+            self.booked().await?;
+        }
         let ledger = self.engine.ledger()?;
-        let (writes, reserved) = ledger.later(|ledger| {
+        let (mut writes, reserved) = ledger.later(|ledger| {
             ledger.reserve(
                 &self.run_id,
                 &self.root_run(),
@@ -313,11 +323,14 @@ impl Driver<'_> {
             )
         });
         if with_append {
+            writes.splice(0..0, riding);
             self.submit_with(writes);
         } else {
             // Queued now, on their own.
             drop(writes);
         }
+        // (The settlements that rode with it, if any, are booked by now, or the hold failed.)
+        self.booked().await?;
         match reserved.await? {
             Ok(reservation) => Ok(Hold::Held(Some(Held {
                 reservation: Some((ledger, reservation)),
@@ -331,9 +344,9 @@ impl Driver<'_> {
 
     /// Settles a call's hold and notes an overrun: the provider answered with more than the cap
     /// it was sent (or priced it higher), so the ledger may now pass a limit. A call that spent
-    /// no more than it held has nothing to note: its booking is queued and awaited with the
-    /// run's next flush (the commit of what follows it) or before the budgets are read or held
-    /// again, so the run waits for the ledger once per model call, not twice.
+    /// no more than it held has nothing to note: its booking rides with the run's next append
+    /// and is awaited with it (at the next flush) or before the budgets are read or held again,
+    /// so the run waits for the ledger once per model call, not twice.
     pub(super) async fn settle(
         &mut self,
         held: Option<Held>,
