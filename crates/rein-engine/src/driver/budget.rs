@@ -299,19 +299,12 @@ impl Driver<'_> {
                 spent,
             })));
         }
-        // Settlements waiting to ride go with the hold (and what the run recorded) in its
-        // commit, ahead of it in the transaction, so the hold counts them; a planner's call
-        // before a gateway's first step has one.
-        let riding = if with_append {
-            std::mem::take(&mut self.riding)
-        } else {
-            Vec::new()
-        };
-        if riding.is_empty() {
-            self.booked().await?;
-        }
+        // Settlements waiting to ride go ahead of the hold, in its commit when it goes with the
+        // run's events (a planner's call before a gateway's first step leaves one), so the hold
+        // counts them; without, each is queued on its own, still ahead of it.
+        let mut writes = std::mem::take(&mut self.riding);
         let ledger = self.engine.ledger()?;
-        let (mut writes, reserved) = ledger.later(|ledger| {
+        let (hold, reserved) = ledger.later(|ledger| {
             ledger.reserve(
                 &self.run_id,
                 &self.root_run(),
@@ -322,24 +315,26 @@ impl Driver<'_> {
                 self.engine.clock.now_ms(),
             )
         });
+        writes.extend(hold);
         if with_append {
-            writes.splice(0..0, riding);
             self.submit_with(writes);
         } else {
-            // Queued now, on their own.
+            // Queued now, on their own, in order.
             drop(writes);
         }
-        // (The settlements that rode with it, if any, are booked by now, or the hold failed.)
-        self.booked().await?;
-        match reserved.await? {
-            Ok(reservation) => Ok(Hold::Held(Some(Held {
+        let held = match reserved.await? {
+            Ok(reservation) => Hold::Held(Some(Held {
                 reservation: Some((ledger, reservation)),
                 amount,
                 own,
                 spent,
-            }))),
-            Err(exhausted) => Ok(Hold::Refused(exhausted.to_string())),
-        }
+            })),
+            Err(exhausted) => Hold::Refused(exhausted.to_string()),
+        };
+        // Committed ahead of the hold or with it; a failure drops the hold, settling it to
+        // nothing.
+        self.booked().await?;
+        Ok(held)
     }
 
     /// Settles a call's hold and notes an overrun: the provider answered with more than the cap

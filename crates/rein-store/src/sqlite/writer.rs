@@ -147,8 +147,9 @@ pub(super) struct Writer {
 pub(super) enum Committed {
     /// Committed (or failed) and answered.
     Done,
-    /// Not begun: another process holds the database's write lock, and a caller's thread does
-    /// not wait for it. The batch is handed back, untouched, for the writer thread.
+    /// Not begun on a caller's thread, which does not wait (another process's write lock, the
+    /// checkpointer, a new log's header): the batch is handed back, untouched, for the writer
+    /// thread.
     Busy(Vec<Work>),
 }
 
@@ -234,10 +235,10 @@ impl Writer {
         };
         let begun = synced.and_then(|()| {
             if !here {
-                return Tx::begin(&self.conn).map(std::mem::forget);
+                return Tx::begin(&self.conn);
             }
             let _ = self.conn.busy_timeout(std::time::Duration::ZERO);
-            let begun = Tx::begin(&self.conn).map(std::mem::forget);
+            let begun = Tx::begin(&self.conn);
             let _ = self.conn.busy_timeout(crate::side::BUSY_TIMEOUT);
             begun
         });
@@ -257,15 +258,8 @@ impl Writer {
                 Work::Ledger(job) => jobs.push(job),
             }
         }
-        let outcome = begun.and_then(|()| {
-            commit_batch(
-                Tx(&self.conn),
-                &self.path,
-                &mut self.memory,
-                &batch,
-                &mut jobs,
-            )
-        });
+        let outcome =
+            begun.and_then(|tx| commit_batch(tx, &self.path, &mut self.memory, &batch, &mut jobs));
         drop(turn);
         let (results, failed) = match outcome {
             Ok(results) => {
