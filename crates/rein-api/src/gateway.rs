@@ -274,11 +274,7 @@ impl Rein {
                 h.update((part.len() as u64).to_le_bytes());
                 h.update(part.as_bytes());
             }
-            let hex: String = h.finalize()[..12]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            format!("mcp-{hex}")
+            format!("mcp-{}", hex::encode(&h.finalize()[..12]))
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
@@ -632,9 +628,7 @@ fn derive_conversation(caller: &Caller, agent: &str, request: &GatewayRequest) -
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    let digest = h.finalize();
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("c-{hex}")
+    format!("c-{}", hex::encode(&h.finalize()[..12]))
 }
 
 /// The conversation a gateway run's log names (the subject of its request notice).

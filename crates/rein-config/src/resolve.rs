@@ -440,12 +440,7 @@ impl Resolver {
             None | Some(SandboxFallbackName::Refuse) => SandboxFallback::Refuse,
             Some(SandboxFallbackName::Continue) => SandboxFallback::Continue,
         };
-        let digest = self
-            .digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = hex::encode(self.digest.finalize());
         Ok(AgentSpec {
             name,
             description: raw.description,

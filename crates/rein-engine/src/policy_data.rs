@@ -124,10 +124,7 @@ impl PolicyData {
             };
             match read {
                 Some(Ok((bytes, value))) => {
-                    let digest: String = Sha256::digest(&bytes)
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
+                    let digest = hex::encode(Sha256::digest(&bytes));
                     let mut set = BTreeSet::new();
                     provenance::data_values(&value, &mut set);
                     sets.insert(name.clone(), set);

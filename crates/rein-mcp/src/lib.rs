@@ -519,7 +519,7 @@ async fn start(
                 remote: t.name.into_owned(),
                 description,
                 schema,
-                fingerprint: hash.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+                fingerprint: hex::encode(hash.finalize()),
             }
         })
         .collect();
