@@ -388,61 +388,59 @@ async fn a_bad_append_among_good_ones_fails_alone_and_leaves_nothing_behind() {
     }
 }
 
-/// Writes `run`'s start, then 1000 appends of 50 steps each (about 15 MB of events) under
-/// `paused` checkpoints or not, without a pause; answers with the log's size and the events'
-/// bytes.
-async fn write_on_and_on(dir: &std::path::Path, run: &str, paused: bool) -> (u64, u64) {
+/// Writes `run`'s start, then `appends` appends of 50 steps each (about 15 KB of events each,
+/// and 48 KB of the log's pages) under `paused` checkpoints or not, without a pause; answers
+/// with the log's size.
+async fn write_on_and_on(dir: &std::path::Path, run: &str, paused: bool, appends: u32) -> u64 {
     let store = open(dir);
     let l = lease(run);
     put(&store, &l, &[ev(1, started("w"))]).await.unwrap();
     let pause = paused.then(|| store.pause_checkpoints());
-    let (mut seq, mut written) = (2, 0u64);
-    for n in 0..1000u32 {
+    let mut seq = 2;
+    for n in 0..appends {
         let events: Vec<StoredEvent> = (0..50)
             .flat_map(|i| step(seq + 2 * i, n * 50 + i as u32 + 1))
             .collect();
         seq += events.len() as u64;
-        written += events
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap().len() as u64)
-            .sum::<u64>();
         put(&store, &l, &events).await.unwrap();
     }
     let wal_bytes = std::fs::metadata(dir.join("rein.db-wal")).unwrap().len();
     drop(pause);
     assert_eq!(store.events(run).unwrap().len() as u64, seq - 1);
-    (wal_bytes, written)
+    wal_bytes
 }
+
+/// A frame of the write-ahead log: a 4 KiB page and its header.
+const FRAME: u64 = 4096 + 24;
 
 #[tokio::test]
 async fn the_write_ahead_log_is_copied_into_the_database_as_runs_write() {
     // The writer leaves checkpoints to a thread of its own: written on and on, without a pause
     // (a busy gateway), the log must still be copied into the database and started over, not
-    // grow with everything ever written (about 15 MB here, 48 MB as pages of the log; the log
-    // starts over past about 4 MB, later when the checkpointer lags, and never passes about
-    // 12 MB, where the writer copies it itself: that cap alone would pass this test, so it
-    // checks the log is not kept whole, and the test below that the cap holds without the
-    // checkpointer).
+    // grow with everything ever written (48 MB of pages here). The checkpointer starts it over
+    // past 4000 frames (about 16 MB), later when it lags; the writer copies it itself past 12000
+    // (about 49 MB, the test below): that cap is not reached here, so a log under twice the
+    // first size was started over by the checkpointer.
     let dir = tempfile::tempdir().unwrap();
-    let (wal_bytes, written) = write_on_and_on(dir.path(), "long", false).await;
+    let wal_bytes = write_on_and_on(dir.path(), "long", false, 1000).await;
     assert!(
-        wal_bytes < written,
-        "the log holds {wal_bytes} bytes after {written} bytes of events were written: it was never checkpointed"
+        wal_bytes < 2 * 4000 * FRAME,
+        "the log holds {wal_bytes} bytes after 48 MB of pages were written: the checkpointer never started it over"
     );
 }
 
 #[tokio::test]
 async fn the_write_ahead_log_is_copied_into_the_database_when_the_checkpointer_falls_behind() {
     // The checkpointer kept from running all along, as a thread starved on a loaded machine
-    // (CI's) can be: the writer copies the log itself once it passes its cap (about 12 MB), so
-    // the log still does not grow with everything written (48 MB without the cap).
+    // (CI's) can be: the writer copies the log itself once it passes its cap (about 49 MB), so
+    // the log still does not grow with everything written (72 MB of pages here).
     let dir = tempfile::tempdir().unwrap();
-    let (wal_bytes, written) = write_on_and_on(dir.path(), "starved", true).await;
-    // The cap (3000 frames of 4 KiB and their headers), and what the writer adds between two
-    // looks at it (1000 events, about 0.3 MB).
+    let wal_bytes = write_on_and_on(dir.path(), "starved", true, 1500).await;
+    // The cap (12000 frames), and what the writer adds between two looks at it (1000 events,
+    // about 0.3 MB of events, 1 MB of pages).
     assert!(
-        wal_bytes < 3000 * (4096 + 24) + 1_000_000 && wal_bytes < written,
-        "the log holds {wal_bytes} bytes after {written} bytes of events, the checkpointer kept away: the writer never copied it"
+        wal_bytes < 12000 * FRAME + 1_000_000,
+        "the log holds {wal_bytes} bytes after 72 MB of pages, the checkpointer kept away: the writer never copied it"
     );
 }
 

@@ -106,10 +106,11 @@ const CHECKPOINT_EVERY: usize = 1000;
 
 /// The most the write-ahead log may grow to before the writer copies it into the database
 /// itself: three times the size past which the checkpointer starts it over (`CATCH_UP_FRAMES`
-/// of 4 KiB pages, with their frame headers). A checkpointer that keeps up stays below it (under
-/// `rein bench gateway` at 16 at once the log peaked at 10.9 MB); one that falls behind (a
+/// of 4 KiB pages, with their frame headers, about 48 MiB). A checkpointer that keeps up stays
+/// below it (under `rein bench gateway` at 16 at once the log peaked at 2.7 times the size past
+/// which it starts over); one that falls behind (a
 /// thread starved on a loaded machine, a slow disk's fsyncs) no longer lets it grow with
-/// everything written. (At half that, 6 MB, the writer stepped in every few hundred
+/// everything written. (At half that, the writer stepped in every few hundred
 /// milliseconds under that load, and its own checkpoints, fsyncs included, cost it latency.)
 const LOG_CAP_BYTES: u64 = 3 * super::CATCH_UP_FRAMES as u64 * (4096 + 24);
 
