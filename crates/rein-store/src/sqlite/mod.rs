@@ -196,11 +196,11 @@ const MAX_IDLE_READERS: usize = 8;
 /// Past this many frames (about 16 MiB of 4 KiB pages), the log is made to start over: a
 /// checkpoint is finished with the writer held, for as long as it takes to copy what was written
 /// meanwhile and flush the database and the log to disk (a few milliseconds, two fsyncs). The
-/// requests in flight then wait: at 1000 frames (SQLite's own automatic checkpoint size), every
-/// pass (one per `CHECKPOINT_EVERY` events, about 2000 frames) did, about one gateway request
-/// in a hundred (one request writes about 20 frames), and that wait made the p99 of `rein bench
-/// gateway` at one request at a time: 8.4-8.6 ms, against 3.9-4.1 ms at this size, where one
-/// pass in two waits (16 MiB more of log on disk).
+/// requests in flight then wait. At 1000 frames (SQLite's own automatic checkpoint size) every
+/// pass did, then one per 1000 events (about 2000 frames: a hundred gateway requests, of about
+/// 20 frames each), so about one request in a hundred waited, and that wait made the p99 of
+/// `rein bench gateway` at one request at a time: 8.4-8.6 ms, against 3.9-4.1 ms with at most
+/// one wait per 4000 frames (for 12 MiB more of log on disk).
 pub(super) const CATCH_UP_FRAMES: i64 = 4000;
 
 /// The write-ahead log of the database at `db` (`rein.db-wal`).
