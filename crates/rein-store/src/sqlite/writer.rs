@@ -111,11 +111,11 @@ const CHECKPOINT_EVERY: usize = 2000;
 /// The most the write-ahead log may grow to before the writer copies it into the database
 /// itself: three times the size past which the checkpointer starts it over (`CATCH_UP_FRAMES`
 /// of 4 KiB pages, with their frame headers, about 48 MiB). A checkpointer that keeps up stays
-/// below it (under `rein bench gateway` at 16 at once the log peaked at 2.7 times the size past
-/// which it starts over); one that falls behind (a
-/// thread starved on a loaded machine, a slow disk's fsyncs) no longer lets it grow with
-/// everything written. (At half that, the writer stepped in every few hundred
-/// milliseconds under that load, and its own checkpoints, fsyncs included, cost it latency.)
+/// below it; one that falls behind (a thread starved on a loaded machine, a slow disk's fsyncs)
+/// no longer lets it grow with everything written. (When the log started over past 1000
+/// frames, `rein bench gateway` at 16 at once took it to 10.9 MB, 2.7 times that size, and a cap
+/// at 1.5 times it, 6 MB, had the writer step in every few hundred milliseconds under that load,
+/// its own checkpoints, fsyncs included, costing it latency.)
 const LOG_CAP_BYTES: u64 = 3 * super::CATCH_UP_FRAMES as u64 * (4096 + 24);
 
 /// How long the writer waits, when the log is past its cap, for the checkpointer's pass and for
