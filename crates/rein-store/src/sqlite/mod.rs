@@ -1,22 +1,28 @@
 //! The embedded SQLite store: WAL mode, one writer connection committing the appends of all runs
 //! and the budget ledger's writes in shared transactions (group commit) on its own thread (or on
 //! the appender's, for a run driven alone: see [`queue`]), a pool of connections for reads and
-//! one for leases.
+//! one for leases. The schema and its migrations are in [`schema`], the checkpointer in
+//! [`checkpoint`], the reading of rows back in [`rows`].
 
+mod checkpoint;
 mod queue;
+mod rows;
+mod schema;
 mod writer;
+
+pub use checkpoint::CheckpointsPaused;
 
 pub(crate) use queue::WorkQueue;
 pub(crate) use writer::Work;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rein_core::{Durability, EVENT_FORMAT_VERSION, EndState, Event, StoredEvent};
+use rein_core::{Durability, EndState, Event, StoredEvent};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::side::SideDb;
@@ -24,95 +30,13 @@ use crate::{
     AfterBatch, ApprovalFilter, ApprovalSummary, BudgetLedger, Commit, Driving, Lease, LeaseHolder,
     LedgerWrite, OnCommit, Renewed, RunFilter, RunSummary, Store, StoreError,
 };
+use checkpoint::{Paused, checkpoint_loop, log_path};
+use rows::{
+    APPROVAL_COLUMNS, SUMMARY_COLUMNS, approval_from_row, decode_events, parse_status,
+    summary_from_row,
+};
+use schema::migrate;
 use writer::{Append, ApprovalChange, Started, Writer};
-
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
-
-/// The schema of a new database, at [`SCHEMA_VERSION`].
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS runs (
-    id               TEXT PRIMARY KEY,
-    agent            TEXT NOT NULL,
-    task             TEXT NOT NULL,
-    status           TEXT,
-    created_ms       INTEGER NOT NULL,
-    steps            INTEGER NOT NULL DEFAULT 0,
-    user             TEXT NOT NULL DEFAULT 'anonymous',
-    tenant           TEXT NOT NULL DEFAULT 'default',
-    parent_run       TEXT,
-    lease_owner      TEXT,
-    lease_token      INTEGER NOT NULL DEFAULT 0,
-    lease_expires_ms INTEGER NOT NULL DEFAULT 0,
-    cancel_requested TEXT,
-    cost_micros      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
-CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
-CREATE TABLE IF NOT EXISTS approvals (
-    id          TEXT PRIMARY KEY,
-    run_id      TEXT NOT NULL,
-    call_id     TEXT NOT NULL,
-    tool        TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    expires_ms  INTEGER,
-    decided_by  TEXT,
-    decided_ms  INTEGER,
-    args        TEXT
-);
-CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
-CREATE TABLE IF NOT EXISTS events (
-    run_id   TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    at_ms    INTEGER NOT NULL,
-    payload  TEXT NOT NULL,
-    v        INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-";
-
-/// From schema version 1 (before leases, tenants on runs and event format versions).
-const MIGRATE_1_TO_2: &str = "
-ALTER TABLE runs ADD COLUMN user TEXT NOT NULL DEFAULT 'anonymous';
-ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
-ALTER TABLE runs ADD COLUMN parent_run TEXT;
-ALTER TABLE runs ADD COLUMN lease_owner TEXT;
-ALTER TABLE runs ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE runs ADD COLUMN cancel_requested TEXT;
-ALTER TABLE events ADD COLUMN v INTEGER NOT NULL DEFAULT 1;
-UPDATE runs SET
-    user = COALESCE((SELECT json_extract(payload, '$.user') FROM events WHERE run_id = runs.id AND seq = 1), 'anonymous'),
-    tenant = COALESCE((SELECT json_extract(payload, '$.tenant') FROM events WHERE run_id = runs.id AND seq = 1), 'default'),
-    parent_run = (SELECT json_extract(payload, '$.parent.run_id') FROM events WHERE run_id = runs.id AND seq = 1);
-CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_ms);
-";
-
-/// From schema version 2: approvals keep the arguments of the call they hold, so the inbox can
-/// show them without reading each run's log.
-const MIGRATE_2_TO_3: &str = "
-ALTER TABLE approvals ADD COLUMN args TEXT;
-UPDATE approvals SET args = (
-    SELECT json_extract(payload, '$.args') FROM events
-    WHERE events.run_id = approvals.run_id
-      AND json_extract(payload, '$.type') = 'approval_requested'
-      AND json_extract(payload, '$.approval_id') = approvals.id
-);
-";
-
-/// From schema version 3: runs keep what their model calls cost, so a list can rank them.
-const MIGRATE_3_TO_4: &str = "
-ALTER TABLE runs ADD COLUMN cost_micros INTEGER NOT NULL DEFAULT 0;
-UPDATE runs SET cost_micros = COALESCE((
-    SELECT SUM(COALESCE(json_extract(payload, '$.cost_micros'), 0)) FROM events
-    WHERE events.run_id = runs.id
-      AND json_extract(payload, '$.type') IN ('model_replied', 'grants_fixed')
-), 0);
-";
-
-/// The file the budget ledger had before schema version 5, beside `rein.db`.
-const OLD_LEDGER: &str = "budgets.sqlite";
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends
 /// (and ledger writes).
@@ -138,41 +62,6 @@ pub struct SqliteStore {
     paused: Arc<Paused>,
 }
 
-/// Keeps the checkpointer from starting a checkpoint while set.
-#[derive(Debug, Default)]
-struct Paused {
-    on: Mutex<bool>,
-    changed: std::sync::Condvar,
-}
-
-impl Paused {
-    fn set(&self, on: bool) {
-        *self.on.lock().unwrap_or_else(|p| p.into_inner()) = on;
-        self.changed.notify_all();
-    }
-
-    /// Returns once checkpoints are not paused.
-    fn wait(&self) {
-        let on = self.on.lock().unwrap_or_else(|p| p.into_inner());
-        drop(
-            self.changed
-                .wait_while(on, |on| *on)
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-    }
-}
-
-/// Checkpoints paused until dropped (see [`SqliteStore::pause_checkpoints`]).
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct CheckpointsPaused(Arc<Paused>);
-
-impl Drop for CheckpointsPaused {
-    fn drop(&mut self) {
-        self.0.set(false);
-    }
-}
-
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
@@ -192,71 +81,6 @@ struct CancelView {
 
 /// Reading connections kept open between reads.
 const MAX_IDLE_READERS: usize = 8;
-
-/// Past this many frames (about 16 MiB of 4 KiB pages), the log is made to start over: a
-/// checkpoint is finished with the writer held, for as long as it takes to copy what was written
-/// meanwhile and flush the database and the log to disk (a few milliseconds, two fsyncs). The
-/// requests in flight then wait. At 1000 frames (SQLite's own automatic checkpoint size) every
-/// pass did, then one per 1000 events (about 2000 frames: a hundred gateway requests, of about
-/// 20 frames each), so about one request in a hundred waited, and that wait made the p99 of
-/// `rein bench gateway` at one request at a time: 8.4-8.6 ms, against 3.9-4.1 ms with at most
-/// one wait per 4000 frames (for 12 MiB more of log on disk).
-pub(super) const CATCH_UP_FRAMES: i64 = 4000;
-
-/// The write-ahead log of the database at `db` (`rein.db-wal`).
-pub(super) fn log_path(db: &Path) -> PathBuf {
-    db.with_extension("db-wal")
-}
-
-/// Copies the write-ahead log into the database each time the writer asks (a passive
-/// checkpoint: it never waits for readers or the writer, and what it cannot copy now it copies
-/// next time); ends with the writer.
-///
-/// The log starts over from its beginning only when the writer begins a transaction with all of
-/// it copied, which a writer that never stops (a busy gateway) rarely finds: it commits more
-/// while each checkpoint copies, and the log grows with everything ever written. So once the log
-/// is past [`CATCH_UP_FRAMES`], what was written while the checkpoint copied is copied again
-/// while the writer waits at `gate` (a few frames), and the writer's next commit starts the log
-/// over.
-///
-/// While [`SqliteStore::pause_checkpoints`] holds `paused`, no checkpoint starts: it stands in
-/// for a checkpointer that falls behind (a starved thread on a loaded machine), for which the
-/// writer then caps the log itself.
-fn checkpoint_loop(
-    conn: Connection,
-    wanted: mpsc::Receiver<()>,
-    gate: Arc<Mutex<()>>,
-    paused: Arc<Paused>,
-    restarts: Arc<AtomicBool>,
-) {
-    // (frames in the log, frames copied into the database)
-    let passive = |conn: &Connection| {
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-    };
-    // Every frame copied: the writer's next commit may start the log over.
-    let copied_all = |pass: &rusqlite::Result<(i64, i64)>| {
-        if let Ok((log, copied)) = pass
-            && *log > 0
-            && copied >= log
-        {
-            restarts.store(true, Ordering::Relaxed);
-        }
-    };
-    while wanted.recv().is_ok() {
-        paused.wait();
-        // A busy or failed checkpoint leaves the log to grow until the next one; nothing is lost.
-        let pass = passive(&conn);
-        copied_all(&pass);
-        if let Ok((log, _)) = pass
-            && log >= CATCH_UP_FRAMES
-        {
-            let _writer_waits = gate.lock().unwrap_or_else(|p| p.into_inner());
-            copied_all(&passive(&conn));
-        }
-    }
-}
 
 /// Opens a connection to the store's file with the settings every connection shares.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
@@ -477,154 +301,6 @@ impl Drop for SqliteStore {
             let _ = handle.join();
         }
     }
-}
-
-/// Brings the schema to [`SCHEMA_VERSION`] in one immediate transaction; the version is read
-/// inside it, so two processes opening a new or old database at once migrate it once.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let db_err = |source| StoreError::Database {
-        path: path.display().to_string(),
-        source,
-    };
-    let version = |c: &Connection| -> Result<i64, StoreError> {
-        c.pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db_err)
-    };
-    let found = version(conn)?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.display().to_string(),
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    if found == SCHEMA_VERSION {
-        return Ok(());
-    }
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db_err)?;
-    let found = version(&tx)?;
-    let has_runs: bool = tx
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'runs'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(db_err)?
-        > 0;
-    match found {
-        0 if !has_runs => {
-            tx.execute_batch(SCHEMA).map_err(db_err)?;
-            tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
-        }
-        // A version-1 database (also one whose version was never written).
-        0 | 1 => {
-            tx.execute_batch(MIGRATE_1_TO_2).map_err(db_err)?;
-            tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?;
-            tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?;
-        }
-        2 => {
-            tx.execute_batch(MIGRATE_2_TO_3).map_err(db_err)?;
-            tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?;
-        }
-        3 => tx.execute_batch(MIGRATE_3_TO_4).map_err(db_err)?,
-        _ => {}
-    }
-    // From schema version 4: the budget ledger moves in from a file of its own.
-    if has_runs && found < 5 {
-        tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
-        crate::ledger::import(&tx, path, &path.with_file_name(OLD_LEDGER))?;
-    }
-    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(db_err)?;
-    tx.commit().map_err(db_err)
-}
-
-fn parse_status(run_id: &str, raw: Option<String>) -> Result<Option<EndState>, StoreError> {
-    raw.map(|s| {
-        serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| {
-            StoreError::Corrupt {
-                run_id: run_id.into(),
-                seq: 0,
-                detail: format!("unknown status `{s}`"),
-            }
-        })
-    })
-    .transpose()
-}
-
-const APPROVAL_COLUMNS: &str = "a.id, a.run_id, a.call_id, a.tool, a.status, a.created_ms, a.expires_ms, a.decided_by, r.tenant, a.args";
-
-fn approval_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalSummary> {
-    Ok(ApprovalSummary {
-        id: row.get(0)?,
-        run_id: row.get(1)?,
-        call_id: row.get(2)?,
-        tool: row.get(3)?,
-        status: row.get(4)?,
-        created_ms: row.get::<_, i64>(5)? as u64,
-        expires_ms: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-        decided_by: row.get(7)?,
-        tenant: row.get::<_, Option<String>>(8)?.unwrap_or_default(),
-        args: row
-            .get::<_, Option<String>>(9)?
-            .and_then(|a| serde_json::from_str(&a).ok())
-            .unwrap_or(serde_json::Value::Null),
-    })
-}
-
-/// A run's summary columns; the last event's position and time come from the events' key.
-const SUMMARY_COLUMNS: &str = "id, agent, task, status, created_ms,
-    (SELECT at_ms FROM events WHERE run_id = runs.id ORDER BY seq DESC LIMIT 1),
-    (SELECT MAX(seq) FROM events WHERE run_id = runs.id), steps, user, tenant, parent_run,
-    cost_micros";
-
-fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RunSummary, Option<String>)> {
-    Ok((
-        RunSummary {
-            id: row.get(0)?,
-            agent: row.get(1)?,
-            task: row.get(2)?,
-            status: None,
-            created_ms: row.get::<_, i64>(4)? as u64,
-            updated_ms: row.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
-            events: row.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
-            steps: row.get::<_, i64>(7)? as u32,
-            user: row.get(8)?,
-            tenant: row.get(9)?,
-            parent: row.get(10)?,
-            cost_micros: row.get::<_, i64>(11)?.max(0) as u64,
-        },
-        row.get(3)?,
-    ))
-}
-
-/// The events of a run from the rows of a query (seq, at_ms, payload, format).
-fn decode_events(
-    run_id: &str,
-    rows: impl Iterator<Item = rusqlite::Result<(u64, u64, String, u32)>>,
-    db_err: impl Fn(rusqlite::Error) -> StoreError,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, at_ms, payload, format) = row.map_err(&db_err)?;
-        if format > EVENT_FORMAT_VERSION {
-            return Err(StoreError::NewerEvent {
-                run_id: run_id.into(),
-                seq,
-                found: format,
-                supported: EVENT_FORMAT_VERSION,
-            });
-        }
-        let event: Event = serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt {
-            run_id: run_id.into(),
-            seq,
-            detail: e.to_string(),
-        })?;
-        out.push(StoredEvent { seq, at_ms, event });
-    }
-    Ok(out)
 }
 
 impl Store for SqliteStore {

@@ -116,7 +116,7 @@ const CHECKPOINT_EVERY: usize = 2000;
 /// frames, `rein bench gateway` at 16 at once took it to 10.9 MB, 2.7 times that size, and a cap
 /// at 1.5 times it, 6 MB, had the writer step in every few hundred milliseconds under that load,
 /// its own checkpoints, fsyncs included, costing it latency.)
-const LOG_CAP_BYTES: u64 = 3 * super::CATCH_UP_FRAMES as u64 * (4096 + 24);
+const LOG_CAP_BYTES: u64 = 3 * super::checkpoint::CATCH_UP_FRAMES as u64 * (4096 + 24);
 
 /// How long the writer waits, when the log is past its cap, for the checkpointer's pass and for
 /// readers to let go before leaving the log for the next look.
@@ -171,7 +171,7 @@ impl Writer {
     ) -> Writer {
         Writer {
             conn,
-            log: super::log_path(&path),
+            log: super::checkpoint::log_path(&path),
             path,
             memory: WriterMemory {
                 fsync,
