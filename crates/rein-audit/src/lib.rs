@@ -9,12 +9,13 @@
 mod keys;
 mod log;
 pub mod merkle;
+mod verify;
 
 pub use keys::{format_public, key_id, parse_public};
-pub use log::{
-    AuditLog, AuditOptions, AuditPaths, Checkpoint, Entry, InclusionProof, Record, VerifyReport,
-    prove, read_held_checkpoints, read_records, rotate_key, verify, verify_against, verify_bytes,
-    verify_proof,
+pub use log::{AuditLog, AuditOptions, AuditPaths, Checkpoint, Entry, Record, rotate_key};
+pub use verify::{
+    InclusionProof, VerifyReport, prove, read_held_checkpoints, read_records, verify,
+    verify_against, verify_bytes, verify_proof,
 };
 
 /// What can go wrong with the audit log.

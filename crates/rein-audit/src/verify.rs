@@ -1,0 +1,505 @@
+//! Reading an audit log back: its records, its checkpoints (the last one read from the end of
+//! the file, which the writer also relies on), verification that recomputes every hash, link and
+//! signature (against checkpoints held outside the log too), and inclusion proofs.
+
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::AuditError;
+use crate::keys;
+use crate::log::{AuditPaths, Checkpoint, Record, io_err, leading_seq};
+use crate::merkle::{Tree, hex, leaf_hash, unhex32, verify_consistency, verify_inclusion};
+
+/// The checkpoints of a log with their exact lines (without the newline).
+fn read_checkpoint_lines(path: &Path) -> Result<Vec<(Checkpoint, Vec<u8>)>, AuditError> {
+    match std::fs::read(path) {
+        Ok(b) => parse_checkpoint_lines(&b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The last checkpoint of a log with its exact line, read from the end of the file: a writer
+/// signs a checkpoint at every run's end, so reading the whole file each time would cost more
+/// with every run the log has seen.
+pub(crate) fn read_last_checkpoint_line(
+    path: &Path,
+) -> Result<Option<(Checkpoint, Vec<u8>)>, AuditError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut window: u64 = 8192;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        let mut tail = Vec::with_capacity((len - start) as usize);
+        Read::by_ref(&mut file)
+            .take(len - start)
+            .read_to_end(&mut tail)
+            .map_err(io_err(path))?;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        // The last line is whole when a newline precedes it in the window, or the window
+        // reaches the start of the file.
+        let line = match body.iter().rposition(|b| *b == b'\n') {
+            Some(at) => &body[at + 1..],
+            None if start == 0 => body,
+            None => {
+                window = window.saturating_mul(4);
+                continue;
+            }
+        };
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let checkpoint: Checkpoint = serde_json::from_slice(line)
+            .map_err(|e| AuditError::Verify(format!("the last checkpoint cannot be read ({e})")))?;
+        return Ok(Some((checkpoint, line.to_vec())));
+    }
+}
+
+fn parse_checkpoint_lines(bytes: &[u8]) -> Result<Vec<(Checkpoint, Vec<u8>)>, AuditError> {
+    let mut out = Vec::new();
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let checkpoint: Checkpoint = serde_json::from_slice(line).map_err(|e| {
+            AuditError::Verify(format!("checkpoint line {}: cannot be read ({e})", i + 1))
+        })?;
+        out.push((checkpoint, line.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Every record line of a log, as bytes (without newlines).
+fn read_record_lines(path: &Path) -> Result<(Vec<u8>, bool), AuditError> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let torn = !b.is_empty() && b.last() != Some(&b'\n');
+            Ok((b, torn))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), false)),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Reads every record (for show and export).
+pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
+    let (bytes, _) = read_record_lines(&AuditPaths::new(dir).records)?;
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| {
+                AuditError::Verify(format!("record line {}: cannot be read ({e})", i + 1))
+            })
+        })
+        .collect()
+}
+
+/// What a clean verification found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records in the log.
+    pub records: u64,
+    /// Checkpoints, all valid.
+    pub checkpoints: u64,
+    /// Records after the last checkpoint, not yet covered by a signature.
+    pub uncovered: u64,
+    /// The ids of the keys that signed.
+    pub keys: Vec<String>,
+}
+
+/// Recomputes the whole log from its files and checks every checkpoint against it: signatures,
+/// the chain of checkpoints, tree hashes and consistency between consecutive checkpoints. Trusts
+/// nothing the files say about themselves beyond what a trusted key signed. Keys rotated by
+/// rein (a `key_rotated` record covered by a checkpoint of an already trusted key) become trusted.
+pub fn verify(dir: &Path, trusted: &[VerifyingKey]) -> Result<VerifyReport, AuditError> {
+    verify_against(dir, trusted, &[])
+}
+
+/// [`verify`], and also checks the log against checkpoints held outside it (copies taken off the
+/// machine): each must be signed by a trusted key, be one of the log's own checkpoints, and match
+/// the log's records. So a log cut back to an earlier checkpoint together with its checkpoints
+/// file, or whose last checkpoint was deleted, fails even though it is consistent in itself.
+pub fn verify_against(
+    dir: &Path,
+    trusted: &[VerifyingKey],
+    held: &[Checkpoint],
+) -> Result<VerifyReport, AuditError> {
+    let paths = AuditPaths::new(dir);
+    let (records, _) = read_record_lines(&paths.records)?;
+    let checkpoints = match std::fs::read(&paths.checkpoints) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(&paths.checkpoints)(e)),
+    };
+    let report = verify_bytes(&records, &checkpoints, trusted)?;
+    check_held(&records, &checkpoints, &report, held)?;
+    Ok(report)
+}
+
+/// Checks checkpoints held outside the log against a log that verified in itself.
+fn check_held(
+    records: &[u8],
+    checkpoint_bytes: &[u8],
+    report: &VerifyReport,
+    held: &[Checkpoint],
+) -> Result<(), AuditError> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let fail = |m: String| Err(AuditError::Verify(m));
+    let own = parse_checkpoint_lines(checkpoint_bytes)?;
+    for cp in held {
+        // Its signature was made by a key the log trusts (one of its signers).
+        if !report.keys.contains(&cp.key_id) {
+            return fail(format!(
+                "checkpoint {} held outside is signed by key {}, which signed nothing in this log",
+                cp.seq, cp.key_id
+            ));
+        }
+        if cp.tree_size > report.records {
+            return fail(format!(
+                "checkpoint {} held outside covers {} records but the log has {}: the log was cut back (its records and checkpoints truncated)",
+                cp.seq, cp.tree_size, report.records
+            ));
+        }
+        match own.iter().find(|(c, _)| c.seq == cp.seq) {
+            Some((c, _)) if c == cp => {}
+            Some(_) => {
+                return fail(format!(
+                    "checkpoint {} held outside differs from the log's checkpoint {}: the log's checkpoints were rewritten",
+                    cp.seq, cp.seq
+                ));
+            }
+            None => {
+                return fail(format!(
+                    "checkpoint {} held outside is missing from the log, which has {} checkpoints: checkpoints were deleted",
+                    cp.seq,
+                    own.len()
+                ));
+            }
+        }
+    }
+    // The held copies are the log's own checkpoints, which verified; their roots match its
+    // records by that check. Recomputing confirms it for the newest one.
+    if let Some(newest) = held.iter().max_by_key(|c| c.tree_size) {
+        let mut tree = Tree::new();
+        for line in records
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .take(newest.tree_size as usize)
+        {
+            tree.push(leaf_hash(line));
+        }
+        if tree.root(newest.tree_size).map(|r| hex(&r)).as_deref() != Some(newest.root.as_str()) {
+            return fail(format!(
+                "records 1..{} do not match checkpoint {} held outside",
+                newest.tree_size, newest.seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads checkpoints held outside the log: a file of one checkpoint per line (a copy of
+/// `checkpoints.jsonl`, or one `--checkpoint-dir` file), or a directory of such files.
+pub fn read_held_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
+    let files: Vec<PathBuf> = if meta.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io_err(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "jsonl"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).map_err(io_err(&file))?;
+        let parsed = parse_checkpoint_lines(&bytes).map_err(|e| {
+            AuditError::Verify(format!(
+                "{}: not rein audit checkpoints ({e})",
+                file.display()
+            ))
+        })?;
+        out.extend(parsed.into_iter().map(|(c, _)| c));
+    }
+    if out.is_empty() {
+        return Err(AuditError::Verify(format!(
+            "{} holds no checkpoints",
+            path.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// [`verify`] over the contents of the two files.
+pub fn verify_bytes(
+    bytes: &[u8],
+    checkpoint_bytes: &[u8],
+    trusted: &[VerifyingKey],
+) -> Result<VerifyReport, AuditError> {
+    let fail = |m: String| Err(AuditError::Verify(m));
+    let torn = !bytes.is_empty() && bytes.last() != Some(&b'\n');
+    // Only complete lines are records; a torn last line is reported below.
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let bytes = &bytes[..complete];
+    let mut tree = Tree::new();
+    let mut rotations: Vec<(u64, VerifyingKey)> = Vec::new();
+    for (i, line) in bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let expected = i as u64 + 1;
+        match leading_seq(line) {
+            Some(seq) if seq == expected => {}
+            Some(seq) => {
+                return fail(format!(
+                    "record {expected} (line {expected}) is numbered {seq}: records were inserted, deleted or reordered"
+                ));
+            }
+            None => {
+                return fail(format!(
+                    "record {expected} (line {expected}) is not a rein audit record"
+                ));
+            }
+        }
+        if line.windows(20).any(|w| w == b"\"kind\":\"key_rotated\"") {
+            let record: Record = serde_json::from_slice(line).map_err(|e| {
+                AuditError::Verify(format!("record {expected}: cannot be read ({e})"))
+            })?;
+            if let Some(key) = record
+                .data
+                .get("new_public_key")
+                .and_then(Value::as_str)
+                .and_then(|k| keys::parse_public(k).ok())
+            {
+                rotations.push((expected, key));
+            }
+        }
+        tree.push(leaf_hash(line));
+    }
+    if torn {
+        return fail(format!(
+            "the records file ends with an incomplete line after record {}",
+            tree.len()
+        ));
+    }
+    let mut trusted: Vec<VerifyingKey> = trusted.to_vec();
+    let mut signers = Vec::new();
+    let checkpoints = parse_checkpoint_lines(checkpoint_bytes)?;
+    let mut previous: Option<(&Checkpoint, &Vec<u8>)> = None;
+    for (i, (cp, line)) in checkpoints.iter().enumerate() {
+        let expected = i as u64 + 1;
+        if cp.seq != expected {
+            return fail(format!(
+                "checkpoint {expected} is numbered {}: checkpoints were inserted, deleted or reordered",
+                cp.seq
+            ));
+        }
+        let prev = previous
+            .map(|(_, l)| hex(&Sha256::digest(l)))
+            .unwrap_or_default();
+        if cp.prev != prev {
+            return fail(format!(
+                "checkpoint {} does not follow checkpoint {}: a checkpoint was removed, changed or reordered",
+                cp.seq,
+                cp.seq - 1
+            ));
+        }
+        let Some(key) = trusted.iter().find(|k| keys::key_id(k) == cp.key_id) else {
+            return fail(format!(
+                "checkpoint {} is signed by key {}, which is not trusted: pass its public key with --public-key",
+                cp.seq, cp.key_id
+            ));
+        };
+        if !keys::verify(key, &cp.message(), &cp.signature) {
+            return fail(format!(
+                "checkpoint {}: the signature does not match its contents; the checkpoint was changed",
+                cp.seq
+            ));
+        }
+        if cp.tree_size > tree.len() {
+            return fail(format!(
+                "checkpoint {} covers {} records but the log has {}: records were truncated or deleted",
+                cp.seq,
+                cp.tree_size,
+                tree.len()
+            ));
+        }
+        let from = previous.map_or(0, |(p, _)| p.tree_size);
+        if cp.tree_size < from {
+            return fail(format!(
+                "checkpoint {} covers fewer records than checkpoint {}",
+                cp.seq,
+                cp.seq - 1
+            ));
+        }
+        let root = tree.root(cp.tree_size).map(|r| hex(&r));
+        if root.as_deref() != Some(cp.root.as_str()) {
+            return fail(format!(
+                "records {}..{} do not match checkpoint {}: a record among them was changed, inserted, deleted or reordered",
+                from + 1,
+                cp.tree_size,
+                cp.seq
+            ));
+        }
+        if let Some((p, _)) = previous.filter(|(p, _)| p.tree_size > 0) {
+            let (old, new) = (unhex32(&p.root), unhex32(&cp.root));
+            let proof = tree
+                .consistency_proof(p.tree_size, cp.tree_size)
+                .unwrap_or_default();
+            if !matches!((old, new), (Some(o), Some(n)) if verify_consistency(p.tree_size, cp.tree_size, &o, &n, &proof))
+            {
+                return fail(format!(
+                    "checkpoint {} is not consistent with checkpoint {}",
+                    cp.seq, p.seq
+                ));
+            }
+        }
+        if !signers.contains(&cp.key_id) {
+            signers.push(cp.key_id.clone());
+        }
+        // Keys rotated in records this checkpoint now covers become trusted.
+        for (_, key) in rotations.iter().filter(|(seq, _)| *seq <= cp.tree_size) {
+            if !trusted.iter().any(|k| k == key) {
+                trusted.push(*key);
+            }
+        }
+        previous = Some((cp, line));
+    }
+    let covered = previous.map_or(0, |(c, _)| c.tree_size);
+    Ok(VerifyReport {
+        records: tree.len(),
+        checkpoints: checkpoints.len() as u64,
+        uncovered: tree.len() - covered,
+        keys: signers,
+    })
+}
+
+/// An inclusion proof of one record in a signed checkpoint, checkable offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// The record's line, exactly as logged.
+    pub record: String,
+    /// The record's seq.
+    pub seq: u64,
+    /// The audit path (hex), leaf to root.
+    pub path: Vec<String>,
+    /// The checkpoint the proof leads to.
+    pub checkpoint: Checkpoint,
+}
+
+/// The inclusion proof of record `seq` in the latest checkpoint that covers it. The log is
+/// verified first, with `trusted`.
+pub fn prove(dir: &Path, seq: u64, trusted: &[VerifyingKey]) -> Result<InclusionProof, AuditError> {
+    verify(dir, trusted)?;
+    let paths = AuditPaths::new(dir);
+    let (bytes, _) = read_record_lines(&paths.records)?;
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut tree = Tree::new();
+    for line in &lines {
+        tree.push(leaf_hash(line));
+    }
+    let checkpoint = read_checkpoint_lines(&paths.checkpoints)?
+        .into_iter()
+        .map(|(c, _)| c)
+        .rfind(|c| c.tree_size >= seq)
+        .ok_or_else(|| AuditError::Verify(format!("no checkpoint covers record {seq} yet")))?;
+    let index = seq
+        .checked_sub(1)
+        .ok_or_else(|| AuditError::Verify("records are numbered from 1".into()))?;
+    let path = tree
+        .inclusion_proof(index, checkpoint.tree_size)
+        .ok_or_else(|| AuditError::Verify(format!("no record {seq}")))?;
+    let record = String::from_utf8(lines[index as usize].to_vec())
+        .map_err(|e| AuditError::Format(e.to_string()))?;
+    Ok(InclusionProof {
+        record,
+        seq,
+        path: path.iter().map(|h| hex(h)).collect(),
+        checkpoint,
+    })
+}
+
+/// Checks a proof with nothing but the proof and the public key.
+pub fn verify_proof(proof: &InclusionProof, key: &VerifyingKey) -> Result<(), AuditError> {
+    let fail = |m: &str| Err(AuditError::Verify(m.to_owned()));
+    let cp = &proof.checkpoint;
+    if keys::key_id(key) != cp.key_id || !keys::verify(key, &cp.message(), &cp.signature) {
+        return fail("the checkpoint's signature does not verify with this public key");
+    }
+    if leading_seq(proof.record.as_bytes()) != Some(proof.seq) {
+        return fail("the record's seq is not the proof's");
+    }
+    let path: Option<Vec<_>> = proof.path.iter().map(|h| unhex32(h)).collect();
+    let (Some(path), Some(root)) = (path, unhex32(&cp.root)) else {
+        return fail("the proof holds something that is not a hash");
+    };
+    let leaf = leaf_hash(proof.record.as_bytes());
+    if proof.seq == 0 || !verify_inclusion(proof.seq - 1, cp.tree_size, &leaf, &path, &root) {
+        return fail("the record is not in the signed tree: it, or the proof, was changed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Checkpoint, read_checkpoint_lines, read_last_checkpoint_line};
+
+    fn checkpoint(seq: u64, key_id: String) -> Checkpoint {
+        Checkpoint {
+            seq,
+            tree_size: seq * 3,
+            root: "ab".repeat(32),
+            at_ms: seq,
+            key_id,
+            prev: String::new(),
+            signature: "cd".repeat(32),
+        }
+    }
+
+    #[test]
+    fn the_last_checkpoint_is_read_from_the_end_whatever_the_lines_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        assert_eq!(read_last_checkpoint_line(&path).unwrap(), None);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(read_last_checkpoint_line(&path).unwrap(), None);
+        // Short lines, then lines longer than the first window read from the end.
+        let mut text = String::new();
+        for (seq, key_len) in [(1, 8), (2, 8), (3, 20_000), (4, 40_000)] {
+            text.push_str(&serde_json::to_string(&checkpoint(seq, "k".repeat(key_len))).unwrap());
+            text.push('\n');
+            std::fs::write(&path, &text).unwrap();
+            let all = read_checkpoint_lines(&path).unwrap();
+            assert_eq!(
+                read_last_checkpoint_line(&path).unwrap().as_ref(),
+                all.last(),
+                "after checkpoint {seq}"
+            );
+        }
+        // A torn last line is an error, as when the whole file is read.
+        std::fs::write(&path, format!("{text}{{\"seq\": 5, \"tree")).unwrap();
+        assert!(read_last_checkpoint_line(&path).is_err());
+    }
+}
