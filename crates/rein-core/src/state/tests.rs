@@ -2,7 +2,7 @@
 //! crash leaves behind), and logs that must be refused.
 
 use super::*;
-use crate::event::RunStarted;
+use crate::event::{Event, RunStarted};
 use crate::gate::Verdict;
 use serde_json::json;
 
