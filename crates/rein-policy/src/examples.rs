@@ -9,9 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use rein_core::{Decision, Verdict};
 use serde_json::{Value, json};
 
-use crate::{
-    Gate, GrantFacts, PolicyProblem, PolicySource, RequestFacts, answer_facts, arg_facts, problem,
-};
+use crate::load::problem;
+use crate::{Gate, GrantFacts, PolicyProblem, PolicySource, RequestFacts, answer_facts, arg_facts};
 
 impl Gate {
     /// Checks the `// example:` lines of every source against the loaded policies.
