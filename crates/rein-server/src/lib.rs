@@ -336,14 +336,12 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/responses", post(gateway::responses::responses))
         .route("/v1/messages", post(gateway::anthropic::messages))
-        .merge(
-            Router::new()
-                .route_service("/mcp", gateway::mcp::service(state.clone()))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    gateway::mcp::authenticate,
-                )),
-        )
+        .route_service("/mcp", gateway::mcp::service(state.clone()))
+        // The token first: nothing of a body is read for a caller without one.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::authenticate,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.limits.max_gateway_body_bytes,
         ));

@@ -389,6 +389,90 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     assert!(error_message(&e).contains("store: false"), "{e}");
 }
 
+/// Sends a request's head and the first bytes of a body announced as 30 MB, and answers with the
+/// response head the server sends while the rest of the body is still owed. A server that reads
+/// the body before answering sends nothing, and the read fails at its deadline.
+async fn head_of_answer_to_partial_upload(addr: &str, path: &str, auth: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{auth}content-length: 30000000\r\n\r\n{{\"model\": \"gateway\", "
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the connection without answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer while the body was still owed"));
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_without_a_token_is_refused_before_its_upload_is_read_and_an_oversized_body_in_the_apis_shape()
+ {
+    let state = tempfile::tempdir().unwrap();
+    let agents = example_gateway();
+    let gw = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(
+        REIN,
+        state.path(),
+        agents.path(),
+        &["--max-gateway-body-bytes", "4096"],
+    );
+    let addr = s
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    // Without a token (or with a wrong one), each face answers 401 at once, the 30 MB it was
+    // promised unread, and closes the connection, which still owes it.
+    for (path, auth) in [
+        ("/v1/chat/completions", ""),
+        ("/v1/responses", "authorization: Bearer rein_nope_nope\r\n"),
+        ("/v1/messages", "x-api-key: rein_nope_nope\r\n"),
+        ("/mcp", ""),
+    ] {
+        let head = head_of_answer_to_partial_upload(&addr, path, auth).await;
+        assert!(head.starts_with("http/1.1 401"), "{path}: {head}");
+        assert!(head.contains("connection: close"), "{path}: {head}");
+    }
+    // With a token, a body over the gateway's limit is refused in the face's own error shape.
+    let http = client();
+    let big =
+        json!({"model": "gateway", "messages": [{"role": "user", "content": "x".repeat(8192)}]});
+    let r = http
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&gw)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    let r = http
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &gw)
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error")),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_restarted() {
     let state = tempfile::tempdir().unwrap();

@@ -9,12 +9,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use rein_api::Caller;
 use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::text_of;
-use super::{Dialect, GwError, answer, caller, pick, required, text_with_notice};
+use super::{Dialect, GwError, answer, pick, required, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::Anthropic;
@@ -187,9 +188,10 @@ impl MessagesRequest {
 pub(crate) async fn messages(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, GwError> {
-    let caller = caller(&state, &headers, D)?;
+    let body = super::body(body, D)?;
     let request: MessagesRequest = super::parse(&body, D, "a Messages request")?;
     let model = request.model.clone();
     let stream = request.stream;

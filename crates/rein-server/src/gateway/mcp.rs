@@ -8,10 +8,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use rein_api::{Caller, LoadedAgent};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
@@ -42,22 +39,6 @@ pub(crate) fn service(state: Arc<AppState>) -> StreamableHttpService<Gateway, Ne
         Arc::new(NeverSessionManager::default()),
         config,
     )
-}
-
-/// Authenticates a request to `/mcp` (a 401 in OpenAI's error shape without a valid token,
-/// before the MCP layer reads it) and hands the caller to the handler.
-pub(crate) async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match super::caller(&state, request.headers(), Dialect::OpenAi) {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
-        }
-        Err(e) => e.into_response(),
-    }
 }
 
 /// The handler: one per request, sharing the server's state.

@@ -103,6 +103,38 @@ impl IntoResponse for GwError {
     }
 }
 
+/// Authenticates a gateway request before anything reads its body, and hands the caller to the
+/// handler (as a request extension): a request without a valid token is refused with a 401 in
+/// its face's shape, never buffering an upload of up to the gateway's body limit first. The
+/// face is told by the path (`/v1/messages` is Anthropic's; the others answer as OpenAI's).
+pub(crate) async fn authenticate(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let dialect = if request.uri().path() == "/v1/messages" {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
+    match caller(&state, request.headers(), dialect) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A request's body, or the reason it could not be read (over the gateway's limit: 413) as an
+/// error in the face's shape.
+pub(crate) fn body(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    dialect: Dialect,
+) -> Result<axum::body::Bytes, GwError> {
+    body.map_err(|e| GwError::new(dialect, e.status(), e.body_text()))
+}
+
 /// The caller of a gateway request: a rein token as a bearer token or an `x-api-key`.
 pub(crate) fn caller(
     state: &AppState,

@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use rein_api::Caller;
 use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -212,9 +213,10 @@ impl ChatRequest {
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, GwError> {
-    let caller = caller(&state, &headers, D)?;
+    let body = super::body(body, D)?;
     let request: ChatRequest = super::parse(&body, D, "a Chat Completions request")?;
     let model = request.model.clone();
     let stream = request.stream;

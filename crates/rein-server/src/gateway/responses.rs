@@ -9,12 +9,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use rein_api::Caller;
 use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::{arguments_text, parse_arguments, text_of};
-use super::{Dialect, GwError, answer, caller, created, pick, text_with_notice};
+use super::{Dialect, GwError, answer, created, pick, text_with_notice};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::OpenAi;
@@ -157,9 +158,10 @@ impl ResponsesRequest {
 pub(crate) async fn responses(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, GwError> {
-    let caller = caller(&state, &headers, D)?;
+    let body = super::body(body, D)?;
     let request: ResponsesRequest = super::parse(&body, D, "a Responses request")?;
     let model = request.model.clone();
     let stream = request.stream;
