@@ -156,6 +156,20 @@ type Owner = (String, String, String);
 /// The most hand-offs remembered; past it, they are read from the log again.
 const ISSUED_KEPT: usize = 100_000;
 
+/// The most runs one request's tool results make rein read to find what it handed over.
+pub(crate) const RUNS_READ_PER_REQUEST: usize = 256;
+
+/// Whose a run is, and the calls it handed over (rein's call id to the tool).
+type HandedOff = (Owner, HashMap<String, String>);
+
+/// What one request has read of earlier runs: each run's hand-offs (`None`: no such run), and
+/// how many runs were read.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    runs: HashMap<String, Option<HandedOff>>,
+    reads: usize,
+}
+
 /// Each conversation's labels, with when (in order) it was first seen.
 type Carried = HashMap<ConversationKey, (u64, Vec<String>)>;
 
@@ -200,6 +214,7 @@ impl Rein {
                 _ => None,
             })
             .unwrap_or_default();
+        let mut lookups = Lookups::default();
         let results = request
             .messages
             .iter()
@@ -214,7 +229,7 @@ impl Rein {
             })
             .map(|(call_id, name, content)| {
                 let tool = self
-                    .issued_tool(&key, call_id)?
+                    .issued_tool(&key, call_id, &mut lookups)?
                     .unwrap_or_else(|| name.clone());
                 Ok((
                     call_id.clone(),
@@ -364,7 +379,18 @@ impl Rein {
     /// renaming the call in its history. An id of rein's form that rein did not hand to this
     /// caller names no tool (its result counts as `untrusted`); any other id is the client's, and
     /// so is its name.
-    fn issued_tool(&self, key: &ConversationKey, call_id: &str) -> Result<Option<String>, Error> {
+    ///
+    /// A hand-off never changes once recorded: each run's are read from its log once, then kept
+    /// (with their owner), so a long history does not read every earlier run each request. Within
+    /// a request, a run is read at most once whatever its ids, and at most
+    /// [`RUNS_READ_PER_REQUEST`] runs are read: a history made up to name many runs costs that
+    /// many reads, and its other ids count as rein's and not this caller's (`untrusted`).
+    fn issued_tool(
+        &self,
+        key: &ConversationKey,
+        call_id: &str,
+        lookups: &mut Lookups,
+    ) -> Result<Option<String>, Error> {
         let Some((inner, run_id)) = call_id.rsplit_once('_').filter(|(inner, run)| {
             inner.starts_with("call_")
                 && run.len() == 32
@@ -374,48 +400,72 @@ impl Rein {
         }) else {
             return Ok(None);
         };
-        // A hand-off never changes once recorded: each is read from its run's log once, then
-        // kept (with its owner), so a long history does not read every earlier run each request.
         let owner = (key.tenant.clone(), key.user.clone(), key.agent.clone());
-        if let Some((who, tool)) = self
+        let mine = |(who, tool): &(Owner, String)| {
+            if *who == owner {
+                tool.clone()
+            } else {
+                String::new()
+            }
+        };
+        if let Some(known) = self
             .held
             .issued
             .lock()
             .ok()
             .and_then(|m| m.get(call_id).cloned())
         {
-            return Ok(Some(if who == owner { tool } else { String::new() }));
+            return Ok(Some(mine(&known)));
         }
+        if !lookups.runs.contains_key(run_id) {
+            if lookups.reads >= RUNS_READ_PER_REQUEST {
+                return Ok(Some(String::new()));
+            }
+            lookups.reads += 1;
+            let handed = self.handed_off(run_id)?;
+            lookups.runs.insert(run_id.to_owned(), handed);
+        }
+        let found = lookups.runs.get(run_id).and_then(|handed| {
+            let (who, calls) = handed.as_ref()?;
+            Some((who.clone(), calls.get(inner)?.clone()))
+        });
+        let Some(found) = found else {
+            return Ok(Some(String::new()));
+        };
+        if let Ok(mut issued) = self.held.issued.lock() {
+            if issued.len() >= ISSUED_KEPT {
+                issued.clear();
+            }
+            issued.insert(call_id.to_owned(), found.clone());
+        }
+        Ok(Some(mine(&found)))
+    }
+
+    /// Whose run `run_id` is and the calls it handed over (rein's call id to the tool), or
+    /// `None` for a run that is not there or never started.
+    fn handed_off(&self, run_id: &str) -> Result<Option<HandedOff>, Error> {
         let state = match self.engine()?.load(run_id) {
             Ok(state) => state,
             Err(rein_engine::EngineError::Store(rein_store::StoreError::NotFound(_))) => {
-                return Ok(Some(String::new()));
+                return Ok(None);
             }
             Err(e) => return Err(e.into()),
         };
         let Some(started) = state.started() else {
-            return Ok(Some(String::new()));
-        };
-        let Some(tool) = state
-            .calls()
-            .iter()
-            .find(|c| c.call.id == inner && c.handed_off)
-            .map(|c| c.call.name.clone())
-        else {
-            return Ok(Some(String::new()));
+            return Ok(None);
         };
         let who = (
             started.tenant.clone(),
             started.user.clone(),
             started.agent.clone(),
         );
-        if let Ok(mut issued) = self.held.issued.lock() {
-            if issued.len() >= ISSUED_KEPT {
-                issued.clear();
-            }
-            issued.insert(call_id.to_owned(), (who.clone(), tool.clone()));
-        }
-        Ok(Some(if who == owner { tool } else { String::new() }))
+        let calls = state
+            .calls()
+            .iter()
+            .filter(|c| c.handed_off)
+            .map(|c| (c.call.id.clone(), c.call.name.clone()))
+            .collect();
+        Ok(Some((who, calls)))
     }
 
     /// The labels the conversation's earlier requests saw.
@@ -639,4 +689,56 @@ fn conversation_of(events: &[rein_core::StoredEvent]) -> Option<String> {
         }
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST};
+    use crate::{Options, Rein};
+
+    fn key() -> ConversationKey {
+        ConversationKey {
+            tenant: "acme".into(),
+            user: "ann".into(),
+            agent: "gateway".into(),
+            conversation: "c".into(),
+        }
+    }
+
+    /// A history can name as many runs of rein's id form as its body holds (a 32 MiB body, some
+    /// 390,000 results): what one request reads of the store is bounded, not each id a read.
+    #[test]
+    fn a_history_naming_many_runs_reads_a_bounded_number_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let rein = Rein::new(Options::new(dir.path())).unwrap();
+        let mut lookups = Lookups::default();
+        for run in 0..1000u32 {
+            for step in 0..3 {
+                let id = format!("call_{step}_0_{run:032x}");
+                // Not rein's hand-off to this caller: its result counts as untrusted.
+                assert_eq!(
+                    rein.issued_tool(&key(), &id, &mut lookups).unwrap(),
+                    Some(String::new())
+                );
+            }
+        }
+        assert_eq!(lookups.reads, RUNS_READ_PER_REQUEST);
+        assert_eq!(lookups.runs.len(), RUNS_READ_PER_REQUEST);
+        // One run named again and again is read once.
+        let mut lookups = Lookups::default();
+        for n in 0..500 {
+            let id = format!("call_1_{n}_{:032x}", 7);
+            rein.issued_tool(&key(), &id, &mut lookups).unwrap();
+        }
+        assert_eq!(lookups.reads, 1);
+        // The client's own ids are its own, and read nothing.
+        assert_eq!(
+            rein.issued_tool(&key(), "toolu_01abc", &mut lookups)
+                .unwrap(),
+            None
+        );
+        assert_eq!(lookups.reads, 1);
+    }
 }
