@@ -113,14 +113,17 @@ pub struct GatewayReply {
 }
 
 impl Engine {
-    /// The labels a result of `tool` carries: its manifest's, or for a tool the operator does not
-    /// know, the most restrictive default (`untrusted`).
+    /// The labels a result of `tool` carries, as the client sends it back: a client tool's
+    /// manifest's. For any other tool (one the operator does not know, or one of the gateway's
+    /// own, which its clients do not run, so the result is the client's word) `untrusted`, with
+    /// whatever labels the operator's manifest gives the tool: a result claimed for a tool
+    /// labelled `pii` keeps `pii`.
     pub fn gateway_labels(agent: &Agent, tool: &str) -> Vec<String> {
-        if agent.client_tools.contains(tool) {
-            agent.output_labels.get(tool).cloned().unwrap_or_default()
-        } else {
-            vec![UNTRUSTED.to_owned()]
+        let mut labels = agent.output_labels.get(tool).cloned().unwrap_or_default();
+        if !agent.client_tools.contains(tool) && !labels.iter().any(|l| l == UNTRUSTED) {
+            labels.push(UNTRUSTED.to_owned());
         }
+        labels
     }
 
     /// Records one gateway request as run `run_id` (new: 32 lower-case hex digits) of `agent`

@@ -312,3 +312,20 @@ async fn a_gateway_reply_past_its_requests_own_budget_is_noted_naming_it() {
     );
     assert_eq!(engine.ledger().unwrap().usage("run:").unwrap(), vec![]);
 }
+
+/// What a tool result the client sends back is labelled: a client tool's by its manifest; one
+/// the operator does not know `untrusted`; one of the gateway's own tools (which its clients do
+/// not run) `untrusted` too, keeping its manifest's labels, so a client cannot shed `pii` by
+/// sending such a result back under a call id of its own.
+#[test]
+fn a_result_sent_back_keeps_its_manifests_labels_and_one_the_client_cannot_have_run_is_untrusted() {
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n{SCRIPTED_MODEL}[[tools]]\nclient = true\nname = \"lookup\"\nlabels = [\"internal\"]\n[[tools]]\nbuiltin = \"fs.read\"\nlabels = [\"pii\"]\n"
+    ))
+    .file("script.toml", SCRIPT);
+    let agent = folder.agent();
+    let labels = |tool: &str| rein_engine::Engine::gateway_labels(&agent, tool);
+    assert_eq!(labels("lookup"), ["internal"]);
+    assert_eq!(labels("fs.read"), ["pii", "untrusted"]);
+    assert_eq!(labels("who_knows"), ["untrusted"]);
+}
