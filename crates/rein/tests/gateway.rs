@@ -415,7 +415,7 @@ async fn head_of_answer_to_partial_upload(addr: &str, path: &str, auth: &str) ->
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_caller_without_a_token_is_refused_before_its_upload_is_read_and_an_oversized_body_in_the_apis_shape()
+async fn a_caller_without_a_token_is_refused_before_its_upload_is_read_and_a_slow_or_oversized_body_in_the_apis_shape()
  {
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
@@ -424,7 +424,12 @@ async fn a_caller_without_a_token_is_refused_before_its_upload_is_read_and_an_ov
         REIN,
         state.path(),
         agents.path(),
-        &["--max-gateway-body-bytes", "4096"],
+        &[
+            "--max-gateway-body-bytes",
+            "4096",
+            "--request-timeout-secs",
+            "1",
+        ],
     );
     let addr = s
         .url("")
@@ -443,6 +448,13 @@ async fn a_caller_without_a_token_is_refused_before_its_upload_is_read_and_an_ov
         assert!(head.starts_with("http/1.1 401"), "{path}: {head}");
         assert!(head.contains("connection: close"), "{path}: {head}");
     }
+    // With a token, a body that does not arrive within the request time limit is refused (408)
+    // rather than held for as long as its sender likes; the rest of it still owed, the
+    // connection closes.
+    let auth = format!("authorization: Bearer {gw}\r\n");
+    let head = head_of_answer_to_partial_upload(&addr, "/v1/chat/completions", &auth).await;
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
     // With a token, a body over the gateway's limit is refused in the face's own error shape.
     let http = client();
     let big =

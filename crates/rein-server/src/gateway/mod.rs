@@ -126,13 +126,47 @@ pub(crate) async fn authenticate(
     }
 }
 
-/// A request's body, or the reason it could not be read (over the gateway's limit: 413) as an
-/// error in the face's shape.
-pub(crate) fn body(
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+/// Reads a request's body, up to the gateway's limit and within the request time limit (a body
+/// sent slowly holds a connection and a buffer only that long), or refuses it in the face's
+/// shape: 413 past the limit, 408 past the time, 400 for a connection that broke off.
+pub(crate) async fn body(
+    state: &AppState,
+    body: axum::body::Body,
     dialect: Dialect,
 ) -> Result<axum::body::Bytes, GwError> {
-    body.map_err(|e| GwError::new(dialect, e.status(), e.body_text()))
+    let limit = state.limits.max_gateway_body_bytes;
+    let read = tokio::time::timeout(
+        state.limits.request_timeout,
+        axum::body::to_bytes(body, limit),
+    );
+    match read.await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                GwError::new(
+                    dialect,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than the gateway's limit of {limit} bytes"),
+                )
+            } else {
+                GwError::new(
+                    dialect,
+                    StatusCode::BAD_REQUEST,
+                    format!("the request body could not be read: {e}"),
+                )
+            })
+        }
+        Err(_) => Err(GwError::new(
+            dialect,
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                state.limits.request_timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 /// The caller of a gateway request: a rein token as a bearer token or an `x-api-key`.

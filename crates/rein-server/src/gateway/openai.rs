@@ -214,9 +214,9 @@ pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, GwError> {
-    let body = super::body(body, D)?;
+    let body = super::body(&state, body, D).await?;
     let request: ChatRequest = super::parse(&body, D, "a Chat Completions request")?;
     let model = request.model.clone();
     let stream = request.stream;

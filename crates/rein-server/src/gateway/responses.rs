@@ -159,9 +159,9 @@ pub(crate) async fn responses(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, GwError> {
-    let body = super::body(body, D)?;
+    let body = super::body(&state, body, D).await?;
     let request: ResponsesRequest = super::parse(&body, D, "a Responses request")?;
     let model = request.model.clone();
     let stream = request.stream;
