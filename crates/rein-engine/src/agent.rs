@@ -62,6 +62,9 @@ pub struct Agent {
     /// Whether the agent is a gateway (`[gateway]`, or tools its clients run): each of its runs
     /// is one request of a client, one model call.
     pub gateway: bool,
+    /// Whether, as a gateway, it fails a request whose answer holds a call the policies deny
+    /// (`on_denied = "error"`): the answer's calls are then all judged before any is handed over.
+    pub fails_on_denied: bool,
     /// Labels of parts of each tool's output, by tool name and JSON pointer pattern.
     pub output_fields: HashMap<String, BTreeMap<String, Vec<String>>>,
     /// The policy data set each trusted tool's output feeds, by tool name.
@@ -357,6 +360,9 @@ impl Agent {
             output_fields,
             data_feeds,
             gateway: spec.gateway.is_some() || !client_tools.is_empty(),
+            fails_on_denied: spec
+                .gateway
+                .is_some_and(|g| g.on_denied == rein_config::OnDenied::Error),
             client_tools,
             policy_data: Arc::new(policy_data),
             planner,

@@ -144,6 +144,7 @@ pub async fn bench_steps(dir: &Path, options: BenchOptions) -> Result<BenchRepor
         output_labels: Default::default(),
         client_tools: Default::default(),
         gateway: false,
+        fails_on_denied: false,
         output_fields: Default::default(),
         data_feeds: Default::default(),
         policy_data: Arc::new(crate::policy_data::PolicyData::none()),

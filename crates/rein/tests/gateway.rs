@@ -330,6 +330,38 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     .await;
     assert_eq!(status, 403, "{e}");
     assert!(error_message(&e).contains("never-delete-customers"), "{e}");
+    // The answer's other call (an order lookup the policies allow) was not handed over either:
+    // the client never got it, and the run says so rather than recording a hand-off.
+    let rein = rein_api::Rein::new(rein_api::Options::new(state.path())).unwrap();
+    let strict = rein
+        .list_runs(&rein_api::RunQuery {
+            agent: Some("strict".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(strict.len(), 1);
+    let kinds: Vec<String> = rein
+        .run_events(&strict[0].id, 0)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            serde_json::to_value(&e.event).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "tool_intent" || k == "tool_handed_off"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        serde_json::to_value(strict[0].status).unwrap(),
+        "denied",
+        "{kinds:?}"
+    );
     // The Anthropic face answers in its own shape, with the key the SDK sends.
     let r = http
         .post(s.url("/v1/messages"))

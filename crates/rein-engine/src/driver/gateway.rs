@@ -6,8 +6,8 @@
 //! client, a denied one is left out with its reason, an asked one waits for a person. Then the
 //! run ends: the turn is over.
 
-use rein_core::state::Ended;
-use rein_core::{ClientResult, EndState, Event, Message, ToolCall, ToolSpec, Usage};
+use rein_core::state::{CallStatus, Ended};
+use rein_core::{ClientResult, EndState, Event, Message, ToolCall, ToolSpec, Usage, Verdict};
 
 use crate::EngineError;
 use crate::context::TokenCounter;
@@ -207,6 +207,80 @@ impl Driver<'_> {
             call_id: None,
         })
         .await
+    }
+
+    /// For a gateway that fails a request whose answer holds a denied call (`on_denied =
+    /// "error"`): before the answer's first call is dispatched, judges all of them, and if the
+    /// policies deny one, records that judgement and ends the run `denied`, handing nothing over
+    /// (its client is answered with an error, so a call recorded as handed over would be one it
+    /// never received). Answers whether it ended the run. The calls are judged again as each
+    /// is dispatched; a verdict that changes in between (a counter one allowed call moves) is
+    /// the face's to catch, as before.
+    pub(super) async fn refuse_whole_answer(&mut self) -> Result<bool, EngineError> {
+        if !self.is_gateway() || !self.turn || !self.agent.fails_on_denied || self.answer_prejudged
+        {
+            return Ok(false);
+        }
+        self.answer_prejudged = true;
+        self.refresh_data().await?;
+        let proposed: Vec<ToolCall> = self
+            .state
+            .calls()
+            .iter()
+            .filter(|c| c.status == CallStatus::Proposed)
+            .map(|c| c.call.clone())
+            .collect();
+        let mut denied = Vec::new();
+        for call in proposed {
+            // Calls refused before judging are left out as they would be: they are not denials.
+            let checked = self.gateway_refusal(&call.name).is_none()
+                && self
+                    .agent
+                    .tools
+                    .check(
+                        &call.name,
+                        &call.arguments,
+                        call.invalid_arguments.as_deref(),
+                    )
+                    .is_ok();
+            if !checked {
+                continue;
+            }
+            let (decision, provenance) = self.judge_tool(&call, None);
+            if decision.verdict == Verdict::Deny {
+                denied.push((call, decision, provenance));
+            }
+        }
+        if denied.is_empty() {
+            return Ok(false);
+        }
+        let mut why = Vec::with_capacity(denied.len());
+        for (call, decision, provenance) in denied {
+            let by = if decision.policies.is_empty() {
+                String::new()
+            } else {
+                format!(" (policy {})", decision.policies.join(", "))
+            };
+            why.push(format!(
+                "{} `{}`{by}: {}",
+                call.id,
+                call.name,
+                decision.reasons.join("; ")
+            ));
+            self.record_judgement(&call, &decision, None, provenance)
+                .await?;
+        }
+        self.record(Event::RunEnded {
+            status: EndState::Denied,
+            output: None,
+            reason: Some(format!(
+                "the policies deny a call in the model's answer, and this gateway fails such a request: none of its calls was handed over; denied: {}",
+                why.join("; ")
+            )),
+            call_id: None,
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Hands a call whose intent is recorded to the client.

@@ -100,6 +100,9 @@ pub(crate) struct Driver<'a> {
     /// Whether this driver took a request's turn (a gateway run resumed after a crash did not:
     /// nobody is there to receive a call it would hand over).
     turn: bool,
+    /// Whether the answer's calls were all judged before the first was dispatched (a gateway
+    /// that fails a request whose answer holds a denied call).
+    answer_prejudged: bool,
     /// Counts this run among those the store sees driven at once (a run driven alone commits
     /// its appends on its own thread).
     _driving: rein_store::Driving,
@@ -154,6 +157,7 @@ impl<'a> Driver<'a> {
             handed: Vec::new(),
             offered: None,
             turn: false,
+            answer_prejudged: false,
             _driving: engine.store.driving(),
         }
     }

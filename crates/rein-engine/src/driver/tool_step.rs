@@ -22,6 +22,9 @@ const TOOL_TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
 impl Driver<'_> {
     pub(super) async fn dispatch(&mut self, call: ToolCall) -> Result<(), EngineError> {
+        if self.refuse_whole_answer().await? {
+            return Ok(());
+        }
         let step = self.state.steps();
         let checked = match self.gateway_refusal(&call.name) {
             Some(why) => Err(why),
@@ -187,7 +190,7 @@ impl Driver<'_> {
         })
     }
 
-    async fn record_judgement(
+    pub(super) async fn record_judgement(
         &mut self,
         call: &ToolCall,
         decision: &Decision,
@@ -212,7 +215,7 @@ impl Driver<'_> {
     /// is judged as `delegate` on the sub-agent; a sub-agent's own calls must also be allowed by
     /// its parent's policies; and once untrusted data is in a run with grants, a call none of
     /// them covers is denied.
-    fn judge_tool(
+    pub(super) fn judge_tool(
         &self,
         call: &ToolCall,
         approved_by: Option<String>,
