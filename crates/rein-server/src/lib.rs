@@ -332,10 +332,16 @@ fn router(state: Arc<AppState>) -> Router {
     let gateway = Router::new()
         .route(
             "/v1/chat/completions",
-            post(gateway::openai::chat_completions),
+            post(gateway::openai::chat_completions).fallback(gateway::wrong_method),
         )
-        .route("/v1/responses", post(gateway::responses::responses))
-        .route("/v1/messages", post(gateway::anthropic::messages))
+        .route(
+            "/v1/responses",
+            post(gateway::responses::responses).fallback(gateway::wrong_method),
+        )
+        .route(
+            "/v1/messages",
+            post(gateway::anthropic::messages).fallback(gateway::wrong_method),
+        )
         .route_service("/mcp", gateway::mcp::service(state.clone()))
         // The token first: nothing of a body is read for a caller without one.
         .route_layer(middleware::from_fn_with_state(

@@ -388,6 +388,30 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     assert_eq!(r.status().as_u16(), 400);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    // A model endpoint asked with another method answers in its API's shape too.
+    let r = http
+        .get(s.url("/v1/messages"))
+        .header("x-api-key", &gw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error")),
+        "{e}"
+    );
+    let r = http
+        .get(s.url("/v1/chat/completions"))
+        .bearer_auth(&gw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
     // A long conversation is read (2 MiB: twice the rest of the API's body limit) and judged as
     // usual: here the example's per-request budget refuses it.
     let long = "x".repeat(2 << 20);

@@ -105,25 +105,44 @@ impl IntoResponse for GwError {
 
 /// Authenticates a gateway request before anything reads its body, and hands the caller to the
 /// handler (as a request extension): a request without a valid token is refused with a 401 in
-/// its face's shape, never buffering an upload of up to the gateway's body limit first. The
-/// face is told by the path (`/v1/messages` is Anthropic's; the others answer as OpenAI's).
+/// its face's shape, never buffering an upload of up to the gateway's body limit first.
 pub(crate) async fn authenticate(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let dialect = if request.uri().path() == "/v1/messages" {
-        Dialect::Anthropic
-    } else {
-        Dialect::OpenAi
-    };
-    match caller(&state, request.headers(), dialect) {
+    match caller(&state, request.headers(), dialect_of(request.uri().path())) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The face a gateway path belongs to: `/v1/messages` is Anthropic's; the others answer as
+/// OpenAI's.
+fn dialect_of(path: &str) -> Dialect {
+    if path == "/v1/messages" {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+/// A gateway endpoint asked with a method other than `POST`: 405 in its face's shape, with
+/// `Allow`, as the API it stands in for answers (an SDK reads the error from that shape).
+pub(crate) async fn wrong_method(uri: axum::http::Uri) -> Response {
+    let mut response = GwError::new(
+        dialect_of(uri.path()),
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} takes POST", uri.path()),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 /// Reads a request's body, up to the gateway's limit and within the request time limit (a body
