@@ -159,6 +159,24 @@ const ISSUED_KEPT: usize = 100_000;
 /// The most runs one request's tool results make rein read to find what it handed over.
 pub(crate) const RUNS_READ_PER_REQUEST: usize = 256;
 
+/// Whether a held run whose resume failed with `e` may resume for a later request: when another
+/// request or process has it, rein is stopping, or the store or the audit trail failed for the
+/// moment. Not when its log cannot be read or followed (inconsistent, damaged, of a newer
+/// format, gone) or its agent cannot run it: every later request of the conversation would fail
+/// the same way, for good.
+fn resumable_later(e: &rein_engine::EngineError) -> bool {
+    use rein_engine::EngineError as E;
+    use rein_store::StoreError as S;
+    match e {
+        E::Stopped { .. } | E::Interrupted { .. } | E::Audit(_) => true,
+        E::Store(s) => matches!(
+            s,
+            S::Database { .. } | S::CommitFailed { .. } | S::Conflict { .. } | S::Leased { .. }
+        ),
+        _ => false,
+    }
+}
+
 /// Whose a run is, and the calls it handed over (rein's call id to the tool).
 type HandedOff = (Owner, HashMap<String, String>);
 
@@ -349,8 +367,10 @@ impl Rein {
             self.release_held(key, &run_id);
             return Ok(None);
         }
-        // Released only once the resume has answered: a resume that fails (another request of
-        // the conversation holds the run, a shutdown) leaves it held for the next one.
+        // Released only once the resume has answered: a resume that fails for a while (another
+        // request of the conversation holds the run, a shutdown) leaves it held for the next
+        // one; one that no later request could change is answered once, and the conversation
+        // goes on without the run.
         self.release_held(key, &run_id);
         let reply = match engine
             .gateway_resume(&run_id, loaded.agent(), observer)
@@ -358,7 +378,9 @@ impl Rein {
         {
             Ok(reply) => reply,
             Err(e) => {
-                self.hold_first(key.clone(), run_id);
+                if resumable_later(&e) {
+                    self.hold_first(key.clone(), run_id);
+                }
                 return Err(e.into());
             }
         };
@@ -695,8 +717,10 @@ fn conversation_of(events: &[rein_core::StoredEvent]) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST};
+    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST, resumable_later};
     use crate::{Options, Rein};
+    use rein_engine::EngineError;
+    use rein_store::StoreError;
 
     fn key() -> ConversationKey {
         ConversationKey {
@@ -740,5 +764,48 @@ mod tests {
             None
         );
         assert_eq!(lookups.reads, 1);
+    }
+
+    /// A held run another request or process is driving, or one stopped by a shutdown, waits
+    /// for the conversation's next request; one whose log cannot be followed is given up, or
+    /// every later request of its conversation would fail the same way.
+    #[test]
+    fn a_held_run_is_kept_for_later_only_when_a_later_request_could_resume_it() {
+        let run_id = "0123456789abcdef0123456789abcdef".to_owned();
+        let later = [
+            EngineError::Store(StoreError::Leased {
+                run_id: run_id.clone(),
+                holder: "another".into(),
+                expires_ms: 1,
+            }),
+            EngineError::Store(StoreError::Conflict {
+                run_id: run_id.clone(),
+                detail: "seq".into(),
+            }),
+            EngineError::Stopped {
+                run_id: run_id.clone(),
+            },
+        ];
+        for e in &later {
+            assert!(resumable_later(e), "{e}");
+        }
+        let never = [
+            EngineError::Store(StoreError::Corrupt {
+                run_id: run_id.clone(),
+                seq: 3,
+                detail: "not JSON".into(),
+            }),
+            EngineError::Store(StoreError::NewerEvent {
+                run_id: run_id.clone(),
+                seq: 3,
+                found: 9,
+                supported: 1,
+            }),
+            EngineError::Store(StoreError::NotFound(run_id.clone())),
+            EngineError::Agent("a sub-agent cannot be loaded".into()),
+        ];
+        for e in &never {
+            assert!(!resumable_later(e), "{e}");
+        }
     }
 }
