@@ -347,10 +347,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             gateway::authenticate,
-        ))
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.limits.max_gateway_body_bytes,
         ));
+    // (The model endpoints read their bodies themselves, to the gateway's limit and within the
+    // request time limit, and `/mcp` through rmcp with the same limit: no default limit applies.)
     let open = Router::new()
         .merge(gateway)
         .route("/v1/runs/{id}/events", get(runs::follow))
