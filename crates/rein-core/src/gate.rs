@@ -69,6 +69,17 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// A denial in words, as a call's result and a gateway's refusal say it: `denied by rein's
+/// policies (policy <ids>): <reasons>`.
+pub fn denial(policies: &[String], reasons: &[String]) -> String {
+    let by = if policies.is_empty() {
+        String::new()
+    } else {
+        format!(" (policy {})", policies.join(", "))
+    };
+    format!("denied by rein's policies{by}: {}", reasons.join("; "))
+}
+
 /// Combines the satisfied policies (and those that failed to evaluate) into a decision. The
 /// deciding policies (and their reasons, in the same order) are listed by id, whatever order the
 /// policy engine found them in, so the same request always gives the same decision record.

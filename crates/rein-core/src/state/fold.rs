@@ -162,18 +162,10 @@ impl RunState {
                     slot.status = CallStatus::Rejected;
                     let name = slot.call.name.clone();
                     self.history.push((name.clone(), CallResult::Denied));
-                    let by = if policies.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (policy {})", policies.join(", "))
-                    };
                     self.messages.push(Message::Tool {
                         call_id: call_id.clone(),
                         name,
-                        content: format!(
-                            "error: denied by rein's policies{by}: {}",
-                            reasons.join("; ")
-                        ),
+                        content: format!("error: {}", crate::gate::denial(policies, reasons)),
                         is_error: true,
                     });
                 }

@@ -233,17 +233,7 @@ impl Driver<'_> {
         let mut denied = Vec::new();
         for call in proposed {
             // Calls refused before judging are left out as they would be: they are not denials.
-            let checked = self.gateway_refusal(&call.name).is_none()
-                && self
-                    .agent
-                    .tools
-                    .check(
-                        &call.name,
-                        &call.arguments,
-                        call.invalid_arguments.as_deref(),
-                    )
-                    .is_ok();
-            if !checked {
+            if self.refused_unjudged(&call).is_some() {
                 continue;
             }
             let (decision, provenance) = self.judge_tool(&call, None);
@@ -256,16 +246,11 @@ impl Driver<'_> {
         }
         let mut why = Vec::with_capacity(denied.len());
         for (call, decision, provenance) in denied {
-            let by = if decision.policies.is_empty() {
-                String::new()
-            } else {
-                format!(" (policy {})", decision.policies.join(", "))
-            };
             why.push(format!(
-                "{} `{}`{by}: {}",
+                "{} `{}`: {}",
                 call.id,
                 call.name,
-                decision.reasons.join("; ")
+                rein_core::gate::denial(&decision.policies, &decision.reasons)
             ));
             self.record_judgement(&call, &decision, None, provenance)
                 .await?;

@@ -26,27 +26,16 @@ impl Driver<'_> {
             return Ok(());
         }
         let step = self.state.steps();
-        let checked = match self.gateway_refusal(&call.name) {
+        let checked = match self.refused_unjudged(&call) {
             Some(why) => Err(why),
             None => Ok(()),
         };
-        let checked = checked
-            .and_then(|()| {
-                self.agent
-                    .tools
-                    .check(
-                        &call.name,
-                        &call.arguments,
-                        call.invalid_arguments.as_deref(),
-                    )
-                    .map_err(|r| r.to_string())
-            })
-            .and_then(|_| match self.agent.max_tool_calls {
-                Some(max) if self.state.tool_executions() >= max => Err(format!(
-                    "the run's tool-call budget ({max}) is spent; the run is ending"
-                )),
-                _ => Ok(()),
-            });
+        let checked = checked.and_then(|()| match self.agent.max_tool_calls {
+            Some(max) if self.state.tool_executions() >= max => Err(format!(
+                "the run's tool-call budget ({max}) is spent; the run is ending"
+            )),
+            _ => Ok(()),
+        });
         // A tool whose circuit breaker is open is not called: the model is told why.
         let breaker = format!("tool:{}", call.name);
         let checked = checked.and_then(|()| {
@@ -83,6 +72,22 @@ impl Driver<'_> {
                 self.dispatch_checked(call).await
             }
         }
+    }
+
+    /// Why `call` is refused before it is judged, if it is: a tool this gateway request may not
+    /// call, or arguments that do not fit the tool's schema.
+    pub(super) fn refused_unjudged(&self, call: &ToolCall) -> Option<String> {
+        self.gateway_refusal(&call.name).or_else(|| {
+            self.agent
+                .tools
+                .check(
+                    &call.name,
+                    &call.arguments,
+                    call.invalid_arguments.as_deref(),
+                )
+                .err()
+                .map(|r| r.to_string())
+        })
     }
 
     /// Judges a call that passed the checks, then runs it, asks for approval, or leaves it denied.
