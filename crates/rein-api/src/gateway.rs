@@ -123,6 +123,15 @@ pub(crate) struct ConversationKey {
 }
 
 impl ConversationKey {
+    fn as_ref(&self) -> rein_store::ConversationRef<'_> {
+        rein_store::ConversationRef {
+            tenant: &self.tenant,
+            user: &self.user,
+            agent: &self.agent,
+            conversation: &self.conversation,
+        }
+    }
+
     fn of(caller: &Caller, loaded: &LoadedAgent, conversation: &str) -> ConversationKey {
         ConversationKey {
             tenant: caller.tenant.clone(),
@@ -133,19 +142,14 @@ impl ConversationKey {
     }
 }
 
-/// The most conversations whose labels one process carries; past it, the oldest half is
-/// forgotten (their clients' resent histories still label them).
-const CARRIED_CONVERSATIONS: usize = 100_000;
-
 /// Runs held for approval, by conversation (the next request of the conversation is answered
-/// from them), and the labels each conversation has seen.
+/// from them). The labels each conversation has seen are not kept here but in the state
+/// directory (`conversations.sqlite`), so a restart or another process forgets none.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     runs: Mutex<HashMap<ConversationKey, Vec<String>>>,
     /// The agents whose held runs were read from the store since this process started.
     scanned: Mutex<Vec<String>>,
-    /// Labels by conversation, with the order they were first seen in.
-    labels: Mutex<(Carried, u64)>,
     /// Calls handed over, by the id the client saw: ((tenant, user, gateway), tool).
     issued: Mutex<HashMap<String, (Owner, String)>>,
 }
@@ -188,9 +192,6 @@ pub(crate) struct Lookups {
     reads: usize,
 }
 
-/// Each conversation's labels, with when (in order) it was first seen.
-type Carried = HashMap<ConversationKey, (u64, Vec<String>)>;
-
 impl Rein {
     /// Answers one request to the gateway agent `loaded` for `caller`.
     pub async fn gateway(
@@ -221,7 +222,7 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return Ok(self.answer(&key, reply));
+            return self.answer(&key, reply);
         }
         let task = request
             .messages
@@ -267,7 +268,7 @@ impl Rein {
             messages: request.messages,
             tools: request.tools,
             results,
-            carried_labels: self.carried(&key),
+            carried_labels: self.carried(&key)?,
             proposed: None,
         };
         let reply = self
@@ -277,7 +278,7 @@ impl Rein {
         if reply.status == EndState::AwaitingApproval {
             self.hold(key.clone(), reply.run_id.clone());
         }
-        Ok(self.answer(&key, reply))
+        self.answer(&key, reply)
     }
 
     /// Judges and runs a call an agent proposes itself through the MCP gateway (`tools/call` of
@@ -311,7 +312,7 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return Ok(self.answer(&key, reply));
+            return self.answer(&key, reply);
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let turn = GatewayTurn {
@@ -335,7 +336,7 @@ impl Rein {
         if reply.status == EndState::AwaitingApproval {
             self.hold(key.clone(), reply.run_id.clone());
         }
-        Ok(self.answer(&key, reply))
+        self.answer(&key, reply)
     }
 
     /// The answer a held turn of this conversation gives, if it has one: the same note while
@@ -490,47 +491,40 @@ impl Rein {
         Ok(Some((who, calls)))
     }
 
-    /// The labels the conversation's earlier requests saw.
-    fn carried(&self, key: &ConversationKey) -> Vec<String> {
-        self.held
-            .labels
-            .lock()
-            .ok()
-            .and_then(|l| l.0.get(key).map(|(_, labels)| labels.clone()))
-            .unwrap_or_default()
+    /// The conversations' labels, opened once.
+    fn conversations(&self) -> Result<&rein_store::ConversationStore, Error> {
+        if let Some(c) = self.conversations.get() {
+            return Ok(c);
+        }
+        let opened = rein_store::ConversationStore::open(&self.dir.root)?;
+        Ok(self.conversations.get_or_init(|| opened))
     }
 
-    /// Remembers the labels a request of the conversation ended with.
-    fn carry(&self, key: &ConversationKey, labels: &[String]) {
+    /// The labels the conversation's earlier requests saw, read from the state directory each
+    /// request: another process serving the same conversation may have added some.
+    fn carried(&self, key: &ConversationKey) -> Result<Vec<String>, Error> {
+        Ok(self.conversations()?.labels(key.as_ref())?)
+    }
+
+    /// Records the labels a request of the conversation ended with, before it is answered: a
+    /// later request whose client has dropped the results that brought them (or that reaches
+    /// another process, or this one restarted) is judged with them.
+    fn carry(&self, key: &ConversationKey, labels: &[String]) -> Result<(), Error> {
         if labels.is_empty() {
-            return;
+            return Ok(());
         }
-        let Ok(mut guard) = self.held.labels.lock() else {
-            return;
-        };
-        let (map, counter) = &mut *guard;
-        *counter += 1;
-        let order = *counter;
-        let entry = map
-            .entry(key.clone())
-            .or_insert_with(|| (order, Vec::new()));
-        for l in labels {
-            if !entry.1.contains(l) {
-                entry.1.push(l.clone());
-            }
-        }
-        if map.len() > CARRIED_CONVERSATIONS {
-            let mut orders: Vec<u64> = map.values().map(|(o, _)| *o).collect();
-            orders.sort_unstable();
-            let cut = orders[orders.len() / 2];
-            map.retain(|_, (o, _)| *o >= cut);
-        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        self.conversations()?.add(key.as_ref(), labels, now_ms)?;
+        Ok(())
     }
 
-    fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> GatewayAnswer {
-        self.carry(key, &reply.labels);
+    fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> Result<GatewayAnswer, Error> {
+        self.carry(key, &reply.labels)?;
         let run = &reply.run_id;
-        GatewayAnswer {
+        Ok(GatewayAnswer {
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
             // them with the run's id, so each is unique in it.
             calls: reply
@@ -564,7 +558,7 @@ impl Rein {
             usage: reply.usage.into(),
             cost_usd: reply.cost_micros as f64 / 1e6,
             reason: reply.reason,
-        }
+        })
     }
 
     fn held_first(&self, key: &ConversationKey) -> Option<String> {

@@ -216,6 +216,7 @@ pub struct Rein {
     store: OnceLock<Arc<SqliteStore>>,
     engine: OnceLock<Arc<Engine>>,
     tokens: OnceLock<rein_store::TokenStore>,
+    conversations: OnceLock<rein_store::ConversationStore>,
     held: gateway::Held,
 }
 
@@ -244,6 +245,7 @@ impl Rein {
             store: OnceLock::new(),
             engine: OnceLock::new(),
             tokens: OnceLock::new(),
+            conversations: OnceLock::new(),
             held: Default::default(),
         })
     }

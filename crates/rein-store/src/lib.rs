@@ -10,6 +10,7 @@
 //! lease it is made under and is refused unless that lease is the run's current one. A writer
 //! whose lease was taken over, or that lost one sequence race, has every later append refused.
 
+mod conversations;
 mod ledger;
 mod notes;
 mod side;
@@ -24,6 +25,7 @@ use std::task::{Context, Poll};
 use rein_core::{Durability, EndState, StoredEvent};
 use serde::Serialize;
 
+pub use conversations::{ConversationRef, ConversationStore};
 pub use ledger::{
     Admission, BudgetLedger, Exhausted, LedgerLine, LedgerWrite, Queued, Reservation, Settled,
     UsageRow,

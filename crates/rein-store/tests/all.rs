@@ -1066,3 +1066,76 @@ async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_te
     // Calls before the window are left out.
     assert!(store.spend("t", 86_400_000).unwrap().is_empty());
 }
+
+/// A conversation's labels are only added to: two processes adding at once (two connections,
+/// each adding its own labels from many threads) lose neither's, and another caller's
+/// conversation of the same name, or another gateway's, sees none of them.
+#[test]
+fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_their_callers() {
+    use rein_store::{ConversationRef, ConversationStore};
+    let dir = tempfile::tempdir().unwrap();
+    let ann = ConversationRef {
+        tenant: "acme",
+        user: "ann",
+        agent: "gateway",
+        conversation: "c-1",
+    };
+    let stores = [
+        Arc::new(ConversationStore::open(dir.path()).unwrap()),
+        Arc::new(ConversationStore::open(dir.path()).unwrap()),
+    ];
+    assert!(stores[0].labels(ann).unwrap().is_empty());
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let store = stores[n % 2].clone();
+            std::thread::spawn(move || {
+                let ann = ConversationRef {
+                    tenant: "acme",
+                    user: "ann",
+                    agent: "gateway",
+                    conversation: "c-1",
+                };
+                for i in 0..5 {
+                    store
+                        .add(ann, &[format!("l{n}-{i}"), "untrusted".into()], 1)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut kept = stores[1].labels(ann).unwrap();
+    assert_eq!(kept.len(), 8 * 5 + 1, "{kept:?}");
+    kept.sort();
+    kept.dedup();
+    assert_eq!(kept.len(), 8 * 5 + 1, "a label is kept twice");
+    // Adding what it has writes nothing and keeps the order.
+    let before = stores[0].labels(ann).unwrap();
+    assert_eq!(
+        stores[0].add(ann, &["untrusted".into()], 2).unwrap(),
+        before
+    );
+    for other in [
+        ConversationRef { user: "bob", ..ann },
+        ConversationRef {
+            tenant: "globex",
+            ..ann
+        },
+        ConversationRef {
+            agent: "other",
+            ..ann
+        },
+        ConversationRef {
+            conversation: "c-2",
+            ..ann
+        },
+    ] {
+        assert!(stores[0].labels(other).unwrap().is_empty(), "{other:?}");
+    }
+    // Reopened, as after a restart.
+    drop(stores);
+    let reopened = ConversationStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.labels(ann).unwrap(), before);
+}
