@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -285,7 +285,16 @@ async fn deadline(State(state): State<Arc<AppState>>, request: Request, next: Ne
     }
 }
 
-async fn not_found() -> Response {
+/// A path nothing serves: in the shape of the API an SDK expects when it asked for one of that
+/// API's endpoints (`gateway::meant_for`), else a problem document.
+async fn not_found(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(dialect) = gateway::meant_for(uri.path(), &headers) {
+        return gateway::unknown_endpoint(dialect, method.as_str(), uri.path());
+    }
     Problem::new(
         StatusCode::NOT_FOUND,
         "no such route: GET /v1/openapi.json lists them",

@@ -145,6 +145,57 @@ pub(crate) async fn wrong_method(uri: axum::http::Uri) -> Response {
     response
 }
 
+/// The first segments of the paths of the OpenAI API's other endpoints (embeddings, files, and
+/// so on), which rein's gateway does not serve.
+const OPENAI_FAMILIES: &[&str] = &[
+    "assistants",
+    "audio",
+    "batches",
+    "chat",
+    "completions",
+    "containers",
+    "conversations",
+    "embeddings",
+    "evals",
+    "files",
+    "fine_tuning",
+    "images",
+    "models",
+    "moderations",
+    "realtime",
+    "responses",
+    "threads",
+    "uploads",
+    "vector_stores",
+];
+
+/// The face a request for a path nothing serves was meant for, if it was meant for one: an
+/// Anthropic SDK's (it sends `anthropic-version`, or asks under `/v1/messages/`, such as
+/// `count_tokens`), or an OpenAI SDK's endpoint rein does not serve. Its error then comes in
+/// that API's shape, which the SDK reads; any other path is rein's own API's, answered as a
+/// problem document.
+pub(crate) fn meant_for(path: &str, headers: &HeaderMap) -> Option<Dialect> {
+    let rest = path.strip_prefix("/v1/")?;
+    if headers.contains_key("anthropic-version") || rest.starts_with("messages/") {
+        return Some(Dialect::Anthropic);
+    }
+    let family = rest.split('/').next().unwrap_or_default();
+    OPENAI_FAMILIES.contains(&family).then_some(Dialect::OpenAi)
+}
+
+/// A path the gateway does not serve, asked by an SDK: 404 in its API's shape, saying what the
+/// gateway does serve.
+pub(crate) fn unknown_endpoint(dialect: Dialect, method: &str, path: &str) -> Response {
+    GwError::new(
+        dialect,
+        StatusCode::NOT_FOUND,
+        format!(
+            "rein's gateway does not serve {method} {path}: it serves POST /v1/chat/completions, POST /v1/responses and GET /v1/models (OpenAI) and POST /v1/messages (Anthropic)"
+        ),
+    )
+    .into_response()
+}
+
 /// Reads a request's body, up to the gateway's limit and within the request time limit (a body
 /// sent slowly holds a connection and a buffer only that long), or refuses it in the face's
 /// shape: 413 past the limit, 408 past the time, 400 for a connection that broke off.

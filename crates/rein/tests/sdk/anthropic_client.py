@@ -49,4 +49,13 @@ for stream in (False, True):
     check("delete_customer" in text and "never-delete-customers" in text,
           f"the answer names the refused call and the policy: {text!r}")
 
+# An endpoint the gateway does not serve (Claude Code asks for token counts) is refused in the
+# API's own shape: the SDK raises its usual exception, with rein's words.
+try:
+    client.messages.count_tokens(model="gateway", messages=[{"role": "user", "content": "hi"}])
+    check(False, "token counting is not served")
+except anthropic.NotFoundError as e:
+    check("does not serve POST /v1/messages/count_tokens" in e.message,
+          f"the 404 says what is served: {e.message!r}")
+
 print("ok")

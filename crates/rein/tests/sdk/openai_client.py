@@ -152,4 +152,12 @@ msgs += [assistant(text, calls), {"role": "tool", "tool_call_id": calls[0][0], "
 text, calls, _, _ = chat(msgs)
 check(calls == [] and text == "The page is about shipping times.", f"a clean page is just summarised: {text!r}")
 
+# An endpoint the gateway does not serve is refused in the API's own shape: the SDK raises its
+# usual exception, with rein's words.
+try:
+    client.embeddings.create(model="gateway", input="hello")
+    check(False, "embeddings are not served")
+except openai.NotFoundError as e:
+    check("does not serve POST /v1/embeddings" in e.message, f"the 404 says what is served: {e.message!r}")
+
 print("ok")
