@@ -1,8 +1,12 @@
 //! A mock OpenAI-compatible upstream that `rein bench gateway` measures the gateway against:
 //! every `POST /v1/chat/completions` is answered at once with the same reply, a short text and
-//! one tool call, so what is measured is rein's own cost, not a model's.
+//! one tool call, so what is measured is rein's own cost, not a model's. And the bare relay
+//! `rein bench gateway --floor` measures in the gateway's place: the least any gateway in front
+//! of the mock costs on the machine.
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
 
@@ -38,6 +42,40 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
         post(move || {
             let body = body.clone();
             async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+/// Serves, on `listener`, a relay of every `POST /v1/chat/completions` to `upstream` (its base
+/// URL): the body forwarded as it came and the reply returned as it came, through the HTTP
+/// server and client rein serves and calls models with (axum on hyper, reqwest), with nothing
+/// read, judged, reserved or recorded. What it costs per request is the floor under any gateway's
+/// cost on the machine: a request in and a request out on loopback.
+pub async fn relay(listener: tokio::net::TcpListener, upstream: &str) -> std::io::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("{upstream}/v1/chat/completions");
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |body: axum::body::Bytes| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(reply) => match reply.bytes().await {
+                        Ok(bytes) => {
+                            ([("content-type", "application/json")], bytes).into_response()
+                        }
+                        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                    },
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
         }),
     );
     axum::serve(listener, app).await

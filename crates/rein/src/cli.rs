@@ -519,11 +519,23 @@ pub(crate) enum BenchCommand {
         /// As JSON.
         #[arg(long)]
         json: bool,
+        /// Measure a bare relay in rein serve's place: each request forwarded to the mock and
+        /// its reply returned, through the same HTTP server and client, with nothing judged,
+        /// reserved or recorded. Its figures are the floor under any gateway's on this machine.
+        #[arg(long)]
+        floor: bool,
     },
     /// The mock upstream `rein bench gateway` measures against, as a process of its own (as a
     /// provider is to its clients): prints the address it listens on, then serves until stopped.
     #[command(hide = true)]
     MockUpstream,
+    /// The bare relay `rein bench gateway --floor` measures: prints the address it listens on,
+    /// then relays to the upstream at this base URL until stopped.
+    #[command(hide = true)]
+    Relay {
+        /// The upstream's base URL.
+        upstream: String,
+    },
     /// `rein serve` under load from this process on loopback: runs started per second, the
     /// latency of `POST /v1/runs`, and the server's memory idle and with runs suspended.
     Serve {

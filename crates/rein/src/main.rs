@@ -152,8 +152,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     concurrency,
                     rounds,
                     json,
-                } => bench_gateway::gateway(requests, concurrency, usize::from(rounds), json).await,
+                    floor,
+                } => {
+                    bench_gateway::gateway(requests, concurrency, usize::from(rounds), json, floor)
+                        .await
+                }
                 BenchCommand::MockUpstream => bench_gateway::mock_upstream().await,
+                BenchCommand::Relay { ref upstream } => bench_gateway::relay(upstream).await,
             };
         }
         Command::Audit {

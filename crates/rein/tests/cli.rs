@@ -386,6 +386,7 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
         "2",
     ]);
     assert_eq!(report["requests"], 30, "{report}");
+    assert_eq!(report["floor"], false, "{report}");
     // Each figure is the median of the rounds' own: of two, their mean.
     let rounds = report["per_round"].as_array().unwrap();
     assert_eq!((report["rounds"].as_u64(), rounds.len()), (Some(2), 2));
@@ -433,6 +434,31 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
             "{p50} > {p99} in {report}"
         );
     }
+}
+
+#[test]
+fn the_gateway_benchmarks_floor_relays_every_request_and_records_nothing() {
+    let report = bench_report(&[
+        "gateway",
+        "--floor",
+        "--requests",
+        "30",
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(
+        (report["floor"].as_bool(), report["requests"].as_u64()),
+        (Some(true), Some(30))
+    );
+    assert_positive(
+        &report,
+        &["requests_per_s", "gateway_p50_ms", "rss_under_load_kb"],
+    );
+    // A relay, not rein serve: no store, so no store writer among its threads.
+    let by_thread = report["cpu_us_per_request_by_thread"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no CPU by thread in {report}"));
+    assert!(!by_thread.contains_key("rein-store-writ"), "{report}");
 }
 
 #[test]

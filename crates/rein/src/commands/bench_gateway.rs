@@ -22,6 +22,8 @@ use crate::out::{self, outln};
 /// What was measured: each figure the median of the rounds', and each round's own.
 #[derive(Debug, Serialize)]
 struct Report {
+    /// Whether a bare relay was measured in rein serve's place (`--floor`).
+    floor: bool,
     requests: usize,
     concurrency: usize,
     rounds: usize,
@@ -251,6 +253,7 @@ pub(crate) async fn gateway(
     concurrency: usize,
     rounds: usize,
     json: bool,
+    floor: bool,
 ) -> anyhow::Result<u8> {
     let mut mock = Command::new(std::env::current_exe()?);
     mock.args(["bench", "mock-upstream"]);
@@ -265,7 +268,13 @@ pub(crate) async fn gateway(
         .as_millis() as u64;
     let (token, _) = rein.create_token("bench", "bench", &["gateway".to_owned()], None, now)?;
     drop(rein);
-    let (child, base) = start_server(&state, &agents, &[("REIN_BENCH_MOCK_KEY", "mock-key")])?;
+    let (child, base) = if floor {
+        let mut relay = Command::new(std::env::current_exe()?);
+        relay.args(["bench", "relay", &upstream]);
+        start_listening(relay, RELAY_ANNOUNCE)?
+    } else {
+        start_server(&state, &agents, &[("REIN_BENCH_MOCK_KEY", "mock-key")])?
+    };
     let pid = child.0.id();
     let gateway_url = format!("{base}/v1/chat/completions");
     let direct_url = format!("{upstream}/v1/chat/completions");
@@ -289,6 +298,7 @@ pub(crate) async fn gateway(
         );
     }
     let report = Report {
+        floor,
         requests,
         concurrency,
         rounds: per_round.len(),
@@ -310,9 +320,14 @@ pub(crate) async fn gateway(
             format!(" ({lo:.digits$}–{hi:.digits$})")
         };
         outln!(
-            "{} requests, {} at once, through the gateway (policy, budget and audit on each){}: {:.0}{} requests/s · {:.0}{} µs of rein's CPU and {:.1}{} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through rein p50 {:.2} ms · p99 {:.2} ms)\n  rein serve RSS: idle {} KiB · under load {}{} KiB",
+            "{} requests, {} at once, {}{}: {:.0}{} requests/s · {:.0}{} µs of {} CPU and {:.1}{} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through {} p50 {:.2} ms · p99 {:.2} ms)\n  {} RSS: idle {} KiB · under load {}{} KiB",
             report.requests,
             report.concurrency,
+            if floor {
+                "through a bare relay (nothing judged, reserved or recorded: the floor)"
+            } else {
+                "through the gateway (policy, budget and audit on each)"
+            },
             if report.rounds > 1 {
                 format!(", median of {} rounds (range)", report.rounds)
             } else {
@@ -322,6 +337,7 @@ pub(crate) async fn gateway(
             range(&|r| r.requests_per_s, 0),
             m.cpu_us_per_request,
             range(&|r| r.cpu_us_per_request, 0),
+            if floor { "the relay's" } else { "rein's" },
             m.context_switches_per_request,
             range(&|r| r.context_switches_per_request, 1),
             m.cpu_us_per_request_by_thread
@@ -336,8 +352,10 @@ pub(crate) async fn gateway(
             range(&|r| r.added_p99_ms, 2),
             m.direct_p50_ms,
             m.direct_p99_ms,
+            if floor { "the relay" } else { "rein" },
             m.gateway_p50_ms,
             m.gateway_p99_ms,
+            if floor { "relay" } else { "rein serve" },
             report.rss_idle_kb,
             m.rss_under_load_kb,
             range(&|r| r.rss_under_load_kb as f64, 0),
@@ -380,6 +398,17 @@ async fn round(
         added_p99_ms: percentile(&through, 0.99) - percentile(&direct, 0.99),
         rss_under_load_kb: rss_kb(pid),
     })
+}
+
+/// The first line `rein bench relay` prints, before its address.
+const RELAY_ANNOUNCE: &str = "rein relay: listening on ";
+
+/// `rein bench relay <upstream>`: serves the bare relay on a port of loopback until stopped.
+pub(crate) async fn relay(upstream: &str) -> anyhow::Result<u8> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    outln!("{RELAY_ANNOUNCE}http://{}", listener.local_addr()?);
+    rein_server::mock_upstream::relay(listener, upstream).await?;
+    Ok(0)
 }
 
 /// The first line `rein bench mock-upstream` prints, before its address.
