@@ -3,7 +3,8 @@
 //! only by the driver that took the request (a resumed run has nobody to hand it to), the
 //! tenant's budget books at most the one model call, and the audit trail holds a record of every
 //! event. And what each of a turn's commits leaves: the run never exists without the ledger's
-//! hold of its model call, and the call is booked once.
+//! hold of its model call, and the call is booked once. And what a turn hands over: labels of
+//! results sent back, and a strict gateway's answer judged whole before any call is handed over.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -328,4 +329,50 @@ fn a_result_sent_back_keeps_its_manifests_labels_and_one_the_client_cannot_have_
     assert_eq!(labels("lookup"), ["internal"]);
     assert_eq!(labels("fs.read"), ["pii", "untrusted"]);
     assert_eq!(labels("who_knows"), ["untrusted"]);
+}
+
+/// With `on_denied = "error"`, the calls of one answer are judged before any is handed over, as
+/// dispatch judges them: each counting those before it. A cap of one `mail` per run denies the
+/// second of two, so the request is refused with nothing handed over, rather than the first
+/// being recorded as handed to a client that is answered with an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_strict_gateway_judges_an_answers_calls_counting_those_before_them_and_hands_none_over() {
+    let mail = "[[tools]]\nclient = true\nname = \"mail\"\nargs_schema = { type = \"object\", properties = { to = { type = \"string\" } } }\n";
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\non_denied = \"error\"\n{SCRIPTED_MODEL}{mail}"
+    ))
+    .file(
+        "script.toml",
+        "[[turns]]\ntext = \"Mailing both.\"\ncalls = [{ tool = \"mail\", args = { to = \"a@x.test\" } }, { tool = \"mail\", args = { to = \"b@x.test\" } }]\n",
+    )
+    .policy(
+        "permit(principal, action, resource);\n@id(\"one-mail-per-request\")\nforbid(principal, action == Action::\"mail\", resource) when { context.counters.calls >= 1 };\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = rein_testkit::engine(dir.path());
+    let mut request = turn();
+    request.tools = vec![ToolSpec {
+        name: "mail".into(),
+        description: "mails".into(),
+        parameters: serde_json::json!({"type": "object", "properties": {"to": {"type": "string"}}}),
+    }];
+    let reply = engine
+        .gateway_turn(&folder.agent(), RUN, request, &NoObserver)
+        .await
+        .unwrap();
+    let events = engine.store().events(RUN).unwrap();
+    let kinds = kinds(&events);
+    assert_eq!(reply.status, EndState::Denied, "{kinds:?}");
+    assert!(reply.calls.is_empty(), "{:?}", reply.calls);
+    assert!(
+        !kinds.contains(&"tool_intent") && !kinds.contains(&"tool_handed_off"),
+        "a call was recorded as handed over to a client answered with an error: {kinds:?}"
+    );
+    assert!(
+        reply
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("one-mail-per-request") && r.contains("call_1_2")),
+        "{reply:?}"
+    );
 }

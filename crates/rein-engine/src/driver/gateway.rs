@@ -213,9 +213,9 @@ impl Driver<'_> {
     /// "error"`): before the answer's first call is dispatched, judges all of them, and if the
     /// policies deny one, records that judgement and ends the run `denied`, handing nothing over
     /// (its client is answered with an error, so a call recorded as handed over would be one it
-    /// never received). Answers whether it ended the run. The calls are judged again as each
-    /// is dispatched; a verdict that changes in between (a counter one allowed call moves) is
-    /// the face's to catch, as before.
+    /// never received). Answers whether it ended the run. Each call is judged as dispatch will
+    /// judge it, counting the calls before it that dispatch will start or hold (a cap of one
+    /// call per run denies the second of two here, not after the first was handed over).
     pub(super) async fn refuse_whole_answer(&mut self) -> Result<bool, EngineError> {
         if !self.is_gateway() || !self.turn || !self.agent.fails_on_denied || self.answer_prejudged
         {
@@ -237,10 +237,13 @@ impl Driver<'_> {
                 continue;
             }
             let (decision, provenance) = self.judge_tool(&call, None);
-            if decision.verdict == Verdict::Deny {
-                denied.push((call, decision, provenance));
+            match decision.verdict {
+                Verdict::Deny => denied.push((call, decision, provenance)),
+                Verdict::Allow => self.ahead.push((call, true)),
+                Verdict::Ask => self.ahead.push((call, false)),
             }
         }
+        self.ahead.clear();
         if denied.is_empty() {
             return Ok(false);
         }

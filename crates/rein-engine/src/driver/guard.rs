@@ -99,6 +99,14 @@ impl Driver<'_> {
             sources,
         );
         facts.counter = self.state.counter(&call.name, &call.id);
+        // Judged ahead of dispatch (`refuse_whole_answer`), the answer's earlier calls count as
+        // they will once dispatched: started ones everywhere, held ones against their tool.
+        for (earlier, started) in &self.ahead {
+            if earlier.name == call.name {
+                facts.counter.add(&earlier.arguments);
+            }
+            facts.run_calls += u32::from(*started);
+        }
         facts.grants = self.grant_facts(&call.name, &call.arguments, facts.counter.calls);
         facts.data = self.data_sets();
         facts

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rein_core::labels::{UNTRUSTED, UNTRUSTED_NOTICE};
-use rein_core::{Action, Decision, EndState, Event, RunStarted, RunState, ToolSpec};
+use rein_core::{Action, Decision, EndState, Event, RunStarted, RunState, ToolCall, ToolSpec};
 use rein_policy::RequestFacts;
 use rein_store::{Commit, Lease};
 use tracing::{Instrument, field};
@@ -103,6 +103,10 @@ pub(crate) struct Driver<'a> {
     /// Whether the answer's calls were all judged before the first was dispatched (a gateway
     /// that fails a request whose answer holds a denied call).
     answer_prejudged: bool,
+    /// While the answer's calls are judged before any is dispatched: those judged so far that
+    /// dispatch would have started (`true`) or held for approval (`false`), which the calls
+    /// after them count as dispatch would.
+    ahead: Vec<(ToolCall, bool)>,
     /// Counts this run among those the store sees driven at once (a run driven alone commits
     /// its appends on its own thread).
     _driving: rein_store::Driving,
@@ -158,6 +162,7 @@ impl<'a> Driver<'a> {
             offered: None,
             turn: false,
             answer_prejudged: false,
+            ahead: Vec::new(),
             _driving: engine.store.driving(),
         }
     }
