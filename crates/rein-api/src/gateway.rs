@@ -222,7 +222,8 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return self.answer(&key, reply);
+            self.keep_labels(&key, &reply.labels);
+            return Ok(self.answer(&key, reply));
         }
         let task = request
             .messages
@@ -234,7 +235,7 @@ impl Rein {
             })
             .unwrap_or_default();
         let mut lookups = Lookups::default();
-        let results = request
+        let results: Vec<_> = request
             .messages
             .iter()
             .filter_map(|m| match m {
@@ -267,8 +268,8 @@ impl Rein {
             system: request.system,
             messages: request.messages,
             tools: request.tools,
+            carried_labels: self.carried(&key, agent, &results)?,
             results,
-            carried_labels: self.carried(&key)?,
             proposed: None,
         };
         let reply = self
@@ -278,7 +279,8 @@ impl Rein {
         if reply.status == EndState::AwaitingApproval {
             self.hold(key.clone(), reply.run_id.clone());
         }
-        self.answer(&key, reply)
+        self.keep_labels(&key, &reply.labels);
+        Ok(self.answer(&key, reply))
     }
 
     /// Judges and runs a call an agent proposes itself through the MCP gateway (`tools/call` of
@@ -312,7 +314,7 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
-            return self.answer(&key, reply);
+            return Ok(self.answer(&key, reply));
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
         let turn = GatewayTurn {
@@ -336,7 +338,8 @@ impl Rein {
         if reply.status == EndState::AwaitingApproval {
             self.hold(key.clone(), reply.run_id.clone());
         }
-        self.answer(&key, reply)
+        // An MCP call has no conversation to carry labels into: each is its own.
+        Ok(self.answer(&key, reply))
     }
 
     /// The answer a held turn of this conversation gives, if it has one: the same note while
@@ -501,30 +504,56 @@ impl Rein {
     }
 
     /// The labels the conversation's earlier requests saw, read from the state directory each
-    /// request: another process serving the same conversation may have added some.
-    fn carried(&self, key: &ConversationKey) -> Result<Vec<String>, Error> {
-        Ok(self.conversations()?.labels(key.as_ref())?)
-    }
-
-    /// Records the labels a request of the conversation ended with, before it is answered: a
-    /// later request whose client has dropped the results that brought them (or that reaches
-    /// another process, or this one restarted) is judged with them.
-    fn carry(&self, key: &ConversationKey, labels: &[String]) -> Result<(), Error> {
-        if labels.is_empty() {
-            return Ok(());
+    /// request (another process serving the same conversation may have added some). The labels
+    /// of the `results` the client sends back are added to them first, before anything of the
+    /// request is recorded: a later request whose client has dropped those results (or that
+    /// reaches another process, or this one restarted) is judged with them, and a failure to
+    /// keep them fails this request before it has done anything.
+    fn carried(
+        &self,
+        key: &ConversationKey,
+        agent: &rein_engine::Agent,
+        results: &[(String, String, serde_json::Value)],
+    ) -> Result<Vec<String>, Error> {
+        let store = self.conversations()?;
+        let carried = store.labels(key.as_ref())?;
+        let mut seen: Vec<String> = Vec::new();
+        for (_, tool, _) in results {
+            for label in rein_engine::Engine::gateway_labels(agent, tool) {
+                if !carried.contains(&label) && !seen.contains(&label) {
+                    seen.push(label);
+                }
+            }
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        self.conversations()?.add(key.as_ref(), labels, now_ms)?;
-        Ok(())
+        if !seen.is_empty() {
+            store.add(key.as_ref(), &seen, now_ms())?;
+        }
+        Ok(carried)
     }
 
-    fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> Result<GatewayAnswer, Error> {
-        self.carry(key, &reply.labels)?;
+    /// Keeps the labels a request of the conversation ended with. Its input's labels were kept
+    /// before it ran (`carried`), so this normally writes nothing; the request is recorded and
+    /// answered by now, so a failure here is logged rather than turning a served answer (calls
+    /// handed over, an approval used) into an error its client would retry.
+    fn keep_labels(&self, key: &ConversationKey, labels: &[String]) {
+        if labels.is_empty() {
+            return;
+        }
+        let kept = self
+            .conversations()
+            .and_then(|store| Ok(store.add(key.as_ref(), labels, now_ms())?));
+        if let Err(e) = kept {
+            tracing::error!(
+                conversation = %key.conversation,
+                error = %e,
+                "the labels of a gateway conversation could not be kept"
+            );
+        }
+    }
+
+    fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> GatewayAnswer {
         let run = &reply.run_id;
-        Ok(GatewayAnswer {
+        GatewayAnswer {
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
             // them with the run's id, so each is unique in it.
             calls: reply
@@ -558,7 +587,7 @@ impl Rein {
             usage: reply.usage.into(),
             cost_usd: reply.cost_micros as f64 / 1e6,
             reason: reply.reason,
-        })
+        }
     }
 
     fn held_first(&self, key: &ConversationKey) -> Option<String> {
@@ -651,15 +680,20 @@ fn wire_call_id(run_id: &str, call_id: &str) -> String {
 
 /// Whether a held run's approval has expired (the resume then records it as denied).
 fn expired(state: &RunState) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+    let now = now_ms();
     let lapsed = |a: Option<&rein_core::state::ApprovalSlot>| {
         a.and_then(|a| a.expires_at_ms).is_some_and(|at| at <= now)
     };
     state.calls().iter().any(|c| lapsed(c.approval.as_ref()))
         || state.answer().is_some_and(|a| lapsed(a.approval.as_ref()))
+}
+
+/// Milliseconds since the epoch, now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.

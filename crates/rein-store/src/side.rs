@@ -1,4 +1,5 @@
-//! The small SQLite files beside the event store (`memory.sqlite`, `tokens.sqlite`), and the budget
+//! The small SQLite files beside the event store (`memory.sqlite`, `tokens.sqlite`,
+//! `conversations.sqlite`), and the budget
 //! ledger's reads of the store's own file: opened the same way (WAL, a busy timeout, their schema
 //! migrated by version), one connection behind a mutex, errors naming the file.
 
