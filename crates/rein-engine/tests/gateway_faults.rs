@@ -331,23 +331,25 @@ fn a_result_sent_back_keeps_its_manifests_labels_and_one_the_client_cannot_have_
     assert_eq!(labels("who_knows"), ["untrusted"]);
 }
 
-/// With `on_denied = "error"`, the calls of one answer are judged before any is handed over, as
-/// dispatch judges them: each counting those before it. A cap of one `mail` per run denies the
-/// second of two, so the request is refused with nothing handed over, rather than the first
-/// being recorded as handed to a client that is answered with an error.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_strict_gateway_judges_an_answers_calls_counting_those_before_them_and_hands_none_over() {
+/// A strict gateway (`on_denied = "error"`) whose policies allow `cap` calls of `mail` a run
+/// (and its budget `tool_calls` calls, if given), answering one request whose reply holds two:
+/// the reply and the run's events.
+async fn two_mails_under_a_cap(
+    cap: u32,
+    tool_calls: Option<u32>,
+) -> (rein_engine::GatewayReply, Vec<rein_core::StoredEvent>) {
+    let budget = tool_calls.map_or(String::new(), |n| format!("[budget]\ntool_calls = {n}\n"));
     let mail = "[[tools]]\nclient = true\nname = \"mail\"\nargs_schema = { type = \"object\", properties = { to = { type = \"string\" } } }\n";
     let folder = AgentFolder::new(&format!(
-        "name = \"gw\"\n[gateway]\non_denied = \"error\"\n{SCRIPTED_MODEL}{mail}"
+        "name = \"gw\"\n[gateway]\non_denied = \"error\"\n{SCRIPTED_MODEL}{budget}{mail}"
     ))
     .file(
         "script.toml",
         "[[turns]]\ntext = \"Mailing both.\"\ncalls = [{ tool = \"mail\", args = { to = \"a@x.test\" } }, { tool = \"mail\", args = { to = \"b@x.test\" } }]\n",
     )
-    .policy(
-        "permit(principal, action, resource);\n@id(\"one-mail-per-request\")\nforbid(principal, action == Action::\"mail\", resource) when { context.counters.calls >= 1 };\n",
-    );
+    .policy(&format!(
+        "permit(principal, action, resource);\n@id(\"mail-cap\")\nforbid(principal, action == Action::\"mail\", resource) when {{ context.counters.calls >= {cap} }};\n"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let engine = rein_testkit::engine(dir.path());
     let mut request = turn();
@@ -360,19 +362,57 @@ async fn a_strict_gateway_judges_an_answers_calls_counting_those_before_them_and
         .gateway_turn(&folder.agent(), RUN, request, &NoObserver)
         .await
         .unwrap();
-    let events = engine.store().events(RUN).unwrap();
-    let kinds = kinds(&events);
-    assert_eq!(reply.status, EndState::Denied, "{kinds:?}");
+    (reply, engine.store().events(RUN).unwrap())
+}
+
+/// With `on_denied = "error"`, the calls of one answer are judged before any is handed over, as
+/// dispatch judges them: each counting those before it, never itself. A cap of one `mail` per
+/// run denies the second of two (and only it), so the request is refused with nothing handed
+/// over, rather than the first being recorded as handed to a client answered with an error; a
+/// cap of two hands both over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_strict_gateway_judges_an_answers_calls_counting_those_before_them_and_hands_none_over() {
+    let (reply, events) = two_mails_under_a_cap(1, None).await;
+    let seen = kinds(&events);
+    assert_eq!(reply.status, EndState::Denied, "{seen:?}");
     assert!(reply.calls.is_empty(), "{:?}", reply.calls);
     assert!(
-        !kinds.contains(&"tool_intent") && !kinds.contains(&"tool_handed_off"),
-        "a call was recorded as handed over to a client answered with an error: {kinds:?}"
+        !seen.contains(&"tool_intent") && !seen.contains(&"tool_handed_off"),
+        "a call was recorded as handed over to a client answered with an error: {seen:?}"
     );
+    let denied: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            rein_core::Event::ToolJudged {
+                call_id, verdict, ..
+            } if *verdict == rein_core::Verdict::Deny => Some(call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(denied, ["call_1_2"], "{seen:?}");
+    let reason = reply.reason.clone().unwrap_or_default();
     assert!(
+        reason.contains("mail-cap") && reason.contains("call_1_2") && !reason.contains("call_1_1"),
+        "{reason}"
+    );
+
+    let (reply, events) = two_mails_under_a_cap(2, None).await;
+    assert_eq!(reply.status, EndState::Completed, "{:?}", kinds(&events));
+    let handed: Vec<&str> = reply.calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(handed, ["call_1_1", "call_1_2"]);
+
+    // A call past the run's tool-call budget is refused unjudged by dispatch, not denied: it is
+    // not judged ahead either, so it does not fail the request.
+    let (reply, events) = two_mails_under_a_cap(1, Some(1)).await;
+    assert_eq!(reply.status, EndState::Completed, "{:?}", kinds(&events));
+    let handed: Vec<&str> = reply.calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(handed, ["call_1_1"]);
+    assert_eq!(
         reply
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("one-mail-per-request") && r.contains("call_1_2")),
-        "{reply:?}"
+            .withheld
+            .iter()
+            .map(|w| (w.call_id.as_str(), w.by))
+            .collect::<Vec<_>>(),
+        [("call_1_2", rein_engine::WithheldBy::Rejected)]
     );
 }

@@ -215,7 +215,9 @@ impl Driver<'_> {
     /// (its client is answered with an error, so a call recorded as handed over would be one it
     /// never received). Answers whether it ended the run. Each call is judged as dispatch will
     /// judge it, counting the calls before it that dispatch will start or hold (a cap of one
-    /// call per run denies the second of two here, not after the first was handed over).
+    /// call per run denies the second of two here, not after the first was handed over). (A
+    /// tool whose circuit breaker is open is judged here, though dispatch will refuse it
+    /// unjudged: asking the breaker would spend its half-open probe.)
     pub(super) async fn refuse_whole_answer(&mut self) -> Result<bool, EngineError> {
         if !self.is_gateway() || !self.turn || !self.agent.fails_on_denied || self.answer_prejudged
         {
@@ -233,7 +235,13 @@ impl Driver<'_> {
         let mut denied = Vec::new();
         for call in proposed {
             // Calls refused before judging are left out as they would be: they are not denials.
-            if self.refused_unjudged(&call).is_some() {
+            // So are those past the run's tool-call budget, counting the calls before them.
+            let started = self.ahead.iter().filter(|(_, started)| *started).count() as u32;
+            let spent = self
+                .agent
+                .max_tool_calls
+                .is_some_and(|max| self.state.tool_executions() + started >= max);
+            if spent || self.refused_unjudged(&call).is_some() {
                 continue;
             }
             let (decision, provenance) = self.judge_tool(&call, None);
