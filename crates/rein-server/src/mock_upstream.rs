@@ -50,10 +50,15 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 /// Serves, on `listener`, a relay of every `POST /v1/chat/completions` to `upstream` (its base
 /// URL): the body forwarded as it came and the reply returned as it came, through the HTTP
 /// server and client rein serves and calls models with (axum on hyper, reqwest), with nothing
-/// read, judged, reserved or recorded. What it costs per request is the floor under any gateway's
+/// read, judged, reserved or recorded, the upstream's status passed on. What it costs per request is the floor under any gateway's
 /// cost on the machine: a request in and a request out on loopback.
 pub async fn relay(listener: tokio::net::TcpListener, upstream: &str) -> std::io::Result<()> {
-    let client = reqwest::Client::new();
+    // Built as rein's providers build theirs (a time limit on each call and on connecting).
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(std::io::Error::other)?;
     let url = format!("{upstream}/v1/chat/completions");
     let app = Router::new().route(
         "/v1/chat/completions",
@@ -67,12 +72,15 @@ pub async fn relay(listener: tokio::net::TcpListener, upstream: &str) -> std::io
                     .send()
                     .await;
                 match sent {
-                    Ok(reply) => match reply.bytes().await {
-                        Ok(bytes) => {
-                            ([("content-type", "application/json")], bytes).into_response()
+                    Ok(reply) => {
+                        let status = StatusCode::from_u16(reply.status().as_u16())
+                            .unwrap_or(StatusCode::BAD_GATEWAY);
+                        match reply.bytes().await {
+                            Ok(bytes) => (status, [("content-type", "application/json")], bytes)
+                                .into_response(),
+                            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
                         }
-                        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-                    },
+                    }
                     Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
                 }
             }
