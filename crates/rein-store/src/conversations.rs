@@ -26,16 +26,9 @@ pub struct ConversationRef<'a> {
 }
 
 /// The labels of every gateway conversation of a state directory.
+#[derive(Debug)]
 pub struct ConversationStore {
     db: SideDb,
-}
-
-impl std::fmt::Debug for ConversationStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConversationStore")
-            .field("path", &self.db.path())
-            .finish()
-    }
 }
 
 const SELECT: &str = "SELECT labels FROM conversation_labels

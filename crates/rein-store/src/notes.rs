@@ -12,16 +12,9 @@ use crate::side::SideDb;
 use crate::StoreError;
 
 /// The notes of every scope.
+#[derive(Debug)]
 pub struct NoteStore {
     db: SideDb,
-}
-
-impl std::fmt::Debug for NoteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NoteStore")
-            .field("path", &self.db.path())
-            .finish()
-    }
 }
 
 impl NoteStore {

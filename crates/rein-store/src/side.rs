@@ -50,6 +50,13 @@ pub(crate) struct SideDb {
     conn: Mutex<Connection>,
 }
 
+/// A side database shows as its file: the stores over one derive their `Debug` from it.
+impl std::fmt::Debug for SideDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SideDb").field("path", &self.path).finish()
+    }
+}
+
 impl SideDb {
     /// Opens (or creates) `<state_dir>/<file>` and brings its schema up to date: `migrations[i]`
     /// takes the file from version `i` to `i + 1` (`PRAGMA user_version`), in one immediate

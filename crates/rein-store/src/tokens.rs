@@ -31,16 +31,9 @@ pub struct TokenRow {
 }
 
 /// The tokens of a state directory.
+#[derive(Debug)]
 pub struct TokenStore {
     db: SideDb,
-}
-
-impl std::fmt::Debug for TokenStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStore")
-            .field("path", &self.db.path())
-            .finish()
-    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
