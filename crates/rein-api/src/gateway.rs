@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use rein_core::{EndState, Message, RunState};
 use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer};
-use rein_store::Store;
+use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
 
 pub use rein_core::{Message as ChatMessage, ToolCall, ToolSpec};
@@ -142,12 +142,12 @@ impl ConversationKey {
     }
 }
 
-/// Runs held for approval, by conversation (the next request of the conversation is answered
-/// from them). The labels each conversation has seen are not kept here but in the state
-/// directory (`conversations.sqlite`), so a restart or another process forgets none.
+/// What this process remembers of the gateway's conversations. The runs held for approval by
+/// conversation (its next request is answered from them) and the labels each conversation has
+/// seen are not kept here but in the state directory (`conversations.sqlite`), so a restart or
+/// another process serving it forgets none.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
-    runs: Mutex<HashMap<ConversationKey, Vec<String>>>,
     /// The agents whose held runs were read from the store since this process started.
     scanned: Mutex<Vec<String>>,
     /// Calls handed over, by the id the client saw: ((tenant, user, gateway), tool).
@@ -277,7 +277,7 @@ impl Rein {
             .gateway_turn(agent, &run_id, turn, observer)
             .await?;
         if reply.status == EndState::AwaitingApproval {
-            self.hold(key.clone(), reply.run_id.clone());
+            self.hold(&key, &reply.run_id, HoldAt::Last);
         }
         self.keep_labels(&key, &reply.labels);
         Ok(self.answer(&key, reply))
@@ -336,7 +336,7 @@ impl Rein {
             .gateway_turn(loaded.agent(), &run_id, turn, observer)
             .await?;
         if reply.status == EndState::AwaitingApproval {
-            self.hold(key.clone(), reply.run_id.clone());
+            self.hold(&key, &reply.run_id, HoldAt::Last);
         }
         // An MCP call has no conversation to carry labels into: each is its own.
         Ok(self.answer(&key, reply))
@@ -351,7 +351,7 @@ impl Rein {
         observer: &dyn Observer,
     ) -> Result<Option<GatewayReply>, Error> {
         self.scan_held(loaded)?;
-        let Some(run_id) = self.held_first(key) else {
+        let Some(run_id) = self.held_first(key)? else {
             return Ok(None);
         };
         let engine = self.engine()?;
@@ -361,21 +361,24 @@ impl Rein {
             .started()
             .is_some_and(|s| s.tenant == key.tenant && s.user == key.user && s.agent == key.agent);
         if !owned {
-            self.release_held(key, &run_id);
+            self.release_held(key, &run_id)?;
             return Ok(None);
         }
         if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state) {
             return Ok(Some(GatewayReply::waiting(&run_id, &state)));
         }
         if state.ended().is_some() {
-            self.release_held(key, &run_id);
+            self.release_held(key, &run_id)?;
             return Ok(None);
         }
-        // Released only once the resume has answered: a resume that fails for a while (another
-        // request of the conversation holds the run, a shutdown) leaves it held for the next
-        // one; one that no later request could change is answered once, and the conversation
-        // goes on without the run.
-        self.release_held(key, &run_id);
+        // Released before it is resumed, by one request of one process: another that finds it
+        // released (it read the run before) goes on as if the run were not held, as one
+        // arriving a moment later would. A resume that fails for a while (a shutdown, the run
+        // driven elsewhere) puts it back for the next request; one that no later request could
+        // change is answered once, and the conversation goes on without the run.
+        if !self.release_held(key, &run_id)? {
+            return Ok(None);
+        }
         let reply = match engine
             .gateway_resume(&run_id, loaded.agent(), observer)
             .await
@@ -383,13 +386,13 @@ impl Rein {
             Ok(reply) => reply,
             Err(e) => {
                 if resumable_later(&e) {
-                    self.hold_first(key.clone(), run_id);
+                    self.hold(key, &run_id, HoldAt::First);
                 }
                 return Err(e.into());
             }
         };
         if reply.status == EndState::AwaitingApproval {
-            self.hold(key.clone(), reply.run_id.clone());
+            self.hold(key, &reply.run_id, HoldAt::Last);
         }
         Ok(Some(reply))
     }
@@ -516,7 +519,7 @@ impl Rein {
         results: &[(String, String, serde_json::Value)],
     ) -> Result<Vec<String>, Error> {
         let store = self.conversations()?;
-        let carried = store.labels(key.as_ref())?;
+        let carried = store.get(key.as_ref())?.labels;
         let mut seen: Vec<String> = Vec::new();
         for (_, tool, _) in results {
             for label in rein_engine::Engine::gateway_labels(agent, tool) {
@@ -526,7 +529,7 @@ impl Rein {
             }
         }
         if !seen.is_empty() {
-            store.add(key.as_ref(), &seen, now_ms())?;
+            store.add_labels(key.as_ref(), &seen, now_ms())?;
         }
         Ok(carried)
     }
@@ -541,7 +544,7 @@ impl Rein {
         }
         let kept = self
             .conversations()
-            .and_then(|store| Ok(store.add(key.as_ref(), labels, now_ms())?));
+            .and_then(|store| Ok(store.add_labels(key.as_ref(), labels, now_ms())?));
         if let Err(e) = kept {
             tracing::error!(
                 conversation = %key.conversation,
@@ -590,35 +593,43 @@ impl Rein {
         }
     }
 
-    fn held_first(&self, key: &ConversationKey) -> Option<String> {
-        let runs = self.held.runs.lock().ok()?;
-        runs.get(key).and_then(|v| v.first().cloned())
+    /// The oldest run held for the conversation, if one is.
+    fn held_first(&self, key: &ConversationKey) -> Result<Option<String>, Error> {
+        Ok(self
+            .conversations()?
+            .get(key.as_ref())?
+            .held
+            .into_iter()
+            .next())
     }
 
-    fn hold(&self, key: ConversationKey, run_id: String) {
-        if let Ok(mut runs) = self.held.runs.lock() {
-            runs.entry(key).or_default().push(run_id);
+    /// Holds run `run_id` for the conversation's next request. The run is recorded (suspended)
+    /// by now and its client answered, so a failure is logged rather than answered: the next
+    /// process to start finds the run again in the store (`scan_held`).
+    fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
+        let held = self
+            .conversations()
+            .and_then(|store| Ok(store.hold(key.as_ref(), run_id, at, now_ms())?));
+        if let Err(e) = held {
+            tracing::error!(
+                conversation = %key.conversation,
+                run = %run_id,
+                error = %e,
+                "a gateway run held for approval could not be kept for its conversation"
+            );
         }
     }
 
-    fn hold_first(&self, key: ConversationKey, run_id: String) {
-        if let Ok(mut runs) = self.held.runs.lock() {
-            runs.entry(key).or_default().insert(0, run_id);
-        }
+    /// Releases run `run_id`; whether it was held (and so is this request's to resume).
+    fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
+        Ok(self
+            .conversations()?
+            .release(key.as_ref(), run_id, now_ms())?)
     }
 
-    fn release_held(&self, key: &ConversationKey, run_id: &str) {
-        if let Ok(mut runs) = self.held.runs.lock()
-            && let Some(list) = runs.get_mut(key)
-        {
-            list.retain(|r| r != run_id);
-            if list.is_empty() {
-                runs.remove(key);
-            }
-        }
-    }
-
-    /// Reads the agent's held runs from the store once per process, so a restart loses none.
+    /// Reads the agent's held runs from the store once per process and keeps each for its
+    /// conversation (again, if it was already): a run whose holding was lost (a crash between
+    /// its suspension and its keeping, a database written by an older rein) is found again.
     fn scan_held(&self, loaded: &LoadedAgent) -> Result<(), Error> {
         {
             let scanned = self
@@ -667,7 +678,7 @@ impl Rein {
         }
         scanned.push(loaded.name().to_owned());
         for (key, run, _) in found {
-            self.hold(key, run);
+            self.hold(&key, &run, HoldAt::Last);
         }
         Ok(())
     }

@@ -1,13 +1,17 @@
-//! The labels each gateway conversation has seen, in their own SQLite file
-//! (`conversations.sqlite`): one row per conversation that has any, keyed by whose it is (tenant,
-//! user), the gateway, and its name. A conversation's later requests are judged with them even
-//! after its client drops the tool results that brought them (a trimmed or compacted history),
-//! across a restart of the server and across the processes sharing the state directory. Labels
-//! are only ever added.
+//! What rein keeps of each gateway conversation, in its own SQLite file
+//! (`conversations.sqlite`): one row per conversation, keyed by whose it is (tenant, user), the
+//! gateway, and its name, holding
+//! - the labels it has seen, only ever added to: its later requests are judged with them even
+//!   after its client drops the tool results that brought them (a trimmed or compacted history);
+//! - the runs held for a person's approval whose calls its next request receives, oldest first.
+//!
+//! Every process serving the state directory reads and writes the same rows, so a restart or a
+//! second server forgets neither. Each change is one immediate transaction that re-reads the
+//! row inside it, so two processes changing one conversation at once lose neither's change.
 
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::StoreError;
 use crate::side::SideDb;
@@ -25,14 +29,38 @@ pub struct ConversationRef<'a> {
     pub conversation: &'a str,
 }
 
-/// The labels of every gateway conversation of a state directory.
+/// What is kept of a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// The labels it has seen, in the order they were first kept.
+    pub labels: Vec<String>,
+    /// The runs held for approval whose calls it is to receive, oldest first.
+    pub held: Vec<String>,
+}
+
+/// Every gateway conversation of a state directory.
 #[derive(Debug)]
 pub struct ConversationStore {
     db: SideDb,
 }
 
-const SELECT: &str = "SELECT labels FROM conversation_labels
+const SELECT: &str = "SELECT labels, held FROM conversations
      WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4";
+
+const UPSERT: &str = "INSERT INTO conversations
+     (tenant, user, agent, conversation, labels, held, updated_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (tenant, user, agent, conversation)
+     DO UPDATE SET labels = excluded.labels, held = excluded.held, updated_ms = excluded.updated_ms";
+
+/// Where a run is put among a conversation's held runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldAt {
+    /// After the others: held now.
+    Last,
+    /// Before the others: held before, and put back after a resume that could not go on yet.
+    First,
+}
 
 impl ConversationStore {
     /// Opens (or creates) `<state_dir>/conversations.sqlite`.
@@ -41,89 +69,146 @@ impl ConversationStore {
             db: SideDb::open(
                 state_dir,
                 "conversations.sqlite",
-                &["CREATE TABLE IF NOT EXISTS conversation_labels (
+                &["CREATE TABLE IF NOT EXISTS conversations (
                     tenant TEXT NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
-                    conversation TEXT NOT NULL, labels TEXT NOT NULL,
+                    conversation TEXT NOT NULL,
+                    labels TEXT NOT NULL DEFAULT '[]', held TEXT NOT NULL DEFAULT '[]',
                     updated_ms INTEGER NOT NULL,
                     PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;"],
             )?,
         })
     }
 
-    /// The labels the conversation has seen, in the order they were first recorded; none for a
-    /// conversation never recorded.
-    pub fn labels(&self, c: ConversationRef<'_>) -> Result<Vec<String>, StoreError> {
-        // Every gateway request asks: the statement is parsed once and kept.
+    /// What is kept of the conversation; nothing for one never kept.
+    pub fn get(&self, c: ConversationRef<'_>) -> Result<Conversation, StoreError> {
         let conn = self.db.conn();
         self.read(&conn, c)
     }
 
     /// Adds `labels` to the conversation's (those it has are kept, in their order), and
-    /// answers all it has now. Nothing is written when it has them all already; otherwise the
-    /// read and the write are one immediate transaction, so two processes adding at once lose
-    /// neither's.
-    pub fn add(
+    /// answers all it has now. Nothing is written when it has them all already.
+    pub fn add_labels(
         &self,
         c: ConversationRef<'_>,
         labels: &[String],
         at_ms: u64,
     ) -> Result<Vec<String>, StoreError> {
+        let change = |kept: &mut Conversation| {
+            let mut changed = false;
+            for l in labels {
+                if !kept.labels.contains(l) {
+                    kept.labels.push(l.clone());
+                    changed = true;
+                }
+            }
+            changed
+        };
+        Ok(self.change(c, at_ms, change)?.labels)
+    }
+
+    /// Holds run `run_id` for the conversation's next request, `at` the end or the front (a run
+    /// held already stays where it is).
+    pub fn hold(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        at: HoldAt,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.change(c, at_ms, |kept| {
+            if kept.held.iter().any(|r| r == run_id) {
+                return false;
+            }
+            match at {
+                HoldAt::Last => kept.held.push(run_id.to_owned()),
+                HoldAt::First => kept.held.insert(0, run_id.to_owned()),
+            }
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Releases run `run_id`: no later request of the conversation is answered from it. Answers
+    /// whether it was held (of two processes releasing it at once, one is told it was).
+    pub fn release(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut released = false;
+        self.change(c, at_ms, |kept| {
+            let before = kept.held.len();
+            kept.held.retain(|r| r != run_id);
+            released = kept.held.len() < before;
+            released
+        })?;
+        Ok(released)
+    }
+
+    /// Applies `change` to the conversation and writes it if `change` says it changed: read
+    /// first without a lock (most requests change nothing), then read, changed and written in
+    /// one immediate transaction.
+    fn change(
+        &self,
+        c: ConversationRef<'_>,
+        at_ms: u64,
+        mut change: impl FnMut(&mut Conversation) -> bool,
+    ) -> Result<Conversation, StoreError> {
         let mut conn = self.db.conn();
-        let known = self.read(&conn, c)?;
-        if labels.iter().all(|l| known.contains(l)) {
-            return Ok(known);
+        let mut kept = self.read(&conn, c)?;
+        if !change(&mut kept) {
+            return Ok(kept);
         }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db.err(e))?;
-        let mut merged = self.read(&tx, c)?;
-        for l in labels {
-            if !merged.contains(l) {
-                merged.push(l.clone());
-            }
+        let mut kept = self.read(&tx, c)?;
+        if change(&mut kept) {
+            let json = |v: &[String]| serde_json::Value::from(v.to_vec()).to_string();
+            tx.execute(
+                UPSERT,
+                params![
+                    c.tenant,
+                    c.user,
+                    c.agent,
+                    c.conversation,
+                    json(&kept.labels),
+                    json(&kept.held),
+                    at_ms as i64
+                ],
+            )
+            .map_err(|e| self.db.err(e))?;
         }
-        let text = serde_json::Value::from(merged.clone()).to_string();
-        tx.execute(
-            "INSERT INTO conversation_labels (tenant, user, agent, conversation, labels, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (tenant, user, agent, conversation)
-             DO UPDATE SET labels = excluded.labels, updated_ms = excluded.updated_ms",
-            params![
-                c.tenant,
-                c.user,
-                c.agent,
-                c.conversation,
-                text,
-                at_ms as i64
-            ],
-        )
-        .map_err(|e| self.db.err(e))?;
         tx.commit().map_err(|e| self.db.err(e))?;
-        Ok(merged)
+        Ok(kept)
     }
 
-    fn read(
-        &self,
-        conn: &rusqlite::Connection,
-        c: ConversationRef<'_>,
-    ) -> Result<Vec<String>, StoreError> {
+    fn read(&self, conn: &Connection, c: ConversationRef<'_>) -> Result<Conversation, StoreError> {
+        // Every gateway request asks: the statement is parsed once and kept.
         let mut stmt = conn.prepare_cached(SELECT).map_err(|e| self.db.err(e))?;
-        let text: Option<String> = stmt
+        let row: Option<(String, String)> = stmt
             .query_row(params![c.tenant, c.user, c.agent, c.conversation], |r| {
-                r.get(0)
+                Ok((r.get(0)?, r.get(1)?))
             })
             .optional()
             .map_err(|e| self.db.err(e))?;
-        match text {
-            None => Ok(Vec::new()),
-            Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Database {
+        let Some((labels, held)) = row else {
+            return Ok(Conversation::default());
+        };
+        let list = |text: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(text).map_err(|e| StoreError::Database {
                 path: self.db.path().display().to_string(),
                 source: rusqlite::Error::FromSqlConversionFailure(
                     0,
                     rusqlite::types::Type::Text,
                     Box::new(e),
                 ),
-            }),
-        }
+            })
+        };
+        Ok(Conversation {
+            labels: list(&labels)?,
+            held: list(&held)?,
+        })
     }
 }

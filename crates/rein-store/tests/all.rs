@@ -1084,7 +1084,7 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
         Arc::new(ConversationStore::open(dir.path()).unwrap()),
         Arc::new(ConversationStore::open(dir.path()).unwrap()),
     ];
-    assert!(stores[0].labels(ann).unwrap().is_empty());
+    assert_eq!(stores[0].get(ann).unwrap(), Default::default());
     let threads: Vec<_> = (0..8)
         .map(|n| {
             let store = stores[n % 2].clone();
@@ -1097,7 +1097,7 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
                 };
                 for i in 0..5 {
                     store
-                        .add(ann, &[format!("l{n}-{i}"), "untrusted".into()], 1)
+                        .add_labels(ann, &[format!("l{n}-{i}"), "untrusted".into()], 1)
                         .unwrap();
                 }
             })
@@ -1106,15 +1106,15 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
     for t in threads {
         t.join().unwrap();
     }
-    let mut kept = stores[1].labels(ann).unwrap();
+    let mut kept = stores[1].get(ann).unwrap().labels;
     assert_eq!(kept.len(), 8 * 5 + 1, "{kept:?}");
     kept.sort();
     kept.dedup();
     assert_eq!(kept.len(), 8 * 5 + 1, "a label is kept twice");
     // Adding what it has writes nothing and keeps the order.
-    let before = stores[0].labels(ann).unwrap();
+    let before = stores[0].get(ann).unwrap().labels;
     assert_eq!(
-        stores[0].add(ann, &["untrusted".into()], 2).unwrap(),
+        stores[0].add_labels(ann, &["untrusted".into()], 2).unwrap(),
         before
     );
     for other in [
@@ -1132,10 +1132,70 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
             ..ann
         },
     ] {
-        assert!(stores[0].labels(other).unwrap().is_empty(), "{other:?}");
+        assert_eq!(
+            stores[0].get(other).unwrap(),
+            Default::default(),
+            "{other:?}"
+        );
     }
     // Reopened, as after a restart.
     drop(stores);
     let reopened = ConversationStore::open(dir.path()).unwrap();
-    assert_eq!(reopened.labels(ann).unwrap(), before);
+    assert_eq!(reopened.get(ann).unwrap().labels, before);
+}
+
+/// A conversation's held runs are shared by every connection: held at the end or put back at
+/// the front, each once, and of two connections releasing one run at once, one is told it
+/// released it.
+#[test]
+fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
+    use rein_store::{ConversationRef, ConversationStore, HoldAt};
+    let dir = tempfile::tempdir().unwrap();
+    let c = ConversationRef {
+        tenant: "acme",
+        user: "ann",
+        agent: "gateway",
+        conversation: "c-1",
+    };
+    let (a, b) = (
+        ConversationStore::open(dir.path()).unwrap(),
+        ConversationStore::open(dir.path()).unwrap(),
+    );
+    a.hold(c, "r1", HoldAt::Last, 1).unwrap();
+    b.hold(c, "r2", HoldAt::Last, 2).unwrap();
+    a.hold(c, "r1", HoldAt::Last, 3).unwrap();
+    assert_eq!(b.get(c).unwrap().held, ["r1", "r2"]);
+    assert!(a.release(c, "r1", 4).unwrap());
+    b.hold(c, "r1", HoldAt::First, 5).unwrap();
+    assert_eq!(a.get(c).unwrap().held, ["r1", "r2"]);
+    // Labels and held runs live side by side.
+    a.add_labels(c, &["untrusted".into()], 6).unwrap();
+    assert_eq!(
+        b.get(c).unwrap(),
+        rein_store::Conversation {
+            labels: vec!["untrusted".into()],
+            held: vec!["r1".into(), "r2".into()],
+        }
+    );
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let racers: Vec<_> = [a.clone(), b.clone(), a, b]
+        .into_iter()
+        .map(|store| {
+            std::thread::spawn(move || {
+                let c = ConversationRef {
+                    tenant: "acme",
+                    user: "ann",
+                    agent: "gateway",
+                    conversation: "c-1",
+                };
+                store.release(c, "r2", 7).unwrap()
+            })
+        })
+        .collect();
+    let released = racers
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| *r)
+        .count();
+    assert_eq!(released, 1);
 }
