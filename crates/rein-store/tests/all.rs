@@ -990,6 +990,7 @@ async fn a_version_1_state_store_is_migrated_in_place() {
 
 #[tokio::test]
 async fn thirty_openers_of_a_new_state_directory_all_succeed() {
+    // The store, its ledger, and every side database: each created and migrated once.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh");
     let threads: Vec<_> = (0..30)
@@ -999,6 +1000,8 @@ async fn thirty_openers_of_a_new_state_directory_all_succeed() {
                 SqliteStore::open(&path, Durability::Normal)
                     .and_then(|store| store.ledger().map(|_| ()))
                     .and_then(|()| rein_store::NoteStore::open(&path).map(|_| ()))
+                    .and_then(|()| rein_store::TokenStore::open(&path).map(|_| ()))
+                    .and_then(|()| rein_store::ConversationStore::open(&path).map(|_| ()))
             })
         })
         .collect();
