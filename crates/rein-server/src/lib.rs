@@ -324,6 +324,7 @@ fn router(state: Arc<AppState>) -> Router {
             get(approvals::show).post(approvals::decide),
         )
         .route("/v1/models", get(gateway::openai::models))
+        .route("/v1/models/{model}", get(gateway::openai::model))
         .route(
             "/v1/session",
             post(session::sign_in)

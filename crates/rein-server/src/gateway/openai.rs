@@ -347,3 +347,27 @@ pub(crate) async fn models(
         .collect();
     Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
 }
+
+/// `GET /v1/models/{model}`: the gateway of that name, if the caller may use it (the OpenAI
+/// SDK's `models.retrieve`), else 404 in the API's shape.
+pub(crate) async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, GwError> {
+    let caller = caller(&state, &headers, D)?;
+    let usable = super::usable(&state, &caller).await;
+    match usable.iter().find(|a| a.name() == model) {
+        Some(a) => Ok(axum::Json(
+            json!({"id": a.name(), "object": "model", "created": 0, "owned_by": "rein"}),
+        )
+        .into_response()),
+        None => Err(GwError::new(
+            D,
+            StatusCode::NOT_FOUND,
+            format!(
+                "no gateway `{model}` for this token: GET /v1/models lists the ones it may use"
+            ),
+        )),
+    }
+}

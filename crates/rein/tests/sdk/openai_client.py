@@ -68,6 +68,12 @@ def assistant(text, calls):
 
 # The gateway is listed as a model.
 check([m.id for m in client.models.list()] == ["gateway"], "GET /v1/models lists the gateway")
+check(client.models.retrieve("gateway").id == "gateway", "GET /v1/models/gateway names it")
+try:
+    client.models.retrieve("gpt-4o")
+    check(False, "a model that is no gateway of this token is not found")
+except openai.NotFoundError as e:
+    check("no gateway `gpt-4o`" in e.message, f"the 404 says so: {e.message!r}")
 
 for stream in (False, True):
     # An allowed call reaches the client with its arguments intact; its result goes back.
