@@ -221,7 +221,11 @@ impl Rein {
             None => derive_conversation(caller, loaded.name(), &request),
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
-        if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
+        let kept = self.kept(loaded, &key)?;
+        if let Some(reply) = self
+            .held_answer(loaded, &key, kept.held.first(), observer)
+            .await?
+        {
             self.keep_labels(&key, &reply.labels);
             return Ok(self.answer(&key, reply));
         }
@@ -268,7 +272,7 @@ impl Rein {
             system: request.system,
             messages: request.messages,
             tools: request.tools,
-            carried_labels: self.carried(&key, agent, &results)?,
+            carried_labels: self.carried(&key, agent, kept.labels, &results)?,
             results,
             proposed: None,
         };
@@ -313,7 +317,11 @@ impl Rein {
             format!("mcp-{}", hex::encode(&h.finalize()[..12]))
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
-        if let Some(reply) = self.held_answer(loaded, &key, observer).await? {
+        let kept = self.kept(loaded, &key)?;
+        if let Some(reply) = self
+            .held_answer(loaded, &key, kept.held.first(), observer)
+            .await?
+        {
             return Ok(self.answer(&key, reply));
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -342,16 +350,27 @@ impl Rein {
         Ok(self.answer(&key, reply))
     }
 
-    /// The answer a held turn of this conversation gives, if it has one: the same note while
-    /// its approvals are undecided; once decided, what the resumed run hands over.
+    /// What is kept of the conversation (its labels and held runs), read once a request, after
+    /// this process has found the gateway's held runs in the store.
+    fn kept(
+        &self,
+        loaded: &LoadedAgent,
+        key: &ConversationKey,
+    ) -> Result<rein_store::Conversation, Error> {
+        self.scan_held(loaded)?;
+        Ok(self.conversations()?.get(key.as_ref())?)
+    }
+
+    /// The answer the conversation's oldest held run (`held`) gives, if it has one: the same
+    /// note while its approvals are undecided; once decided, what the resumed run hands over.
     async fn held_answer(
         &self,
         loaded: &LoadedAgent,
         key: &ConversationKey,
+        held: Option<&String>,
         observer: &dyn Observer,
     ) -> Result<Option<GatewayReply>, Error> {
-        self.scan_held(loaded)?;
-        let Some(run_id) = self.held_first(key)? else {
+        let Some(run_id) = held.cloned() else {
             return Ok(None);
         };
         let engine = self.engine()?;
@@ -506,20 +525,19 @@ impl Rein {
         Ok(self.conversations.get_or_init(|| opened))
     }
 
-    /// The labels the conversation's earlier requests saw, read from the state directory each
-    /// request (another process serving the same conversation may have added some). The labels
-    /// of the `results` the client sends back are added to them first, before anything of the
-    /// request is recorded: a later request whose client has dropped those results (or that
-    /// reaches another process, or this one restarted) is judged with them, and a failure to
-    /// keep them fails this request before it has done anything.
+    /// The labels the conversation's earlier requests saw (`carried`, read from the state
+    /// directory this request: another process serving the same conversation may have added
+    /// some). The labels of the `results` the client sends back are added to those kept first,
+    /// before anything of the request is recorded: a later request whose client has dropped
+    /// those results (or that reaches another process, or this one restarted) is judged with
+    /// them, and a failure to keep them fails this request before it has done anything.
     fn carried(
         &self,
         key: &ConversationKey,
         agent: &rein_engine::Agent,
+        carried: Vec<String>,
         results: &[(String, String, serde_json::Value)],
     ) -> Result<Vec<String>, Error> {
-        let store = self.conversations()?;
-        let carried = store.get(key.as_ref())?.labels;
         let mut seen: Vec<String> = Vec::new();
         for (_, tool, _) in results {
             for label in rein_engine::Engine::gateway_labels(agent, tool) {
@@ -529,7 +547,8 @@ impl Rein {
             }
         }
         if !seen.is_empty() {
-            store.add_labels(key.as_ref(), &seen, now_ms())?;
+            self.conversations()?
+                .add_labels(key.as_ref(), &seen, now_ms())?;
         }
         Ok(carried)
     }
@@ -591,16 +610,6 @@ impl Rein {
             cost_usd: reply.cost_micros as f64 / 1e6,
             reason: reply.reason,
         }
-    }
-
-    /// The oldest run held for the conversation, if one is.
-    fn held_first(&self, key: &ConversationKey) -> Result<Option<String>, Error> {
-        Ok(self
-            .conversations()?
-            .get(key.as_ref())?
-            .held
-            .into_iter()
-            .next())
     }
 
     /// Holds run `run_id` for the conversation's next request. The run is recorded (suspended)
