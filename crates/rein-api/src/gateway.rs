@@ -222,10 +222,7 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
-        if let Some(reply) = self
-            .held_answer(loaded, &key, kept.held.first(), observer)
-            .await?
-        {
+        if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
             self.keep_labels(&key, &reply.labels);
             return Ok(self.answer(&key, reply));
         }
@@ -318,10 +315,7 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
-        if let Some(reply) = self
-            .held_answer(loaded, &key, kept.held.first(), observer)
-            .await?
-        {
+        if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
             return Ok(self.answer(&key, reply));
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -361,59 +355,75 @@ impl Rein {
         Ok(self.conversations()?.get(key.as_ref())?)
     }
 
-    /// The answer the conversation's oldest held run (`held`) gives, if it has one: the same
-    /// note while its approvals are undecided; once decided, what the resumed run hands over.
+    /// The answer the conversation's held runs (`held`, oldest first) give, if one does: the
+    /// same note while its approvals are undecided; once decided, what the resumed run hands
+    /// over. A run that cannot answer (ended, another caller's, gone or unreadable, or released
+    /// by another request that is resuming it) is passed over for the next.
     async fn held_answer(
         &self,
         loaded: &LoadedAgent,
         key: &ConversationKey,
-        held: Option<&String>,
+        held: &[String],
         observer: &dyn Observer,
     ) -> Result<Option<GatewayReply>, Error> {
-        let Some(run_id) = held.cloned() else {
+        use rein_engine::EngineError as E;
+        use rein_store::StoreError as S;
+        if held.is_empty() {
             return Ok(None);
-        };
+        }
         let engine = self.engine()?;
-        let state = engine.load(&run_id)?;
-        // Only the run's own tenant, user and gateway get what it holds.
-        let owned = state
-            .started()
-            .is_some_and(|s| s.tenant == key.tenant && s.user == key.user && s.agent == key.agent);
-        if !owned {
-            self.release_held(key, &run_id)?;
-            return Ok(None);
-        }
-        if state.ended().is_none() && !state.pending_approvals().is_empty() && !expired(&state) {
-            return Ok(Some(GatewayReply::waiting(&run_id, &state)));
-        }
-        if state.ended().is_some() {
-            self.release_held(key, &run_id)?;
-            return Ok(None);
-        }
-        // Released before it is resumed, by one request of one process: another that finds it
-        // released (it read the run before) goes on as if the run were not held, as one
-        // arriving a moment later would. A resume that fails for a while (a shutdown, the run
-        // driven elsewhere) puts it back for the next request; one that no later request could
-        // change is answered once, and the conversation goes on without the run.
-        if !self.release_held(key, &run_id)? {
-            return Ok(None);
-        }
-        let reply = match engine
-            .gateway_resume(&run_id, loaded.agent(), observer)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) => {
-                if resumable_later(&e) {
-                    self.hold(key, &run_id, HoldAt::First);
+        for run_id in held {
+            let state = match engine.load(run_id) {
+                Ok(state) => state,
+                // Written by a newer rein sharing the state directory: left for it.
+                Err(E::Store(S::NewerEvent { .. })) => continue,
+                // Gone, or unreadable for good: no request of the conversation could resume it.
+                Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. })) => {
+                    tracing::error!(run = %run_id, error = %e, "a held gateway run cannot be read; its conversation goes on without it");
+                    self.release_held(key, run_id)?;
+                    continue;
                 }
-                return Err(e.into());
+                Err(e) => return Err(e.into()),
+            };
+            // Only the run's own tenant, user and gateway get what it holds.
+            let owned = state.started().is_some_and(|s| {
+                s.tenant == key.tenant && s.user == key.user && s.agent == key.agent
+            });
+            if !owned || state.ended().is_some() {
+                self.release_held(key, run_id)?;
+                continue;
             }
-        };
-        if reply.status == EndState::AwaitingApproval {
-            self.hold(key, &reply.run_id, HoldAt::Last);
+            if !state.pending_approvals().is_empty() && !expired(&state) {
+                return Ok(Some(GatewayReply::waiting(run_id, &state)));
+            }
+            // Released before it is resumed, by one request of one process: another that finds
+            // it released goes on to the conversation's next held run, or to the model. A
+            // resume that fails for a while (a shutdown, the run driven elsewhere) puts it back
+            // for the next request; one that no later request could change is answered once,
+            // and the conversation goes on without the run.
+            if !self.release_held(key, run_id)? {
+                continue;
+            }
+            let reply = match engine
+                .gateway_resume(run_id, loaded.agent(), observer)
+                .await
+            {
+                Ok(reply) => reply,
+                // Ended by the request that was resuming it when this one read it.
+                Err(E::AlreadyEnded { .. }) => continue,
+                Err(e) => {
+                    if resumable_later(&e) {
+                        self.hold(key, run_id, HoldAt::First);
+                    }
+                    return Err(e.into());
+                }
+            };
+            if reply.status == EndState::AwaitingApproval {
+                self.hold(key, &reply.run_id, HoldAt::Last);
+            }
+            return Ok(Some(reply));
         }
-        Ok(Some(reply))
+        Ok(None)
     }
 
     /// Whether run `run_id` recorded a request to a gateway: what is decided for it goes to its
@@ -613,8 +623,9 @@ impl Rein {
     }
 
     /// Holds run `run_id` for the conversation's next request. The run is recorded (suspended)
-    /// by now and its client answered, so a failure is logged rather than answered: the next
-    /// process to start finds the run again in the store (`scan_held`).
+    /// by now and its request about to be answered, so a failure is logged rather than
+    /// answered, and this process reads the gateway's held runs from the store again at its
+    /// next request (`scan_held`), which keeps the run again.
     fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
         let held = self
             .conversations()
@@ -626,6 +637,9 @@ impl Rein {
                 error = %e,
                 "a gateway run held for approval could not be kept for its conversation"
             );
+            if let Ok(mut scanned) = self.held.scanned.lock() {
+                scanned.retain(|a| *a != key.agent);
+            }
         }
     }
 
@@ -686,6 +700,8 @@ impl Rein {
             return Ok(());
         }
         scanned.push(loaded.name().to_owned());
+        // (A holding that fails takes the agent off the list again: not under its lock.)
+        drop(scanned);
         for (key, run, _) in found {
             self.hold(&key, &run, HoldAt::Last);
         }

@@ -1181,10 +1181,13 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         }
     );
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let racers: Vec<_> = [a.clone(), b.clone(), a, b]
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let racers: Vec<_> = [a.clone(), b.clone(), a.clone(), b]
         .into_iter()
         .map(|store| {
+            let start = start.clone();
             std::thread::spawn(move || {
+                start.wait();
                 let c = ConversationRef {
                     tenant: "acme",
                     user: "ann",
@@ -1201,4 +1204,5 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         .filter(|r| *r)
         .count();
     assert_eq!(released, 1);
+    assert_eq!(a.get(c).unwrap().held, ["r1"]);
 }
