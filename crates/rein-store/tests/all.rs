@@ -1070,6 +1070,14 @@ async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_te
     assert!(store.spend("t", 86_400_000).unwrap().is_empty());
 }
 
+/// Ann's conversation `c-1` at the gateway, as the conversation tests name it.
+const ANN: rein_store::ConversationRef<'static> = rein_store::ConversationRef {
+    tenant: "acme",
+    user: "ann",
+    agent: "gateway",
+    conversation: "c-1",
+};
+
 /// A conversation's labels are only added to: two processes adding at once (two connections,
 /// each adding its own labels from many threads) lose neither's, and another caller's
 /// conversation of the same name, or another gateway's, sees none of them.
@@ -1077,12 +1085,7 @@ async fn spend_is_summed_from_model_calls_by_day_model_agent_and_user_for_one_te
 fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_their_callers() {
     use rein_store::{ConversationRef, ConversationStore};
     let dir = tempfile::tempdir().unwrap();
-    let ann = ConversationRef {
-        tenant: "acme",
-        user: "ann",
-        agent: "gateway",
-        conversation: "c-1",
-    };
+    let ann = ANN;
     let stores = [
         Arc::new(ConversationStore::open(dir.path()).unwrap()),
         Arc::new(ConversationStore::open(dir.path()).unwrap()),
@@ -1092,12 +1095,7 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
         .map(|n| {
             let store = stores[n % 2].clone();
             std::thread::spawn(move || {
-                let ann = ConversationRef {
-                    tenant: "acme",
-                    user: "ann",
-                    agent: "gateway",
-                    conversation: "c-1",
-                };
+                let ann = ANN;
                 for i in 0..5 {
                     store
                         .add_labels(ann, &[format!("l{n}-{i}"), "untrusted".into()], 1)
@@ -1152,14 +1150,9 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
 /// released it.
 #[test]
 fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
-    use rein_store::{ConversationRef, ConversationStore, HoldAt};
+    use rein_store::{ConversationStore, HoldAt};
     let dir = tempfile::tempdir().unwrap();
-    let c = ConversationRef {
-        tenant: "acme",
-        user: "ann",
-        agent: "gateway",
-        conversation: "c-1",
-    };
+    let c = ANN;
     let (a, b) = (
         ConversationStore::open(dir.path()).unwrap(),
         ConversationStore::open(dir.path()).unwrap(),
@@ -1188,12 +1181,7 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
             let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
-                let c = ConversationRef {
-                    tenant: "acme",
-                    user: "ann",
-                    agent: "gateway",
-                    conversation: "c-1",
-                };
+                let c = ANN;
                 store.release(c, "r2", 7).unwrap()
             })
         })
