@@ -526,7 +526,7 @@ impl Rein {
         Ok(Some((who, calls)))
     }
 
-    /// The conversations' labels, opened once.
+    /// What is kept of the gateway's conversations (labels, held runs), opened once.
     fn conversations(&self) -> Result<&rein_store::ConversationStore, Error> {
         if let Some(c) = self.conversations.get() {
             return Ok(c);
