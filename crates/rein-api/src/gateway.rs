@@ -380,7 +380,7 @@ impl Rein {
                 // Gone, or unreadable for good: no request of the conversation could resume it.
                 Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. })) => {
                     tracing::error!(run = %run_id, error = %e, "a held gateway run cannot be read; its conversation goes on without it");
-                    self.release_held(key, run_id)?;
+                    self.give_up(key, run_id);
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -414,6 +414,8 @@ impl Rein {
                 Err(e) => {
                     if resumable_later(&e) {
                         self.hold(key, run_id, HoldAt::First);
+                    } else {
+                        self.give_up(key, run_id);
                     }
                     return Err(e.into());
                 }
@@ -643,6 +645,18 @@ impl Rein {
         }
     }
 
+    /// Gives run `run_id` up: no later request could resume it, so none is answered from it,
+    /// even after a process start finds it in the store still waiting. Logged if it fails (the
+    /// run is released already; a process start would hold it, and fail, once more).
+    fn give_up(&self, key: &ConversationKey, run_id: &str) {
+        let given = self
+            .conversations()
+            .and_then(|store| Ok(store.give_up(key.as_ref(), run_id, now_ms())?));
+        if let Err(e) = given {
+            tracing::error!(run = %run_id, error = %e, "a held gateway run could not be given up");
+        }
+    }
+
     /// Releases run `run_id`; whether it was held (and so is this request's to resume).
     fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
         Ok(self
@@ -673,7 +687,19 @@ impl Rein {
         let store = self.store()?;
         let mut found = Vec::new();
         for run in store.list_runs(&filter)? {
-            let events = store.events(&run.id)?;
+            // A run whose log cannot be read (damaged, or a newer rein's) is left out: one such
+            // run must not fail every request of the gateway.
+            let events = match store.events(&run.id) {
+                Ok(events) => events,
+                Err(
+                    e @ (rein_store::StoreError::Corrupt { .. }
+                    | rein_store::StoreError::NewerEvent { .. }),
+                ) => {
+                    tracing::error!(run = %run.id, error = %e, "a gateway run waiting for approval cannot be read; it is not held");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let conversation = conversation_of(&events);
             let started = events.first().and_then(|e| match &e.event {
                 rein_core::Event::RunStarted(s) => Some(s.clone()),
@@ -703,7 +729,7 @@ impl Rein {
         // (A holding that fails takes the agent off the list again: not under its lock.)
         drop(scanned);
         for (key, run, _) in found {
-            self.hold(&key, &run, HoldAt::Last);
+            self.hold(&key, &run, HoldAt::InOrder);
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 //! gateway, and its name, holding
 //! - the labels it has seen, only ever added to: its later requests are judged with them even
 //!   after its client drops the tool results that brought them (a trimmed or compacted history);
-//! - the runs held for a person's approval whose calls its next request receives, oldest first.
+//! - the runs held for a person's approval whose calls its next request receives, oldest first;
+//! - the held runs given up (their resume failed for good), never to be held again.
 //!
 //! Every process serving the state directory reads and writes the same rows, so a restart or a
 //! second server forgets neither. Each change is one immediate transaction that re-reads the
@@ -36,6 +37,8 @@ pub struct Conversation {
     pub labels: Vec<String>,
     /// The runs held for approval whose calls it is to receive, oldest first.
     pub held: Vec<String>,
+    /// The held runs given up: no request could resume them.
+    pub given_up: Vec<String>,
 }
 
 /// Every gateway conversation of a state directory.
@@ -44,14 +47,15 @@ pub struct ConversationStore {
     db: SideDb,
 }
 
-const SELECT: &str = "SELECT labels, held FROM conversations
+const SELECT: &str = "SELECT labels, held, given_up FROM conversations
      WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4";
 
 const UPSERT: &str = "INSERT INTO conversations
-     (tenant, user, agent, conversation, labels, held, updated_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     (tenant, user, agent, conversation, labels, held, given_up, updated_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
      ON CONFLICT (tenant, user, agent, conversation)
-     DO UPDATE SET labels = excluded.labels, held = excluded.held, updated_ms = excluded.updated_ms";
+     DO UPDATE SET labels = excluded.labels, held = excluded.held,
+                   given_up = excluded.given_up, updated_ms = excluded.updated_ms";
 
 /// Where a run is put among a conversation's held runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,8 @@ pub enum HoldAt {
     Last,
     /// Before the others: held before, and put back after a resume that could not go on yet.
     First,
+    /// In the order of run ids (rein's are time-ordered): found again in the store.
+    InOrder,
 }
 
 impl ConversationStore {
@@ -73,6 +79,7 @@ impl ConversationStore {
                     tenant TEXT NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
                     conversation TEXT NOT NULL,
                     labels TEXT NOT NULL DEFAULT '[]', held TEXT NOT NULL DEFAULT '[]',
+                    given_up TEXT NOT NULL DEFAULT '[]',
                     updated_ms INTEGER NOT NULL,
                     PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;"],
             )?,
@@ -106,8 +113,8 @@ impl ConversationStore {
         Ok(self.change(c, at_ms, change)?.labels)
     }
 
-    /// Holds run `run_id` for the conversation's next request, `at` the end or the front (a run
-    /// held already stays where it is).
+    /// Holds run `run_id` for the conversation's next request, where `at` says (a run held
+    /// already stays where it is; one given up is not held again).
     pub fn hold(
         &self,
         c: ConversationRef<'_>,
@@ -116,13 +123,15 @@ impl ConversationStore {
         at_ms: u64,
     ) -> Result<(), StoreError> {
         self.change(c, at_ms, |kept| {
-            if kept.held.iter().any(|r| r == run_id) {
+            if kept.held.iter().chain(&kept.given_up).any(|r| r == run_id) {
                 return false;
             }
-            match at {
-                HoldAt::Last => kept.held.push(run_id.to_owned()),
-                HoldAt::First => kept.held.insert(0, run_id.to_owned()),
-            }
+            let at = match at {
+                HoldAt::Last => kept.held.len(),
+                HoldAt::First => 0,
+                HoldAt::InOrder => kept.held.partition_point(|r| r.as_str() < run_id),
+            };
+            kept.held.insert(at, run_id.to_owned());
             true
         })
         .map(|_| ())
@@ -144,6 +153,25 @@ impl ConversationStore {
             released
         })?;
         Ok(released)
+    }
+
+    /// Gives run `run_id` up: it is released, and never held again (a process reading the
+    /// runs waiting for approval from the store finds it there still).
+    pub fn give_up(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.change(c, at_ms, |kept| {
+            kept.held.retain(|r| r != run_id);
+            if kept.given_up.iter().any(|r| r == run_id) {
+                return false;
+            }
+            kept.given_up.push(run_id.to_owned());
+            true
+        })
+        .map(|_| ())
     }
 
     /// Applies `change` to the conversation and writes it if `change` says it changed: read
@@ -175,6 +203,7 @@ impl ConversationStore {
                     c.conversation,
                     json(&kept.labels),
                     json(&kept.held),
+                    json(&kept.given_up),
                     at_ms as i64
                 ],
             )
@@ -187,13 +216,13 @@ impl ConversationStore {
     fn read(&self, conn: &Connection, c: ConversationRef<'_>) -> Result<Conversation, StoreError> {
         // Every gateway request asks: the statement is parsed once and kept.
         let mut stmt = conn.prepare_cached(SELECT).map_err(|e| self.db.err(e))?;
-        let row: Option<(String, String)> = stmt
+        let row: Option<(String, String, String)> = stmt
             .query_row(params![c.tenant, c.user, c.agent, c.conversation], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
             .map_err(|e| self.db.err(e))?;
-        let Some((labels, held)) = row else {
+        let Some((labels, held, given_up)) = row else {
             return Ok(Conversation::default());
         };
         let list = |text: &str| -> Result<Vec<String>, StoreError> {
@@ -209,6 +238,7 @@ impl ConversationStore {
         Ok(Conversation {
             labels: list(&labels)?,
             held: list(&held)?,
+            given_up: list(&given_up)?,
         })
     }
 }

@@ -1145,9 +1145,9 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
     assert_eq!(reopened.get(ann).unwrap().labels, before);
 }
 
-/// A conversation's held runs are shared by every connection: held at the end or put back at
-/// the front, each once, and of two connections releasing one run at once, one is told it
-/// released it.
+/// A conversation's held runs are shared by every connection: held at the end, put back at the
+/// front or placed by id, each once; of two connections releasing one run at once, one is told
+/// it released it; a run given up is not held again.
 #[test]
 fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
     use rein_store::{ConversationStore, HoldAt};
@@ -1171,6 +1171,7 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         rein_store::Conversation {
             labels: vec!["untrusted".into()],
             held: vec!["r1".into(), "r2".into()],
+            given_up: Vec::new(),
         }
     );
     let (a, b) = (Arc::new(a), Arc::new(b));
@@ -1193,4 +1194,21 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         .count();
     assert_eq!(released, 1);
     assert_eq!(a.get(c).unwrap().held, ["r1"]);
+    // Found again in the store, a run goes where its id puts it; one given up is released and
+    // held no more.
+    a.hold(c, "r3", HoldAt::InOrder, 8).unwrap();
+    a.hold(c, "r0", HoldAt::InOrder, 9).unwrap();
+    assert_eq!(a.get(c).unwrap().held, ["r0", "r1", "r3"]);
+    a.give_up(c, "r1", 10).unwrap();
+    for at in [HoldAt::Last, HoldAt::First, HoldAt::InOrder] {
+        a.hold(c, "r1", at, 11).unwrap();
+    }
+    let kept = a.get(c).unwrap();
+    assert_eq!(
+        (kept.held, kept.given_up),
+        (
+            vec!["r0".to_owned(), "r3".to_owned()],
+            vec!["r1".to_owned()]
+        )
+    );
 }
