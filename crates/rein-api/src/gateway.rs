@@ -502,11 +502,19 @@ impl Rein {
     }
 
     /// Whose run `run_id` is and the calls it handed over (rein's call id to the tool), or
-    /// `None` for a run that is not there or never started.
+    /// `None` for a run that is not there, never started, or cannot be read.
     fn handed_off(&self, run_id: &str) -> Result<Option<HandedOff>, Error> {
+        use rein_store::StoreError as S;
         let state = match self.engine()?.load(run_id) {
             Ok(state) => state,
-            Err(rein_engine::EngineError::Store(rein_store::StoreError::NotFound(_))) => {
+            Err(rein_engine::EngineError::Store(S::NotFound(_))) => return Ok(None),
+            // A log that cannot be read tells nothing of what was handed over: its ids count as
+            // no hand-off to this caller (`untrusted`), rather than failing every request whose
+            // history names one.
+            Err(rein_engine::EngineError::Store(
+                e @ (S::Corrupt { .. } | S::NewerEvent { .. }),
+            )) => {
+                tracing::error!(run = %run_id, error = %e, "a gateway run named in a client's history cannot be read; its results count as untrusted");
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),

@@ -970,7 +970,7 @@ async fn a_call_held_through_one_server_reaches_its_conversation_through_another
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_held_run_whose_log_is_damaged_takes_down_neither_its_gateway_nor_its_conversation() {
+async fn a_damaged_run_takes_down_neither_its_gateway_nor_its_conversation() {
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
     let ann = token(REIN, state.path(), "acme", "ann", "gateway");
@@ -985,16 +985,20 @@ async fn a_held_run_whose_log_is_damaged_takes_down_neither_its_gateway_nor_its_
     assert!(mail_held(&held), "{held}");
     let run = held["id"].as_str().unwrap()["chatcmpl-".len()..].to_owned();
     s.kill();
-    // The held run's last event is overwritten with something that is not an event.
+    // The last event of the held run, and of the run that handed the fetch over (which the
+    // history names), is overwritten with something that is not an event.
+    let fetch_run = fetched["id"].as_str().unwrap()["chatcmpl-".len()..].to_owned();
     let db = rusqlite::Connection::open(state.path().join("rein.db")).unwrap();
-    let damaged = db
-        .execute(
-            "UPDATE events SET payload = 'not an event' WHERE run_id = ?1
-             AND seq = (SELECT MAX(seq) FROM events WHERE run_id = ?1)",
-            [&run],
-        )
-        .unwrap();
-    assert_eq!(damaged, 1);
+    for damaged_run in [&run, &fetch_run] {
+        let damaged = db
+            .execute(
+                "UPDATE events SET payload = 'not an event' WHERE run_id = ?1
+                 AND seq = (SELECT MAX(seq) FROM events WHERE run_id = ?1)",
+                [damaged_run],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1);
+    }
     drop(db);
     // A new server reads the runs waiting for approval at its first gateway request: the
     // damaged one is left out, and the gateway serves its other conversations.
@@ -1010,7 +1014,8 @@ async fn a_held_run_whose_log_is_damaged_takes_down_neither_its_gateway_nor_its_
         hello["choices"][0]["message"]["content"], "Hello from behind rein's gateway.",
         "{hello}"
     );
-    // Its own conversation goes on without it, twice over (it is not held again).
+    // Its own conversation goes on without it, twice over (it is not held again), and the page
+    // whose hand-off can no longer be read still counts as untrusted: the mail is held.
     let mut later = history.as_array().unwrap().clone();
     later.push(json!({"role": "user", "content": "go on"}));
     for _ in 0..2 {
@@ -1019,6 +1024,7 @@ async fn a_held_run_whose_log_is_damaged_takes_down_neither_its_gateway_nor_its_
             !answer["id"].as_str().unwrap().ends_with(&run),
             "answered from the damaged run: {answer}"
         );
+        assert!(mail_held(&answer), "{answer}");
     }
 }
 
