@@ -45,6 +45,9 @@ pub struct Conversation {
 #[derive(Debug)]
 pub struct ConversationStore {
     db: SideDb,
+    /// A second connection for [`ConversationStore::get`], which every gateway request makes:
+    /// in WAL mode it reads while a change of this process waits for another process's write.
+    reads: SideDb,
 }
 
 const SELECT: &str = "SELECT labels, held, given_up FROM conversations
@@ -71,24 +74,24 @@ pub enum HoldAt {
 impl ConversationStore {
     /// Opens (or creates) `<state_dir>/conversations.sqlite`.
     pub fn open(state_dir: &Path) -> Result<ConversationStore, StoreError> {
-        Ok(ConversationStore {
-            db: SideDb::open(
-                state_dir,
-                "conversations.sqlite",
-                &["CREATE TABLE IF NOT EXISTS conversations (
+        let db = SideDb::open(
+            state_dir,
+            "conversations.sqlite",
+            &["CREATE TABLE IF NOT EXISTS conversations (
                     tenant TEXT NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
                     conversation TEXT NOT NULL,
                     labels TEXT NOT NULL DEFAULT '[]', held TEXT NOT NULL DEFAULT '[]',
                     given_up TEXT NOT NULL DEFAULT '[]',
                     updated_ms INTEGER NOT NULL,
                     PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;"],
-            )?,
-        })
+        )?;
+        let reads = SideDb::attach(db.path())?;
+        Ok(ConversationStore { db, reads })
     }
 
     /// What is kept of the conversation; nothing for one never kept.
     pub fn get(&self, c: ConversationRef<'_>) -> Result<Conversation, StoreError> {
-        let conn = self.db.conn();
+        let conn = self.reads.conn();
         self.read(&conn, c)
     }
 
