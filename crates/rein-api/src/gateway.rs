@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rein_core::{EndState, Message, RunState};
+use rein_core::{Clock, EndState, Message, RunState};
 use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer};
 use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
@@ -223,7 +223,7 @@ impl Rein {
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
         if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
-            self.keep_labels(&key, &reply.labels);
+            self.keep_labels(&key, &reply.labels, &kept.labels);
             return Ok(self.answer(&key, reply));
         }
         let task = request
@@ -260,6 +260,7 @@ impl Rein {
             })
             .collect::<Result<_, Error>>()?;
         let run_id = uuid::Uuid::now_v7().simple().to_string();
+        let (carried_labels, known) = self.carried(&key, agent, kept.labels, &results)?;
         let turn = GatewayTurn {
             conversation: conversation.clone(),
             user: caller.user.clone(),
@@ -269,7 +270,7 @@ impl Rein {
             system: request.system,
             messages: request.messages,
             tools: request.tools,
-            carried_labels: self.carried(&key, agent, kept.labels, &results)?,
+            carried_labels,
             results,
             proposed: None,
         };
@@ -280,7 +281,7 @@ impl Rein {
         if reply.status == EndState::AwaitingApproval {
             self.hold(&key, &reply.run_id, HoldAt::Last);
         }
-        self.keep_labels(&key, &reply.labels);
+        self.keep_labels(&key, &reply.labels, &known);
         Ok(self.answer(&key, reply))
     }
 
@@ -551,13 +552,14 @@ impl Rein {
     /// before anything of the request is recorded: a later request whose client has dropped
     /// those results (or that reaches another process, or this one restarted) is judged with
     /// them, and a failure to keep them fails this request before it has done anything.
+    /// Answers the carried labels, and all the conversation is now known to have kept.
     fn carried(
         &self,
         key: &ConversationKey,
         agent: &rein_engine::Agent,
         carried: Vec<String>,
         results: &[(String, String, serde_json::Value)],
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
         let mut seen: Vec<String> = Vec::new();
         for (_, tool, _) in results {
             for label in rein_engine::Engine::gateway_labels(agent, tool) {
@@ -566,24 +568,32 @@ impl Rein {
                 }
             }
         }
-        if !seen.is_empty() {
-            self.conversations()?
-                .add_labels(key.as_ref(), &seen, now_ms())?;
+        if seen.is_empty() {
+            return Ok((carried.clone(), carried));
         }
-        Ok(carried)
+        let known = self
+            .conversations()?
+            .add_labels(key.as_ref(), &seen, now())?;
+        Ok((carried, known))
     }
 
-    /// Keeps the labels a request of the conversation ended with. Its input's labels were kept
-    /// before it ran (`carried`), so this normally writes nothing; the request is recorded and
-    /// answered by now, so a failure here is logged rather than turning a served answer (calls
-    /// handed over, an approval used) into an error its client would retry.
-    fn keep_labels(&self, key: &ConversationKey, labels: &[String]) {
-        if labels.is_empty() {
+    /// Keeps the labels a request of the conversation ended with, of those not `known` to be
+    /// kept already. Its input's labels were kept before it ran (`carried`), so this normally
+    /// reads and writes nothing; the request is recorded and answered by now, so a failure here
+    /// is logged rather than turning a served answer (calls handed over, an approval used) into
+    /// an error its client would retry.
+    fn keep_labels(&self, key: &ConversationKey, labels: &[String], known: &[String]) {
+        let fresh: Vec<String> = labels
+            .iter()
+            .filter(|l| !known.contains(l))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
             return;
         }
         let kept = self
             .conversations()
-            .and_then(|store| Ok(store.add_labels(key.as_ref(), labels, now_ms())?));
+            .and_then(|store| Ok(store.add_labels(key.as_ref(), &fresh, now())?));
         if let Err(e) = kept {
             tracing::error!(
                 conversation = %key.conversation,
@@ -639,7 +649,7 @@ impl Rein {
     fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
         let held = self
             .conversations()
-            .and_then(|store| Ok(store.hold(key.as_ref(), run_id, at, now_ms())?));
+            .and_then(|store| Ok(store.hold(key.as_ref(), run_id, at, now())?));
         if let Err(e) = held {
             tracing::error!(
                 conversation = %key.conversation,
@@ -659,7 +669,7 @@ impl Rein {
     fn give_up(&self, key: &ConversationKey, run_id: &str) {
         let given = self
             .conversations()
-            .and_then(|store| Ok(store.give_up(key.as_ref(), run_id, now_ms())?));
+            .and_then(|store| Ok(store.give_up(key.as_ref(), run_id, now())?));
         if let Err(e) = given {
             tracing::error!(run = %run_id, error = %e, "a held gateway run could not be given up");
         }
@@ -667,9 +677,7 @@ impl Rein {
 
     /// Releases run `run_id`; whether it was held (and so is this request's to resume).
     fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
-        Ok(self
-            .conversations()?
-            .release(key.as_ref(), run_id, now_ms())?)
+        Ok(self.conversations()?.release(key.as_ref(), run_id, now())?)
     }
 
     /// Reads the agent's held runs from the store once per process and keeps each for its
@@ -750,7 +758,7 @@ fn wire_call_id(run_id: &str, call_id: &str) -> String {
 
 /// Whether a held run's approval has expired (the resume then records it as denied).
 fn expired(state: &RunState) -> bool {
-    let now = now_ms();
+    let now = now();
     let lapsed = |a: Option<&rein_core::state::ApprovalSlot>| {
         a.and_then(|a| a.expires_at_ms).is_some_and(|at| at <= now)
     };
@@ -758,12 +766,9 @@ fn expired(state: &RunState) -> bool {
         || state.answer().is_some_and(|a| lapsed(a.approval.as_ref()))
 }
 
-/// Milliseconds since the epoch, now.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+/// Milliseconds since the epoch, by the engine's system clock.
+fn now() -> u64 {
+    rein_engine::SystemClock.now_ms()
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.
