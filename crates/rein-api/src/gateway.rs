@@ -538,7 +538,7 @@ impl Rein {
     }
 
     /// What is kept of the gateway's conversations (labels, held runs), opened once.
-    fn conversations(&self) -> Result<&rein_store::ConversationStore, Error> {
+    pub(crate) fn conversations(&self) -> Result<&rein_store::ConversationStore, Error> {
         if let Some(c) = self.conversations.get() {
             return Ok(c);
         }

@@ -14,6 +14,7 @@ mod approvals;
 pub mod attacks;
 mod audit;
 pub mod bench;
+mod conversations;
 mod convert;
 pub mod gateway;
 pub mod redteam;
@@ -27,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use rein_engine::{Engine, EngineError};
 use rein_store::{SqliteStore, StoreError};
 
+pub use conversations::ConversationQuery;
 pub use runs::{LoadedAgent, NewRun, RunQuery, StartRun, Watch};
 pub use tokens::{Caller, SCOPES};
 pub use wire::v1;

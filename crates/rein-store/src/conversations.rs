@@ -7,7 +7,8 @@
 //! - the held runs given up (their resume failed for good), never to be held again.
 //!
 //! Every process serving the state directory reads and writes the same rows, so a restart or a
-//! second server forgets neither. Each change is one immediate transaction that re-reads the
+//! second server forgets neither. Requests only ever add labels; only an operator removes a
+//! conversation (`forget`, or `prune` of those unchanged for a while and holding nothing). Each change is one immediate transaction that re-reads the
 //! row inside it, so two processes changing one conversation at once lose neither's change.
 
 use std::path::Path;
@@ -39,6 +40,32 @@ pub struct Conversation {
     pub held: Vec<String>,
     /// The held runs given up: no request could resume them.
     pub given_up: Vec<String>,
+}
+
+/// A conversation as listed: whose it is, and what is kept of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRow {
+    /// The tenant of its caller.
+    pub tenant: String,
+    /// The user its caller acts as.
+    pub user: String,
+    /// The gateway agent.
+    pub agent: String,
+    /// Its name.
+    pub conversation: String,
+    /// What is kept of it.
+    pub kept: Conversation,
+    /// When it last changed (ms since the epoch): a label or a held run added, a run released.
+    pub updated_ms: u64,
+}
+
+/// Which conversations to list or prune: each field that is set must match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConversationFilter<'a> {
+    /// Only this tenant's.
+    pub tenant: Option<&'a str>,
+    /// Only this gateway's.
+    pub agent: Option<&'a str>,
 }
 
 /// Every gateway conversation of a state directory.
@@ -87,6 +114,89 @@ impl ConversationStore {
         )?;
         let reads = SideDb::attach(db.path())?;
         Ok(ConversationStore { db, reads })
+    }
+
+    /// The conversations `filter` names, most recently changed first, at most `limit`.
+    pub fn list(
+        &self,
+        filter: ConversationFilter<'_>,
+        limit: usize,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        let conn = self.reads.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms
+                 FROM conversations
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR agent = ?2)
+                 ORDER BY updated_ms DESC, tenant, user, agent, conversation LIMIT ?3",
+            )
+            .map_err(|e| self.db.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.tenant,
+                    filter.agent,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        ConversationRow {
+                            tenant: r.get(0)?,
+                            user: r.get(1)?,
+                            agent: r.get(2)?,
+                            conversation: r.get(3)?,
+                            kept: Conversation::default(),
+                            updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
+                        },
+                        [r.get::<_, String>(4)?, r.get(5)?, r.get(6)?],
+                    ))
+                },
+            )
+            .map_err(|e| self.db.err(e))?;
+        let mut listed = Vec::new();
+        for row in rows {
+            let (mut row, [labels, held, given_up]) = row.map_err(|e| self.db.err(e))?;
+            row.kept = self.decode(&labels, &held, &given_up)?;
+            listed.push(row);
+        }
+        Ok(listed)
+    }
+
+    /// Forgets the conversation: its labels, its held runs (their runs still wait for a person
+    /// in the store; a process reading the runs waiting for approval holds them for it again)
+    /// and the runs given up. Answers whether it was kept.
+    pub fn forget(&self, c: ConversationRef<'_>) -> Result<bool, StoreError> {
+        let conn = self.db.conn();
+        let gone = conn
+            .execute(
+                "DELETE FROM conversations
+                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
+                params![c.tenant, c.user, c.agent, c.conversation],
+            )
+            .map_err(|e| self.db.err(e))?;
+        Ok(gone > 0)
+    }
+
+    /// Forgets the conversations `filter` names that have not changed since `before_ms` and
+    /// hold no run for a person's approval (one that does is still in use, however long the
+    /// person takes). Answers how many were forgotten.
+    pub fn prune(
+        &self,
+        filter: ConversationFilter<'_>,
+        before_ms: u64,
+    ) -> Result<usize, StoreError> {
+        let conn = self.db.conn();
+        conn.execute(
+            "DELETE FROM conversations
+             WHERE updated_ms < ?1 AND held = '[]'
+               AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR agent = ?3)",
+            params![
+                i64::try_from(before_ms).unwrap_or(i64::MAX),
+                filter.tenant,
+                filter.agent
+            ],
+        )
+        .map_err(|e| self.db.err(e))
     }
 
     /// What is kept of the conversation; nothing for one never kept.
@@ -228,6 +338,11 @@ impl ConversationStore {
         let Some((labels, held, given_up)) = row else {
             return Ok(Conversation::default());
         };
+        self.decode(&labels, &held, &given_up)
+    }
+
+    /// A row's three lists, from their JSON.
+    fn decode(&self, labels: &str, held: &str, given_up: &str) -> Result<Conversation, StoreError> {
         let list = |text: &str| -> Result<Vec<String>, StoreError> {
             serde_json::from_str(text).map_err(|e| StoreError::Database {
                 path: self.db.path().display().to_string(),
@@ -239,9 +354,9 @@ impl ConversationStore {
             })
         };
         Ok(Conversation {
-            labels: list(&labels)?,
-            held: list(&held)?,
-            given_up: list(&given_up)?,
+            labels: list(labels)?,
+            held: list(held)?,
+            given_up: list(given_up)?,
         })
     }
 }

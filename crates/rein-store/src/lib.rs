@@ -25,7 +25,9 @@ use std::task::{Context, Poll};
 use rein_core::{Durability, EndState, StoredEvent};
 use serde::Serialize;
 
-pub use conversations::{Conversation, ConversationRef, ConversationStore, HoldAt};
+pub use conversations::{
+    Conversation, ConversationFilter, ConversationRef, ConversationRow, ConversationStore, HoldAt,
+};
 pub use ledger::{
     Admission, BudgetLedger, Exhausted, LedgerLine, LedgerWrite, Queued, Reservation, Settled,
     UsageRow,

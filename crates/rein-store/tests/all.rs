@@ -1212,3 +1212,77 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         )
     );
 }
+
+/// An operator lists conversations (by tenant and gateway, most recently changed first), forgets
+/// one by its whole key (another caller's conversation of the same name keeps its labels), and
+/// prunes those unchanged since a time, except one still holding a run for a person, whatever
+/// its age.
+#[test]
+fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_holding_a_run() {
+    use rein_store::{ConversationFilter, ConversationRef, ConversationStore, HoldAt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = ConversationStore::open(dir.path()).unwrap();
+    let bob = ConversationRef { user: "bob", ..ANN };
+    let other_tenant = ConversationRef {
+        tenant: "globex",
+        ..ANN
+    };
+    let holding = ConversationRef {
+        conversation: "c-2",
+        ..ANN
+    };
+    let untrusted = vec!["untrusted".to_owned()];
+    store.add_labels(ANN, &untrusted, 1_000).unwrap();
+    store.add_labels(bob, &untrusted, 2_000).unwrap();
+    store.add_labels(other_tenant, &untrusted, 3_000).unwrap();
+    store.hold(holding, "r-held", HoldAt::Last, 500).unwrap();
+
+    let acme = ConversationFilter {
+        tenant: Some("acme"),
+        agent: None,
+    };
+    let listed = store.list(acme, 100).unwrap();
+    let keys: Vec<(&str, &str, u64)> = listed
+        .iter()
+        .map(|r| (r.user.as_str(), r.conversation.as_str(), r.updated_ms))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("bob", "c-1", 2_000),
+            ("ann", "c-1", 1_000),
+            ("ann", "c-2", 500)
+        ]
+    );
+    assert_eq!(listed[2].kept.held, ["r-held"]);
+    assert_eq!(store.list(acme, 1).unwrap().len(), 1);
+    let elsewhere = ConversationFilter {
+        tenant: None,
+        agent: Some("another-gateway"),
+    };
+    assert!(store.list(elsewhere, 100).unwrap().is_empty());
+
+    assert!(store.forget(ANN).unwrap());
+    assert!(!store.forget(ANN).unwrap(), "forgotten twice");
+    assert!(store.get(ANN).unwrap().labels.is_empty());
+    assert_eq!(store.get(bob).unwrap().labels, untrusted);
+
+    // Everything acme's is older than 10 s; only bob's goes: the held run keeps c-2, and
+    // globex's is another tenant's.
+    assert_eq!(store.prune(acme, 10_000).unwrap(), 1);
+    assert!(store.get(bob).unwrap().labels.is_empty());
+    assert_eq!(store.get(holding).unwrap().held, ["r-held"]);
+    assert_eq!(store.get(other_tenant).unwrap().labels, untrusted);
+    // Released, it goes with the next prune; a prune before its change leaves it.
+    assert!(store.release(holding, "r-held", 20_000).unwrap());
+    assert_eq!(store.prune(acme, 20_000).unwrap(), 0);
+    assert_eq!(store.prune(acme, 20_001).unwrap(), 1);
+    assert!(store.list(acme, 100).unwrap().is_empty());
+    assert_eq!(
+        store
+            .list(ConversationFilter::default(), 100)
+            .unwrap()
+            .len(),
+        1
+    );
+}

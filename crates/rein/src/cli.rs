@@ -178,6 +178,11 @@ pub(crate) enum Command {
         #[arg(long, env = "REIN_WORKERS")]
         workers: Option<usize>,
     },
+    /// The gateway's conversations: the labels each has seen and the runs held for it.
+    Conversations {
+        #[command(subcommand)]
+        command: crate::commands::conversations::ConversationsCommand,
+    },
     /// API tokens for `rein serve`.
     Tokens {
         #[command(subcommand)]

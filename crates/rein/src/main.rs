@@ -16,6 +16,7 @@ mod commands {
     pub(crate) mod bench;
     pub(crate) mod bench_gateway;
     pub(crate) mod bench_serve;
+    pub(crate) mod conversations;
     pub(crate) mod runs;
     pub(crate) mod security;
     pub(crate) mod serve;
@@ -36,7 +37,8 @@ use crate::cli::{
     SchemaCommand, TokensCommand, ToolsCommand,
 };
 use crate::commands::{
-    agents, approvals, audit, bench, bench_gateway, bench_serve, runs, security, serve,
+    agents, approvals, audit, bench, bench_gateway, bench_serve, conversations, runs, security,
+    serve,
 };
 
 fn main() -> ExitCode {
@@ -208,6 +210,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     };
     let rein = &rein;
     match command {
+        Command::Conversations { command } => conversations::run(rein, command),
         Command::Tokens { command } => match command {
             TokensCommand::Create {
                 tenant,

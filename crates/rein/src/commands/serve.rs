@@ -61,7 +61,7 @@ pub(crate) async fn serve(rein: Rein, s: Serve) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -493,6 +493,42 @@ mod audit_conversions {
     }
 }
 
+/// Whose a gateway conversation is, at which gateway, and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConversationKey {
+    /// The tenant of its caller.
+    pub tenant: String,
+    /// The user its caller acts as.
+    pub user: String,
+    /// The gateway agent.
+    pub agent: String,
+    /// Its name: the client's (`x-rein-conversation`), or derived from its history.
+    pub conversation: String,
+}
+
+/// A gateway conversation, as kept across its requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Conversation {
+    /// The tenant of its caller.
+    pub tenant: String,
+    /// The user its caller acts as.
+    pub user: String,
+    /// The gateway agent.
+    pub agent: String,
+    /// Its name.
+    pub conversation: String,
+    /// The labels its requests have seen, in the order first kept: every later request is
+    /// judged with them.
+    pub labels: Vec<String>,
+    /// The runs held for a person's approval whose calls its next request receives, oldest
+    /// first.
+    pub held: Vec<String>,
+    /// Held runs that could not be resumed, never held again.
+    pub given_up: Vec<String>,
+    /// When it last changed (ms since the epoch).
+    pub updated_ms: u64,
+}
+
 /// An API token, as listed (never the token itself).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Token {

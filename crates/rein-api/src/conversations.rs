@@ -1,0 +1,87 @@
+//! What an operator sees and does of the gateway's conversations (kept in
+//! `conversations.sqlite`, see `rein_store::ConversationStore`): lists them with the labels each
+//! has seen and the runs held for it, forgets one (its later requests are judged only on what
+//! their own history carries: for example after a person has checked what an `untrusted` tool
+//! result brought in), and prunes those unchanged for a while that hold nothing. Requests never
+//! remove anything; this is the only way a conversation's labels go.
+
+use rein_store::{ConversationFilter, ConversationRef, ConversationRow};
+
+use crate::{Error, Rein, v1};
+
+/// Which conversations an operator means: each field that is set must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConversationQuery<'a> {
+    /// Only this tenant's.
+    pub tenant: Option<&'a str>,
+    /// Only this gateway's.
+    pub agent: Option<&'a str>,
+}
+
+impl ConversationQuery<'_> {
+    fn filter(&self) -> ConversationFilter<'_> {
+        ConversationFilter {
+            tenant: self.tenant,
+            agent: self.agent,
+        }
+    }
+}
+
+fn wire(row: ConversationRow) -> v1::Conversation {
+    v1::Conversation {
+        tenant: row.tenant,
+        user: row.user,
+        agent: row.agent,
+        conversation: row.conversation,
+        labels: row.kept.labels,
+        held: row.kept.held,
+        given_up: row.kept.given_up,
+        updated_ms: row.updated_ms,
+    }
+}
+
+impl Rein {
+    /// The conversations `query` names, most recently changed first, at most `limit`.
+    pub fn list_conversations(
+        &self,
+        query: ConversationQuery<'_>,
+        limit: usize,
+    ) -> Result<Vec<v1::Conversation>, Error> {
+        Ok(self
+            .conversations()?
+            .list(query.filter(), limit)?
+            .into_iter()
+            .map(wire)
+            .collect())
+    }
+
+    /// Forgets one conversation: the labels it has seen and the runs held for it (those still
+    /// wait for a person in the store, and are held for it again by the next process to start
+    /// serving the gateway).
+    pub fn forget_conversation(&self, key: v1::ConversationKey) -> Result<(), Error> {
+        let c = ConversationRef {
+            tenant: &key.tenant,
+            user: &key.user,
+            agent: &key.agent,
+            conversation: &key.conversation,
+        };
+        if self.conversations()?.forget(c)? {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "no conversation `{}` of user `{}` (tenant `{}`) at gateway `{}`: `rein conversations list` shows those kept",
+                key.conversation, key.user, key.tenant, key.agent
+            )))
+        }
+    }
+
+    /// Forgets the conversations `query` names that have not changed since `before_ms` and hold
+    /// no run for a person's approval. Answers how many it forgot.
+    pub fn prune_conversations(
+        &self,
+        query: ConversationQuery<'_>,
+        before_ms: u64,
+    ) -> Result<usize, Error> {
+        Ok(self.conversations()?.prune(query.filter(), before_ms)?)
+    }
+}
