@@ -29,10 +29,12 @@ impl ConversationQuery<'_> {
 
 fn wire(row: ConversationRow) -> v1::Conversation {
     v1::Conversation {
-        tenant: row.tenant,
-        user: row.user,
-        agent: row.agent,
-        conversation: row.conversation,
+        key: v1::ConversationKey {
+            tenant: row.tenant,
+            user: row.user,
+            agent: row.agent,
+            conversation: row.conversation,
+        },
         labels: row.kept.labels,
         held: row.kept.held,
         given_up: row.kept.given_up,

@@ -987,7 +987,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     ]));
     assert_eq!(elsewhere, json!([]));
 
-    cli(&[
+    let forget = [
         "conversations",
         "forget",
         "checked",
@@ -997,21 +997,9 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         "ann",
         "--tenant",
         "acme",
-    ]);
-    let again = rein(
-        state.path(),
-        &[
-            "conversations",
-            "forget",
-            "checked",
-            "--agent",
-            "gateway",
-            "--user",
-            "ann",
-            "--tenant",
-            "acme",
-        ],
-    );
+    ];
+    cli(&forget);
+    let again = rein(state.path(), &forget);
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("rein conversations list"),

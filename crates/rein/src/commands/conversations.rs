@@ -127,10 +127,10 @@ fn print(listed: &[v1::Conversation]) {
         };
         outln!(
             "{:<16}  {:<16}  {:<16}  {:<34}  {:<24}  {}",
-            c.tenant,
-            c.user,
-            c.agent,
-            c.conversation,
+            c.key.tenant,
+            c.key.user,
+            c.key.agent,
+            c.key.conversation,
             labels,
             c.held.len()
         );

@@ -509,14 +509,9 @@ pub struct ConversationKey {
 /// A gateway conversation, as kept across its requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Conversation {
-    /// The tenant of its caller.
-    pub tenant: String,
-    /// The user its caller acts as.
-    pub user: String,
-    /// The gateway agent.
-    pub agent: String,
-    /// Its name.
-    pub conversation: String,
+    /// Whose it is, where, and its name.
+    #[serde(flatten)]
+    pub key: ConversationKey,
     /// The labels its requests have seen, in the order first kept: every later request is
     /// judged with them.
     pub labels: Vec<String>,
