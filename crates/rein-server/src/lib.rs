@@ -19,6 +19,7 @@ mod unread;
 mod routes {
     pub(crate) mod admin;
     pub(crate) mod approvals;
+    pub(crate) mod conversations;
     pub(crate) mod runs;
     pub(crate) mod session;
 }
@@ -311,7 +312,7 @@ async fn method_not_allowed() -> Response {
 }
 
 fn router(state: Arc<AppState>) -> Router {
-    use routes::{admin, approvals, runs, session};
+    use routes::{admin, approvals, conversations, runs, session};
     // Requests answered at once are held to the time limit; streams and waits are not.
     let timed = Router::new()
         .route("/v1/runs", post(runs::start).get(runs::list))
@@ -336,6 +337,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/agents/{name}/explain", post(admin::explain))
         .route("/v1/usage", get(admin::usage))
         .route("/v1/spend", get(admin::spend))
+        .route("/v1/conversations", get(conversations::list))
+        .route("/v1/conversations/forget", post(conversations::forget))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     // The gateway's model calls are held to each model's own timeout, not the request limit.

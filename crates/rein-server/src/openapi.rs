@@ -253,6 +253,32 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
         ),
         op(
             "get",
+            "/v1/conversations",
+            "listConversations",
+            "The tenant's gateway conversations, most recently changed first: the labels each has seen and the calls held for it (admin)",
+            vec![
+                query("agent", json!({"type": "string"}), "Only this gateway's"),
+                query(
+                    "limit",
+                    json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+                    "At most this many (default 100)",
+                ),
+            ],
+            None,
+            Answer::Json(200, schema::<Vec<v1::Conversation>>(g)),
+        ),
+        Op {
+            method: "post",
+            path: "/v1/conversations/forget",
+            id: "forgetConversation",
+            summary: "Forget one of the tenant's gateway conversations: its labels and held calls; its next request is judged only on what its own history carries (admin)",
+            params: vec![],
+            body: Some(schema::<v1::ForgetConversation>(g)),
+            answer: Answer::Empty,
+            secured: true,
+        },
+        op(
+            "get",
             "/v1/audit/verify",
             "verifyAudit",
             "Verify the whole audit log (admin)",

@@ -937,10 +937,12 @@ async fn a_conversations_labels_reach_a_second_server_and_outlive_a_killed_one()
     );
 }
 
-/// An operator sees which conversations carry `untrusted` (`rein conversations list`), and
-/// after checking what the page brought in forgets one: its next request, history trimmed, is
-/// judged on what that history carries, so the mail goes through; another conversation that
-/// read the page is still held. A name that is not kept is an error saying where to look.
+/// An operator sees which conversations carry `untrusted` (`rein conversations list`, or
+/// `GET /v1/conversations` for the tenant's admins), and after checking what the page brought
+/// in forgets one: its next request, history trimmed, is judged on what that history carries,
+/// so the mail goes through; another conversation that read the page is still held. Another
+/// tenant's admin sees and forgets none of it; a name that is not kept is an error saying
+/// where to look.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     let state = tempfile::tempdir().unwrap();
@@ -978,15 +980,39 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         "{checked}"
     );
     assert_eq!(checked["held"], json!([]), "{checked}");
-    let elsewhere = json_out(&cli(&[
-        "conversations",
-        "list",
-        "--tenant",
-        "globex",
-        "--json",
-    ]));
-    assert_eq!(elsewhere, json!([]));
-
+    // The same through HTTP, for the tenant's admins only; another tenant's sees and forgets
+    // nothing of it.
+    let admin = token(REIN, state.path(), "acme", "root", "admin");
+    let other = token(REIN, state.path(), "globex", "root", "admin");
+    let http = client();
+    let list = async |token: &str| {
+        let r = http
+            .get(served.url("/v1/conversations?agent=gateway"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, over_http) = list(&admin).await;
+    assert_eq!(status, 200, "{over_http}");
+    assert_eq!(over_http, listed);
+    assert_eq!(list(&other).await, (200, json!([])));
+    assert_eq!(list(&ann).await.0, 403);
+    let forget_over_http = async |token: &str| {
+        http.post(served.url("/v1/conversations/forget"))
+            .bearer_auth(token)
+            .json(&json!({"user": "ann", "agent": "gateway", "conversation": "checked"}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(forget_over_http(&other).await, 404);
+    assert_eq!(forget_over_http(&ann).await, 403);
+    assert_eq!(forget_over_http(&admin).await, 204);
+    // Forgotten, it is not there to forget again.
     let forget = [
         "conversations",
         "forget",
@@ -998,7 +1024,6 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         "--tenant",
         "acme",
     ];
-    cli(&forget);
     let again = rein(state.path(), &forget);
     assert!(!again.status.success());
     assert!(

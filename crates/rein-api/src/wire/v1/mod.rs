@@ -506,6 +506,18 @@ pub struct ConversationKey {
     pub conversation: String,
 }
 
+/// A request to forget one of the caller's tenant's gateway conversations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetConversation {
+    /// The user it belongs to.
+    pub user: String,
+    /// The gateway agent.
+    pub agent: String,
+    /// Its name.
+    pub conversation: String,
+}
+
 /// A gateway conversation, as kept across its requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Conversation {

@@ -1,0 +1,63 @@
+//! `/v1/conversations`: the gateway's conversations of the caller's tenant (the labels each has
+//! seen, the calls held for it), and forgetting one. Both need `admin`: a conversation's name
+//! and labels say what its user's agent did, and forgetting its labels lets its next request
+//! do what they forbade.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use rein_api::{ConversationQuery, v1};
+use serde::Deserialize;
+
+use crate::auth::{Auth, Body, Q};
+use crate::problem::{ApiResult, Problem};
+use crate::state::AppState;
+
+/// `GET /v1/conversations` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Only this gateway's.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Q(q): Q<ListQuery>,
+) -> ApiResult<axum::Json<Vec<v1::Conversation>>> {
+    caller.require("admin")?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`limit` is 1 to 1000",
+        ));
+    }
+    let query = ConversationQuery {
+        tenant: Some(&caller.tenant),
+        agent: q.agent.as_deref(),
+    };
+    Ok(axum::Json(state.rein.list_conversations(query, limit)?))
+}
+
+pub(crate) async fn forget(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Body(body): Body<v1::ForgetConversation>,
+) -> ApiResult<StatusCode> {
+    caller.require("admin")?;
+    state.rein.forget_conversation(v1::ConversationKey {
+        // The caller's tenant's only.
+        tenant: caller.tenant.clone(),
+        user: body.user,
+        agent: body.agent,
+        conversation: body.conversation,
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
