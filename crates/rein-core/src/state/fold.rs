@@ -375,14 +375,7 @@ impl RunState {
                 labels: returned,
                 ..
             } => {
-                let slot = self
-                    .slot_mut(call_id)
-                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
-                if !matches!(slot.status, CallStatus::InFlight { .. }) {
-                    return Err(fail(format!(
-                        "call {call_id} has no intent without an outcome"
-                    )));
-                }
+                let slot = self.in_flight_mut(call_id).map_err(fail)?;
                 slot.status = CallStatus::Done;
                 let result = if *ok {
                     CallResult::Done
@@ -429,14 +422,7 @@ impl RunState {
                 }
             }
             Event::ToolHandedOff { call_id } => {
-                let slot = self
-                    .slot_mut(call_id)
-                    .ok_or_else(|| fail(format!("no call {call_id} in this step")))?;
-                if !matches!(slot.status, CallStatus::InFlight { .. }) {
-                    return Err(fail(format!(
-                        "call {call_id} has no intent without an outcome"
-                    )));
-                }
+                let slot = self.in_flight_mut(call_id).map_err(fail)?;
                 slot.status = CallStatus::Done;
                 slot.handed_off = true;
                 let name = slot.call.name.clone();
@@ -515,5 +501,17 @@ impl RunState {
 
     fn slot_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {
         self.calls.iter_mut().find(|s| s.call.id == call_id)
+    }
+
+    /// The call `call_id` of this step, which an outcome or a hand-off settles: it must have an
+    /// intent without an outcome.
+    fn in_flight_mut(&mut self, call_id: &str) -> Result<&mut CallSlot, String> {
+        let slot = self
+            .slot_mut(call_id)
+            .ok_or_else(|| format!("no call {call_id} in this step"))?;
+        if !matches!(slot.status, CallStatus::InFlight { .. }) {
+            return Err(format!("call {call_id} has no intent without an outcome"));
+        }
+        Ok(slot)
     }
 }

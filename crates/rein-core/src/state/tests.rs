@@ -782,6 +782,35 @@ fn a_call_that_stopped_without_an_outcome_is_in_doubt_until_a_person_settles_it(
     );
 }
 
+/// An outcome or a hand-off settles a call with an intent and no outcome, once: a second
+/// outcome, a hand-off after an outcome, one before the intent, and either of a call the step
+/// does not have are refused, so a log cannot settle a call twice or one never started.
+#[test]
+fn an_outcome_or_a_hand_off_settles_only_a_call_in_flight_once() {
+    let handed = |id: &str| Event::ToolHandedOff { call_id: id.into() };
+    let base = || vec![started(5), requested(1), replied(1, None, &["c1"])];
+    let refused = |tail: Vec<Event>| {
+        let mut events = base();
+        events.extend(tail);
+        RunState::from_events(&log(events)).unwrap_err().problem
+    };
+    let twice = refused(vec![intent("c1", false, 1), outcome("c1"), outcome("c1")]);
+    assert!(twice.contains("no intent without an outcome"), "{twice}");
+    let after = refused(vec![intent("c1", false, 1), outcome("c1"), handed("c1")]);
+    assert!(after.contains("no intent without an outcome"), "{after}");
+    let early = refused(vec![handed("c1")]);
+    assert!(early.contains("no intent without an outcome"), "{early}");
+    let unknown = refused(vec![intent("c1", false, 1), handed("c2")]);
+    assert!(unknown.contains("no call c2 in this step"), "{unknown}");
+    let unknown = refused(vec![intent("c1", false, 1), outcome("c2")]);
+    assert!(unknown.contains("no call c2 in this step"), "{unknown}");
+    // Once each, both settle it.
+    let mut events = base();
+    events.extend([intent("c1", false, 1), handed("c1")]);
+    let state = RunState::from_events(&log(events)).unwrap();
+    assert!(state.calls()[0].handed_off);
+}
+
 #[test]
 fn an_answer_is_judged_and_returned_withheld_or_held_for_a_person() {
     let base = || vec![started(5), requested(1), replied(1, Some("done"), &[])];
