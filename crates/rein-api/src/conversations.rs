@@ -5,27 +5,11 @@
 //! result brought in), and prunes those unchanged for a while that hold nothing. Requests never
 //! remove anything; this is the only way a conversation's labels go.
 
-use rein_store::{ConversationFilter, ConversationRef, ConversationRow};
+use rein_store::{ConversationRef, ConversationRow};
+
+use crate::ConversationQuery;
 
 use crate::{Error, Rein, v1};
-
-/// Which conversations an operator means: each field that is set must match.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConversationQuery<'a> {
-    /// Only this tenant's.
-    pub tenant: Option<&'a str>,
-    /// Only this gateway's.
-    pub agent: Option<&'a str>,
-}
-
-impl ConversationQuery<'_> {
-    fn filter(&self) -> ConversationFilter<'_> {
-        ConversationFilter {
-            tenant: self.tenant,
-            agent: self.agent,
-        }
-    }
-}
 
 fn wire(row: ConversationRow) -> v1::Conversation {
     v1::Conversation {
@@ -51,7 +35,7 @@ impl Rein {
     ) -> Result<Vec<v1::Conversation>, Error> {
         Ok(self
             .conversations()?
-            .list(query.filter(), limit)?
+            .list(query, limit)?
             .into_iter()
             .map(wire)
             .collect())
@@ -84,6 +68,6 @@ impl Rein {
         query: ConversationQuery<'_>,
         before_ms: u64,
     ) -> Result<usize, Error> {
-        Ok(self.conversations()?.prune(query.filter(), before_ms)?)
+        Ok(self.conversations()?.prune(query, before_ms)?)
     }
 }

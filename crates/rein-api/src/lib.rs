@@ -28,7 +28,8 @@ use std::sync::{Arc, OnceLock};
 use rein_engine::{Engine, EngineError};
 use rein_store::{SqliteStore, StoreError};
 
-pub use conversations::ConversationQuery;
+/// Which gateway conversations an operator means: each field that is set must match.
+pub use rein_store::ConversationFilter as ConversationQuery;
 pub use runs::{LoadedAgent, NewRun, RunQuery, StartRun, Watch};
 pub use tokens::{Caller, SCOPES};
 pub use wire::v1;

@@ -188,7 +188,7 @@ impl ConversationStore {
         let conn = self.db.conn();
         conn.execute(
             "DELETE FROM conversations
-             WHERE updated_ms < ?1 AND held = '[]'
+             WHERE updated_ms < ?1 AND json_array_length(held) = 0
                AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR agent = ?3)",
             params![
                 i64::try_from(before_ms).unwrap_or(i64::MAX),

@@ -1031,6 +1031,14 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         "{}",
         stderr(&again)
     );
+    // Pruning what has not changed for a day leaves both: they changed a moment ago.
+    let pruned = cli(&["conversations", "prune", "--unchanged-for-days", "1"]);
+    assert!(
+        String::from_utf8_lossy(&pruned.stdout).starts_with("0 conversations"),
+        "{pruned:?}"
+    );
+    let (_, after_prune) = list(&admin).await;
+    assert_eq!(after_prune.as_array().unwrap().len(), 1, "{after_prune}");
     let forgotten = ask_in(&served, &ann, "checked", trimmed.clone()).await;
     assert_eq!(
         forgotten["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "send_email",
