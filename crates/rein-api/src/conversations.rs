@@ -61,13 +61,27 @@ impl Rein {
         }
     }
 
-    /// Forgets the conversations `query` names that have not changed since `before_ms` and hold
-    /// no run for a person's approval. Answers how many it forgot.
+    /// Forgets the conversations `query` names that have not changed for `unchanged_for_days`
+    /// days (1 to [`MAX_DAYS`]) before `now_ms` and hold no run for a person's approval. Answers how
+    /// many it forgot.
     pub fn prune_conversations(
         &self,
         query: ConversationQuery<'_>,
-        before_ms: u64,
+        unchanged_for_days: u32,
+        now_ms: u64,
     ) -> Result<usize, Error> {
-        Ok(self.conversations()?.prune(query, before_ms)?)
+        if !(1..=MAX_DAYS).contains(&unchanged_for_days) {
+            return Err(Error::Invalid(format!(
+                "`unchanged_for_days` is 1 to {MAX_DAYS}, not {unchanged_for_days}: a conversation that changed less than a day ago may be in the middle of a request"
+            )));
+        }
+        let before = now_ms.saturating_sub(u64::from(unchanged_for_days) * MS_PER_DAY);
+        Ok(self.conversations()?.prune(query, before)?)
     }
 }
+
+/// The most days a prune looks back (a hundred years).
+const MAX_DAYS: u32 = 36_500;
+
+/// Milliseconds in a day.
+const MS_PER_DAY: u64 = 86_400_000;

@@ -339,6 +339,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/spend", get(admin::spend))
         .route("/v1/conversations", get(conversations::list))
         .route("/v1/conversations/forget", post(conversations::forget))
+        .route("/v1/conversations/prune", post(conversations::prune))
         .route("/v1/audit/proof/{seq}", get(admin::proof))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     // The gateway's model calls are held to each model's own timeout, not the request limit.

@@ -278,6 +278,15 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
             secured: true,
         },
         op(
+            "post",
+            "/v1/conversations/prune",
+            "pruneConversations",
+            "Forget the tenant's gateway conversations unchanged for days that hold no call for a person's approval (admin)",
+            vec![],
+            Some(schema::<v1::PruneConversations>(g)),
+            Answer::Json(200, schema::<v1::Pruned>(g)),
+        ),
+        op(
             "get",
             "/v1/audit/verify",
             "verifyAudit",

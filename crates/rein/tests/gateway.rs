@@ -941,8 +941,8 @@ async fn a_conversations_labels_reach_a_second_server_and_outlive_a_killed_one()
 /// `GET /v1/conversations` for the tenant's admins), and after checking what the page brought
 /// in forgets one: its next request, history trimmed, is judged on what that history carries,
 /// so the mail goes through; another conversation that read the page is still held. Another
-/// tenant's admin sees and forgets none of it; a name that is not kept is an error saying
-/// where to look.
+/// tenant's admin sees, forgets and prunes none of it; a name that is not kept is an error
+/// saying where to look.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     let state = tempfile::tempdir().unwrap();
@@ -1046,6 +1046,58 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     );
     let still = ask_in(&served, &ann, "unchecked", trimmed).await;
     assert!(mail_held(&still), "{still}");
+    // Left alone for two days (as the file has it), a conversation that read the page and holds
+    // nothing is pruned over HTTP by the tenant's admin; the one holding the mail is not, nor
+    // does another tenant's admin prune either.
+    page_read(&served, &ann, "stale").await;
+    let aged = rusqlite::Connection::open(state.path().join("conversations.sqlite"))
+        .unwrap()
+        .execute(
+            "UPDATE conversations SET updated_ms = updated_ms - 2 * 86400000
+             WHERE conversation IN ('stale', 'unchecked')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(aged, 2);
+    let prune_over_http = async |token: &str, days: u32| {
+        let r = http
+            .post(served.url("/v1/conversations/prune"))
+            .bearer_auth(token)
+            .json(&json!({"unchanged_for_days": days}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(prune_over_http(&ann, 1).await.0, 403);
+    let (status, refused) = prune_over_http(&admin, 0).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused.to_string().contains("unchanged_for_days"),
+        "{refused}"
+    );
+    assert_eq!(
+        prune_over_http(&other, 1).await,
+        (200, json!({"pruned": 0}))
+    );
+    assert_eq!(
+        prune_over_http(&admin, 3).await,
+        (200, json!({"pruned": 0}))
+    );
+    assert_eq!(
+        prune_over_http(&admin, 1).await,
+        (200, json!({"pruned": 1}))
+    );
+    let (_, left) = list(&admin).await;
+    let left: Vec<_> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["conversation"].as_str().unwrap())
+        .collect();
+    assert!(left.contains(&"unchecked"), "{left:?}");
+    assert!(!left.contains(&"stale"), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

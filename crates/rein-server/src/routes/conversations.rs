@@ -1,7 +1,8 @@
 //! `/v1/conversations`: the gateway's conversations of the caller's tenant (the labels each has
-//! seen, the calls held for it), and forgetting one. Both need `admin`: a conversation's name
-//! and labels say what its user's agent did, and forgetting its labels lets its next request
-//! do what they forbade.
+//! seen, the calls held for it), forgetting one, and pruning those unchanged for days. All need
+//! `admin`: a conversation's name and labels say what its user's agent did, and forgetting its
+//! labels lets its next request do what they forbade. Each reads or writes the conversations'
+//! file off the request threads (another process may hold its lock for a while).
 
 use std::sync::Arc;
 
@@ -39,11 +40,16 @@ pub(crate) async fn list(
             "`limit` is 1 to 1000",
         ));
     }
-    let query = ConversationQuery {
-        tenant: Some(&caller.tenant),
-        agent: q.agent.as_deref(),
-    };
-    Ok(axum::Json(state.rein.list_conversations(query, limit)?))
+    let rein = state.rein.clone();
+    let listed = blocking(move || {
+        let query = ConversationQuery {
+            tenant: Some(&caller.tenant),
+            agent: q.agent.as_deref(),
+        };
+        rein.list_conversations(query, limit)
+    })
+    .await?;
+    Ok(axum::Json(listed))
 }
 
 pub(crate) async fn forget(
@@ -52,12 +58,47 @@ pub(crate) async fn forget(
     Body(body): Body<v1::ForgetConversation>,
 ) -> ApiResult<StatusCode> {
     caller.require("admin")?;
-    state.rein.forget_conversation(v1::ConversationKey {
-        // The caller's tenant's only.
-        tenant: caller.tenant.clone(),
-        user: body.user,
-        agent: body.agent,
-        conversation: body.conversation,
-    })?;
+    let rein = state.rein.clone();
+    blocking(move || {
+        rein.forget_conversation(v1::ConversationKey {
+            // The caller's tenant's only.
+            tenant: caller.tenant,
+            user: body.user,
+            agent: body.agent,
+            conversation: body.conversation,
+        })
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn prune(
+    State(state): State<Arc<AppState>>,
+    Auth(caller): Auth,
+    Body(body): Body<v1::PruneConversations>,
+) -> ApiResult<axum::Json<v1::Pruned>> {
+    caller.require("admin")?;
+    let rein = state.rein.clone();
+    let pruned = blocking(move || {
+        let query = ConversationQuery {
+            // The caller's tenant's only.
+            tenant: Some(&caller.tenant),
+            agent: body.agent.as_deref(),
+        };
+        rein.prune_conversations(query, body.unchanged_for_days, crate::now_ms())
+    })
+    .await?;
+    Ok(axum::Json(v1::Pruned {
+        pruned: pruned as u64,
+    }))
+}
+
+/// Runs `f` (a read or write of the conversations' file) on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, rein_api::Error> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Problem::from)
 }

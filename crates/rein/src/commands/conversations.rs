@@ -102,8 +102,7 @@ pub(crate) fn run(rein: &Rein, command: ConversationsCommand) -> anyhow::Result<
                 tenant: tenant.as_deref(),
                 agent: agent.as_deref(),
             };
-            let before = now_ms().saturating_sub(u64::from(unchanged_for_days) * 86_400_000);
-            let pruned = rein.prune_conversations(query, before)?;
+            let pruned = rein.prune_conversations(query, unchanged_for_days, now_ms())?;
             outln!("{pruned} conversations unchanged for {unchanged_for_days} days forgotten");
             Ok(0)
         }

@@ -518,6 +518,26 @@ pub struct ForgetConversation {
     pub conversation: String,
 }
 
+/// A request to prune the caller's tenant's gateway conversations that have not changed for a
+/// while and hold no call for a person's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConversations {
+    /// Days without a change (1 to 36500).
+    #[schemars(range(min = 1, max = 36500))]
+    pub unchanged_for_days: u32,
+    /// Only this gateway's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// What a prune forgot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Pruned {
+    /// How many conversations it forgot.
+    pub pruned: u64,
+}
+
 /// A gateway conversation, as kept across its requests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Conversation {
