@@ -33,13 +33,10 @@ use clap::Parser;
 use rein_api::{Faults, Options, Rein, RunQuery, StartRun};
 
 use crate::cli::{
-    ApprovalsCommand, AuditCommand, BenchCommand, Cli, Command, PolicyCommand, RunsCommand,
-    SchemaCommand, TokensCommand, ToolsCommand,
+    ApprovalsCommand, AuditCommand, Cli, Command, PolicyCommand, RunsCommand, SchemaCommand,
+    TokensCommand, ToolsCommand,
 };
-use crate::commands::{
-    agents, approvals, audit, bench, bench_gateway, bench_serve, conversations, runs, security,
-    serve,
-};
+use crate::commands::{agents, approvals, audit, bench, conversations, runs, security, serve};
 
 fn main() -> ExitCode {
     // First, before the allocator has touched its arena: a region faulted in before the call
@@ -126,43 +123,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             out::text(&rein_server::openapi_text());
             return Ok(0);
         }
-        Command::Bench { what } => {
-            return match *what {
-                BenchCommand::Steps {
-                    runs,
-                    concurrency,
-                    steps,
-                    durability,
-                    json,
-                } => bench::steps(runs, concurrency, steps, durability.fsync(), json).await,
-                BenchCommand::Gate {
-                    policies,
-                    decisions,
-                    guards,
-                    json,
-                } => bench::gate(policies, decisions, guards, json),
-                BenchCommand::Controls { steps, json } => bench::controls(steps, json).await,
-                BenchCommand::Audit { records, json } => bench::audit(records, json),
-                BenchCommand::Serve {
-                    runs,
-                    concurrency,
-                    suspended,
-                    json,
-                } => bench_serve::serve(runs, concurrency, suspended, json).await,
-                BenchCommand::Gateway {
-                    requests,
-                    concurrency,
-                    rounds,
-                    json,
-                    floor,
-                } => {
-                    bench_gateway::gateway(requests, concurrency, usize::from(rounds), json, floor)
-                        .await
-                }
-                BenchCommand::MockUpstream => bench_gateway::mock_upstream().await,
-                BenchCommand::Relay { ref upstream } => bench_gateway::relay(upstream).await,
-            };
-        }
+        Command::Bench { what } => return bench::run(what).await,
         Command::Audit {
             command: AuditCommand::VerifyProof { file, public_key },
         } => return audit::verify_proof(file, public_key),

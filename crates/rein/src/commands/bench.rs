@@ -1,10 +1,156 @@
-//! `rein bench ...`: rein's own costs on this machine.
+//! `rein bench ...`: rein's own costs on this machine. Its subcommands' shape is here beside
+//! the handlers (the gateway's and the server's in `bench_gateway` and `bench_serve`).
 
+use clap::Subcommand;
 use rein_api::bench;
 
+use crate::cli::DurabilityArg;
+use crate::commands::{bench_gateway, bench_serve};
 use crate::out::{self, outln};
 
-pub(crate) async fn steps(
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// The gateway under load from this process on loopback, in front of a mock upstream, with a
+    /// policy, a budget and the audit trail on every request: requests per second, rein's CPU
+    /// time per request, the latency it adds to calling the mock directly, and its memory.
+    Gateway {
+        /// Requests to send.
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Rounds to measure, one after another against the same server: each figure is their
+        /// median (on a shared or virtual machine, where one round's CPU and latency drift, take
+        /// three or more), with each round's own in `per_round`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+        /// Measure a bare relay in rein serve's place: each request forwarded to the mock and
+        /// its reply returned, through the same HTTP server and client, with nothing judged,
+        /// reserved or recorded. Its figures are the floor under any gateway's on this machine.
+        #[arg(long)]
+        floor: bool,
+    },
+    /// The mock upstream `rein bench gateway` measures against, as a process of its own (as a
+    /// provider is to its clients): prints the address it listens on, then serves until stopped.
+    #[command(hide = true)]
+    MockUpstream,
+    /// The bare relay `rein bench gateway --floor` measures: prints the address it listens on,
+    /// then relays to the upstream at this base URL until stopped.
+    #[command(hide = true)]
+    Relay {
+        /// The upstream's base URL.
+        upstream: String,
+    },
+    /// `rein serve` under load from this process on loopback: runs started per second, the
+    /// latency of `POST /v1/runs`, and the server's memory idle and with runs suspended.
+    Serve {
+        /// Runs to start.
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Runs left suspended waiting for approval, for the memory figure.
+        #[arg(long, default_value_t = 1000)]
+        suspended: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit log append rate (durable) and verification rate.
+    Audit {
+        /// Records to append and verify.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What budget accounting and context building cost per model step.
+    Controls {
+        /// Steps to measure (the conversation grows by one tool output each).
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Gate decision latency with N generated policies.
+    Gate {
+        /// Policies to generate.
+        #[arg(long, default_value_t = 100)]
+        policies: usize,
+        /// Decisions to time.
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Let a fifth of the policies read provenance, facts, data, counters and grants.
+        #[arg(long)]
+        guards: bool,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The runtime's cost per durable tool step (scripted model, no-op tool).
+    Steps {
+        /// Runs in all.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Runs at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Tool steps per run.
+        #[arg(long, default_value_t = 50)]
+        steps: u32,
+        /// Commit durability.
+        #[arg(long, value_enum, default_value_t = DurabilityArg::Normal)]
+        durability: DurabilityArg,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one `rein bench` subcommand.
+pub(crate) async fn run(command: &BenchCommand) -> anyhow::Result<u8> {
+    match *command {
+        BenchCommand::Steps {
+            runs,
+            concurrency,
+            steps,
+            durability,
+            json,
+        } => self::steps(runs, concurrency, steps, durability.fsync(), json).await,
+        BenchCommand::Gate {
+            policies,
+            decisions,
+            guards,
+            json,
+        } => gate(policies, decisions, guards, json),
+        BenchCommand::Controls { steps, json } => controls(steps, json).await,
+        BenchCommand::Audit { records, json } => audit(records, json),
+        BenchCommand::Serve {
+            runs,
+            concurrency,
+            suspended,
+            json,
+        } => bench_serve::serve(runs, concurrency, suspended, json).await,
+        BenchCommand::Gateway {
+            requests,
+            concurrency,
+            rounds,
+            json,
+            floor,
+        } => bench_gateway::gateway(requests, concurrency, usize::from(rounds), json, floor).await,
+        BenchCommand::MockUpstream => bench_gateway::mock_upstream().await,
+        BenchCommand::Relay { ref upstream } => bench_gateway::relay(upstream).await,
+    }
+}
+
+async fn steps(
     runs: usize,
     concurrency: usize,
     steps: u32,
@@ -33,7 +179,7 @@ pub(crate) async fn steps(
     Ok(0)
 }
 
-pub(crate) fn gate(
+fn gate(
     policies: usize,
     decisions: usize,
     guards: bool,
@@ -56,7 +202,7 @@ pub(crate) fn gate(
     Ok(0)
 }
 
-pub(crate) async fn controls(steps: usize, json: bool) -> anyhow::Result<u8> {
+async fn controls(steps: usize, json: bool) -> anyhow::Result<u8> {
     let r = bench::controls(steps).await?;
     if json {
         out::json(&r)?;
@@ -76,7 +222,7 @@ pub(crate) async fn controls(steps: usize, json: bool) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub(crate) fn audit(records: u64, json: bool) -> anyhow::Result<u8> {
+fn audit(records: u64, json: bool) -> anyhow::Result<u8> {
     let report = bench::audit(records)?;
     if json {
         out::json(&report)?;
