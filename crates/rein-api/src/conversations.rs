@@ -3,13 +3,18 @@
 //! has seen and the runs held for it, forgets one (its later requests are judged only on what
 //! their own history carries: for example after a person has checked what an `untrusted` tool
 //! result brought in), and prunes those unchanged for a while that hold nothing. Requests never
-//! remove anything; this is the only way a conversation's labels go.
+//! remove anything; this is the only way a conversation's labels go, and each conversation that
+//! goes is first recorded in the audit trail (`conversation_forgotten`: whose it was, the labels
+//! and held runs forgotten, why, and who asked), under a signed checkpoint, flushed to disk: a
+//! change of what later decisions see is as answerable as the decisions.
 
+use rein_audit::Entry;
 use rein_store::{ConversationRef, ConversationRow};
+use serde_json::json;
 
 use crate::ConversationQuery;
 
-use crate::{Error, Rein, v1};
+use crate::{Caller, Error, Rein, v1};
 
 fn wire(row: ConversationRow) -> v1::Conversation {
     v1::Conversation {
@@ -43,15 +48,21 @@ impl Rein {
 
     /// Forgets one conversation: the labels it has seen and the runs held for it (those still
     /// wait for a person in the store, and are held for it again by the next process to start
-    /// serving the gateway).
-    pub fn forget_conversation(&self, key: v1::ConversationKey) -> Result<(), Error> {
+    /// serving the gateway). `by` is who asked (`None`: the command line, with the state
+    /// directory's files), named in the audit record written before it goes.
+    pub fn forget_conversation(
+        &self,
+        key: v1::ConversationKey,
+        by: Option<&Caller>,
+    ) -> Result<(), Error> {
         let c = ConversationRef {
             tenant: &key.tenant,
             user: &key.user,
             agent: &key.agent,
             conversation: &key.conversation,
         };
-        if self.conversations()?.forget(c)? {
+        let record = |rows: &[ConversationRow]| self.record_forgotten(rows, "forgotten", by);
+        if self.conversations()?.forget(c, record)? {
             Ok(())
         } else {
             Err(Error::NotFound(format!(
@@ -62,13 +73,15 @@ impl Rein {
     }
 
     /// Forgets the conversations `query` names that have not changed for `unchanged_for_days`
-    /// days (1 to [`MAX_DAYS`]) before `now_ms` and hold no run for a person's approval. Answers how
+    /// days (1 to [`MAX_DAYS`]) before `now_ms` and hold no run for a person's approval, each
+    /// recorded in the audit trail first as [`Rein::forget_conversation`] does. Answers how
     /// many it forgot.
     pub fn prune_conversations(
         &self,
         query: ConversationQuery<'_>,
         unchanged_for_days: u32,
         now_ms: u64,
+        by: Option<&Caller>,
     ) -> Result<usize, Error> {
         if !(1..=MAX_DAYS).contains(&unchanged_for_days) {
             return Err(Error::Invalid(format!(
@@ -76,9 +89,56 @@ impl Rein {
             )));
         }
         let before = now_ms.saturating_sub(u64::from(unchanged_for_days) * MS_PER_DAY);
-        Ok(self.conversations()?.prune(query, before)?)
+        let days = if unchanged_for_days == 1 {
+            "day"
+        } else {
+            "days"
+        };
+        let why = format!("pruned: unchanged for {unchanged_for_days} {days}");
+        let record = |rows: &[ConversationRow]| self.record_forgotten(rows, &why, by);
+        self.conversations()?.prune(query, before, record)
+    }
+
+    /// Records each conversation about to be forgotten in the audit trail, flushed to disk and
+    /// under a signed checkpoint, before it goes.
+    fn record_forgotten(
+        &self,
+        rows: &[ConversationRow],
+        why: &str,
+        by: Option<&Caller>,
+    ) -> Result<(), Error> {
+        let engine = self.engine()?;
+        let at_ms = engine.clock().now_ms();
+        let by = match by {
+            Some(caller) => json!({
+                "via": "http", "tenant": caller.tenant, "user": caller.user, "token": caller.token_id,
+            }),
+            None => json!({"via": "cli"}),
+        };
+        let entries: Vec<Entry> = rows
+            .iter()
+            .map(|row| Entry {
+                at_ms,
+                kind: FORGOTTEN.into(),
+                run_id: None,
+                event: None,
+                data: json!({
+                    "tenant": row.tenant, "user": row.user, "agent": row.agent,
+                    "conversation": row.conversation, "labels": row.kept.labels,
+                    "held": row.kept.held, "given_up": row.kept.given_up,
+                    "updated_ms": row.updated_ms, "why": why, "by": by,
+                }),
+            })
+            .collect();
+        engine
+            .audit_log()
+            .append_and_checkpoint(&entries, true, Some((at_ms, true)))?;
+        Ok(())
     }
 }
+
+/// The kind of the audit record of a conversation an operator forgot.
+pub(crate) const FORGOTTEN: &str = "conversation_forgotten";
 
 /// The most days a prune looks back (a hundred years).
 const MAX_DAYS: u32 = 36_500;

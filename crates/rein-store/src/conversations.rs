@@ -8,8 +8,10 @@
 //!
 //! Every process serving the state directory reads and writes the same rows, so a restart or a
 //! second server forgets neither. Requests only ever add labels; only an operator removes a
-//! conversation (`forget`, or `prune` of those unchanged for a while and holding nothing). Each change is one immediate transaction that re-reads the
-//! row inside it, so two processes changing one conversation at once lose neither's change.
+//! conversation (`forget`, or `prune` of those unchanged for a while and holding nothing), and
+//! what is removed is shown to the caller's record of it (the audit trail) before it goes. Each
+//! change is one immediate transaction that re-reads the row inside it, so two processes
+//! changing one conversation at once lose neither's change.
 
 use std::path::Path;
 
@@ -122,81 +124,122 @@ impl ConversationStore {
         filter: ConversationFilter<'_>,
         limit: usize,
     ) -> Result<Vec<ConversationRow>, StoreError> {
-        let conn = self.reads.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms
-                 FROM conversations
-                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR agent = ?2)
-                 ORDER BY updated_ms DESC, tenant, user, agent, conversation LIMIT ?3",
-            )
-            .map_err(|e| self.db.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    filter.tenant,
-                    filter.agent,
-                    i64::try_from(limit).unwrap_or(i64::MAX)
-                ],
-                |r| {
-                    Ok((
-                        ConversationRow {
-                            tenant: r.get(0)?,
-                            user: r.get(1)?,
-                            agent: r.get(2)?,
-                            conversation: r.get(3)?,
-                            kept: Conversation::default(),
-                            updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
-                        },
-                        [r.get::<_, String>(4)?, r.get(5)?, r.get(6)?],
-                    ))
-                },
-            )
-            .map_err(|e| self.db.err(e))?;
-        let mut listed = Vec::new();
-        for row in rows {
-            let (mut row, [labels, held, given_up]) = row.map_err(|e| self.db.err(e))?;
-            row.kept = self.decode(&labels, &held, &given_up)?;
-            listed.push(row);
-        }
-        Ok(listed)
+        self.select(
+            &self.reads.conn(),
+            "WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR agent = ?2)
+             ORDER BY updated_ms DESC, tenant, user, agent, conversation LIMIT ?3",
+            params![
+                filter.tenant,
+                filter.agent,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+        )
     }
 
     /// Forgets the conversation: its labels, its held runs (their runs still wait for a person
     /// in the store; a process reading the runs waiting for approval holds them for it again)
-    /// and the runs given up. Answers whether it was kept.
-    pub fn forget(&self, c: ConversationRef<'_>) -> Result<bool, StoreError> {
-        let conn = self.db.conn();
-        let gone = conn
-            .execute(
-                "DELETE FROM conversations
-                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
-                params![c.tenant, c.user, c.agent, c.conversation],
-            )
-            .map_err(|e| self.db.err(e))?;
+    /// and the runs given up. `record` is shown what is forgotten first, inside the transaction
+    /// that forgets it (the operator's audit record): if it fails, nothing is forgotten.
+    /// Answers whether it was kept.
+    pub fn forget<E: From<StoreError>>(
+        &self,
+        c: ConversationRef<'_>,
+        record: impl FnOnce(&[ConversationRow]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let gone = self.remove(
+            "WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
+            params![c.tenant, c.user, c.agent, c.conversation],
+            record,
+        )?;
         Ok(gone > 0)
     }
 
     /// Forgets the conversations `filter` names that have not changed since `before_ms` and
     /// hold no run for a person's approval (one that does is still in use, however long the
-    /// person takes). Answers how many were forgotten.
-    pub fn prune(
+    /// person takes), each shown to `record` first as [`ConversationStore::forget`] does.
+    /// Answers how many were forgotten.
+    pub fn prune<E: From<StoreError>>(
         &self,
         filter: ConversationFilter<'_>,
         before_ms: u64,
-    ) -> Result<usize, StoreError> {
-        let conn = self.db.conn();
-        conn.execute(
-            "DELETE FROM conversations
-             WHERE updated_ms < ?1 AND json_array_length(held) = 0
+        record: impl FnOnce(&[ConversationRow]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        self.remove(
+            "WHERE updated_ms < ?1 AND json_array_length(held) = 0
                AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR agent = ?3)",
             params![
                 i64::try_from(before_ms).unwrap_or(i64::MAX),
                 filter.tenant,
                 filter.agent
             ],
+            record,
         )
-        .map_err(|e| self.db.err(e))
+    }
+
+    /// Removes the rows `filter` (a `WHERE` clause over `params`) finds, in one immediate
+    /// transaction, once `record` has seen them.
+    fn remove<E: From<StoreError>>(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+        record: impl FnOnce(&[ConversationRow]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db.err(e))?;
+        let rows = self.select(&tx, filter, params)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        record(&rows)?;
+        for row in &rows {
+            tx.execute(
+                "DELETE FROM conversations
+                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
+                params![row.tenant, row.user, row.agent, row.conversation],
+            )
+            .map_err(|e| self.db.err(e))?;
+        }
+        tx.commit().map_err(|e| self.db.err(e))?;
+        Ok(rows.len())
+    }
+
+    /// The rows `tail` (a `WHERE` clause, an order, a limit) finds over `params`.
+    fn select(
+        &self,
+        conn: &Connection,
+        tail: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms
+                 FROM conversations {tail}"
+            ))
+            .map_err(|e| self.db.err(e))?;
+        let rows = stmt
+            .query_map(params, |r| {
+                Ok((
+                    ConversationRow {
+                        tenant: r.get(0)?,
+                        user: r.get(1)?,
+                        agent: r.get(2)?,
+                        conversation: r.get(3)?,
+                        kept: Conversation::default(),
+                        updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
+                    },
+                    [r.get::<_, String>(4)?, r.get(5)?, r.get(6)?],
+                ))
+            })
+            .map_err(|e| self.db.err(e))?;
+        let mut found = Vec::new();
+        for row in rows {
+            let (mut row, [labels, held, given_up]) = row.map_err(|e| self.db.err(e))?;
+            row.kept = self.decode(&labels, &held, &given_up)?;
+            found.push(row);
+        }
+        Ok(found)
     }
 
     /// What is kept of the conversation; nothing for one never kept.

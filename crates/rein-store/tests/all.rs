@@ -1213,10 +1213,30 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
     );
 }
 
+/// What an operator's record of a forget or prune is shown: (user, conversation, labels).
+type Forgotten = Vec<(String, String, Vec<String>)>;
+
+/// An operator's record that keeps what it is shown in `into`.
+fn record(
+    into: &mut Forgotten,
+) -> impl FnOnce(&[rein_store::ConversationRow]) -> Result<(), StoreError> + '_ {
+    |rows| {
+        into.extend(rows.iter().map(|r| {
+            (
+                r.user.clone(),
+                r.conversation.clone(),
+                r.kept.labels.clone(),
+            )
+        }));
+        Ok(())
+    }
+}
+
 /// An operator lists conversations (by tenant and gateway, most recently changed first), forgets
 /// one by its whole key (another caller's conversation of the same name keeps its labels), and
 /// prunes those unchanged since a time, except one still holding a run for a person, whatever
-/// its age.
+/// its age; each is shown to the operator's record before it goes, and one whose record fails
+/// stays.
 #[test]
 fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_holding_a_run() {
     use rein_store::{ConversationFilter, ConversationRef, ConversationStore, HoldAt};
@@ -1262,21 +1282,43 @@ fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_ho
     };
     assert!(store.list(elsewhere, 100).unwrap().is_empty());
 
-    assert!(store.forget(ANN).unwrap());
-    assert!(!store.forget(ANN).unwrap(), "forgotten twice");
+    // What goes is shown to the operator's record first; a record that fails forgets nothing.
+    let refused = store.forget(ANN, |_| Err(StoreError::NotFound("the record".into())));
+    assert!(
+        matches!(refused, Err(StoreError::NotFound(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.get(ANN).unwrap().labels, untrusted);
+    let mut recorded = Vec::new();
+    assert!(store.forget(ANN, record(&mut recorded)).unwrap());
+    assert_eq!(
+        recorded,
+        [("ann".to_owned(), "c-1".to_owned(), untrusted.clone())]
+    );
+    assert!(
+        !store.forget(ANN, record(&mut recorded)).unwrap(),
+        "forgotten twice"
+    );
+    assert_eq!(recorded.len(), 1, "nothing forgotten, nothing recorded");
     assert!(store.get(ANN).unwrap().labels.is_empty());
     assert_eq!(store.get(bob).unwrap().labels, untrusted);
 
     // Everything acme's is older than 10 s; only bob's goes: the held run keeps c-2, and
     // globex's is another tenant's.
-    assert_eq!(store.prune(acme, 10_000).unwrap(), 1);
+    let mut recorded = Vec::new();
+    assert_eq!(store.prune(acme, 10_000, record(&mut recorded)).unwrap(), 1);
+    assert_eq!(
+        recorded,
+        [("bob".to_owned(), "c-1".to_owned(), untrusted.clone())]
+    );
     assert!(store.get(bob).unwrap().labels.is_empty());
     assert_eq!(store.get(holding).unwrap().held, ["r-held"]);
     assert_eq!(store.get(other_tenant).unwrap().labels, untrusted);
     // Released, it goes with the next prune; a prune before its change leaves it.
     assert!(store.release(holding, "r-held", 20_000).unwrap());
-    assert_eq!(store.prune(acme, 20_000).unwrap(), 0);
-    assert_eq!(store.prune(acme, 20_001).unwrap(), 1);
+    assert_eq!(store.prune(acme, 20_000, record(&mut recorded)).unwrap(), 0);
+    assert_eq!(store.prune(acme, 20_001, record(&mut recorded)).unwrap(), 1);
+    assert_eq!(recorded.last().unwrap().1, "c-2");
     assert!(store.list(acme, 100).unwrap().is_empty());
     assert_eq!(
         store

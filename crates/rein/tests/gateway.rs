@@ -1012,6 +1012,33 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert_eq!(forget_over_http(&other).await, 404);
     assert_eq!(forget_over_http(&ann).await, 403);
     assert_eq!(forget_over_http(&admin).await, 204);
+    // The audit trail has it, for this tenant's auditors only: what was forgotten, and who
+    // asked.
+    let forgotten_records = async |token: &str| {
+        let text = http
+            .get(served.url("/v1/audit/export"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["kind"] == "conversation_forgotten")
+            .collect::<Vec<_>>()
+    };
+    let records = forgotten_records(&admin).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let data = &records[0]["data"];
+    assert_eq!(data["conversation"], "checked", "{data}");
+    assert_eq!(data["user"], "ann", "{data}");
+    assert_eq!(data["labels"], checked["labels"], "{data}");
+    assert_eq!(data["why"], "forgotten", "{data}");
+    assert_eq!(data["by"]["via"], "http", "{data}");
+    assert_eq!(data["by"]["user"], "root", "{data}");
+    assert!(forgotten_records(&other).await.is_empty());
     // Forgotten, it is not there to forget again.
     let forget = [
         "conversations",
@@ -1089,6 +1116,15 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         prune_over_http(&admin, 1).await,
         (200, json!({"pruned": 1}))
     );
+    let records = forgotten_records(&admin).await;
+    let pruned: Vec<_> = records.iter().map(|r| &r["data"]["conversation"]).collect();
+    assert_eq!(pruned, ["checked", "stale"], "{records:?}");
+    assert_eq!(
+        records[1]["data"]["why"], "pruned: unchanged for 1 day",
+        "{records:?}"
+    );
+    // The records are in the signed chain, which still verifies whole.
+    cli(&["audit", "verify"]);
     let (_, left) = list(&admin).await;
     let left: Vec<_> = left
         .as_array()

@@ -190,12 +190,28 @@ pub(crate) async fn proof(
             other => other.into(),
         })?;
     let runs = tenant_runs(&state, &caller.tenant)?;
-    let run = serde_json::from_str::<serde_json::Value>(&proof.record)
-        .ok()
-        .and_then(|r| r.get("run_id").and_then(|v| v.as_str().map(str::to_owned)));
+    let record = serde_json::from_str::<serde_json::Value>(&proof.record).unwrap_or_default();
+    let run = record.get("run_id").and_then(|v| v.as_str());
+    let data = record.get("data").cloned().unwrap_or_default();
+    if tenants(run, &data, &runs, &caller.tenant) {
+        Ok(axum::Json(proof))
+    } else {
+        Err(Problem::not_found("audit record"))
+    }
+}
+
+/// Whether an audit record (of run `run`, with `data`) is `tenant`'s, whose runs are `runs`: a
+/// record of no run (an operator's change, as a forgotten conversation) is the tenant's it
+/// names.
+fn tenants(
+    run: Option<&str>,
+    data: &serde_json::Value,
+    runs: &HashSet<String>,
+    tenant: &str,
+) -> bool {
     match run {
-        Some(run) if runs.contains(&run) => Ok(axum::Json(proof)),
-        _ => Err(Problem::not_found("audit record")),
+        Some(run) => runs.contains(run),
+        None => data.get("tenant").and_then(|t| t.as_str()) == Some(tenant),
     }
 }
 
@@ -217,6 +233,7 @@ pub(crate) async fn export(
 ) -> ApiResult<Response> {
     caller.require("audit:read")?;
     let runs = tenant_runs(&state, &caller.tenant)?;
+    let tenant = caller.tenant.clone();
     let rein = state.rein.clone();
     let run = q.run.clone();
     let records =
@@ -226,7 +243,7 @@ pub(crate) async fn export(
     // Streamed as JSON lines, a chunk at a time.
     let lines = records
         .into_iter()
-        .filter(move |r| r.run_id.as_deref().is_some_and(|id| runs.contains(id)))
+        .filter(move |r| tenants(r.run_id.as_deref(), &r.data, &runs, &tenant))
         .map(|r| {
             let mut line = serde_json::to_vec(&r).unwrap_or_default();
             line.push(b'\n');

@@ -1,8 +1,9 @@
 //! `/v1/conversations`: the gateway's conversations of the caller's tenant (the labels each has
 //! seen, the calls held for it), forgetting one, and pruning those unchanged for days. All need
 //! `admin`: a conversation's name and labels say what its user's agent did, and forgetting its
-//! labels lets its next request do what they forbade. Each reads or writes the conversations'
-//! file off the request threads (another process may hold its lock for a while).
+//! labels lets its next request do what they forbade (the audit trail names the token that
+//! asked). Each reads or writes the conversations' file off the request threads (another
+//! process may hold its lock for a while).
 
 use std::sync::Arc;
 
@@ -60,13 +61,14 @@ pub(crate) async fn forget(
     caller.require("admin")?;
     let rein = state.rein.clone();
     blocking(move || {
-        rein.forget_conversation(v1::ConversationKey {
+        let key = v1::ConversationKey {
             // The caller's tenant's only.
-            tenant: caller.tenant,
+            tenant: caller.tenant.clone(),
             user: body.user,
             agent: body.agent,
             conversation: body.conversation,
-        })
+        };
+        rein.forget_conversation(key, Some(&caller))
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -85,7 +87,12 @@ pub(crate) async fn prune(
             tenant: Some(&caller.tenant),
             agent: body.agent.as_deref(),
         };
-        rein.prune_conversations(query, body.unchanged_for_days, crate::now_ms())
+        rein.prune_conversations(
+            query,
+            body.unchanged_for_days,
+            crate::now_ms(),
+            Some(&caller),
+        )
     })
     .await?;
     Ok(axum::Json(v1::Pruned {

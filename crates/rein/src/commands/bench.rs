@@ -179,12 +179,7 @@ async fn steps(
     Ok(0)
 }
 
-fn gate(
-    policies: usize,
-    decisions: usize,
-    guards: bool,
-    json: bool,
-) -> anyhow::Result<u8> {
+fn gate(policies: usize, decisions: usize, guards: bool, json: bool) -> anyhow::Result<u8> {
     let report = bench::gate(policies, decisions, guards)?;
     if json {
         out::json(&report)?;

@@ -84,12 +84,13 @@ pub(crate) fn run(rein: &Rein, command: ConversationsCommand) -> anyhow::Result<
             user,
             tenant,
         } => {
-            rein.forget_conversation(v1::ConversationKey {
+            let key = v1::ConversationKey {
                 tenant,
                 user,
                 agent,
                 conversation: conversation.clone(),
-            })?;
+            };
+            rein.forget_conversation(key, None)?;
             outln!("conversation {conversation} forgotten");
             Ok(0)
         }
@@ -102,7 +103,7 @@ pub(crate) fn run(rein: &Rein, command: ConversationsCommand) -> anyhow::Result<
                 tenant: tenant.as_deref(),
                 agent: agent.as_deref(),
             };
-            let pruned = rein.prune_conversations(query, unchanged_for_days, now_ms())?;
+            let pruned = rein.prune_conversations(query, unchanged_for_days, now_ms(), None)?;
             outln!("{pruned} conversations unchanged for {unchanged_for_days} days forgotten");
             Ok(0)
         }
