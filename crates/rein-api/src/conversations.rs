@@ -5,7 +5,7 @@
 //! result brought in), and prunes those unchanged for a while that hold nothing. Requests never
 //! remove anything; this is the only way a conversation's labels go, and each conversation that
 //! goes is first recorded in the audit trail (`conversation_forgotten`: whose it was, the labels
-//! and held runs forgotten, why, and who asked), under a signed checkpoint, flushed to disk: a
+//! forgotten and the runs it held, which stay held, why, and who asked), under a signed checkpoint, flushed to disk: a
 //! change of what later decisions see is as answerable as the decisions.
 
 use rein_audit::Entry;
@@ -46,9 +46,8 @@ impl Rein {
             .collect())
     }
 
-    /// Forgets one conversation: the labels it has seen and the runs held for it (those still
-    /// wait for a person in the store, and are held for it again by the next process to start
-    /// serving the gateway). `by` is who asked (`None`: the command line, with the state
+    /// Forgets one conversation: the labels it has seen (the runs held for it stay, so a call a
+    /// person approves still reaches its next request). `by` is who asked (`None`: the command line, with the state
     /// directory's files), named in the audit record written before it goes.
     pub fn forget_conversation(
         &self,

@@ -271,7 +271,7 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
             method: "post",
             path: "/v1/conversations/forget",
             id: "forgetConversation",
-            summary: "Forget one of the tenant's gateway conversations: its labels and held calls; its next request is judged only on what its own history carries (admin)",
+            summary: "Forget the labels one of the tenant's gateway conversations has seen: its next request is judged only on what its own history carries; calls held for it stay held (admin)",
             params: vec![],
             body: Some(schema::<v1::ForgetConversation>(g)),
             answer: Answer::Empty,

@@ -136,11 +136,11 @@ impl ConversationStore {
         )
     }
 
-    /// Forgets the conversation: its labels, its held runs (their runs still wait for a person
-    /// in the store; a process reading the runs waiting for approval holds them for it again)
-    /// and the runs given up. `record` is shown what is forgotten first, inside the transaction
-    /// that forgets it (the operator's audit record): if it fails, nothing is forgotten.
-    /// Answers whether it was kept.
+    /// Forgets the conversation's labels, and the conversation with them unless it holds runs
+    /// for a person's approval (those stay held, so an approved call still reaches its next
+    /// request). `record` is shown what is forgotten first, inside the transaction that forgets
+    /// it (the operator's audit record): if it fails, nothing is forgotten. Answers whether it
+    /// was kept.
     pub fn forget<E: From<StoreError>>(
         &self,
         c: ConversationRef<'_>,
@@ -194,9 +194,18 @@ impl ConversationStore {
         }
         record(&rows)?;
         for row in &rows {
-            tx.execute(
+            // A row holding runs keeps them (and the runs given up), its labels gone: a held
+            // call approved later still reaches the conversation's next request, in this
+            // process as in the next to start.
+            let sql = if row.kept.held.is_empty() {
                 "DELETE FROM conversations
-                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
+                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4"
+            } else {
+                "UPDATE conversations SET labels = '[]'
+                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4"
+            };
+            tx.execute(
+                sql,
                 params![row.tenant, row.user, row.agent, row.conversation],
             )
             .map_err(|e| self.db.err(e))?;

@@ -1302,6 +1302,13 @@ fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_ho
     assert_eq!(recorded.len(), 1, "nothing forgotten, nothing recorded");
     assert!(store.get(ANN).unwrap().labels.is_empty());
     assert_eq!(store.get(bob).unwrap().labels, untrusted);
+    // One holding a run keeps it (an approved call still reaches it), its labels gone.
+    store.add_labels(holding, &untrusted, 600).unwrap();
+    assert!(store.forget(holding, record(&mut recorded)).unwrap());
+    assert_eq!(recorded.last().unwrap().2, untrusted);
+    let kept = store.get(holding).unwrap();
+    assert!(kept.labels.is_empty(), "{kept:?}");
+    assert_eq!(kept.held, ["r-held"]);
 
     // Everything acme's is older than 10 s; only bob's goes: the held run keeps c-2, and
     // globex's is another tenant's.

@@ -1071,7 +1071,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         forgotten["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "send_email",
         "{forgotten}"
     );
-    let still = ask_in(&served, &ann, "unchecked", trimmed).await;
+    let still = ask_in(&served, &ann, "unchecked", trimmed.clone()).await;
     assert!(mail_held(&still), "{still}");
     // Left alone for two days (as the file has it), a conversation that read the page and holds
     // nothing is pruned over HTTP by the tenant's admin; the one holding the mail is not, nor
@@ -1134,6 +1134,41 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         .collect();
     assert!(left.contains(&"unchecked"), "{left:?}");
     assert!(!left.contains(&"stale"), "{left:?}");
+    // Forgetting the conversation holding the mail forgets its labels, not the held call: once
+    // a person approves it, its next request (to this same server) receives it.
+    let forget_unchecked = http
+        .post(served.url("/v1/conversations/forget"))
+        .bearer_auth(&admin)
+        .json(&json!({"user": "ann", "agent": "gateway", "conversation": "unchecked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forget_unchecked.status().as_u16(), 204);
+    let (_, kept) = list(&admin).await;
+    let unchecked = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation"] == "unchecked")
+        .unwrap_or_else(|| panic!("the conversation holding a call went: {kept}"));
+    assert_eq!(unchecked["labels"], json!([]), "{unchecked}");
+    assert_eq!(
+        unchecked["held"].as_array().unwrap().len(),
+        1,
+        "{unchecked}"
+    );
+    let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
+    let text = still["choices"][0]["message"]["content"].as_str().unwrap();
+    approve(&served, &approver, &approval_in(text)).await;
+    let held_run = unchecked["held"][0].as_str().unwrap().to_owned();
+    let delivered = ask_in(&served, &ann, "unchecked", trimmed).await;
+    let call = &delivered["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "send_email", "{delivered}");
+    // The approved call itself, from the held run, not one the model proposed afresh.
+    assert!(
+        call["id"].as_str().unwrap().ends_with(&held_run),
+        "{delivered} (held run {held_run})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,9 +27,9 @@ pub(crate) enum ConversationsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Forget one conversation's labels and held runs: its later requests are judged only on
-    /// what their own history carries (for example once a person has checked what an
-    /// `untrusted` tool result brought in). Runs held for it still wait in `rein approvals`.
+    /// Forget one conversation's labels: its later requests are judged only on what their own
+    /// history carries (for example once a person has checked what an `untrusted` tool result
+    /// brought in). Calls held for it stay held: once approved, its next request receives them.
     Forget {
         /// The conversation's name, as `rein conversations list` shows it.
         conversation: String,
