@@ -446,9 +446,17 @@ impl AuditLog {
         if buf.is_empty() {
             return Ok(0);
         }
-        file.write_all(&buf).map_err(io_err(path))?;
-        if fsync {
-            file.sync_data().map_err(io_err(path))?;
+        let written = file
+            .write_all(&buf)
+            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Never acknowledged: what reached the file is cut off (this process holds the
+            // lock), and what this append counted in memory (the tree, the runs' cursors) is
+            // dropped, so the next append reads the file again rather than numbering its
+            // records after ones that are not there.
+            let _ = file.set_len(state.records_len);
+            *state = WriterState::default();
+            return Err(io_err(path)(e));
         }
         state.records_len += buf.len() as u64;
         if !state.checkpoints_read {
