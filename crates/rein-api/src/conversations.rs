@@ -2,7 +2,7 @@
 //! `conversations.sqlite`, see `rein_store::ConversationStore`): lists them with the labels each
 //! has seen and the runs held for it, forgets one (its later requests are judged only on what
 //! their own history carries: for example after a person has checked what an `untrusted` tool
-//! result brought in), and prunes those unchanged for a while that hold nothing. Requests never
+//! result brought in), and prunes those no request has used for a while that hold nothing. Requests never
 //! remove anything; this is the only way a conversation's labels go, and each conversation that
 //! goes is first recorded in the audit trail (`conversation_forgotten`: whose it was, the labels
 //! forgotten and the runs it held, which stay held, why, and who asked), under a signed checkpoint, flushed to disk: a
@@ -28,6 +28,7 @@ fn wire(row: ConversationRow) -> v1::Conversation {
         held: row.kept.held,
         given_up: row.kept.given_up,
         updated_ms: row.updated_ms,
+        used_ms: row.used_ms,
     }
 }
 
@@ -60,40 +61,39 @@ impl Rein {
             agent: &key.agent,
             conversation: &key.conversation,
         };
+        // The audit trail opened before the conversations' file is locked.
+        self.engine()?;
         let record = |rows: &[ConversationRow]| self.record_forgotten(rows, "forgotten", by);
         if self.conversations()?.forget(c, record)? {
             Ok(())
         } else {
             Err(Error::NotFound(format!(
-                "no conversation `{}` of user `{}` (tenant `{}`) at gateway `{}`: `rein conversations list` shows those kept",
+                "no conversation `{}` of user `{}` (tenant `{}`) at gateway `{}` with labels to forget: `rein conversations list` shows those kept",
                 key.conversation, key.user, key.tenant, key.agent
             )))
         }
     }
 
-    /// Forgets the conversations `query` names that have not changed for `unchanged_for_days`
+    /// Forgets the conversations `query` names that no request has used for `unused_for_days`
     /// days (1 to [`MAX_DAYS`]) before `now_ms` and hold no run for a person's approval, each
     /// recorded in the audit trail first as [`Rein::forget_conversation`] does. Answers how
     /// many it forgot.
     pub fn prune_conversations(
         &self,
         query: ConversationQuery<'_>,
-        unchanged_for_days: u32,
+        unused_for_days: u32,
         now_ms: u64,
         by: Option<&Caller>,
     ) -> Result<usize, Error> {
-        if !(1..=MAX_DAYS).contains(&unchanged_for_days) {
+        if !(1..=MAX_DAYS).contains(&unused_for_days) {
             return Err(Error::Invalid(format!(
-                "`unchanged_for_days` is 1 to {MAX_DAYS}, not {unchanged_for_days}: a conversation that changed less than a day ago may be in the middle of a request"
+                "`unused_for_days` is 1 to {MAX_DAYS}, not {unused_for_days}: a conversation that changed less than a day ago may be in the middle of a request"
             )));
         }
-        let before = now_ms.saturating_sub(u64::from(unchanged_for_days) * MS_PER_DAY);
-        let days = if unchanged_for_days == 1 {
-            "day"
-        } else {
-            "days"
-        };
-        let why = format!("pruned: unchanged for {unchanged_for_days} {days}");
+        let before = now_ms.saturating_sub(u64::from(unused_for_days) * MS_PER_DAY);
+        let days = if unused_for_days == 1 { "day" } else { "days" };
+        let why = format!("pruned: unused for {unused_for_days} {days}");
+        self.engine()?;
         let record = |rows: &[ConversationRow]| self.record_forgotten(rows, &why, by);
         self.conversations()?.prune(query, before, record)
     }
@@ -137,7 +137,7 @@ impl Rein {
 }
 
 /// The kind of the audit record of a conversation an operator forgot.
-pub(crate) const FORGOTTEN: &str = "conversation_forgotten";
+pub const FORGOTTEN: &str = "conversation_forgotten";
 
 /// The most days a prune looks back (a hundred years).
 const MAX_DAYS: u32 = 36_500;

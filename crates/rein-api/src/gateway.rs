@@ -152,7 +152,13 @@ pub(crate) struct Held {
     scanned: Mutex<Vec<String>>,
     /// Calls handed over, by the id the client saw: ((tenant, user, gateway), tool).
     issued: Mutex<HashMap<String, (Owner, String)>>,
+    /// When this process last noted a use of each conversation in the store.
+    used: Mutex<HashMap<ConversationKey, u64>>,
 }
+
+/// How often a conversation's use is noted in the store (a write): a prune, counted in days,
+/// needs no finer time.
+const USE_NOTED_EVERY_MS: u64 = 3_600_000;
 
 /// Whose a run is: tenant, user and gateway.
 type Owner = (String, String, String);
@@ -222,8 +228,11 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
+        self.note_use(&key, &kept);
         if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
-            self.keep_labels(&key, &reply.labels, &kept.labels);
+            // Only what the held run gained itself: what it brought in was the conversation's
+            // when it began, and may have been forgotten by an operator since.
+            self.keep_labels(&key, &reply.gained, &kept.labels);
             return Ok(self.answer(&key, reply));
         }
         let task = request
@@ -343,6 +352,41 @@ impl Rein {
         }
         // An MCP call has no conversation to carry labels into: each is its own.
         Ok(self.answer(&key, reply))
+    }
+
+    /// Notes, at most hourly, that a request uses a conversation that keeps labels or held runs,
+    /// so a prune (of those unused for days) never takes the labels of one in use. Logged if it
+    /// fails: the request goes on.
+    fn note_use(&self, key: &ConversationKey, kept: &rein_store::Conversation) {
+        if kept.labels.is_empty() && kept.held.is_empty() {
+            return;
+        }
+        let at = now();
+        {
+            let Ok(mut used) = self.held.used.lock() else {
+                return;
+            };
+            if used
+                .get(key)
+                .is_some_and(|last| at.saturating_sub(*last) < USE_NOTED_EVERY_MS)
+            {
+                return;
+            }
+            if used.len() >= ISSUED_KEPT {
+                used.clear();
+            }
+            used.insert(key.clone(), at);
+        }
+        let noted = self
+            .conversations()
+            .and_then(|store| Ok(store.used(key.as_ref(), at)?));
+        if let Err(e) = noted {
+            tracing::error!(
+                conversation = %key.conversation,
+                error = %e,
+                "the use of a gateway conversation could not be noted"
+            );
+        }
     }
 
     /// What is kept of the conversation (its labels and held runs), read once a request, after

@@ -29,6 +29,7 @@ use rein_engine::{Engine, EngineError};
 use rein_store::{SqliteStore, StoreError};
 
 /// Which gateway conversations an operator means: each field that is set must match.
+pub use conversations::FORGOTTEN as CONVERSATION_FORGOTTEN;
 pub use rein_store::ConversationFilter as ConversationQuery;
 pub use runs::{LoadedAgent, NewRun, RunQuery, StartRun, Watch};
 pub use tokens::{Caller, SCOPES};

@@ -226,6 +226,9 @@ pub struct RunState {
     ended: Option<Ended>,
     suspended: bool,
     labels: LabelSet,
+    /// The labels a gateway request brought in (carried from its conversation, and its client's
+    /// tool results'), as against those the run gained itself.
+    brought: LabelSet,
     usage: Usage,
     cost_micros: u64,
     /// Every tool call that got an answer, in order: (tool, how it went).
@@ -450,6 +453,12 @@ impl RunState {
     /// The labels in play: the union of the output labels of every call whose output the model saw.
     pub fn labels(&self) -> &LabelSet {
         &self.labels
+    }
+    /// The labels a gateway request brought in with it: those its conversation carried, and
+    /// those of the tool results its client sent. The rest of [`RunState::labels`] the run
+    /// gained itself.
+    pub fn brought_labels(&self) -> &LabelSet {
+        &self.brought
     }
     /// Whether the run is suspended waiting for approvals.
     pub fn is_suspended(&self) -> bool {

@@ -110,6 +110,10 @@ pub struct GatewayReply {
     pub reason: Option<String>,
     /// The labels in play at the end of the run: what the conversation's next request carries.
     pub labels: Vec<String>,
+    /// Of those, the ones the run gained itself (not brought in by its request): what a reply
+    /// from a held run adds to its conversation, whose labels an operator may have forgotten
+    /// since the run began.
+    pub gained: Vec<String>,
 }
 
 impl Engine {
@@ -332,6 +336,12 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),
         labels: state.labels().to_vec(),
+        gained: state
+            .labels()
+            .to_vec()
+            .into_iter()
+            .filter(|l| !state.brought_labels().contains(l))
+            .collect(),
     }
 }
 

@@ -281,7 +281,7 @@ fn ops(g: &mut SchemaGenerator) -> Vec<Op> {
             "post",
             "/v1/conversations/prune",
             "pruneConversations",
-            "Forget the tenant's gateway conversations unchanged for days that hold no call for a person's approval (admin)",
+            "Forget the tenant's gateway conversations no request has used for days that hold no call for a person's approval (admin)",
             vec![],
             Some(schema::<v1::PruneConversations>(g)),
             Answer::Json(200, schema::<v1::Pruned>(g)),

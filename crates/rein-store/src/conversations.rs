@@ -8,10 +8,10 @@
 //!
 //! Every process serving the state directory reads and writes the same rows, so a restart or a
 //! second server forgets neither. Requests only ever add labels; only an operator removes a
-//! conversation (`forget`, or `prune` of those unchanged for a while and holding nothing), and
-//! what is removed is shown to the caller's record of it (the audit trail) before it goes. Each
-//! change is one immediate transaction that re-reads the row inside it, so two processes
-//! changing one conversation at once lose neither's change.
+//! conversation (`forget`, or `prune` of those no request has used for a while and holding
+//! nothing), and what is removed is shown to the caller's record of it (the audit trail) before
+//! it goes. Each change is one immediate transaction that re-reads the row inside it, so two
+//! processes changing one conversation at once lose neither's change.
 
 use std::path::Path;
 
@@ -59,6 +59,9 @@ pub struct ConversationRow {
     pub kept: Conversation,
     /// When it last changed (ms since the epoch): a label or a held run added, a run released.
     pub updated_ms: u64,
+    /// When a request last used it (ms since the epoch; kept to the hour, see
+    /// [`ConversationStore::used`]), or changed it.
+    pub used_ms: u64,
 }
 
 /// Which conversations to list or prune: each field that is set must match.
@@ -83,11 +86,12 @@ const SELECT: &str = "SELECT labels, held, given_up FROM conversations
      WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4";
 
 const UPSERT: &str = "INSERT INTO conversations
-     (tenant, user, agent, conversation, labels, held, given_up, updated_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     (tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
      ON CONFLICT (tenant, user, agent, conversation)
      DO UPDATE SET labels = excluded.labels, held = excluded.held,
-                   given_up = excluded.given_up, updated_ms = excluded.updated_ms";
+                   given_up = excluded.given_up, updated_ms = excluded.updated_ms,
+                   used_ms = MAX(used_ms, excluded.used_ms)";
 
 /// Where a run is put among a conversation's held runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,13 +110,18 @@ impl ConversationStore {
         let db = SideDb::open(
             state_dir,
             "conversations.sqlite",
-            &["CREATE TABLE IF NOT EXISTS conversations (
+            &[
+                "CREATE TABLE IF NOT EXISTS conversations (
                     tenant TEXT NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
                     conversation TEXT NOT NULL,
                     labels TEXT NOT NULL DEFAULT '[]', held TEXT NOT NULL DEFAULT '[]',
                     given_up TEXT NOT NULL DEFAULT '[]',
                     updated_ms INTEGER NOT NULL,
-                    PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;"],
+                    PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;",
+                // Version 2: when a request last used each (a prune goes by it).
+                "ALTER TABLE conversations ADD COLUMN used_ms INTEGER NOT NULL DEFAULT 0;
+                 UPDATE conversations SET used_ms = updated_ms;",
+            ],
         )?;
         let reads = SideDb::attach(db.path())?;
         Ok(ConversationStore { db, reads })
@@ -140,24 +149,26 @@ impl ConversationStore {
     /// for a person's approval (those stay held, so an approved call still reaches its next
     /// request). `record` is shown what is forgotten first, inside the transaction that forgets
     /// it (the operator's audit record): if it fails, nothing is forgotten. Answers whether it
-    /// was kept.
+    /// had labels to forget.
     pub fn forget<E: From<StoreError>>(
         &self,
         c: ConversationRef<'_>,
         record: impl FnOnce(&[ConversationRow]) -> Result<(), E>,
     ) -> Result<bool, E> {
+        // One without labels (forgotten already, or holding runs only) has nothing to forget.
         let gone = self.remove(
-            "WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4",
+            "WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4
+               AND labels != '[]'",
             params![c.tenant, c.user, c.agent, c.conversation],
             record,
         )?;
         Ok(gone > 0)
     }
 
-    /// Forgets the conversations `filter` names that have not changed since `before_ms` and
-    /// hold no run for a person's approval (one that does is still in use, however long the
-    /// person takes), each shown to `record` first as [`ConversationStore::forget`] does.
-    /// Answers how many were forgotten.
+    /// Forgets the conversations `filter` names that no request has used or changed since
+    /// `before_ms` (see [`ConversationStore::used`]) and that hold no run for a person's
+    /// approval (one that does is still in use, however long the person takes), each shown to
+    /// `record` first as [`ConversationStore::forget`] does. Answers how many were forgotten.
     pub fn prune<E: From<StoreError>>(
         &self,
         filter: ConversationFilter<'_>,
@@ -165,7 +176,7 @@ impl ConversationStore {
         record: impl FnOnce(&[ConversationRow]) -> Result<(), E>,
     ) -> Result<usize, E> {
         self.remove(
-            "WHERE updated_ms < ?1 AND json_array_length(held) = 0
+            "WHERE used_ms < ?1 AND json_array_length(held) = 0
                AND (?2 IS NULL OR tenant = ?2) AND (?3 IS NULL OR agent = ?3)",
             params![
                 i64::try_from(before_ms).unwrap_or(i64::MAX),
@@ -223,7 +234,7 @@ impl ConversationStore {
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms
+                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms
                  FROM conversations {tail}"
             ))
             .map_err(|e| self.db.err(e))?;
@@ -237,6 +248,7 @@ impl ConversationStore {
                         conversation: r.get(3)?,
                         kept: Conversation::default(),
                         updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
+                        used_ms: r.get::<_, i64>(8)?.max(0) as u64,
                     },
                     [r.get::<_, String>(4)?, r.get(5)?, r.get(6)?],
                 ))
@@ -249,6 +261,29 @@ impl ConversationStore {
             found.push(row);
         }
         Ok(found)
+    }
+
+    /// Notes that a request used the conversation at `at_ms` (one kept already; nothing is
+    /// added for one that is not). A prune forgets only those no request has used for its days:
+    /// a conversation in use keeps the labels it has seen however long ago it saw them. Callers
+    /// note a use now and then (say, hourly), not on every request, as it is a write.
+    pub fn used(&self, c: ConversationRef<'_>, at_ms: u64) -> Result<(), StoreError> {
+        self.db
+            .conn()
+            .execute(
+                "UPDATE conversations SET used_ms = ?5
+                 WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4
+                   AND used_ms < ?5",
+                params![
+                    c.tenant,
+                    c.user,
+                    c.agent,
+                    c.conversation,
+                    i64::try_from(at_ms).unwrap_or(i64::MAX)
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.db.err(e))
     }
 
     /// What is kept of the conversation; nothing for one never kept.

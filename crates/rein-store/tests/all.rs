@@ -1309,6 +1309,10 @@ fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_ho
     let kept = store.get(holding).unwrap();
     assert!(kept.labels.is_empty(), "{kept:?}");
     assert_eq!(kept.held, ["r-held"]);
+    // Its labels gone, there is nothing more to forget (nor to record).
+    let records = recorded.len();
+    assert!(!store.forget(holding, record(&mut recorded)).unwrap());
+    assert_eq!(recorded.len(), records);
 
     // Everything acme's is older than 10 s; only bob's goes: the held run keeps c-2, and
     // globex's is another tenant's.
@@ -1334,4 +1338,45 @@ fn conversations_are_listed_forgotten_and_pruned_by_an_operator_but_never_one_ho
             .len(),
         1
     );
+
+    // A prune goes by a conversation's last use: one changed long ago but used since stays.
+    store.add_labels(ANN, &untrusted, 1_000).unwrap();
+    store.used(ANN, 30_000).unwrap();
+    // An earlier use noted late takes nothing back.
+    store.used(ANN, 25_000).unwrap();
+    assert_eq!(store.list(acme, 1).unwrap()[0].used_ms, 30_000);
+    assert_eq!(store.prune(acme, 30_000, record(&mut recorded)).unwrap(), 0);
+    assert_eq!(store.prune(acme, 30_001, record(&mut recorded)).unwrap(), 1);
+    // A use of one not kept adds nothing.
+    store.used(ANN, 40_000).unwrap();
+    assert!(store.list(acme, 100).unwrap().is_empty());
+}
+
+/// A `conversations.sqlite` written before uses were noted (schema version 1) is brought up to
+/// date on opening: each conversation counts as last used when it last changed, so a prune
+/// right after the upgrade forgets what it would have before.
+#[test]
+fn a_conversations_file_from_before_uses_were_noted_counts_each_as_used_when_last_changed() {
+    use rein_store::{ConversationFilter, ConversationStore};
+    let dir = tempfile::tempdir().unwrap();
+    let old = rusqlite::Connection::open(dir.path().join("conversations.sqlite")).unwrap();
+    old.execute_batch(
+        "CREATE TABLE conversations (
+            tenant TEXT NOT NULL, user TEXT NOT NULL, agent TEXT NOT NULL,
+            conversation TEXT NOT NULL,
+            labels TEXT NOT NULL DEFAULT '[]', held TEXT NOT NULL DEFAULT '[]',
+            given_up TEXT NOT NULL DEFAULT '[]',
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (tenant, user, agent, conversation)) WITHOUT ROWID;
+         INSERT INTO conversations (tenant, user, agent, conversation, labels, updated_ms)
+            VALUES ('acme', 'ann', 'gateway', 'c-1', '[\"untrusted\"]', 7000);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(old);
+    let store = ConversationStore::open(dir.path()).unwrap();
+    let listed = store.list(ConversationFilter::default(), 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].updated_ms, listed[0].used_ms), (7_000, 7_000));
+    assert_eq!(listed[0].kept.labels, ["untrusted"]);
 }

@@ -1015,15 +1015,14 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     // The audit trail has it, for this tenant's auditors only: what was forgotten, and who
     // asked.
     let forgotten_records = async |token: &str| {
-        let text = http
+        let r = http
             .get(served.url("/v1/audit/export"))
             .bearer_auth(token)
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let text = r.text().await.unwrap();
         text.lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
             .filter(|r| r["kind"] == "conversation_forgotten")
@@ -1039,6 +1038,19 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert_eq!(data["by"]["via"], "http", "{data}");
     assert_eq!(data["by"]["user"], "root", "{data}");
     assert!(forgotten_records(&other).await.is_empty());
+    // Its inclusion proof too, for this tenant's auditors only.
+    let proof = async |token: &str| {
+        let seq = records[0]["seq"].as_u64().unwrap();
+        http.get(served.url(&format!("/v1/audit/proof/{seq}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(proof(&admin).await, 200);
+    assert_eq!(proof(&other).await, 404);
     // Forgotten, it is not there to forget again.
     let forget = [
         "conversations",
@@ -1059,7 +1071,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         stderr(&again)
     );
     // Pruning what has not changed for a day leaves both: they changed a moment ago.
-    let pruned = cli(&["conversations", "prune", "--unchanged-for-days", "1"]);
+    let pruned = cli(&["conversations", "prune", "--unused-for-days", "1"]);
     assert!(
         String::from_utf8_lossy(&pruned.stdout).starts_with("0 conversations"),
         "{pruned:?}"
@@ -1075,22 +1087,27 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert!(mail_held(&still), "{still}");
     // Left alone for two days (as the file has it), a conversation that read the page and holds
     // nothing is pruned over HTTP by the tenant's admin; the one holding the mail is not, nor
-    // does another tenant's admin prune either.
+    // one used since, nor does another tenant's admin prune either.
     page_read(&served, &ann, "stale").await;
+    page_read(&served, &ann, "busy").await;
     let aged = rusqlite::Connection::open(state.path().join("conversations.sqlite"))
         .unwrap()
         .execute(
-            "UPDATE conversations SET updated_ms = updated_ms - 2 * 86400000
-             WHERE conversation IN ('stale', 'unchecked')",
+            "UPDATE conversations
+             SET updated_ms = updated_ms - 2 * 86400000, used_ms = used_ms - 2 * 86400000
+             WHERE conversation IN ('stale', 'unchecked', 'busy')",
             [],
         )
         .unwrap();
-    assert_eq!(aged, 2);
+    assert_eq!(aged, 3);
+    // One of them is in use again: a request that changes nothing of it still counts.
+    let again = json!([{"role": "user", "content": "Please send a summary by mail"}]);
+    ask_in(&served, &ann, "busy", again).await;
     let prune_over_http = async |token: &str, days: u32| {
         let r = http
             .post(served.url("/v1/conversations/prune"))
             .bearer_auth(token)
-            .json(&json!({"unchanged_for_days": days}))
+            .json(&json!({"unused_for_days": days}))
             .send()
             .await
             .unwrap();
@@ -1100,10 +1117,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert_eq!(prune_over_http(&ann, 1).await.0, 403);
     let (status, refused) = prune_over_http(&admin, 0).await;
     assert_eq!(status, 422, "{refused}");
-    assert!(
-        refused.to_string().contains("unchanged_for_days"),
-        "{refused}"
-    );
+    assert!(refused.to_string().contains("unused_for_days"), "{refused}");
     assert_eq!(
         prune_over_http(&other, 1).await,
         (200, json!({"pruned": 0}))
@@ -1120,7 +1134,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     let pruned: Vec<_> = records.iter().map(|r| &r["data"]["conversation"]).collect();
     assert_eq!(pruned, ["checked", "stale"], "{records:?}");
     assert_eq!(
-        records[1]["data"]["why"], "pruned: unchanged for 1 day",
+        records[1]["data"]["why"], "pruned: unused for 1 day",
         "{records:?}"
     );
     // The records are in the signed chain, which still verifies whole.
@@ -1133,6 +1147,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         .map(|c| c["conversation"].as_str().unwrap())
         .collect();
     assert!(left.contains(&"unchecked"), "{left:?}");
+    assert!(left.contains(&"busy"), "{left:?}");
     assert!(!left.contains(&"stale"), "{left:?}");
     // Forgetting the conversation holding the mail forgets its labels, not the held call: once
     // a person approves it, its next request (to this same server) receives it.
@@ -1169,6 +1184,26 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         call["id"].as_str().unwrap().ends_with(&held_run),
         "{delivered} (held run {held_run})"
     );
+    // And the labels the held run brought in from before the forget stay forgotten; with them
+    // gone, there is nothing left to forget.
+    let (_, after) = list(&admin).await;
+    let unchecked = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["conversation"] == "unchecked");
+    assert!(
+        unchecked.is_none_or(|c| c["labels"] == json!([])),
+        "{after}"
+    );
+    let again = http
+        .post(served.url("/v1/conversations/forget"))
+        .bearer_auth(&admin)
+        .json(&json!({"user": "ann", "agent": "gateway", "conversation": "unchecked"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]

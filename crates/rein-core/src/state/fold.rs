@@ -414,8 +414,10 @@ impl RunState {
                     return Err(fail("a model call is in progress".into()));
                 }
                 self.labels.absorb(carried.iter());
+                self.brought.absorb(carried.iter());
                 for r in results {
                     self.labels.absorb(r.labels.iter());
+                    self.brought.absorb(r.labels.iter());
                     self.sources.add_json(&r.output, &|_| {
                         provenance::output_origins(&r.tool, &r.labels, &BTreeMap::new(), "")
                     });

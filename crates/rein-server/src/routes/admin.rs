@@ -191,19 +191,24 @@ pub(crate) async fn proof(
         })?;
     let runs = tenant_runs(&state, &caller.tenant)?;
     let record = serde_json::from_str::<serde_json::Value>(&proof.record).unwrap_or_default();
+    let kind = record
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     let run = record.get("run_id").and_then(|v| v.as_str());
     let data = record.get("data").cloned().unwrap_or_default();
-    if tenants(run, &data, &runs, &caller.tenant) {
+    if tenants(kind, run, &data, &runs, &caller.tenant) {
         Ok(axum::Json(proof))
     } else {
         Err(Problem::not_found("audit record"))
     }
 }
 
-/// Whether an audit record (of run `run`, with `data`) is `tenant`'s, whose runs are `runs`: a
-/// record of no run (an operator's change, as a forgotten conversation) is the tenant's it
-/// names.
+/// Whether an audit record (of kind `kind`, of run `run`, with `data`) is `tenant`'s, whose
+/// runs are `runs`: of the records of no run, only a forgotten conversation's is a tenant's (the
+/// one it names); the others (a key's rotation) are no tenant's.
 fn tenants(
+    kind: &str,
     run: Option<&str>,
     data: &serde_json::Value,
     runs: &HashSet<String>,
@@ -211,7 +216,10 @@ fn tenants(
 ) -> bool {
     match run {
         Some(run) => runs.contains(run),
-        None => data.get("tenant").and_then(|t| t.as_str()) == Some(tenant),
+        None => {
+            kind == rein_api::CONVERSATION_FORGOTTEN
+                && data.get("tenant").and_then(|t| t.as_str()) == Some(tenant)
+        }
     }
 }
 
@@ -243,7 +251,7 @@ pub(crate) async fn export(
     // Streamed as JSON lines, a chunk at a time.
     let lines = records
         .into_iter()
-        .filter(move |r| tenants(r.run_id.as_deref(), &r.data, &runs, &tenant))
+        .filter(move |r| tenants(&r.kind, r.run_id.as_deref(), &r.data, &runs, &tenant))
         .map(|r| {
             let mut line = serde_json::to_vec(&r).unwrap_or_default();
             line.push(b'\n');

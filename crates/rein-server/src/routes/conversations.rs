@@ -1,5 +1,5 @@
 //! `/v1/conversations`: the gateway's conversations of the caller's tenant (the labels each has
-//! seen, the calls held for it), forgetting one, and pruning those unchanged for days. All need
+//! seen, the calls held for it), forgetting one, and pruning those unused for days. All need
 //! `admin`: a conversation's name and labels say what its user's agent did, and forgetting its
 //! labels lets its next request do what they forbade (the audit trail names the token that
 //! asked). Each reads or writes the conversations' file off the request threads (another
@@ -87,12 +87,7 @@ pub(crate) async fn prune(
             tenant: Some(&caller.tenant),
             agent: body.agent.as_deref(),
         };
-        rein.prune_conversations(
-            query,
-            body.unchanged_for_days,
-            crate::now_ms(),
-            Some(&caller),
-        )
+        rein.prune_conversations(query, body.unused_for_days, crate::now_ms(), Some(&caller))
     })
     .await?;
     Ok(axum::Json(v1::Pruned {

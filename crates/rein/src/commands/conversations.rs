@@ -1,6 +1,6 @@
 //! `rein conversations`: the gateway's conversations as kept in the state directory (the labels
 //! each has seen, the runs held for it), listed, forgotten one at a time, or pruned when
-//! unchanged for a while and holding nothing. Its subcommands' shape is here beside them, as
+//! unused for a while and holding nothing. Its subcommands' shape is here beside them, as
 //! the command is a face of three API calls.
 
 use clap::Subcommand;
@@ -43,12 +43,12 @@ pub(crate) enum ConversationsCommand {
         #[arg(long, default_value = "default")]
         tenant: String,
     },
-    /// Forget the conversations unchanged for this many days that hold no run for a person.
+    /// Forget the conversations no request has used for this many days that hold no run for a person.
     /// A request of one forgotten is judged only on what its own history carries.
     Prune {
-        /// Days without a change.
+        /// Days no request has used or changed them.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        unchanged_for_days: u32,
+        unused_for_days: u32,
         /// Only this tenant's.
         #[arg(long)]
         tenant: Option<String>,
@@ -95,7 +95,7 @@ pub(crate) fn run(rein: &Rein, command: ConversationsCommand) -> anyhow::Result<
             Ok(0)
         }
         ConversationsCommand::Prune {
-            unchanged_for_days,
+            unused_for_days,
             tenant,
             agent,
         } => {
@@ -103,8 +103,8 @@ pub(crate) fn run(rein: &Rein, command: ConversationsCommand) -> anyhow::Result<
                 tenant: tenant.as_deref(),
                 agent: agent.as_deref(),
             };
-            let pruned = rein.prune_conversations(query, unchanged_for_days, now_ms(), None)?;
-            outln!("{pruned} conversations unchanged for {unchanged_for_days} days forgotten");
+            let pruned = rein.prune_conversations(query, unused_for_days, now_ms(), None)?;
+            outln!("{pruned} conversations unused for {unused_for_days} days forgotten");
             Ok(0)
         }
     }

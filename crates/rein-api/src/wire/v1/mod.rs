@@ -523,9 +523,9 @@ pub struct ForgetConversation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneConversations {
-    /// Days without a change (1 to 36500).
+    /// Days no request has used or changed them (1 to 36500).
     #[schemars(range(min = 1, max = 36500))]
-    pub unchanged_for_days: u32,
+    pub unused_for_days: u32,
     /// Only this gateway's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
@@ -554,6 +554,9 @@ pub struct Conversation {
     pub given_up: Vec<String>,
     /// When it last changed (ms since the epoch).
     pub updated_ms: u64,
+    /// When a request last used it (ms since the epoch, to the hour): a prune forgets only
+    /// those unused for its days.
+    pub used_ms: u64,
 }
 
 /// An API token, as listed (never the token itself).
