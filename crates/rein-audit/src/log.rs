@@ -605,9 +605,16 @@ impl AuditLog {
                 &mut kept.insert((file, held)).0
             }
         };
-        file.write_all(&line).map_err(io_err(path))?;
-        if fsync {
-            file.sync_data().map_err(io_err(path))?;
+        let written = file
+            .write_all(&line)
+            .and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
+            // Never acknowledged: a torn line would leave the file's last checkpoint unreadable
+            // and every later one refused. What reached the file is cut off (the caller has
+            // just read its length, under the lock), and the file is read again next time.
+            let _ = file.set_len(state.checkpoints_len);
+            state.checkpoints_read = false;
+            return Err(io_err(path)(e));
         }
         state.checkpointed = checkpoint.tree_size;
         state.checkpointed_at_ms = checkpoint.at_ms;

@@ -1,6 +1,7 @@
-//! An append that fails part-way (the disk full, a file-size limit) is never acknowledged and
-//! leaves nothing behind, in the file or in the writer's memory: the same log's next append
-//! numbers its records after the last one written, and the whole log verifies.
+//! An append or a checkpoint that fails part-way (the disk full, a file-size limit) is never
+//! acknowledged and leaves nothing behind, in the files or in the writer's memory: the same
+//! log's next append numbers its records after the last one written, its next checkpoint
+//! follows the last one signed, and the whole log verifies.
 //!
 //! Alone in its test binary: the failure comes from a real file-size limit (`RLIMIT_FSIZE`),
 //! which holds for the whole process.
@@ -24,8 +25,22 @@ fn entries(run: &str, events: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
         .collect()
 }
 
+/// Runs `f` with files limited to `bytes` (a write past it fails with EFBIG; the signal it
+/// raises stays blocked, pending, in this thread).
+fn limited<T>(bytes: u64, f: impl FnOnce() -> T) -> T {
+    let mut xfsz = SigSet::empty();
+    xfsz.add(Signal::SIGXFSZ);
+    xfsz.thread_block().unwrap();
+    let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+    setrlimit(Resource::RLIMIT_FSIZE, bytes, hard).unwrap();
+    let out = f();
+    setrlimit(Resource::RLIMIT_FSIZE, soft, hard).unwrap();
+    out
+}
+
 #[test]
-fn an_append_cut_short_by_a_full_disk_leaves_no_record_and_the_next_one_follows_the_last_written() {
+fn an_append_or_checkpoint_cut_short_by_a_full_disk_leaves_nothing_and_the_next_follows_the_last_written()
+ {
     let dir = tempfile::tempdir().unwrap();
     let options = AuditOptions {
         // No checkpoint falls due on its own: only the records file grows.
@@ -39,16 +54,8 @@ fn an_append_cut_short_by_a_full_disk_leaves_no_record_and_the_next_one_follows_
     let records = log.paths().records.clone();
     let written = std::fs::metadata(&records).unwrap().len();
 
-    // The disk fills 100 bytes on: the next append's first record fits only in part. (The
-    // signal a write past the limit raises stays blocked, pending, in this thread; the write
-    // fails with EFBIG.)
-    let mut xfsz = SigSet::empty();
-    xfsz.add(Signal::SIGXFSZ);
-    xfsz.thread_block().unwrap();
-    let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
-    setrlimit(Resource::RLIMIT_FSIZE, written + 100, hard).unwrap();
-    let failed = log.append(&entries("run-a", 4..=6));
-    setrlimit(Resource::RLIMIT_FSIZE, soft, hard).unwrap();
+    // The disk fills 100 bytes on: the next append's first record fits only in part.
+    let failed = limited(written + 100, || log.append(&entries("run-a", 4..=6)));
     assert!(failed.is_err(), "an append past the limit succeeded");
     assert_eq!(
         std::fs::metadata(&records).unwrap().len(),
@@ -61,9 +68,18 @@ fn an_append_cut_short_by_a_full_disk_leaves_no_record_and_the_next_one_follows_
     // The same log, the disk freed, appends after the last record written.
     let first = log.append(&entries("run-a", 4..=6)).unwrap();
     assert_eq!(first, 4);
-    log.checkpoint(3_000).unwrap();
+
+    // A checkpoint's line cut short the same way is cut off too; the next follows the last one
+    // signed.
+    let checkpoints = log.paths().checkpoints.clone();
+    let signed = std::fs::metadata(&checkpoints).unwrap().len();
+    let failed = limited(signed + 20, || log.checkpoint(3_000));
+    assert!(failed.is_err(), "a checkpoint past the limit succeeded");
+    assert_eq!(std::fs::metadata(&checkpoints).unwrap().len(), signed);
+    let next = log.checkpoint(3_001).unwrap().unwrap();
+    assert_eq!((next.seq, next.tree_size), (2, 6));
     let report = rein_audit::verify(dir.path(), &[log.public_key()]).unwrap();
-    assert_eq!(report.records, 6, "{report:?}");
+    assert_eq!((report.records, report.checkpoints), (6, 2), "{report:?}");
     let seqs: Vec<u64> = rein_audit::read_records(dir.path())
         .unwrap()
         .iter()
