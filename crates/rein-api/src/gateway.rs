@@ -379,7 +379,7 @@ impl Rein {
         }
         let noted = self
             .conversations()
-            .and_then(|store| Ok(store.used(key.as_ref(), at)?));
+            .and_then(|store| Ok(may_block(|| store.used(key.as_ref(), at))?));
         if let Err(e) = noted {
             tracing::error!(
                 conversation = %key.conversation,
@@ -615,9 +615,8 @@ impl Rein {
         if seen.is_empty() {
             return Ok((carried.clone(), carried));
         }
-        let known = self
-            .conversations()?
-            .add_labels(key.as_ref(), &seen, now())?;
+        let store = self.conversations()?;
+        let known = may_block(|| store.add_labels(key.as_ref(), &seen, now()))?;
         Ok((carried, known))
     }
 
@@ -637,7 +636,7 @@ impl Rein {
         }
         let kept = self
             .conversations()
-            .and_then(|store| Ok(store.add_labels(key.as_ref(), &fresh, now())?));
+            .and_then(|store| Ok(may_block(|| store.add_labels(key.as_ref(), &fresh, now()))?));
         if let Err(e) = kept {
             tracing::error!(
                 conversation = %key.conversation,
@@ -693,7 +692,7 @@ impl Rein {
     fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
         let held = self
             .conversations()
-            .and_then(|store| Ok(store.hold(key.as_ref(), run_id, at, now())?));
+            .and_then(|store| Ok(may_block(|| store.hold(key.as_ref(), run_id, at, now()))?));
         if let Err(e) = held {
             tracing::error!(
                 conversation = %key.conversation,
@@ -713,7 +712,7 @@ impl Rein {
     fn give_up(&self, key: &ConversationKey, run_id: &str) {
         let given = self
             .conversations()
-            .and_then(|store| Ok(store.give_up(key.as_ref(), run_id, now())?));
+            .and_then(|store| Ok(may_block(|| store.give_up(key.as_ref(), run_id, now()))?));
         if let Err(e) = given {
             tracing::error!(run = %run_id, error = %e, "a held gateway run could not be given up");
         }
@@ -721,7 +720,8 @@ impl Rein {
 
     /// Releases run `run_id`; whether it was held (and so is this request's to resume).
     fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
-        Ok(self.conversations()?.release(key.as_ref(), run_id, now())?)
+        let store = self.conversations()?;
+        Ok(may_block(|| store.release(key.as_ref(), run_id, now()))?)
     }
 
     /// Reads the agent's held runs from the store once per process and keeps each for its
@@ -815,6 +815,19 @@ fn now() -> u64 {
     rein_engine::SystemClock.now_ms()
 }
 
+/// Runs `f`, a write of the conversations' file, which may wait for another process's lock (up
+/// to the store's busy timeout): on a multi-threaded runtime the worker is handed over first
+/// (`block_in_place`), so the requests queued on it go on elsewhere meanwhile. Writes are rare
+/// (a label a conversation had not seen, a run held or released, a use noted hourly): a request
+/// that changes nothing pays nothing.
+fn may_block<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.
 fn check_conversation(c: &str) -> Result<(), Error> {
     if c.is_empty()
@@ -864,7 +877,7 @@ fn conversation_of(events: &[rein_core::StoredEvent]) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST, resumable_later};
+    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST, may_block, resumable_later};
     use crate::{Options, Rein};
     use rein_engine::EngineError;
     use rein_store::StoreError;
@@ -954,5 +967,23 @@ mod tests {
         for e in &never {
             assert!(!resumable_later(e), "{e}");
         }
+    }
+
+    /// A write that may wait hands its worker over only where that exists: on a multi-threaded
+    /// runtime. On a current-thread runtime (`block_in_place` would panic there) and outside
+    /// any runtime it simply runs.
+    #[test]
+    fn a_write_that_may_block_runs_on_every_runtime() {
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let on_multi = multi.block_on(async { tokio::spawn(async { may_block(|| 1) }).await });
+        assert_eq!(on_multi.unwrap(), 1);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { may_block(|| 2) }), 2);
+        assert_eq!(may_block(|| 3), 3);
     }
 }
