@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rein_core::{Clock, EndState, Message, RunState};
+use rein_core::{EndState, Message, RunState};
 use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer};
 use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
@@ -21,6 +21,10 @@ pub use rein_core::{Message as ChatMessage, ToolCall, ToolSpec};
 
 use crate::runs::{LoadedAgent, Watch, Watching};
 use crate::{Caller, Error, Rein, v1};
+
+mod kept;
+
+use kept::now;
 
 /// A model request to a gateway, in rein's terms.
 #[derive(Debug, Clone, Default)]
@@ -155,10 +159,6 @@ pub(crate) struct Held {
     /// When this process last noted a use of each conversation in the store.
     used: Mutex<HashMap<ConversationKey, u64>>,
 }
-
-/// How often a conversation's use is noted in the store (a write): a prune, counted in days,
-/// needs no finer time.
-const USE_NOTED_EVERY_MS: u64 = 3_600_000;
 
 /// Whose a run is: tenant, user and gateway.
 type Owner = (String, String, String);
@@ -354,52 +354,6 @@ impl Rein {
         Ok(self.answer(&key, reply))
     }
 
-    /// Notes, at most hourly, that a request uses a conversation that keeps labels or held runs,
-    /// so a prune (of those unused for days) never takes the labels of one in use. Logged if it
-    /// fails: the request goes on.
-    fn note_use(&self, key: &ConversationKey, kept: &rein_store::Conversation) {
-        if kept.labels.is_empty() && kept.held.is_empty() {
-            return;
-        }
-        let at = now();
-        {
-            let Ok(mut used) = self.held.used.lock() else {
-                return;
-            };
-            if used
-                .get(key)
-                .is_some_and(|last| at.saturating_sub(*last) < USE_NOTED_EVERY_MS)
-            {
-                return;
-            }
-            if used.len() >= ISSUED_KEPT {
-                used.clear();
-            }
-            used.insert(key.clone(), at);
-        }
-        let noted = self
-            .conversations()
-            .and_then(|store| Ok(may_block(|| store.used(key.as_ref(), at))?));
-        if let Err(e) = noted {
-            tracing::error!(
-                conversation = %key.conversation,
-                error = %e,
-                "the use of a gateway conversation could not be noted"
-            );
-        }
-    }
-
-    /// What is kept of the conversation (its labels and held runs), read once a request, after
-    /// this process has found the gateway's held runs in the store.
-    fn kept(
-        &self,
-        loaded: &LoadedAgent,
-        key: &ConversationKey,
-    ) -> Result<rein_store::Conversation, Error> {
-        self.scan_held(loaded)?;
-        Ok(self.conversations()?.get(key.as_ref())?)
-    }
-
     /// The answer the conversation's held runs (`held`, oldest first) give, if one does: the
     /// same note while its approvals are undecided; once decided, what the resumed run hands
     /// over. A run that cannot answer (ended, another caller's, gone or unreadable, or released
@@ -590,62 +544,6 @@ impl Rein {
         Ok(self.conversations.get_or_init(|| opened))
     }
 
-    /// The labels the conversation's earlier requests saw (`carried`, read from the state
-    /// directory this request: another process serving the same conversation may have added
-    /// some). The labels of the `results` the client sends back are added to those kept first,
-    /// before anything of the request is recorded: a later request whose client has dropped
-    /// those results (or that reaches another process, or this one restarted) is judged with
-    /// them, and a failure to keep them fails this request before it has done anything.
-    /// Answers the carried labels, and all the conversation is now known to have kept.
-    fn carried(
-        &self,
-        key: &ConversationKey,
-        agent: &rein_engine::Agent,
-        carried: Vec<String>,
-        results: &[(String, String, serde_json::Value)],
-    ) -> Result<(Vec<String>, Vec<String>), Error> {
-        let mut seen: Vec<String> = Vec::new();
-        for (_, tool, _) in results {
-            for label in rein_engine::Engine::gateway_labels(agent, tool) {
-                if !carried.contains(&label) && !seen.contains(&label) {
-                    seen.push(label);
-                }
-            }
-        }
-        if seen.is_empty() {
-            return Ok((carried.clone(), carried));
-        }
-        let store = self.conversations()?;
-        let known = may_block(|| store.add_labels(key.as_ref(), &seen, now()))?;
-        Ok((carried, known))
-    }
-
-    /// Keeps the labels a request of the conversation ended with, of those not `known` to be
-    /// kept already. Its input's labels were kept before it ran (`carried`), so this normally
-    /// reads and writes nothing; the request is recorded and answered by now, so a failure here
-    /// is logged rather than turning a served answer (calls handed over, an approval used) into
-    /// an error its client would retry.
-    fn keep_labels(&self, key: &ConversationKey, labels: &[String], known: &[String]) {
-        let fresh: Vec<String> = labels
-            .iter()
-            .filter(|l| !known.contains(l))
-            .cloned()
-            .collect();
-        if fresh.is_empty() {
-            return;
-        }
-        let kept = self
-            .conversations()
-            .and_then(|store| Ok(may_block(|| store.add_labels(key.as_ref(), &fresh, now()))?));
-        if let Err(e) = kept {
-            tracing::error!(
-                conversation = %key.conversation,
-                error = %e,
-                "the labels of a gateway conversation could not be kept"
-            );
-        }
-    }
-
     fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> GatewayAnswer {
         let run = &reply.run_id;
         GatewayAnswer {
@@ -684,115 +582,6 @@ impl Rein {
             reason: reply.reason,
         }
     }
-
-    /// Holds run `run_id` for the conversation's next request. The run is recorded (suspended)
-    /// by now and its request about to be answered, so a failure is logged rather than
-    /// answered, and this process reads the gateway's held runs from the store again at its
-    /// next request (`scan_held`), which keeps the run again.
-    fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
-        let held = self
-            .conversations()
-            .and_then(|store| Ok(may_block(|| store.hold(key.as_ref(), run_id, at, now()))?));
-        if let Err(e) = held {
-            tracing::error!(
-                conversation = %key.conversation,
-                run = %run_id,
-                error = %e,
-                "a gateway run held for approval could not be kept for its conversation"
-            );
-            if let Ok(mut scanned) = self.held.scanned.lock() {
-                scanned.retain(|a| *a != key.agent);
-            }
-        }
-    }
-
-    /// Gives run `run_id` up: no later request could resume it, so none is answered from it,
-    /// even after a process start finds it in the store still waiting. Logged if it fails (the
-    /// run is released already; a process start would hold it, and fail, once more).
-    fn give_up(&self, key: &ConversationKey, run_id: &str) {
-        let given = self
-            .conversations()
-            .and_then(|store| Ok(may_block(|| store.give_up(key.as_ref(), run_id, now()))?));
-        if let Err(e) = given {
-            tracing::error!(run = %run_id, error = %e, "a held gateway run could not be given up");
-        }
-    }
-
-    /// Releases run `run_id`; whether it was held (and so is this request's to resume).
-    fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
-        let store = self.conversations()?;
-        Ok(may_block(|| store.release(key.as_ref(), run_id, now()))?)
-    }
-
-    /// Reads the agent's held runs from the store once per process and keeps each for its
-    /// conversation (again, if it was already): a run whose holding was lost (a crash between
-    /// its suspension and its keeping, a database written by an older rein) is found again.
-    fn scan_held(&self, loaded: &LoadedAgent) -> Result<(), Error> {
-        {
-            let scanned = self
-                .held
-                .scanned
-                .lock()
-                .map_err(|_| Error::Internal("the held-runs lock is poisoned".into()))?;
-            if scanned.iter().any(|a| a == loaded.name()) {
-                return Ok(());
-            }
-        }
-        let filter = rein_store::RunFilter {
-            limit: 10_000,
-            agent: Some(loaded.name().to_owned()),
-            status: Some(Some(EndState::AwaitingApproval)),
-            ..Default::default()
-        };
-        let store = self.store()?;
-        let mut found = Vec::new();
-        for run in store.list_runs(&filter)? {
-            // A run whose log cannot be read (damaged, or a newer rein's) is left out: one such
-            // run must not fail every request of the gateway.
-            let events = match store.events(&run.id) {
-                Ok(events) => events,
-                Err(
-                    e @ (rein_store::StoreError::Corrupt { .. }
-                    | rein_store::StoreError::NewerEvent { .. }),
-                ) => {
-                    tracing::error!(run = %run.id, error = %e, "a gateway run waiting for approval cannot be read; it is not held");
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let conversation = conversation_of(&events);
-            let started = events.first().and_then(|e| match &e.event {
-                rein_core::Event::RunStarted(s) => Some(s.clone()),
-                _ => None,
-            });
-            if let (Some(conversation), Some(s)) = (conversation, started) {
-                let key = ConversationKey {
-                    tenant: s.tenant,
-                    user: s.user,
-                    agent: s.agent,
-                    conversation,
-                };
-                found.push((key, run.id, run.created_ms));
-            }
-        }
-        // Oldest first, as they were held.
-        found.sort_by_key(|(_, _, at)| *at);
-        let mut scanned = self
-            .held
-            .scanned
-            .lock()
-            .map_err(|_| Error::Internal("the held-runs lock is poisoned".into()))?;
-        if scanned.iter().any(|a| a == loaded.name()) {
-            return Ok(());
-        }
-        scanned.push(loaded.name().to_owned());
-        // (A holding that fails takes the agent off the list again: not under its lock.)
-        drop(scanned);
-        for (key, run, _) in found {
-            self.hold(&key, &run, HoldAt::InOrder);
-        }
-        Ok(())
-    }
 }
 
 /// A call id as the conversation sees it: rein's id in the run, with the run's id.
@@ -808,24 +597,6 @@ fn expired(state: &RunState) -> bool {
     };
     state.calls().iter().any(|c| lapsed(c.approval.as_ref()))
         || state.answer().is_some_and(|a| lapsed(a.approval.as_ref()))
-}
-
-/// Milliseconds since the epoch, by the engine's system clock.
-fn now() -> u64 {
-    rein_engine::SystemClock.now_ms()
-}
-
-/// Runs `f`, a write of the conversations' file, which may wait for another process's lock (up
-/// to the store's busy timeout): on a multi-threaded runtime the worker is handed over first
-/// (`block_in_place`), so the requests queued on it go on elsewhere meanwhile. Writes are rare
-/// (a label a conversation had not seen, a run held or released, a use noted hourly): a request
-/// that changes nothing pays nothing.
-fn may_block<T>(f: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.
@@ -874,116 +645,4 @@ fn conversation_of(events: &[rein_core::StoredEvent]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST, may_block, resumable_later};
-    use crate::{Options, Rein};
-    use rein_engine::EngineError;
-    use rein_store::StoreError;
-
-    fn key() -> ConversationKey {
-        ConversationKey {
-            tenant: "acme".into(),
-            user: "ann".into(),
-            agent: "gateway".into(),
-            conversation: "c".into(),
-        }
-    }
-
-    /// A history can name as many runs of rein's id form as its body holds (a 32 MiB body, some
-    /// 390,000 results): what one request reads of the store is bounded, not each id a read.
-    #[test]
-    fn a_history_naming_many_runs_reads_a_bounded_number_of_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let rein = Rein::new(Options::new(dir.path())).unwrap();
-        let mut lookups = Lookups::default();
-        for run in 0..1000u32 {
-            for step in 0..3 {
-                let id = format!("call_{step}_0_{run:032x}");
-                // Not rein's hand-off to this caller: its result counts as untrusted.
-                assert_eq!(
-                    rein.issued_tool(&key(), &id, &mut lookups).unwrap(),
-                    Some(String::new())
-                );
-            }
-        }
-        assert_eq!(lookups.reads, RUNS_READ_PER_REQUEST);
-        assert_eq!(lookups.runs.len(), RUNS_READ_PER_REQUEST);
-        // One run named again and again is read once.
-        let mut lookups = Lookups::default();
-        for n in 0..500 {
-            let id = format!("call_1_{n}_{:032x}", 7);
-            rein.issued_tool(&key(), &id, &mut lookups).unwrap();
-        }
-        assert_eq!(lookups.reads, 1);
-        // The client's own ids are its own, and read nothing.
-        assert_eq!(
-            rein.issued_tool(&key(), "toolu_01abc", &mut lookups)
-                .unwrap(),
-            None
-        );
-        assert_eq!(lookups.reads, 1);
-    }
-
-    /// A held run another request or process is driving, or one stopped by a shutdown, waits
-    /// for the conversation's next request; one whose log cannot be followed is given up, or
-    /// every later request of its conversation would fail the same way.
-    #[test]
-    fn a_held_run_is_kept_for_later_only_when_a_later_request_could_resume_it() {
-        let run_id = "0123456789abcdef0123456789abcdef".to_owned();
-        let later = [
-            EngineError::Store(StoreError::Leased {
-                run_id: run_id.clone(),
-                holder: "another".into(),
-                expires_ms: 1,
-            }),
-            EngineError::Store(StoreError::Conflict {
-                run_id: run_id.clone(),
-                detail: "seq".into(),
-            }),
-            EngineError::Stopped {
-                run_id: run_id.clone(),
-            },
-        ];
-        for e in &later {
-            assert!(resumable_later(e), "{e}");
-        }
-        let never = [
-            EngineError::Store(StoreError::Corrupt {
-                run_id: run_id.clone(),
-                seq: 3,
-                detail: "not JSON".into(),
-            }),
-            EngineError::Store(StoreError::NewerEvent {
-                run_id: run_id.clone(),
-                seq: 3,
-                found: 9,
-                supported: 1,
-            }),
-            EngineError::Store(StoreError::NotFound(run_id.clone())),
-            EngineError::Agent("a sub-agent cannot be loaded".into()),
-        ];
-        for e in &never {
-            assert!(!resumable_later(e), "{e}");
-        }
-    }
-
-    /// A write that may wait hands its worker over only where that exists: on a multi-threaded
-    /// runtime. On a current-thread runtime (`block_in_place` would panic there) and outside
-    /// any runtime it simply runs.
-    #[test]
-    fn a_write_that_may_block_runs_on_every_runtime() {
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let on_multi = multi.block_on(async { tokio::spawn(async { may_block(|| 1) }).await });
-        assert_eq!(on_multi.unwrap(), 1);
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(current.block_on(async { may_block(|| 2) }), 2);
-        assert_eq!(may_block(|| 3), 3);
-    }
-}
+mod tests;
