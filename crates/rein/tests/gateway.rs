@@ -999,19 +999,19 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert_eq!(over_http, listed);
     assert_eq!(list(&other).await, (200, json!([])));
     assert_eq!(list(&ann).await.0, 403);
-    let forget_over_http = async |token: &str| {
+    let forget_over_http = async |token: &str, conversation: &str| {
         http.post(served.url("/v1/conversations/forget"))
             .bearer_auth(token)
-            .json(&json!({"user": "ann", "agent": "gateway", "conversation": "checked"}))
+            .json(&json!({"user": "ann", "agent": "gateway", "conversation": conversation}))
             .send()
             .await
             .unwrap()
             .status()
             .as_u16()
     };
-    assert_eq!(forget_over_http(&other).await, 404);
-    assert_eq!(forget_over_http(&ann).await, 403);
-    assert_eq!(forget_over_http(&admin).await, 204);
+    assert_eq!(forget_over_http(&other, "checked").await, 404);
+    assert_eq!(forget_over_http(&ann, "checked").await, 403);
+    assert_eq!(forget_over_http(&admin, "checked").await, 204);
     // The audit trail has it, for this tenant's auditors only: what was forgotten, and who
     // asked.
     let forgotten_records = async |token: &str| {
@@ -1151,14 +1151,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert!(!left.contains(&"stale"), "{left:?}");
     // Forgetting the conversation holding the mail forgets its labels, not the held call: once
     // a person approves it, its next request (to this same server) receives it.
-    let forget_unchecked = http
-        .post(served.url("/v1/conversations/forget"))
-        .bearer_auth(&admin)
-        .json(&json!({"user": "ann", "agent": "gateway", "conversation": "unchecked"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forget_unchecked.status().as_u16(), 204);
+    assert_eq!(forget_over_http(&admin, "unchecked").await, 204);
     let (_, kept) = list(&admin).await;
     let unchecked = kept
         .as_array()
@@ -1196,14 +1189,7 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
         unchecked.is_none_or(|c| c["labels"] == json!([])),
         "{after}"
     );
-    let again = http
-        .post(served.url("/v1/conversations/forget"))
-        .bearer_auth(&admin)
-        .json(&json!({"user": "ann", "agent": "gateway", "conversation": "unchecked"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status().as_u16(), 404);
+    assert_eq!(forget_over_http(&admin, "unchecked").await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread")]
