@@ -2,11 +2,12 @@
 //! `conversations.sqlite`, see `rein_store::ConversationStore`): lists them with the labels each
 //! has seen and the runs held for it, forgets one (its later requests are judged only on what
 //! their own history carries: for example after a person has checked what an `untrusted` tool
-//! result brought in), and prunes those no request has used for a while that hold nothing. Requests never
-//! remove anything; this is the only way a conversation's labels go, and each conversation that
-//! goes is first recorded in the audit trail (`conversation_forgotten`: whose it was, the labels
-//! forgotten and the runs it held, which stay held, why, and who asked), under a signed checkpoint, flushed to disk: a
-//! change of what later decisions see is as answerable as the decisions.
+//! result brought in), and prunes those no request has used for a while that hold nothing.
+//! Requests never remove anything; this is the only way a conversation's labels go, and each
+//! conversation that goes is first recorded in the audit trail (`conversation_forgotten`: whose
+//! it was, the labels forgotten and the runs it held, which stay held, why, and who asked),
+//! under a signed checkpoint, flushed to disk: a change of what later decisions see is as
+//! answerable as the decisions.
 
 use rein_audit::Entry;
 use rein_store::{ConversationRef, ConversationRow};
@@ -48,8 +49,9 @@ impl Rein {
     }
 
     /// Forgets one conversation: the labels it has seen (the runs held for it stay, so a call a
-    /// person approves still reaches its next request). `by` is who asked (`None`: the command line, with the state
-    /// directory's files), named in the audit record written before it goes.
+    /// person approves still reaches its next request). `by` is who asked (`None`: the command
+    /// line, with the state directory's files), named in the audit record written before it
+    /// goes.
     pub fn forget_conversation(
         &self,
         key: v1::ConversationKey,
@@ -87,7 +89,7 @@ impl Rein {
     ) -> Result<usize, Error> {
         if !(1..=MAX_DAYS).contains(&unused_for_days) {
             return Err(Error::Invalid(format!(
-                "`unused_for_days` is 1 to {MAX_DAYS}, not {unused_for_days}: a conversation that changed less than a day ago may be in the middle of a request"
+                "`unused_for_days` is 1 to {MAX_DAYS}, not {unused_for_days}: a conversation used less than a day ago may be in the middle of a request"
             )));
         }
         let before = now_ms.saturating_sub(u64::from(unused_for_days) * MS_PER_DAY);

@@ -6,6 +6,17 @@ use axum::response::{IntoResponse, Response};
 use rein_api::Error;
 use serde::Serialize;
 
+/// Runs `f`, an engine API call that reads or writes files (the audit log, a side database
+/// another process may hold locked), on a blocking thread rather than a request's worker.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Problem::from)
+}
+
 /// An error answered as a problem document.
 #[derive(Debug)]
 pub(crate) struct Problem {

@@ -13,7 +13,7 @@ use rein_api::{RunQuery, v1};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Auth, Body, P, Q};
-use crate::problem::{ApiResult, Problem};
+use crate::problem::{ApiResult, Problem, blocking};
 use crate::state::AppState;
 
 /// One agent served.
@@ -131,9 +131,7 @@ pub(crate) async fn spend(
     // The tenant's own spending only.
     let rein = state.rein.clone();
     let tenant = caller.tenant.clone();
-    let rows = tokio::task::spawn_blocking(move || rein.spend(&tenant, days, crate::now_ms()))
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let rows = blocking(move || rein.spend(&tenant, days, crate::now_ms())).await?;
     Ok(axum::Json(rows))
 }
 
@@ -143,9 +141,7 @@ pub(crate) async fn verify(
 ) -> ApiResult<axum::Json<v1::AuditVerify>> {
     caller.require("admin")?;
     let rein = state.rein.clone();
-    let report = tokio::task::spawn_blocking(move || rein.audit_verify(None, None))
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let report = blocking(move || rein.audit_verify(None, None)).await?;
     // The whole log is verified (it is one chain), but the runs named are the tenant's.
     let mine = tenant_runs(&state, &caller.tenant)?;
     let mut report = report;
@@ -244,10 +240,7 @@ pub(crate) async fn export(
     let tenant = caller.tenant.clone();
     let rein = state.rein.clone();
     let run = q.run.clone();
-    let records =
-        tokio::task::spawn_blocking(move || rein.audit_records(run.as_deref(), q.since_ms))
-            .await
-            .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let records = blocking(move || rein.audit_records(run.as_deref(), q.since_ms)).await?;
     // Streamed as JSON lines, a chunk at a time.
     let lines = records
         .into_iter()

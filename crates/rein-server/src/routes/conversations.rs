@@ -13,7 +13,7 @@ use rein_api::{ConversationQuery, v1};
 use serde::Deserialize;
 
 use crate::auth::{Auth, Body, Q};
-use crate::problem::{ApiResult, Problem};
+use crate::problem::{ApiResult, Problem, blocking};
 use crate::state::AppState;
 
 /// `GET /v1/conversations` parameters.
@@ -93,14 +93,4 @@ pub(crate) async fn prune(
     Ok(axum::Json(v1::Pruned {
         pruned: pruned as u64,
     }))
-}
-
-/// Runs `f` (a read or write of the conversations' file) on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, rein_api::Error> + Send + 'static,
-) -> Result<T, Problem> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(Problem::from)
 }

@@ -518,8 +518,8 @@ pub struct ForgetConversation {
     pub conversation: String,
 }
 
-/// A request to prune the caller's tenant's gateway conversations that have not changed for a
-/// while and hold no call for a person's approval.
+/// A request to prune the caller's tenant's gateway conversations that no request has used for
+/// a while and that hold no call for a person's approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneConversations {
