@@ -18,7 +18,7 @@ const USE_NOTED_EVERY_MS: u64 = 3_600_000;
 impl Rein {
     /// Notes, at most hourly, that a request uses a conversation that keeps labels or held runs,
     /// so a prune (of those unused for days) never takes the labels of one in use. Logged if it
-    /// fails: the request goes on.
+    /// fails: the request goes on, and the next one tries again.
     pub(super) fn note_use(&self, key: &ConversationKey, kept: &rein_store::Conversation) {
         if kept.labels.is_empty() && kept.held.is_empty() {
             return;
@@ -48,6 +48,12 @@ impl Rein {
                 error = %e,
                 "the use of a gateway conversation could not be noted"
             );
+            // The next request tries again, not the next in an hour.
+            if let Ok(mut used) = self.held.used.lock()
+                && used.get(key) == Some(&at)
+            {
+                used.remove(key);
+            }
         }
     }
 
