@@ -4,7 +4,10 @@
 //! - the labels it has seen, only ever added to: its later requests are judged with them even
 //!   after its client drops the tool results that brought them (a trimmed or compacted history);
 //! - the runs held for a person's approval whose calls its next request receives, oldest first;
-//! - the held runs given up (their resume failed for good), never to be held again.
+//! - the held runs given up (their resume failed for good), never to be held again;
+//! - the held run its last request resumed, and which request that was: the same request sent
+//!   again (a client retrying an answer it lost) is answered from that run again, until the
+//!   conversation moves on.
 //!
 //! Every process serving the state directory reads and writes the same rows, so a restart or a
 //! second server forgets neither. Requests only ever add labels; only an operator removes a
@@ -42,6 +45,19 @@ pub struct Conversation {
     pub held: Vec<String>,
     /// The held runs given up: no request could resume them.
     pub given_up: Vec<String>,
+    /// The held run the conversation's last request resumed, if it has not moved on since.
+    pub resumed: Option<Resumed>,
+}
+
+/// A held run a request resumed: the same request sent again is answered from it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resumed {
+    /// The run.
+    pub run: String,
+    /// The request that resumed it, as its caller identifies requests (a digest of it).
+    pub request: String,
+    /// When it was resumed (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// A conversation as listed: whose it is, and what is kept of it.
@@ -82,15 +98,16 @@ pub struct ConversationStore {
     reads: SideDb,
 }
 
-const SELECT: &str = "SELECT labels, held, given_up FROM conversations
+const SELECT: &str = "SELECT labels, held, given_up, resumed FROM conversations
      WHERE tenant = ?1 AND user = ?2 AND agent = ?3 AND conversation = ?4";
 
 const UPSERT: &str = "INSERT INTO conversations
-     (tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+     (tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms, resumed)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
      ON CONFLICT (tenant, user, agent, conversation)
      DO UPDATE SET labels = excluded.labels, held = excluded.held,
                    given_up = excluded.given_up, updated_ms = excluded.updated_ms,
+                   resumed = excluded.resumed,
                    used_ms = MAX(used_ms, excluded.used_ms)";
 
 /// Where a run is put among a conversation's held runs.
@@ -121,6 +138,8 @@ impl ConversationStore {
                 // Version 2: when a request last used each (a prune goes by it).
                 "ALTER TABLE conversations ADD COLUMN used_ms INTEGER NOT NULL DEFAULT 0;
                  UPDATE conversations SET used_ms = updated_ms;",
+                // Version 3: the held run the last request resumed, and for which request.
+                "ALTER TABLE conversations ADD COLUMN resumed TEXT;",
             ],
         )?;
         let reads = SideDb::attach(db.path())?;
@@ -234,7 +253,8 @@ impl ConversationStore {
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms
+                "SELECT tenant, user, agent, conversation, labels, held, given_up, updated_ms, used_ms,
+                        resumed
                  FROM conversations {tail}"
             ))
             .map_err(|e| self.db.err(e))?;
@@ -251,13 +271,14 @@ impl ConversationStore {
                         used_ms: r.get::<_, i64>(8)?.max(0) as u64,
                     },
                     [r.get::<_, String>(4)?, r.get(5)?, r.get(6)?],
+                    r.get::<_, Option<String>>(9)?,
                 ))
             })
             .map_err(|e| self.db.err(e))?;
         let mut found = Vec::new();
         for row in rows {
-            let (mut row, [labels, held, given_up]) = row.map_err(|e| self.db.err(e))?;
-            row.kept = self.decode(&labels, &held, &given_up)?;
+            let (mut row, [labels, held, given_up], resumed) = row.map_err(|e| self.db.err(e))?;
+            row.kept = self.decode(&labels, &held, &given_up, resumed.as_deref())?;
             found.push(row);
         }
         Ok(found)
@@ -345,14 +366,63 @@ impl ConversationStore {
         run_id: &str,
         at_ms: u64,
     ) -> Result<bool, StoreError> {
+        self.release_as(c, run_id, None, at_ms)
+    }
+
+    /// Releases run `run_id` for `request` (a digest of the request, as the caller identifies
+    /// requests) to resume, as [`ConversationStore::release`] does, and notes both in the same
+    /// write: the same request sent again is answered from the run, not from the model, until
+    /// the conversation [moves on](ConversationStore::moved_on).
+    pub fn release_to(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        request: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.release_as(c, run_id, Some(request), at_ms)
+    }
+
+    fn release_as(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        request: Option<&str>,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
         let mut released = false;
         self.change(c, at_ms, |kept| {
             let before = kept.held.len();
             kept.held.retain(|r| r != run_id);
             released = kept.held.len() < before;
+            if released && let Some(request) = request {
+                kept.resumed = Some(Resumed {
+                    run: run_id.to_owned(),
+                    request: request.to_owned(),
+                    at_ms,
+                });
+            }
             released
         })?;
         Ok(released)
+    }
+
+    /// The conversation moved on from run `run_id` (a request other than the one that resumed
+    /// it came): no request is answered from it again.
+    pub fn moved_on(
+        &self,
+        c: ConversationRef<'_>,
+        run_id: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.change(c, at_ms, |kept| {
+            if kept.resumed.as_ref().is_none_or(|r| r.run != run_id) {
+                return false;
+            }
+            kept.resumed = None;
+            true
+        })
+        .map(|_| ())
     }
 
     /// Gives run `run_id` up: it is released, and never held again (a process reading the
@@ -404,7 +474,10 @@ impl ConversationStore {
                     json(&kept.labels),
                     json(&kept.held),
                     json(&kept.given_up),
-                    at_ms as i64
+                    at_ms as i64,
+                    kept.resumed
+                        .as_ref()
+                        .map(|r| serde_json::to_string(r).unwrap_or_default())
                 ],
             )
             .map_err(|e| self.db.err(e))?;
@@ -416,34 +489,44 @@ impl ConversationStore {
     fn read(&self, conn: &Connection, c: ConversationRef<'_>) -> Result<Conversation, StoreError> {
         // Every gateway request asks: the statement is parsed once and kept.
         let mut stmt = conn.prepare_cached(SELECT).map_err(|e| self.db.err(e))?;
-        let row: Option<(String, String, String)> = stmt
+        let row: Option<(String, String, String, Option<String>)> = stmt
             .query_row(params![c.tenant, c.user, c.agent, c.conversation], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()
             .map_err(|e| self.db.err(e))?;
-        let Some((labels, held, given_up)) = row else {
+        let Some((labels, held, given_up, resumed)) = row else {
             return Ok(Conversation::default());
         };
-        self.decode(&labels, &held, &given_up)
+        self.decode(&labels, &held, &given_up, resumed.as_deref())
     }
 
-    /// A row's three lists, from their JSON.
-    fn decode(&self, labels: &str, held: &str, given_up: &str) -> Result<Conversation, StoreError> {
-        let list = |text: &str| -> Result<Vec<String>, StoreError> {
-            serde_json::from_str(text).map_err(|e| StoreError::Database {
-                path: self.db.path().display().to_string(),
-                source: rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                ),
-            })
-        };
+    /// A row's three lists and the run it resumed last, from their JSON.
+    fn decode(
+        &self,
+        labels: &str,
+        held: &str,
+        given_up: &str,
+        resumed: Option<&str>,
+    ) -> Result<Conversation, StoreError> {
+        let json = |text: &str| -> Result<Vec<String>, StoreError> { self.json(text) };
         Ok(Conversation {
-            labels: list(labels)?,
-            held: list(held)?,
-            given_up: list(given_up)?,
+            labels: json(labels)?,
+            held: json(held)?,
+            given_up: json(given_up)?,
+            resumed: resumed.map(|r| self.json(r)).transpose()?,
+        })
+    }
+
+    /// A column's JSON, or the error naming the file it is in.
+    fn json<T: serde::de::DeserializeOwned>(&self, text: &str) -> Result<T, StoreError> {
+        serde_json::from_str(text).map_err(|e| StoreError::Database {
+            path: self.db.path().display().to_string(),
+            source: rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            ),
         })
     }
 }

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 pub use conversations::{
     Conversation, ConversationFilter, ConversationRef, ConversationRow, ConversationStore, HoldAt,
+    Resumed,
 };
 pub use ledger::{
     Admission, BudgetLedger, Exhausted, LedgerLine, LedgerWrite, Queued, Reservation, Settled,

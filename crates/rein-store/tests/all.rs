@@ -1145,6 +1145,53 @@ fn conversation_labels_added_at_once_from_two_connections_are_all_kept_and_stay_
     assert_eq!(reopened.get(ann).unwrap().labels, before);
 }
 
+/// A held run released for a request to resume is noted with that request, in the same write,
+/// for every connection: released once (the other connection is told it was not held, and notes
+/// nothing), kept through a reopening and through changes of the conversation's labels, and
+/// dropped when the conversation moves on from that run (not from another).
+#[test]
+fn a_run_released_for_a_request_is_noted_with_it_until_the_conversation_moves_on() {
+    use rein_store::{ConversationStore, HoldAt, Resumed};
+    let dir = tempfile::tempdir().unwrap();
+    let c = ANN;
+    let (a, b) = (
+        ConversationStore::open(dir.path()).unwrap(),
+        ConversationStore::open(dir.path()).unwrap(),
+    );
+    a.hold(c, "r1", HoldAt::Last, 1).unwrap();
+    a.hold(c, "r2", HoldAt::Last, 2).unwrap();
+    assert_eq!(a.get(c).unwrap().resumed, None);
+    assert!(a.release_to(c, "r1", "digest-1", 3).unwrap());
+    // Released already: the second release (another process's request) notes nothing.
+    assert!(!b.release_to(c, "r1", "digest-2", 4).unwrap());
+    let noted = Some(Resumed {
+        run: "r1".into(),
+        request: "digest-1".into(),
+        at_ms: 3,
+    });
+    let kept = b.get(c).unwrap();
+    assert_eq!(
+        (kept.held, kept.resumed),
+        (vec!["r2".to_owned()], noted.clone())
+    );
+    b.add_labels(c, &["untrusted".into()], 5).unwrap();
+    drop((a, b));
+    let a = ConversationStore::open(dir.path()).unwrap();
+    assert_eq!(a.get(c).unwrap().resumed, noted);
+    // A plain release (a run ended or another caller's) notes nothing and keeps the note.
+    assert!(a.release(c, "r2", 6).unwrap());
+    assert_eq!(a.get(c).unwrap().resumed, noted);
+    // Moving on from another run changes nothing; from the noted one, drops it.
+    a.moved_on(c, "r2", 7).unwrap();
+    assert_eq!(a.get(c).unwrap().resumed, noted);
+    a.moved_on(c, "r1", 8).unwrap();
+    let kept = a.get(c).unwrap();
+    assert_eq!(
+        (kept.resumed, kept.labels),
+        (None, vec!["untrusted".to_owned()])
+    );
+}
+
 /// A conversation's held runs are shared by every connection: held at the end, put back at the
 /// front or placed by id, each once; of two connections releasing one run at once, one is told
 /// it released it; a run given up is not held again.
@@ -1172,6 +1219,7 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
             labels: vec!["untrusted".into()],
             held: vec!["r1".into(), "r2".into()],
             given_up: Vec::new(),
+            resumed: None,
         }
     );
     let (a, b) = (Arc::new(a), Arc::new(b));
