@@ -219,6 +219,21 @@ impl GatewayReply {
     }
 }
 
+impl GatewayReply {
+    /// The answer a held run gave the request that resumed it, again, for the same request
+    /// sent again (its client lost the answer): the calls it handed over once approved, with
+    /// the same ids, what it withheld and why, its text. Nothing is judged, spent or recorded.
+    pub fn again(run_id: &str, state: &RunState) -> GatewayReply {
+        let handed = state
+            .calls()
+            .iter()
+            .filter(|s| s.handed_off && s.approval.is_some())
+            .map(|s| s.call.id.clone())
+            .collect();
+        reply((run_id.to_owned(), state.clone(), handed))
+    }
+}
+
 /// The answer to a request, from the run's state once the driver stopped.
 fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayReply {
     let ended = state.ended();

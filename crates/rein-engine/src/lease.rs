@@ -16,7 +16,7 @@ use rein_store::{BudgetLedger, Lease, Store};
 use rein_core::Clock;
 
 /// How long a lease lasts unless renewed.
-pub(crate) const LEASE_TTL_MS: u64 = 30_000;
+pub const LEASE_TTL_MS: u64 = 30_000;
 
 /// How often a driver renews its lease (and extends its budget holds).
 const RENEW_EVERY: Duration = Duration::from_millis(LEASE_TTL_MS / 3);

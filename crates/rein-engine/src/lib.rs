@@ -31,6 +31,7 @@ use serde::Serialize;
 pub use agent::{Agent, AgentTools, build_tools, load_gate};
 pub use engine::{Cancelled, Engine, SystemClock};
 pub use gateway::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, Withheld, WithheldBy};
+pub use lease::LEASE_TTL_MS;
 pub use mcp::{McpSet, connect_mcp};
 #[cfg(feature = "faults")]
 pub use observe::FaultPlan;

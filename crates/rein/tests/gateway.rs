@@ -608,12 +608,23 @@ async fn a_held_call_reaches_its_conversation_after_the_server_is_killed_and_res
     let args: Value =
         serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(args["to"], "attacker@evil.test");
-    // Handed over once: the next request of the conversation goes to the model again.
-    let again = ask(s.base.clone(), Value::Array(later)).await;
-    assert!(
-        again["choices"][0]["message"]["tool_calls"].is_null(),
+    // Handed over once: the same request sent again (its answer lost) is answered the same,
+    // from the same run, and the conversation's next request goes to the model again.
+    let again = ask(s.base.clone(), Value::Array(later.clone())).await;
+    assert_eq!(
+        (&again["id"], &again["choices"][0]["message"]["tool_calls"]),
+        (&delivered["id"], calls),
         "{again}"
     );
+    let mut next = later;
+    next.pop();
+    next.push(json!({"role": "user", "content": "go on, please"}));
+    let next = ask(s.base.clone(), Value::Array(next)).await;
+    assert!(
+        next["choices"][0]["message"]["tool_calls"].is_null(),
+        "{next}"
+    );
+    assert_ne!(next["id"], delivered["id"]);
     drop(s);
     assert_trail_complete(state.path());
 }
@@ -1192,8 +1203,47 @@ async fn an_operator_lists_a_conversations_labels_and_forgets_them() {
     assert_eq!(forget_over_http(&admin, "unchecked").await, 404);
 }
 
+/// Sends `messages` in `conversation` as [`ask_in`] does, again while it is refused as a
+/// conflict (the request it repeats is still being answered), as the SDKs retry a 409 on their
+/// own; answers the answer.
+async fn ask_until_answered(
+    s: &Served,
+    token: &str,
+    conversation: &str,
+    messages: &Value,
+) -> Value {
+    for _ in 0..10_000 {
+        let r = client()
+            .post(s.url("/v1/chat/completions"))
+            .bearer_auth(token)
+            .header("x-rein-conversation", conversation)
+            .json(&json!({"model": "gateway", "messages": messages,
+                          "tools": declared(&["web_fetch", "send_email"])}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            409 => tokio::task::yield_now().await,
+            200 => return r.json().await.unwrap(),
+            other => panic!("answered {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    panic!("still refused as a conflict after 10000 tries")
+}
+
+/// How many calls run `run` handed over (their intents recorded), read from its log.
+fn hand_offs(state: &Path, run: &str) -> usize {
+    let rein = rein_api::Rein::new(rein_api::Options::new(state)).unwrap();
+    rein.run_events(run, 0)
+        .unwrap()
+        .iter()
+        .filter(|e| serde_json::to_value(&e.event).unwrap()["type"] == "tool_intent")
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_call_held_through_one_server_reaches_its_conversation_through_another_once() {
+async fn a_call_held_through_one_server_reaches_its_conversation_through_another_and_a_retry_again()
+{
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
     let ann = token(REIN, state.path(), "acme", "ann", "gateway");
@@ -1214,33 +1264,44 @@ async fn a_call_held_through_one_server_reaches_its_conversation_through_another
         later.push(json!({"role": "user", "content": "go on"}));
         (Value::Array(later), run_of(&held))
     };
-    let delivers = |answer: &Value, run: &str| {
+    // The approved call, as an answer hands it over: its id (which names the held run).
+    let delivered = |answer: &Value, run: &str| {
         let call = &answer["choices"][0]["message"]["tool_calls"][0];
-        call["function"]["name"] == "send_email"
-            && call["id"].as_str().is_some_and(|id| id.ends_with(run))
+        let id = call["id"].as_str().unwrap_or_default().to_owned();
+        (call["function"]["name"] == "send_email" && id.ends_with(run)).then_some(id)
     };
     // The conversation's next request reaches server B, which receives the approved call.
     let (later, run) = held_and_approved("ticket-9").await;
-    let on_b = ask_in(&b, &ann, "ticket-9", later).await;
-    assert!(
-        delivers(&on_b, &run),
-        "server B did not deliver the call approved for the conversation: {on_b}"
-    );
-    // Sent to both servers at once (a client retrying on another server), exactly one of them
-    // hands the approved call over, and the other answers too.
+    let on_b = ask_in(&b, &ann, "ticket-9", later.clone()).await;
+    let call = delivered(&on_b, &run)
+        .unwrap_or_else(|| panic!("server B did not deliver the call approved: {on_b}"));
+    // Its client lost the answer and sends the same request again, to server A: it receives
+    // the same call, with the same id, from the same run, which handed it over once.
+    let again = ask_in(&a, &ann, "ticket-9", later.clone()).await;
+    assert_eq!(delivered(&again, &run), Some(call.clone()), "{again}");
+    assert_eq!(run_of(&again), run);
+    assert_eq!(hand_offs(state.path(), &run), 1);
+    // The conversation moves on (a request that differs): the model answers it, and the
+    // request it moved on from, sent once more, is a new request too.
+    let mut on = later.as_array().unwrap().clone();
+    on.pop();
+    on.push(json!({"role": "user", "content": "go on, please"}));
+    let moved = ask_in(&b, &ann, "ticket-9", Value::Array(on)).await;
+    assert_ne!(run_of(&moved), run, "{moved}");
+    let once_more = ask_in(&a, &ann, "ticket-9", later).await;
+    assert_ne!(run_of(&once_more), run, "{once_more}");
+    // Sent to both servers at once (a client retrying on another server before its first try
+    // was answered), both receive the approved call, the same, handed over once: one resumes
+    // the held run, and the other is answered from it (told to try again while it resumes).
     let (later, run) = held_and_approved("ticket-10").await;
     let (on_a, on_b) = tokio::join!(
-        ask_in(&a, &ann, "ticket-10", later.clone()),
-        ask_in(&b, &ann, "ticket-10", later.clone())
+        ask_until_answered(&a, &ann, "ticket-10", &later),
+        ask_until_answered(&b, &ann, "ticket-10", &later)
     );
-    let handed = [&on_a, &on_b]
-        .into_iter()
-        .filter(|answer| delivers(answer, &run))
-        .count();
-    assert_eq!(
-        handed, 1,
-        "the approved call was handed over {handed} times: {on_a} {on_b}"
-    );
+    let (from_a, from_b) = (delivered(&on_a, &run), delivered(&on_b, &run));
+    assert!(from_a.is_some(), "{on_a}");
+    assert_eq!(from_a, from_b, "{on_a} {on_b}");
+    assert_eq!(hand_offs(state.path(), &run), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -157,10 +157,31 @@ impl Rein {
         }
     }
 
-    /// Releases run `run_id`; whether it was held (and so is this request's to resume).
-    pub(super) fn release_held(&self, key: &ConversationKey, run_id: &str) -> Result<bool, Error> {
+    /// Releases run `run_id`; whether it was held (and so is this request's to resume). With
+    /// the digest of the request that resumes it, the same request sent again is answered from
+    /// the run (see `answered_again`).
+    pub(super) fn release_held(
+        &self,
+        key: &ConversationKey,
+        run_id: &str,
+        request: Option<&str>,
+    ) -> Result<bool, Error> {
         let store = self.conversations()?;
-        Ok(may_block(|| store.release(key.as_ref(), run_id, now()))?)
+        Ok(may_block(|| match request {
+            Some(request) => store.release_to(key.as_ref(), run_id, request, now()),
+            None => store.release(key.as_ref(), run_id, now()),
+        })?)
+    }
+
+    /// The conversation moved on from the run its last request resumed: no later request is
+    /// answered from it again. Logged if it fails (the next request that differs tries again).
+    pub(super) fn moved_on(&self, key: &ConversationKey, run_id: &str) {
+        let moved = self
+            .conversations()
+            .and_then(|store| Ok(may_block(|| store.moved_on(key.as_ref(), run_id, now()))?));
+        if let Err(e) = moved {
+            tracing::error!(run = %run_id, error = %e, "a gateway conversation could not move on from a resumed run");
+        }
     }
 
     /// Reads the agent's held runs from the store once per process and keeps each for its

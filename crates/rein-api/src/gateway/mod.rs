@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use rein_core::{EndState, Message, RunState};
+use rein_core::{EndState, Message};
 use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observer};
 use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
@@ -22,9 +22,10 @@ pub use rein_core::{Message as ChatMessage, ToolCall, ToolSpec};
 use crate::runs::{LoadedAgent, Watch, Watching};
 use crate::{Caller, Error, Rein, v1};
 
+mod held;
 mod kept;
 
-use kept::now;
+use held::request_digest;
 
 /// A model request to a gateway, in rein's terms.
 #[derive(Debug, Clone, Default)]
@@ -169,24 +170,6 @@ const ISSUED_KEPT: usize = 100_000;
 /// The most runs one request's tool results make rein read to find what it handed over.
 pub(crate) const RUNS_READ_PER_REQUEST: usize = 256;
 
-/// Whether a held run whose resume failed with `e` may resume for a later request: when another
-/// request or process has it, rein is stopping, or the store or the audit trail failed for the
-/// moment. Not when its log cannot be read or followed (inconsistent, damaged, of a newer
-/// format, gone) or its agent cannot run it: every later request of the conversation would fail
-/// the same way, for good.
-fn resumable_later(e: &rein_engine::EngineError) -> bool {
-    use rein_engine::EngineError as E;
-    use rein_store::StoreError as S;
-    match e {
-        E::Stopped { .. } | E::Interrupted { .. } | E::Audit(_) => true,
-        E::Store(s) => matches!(
-            s,
-            S::Database { .. } | S::CommitFailed { .. } | S::Conflict { .. } | S::Leased { .. }
-        ),
-        _ => false,
-    }
-}
-
 /// Whose a run is, and the calls it handed over (rein's call id to the tool).
 type HandedOff = (Owner, HashMap<String, String>);
 
@@ -229,7 +212,23 @@ impl Rein {
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
         self.note_use(&key, &kept);
-        if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
+        // What identifies the request, for a conversation that holds runs or resumed one.
+        let digest =
+            (!kept.held.is_empty() || kept.resumed.is_some()).then(|| request_digest(&request));
+        if let (Some(resumed), Some(digest)) = (&kept.resumed, &digest) {
+            if resumed.request == *digest {
+                let held_again = kept.held.contains(&resumed.run);
+                if let Some(reply) = self.answered_again(&key, resumed, held_again)? {
+                    return Ok(self.answer(&key, reply));
+                }
+            } else {
+                self.moved_on(&key, &resumed.run);
+            }
+        }
+        if let Some(reply) = self
+            .held_answer(loaded, &key, &kept.held, digest.as_deref(), observer)
+            .await?
+        {
             // Only what the held run gained itself: what it brought in was the conversation's
             // when it began, and may have been forgotten by an operator since.
             self.keep_labels(&key, &reply.gained, &kept.labels);
@@ -325,7 +324,11 @@ impl Rein {
         };
         let key = ConversationKey::of(caller, loaded, &conversation);
         let kept = self.kept(loaded, &key)?;
-        if let Some(reply) = self.held_answer(loaded, &key, &kept.held, observer).await? {
+        // (Not answered again from a resumed run: the same call made again is a new call.)
+        if let Some(reply) = self
+            .held_answer(loaded, &key, &kept.held, None, observer)
+            .await?
+        {
             return Ok(self.answer(&key, reply));
         }
         let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -352,79 +355,6 @@ impl Rein {
         }
         // An MCP call has no conversation to carry labels into: each is its own.
         Ok(self.answer(&key, reply))
-    }
-
-    /// The answer the conversation's held runs (`held`, oldest first) give, if one does: the
-    /// same note while its approvals are undecided; once decided, what the resumed run hands
-    /// over. A run that cannot answer (ended, another caller's, gone or unreadable, or released
-    /// by another request that is resuming it) is passed over for the next.
-    async fn held_answer(
-        &self,
-        loaded: &LoadedAgent,
-        key: &ConversationKey,
-        held: &[String],
-        observer: &dyn Observer,
-    ) -> Result<Option<GatewayReply>, Error> {
-        use rein_engine::EngineError as E;
-        use rein_store::StoreError as S;
-        if held.is_empty() {
-            return Ok(None);
-        }
-        let engine = self.engine()?;
-        for run_id in held {
-            let state = match engine.load(run_id) {
-                Ok(state) => state,
-                // Written by a newer rein sharing the state directory: left for it.
-                Err(E::Store(S::NewerEvent { .. })) => continue,
-                // Gone, or unreadable for good: no request of the conversation could resume it.
-                Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. })) => {
-                    tracing::error!(run = %run_id, error = %e, "a held gateway run cannot be read; its conversation goes on without it");
-                    self.give_up(key, run_id);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            // Only the run's own tenant, user and gateway get what it holds.
-            let owned = state.started().is_some_and(|s| {
-                s.tenant == key.tenant && s.user == key.user && s.agent == key.agent
-            });
-            if !owned || state.ended().is_some() {
-                self.release_held(key, run_id)?;
-                continue;
-            }
-            if !state.pending_approvals().is_empty() && !expired(&state) {
-                return Ok(Some(GatewayReply::waiting(run_id, &state)));
-            }
-            // Released before it is resumed, by one request of one process: another that finds
-            // it released goes on to the conversation's next held run, or to the model. A
-            // resume that fails for a while (a shutdown, the run driven elsewhere) puts it back
-            // for the next request; one that no later request could change is answered once,
-            // and the conversation goes on without the run.
-            if !self.release_held(key, run_id)? {
-                continue;
-            }
-            let reply = match engine
-                .gateway_resume(run_id, loaded.agent(), observer)
-                .await
-            {
-                Ok(reply) => reply,
-                // Ended by the request that was resuming it when this one read it.
-                Err(E::AlreadyEnded { .. }) => continue,
-                Err(e) => {
-                    if resumable_later(&e) {
-                        self.hold(key, run_id, HoldAt::First);
-                    } else {
-                        self.give_up(key, run_id);
-                    }
-                    return Err(e.into());
-                }
-            };
-            if reply.status == EndState::AwaitingApproval {
-                self.hold(key, &reply.run_id, HoldAt::Last);
-            }
-            return Ok(Some(reply));
-        }
-        Ok(None)
     }
 
     /// Whether run `run_id` recorded a request to a gateway: what is decided for it goes to its
@@ -587,16 +517,6 @@ impl Rein {
 /// A call id as the conversation sees it: rein's id in the run, with the run's id.
 fn wire_call_id(run_id: &str, call_id: &str) -> String {
     format!("{call_id}_{run_id}")
-}
-
-/// Whether a held run's approval has expired (the resume then records it as denied).
-fn expired(state: &RunState) -> bool {
-    let now = now();
-    let lapsed = |a: Option<&rein_core::state::ApprovalSlot>| {
-        a.and_then(|a| a.expires_at_ms).is_some_and(|at| at <= now)
-    };
-    state.calls().iter().any(|c| lapsed(c.approval.as_ref()))
-        || state.answer().is_some_and(|a| lapsed(a.approval.as_ref()))
 }
 
 /// A conversation named by the client: 1 to 128 letters, digits, `-`, `_`, `.` or `:`.

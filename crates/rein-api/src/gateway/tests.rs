@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+use super::held::resumable_later;
 use super::kept::may_block;
-use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST, resumable_later};
+use super::{ConversationKey, Lookups, RUNS_READ_PER_REQUEST};
 use crate::{Options, Rein};
 use rein_engine::EngineError;
 use rein_store::StoreError;

@@ -150,6 +150,10 @@ with urllib.request.urlopen(decide) as r:
 text, calls, _, _ = chat(msgs, conversation=conv)
 check([(n, a["to"]) for _, n, a in calls] == [("send_email", "attacker@evil.test")],
       f"once approved, the next request of the conversation receives the call: {calls}")
+# A client that lost that answer sends the same request again: it receives the same call, with
+# the same id, handed over once.
+_, again, _, _ = chat(msgs, conversation=conv)
+check(again == calls, f"the same request sent again receives the same call: {again} (first: {calls})")
 
 # The same sink call without untrusted content in the conversation is not held.
 msgs = [{"role": "user", "content": "Please summarise the page (clean)."}]
