@@ -762,9 +762,14 @@ async fn an_answer_held_for_a_person_is_not_read_until_approved() {
     );
 }
 
-/// A Chat Completions request of a named conversation, answered 200.
-async fn ask_in(s: &Served, token: &str, conversation: &str, messages: Value) -> Value {
-    let r = client()
+/// A Chat Completions request of a named conversation, declaring the page and mail tools.
+async fn send_in(
+    s: &Served,
+    token: &str,
+    conversation: &str,
+    messages: &Value,
+) -> reqwest::Response {
+    client()
         .post(s.url("/v1/chat/completions"))
         .bearer_auth(token)
         .header("x-rein-conversation", conversation)
@@ -772,7 +777,12 @@ async fn ask_in(s: &Served, token: &str, conversation: &str, messages: Value) ->
                       "tools": declared(&["web_fetch", "send_email"])}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A Chat Completions request of a named conversation, answered 200.
+async fn ask_in(s: &Served, token: &str, conversation: &str, messages: Value) -> Value {
+    let r = send_in(s, token, conversation, &messages).await;
     assert_eq!(r.status().as_u16(), 200);
     r.json().await.unwrap()
 }
@@ -1213,15 +1223,7 @@ async fn ask_until_answered(
     messages: &Value,
 ) -> Value {
     for _ in 0..10_000 {
-        let r = client()
-            .post(s.url("/v1/chat/completions"))
-            .bearer_auth(token)
-            .header("x-rein-conversation", conversation)
-            .json(&json!({"model": "gateway", "messages": messages,
-                          "tools": declared(&["web_fetch", "send_email"])}))
-            .send()
-            .await
-            .unwrap();
+        let r = send_in(s, token, conversation, messages).await;
         match r.status().as_u16() {
             409 => tokio::task::yield_now().await,
             200 => return r.json().await.unwrap(),
