@@ -97,6 +97,9 @@ pub struct CallSlot {
     pub data: Option<String>,
     /// Whether it was handed to a gateway's client to run (its status is then `Done`).
     pub handed_off: bool,
+    /// The attempt (1 for the run's first, 2 for its first resume) that handed it over, if one
+    /// did: what tells the calls a resume handed from those handed before it.
+    pub handed_in: Option<u32>,
 }
 
 /// What a tool has done in a run so far, for policies that limit it (`context.counters`).
@@ -433,6 +436,13 @@ impl RunState {
     /// The process attempt (1 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+    /// The calls of the current step this attempt handed to a gateway's client: a resume's, not
+    /// those an earlier attempt of the run handed to the request it answered then.
+    pub fn handed_this_attempt(&self) -> impl Iterator<Item = &CallSlot> {
+        self.calls
+            .iter()
+            .filter(|c| c.handed_in == Some(self.attempt))
     }
     /// The position of the last event applied.
     pub fn last_seq(&self) -> u64 {

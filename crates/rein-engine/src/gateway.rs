@@ -224,10 +224,11 @@ impl GatewayReply {
     /// sent again (its client lost the answer): the calls it handed over once approved, with
     /// the same ids, what it withheld and why, its text. Nothing is judged, spent or recorded.
     pub fn again(run_id: &str, state: &RunState) -> GatewayReply {
+        // Only what the last resume handed: a run resumed before (an approval expired, another
+        // still undecided) handed its other calls to the request that resumed it then.
         let handed = state
-            .calls()
-            .iter()
-            .filter(|s| s.handed_off && s.approval.is_some())
+            .handed_this_attempt()
+            .filter(|s| s.approval.is_some())
             .map(|s| s.call.id.clone())
             .collect();
         reply((run_id.to_owned(), state.clone(), handed))

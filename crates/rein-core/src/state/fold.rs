@@ -119,6 +119,7 @@ impl RunState {
                         field_labels: BTreeMap::new(),
                         data: None,
                         handed_off: false,
+                        handed_in: None,
                     })
                     .collect();
                 self.messages.push(Message::Assistant {
@@ -424,9 +425,11 @@ impl RunState {
                 }
             }
             Event::ToolHandedOff { call_id } => {
+                let attempt = self.attempt;
                 let slot = self.in_flight_mut(call_id).map_err(fail)?;
                 slot.status = CallStatus::Done;
                 slot.handed_off = true;
+                slot.handed_in = Some(attempt);
                 let name = slot.call.name.clone();
                 self.history.push((name, CallResult::HandedOff));
             }

@@ -811,6 +811,39 @@ fn an_outcome_or_a_hand_off_settles_only_a_call_in_flight_once() {
     assert!(state.calls()[0].handed_off);
 }
 
+/// A hand-off records the attempt that made it: what tells the calls a resume handed over from
+/// those an earlier attempt of the same run handed (the gateway answers a request sent again
+/// with the former only).
+#[test]
+fn a_hand_off_records_the_attempt_that_made_it() {
+    let handed = |id: &str| Event::ToolHandedOff { call_id: id.into() };
+    let resumed = |attempt| Event::RunResumed {
+        attempt,
+        agent_changed: false,
+    };
+    let this_attempt = |state: &RunState| -> Vec<String> {
+        state
+            .handed_this_attempt()
+            .map(|c| c.call.id.clone())
+            .collect()
+    };
+    let mut events = vec![
+        started(5),
+        requested(1),
+        replied(1, None, &["c1", "c2", "c3"]),
+    ];
+    events.extend([intent("c1", false, 1), handed("c1"), intent("c2", false, 1)]);
+    assert_eq!(this_attempt(&fold(events.clone())), ["c1"]);
+    events.extend([resumed(2), handed("c2")]);
+    let state = fold(events.clone());
+    let handed_in: Vec<_> = state.calls().iter().map(|c| c.handed_in).collect();
+    assert_eq!(handed_in, [Some(1), Some(2), None]);
+    assert_eq!(this_attempt(&state), ["c2"]);
+    // A later attempt that hands nothing has handed nothing.
+    events.push(resumed(3));
+    assert!(this_attempt(&fold(events)).is_empty());
+}
+
 #[test]
 fn an_answer_is_judged_and_returned_withheld_or_held_for_a_person() {
     let base = || vec![started(5), requested(1), replied(1, Some("done"), &[])];
