@@ -116,11 +116,14 @@ impl Rein {
             // and the conversation goes on without the run.
             if !self.release_held(key, run_id, request)? {
                 // Released a moment ago for the same request sent again (a client that retried
-                // before its first try was answered): answered from the run too.
-                if let Some(resumed) = self.resumed_for(key, run_id, request)?
-                    && let Some(reply) = self.answered_again(key, &resumed, false)?
-                {
-                    return Ok(Some(reply));
+                // before its first try was answered): answered from the run too, or, held
+                // again since by a resume that failed, refused to be sent again.
+                if let Some((resumed, held_again)) = self.resumed_for(key, run_id, request)? {
+                    match self.answered_again(key, &resumed, held_again)? {
+                        Again::Answer(reply) => return Ok(Some(*reply)),
+                        Again::Held => return Err(resuming(run_id)),
+                        Again::MovedOn => {}
+                    }
                 }
                 continue;
             }
@@ -149,66 +152,99 @@ impl Rein {
     }
 
     /// What the conversation notes of run `run_id`, if its last request resumed it and
-    /// `request` (a digest) is that request (read again: another request may have just resumed
-    /// it).
+    /// `request` (a digest) is that request, and whether the run is held again (read again:
+    /// another request may have just resumed it, or put it back).
     fn resumed_for(
         &self,
         key: &ConversationKey,
         run_id: &str,
         request: Option<&str>,
-    ) -> Result<Option<rein_store::Resumed>, Error> {
+    ) -> Result<Option<(rein_store::Resumed, bool)>, Error> {
         let Some(request) = request else {
             return Ok(None);
         };
         let kept = self.conversations()?.get(key.as_ref())?;
+        let held = kept.held.iter().any(|r| r == run_id);
         Ok(kept
             .resumed
-            .filter(|r| r.run == run_id && r.request == request))
+            .filter(|r| r.run == run_id && r.request == request)
+            .map(|r| (r, held)))
     }
 
     /// The answer for a request the conversation's last request was, sent again (its client
-    /// lost the answer, or gave up waiting for it): what the held run that request resumed
-    /// answered, with the same calls and ids, nothing judged or spent again. While the run is
-    /// still being resumed (for the first request, here or in another process) the request is
-    /// refused as a conflict, to be sent again. `None` (answer it as any request) when the run
-    /// was held again (`held_again`, or waiting for a person: its answer is the held run's), or
-    /// its resume stopped (a crash) and was not taken up again for a while, or the run cannot
-    /// be read.
+    /// lost the answer, or gave up waiting for it), from the held run that request resumed:
+    /// once the run ended, what it answered, with the same calls and ids, nothing judged or
+    /// spent again; while it waits for a person again, that it waits. While the run is being
+    /// resumed (for the first request, here or in another process) the request is refused as a
+    /// conflict, to be sent again. `Held` when the conversation holds the run again (`held`:
+    /// its resume failed, or stopped with a crash and was put back here) for the request to
+    /// resume as any held run; `MovedOn` when the conversation is done with the run (its resume
+    /// stopped mid-way and was not taken up again, or its log is gone or unreadable).
     pub(super) fn answered_again(
         &self,
         key: &ConversationKey,
         resumed: &rein_store::Resumed,
-        held_again: bool,
-    ) -> Result<Option<GatewayReply>, Error> {
+        held: bool,
+    ) -> Result<Again, Error> {
+        use rein_engine::EngineError as E;
+        use rein_store::StoreError as S;
         let run = resumed.run.as_str();
         let state = match self.engine()?.load(run) {
             Ok(state) => state,
-            Err(e) => {
+            Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. } | S::NewerEvent { .. })) => {
                 tracing::error!(run = %run, error = %e, "a resumed gateway run cannot be read; its conversation goes on without it");
                 self.moved_on(key, run);
-                return Ok(None);
+                return Ok(Again::MovedOn);
             }
+            Err(e) => return Err(e.into()),
         };
         if state.ended().is_some() {
-            return Ok(Some(GatewayReply::again(run, &state)));
+            return Ok(Again::Answer(Box::new(GatewayReply::again(run, &state))));
         }
-        // Held again by its resume (for approvals not yet decided, or decided since): answered
-        // as the held run it is. A run released and not yet resumed is suspended too, with its
-        // approvals decided and no longer held.
-        if state.is_suspended() && (held_again || !state.pending_approvals().is_empty()) {
-            return Ok(None);
+        // Held again by its resume, for approvals not yet decided: what the first request was
+        // told too.
+        if state.is_suspended() && !state.pending_approvals().is_empty() && !expired(&state) {
+            return Ok(Again::Answer(Box::new(GatewayReply::waiting(run, &state))));
         }
         let now = now();
         let driven = self
             .store()?
             .lease_holder(run)?
             .is_some_and(|h| h.expires_ms > now);
-        if driven || now.saturating_sub(resumed.at_ms) < RESUMING_MS {
-            return Err(Error::Conflict(format!(
-                "this request is being answered already (run {run} is resuming for it): send it again once that is done"
-            )));
+        if driven {
+            return Err(resuming(run));
+        }
+        if held {
+            return Ok(Again::Held);
+        }
+        // Released and not yet driven: its resume is about to take the lease, unless it
+        // stopped (a crash) before. A run still suspended then is put back for this request to
+        // resume; one that stopped mid-way is left.
+        if now.saturating_sub(resumed.at_ms) < RESUMING_MS {
+            return Err(resuming(run));
+        }
+        if state.is_suspended() {
+            self.hold(key, run, HoldAt::First);
+            return Ok(Again::Held);
         }
         self.moved_on(key, run);
-        Ok(None)
+        Ok(Again::MovedOn)
     }
+}
+
+/// What a request sent again learns of the held run its first try resumed.
+pub(super) enum Again {
+    /// Its answer.
+    Answer(Box<GatewayReply>),
+    /// The conversation holds the run again: the request resumes it, as any held run.
+    Held,
+    /// The conversation is done with the run: the request is answered as any other.
+    MovedOn,
+}
+
+/// The conflict a request sent again meets while the run its first try resumed is resuming.
+fn resuming(run: &str) -> Error {
+    Error::Conflict(format!(
+        "this request is being answered already (run {run} is resuming for it): send it again once that is done"
+    ))
 }

@@ -9,6 +9,7 @@
 //! request of that conversation is answered from that run once the approvals are decided (the
 //! approved calls, judged again, are handed over), and told to wait until then.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -25,7 +26,7 @@ use crate::{Caller, Error, Rein, v1};
 mod held;
 mod kept;
 
-use held::request_digest;
+use held::{Again, request_digest};
 
 /// A model request to a gateway, in rein's terms.
 #[derive(Debug, Clone, Default)]
@@ -215,18 +216,22 @@ impl Rein {
         // What identifies the request, for a conversation that holds runs or resumed one.
         let digest =
             (!kept.held.is_empty() || kept.resumed.is_some()).then(|| request_digest(&request));
+        let mut held = Cow::Borrowed(&kept.held);
         if let (Some(resumed), Some(digest)) = (&kept.resumed, &digest) {
             if resumed.request == *digest {
                 let held_again = kept.held.contains(&resumed.run);
-                if let Some(reply) = self.answered_again(&key, resumed, held_again)? {
-                    return Ok(self.answer(&key, reply));
+                match self.answered_again(&key, resumed, held_again)? {
+                    Again::Answer(reply) => return Ok(self.answer(&key, *reply)),
+                    // Put back by a resume that failed, or here: resumed first.
+                    Again::Held if !held_again => held.to_mut().insert(0, resumed.run.clone()),
+                    Again::Held | Again::MovedOn => {}
                 }
             } else {
                 self.moved_on(&key, &resumed.run);
             }
         }
         if let Some(reply) = self
-            .held_answer(loaded, &key, &kept.held, digest.as_deref(), observer)
+            .held_answer(loaded, &key, &held, digest.as_deref(), observer)
             .await?
         {
             // Only what the held run gained itself: what it brought in was the conversation's

@@ -94,7 +94,12 @@ impl IntoResponse for GwError {
             }),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        // A conflict is a request whose first try is still being answered: worth sending again
+        // in a moment, as the SDKs do (they honour the header).
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::CONFLICT
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
