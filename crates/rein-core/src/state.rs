@@ -97,8 +97,8 @@ pub struct CallSlot {
     pub data: Option<String>,
     /// Whether it was handed to a gateway's client to run (its status is then `Done`).
     pub handed_off: bool,
-    /// The attempt (1 for the run's first, 2 for its first resume) that handed it over, if one
-    /// did: what tells the calls a resume handed from those handed before it.
+    /// The turn (1 until the run is first resumed from a suspension, 2 after) that handed it
+    /// over, if one did: what tells the calls a resume handed from those handed before it.
     pub handed_in: Option<u32>,
 }
 
@@ -220,6 +220,9 @@ pub struct StateError {
 pub struct RunState {
     started: Option<RunStarted>,
     attempt: u32,
+    /// 1 from the start, one more at each resume from a suspension (a crash's pick-up is not a
+    /// new turn): what a person's decisions let the run do next.
+    turn: u32,
     messages: Vec<Message>,
     steps: u32,
     requested_step: Option<u32>,
@@ -437,12 +440,16 @@ impl RunState {
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
-    /// The calls of the current step this attempt handed to a gateway's client: a resume's, not
-    /// those an earlier attempt of the run handed to the request it answered then.
-    pub fn handed_this_attempt(&self) -> impl Iterator<Item = &CallSlot> {
-        self.calls
-            .iter()
-            .filter(|c| c.handed_in == Some(self.attempt))
+    /// The turn: 1 from the start, one more at each resume from a suspension. A process that
+    /// picks up a run a crash interrupted starts a new attempt, not a new turn.
+    pub fn turn(&self) -> u32 {
+        self.turn
+    }
+    /// The calls of the current step this turn handed to a gateway's client: a resume's
+    /// (whichever attempt carried it out, after a crash), not those an earlier turn of the run
+    /// handed to the request it answered then.
+    pub fn handed_this_turn(&self) -> impl Iterator<Item = &CallSlot> {
+        self.calls.iter().filter(|c| c.handed_in == Some(self.turn))
     }
     /// The position of the last event applied.
     pub fn last_seq(&self) -> u64 {

@@ -194,12 +194,14 @@ impl Engine {
         agent: &Agent,
         observer: &dyn Observer,
     ) -> Result<GatewayReply, EngineError> {
-        let driven = self
+        let (run_id, state, _) = self
             .resume_driver(run_id, agent, observer)?
             .taking_turn()
             .resume_through()
             .await?;
-        Ok(reply(driven))
+        // What this turn handed over, including what a resume a crash stopped handed before
+        // it: no client received those (it gets calls once the run ended or was held again).
+        Ok(GatewayReply::again(&run_id, &state))
     }
 }
 
@@ -217,18 +219,14 @@ impl GatewayReply {
             Some("what this conversation's earlier request held still waits for a person".into());
         reply
     }
-}
 
-impl GatewayReply {
-    /// The answer a held run gave the request that resumed it, again, for the same request
-    /// sent again (its client lost the answer): the calls it handed over once approved, with
-    /// the same ids, what it withheld and why, its text. Nothing is judged, spent or recorded.
+    /// The answer a held run gives the request that resumed it, and gives again to the same
+    /// request sent again (its client lost the answer): the calls this turn of the run handed
+    /// over (not those an earlier turn handed to the request it answered then), with the same
+    /// ids, what it withheld and why, its text. Nothing is judged, spent or recorded.
     pub fn again(run_id: &str, state: &RunState) -> GatewayReply {
-        // Only what the last resume handed: a run resumed before (an approval expired, another
-        // still undecided) handed its other calls to the request that resumed it then.
         let handed = state
-            .handed_this_attempt()
-            .filter(|s| s.approval.is_some())
+            .handed_this_turn()
             .map(|s| s.call.id.clone())
             .collect();
         reply((run_id.to_owned(), state.clone(), handed))

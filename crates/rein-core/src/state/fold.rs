@@ -54,6 +54,7 @@ impl RunState {
                 self.grants = started.grants.clone();
                 self.started = Some((**started).clone());
                 self.attempt = 1;
+                self.turn = 1;
                 self.first_at_ms = stored.at_ms;
                 self.attempt_started_ms = stored.at_ms;
             }
@@ -64,6 +65,9 @@ impl RunState {
                 self.active_closed_ms += self.last_at_ms.saturating_sub(self.attempt_started_ms);
                 self.attempt_started_ms = stored.at_ms;
                 self.attempt = *attempt;
+                if self.suspended {
+                    self.turn += 1;
+                }
                 self.suspended = false;
             }
             Event::ModelRequested { step, .. } => {
@@ -425,11 +429,11 @@ impl RunState {
                 }
             }
             Event::ToolHandedOff { call_id } => {
-                let attempt = self.attempt;
+                let turn = self.turn;
                 let slot = self.in_flight_mut(call_id).map_err(fail)?;
                 slot.status = CallStatus::Done;
                 slot.handed_off = true;
-                slot.handed_in = Some(attempt);
+                slot.handed_in = Some(turn);
                 let name = slot.call.name.clone();
                 self.history.push((name, CallResult::HandedOff));
             }

@@ -811,19 +811,20 @@ fn an_outcome_or_a_hand_off_settles_only_a_call_in_flight_once() {
     assert!(state.calls()[0].handed_off);
 }
 
-/// A hand-off records the attempt that made it: what tells the calls a resume handed over from
-/// those an earlier attempt of the same run handed (the gateway answers a request sent again
-/// with the former only).
+/// A hand-off records the turn that made it: what tells the calls a resume handed over from
+/// those handed before the run was held (the gateway answers a request sent again with the
+/// former only). A process that picks up a run a crash interrupted starts a new attempt, not a
+/// new turn, so what the interrupted resume handed still counts as this turn's.
 #[test]
-fn a_hand_off_records_the_attempt_that_made_it() {
+fn a_hand_off_records_the_turn_that_made_it() {
     let handed = |id: &str| Event::ToolHandedOff { call_id: id.into() };
     let resumed = |attempt| Event::RunResumed {
         attempt,
         agent_changed: false,
     };
-    let this_attempt = |state: &RunState| -> Vec<String> {
+    let this_turn = |state: &RunState| -> Vec<String> {
         state
-            .handed_this_attempt()
+            .handed_this_turn()
             .map(|c| c.call.id.clone())
             .collect()
     };
@@ -831,17 +832,42 @@ fn a_hand_off_records_the_attempt_that_made_it() {
         started(5),
         requested(1),
         replied(1, None, &["c1", "c2", "c3"]),
+        judged("c1", Verdict::Allow),
+        intent("c1", false, 1),
+        handed("c1"),
+        judged("c2", Verdict::Ask),
+        asked("a2", "c2", None),
+        judged("c3", Verdict::Ask),
+        asked("a3", "c3", None),
     ];
-    events.extend([intent("c1", false, 1), handed("c1"), intent("c2", false, 1)]);
-    assert_eq!(this_attempt(&fold(events.clone())), ["c1"]);
-    events.extend([resumed(2), handed("c2")]);
+    assert_eq!(this_turn(&fold(events.clone())), ["c1"]);
+    // A crash before the run was held: the pick-up is the same turn.
+    events.push(resumed(2));
+    let state = fold(events.clone());
+    assert_eq!((state.attempt(), state.turn()), (2, 1));
+    assert_eq!(this_turn(&state), ["c1"]);
+    events.extend([
+        Event::RunSuspended {
+            approvals: vec!["a2".into(), "a3".into()],
+        },
+        decided("a2", true),
+        decided("a3", false),
+        resumed(3),
+    ]);
+    let state = fold(events.clone());
+    assert_eq!((state.attempt(), state.turn()), (3, 2));
+    assert!(this_turn(&state).is_empty(), "c1 was handed a turn before");
+    events.extend([intent("c2", false, 1), handed("c2")]);
     let state = fold(events.clone());
     let handed_in: Vec<_> = state.calls().iter().map(|c| c.handed_in).collect();
     assert_eq!(handed_in, [Some(1), Some(2), None]);
-    assert_eq!(this_attempt(&state), ["c2"]);
-    // A later attempt that hands nothing has handed nothing.
-    events.push(resumed(3));
-    assert!(this_attempt(&fold(events)).is_empty());
+    assert_eq!(this_turn(&state), ["c2"]);
+    // The resume was interrupted by a crash after it handed c2; whatever picks the run up
+    // carries on the same turn, so c2 is still what this turn handed.
+    events.push(resumed(4));
+    let state = fold(events);
+    assert_eq!((state.attempt(), state.turn()), (4, 2));
+    assert_eq!(this_turn(&state), ["c2"]);
 }
 
 #[test]
