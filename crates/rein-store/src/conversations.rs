@@ -335,16 +335,22 @@ impl ConversationStore {
     }
 
     /// Holds run `run_id` for the conversation's next request, where `at` says (a run held
-    /// already stays where it is; one given up is not held again).
+    /// already stays where it is; one given up is not held again). Answers whether the
+    /// conversation holds the run now: not if it was given up.
     pub fn hold(
         &self,
         c: ConversationRef<'_>,
         run_id: &str,
         at: HoldAt,
         at_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let mut holds = true;
         self.change(c, at_ms, |kept| {
-            if kept.held.iter().chain(&kept.given_up).any(|r| r == run_id) {
+            if kept.given_up.iter().any(|r| r == run_id) {
+                holds = false;
+                return false;
+            }
+            if kept.held.iter().any(|r| r == run_id) {
                 return false;
             }
             let at = match at {
@@ -354,8 +360,8 @@ impl ConversationStore {
             };
             kept.held.insert(at, run_id.to_owned());
             true
-        })
-        .map(|_| ())
+        })?;
+        Ok(holds)
     }
 
     /// Releases run `run_id`: no later request of the conversation is answered from it. Answers

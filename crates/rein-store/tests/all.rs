@@ -1204,9 +1204,9 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
         ConversationStore::open(dir.path()).unwrap(),
         ConversationStore::open(dir.path()).unwrap(),
     );
-    a.hold(c, "r1", HoldAt::Last, 1).unwrap();
-    b.hold(c, "r2", HoldAt::Last, 2).unwrap();
-    a.hold(c, "r1", HoldAt::Last, 3).unwrap();
+    assert!(a.hold(c, "r1", HoldAt::Last, 1).unwrap());
+    assert!(b.hold(c, "r2", HoldAt::Last, 2).unwrap());
+    assert!(a.hold(c, "r1", HoldAt::Last, 3).unwrap(), "held already");
     assert_eq!(b.get(c).unwrap().held, ["r1", "r2"]);
     assert!(a.release(c, "r1", 4).unwrap());
     b.hold(c, "r1", HoldAt::First, 5).unwrap();
@@ -1249,7 +1249,7 @@ fn a_conversations_held_runs_are_kept_in_order_once_each_and_released_once() {
     assert_eq!(a.get(c).unwrap().held, ["r0", "r1", "r3"]);
     a.give_up(c, "r1", 10).unwrap();
     for at in [HoldAt::Last, HoldAt::First, HoldAt::InOrder] {
-        a.hold(c, "r1", at, 11).unwrap();
+        assert!(!a.hold(c, "r1", at, 11).unwrap(), "given up, not held");
     }
     let kept = a.get(c).unwrap();
     assert_eq!(

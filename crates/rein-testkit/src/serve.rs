@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 
 use serde_json::Value;
 
@@ -16,12 +17,36 @@ pub struct Served {
     pub base: String,
     /// Its state directory.
     pub state: PathBuf,
+    /// Told when a server started with a fault reaches it.
+    fault: Option<mpsc::Receiver<()>>,
 }
+
+/// What `rein` prints once it stops at a fault injection point (and waits to be killed).
+const AT_FAULT: &str = "fault injection point reached";
 
 impl Served {
     /// Starts `bin serve` on a free port for the agents in `agents`, with more flags.
     pub fn start(bin: &str, state: &Path, agents: &Path, extra: &[&str]) -> Served {
-        let mut child = Command::new(bin)
+        Served::spawn(bin, state, agents, extra, None)
+    }
+
+    /// Starts `bin serve` as [`Served::start`] does (a build with the `faults` feature), to
+    /// stop once an event numbered `seq` of a run it drives is durable: it then waits, mid-way,
+    /// to be killed, as a crash at that point would leave things. [`Served::at_fault`] waits
+    /// for that.
+    pub fn start_stopping_after_event(bin: &str, state: &Path, agents: &Path, seq: u64) -> Served {
+        Served::spawn(bin, state, agents, &[], Some(seq))
+    }
+
+    fn spawn(
+        bin: &str,
+        state: &Path,
+        agents: &Path,
+        extra: &[&str],
+        after_event: Option<u64>,
+    ) -> Served {
+        let mut command = Command::new(bin);
+        command
             .arg("--state-dir")
             .arg(state)
             .args(["serve", "--listen", "127.0.0.1:0", "--agents"])
@@ -30,9 +55,29 @@ impl Served {
             .env_remove("REIN_FAULT_AFTER_EVENT")
             .env_remove("REIN_FAULT_AFTER_EFFECT")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(seq) = after_event {
+            command
+                .env("REIN_FAULT_AFTER_EVENT", seq.to_string())
+                .stderr(Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin} serve: {e}"));
+        // What it prints goes on to the test's output, read as it comes (a full pipe would
+        // stop the server), and the fault's line is told apart.
+        let fault = child.stderr.take().map(|stderr| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    if line.contains(AT_FAULT) {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            rx
+        });
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -45,7 +90,19 @@ impl Served {
             child: Some(child),
             base,
             state: state.to_owned(),
+            fault,
         }
+    }
+
+    /// Waits until a server started with a fault stops at it; panics if it exits first.
+    pub fn at_fault(&self) {
+        let fault = self
+            .fault
+            .as_ref()
+            .expect("a server started with Served::start_stopping_after_event");
+        fault
+            .recv()
+            .expect("the server exited before it reached its fault");
     }
 
     /// A URL on the server.

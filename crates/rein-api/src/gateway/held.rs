@@ -4,7 +4,7 @@
 
 use rein_core::{EndState, RunState};
 use rein_engine::{GatewayReply, Observer};
-use rein_store::{HoldAt, Store};
+use rein_store::HoldAt;
 use sha2::{Digest, Sha256};
 
 use super::kept::now;
@@ -85,8 +85,9 @@ impl Rein {
                 Ok(state) => state,
                 // Written by a newer rein sharing the state directory: left for it.
                 Err(E::Store(S::NewerEvent { .. })) => continue,
-                // Gone, or unreadable for good: no request of the conversation could resume it.
-                Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. })) => {
+                // Gone, or unreadable or inconsistent for good: no request of the conversation
+                // could resume it.
+                Err(e @ (E::Store(S::NotFound(_) | S::Corrupt { .. }) | E::State { .. })) => {
                     tracing::error!(run = %run_id, error = %e, "a held gateway run cannot be read; its conversation goes on without it");
                     self.give_up(key, run_id);
                     continue;
@@ -173,13 +174,13 @@ impl Rein {
 
     /// The answer for a request the conversation's last request was, sent again (its client
     /// lost the answer, or gave up waiting for it), from the held run that request resumed:
-    /// once the run ended, what it answered, with the same calls and ids, nothing judged or
-    /// spent again; while it waits for a person again, that it waits. While the run is being
-    /// resumed (for the first request, here or in another process) the request is refused as a
-    /// conflict, to be sent again. `Held` when the conversation holds the run again (`held`:
-    /// its resume failed, or stopped with a crash and was put back here) for the request to
-    /// resume as any held run; `MovedOn` when the conversation is done with the run (its resume
-    /// stopped mid-way and was not taken up again, or its log is gone or unreadable).
+    /// once the run ended, or was held again for a person, what it answered, with the same
+    /// calls and ids, nothing judged or spent again. While the run is being resumed (for the
+    /// first request, here or in another process) the request is refused as a conflict, to be
+    /// sent again. `Held` when the conversation holds the run again (`held`: its resume failed;
+    /// or it stopped with a crash, before or during its resume, and is put back here) for the
+    /// request to resume as any held run; `MovedOn` when the conversation is done with the run
+    /// (it was given up, or its log is gone, unreadable or inconsistent).
     pub(super) fn answered_again(
         &self,
         key: &ConversationKey,
@@ -191,7 +192,10 @@ impl Rein {
         let run = resumed.run.as_str();
         let state = match self.engine()?.load(run) {
             Ok(state) => state,
-            Err(e @ E::Store(S::NotFound(_) | S::Corrupt { .. } | S::NewerEvent { .. })) => {
+            Err(
+                e @ (E::Store(S::NotFound(_) | S::Corrupt { .. } | S::NewerEvent { .. })
+                | E::State { .. }),
+            ) => {
                 tracing::error!(run = %run, error = %e, "a resumed gateway run cannot be read; its conversation goes on without it");
                 self.moved_on(key, run);
                 return Ok(Again::MovedOn);
@@ -202,29 +206,28 @@ impl Rein {
             return Ok(Again::Answer(Box::new(GatewayReply::again(run, &state))));
         }
         // Held again by its resume, for approvals not yet decided: what the first request was
-        // told too.
+        // answered too (the calls the resume handed over, and what it holds).
         if state.is_suspended() && !state.pending_approvals().is_empty() && !expired(&state) {
-            return Ok(Again::Answer(Box::new(GatewayReply::waiting(run, &state))));
+            return Ok(Again::Answer(Box::new(GatewayReply::again(run, &state))));
         }
-        let now = now();
-        let driven = self
-            .store()?
-            .lease_holder(run)?
-            .is_some_and(|h| h.expires_ms > now);
-        if driven {
+        // Driven by a live process (here or elsewhere): for its resume to finish.
+        if self.engine()?.driven_now(run)? {
             return Err(resuming(run));
         }
         if held {
             return Ok(Again::Held);
         }
-        // Released and not yet driven: its resume is about to take the lease, unless it
-        // stopped (a crash) before. A run still suspended then is put back for this request to
-        // resume; one that stopped mid-way is left.
-        if now.saturating_sub(resumed.at_ms) < RESUMING_MS {
+        // Released, and its resume not begun (the run is still suspended): about to take the
+        // lease, unless it stopped (a crash) before; only once a lease's time has passed is it
+        // taken to have. A resume that began and stopped (its process died, or let its lease
+        // lapse) is over. Either way the run is put back for this request to resume: the calls
+        // its turn handed over reached nobody (a client gets them once the run ended or was
+        // held again), so that resume answers with them. Unless it was given up meanwhile:
+        // then the conversation is done with it.
+        if state.is_suspended() && now().saturating_sub(resumed.at_ms) < RESUMING_MS {
             return Err(resuming(run));
         }
-        if state.is_suspended() {
-            self.hold(key, run, HoldAt::First);
+        if self.hold(key, run, HoldAt::First) {
             return Ok(Again::Held);
         }
         self.moved_on(key, run);

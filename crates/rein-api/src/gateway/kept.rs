@@ -124,25 +124,29 @@ impl Rein {
         }
     }
 
-    /// Holds run `run_id` for the conversation's next request. The run is recorded (suspended)
-    /// by now and its request about to be answered, so a failure is logged rather than
-    /// answered, and this process reads the gateway's held runs from the store again at its
-    /// next request (`scan_held`), which keeps the run again.
-    pub(super) fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) {
+    /// Holds run `run_id` for the conversation's next request; whether the conversation holds
+    /// it (not if it was given up). The run is recorded (suspended) by now and its request
+    /// about to be answered, so a failure is logged rather than answered (and counts as held),
+    /// and this process reads the gateway's held runs from the store again at its next request
+    /// (`scan_held`), which keeps the run again.
+    pub(super) fn hold(&self, key: &ConversationKey, run_id: &str, at: HoldAt) -> bool {
         let held = self
             .conversations()
             .and_then(|store| Ok(may_block(|| store.hold(key.as_ref(), run_id, at, now()))?));
-        if let Err(e) = held {
-            tracing::error!(
-                conversation = %key.conversation,
-                run = %run_id,
-                error = %e,
-                "a gateway run held for approval could not be kept for its conversation"
-            );
-            if let Ok(mut scanned) = self.held.scanned.lock() {
-                scanned.retain(|a| *a != key.agent);
-            }
+        let e = match held {
+            Ok(holds) => return holds,
+            Err(e) => e,
+        };
+        tracing::error!(
+            conversation = %key.conversation,
+            run = %run_id,
+            error = %e,
+            "a gateway run held for approval could not be kept for its conversation"
+        );
+        if let Ok(mut scanned) = self.held.scanned.lock() {
+            scanned.retain(|a| *a != key.agent);
         }
+        true
     }
 
     /// Gives run `run_id` up: no later request could resume it, so none is answered from it,

@@ -144,23 +144,52 @@ async fn ask_until_answered(
     panic!("still refused as a conflict after 10000 tries")
 }
 
-/// How many calls run `run` handed over, and how many it judged and began (their intents),
-/// read from its log.
-fn hand_offs(state: &Path, run: &str) -> (usize, usize) {
+/// The events of run `run`, read from its log: (sequence number, type).
+fn events_of(state: &Path, run: &str) -> Vec<(u64, String)> {
     let rein = rein_api::Rein::new(rein_api::Options::new(state)).unwrap();
-    let kinds: Vec<String> = rein
-        .run_events(run, 0)
+    rein.run_events(run, 0)
         .unwrap()
         .iter()
         .map(|e| {
-            serde_json::to_value(&e.event).unwrap()["type"]
+            let kind = serde_json::to_value(&e.event).unwrap()["type"]
                 .as_str()
                 .unwrap()
-                .to_owned()
+                .to_owned();
+            (e.seq, kind)
         })
-        .collect();
-    let count = |kind: &str| kinds.iter().filter(|k| *k == kind).count();
+        .collect()
+}
+
+/// How many calls run `run` handed over, and how many it judged and began (their intents),
+/// read from its log.
+fn hand_offs(state: &Path, run: &str) -> (usize, usize) {
+    let events = events_of(state, run);
+    let count = |kind: &str| events.iter().filter(|(_, k)| k == kind).count();
     (count("tool_handed_off"), count("tool_intent"))
+}
+
+/// A page read through `s` in `conversation` and the mail it asks for held, then approved by
+/// `approver`: the history of the conversation's next request, and the held run.
+async fn held_and_approved(
+    s: &Served,
+    token: &str,
+    approver: &str,
+    conversation: &str,
+) -> (Value, String) {
+    let (_, history, held) = page_read_and_mail_held(s, token, conversation).await;
+    let text = held["choices"][0]["message"]["content"].as_str().unwrap();
+    approve(s, approver, &approval_in(text)).await;
+    let mut later = history.as_array().unwrap().clone();
+    later.push(json!({"role": "assistant", "content": text}));
+    later.push(json!({"role": "user", "content": "go on"}));
+    (Value::Array(later), run_of(&held))
+}
+
+/// The approved mail as an answer hands it over from run `run`: its id (which names the run).
+fn delivered(answer: &Value, run: &str) -> Option<String> {
+    let call = &answer["choices"][0]["message"]["tool_calls"][0];
+    let id = call["id"].as_str().unwrap_or_default().to_owned();
+    (call["function"]["name"] == "send_email" && id.ends_with(run)).then_some(id)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -175,25 +204,9 @@ async fn a_call_held_through_one_server_reaches_its_conversation_through_another
     // Server B has served the gateway (and read its held runs) before anything is held.
     let hello = json!([{"role": "user", "content": "hello"}]);
     ask_in(&b, &ann, "warm-up", hello).await;
-    // Through A, a page is read and the mail it asks for held, then approved: the history the
-    // conversation's next request sends, and the held run's id.
-    let held_and_approved = async |conversation: &str| {
-        let (_, history, held) = page_read_and_mail_held(&a, &ann, conversation).await;
-        let text = held["choices"][0]["message"]["content"].as_str().unwrap();
-        approve(&a, &approver, &approval_in(text)).await;
-        let mut later = history.as_array().unwrap().clone();
-        later.push(json!({"role": "assistant", "content": text}));
-        later.push(json!({"role": "user", "content": "go on"}));
-        (Value::Array(later), run_of(&held))
-    };
-    // The approved call, as an answer hands it over: its id (which names the held run).
-    let delivered = |answer: &Value, run: &str| {
-        let call = &answer["choices"][0]["message"]["tool_calls"][0];
-        let id = call["id"].as_str().unwrap_or_default().to_owned();
-        (call["function"]["name"] == "send_email" && id.ends_with(run)).then_some(id)
-    };
-    // The conversation's next request reaches server B, which receives the approved call.
-    let (later, run) = held_and_approved("ticket-9").await;
+    // Through A, a page is read and the mail it asks for held, then approved; the
+    // conversation's next request reaches server B, which receives the approved call.
+    let (later, run) = held_and_approved(&a, &ann, &approver, "ticket-9").await;
     let on_b = ask_in(&b, &ann, "ticket-9", later.clone()).await;
     let call = delivered(&on_b, &run)
         .unwrap_or_else(|| panic!("server B did not deliver the call approved: {on_b}"));
@@ -215,7 +228,7 @@ async fn a_call_held_through_one_server_reaches_its_conversation_through_another
     // Sent to both servers at once (a client retrying on another server before its first try
     // was answered), both receive the approved call, the same, handed over once: one resumes
     // the held run, and the other is answered from it (told to try again while it resumes).
-    let (later, run) = held_and_approved("ticket-10").await;
+    let (later, run) = held_and_approved(&a, &ann, &approver, "ticket-10").await;
     let (on_a, on_b) = tokio::join!(
         ask_until_answered(&a, &ann, "ticket-10", &later),
         ask_until_answered(&b, &ann, "ticket-10", &later)
@@ -289,14 +302,7 @@ async fn a_request_sent_again_while_its_held_run_is_driven_elsewhere_waits_for_i
     let ann = token(REIN, state.path(), "acme", "ann", "gateway");
     let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
     let s = Served::start(REIN, state.path(), agents.path(), &[]);
-    let (_, history, held) = page_read_and_mail_held(&s, &ann, "driven").await;
-    let text = held["choices"][0]["message"]["content"].as_str().unwrap();
-    approve(&s, &approver, &approval_in(text)).await;
-    let run = run_of(&held);
-    let mut later = history.as_array().unwrap().clone();
-    later.push(json!({"role": "assistant", "content": text}));
-    later.push(json!({"role": "user", "content": "go on"}));
-    let later = Value::Array(later);
+    let (later, run) = held_and_approved(&s, &ann, &approver, "driven").await;
     let db = rusqlite::Connection::open(state.path().join("rein.db")).unwrap();
     let lease = |owner: Option<&str>, expires_ms: u64| {
         db.execute(
@@ -331,14 +337,56 @@ async fn a_request_sent_again_while_its_held_run_is_driven_elsewhere_waits_for_i
     // The other process lets the run go: the same request receives the approved call, and sent
     // once more, the same call again; the run handed it over once.
     assert_eq!(lease(None, 0), 1);
-    let delivered = ask_in(&s, &ann, "driven", later.clone()).await;
-    let call = &delivered["choices"][0]["message"]["tool_calls"][0];
-    assert_eq!(call["function"]["name"], "send_email", "{delivered}");
-    assert_eq!(run_of(&delivered), run);
+    let answer = ask_in(&s, &ann, "driven", later.clone()).await;
+    let call = delivered(&answer, &run).unwrap_or_else(|| panic!("not delivered: {answer}"));
     let again = ask_in(&s, &ann, "driven", later).await;
-    assert_eq!(
-        again["choices"][0]["message"]["tool_calls"][0]["id"], call["id"],
-        "{again}"
-    );
+    assert_eq!(delivered(&again, &run), Some(call), "{again}");
     assert_eq!(hand_offs(state.path(), &run), (1, 1));
+}
+
+/// A server killed after its resume of a held run handed the approved call over, before the
+/// run ended and its answer went out: nobody received the call. The same request sent again
+/// to another server receives it at once (the dead process's lease holds nothing up), with
+/// the same id, from the run picked up where it stopped, which handed it over once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_sent_again() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = example_gateway();
+    let ann = token(REIN, state.path(), "acme", "ann", "gateway");
+    let approver = token(REIN, state.path(), "acme", "omar", "approvals:decide");
+    let a = Served::start(REIN, state.path(), agents.path(), &[]);
+    // Where a resume's hand-off falls in a held run's log, from one resumed to the end.
+    let (later, run) = held_and_approved(&a, &ann, &approver, "measured").await;
+    ask_in(&a, &ann, "measured", later).await;
+    let events = events_of(state.path(), &run);
+    let handed_at = events
+        .iter()
+        .find(|(_, kind)| kind == "tool_handed_off")
+        .map(|(seq, _)| *seq)
+        .unwrap_or_else(|| panic!("no hand-off in {events:?}"));
+    assert_eq!(events.last().unwrap().1, "run_ended", "{events:?}");
+    // Another conversation's run, held and approved the same way, is resumed by a server that
+    // stops once that hand-off is durable, and is killed there.
+    let (later, run) = held_and_approved(&a, &ann, &approver, "killed").await;
+    let mut b = Served::start_stopping_after_event(REIN, state.path(), agents.path(), handed_at);
+    let first_try = tokio::spawn(request_in(&b, &ann, "killed", &later).send());
+    b.at_fault();
+    b.kill();
+    assert!(
+        first_try.await.unwrap().is_err(),
+        "the killed server answered"
+    );
+    let kinds: Vec<String> = events_of(state.path(), &run)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(kinds.last().unwrap(), "tool_handed_off", "{kinds:?}");
+    // Sent again to A: the call, at once; and once more, the same call again.
+    let answer = ask_in(&a, &ann, "killed", later.clone()).await;
+    let call = delivered(&answer, &run).unwrap_or_else(|| panic!("not delivered: {answer}"));
+    let again = ask_in(&a, &ann, "killed", later).await;
+    assert_eq!(delivered(&again, &run), Some(call), "{again}");
+    assert_eq!(hand_offs(state.path(), &run), (1, 1));
+    drop(a);
+    assert_trail_complete(state.path());
 }

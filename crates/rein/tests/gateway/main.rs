@@ -648,18 +648,28 @@ forbid (principal, action == Action::"ev.get-env", resource);
 }
 
 /// A Chat Completions request of a named conversation, declaring the page and mail tools.
-async fn send_in(
+fn request_in(
     s: &Served,
     token: &str,
     conversation: &str,
     messages: &Value,
-) -> reqwest::Response {
+) -> reqwest::RequestBuilder {
     client()
         .post(s.url("/v1/chat/completions"))
         .bearer_auth(token)
         .header("x-rein-conversation", conversation)
         .json(&json!({"model": "gateway", "messages": messages,
                       "tools": declared(&["web_fetch", "send_email"])}))
+}
+
+/// That request, sent and answered.
+async fn send_in(
+    s: &Served,
+    token: &str,
+    conversation: &str,
+    messages: &Value,
+) -> reqwest::Response {
+    request_in(s, token, conversation, messages)
         .send()
         .await
         .unwrap()
