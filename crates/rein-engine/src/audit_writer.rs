@@ -6,9 +6,17 @@
 //! batch share one signature. No thread of its own: a record is written (or its failure noted)
 //! by the time its event's commit is acknowledged, and a run's ending waits for one hand-off, the
 //! store's.
-//! A failed write is reported to the next run step that records.
+//! A gateway request's end does not wait for a checkpoint of its own: its records are written
+//! before its answer goes out, and the signer (a thread started at the first such end) signs one
+//! checkpoint for all the requests that ended within [`DEFERRED_CHECKPOINT_MS`] of the first, so
+//! a gateway serving a thousand requests a second signs about one checkpoint a second, not a
+//! thousand (nor writes a thousand copies to a checkpoint directory). What it was asked for and
+//! did not sign yet is signed when the engine is dropped.
+//! A failed write (or a deferred checkpoint's failure) is reported to the next run step that
+//! records.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rein_audit::{AuditLog, Entry};
 use rein_store::{OnCommit, Store};
@@ -28,14 +36,22 @@ struct Queue {
     waiting: Vec<CheckpointDone>,
     at_ms: u64,
     sync_checkpoint: bool,
+    /// Gateway requests ended: a checkpoint after their records is asked of the signer (the
+    /// latest time asked for, and whether it is flushed to disk).
+    deferred: Option<(u64, bool)>,
 }
+
+/// How long after a gateway request ended the checkpoint covering its records may be signed:
+/// the requests ending meanwhile share it.
+pub(crate) const DEFERRED_CHECKPOINT_MS: u64 = 1000;
 
 struct Shared {
     log: Arc<AuditLog>,
     /// Held while the queue is written, so records reach the log in the order they were queued
     /// whoever writes them.
     queue: Mutex<Queue>,
-    failed: Mutex<Option<String>>,
+    failed: Arc<Mutex<Option<String>>>,
+    signer: Arc<Signer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -48,7 +64,7 @@ impl Shared {
     /// is).
     fn write_queued(&self) {
         let mut queue = lock(&self.queue);
-        if queue.entries.is_empty() && queue.waiting.is_empty() {
+        if queue.entries.is_empty() && queue.waiting.is_empty() && queue.deferred.is_none() {
             return;
         }
         let q = std::mem::take(&mut *queue);
@@ -68,6 +84,131 @@ impl Shared {
         }
         for done in q.waiting {
             let _ = done.send(result.clone());
+        }
+        // Asked once the records are in the log, so the checkpoint covers them. (Signed here
+        // already when a run in the batch waited for one.)
+        if let (Some((at_ms, sync)), None, Ok(())) = (q.deferred, checkpoint, &result) {
+            self.signer.want(at_ms, sync);
+        }
+    }
+}
+
+/// What the signer has been asked for.
+#[derive(Default)]
+struct Pending {
+    /// A checkpoint after the records written so far: the latest time asked for, and whether it
+    /// is flushed to disk.
+    wanted: Option<(u64, bool)>,
+    /// The signer's thread was started.
+    started: bool,
+    /// The engine is gone: what is asked for is signed at once, and the thread ends.
+    stopped: bool,
+}
+
+/// Signs the checkpoints gateway requests' ends ask for, one for all those of a moment.
+struct Signer {
+    log: Arc<AuditLog>,
+    failed: Arc<Mutex<Option<String>>>,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// How long the requests of a moment may join a checkpoint ([`DEFERRED_CHECKPOINT_MS`]).
+    delay: Duration,
+}
+
+impl Signer {
+    /// Asks for a checkpoint after the records written so far, at `at_ms` or later.
+    fn want(self: &Arc<Self>, at_ms: u64, sync: bool) {
+        let mut pending = lock(&self.pending);
+        if pending.stopped {
+            drop(pending);
+            self.sign(at_ms, sync);
+            return;
+        }
+        // Only a signer waiting to be asked is woken: one already asked signs this ask with
+        // the others at its deadline (a wake per request would cost each a context switch).
+        let idle = pending.wanted.is_none();
+        let (at, synced) = pending.wanted.unwrap_or((0, false));
+        pending.wanted = Some((at.max(at_ms), synced || sync));
+        if !pending.started {
+            pending.started = true;
+            let signer = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rein-audit-signer".into())
+                .spawn(move || signer.run());
+            match spawned {
+                Ok(handle) => *lock(&self.thread) = Some(handle),
+                // No thread to be had: signed here, as the checkpoint of a hosted run's end is.
+                Err(e) => {
+                    tracing::warn!(error = %e, "no thread for the audit signer; checkpoints are signed as requests end");
+                    pending.started = false;
+                    pending.stopped = true;
+                    let (at_ms, sync) = pending.wanted.take().unwrap_or((at_ms, sync));
+                    drop(pending);
+                    self.sign(at_ms, sync);
+                    return;
+                }
+            }
+        }
+        if idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The signer's thread: waits to be asked, lets the moment's other requests join in, signs.
+    fn run(&self) {
+        let mut pending = lock(&self.pending);
+        loop {
+            while pending.wanted.is_none() && !pending.stopped {
+                pending = self.wake.wait(pending).unwrap_or_else(|p| p.into_inner());
+            }
+            let Some(_) = pending.wanted else {
+                return;
+            };
+            let deadline = Instant::now() + self.delay;
+            while !pending.stopped {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                pending = self
+                    .wake
+                    .wait_timeout(pending, left)
+                    .map(|(p, _)| p)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            let Some((at_ms, sync)) = pending.wanted.take() else {
+                continue;
+            };
+            drop(pending);
+            self.sign(at_ms, sync);
+            pending = lock(&self.pending);
+        }
+    }
+
+    /// Signs a checkpoint over the records in the log (none if they are covered already). A
+    /// failure is the next run step's audit error, as a failed write is.
+    fn sign(&self, at_ms: u64, sync: bool) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.log
+                .checkpoint_with(at_ms, sync)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("signing an audit checkpoint panicked".into()));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the audit trail's checkpoint could not be signed");
+            lock(&self.failed).get_or_insert(e);
+        }
+    }
+
+    /// Signs what is asked for now and ends the thread; later asks are signed at once.
+    fn stop(&self) {
+        lock(&self.pending).stopped = true;
+        self.wake.notify_one();
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
         }
     }
 }
@@ -125,6 +266,20 @@ impl AuditSender {
         (hook, Signed(signed))
     }
 
+    /// The commit hook of the append that ends a gateway request's run: it queues the records,
+    /// and once they are written, asks the signer for a checkpoint after them at `at_ms`, which
+    /// nobody waits for (see [`DEFERRED_CHECKPOINT_MS`]).
+    pub(crate) fn ending_hook(&self, entries: Vec<Entry>, fsync: bool, at_ms: u64) -> OnCommit {
+        let sender = self.clone();
+        Box::new(move |ok| {
+            if ok {
+                let mut queue = sender.queue(entries, fsync);
+                let (at, synced) = queue.deferred.unwrap_or((0, false));
+                queue.deferred = Some((at.max(at_ms), synced || fsync));
+            }
+        })
+    }
+
     /// Queues committed records; the queue stays locked for the caller.
     fn queue(&self, entries: Vec<Entry>, fsync: bool) -> MutexGuard<'_, Queue> {
         let mut queue = lock(&self.0.queue);
@@ -143,10 +298,25 @@ impl AuditWriter {
     /// Writes what the commit hooks of `store`'s appends queue, on the thread that committed
     /// them, after each batch (until this writer and every hook holding its sender are gone).
     pub(crate) fn start(log: Arc<AuditLog>, store: &dyn Store) -> AuditWriter {
+        Self::start_signing_after(log, store, Duration::from_millis(DEFERRED_CHECKPOINT_MS))
+    }
+
+    /// [`AuditWriter::start`], with the checkpoints gateway requests' ends ask for signed
+    /// `delay` after the first of them.
+    fn start_signing_after(log: Arc<AuditLog>, store: &dyn Store, delay: Duration) -> AuditWriter {
+        let failed = Arc::new(Mutex::new(None));
         let shared = Arc::new(Shared {
-            log,
+            log: log.clone(),
             queue: Mutex::new(Queue::default()),
-            failed: Mutex::new(None),
+            failed: failed.clone(),
+            signer: Arc::new(Signer {
+                log,
+                failed,
+                pending: Mutex::new(Pending::default()),
+                wake: Condvar::new(),
+                thread: Mutex::new(None),
+                delay,
+            }),
         });
         let writer = shared.clone();
         store.after_batch(Box::new(move || {
@@ -171,6 +341,13 @@ impl AuditWriter {
     /// A sender for commit hooks.
     pub(crate) fn sender(&self) -> AuditSender {
         AuditSender(self.shared.clone())
+    }
+}
+
+impl Drop for AuditWriter {
+    /// Signs the checkpoint gateway requests asked for and the signer had not signed yet.
+    fn drop(&mut self) {
+        self.shared.signer.stop();
     }
 }
 
@@ -238,6 +415,45 @@ mod tests {
             log.cursor("late").unwrap(),
             Some(1),
             "the late record was lost"
+        );
+    }
+
+    #[tokio::test]
+    async fn gateway_requests_ending_together_share_one_checkpoint_signed_at_the_latest_when_the_engine_goes()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let log =
+            Arc::new(AuditLog::open(&dir.path().join("audit"), AuditOptions::default()).unwrap());
+        // Signed an hour after the first request ended: so never, unless the engine goes.
+        let writer = super::AuditWriter::start_signing_after(
+            log.clone(),
+            store.as_ref(),
+            std::time::Duration::from_secs(3600),
+        );
+        for run in ["r1", "r2", "r3"] {
+            let lease = Lease::new_run(run, "w", u64::MAX / 4);
+            let hook = writer.sender().ending_hook(vec![record(run)], false, 5);
+            store
+                .append(&lease, &[started()], Durability::Normal, Some(hook))
+                .await
+                .unwrap();
+            // Its record is in the log once its append is answered, unsigned as yet.
+            assert_eq!(log.cursor(run).unwrap(), Some(1), "{run}'s record");
+        }
+        let keys = [log.public_key()];
+        let report = rein_audit::verify(&dir.path().join("audit"), &keys).unwrap();
+        assert_eq!((report.checkpoints, report.uncovered), (0, 3));
+        drop(writer);
+        let report = rein_audit::verify(&dir.path().join("audit"), &keys).unwrap();
+        assert_eq!(
+            (report.records, report.checkpoints, report.uncovered),
+            (3, 1, 0)
+        );
+        assert!(
+            log.checkpoint_with(6, false).unwrap().is_none(),
+            "not covered"
         );
     }
 }

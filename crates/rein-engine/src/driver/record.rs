@@ -102,7 +102,13 @@ impl Driver<'_> {
         // The append that ends or suspends the run also asks for the checkpoint the run waits
         // for, from its commit hook, so the run waits for one hand-off, not for the commit and
         // then for a checkpoint it asks for itself.
-        let hook = if std::mem::take(&mut self.closing) {
+        let closing = std::mem::take(&mut self.closing);
+        let hook = if closing && self.is_gateway() && self.state.ended().is_some() {
+            // A gateway request's end: its records are written before its answer goes out,
+            // and the checkpoint covering them is signed with those of the requests ending
+            // within the next moment (`DEFERRED_CHECKPOINT_MS`), not waited for by each.
+            sender.ending_hook(records, fsync, self.engine.clock.now_ms())
+        } else if closing {
             let (hook, signed) = sender.closing_hook(records, fsync, self.engine.clock.now_ms());
             self.signed = Some(signed);
             hook
@@ -120,7 +126,9 @@ impl Driver<'_> {
 
     /// Waits until everything recorded so far is committed, and the budget settlements queued
     /// since the last wait; once the run has ended or suspended, also until its audit records
-    /// are written and a checkpoint is signed. A failed audit write stops the run here.
+    /// are written and a checkpoint is signed (a gateway request's end waits for its records
+    /// only: its checkpoint is signed with the next moment's, see `submit_with`). A failed audit
+    /// write stops the run here.
     pub(super) async fn flush(&mut self) -> Result<(), EngineError> {
         self.submit();
         self.committed().await?;

@@ -896,3 +896,25 @@ async fn a_client_that_goes_away_mid_model_call_does_not_stop_its_run_or_its_cha
     assert_eq!(line.tokens, 50, "{rows:?}");
     assert_trail_complete(state.path());
 }
+
+/// A gateway request's end does not wait for a checkpoint of its own (one is signed within a
+/// second for all the requests that ended in it); a server stopped before that second is over
+/// signs it on its way out, so every request it answered is under a signed checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_stopped_leaves_every_request_it_answered_under_a_signed_checkpoint() {
+    let state = tempfile::tempdir().unwrap();
+    let agents = example_gateway();
+    let gw = token(REIN, state.path(), "acme", "ann", "gateway");
+    let mut s = Served::start(REIN, state.path(), agents.path(), &[]);
+    let body = json!({"model": "gateway", "messages": [{"role": "user", "content": "hello"}]});
+    for _ in 0..3 {
+        let (status, answer) = chat(&s.base, &gw, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert!(s.terminate().success());
+    let rein = rein_api::Rein::new(rein_api::Options::new(state.path())).unwrap();
+    let report = rein.audit_verify(None, None).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(report.records > 0 && report.checkpoints > 0, "{report:?}");
+    assert_eq!(report.uncovered, 0, "{report:?}");
+}
