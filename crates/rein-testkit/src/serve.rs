@@ -100,9 +100,17 @@ impl Served {
             .fault
             .as_ref()
             .expect("a server started with Served::start_stopping_after_event");
-        fault
-            .recv()
-            .expect("the server exited before it reached its fault");
+        // Bounded, so a server that never reaches its fault (it answered instead, or was built
+        // without fault injection) fails the test rather than hanging it.
+        match fault.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the server did not reach its fault in two minutes")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the server exited before it reached its fault")
+            }
+        }
     }
 
     /// A URL on the server.

@@ -174,13 +174,15 @@ impl Driver<'_> {
         self.agent.client_tools.contains(tool)
     }
 
-    /// The call (`id (tool)`) a gateway run resumed without a request (after a crash) stopped
-    /// on with its intent recorded but not handed over, when the core would end the run on it as
-    /// in doubt: a call its client runs cannot have happened before its hand-off, since the
-    /// client only gets calls in the answer sent after the run's end is durable. (A driver that
-    /// took a request leaves such a call to the core, as before.)
-    pub(super) fn unhanded_client_call(&self, ended: &Ended) -> Option<String> {
-        if !self.is_gateway() || self.turn || ended.status != EndState::NeedsReconciliation {
+    /// The call a gateway run stopped on with its intent recorded but not handed over, when the
+    /// core would end the run on it as in doubt: its id, and `id (tool)`. A call its client runs
+    /// cannot have happened before its hand-off, since the client only gets calls in the answer
+    /// sent after the run's end is durable. So a driver that took a request (a resume killed
+    /// between the intent and the hand-off, picked up for the request sent again) hands it over
+    /// now, and one resumed without a request ends the run `failed` naming it, instead of asking
+    /// a person to check whether a call nobody received happened.
+    pub(super) fn unhanded_client_call(&self, ended: &Ended) -> Option<(String, String)> {
+        if !self.is_gateway() || ended.status != EndState::NeedsReconciliation {
             return None;
         }
         let call_id = ended.call_id.as_ref()?;
@@ -188,7 +190,12 @@ impl Driver<'_> {
             .calls()
             .iter()
             .find(|c| &c.call.id == call_id && !c.handed_off && self.runs_at_client(&c.call.name))
-            .map(|c| format!("{} ({})", c.call.id, c.call.name))
+            .map(|c| {
+                (
+                    c.call.id.clone(),
+                    format!("{} ({})", c.call.id, c.call.name),
+                )
+            })
     }
 
     /// Ends the run `failed` on such a call, naming it, instead of asking a person to check

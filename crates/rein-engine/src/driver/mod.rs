@@ -381,7 +381,8 @@ impl<'a> Driver<'a> {
                     break;
                 }
                 Action::End(ended) => match self.unhanded_client_call(&ended) {
-                    Some(call) => self.end_unhanded(ended.output, call).await?,
+                    Some((call_id, _)) if self.turn => self.hand_off(call_id).await?,
+                    Some((_, call)) => self.end_unhanded(ended.output, call).await?,
                     None => {
                         self.record(Event::RunEnded {
                             status: ended.status,

@@ -350,6 +350,23 @@ async fn a_request_sent_again_while_its_held_run_is_driven_elsewhere_waits_for_i
 /// the same id, from the run picked up where it stopped, which handed it over once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_sent_again() {
+    resume_killed_at("tool_handed_off", 0).await;
+}
+
+/// The same, killed one event earlier: the call's intent is durable, its hand-off is not. The
+/// call is not in doubt (its client could not have run it: it gets calls only in an answer sent
+/// after the run's end is durable), so the run picked up for the request sent again hands it
+/// over, rather than ending for a person to check whether it happened.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_resume_was_killed_between_intent_and_hand_off_receives_the_call_sent_again()
+ {
+    resume_killed_at("tool_intent", 1).await;
+}
+
+/// A held run's resume stopped `before` events ahead of its hand-off (a server stopped there
+/// by fault injection and killed), its last event then of kind `last`; the request sent again
+/// to another server receives the approved call, once.
+async fn resume_killed_at(last: &str, before: u64) {
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
     let ann = token(REIN, state.path(), "acme", "ann", "gateway");
@@ -366,9 +383,10 @@ async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_
         .unwrap_or_else(|| panic!("no hand-off in {events:?}"));
     assert_eq!(events.last().unwrap().1, "run_ended", "{events:?}");
     // Another conversation's run, held and approved the same way, is resumed by a server that
-    // stops once that hand-off is durable, and is killed there.
+    // stops once the event `before` that hand-off is durable, and is killed there.
     let (later, run) = held_and_approved(&a, &ann, &approver, "killed").await;
-    let mut b = Served::start_stopping_after_event(REIN, state.path(), agents.path(), handed_at);
+    let mut b =
+        Served::start_stopping_after_event(REIN, state.path(), agents.path(), handed_at - before);
     let first_try = tokio::spawn(request_in(&b, &ann, "killed", &later).send());
     b.at_fault();
     b.kill();
@@ -380,13 +398,30 @@ async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_
         .into_iter()
         .map(|(_, k)| k)
         .collect();
-    assert_eq!(kinds.last().unwrap(), "tool_handed_off", "{kinds:?}");
+    assert_eq!(kinds.last().unwrap(), last, "{kinds:?}");
     // Sent again to A: the call, at once; and once more, the same call again.
     let answer = ask_in(&a, &ann, "killed", later.clone()).await;
     let call = delivered(&answer, &run).unwrap_or_else(|| panic!("not delivered: {answer}"));
     let again = ask_in(&a, &ann, "killed", later).await;
     assert_eq!(delivered(&again, &run), Some(call), "{again}");
     assert_eq!(hand_offs(state.path(), &run), (1, 1));
+    let kinds: Vec<String> = events_of(state.path(), &run)
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(kinds.last().unwrap(), "run_ended", "{kinds:?}");
+    let ended = rein_api::Rein::new(rein_api::Options::new(state.path()))
+        .unwrap()
+        .run_events(&run, 0)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&ended.event).unwrap()["status"],
+        "completed",
+        "{:?}",
+        ended.event
+    );
     drop(a);
     assert_trail_complete(state.path());
 }
