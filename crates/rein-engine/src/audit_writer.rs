@@ -135,6 +135,7 @@ impl Signer {
             let signer = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("rein-audit-signer".into())
+                .stack_size(256 * 1024)
                 .spawn(move || signer.run());
             match spawned {
                 Ok(handle) => *lock(&self.thread) = Some(handle),

@@ -185,9 +185,13 @@ async fn held_and_approved(
     (Value::Array(later), run_of(&held))
 }
 
-/// The approved mail as an answer hands it over from run `run`: its id (which names the run).
+/// The approved mail as an answer hands it over from run `run`, alone (no call of an earlier
+/// turn with it): its id (which names the run).
 fn delivered(answer: &Value, run: &str) -> Option<String> {
-    let call = &answer["choices"][0]["message"]["tool_calls"][0];
+    let calls = answer["choices"][0]["message"]["tool_calls"].as_array()?;
+    let [call] = calls.as_slice() else {
+        return None;
+    };
     let id = call["id"].as_str().unwrap_or_default().to_owned();
     (call["function"]["name"] == "send_email" && id.ends_with(run)).then_some(id)
 }
