@@ -217,14 +217,17 @@ impl Rein {
         if held {
             return Ok(Again::Held);
         }
-        // Released, and its resume not begun (the run is still suspended): about to take the
-        // lease, unless it stopped (a crash) before; only once a lease's time has passed is it
-        // taken to have. A resume that began and stopped (its process died, or let its lease
-        // lapse) is over. Either way the run is put back for this request to resume: the calls
-        // its turn handed over reached nobody (a client gets them once the run ended or was
-        // held again), so that resume answers with them. Unless it was given up meanwhile:
-        // then the conversation is done with it.
-        if state.is_suspended() && now().saturating_sub(resumed.at_ms) < RESUMING_MS {
+        // Released, and its resume not begun (nothing was recorded since the release): about
+        // to take the lease, unless it stopped (a crash) before; only once a lease's time has
+        // passed is it taken to have. A release is the last request's: a request sent again
+        // that put back a run whose resume died, and released it again to resume it, is
+        // waited for here by the same request sent once more, not raced by a second resume.
+        // A resume that began and stopped (its process died, or let its lease lapse) is over.
+        // Either way the run is put back for this request to resume: the calls its turn handed
+        // over reached nobody (a client gets them once the run ended or was held again), so
+        // that resume answers with them. Unless it was given up meanwhile: then the
+        // conversation is done with it.
+        if state.last_at_ms() < resumed.at_ms && now().saturating_sub(resumed.at_ms) < RESUMING_MS {
             return Err(resuming(run));
         }
         if self.hold(key, run, HoldAt::First) {

@@ -354,7 +354,17 @@ async fn a_request_sent_again_while_its_held_run_is_driven_elsewhere_waits_for_i
 /// the same id, from the run picked up where it stopped, which handed it over once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_sent_again() {
-    resume_killed_at("tool_handed_off", 0).await;
+    resume_killed_at("tool_handed_off", 0, false).await;
+}
+
+/// The same, the request sent again twice at once: the first to come puts the run back and
+/// releases it to resume it; the second, meeting it released and not yet driven, is told to
+/// wait (409) rather than resuming the run a second time (and, were the first done by then,
+/// being answered by a new model call). Here the first try's release is made by hand, as a
+/// moment's gap between two requests cannot be timed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_sent_again_twice_at_once_after_its_resume_was_killed_resumes_the_run_once() {
+    resume_killed_at("tool_handed_off", 0, true).await;
 }
 
 /// The same, killed one event earlier: the call's intent is durable, its hand-off is not. The
@@ -364,13 +374,15 @@ async fn a_request_whose_resume_was_killed_after_its_hand_off_receives_the_call_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_resume_was_killed_between_intent_and_hand_off_receives_the_call_sent_again()
  {
-    resume_killed_at("tool_intent", 1).await;
+    resume_killed_at("tool_intent", 1, false).await;
 }
 
 /// A held run's resume stopped `before` events ahead of its hand-off (a server stopped there
 /// by fault injection and killed), its last event then of kind `last`; the request sent again
-/// to another server receives the approved call, once.
-async fn resume_killed_at(last: &str, before: u64) {
+/// to another server receives the approved call, once. `raced`: first, another try of the same
+/// request has just released the run to resume it (written into the conversation by hand): the
+/// request is refused as being answered already until that release is a lease's time old.
+async fn resume_killed_at(last: &str, before: u64, raced: bool) {
     let state = tempfile::tempdir().unwrap();
     let agents = example_gateway();
     let ann = token(REIN, state.path(), "acme", "ann", "gateway");
@@ -403,6 +415,33 @@ async fn resume_killed_at(last: &str, before: u64) {
         .map(|(_, k)| k)
         .collect();
     assert_eq!(kinds.last().unwrap(), last, "{kinds:?}");
+    if raced {
+        let conversations =
+            rusqlite::Connection::open(state.path().join("conversations.sqlite")).unwrap();
+        let released_at = |at_ms: u64| {
+            conversations
+                .execute(
+                    "UPDATE conversations SET resumed = json_set(resumed, '$.at_ms', ?1)
+                     WHERE conversation = 'killed' AND json_extract(resumed, '$.run') = ?2",
+                    rusqlite::params![at_ms as i64, run],
+                )
+                .unwrap()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(released_at(now), 1);
+        let waits = send_in(&a, &ann, "killed", &later).await;
+        assert_eq!(waits.status().as_u16(), 409);
+        let body: Value = waits.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("being answered already"), "{body}");
+        assert_eq!(hand_offs(state.path(), &run), (1, 1));
+        // That try never took the lease (its process died): once a lease's time has passed,
+        // the request resumes the run.
+        assert_eq!(released_at(now - 60_000), 1);
+    }
     // Sent again to A: the call, at once; and once more, the same call again.
     let answer = ask_in(&a, &ann, "killed", later.clone()).await;
     let call = delivered(&answer, &run).unwrap_or_else(|| panic!("not delivered: {answer}"));
