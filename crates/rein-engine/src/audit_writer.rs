@@ -3,9 +3,9 @@
 //! alone, see `rein_store::Store::driving`) once per batch of appends, after the batch's hooks
 //! and before any appender of the batch is answered. A run's end (or suspension) queues its last
 //! records with a request for a checkpoint after them; the runs that end in one
-//! batch share one signature. No thread of its own: a record is written (or its failure noted)
-//! by the time its event's commit is acknowledged, and a run's ending waits for one hand-off, the
-//! store's.
+//! batch share one signature. The records need no thread of their own: a record is written (or
+//! its failure noted) by the time its event's commit is acknowledged, and a run's ending waits
+//! for one hand-off, the store's.
 //! A gateway request's end does not wait for a checkpoint of its own: its records are written
 //! before its answer goes out, and the signer (a thread started at the first such end) signs one
 //! checkpoint for all the requests that ended within [`DEFERRED_CHECKPOINT_MS`] of the first, so
@@ -44,6 +44,13 @@ struct Queue {
 /// How long after a gateway request ended the checkpoint covering its records may be signed:
 /// the requests ending meanwhile share it.
 pub(crate) const DEFERRED_CHECKPOINT_MS: u64 = 1000;
+
+/// A checkpoint asked for (`asked`: the latest time, and whether it is flushed to disk) with one
+/// more ask joined in.
+fn joined(asked: Option<(u64, bool)>, at_ms: u64, sync: bool) -> Option<(u64, bool)> {
+    let (at, synced) = asked.unwrap_or((0, false));
+    Some((at.max(at_ms), synced || sync))
+}
 
 struct Shared {
     log: Arc<AuditLog>,
@@ -128,8 +135,7 @@ impl Signer {
         // Only a signer waiting to be asked is woken: one already asked signs this ask with
         // the others at its deadline (a wake per request would cost each a context switch).
         let idle = pending.wanted.is_none();
-        let (at, synced) = pending.wanted.unwrap_or((0, false));
-        pending.wanted = Some((at.max(at_ms), synced || sync));
+        pending.wanted = joined(pending.wanted, at_ms, sync);
         if !pending.started {
             pending.started = true;
             let signer = self.clone();
@@ -275,8 +281,7 @@ impl AuditSender {
         Box::new(move |ok| {
             if ok {
                 let mut queue = sender.queue(entries, fsync);
-                let (at, synced) = queue.deferred.unwrap_or((0, false));
-                queue.deferred = Some((at.max(at_ms), synced || fsync));
+                queue.deferred = joined(queue.deferred, at_ms, fsync);
             }
         })
     }
@@ -454,7 +459,7 @@ mod tests {
         );
         assert!(
             log.checkpoint_with(6, false).unwrap().is_none(),
-            "not covered"
+            "records were left for another checkpoint to cover"
         );
     }
 }
