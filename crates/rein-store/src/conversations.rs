@@ -432,7 +432,9 @@ impl ConversationStore {
     }
 
     /// Gives run `run_id` up: it is released, and never held again (a process reading the
-    /// runs waiting for approval from the store finds it there still).
+    /// runs waiting for approval from the store finds it there still); and, if the last
+    /// request resumed it, the conversation moves on from it in the same write (the request
+    /// sent again is answered as any other, not told to wait for a resume that failed for good).
     pub fn give_up(
         &self,
         c: ConversationRef<'_>,
@@ -441,8 +443,12 @@ impl ConversationStore {
     ) -> Result<(), StoreError> {
         self.change(c, at_ms, |kept| {
             kept.held.retain(|r| r != run_id);
+            let resumed = kept.resumed.as_ref().is_some_and(|r| r.run == run_id);
+            if resumed {
+                kept.resumed = None;
+            }
             if kept.given_up.iter().any(|r| r == run_id) {
-                return false;
+                return resumed;
             }
             kept.given_up.push(run_id.to_owned());
             true

@@ -1190,6 +1190,24 @@ fn a_run_released_for_a_request_is_noted_with_it_until_the_conversation_moves_on
         (kept.resumed, kept.labels),
         (None, vec!["untrusted".to_owned()])
     );
+    // A run whose resume failed for good is given up: giving up another run keeps the note;
+    // giving up the noted one drops it, so the request sent again is not told to wait for it.
+    let b = ConversationStore::open(dir.path()).unwrap();
+    b.hold(c, "r3", HoldAt::Last, 9).unwrap();
+    assert!(b.release_to(c, "r3", "digest-3", 10).unwrap());
+    a.give_up(c, "r4", 11).unwrap();
+    let noted = Some(Resumed {
+        run: "r3".into(),
+        request: "digest-3".into(),
+        at_ms: 10,
+    });
+    assert_eq!(a.get(c).unwrap().resumed, noted);
+    a.give_up(c, "r3", 12).unwrap();
+    let kept = b.get(c).unwrap();
+    assert_eq!(
+        (kept.resumed, kept.held, kept.given_up),
+        (None, vec![], vec!["r4".to_owned(), "r3".to_owned()])
+    );
 }
 
 /// A conversation's held runs are shared by every connection: held at the end, put back at the
