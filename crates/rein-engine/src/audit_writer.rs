@@ -110,6 +110,8 @@ struct Pending {
     started: bool,
     /// The engine is gone: what is asked for is signed at once, and the thread ends.
     stopped: bool,
+    /// Checkpoints the thread has signed (or failed to), for whoever waits on `Signer::signed`.
+    signings: u64,
 }
 
 /// Signs the checkpoints gateway requests' ends ask for, one for all those of a moment.
@@ -118,6 +120,8 @@ struct Signer {
     failed: Arc<Mutex<Option<String>>>,
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// Notified each time the thread has signed.
+    signed: Condvar,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// How long the requests of a moment may join a checkpoint ([`DEFERRED_CHECKPOINT_MS`]).
     delay: Duration,
@@ -190,7 +194,20 @@ impl Signer {
             drop(pending);
             self.sign(at_ms, sync);
             pending = lock(&self.pending);
+            pending.signings += 1;
+            self.signed.notify_all();
         }
+    }
+
+    /// Waits (at most `timeout`) until the thread has signed `n` checkpoints; how many it has.
+    #[cfg(test)]
+    fn signings(&self, n: u64, timeout: Duration) -> u64 {
+        let pending = lock(&self.pending);
+        let (pending, _) = self
+            .signed
+            .wait_timeout_while(pending, timeout, |p| p.signings < n)
+            .unwrap_or_else(|p| p.into_inner());
+        pending.signings
     }
 
     /// Signs a checkpoint over the records in the log (none if they are covered already). A
@@ -320,6 +337,7 @@ impl AuditWriter {
                 failed,
                 pending: Mutex::new(Pending::default()),
                 wake: Condvar::new(),
+                signed: Condvar::new(),
                 thread: Mutex::new(None),
                 delay,
             }),
@@ -461,5 +479,43 @@ mod tests {
             log.checkpoint_with(6, false).unwrap().is_none(),
             "records were left for another checkpoint to cover"
         );
+    }
+
+    /// A gateway that goes idle has its last requests signed by the signer's timer, the engine
+    /// still running; and a request after that (the signer asleep, waiting to be asked) wakes
+    /// it for a checkpoint of its own.
+    #[tokio::test]
+    async fn an_idle_gateways_last_requests_are_signed_on_the_signers_time_while_the_engine_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let log =
+            Arc::new(AuditLog::open(&dir.path().join("audit"), AuditOptions::default()).unwrap());
+        let writer = super::AuditWriter::start_signing_after(
+            log.clone(),
+            store.as_ref(),
+            std::time::Duration::from_millis(20),
+        );
+        let keys = [log.public_key()];
+        for (n, run) in [(1, "r1"), (2, "r2")] {
+            let lease = Lease::new_run(run, "w", u64::MAX / 4);
+            let hook = writer.sender().ending_hook(vec![record(run)], false, 5);
+            store
+                .append(&lease, &[started()], Durability::Normal, Some(hook))
+                .await
+                .unwrap();
+            let signed = writer
+                .shared
+                .signer
+                .signings(n, std::time::Duration::from_secs(60));
+            assert_eq!(signed, n, "{run}'s checkpoint was not signed");
+            let report = rein_audit::verify(&dir.path().join("audit"), &keys).unwrap();
+            assert_eq!(
+                (report.records, report.checkpoints, report.uncovered),
+                (n, n, 0),
+                "after {run}"
+            );
+            assert_eq!(writer.failure(), None);
+        }
     }
 }
