@@ -442,27 +442,37 @@ mod tests {
         );
     }
 
+    /// A store and an audit log in `dir`, and their writer, which signs the checkpoints gateway
+    /// requests' ends ask for `delay` after the first.
+    fn signing_after(
+        dir: &std::path::Path,
+        delay: std::time::Duration,
+    ) -> (Arc<dyn Store>, Arc<AuditLog>, AuditWriter) {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir, Durability::Normal).unwrap());
+        let log = Arc::new(AuditLog::open(&dir.join("audit"), AuditOptions::default()).unwrap());
+        let writer = AuditWriter::start_signing_after(log.clone(), store.as_ref(), delay);
+        (store, log, writer)
+    }
+
+    /// Records gateway request `run`'s start as its end: its record queued by the commit hook,
+    /// a checkpoint asked of the signer.
+    async fn gateway_request_ended(store: &dyn Store, writer: &AuditWriter, run: &str) {
+        let lease = Lease::new_run(run, "w", u64::MAX / 4);
+        let hook = writer.sender().ending_hook(vec![record(run)], false, 5);
+        store
+            .append(&lease, &[started()], Durability::Normal, Some(hook))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn gateway_requests_ending_together_share_one_checkpoint_signed_at_the_latest_when_the_engine_goes()
      {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
-        let log =
-            Arc::new(AuditLog::open(&dir.path().join("audit"), AuditOptions::default()).unwrap());
         // Signed an hour after the first request ended: so never, unless the engine goes.
-        let writer = super::AuditWriter::start_signing_after(
-            log.clone(),
-            store.as_ref(),
-            std::time::Duration::from_secs(3600),
-        );
+        let (store, log, writer) = signing_after(dir.path(), std::time::Duration::from_secs(3600));
         for run in ["r1", "r2", "r3"] {
-            let lease = Lease::new_run(run, "w", u64::MAX / 4);
-            let hook = writer.sender().ending_hook(vec![record(run)], false, 5);
-            store
-                .append(&lease, &[started()], Durability::Normal, Some(hook))
-                .await
-                .unwrap();
+            gateway_request_ended(store.as_ref(), &writer, run).await;
             // Its record is in the log once its append is answered, unsigned as yet.
             assert_eq!(log.cursor(run).unwrap(), Some(1), "{run}'s record");
         }
@@ -487,23 +497,10 @@ mod tests {
     #[tokio::test]
     async fn an_idle_gateways_last_requests_are_signed_on_the_signers_time_while_the_engine_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
-        let log =
-            Arc::new(AuditLog::open(&dir.path().join("audit"), AuditOptions::default()).unwrap());
-        let writer = super::AuditWriter::start_signing_after(
-            log.clone(),
-            store.as_ref(),
-            std::time::Duration::from_millis(20),
-        );
+        let (store, log, writer) = signing_after(dir.path(), std::time::Duration::from_millis(20));
         let keys = [log.public_key()];
         for (n, run) in [(1, "r1"), (2, "r2")] {
-            let lease = Lease::new_run(run, "w", u64::MAX / 4);
-            let hook = writer.sender().ending_hook(vec![record(run)], false, 5);
-            store
-                .append(&lease, &[started()], Durability::Normal, Some(hook))
-                .await
-                .unwrap();
+            gateway_request_ended(store.as_ref(), &writer, run).await;
             let signed = writer
                 .shared
                 .signer
