@@ -404,6 +404,8 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
             "requests_per_s",
             "cpu_us_per_request",
             "context_switches_per_request",
+            "write_calls_per_request",
+            "kib_written_per_request",
             "direct_p50_ms",
             "gateway_p50_ms",
             "rss_idle_kb",
@@ -434,6 +436,10 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
             "{p50} > {p99} in {report}"
         );
     }
+    // A request's writes: its call upstream and its answer (a socket each), and its records
+    // in the database's log (a header and a page for each page, however commits are shared).
+    let writes = report["write_calls_per_request"].as_f64().unwrap();
+    assert!(writes >= 4.0, "{writes} write calls per request: {report}");
 }
 
 #[test]
@@ -453,6 +459,13 @@ fn the_gateway_benchmarks_floor_relays_every_request_and_records_nothing() {
     assert_positive(
         &report,
         &["requests_per_s", "gateway_p50_ms", "rss_under_load_kb"],
+    );
+    // Its writes: each request forwarded, and its answer (two sockets, a call or two each),
+    // and nothing recorded (rein serve makes 40 or so, its log's pages among them).
+    let writes = report["write_calls_per_request"].as_f64().unwrap();
+    assert!(
+        (2.0..10.0).contains(&writes),
+        "{writes} write calls per request: {report}"
     );
     // A relay, not rein serve: no store, so no store writer among its threads.
     let by_thread = report["cpu_us_per_request_by_thread"]

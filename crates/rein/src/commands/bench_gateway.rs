@@ -46,6 +46,13 @@ struct Figures {
     /// The server's threads' context switches per request (voluntary and not): on a shared or
     /// virtual machine, whose CPU figures drift between runs, this one holds still.
     context_switches_per_request: f64,
+    /// The server's write system calls per request (to files and sockets alike) and the KiB
+    /// they wrote: a figure that, like context switches, holds still while CPU figures drift.
+    /// Its database's write-ahead log takes two per page (the frame's header, then the page), so
+    /// what it adds over the floor's (`--floor`: the sockets alone) counts the pages a request
+    /// writes, about twice over.
+    write_calls_per_request: f64,
+    kib_written_per_request: f64,
     direct_p50_ms: f64,
     direct_p99_ms: f64,
     gateway_p50_ms: f64,
@@ -87,6 +94,8 @@ impl Figures {
                 })
                 .collect(),
             context_switches_per_request: of(&|r| r.context_switches_per_request),
+            write_calls_per_request: of(&|r| r.write_calls_per_request),
+            kib_written_per_request: of(&|r| r.kib_written_per_request),
             direct_p50_ms: of(&|r| r.direct_p50_ms),
             direct_p99_ms: of(&|r| r.direct_p99_ms),
             gateway_p50_ms: of(&|r| r.gateway_p50_ms),
@@ -185,6 +194,19 @@ fn cpu_us(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let (_, ticks) = stat_ticks(&stat).context("unreadable /proc stat")?;
     Ok(ticks * TICK_US)
+}
+
+/// What a process has written so far (its exited threads too): write system calls and bytes,
+/// whether to files or sockets (`/proc/<pid>/io`'s `syscw` and `wchar`).
+fn written(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/io"))
+    };
+    Ok((field("syscw")?, field("wchar")?))
 }
 
 /// A `/proc` tick: Linux fixes USER_HZ at 100 a second for user space.
@@ -320,7 +342,7 @@ pub(crate) async fn gateway(
             format!(" ({lo:.digits$}–{hi:.digits$})")
         };
         outln!(
-            "{} requests, {} at once, {}{}: {:.0}{} requests/s · {:.0}{} µs of {} CPU and {:.1}{} context switches per request\n  CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through {} p50 {:.2} ms · p99 {:.2} ms)\n  {} RSS: idle {} KiB · under load {}{} KiB",
+            "{} requests, {} at once, {}{}: {:.0}{} requests/s · {:.0}{} µs of {} CPU and {:.1}{} context switches per request\n  writes per request: {:.1}{} system calls, {:.1}{} KiB · CPU per request by thread: {}\n  latency added to the mock upstream: p50 {:.2}{} ms · p99 {:.2}{} ms (direct p50 {:.2} ms · p99 {:.2} ms; through {} p50 {:.2} ms · p99 {:.2} ms)\n  {} RSS: idle {} KiB · under load {}{} KiB",
             report.requests,
             report.concurrency,
             if floor {
@@ -340,6 +362,10 @@ pub(crate) async fn gateway(
             if floor { "the relay's" } else { "rein's" },
             m.context_switches_per_request,
             range(&|r| r.context_switches_per_request, 1),
+            m.write_calls_per_request,
+            range(&|r| r.write_calls_per_request, 1),
+            m.kib_written_per_request,
+            range(&|r| r.kib_written_per_request, 1),
             m.cpu_us_per_request_by_thread
                 .iter()
                 .filter(|(_, us)| **us >= 0.5)
@@ -377,9 +403,11 @@ async fn round(
     concurrency: usize,
 ) -> anyhow::Result<Figures> {
     let (direct, _) = load(direct_url, token, requests, concurrency).await?;
-    let (cpu_before, threads_before) = (cpu_us(pid)?, threads(pid)?);
+    let (cpu_before, threads_before, io_before) = (cpu_us(pid)?, threads(pid)?, written(pid)?);
     let (through, elapsed) = load(gateway_url, token, requests, concurrency).await?;
     let cpu = cpu_us(pid)? - cpu_before;
+    let io = written(pid)?;
+    let (calls, bytes) = (io.0 - io_before.0, io.1 - io_before.1);
     let (by_thread, switches) = threads_since(&threads_before, &threads(pid)?);
     let per_request = |total: u64| total as f64 / requests as f64;
     Ok(Figures {
@@ -390,6 +418,8 @@ async fn round(
             .map(|(name, us)| (name, per_request(us)))
             .collect(),
         context_switches_per_request: per_request(switches),
+        write_calls_per_request: per_request(calls),
+        kib_written_per_request: per_request(bytes) / 1024.0,
         direct_p50_ms: percentile(&direct, 0.50),
         direct_p99_ms: percentile(&direct, 0.99),
         gateway_p50_ms: percentile(&through, 0.50),
