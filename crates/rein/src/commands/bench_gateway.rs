@@ -48,9 +48,10 @@ struct Figures {
     context_switches_per_request: f64,
     /// The server's write system calls per request (to files and sockets alike) and the KiB
     /// they wrote: a figure that, like context switches, holds still while CPU figures drift.
-    /// Its database's write-ahead log takes two per page (the frame's header, then the page), so
-    /// what it adds over the floor's (`--floor`: the sockets alone) counts the pages a request
-    /// writes, about twice over.
+    /// What it adds over the floor's (`--floor`: the sockets alone) is mostly the pages a
+    /// request writes: two calls a page in the database's write-ahead log (the frame's header,
+    /// then the page), and one when the checkpointer copies a page into the database (once per
+    /// pass however often it was written).
     write_calls_per_request: f64,
     kib_written_per_request: f64,
     direct_p50_ms: f64,
