@@ -986,6 +986,40 @@ async fn a_version_1_state_store_is_migrated_in_place() {
         .acquire_lease("old1", "me", 1_000, 0, &|_| false)
         .unwrap();
     assert_eq!(l.token, 1);
+    // Its events are in the rowid table of version 6, found by run and sequence through a
+    // unique index: the same event written twice is refused.
+    let raw = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
+    let (version, indexed): (i64, String) = raw
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT group_concat(name, ' ') FROM (SELECT name FROM sqlite_master
+                     WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name))",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // And a call's budget hold is in no index of its run.
+    assert_eq!(
+        (version, indexed.as_str()),
+        (
+            6,
+            "approvals_by_status budget_admissions_by_run budget_reservations_line \
+             events_by_run runs_by_created runs_by_tenant"
+        )
+    );
+    let order: Vec<i64> = raw
+        .prepare("SELECT seq FROM events WHERE run_id = 'old1' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(order, [1, 2, 3]);
+    let twice = raw.execute(
+        "INSERT INTO events (run_id, seq, at_ms, payload) VALUES ('old1', 3, 8, '{}')",
+        [],
+    );
+    assert!(twice.is_err(), "a second event 3 of run old1 was kept");
 }
 
 #[tokio::test]

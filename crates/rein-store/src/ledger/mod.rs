@@ -165,7 +165,11 @@ impl std::fmt::Debug for BudgetLedger {
     }
 }
 
-/// The ledger's tables, as the store's schema creates them (version 5 on).
+/// The ledger's tables, as the store's schema creates them (version 5 on). Its holds are found
+/// by line (to sum what a line holds) and admissions by run; a call's hold, held for the call
+/// alone, is in no index of its run (one index fewer written twice a call: at its hold and at
+/// its settlement), so what finds a run's calls (`extend`, every ten seconds a run) reads the
+/// table, which holds only what is held at the moment.
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS budget_spend (
     key TEXT NOT NULL, period TEXT NOT NULL,
@@ -180,7 +184,7 @@ CREATE TABLE IF NOT EXISTS budget_reservations (
     kind TEXT NOT NULL DEFAULT 'call',
     taken_tokens INTEGER NOT NULL DEFAULT 0, taken_cost INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS budget_reservations_line ON budget_reservations (key, period);
-CREATE INDEX IF NOT EXISTS budget_reservations_run ON budget_reservations (run_id);
+CREATE INDEX IF NOT EXISTS budget_admissions_by_run ON budget_reservations (run_id) WHERE kind = 'admission';
 ";
 
 /// Moves what the ledger's own file from before schema version 5 (`old`, if it is there) holds
@@ -427,7 +431,8 @@ impl BudgetLedger {
     }
 
     /// Keeps the reservations and admission of a run that is still being driven from lapsing
-    /// before `until_ms`.
+    /// before `until_ms`. Reads the table (a call's hold is in no index of its run): it holds
+    /// only what is held at the moment, and a run extends its holds every ten seconds.
     pub fn extend(&self, run_id: &str, until_ms: u64) -> Queued<()> {
         let run_id = run_id.to_owned();
         self.write(move |tx| {

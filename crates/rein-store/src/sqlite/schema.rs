@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::StoreError;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// The schema of a new database, at [`SCHEMA_VERSION`].
 const SCHEMA: &str = "
@@ -44,13 +44,14 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
 CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY,
     run_id   TEXT NOT NULL,
     seq      INTEGER NOT NULL,
     at_ms    INTEGER NOT NULL,
     payload  TEXT NOT NULL,
-    v        INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    v        INTEGER NOT NULL DEFAULT 1
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
 ";
 
 /// From schema version 1 (before leases, tenants on runs and event format versions).
@@ -90,6 +91,34 @@ UPDATE runs SET cost_micros = COALESCE((
     WHERE events.run_id = runs.id
       AND json_extract(payload, '$.type') IN ('model_replied', 'grants_fixed')
 ), 0);
+";
+
+/// From schema version 5: events in a rowid table, in the order they were written, found by
+/// run and sequence through an index. Keyed by run and sequence without a rowid, the table kept
+/// each event (most a few hundred bytes to a few KiB) in its index's leaves: its right-most leaf,
+/// once full, was balanced with its two neighbours and their parent, four pages written where a
+/// rowid table's append writes one or two, on most of a gateway request's commits. The copy is
+/// made once, in the migration's transaction. And a call's budget hold is in no index of its
+/// run, only an admission (see `crate::ledger::SCHEMA`); a store begun at version 1 gets the
+/// indexes its runs and approvals were listed without (no migration had made them).
+const MIGRATE_5_TO_6: &str = "
+CREATE TABLE events_6 (
+    id       INTEGER PRIMARY KEY,
+    run_id   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    at_ms    INTEGER NOT NULL,
+    payload  TEXT NOT NULL,
+    v        INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO events_6 (run_id, seq, at_ms, payload, v)
+    SELECT run_id, seq, at_ms, payload, v FROM events ORDER BY run_id, seq;
+DROP TABLE events;
+ALTER TABLE events_6 RENAME TO events;
+CREATE UNIQUE INDEX events_by_run ON events (run_id, seq);
+DROP INDEX IF EXISTS budget_reservations_run;
+CREATE INDEX IF NOT EXISTS budget_admissions_by_run ON budget_reservations (run_id) WHERE kind = 'admission';
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_ms);
+CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
 ";
 
 /// The file the budget ledger had before schema version 5, beside `rein.db`.
@@ -151,6 +180,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     if has_runs && found < 5 {
         tx.execute_batch(crate::ledger::SCHEMA).map_err(db_err)?;
         crate::ledger::import(&tx, path, &path.with_file_name(OLD_LEDGER))?;
+    }
+    if has_runs && found < 6 {
+        tx.execute_batch(MIGRATE_5_TO_6).map_err(db_err)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db_err)?;
