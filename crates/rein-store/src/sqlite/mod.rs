@@ -5,6 +5,7 @@
 //! [`checkpoint`], the reading of rows back in [`rows`].
 
 mod checkpoint;
+mod coalesce;
 mod queue;
 mod rows;
 mod schema;
@@ -84,11 +85,20 @@ const MAX_IDLE_READERS: usize = 8;
 
 /// Opens a connection to the store's file with the settings every connection shares.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
+    connect_through(path, None)
+}
+
+/// A connection to `path` through the VFS named `vfs` (the default if `None`).
+fn connect_through(path: &Path, vfs: Option<&std::ffi::CStr>) -> Result<Connection, StoreError> {
     let db_err = |source| StoreError::Database {
         path: path.display().to_string(),
         source,
     };
-    let conn = Connection::open(path).map_err(db_err)?;
+    let conn = match vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
+        None => Connection::open(path),
+    }
+    .map_err(db_err)?;
     conn.busy_timeout(crate::side::BUSY_TIMEOUT)
         .map_err(db_err)?;
     Ok(conn)
@@ -117,7 +127,8 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
-        let mut writer = connect(&path)?;
+        // The writer appends a transaction's frames to the log in one write (see `coalesce`).
+        let mut writer = connect_through(&path, coalesce::registered())?;
         crate::side::enable_wal(&writer).map_err(db_err)?;
         let sync = match durability {
             Durability::Normal => "NORMAL",
