@@ -521,6 +521,33 @@ mod tests {
         assert_eq!(after_a_crash(dir.path()), want);
     }
 
+    /// Two writers on one database, each through the VFS with its own handle on the log (as two
+    /// processes are), taking turns: each appends after the other's frames, never over them.
+    #[test]
+    fn two_writers_taking_turns_append_after_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let first = through(&path);
+        let vfs = registered().unwrap();
+        let second = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), vfs).unwrap();
+        let body = "v".repeat(700);
+        for round in 0..50 {
+            let conn = if round % 2 == 0 { &first } else { &second };
+            let tx = conn.unchecked_transaction().unwrap();
+            for _ in 0..20 {
+                tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let check: String = second
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(rows(&path), (1000, 700_000));
+        assert_eq!(after_a_crash(dir.path()), (1000, 700_000));
+    }
+
     /// Once the log is copied into the database and begins again from its start, the frames of
     /// the next commits are still one write each, and recovered.
     #[test]
