@@ -2,7 +2,7 @@
 //! one system call, not two a page.
 //!
 //! SQLite appends a frame to the log as two writes: its 24-byte header, then the page. A gateway
-//! request's two commits write some fifteen pages, so thirty-odd `pwrite`s, each a pass through
+//! request's two commits write some eighteen pages, so thirty-odd `pwrite`s, each a pass through
 //! the file system's write path; the same bytes in one call cost a fraction of that. This VFS
 //! (registered as [`NAME`], used by the store's writer connection) keeps the frames a connection
 //! appends to its log in memory and writes them at once when the transaction's commit frame is
@@ -12,12 +12,20 @@
 //! what is kept first and goes to the file at once, so no reader, here or in another process,
 //! ever looks for a frame still kept.
 //!
+//! Frames are kept only while their connection holds the log's write lock, so no other writer
+//! can write where they go. A transaction that spilled frames to the log and was rolled back
+//! leaves some kept: they are dropped, never written, when the connection lets go of the lock
+//! (its index of the log is the database file's, so database files go through this VFS too, and
+//! each knows its log). Once a commit frame is written nothing more is kept until then: what
+//! follows it (padding frames to a sector's end, with `synchronous = FULL` on a device without
+//! power-safe overwrites, the rest of one written after a sync) goes to the file at once, and is
+//! never mistaken for a frame's header.
+//!
 //! A crash loses only what a crash at the same moment loses without it: frames of a transaction
 //! whose commit frame was not yet written, which SQLite's recovery ignores. A failed write
 //! fails the call that made it (the commit frame's, or the read or sync that needed it), as the
 //! platform's VFS would; what was kept is dropped, as SQLite then treats the transaction as not
-//! written. Files other than the log (the database, its index of the log) are the platform
-//! VFS's own, untouched.
+//! written.
 //!
 //! With the command sandbox's `pre_exec`, this is where the workspace allows `unsafe`: SQLite's
 //! VFS is a C interface, and rusqlite offers no safe way to wrap one.
@@ -42,6 +50,11 @@ const WRITE_AT_MOST: usize = 64 << 10;
 /// What is kept before it is written regardless (a large transaction's spilled frames).
 const KEEP_AT_MOST: usize = WRITE_AT_MOST;
 
+/// The lock a writer of the log holds (the first of the log index's locks), and how SQLite
+/// lets go of it.
+const WRITE_LOCK: c_int = 0;
+const RELEASED: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE;
+
 /// Registers the VFS (once a process); its name, or `None` if SQLite has no default VFS to wrap
 /// or refused it (the store then uses the default, writing frames as SQLite does).
 pub(crate) fn registered() -> Option<&'static CStr> {
@@ -49,6 +62,8 @@ pub(crate) fn registered() -> Option<&'static CStr> {
     let ok = *DONE.get_or_init(|| {
         // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which lives for the process;
         // the VFS registered here is leaked, so lives for the process too, as SQLite requires.
+        // The default's other methods ignore the VFS they are given but for `mxPathname`,
+        // copied here.
         unsafe {
             let real = ffi::sqlite3_vfs_find(std::ptr::null());
             if real.is_null() {
@@ -68,16 +83,18 @@ pub(crate) fn registered() -> Option<&'static CStr> {
     ok.then_some(NAME)
 }
 
-/// A log file: the platform's file right after this struct, in the space SQLite allocated
-/// (`szOsFile`), and what is kept of the frames appended to it.
+/// A file: the platform's right after this struct, in the space SQLite allocated (`szOsFile`).
 #[repr(C)]
 struct File {
     base: ffi::sqlite3_file,
     real: *mut ffi::sqlite3_file,
+    /// A log's kept frames; null for any other file, or a log whose database is not known.
     kept: *mut Kept,
+    /// A database's log while it is open, a log's database: each unlinks itself at its close.
+    other: *mut File,
 }
 
-/// Frames appended to the log and not yet written.
+/// Frames appended to a log and not yet written.
 #[derive(Default)]
 struct Kept {
     /// Where `bytes` go in the file.
@@ -87,13 +104,48 @@ struct Kept {
     end: i64,
     /// The last write kept was a frame's header; `commit` if a commit frame's.
     header: Option<bool>,
+    /// A commit frame was written while the write lock is held: nothing more is kept until it
+    /// is let go.
+    committed: bool,
     /// Writes made to the file (for tests).
     written: u64,
 }
 
-unsafe fn the_real(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
-    // SAFETY: set at registration to the default VFS.
-    unsafe { (*vfs).pAppData.cast() }
+impl Kept {
+    /// Writes what is kept to `real` in as few calls as its VFS takes (at most
+    /// [`WRITE_AT_MOST`] bytes a call); the first error, if one fails (what was kept is dropped
+    /// either way).
+    ///
+    /// # Safety
+    /// `real` is an open platform file whose methods are `m`.
+    unsafe fn flush(&mut self, real: *mut ffi::sqlite3_file, m: &ffi::sqlite3_io_methods) -> c_int {
+        self.header = None;
+        if self.bytes.is_empty() {
+            return ffi::SQLITE_OK;
+        }
+        let mut rc = ffi::SQLITE_IOERR_WRITE;
+        if let Some(w) = m.xWrite {
+            let mut at = self.at;
+            for chunk in self.bytes.chunks(WRITE_AT_MOST) {
+                self.written += 1;
+                // SAFETY: the caller's.
+                rc = unsafe { w(real, chunk.as_ptr().cast(), chunk.len() as c_int, at) };
+                if rc != ffi::SQLITE_OK {
+                    break;
+                }
+                at += chunk.len() as i64;
+            }
+        }
+        self.bytes.clear();
+        rc
+    }
+
+    /// Drops what is kept, unwritten: the write lock is let go, so it belongs to no commit.
+    fn drop_kept(&mut self) {
+        self.bytes.clear();
+        self.header = None;
+        self.committed = false;
+    }
 }
 
 unsafe extern "C" fn open(
@@ -103,17 +155,16 @@ unsafe extern "C" fn open(
     flags: c_int,
     out_flags: *mut c_int,
 ) -> c_int {
-    // SAFETY: SQLite gives `szOsFile` bytes at `file`, enough for the platform's file alone (a
-    // file other than the log is opened in place, as the platform's VFS would) or after a
-    // `File` (the log); the platform's `xOpen` is called as SQLite would call it.
+    // SAFETY: SQLite gives `szOsFile` bytes at `file`, enough for a `File` and the platform's
+    // file after it; the platform's `xOpen` is called as SQLite would call it, with the
+    // platform's VFS. A log's name is the one SQLite opens it with, which
+    // `sqlite3_database_file_object` takes to find its database's file (opened first, by this
+    // VFS, as a connection opens its log through its database's VFS).
     unsafe {
-        let real = the_real(vfs);
-        let Some(real_open) = (*real).xOpen else {
+        let real_vfs: *mut ffi::sqlite3_vfs = (*vfs).pAppData.cast();
+        let Some(real_open) = (*real_vfs).xOpen else {
             return ffi::SQLITE_ERROR;
         };
-        if flags & ffi::SQLITE_OPEN_WAL == 0 {
-            return real_open(real, name, file, flags, out_flags);
-        }
         let ours = file.cast::<File>();
         let inner = file
             .cast::<u8>()
@@ -122,12 +173,21 @@ unsafe extern "C" fn open(
         (*ours).base.pMethods = std::ptr::null();
         (*ours).real = inner;
         (*ours).kept = std::ptr::null_mut();
-        let rc = real_open(real, name, inner, flags, out_flags);
+        (*ours).other = std::ptr::null_mut();
+        let rc = real_open(real_vfs, name, inner, flags, out_flags);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-        (*ours).kept = Box::into_raw(Box::default());
         (*ours).base.pMethods = &METHODS;
+        if flags & ffi::SQLITE_OPEN_WAL != 0 && !name.is_null() {
+            let db = ffi::sqlite3_database_file_object(name);
+            if !db.is_null() && std::ptr::eq((*db).pMethods, &METHODS) {
+                let db = db.cast::<File>();
+                (*db).other = ours;
+                (*ours).other = db;
+                (*ours).kept = Box::into_raw(Box::default());
+            }
+        }
         ffi::SQLITE_OK
     }
 }
@@ -154,51 +214,24 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xUnfetch: Some(unfetch),
 };
 
-/// The platform's file and its methods.
-unsafe fn parts(
+/// The platform's file, its methods (the platform's VFS gives every file all of a version-3
+/// table's), and what is kept, if the file is a log.
+///
+/// # Safety
+/// `file` is a `File` opened by `open`, not closed; SQLite calls a file's methods from one
+/// thread at a time, and each method takes this once.
+unsafe fn parts<'a>(
     file: *mut ffi::sqlite3_file,
-) -> (*mut ffi::sqlite3_file, &'static ffi::sqlite3_io_methods) {
-    // SAFETY: `file` is a `File` opened by `open`, whose platform file is open.
+) -> (
+    *mut ffi::sqlite3_file,
+    &'static ffi::sqlite3_io_methods,
+    Option<&'a mut Kept>,
+) {
+    // SAFETY: the caller's.
     unsafe {
-        let real = (*file.cast::<File>()).real;
-        (real, &*(*real).pMethods)
-    }
-}
-
-unsafe fn kept<'a>(file: *mut ffi::sqlite3_file) -> &'a mut Kept {
-    // SAFETY: set by `open` and freed only by `close`; SQLite calls a file's methods from one
-    // thread at a time.
-    unsafe { &mut *(*file.cast::<File>()).kept }
-}
-
-/// Writes what is kept, in as few calls as the platform's VFS takes (it writes at most
-/// [`WRITE_AT_MOST`] bytes a call); the first error, if one fails (what was kept is dropped
-/// either way).
-unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: as `parts` and `kept`.
-    unsafe {
-        let kept = kept(file);
-        kept.header = None;
-        if kept.bytes.is_empty() {
-            return ffi::SQLITE_OK;
-        }
-        let (real, m) = parts(file);
-        let Some(w) = m.xWrite else {
-            kept.bytes.clear();
-            return ffi::SQLITE_IOERR_WRITE;
-        };
-        let mut at = kept.at;
-        let mut rc = ffi::SQLITE_OK;
-        for chunk in kept.bytes.chunks(WRITE_AT_MOST) {
-            kept.written += 1;
-            rc = w(real, chunk.as_ptr().cast(), chunk.len() as c_int, at);
-            if rc != ffi::SQLITE_OK {
-                break;
-            }
-            at += chunk.len() as i64;
-        }
-        kept.bytes.clear();
-        rc
+        let ours = file.cast::<File>();
+        let real = (*ours).real;
+        (real, &*(*real).pMethods, (*ours).kept.as_mut())
     }
 }
 
@@ -206,13 +239,15 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
 /// written; a failure to write it is the call's.
 macro_rules! after_flush {
     ($file:expr, $method:ident, |$f:ident, $real:ident| $call:expr) => {{
-        // SAFETY: `$file` is a `File` opened by `open`.
+        // SAFETY: `$file` is a `File` opened by `open`, and `$real` its open platform file.
         unsafe {
-            let rc = flush($file);
-            if rc != ffi::SQLITE_OK {
-                return rc;
+            let ($real, m, kept) = parts($file);
+            if let Some(kept) = kept {
+                let rc = kept.flush($real, m);
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
             }
-            let ($real, m) = parts($file);
             match m.$method {
                 Some($f) => $call,
                 None => ffi::SQLITE_OK,
@@ -221,20 +256,38 @@ macro_rules! after_flush {
     }};
 }
 
-unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: `file` is a `File` opened by `open`; SQLite closes it once.
-    unsafe {
-        let flushed = flush(file);
-        let (real, m) = parts(file);
-        let closed = m.xClose.map_or(ffi::SQLITE_OK, |c| c(real));
-        let ours = file.cast::<File>();
-        drop(Box::from_raw((*ours).kept));
-        (*ours).kept = std::ptr::null_mut();
-        if flushed != ffi::SQLITE_OK {
-            flushed
-        } else {
-            closed
+/// Calls the platform file's method `$method` as it is.
+macro_rules! passed_on {
+    ($file:expr, $method:ident, $none:expr, |$f:ident, $real:ident| $call:expr) => {{
+        // SAFETY: `$file` is a `File` opened by `open`, and `$real` its open platform file.
+        unsafe {
+            let ($real, m, _) = parts($file);
+            match m.$method {
+                Some($f) => $call,
+                None => $none,
+            }
         }
+    }};
+}
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: `file` is a `File` opened by `open`; SQLite closes it once. A log closes before
+    // its database (and a database's log, if still linked, is unlinked here).
+    unsafe {
+        let ours = file.cast::<File>();
+        let other = (*ours).other;
+        if !other.is_null() && std::ptr::eq((*other).other, ours) {
+            (*other).other = std::ptr::null_mut();
+        }
+        (*ours).other = std::ptr::null_mut();
+        let (real, m, _) = parts(file);
+        let closed = m.xClose.map_or(ffi::SQLITE_OK, |c| c(real));
+        // Anything still kept belongs to no commit (each commit's frames are written with it).
+        if !(*ours).kept.is_null() {
+            drop(Box::from_raw((*ours).kept));
+            (*ours).kept = std::ptr::null_mut();
+        }
+        closed
     }
 }
 
@@ -255,26 +308,26 @@ unsafe extern "C" fn write(
 ) -> c_int {
     // SAFETY: `file` is a `File` opened by `open`; `buf` holds `amt` bytes.
     unsafe {
-        let k = kept(file);
+        let (real, m, kept) = parts(file);
+        let Some(w) = m.xWrite else {
+            return ffi::SQLITE_IOERR_WRITE;
+        };
+        let Some(k) = kept else {
+            return w(real, buf, amt, at);
+        };
         let len = amt.max(0) as usize;
         // Kept: a frame's header appended at the log's end, and the page that follows it.
-        let appended = at == k.end;
+        let appended = at == k.end && !k.committed;
         let header = appended && len == FRAME_HEADER && k.header.is_none();
         let page = appended && k.header.is_some();
         if !(header || page) {
-            let rc = flush(file);
+            let rc = k.flush(real, m);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
             k.end = at + i64::from(amt);
-            let (real, m) = parts(file);
-            return match m.xWrite {
-                Some(w) => {
-                    k.written += 1;
-                    w(real, buf, amt, at)
-                }
-                None => ffi::SQLITE_IOERR_WRITE,
-            };
+            k.written += 1;
+            return w(real, buf, amt, at);
         }
         let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
         if k.bytes.is_empty() {
@@ -288,8 +341,9 @@ unsafe extern "C" fn write(
         }
         let commit = k.header == Some(true);
         k.header = None;
+        k.committed = commit;
         if commit || k.bytes.len() >= KEEP_AT_MOST {
-            return flush(file);
+            return k.flush(real, m);
         }
         ffi::SQLITE_OK
     }
@@ -308,15 +362,17 @@ unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> 
 }
 
 unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    after_flush!(file, xLock, |f, real| f(real, level))
+    passed_on!(file, xLock, ffi::SQLITE_OK, |f, real| f(real, level))
 }
 
 unsafe extern "C" fn unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    after_flush!(file, xUnlock, |f, real| f(real, level))
+    passed_on!(file, xUnlock, ffi::SQLITE_OK, |f, real| f(real, level))
 }
 
 unsafe extern "C" fn check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    after_flush!(file, xCheckReservedLock, |f, real| f(real, out))
+    passed_on!(file, xCheckReservedLock, ffi::SQLITE_OK, |f, real| f(
+        real, out
+    ))
 }
 
 unsafe extern "C" fn file_control(
@@ -328,23 +384,12 @@ unsafe extern "C" fn file_control(
 }
 
 unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: `file` is a `File` opened by `open`.
-    unsafe {
-        let (real, m) = parts(file);
-        m.xSectorSize.map_or(4096, |f| f(real))
-    }
+    passed_on!(file, xSectorSize, 4096, |f, real| f(real))
 }
 
 unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: `file` is a `File` opened by `open`.
-    unsafe {
-        let (real, m) = parts(file);
-        m.xDeviceCharacteristics.map_or(0, |f| f(real))
-    }
+    passed_on!(file, xDeviceCharacteristics, 0, |f, real| f(real))
 }
-
-// SQLite maps the log's index through the database's file, not the log's: these are not called
-// for a log, and are passed on as they are.
 
 unsafe extern "C" fn shm_map(
     file: *mut ffi::sqlite3_file,
@@ -353,30 +398,43 @@ unsafe extern "C" fn shm_map(
     extend: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    after_flush!(file, xShmMap, |f, real| f(real, page, size, extend, out))
+    passed_on!(file, xShmMap, ffi::SQLITE_IOERR_SHMMAP, |f, real| f(
+        real, page, size, extend, out
+    ))
 }
 
+/// A database's log index lock: letting go of the log's write lock drops what its log keeps
+/// (a commit's frames were written with its commit frame; the rest belongs to no commit), before
+/// another writer can take the lock and write where they would have gone.
 unsafe extern "C" fn shm_lock(
     file: *mut ffi::sqlite3_file,
     offset: c_int,
     n: c_int,
     flags: c_int,
 ) -> c_int {
-    after_flush!(file, xShmLock, |f, real| f(real, offset, n, flags))
+    // SAFETY: `file` is a `File` opened by `open`; its linked log, if any, is open (a log
+    // unlinks itself at its close), and SQLite calls it from this connection's thread.
+    unsafe {
+        let log = (*file.cast::<File>()).other;
+        if offset == WRITE_LOCK
+            && flags == RELEASED
+            && !log.is_null()
+            && let Some(kept) = (*log).kept.as_mut()
+        {
+            kept.drop_kept();
+        }
+    }
+    passed_on!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, |f, real| f(
+        real, offset, n, flags
+    ))
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
-    // SAFETY: `file` is a `File` opened by `open`.
-    unsafe {
-        let (real, m) = parts(file);
-        if let Some(f) = m.xShmBarrier {
-            f(real);
-        }
-    }
+    passed_on!(file, xShmBarrier, (), |f, real| f(real))
 }
 
 unsafe extern "C" fn shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
-    after_flush!(file, xShmUnmap, |f, real| f(real, delete))
+    passed_on!(file, xShmUnmap, ffi::SQLITE_OK, |f, real| f(real, delete))
 }
 
 unsafe extern "C" fn fetch(
@@ -385,7 +443,7 @@ unsafe extern "C" fn fetch(
     amt: c_int,
     out: *mut *mut c_void,
 ) -> c_int {
-    // SAFETY: `file` is a `File` opened by `open`; `out` is SQLite's.
+    // SAFETY: `out` is SQLite's: no mapping unless the platform's file gives one.
     unsafe {
         *out = std::ptr::null_mut();
     }
@@ -393,11 +451,7 @@ unsafe extern "C" fn fetch(
 }
 
 unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, at: i64, p: *mut c_void) -> c_int {
-    // SAFETY: `file` is a `File` opened by `open`.
-    unsafe {
-        let (real, m) = parts(file);
-        m.xUnfetch.map_or(ffi::SQLITE_OK, |f| f(real, at, p))
-    }
+    passed_on!(file, xUnfetch, ffi::SQLITE_OK, |f, real| f(real, at, p))
 }
 
 /// Writes made to the log of connection `conn`'s main database through this VFS, if it uses
@@ -417,7 +471,7 @@ fn log_writes(conn: &rusqlite::Connection) -> Option<u64> {
         if rc != ffi::SQLITE_OK || file.is_null() || !std::ptr::eq((*file).pMethods, &METHODS) {
             return None;
         }
-        Some(kept(file).written)
+        (*file.cast::<File>()).kept.as_ref().map(|k| k.written)
     }
 }
 
@@ -546,6 +600,89 @@ mod tests {
         assert_eq!(check, "ok");
         assert_eq!(rows(&path), (1000, 700_000));
         assert_eq!(after_a_crash(dir.path()), (1000, 700_000));
+    }
+
+    /// A transaction that spilled frames to the log and was rolled back leaves nothing kept
+    /// once it lets go of the log: another writer (here a connection without the VFS) then
+    /// appends at the same place, and what the first one reads or writes next finds that
+    /// writer's frames intact, in the file and after a recovery.
+    #[test]
+    fn frames_of_a_rolled_back_transaction_are_never_written_over_another_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let wrapped = through(&path);
+        wrapped.pragma_update(None, "cache_size", 8).unwrap();
+        let plain = Connection::open(&path).unwrap();
+        let body = "r".repeat(1500);
+        wrapped
+            .execute("INSERT INTO t (body) VALUES ('first')", [])
+            .unwrap();
+        // With the log emptied, the rollback reloads the pages it changed from the database
+        // file: it reads nothing from the log that would write what is kept first.
+        wrapped
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        let tx = wrapped.unchecked_transaction().unwrap();
+        for _ in 0..100 {
+            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        tx.rollback().unwrap();
+        for _ in 0..30 {
+            plain
+                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        let want = (31, 5 + 30 * 1500);
+        // The wrapped connection reads, then writes.
+        let seen: (i64, i64) = wrapped
+            .query_row("SELECT COUNT(*), SUM(length(body)) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(seen, want);
+        wrapped
+            .execute("INSERT INTO t (body) VALUES ('last')", [])
+            .unwrap();
+        let want = (32, 5 + 30 * 1500 + 4);
+        let check: String = plain
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(rows(&path), want);
+        assert_eq!(after_a_crash(dir.path()), want);
+    }
+
+    /// With `synchronous = FULL` on a device without power-safe overwrites, SQLite pads each
+    /// commit to a sector's end with copies of its commit frame, syncing in the middle of one
+    /// and writing its rest after: all of that goes to the file before the commit is published.
+    #[test]
+    fn commits_padded_to_a_sector_with_a_sync_inside_a_frame_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let uri = format!("file:{}?psow=0", path.display());
+        let vfs = registered().unwrap();
+        let conn = Connection::open_with_flags_and_vfs(&uri, OpenFlags::default(), vfs).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+            .unwrap();
+        let body = "p".repeat(900);
+        for _ in 0..25 {
+            conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+            let seen: i64 = Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert!(seen > 0);
+        }
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(rows(&path), (25, 25 * 900));
+        assert_eq!(after_a_crash(dir.path()), (25, 25 * 900));
     }
 
     /// Once the log is copied into the database and begins again from its start, the frames of
