@@ -53,20 +53,23 @@ const KEEP_AT_MOST: usize = WRITE_AT_MOST;
 /// The lock a writer of the log holds (the first of the log index's locks), and how SQLite
 /// lets go of it.
 const WRITE_LOCK: c_int = 0;
+const TAKEN: c_int = ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE;
 const RELEASED: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE;
 
-/// Registers the VFS (once a process); its name, or `None` if SQLite has no default VFS to wrap
-/// or refused it (the store then uses the default, writing frames as SQLite does).
+/// Registers the VFS (once a process); its name, or `None` if the default VFS is not the
+/// platform's unix one this wraps (whose files have every method of a version-3 table, and whose
+/// other methods ignore the VFS they are given but for `mxPathname`, copied here), or SQLite
+/// refused it: the store then uses the default, writing frames as SQLite does.
 pub(crate) fn registered() -> Option<&'static CStr> {
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE.get_or_init(|| {
-        // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which lives for the process;
-        // the VFS registered here is leaked, so lives for the process too, as SQLite requires.
-        // The default's other methods ignore the VFS they are given but for `mxPathname`,
-        // copied here.
+        // SAFETY: `sqlite3_vfs_find(NULL)` returns the default VFS, which lives for the process,
+        // as does its name; the VFS registered here is leaked, so lives for the process too, as
+        // SQLite requires.
         unsafe {
             let real = ffi::sqlite3_vfs_find(std::ptr::null());
-            if real.is_null() {
+            if real.is_null() || (*real).zName.is_null() || CStr::from_ptr((*real).zName) != c"unix"
+            {
                 return false;
             }
             let mut vfs = *real;
@@ -104,9 +107,17 @@ struct Kept {
     end: i64,
     /// The last write kept was a frame's header; `commit` if a commit frame's.
     header: Option<bool>,
+    /// The connection holds the log's write lock (taken through the database file's log index
+    /// lock): frames are kept only then. Never so in `locking_mode = EXCLUSIVE`, where SQLite
+    /// takes no such lock: every write goes to the file.
+    locked: bool,
     /// A commit frame was written while the write lock is held: nothing more is kept until it
     /// is let go.
     committed: bool,
+    /// Writing what was kept failed while the write lock is held: the transaction lost frames
+    /// SQLite counts as written, so every write and sync fails until the lock is let go (the
+    /// transaction cannot commit over the hole).
+    failed: bool,
     /// Writes made to the file (for tests).
     written: u64,
 }
@@ -114,12 +125,17 @@ struct Kept {
 impl Kept {
     /// Writes what is kept to `real` in as few calls as its VFS takes (at most
     /// [`WRITE_AT_MOST`] bytes a call); the first error, if one fails (what was kept is dropped
-    /// either way).
+    /// either way, and the log fails until the write lock is let go). An error other than a
+    /// write's own is an I/O error, never `SQLITE_FULL`, which a statement could recover from
+    /// alone.
     ///
     /// # Safety
     /// `real` is an open platform file whose methods are `m`.
     unsafe fn flush(&mut self, real: *mut ffi::sqlite3_file, m: &ffi::sqlite3_io_methods) -> c_int {
         self.header = None;
+        if self.failed {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         if self.bytes.is_empty() {
             return ffi::SQLITE_OK;
         }
@@ -137,6 +153,10 @@ impl Kept {
             }
         }
         self.bytes.clear();
+        if rc != ffi::SQLITE_OK {
+            self.failed = true;
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         rc
     }
 
@@ -144,7 +164,9 @@ impl Kept {
     fn drop_kept(&mut self) {
         self.bytes.clear();
         self.header = None;
+        self.locked = false;
         self.committed = false;
+        self.failed = false;
     }
 }
 
@@ -315,9 +337,12 @@ unsafe extern "C" fn write(
         let Some(k) = kept else {
             return w(real, buf, amt, at);
         };
+        if k.failed {
+            return ffi::SQLITE_IOERR_WRITE;
+        }
         let len = amt.max(0) as usize;
         // Kept: a frame's header appended at the log's end, and the page that follows it.
-        let appended = at == k.end && !k.committed;
+        let appended = at == k.end && k.locked && !k.committed;
         let header = appended && len == FRAME_HEADER && k.header.is_none();
         let page = appended && k.header.is_some();
         if !(header || page) {
@@ -403,9 +428,10 @@ unsafe extern "C" fn shm_map(
     ))
 }
 
-/// A database's log index lock: letting go of the log's write lock drops what its log keeps
-/// (a commit's frames were written with its commit frame; the rest belongs to no commit), before
-/// another writer can take the lock and write where they would have gone.
+/// A database's log index lock: taking the log's write lock lets its log keep frames; letting
+/// go of it drops what the log keeps (a commit's frames were written with its commit frame; the
+/// rest belongs to no commit), before another writer can take the lock and write where they
+/// would have gone.
 unsafe extern "C" fn shm_lock(
     file: *mut ffi::sqlite3_file,
     offset: c_int,
@@ -413,20 +439,33 @@ unsafe extern "C" fn shm_lock(
     flags: c_int,
 ) -> c_int {
     // SAFETY: `file` is a `File` opened by `open`; its linked log, if any, is open (a log
-    // unlinks itself at its close), and SQLite calls it from this connection's thread.
-    unsafe {
+    // unlinks itself at its close), and SQLite calls this from the connection's thread, never
+    // while one of the log's methods runs.
+    let kept = unsafe {
         let log = (*file.cast::<File>()).other;
-        if offset == WRITE_LOCK
-            && flags == RELEASED
-            && !log.is_null()
-            && let Some(kept) = (*log).kept.as_mut()
-        {
-            kept.drop_kept();
+        if offset == WRITE_LOCK && !log.is_null() {
+            (*log).kept.as_mut()
+        } else {
+            None
         }
+    };
+    let pass = || {
+        passed_on!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, |f, real| f(
+            real, offset, n, flags
+        ))
+    };
+    let Some(kept) = kept else {
+        return pass();
+    };
+    if flags == RELEASED {
+        kept.drop_kept();
     }
-    passed_on!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, |f, real| f(
-        real, offset, n, flags
-    ))
+    let rc = pass();
+    if flags == TAKEN && rc == ffi::SQLITE_OK {
+        kept.drop_kept();
+        kept.locked = true;
+    }
+    rc
 }
 
 unsafe extern "C" fn shm_barrier(file: *mut ffi::sqlite3_file) {
@@ -683,6 +722,187 @@ mod tests {
         assert_eq!(check, "ok");
         assert_eq!(rows(&path), (25, 25 * 900));
         assert_eq!(after_a_crash(dir.path()), (25, 25 * 900));
+    }
+
+    /// In `locking_mode = EXCLUSIVE` SQLite takes no log index locks, so nothing says when a
+    /// transaction lets go of the log: nothing is kept, every frame is written as SQLite writes
+    /// it, and a transaction that spills and rolls back after leaving that mode leaves nothing to
+    /// write over another writer's frames.
+    #[test]
+    fn in_exclusive_locking_mode_nothing_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let wrapped = through(&path);
+        wrapped.pragma_update(None, "cache_size", 8).unwrap();
+        wrapped
+            .pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .unwrap();
+        let body = "e".repeat(1500);
+        let before = log_writes(&wrapped).unwrap();
+        wrapped
+            .execute("INSERT INTO t (body) VALUES (?1)", [&body])
+            .unwrap();
+        // At least one page: its header and itself, two writes.
+        assert!(log_writes(&wrapped).unwrap() - before >= 2);
+        wrapped
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        wrapped.execute_batch("BEGIN").unwrap();
+        for _ in 0..100 {
+            wrapped
+                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        wrapped
+            .pragma_update(None, "locking_mode", "NORMAL")
+            .unwrap();
+        wrapped.execute_batch("ROLLBACK").unwrap();
+        let plain = Connection::open(&path).unwrap();
+        for _ in 0..30 {
+            plain
+                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        let seen: i64 = wrapped
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 31);
+        let check: String = plain
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(after_a_crash(dir.path()), (31, 31 * 1500));
+    }
+
+    /// A platform file whose writes fail (a full disk), for what is kept when writing it fails.
+    mod failing {
+        use super::super::*;
+
+        pub(super) static WRITES: std::sync::atomic::AtomicU32 =
+            std::sync::atomic::AtomicU32::new(0);
+
+        unsafe extern "C" fn write(
+            _: *mut ffi::sqlite3_file,
+            _: *const c_void,
+            _: c_int,
+            _: i64,
+        ) -> c_int {
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ffi::SQLITE_FULL
+        }
+        unsafe extern "C" fn ok_rw(
+            _: *mut ffi::sqlite3_file,
+            _: *mut c_void,
+            _: c_int,
+            _: i64,
+        ) -> c_int {
+            ffi::SQLITE_OK
+        }
+        unsafe extern "C" fn ok_sync(_: *mut ffi::sqlite3_file, _: c_int) -> c_int {
+            ffi::SQLITE_OK
+        }
+        unsafe extern "C" fn ok_lock(
+            _: *mut ffi::sqlite3_file,
+            _: c_int,
+            _: c_int,
+            _: c_int,
+        ) -> c_int {
+            ffi::SQLITE_OK
+        }
+
+        pub(super) static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+            iVersion: 2,
+            xClose: None,
+            xRead: Some(ok_rw),
+            xWrite: Some(write),
+            xTruncate: None,
+            xSync: Some(ok_sync),
+            xFileSize: None,
+            xLock: None,
+            xUnlock: None,
+            xCheckReservedLock: None,
+            xFileControl: None,
+            xSectorSize: None,
+            xDeviceCharacteristics: None,
+            xShmMap: None,
+            xShmLock: Some(ok_lock),
+            xShmBarrier: None,
+            xShmUnmap: None,
+            xFetch: None,
+            xUnfetch: None,
+        };
+    }
+
+    /// Frames a transaction spilled are kept, and writing them fails when a read of the log
+    /// needs them (a full disk): the read fails with an I/O error (not `SQLITE_FULL`, which a
+    /// statement could recover from alone), and so does every later write and sync of the log,
+    /// so the transaction cannot commit over the frames it lost, until it lets go of the log.
+    #[test]
+    fn a_failed_write_of_what_is_kept_fails_the_log_until_its_lock_is_let_go() {
+        use std::sync::atomic::Ordering;
+        let mut real_log = ffi::sqlite3_file {
+            pMethods: &failing::METHODS,
+        };
+        let mut real_db = ffi::sqlite3_file {
+            pMethods: &failing::METHODS,
+        };
+        let mut log = File {
+            base: ffi::sqlite3_file { pMethods: &METHODS },
+            real: &mut real_log,
+            kept: Box::into_raw(Box::default()),
+            other: std::ptr::null_mut(),
+        };
+        let mut db = File {
+            base: ffi::sqlite3_file { pMethods: &METHODS },
+            real: &mut real_db,
+            kept: std::ptr::null_mut(),
+            other: &mut log,
+        };
+        log.other = &mut db;
+        let log_file: *mut ffi::sqlite3_file = (&mut log as *mut File).cast();
+        let db_file: *mut ffi::sqlite3_file = (&mut db as *mut File).cast();
+        let header = [0_u8; 24];
+        let page = [7_u8; 4096];
+        let mut buf = [0_u8; 4096];
+        // SAFETY: the files are the `File`s above, alive for the test, used from this thread.
+        unsafe {
+            assert_eq!(shm_lock(db_file, WRITE_LOCK, 1, TAKEN), ffi::SQLITE_OK);
+            (*log.kept).end = 32;
+            // A frame kept (not a commit frame): nothing written yet.
+            assert_eq!(
+                write(log_file, header.as_ptr().cast(), 24, 32),
+                ffi::SQLITE_OK
+            );
+            assert_eq!(
+                write(log_file, page.as_ptr().cast(), 4096, 56),
+                ffi::SQLITE_OK
+            );
+            assert_eq!(failing::WRITES.load(Ordering::SeqCst), 0);
+            // A read of the log writes it first, and fails.
+            assert_eq!(
+                read(log_file, buf.as_mut_ptr().cast(), 4096, 56),
+                ffi::SQLITE_IOERR_WRITE
+            );
+            assert_eq!(failing::WRITES.load(Ordering::SeqCst), 1);
+            // Then every write and sync fails, without reaching the file.
+            assert_eq!(
+                write(log_file, header.as_ptr().cast(), 24, 4152),
+                ffi::SQLITE_IOERR_WRITE
+            );
+            assert_eq!(sync(log_file, 0), ffi::SQLITE_IOERR_WRITE);
+            assert_eq!(failing::WRITES.load(Ordering::SeqCst), 1);
+            // Letting go of the write lock ends it: the next transaction's frames are kept.
+            assert_eq!(shm_lock(db_file, WRITE_LOCK, 1, RELEASED), ffi::SQLITE_OK);
+            assert_eq!(shm_lock(db_file, WRITE_LOCK, 1, TAKEN), ffi::SQLITE_OK);
+            let end = (*log.kept).end;
+            assert_eq!(
+                write(log_file, header.as_ptr().cast(), 24, end),
+                ffi::SQLITE_OK
+            );
+            assert_eq!((*log.kept).bytes.len(), 24);
+            assert_eq!(failing::WRITES.load(Ordering::SeqCst), 1);
+            drop(Box::from_raw(log.kept));
+        }
     }
 
     /// Once the log is copied into the database and begins again from its start, the frames of
