@@ -345,6 +345,7 @@ unsafe extern "C" fn write(
         let appended = at == k.end && k.locked && !k.committed;
         let header = appended && len == FRAME_HEADER && k.header.is_none();
         let page = appended && k.header.is_some();
+        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
         if !(header || page) {
             let rc = k.flush(real, m);
             if rc != ffi::SQLITE_OK {
@@ -352,9 +353,14 @@ unsafe extern "C" fn write(
             }
             k.end = at + i64::from(amt);
             k.written += 1;
+            // A commit frame's header written as it is (after a page rewritten in place): what
+            // follows it is not kept either. A 24-byte write that only looks like one costs
+            // nothing but the keeping.
+            if len == FRAME_HEADER && bytes[4..8] != [0, 0, 0, 0] {
+                k.committed = true;
+            }
             return w(real, buf, amt, at);
         }
-        let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), len);
         if k.bytes.is_empty() {
             k.at = at;
         }
@@ -497,6 +503,17 @@ unsafe extern "C" fn unfetch(file: *mut ffi::sqlite3_file, at: i64, p: *mut c_vo
 /// it (one a commit, where SQLite makes two a page).
 #[cfg(test)]
 fn log_writes(conn: &rusqlite::Connection) -> Option<u64> {
+    log_of(conn).map(|k| k.written)
+}
+
+/// Bytes the log of connection `conn`'s main database keeps, unwritten, if it uses this VFS.
+#[cfg(test)]
+fn log_kept(conn: &rusqlite::Connection) -> Option<usize> {
+    log_of(conn).map(|k| k.bytes.len())
+}
+
+#[cfg(test)]
+fn log_of(conn: &rusqlite::Connection) -> Option<&Kept> {
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     // SAFETY: `SQLITE_FCNTL_JOURNAL_POINTER` stores the journal's (here the log's) file handle,
     // owned by the connection, which outlives this call.
@@ -510,7 +527,7 @@ fn log_writes(conn: &rusqlite::Connection) -> Option<u64> {
         if rc != ffi::SQLITE_OK || file.is_null() || !std::ptr::eq((*file).pMethods, &METHODS) {
             return None;
         }
-        (*file.cast::<File>()).kept.as_ref().map(|k| k.written)
+        (*file.cast::<File>()).kept.as_ref()
     }
 }
 
@@ -614,6 +631,47 @@ mod tests {
         assert_eq!(after_a_crash(dir.path()), want);
     }
 
+    /// A small transaction spills frames that are still kept and then changes a page it
+    /// spilled (SQLite rewrites that frame in place, and its checksums after the commit frame);
+    /// another rolls back to a savepoint after spilling, then commits: both are read at once,
+    /// intact, and recovered from the files.
+    #[test]
+    fn frames_rewritten_while_kept_and_a_savepoint_rolled_back_after_a_spill_are_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = through(&path);
+        conn.pragma_update(None, "cache_size", 2).unwrap();
+        let body = "k".repeat(1500);
+        let tx = conn.unchecked_transaction().unwrap();
+        for _ in 0..8 {
+            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        assert!(log_kept(&tx).unwrap() > 0, "the spill keeps frames");
+        tx.execute("UPDATE t SET body = body || 'z' WHERE id = 1", [])
+            .unwrap();
+        tx.commit().unwrap();
+        let want = (8, 8 * 1500 + 1);
+        assert_eq!(rows(&path), want);
+        assert_eq!(after_a_crash(dir.path()), want);
+        conn.execute_batch("BEGIN; SAVEPOINT s;").unwrap();
+        for _ in 0..40 {
+            conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        conn.execute_batch("ROLLBACK TO s; RELEASE s;").unwrap();
+        conn.execute("INSERT INTO t (body) VALUES ('after')", [])
+            .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        let want = (9, 8 * 1500 + 1 + 5);
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(rows(&path), want);
+        assert_eq!(after_a_crash(dir.path()), want);
+    }
+
     /// Two writers on one database, each through the VFS with its own handle on the log (as two
     /// processes are), taking turns: each appends after the other's frames, never over them.
     #[test]
@@ -666,7 +724,9 @@ mod tests {
             tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
                 .unwrap();
         }
+        assert!(log_kept(&tx).unwrap() > 0, "the spill keeps frames");
         tx.rollback().unwrap();
+        assert_eq!(log_kept(&wrapped), Some(0));
         for _ in 0..30 {
             plain
                 .execute("INSERT INTO t (body) VALUES (?1)", [&body])
@@ -878,6 +938,9 @@ mod tests {
                 ffi::SQLITE_OK
             );
             assert_eq!(failing::WRITES.load(Ordering::SeqCst), 0);
+            // Another lock let go (a checkpointer's, a reader's) leaves them kept.
+            assert_eq!(shm_lock(db_file, 1, 1, RELEASED), ffi::SQLITE_OK);
+            assert_eq!((*log.kept).bytes.len(), 24 + 4096);
             // A read of the log writes it first, and fails.
             assert_eq!(
                 read(log_file, buf.as_mut_ptr().cast(), 4096, 56),
