@@ -539,6 +539,22 @@ mod tests {
 
     use super::*;
 
+    /// A new database in a directory of its own, and a connection to it through the VFS.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = through(&path);
+        (dir, path, conn)
+    }
+
+    /// Inserts `n` rows of `body`, one statement each.
+    fn insert(conn: &Connection, body: &str, n: usize) {
+        for _ in 0..n {
+            conn.execute("INSERT INTO t (body) VALUES (?1)", [body])
+                .unwrap();
+        }
+    }
+
     fn through(path: &Path) -> Connection {
         let vfs = registered().expect("the VFS registers");
         let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).unwrap();
@@ -571,27 +587,33 @@ mod tests {
         rows(&copy.join("db"))
     }
 
+    /// The database is whole, as `conn` reads it, as a new connection reads it (`want`: its rows
+    /// and the length of their bodies), and as a recovery from its files alone finds it.
+    fn intact(conn: &Connection, dir: &Path, want: (i64, i64)) {
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        assert_eq!(rows(&dir.join("db")), want);
+        assert_eq!(after_a_crash(dir), want);
+    }
+
     /// A transaction of many pages is one write to the log, and every commit is there, for a
     /// reader on another connection at once and for a recovery from the files alone.
     #[test]
     fn a_commit_is_one_write_seen_at_once_and_recovered_from_the_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let conn = through(&path);
+        let (dir, path, conn) = fresh();
         let before = log_writes(&conn).expect("the log is written through the VFS");
         let body = "x".repeat(1000);
         for round in 1..=3_i64 {
             let tx = conn.unchecked_transaction().unwrap();
-            for _ in 0..40 {
-                tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                    .unwrap();
-            }
+            insert(&tx, &body, 40);
             tx.commit().unwrap();
             assert_eq!(rows(&path), (round * 40, round * 40_000));
         }
         // Three commits of a dozen pages each: three writes, where SQLite alone makes two a page.
         assert_eq!(log_writes(&conn).unwrap() - before, 3);
-        assert_eq!(after_a_crash(dir.path()), (120, 120_000));
+        intact(&conn, dir.path(), (120, 120_000));
     }
 
     /// A transaction larger than the page cache spills frames to the log before its commit, then
@@ -600,35 +622,25 @@ mod tests {
     /// recovery from the files finds the commit whole.
     #[test]
     fn a_spilled_transaction_that_rewrites_its_frames_is_recovered_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let conn = through(&path);
+        let (dir, _, conn) = fresh();
         conn.pragma_update(None, "cache_size", 8).unwrap();
         let body = "y".repeat(1500);
         let tx = conn.unchecked_transaction().unwrap();
-        for _ in 0..200 {
-            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&tx, &body, 200);
         // The first pages, spilled long ago, changed again.
         tx.execute("UPDATE t SET body = body || 'z' WHERE id <= 5", [])
             .unwrap();
         tx.commit().unwrap();
         let want = (200, 200 * 1500 + 5);
-        assert_eq!(rows(&path), want);
-        assert_eq!(after_a_crash(dir.path()), want);
+        intact(&conn, dir.path(), want);
         // And a transaction rolled back after spilling leaves nothing behind.
         let tx = conn.unchecked_transaction().unwrap();
-        for _ in 0..200 {
-            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&tx, &body, 200);
         tx.rollback().unwrap();
         conn.execute("INSERT INTO t (body) VALUES ('last')", [])
             .unwrap();
         let want = (201, 200 * 1500 + 5 + 4);
-        assert_eq!(rows(&path), want);
-        assert_eq!(after_a_crash(dir.path()), want);
+        intact(&conn, dir.path(), want);
     }
 
     /// A small transaction spills frames that are still kept and then changes a page it
@@ -637,66 +649,42 @@ mod tests {
     /// intact, and recovered from the files.
     #[test]
     fn frames_rewritten_while_kept_and_a_savepoint_rolled_back_after_a_spill_are_recovered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let conn = through(&path);
+        let (dir, _, conn) = fresh();
         conn.pragma_update(None, "cache_size", 2).unwrap();
         let body = "k".repeat(1500);
         let tx = conn.unchecked_transaction().unwrap();
-        for _ in 0..8 {
-            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&tx, &body, 8);
         assert!(log_kept(&tx).unwrap() > 0, "the spill keeps frames");
         tx.execute("UPDATE t SET body = body || 'z' WHERE id = 1", [])
             .unwrap();
         tx.commit().unwrap();
         let want = (8, 8 * 1500 + 1);
-        assert_eq!(rows(&path), want);
-        assert_eq!(after_a_crash(dir.path()), want);
+        intact(&conn, dir.path(), want);
         conn.execute_batch("BEGIN; SAVEPOINT s;").unwrap();
-        for _ in 0..40 {
-            conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&conn, &body, 40);
         conn.execute_batch("ROLLBACK TO s; RELEASE s;").unwrap();
         conn.execute("INSERT INTO t (body) VALUES ('after')", [])
             .unwrap();
         conn.execute_batch("COMMIT").unwrap();
         let want = (9, 8 * 1500 + 1 + 5);
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        assert_eq!(rows(&path), want);
-        assert_eq!(after_a_crash(dir.path()), want);
+        intact(&conn, dir.path(), want);
     }
 
     /// Two writers on one database, each through the VFS with its own handle on the log (as two
     /// processes are), taking turns: each appends after the other's frames, never over them.
     #[test]
     fn two_writers_taking_turns_append_after_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let first = through(&path);
+        let (dir, path, first) = fresh();
         let vfs = registered().unwrap();
         let second = Connection::open_with_flags_and_vfs(&path, OpenFlags::default(), vfs).unwrap();
         let body = "v".repeat(700);
         for round in 0..50 {
             let conn = if round % 2 == 0 { &first } else { &second };
             let tx = conn.unchecked_transaction().unwrap();
-            for _ in 0..20 {
-                tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                    .unwrap();
-            }
+            insert(&tx, &body, 20);
             tx.commit().unwrap();
         }
-        let check: String = second
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        assert_eq!(rows(&path), (1000, 700_000));
-        assert_eq!(after_a_crash(dir.path()), (1000, 700_000));
+        intact(&second, dir.path(), (1000, 700_000));
     }
 
     /// A transaction that spilled frames to the log and was rolled back leaves nothing kept
@@ -705,9 +693,7 @@ mod tests {
     /// writer's frames intact, in the file and after a recovery.
     #[test]
     fn frames_of_a_rolled_back_transaction_are_never_written_over_another_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let wrapped = through(&path);
+        let (dir, path, wrapped) = fresh();
         wrapped.pragma_update(None, "cache_size", 8).unwrap();
         let plain = Connection::open(&path).unwrap();
         let body = "r".repeat(1500);
@@ -720,18 +706,11 @@ mod tests {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
         let tx = wrapped.unchecked_transaction().unwrap();
-        for _ in 0..100 {
-            tx.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&tx, &body, 100);
         assert!(log_kept(&tx).unwrap() > 0, "the spill keeps frames");
         tx.rollback().unwrap();
         assert_eq!(log_kept(&wrapped), Some(0));
-        for _ in 0..30 {
-            plain
-                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&plain, &body, 30);
         let want = (31, 5 + 30 * 1500);
         // The wrapped connection reads, then writes.
         let seen: (i64, i64) = wrapped
@@ -744,12 +723,7 @@ mod tests {
             .execute("INSERT INTO t (body) VALUES ('last')", [])
             .unwrap();
         let want = (32, 5 + 30 * 1500 + 4);
-        let check: String = plain
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        assert_eq!(rows(&path), want);
-        assert_eq!(after_a_crash(dir.path()), want);
+        intact(&plain, dir.path(), want);
     }
 
     /// With `synchronous = FULL` on a device without power-safe overwrites, SQLite pads each
@@ -776,12 +750,7 @@ mod tests {
                 .unwrap();
             assert!(seen > 0);
         }
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        assert_eq!(rows(&path), (25, 25 * 900));
-        assert_eq!(after_a_crash(dir.path()), (25, 25 * 900));
+        intact(&conn, dir.path(), (25, 25 * 900));
     }
 
     /// In `locking_mode = EXCLUSIVE` SQLite takes no log index locks, so nothing says when a
@@ -790,9 +759,7 @@ mod tests {
     /// write over another writer's frames.
     #[test]
     fn in_exclusive_locking_mode_nothing_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let wrapped = through(&path);
+        let (dir, path, wrapped) = fresh();
         wrapped.pragma_update(None, "cache_size", 8).unwrap();
         wrapped
             .pragma_update(None, "locking_mode", "EXCLUSIVE")
@@ -808,30 +775,18 @@ mod tests {
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
         wrapped.execute_batch("BEGIN").unwrap();
-        for _ in 0..100 {
-            wrapped
-                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&wrapped, &body, 100);
         wrapped
             .pragma_update(None, "locking_mode", "NORMAL")
             .unwrap();
         wrapped.execute_batch("ROLLBACK").unwrap();
         let plain = Connection::open(&path).unwrap();
-        for _ in 0..30 {
-            plain
-                .execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&plain, &body, 30);
         let seen: i64 = wrapped
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(seen, 31);
-        let check: String = plain
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-        assert_eq!(after_a_crash(dir.path()), (31, 31 * 1500));
+        intact(&plain, dir.path(), (31, 31 * 1500));
     }
 
     /// A platform file whose writes fail (a full disk), for what is kept when writing it fails.
@@ -972,14 +927,9 @@ mod tests {
     /// the next commits are still one write each, and recovered.
     #[test]
     fn a_log_that_restarts_after_a_checkpoint_keeps_one_write_a_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let conn = through(&path);
+        let (dir, _, conn) = fresh();
         let body = "w".repeat(3000);
-        for _ in 0..3 {
-            conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&conn, &body, 3);
         let (busy, _, _): (i64, i64, i64) = conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -987,12 +937,9 @@ mod tests {
             .unwrap();
         assert_eq!(busy, 0);
         let before = log_writes(&conn).unwrap();
-        for _ in 0..3 {
-            conn.execute("INSERT INTO t (body) VALUES (?1)", [&body])
-                .unwrap();
-        }
+        insert(&conn, &body, 3);
         // The log's new header is a write of its own; then one a commit.
         assert_eq!(log_writes(&conn).unwrap() - before, 4);
-        assert_eq!(after_a_crash(dir.path()), (6, 18_000));
+        intact(&conn, dir.path(), (6, 18_000));
     }
 }
