@@ -437,7 +437,7 @@ fn the_gateway_benchmark_serves_every_request_and_reports_its_figures() {
         );
     }
     // A request's writes: its call upstream and its answer (a socket each), and its records
-    // in the database's log (a header and a page for each page, however commits are shared).
+    // in the database's log (a write a commit, and the checkpointer's copies of its pages).
     let writes = report["write_calls_per_request"].as_f64().unwrap();
     assert!(writes >= 4.0, "{writes} write calls per request: {report}");
 }
@@ -461,7 +461,7 @@ fn the_gateway_benchmarks_floor_relays_every_request_and_records_nothing() {
         &["requests_per_s", "gateway_p50_ms", "rss_under_load_kb"],
     );
     // Its writes: each request forwarded, and its answer (two sockets, a call or two each),
-    // and nothing recorded (rein serve makes 40 or so, its log's pages among them).
+    // and nothing recorded (rein serve makes about 8, its log's commits among them).
     let writes = report["write_calls_per_request"].as_f64().unwrap();
     assert!(
         (2.0..10.0).contains(&writes),

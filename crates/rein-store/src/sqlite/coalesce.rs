@@ -22,10 +22,10 @@
 //! never mistaken for a frame's header.
 //!
 //! A crash loses only what a crash at the same moment loses without it: frames of a transaction
-//! whose commit frame was not yet written, which SQLite's recovery ignores. A failed write
-//! fails the call that made it (the commit frame's, or the read or sync that needed it), as the
-//! platform's VFS would; what was kept is dropped, as SQLite then treats the transaction as not
-//! written.
+//! whose commit frame was not yet written, which SQLite's recovery ignores. A failed write of
+//! what is kept fails the call that needed it (the commit frame's, or a read or sync) with an
+//! I/O error, drops what was kept, and fails every later write and sync of the log until the
+//! transaction lets go of the write lock: it cannot commit over the frames it lost.
 //!
 //! With the command sandbox's `pre_exec`, this is where the workspace allows `unsafe`: SQLite's
 //! VFS is a C interface, and rusqlite offers no safe way to wrap one.
@@ -125,9 +125,8 @@ struct Kept {
 impl Kept {
     /// Writes what is kept to `real` in as few calls as its VFS takes (at most
     /// [`WRITE_AT_MOST`] bytes a call); the first error, if one fails (what was kept is dropped
-    /// either way, and the log fails until the write lock is let go). An error other than a
-    /// write's own is an I/O error, never `SQLITE_FULL`, which a statement could recover from
-    /// alone.
+    /// either way, and the log fails until the write lock is let go). The error is an I/O
+    /// error, never `SQLITE_FULL`, which a statement could recover from alone.
     ///
     /// # Safety
     /// `real` is an open platform file whose methods are `m`.

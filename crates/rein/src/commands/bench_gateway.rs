@@ -48,10 +48,10 @@ struct Figures {
     context_switches_per_request: f64,
     /// The server's write system calls per request (to files and sockets alike) and the KiB
     /// they wrote: a figure that, like context switches, holds still while CPU figures drift.
-    /// What it adds over the floor's (`--floor`: the sockets alone) is mostly the pages a
-    /// request writes: two calls a page in the database's write-ahead log (the frame's header,
-    /// then the page), and one when the checkpointer copies a page into the database (once per
-    /// pass however often it was written).
+    /// What it adds over the floor's (`--floor`: the sockets alone) is the store's: one call a
+    /// commit to the database's write-ahead log (its frames written at once, see
+    /// `rein_store`'s log VFS), and one a page when the checkpointer copies it into the
+    /// database (once per pass however often it was written); the bytes are mostly the pages.
     write_calls_per_request: f64,
     kib_written_per_request: f64,
     direct_p50_ms: f64,
