@@ -421,7 +421,15 @@ where
         started: Arc::new(Mutex::new(None)),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let future = turn(state.rein.clone(), agent.clone(), caller.clone(), watch);
+    // Boxed where it is made: the request's state machine holds the engine's whole run, and
+    // unboxed it was copied as it moved into the task (`memcpy` under `answer` was 1.3 % of the
+    // server's CPU in `rein bench gateway`; boxed, 190 to 183 µs a request, 16 at once).
+    let future = Box::pin(turn(
+        state.rein.clone(),
+        agent.clone(),
+        caller.clone(),
+        watch,
+    ));
     state.spawn(async move {
         let _ = tx.send(future.await);
     });
