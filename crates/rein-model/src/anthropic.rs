@@ -1,10 +1,12 @@
 //! The Anthropic Messages API provider.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use rein_core::{Message, ToolCall, Usage};
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::http::{client, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
@@ -62,25 +64,36 @@ impl AnthropicProvider {
         })
     }
 
-    fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
-        let mut messages: Vec<Value> = Vec::new();
+    /// The request's body, serialized from the conversation where it lies (nothing of it is
+    /// copied into a JSON tree first).
+    fn body<'a>(&'a self, request: &'a ChatRequest<'a>, names: &'a WireNames) -> Body<'a> {
+        let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(request.messages.len());
         for message in request.messages {
             match message {
-                Message::User { text } => messages.push(json!({"role": "user", "content": text})),
+                Message::User { text } => messages.push(WireMessage {
+                    role: "user",
+                    content: Content::Text(text),
+                }),
                 Message::Assistant { text, tool_calls } => {
-                    let mut content = Vec::new();
+                    let mut blocks = Vec::with_capacity(tool_calls.len() + 1);
                     if let Some(text) = text {
-                        content.push(json!({"type": "text", "text": text}));
+                        blocks.push(Block::Text { text });
                     }
                     for c in tool_calls {
-                        let input = if c.arguments.is_object() {
-                            c.arguments.clone()
-                        } else {
-                            json!({})
-                        };
-                        content.push(json!({"type": "tool_use", "id": c.id, "name": names.to_wire(&c.name), "input": input}));
+                        blocks.push(Block::ToolUse {
+                            id: &c.id,
+                            name: names.to_wire(&c.name),
+                            input: if c.arguments.is_object() {
+                                &c.arguments
+                            } else {
+                                &EMPTY_INPUT
+                            },
+                        });
                     }
-                    messages.push(json!({"role": "assistant", "content": content}));
+                    messages.push(WireMessage {
+                        role: "assistant",
+                        content: Content::Blocks(blocks),
+                    });
                 }
                 Message::Tool {
                     call_id,
@@ -88,37 +101,97 @@ impl AnthropicProvider {
                     is_error,
                     ..
                 } => {
-                    let block = json!({"type": "tool_result", "tool_use_id": call_id, "content": content, "is_error": is_error});
+                    let block = Block::ToolResult {
+                        tool_use_id: call_id,
+                        content,
+                        is_error: *is_error,
+                    };
                     // Results of one turn's calls travel together in one user message.
                     match messages.last_mut() {
-                        Some(last) if last["role"] == "user" && last["content"].is_array() => {
-                            if let Some(blocks) = last["content"].as_array_mut() {
-                                blocks.push(block);
-                            }
-                        }
-                        _ => messages.push(json!({"role": "user", "content": [block]})),
+                        Some(WireMessage {
+                            role: "user",
+                            content: Content::Blocks(blocks),
+                        }) => blocks.push(block),
+                        _ => messages.push(WireMessage {
+                            role: "user",
+                            content: Content::Blocks(vec![block]),
+                        }),
                     }
                 }
             }
         }
-        let mut body = json!({
-            "model": self.config.model,
-            "max_tokens": self.config.max_tokens,
-            "system": request.system,
-            "messages": messages,
-        });
-        if !request.tools.is_empty() {
-            body["tools"] = request
+        Body {
+            model: &self.config.model,
+            max_tokens: self.config.max_tokens,
+            system: request.system,
+            messages,
+            tools: request
                 .tools
                 .iter()
-                .map(|t| json!({"name": names.to_wire(&t.name), "description": t.description, "input_schema": t.parameters}))
-                .collect();
+                .map(|t| WireTool {
+                    name: names.to_wire(&t.name),
+                    description: &t.description,
+                    input_schema: &t.parameters,
+                })
+                .collect(),
+            temperature: self.config.temperature,
         }
-        if let Some(t) = self.config.temperature {
-            body["temperature"] = json!(t);
-        }
-        body
     }
+}
+
+/// The input of a call whose arguments are not an object: the API takes only objects.
+static EMPTY_INPUT: LazyLock<Value> = LazyLock::new(|| Value::Object(serde_json::Map::new()));
+
+/// A Messages request body.
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    system: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Content<'a>,
+}
+
+/// A message's content: a user's text, or blocks.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Content<'a> {
+    Text(&'a str),
+    Blocks(Vec<Block<'a>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: String,
+        input: &'a Value,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+        is_error: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    name: String,
+    description: &'a str,
+    input_schema: &'a Value,
 }
 
 impl Provider for AnthropicProvider {

@@ -24,7 +24,7 @@ pub(crate) async fn post_json(
     client: &reqwest::Client,
     url: &str,
     headers: HeaderMap,
-    body: &Value,
+    body: &(impl serde::Serialize + ?Sized),
     timeout: Duration,
 ) -> Result<Value, ProviderError> {
     let response = client

@@ -1,11 +1,13 @@
 //! The OpenAI Chat Completions provider, also used for OpenAI-compatible servers (Ollama, vLLM,
 //! llama.cpp's server) by changing the base URL.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use rein_core::{Message, ToolCall, Usage};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::http::{client, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
@@ -61,62 +63,126 @@ impl OpenAiProvider {
         })
     }
 
-    fn body(&self, request: &ChatRequest<'_>, names: &WireNames) -> Value {
-        let mut messages = vec![json!({"role": "system", "content": request.system})];
+    /// The request's body, serialized from the conversation where it lies (nothing of it is
+    /// copied into a JSON tree first).
+    fn body<'a>(&'a self, request: &'a ChatRequest<'a>, names: &'a WireNames) -> Body<'a> {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        messages.push(WireMessage::System {
+            content: request.system,
+        });
         for message in request.messages {
             messages.push(match message {
-                Message::User { text } => json!({"role": "user", "content": text}),
-                Message::Assistant { text, tool_calls } => {
-                    let mut m = json!({"role": "assistant", "content": text});
-                    if !tool_calls.is_empty() {
-                        m["tool_calls"] = tool_calls
-                            .iter()
-                            .map(|c| {
-                                let arguments = match (&c.invalid_arguments, &c.arguments) {
-                                    (Some(_), Value::String(raw)) => raw.clone(),
-                                    _ => c.arguments.to_string(),
-                                };
-                                json!({
-                                    "id": c.id,
-                                    "type": "function",
-                                    "function": {"name": names.to_wire(&c.name), "arguments": arguments},
-                                })
-                            })
-                            .collect();
-                    }
-                    m
-                }
-                Message::Tool { call_id, content, .. } => {
-                    json!({"role": "tool", "tool_call_id": call_id, "content": content})
-                }
+                Message::User { text } => WireMessage::User { content: text },
+                Message::Assistant { text, tool_calls } => WireMessage::Assistant {
+                    content: text.as_deref(),
+                    tool_calls: tool_calls
+                        .iter()
+                        .map(|c| WireCall {
+                            id: &c.id,
+                            kind: "function",
+                            function: WireFunction {
+                                name: names.to_wire(&c.name),
+                                arguments: match (&c.invalid_arguments, &c.arguments) {
+                                    (Some(_), Value::String(raw)) => Cow::Borrowed(raw.as_str()),
+                                    _ => Cow::Owned(c.arguments.to_string()),
+                                },
+                            },
+                        })
+                        .collect(),
+                },
+                Message::Tool {
+                    call_id, content, ..
+                } => WireMessage::Tool {
+                    tool_call_id: call_id,
+                    content,
+                },
             });
         }
-        let mut body = json!({"model": self.config.model, "messages": messages});
-        if !request.tools.is_empty() {
-            body["tools"] = request
+        let compatible = !self.config.base_url.starts_with(Self::DEFAULT_BASE_URL);
+        Body {
+            model: &self.config.model,
+            messages,
+            tools: request
                 .tools
                 .iter()
-                .map(|t| {
-                    json!({
-                        "type": "function",
-                        "function": {
-                            "name": names.to_wire(&t.name),
-                            "description": t.description,
-                            "parameters": t.parameters,
-                        },
-                    })
+                .map(|t| WireTool {
+                    kind: "function",
+                    function: WireToolFunction {
+                        name: names.to_wire(&t.name),
+                        description: &t.description,
+                        parameters: &t.parameters,
+                    },
                 })
-                .collect();
+                .collect(),
+            max_completion_tokens: self.config.max_tokens,
+            max_tokens: compatible.then_some(self.config.max_tokens),
+            temperature: self.config.temperature,
         }
-        body["max_completion_tokens"] = json!(self.config.max_tokens);
-        if !self.config.base_url.starts_with(Self::DEFAULT_BASE_URL) {
-            body["max_tokens"] = json!(self.config.max_tokens);
-        }
-        if let Some(t) = self.config.temperature {
-            body["temperature"] = json!(t);
-        }
-        body
     }
+}
+
+/// A Chat Completions request body.
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
+    max_completion_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum WireMessage<'a> {
+    System {
+        content: &'a str,
+    },
+    User {
+        content: &'a str,
+    },
+    Assistant {
+        /// `null` when the model said nothing, as the API has it.
+        content: Option<&'a str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<WireCall<'a>>,
+    },
+    Tool {
+        tool_call_id: &'a str,
+        content: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: String,
+    /// The arguments as a JSON text; ones the model sent that were not JSON, as it sent them.
+    arguments: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireToolFunction<'a> {
+    name: String,
+    description: &'a str,
+    parameters: &'a Value,
 }
 
 impl Provider for OpenAiProvider {

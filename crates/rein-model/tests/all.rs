@@ -216,6 +216,131 @@ async fn anthropic_sends_tool_results_as_blocks_and_maps_the_answer_back() {
     assert_eq!(body["tools"][0]["input_schema"]["type"], "object");
 }
 
+/// A conversation with every shape a body carries: an assistant turn without text and with
+/// two calls (one whose arguments were not JSON, one whose were not an object), both results
+/// (one an error), then the user again.
+fn every_shape() -> Conversation {
+    let call = |id: &str, arguments: Value, invalid: Option<&str>| ToolCall {
+        id: id.into(),
+        name: "orders.lookup".into(),
+        arguments,
+        invalid_arguments: invalid.map(str::to_owned),
+    };
+    let result = |id: &str, content: &str, is_error: bool| Message::Tool {
+        call_id: id.into(),
+        name: "orders.lookup".into(),
+        content: content.into(),
+        is_error,
+    };
+    let mut c = conversation();
+    c.messages = vec![
+        Message::User {
+            text: "Where are \"A-1\" and A-2?".into(),
+        },
+        Message::Assistant {
+            text: None,
+            tool_calls: vec![
+                call("call_1", json!("{order_id: A-1"), Some("not JSON")),
+                call("call_2", json!(["A-2"]), None),
+            ],
+        },
+        result("call_1", "the arguments are not JSON", true),
+        result("call_2", "shipped", false),
+        Message::User {
+            text: "Thanks.".into(),
+        },
+    ];
+    c
+}
+
+/// Answers `provider`'s request for `every_shape` with `reply`; returns the body it sent.
+async fn body_sent<P: Provider>(server: &MockServer, provider: &P, reply: Value) -> Value {
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(reply))
+        .mount(server)
+        .await;
+    provider.complete(&every_shape().request()).await.unwrap();
+    only_request_body(server).await
+}
+
+#[tokio::test]
+async fn openai_sends_every_shape_of_a_conversation_as_the_api_has_it() {
+    let server = MockServer::start().await;
+    let provider = OpenAiProvider::new(OpenAiConfig {
+        base_url: format!("{}/v1", server.uri()),
+        api_key: None,
+        model: "gpt-test".into(),
+        timeout: Duration::from_secs(5),
+        max_tokens: 256,
+        temperature: Some(0.5),
+    })
+    .unwrap();
+    let reply = json!({"choices": [{"message": {"content": "ok"}}]});
+    let body = body_sent(&server, &provider, reply).await;
+    let call = |id: &str, arguments: &str| json!({"id": id, "type": "function", "function": {"name": "orders_lookup", "arguments": arguments}});
+    assert_eq!(
+        body,
+        json!({
+            "model": "gpt-test",
+            "messages": [
+                {"role": "system", "content": "You are a support agent."},
+                {"role": "user", "content": "Where are \"A-1\" and A-2?"},
+                // No text is sent as null; arguments that were not JSON go back as they came.
+                {"role": "assistant", "content": null, "tool_calls": [
+                    call("call_1", "{order_id: A-1"),
+                    call("call_2", "[\"A-2\"]"),
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "the arguments are not JSON"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "shipped"},
+                {"role": "user", "content": "Thanks."},
+            ],
+            "tools": [{"type": "function", "function": {
+                "name": "orders_lookup",
+                "description": "Look up an order",
+                "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+            }}],
+            "max_completion_tokens": 256,
+            "max_tokens": 256,
+            "temperature": 0.5,
+        })
+    );
+}
+
+#[tokio::test]
+async fn anthropic_sends_every_shape_of_a_conversation_as_the_api_has_it() {
+    let server = MockServer::start().await;
+    let reply = json!({"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"});
+    let body = body_sent(&server, &anthropic(&server), reply).await;
+    assert_eq!(
+        body,
+        json!({
+            "model": "claude-test",
+            "max_tokens": 512,
+            "system": "You are a support agent.",
+            "messages": [
+                {"role": "user", "content": "Where are \"A-1\" and A-2?"},
+                // Arguments that are not an object go as an empty input (the API takes only
+                // objects); the results of one turn travel together in one user message.
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "call_1", "name": "orders_lookup", "input": {}},
+                    {"type": "tool_use", "id": "call_2", "name": "orders_lookup", "input": {}},
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "the arguments are not JSON", "is_error": true},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "shipped", "is_error": false},
+                ]},
+                {"role": "user", "content": "Thanks."},
+            ],
+            "tools": [{
+                "name": "orders_lookup",
+                "description": "Look up an order",
+                "input_schema": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+            }],
+            "temperature": 0.0,
+        })
+    );
+}
+
 async fn openai_answering(template: ResponseTemplate, timeout_ms: u64) -> ProviderError {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
