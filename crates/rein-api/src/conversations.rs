@@ -128,7 +128,8 @@ impl Rein {
                     "conversation": row.conversation, "labels": row.kept.labels,
                     "held": row.kept.held, "given_up": row.kept.given_up,
                     "updated_ms": row.updated_ms, "why": why, "by": by,
-                }),
+                })
+                .into(),
             })
             .collect();
         engine

@@ -12,7 +12,7 @@ pub mod merkle;
 mod verify;
 
 pub use keys::{format_public, key_id, parse_public};
-pub use log::{AuditLog, AuditOptions, AuditPaths, Checkpoint, Entry, Record, rotate_key};
+pub use log::{AuditLog, AuditOptions, AuditPaths, Checkpoint, Data, Entry, Record, rotate_key};
 pub use verify::{
     InclusionProof, VerifyReport, prove, read_held_checkpoints, read_records, verify,
     verify_against, verify_bytes, verify_proof,

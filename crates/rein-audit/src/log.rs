@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::AuditError;
@@ -35,7 +36,47 @@ pub struct Entry {
     /// The run's event it records (its sequence number in the run's log), if it records one.
     pub event: Option<u64>,
     /// The facts, as JSON.
-    pub data: Value,
+    pub data: Data,
+}
+
+/// A record's facts, as the JSON text written into it: made once, by whoever knows their shape
+/// (straight from typed values with [`Data::of`], or from a JSON value), and written as they are.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Data(Box<RawValue>);
+
+impl Data {
+    /// The facts `value` serializes to. (A value that cannot be written as JSON, a map with keys
+    /// that are not strings, gives a record saying so rather than no record.)
+    pub fn of(value: &impl Serialize) -> Data {
+        match serde_json::value::to_raw_value(value) {
+            Ok(raw) => Data(raw),
+            Err(e) => Data::from(serde_json::json!({ "unwritable": e.to_string() })),
+        }
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The facts as a JSON value.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for Data {
+    fn from(value: Value) -> Data {
+        Data::of(&value)
+    }
+}
+
+/// The same facts, however they were written (two texts of one value compare equal).
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        self.get() == other.get() || self.value() == other.value()
+    }
 }
 
 #[derive(Serialize)]
@@ -47,7 +88,7 @@ struct RecordLine<'a> {
     run_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     event: Option<u64>,
-    data: &'a Value,
+    data: &'a Data,
 }
 
 /// A record as read back.
@@ -649,7 +690,7 @@ pub fn rotate_key(
         kind: "key_rotated".into(),
         run_id: None,
         event: None,
-        data: serde_json::json!({"old_key_id": log.key_id, "new_key_id": new_id, "new_public_key": keys::format_public(&new.verifying_key())}),
+        data: serde_json::json!({"old_key_id": log.key_id, "new_key_id": new_id, "new_public_key": keys::format_public(&new.verifying_key())}).into(),
     }])?;
     // On disk before the key it was signed with is replaced.
     log.checkpoint_with(at_ms, true)?;

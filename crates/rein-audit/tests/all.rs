@@ -22,7 +22,7 @@ fn entry(i: u64) -> Entry {
         },
         run_id: Some(format!("run-{}", i / 100)),
         event: None,
-        data: json!({"tool": "refunds.issue", "verdict": "allow", "n": i}),
+        data: json!({"tool": "refunds.issue", "verdict": "allow", "n": i}).into(),
     }
 }
 
@@ -272,7 +272,7 @@ fn a_rotated_key_is_trusted_through_the_log_and_a_forged_rotation_is_not() {
             kind: "key_rotated".into(),
             run_id: None,
             event: None,
-            data: json!({"new_public_key": rein_audit::format_public(&forger.public_key())}),
+            data: json!({"new_public_key": rein_audit::format_public(&forger.public_key())}).into(),
         }])
         .unwrap();
     forger.checkpoint(50).unwrap();
@@ -409,7 +409,7 @@ fn of_event(run: &str, event: u64) -> Entry {
         kind: "decision".into(),
         run_id: Some(run.into()),
         event: Some(event),
-        data: json!({"n": event}),
+        data: json!({"n": event}).into(),
     }
 }
 

@@ -21,7 +21,7 @@ fn entries(run: &str, events: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
             kind: "decision".into(),
             run_id: Some(run.into()),
             event: Some(event),
-            data: json!({"verdict": "allow", "padding": "x".repeat(200)}),
+            data: json!({"verdict": "allow", "padding": "x".repeat(200)}).into(),
         })
         .collect()
 }

@@ -404,7 +404,7 @@ mod tests {
             kind: "run_started".into(),
             run_id: Some(run.into()),
             event: Some(1),
-            data: serde_json::json!({}),
+            data: serde_json::json!({}).into(),
         }
     }
 

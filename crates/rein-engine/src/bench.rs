@@ -482,7 +482,7 @@ pub fn bench_audit(records: u64) -> Result<AuditBenchReport, EngineError> {
                     "action": "call_tool", "tool": "refunds.issue", "call_id": format!("call_{}_1", (written + i) % 50),
                     "verdict": "allow", "policies": ["support-tools"], "reasons": [], "labels": ["untrusted"],
                     "args": {"order_id": "A-1001", "amount": 42.5},
-                }),
+                }).into(),
             })
             .collect();
         log.append(&entries).map_err(fail)?;
