@@ -160,6 +160,10 @@ impl Shared {
                 drop(pending);
                 std::thread::yield_now();
                 pending = lock(&self.pending);
+                // Taken meanwhile by an appender committing on its own thread: wait again.
+                if pending.nothing_to_do() {
+                    continue;
+                }
             }
             if pending.work.is_empty() && pending.closed {
                 return;
