@@ -272,7 +272,9 @@ async fn openai_sends_every_shape_of_a_conversation_as_the_api_has_it() {
         model: "gpt-test".into(),
         timeout: Duration::from_secs(5),
         max_tokens: 256,
-        temperature: Some(0.5),
+        // Sent as configured: built as a JSON tree, the body once widened the f32 to
+        // 0.699999988079071.
+        temperature: Some(0.7),
     })
     .unwrap();
     let reply = json!({"choices": [{"message": {"content": "ok"}}]});
@@ -301,7 +303,7 @@ async fn openai_sends_every_shape_of_a_conversation_as_the_api_has_it() {
             }}],
             "max_completion_tokens": 256,
             "max_tokens": 256,
-            "temperature": 0.5,
+            "temperature": 0.7,
         })
     );
 }
