@@ -436,6 +436,50 @@ mod tests {
         assert_eq!(store.events("r").unwrap().len(), 1);
     }
 
+    /// Four runs appending at once from threads of their own, unwaited: the first half of each
+    /// log while all four are driven (the writer thread commits, yielding before each batch),
+    /// the rest once only one is (appends may then commit on their callers' threads, taking
+    /// what is queued, while the writer may be yielding). Every append commits, and each log is
+    /// in order: an append taken out of order would be refused, its sequence not following its
+    /// log's last.
+    #[test]
+    fn runs_appending_at_once_commit_everything_in_order_across_the_writers_yields() {
+        let (_dir, store, _) = opened();
+        let store = std::sync::Arc::new(store);
+        const EVENTS: u64 = 300;
+        let runs = ["a", "b", "c", "d"];
+        let mut drivers: Vec<_> = runs.iter().map(|_| store.driving()).collect();
+        let halfway = std::sync::Arc::new(std::sync::Barrier::new(runs.len() + 1));
+        let threads: Vec<_> = runs
+            .iter()
+            .map(|run| {
+                let (store, halfway) = (store.clone(), halfway.clone());
+                let lease = Lease::new_run(run, "w", u64::MAX / 4);
+                std::thread::spawn(move || {
+                    let append =
+                        |seq| store.append(&lease, &[event(seq)], Durability::Normal, None);
+                    let mut commits: Vec<_> = (1..=EVENTS / 2).map(append).collect();
+                    halfway.wait();
+                    halfway.wait();
+                    commits.extend((EVENTS / 2 + 1..=EVENTS).map(append));
+                    commits.into_iter().map(|c| c.wait()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        halfway.wait();
+        drivers.truncate(1);
+        halfway.wait();
+        for (run, thread) in runs.iter().zip(threads) {
+            let results = thread.join().unwrap();
+            assert!(
+                results.iter().all(Result::is_ok),
+                "an append of {run} failed"
+            );
+            let seqs: Vec<u64> = store.events(run).unwrap().iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=EVENTS).collect::<Vec<_>>(), "the log of {run}");
+        }
+    }
+
     #[test]
     fn a_writer_thread_that_panicked_answers_later_appends_and_lets_the_store_close() {
         let (_dir, store, lease) = opened();
