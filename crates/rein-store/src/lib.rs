@@ -396,7 +396,8 @@ pub trait Store: Send + Sync {
     /// Counts a run being driven in this process until the guard is dropped. A store may then
     /// commit the appends of a run driven alone on the appender's own thread: waking a writer
     /// thread and being woken by it cost more than the commit (see the SQLite store's queue);
-    /// with several runs at once their appends share the writer thread's commits instead.
+    /// with several runs at once their appends share commits instead (the SQLite store's are
+    /// made by a task of the appenders' async runtime, once its other tasks have appended).
     fn driving(&self) -> Driving {
         Driving::default()
     }
