@@ -1,6 +1,6 @@
 //! The audit trail's writer: records are queued as their events commit (by the store's commit
-//! hooks) and written by whoever committed them (the store's writer thread, or a run driven
-//! alone, see `rein_store::Store::driving`) once per batch of appends, after the batch's hooks
+//! hooks) and written by whoever committed them (the store's writer thread, a run driven alone,
+//! or a task committing for runs at once, see `rein_store::Store::driving`) once per batch of appends, after the batch's hooks
 //! and before any appender of the batch is answered. A run's end (or suspension) queues its last
 //! records with a request for a checkpoint after them; the runs that end in one
 //! batch share one signature. The records need no thread of their own: a record is written (or

@@ -1,8 +1,9 @@
 //! The store's writer: the write connection, which commits the appends of all runs that are
 //! waiting, and the budget ledger's writes, in one transaction (group commit), each in its own
 //! savepoint so that one bad append or write fails alone. Every append is checked against its
-//! run's lease and log before it is written. Who holds it (the writer thread, or an appender
-//! that found it idle) is decided in [`super::queue`].
+//! run's lease and log before it is written. Who holds it (the writer thread, an appender that
+//! found it idle, or a task of the appenders' runtime committing for runs at once) is decided in
+//! [`super::queue`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -127,7 +128,7 @@ const CAP_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 const CAP_RETRY_LOOKS: usize = 10;
 
 /// The write connection and what goes with it: whoever holds it (the writer thread, or an
-/// appender that found it idle, see [`super::queue`]) commits what is queued.
+/// appender or a runtime's task that found it idle, see [`super::queue`]) commits what is queued.
 pub(super) struct Writer {
     conn: Connection,
     path: PathBuf,

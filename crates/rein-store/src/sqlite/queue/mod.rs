@@ -8,11 +8,14 @@
 //! - **A task of the caller's async runtime, for runs at once.** Such an append made from a task
 //!   while other runs are driven is queued, and the first of them spawns a [`Flush`] on the
 //!   runtime: it lets the runtime's other ready tasks run (and append) first, then commits the
-//!   queue on its worker's thread, on the same terms.
+//!   queue (up to a batch) on its worker's thread, on the same terms, with the ledger writes
+//!   riding on the appends.
 //! - **The writer thread**, for everything else: ledger writes on their own, appends that ask for
-//!   a flush to disk, appends made outside a runtime while runs are driven at once, and any
-//!   batch that would wait on a caller's thread (another process's write lock, the checkpointer,
-//!   a new log's header flushed to disk), which is handed back to it.
+//!   a flush to disk, appends made outside a task while runs are driven at once or from a thread
+//!   other than the one whose [`Flush`] is on its way (which may be kept busy by a long task),
+//!   a queue a [`Flush`] found the connection taken for, and any batch that would wait on a
+//!   caller's thread (another process's write lock, the checkpointer, a new log's header flushed
+//!   to disk), which is handed back to it.
 //!
 //! What a caller's thread may still wait for: the audit trail's file lock, which another process
 //! holds only while it appends (or rotates the key), as the writer thread did.
@@ -62,12 +65,12 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when work is queued (or the store closes) while the writer thread waits.
     ready: Condvar,
-    /// The write connection. Taken by the writer thread for each batch, or by a caller that
-    /// finds it idle; queued work is only taken by whoever holds it. Gone once the writer
+    /// The write connection. Taken by the writer thread for each batch, or by a caller (or a
+    /// [`Flush`]) that finds it idle; queued work is only taken by whoever holds it. Gone once the writer
     /// thread ended (closing the connection, and letting the checkpointer end).
     writer: Mutex<Option<Writer>>,
     /// Runs being driven in this process ([`crate::Store::driving`]): a caller commits its own
-    /// append only when its run is the one, so runs at once still share the writer's commits.
+    /// append only when its run is the one, so runs at once still share commits.
     pub(super) drivers: Arc<AtomicUsize>,
     /// The database, for errors.
     path: PathBuf,
@@ -83,9 +86,12 @@ struct Pending {
     ended: bool,
     /// The writer thread waits for `ready` (only then is it signalled: a signal is a system call).
     idle: bool,
-    /// A [`Flush`] is on its way: appends queued meanwhile are left to it, not to the writer
-    /// thread.
+    /// A [`Flush`] is on its way: appends queued meanwhile by tasks on the thread that spawned
+    /// it are left to it, not to the writer thread.
     flushing: bool,
+    /// The thread that spawned it: an append from another (another worker, which the spawning
+    /// one may keep waiting while it runs a long task) wakes the writer thread as before.
+    flusher: Option<std::thread::ThreadId>,
     /// A caller's commit found the log past its cap: the writer thread empties it (a wait for
     /// readers is not for a caller's thread).
     cap: bool,
@@ -218,17 +224,28 @@ impl Shared {
         };
         // Runs at once, appending from tasks of an async runtime: committed by a task of that
         // runtime, together with what its other tasks append meanwhile.
-        if soon && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // (Only from a task: a runtime entered but not running one might never run the Flush.)
+        if soon
+            && tokio::task::try_id().is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let me = std::thread::current().id();
             let mut pending = lock(&self.pending);
             if pending.closed {
                 drop(pending);
                 self.refuse(work);
                 return;
             }
-            pending.work.push_back(work);
-            if !std::mem::replace(&mut pending.flushing, true) {
+            if !pending.flushing {
+                pending.flushing = true;
+                pending.flusher = Some(me);
+                pending.work.push_back(work);
                 drop(pending);
                 runtime.spawn(Flush(Some(self.clone())).run());
+            } else if pending.flusher == Some(me) {
+                pending.work.push_back(work);
+            } else {
+                self.push(&mut pending, work);
             }
             return;
         }
@@ -289,6 +306,7 @@ impl Shared {
         };
         let mut pending = lock(&self.pending);
         pending.flushing = false;
+        pending.flusher = None;
         let fsync = pending
             .work
             .iter()
@@ -329,9 +347,10 @@ impl Shared {
 /// The commit of appends queued by tasks of an async runtime while runs are driven at once
 /// (see [`Shared::commit_or_queue`]), spawned on that runtime by the first of them. It yields,
 /// so that the runtime runs its other ready tasks and polls for I/O first, and the appends those
-/// tasks make (the other runs' next steps) join the queue; and yields again while they keep
-/// coming (the tasks that poll woke append after this one's first turn), up to
-/// [`MORE_YIELDS`] times. Then it commits the queue on its worker's thread, as a lone run's
+/// tasks make (the other runs' next steps) join the queue; yields a second time (the tasks that
+/// poll woke append after this one's first turn), and again while the queue keeps growing, up to
+/// [`MORE_YIELDS`] times more. Then it commits the queue (up to a batch; what is left is the
+/// writer thread's) on its worker's thread, as a lone run's
 /// caller commits its own append: not waiting for another process's lock, the checkpointer or
 /// the disk (such a batch is handed back to the writer thread).
 ///
@@ -339,13 +358,14 @@ impl Shared {
 /// (`rein bench gateway`), on one CPU its wakes, the worker's wakes by it and the switches
 /// between them were about a tenth of the server's CPU (`perf`: `Unparker::unpark` from the
 /// writer's answers, the worker parking in `epoll_wait` while the writer ran): CPU per request
-/// went from 140-146 to 123-129 µs with this. On two CPUs, the writer thread, woken at once on
-/// the other, committed batches of one or two appends: 61 KiB written per request became 19.5,
-/// and CPU per request went from 203-207 to 126-127 µs.
+/// went from 139-147 to 121-131 µs with this. On two CPUs, the writer thread, woken at once on
+/// the other, committed batches of one or two appends: 56-62 KiB written per request became
+/// 19.6, and CPU per request went from 181-207 to 126-131 µs.
 ///
 /// Dropped unrun (its runtime shutting down), it leaves the queue to the writer thread. A commit
-/// hook that panics unwinds the task (the runtime catches it); the batch's other appenders learn
-/// `Closed`, as on a caller's thread.
+/// hook that panics unwinds the task (the runtime catches it): the batch is committed, but its
+/// other appenders (and the ledger writes riding with them) are answered `Closed`, and its
+/// after-batch work waits for the next batch, as on a lone run's caller's thread.
 struct Flush(Option<Arc<Shared>>);
 
 /// A [`Flush`] yields at most this many times more while the queue grows.

@@ -280,22 +280,86 @@ fn runs_at_once_in_a_runtime_share_a_commit_made_by_its_worker_not_by_the_writer
 #[test]
 fn an_append_queued_for_a_runtime_that_shut_down_first_is_committed_by_the_writer_thread() {
     let (_dir, store, lease) = opened();
+    let store = std::sync::Arc::new(store);
     let (threads, committed_on) = mpsc::channel();
     let (one, two) = (store.driving(), store.driving());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    // Made inside the runtime, which is never run: the task that would commit it never runs.
-    let inside = runtime.enter();
-    let commit = put(&store, &lease, 1, Durability::Normal, &threads);
-    drop(inside);
+    // Made by a task, handed out, and the runtime left before the task that would commit it
+    // has had its turns (it yields at least twice first).
+    // (In a tuple: the commit is handed out, not waited for.)
+    let made = runtime.spawn({
+        let store = store.clone();
+        async move { (put(&store, &lease, 1, Durability::Normal, &threads),) }
+    });
+    let (commit,) = runtime.block_on(made).unwrap();
+    {
+        let pending = lock(&store.queue.pending);
+        assert!(pending.flushing, "no task to commit it");
+        assert_eq!(pending.work.len(), 1, "not queued for the task");
+    }
     assert!(committed_on.try_recv().is_err(), "committed at once");
     drop(runtime);
+    let on = committed_on.recv_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(on.as_deref(), Ok("rein-store-writer"), "left behind");
     commit.wait().unwrap();
-    assert_eq!(committed_on.recv().unwrap(), "rein-store-writer");
     drop((one, two));
     let seqs: Vec<u64> = store.events("r").unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1]);
+}
+
+/// A task's append waits for no other thread's task: while the thread whose task is to commit
+/// the queue is kept busy (here, blocked by one of its tasks), an append from a task on
+/// another thread wakes the writer thread, which commits both.
+#[test]
+fn an_append_from_another_thread_does_not_wait_for_a_busy_threads_commit() {
+    let (_dir, store, _) = opened();
+    let store = std::sync::Arc::new(store);
+    let (threads, committed_on) = mpsc::channel();
+    let (one, two) = (store.driving(), store.driving());
+    let (appended, wait_appended) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    let busy = std::thread::spawn({
+        let (store, threads) = (store.clone(), threads.clone());
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(runtime.spawn(async move {
+                let lease = Lease::new_run("a", "w", u64::MAX / 4);
+                let commit = put(&store, &lease, 1, Durability::Normal, &threads);
+                appended.send(()).unwrap();
+                // This thread's only worker is kept from running anything else meanwhile.
+                released.recv().unwrap();
+                commit.await
+            }))
+        }
+    });
+    wait_appended.recv().unwrap();
+    let other = std::thread::spawn({
+        let store = store.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            runtime.block_on(runtime.spawn(async move {
+                let lease = Lease::new_run("b", "w", u64::MAX / 4);
+                put(&store, &lease, 1, Durability::Normal, &threads).await
+            }))
+        }
+    });
+    for _ in 0..2 {
+        let on = committed_on.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(on.as_deref(), Ok("rein-store-writer"), "kept waiting");
+    }
+    other.join().unwrap().unwrap().unwrap();
+    release.send(()).unwrap();
+    busy.join().unwrap().unwrap().unwrap();
+    drop((one, two));
+    for run in ["a", "b"] {
+        assert_eq!(store.events(run).unwrap().len(), 1, "the log of {run}");
+    }
 }
 
 /// Eight runs appending at once from tasks on two workers, each append waited for, every
