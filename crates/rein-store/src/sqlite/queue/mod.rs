@@ -86,11 +86,10 @@ struct Pending {
     ended: bool,
     /// The writer thread waits for `ready` (only then is it signalled: a signal is a system call).
     idle: bool,
-    /// A [`Flush`] is on its way: appends queued meanwhile by tasks on the thread that spawned
-    /// it are left to it, not to the writer thread.
-    flushing: bool,
-    /// The thread that spawned it: an append from another (another worker, which the spawning
-    /// one may keep waiting while it runs a long task) wakes the writer thread as before.
+    /// The thread that spawned the [`Flush`] on its way, if one is: appends queued meanwhile by
+    /// tasks on that thread are left to it, not to the writer thread; one from another (another
+    /// worker, which that one may keep waiting while it runs a long task) wakes the writer thread
+    /// as before.
     flusher: Option<std::thread::ThreadId>,
     /// A caller's commit found the log past its cap: the writer thread empties it (a wait for
     /// readers is not for a caller's thread).
@@ -108,6 +107,13 @@ impl Pending {
             return true;
         }
         self.work.is_empty() && !self.closed && !self.cap
+    }
+
+    /// Whether an append queued asks for a flush to disk (which only the writer thread makes).
+    fn asks_fsync(&self) -> bool {
+        self.work
+            .iter()
+            .any(|w| matches!(w, Work::Append(a) if a.durability == Durability::Fsync))
     }
 }
 
@@ -236,8 +242,7 @@ impl Shared {
                 self.refuse(work);
                 return;
             }
-            if !pending.flushing {
-                pending.flushing = true;
+            if pending.flusher.is_none() {
                 pending.flusher = Some(me);
                 pending.work.push_back(work);
                 drop(pending);
@@ -261,13 +266,10 @@ impl Shared {
             self.refuse(work);
             return;
         }
-        let Some(writer) = writer.as_mut().filter(|_| {
-            pending.work.len() < MAX_BATCH
-                && !pending
-                    .work
-                    .iter()
-                    .any(|w| matches!(w, Work::Append(a) if a.durability == Durability::Fsync))
-        }) else {
+        let Some(writer) = writer
+            .as_mut()
+            .filter(|_| pending.work.len() < MAX_BATCH && !pending.asks_fsync())
+        else {
             self.push(&mut pending, work);
             return;
         };
@@ -305,12 +307,8 @@ impl Shared {
             _ => None,
         };
         let mut pending = lock(&self.pending);
-        pending.flushing = false;
         pending.flusher = None;
-        let fsync = pending
-            .work
-            .iter()
-            .any(|w| matches!(w, Work::Append(a) if a.durability == Durability::Fsync));
+        let fsync = pending.asks_fsync();
         let writer = held.as_mut().and_then(|w| w.as_mut()).filter(|_| !fsync);
         let works: Vec<Work> = match writer {
             Some(_) => {

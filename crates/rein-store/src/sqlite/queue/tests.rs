@@ -296,7 +296,7 @@ fn an_append_queued_for_a_runtime_that_shut_down_first_is_committed_by_the_write
     let (commit,) = runtime.block_on(made).unwrap();
     {
         let pending = lock(&store.queue.pending);
-        assert!(pending.flushing, "no task to commit it");
+        assert!(pending.flusher.is_some(), "no task to commit it");
         assert_eq!(pending.work.len(), 1, "not queued for the task");
     }
     assert!(committed_on.try_recv().is_err(), "committed at once");
