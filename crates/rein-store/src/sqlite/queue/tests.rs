@@ -407,3 +407,143 @@ fn runs_at_once_on_two_workers_commit_everything_in_order_with_the_writer_thread
     }
     drop(drivers);
 }
+
+/// Runs `appends` on a one-thread runtime, each appending event `seq` of its run and telling
+/// `threads` which thread committed it, and returns their commits (not waited for) once the
+/// task that was to commit them has had its turn.
+fn queued_by_tasks(
+    store: &std::sync::Arc<SqliteStore>,
+    appends: &[(&str, u64)],
+    threads: &mpsc::Sender<String>,
+) -> Vec<crate::Commit> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let appends: Vec<(String, u64)> = appends.iter().map(|(r, s)| ((*r).to_owned(), *s)).collect();
+    let (store, threads) = (store.clone(), threads.clone());
+    runtime.block_on(async move {
+        let mut made = tokio::task::JoinSet::new();
+        for (run, seq) in appends {
+            let (store, threads) = (store.clone(), threads.clone());
+            made.spawn(async move {
+                let lease = Lease::new_run(&run, "w", u64::MAX / 4);
+                (put(&store, &lease, seq, Durability::Normal, &threads),)
+            });
+        }
+        let mut commits = Vec::new();
+        while let Some(done) = made.join_next().await {
+            commits.push(done.unwrap().0);
+        }
+        // The task that commits them yields a few times first; its turn is over once it has
+        // let go of the queue.
+        while lock(&store.queue.pending).flusher.is_some() {
+            tokio::task::yield_now().await;
+        }
+        commits
+    })
+}
+
+/// A task's commit finds another process holding the database: it does not wait for it on the
+/// worker's thread; it hands the batch back to the writer thread, which commits all of it, in
+/// order, once the other process lets go. Nothing is lost or committed twice.
+#[test]
+fn runs_at_once_hand_their_batch_to_the_writer_thread_while_another_process_holds_the_database() {
+    let (dir, store, _) = opened();
+    let store = std::sync::Arc::new(store);
+    let (threads, committed_on) = mpsc::channel();
+    let drivers = (store.driving(), store.driving());
+    let other = rusqlite::Connection::open(dir.path().join("rein.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let commits = queued_by_tasks(&store, &[("a", 1), ("b", 1), ("c", 1)], &threads);
+    assert!(
+        committed_on.try_recv().is_err(),
+        "committed past another's lock"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    for commit in commits {
+        commit.wait().unwrap();
+    }
+    let on: Vec<String> = committed_on.try_iter().collect();
+    assert_eq!(
+        on, ["rein-store-writer"; 3],
+        "handed back to the writer thread"
+    );
+    drop(drivers);
+    for run in ["a", "b", "c"] {
+        let seqs: Vec<u64> = store.events(run).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1], "the log of {run}");
+    }
+}
+
+/// A task's commit finds the connection taken (by the writer thread, in the middle of a batch):
+/// it leaves the queue to the writer thread, which takes it once it lets go.
+#[test]
+fn a_tasks_commit_that_finds_the_connection_taken_leaves_the_queue_to_the_writer_thread() {
+    let (_dir, store, _) = opened();
+    let store = std::sync::Arc::new(store);
+    let (threads, committed_on) = mpsc::channel();
+    let drivers = (store.driving(), store.driving());
+    let taken = lock(&store.queue.writer);
+    let commits = queued_by_tasks(&store, &[("a", 1), ("b", 1)], &threads);
+    assert!(
+        committed_on.try_recv().is_err(),
+        "committed without the connection"
+    );
+    assert_eq!(
+        lock(&store.queue.pending).work.len(),
+        2,
+        "the queue was dropped"
+    );
+    drop(taken);
+    for commit in commits {
+        commit.wait().unwrap();
+    }
+    let on: Vec<String> = committed_on.try_iter().collect();
+    assert_eq!(on, ["rein-store-writer"; 2]);
+    drop(drivers);
+    for run in ["a", "b"] {
+        assert_eq!(store.events(run).unwrap().len(), 1, "the log of {run}");
+    }
+}
+
+/// The other runs end while a task's commit is on its way: the run left alone commits on its
+/// own thread at once, taking what the task was to commit with it, first and in order; the task
+/// then finds nothing to commit (an append committed twice would be refused, and fail its
+/// hook).
+#[test]
+fn a_run_left_alone_commits_what_a_task_was_to_commit_first_and_in_order() {
+    let (_dir, store, lease) = opened();
+    let store = std::sync::Arc::new(store);
+    let (threads, committed_on) = mpsc::channel();
+    let (one, two) = (store.driving(), store.driving());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Queued by a task for a commit whose turn has not come.
+    let made = runtime.spawn({
+        let (store, lease, threads) = (store.clone(), lease.clone(), threads.clone());
+        async move { (put(&store, &lease, 1, Durability::Normal, &threads),) }
+    });
+    let (first,) = runtime.block_on(made).unwrap();
+    assert!(
+        lock(&store.queue.pending).flusher.is_some(),
+        "no task to commit it"
+    );
+    drop(two);
+    // The run is alone now: its next append, from a thread of its own, commits both, here.
+    let second = put(&store, &lease, 2, Durability::Normal, &threads);
+    assert_eq!(committed_on.try_recv().as_deref(), Ok(here().as_str()));
+    assert_eq!(committed_on.try_recv().as_deref(), Ok(here().as_str()));
+    // The task has its turn now, and finds the queue empty.
+    runtime.block_on(async {
+        while lock(&store.queue.pending).flusher.is_some() {
+            tokio::task::yield_now().await;
+        }
+    });
+    first.wait().unwrap();
+    second.wait().unwrap();
+    assert!(committed_on.try_recv().is_err(), "committed twice");
+    drop(one);
+    let seqs: Vec<u64> = store.events("r").unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+}
