@@ -15,6 +15,7 @@ pub mod message;
 pub mod provenance;
 pub mod reply;
 pub mod secrets;
+pub mod settings;
 pub mod state;
 pub mod text;
 
@@ -22,6 +23,7 @@ pub use end::EndState;
 pub use event::{ClientResult, EVENT_FORMAT_VERSION, Event, ParentRef, RunStarted, StoredEvent};
 pub use gate::{Decision, Verdict};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
+pub use settings::{ModelSettings, ToolChoice};
 pub use state::{Action, Limits, RunState, StateError};
 
 /// A boxed, sendable future, so that async traits (providers, tools) can be trait objects.

@@ -7,7 +7,9 @@
 
 use rein_core::labels::UNTRUSTED;
 use rein_core::state::{AnswerStatus, CallStatus};
-use rein_core::{ClientResult, EndState, Message, RunState, ToolCall, ToolSpec, Usage};
+use rein_core::{
+    ClientResult, EndState, Message, ModelSettings, RunState, ToolCall, ToolSpec, Usage,
+};
 use rein_store::Lease;
 use serde_json::Value;
 
@@ -45,6 +47,9 @@ pub struct GatewayTurn {
     /// A call the client proposes itself, to be judged and run here (an MCP `tools/call`), in
     /// place of a model call.
     pub proposed: Option<ToolCall>,
+    /// The client's own settings for the model call (sampling, its cap on the answer, stop
+    /// texts, tool choice).
+    pub settings: ModelSettings,
 }
 
 /// Why a call in the model's reply did not reach the client.
@@ -168,6 +173,7 @@ impl Engine {
             results,
             carried: turn.carried_labels,
             proposed: turn.proposed,
+            settings: turn.settings,
         };
         let request = RunRequest {
             token: turn.token,

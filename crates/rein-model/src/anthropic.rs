@@ -3,10 +3,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use rein_core::{Message, ToolCall, Usage};
+use rein_core::{Message, ToolCall, ToolChoice, Usage};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::http::{client, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
@@ -67,6 +67,7 @@ impl AnthropicProvider {
     /// The request's body, serialized from the conversation where it lies (nothing of it is
     /// copied into a JSON tree first).
     fn body<'a>(&'a self, request: &'a ChatRequest<'a>, names: &'a WireNames) -> Body<'a> {
+        let settings = request.settings();
         let mut messages: Vec<WireMessage<'a>> = Vec::with_capacity(request.messages.len());
         for message in request.messages {
             match message {
@@ -122,7 +123,8 @@ impl AnthropicProvider {
         }
         Body {
             model: &self.config.model,
-            max_tokens: self.config.max_tokens,
+            // At most the operator's cap (a u32), so it fits one.
+            max_tokens: settings.max_tokens_within(u64::from(self.config.max_tokens)) as u32,
             system: request.system,
             messages,
             tools: request
@@ -134,7 +136,17 @@ impl AnthropicProvider {
                     input_schema: &t.parameters,
                 })
                 .collect(),
-            temperature: self.config.temperature,
+            temperature: settings.temperature.or(self.config.temperature),
+            top_p: settings.top_p,
+            stop_sequences: &settings.stop,
+            tool_choice: settings
+                .tool_choice_for(request.tools)
+                .map(|choice| match choice {
+                    ToolChoice::Auto => json!({"type": "auto"}),
+                    ToolChoice::None => json!({"type": "none"}),
+                    ToolChoice::Required => json!({"type": "any"}),
+                    ToolChoice::Tool(name) => json!({"type": "tool", "name": names.to_wire(name)}),
+                }),
         }
     }
 }
@@ -153,6 +165,12 @@ struct Body<'a> {
     tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Serialize)]

@@ -17,7 +17,7 @@ mod wire_names;
 
 use std::time::Duration;
 
-use rein_core::{Message, ToolCall, ToolSpec, Usage};
+use rein_core::{Message, ModelSettings, ToolCall, ToolSpec, Usage};
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
@@ -38,6 +38,24 @@ pub struct ChatRequest<'a> {
     pub messages: &'a [Message],
     /// The tools the model may call.
     pub tools: &'a [ToolSpec],
+    /// The caller's own settings for this call (a gateway client's), over the operator's.
+    pub settings: Option<&'a ModelSettings>,
+}
+
+/// The settings of a request that carries none of its own.
+static NO_SETTINGS: ModelSettings = ModelSettings {
+    temperature: None,
+    top_p: None,
+    max_tokens: None,
+    stop: Vec::new(),
+    tool_choice: None,
+};
+
+impl<'a> ChatRequest<'a> {
+    /// The caller's settings (none, if it gave none).
+    pub fn settings(&self) -> &'a ModelSettings {
+        self.settings.unwrap_or(&NO_SETTINGS)
+    }
 }
 
 /// What a provider answered.

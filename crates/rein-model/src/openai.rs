@@ -4,10 +4,10 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use rein_core::{Message, ToolCall, Usage};
+use rein_core::{Message, ToolCall, ToolChoice, Usage};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::http::{client, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
@@ -66,6 +66,9 @@ impl OpenAiProvider {
     /// The request's body, serialized from the conversation where it lies (nothing of it is
     /// copied into a JSON tree first).
     fn body<'a>(&'a self, request: &'a ChatRequest<'a>, names: &'a WireNames) -> Body<'a> {
+        let settings = request.settings();
+        // At most the operator's cap (a u32), so it fits one.
+        let max_tokens = settings.max_tokens_within(u64::from(self.config.max_tokens)) as u32;
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         messages.push(WireMessage::System {
             content: request.system,
@@ -114,9 +117,21 @@ impl OpenAiProvider {
                     },
                 })
                 .collect(),
-            max_completion_tokens: self.config.max_tokens,
-            max_tokens: compatible.then_some(self.config.max_tokens),
-            temperature: self.config.temperature,
+            max_completion_tokens: max_tokens,
+            max_tokens: compatible.then_some(max_tokens),
+            temperature: settings.temperature.or(self.config.temperature),
+            top_p: settings.top_p,
+            stop: &settings.stop,
+            tool_choice: settings
+                .tool_choice_for(request.tools)
+                .map(|choice| match choice {
+                    ToolChoice::Auto => json!("auto"),
+                    ToolChoice::None => json!("none"),
+                    ToolChoice::Required => json!("required"),
+                    ToolChoice::Tool(name) => {
+                        json!({"type": "function", "function": {"name": names.to_wire(name)}})
+                    }
+                }),
         }
     }
 }
@@ -133,6 +148,12 @@ struct Body<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Serialize)]

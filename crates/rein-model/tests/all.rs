@@ -28,6 +28,7 @@ impl Conversation {
             system: &self.system,
             messages: &self.messages,
             tools: &self.tools,
+            settings: None,
         }
     }
 }
@@ -613,4 +614,130 @@ async fn an_answer_larger_than_any_model_reply_is_refused_unread() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("larger than"), "{err}");
+}
+
+/// A caller's own settings (a gateway client's) go to each API in its words: its sampling over
+/// the operator's, its cap only where it lowers the operator's, its stop texts, and its tool
+/// choice naming the tool as the API knows it. Without settings, none of these is sent.
+#[tokio::test]
+async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap() {
+    use rein_core::{ModelSettings, ToolChoice};
+    let chat = json!({"choices": [{"message": {"role": "assistant", "content": "ok"},
+        "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}});
+    let messages = json!({"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"});
+    let conversation = conversation();
+    let mut settings = ModelSettings {
+        temperature: Some(0.3),
+        top_p: Some(0.5),
+        max_tokens: Some(100),
+        stop: vec!["END".into()],
+        tool_choice: Some(ToolChoice::Tool("orders.lookup".into())),
+    };
+    for (cap, asked) in [(100, Some(100)), (256, Some(10_000)), (256, None)] {
+        settings.max_tokens = asked;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
+            .mount(&server)
+            .await;
+        let request = ChatRequest {
+            settings: Some(&settings),
+            ..conversation.request()
+        };
+        openai(&server, 5_000).complete(&request).await.unwrap();
+        let body = only_request_body(&server).await;
+        assert_eq!(body["max_completion_tokens"], cap);
+        assert_eq!(body["max_tokens"], cap, "to a compatible server");
+        assert_eq!(body["temperature"], 0.3);
+        assert_eq!(body["top_p"], 0.5);
+        assert_eq!(body["stop"], json!(["END"]));
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "function", "function": {"name": "orders_lookup"}})
+        );
+    }
+    for (choice, openai_words, anthropic_words) in [
+        (ToolChoice::Auto, json!("auto"), json!({"type": "auto"})),
+        (ToolChoice::None, json!("none"), json!({"type": "none"})),
+        (
+            ToolChoice::Required,
+            json!("required"),
+            json!({"type": "any"}),
+        ),
+    ] {
+        settings.tool_choice = Some(choice);
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/messages"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
+            .mount(&server)
+            .await;
+        let request = ChatRequest {
+            settings: Some(&settings),
+            ..conversation.request()
+        };
+        openai(&server, 5_000).complete(&request).await.unwrap();
+        anthropic(&server).complete(&request).await.unwrap();
+        let bodies: Vec<Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.body_json().unwrap())
+            .collect();
+        assert_eq!(bodies[0]["tool_choice"], openai_words);
+        assert_eq!(bodies[1]["tool_choice"], anthropic_words);
+    }
+    // The Messages API: the caller's temperature over the operator's (0.0), its lower cap.
+    settings.max_tokens = Some(100);
+    settings.tool_choice = Some(ToolChoice::Tool("orders.lookup".into()));
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
+        .mount(&server)
+        .await;
+    let request = ChatRequest {
+        settings: Some(&settings),
+        ..conversation.request()
+    };
+    anthropic(&server).complete(&request).await.unwrap();
+    let body = only_request_body(&server).await;
+    assert_eq!(body["max_tokens"], 100);
+    assert_eq!(body["temperature"], 0.3);
+    assert_eq!(body["top_p"], 0.5);
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        body["tool_choice"],
+        json!({"type": "tool", "name": "orders_lookup"})
+    );
+    // No settings, none sent; nor a tool choice with no tools to choose from.
+    let bare = Conversation {
+        tools: Vec::new(),
+        ..conversation
+    };
+    for with in [None, Some(&settings)] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
+            .mount(&server)
+            .await;
+        let request = ChatRequest {
+            settings: with,
+            ..bare.request()
+        };
+        openai(&server, 5_000).complete(&request).await.unwrap();
+        let body = only_request_body(&server).await;
+        assert!(body.get("tool_choice").is_none(), "{body}");
+        if with.is_none() {
+            for key in ["top_p", "stop", "temperature"] {
+                assert!(body.get(key).is_none(), "{key} in {body}");
+            }
+            assert_eq!(body["max_completion_tokens"], 256);
+        }
+    }
 }

@@ -18,7 +18,7 @@ use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observ
 use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
 
-pub use rein_core::{Message as ChatMessage, ToolCall, ToolSpec};
+pub use rein_core::{Message as ChatMessage, ModelSettings, ToolCall, ToolChoice, ToolSpec};
 
 use crate::runs::{LoadedAgent, Watch, Watching};
 use crate::{Caller, Error, Rein, v1};
@@ -40,6 +40,8 @@ pub struct GatewayRequest {
     pub messages: Vec<ChatMessage>,
     /// The tools the client declares.
     pub tools: Vec<ToolSpec>,
+    /// The client's own settings for the model call.
+    pub settings: ModelSettings,
 }
 
 /// Why a call did not reach the client.
@@ -283,6 +285,7 @@ impl Rein {
             system: request.system,
             messages: request.messages,
             tools: request.tools,
+            settings: request.settings,
             carried_labels,
             results,
             proposed: None,

@@ -7,7 +7,9 @@
 //! run ends: the turn is over.
 
 use rein_core::state::{CallStatus, Ended};
-use rein_core::{ClientResult, EndState, Event, Message, ToolCall, ToolSpec, Usage, Verdict};
+use rein_core::{
+    ClientResult, EndState, Event, Message, ModelSettings, ToolCall, ToolSpec, Usage, Verdict,
+};
 
 use crate::EngineError;
 use crate::context::TokenCounter;
@@ -30,6 +32,8 @@ pub(crate) struct GatewayInput {
     /// A call the client's agent proposes itself (an MCP `tools/call`): recorded as the step's
     /// reply in place of a model call, then judged and run here like any call.
     pub(crate) proposed: Option<ToolCall>,
+    /// The client's own settings for the model call.
+    pub(crate) settings: ModelSettings,
 }
 
 impl Driver<'_> {
@@ -109,6 +113,7 @@ impl Driver<'_> {
             .filter(|t| self.agent.client_tools.contains(&t.name))
             .collect();
         self.offered = Some(known.iter().map(|t| t.name.clone()).collect());
+        self.settings = Some(input.settings);
         self.tool_specs = known
             .into_iter()
             .filter(|t| !self.agent.gate.denied_outright(&t.name))

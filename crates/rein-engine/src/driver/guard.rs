@@ -193,6 +193,7 @@ impl Driver<'_> {
                         system: &system,
                         messages: &messages,
                         tools: &[],
+                        settings: None,
                     };
                     let reply = planner.complete(&request).await;
                     let mut actual = Spend::default();

@@ -97,6 +97,8 @@ pub(crate) struct Driver<'a> {
     /// the gateway's own MCP tools, say) is refused, so a model cannot reach what its client
     /// never asked for.
     offered: Option<Vec<String>>,
+    /// In a gateway's model turn, the client's own settings for the model call.
+    settings: Option<rein_core::ModelSettings>,
     /// Whether this driver took a request's turn (a gateway run resumed after a crash did not:
     /// nobody is there to receive a call it would hand over).
     turn: bool,
@@ -160,6 +162,7 @@ impl<'a> Driver<'a> {
             gateway: None,
             handed: Vec::new(),
             offered: None,
+            settings: None,
             turn: false,
             answer_prejudged: false,
             ahead: Vec::new(),

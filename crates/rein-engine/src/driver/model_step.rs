@@ -300,7 +300,12 @@ impl Driver<'_> {
                 system,
                 Prompt::Counted(messages, counted, counted_by),
                 &self.tool_specs,
-                provider.max_output_tokens(),
+                // The client's cap, where it lowers the operator's, is the one sent.
+                self.settings
+                    .as_ref()
+                    .map_or(provider.max_output_tokens(), |s| {
+                        s.max_tokens_within(provider.max_output_tokens())
+                    }),
             );
             // Room is kept for the wrap-up turn, so a run stopped by its budget can still say
             // what it did.
@@ -534,6 +539,7 @@ impl Driver<'_> {
                     system,
                     messages,
                     tools,
+                    settings: self.settings.as_ref(),
                 };
                 provider.complete(&request).instrument(span.clone()).await
             };

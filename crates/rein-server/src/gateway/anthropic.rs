@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::text_of;
+use super::settings::Given;
 use super::{Dialect, GwError, answer, pick, required, text_with_notice};
 use crate::state::AppState;
 
@@ -32,6 +33,16 @@ pub(crate) struct MessagesRequest {
     tools: Vec<WireTool>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default)]
+    stop_sequences: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +76,15 @@ fn bad(message: String) -> GwError {
 
 impl MessagesRequest {
     fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        let settings = Given {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            stop_sequences: self.stop_sequences,
+            tool_choice: self.tool_choice,
+            ..Given::default()
+        }
+        .settings(D)?;
         let system = match &self.system {
             Value::Null => String::new(),
             other => text_of(other, "system", D)?,
@@ -180,6 +200,7 @@ impl MessagesRequest {
             system,
             messages,
             tools,
+            settings,
         })
     }
 }

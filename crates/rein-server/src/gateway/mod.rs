@@ -12,6 +12,7 @@ pub(crate) mod anthropic;
 pub(crate) mod mcp;
 pub(crate) mod openai;
 pub(crate) mod responses;
+pub(crate) mod settings;
 
 use std::sync::{Arc, Mutex};
 

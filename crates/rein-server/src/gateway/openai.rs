@@ -15,6 +15,7 @@ use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, To
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::settings::Given;
 use super::{Dialect, GwError, answer, caller, created, pick, text_with_notice};
 use crate::state::AppState;
 
@@ -33,6 +34,18 @@ pub(crate) struct ChatRequest {
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    max_completion_tokens: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<Value>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +137,16 @@ pub(crate) fn parse_arguments(text: &str) -> Value {
 
 impl ChatRequest {
     fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        let settings = Given {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_completion_tokens: self.max_completion_tokens,
+            max_tokens: self.max_tokens,
+            stop: self.stop,
+            tool_choice: self.tool_choice,
+            ..Given::default()
+        }
+        .settings(D)?;
         let mut system = Vec::new();
         let mut messages = Vec::new();
         // Tool results name only their call: the tool is the one the assistant called.
@@ -205,6 +228,7 @@ impl ChatRequest {
             system: system.join("\n\n"),
             messages,
             tools,
+            settings,
         })
     }
 }

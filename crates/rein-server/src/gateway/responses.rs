@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::openai::{arguments_text, parse_arguments, text_of};
+use super::settings::Given;
 use super::{Dialect, GwError, answer, created, pick, text_with_notice};
 use crate::state::AppState;
 
@@ -34,6 +35,14 @@ pub(crate) struct ResponsesRequest {
     stream: bool,
     #[serde(default)]
     previous_response_id: Option<String>,
+    #[serde(default)]
+    temperature: Option<Value>,
+    #[serde(default)]
+    top_p: Option<Value>,
+    #[serde(default)]
+    max_output_tokens: Option<Value>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
 }
 
 fn bad(message: String) -> GwError {
@@ -51,6 +60,14 @@ impl ResponsesRequest {
                 "previous_response_id: rein's gateway keeps no responses (use `store: false` and send the whole conversation as `input`)".into(),
             ));
         }
+        let settings = Given {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_output_tokens: self.max_output_tokens,
+            tool_choice: self.tool_choice,
+            ..Given::default()
+        }
+        .settings(D)?;
         let mut system: Vec<String> = self.instructions.into_iter().collect();
         let mut messages: Vec<ChatMessage> = Vec::new();
         let mut names = std::collections::HashMap::new();
@@ -150,6 +167,7 @@ impl ResponsesRequest {
             system: system.join("\n\n"),
             messages,
             tools,
+            settings,
         })
     }
 }

@@ -918,3 +918,83 @@ async fn a_gateway_stopped_leaves_every_request_it_answered_under_a_signed_check
     assert!(report.records > 0 && report.checkpoints > 0, "{report:?}");
     assert_eq!(report.uncovered, 0, "{report:?}");
 }
+
+/// The clients' own settings reach the provider in its API's words, within the operator's cap,
+/// through the official SDKs on each of the three APIs (the gateway's provider speaks Chat
+/// Completions, so the Messages API's `any` arrives as `required`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_own_settings_reach_the_provider_within_the_operators_cap() {
+    let upstream =
+        rein_testkit::fake::server(vec![rein_testkit::fake::openai_text("ok", 5, 1)]).await;
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_tokens = 35\ntemperature = 1.0\nmax_attempts = 1\n[[tools]]\nclient = true\nname = \"orders_lookup\"\n",
+        upstream.uri()
+    ));
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = state_with_upstream_key();
+    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    python_client("settings_client.py", &[&s.base, &agent]);
+    let bodies: Vec<Value> = upstream
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 3, "the refused request reached the provider");
+    let sent = |i: usize, key: &str| bodies[i].get(key).cloned().unwrap_or(Value::Null);
+    // Chat Completions: its cap (40) above the operator's (35) gives way; the rest as sent.
+    assert_eq!(sent(0, "max_completion_tokens"), 35);
+    assert_eq!(sent(0, "temperature"), 0.25);
+    assert_eq!(sent(0, "top_p"), 0.5);
+    assert_eq!(sent(0, "stop"), json!(["END"]));
+    assert_eq!(
+        sent(0, "tool_choice"),
+        json!({"type": "function", "function": {"name": "orders_lookup"}})
+    );
+    // Messages (whose SDK no longer sends a temperature: the operator's stands): its lower
+    // cap, `any` as `required`.
+    assert_eq!(sent(1, "max_completion_tokens"), 30);
+    assert_eq!(sent(1, "temperature"), 1.0);
+    assert_eq!(sent(1, "stop"), json!(["STOP"]));
+    assert_eq!(sent(1, "tool_choice"), "required");
+    // Responses: its cap, a temperature of zero (not the operator's), no tool.
+    assert_eq!(sent(2, "max_completion_tokens"), 20);
+    assert_eq!(sent(2, "temperature"), 0.0);
+    assert_eq!(sent(2, "tool_choice"), "none");
+    assert_eq!(sent(2, "top_p"), Value::Null);
+    drop(s);
+}
+
+/// A budget reserves for a request the lower of its own cap and the operator's: one too small
+/// for the operator's cap serves a request that asks for less, and refuses one that does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_reserves_a_requests_own_lower_cap() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"scripted\"\nname = \"s\"\nscript = \"script.toml\"\nmax_tokens = 1000\n[[budgets]]\nscope = \"tenant\"\nperiod = \"day\"\ntokens = 200\n",
+    )
+    .file("script.toml", "[[turns]]\ntext = \"ok\"\n");
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = tempfile::tempdir().unwrap();
+    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let ask = |cap: Option<u64>| {
+        let mut body = json!({"model": "gw", "messages": [{"role": "user", "content": "hello"}]});
+        if let Some(cap) = cap {
+            body["max_completion_tokens"] = json!(cap);
+        }
+        body
+    };
+    let (status, answer) = chat(&s.base, &agent, &ask(None)).await;
+    assert_eq!(
+        status, 429,
+        "the operator's cap fit a budget of 200: {answer}"
+    );
+    let (status, answer) = chat(&s.base, &agent, &ask(Some(20))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "ok");
+    drop(s);
+}

@@ -1,0 +1,93 @@
+//! How a model call's caller asks the model to answer, beyond the operator's `[model]` settings:
+//! a gateway client's own sampling settings and tool choice, as its API request carried them,
+//! handed to whichever provider serves the call (each says them in its own API's words).
+
+/// A caller's settings for one model call. Each is sent only when set. Those the operator also
+/// sets give way to the caller's, except `max_tokens`, which may only lower the operator's
+/// (what a budget reserves for the call is counted from it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelSettings {
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// The most the model may answer, in tokens.
+    pub max_tokens: Option<u64>,
+    /// Texts that end the answer where the model writes them.
+    pub stop: Vec<String>,
+    /// Whether and which tool the model must call.
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// As the model decides (the default).
+    Auto,
+    /// No tool: text only.
+    None,
+    /// Some tool, any of those offered.
+    Required,
+    /// This tool (rein's name for it).
+    Tool(String),
+}
+
+impl ModelSettings {
+    /// The settings with `max_tokens` at most `cap`: what is sent when the operator's cap is
+    /// `cap`.
+    pub fn max_tokens_within(&self, cap: u64) -> u64 {
+        self.max_tokens.map_or(cap, |m| m.min(cap))
+    }
+
+    /// The tool choice to send with `offered` tools: none without tools (an API refuses a
+    /// choice with nothing to choose from), and none for a tool not among them (one the client
+    /// declared that the operator does not let the model call: the model is not made to call
+    /// what it was not offered).
+    pub fn tool_choice_for<'a>(&'a self, offered: &[crate::ToolSpec]) -> Option<&'a ToolChoice> {
+        match self.tool_choice.as_ref()? {
+            _ if offered.is_empty() => None,
+            ToolChoice::Tool(name) if !offered.iter().any(|t| &t.name == name) => None,
+            choice => Some(choice),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> crate::ToolSpec {
+        crate::ToolSpec {
+            name: name.into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object"}),
+        }
+    }
+
+    #[test]
+    fn a_callers_max_tokens_only_lowers_the_operators() {
+        let mut s = ModelSettings::default();
+        assert_eq!(s.max_tokens_within(4096), 4096);
+        s.max_tokens = Some(100);
+        assert_eq!(s.max_tokens_within(4096), 100);
+        s.max_tokens = Some(100_000);
+        assert_eq!(s.max_tokens_within(4096), 4096);
+    }
+
+    #[test]
+    fn a_tool_choice_is_sent_only_for_tools_offered() {
+        let offered = [spec("a"), spec("b")];
+        let mut s = ModelSettings {
+            tool_choice: Some(ToolChoice::Tool("b".into())),
+            ..ModelSettings::default()
+        };
+        assert_eq!(
+            s.tool_choice_for(&offered),
+            Some(&ToolChoice::Tool("b".into()))
+        );
+        assert_eq!(s.tool_choice_for(&offered[..1]), None, "b is not offered");
+        s.tool_choice = Some(ToolChoice::Required);
+        assert_eq!(s.tool_choice_for(&offered), Some(&ToolChoice::Required));
+        assert_eq!(s.tool_choice_for(&[]), None, "nothing to choose from");
+    }
+}

@@ -1,0 +1,213 @@
+//! A client's own settings for its model call, as each API's request carries them: sampling
+//! (`temperature`, `top_p`), its cap on the answer (`max_completion_tokens` or `max_tokens`,
+//! `max_output_tokens`), stop texts (`stop`, `stop_sequences`) and which tool the model must call
+//! (`tool_choice`, in any of the three APIs' shapes). They go to whichever provider serves the
+//! gateway, said in its API's words; a value that is not one of these is refused naming its
+//! field, rather than dropped.
+
+use axum::http::StatusCode;
+use rein_api::gateway::{ModelSettings, ToolChoice};
+use serde_json::Value;
+
+use super::{Dialect, GwError};
+
+/// The settings fields of a request, as sent (each `None` when absent); each face fills in those
+/// its API has.
+#[derive(Debug, Default)]
+pub(crate) struct Given {
+    pub(crate) temperature: Option<Value>,
+    pub(crate) top_p: Option<Value>,
+    /// Chat Completions' current name for the cap.
+    pub(crate) max_completion_tokens: Option<Value>,
+    /// Chat Completions' older name for it, and the Messages API's.
+    pub(crate) max_tokens: Option<Value>,
+    /// The Responses API's.
+    pub(crate) max_output_tokens: Option<Value>,
+    /// Chat Completions'.
+    pub(crate) stop: Option<Value>,
+    /// The Messages API's.
+    pub(crate) stop_sequences: Option<Value>,
+    pub(crate) tool_choice: Option<Value>,
+}
+
+fn bad(d: Dialect, message: String) -> GwError {
+    GwError::new(d, StatusCode::BAD_REQUEST, message)
+}
+
+impl Given {
+    /// The settings, or a 400 naming the field that holds no such setting.
+    pub(crate) fn settings(self, d: Dialect) -> Result<ModelSettings, GwError> {
+        let fraction = |v: Option<Value>, field: &str| -> Result<Option<f32>, GwError> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => {
+                    Ok(n.as_f64().map(|f| f as f32))
+                }
+                Some(other) => Err(bad(
+                    d,
+                    format!("{field}: {other} is not a number of zero or more"),
+                )),
+            }
+        };
+        let (cap_field, cap) = [
+            ("max_completion_tokens", self.max_completion_tokens),
+            ("max_tokens", self.max_tokens),
+            ("max_output_tokens", self.max_output_tokens),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+        .unwrap_or(("max_tokens", None));
+        let max_tokens = match cap {
+            None => None,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => n.as_u64(),
+            Some(other) => {
+                return Err(bad(
+                    d,
+                    format!("{cap_field}: {other} is not a whole number of tokens above zero"),
+                ));
+            }
+        };
+        let (stop_field, stop) = match (self.stop, self.stop_sequences) {
+            (Some(v), _) if !v.is_null() => ("stop", Some(v)),
+            (_, v) => ("stop_sequences", v),
+        };
+        let stop = match stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s),
+                    other => Err(bad(d, format!("{stop_field}[{i}]: {other} is not a text"))),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(bad(
+                    d,
+                    format!("{stop_field}: {other} is not a text or a list of texts"),
+                ));
+            }
+        };
+        Ok(ModelSettings {
+            temperature: fraction(self.temperature, "temperature")?,
+            top_p: fraction(self.top_p, "top_p")?,
+            max_tokens,
+            stop,
+            tool_choice: match self.tool_choice {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(tool_choice(&v, d)?),
+            },
+        })
+    }
+}
+
+/// A tool choice in any of the APIs' shapes: `"auto"`, `"none"`, `"required"` (Chat
+/// Completions, Responses); `{"type": "function", "function": {"name"}}` (Chat Completions),
+/// `{"type": "function", "name"}` (Responses); `{"type": "auto" | "any" | "none"}`, `{"type":
+/// "tool", "name"}` (Messages).
+fn tool_choice(v: &Value, d: Dialect) -> Result<ToolChoice, GwError> {
+    let kind = match v {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o.get("type").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    };
+    let name = v
+        .get("name")
+        .or_else(|| v.get("function").and_then(|f| f.get("name")))
+        .and_then(Value::as_str);
+    match (kind, name) {
+        ("auto", _) => Ok(ToolChoice::Auto),
+        ("none", _) => Ok(ToolChoice::None),
+        ("required" | "any", _) => Ok(ToolChoice::Required),
+        ("function" | "tool", Some(name)) => Ok(ToolChoice::Tool(name.to_owned())),
+        _ => Err(bad(
+            d,
+            format!(
+                "tool_choice: {v} is not a tool choice rein's gateway takes (auto, none, required or any, or one function tool by name)"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn read(body: Value) -> Result<ModelSettings, String> {
+        let field = |name: &str| body.get(name).cloned();
+        Given {
+            temperature: field("temperature"),
+            top_p: field("top_p"),
+            max_completion_tokens: field("max_completion_tokens"),
+            max_tokens: field("max_tokens"),
+            max_output_tokens: field("max_output_tokens"),
+            stop: field("stop"),
+            stop_sequences: field("stop_sequences"),
+            tool_choice: field("tool_choice"),
+        }
+        .settings(Dialect::OpenAi)
+        .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn each_apis_names_and_shapes_read_as_one_setting() {
+        let chat = read(
+            json!({"temperature": 0.2, "top_p": 0.9, "max_completion_tokens": 50,
+            "stop": "END", "tool_choice": {"type": "function", "function": {"name": "a"}}}),
+        )
+        .unwrap();
+        assert_eq!(chat.temperature, Some(0.2));
+        assert_eq!(chat.top_p, Some(0.9));
+        assert_eq!(chat.max_tokens, Some(50));
+        assert_eq!(chat.stop, ["END"]);
+        assert_eq!(chat.tool_choice, Some(ToolChoice::Tool("a".into())));
+        let messages = read(json!({"max_tokens": 70, "stop_sequences": ["x", "y"],
+            "tool_choice": {"type": "any", "disable_parallel_tool_use": true}}))
+        .unwrap();
+        assert_eq!(messages.max_tokens, Some(70));
+        assert_eq!(messages.stop, ["x", "y"]);
+        assert_eq!(messages.tool_choice, Some(ToolChoice::Required));
+        let responses = read(
+            json!({"max_output_tokens": 90, "tool_choice": {"type": "function", "name": "b"}}),
+        )
+        .unwrap();
+        assert_eq!(responses.max_tokens, Some(90));
+        assert_eq!(responses.tool_choice, Some(ToolChoice::Tool("b".into())));
+        assert_eq!(
+            read(json!({"tool_choice": "none"})).unwrap().tool_choice,
+            Some(ToolChoice::None)
+        );
+        assert_eq!(
+            read(json!({"temperature": null, "stop": null})).unwrap(),
+            ModelSettings::default()
+        );
+    }
+
+    #[test]
+    fn a_value_that_is_no_setting_is_refused_naming_its_field() {
+        for (body, field) in [
+            (json!({"temperature": "hot"}), "temperature:"),
+            (json!({"top_p": -1}), "top_p:"),
+            (
+                json!({"max_completion_tokens": 0}),
+                "max_completion_tokens:",
+            ),
+            (json!({"max_output_tokens": 1.5}), "max_output_tokens:"),
+            (json!({"stop": 3}), "stop:"),
+            (json!({"stop_sequences": ["a", 1]}), "stop_sequences[1]:"),
+            (
+                json!({"tool_choice": {"type": "allowed_tools"}}),
+                "tool_choice:",
+            ),
+            (json!({"tool_choice": {"type": "tool"}}), "tool_choice:"),
+        ] {
+            let e = read(body.clone()).unwrap_err();
+            assert!(e.starts_with(field), "{body}: {e}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+"""The official `openai` and `anthropic` SDKs sending their own model settings through rein's
+gateway: sampling, a cap on the answer, stop texts and a tool choice, on each of the three
+APIs; and a setting that is no setting, refused naming its field.
+
+Usage: settings_client.py BASE_URL AGENT_TOKEN
+
+The test that runs it reads what the upstream received; this script checks what the clients
+see. Exits non-zero on the first failure.
+"""
+
+import sys
+
+import anthropic
+import openai
+
+BASE, TOKEN = sys.argv[1], sys.argv[2]
+oa = openai.OpenAI(base_url=f"{BASE}/v1", api_key=TOKEN, max_retries=0)
+an = anthropic.Anthropic(base_url=BASE, api_key=TOKEN, max_retries=0)
+
+
+def check(cond, what):
+    if not cond:
+        raise SystemExit(f"FAILED: {what}")
+
+
+FN = {"type": "object", "properties": {"order_id": {"type": "string"}}}
+
+r = oa.chat.completions.create(
+    model="gw", messages=[{"role": "user", "content": "chat"}], temperature=0.25, top_p=0.5,
+    max_completion_tokens=40, stop=["END"],
+    tools=[{"type": "function", "function": {"name": "orders_lookup", "parameters": FN}}],
+    tool_choice={"type": "function", "function": {"name": "orders_lookup"}})
+check(r.choices[0].message.content == "ok", f"the chat answer: {r}")
+
+m = an.messages.create(
+    model="gw", max_tokens=30, stop_sequences=["STOP"],
+    messages=[{"role": "user", "content": "messages"}],
+    tools=[{"name": "orders_lookup", "input_schema": FN}], tool_choice={"type": "any"})
+check(m.content[0].text == "ok", f"the messages answer: {m}")
+
+r = oa.responses.create(
+    model="gw", input="responses", store=False, max_output_tokens=20, temperature=0,
+    tools=[{"type": "function", "name": "orders_lookup", "parameters": FN}], tool_choice="none")
+check(r.output_text == "ok", f"the responses answer: {r}")
+
+try:
+    oa.chat.completions.create(model="gw", messages=[{"role": "user", "content": "bad"}],
+                               extra_body={"stop": [1]})
+    check(False, "a stop that is no text was taken")
+except openai.BadRequestError as e:
+    check("stop[0]" in str(e), f"the refusal names the field: {e}")
+
+print("ok")
