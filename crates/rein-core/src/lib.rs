@@ -23,7 +23,7 @@ pub use end::EndState;
 pub use event::{ClientResult, EVENT_FORMAT_VERSION, Event, ParentRef, RunStarted, StoredEvent};
 pub use gate::{Decision, Verdict};
 pub use message::{Message, ToolCall, ToolSpec, Usage};
-pub use settings::{ModelSettings, ToolChoice};
+pub use settings::{ModelSettings, OutputFormat, ToolChoice};
 pub use state::{Action, Limits, RunState, StateError};
 
 /// A boxed, sendable future, so that async traits (providers, tools) can be trait objects.

@@ -17,6 +17,26 @@ pub struct ModelSettings {
     pub stop: Vec<String>,
     /// Whether and which tool the model must call.
     pub tool_choice: Option<ToolChoice>,
+    /// The shape the answer's text must have (none: free text).
+    pub format: Option<OutputFormat>,
+}
+
+/// The shape a model's answer must have: structured output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputFormat {
+    /// Any JSON object (Chat Completions' and Responses' `json_object`; the Messages API has no
+    /// such mode, so it is not sent to an Anthropic provider).
+    JsonObject,
+    /// JSON valid against a schema.
+    JsonSchema {
+        /// Its name, as the OpenAI APIs require one (`output` when the client gave none).
+        name: String,
+        /// The schema.
+        schema: serde_json::Value,
+        /// Whether the provider must keep to it exactly (OpenAI's `strict`), when the client
+        /// said.
+        strict: Option<bool>,
+    },
 }
 
 /// Whether and which tool the model must call.

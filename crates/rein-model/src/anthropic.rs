@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use rein_core::{Message, ToolCall, ToolChoice, Usage};
+use rein_core::{Message, OutputFormat, ToolCall, ToolChoice, Usage};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -147,6 +147,13 @@ impl AnthropicProvider {
                     ToolChoice::Required => json!({"type": "any"}),
                     ToolChoice::Tool(name) => json!({"type": "tool", "name": names.to_wire(name)}),
                 }),
+            // The Messages API takes a schema only: `json_object` has no words in it.
+            output_config: match &settings.format {
+                Some(OutputFormat::JsonSchema { schema, .. }) => {
+                    Some(json!({"format": {"type": "json_schema", "schema": schema}}))
+                }
+                Some(OutputFormat::JsonObject) | None => None,
+            },
         }
     }
 }
@@ -171,6 +178,8 @@ struct Body<'a> {
     stop_sequences: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<Value>,
 }
 
 #[derive(Serialize)]

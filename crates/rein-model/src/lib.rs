@@ -49,6 +49,7 @@ static NO_SETTINGS: ModelSettings = ModelSettings {
     max_tokens: None,
     stop: Vec::new(),
     tool_choice: None,
+    format: None,
 };
 
 impl<'a> ChatRequest<'a> {

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use rein_core::{Message, ToolCall, ToolChoice, Usage};
+use rein_core::{Message, OutputFormat, ToolCall, ToolChoice, Usage};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -132,6 +132,20 @@ impl OpenAiProvider {
                         json!({"type": "function", "function": {"name": names.to_wire(name)}})
                     }
                 }),
+            response_format: settings.format.as_ref().map(|format| match format {
+                OutputFormat::JsonObject => json!({"type": "json_object"}),
+                OutputFormat::JsonSchema {
+                    name,
+                    schema,
+                    strict,
+                } => {
+                    let mut spec = json!({"name": name, "schema": schema});
+                    if let Some(strict) = strict {
+                        spec["strict"] = json!(strict);
+                    }
+                    json!({"type": "json_schema", "json_schema": spec})
+                }
+            }),
         }
     }
 }
@@ -154,6 +168,8 @@ struct Body<'a> {
     stop: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
 }
 
 #[derive(Serialize)]

@@ -621,7 +621,7 @@ async fn an_answer_larger_than_any_model_reply_is_refused_unread() {
 /// choice naming the tool as the API knows it. Without settings, none of these is sent.
 #[tokio::test]
 async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap() {
-    use rein_core::{ModelSettings, ToolChoice};
+    use rein_core::{ModelSettings, OutputFormat, ToolChoice};
     let chat = json!({"choices": [{"message": {"role": "assistant", "content": "ok"},
         "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}});
     let messages = json!({"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"});
@@ -632,6 +632,11 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         max_tokens: Some(100),
         stop: vec!["END".into()],
         tool_choice: Some(ToolChoice::Tool("orders.lookup".into())),
+        format: Some(OutputFormat::JsonSchema {
+            name: "status".into(),
+            schema: json!({"type": "object"}),
+            strict: Some(true),
+        }),
     };
     for (cap, asked) in [(100, Some(100)), (256, Some(10_000)), (256, None)] {
         settings.max_tokens = asked;
@@ -654,6 +659,10 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         assert_eq!(
             body["tool_choice"],
             json!({"type": "function", "function": {"name": "orders_lookup"}})
+        );
+        assert_eq!(
+            body["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "status", "schema": {"type": "object"}, "strict": true}})
         );
     }
     for (choice, openai_words, anthropic_words) in [
@@ -715,6 +724,38 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         body["tool_choice"],
         json!({"type": "tool", "name": "orders_lookup"})
     );
+    assert_eq!(
+        body["output_config"],
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
+    );
+    // `json_object` has no words in the Messages API: not sent; in Chat Completions', sent.
+    settings.format = Some(OutputFormat::JsonObject);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
+        .mount(&server)
+        .await;
+    let request = ChatRequest {
+        settings: Some(&settings),
+        ..conversation.request()
+    };
+    openai(&server, 5_000).complete(&request).await.unwrap();
+    anthropic(&server).complete(&request).await.unwrap();
+    let bodies: Vec<Value> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(bodies[0]["response_format"], json!({"type": "json_object"}));
+    assert!(bodies[1].get("output_config").is_none(), "{}", bodies[1]);
     // No settings, none sent; nor a tool choice with no tools to choose from.
     let bare = Conversation {
         tools: Vec::new(),
@@ -734,7 +775,7 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         let body = only_request_body(&server).await;
         assert!(body.get("tool_choice").is_none(), "{body}");
         if with.is_none() {
-            for key in ["top_p", "stop", "temperature"] {
+            for key in ["top_p", "stop", "temperature", "response_format"] {
                 assert!(body.get(key).is_none(), "{key} in {body}");
             }
             assert_eq!(body["max_completion_tokens"], 256);

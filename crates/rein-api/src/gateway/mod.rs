@@ -18,7 +18,9 @@ use rein_engine::{GATEWAY_REQUEST, GatewayReply, GatewayTurn, NoObserver, Observ
 use rein_store::{HoldAt, Store};
 use sha2::{Digest, Sha256};
 
-pub use rein_core::{Message as ChatMessage, ModelSettings, ToolCall, ToolChoice, ToolSpec};
+pub use rein_core::{
+    Message as ChatMessage, ModelSettings, OutputFormat, ToolCall, ToolChoice, ToolSpec,
+};
 
 use crate::runs::{LoadedAgent, Watch, Watching};
 use crate::{Caller, Error, Rein, v1};

@@ -43,6 +43,8 @@ pub(crate) struct MessagesRequest {
     stop_sequences: Option<Value>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    output_config: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +84,7 @@ impl MessagesRequest {
             max_tokens: self.max_tokens,
             stop_sequences: self.stop_sequences,
             tool_choice: self.tool_choice,
+            output_config: self.output_config,
             ..Given::default()
         }
         .settings(D)?;

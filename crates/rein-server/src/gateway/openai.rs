@@ -46,6 +46,8 @@ pub(crate) struct ChatRequest {
     stop: Option<Value>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +146,7 @@ impl ChatRequest {
             max_tokens: self.max_tokens,
             stop: self.stop,
             tool_choice: self.tool_choice,
+            response_format: self.response_format,
             ..Given::default()
         }
         .settings(D)?;

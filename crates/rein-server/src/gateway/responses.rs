@@ -43,6 +43,8 @@ pub(crate) struct ResponsesRequest {
     max_output_tokens: Option<Value>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    #[serde(default)]
+    text: Option<Value>,
 }
 
 fn bad(message: String) -> GwError {
@@ -65,6 +67,7 @@ impl ResponsesRequest {
             top_p: self.top_p,
             max_output_tokens: self.max_output_tokens,
             tool_choice: self.tool_choice,
+            text: self.text,
             ..Given::default()
         }
         .settings(D)?;

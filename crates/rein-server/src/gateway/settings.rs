@@ -6,7 +6,7 @@
 //! field, rather than dropped.
 
 use axum::http::StatusCode;
-use rein_api::gateway::{ModelSettings, ToolChoice};
+use rein_api::gateway::{ModelSettings, OutputFormat, ToolChoice};
 use serde_json::Value;
 
 use super::{Dialect, GwError};
@@ -28,6 +28,12 @@ pub(crate) struct Given {
     /// The Messages API's.
     pub(crate) stop_sequences: Option<Value>,
     pub(crate) tool_choice: Option<Value>,
+    /// Chat Completions' structured output.
+    pub(crate) response_format: Option<Value>,
+    /// The Responses API's (its `format`).
+    pub(crate) text: Option<Value>,
+    /// The Messages API's (its `format`).
+    pub(crate) output_config: Option<Value>,
 }
 
 fn bad(d: Dialect, message: String) -> GwError {
@@ -89,6 +95,24 @@ impl Given {
                 ));
             }
         };
+        let format = [
+            ("response_format", self.response_format),
+            (
+                "text.format",
+                self.text
+                    .and_then(|mut t| t.get_mut("format").map(Value::take)),
+            ),
+            (
+                "output_config.format",
+                self.output_config
+                    .and_then(|mut c| c.get_mut("format").map(Value::take)),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null()))
+        .map(|(field, v)| output_format(v.unwrap_or_default(), field, d))
+        .transpose()?
+        .flatten();
         Ok(ModelSettings {
             temperature: fraction(self.temperature, "temperature")?,
             top_p: fraction(self.top_p, "top_p")?,
@@ -98,7 +122,46 @@ impl Given {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(tool_choice(&v, d)?),
             },
+            format,
         })
+    }
+}
+
+/// A structured output's shape in any of the APIs' words: `{"type": "text"}` (none),
+/// `{"type": "json_object"}`, and `{"type": "json_schema", "json_schema": {"name", "schema",
+/// "strict"}}` (Chat Completions) or `{"type": "json_schema", "name", "schema", "strict"}`
+/// (Responses; the Messages API's has only the schema).
+fn output_format(v: Value, field: &str, d: Dialect) -> Result<Option<OutputFormat>, GwError> {
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(OutputFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = v.get("json_schema").unwrap_or(&v);
+            let schema = match spec.get("schema") {
+                Some(schema @ Value::Object(_)) => schema.clone(),
+                _ => {
+                    return Err(bad(
+                        d,
+                        format!("{field}: a `json_schema` format needs its `schema`, an object"),
+                    ));
+                }
+            };
+            Ok(Some(OutputFormat::JsonSchema {
+                name: spec
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("output")
+                    .to_owned(),
+                schema,
+                strict: spec.get("strict").and_then(Value::as_bool),
+            }))
+        }
+        _ => Err(bad(
+            d,
+            format!(
+                "{field}: {v} is not an output format rein's gateway takes (text, json_object or json_schema)"
+            ),
+        )),
     }
 }
 
@@ -149,6 +212,9 @@ mod tests {
             stop: field("stop"),
             stop_sequences: field("stop_sequences"),
             tool_choice: field("tool_choice"),
+            response_format: field("response_format"),
+            text: field("text"),
+            output_config: field("output_config"),
         }
         .settings(Dialect::OpenAi)
         .map_err(|e| e.message)
@@ -183,8 +249,37 @@ mod tests {
             Some(ToolChoice::None)
         );
         assert_eq!(
-            read(json!({"temperature": null, "stop": null})).unwrap(),
+            read(json!({"temperature": null, "stop": null, "response_format": {"type": "text"}}))
+                .unwrap(),
             ModelSettings::default()
+        );
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let expected = Some(OutputFormat::JsonSchema {
+            name: "count".into(),
+            schema: schema.clone(),
+            strict: Some(true),
+        });
+        let chat = json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "count", "schema": schema, "strict": true}}});
+        assert_eq!(read(chat).unwrap().format, expected);
+        let responses = json!({"text": {"verbosity": "low", "format": {"type": "json_schema",
+            "name": "count", "schema": schema, "strict": true}}});
+        assert_eq!(read(responses).unwrap().format, expected);
+        let messages = json!({"output_config": {"effort": "low",
+            "format": {"type": "json_schema", "schema": schema}}});
+        assert_eq!(
+            read(messages).unwrap().format,
+            Some(OutputFormat::JsonSchema {
+                name: "output".into(),
+                schema: schema.clone(),
+                strict: None,
+            })
+        );
+        let object = json!({"response_format": {"type": "json_object"}});
+        assert_eq!(read(object).unwrap().format, Some(OutputFormat::JsonObject));
+        assert_eq!(
+            read(json!({"text": {"verbosity": "low"}})).unwrap().format,
+            None
         );
     }
 
@@ -205,6 +300,18 @@ mod tests {
                 "tool_choice:",
             ),
             (json!({"tool_choice": {"type": "tool"}}), "tool_choice:"),
+            (
+                json!({"response_format": {"type": "xml"}}),
+                "response_format:",
+            ),
+            (
+                json!({"text": {"format": {"type": "json_schema", "name": "n"}}}),
+                "text.format:",
+            ),
+            (
+                json!({"output_config": {"format": {"type": "json_schema", "schema": "x"}}}),
+                "output_config.format:",
+            ),
         ] {
             let e = read(body.clone()).unwrap_err();
             assert!(e.starts_with(field), "{body}: {e}");

@@ -919,7 +919,8 @@ async fn a_gateway_stopped_leaves_every_request_it_answered_under_a_signed_check
     assert_eq!(report.uncovered, 0, "{report:?}");
 }
 
-/// The clients' own settings reach the provider in its API's words, within the operator's cap,
+/// The clients' own settings (structured output's format too) reach the provider in its API's
+/// words, within the operator's cap,
 /// through the official SDKs on each of the three APIs (the gateway's provider speaks Chat
 /// Completions, so the Messages API's `any` arrives as `required`).
 #[tokio::test(flavor = "multi_thread")]
@@ -965,6 +966,17 @@ async fn the_sdks_own_settings_reach_the_provider_within_the_operators_cap() {
     assert_eq!(sent(2, "temperature"), 0.0);
     assert_eq!(sent(2, "tool_choice"), "none");
     assert_eq!(sent(2, "top_p"), Value::Null);
+    // Each API's structured output, in Chat Completions' words (the Messages API's has no name).
+    let order = json!({"type": "object", "properties": {"order_id": {"type": "string"}}});
+    assert_eq!(
+        sent(0, "response_format"),
+        json!({"type": "json_schema", "json_schema": {"name": "order", "schema": order, "strict": true}})
+    );
+    assert_eq!(
+        sent(1, "response_format"),
+        json!({"type": "json_schema", "json_schema": {"name": "output", "schema": order}})
+    );
+    assert_eq!(sent(2, "response_format"), json!({"type": "json_object"}));
     drop(s);
 }
 
