@@ -35,8 +35,8 @@ impl Observer for Watching<'_> {
         self.0.durable()
     }
 
-    fn on_committed(&self, run_id: &str, event: &StoredEvent) {
-        self.0.event(run_id, &event.clone().into());
+    fn on_committed(&self, run_id: &str, event: StoredEvent) {
+        self.0.event(run_id, &event.into());
     }
 }
 

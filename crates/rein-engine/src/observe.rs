@@ -16,8 +16,9 @@ pub trait Observer: Send + Sync {
 
     /// Called for each event once it is known to be durable, in order: when the driver next
     /// waits for its commits (an intent, an outcome, an ending, a suspension, the first model
-    /// call, a stop). What others are told from here can never be taken back by a crash.
-    fn on_committed(&self, _run_id: &str, _event: &StoredEvent) {}
+    /// call, a stop). What others are told from here can never be taken back by a crash. The
+    /// event is handed over, as the driver keeps no other use for it.
+    fn on_committed(&self, _run_id: &str, _event: StoredEvent) {}
 }
 
 /// An observer that ignores everything.

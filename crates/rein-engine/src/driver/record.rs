@@ -149,7 +149,7 @@ impl Driver<'_> {
         let through = self.submitted_seq;
         let durable = self.uncommitted.partition_point(|e| e.seq <= through);
         for event in self.uncommitted.drain(..durable) {
-            self.observer.on_committed(&self.run_id, &event);
+            self.observer.on_committed(&self.run_id, event);
         }
         if let Some(failure) = self.engine.audit.failure() {
             return Err(EngineError::Audit(failure));
