@@ -503,3 +503,48 @@ when { context.args.scope == "agent" && context.labels.contains("untrusted") };
     let seen = outputs(&engine.store().events(&third.run_id).unwrap());
     assert_eq!(seen[0].1, json!({"key": "prefers", "note": null}));
 }
+
+/// A request the provider refuses for what it holds (HTTP 400: a value out of range, a schema
+/// it cannot take; a gateway's client shapes much of it) says nothing of the model's health: a
+/// client sending such requests over and over must not open the model's breaker for every other
+/// run. Failures of the model itself (5xx) still open it after five in a row.
+#[tokio::test]
+async fn requests_the_provider_refuses_as_malformed_do_not_open_the_models_breaker() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"error": {"message": "temperature must be at most 2", "type": "invalid_request_error"}}),
+        ))
+        .mount(&provider)
+        .await;
+    let models = format!(
+        "[model]\nprovider = \"openai\"\nname = \"gpt-4o\"\nbase_url = \"{}/v1\"\napi_key_env = \"TEST_KEY\"\nmax_attempts = 1\n",
+        provider.uri()
+    );
+    let fx = Fixture::new(&models, "");
+    let (engine, agent) = (fx.engine(), fx.agent());
+    for _ in 0..7 {
+        let report = engine.start(&agent, "hi", &NoObserver).await.unwrap();
+        assert_eq!(report.status, EndState::Failed);
+        let events = engine.store().events(&report.run_id).unwrap();
+        let kinds: Vec<String> = notices(&events).into_iter().map(|n| n.0).collect();
+        assert!(!kinds.iter().any(|k| k == "breaker_opened"), "{kinds:?}");
+    }
+    assert_eq!(
+        provider.received_requests().await.unwrap().len(),
+        7,
+        "a run was refused by an open breaker"
+    );
+    // The model failing itself: the breaker opens after five in a row, and the sixth run's call
+    // is not made.
+    provider.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("overloaded"))
+        .mount(&provider)
+        .await;
+    for _ in 0..6 {
+        let report = engine.start(&agent, "hi", &NoObserver).await.unwrap();
+        assert_eq!(report.status, EndState::Failed);
+    }
+    assert_eq!(provider.received_requests().await.unwrap().len(), 5);
+}

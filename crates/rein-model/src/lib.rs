@@ -143,6 +143,19 @@ impl ProviderError {
         }
     }
 
+    /// Whether the provider refused the request for what it holds (HTTP 400, 413, 422: a value
+    /// out of range, a schema it cannot take, too much of it), not for anything wrong with the
+    /// model or rein's access to it: such a failure says nothing of the model's health.
+    pub fn is_request_fault(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Rejected {
+                status: 400 | 413 | 422,
+                ..
+            }
+        )
+    }
+
     /// The wait the provider asked for before a retry.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -10,6 +10,7 @@ mod budget;
 mod gateway;
 mod guard;
 mod memory;
+mod model_call;
 mod model_step;
 mod record;
 mod tool_step;

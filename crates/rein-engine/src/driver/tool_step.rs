@@ -12,7 +12,7 @@ use serde_json::json;
 use tracing::{Instrument, field};
 
 use crate::driver::Driver;
-use crate::driver::model_step::backoff;
+use crate::driver::model_call::backoff;
 use crate::resilience::{Admission, Transition};
 use crate::{Agent, EngineError, RunRequest};
 
