@@ -616,15 +616,50 @@ async fn an_answer_larger_than_any_model_reply_is_refused_unread() {
     assert!(err.to_string().contains("larger than"), "{err}");
 }
 
+/// What an OpenAI and an Anthropic provider send for `conversation` with `settings`: the
+/// Chat Completions body and the Messages body.
+async fn sent_by_both(
+    conversation: &Conversation,
+    settings: Option<&rein_core::ModelSettings>,
+) -> (Value, Value) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"choices": [{"message":
+            {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"}),
+        ))
+        .mount(&server)
+        .await;
+    let request = ChatRequest {
+        settings,
+        ..conversation.request()
+    };
+    openai(&server, 5_000).complete(&request).await.unwrap();
+    anthropic(&server).complete(&request).await.unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    (
+        requests[0].body_json().unwrap(),
+        requests[1].body_json().unwrap(),
+    )
+}
+
 /// A caller's own settings (a gateway client's) go to each API in its words: its sampling over
-/// the operator's, its cap only where it lowers the operator's, its stop texts, and its tool
-/// choice naming the tool as the API knows it. Without settings, none of these is sent.
+/// the operator's, its cap only where it lowers the operator's, its stop texts, its tool choice
+/// naming the tool as the API knows it, its output format. Without settings, none of these is
+/// sent; nor a tool choice with no tools to choose from.
 #[tokio::test]
 async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap() {
     use rein_core::{ModelSettings, OutputFormat, ToolChoice};
-    let chat = json!({"choices": [{"message": {"role": "assistant", "content": "ok"},
-        "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}});
-    let messages = json!({"content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn"});
     let conversation = conversation();
     let mut settings = ModelSettings {
         temperature: Some(0.3),
@@ -638,31 +673,40 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
             strict: Some(true),
         }),
     };
-    for (cap, asked) in [(100, Some(100)), (256, Some(10_000)), (256, None)] {
+    // The operators' caps: 256 (OpenAI), 512 (Anthropic); the Anthropic operator's temperature
+    // is 0.0, which the caller's replaces.
+    for (asked, caps) in [
+        (Some(100), (100, 100)),
+        (Some(300), (256, 300)),
+        (Some(10_000), (256, 512)),
+        (None, (256, 512)),
+    ] {
         settings.max_tokens = asked;
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
-            .mount(&server)
-            .await;
-        let request = ChatRequest {
-            settings: Some(&settings),
-            ..conversation.request()
-        };
-        openai(&server, 5_000).complete(&request).await.unwrap();
-        let body = only_request_body(&server).await;
-        assert_eq!(body["max_completion_tokens"], cap);
-        assert_eq!(body["max_tokens"], cap, "to a compatible server");
-        assert_eq!(body["temperature"], 0.3);
-        assert_eq!(body["top_p"], 0.5);
-        assert_eq!(body["stop"], json!(["END"]));
+        let (chat, messages) = sent_by_both(&conversation, Some(&settings)).await;
+        assert_eq!(chat["max_completion_tokens"], caps.0);
+        assert_eq!(chat["max_tokens"], caps.0, "to a compatible server");
+        assert_eq!(messages["max_tokens"], caps.1);
+        for body in [&chat, &messages] {
+            assert_eq!(body["temperature"], 0.3);
+            assert_eq!(body["top_p"], 0.5);
+        }
+        assert_eq!(chat["stop"], json!(["END"]));
+        assert_eq!(messages["stop_sequences"], json!(["END"]));
         assert_eq!(
-            body["tool_choice"],
+            chat["tool_choice"],
             json!({"type": "function", "function": {"name": "orders_lookup"}})
         );
         assert_eq!(
-            body["response_format"],
+            messages["tool_choice"],
+            json!({"type": "tool", "name": "orders_lookup"})
+        );
+        assert_eq!(
+            chat["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "status", "schema": {"type": "object"}, "strict": true}})
+        );
+        assert_eq!(
+            messages["output_config"],
+            json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
         );
     }
     for (choice, openai_words, anthropic_words) in [
@@ -675,110 +719,36 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         ),
     ] {
         settings.tool_choice = Some(choice);
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/v1/chat/completions"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
-            .mount(&server)
-            .await;
-        Mock::given(method("POST"))
-            .and(path("/v1/messages"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
-            .mount(&server)
-            .await;
-        let request = ChatRequest {
-            settings: Some(&settings),
-            ..conversation.request()
-        };
-        openai(&server, 5_000).complete(&request).await.unwrap();
-        anthropic(&server).complete(&request).await.unwrap();
-        let bodies: Vec<Value> = server
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.body_json().unwrap())
-            .collect();
-        assert_eq!(bodies[0]["tool_choice"], openai_words);
-        assert_eq!(bodies[1]["tool_choice"], anthropic_words);
+        let (chat, messages) = sent_by_both(&conversation, Some(&settings)).await;
+        assert_eq!(chat["tool_choice"], openai_words);
+        assert_eq!(messages["tool_choice"], anthropic_words);
     }
-    // The Messages API: the caller's temperature over the operator's (0.0), its lower cap.
-    settings.max_tokens = Some(100);
-    settings.tool_choice = Some(ToolChoice::Tool("orders.lookup".into()));
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
-        .mount(&server)
-        .await;
-    let request = ChatRequest {
-        settings: Some(&settings),
-        ..conversation.request()
-    };
-    anthropic(&server).complete(&request).await.unwrap();
-    let body = only_request_body(&server).await;
-    assert_eq!(body["max_tokens"], 100);
-    assert_eq!(body["temperature"], 0.3);
-    assert_eq!(body["top_p"], 0.5);
-    assert_eq!(body["stop_sequences"], json!(["END"]));
-    assert_eq!(
-        body["tool_choice"],
-        json!({"type": "tool", "name": "orders_lookup"})
-    );
-    assert_eq!(
-        body["output_config"],
-        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
-    );
-    // `json_object` has no words in the Messages API: not sent; in Chat Completions', sent.
+    // `json_object` has no words in the Messages API: not sent there.
     settings.format = Some(OutputFormat::JsonObject);
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
-        .mount(&server)
-        .await;
-    Mock::given(method("POST"))
-        .and(path("/v1/messages"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(messages.clone()))
-        .mount(&server)
-        .await;
-    let request = ChatRequest {
-        settings: Some(&settings),
-        ..conversation.request()
-    };
-    openai(&server, 5_000).complete(&request).await.unwrap();
-    anthropic(&server).complete(&request).await.unwrap();
-    let bodies: Vec<Value> = server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.body_json().unwrap())
-        .collect();
-    assert_eq!(bodies[0]["response_format"], json!({"type": "json_object"}));
-    assert!(bodies[1].get("output_config").is_none(), "{}", bodies[1]);
-    // No settings, none sent; nor a tool choice with no tools to choose from.
+    let (chat, messages) = sent_by_both(&conversation, Some(&settings)).await;
+    assert_eq!(chat["response_format"], json!({"type": "json_object"}));
+    assert!(messages.get("output_config").is_none(), "{messages}");
+    // No settings, none sent (the Anthropic operator's temperature stands); no tools, no choice.
+    let (chat, messages) = sent_by_both(&conversation, None).await;
+    for key in [
+        "top_p",
+        "stop",
+        "temperature",
+        "response_format",
+        "tool_choice",
+    ] {
+        assert!(chat.get(key).is_none(), "{key} in {chat}");
+    }
+    for key in ["top_p", "stop_sequences", "output_config", "tool_choice"] {
+        assert!(messages.get(key).is_none(), "{key} in {messages}");
+    }
+    assert_eq!(messages["temperature"], 0.0);
+    assert_eq!(chat["max_completion_tokens"], 256);
     let bare = Conversation {
         tools: Vec::new(),
         ..conversation
     };
-    for with in [None, Some(&settings)] {
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(chat.clone()))
-            .mount(&server)
-            .await;
-        let request = ChatRequest {
-            settings: with,
-            ..bare.request()
-        };
-        openai(&server, 5_000).complete(&request).await.unwrap();
-        let body = only_request_body(&server).await;
-        assert!(body.get("tool_choice").is_none(), "{body}");
-        if with.is_none() {
-            for key in ["top_p", "stop", "temperature", "response_format"] {
-                assert!(body.get(key).is_none(), "{key} in {body}");
-            }
-            assert_eq!(body["max_completion_tokens"], 256);
-        }
-    }
+    let (chat, messages) = sent_by_both(&bare, Some(&settings)).await;
+    assert!(chat.get("tool_choice").is_none(), "{chat}");
+    assert!(messages.get("tool_choice").is_none(), "{messages}");
 }
