@@ -53,6 +53,14 @@ pub enum ToolChoice {
 }
 
 impl ModelSettings {
+    /// The temperature to send where the operator's is `operator`: the caller's; else, if the
+    /// caller gave no sampling setting of its own, the operator's (a caller's `top_p` replaces
+    /// the operator's sampling too: some models refuse both at once).
+    pub fn temperature_over(&self, operator: Option<f32>) -> Option<f32> {
+        self.temperature
+            .or_else(|| operator.filter(|_| self.top_p.is_none()))
+    }
+
     /// The settings with `max_tokens` at most `cap`: what is sent when the operator's cap is
     /// `cap`.
     pub fn max_tokens_within(&self, cap: u64) -> u64 {
@@ -92,6 +100,20 @@ mod tests {
         assert_eq!(s.max_tokens_within(4096), 100);
         s.max_tokens = Some(100_000);
         assert_eq!(s.max_tokens_within(4096), 4096);
+    }
+
+    #[test]
+    fn a_callers_sampling_replaces_the_operators() {
+        let mut s = ModelSettings::default();
+        assert_eq!(s.temperature_over(Some(0.7)), Some(0.7));
+        s.top_p = Some(0.5);
+        assert_eq!(
+            s.temperature_over(Some(0.7)),
+            None,
+            "top_p with the operator's temperature"
+        );
+        s.temperature = Some(0.1);
+        assert_eq!(s.temperature_over(Some(0.7)), Some(0.1));
     }
 
     #[test]

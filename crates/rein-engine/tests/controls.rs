@@ -548,3 +548,59 @@ async fn requests_the_provider_refuses_as_malformed_do_not_open_the_models_break
     }
     assert_eq!(provider.received_requests().await.unwrap().len(), 5);
 }
+
+/// A half-open model breaker whose probe the provider refuses as malformed is neither closed
+/// (the model's health is unknown) nor left half-open for good: calls stay refused until a
+/// cool-down has passed since the probe, then the next call probes again, and its success
+/// closes the breaker.
+#[tokio::test]
+async fn a_probe_refused_as_malformed_neither_closes_the_breaker_nor_leaves_it_stuck() {
+    let provider = MockServer::start().await;
+    let answer = |status: u16| {
+        let template = ResponseTemplate::new(status);
+        if status == 200 {
+            template.set_body_json(json!({"choices": [{"message": {"content": "ok"},
+                "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
+        } else {
+            template.set_body_string("no")
+        }
+    };
+    let models = format!(
+        "[model]\nprovider = \"openai\"\nname = \"gpt-4o\"\nbase_url = \"{}/v1\"\napi_key_env = \"TEST_KEY\"\nmax_attempts = 1\n",
+        provider.uri()
+    );
+    let fx = Fixture::new(&models, "");
+    let clock = rein_testkit::ManualClock::at(1_000_000);
+    let (engine, agent) = (fx.engine().with_clock(clock.clone()), fx.agent());
+    let run = async |status: u16| {
+        provider.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(answer(status))
+            .mount(&provider)
+            .await;
+        let report = engine.start(&agent, "hi", &NoObserver).await.unwrap();
+        let events = engine.store().events(&report.run_id).unwrap();
+        let kinds: Vec<String> = notices(&events).into_iter().map(|n| n.0).collect();
+        let called = provider.received_requests().await.unwrap().len();
+        (report.status, kinds, called)
+    };
+    for _ in 0..5 {
+        run(500).await;
+    }
+    let (_, kinds, called) = run(500).await;
+    assert_eq!(called, 0, "the breaker did not open: {kinds:?}");
+    // The cool-down passes; the probe is refused as malformed.
+    clock.advance(31_000);
+    let (_, kinds, called) = run(400).await;
+    assert_eq!(called, 1);
+    assert!(kinds.contains(&"breaker_half_open".to_owned()), "{kinds:?}");
+    assert!(!kinds.contains(&"breaker_closed".to_owned()), "{kinds:?}");
+    // Not closed: the next call is refused, the model not called.
+    let (status, _, called) = run(200).await;
+    assert_eq!((status, called), (EndState::Failed, 0));
+    // Not stuck: a cool-down after the probe, another call probes, and closes it.
+    clock.advance(31_000);
+    let (status, kinds, called) = run(200).await;
+    assert_eq!((status, called), (EndState::Completed, 1));
+    assert!(kinds.contains(&"breaker_closed".to_owned()), "{kinds:?}");
+}

@@ -136,7 +136,7 @@ impl AnthropicProvider {
                     input_schema: &t.parameters,
                 })
                 .collect(),
-            temperature: settings.temperature.or(self.config.temperature),
+            temperature: settings.temperature_over(self.config.temperature),
             top_p: settings.top_p,
             stop_sequences: &settings.stop,
             tool_choice: settings

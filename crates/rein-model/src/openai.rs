@@ -119,7 +119,7 @@ impl OpenAiProvider {
                 .collect(),
             max_completion_tokens: max_tokens,
             max_tokens: compatible.then_some(max_tokens),
-            temperature: settings.temperature.or(self.config.temperature),
+            temperature: settings.temperature_over(self.config.temperature),
             top_p: settings.top_p,
             stop: &settings.stop,
             tool_choice: settings

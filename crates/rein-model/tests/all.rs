@@ -744,6 +744,15 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
     }
     assert_eq!(messages["temperature"], 0.0);
     assert_eq!(chat["max_completion_tokens"], 256);
+    // A caller's top_p alone replaces the operator's sampling: the Anthropic operator's
+    // temperature is not sent beside it (some models refuse both at once).
+    let top_p_only = ModelSettings {
+        top_p: Some(0.5),
+        ..ModelSettings::default()
+    };
+    let (_, messages) = sent_by_both(&conversation, Some(&top_p_only)).await;
+    assert_eq!(messages["top_p"], 0.5);
+    assert!(messages.get("temperature").is_none(), "{messages}");
     let bare = Conversation {
         tools: Vec::new(),
         ..conversation

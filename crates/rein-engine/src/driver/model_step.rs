@@ -244,9 +244,7 @@ impl Driver<'_> {
             let model = provider.model().to_owned();
             let breaker = format!("model:{model}");
             let now = self.engine.clock.now_ms();
-            let admission = self.agent.breakers.admit(&breaker, now);
-            let probe = matches!(admission, Admission::Probe);
-            match admission {
+            match self.agent.breakers.admit(&breaker, now) {
                 Admission::Refused { retry_in_ms } => {
                     failures.push(format!("{model}: circuit breaker open"));
                     self.notice(
@@ -411,24 +409,15 @@ impl Driver<'_> {
                     drop(held);
                     // A request the provider refused for what it holds (a gateway's client shapes
                     // much of it) leaves the breaker as it was: clients sending bad values must
-                    // not open it for every other run. As a probe, it shows the provider answers.
-                    let healthy = error.is_request_fault();
-                    let transition = if healthy && !probe {
+                    // not open it for every other run. (As a probe, it says nothing either way:
+                    // another call probes a cool-down later.)
+                    let transition = if error.is_request_fault() {
                         None
                     } else {
                         self.agent
                             .breakers
-                            .record(&breaker, healthy, threshold, cooldown, now)
+                            .record(&breaker, false, threshold, cooldown, now)
                     };
-                    if let Some(Transition::Closed) = transition {
-                        self.notice(
-                            "breaker_closed",
-                            &breaker,
-                            "the probe was answered (its request was refused as malformed)".into(),
-                            None,
-                        )
-                        .await?;
-                    }
                     if let Some(Transition::Opened {
                         failures: n,
                         cooldown_ms,

@@ -43,16 +43,25 @@ fn bad(d: Dialect, message: String) -> GwError {
 impl Given {
     /// The settings, or a 400 naming the field that holds no such setting.
     pub(crate) fn settings(self, d: Dialect) -> Result<ModelSettings, GwError> {
-        let fraction = |v: Option<Value>, field: &str| -> Result<Option<f32>, GwError> {
+        // A number in `0..=max` that an `f32` holds (a larger one would be sent as `null`).
+        let fraction = |v: Option<Value>, field: &str, max: f64| -> Result<Option<f32>, GwError> {
             match v {
                 None | Some(Value::Null) => Ok(None),
-                Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0) => {
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|f| (0.0..=max).contains(&f)) => {
                     Ok(n.as_f64().map(|f| f as f32))
                 }
                 Some(other) => Err(bad(
                     d,
-                    format!("{field}: {other} is not a number of zero or more"),
+                    format!("{field}: {other} is not a number from 0 to {max}"),
                 )),
+            }
+        };
+        // The object a format sits in (`text`, `output_config`): its `format`, if it has one.
+        let inner = |v: Option<Value>, field: &str| -> Result<Option<Value>, GwError> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Object(mut o)) => Ok(o.remove("format")),
+                Some(other) => Err(bad(d, format!("{field}: {other} is not an object"))),
             }
         };
         let (cap_field, cap) = [
@@ -97,15 +106,10 @@ impl Given {
         };
         let format = [
             ("response_format", self.response_format),
-            (
-                "text.format",
-                self.text
-                    .and_then(|mut t| t.get_mut("format").map(Value::take)),
-            ),
+            ("text.format", inner(self.text, "text")?),
             (
                 "output_config.format",
-                self.output_config
-                    .and_then(|mut c| c.get_mut("format").map(Value::take)),
+                inner(self.output_config, "output_config")?,
             ),
         ]
         .into_iter()
@@ -114,8 +118,8 @@ impl Given {
         .transpose()?
         .flatten();
         Ok(ModelSettings {
-            temperature: fraction(self.temperature, "temperature")?,
-            top_p: fraction(self.top_p, "top_p")?,
+            temperature: fraction(self.temperature, "temperature", 2.0)?,
+            top_p: fraction(self.top_p, "top_p", 1.0)?,
             max_tokens,
             stop,
             tool_choice: match self.tool_choice {
@@ -288,6 +292,10 @@ mod tests {
         for (body, field) in [
             (json!({"temperature": "hot"}), "temperature:"),
             (json!({"top_p": -1}), "top_p:"),
+            (json!({"top_p": 7}), "top_p:"),
+            (json!({"temperature": 1e39}), "temperature:"),
+            (json!({"text": "x"}), "text:"),
+            (json!({"output_config": [1]}), "output_config:"),
             (
                 json!({"max_completion_tokens": 0}),
                 "max_completion_tokens:",
