@@ -48,6 +48,9 @@ pub(crate) struct ChatRequest {
     tool_choice: Option<Value>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// How many choices: rein judges and answers one.
+    #[serde(default)]
+    n: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +142,15 @@ pub(crate) fn parse_arguments(text: &str) -> Value {
 
 impl ChatRequest {
     fn into_gateway(self, conversation: Option<String>) -> Result<GatewayRequest, GwError> {
+        if let Some(n) = self.n.filter(|n| !n.is_null() && n != &json!(1)) {
+            return Err(GwError::new(
+                D,
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "n: {n} choices asked; rein's gateway judges and answers one choice a request (send n = 1, or several requests)"
+                ),
+            ));
+        }
         let settings = Given {
             temperature: self.temperature,
             top_p: self.top_p,

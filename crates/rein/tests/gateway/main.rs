@@ -327,6 +327,16 @@ async fn requests_rein_refuses_get_errors_in_each_apis_own_shape() {
     let (status, e) = post("/v1/chat/completions", Some(&gw), image).await;
     assert_eq!(status, 400, "{e}");
     assert!(error_message(&e).contains("messages[0].content[0]"), "{e}");
+    // Several choices would each need judging: refused by name, not answered with one.
+    let mut several = hello.clone();
+    several["n"] = json!(3);
+    let (status, e) = post("/v1/chat/completions", Some(&gw), several).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(error_message(&e).starts_with("n: 3"), "{e}");
+    let mut one = hello.clone();
+    one["n"] = json!(1);
+    let (status, e) = post("/v1/chat/completions", Some(&gw), one).await;
+    assert_eq!(status, 200, "{e}");
     let (status, e) = post(
         "/v1/chat/completions",
         Some(&gw),
