@@ -20,6 +20,10 @@ use crate::{Agent, Engine, EngineError, Observer, RunRequest};
 /// The kind of the notice that opens a gateway run; its subject is the conversation.
 pub const GATEWAY_REQUEST: &str = "gateway_request";
 
+/// How the reason of a run whose every model refused its request as malformed begins (HTTP 400,
+/// 413 or 422 from each provider tried): the request's fault, not the model's.
+pub(crate) const REFUSED_AS_MALFORMED: &str = "every model refused the request as malformed";
+
 /// One request to a gateway, in rein's terms.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayTurn {
@@ -212,6 +216,16 @@ impl Engine {
 }
 
 impl GatewayReply {
+    /// Whether the run failed because every model refused its request as malformed (a value
+    /// the client sent that the provider does not take): the client's to fix.
+    pub fn refused_as_malformed(&self) -> bool {
+        self.status == EndState::Failed
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(REFUSED_AS_MALFORMED))
+    }
+
     /// What a request is told while its conversation's held run still waits for a person:
     /// what is held and why, nothing new spent, no text.
     pub fn waiting(run_id: &str, state: &RunState) -> GatewayReply {

@@ -85,6 +85,8 @@ pub struct GatewayAnswer {
     pub cost_usd: f64,
     /// Why the request did not complete.
     pub reason: Option<String>,
+    /// It failed because every model refused it as malformed: the client's request is at fault.
+    pub malformed: bool,
 }
 
 impl GatewayAnswer {
@@ -487,6 +489,7 @@ impl Rein {
     fn answer(&self, key: &ConversationKey, reply: GatewayReply) -> GatewayAnswer {
         let run = &reply.run_id;
         GatewayAnswer {
+            malformed: reply.refused_as_malformed(),
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
             // them with the run's id, so each is unique in it.
             calls: reply

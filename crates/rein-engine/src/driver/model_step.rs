@@ -239,6 +239,8 @@ impl Driver<'_> {
             fresh
         });
         let mut failures: Vec<String> = Vec::new();
+        // How many of those the provider refused for what the request held.
+        let mut malformed = 0;
         let count = candidates.len();
         for (index, (provider, why)) in candidates.into_iter().enumerate() {
             let model = provider.model().to_owned();
@@ -412,6 +414,7 @@ impl Driver<'_> {
                     // not open it for every other run. (As a probe, it says nothing either way:
                     // another call probes a cool-down later.)
                     let transition = if error.is_request_fault() {
+                        malformed += 1;
                         None
                     } else {
                         self.agent
@@ -442,10 +445,20 @@ impl Driver<'_> {
                 }
             }
         }
-        let reason = format!(
-            "the model call for step {step} failed with every model: {}",
-            failures.join("; ")
-        );
+        // Every model refused the request for what it held (a value out of range, a schema it
+        // cannot take): the request's fault, said so (a gateway answers its client 400).
+        let reason = if malformed == failures.len() && malformed > 0 {
+            format!(
+                "{}: the model call for step {step} failed with every model: {}",
+                crate::gateway::REFUSED_AS_MALFORMED,
+                failures.join("; ")
+            )
+        } else {
+            format!(
+                "the model call for step {step} failed with every model: {}",
+                failures.join("; ")
+            )
+        };
         // Some work was done: say so, rather than a bare failure.
         let status = if self
             .state

@@ -481,8 +481,10 @@ pub(crate) fn with_headers(mut response: Response, answer: &GatewayAnswer) -> Re
 }
 
 /// A request that did not end with an answer for the client becomes an error: the budget
-/// refused it (429), the policies refused the model or the answer (403), the model failed
-/// (502); and a denied call fails the request when the operator chose `on_denied = "error"`.
+/// refused it (429), the policies refused the model or the answer (403), every model refused
+/// it as malformed (400: a value the client sent, which it must fix rather than retry), the
+/// model failed (502); and a denied call fails the request when the operator chose
+/// `on_denied = "error"`.
 fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Result<(), GwError> {
     let reason = || {
         answer
@@ -495,6 +497,7 @@ fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Resul
         v1::EndState::BudgetExhausted => Some(StatusCode::TOO_MANY_REQUESTS),
         v1::EndState::Denied => Some(StatusCode::FORBIDDEN),
         v1::EndState::Cancelled => Some(StatusCode::CONFLICT),
+        v1::EndState::Failed if answer.malformed => Some(StatusCode::BAD_REQUEST),
         _ => Some(StatusCode::BAD_GATEWAY),
     };
     if let Some(status) = status {

@@ -1020,3 +1020,53 @@ async fn a_budget_reserves_a_requests_own_lower_cap() {
     assert_eq!(answer["choices"][0]["message"]["content"], "ok");
     drop(s);
 }
+
+/// A request every model refuses for what it holds (a value the client sent that the provider
+/// does not take) is answered 400 with the provider's words, in each API's shape, so the SDK
+/// raises its bad-request error and does not retry; a model that fails itself is still 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_not_a_502() {
+    let upstream = wiremock::MockServer::start().await;
+    let refuse = |status: u16| {
+        wiremock::Mock::given(wiremock::matchers::method("POST")).respond_with(
+            wiremock::ResponseTemplate::new(status).set_body_json(json!({"error": {
+                "message": "temperature: range: 0..1", "type": "invalid_request_error"}})),
+        )
+    };
+    refuse(400).mount(&upstream).await;
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_attempts = 3\n",
+        upstream.uri()
+    ));
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = state_with_upstream_key();
+    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let body = json!({"model": "gw", "temperature": 1.5,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let (status, e) = chat(&s.base, &agent, &body).await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert!(error_message(&e).contains("temperature: range"), "{e}");
+    // Not retried: the request would be refused again.
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 1);
+    let r = client()
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &agent)
+        .json(&json!({"model": "gw", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anthropic_error(r).await,
+        (400, Some("invalid_request_error".into()))
+    );
+    // The model failing itself is the gateway's 502.
+    upstream.reset().await;
+    refuse(500).mount(&upstream).await;
+    let (status, e) = chat(&s.base, &agent, &body).await;
+    assert_eq!(status, 502, "{e}");
+    drop(s);
+}
