@@ -229,6 +229,8 @@ pub struct RunState {
     calls: Vec<CallSlot>,
     last_text: Option<String>,
     last_reply_had_calls: bool,
+    /// The model's last reply stopped at its cap on the answer (`length`, `max_tokens`).
+    last_reply_cut: bool,
     ended: Option<Ended>,
     suspended: bool,
     labels: LabelSet,
@@ -537,6 +539,12 @@ impl RunState {
     /// The most recent text the model produced.
     pub fn last_text(&self) -> Option<&str> {
         self.last_text.as_deref()
+    }
+
+    /// Whether the model's last reply stopped at its cap on the answer, as its provider said
+    /// (`length` from Chat Completions, `max_tokens` from the Messages API): its text is cut.
+    pub fn last_reply_cut(&self) -> bool {
+        self.last_reply_cut
     }
 }
 

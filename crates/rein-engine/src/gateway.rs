@@ -117,6 +117,8 @@ pub struct GatewayReply {
     pub cost_micros: u64,
     /// Why the run did not complete.
     pub reason: Option<String>,
+    /// The model's answer stopped at its cap (its text is cut short).
+    pub cut: bool,
     /// The labels in play at the end of the run: what the conversation's next request carries.
     pub labels: Vec<String>,
     /// Of those, the ones the run gained itself (not brought in by its request): what a reply
@@ -369,6 +371,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         usage: state.usage(),
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),
+        cut: state.last_reply_cut(),
         labels: state.labels().to_vec(),
         gained: state
             .labels()

@@ -87,6 +87,8 @@ pub struct GatewayAnswer {
     pub reason: Option<String>,
     /// It failed because every model refused it as malformed: the client's request is at fault.
     pub malformed: bool,
+    /// The model's answer stopped at its cap on the answer: its text is cut short.
+    pub cut: bool,
 }
 
 impl GatewayAnswer {
@@ -490,6 +492,7 @@ impl Rein {
         let run = &reply.run_id;
         GatewayAnswer {
             malformed: reply.refused_as_malformed(),
+            cut: reply.cut,
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
             // them with the run's id, so each is unique in it.
             calls: reply

@@ -96,9 +96,12 @@ impl RunState {
                 tool_calls,
                 usage,
                 cost_micros,
+                stop_reason,
                 ..
             } => {
                 self.cost_micros = self.cost_micros.saturating_add(*cost_micros);
+                self.last_reply_cut =
+                    matches!(stop_reason.as_deref(), Some("length" | "max_tokens"));
                 if self.requested_step != Some(*step) {
                     return Err(fail(format!("step {step} was not requested")));
                 }

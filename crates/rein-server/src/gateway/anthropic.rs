@@ -242,10 +242,12 @@ fn blocks(answer: &GatewayAnswer) -> Vec<Value> {
 }
 
 fn stop_reason(answer: &GatewayAnswer) -> &'static str {
-    if answer.calls.is_empty() {
-        "end_turn"
-    } else {
+    if !answer.calls.is_empty() {
         "tool_use"
+    } else if answer.cut {
+        "max_tokens"
+    } else {
+        "end_turn"
     }
 }
 

@@ -296,10 +296,12 @@ pub(crate) fn arguments_text(arguments: &Value) -> String {
 }
 
 fn finish_reason(answer: &GatewayAnswer) -> &'static str {
-    if answer.calls.is_empty() {
-        "stop"
-    } else {
+    if !answer.calls.is_empty() {
         "tool_calls"
+    } else if answer.cut {
+        "length"
+    } else {
+        "stop"
     }
 }
 

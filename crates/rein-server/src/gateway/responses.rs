@@ -192,7 +192,7 @@ pub(crate) async fn responses(
     let response = if stream {
         streamed(&answer, &model)
     } else {
-        axum::Json(response_object(&answer, &model, "completed")).into_response()
+        axum::Json(response_object(&answer, &model, end_status(&answer))).into_response()
     };
     Ok(super::with_headers(response, &answer))
 }
@@ -215,12 +215,23 @@ fn output_items(answer: &GatewayAnswer) -> Vec<Value> {
     out
 }
 
-fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
-    let output = if status == "completed" {
-        output_items(answer)
+/// How a response ended: `incomplete` when the model's answer stopped at its cap (its text is
+/// cut short), as the API says it.
+fn end_status(answer: &GatewayAnswer) -> &'static str {
+    if answer.cut {
+        "incomplete"
     } else {
+        "completed"
+    }
+}
+
+fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
+    let output = if status == "in_progress" {
         vec![]
+    } else {
+        output_items(answer)
     };
+    let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
     json!({
         "id": format!("resp_{}", answer.run_id),
         "object": "response",
@@ -233,7 +244,7 @@ fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
         "tools": [],
         "store": false,
         "error": null,
-        "incomplete_details": null,
+        "incomplete_details": incomplete,
         "instructions": null,
         "metadata": {},
         "temperature": null,
@@ -283,7 +294,8 @@ fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
             json!({"type": "response.output_item.done", "output_index": index, "item": item}),
         );
     }
-    events.push(json!({"type": "response.completed", "response": response_object(answer, model, "completed")}));
+    let status = end_status(answer);
+    events.push(json!({"type": format!("response.{status}"), "response": response_object(answer, model, status)}));
     let events = events.into_iter().enumerate().map(|(n, mut e)| {
         e["sequence_number"] = json!(n);
         let name = e["type"].as_str().unwrap_or_default().to_owned();

@@ -1070,3 +1070,26 @@ async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_not_a_50
     assert_eq!(status, 502, "{e}");
     drop(s);
 }
+
+/// An answer the model stopped at its cap reaches the client marked as cut, in its API's words,
+/// through the official SDKs (`length`, `max_tokens`, an `incomplete` response), so an agent
+/// that checks for a cut answer (a structured output's parser does) sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_cut_at_its_cap_is_marked_so_in_each_apis_words() {
+    let upstream = rein_testkit::fake::server(vec![json!({
+        "choices": [{"message": {"role": "assistant", "content": "the answer was cu"},
+            "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5}})])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_attempts = 1\n",
+        upstream.uri()
+    ));
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = state_with_upstream_key();
+    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    python_client("cut_client.py", &[&s.base, &agent]);
+    drop(s);
+}
