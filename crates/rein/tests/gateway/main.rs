@@ -149,6 +149,24 @@ fn state_with_upstream_key() -> tempfile::TempDir {
     state
 }
 
+/// `rein serve` with one gateway, `gw`, whose model is an OpenAI-compatible provider at
+/// `upstream` (its key held by rein, `secret:UPSTREAM`), with `settings` added to `[model]` and
+/// what follows it; the server, a gateway token of ann at acme, and the folders to keep.
+fn upstream_gateway(
+    upstream: &str,
+    settings: &str,
+) -> (Served, String, (tempfile::TempDir, tempfile::TempDir)) {
+    let root = tempfile::tempdir().unwrap();
+    let folder = AgentFolder::new(&format!(
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{upstream}/v1\"\napi_key = \"secret:UPSTREAM\"\n{settings}"
+    ));
+    copy_dir(folder.path(), &root.path().join("gw"));
+    let state = state_with_upstream_key();
+    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
+    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    (s, agent, (root, state))
+}
+
 /// The approval a held answer names.
 fn approval_in(text: &str) -> String {
     text.split("(approval ")
@@ -937,15 +955,10 @@ async fn a_gateway_stopped_leaves_every_request_it_answered_under_a_signed_check
 async fn the_sdks_own_settings_reach_the_provider_within_the_operators_cap() {
     let upstream =
         rein_testkit::fake::server(vec![rein_testkit::fake::openai_text("ok", 5, 1)]).await;
-    let root = tempfile::tempdir().unwrap();
-    let folder = AgentFolder::new(&format!(
-        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_tokens = 35\ntemperature = 1.0\nmax_attempts = 1\n[[tools]]\nclient = true\nname = \"orders_lookup\"\n",
-        upstream.uri()
-    ));
-    copy_dir(folder.path(), &root.path().join("gw"));
-    let state = state_with_upstream_key();
-    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
-    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let (s, agent, _dirs) = upstream_gateway(
+        &upstream.uri(),
+        "max_tokens = 35\ntemperature = 1.0\nmax_attempts = 1\n[[tools]]\nclient = true\nname = \"orders_lookup\"\n",
+    );
     python_client("settings_client.py", &[&s.base, &agent]);
     let bodies: Vec<Value> = upstream
         .received_requests()
@@ -1034,15 +1047,7 @@ async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_not_a_50
         )
     };
     refuse(400).mount(&upstream).await;
-    let root = tempfile::tempdir().unwrap();
-    let folder = AgentFolder::new(&format!(
-        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_attempts = 3\n",
-        upstream.uri()
-    ));
-    copy_dir(folder.path(), &root.path().join("gw"));
-    let state = state_with_upstream_key();
-    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
-    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let (s, agent, _dirs) = upstream_gateway(&upstream.uri(), "max_attempts = 3\n");
     let body = json!({"model": "gw", "temperature": 1.5,
         "messages": [{"role": "user", "content": "hello"}]});
     let (status, e) = chat(&s.base, &agent, &body).await;
@@ -1081,15 +1086,7 @@ async fn an_answer_cut_at_its_cap_is_marked_so_in_each_apis_words() {
             "finish_reason": "length"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 5}})])
     .await;
-    let root = tempfile::tempdir().unwrap();
-    let folder = AgentFolder::new(&format!(
-        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{}/v1\"\napi_key = \"secret:UPSTREAM\"\nmax_attempts = 1\n",
-        upstream.uri()
-    ));
-    copy_dir(folder.path(), &root.path().join("gw"));
-    let state = state_with_upstream_key();
-    let agent = token(REIN, state.path(), "acme", "ann", "gateway");
-    let s = Served::start(REIN, state.path(), root.path(), &[]);
+    let (s, agent, _dirs) = upstream_gateway(&upstream.uri(), "max_attempts = 1\n");
     python_client("cut_client.py", &[&s.base, &agent]);
     drop(s);
 }

@@ -5,19 +5,7 @@ Messages API `max_tokens`, the Responses API an `incomplete` response, streamed 
 Usage: cut_client.py BASE_URL AGENT_TOKEN
 """
 
-import sys
-
-import anthropic
-import openai
-
-BASE, TOKEN = sys.argv[1], sys.argv[2]
-oa = openai.OpenAI(base_url=f"{BASE}/v1", api_key=TOKEN, max_retries=0)
-an = anthropic.Anthropic(base_url=BASE, api_key=TOKEN, max_retries=0)
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
+from gateway_clients import an, check, oa
 
 
 r = oa.chat.completions.create(model="gw", messages=[{"role": "user", "content": "chat"}], max_tokens=5)

@@ -8,19 +8,9 @@ The test that runs it reads what the upstream received; this script checks what 
 see. Exits non-zero on the first failure.
 """
 
-import sys
-
-import anthropic
 import openai
 
-BASE, TOKEN = sys.argv[1], sys.argv[2]
-oa = openai.OpenAI(base_url=f"{BASE}/v1", api_key=TOKEN, max_retries=0)
-an = anthropic.Anthropic(base_url=BASE, api_key=TOKEN, max_retries=0)
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
+from gateway_clients import an, check, oa
 
 
 FN = {"type": "object", "properties": {"order_id": {"type": "string"}}}
