@@ -117,7 +117,7 @@ pub struct GatewayReply {
     pub cost_micros: u64,
     /// Why the run did not complete.
     pub reason: Option<String>,
-    /// The model's answer stopped at its cap (its text is cut short).
+    /// The model's answer stopped at its cap, and its text, cut short, is in this reply.
     pub cut: bool,
     /// The labels in play at the end of the run: what the conversation's next request carries.
     pub labels: Vec<String>,
@@ -361,6 +361,8 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         // While the run waits for a person, the text that came with the held calls waits too.
         _ => ended.and_then(|e| e.output.clone()),
     };
+    // Cut only where the client reads the model's text (not while it waits with held calls).
+    let cut = state.last_reply_cut() && text.is_some();
     GatewayReply {
         run_id,
         status,
@@ -371,7 +373,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         usage: state.usage(),
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),
-        cut: state.last_reply_cut(),
+        cut,
         labels: state.labels().to_vec(),
         gained: state
             .labels()

@@ -1003,3 +1003,45 @@ fn provenance_counters_grants_and_data_are_folded_from_the_log() {
     assert_eq!((counter.calls, counter.sums["amount"]), (1, 40.0));
     assert_eq!(state.calls_started(), 1);
 }
+
+/// A reply the provider stopped at its cap (`length` from Chat Completions, `max_tokens` from
+/// the Messages API) marks the run's last reply as cut; the next reply that was not, unmarks it.
+#[test]
+fn a_reply_stopped_at_its_cap_is_known_as_cut_until_the_next() {
+    let with_stop = |step: u32, why: &str| match replied(step, Some("partial"), &["c1"]) {
+        Event::ModelReplied {
+            step,
+            text,
+            tool_calls,
+            usage,
+            latency_us,
+            model,
+            cost_micros,
+            ..
+        } => Event::ModelReplied {
+            step,
+            text,
+            tool_calls,
+            usage,
+            latency_us,
+            stop_reason: Some(why.into()),
+            model,
+            cost_micros,
+        },
+        other => other,
+    };
+    for why in ["length", "max_tokens"] {
+        let state = fold(vec![started(5), requested(1), with_stop(1, why)]);
+        assert!(state.last_reply_cut(), "{why}");
+    }
+    let state = fold(vec![
+        started(5),
+        requested(1),
+        with_stop(1, "length"),
+        intent("c1", true, 1),
+        outcome("c1"),
+        requested(2),
+        with_stop(2, "stop"),
+    ]);
+    assert!(!state.last_reply_cut());
+}
