@@ -19,6 +19,15 @@ pub struct ModelSettings {
     pub tool_choice: Option<ToolChoice>,
     /// The shape the answer's text must have (none: free text).
     pub format: Option<OutputFormat>,
+    /// Whether the model may propose several tool calls in one answer (`false`: at most one).
+    pub parallel_tool_calls: Option<bool>,
+    /// A seed for sampling, for answers as repeatable as the provider makes them (the OpenAI
+    /// APIs' `seed`; the Messages API has none, so it is not sent to an Anthropic provider).
+    pub seed: Option<i64>,
+    /// How hard a reasoning model thinks before it answers (`low`, `medium`, `high`, ...: the
+    /// OpenAI APIs' reasoning effort, sent as given; not sent to an Anthropic provider, whose
+    /// thinking has no such setting).
+    pub reasoning_effort: Option<String>,
 }
 
 /// The shape a model's answer must have: structured output.
@@ -78,6 +87,12 @@ impl ModelSettings {
             choice => Some(choice),
         }
     }
+
+    /// Whether to say the model may call tools in parallel with `offered` tools: not without
+    /// tools (an API refuses it with nothing to call).
+    pub fn parallel_tool_calls_for(&self, offered: &[crate::ToolSpec]) -> Option<bool> {
+        self.parallel_tool_calls.filter(|_| !offered.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -131,5 +146,19 @@ mod tests {
         s.tool_choice = Some(ToolChoice::Required);
         assert_eq!(s.tool_choice_for(&offered), Some(&ToolChoice::Required));
         assert_eq!(s.tool_choice_for(&[]), None, "nothing to choose from");
+    }
+
+    #[test]
+    fn parallel_tool_calls_are_said_only_with_tools_offered() {
+        let s = ModelSettings {
+            parallel_tool_calls: Some(false),
+            ..ModelSettings::default()
+        };
+        assert_eq!(s.parallel_tool_calls_for(&[spec("a")]), Some(false));
+        assert_eq!(s.parallel_tool_calls_for(&[]), None);
+        assert_eq!(
+            ModelSettings::default().parallel_tool_calls_for(&[spec("a")]),
+            None
+        );
     }
 }

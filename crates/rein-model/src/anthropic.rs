@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use rein_core::{Message, OutputFormat, ToolCall, ToolChoice, Usage};
+use rein_core::{Message, ModelSettings, OutputFormat, ToolCall, ToolChoice, ToolSpec, Usage};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -139,14 +139,7 @@ impl AnthropicProvider {
             temperature: settings.temperature_over(self.config.temperature),
             top_p: settings.top_p,
             stop_sequences: &settings.stop,
-            tool_choice: settings
-                .tool_choice_for(request.tools)
-                .map(|choice| match choice {
-                    ToolChoice::Auto => json!({"type": "auto"}),
-                    ToolChoice::None => json!({"type": "none"}),
-                    ToolChoice::Required => json!({"type": "any"}),
-                    ToolChoice::Tool(name) => json!({"type": "tool", "name": names.to_wire(name)}),
-                }),
+            tool_choice: tool_choice(settings, request.tools, names),
             // The Messages API takes a schema only: `json_object` has no words in it.
             output_config: match &settings.format {
                 Some(OutputFormat::JsonSchema { schema, .. }) => {
@@ -156,6 +149,25 @@ impl AnthropicProvider {
             },
         }
     }
+}
+
+/// The tool choice a caller's settings make with `offered` tools, in the Messages API's words:
+/// its choice, and whether the model may call several tools at once, which the API says inside
+/// the choice (`disable_parallel_tool_use`; `auto` when the caller chose nothing else, and not
+/// with `none`, which calls no tool).
+fn tool_choice(settings: &ModelSettings, offered: &[ToolSpec], names: &WireNames) -> Option<Value> {
+    let one_at_a_time = settings.parallel_tool_calls_for(offered) == Some(false);
+    let mut choice = match settings.tool_choice_for(offered) {
+        Some(ToolChoice::None) => return Some(json!({"type": "none"})),
+        None if !one_at_a_time => return None,
+        None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Tool(name)) => json!({"type": "tool", "name": names.to_wire(name)}),
+    };
+    if one_at_a_time {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    Some(choice)
 }
 
 /// The input of a call whose arguments are not an object: the API takes only objects.

@@ -50,6 +50,9 @@ static NO_SETTINGS: ModelSettings = ModelSettings {
     stop: Vec::new(),
     tool_choice: None,
     format: None,
+    parallel_tool_calls: None,
+    seed: None,
+    reasoning_effort: None,
 };
 
 impl<'a> ChatRequest<'a> {

@@ -146,6 +146,9 @@ impl OpenAiProvider {
                     json!({"type": "json_schema", "json_schema": spec})
                 }
             }),
+            parallel_tool_calls: settings.parallel_tool_calls_for(request.tools),
+            seed: settings.seed,
+            reasoning_effort: settings.reasoning_effort.as_deref(),
         }
     }
 }
@@ -170,6 +173,12 @@ struct Body<'a> {
     tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'a str>,
 }
 
 #[derive(Serialize)]

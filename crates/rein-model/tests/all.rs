@@ -672,6 +672,9 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
             schema: json!({"type": "object"}),
             strict: Some(true),
         }),
+        parallel_tool_calls: Some(false),
+        seed: Some(7),
+        reasoning_effort: Some("low".into()),
     };
     // The operators' caps: 256 (OpenAI), 512 (Anthropic); the Anthropic operator's temperature
     // is 0.0, which the caller's replaces.
@@ -698,8 +701,15 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         );
         assert_eq!(
             messages["tool_choice"],
-            json!({"type": "tool", "name": "orders_lookup"})
+            json!({"type": "tool", "name": "orders_lookup", "disable_parallel_tool_use": true})
         );
+        assert_eq!(chat["parallel_tool_calls"], false);
+        assert_eq!(chat["seed"], 7);
+        assert_eq!(chat["reasoning_effort"], "low");
+        // The Messages API has no seed, and no reasoning effort in these words.
+        for key in ["seed", "reasoning_effort", "parallel_tool_calls"] {
+            assert!(messages.get(key).is_none(), "{key} in {messages}");
+        }
         assert_eq!(
             chat["response_format"],
             json!({"type": "json_schema", "json_schema": {"name": "status", "schema": {"type": "object"}, "strict": true}})
@@ -709,18 +719,46 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
             json!({"format": {"type": "json_schema", "schema": {"type": "object"}}})
         );
     }
-    for (choice, openai_words, anthropic_words) in [
-        (ToolChoice::Auto, json!("auto"), json!({"type": "auto"})),
-        (ToolChoice::None, json!("none"), json!({"type": "none"})),
+    // One call at a time is said inside the Messages API's choice (not with `none`, which calls
+    // no tool); parallel calls allowed, as in its default.
+    for (choice, parallel, openai_words, anthropic_words) in [
         (
-            ToolChoice::Required,
+            Some(ToolChoice::Auto),
+            Some(false),
+            json!("auto"),
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (
+            None,
+            Some(false),
+            Value::Null,
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ),
+        (None, Some(true), Value::Null, Value::Null),
+        (
+            Some(ToolChoice::None),
+            Some(false),
+            json!("none"),
+            json!({"type": "none"}),
+        ),
+        (
+            Some(ToolChoice::Required),
+            Some(false),
+            json!("required"),
+            json!({"type": "any", "disable_parallel_tool_use": true}),
+        ),
+        (
+            Some(ToolChoice::Required),
+            None,
             json!("required"),
             json!({"type": "any"}),
         ),
     ] {
-        settings.tool_choice = Some(choice);
+        settings.tool_choice = choice;
+        settings.parallel_tool_calls = parallel;
         let (chat, messages) = sent_by_both(&conversation, Some(&settings)).await;
         assert_eq!(chat["tool_choice"], openai_words);
+        assert_eq!(chat["parallel_tool_calls"], json!(parallel));
         assert_eq!(messages["tool_choice"], anthropic_words);
     }
     // `json_object` has no words in the Messages API: not sent there.
@@ -736,6 +774,9 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         "temperature",
         "response_format",
         "tool_choice",
+        "parallel_tool_calls",
+        "seed",
+        "reasoning_effort",
     ] {
         assert!(chat.get(key).is_none(), "{key} in {chat}");
     }
@@ -757,7 +798,9 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
         tools: Vec::new(),
         ..conversation
     };
+    settings.parallel_tool_calls = Some(false);
     let (chat, messages) = sent_by_both(&bare, Some(&settings)).await;
     assert!(chat.get("tool_choice").is_none(), "{chat}");
+    assert!(chat.get("parallel_tool_calls").is_none(), "{chat}");
     assert!(messages.get("tool_choice").is_none(), "{messages}");
 }

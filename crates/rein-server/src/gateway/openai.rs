@@ -47,6 +47,12 @@ pub(crate) struct ChatRequest {
     #[serde(default)]
     tool_choice: Option<Value>,
     #[serde(default)]
+    parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    seed: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<Value>,
+    #[serde(default)]
     response_format: Option<Value>,
     /// How many choices: rein judges and answers one.
     #[serde(default)]
@@ -159,6 +165,9 @@ impl ChatRequest {
             stop: self.stop,
             tool_choice: self.tool_choice,
             response_format: self.response_format,
+            parallel_tool_calls: self.parallel_tool_calls,
+            seed: self.seed,
+            reasoning_effort: self.reasoning_effort,
             ..Given::default()
         }
         .settings(D)?;

@@ -44,6 +44,10 @@ pub(crate) struct ResponsesRequest {
     #[serde(default)]
     tool_choice: Option<Value>,
     #[serde(default)]
+    parallel_tool_calls: Option<Value>,
+    #[serde(default)]
+    reasoning: Option<Value>,
+    #[serde(default)]
     text: Option<Value>,
 }
 
@@ -68,6 +72,8 @@ impl ResponsesRequest {
             max_output_tokens: self.max_output_tokens,
             tool_choice: self.tool_choice,
             text: self.text,
+            parallel_tool_calls: self.parallel_tool_calls,
+            reasoning: self.reasoning,
             ..Given::default()
         }
         .settings(D)?;

@@ -1,7 +1,9 @@
 //! A client's own settings for its model call, as each API's request carries them: sampling
 //! (`temperature`, `top_p`), its cap on the answer (`max_completion_tokens` or `max_tokens`,
 //! `max_output_tokens`), stop texts (`stop`, `stop_sequences`) and which tool the model must call
-//! (`tool_choice`, in any of the three APIs' shapes). They go to whichever provider serves the
+//! (`tool_choice`, in any of the three APIs' shapes), whether it may call several at once
+//! (`parallel_tool_calls`, or the Messages API's `disable_parallel_tool_use`), a `seed` and a
+//! reasoning model's effort (`reasoning_effort`, `reasoning.effort`). They go to whichever provider serves the
 //! gateway, said in its API's words; a value that is not one of these is refused naming its
 //! field, rather than dropped.
 
@@ -34,6 +36,14 @@ pub(crate) struct Given {
     pub(crate) text: Option<Value>,
     /// The Messages API's (its `format`).
     pub(crate) output_config: Option<Value>,
+    /// The OpenAI APIs' (the Messages API says it in its `tool_choice`).
+    pub(crate) parallel_tool_calls: Option<Value>,
+    /// Chat Completions'.
+    pub(crate) seed: Option<Value>,
+    /// Chat Completions'.
+    pub(crate) reasoning_effort: Option<Value>,
+    /// The Responses API's (its `effort`).
+    pub(crate) reasoning: Option<Value>,
 }
 
 fn bad(d: Dialect, message: String) -> GwError {
@@ -54,14 +64,6 @@ impl Given {
                     d,
                     format!("{field}: {other} is not a number from 0 to {max}"),
                 )),
-            }
-        };
-        // The object a format sits in (`text`, `output_config`): its `format`, if it has one.
-        let inner = |v: Option<Value>, field: &str| -> Result<Option<Value>, GwError> {
-            match v {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Object(mut o)) => Ok(o.remove("format")),
-                Some(other) => Err(bad(d, format!("{field}: {other} is not an object"))),
             }
         };
         let (cap_field, cap) = [
@@ -106,10 +108,10 @@ impl Given {
         };
         let format = [
             ("response_format", self.response_format),
-            ("text.format", inner(self.text, "text")?),
+            ("text.format", inner_of(self.text, "text", "format", d)?),
             (
                 "output_config.format",
-                inner(self.output_config, "output_config")?,
+                inner_of(self.output_config, "output_config", "format", d)?,
             ),
         ]
         .into_iter()
@@ -117,17 +119,72 @@ impl Given {
         .map(|(field, v)| output_format(v.unwrap_or_default(), field, d))
         .transpose()?
         .flatten();
+        let tool_choice = match self.tool_choice {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(tool_choice(&v, d)?),
+        };
+        let parallel_tool_calls = match self.parallel_tool_calls {
+            None | Some(Value::Null) => tool_choice
+                .as_ref()
+                .and_then(|(_, one)| one.map(|one| !one)),
+            Some(Value::Bool(b)) => Some(b),
+            Some(other) => {
+                return Err(bad(
+                    d,
+                    format!("parallel_tool_calls: {other} is not true or false"),
+                ));
+            }
+        };
+        let seed = match self.seed {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+            Some(other) => return Err(bad(d, format!("seed: {other} is not a whole number"))),
+        };
+        let (effort_field, effort) = match (
+            self.reasoning_effort,
+            inner_of(self.reasoning, "reasoning", "effort", d)?,
+        ) {
+            (Some(v), _) if !v.is_null() => ("reasoning_effort", Some(v)),
+            (_, v) => ("reasoning.effort", v),
+        };
+        let reasoning_effort = match effort {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(other) => {
+                return Err(bad(
+                    d,
+                    format!(
+                        "{effort_field}: {other} is not a reasoning effort (a word such as low, medium or high)"
+                    ),
+                ));
+            }
+        };
         Ok(ModelSettings {
             temperature: fraction(self.temperature, "temperature", 2.0)?,
             top_p: fraction(self.top_p, "top_p", 1.0)?,
             max_tokens,
             stop,
-            tool_choice: match self.tool_choice {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(tool_choice(&v, d)?),
-            },
+            tool_choice: tool_choice.map(|(choice, _)| choice),
             format,
+            parallel_tool_calls,
+            seed,
+            reasoning_effort,
         })
+    }
+}
+
+/// The setting `name` inside the object `field` of a request (a format in `text` or
+/// `output_config`, an effort in `reasoning`), if it has one.
+fn inner_of(
+    v: Option<Value>,
+    field: &str,
+    name: &str,
+    d: Dialect,
+) -> Result<Option<Value>, GwError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(mut o)) => Ok(o.remove(name)),
+        Some(other) => Err(bad(d, format!("{field}: {other} is not an object"))),
     }
 }
 
@@ -172,8 +229,9 @@ fn output_format(v: Value, field: &str, d: Dialect) -> Result<Option<OutputForma
 /// A tool choice in any of the APIs' shapes: `"auto"`, `"none"`, `"required"` (Chat
 /// Completions, Responses); `{"type": "function", "function": {"name"}}` (Chat Completions),
 /// `{"type": "function", "name"}` (Responses); `{"type": "auto" | "any" | "none"}`, `{"type":
-/// "tool", "name"}` (Messages).
-fn tool_choice(v: &Value, d: Dialect) -> Result<ToolChoice, GwError> {
+/// "tool", "name"}` (Messages); with whether the Messages API's choice asks for one call at a
+/// time (`disable_parallel_tool_use`), if it says.
+fn tool_choice(v: &Value, d: Dialect) -> Result<(ToolChoice, Option<bool>), GwError> {
     let kind = match v {
         Value::String(s) => s.as_str(),
         Value::Object(o) => o.get("type").and_then(Value::as_str).unwrap_or_default(),
@@ -183,18 +241,31 @@ fn tool_choice(v: &Value, d: Dialect) -> Result<ToolChoice, GwError> {
         .get("name")
         .or_else(|| v.get("function").and_then(|f| f.get("name")))
         .and_then(Value::as_str);
-    match (kind, name) {
-        ("auto", _) => Ok(ToolChoice::Auto),
-        ("none", _) => Ok(ToolChoice::None),
-        ("required" | "any", _) => Ok(ToolChoice::Required),
-        ("function" | "tool", Some(name)) => Ok(ToolChoice::Tool(name.to_owned())),
-        _ => Err(bad(
-            d,
-            format!(
-                "tool_choice: {v} is not a tool choice rein's gateway takes (auto, none, required or any, or one function tool by name)"
-            ),
-        )),
-    }
+    let one_at_a_time = match v.get("disable_parallel_tool_use") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(bad(
+                d,
+                format!("tool_choice.disable_parallel_tool_use: {other} is not true or false"),
+            ));
+        }
+    };
+    let choice = match (kind, name) {
+        ("auto", _) => ToolChoice::Auto,
+        ("none", _) => ToolChoice::None,
+        ("required" | "any", _) => ToolChoice::Required,
+        ("function" | "tool", Some(name)) => ToolChoice::Tool(name.to_owned()),
+        _ => {
+            return Err(bad(
+                d,
+                format!(
+                    "tool_choice: {v} is not a tool choice rein's gateway takes (auto, none, required or any, or one function tool by name)"
+                ),
+            ));
+        }
+    };
+    Ok((choice, one_at_a_time))
 }
 
 #[cfg(test)]
@@ -219,6 +290,10 @@ mod tests {
             response_format: field("response_format"),
             text: field("text"),
             output_config: field("output_config"),
+            parallel_tool_calls: field("parallel_tool_calls"),
+            seed: field("seed"),
+            reasoning_effort: field("reasoning_effort"),
+            reasoning: field("reasoning"),
         }
         .settings(Dialect::OpenAi)
         .map_err(|e| e.message)
@@ -242,6 +317,27 @@ mod tests {
         assert_eq!(messages.max_tokens, Some(70));
         assert_eq!(messages.stop, ["x", "y"]);
         assert_eq!(messages.tool_choice, Some(ToolChoice::Required));
+        assert_eq!(messages.parallel_tool_calls, Some(false));
+        let chat = read(json!({"parallel_tool_calls": false, "seed": -3,
+            "reasoning_effort": "minimal"}))
+        .unwrap();
+        assert_eq!(chat.parallel_tool_calls, Some(false));
+        assert_eq!(chat.seed, Some(-3));
+        assert_eq!(chat.reasoning_effort.as_deref(), Some("minimal"));
+        let responses = read(json!({"parallel_tool_calls": true,
+            "reasoning": {"effort": "high", "summary": "auto"}}))
+        .unwrap();
+        assert_eq!(responses.parallel_tool_calls, Some(true));
+        assert_eq!(responses.reasoning_effort.as_deref(), Some("high"));
+        let any =
+            read(json!({"tool_choice": {"type": "auto", "disable_parallel_tool_use": false}}));
+        assert_eq!(any.unwrap().parallel_tool_calls, Some(true));
+        assert_eq!(
+            read(json!({"tool_choice": "auto"}))
+                .unwrap()
+                .parallel_tool_calls,
+            None
+        );
         let responses = read(
             json!({"max_output_tokens": 90, "tool_choice": {"type": "function", "name": "b"}}),
         )
@@ -308,6 +404,17 @@ mod tests {
                 "tool_choice:",
             ),
             (json!({"tool_choice": {"type": "tool"}}), "tool_choice:"),
+            (
+                json!({"tool_choice": {"type": "any", "disable_parallel_tool_use": "yes"}}),
+                "tool_choice.disable_parallel_tool_use:",
+            ),
+            (json!({"parallel_tool_calls": 1}), "parallel_tool_calls:"),
+            (json!({"seed": 1.5}), "seed:"),
+            (json!({"seed": "7"}), "seed:"),
+            (json!({"reasoning_effort": 3}), "reasoning_effort:"),
+            (json!({"reasoning_effort": ""}), "reasoning_effort:"),
+            (json!({"reasoning": {"effort": true}}), "reasoning.effort:"),
+            (json!({"reasoning": "high"}), "reasoning:"),
             (
                 json!({"response_format": {"type": "xml"}}),
                 "response_format:",

@@ -974,6 +974,9 @@ async fn the_sdks_own_settings_reach_the_provider_within_the_operators_cap() {
     assert_eq!(sent(0, "temperature"), 0.25);
     assert_eq!(sent(0, "top_p"), 0.5);
     assert_eq!(sent(0, "stop"), json!(["END"]));
+    assert_eq!(sent(0, "parallel_tool_calls"), false);
+    assert_eq!(sent(0, "seed"), 7);
+    assert_eq!(sent(0, "reasoning_effort"), "low");
     assert_eq!(
         sent(0, "tool_choice"),
         json!({"type": "function", "function": {"name": "orders_lookup"}})
@@ -984,11 +987,19 @@ async fn the_sdks_own_settings_reach_the_provider_within_the_operators_cap() {
     assert_eq!(sent(1, "temperature"), 1.0);
     assert_eq!(sent(1, "stop"), json!(["STOP"]));
     assert_eq!(sent(1, "tool_choice"), "required");
+    assert_eq!(
+        sent(1, "parallel_tool_calls"),
+        false,
+        "disable_parallel_tool_use"
+    );
+    assert_eq!(sent(1, "seed"), Value::Null);
     // Responses: its cap, a temperature of zero (not the operator's), no tool.
     assert_eq!(sent(2, "max_completion_tokens"), 20);
     assert_eq!(sent(2, "temperature"), 0.0);
     assert_eq!(sent(2, "tool_choice"), "none");
     assert_eq!(sent(2, "top_p"), Value::Null);
+    assert_eq!(sent(2, "parallel_tool_calls"), true);
+    assert_eq!(sent(2, "reasoning_effort"), "high");
     // Each API's structured output, in Chat Completions' words (the Messages API's has no name).
     let order = json!({"type": "object", "properties": {"order_id": {"type": "string"}}});
     assert_eq!(
