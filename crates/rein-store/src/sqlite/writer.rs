@@ -431,14 +431,61 @@ fn commit_batch(
         let _ = tx.item(|conn| if job.run(conn) { Ok(()) } else { Err(()) })?;
     }
     tx.commit()?;
-    for (run, token, seq) in advanced {
-        memory.last_seq.insert(run.to_owned(), (token, seq));
-    }
-    for (run, owner, token) in leases {
-        memory.leases.insert(run.to_owned(), (owner, token));
-    }
+    memory.remember(advanced, leases);
     Ok(results)
 }
+
+impl Writer {
+    /// How many runs the writer remembers the log's end or lease of.
+    #[cfg(test)]
+    pub(super) fn runs_remembered(&self) -> usize {
+        self.memory.last_seq.len().max(self.memory.leases.len())
+    }
+}
+
+impl WriterMemory {
+    /// Keeps what a committed batch did to runs' logs and leases. A run whose lease the batch
+    /// released (it ended or suspended) is forgotten instead: nobody appends to it under that
+    /// lease again, and whoever takes it next is checked against the file. Without that, a
+    /// busy gateway (a run per request) grew these by about 200 bytes a request for the life of
+    /// the process. Past `MEMORY_KEPT` runs (runs left driven, which release nothing), all is
+    /// forgotten: it is only a cache of the file.
+    fn remember(
+        &mut self,
+        advanced: Vec<(&str, u64, u64)>,
+        leases: Vec<(&str, Option<String>, u64)>,
+    ) {
+        if self.last_seq.len().max(self.leases.len()) >= MEMORY_KEPT {
+            self.last_seq.clear();
+            self.leases.clear();
+        }
+        for (run, token, seq) in advanced {
+            match self.last_seq.get_mut(run) {
+                Some(kept) => *kept = (token, seq),
+                None => {
+                    self.last_seq.insert(run.to_owned(), (token, seq));
+                }
+            }
+        }
+        for (run, owner, token) in leases {
+            if owner.is_none() {
+                self.last_seq.remove(run);
+                self.leases.remove(run);
+                continue;
+            }
+            match self.leases.get_mut(run) {
+                Some(kept) => *kept = (owner, token),
+                None => {
+                    self.leases.insert(run.to_owned(), (owner, token));
+                }
+            }
+        }
+    }
+}
+
+/// The most runs the writer remembers the log's end and lease of (see
+/// [`WriterMemory::remember`]).
+const MEMORY_KEPT: usize = 10_000;
 
 fn conflict(run_id: &str, detail: String) -> StoreError {
     StoreError::Conflict {

@@ -547,3 +547,73 @@ fn a_run_left_alone_commits_what_a_task_was_to_commit_first_and_in_order() {
     let seqs: Vec<u64> = store.events("r").unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2]);
 }
+
+/// The writer forgets a run once the run lets its lease go (it ended or suspended), so a
+/// process that serves a run per request does not grow with every run it ever wrote; and what
+/// it forgot is read from the file again: the ended run's old lease stays refused, and a
+/// suspended run taken up again under a new lease goes on where it was.
+#[test]
+fn the_writer_forgets_runs_that_let_their_lease_go_and_still_checks_them() {
+    use rein_core::EndState;
+    let (_dir, store, _) = opened();
+    let end = |seq| StoredEvent {
+        seq,
+        at_ms: seq,
+        event: Event::RunEnded {
+            status: EndState::Completed,
+            output: None,
+            reason: None,
+            call_id: None,
+        },
+    };
+    for i in 0..50 {
+        let lease = Lease::new_run(&format!("ended-{i}"), "w", u64::MAX / 4);
+        let events = [event(1), event(2), end(3)];
+        store
+            .append(&lease, &events, Durability::Normal, None)
+            .wait()
+            .unwrap();
+    }
+    let suspended = Lease::new_run("suspended", "w", u64::MAX / 4);
+    let suspend = StoredEvent {
+        seq: 2,
+        at_ms: 2,
+        event: Event::RunSuspended {
+            approvals: vec!["a".into()],
+        },
+    };
+    store
+        .append(&suspended, &[event(1), suspend], Durability::Normal, None)
+        .wait()
+        .unwrap();
+    let open = Lease::new_run("open", "w", u64::MAX / 4);
+    store
+        .append(&open, &[event(1)], Durability::Normal, None)
+        .wait()
+        .unwrap();
+    // The first run and the open one, which still hold their leases.
+    let remembered = lock(&store.queue.writer)
+        .as_ref()
+        .map(|w| w.runs_remembered());
+    assert_eq!(remembered, Some(2));
+    let old = Lease::new_run("ended-7", "w", u64::MAX / 4);
+    let refused = store
+        .append(&old, &[event(4)], Durability::Normal, None)
+        .wait();
+    assert!(
+        matches!(refused, Err(crate::StoreError::Conflict { .. })),
+        "an append under an ended run's lease: {refused:?}"
+    );
+    let taken = store
+        .acquire_lease("suspended", "v", u64::MAX / 4, 0, &|_| false)
+        .unwrap();
+    store
+        .append(&taken, &[event(3)], Durability::Normal, None)
+        .wait()
+        .unwrap();
+    let stale = store
+        .append(&suspended, &[event(4)], Durability::Normal, None)
+        .wait();
+    assert!(stale.is_err(), "the suspended run's old lease: {stale:?}");
+    assert_eq!(store.events("suspended").unwrap().len(), 3);
+}
