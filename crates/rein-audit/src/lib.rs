@@ -6,11 +6,13 @@
 //! with Ed25519. [`verify`] recomputes everything from the files and reports the first record or
 //! checkpoint that fails; [`prove`] and [`verify_proof`] give and check inclusion proofs offline.
 
+mod cursors;
 mod keys;
 mod log;
 pub mod merkle;
 mod verify;
 
+pub use cursors::AllCursors;
 pub use keys::{format_public, key_id, parse_public};
 pub use log::{AuditLog, AuditOptions, AuditPaths, Checkpoint, Data, Entry, Record, rotate_key};
 pub use verify::{

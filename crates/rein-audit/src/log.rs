@@ -7,7 +7,6 @@
 //! cursor is not written again, so whoever fills in what a crash left out, and a writer whose
 //! records were queued at the time, never record an event twice.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +19,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::AuditError;
+use crate::cursors::{AllCursors, Cursors, Known, RUN_ENDED, ends_run};
 use crate::keys;
 use crate::merkle::{Frontier, hex, leaf_hash};
 use crate::verify::read_last_checkpoint_line;
@@ -154,6 +154,9 @@ pub struct AuditOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// The signing key's file, when it lives outside the log's directory (mode 0600).
     pub key_file: Option<PathBuf>,
+    /// How many ended runs' audit cursors a writer keeps in memory (those of runs not ended are
+    /// all kept); one it forgot is read from the file when asked for. See [`AuditLog::cursor`].
+    pub ended_cursors_kept: usize,
 }
 
 impl Default for AuditOptions {
@@ -164,6 +167,7 @@ impl Default for AuditOptions {
             fsync: false,
             checkpoint_dir: None,
             key_file: None,
+            ended_cursors_kept: crate::cursors::ENDED_KEPT,
         }
     }
 }
@@ -204,10 +208,9 @@ struct WriterState {
     records: Option<File>,
     /// The lock file, kept open.
     lock: Option<File>,
-    /// The last event recorded per run (the runs' audit cursors), as far as read.
-    cursors: HashMap<String, u64>,
-    /// Runs with records that name no event (written before records named their events).
-    legacy: std::collections::HashSet<String>,
+    /// The runs' audit cursors, as far as read (of runs that have not ended, and of the last
+    /// that have).
+    cursors: Cursors,
     /// The checkpoints file's length and its last checkpoint's tree size, as last read.
     checkpoints_len: u64,
     /// The file at the checkpoints path as last looked at (its inode), and the checkpoints file
@@ -252,7 +255,7 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ 
 /// The run and event a record line names, read without parsing the whole line: records are
 /// written with `run_id` and `event` right after `kind`. A record of a run that names no event
 /// (written before records named their events) gives `(run, None)`.
-fn event_ref(line: &[u8]) -> Option<(String, Option<u64>)> {
+pub(crate) fn event_ref(line: &[u8]) -> Option<(String, Option<u64>)> {
     const RUN: &[u8] = b"\"run_id\":\"";
     const EVENT: &[u8] = b"\",\"event\":";
     let at = line.windows(RUN.len()).position(|w| w == RUN)? + RUN.len();
@@ -397,12 +400,10 @@ impl AuditLog {
             state.frontier.push(leaf_hash(line));
             match event_ref(line) {
                 Some((run, Some(event))) => {
-                    let cursor = state.cursors.entry(run).or_default();
-                    *cursor = (*cursor).max(event);
+                    let kept = self.options.ended_cursors_kept;
+                    state.cursors.advance(&run, event, ends_run(line), kept);
                 }
-                Some((run, None)) => {
-                    state.legacy.insert(run);
-                }
+                Some((run, None)) => state.cursors.legacy(&run),
                 None => {}
             }
         }
@@ -436,11 +437,37 @@ impl AuditLog {
     pub fn cursor(&self, run_id: &str) -> Result<Option<u64>, AuditError> {
         self.locked(|state, file| {
             self.catch_up(state, file)?;
-            if state.legacy.contains(run_id) {
-                return Ok(None);
+            match state.cursors.of(run_id) {
+                Known::At(at) => Ok(Some(at)),
+                Known::Legacy => Ok(None),
+                Known::Unknown { forgotten: false } => Ok(Some(0)),
+                // A run that ended long ago: read from the file.
+                Known::Unknown { forgotten: true } => {
+                    Ok(self.read_cursors(state, file)?.of(run_id))
+                }
             }
-            Ok(Some(state.cursors.get(run_id).copied().unwrap_or(0)))
         })
+    }
+
+    /// Every run's audit cursor, read from the whole log at once: for a look at every run (the
+    /// writer keeps only those of runs that have not ended, and of the last that have).
+    pub fn cursors(&self) -> Result<AllCursors, AuditError> {
+        self.locked(|state, file| {
+            self.catch_up(state, file)?;
+            self.read_cursors(state, file)
+        })
+    }
+
+    /// The cursors in the records file's first `records_len` bytes (what has been caught up).
+    fn read_cursors(&self, state: &WriterState, file: &mut File) -> Result<AllCursors, AuditError> {
+        let path = &self.paths.records;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        let mut records = Vec::new();
+        Read::by_ref(file)
+            .take(state.records_len)
+            .read_to_end(&mut records)
+            .map_err(io_err(path))?;
+        Ok(AllCursors::read(&records))
     }
 
     fn append_locked(
@@ -457,16 +484,13 @@ impl AuditLog {
         let mut seq = first;
         for entry in entries {
             match (&entry.run_id, entry.event) {
-                (Some(run), Some(event)) => match state.cursors.get_mut(run) {
-                    Some(cursor) if *cursor >= event => continue,
-                    Some(cursor) => *cursor = event,
-                    None => {
-                        state.cursors.insert(run.clone(), event);
+                (Some(run), Some(event)) => {
+                    let (ends, kept) = (entry.kind == RUN_ENDED, self.options.ended_cursors_kept);
+                    if !state.cursors.advance(run, event, ends, kept) {
+                        continue;
                     }
-                },
-                (Some(run), None) => {
-                    state.legacy.insert(run.clone());
                 }
+                (Some(run), None) => state.cursors.legacy(run),
                 _ => {}
             }
             let start = buf.len();

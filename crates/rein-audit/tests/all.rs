@@ -36,7 +36,7 @@ fn log_dir() -> (tempfile::TempDir, ed25519_dalek::VerifyingKey) {
             checkpoint_interval_ms: u64::MAX,
             fsync: false,
             checkpoint_dir: Some(dir.path().join("outside")),
-            key_file: None,
+            ..AuditOptions::default()
         },
     )
     .unwrap();
@@ -565,4 +565,47 @@ fn checkpoints_from_two_writers_in_turn_form_one_chain() {
         (report.records, report.checkpoints, report.uncovered),
         (12, 7, 0)
     );
+}
+
+/// A writer keeps the cursors of the runs that have not ended and of the last that have (here
+/// two): the cursor of one that ended before them is read from the file, by this log and by one
+/// opened afresh; a record of a kept run written twice is written once; and every run's cursor
+/// is read at once for a look at all of them.
+#[test]
+fn a_cursor_the_writer_forgot_is_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = AuditOptions {
+        checkpoint_every: u64::MAX,
+        checkpoint_interval_ms: u64::MAX,
+        ended_cursors_kept: 2,
+        ..AuditOptions::default()
+    };
+    let record = |run: &str, event: u64| Entry {
+        at_ms: event,
+        kind: if event == 3 { "run_ended" } else { "decision" }.into(),
+        run_id: Some(run.into()),
+        event: Some(event),
+        data: json!({"n": event}).into(),
+    };
+    let log = AuditLog::open(dir.path(), options.clone()).unwrap();
+    log.append(&[record("open", 1), record("open", 2)]).unwrap();
+    for run in ["a", "b", "c", "d"] {
+        log.append(&(1..=3).map(|e| record(run, e)).collect::<Vec<_>>())
+            .unwrap();
+    }
+    for log in [&log, &AuditLog::open(dir.path(), options).unwrap()] {
+        for run in ["a", "b", "c", "d"] {
+            assert_eq!(log.cursor(run).unwrap(), Some(3), "{run}");
+        }
+        assert_eq!(log.cursor("open").unwrap(), Some(2));
+        assert_eq!(log.cursor("never").unwrap(), Some(0));
+        let all = log.cursors().unwrap();
+        assert_eq!(
+            ["a", "d", "open", "never"].map(|r| all.of(r)),
+            [Some(3), Some(3), Some(2), Some(0)]
+        );
+    }
+    assert_eq!(log.append(&[record("d", 3), record("open", 2)]).unwrap(), 0);
+    let written = std::fs::read(dir.path().join("records.jsonl")).unwrap();
+    assert_eq!(lines(&written).len(), 14, "nothing written twice");
 }

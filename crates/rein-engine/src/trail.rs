@@ -42,14 +42,15 @@ impl Engine {
     /// drives are left to it). Returns how many records were written.
     pub fn fill_audit(&self) -> Result<u64, EngineError> {
         let mut filled = 0;
+        let cursors = self
+            .audit_log()
+            .cursors()
+            .map_err(|e| EngineError::Audit(e.to_string()))?;
         for run in self.store.list_runs(&RunFilter {
             limit: usize::MAX >> 1,
             ..RunFilter::default()
         })? {
-            let cursor = self
-                .audit_log()
-                .cursor(&run.id)
-                .map_err(|e| EngineError::Audit(e.to_string()))?;
+            let cursor = cursors.of(&run.id);
             if cursor.is_some_and(|c| c < run.events) && !self.driven_now(&run.id)? {
                 filled += self.backfill_audit(&run.id)? as u64;
             }
@@ -80,15 +81,15 @@ impl Engine {
             limit: usize::MAX >> 1,
             ..RunFilter::default()
         })?;
+        let cursors = self
+            .audit_log()
+            .cursors()
+            .map_err(|e| EngineError::Audit(e.to_string()))?;
         let mut known: HashMap<&str, u64> = HashMap::new();
         for run in &runs {
             known.insert(run.id.as_str(), run.events);
             check.runs += 1;
-            let cursor = self
-                .audit_log()
-                .cursor(&run.id)
-                .map_err(|e| EngineError::Audit(e.to_string()))?;
-            let Some(cursor) = cursor else {
+            let Some(cursor) = cursors.of(&run.id) else {
                 check.legacy.push(run.id.clone());
                 continue;
             };
