@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::openai::text_of;
 use super::settings::Given;
-use super::{Dialect, GwError, answer, pick, required, text_with_notice};
+use super::{Dialect, GwError, Said, answer, pick, required};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::Anthropic;
@@ -221,18 +221,20 @@ pub(crate) async fn messages(
     let stream = request.stream;
     let agent = pick(&state, &caller, &model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
+    let structured = gateway.settings.format.is_some();
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let said = Said::of(&answer, structured);
     let response = if stream {
-        streamed(&answer, &model)
+        streamed(&answer, &said, &model)
     } else {
-        axum::Json(message(&answer, &model)).into_response()
+        axum::Json(message(&answer, &said, &model)).into_response()
     };
     Ok(super::with_headers(response, &answer))
 }
 
-fn blocks(answer: &GatewayAnswer) -> Vec<Value> {
+fn blocks(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
     let mut out = Vec::new();
-    if let Some(text) = text_with_notice(answer) {
+    if let Some(text) = &said.text {
         out.push(json!({"type": "text", "text": text}));
     }
     for c in &answer.calls {
@@ -241,25 +243,37 @@ fn blocks(answer: &GatewayAnswer) -> Vec<Value> {
     out
 }
 
-fn stop_reason(answer: &GatewayAnswer) -> &'static str {
+/// Why the answer stopped: a `refusal` when rein withheld all of it.
+fn stop_reason(answer: &GatewayAnswer, said: &Said) -> &'static str {
     if !answer.calls.is_empty() {
         "tool_use"
     } else if answer.cut {
         "max_tokens"
+    } else if said.refusal.is_some() && said.text.as_deref().is_none_or(str::is_empty) {
+        "refusal"
     } else {
         "end_turn"
     }
 }
 
-fn message(answer: &GatewayAnswer, model: &str) -> Value {
+/// rein's note when it is apart from the text: where the API explains a refusal.
+fn stop_details(said: &Said) -> Value {
+    match &said.refusal {
+        Some(r) => json!({"type": "refusal", "category": null, "explanation": r}),
+        None => Value::Null,
+    }
+}
+
+fn message(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
     json!({
         "id": format!("msg_{}", answer.run_id),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": blocks(answer),
-        "stop_reason": stop_reason(answer),
+        "content": blocks(answer, said),
+        "stop_reason": stop_reason(answer, said),
         "stop_sequence": null,
+        "stop_details": stop_details(said),
         "usage": {
             "input_tokens": answer.usage.input_tokens,
             "output_tokens": answer.usage.output_tokens,
@@ -268,17 +282,18 @@ fn message(answer: &GatewayAnswer, model: &str) -> Value {
 }
 
 /// The judged answer as a Messages event stream.
-fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
+fn streamed(answer: &GatewayAnswer, said: &Said, model: &str) -> Response {
     let mut events: Vec<(&'static str, Value)> = Vec::new();
-    let mut start = message(answer, model);
+    let mut start = message(answer, said, model);
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
+    start["stop_details"] = Value::Null;
     start["usage"]["output_tokens"] = json!(0);
     events.push((
         "message_start",
         json!({"type": "message_start", "message": start}),
     ));
-    for (index, block) in blocks(answer).into_iter().enumerate() {
+    for (index, block) in blocks(answer, said).into_iter().enumerate() {
         let (empty, delta) = match block["type"].as_str() {
             Some("text") => (
                 json!({"type": "text", "text": ""}),
@@ -306,7 +321,10 @@ fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
         "message_delta",
         json!({
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(answer), "stop_sequence": null},
+            "delta": {
+                "stop_reason": stop_reason(answer, said), "stop_sequence": null,
+                "stop_details": stop_details(said),
+            },
             "usage": {"output_tokens": answer.usage.output_tokens},
         }),
     ));

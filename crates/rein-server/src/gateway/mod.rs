@@ -519,13 +519,38 @@ fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Resul
     Ok(())
 }
 
-/// The reply's text with rein's note about withheld calls appended.
-pub(crate) fn text_with_notice(answer: &GatewayAnswer) -> Option<String> {
-    match (answer.text.as_deref(), answer.notice()) {
-        (Some(t), Some(n)) if !t.is_empty() => Some(format!("{t}\n\n{n}")),
-        (_, Some(n)) => Some(n),
-        (Some(t), None) => Some(t.to_owned()),
-        (None, None) => None,
+/// What a client reads of an answer: the model's text and rein's note about withheld calls.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Said {
+    /// The text, with the note appended unless it is apart.
+    pub(crate) text: Option<String>,
+    /// The note, apart from the text, where the API puts a refusal.
+    pub(crate) refusal: Option<String>,
+}
+
+impl Said {
+    /// The note goes after the text, where the agent's model reads it on its next turn; but when
+    /// the client asked for a structured output, its SDK parses the text as JSON (`parse()` in
+    /// the `openai` and `anthropic` SDKs) and a note in it would break the parse, so the note
+    /// goes apart, where each API puts a refusal, and the text stays the model's own.
+    pub(crate) fn of(answer: &GatewayAnswer, structured: bool) -> Self {
+        let notice = answer.notice();
+        if structured {
+            return Said {
+                text: answer.text.clone(),
+                refusal: notice,
+            };
+        }
+        let text = match (answer.text.as_deref(), notice) {
+            (Some(t), Some(n)) if !t.is_empty() => Some(format!("{t}\n\n{n}")),
+            (_, Some(n)) => Some(n),
+            (Some(t), None) => Some(t.to_owned()),
+            (None, None) => None,
+        };
+        Said {
+            text,
+            refusal: None,
+        }
     }
 }
 

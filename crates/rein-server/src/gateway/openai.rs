@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::settings::Given;
-use super::{Dialect, GwError, answer, caller, created, pick, text_with_notice};
+use super::{Dialect, GwError, Said, answer, caller, created, pick};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::OpenAi;
@@ -274,11 +274,13 @@ pub(crate) async fn chat_completions(
         .is_some_and(|o| o.include_usage);
     let agent = pick(&state, &caller, &model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
+    let structured = gateway.settings.format.is_some();
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let said = Said::of(&answer, structured);
     let response = if stream {
-        streamed(&answer, &model, usage_chunk)
+        streamed(&answer, &said, &model, usage_chunk)
     } else {
-        axum::Json(completion(&answer, &model)).into_response()
+        axum::Json(completion(&answer, &said, &model)).into_response()
     };
     Ok(super::with_headers(response, &answer))
 }
@@ -322,11 +324,11 @@ fn usage(answer: &GatewayAnswer) -> Value {
     })
 }
 
-fn completion(answer: &GatewayAnswer, model: &str) -> Value {
+fn completion(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
     let mut message = json!({
         "role": "assistant",
-        "content": text_with_notice(answer),
-        "refusal": null,
+        "content": said.text,
+        "refusal": said.refusal,
     });
     if !answer.calls.is_empty() {
         message["tool_calls"] = Value::Array(wire_calls(&answer.calls));
@@ -346,9 +348,9 @@ fn completion(answer: &GatewayAnswer, model: &str) -> Value {
     })
 }
 
-/// The judged answer as a Chat Completions stream: the role, the text, each call, the finish
-/// reason, the usage if asked for, and `[DONE]`.
-fn streamed(answer: &GatewayAnswer, model: &str, usage_chunk: bool) -> Response {
+/// The judged answer as a Chat Completions stream: the role, the text, the refusal, each call,
+/// the finish reason, the usage if asked for, and `[DONE]`.
+fn streamed(answer: &GatewayAnswer, said: &Said, model: &str, usage_chunk: bool) -> Response {
     let id = format!("chatcmpl-{}", answer.run_id);
     let created = created();
     let chunk = |delta: Value, finish: Option<&str>| {
@@ -358,8 +360,11 @@ fn streamed(answer: &GatewayAnswer, model: &str, usage_chunk: bool) -> Response 
         })
     };
     let mut chunks = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    if let Some(text) = text_with_notice(answer) {
+    if let Some(text) = &said.text {
         chunks.push(chunk(json!({"content": text}), None));
+    }
+    if let Some(refusal) = &said.refusal {
+        chunks.push(chunk(json!({"refusal": refusal}), None));
     }
     for (index, call) in answer.calls.iter().enumerate() {
         chunks.push(chunk(

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::openai::{arguments_text, parse_arguments, text_of};
 use super::settings::Given;
-use super::{Dialect, GwError, answer, created, pick, text_with_notice};
+use super::{Dialect, GwError, Said, answer, created, pick};
 use crate::state::AppState;
 
 const D: Dialect = Dialect::OpenAi;
@@ -190,26 +190,77 @@ pub(crate) async fn responses(
 ) -> Result<Response, GwError> {
     let body = super::body(&state, body, D).await?;
     let request: ResponsesRequest = super::parse(&body, D, "a Responses request")?;
-    let model = request.model.clone();
     let stream = request.stream;
-    let agent = pick(&state, &caller, &model, D).await?;
+    let echo = Echo::of(&request);
+    let agent = pick(&state, &caller, &request.model, D).await?;
     let gateway = request.into_gateway(super::conversation(&headers))?;
+    let structured = gateway.settings.format.is_some();
     let answer = answer(&state, &agent, &caller, gateway, D).await?;
+    let said = Said::of(&answer, structured);
     let response = if stream {
-        streamed(&answer, &model)
+        streamed(&answer, &said, &echo)
     } else {
-        axum::Json(response_object(&answer, &model, end_status(&answer))).into_response()
+        axum::Json(response_object(&answer, &said, &echo, end_status(&answer))).into_response()
     };
     Ok(super::with_headers(response, &answer))
 }
 
-fn output_items(answer: &GatewayAnswer) -> Vec<Value> {
+/// What a response object repeats of its request, as the API does: the model, the instructions,
+/// the tools and the settings the client sent (each as sent; the API's default where it sent
+/// none).
+#[derive(Debug)]
+struct Echo {
+    model: String,
+    instructions: Option<String>,
+    tools: Vec<Value>,
+    tool_choice: Value,
+    parallel_tool_calls: Value,
+    temperature: Value,
+    top_p: Value,
+    max_output_tokens: Value,
+    text: Value,
+    reasoning: Value,
+}
+
+impl Echo {
+    fn of(r: &ResponsesRequest) -> Self {
+        let or = |v: &Option<Value>, default: Value| {
+            v.clone().filter(|v| !v.is_null()).unwrap_or(default)
+        };
+        Echo {
+            model: r.model.clone(),
+            instructions: r.instructions.clone(),
+            tools: r.tools.clone(),
+            tool_choice: or(&r.tool_choice, json!("auto")),
+            parallel_tool_calls: or(&r.parallel_tool_calls, json!(true)),
+            temperature: or(&r.temperature, Value::Null),
+            top_p: or(&r.top_p, Value::Null),
+            max_output_tokens: or(&r.max_output_tokens, Value::Null),
+            text: or(&r.text, json!({"format": {"type": "text"}})),
+            reasoning: or(&r.reasoning, json!({"effort": null, "summary": null})),
+        }
+    }
+}
+
+/// A message's content parts: the text, then rein's note when it is apart (a refusal part).
+fn content_parts(said: &Said) -> Vec<Value> {
+    let mut parts = Vec::new();
+    if let Some(text) = &said.text {
+        parts.push(json!({"type": "output_text", "text": text, "annotations": []}));
+    }
+    if let Some(refusal) = &said.refusal {
+        parts.push(json!({"type": "refusal", "refusal": refusal}));
+    }
+    parts
+}
+
+fn output_items(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
     let mut out = Vec::new();
-    if let Some(text) = text_with_notice(answer) {
+    let content = content_parts(said);
+    if !content.is_empty() {
         out.push(json!({
             "type": "message", "id": format!("msg_{}", answer.run_id), "status": "completed",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
+            "role": "assistant", "content": content,
         }));
     }
     for c in &answer.calls {
@@ -231,11 +282,11 @@ fn end_status(answer: &GatewayAnswer) -> &'static str {
     }
 }
 
-fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
+fn response_object(answer: &GatewayAnswer, said: &Said, echo: &Echo, status: &str) -> Value {
     let output = if status == "in_progress" {
         vec![]
     } else {
-        output_items(answer)
+        output_items(answer, said)
     };
     let incomplete = (status == "incomplete").then(|| json!({"reason": "max_output_tokens"}));
     json!({
@@ -243,19 +294,21 @@ fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
         "object": "response",
         "created_at": created(),
         "status": status,
-        "model": model,
+        "model": echo.model,
         "output": output,
-        "parallel_tool_calls": true,
-        "tool_choice": "auto",
-        "tools": [],
+        "parallel_tool_calls": echo.parallel_tool_calls,
+        "tool_choice": echo.tool_choice,
+        "tools": echo.tools,
         "store": false,
         "error": null,
         "incomplete_details": incomplete,
-        "instructions": null,
+        "instructions": echo.instructions,
         "metadata": {},
-        "temperature": null,
-        "top_p": null,
-        "text": {"format": {"type": "text"}},
+        "temperature": echo.temperature,
+        "top_p": echo.top_p,
+        "max_output_tokens": echo.max_output_tokens,
+        "reasoning": echo.reasoning,
+        "text": echo.text,
         "usage": {
             "input_tokens": answer.usage.input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
@@ -267,26 +320,58 @@ fn response_object(answer: &GatewayAnswer, model: &str, status: &str) -> Value {
 }
 
 /// The judged answer as Responses streaming events.
-fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
+fn streamed(answer: &GatewayAnswer, said: &Said, echo: &Echo) -> Response {
     let mut events: Vec<Value> = vec![
-        json!({"type": "response.created", "response": response_object(answer, model, "in_progress")}),
-        json!({"type": "response.in_progress", "response": response_object(answer, model, "in_progress")}),
+        json!({"type": "response.created", "response": response_object(answer, said, echo, "in_progress")}),
+        json!({"type": "response.in_progress", "response": response_object(answer, said, echo, "in_progress")}),
     ];
-    for (index, item) in output_items(answer).into_iter().enumerate() {
+    for (index, item) in output_items(answer, said).into_iter().enumerate() {
         let id = item["id"].clone();
         let mut added = item.clone();
         added["status"] = json!("in_progress");
         if item["type"] == "message" {
             added["content"] = json!([]);
-            let text = item["content"][0]["text"].clone();
-            let part = json!({"type": "output_text", "text": "", "annotations": []});
             events.push(
                 json!({"type": "response.output_item.added", "output_index": index, "item": added}),
             );
-            events.push(json!({"type": "response.content_part.added", "item_id": id, "output_index": index, "content_index": 0, "part": part}));
-            events.push(json!({"type": "response.output_text.delta", "item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
-            events.push(json!({"type": "response.output_text.done", "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
-            events.push(json!({"type": "response.content_part.done", "item_id": id, "output_index": index, "content_index": 0, "part": item["content"][0]}));
+            let parts = item["content"].as_array().cloned().unwrap_or_default();
+            for (at, part) in parts.into_iter().enumerate() {
+                let event = |kind: &str, more: Value| {
+                    let mut e = json!({"type": kind, "item_id": id, "output_index": index, "content_index": at});
+                    if let (Some(e), Value::Object(more)) = (e.as_object_mut(), more) {
+                        e.extend(more);
+                    }
+                    e
+                };
+                let (added_part, delta, done) = if part["type"] == "refusal" {
+                    let refusal = &part["refusal"];
+                    (
+                        json!({"type": "refusal", "refusal": ""}),
+                        event("response.refusal.delta", json!({"delta": refusal})),
+                        event("response.refusal.done", json!({"refusal": refusal})),
+                    )
+                } else {
+                    let text = &part["text"];
+                    (
+                        json!({"type": "output_text", "text": "", "annotations": []}),
+                        event(
+                            "response.output_text.delta",
+                            json!({"delta": text, "logprobs": []}),
+                        ),
+                        event(
+                            "response.output_text.done",
+                            json!({"text": text, "logprobs": []}),
+                        ),
+                    )
+                };
+                events.push(event(
+                    "response.content_part.added",
+                    json!({"part": added_part}),
+                ));
+                events.push(delta);
+                events.push(done);
+                events.push(event("response.content_part.done", json!({"part": part})));
+            }
         } else {
             let arguments = item["arguments"].clone();
             added["arguments"] = json!("");
@@ -301,7 +386,7 @@ fn streamed(answer: &GatewayAnswer, model: &str) -> Response {
         );
     }
     let status = end_status(answer);
-    events.push(json!({"type": format!("response.{status}"), "response": response_object(answer, model, status)}));
+    events.push(json!({"type": format!("response.{status}"), "response": response_object(answer, said, echo, status)}));
     let events = events.into_iter().enumerate().map(|(n, mut e)| {
         e["sequence_number"] = json!(n);
         let name = e["type"].as_str().unwrap_or_default().to_owned();
