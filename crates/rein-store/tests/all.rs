@@ -661,19 +661,28 @@ async fn an_approval_is_decided_once() {
         store.approval("zz"),
         Err(StoreError::ApprovalNotFound(_))
     ));
+    assert!(matches!(
+        store.approval("ap1x"),
+        Err(StoreError::ApprovalNotFound(_))
+    ));
+    assert_eq!(store.approval("ap1").unwrap().id, "ap1");
 }
 
 #[tokio::test]
 async fn run_ids_resolve_from_unique_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    for id in ["abc111", "abc222", "xyz"] {
+    for id in ["abc111", "abc222", "xyz", "ab", "é~\u{10FFFD}"] {
         put(&store, &lease(id), &[ev(1, started("x"))])
             .await
             .unwrap();
     }
     assert_eq!(store.resolve_run_id("x").unwrap(), "xyz");
     assert_eq!(store.resolve_run_id("abc1").unwrap(), "abc111");
+    // A whole id names its run though it starts others; ids of any characters resolve.
+    assert_eq!(store.resolve_run_id("ab").unwrap(), "ab");
+    assert_eq!(store.resolve_run_id("é").unwrap(), "é~\u{10FFFD}");
+    assert_eq!(store.resolve_run_id("é~").unwrap(), "é~\u{10FFFD}");
     assert!(matches!(
         store.resolve_run_id("abc"),
         Err(StoreError::Ambiguous { .. })
@@ -1003,8 +1012,8 @@ async fn a_version_1_state_store_is_migrated_in_place() {
         (version, indexed.as_str()),
         (
             6,
-            "approvals_by_status budget_admissions_by_run budget_reservations_line \
-             events_by_run runs_by_created runs_by_tenant"
+            "approvals_by_run approvals_by_status budget_admissions_by_run \
+             budget_reservations_line events_by_run runs_by_created runs_by_tenant"
         )
     );
     let order: Vec<i64> = raw

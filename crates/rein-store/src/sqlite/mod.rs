@@ -37,6 +37,13 @@ use rows::{
     summary_from_row,
 };
 use schema::migrate;
+
+/// The condition that `column` starts with the text `?1`: it lies from it up to it followed by
+/// the last character there is, a range of the column's index rather than a look at every row
+/// (`substr(column, ...) = ?1` read every run, or approval, ever recorded).
+fn starts_with(column: &str) -> String {
+    format!("{column} >= ?1 AND {column} < ?1 || char(1114111)")
+}
 use writer::{Append, ApprovalChange, Started, Writer};
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends
@@ -138,6 +145,7 @@ impl SqliteStore {
             .pragma_update(None, "synchronous", sync)
             .map_err(db_err)?;
         migrate(&mut writer, &path)?;
+        schema::add_later_indexes(&writer, &path)?;
         // Room for every statement the writer runs, so none is parsed twice.
         writer.set_prepared_statement_cache_capacity(64);
         // The writer does not copy the log into the database itself (a checkpoint, with its
@@ -706,13 +714,13 @@ impl Store for SqliteStore {
 
     fn resolve_run_id(&self, prefix: &str) -> Result<String, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id FROM runs WHERE substr(id, 1, ?1) = ?2 ORDER BY id LIMIT 4",
-                )
-                .map_err(|e| self.db_err(e))?;
+            let sql = format!(
+                "SELECT id FROM runs WHERE {} ORDER BY id LIMIT 4",
+                starts_with("id")
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
             let ids: Vec<String> = stmt
-                .query_map(params![prefix.chars().count() as i64, prefix], |r| r.get(0))
+                .query_map(params![prefix], |r| r.get(0))
                 .and_then(|rows| rows.collect())
                 .map_err(|e| self.db_err(e))?;
             match ids.len() {
@@ -768,10 +776,10 @@ impl Store for SqliteStore {
 
     fn approval(&self, prefix: &str) -> Result<ApprovalSummary, StoreError> {
         self.read(|conn| {
-            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals a LEFT JOIN runs r ON r.id = a.run_id WHERE substr(a.id, 1, ?1) = ?2 ORDER BY a.id LIMIT 4");
+            let sql = format!("SELECT {APPROVAL_COLUMNS} FROM approvals a LEFT JOIN runs r ON r.id = a.run_id WHERE {} ORDER BY a.id LIMIT 4", starts_with("a.id"));
             let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.db_err(e))?;
             let found: Vec<ApprovalSummary> = stmt
-                .query_map(params![prefix.chars().count() as i64, prefix], approval_from_row)
+                .query_map(params![prefix], approval_from_row)
                 .and_then(|rows| rows.collect())
                 .map_err(|e| self.db_err(e))?;
             match found.len() {

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS approvals (
     args        TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms);
+CREATE INDEX IF NOT EXISTS approvals_by_run ON approvals (run_id, status);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY,
     run_id   TEXT NOT NULL,
@@ -124,6 +125,38 @@ CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals (status, created_ms)
 /// The file the budget ledger had before schema version 5, beside `rein.db`.
 const OLD_LEDGER: &str = "budgets.sqlite";
 
+/// Indexes added at schema version 6 that a rein of the same version without them neither needs
+/// nor minds: made when a database opened lacks them, without a new version, so that an older
+/// rein still opens the database. (`approvals_by_run`: a run that ends cancels its pending
+/// approvals, which without it meant a look at every pending approval of every run, inside the
+/// writer's transaction.)
+const LATER_INDEXES: &[(&str, &str)] = &[(
+    "approvals_by_run",
+    "CREATE INDEX IF NOT EXISTS approvals_by_run ON approvals (run_id, status)",
+)];
+
+/// Makes the [`LATER_INDEXES`] a database lacks (a read when it has them all).
+pub(super) fn add_later_indexes(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let db_err = |source| StoreError::Database {
+        path: path.display().to_string(),
+        source,
+    };
+    for (name, create) in LATER_INDEXES {
+        let has: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db_err)?
+            > 0;
+        if !has {
+            conn.execute_batch(create).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
 /// Brings the schema to [`SCHEMA_VERSION`] in one immediate transaction; the version is read
 /// inside it, so two processes opening a new or old database at once migrate it once.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -187,4 +220,66 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db_err)?;
     tx.commit().map_err(db_err)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rein_core::Durability;
+    use rusqlite::Connection;
+
+    use super::super::{SqliteStore, starts_with, writer::CANCEL_PENDING};
+
+    /// How SQLite would run `sql` (its query plan, one step a line).
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(["x"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        steps.join("\n")
+    }
+
+    /// A run's end, and a run or approval named by a prefix, find their rows through an index
+    /// rather than by reading every approval or run; a database made before `approvals_by_run`
+    /// gets it when opened, and keeps its version.
+    #[test]
+    fn runs_ends_and_prefixes_find_their_rows_through_indexes_also_in_an_older_database() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), Durability::Normal).unwrap());
+        let raw = Connection::open(dir.path().join("rein.db")).unwrap();
+        let check = |raw: &Connection| {
+            let cancel = plan(raw, CANCEL_PENDING);
+            assert!(
+                cancel.contains("USING COVERING INDEX approvals_by_run (run_id=? AND status=?)")
+                    || cancel.contains("USING INDEX approvals_by_run (run_id=? AND status=?)"),
+                "{cancel}"
+            );
+            for (table, column) in [("runs", "id"), ("approvals a", "a.id")] {
+                let sql = format!("SELECT 1 FROM {table} WHERE {}", starts_with(column));
+                let found = plan(raw, &sql);
+                assert!(
+                    found.starts_with("SEARCH") && found.contains("(id>? AND id<?)"),
+                    "{sql}: {found}"
+                );
+            }
+        };
+        check(&raw);
+        raw.execute_batch("DROP INDEX approvals_by_run").unwrap();
+        let before = plan(&raw, CANCEL_PENDING);
+        assert!(!before.contains("approvals_by_run"), "{before}");
+        drop((
+            raw,
+            SqliteStore::open(dir.path(), Durability::Normal).unwrap(),
+        ));
+        // A new connection: a query plan is made from the schema a connection last read.
+        let raw = Connection::open(dir.path().join("rein.db")).unwrap();
+        check(&raw);
+        let version: i64 = raw
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, super::SCHEMA_VERSION);
+    }
 }

@@ -505,6 +505,10 @@ impl From<rusqlite::Error> for ApplyError {
     }
 }
 
+/// A run that ends cancels the approvals it still waits for (found by `approvals_by_run`).
+pub(super) const CANCEL_PENDING: &str =
+    "UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'";
+
 fn apply_append<'a>(
     conn: &Connection,
     append: &'a Append,
@@ -668,10 +672,7 @@ fn apply_append<'a>(
         ])?;
     }
     if append.ends {
-        conn.prepare_cached(
-            "UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'",
-        )?
-        .execute([run])?;
+        conn.prepare_cached(CANCEL_PENDING)?.execute([run])?;
     }
     for change in &append.approvals {
         match change {
