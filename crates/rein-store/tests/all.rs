@@ -156,6 +156,41 @@ async fn check_round_trip(store: &dyn Store) {
     assert_eq!(store.list_runs(&done).unwrap(), vec![summary]);
 }
 
+/// Appends of every length up to 19 events are written whole, each event as given and in order,
+/// and a second append continues where the first ended.
+#[tokio::test]
+async fn appends_of_any_length_are_written_whole_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let requested = |seq: u64| {
+        ev(
+            seq,
+            Event::ModelRequested {
+                step: seq as u32,
+                attempt: 1,
+                model: format!("m{seq}"),
+                messages: seq as u32,
+                tools: 0,
+            },
+        )
+    };
+    for n in 1..=19u64 {
+        let run = format!("len{n}");
+        let first: Vec<StoredEvent> = std::iter::once(ev(1, started("x")))
+            .chain((2..=n).map(requested))
+            .collect();
+        let l = lease(&run);
+        put(&store, &l, &first).await.unwrap();
+        let more: Vec<StoredEvent> = (n + 1..=2 * n).map(requested).collect();
+        put(&store, &l, &more).await.unwrap();
+        let expected: Vec<StoredEvent> = first.into_iter().chain(more).collect();
+        assert_eq!(store.events(&run).unwrap(), expected, "run of {n}");
+        // The next append must continue the log: one that repeats its last event is refused.
+        let again = put(&store, &l, &[requested(2 * n)]).await;
+        assert!(again.is_err(), "event {} of {run} written twice", 2 * n);
+    }
+}
+
 #[tokio::test]
 async fn appends_that_do_not_continue_the_log_are_refused() {
     let dir = tempfile::tempdir().unwrap();
