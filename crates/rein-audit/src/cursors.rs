@@ -103,7 +103,7 @@ pub(crate) fn ends_run(line: &[u8]) -> bool {
         .is_some_and(|at| line[at + KIND.len()..].starts_with(b"run_ended\""))
 }
 
-/// Every run's cursor in a records file's `lines`, and the runs whose records name no event: a
+/// Every run's cursor in a records file's lines, and the runs whose records name no event: a
 /// whole log's, read once (for a check of every run, or a cursor that was forgotten).
 #[derive(Debug, Default)]
 pub struct AllCursors {
@@ -112,21 +112,18 @@ pub struct AllCursors {
 }
 
 impl AllCursors {
-    pub(crate) fn read(records: &[u8]) -> AllCursors {
-        let mut all = AllCursors::default();
-        for line in records.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            match crate::log::event_ref(line) {
-                Some((run, Some(event))) => {
-                    let cursor = all.by_run.entry(run).or_default();
-                    *cursor = (*cursor).max(event);
-                }
-                Some((run, None)) => {
-                    all.legacy.insert(run);
-                }
-                None => {}
+    /// Notes one record line of the log.
+    pub(crate) fn note(&mut self, line: &[u8]) {
+        match crate::log::event_ref(line) {
+            Some((run, Some(event))) => {
+                let cursor = self.by_run.entry(run).or_default();
+                *cursor = (*cursor).max(event);
             }
+            Some((run, None)) => {
+                self.legacy.insert(run);
+            }
+            None => {}
         }
-        all
     }
 
     /// The last event of `run` the log holds a record of (0 if none); `None` for a run whose

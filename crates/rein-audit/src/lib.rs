@@ -8,6 +8,7 @@
 
 mod cursors;
 mod keys;
+mod lines;
 mod log;
 pub mod merkle;
 mod verify;

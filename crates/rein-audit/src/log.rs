@@ -8,7 +8,7 @@
 //! records were queued at the time, never record an event twice.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::AuditError;
 use crate::cursors::{AllCursors, Cursors, Known, RUN_ENDED, ends_run};
 use crate::keys;
+use crate::lines::each_line;
 use crate::merkle::{Frontier, hex, leaf_hash};
 use crate::verify::read_last_checkpoint_line;
 
@@ -388,30 +389,24 @@ impl AuditLog {
         if len < state.records_len {
             *state = WriterState::default();
         }
-        file.seek(SeekFrom::Start(state.records_len))
-            .map_err(io_err(path))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail).map_err(io_err(path))?;
-        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-        for line in tail[..complete]
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
-            state.frontier.push(leaf_hash(line));
+        let kept = self.options.ended_cursors_kept;
+        let (frontier, cursors) = (&mut state.frontier, &mut state.cursors);
+        let unread = len - state.records_len;
+        let complete = each_line(file, path, state.records_len, unread, |line| {
+            frontier.push(leaf_hash(line));
             match event_ref(line) {
                 Some((run, Some(event))) => {
-                    let kept = self.options.ended_cursors_kept;
-                    state.cursors.advance(&run, event, ends_run(line), kept);
+                    cursors.advance(&run, event, ends_run(line), kept);
                 }
-                Some((run, None)) => state.cursors.legacy(&run),
+                Some((run, None)) => cursors.legacy(&run),
                 None => {}
             }
-        }
-        if complete < tail.len() {
-            file.set_len(state.records_len + complete as u64)
+        })?;
+        if complete < unread {
+            file.set_len(state.records_len + complete)
                 .map_err(io_err(path))?;
         }
-        state.records_len += complete as u64;
+        state.records_len += complete;
         Ok(())
     }
 
@@ -460,14 +455,11 @@ impl AuditLog {
 
     /// The cursors in the records file's first `records_len` bytes (what has been caught up).
     fn read_cursors(&self, state: &WriterState, file: &mut File) -> Result<AllCursors, AuditError> {
-        let path = &self.paths.records;
-        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
-        let mut records = Vec::new();
-        Read::by_ref(file)
-            .take(state.records_len)
-            .read_to_end(&mut records)
-            .map_err(io_err(path))?;
-        Ok(AllCursors::read(&records))
+        let mut all = AllCursors::default();
+        each_line(file, &self.paths.records, 0, state.records_len, |line| {
+            all.note(line);
+        })?;
+        Ok(all)
     }
 
     fn append_locked(
