@@ -13,15 +13,15 @@ use crate::log::io_err;
 const READ_AT_ONCE: usize = 1 << 20;
 
 /// Calls `each` with every whole, non-empty line (without its newline) of the `len` bytes of
-/// `file` from `from`, one at a time; returns how many bytes the whole lines took (less than
-/// `len` when it ends in a line cut short, which is not passed on). Holds one piece of the file
-/// and one line at a time, whatever the file's size.
+/// `file` from `from`, one at a time, until it fails; returns how many bytes the whole lines took
+/// (less than `len` when it ends in a line cut short, which is not passed on). Holds one piece of
+/// the file and one line at a time, whatever the file's size.
 pub(crate) fn each_line(
     file: &mut File,
     path: &Path,
     from: u64,
     len: u64,
-    mut each: impl FnMut(&[u8]),
+    mut each: impl FnMut(&[u8]) -> Result<(), AuditError>,
 ) -> Result<u64, AuditError> {
     file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
     let mut reader = BufReader::with_capacity(READ_AT_ONCE, Read::by_ref(file).take(len));
@@ -35,7 +35,7 @@ pub(crate) fn each_line(
             return Ok(whole);
         };
         if !text.is_empty() {
-            each(text);
+            each(text)?;
         }
         whole += n as u64;
     }
@@ -55,6 +55,7 @@ mod tests {
         let mut seen = Vec::new();
         let whole = each_line(&mut file, Path::new("f"), from, len, |l| {
             seen.push(String::from_utf8(l.to_vec()).unwrap());
+            Ok(())
         })
         .unwrap();
         (seen, whole)

@@ -401,6 +401,7 @@ impl AuditLog {
                 Some((run, None)) => cursors.legacy(&run),
                 None => {}
             }
+            Ok(())
         })?;
         if complete < unread {
             file.set_len(state.records_len + complete)
@@ -458,6 +459,7 @@ impl AuditLog {
         let mut all = AllCursors::default();
         each_line(file, &self.paths.records, 0, state.records_len, |line| {
             all.note(line);
+            Ok(())
         })?;
         Ok(all)
     }

@@ -38,10 +38,17 @@ fn split(n: u64) -> u64 {
 }
 
 /// A tree over known leaf hashes, with every complete subtree's hash kept by level.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Tree {
     /// `levels[k][i]` is the hash of leaves `i·2^k .. (i+1)·2^k`.
     levels: Vec<Vec<Hash>>,
+}
+
+impl Default for Tree {
+    /// An empty tree (with its level of leaves, which every method reads).
+    fn default() -> Tree {
+        Tree::new()
+    }
 }
 
 impl Tree {

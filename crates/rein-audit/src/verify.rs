@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::AuditError;
 use crate::keys;
+use crate::lines::each_line;
 use crate::log::{AuditPaths, Checkpoint, Record, io_err, leading_seq};
 use crate::merkle::{Tree, hex, leaf_hash, unhex32, verify_consistency, verify_inclusion};
 
@@ -80,31 +81,66 @@ fn parse_checkpoint_lines(bytes: &[u8]) -> Result<Vec<(Checkpoint, Vec<u8>)>, Au
     Ok(out)
 }
 
-/// Every record line of a log, as bytes (without newlines).
-fn read_record_lines(path: &Path) -> Result<(Vec<u8>, bool), AuditError> {
-    match std::fs::read(path) {
-        Ok(b) => {
-            let torn = !b.is_empty() && b.last() != Some(&b'\n');
-            Ok((b, torn))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), false)),
-        Err(e) => Err(io_err(path)(e)),
-    }
+/// Calls `each` with every record line of a log (without its newline), read a piece at a time;
+/// whether the file ends in a line cut short (not passed on). A log with no records file has
+/// none.
+fn each_record_line(
+    path: &Path,
+    each: impl FnMut(&[u8]) -> Result<(), AuditError>,
+) -> Result<bool, AuditError> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let len = file.metadata().map_err(io_err(path))?.len();
+    Ok(each_line(&mut file, path, 0, len, each)? < len)
 }
 
 /// Reads every record (for show and export).
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
-    let (bytes, _) = read_record_lines(&AuditPaths::new(dir).records)?;
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_slice(l).map_err(|e| {
-                AuditError::Verify(format!("record line {}: cannot be read ({e})", i + 1))
-            })
-        })
-        .collect()
+    let mut records = Vec::new();
+    each_record_line(&AuditPaths::new(dir).records, |l| {
+        let record = serde_json::from_slice(l).map_err(|e| {
+            AuditError::Verify(format!(
+                "record line {}: cannot be read ({e})",
+                records.len() + 1
+            ))
+        })?;
+        records.push(record);
+        Ok(())
+    })?;
+    Ok(records)
+}
+
+/// What a record says of itself, without its facts: its position, kind, run and event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordHead {
+    /// Its position, from 1.
+    pub seq: u64,
+    /// Its kind.
+    pub kind: String,
+    /// Its run.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// The run's event it records.
+    #[serde(default)]
+    pub event: Option<u64>,
+}
+
+/// Calls `each` with every record's head, in order, read a piece at a time and without keeping
+/// any record's facts: for a look at a whole log (its trail against the event log) in memory of
+/// what it keeps of each, rather than of every record whole.
+pub fn each_record_head(dir: &Path, mut each: impl FnMut(RecordHead)) -> Result<(), AuditError> {
+    let mut n = 0u64;
+    each_record_line(&AuditPaths::new(dir).records, |l| {
+        n += 1;
+        let head = serde_json::from_slice(l)
+            .map_err(|e| AuditError::Verify(format!("record line {n}: cannot be read ({e})")))?;
+        each(head);
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// What a clean verification found.
@@ -138,20 +174,22 @@ pub fn verify_against(
     held: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
     let paths = AuditPaths::new(dir);
-    let (records, _) = read_record_lines(&paths.records)?;
+    // The records are read a piece at a time: what is kept of them is their tree's leaves.
+    let mut leaves = Leaves::default();
+    let torn = each_record_line(&paths.records, |line| leaves.push(line))?;
     let checkpoints = match std::fs::read(&paths.checkpoints) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(&paths.checkpoints)(e)),
     };
-    let report = verify_bytes(&records, &checkpoints, trusted)?;
-    check_held(&records, &checkpoints, &report, held)?;
+    let report = leaves.check(torn, &checkpoints, trusted)?;
+    check_held(&leaves.tree, &checkpoints, &report, held)?;
     Ok(report)
 }
 
 /// Checks checkpoints held outside the log against a log that verified in itself.
 fn check_held(
-    records: &[u8],
+    tree: &Tree,
     checkpoint_bytes: &[u8],
     report: &VerifyReport,
     held: &[Checkpoint],
@@ -193,22 +231,14 @@ fn check_held(
         }
     }
     // The held copies are the log's own checkpoints, which verified; their roots match its
-    // records by that check. Recomputing confirms it for the newest one.
-    if let Some(newest) = held.iter().max_by_key(|c| c.tree_size) {
-        let mut tree = Tree::new();
-        for line in records
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .take(newest.tree_size as usize)
-        {
-            tree.push(leaf_hash(line));
-        }
-        if tree.root(newest.tree_size).map(|r| hex(&r)).as_deref() != Some(newest.root.as_str()) {
-            return fail(format!(
-                "records 1..{} do not match checkpoint {} held outside",
-                newest.tree_size, newest.seq
-            ));
-        }
+    // records by that check. The records' tree confirms it for the newest one.
+    if let Some(newest) = held.iter().max_by_key(|c| c.tree_size)
+        && tree.root(newest.tree_size).map(|r| hex(&r)).as_deref() != Some(newest.root.as_str())
+    {
+        return fail(format!(
+            "records 1..{} do not match checkpoint {} held outside",
+            newest.tree_size, newest.seq
+        ));
     }
     Ok(())
 }
@@ -254,19 +284,32 @@ pub fn verify_bytes(
     checkpoint_bytes: &[u8],
     trusted: &[VerifyingKey],
 ) -> Result<VerifyReport, AuditError> {
-    let fail = |m: String| Err(AuditError::Verify(m));
     let torn = !bytes.is_empty() && bytes.last() != Some(&b'\n');
-    // Only complete lines are records; a torn last line is reported below.
+    // Only complete lines are records; a torn last line is reported.
     let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-    let bytes = &bytes[..complete];
-    let mut tree = Tree::new();
-    let mut rotations: Vec<(u64, VerifyingKey)> = Vec::new();
-    for (i, line) in bytes
+    let mut leaves = Leaves::default();
+    for line in bytes[..complete]
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .enumerate()
     {
-        let expected = i as u64 + 1;
+        leaves.push(line)?;
+    }
+    leaves.check(torn, checkpoint_bytes, trusted)
+}
+
+/// A log's records as verification keeps them, taken one line at a time: the Merkle tree of
+/// their hashes, and the keys rotated in them (with the record that rotated each).
+#[derive(Default)]
+struct Leaves {
+    tree: Tree,
+    rotations: Vec<(u64, VerifyingKey)>,
+}
+
+impl Leaves {
+    /// Takes the next record line: numbered the next in turn, or the log was changed.
+    fn push(&mut self, line: &[u8]) -> Result<(), AuditError> {
+        let fail = |m: String| Err(AuditError::Verify(m));
+        let expected = self.tree.len() + 1;
         match leading_seq(line) {
             Some(seq) if seq == expected => {}
             Some(seq) => {
@@ -290,107 +333,120 @@ pub fn verify_bytes(
                 .and_then(Value::as_str)
                 .and_then(|k| keys::parse_public(k).ok())
             {
-                rotations.push((expected, key));
+                self.rotations.push((expected, key));
             }
         }
-        tree.push(leaf_hash(line));
+        self.tree.push(leaf_hash(line));
+        Ok(())
     }
-    if torn {
-        return fail(format!(
-            "the records file ends with an incomplete line after record {}",
-            tree.len()
-        ));
-    }
-    let mut trusted: Vec<VerifyingKey> = trusted.to_vec();
-    let mut signers = Vec::new();
-    let checkpoints = parse_checkpoint_lines(checkpoint_bytes)?;
-    let mut previous: Option<(&Checkpoint, &Vec<u8>)> = None;
-    for (i, (cp, line)) in checkpoints.iter().enumerate() {
-        let expected = i as u64 + 1;
-        if cp.seq != expected {
+
+    /// Checks every checkpoint against the records taken (whose file ended in a line cut short
+    /// if `torn`).
+    fn check(
+        &self,
+        torn: bool,
+        checkpoint_bytes: &[u8],
+        trusted: &[VerifyingKey],
+    ) -> Result<VerifyReport, AuditError> {
+        let fail = |m: String| Err(AuditError::Verify(m));
+        let (tree, rotations) = (&self.tree, &self.rotations);
+        if torn {
             return fail(format!(
-                "checkpoint {expected} is numbered {}: checkpoints were inserted, deleted or reordered",
-                cp.seq
-            ));
-        }
-        let prev = previous
-            .map(|(_, l)| hex(&Sha256::digest(l)))
-            .unwrap_or_default();
-        if cp.prev != prev {
-            return fail(format!(
-                "checkpoint {} does not follow checkpoint {}: a checkpoint was removed, changed or reordered",
-                cp.seq,
-                cp.seq - 1
-            ));
-        }
-        let Some(key) = trusted.iter().find(|k| keys::key_id(k) == cp.key_id) else {
-            return fail(format!(
-                "checkpoint {} is signed by key {}, which is not trusted: pass its public key with --public-key",
-                cp.seq, cp.key_id
-            ));
-        };
-        if !keys::verify(key, &cp.message(), &cp.signature) {
-            return fail(format!(
-                "checkpoint {}: the signature does not match its contents; the checkpoint was changed",
-                cp.seq
-            ));
-        }
-        if cp.tree_size > tree.len() {
-            return fail(format!(
-                "checkpoint {} covers {} records but the log has {}: records were truncated or deleted",
-                cp.seq,
-                cp.tree_size,
+                "the records file ends with an incomplete line after record {}",
                 tree.len()
             ));
         }
-        let from = previous.map_or(0, |(p, _)| p.tree_size);
-        if cp.tree_size < from {
-            return fail(format!(
-                "checkpoint {} covers fewer records than checkpoint {}",
-                cp.seq,
-                cp.seq - 1
-            ));
-        }
-        let root = tree.root(cp.tree_size).map(|r| hex(&r));
-        if root.as_deref() != Some(cp.root.as_str()) {
-            return fail(format!(
-                "records {}..{} do not match checkpoint {}: a record among them was changed, inserted, deleted or reordered",
-                from + 1,
-                cp.tree_size,
-                cp.seq
-            ));
-        }
-        if let Some((p, _)) = previous.filter(|(p, _)| p.tree_size > 0) {
-            let (old, new) = (unhex32(&p.root), unhex32(&cp.root));
-            let proof = tree
-                .consistency_proof(p.tree_size, cp.tree_size)
-                .unwrap_or_default();
-            if !matches!((old, new), (Some(o), Some(n)) if verify_consistency(p.tree_size, cp.tree_size, &o, &n, &proof))
-            {
+        let mut trusted: Vec<VerifyingKey> = trusted.to_vec();
+        let mut signers = Vec::new();
+        let checkpoints = parse_checkpoint_lines(checkpoint_bytes)?;
+        let mut previous: Option<(&Checkpoint, &Vec<u8>)> = None;
+        for (i, (cp, line)) in checkpoints.iter().enumerate() {
+            let expected = i as u64 + 1;
+            if cp.seq != expected {
                 return fail(format!(
-                    "checkpoint {} is not consistent with checkpoint {}",
-                    cp.seq, p.seq
+                    "checkpoint {expected} is numbered {}: checkpoints were inserted, deleted or reordered",
+                    cp.seq
                 ));
             }
-        }
-        if !signers.contains(&cp.key_id) {
-            signers.push(cp.key_id.clone());
-        }
-        // Keys rotated in records this checkpoint now covers become trusted.
-        for (_, key) in rotations.iter().filter(|(seq, _)| *seq <= cp.tree_size) {
-            if !trusted.iter().any(|k| k == key) {
-                trusted.push(*key);
+            let prev = previous
+                .map(|(_, l)| hex(&Sha256::digest(l)))
+                .unwrap_or_default();
+            if cp.prev != prev {
+                return fail(format!(
+                    "checkpoint {} does not follow checkpoint {}: a checkpoint was removed, changed or reordered",
+                    cp.seq,
+                    cp.seq - 1
+                ));
             }
+            let Some(key) = trusted.iter().find(|k| keys::key_id(k) == cp.key_id) else {
+                return fail(format!(
+                    "checkpoint {} is signed by key {}, which is not trusted: pass its public key with --public-key",
+                    cp.seq, cp.key_id
+                ));
+            };
+            if !keys::verify(key, &cp.message(), &cp.signature) {
+                return fail(format!(
+                    "checkpoint {}: the signature does not match its contents; the checkpoint was changed",
+                    cp.seq
+                ));
+            }
+            if cp.tree_size > tree.len() {
+                return fail(format!(
+                    "checkpoint {} covers {} records but the log has {}: records were truncated or deleted",
+                    cp.seq,
+                    cp.tree_size,
+                    tree.len()
+                ));
+            }
+            let from = previous.map_or(0, |(p, _)| p.tree_size);
+            if cp.tree_size < from {
+                return fail(format!(
+                    "checkpoint {} covers fewer records than checkpoint {}",
+                    cp.seq,
+                    cp.seq - 1
+                ));
+            }
+            let root = tree.root(cp.tree_size).map(|r| hex(&r));
+            if root.as_deref() != Some(cp.root.as_str()) {
+                return fail(format!(
+                    "records {}..{} do not match checkpoint {}: a record among them was changed, inserted, deleted or reordered",
+                    from + 1,
+                    cp.tree_size,
+                    cp.seq
+                ));
+            }
+            if let Some((p, _)) = previous.filter(|(p, _)| p.tree_size > 0) {
+                let (old, new) = (unhex32(&p.root), unhex32(&cp.root));
+                let proof = tree
+                    .consistency_proof(p.tree_size, cp.tree_size)
+                    .unwrap_or_default();
+                if !matches!((old, new), (Some(o), Some(n)) if verify_consistency(p.tree_size, cp.tree_size, &o, &n, &proof))
+                {
+                    return fail(format!(
+                        "checkpoint {} is not consistent with checkpoint {}",
+                        cp.seq, p.seq
+                    ));
+                }
+            }
+            if !signers.contains(&cp.key_id) {
+                signers.push(cp.key_id.clone());
+            }
+            // Keys rotated in records this checkpoint now covers become trusted.
+            for (_, key) in rotations.iter().filter(|(seq, _)| *seq <= cp.tree_size) {
+                if !trusted.iter().any(|k| k == key) {
+                    trusted.push(*key);
+                }
+            }
+            previous = Some((cp, line));
         }
-        previous = Some((cp, line));
+        let covered = previous.map_or(0, |(c, _)| c.tree_size);
+        Ok(VerifyReport {
+            records: tree.len(),
+            checkpoints: checkpoints.len() as u64,
+            uncovered: tree.len() - covered,
+            keys: signers,
+        })
     }
-    let covered = previous.map_or(0, |(c, _)| c.tree_size);
-    Ok(VerifyReport {
-        records: tree.len(),
-        checkpoints: checkpoints.len() as u64,
-        uncovered: tree.len() - covered,
-        keys: signers,
-    })
 }
 
 /// An inclusion proof of one record in a signed checkpoint, checkable offline.
@@ -411,28 +467,29 @@ pub struct InclusionProof {
 pub fn prove(dir: &Path, seq: u64, trusted: &[VerifyingKey]) -> Result<InclusionProof, AuditError> {
     verify(dir, trusted)?;
     let paths = AuditPaths::new(dir);
-    let (bytes, _) = read_record_lines(&paths.records)?;
-    let lines: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let index = seq
+        .checked_sub(1)
+        .ok_or_else(|| AuditError::Verify("records are numbered from 1".into()))?;
+    // The records are read a piece at a time, keeping their hashes and the one proved.
     let mut tree = Tree::new();
-    for line in &lines {
+    let mut proved = None;
+    each_record_line(&paths.records, |line| {
+        if tree.len() == index {
+            proved = Some(line.to_vec());
+        }
         tree.push(leaf_hash(line));
-    }
+        Ok(())
+    })?;
     let checkpoint = read_checkpoint_lines(&paths.checkpoints)?
         .into_iter()
         .map(|(c, _)| c)
         .rfind(|c| c.tree_size >= seq)
         .ok_or_else(|| AuditError::Verify(format!("no checkpoint covers record {seq} yet")))?;
-    let index = seq
-        .checked_sub(1)
-        .ok_or_else(|| AuditError::Verify("records are numbered from 1".into()))?;
     let path = tree
         .inclusion_proof(index, checkpoint.tree_size)
         .ok_or_else(|| AuditError::Verify(format!("no record {seq}")))?;
-    let record = String::from_utf8(lines[index as usize].to_vec())
-        .map_err(|e| AuditError::Format(e.to_string()))?;
+    let record = proved.ok_or_else(|| AuditError::Verify(format!("no record {seq}")))?;
+    let record = String::from_utf8(record).map_err(|e| AuditError::Format(e.to_string()))?;
     Ok(InclusionProof {
         record,
         seq,

@@ -230,6 +230,12 @@ fn concurrent_writers_keep_one_numbered_log_and_a_torn_tail_is_cut() {
             .to_string()
             .contains("incomplete line after record 4")
     );
+    // Shown, the log is its whole records: the half line was never acknowledged.
+    let shown = rein_audit::read_records(dir.path()).unwrap();
+    assert_eq!(
+        shown.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     assert_eq!(b.append(&[entry(5)]).unwrap(), 5);
     b.checkpoint(1).unwrap();
     let report = verify(dir.path(), &[a.public_key()]).unwrap();

@@ -65,18 +65,20 @@ impl Engine {
             ..TrailCheck::default()
         };
         let dir = &self.audit_log().paths().dir;
-        let records =
-            rein_audit::read_records(dir).map_err(|e| EngineError::Audit(e.to_string()))?;
-        // (run, event) -> the records naming it: (record seq, kind).
-        let mut by_event: HashMap<(&str, u64), Vec<(u64, &str)>> = HashMap::new();
-        for record in &records {
-            if let (Some(run), Some(event)) = (&record.run_id, record.event) {
+        // run -> event -> the records naming it: (record seq, kind). Only these are kept of
+        // the records, read a piece at a time.
+        let mut by_event: HashMap<String, HashMap<u64, Vec<(u64, String)>>> = HashMap::new();
+        rein_audit::each_record_head(dir, |head| {
+            if let (Some(run), Some(event)) = (head.run_id, head.event) {
                 by_event
-                    .entry((run.as_str(), event))
+                    .entry(run)
                     .or_default()
-                    .push((record.seq, record.kind.as_str()));
+                    .entry(event)
+                    .or_default()
+                    .push((head.seq, head.kind));
             }
-        }
+        })
+        .map_err(|e| EngineError::Audit(e.to_string()))?;
         let runs = self.store.list_runs(&RunFilter {
             limit: usize::MAX >> 1,
             ..RunFilter::default()
@@ -100,7 +102,7 @@ impl Engine {
             for stored in self.store.events(&run.id)? {
                 check.events += 1;
                 let expected = crate::audit::record_kind(&stored.event);
-                match by_event.get(&(run.id.as_str(), stored.seq)) {
+                match by_event.get(&run.id).and_then(|r| r.get(&stored.seq)) {
                     None if live && stored.seq > cursor => {}
                     None => check.problems.push(format!(
                         "run {} event {} ({}) has no audit record",
@@ -131,13 +133,15 @@ impl Engine {
                 }
             }
         }
-        for ((run, event), found) in &by_event {
-            let exists = known.get(run).is_some_and(|last| event <= last);
-            if !exists {
-                check.problems.push(format!(
-                    "audit record {} names run {run} event {event}, which the event log does not hold",
-                    found[0].0
-                ));
+        for (run, events) in &by_event {
+            for (event, found) in events {
+                let exists = known.get(run.as_str()).is_some_and(|last| event <= last);
+                if !exists {
+                    check.problems.push(format!(
+                        "audit record {} names run {run} event {event}, which the event log does not hold",
+                        found[0].0
+                    ));
+                }
             }
         }
         check.problems.sort();
