@@ -118,14 +118,14 @@ impl Rein {
         since_ms: Option<u64>,
     ) -> Result<Vec<v1::AuditRecord>, Error> {
         self.fill_trail()?;
-        Ok(rein_audit::read_records(&self.dir.audit())?
-            .into_iter()
-            .filter(|r| {
-                run.is_none_or(|id| r.run_id.as_deref().is_some_and(|rid| rid.starts_with(id)))
-            })
-            .filter(|r| since_ms.is_none_or(|s| r.at_ms >= s))
-            .map(Into::into)
-            .collect())
+        // Only the records asked for are read whole and kept.
+        Ok(rein_audit::records_where(&self.dir.audit(), |r| {
+            run.is_none_or(|id| r.run_id.as_deref().is_some_and(|rid| rid.starts_with(id)))
+                && since_ms.is_none_or(|s| r.at_ms >= s)
+        })?
+        .into_iter()
+        .map(Into::into)
+        .collect())
     }
 
     /// What one tenant's model calls cost over the last `days` days, by day, model, agent and

@@ -18,7 +18,7 @@ pub use keys::{format_public, key_id, parse_public};
 pub use log::{AuditLog, AuditOptions, AuditPaths, Checkpoint, Data, Entry, Record, rotate_key};
 pub use verify::{
     InclusionProof, RecordHead, VerifyReport, each_record_head, prove, read_held_checkpoints,
-    read_records, verify, verify_against, verify_bytes, verify_proof,
+    read_records, records_where, verify, verify_against, verify_bytes, verify_proof,
 };
 
 /// What can go wrong with the audit log.

@@ -24,7 +24,10 @@ pub(crate) fn each_line(
     mut each: impl FnMut(&[u8]) -> Result<(), AuditError>,
 ) -> Result<u64, AuditError> {
     file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
-    let mut reader = BufReader::with_capacity(READ_AT_ONCE, Read::by_ref(file).take(len));
+    // (No more than there is to read: a process's first look at a small log keeps no buffer
+    // of a megabyte about.)
+    let capacity = usize::try_from(len).map_or(READ_AT_ONCE, |n| n.clamp(1, READ_AT_ONCE));
+    let mut reader = BufReader::with_capacity(capacity, Read::by_ref(file).take(len));
     let mut line = Vec::new();
     let mut whole = 0u64;
     loop {

@@ -99,15 +99,27 @@ fn each_record_line(
 
 /// Reads every record (for show and export).
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
+    records_where(dir, |_| true)
+}
+
+/// Reads the records whose head `keep` takes, in order: the others are read only as far as
+/// their heads, and never kept (the records of one run, or since a time, out of a log of
+/// millions).
+pub fn records_where(
+    dir: &Path,
+    mut keep: impl FnMut(&RecordHead) -> bool,
+) -> Result<Vec<Record>, AuditError> {
     let mut records = Vec::new();
+    let mut n = 0u64;
     each_record_line(&AuditPaths::new(dir).records, |l| {
-        let record = serde_json::from_slice(l).map_err(|e| {
-            AuditError::Verify(format!(
-                "record line {}: cannot be read ({e})",
-                records.len() + 1
-            ))
-        })?;
-        records.push(record);
+        n += 1;
+        let unreadable = |e: serde_json::Error| {
+            AuditError::Verify(format!("record line {n}: cannot be read ({e})"))
+        };
+        let head: RecordHead = serde_json::from_slice(l).map_err(unreadable)?;
+        if keep(&head) {
+            records.push(serde_json::from_slice(l).map_err(unreadable)?);
+        }
         Ok(())
     })?;
     Ok(records)
@@ -118,6 +130,8 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
 pub struct RecordHead {
     /// Its position, from 1.
     pub seq: u64,
+    /// When it happened.
+    pub at_ms: u64,
     /// Its kind.
     pub kind: String,
     /// Its run.

@@ -615,3 +615,36 @@ fn a_cursor_the_writer_forgot_is_read_from_the_file() {
     let written = std::fs::read(dir.path().join("records.jsonl")).unwrap();
     assert_eq!(lines(&written).len(), 14, "nothing written twice");
 }
+
+/// The records of one run, or from a time on, are read out of a log of many runs whole and in
+/// order, the others only as far as their heads; every record's head is read in order.
+#[test]
+fn the_records_asked_for_are_read_whole_and_in_order_and_no_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), AuditOptions::default()).unwrap();
+    for event in 1..=4 {
+        let batch: Vec<Entry> = ["ra", "rb", "rc"]
+            .iter()
+            .map(|run| of_event(run, event))
+            .collect();
+        log.append(&batch).unwrap();
+    }
+    let of_rb =
+        rein_audit::records_where(dir.path(), |h| h.run_id.as_deref() == Some("rb")).unwrap();
+    let seen: Vec<(u64, Option<u64>, serde_json::Value)> = of_rb
+        .iter()
+        .map(|r| (r.seq, r.event, r.data.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=4)
+            .map(|e| (3 * e - 1, Some(e), json!({"n": e})))
+            .collect::<Vec<_>>()
+    );
+    let late = rein_audit::records_where(dir.path(), |h| h.at_ms >= 1_004).unwrap();
+    assert_eq!(late.iter().map(|r| r.seq).collect::<Vec<_>>(), [10, 11, 12]);
+    let mut heads = Vec::new();
+    rein_audit::each_record_head(dir.path(), |h| heads.push(h.seq)).unwrap();
+    assert_eq!(heads, (1..=12).collect::<Vec<_>>());
+    assert_eq!(rein_audit::read_records(dir.path()).unwrap().len(), 12);
+}
