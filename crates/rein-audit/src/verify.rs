@@ -15,7 +15,9 @@ use crate::lines::each_line;
 use crate::log::{AuditPaths, Checkpoint, Record, io_err, leading_seq};
 use crate::merkle::{Tree, hex, leaf_hash, unhex32, verify_consistency, verify_inclusion};
 
-/// The checkpoints of a log with their exact lines (without the newline).
+/// The checkpoints of a log with their exact lines (without the newline): what the last one,
+/// read from the end, is checked against.
+#[cfg(test)]
 fn read_checkpoint_lines(path: &Path) -> Result<Vec<(Checkpoint, Vec<u8>)>, AuditError> {
     match std::fs::read(path) {
         Ok(b) => parse_checkpoint_lines(&b),
@@ -97,9 +99,30 @@ fn each_record_line(
     Ok(each_line(&mut file, path, 0, len, each)? < len)
 }
 
+/// Calls `each` with every record line of a log parsed as a `T` (the whole record, or its
+/// head), with the line itself, in order, read a piece at a time.
+fn each_parsed<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    mut each: impl FnMut(T, &[u8]) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
+    let mut n = 0u64;
+    each_record_line(&AuditPaths::new(dir).records, |line| {
+        n += 1;
+        let parsed = serde_json::from_slice(line)
+            .map_err(|e| AuditError::Verify(format!("record line {n}: cannot be read ({e})")))?;
+        each(parsed, line)
+    })?;
+    Ok(())
+}
+
 /// Reads every record (for show and export).
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, AuditError> {
-    records_where(dir, |_| true)
+    let mut records = Vec::new();
+    each_parsed(dir, |record, _| {
+        records.push(record);
+        Ok(())
+    })?;
+    Ok(records)
 }
 
 /// Reads the records whose head `keep` takes, in order: the others are read only as far as
@@ -110,15 +133,12 @@ pub fn records_where(
     mut keep: impl FnMut(&RecordHead) -> bool,
 ) -> Result<Vec<Record>, AuditError> {
     let mut records = Vec::new();
-    let mut n = 0u64;
-    each_record_line(&AuditPaths::new(dir).records, |l| {
-        n += 1;
-        let unreadable = |e: serde_json::Error| {
-            AuditError::Verify(format!("record line {n}: cannot be read ({e})"))
-        };
-        let head: RecordHead = serde_json::from_slice(l).map_err(unreadable)?;
+    each_parsed(dir, |head: RecordHead, line| {
         if keep(&head) {
-            records.push(serde_json::from_slice(l).map_err(unreadable)?);
+            let record = serde_json::from_slice(line).map_err(|e| {
+                AuditError::Verify(format!("record {}: cannot be read ({e})", head.seq))
+            })?;
+            records.push(record);
         }
         Ok(())
     })?;
@@ -146,15 +166,10 @@ pub struct RecordHead {
 /// any record's facts: for a look at a whole log (its trail against the event log) in memory of
 /// what it keeps of each, rather than of every record whole.
 pub fn each_record_head(dir: &Path, mut each: impl FnMut(RecordHead)) -> Result<(), AuditError> {
-    let mut n = 0u64;
-    each_record_line(&AuditPaths::new(dir).records, |l| {
-        n += 1;
-        let head = serde_json::from_slice(l)
-            .map_err(|e| AuditError::Verify(format!("record line {n}: cannot be read ({e})")))?;
+    each_parsed(dir, |head, _| {
         each(head);
         Ok(())
-    })?;
-    Ok(())
+    })
 }
 
 /// What a clean verification found.
@@ -187,18 +202,32 @@ pub fn verify_against(
     trusted: &[VerifyingKey],
     held: &[Checkpoint],
 ) -> Result<VerifyReport, AuditError> {
+    let (leaves, checkpoints, report) = read_and_verify(dir, trusted, |_, _| {})?;
+    check_held(&leaves.tree, &checkpoints, &report, held)?;
+    Ok(report)
+}
+
+/// Reads the log once, a piece at a time, and verifies it in itself: its records' leaves (all
+/// that is kept of them), its checkpoints file and the report. `also` sees each record line
+/// with its index (from 0) as it is read.
+fn read_and_verify(
+    dir: &Path,
+    trusted: &[VerifyingKey],
+    mut also: impl FnMut(u64, &[u8]),
+) -> Result<(Leaves, Vec<u8>, VerifyReport), AuditError> {
     let paths = AuditPaths::new(dir);
-    // The records are read a piece at a time: what is kept of them is their tree's leaves.
     let mut leaves = Leaves::default();
-    let torn = each_record_line(&paths.records, |line| leaves.push(line))?;
+    let torn = each_record_line(&paths.records, |line| {
+        also(leaves.tree.len(), line);
+        leaves.push(line)
+    })?;
     let checkpoints = match std::fs::read(&paths.checkpoints) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(&paths.checkpoints)(e)),
     };
     let report = leaves.check(torn, &checkpoints, trusted)?;
-    check_held(&leaves.tree, &checkpoints, &report, held)?;
-    Ok(report)
+    Ok((leaves, checkpoints, report))
 }
 
 /// Checks checkpoints held outside the log against a log that verified in itself.
@@ -479,22 +508,18 @@ pub struct InclusionProof {
 /// The inclusion proof of record `seq` in the latest checkpoint that covers it. The log is
 /// verified first, with `trusted`.
 pub fn prove(dir: &Path, seq: u64, trusted: &[VerifyingKey]) -> Result<InclusionProof, AuditError> {
-    verify(dir, trusted)?;
-    let paths = AuditPaths::new(dir);
     let index = seq
         .checked_sub(1)
         .ok_or_else(|| AuditError::Verify("records are numbered from 1".into()))?;
-    // The records are read a piece at a time, keeping their hashes and the one proved.
-    let mut tree = Tree::new();
+    // The log is read once: verified, with the record proved kept aside.
     let mut proved = None;
-    each_record_line(&paths.records, |line| {
-        if tree.len() == index {
+    let (leaves, checkpoints, _) = read_and_verify(dir, trusted, |i, line| {
+        if i == index {
             proved = Some(line.to_vec());
         }
-        tree.push(leaf_hash(line));
-        Ok(())
     })?;
-    let checkpoint = read_checkpoint_lines(&paths.checkpoints)?
+    let tree = &leaves.tree;
+    let checkpoint = parse_checkpoint_lines(&checkpoints)?
         .into_iter()
         .map(|(c, _)| c)
         .rfind(|c| c.tree_size >= seq)

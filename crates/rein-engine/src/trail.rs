@@ -1,7 +1,7 @@
 //! The audit trail against the event log: filling in what crashes left out, for every run, and
 //! checking that every event has exactly one record of the right kind and every record an event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rein_store::RunFilter;
 use serde::Serialize;
@@ -65,36 +65,40 @@ impl Engine {
             ..TrailCheck::default()
         };
         let dir = &self.audit_log().paths().dir;
-        // run -> event -> the records naming it: (record seq, kind). Only these are kept of
-        // the records, read a piece at a time.
+        // run -> event -> the records naming it: (record seq, kind), and the runs whose records
+        // name no event. Only these are kept of the records, read a piece at a time, once: each
+        // run's audit cursor is the last event its records name.
         let mut by_event: HashMap<String, HashMap<u64, Vec<(u64, String)>>> = HashMap::new();
-        rein_audit::each_record_head(dir, |head| {
-            if let (Some(run), Some(event)) = (head.run_id, head.event) {
-                by_event
-                    .entry(run)
-                    .or_default()
-                    .entry(event)
-                    .or_default()
-                    .push((head.seq, head.kind));
+        let mut legacy: HashSet<String> = HashSet::new();
+        rein_audit::each_record_head(dir, |head| match (head.run_id, head.event) {
+            (Some(run), Some(event)) => by_event
+                .entry(run)
+                .or_default()
+                .entry(event)
+                .or_default()
+                .push((head.seq, head.kind)),
+            (Some(run), None) => {
+                legacy.insert(run);
             }
+            (None, _) => {}
         })
         .map_err(|e| EngineError::Audit(e.to_string()))?;
         let runs = self.store.list_runs(&RunFilter {
             limit: usize::MAX >> 1,
             ..RunFilter::default()
         })?;
-        let cursors = self
-            .audit_log()
-            .cursors()
-            .map_err(|e| EngineError::Audit(e.to_string()))?;
         let mut known: HashMap<&str, u64> = HashMap::new();
         for run in &runs {
             known.insert(run.id.as_str(), run.events);
             check.runs += 1;
-            let Some(cursor) = cursors.of(&run.id) else {
+            if legacy.contains(&run.id) {
                 check.legacy.push(run.id.clone());
                 continue;
-            };
+            }
+            let recorded = by_event.get(&run.id);
+            let cursor = recorded
+                .and_then(|events| events.keys().max().copied())
+                .unwrap_or(0);
             let live = cursor < run.events && self.driven_now(&run.id)?;
             if live {
                 check.in_progress.push(run.id.clone());
@@ -102,7 +106,7 @@ impl Engine {
             for stored in self.store.events(&run.id)? {
                 check.events += 1;
                 let expected = crate::audit::record_kind(&stored.event);
-                match by_event.get(&run.id).and_then(|r| r.get(&stored.seq)) {
+                match recorded.and_then(|r| r.get(&stored.seq)) {
                     None if live && stored.seq > cursor => {}
                     None => check.problems.push(format!(
                         "run {} event {} ({}) has no audit record",
