@@ -25,9 +25,16 @@ fn opened() -> (tempfile::TempDir, SqliteStore, Lease) {
 }
 
 /// Returns once the writer thread has let go of the connection (it answers its appenders
-/// first: until it lets go, a caller finds the connection taken and queues).
+/// first: until it lets go, a caller finds the connection taken and queues) and waits for work.
+/// Until it waits, it takes what it finds queued on its way back: work queued for a task, whose
+/// commit a test means to see on the task's thread. (On a loaded machine the writer thread may
+/// be off its CPU between the two: a test that waited only for the connection failed so, one
+/// run in many, with the batch committed on the writer thread.)
 fn let_go(store: &SqliteStore) {
     drop(lock(&store.queue.writer));
+    while !lock(&store.queue.pending).idle {
+        std::thread::yield_now();
+    }
 }
 
 fn event(seq: u64) -> StoredEvent {
