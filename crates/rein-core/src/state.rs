@@ -231,6 +231,8 @@ pub struct RunState {
     last_reply_had_calls: bool,
     /// The model's last reply stopped at its cap on the answer (`length`, `max_tokens`).
     last_reply_cut: bool,
+    /// The stop text the model's last reply stopped at, where its provider said which.
+    last_stop_sequence: Option<String>,
     ended: Option<Ended>,
     suspended: bool,
     labels: LabelSet,
@@ -545,6 +547,12 @@ impl RunState {
     /// (`length` from Chat Completions, `max_tokens` from the Messages API): its text is cut.
     pub fn last_reply_cut(&self) -> bool {
         self.last_reply_cut
+    }
+
+    /// The stop text (one the request gave) the model's last reply stopped at, where its provider
+    /// said which (Anthropic's `stop_sequence`).
+    pub fn last_stop_sequence(&self) -> Option<&str> {
+        self.last_stop_sequence.as_deref()
     }
 }
 

@@ -119,6 +119,9 @@ pub struct GatewayReply {
     pub reason: Option<String>,
     /// The model's answer stopped at its cap, and its text, cut short, is in this reply.
     pub cut: bool,
+    /// The stop text (one the client gave) the model's answer stopped at, where its provider
+    /// said which; only with the model's text in this reply.
+    pub stop_sequence: Option<String>,
     /// The labels in play at the end of the run: what the conversation's next request carries.
     pub labels: Vec<String>,
     /// Of those, the ones the run gained itself (not brought in by its request): what a reply
@@ -363,6 +366,10 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
     };
     // Cut only where the client reads the model's text (not while it waits with held calls).
     let cut = state.last_reply_cut() && text.is_some();
+    let stop_sequence = state
+        .last_stop_sequence()
+        .filter(|_| text.is_some())
+        .map(str::to_owned);
     GatewayReply {
         run_id,
         status,
@@ -374,6 +381,7 @@ fn reply((run_id, state, handed): (String, RunState, Vec<String>)) -> GatewayRep
         cost_micros: state.cost_micros(),
         reason: ended.and_then(|e| e.reason.clone()),
         cut,
+        stop_sequence,
         labels: state.labels().to_vec(),
         gained: state
             .labels()

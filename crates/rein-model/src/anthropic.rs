@@ -275,12 +275,18 @@ impl Provider for AnthropicProvider {
                 self.config.timeout,
             )
             .await?;
-            parse_response(&answer, &names)
+            parse_response(&answer, &names, &request.settings().stop)
         })
     }
 }
 
-fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, ProviderError> {
+/// The answer in rein's terms. A stop text is reported only when it is one the request gave: an
+/// upstream naming any other says nothing a client could act on.
+fn parse_response(
+    answer: &Value,
+    names: &WireNames,
+    stops: &[String],
+) -> Result<ChatResponse, ProviderError> {
     let malformed = |detail: &str| ProviderError::Malformed {
         detail: detail.to_owned(),
     };
@@ -335,10 +341,16 @@ fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, Pro
         .get("stop_reason")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let stop_sequence = answer
+        .get("stop_sequence")
+        .and_then(Value::as_str)
+        .filter(|s| stop_reason.as_deref() == Some("stop_sequence") && stops.iter().any(|t| t == s))
+        .map(str::to_owned);
     Ok(ChatResponse {
         text,
         tool_calls,
         usage,
         stop_reason,
+        stop_sequence,
     })
 }

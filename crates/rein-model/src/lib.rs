@@ -73,6 +73,9 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// Why the model stopped, as the provider said.
     pub stop_reason: Option<String>,
+    /// The stop text the model stopped at, where the provider says which (Anthropic's
+    /// `stop_sequence`; OpenAI-compatible providers say only `stop`).
+    pub stop_sequence: Option<String>,
 }
 
 /// Why a model call failed.

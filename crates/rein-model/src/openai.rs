@@ -348,5 +348,6 @@ fn parse_response(answer: &Value, names: &WireNames) -> Result<ChatResponse, Pro
         tool_calls,
         usage,
         stop_reason,
+        stop_sequence: None,
     })
 }

@@ -298,6 +298,7 @@ impl Provider for ScriptedProvider {
                         }
                         .into(),
                     ),
+                    stop_sequence: None,
                     tool_calls,
                     usage: Usage {
                         input_tokens: input,

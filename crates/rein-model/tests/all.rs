@@ -804,3 +804,58 @@ async fn a_callers_settings_are_sent_in_each_apis_words_within_the_operators_cap
     assert!(chat.get("parallel_tool_calls").is_none(), "{chat}");
     assert!(messages.get("tool_choice").is_none(), "{messages}");
 }
+
+/// The Messages API says which stop text the model stopped at; the reply keeps it, but only one
+/// the request gave (an upstream naming another, or naming one without stopping at it, says
+/// nothing a client could act on).
+#[tokio::test]
+async fn the_stop_text_an_anthropic_model_stopped_at_is_kept_when_the_request_gave_it() {
+    let settings = rein_core::ModelSettings {
+        stop: vec!["###".into(), "END".into()],
+        ..Default::default()
+    };
+    let conversation = conversation();
+    for (answer, kept) in [
+        (
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "END"}),
+            Some("END"),
+        ),
+        (
+            json!({"stop_reason": "stop_sequence", "stop_sequence": "other"}),
+            None,
+        ),
+        (
+            json!({"stop_reason": "end_turn", "stop_sequence": "END"}),
+            None,
+        ),
+        (
+            json!({"stop_reason": "stop_sequence", "stop_sequence": 7}),
+            None,
+        ),
+        (
+            json!({"stop_reason": "stop_sequence", "stop_sequence": null}),
+            None,
+        ),
+    ] {
+        let server = MockServer::start().await;
+        let mut body = json!({"content": [{"type": "text", "text": "the list: a, b"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(answer.as_object().unwrap().clone());
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .mount(&server)
+            .await;
+        let request = ChatRequest {
+            settings: Some(&settings),
+            ..conversation.request()
+        };
+        let reply = anthropic(&server).complete(&request).await.unwrap();
+        assert_eq!(reply.stop_sequence.as_deref(), kept, "{answer}");
+        assert_eq!(reply.text.as_deref(), Some("the list: a, b"));
+        assert_eq!(
+            reply.stop_reason,
+            answer["stop_reason"].as_str().map(str::to_owned)
+        );
+    }
+}

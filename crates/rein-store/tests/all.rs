@@ -72,6 +72,7 @@ fn step(seq: u64, n: u32) -> [StoredEvent; 2] {
                 },
                 latency_us: 7,
                 stop_reason: None,
+                stop_sequence: None,
                 model: "m".into(),
                 cost_micros: 100 * u64::from(n),
             },
@@ -997,6 +998,7 @@ async fn a_version_1_state_store_is_migrated_in_place() {
         usage: Usage::default(),
         latency_us: 1,
         stop_reason: None,
+        stop_sequence: None,
         model: "m".into(),
         cost_micros: 1234,
     })

@@ -89,6 +89,9 @@ pub struct GatewayAnswer {
     pub malformed: bool,
     /// The model's answer stopped at its cap on the answer: its text is cut short.
     pub cut: bool,
+    /// The stop text (one the client gave) the model's answer stopped at, where its provider
+    /// said which.
+    pub stop_sequence: Option<String>,
 }
 
 impl GatewayAnswer {
@@ -493,6 +496,7 @@ impl Rein {
         GatewayAnswer {
             malformed: reply.refused_as_malformed(),
             cut: reply.cut,
+            stop_sequence: reply.stop_sequence,
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees
             // them with the run's id, so each is unique in it.
             calls: reply

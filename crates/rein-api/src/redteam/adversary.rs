@@ -597,6 +597,7 @@ impl Provider for Adversary {
             tool_calls,
             usage: Usage::default(),
             stop_reason: None,
+            stop_sequence: None,
         })))
     }
 }

@@ -97,11 +97,13 @@ impl RunState {
                 usage,
                 cost_micros,
                 stop_reason,
+                stop_sequence,
                 ..
             } => {
                 self.cost_micros = self.cost_micros.saturating_add(*cost_micros);
                 self.last_reply_cut =
                     matches!(stop_reason.as_deref(), Some("length" | "max_tokens"));
+                self.last_stop_sequence = stop_sequence.clone();
                 if self.requested_step != Some(*step) {
                     return Err(fail(format!("step {step} was not requested")));
                 }

@@ -61,6 +61,7 @@ fn replied(step: u32, text: Option<&str>, calls: &[&str]) -> Event {
         },
         latency_us: 5,
         stop_reason: None,
+        stop_sequence: None,
         model: "m".into(),
         cost_micros: 1,
     }
@@ -1006,6 +1007,7 @@ fn provenance_counters_grants_and_data_are_folded_from_the_log() {
 
 /// A reply the provider stopped at its cap (`length` from Chat Completions, `max_tokens` from
 /// the Messages API) marks the run's last reply as cut; the next reply that was not, unmarks it.
+/// The stop text a reply stopped at is the last reply's, and no later one's.
 #[test]
 fn a_reply_stopped_at_its_cap_is_known_as_cut_until_the_next() {
     let with_stop = |step: u32, why: &str| match replied(step, Some("partial"), &["c1"]) {
@@ -1025,6 +1027,7 @@ fn a_reply_stopped_at_its_cap_is_known_as_cut_until_the_next() {
             usage,
             latency_us,
             stop_reason: Some(why.into()),
+            stop_sequence: (why == "stop_sequence").then(|| "###".into()),
             model,
             cost_micros,
         },
@@ -1044,4 +1047,17 @@ fn a_reply_stopped_at_its_cap_is_known_as_cut_until_the_next() {
         with_stop(2, "stop"),
     ]);
     assert!(!state.last_reply_cut());
+    assert_eq!(state.last_stop_sequence(), None);
+    let stopped = vec![started(5), requested(1), with_stop(1, "stop_sequence")];
+    let state = fold(stopped.clone());
+    assert_eq!(state.last_stop_sequence(), Some("###"));
+    assert!(!state.last_reply_cut());
+    let mut later = stopped;
+    later.extend([
+        intent("c1", true, 1),
+        outcome("c1"),
+        requested(2),
+        with_stop(2, "end_turn"),
+    ]);
+    assert_eq!(fold(later).last_stop_sequence(), None);
 }

@@ -152,6 +152,7 @@ impl Driver<'_> {
             usage: Usage::default(),
             latency_us: 0,
             stop_reason: Some("client_call".into()),
+            stop_sequence: None,
             model: CLIENT_MODEL.into(),
             cost_micros: 0,
         })

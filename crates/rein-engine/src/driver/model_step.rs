@@ -385,6 +385,7 @@ impl Driver<'_> {
                         usage: reply.usage,
                         latency_us,
                         stop_reason: reply.stop_reason,
+                        stop_sequence: reply.stop_sequence,
                         model: model.clone(),
                         cost_micros: actual.cost_micros,
                     })

@@ -243,17 +243,27 @@ fn blocks(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
     out
 }
 
-/// Why the answer stopped: a `refusal` when rein withheld all of it.
+/// Why the answer stopped: a `refusal` when rein withheld all of it, `stop_sequence` when the
+/// model stopped at one of the client's stop texts (the upstream said which: an Anthropic one).
 fn stop_reason(answer: &GatewayAnswer, said: &Said) -> &'static str {
     if !answer.calls.is_empty() {
         "tool_use"
     } else if answer.cut {
         "max_tokens"
+    } else if answer.stop_sequence.is_some() {
+        "stop_sequence"
     } else if said.refusal.is_some() && said.text.as_deref().is_none_or(str::is_empty) {
         "refusal"
     } else {
         "end_turn"
     }
+}
+
+/// The stop text the answer stopped at, with the `stop_sequence` stop reason only.
+fn stop_sequence<'a>(answer: &'a GatewayAnswer, said: &Said) -> Option<&'a str> {
+    (stop_reason(answer, said) == "stop_sequence")
+        .then_some(answer.stop_sequence.as_deref())
+        .flatten()
 }
 
 /// rein's note when it is apart from the text: where the API explains a refusal.
@@ -272,7 +282,7 @@ fn message(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
         "model": model,
         "content": blocks(answer, said),
         "stop_reason": stop_reason(answer, said),
-        "stop_sequence": null,
+        "stop_sequence": stop_sequence(answer, said),
         "stop_details": stop_details(said),
         "usage": {
             "input_tokens": answer.usage.input_tokens,
@@ -287,6 +297,7 @@ fn streamed(answer: &GatewayAnswer, said: &Said, model: &str) -> Response {
     let mut start = message(answer, said, model);
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
+    start["stop_sequence"] = Value::Null;
     start["stop_details"] = Value::Null;
     start["usage"]["output_tokens"] = json!(0);
     events.push((
@@ -322,7 +333,8 @@ fn streamed(answer: &GatewayAnswer, said: &Said, model: &str) -> Response {
         json!({
             "type": "message_delta",
             "delta": {
-                "stop_reason": stop_reason(answer, said), "stop_sequence": null,
+                "stop_reason": stop_reason(answer, said),
+                "stop_sequence": stop_sequence(answer, said),
                 "stop_details": stop_details(said),
             },
             "usage": {"output_tokens": answer.usage.output_tokens},

@@ -10,6 +10,7 @@
 mod common;
 mod conversations;
 mod held;
+mod stops;
 mod structured;
 
 use std::path::Path;
@@ -157,9 +158,19 @@ fn upstream_gateway(
     upstream: &str,
     settings: &str,
 ) -> (Served, String, (tempfile::TempDir, tempfile::TempDir)) {
+    provider_gateway("openai", &format!("{upstream}/v1"), settings)
+}
+
+/// A gateway whose model is `provider`'s (`openai` or `anthropic`) at `base_url`, as
+/// [`upstream_gateway`].
+fn provider_gateway(
+    provider: &str,
+    base_url: &str,
+    settings: &str,
+) -> (Served, String, (tempfile::TempDir, tempfile::TempDir)) {
     let root = tempfile::tempdir().unwrap();
     let folder = AgentFolder::new(&format!(
-        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"openai\"\nname = \"m\"\nbase_url = \"{upstream}/v1\"\napi_key = \"secret:UPSTREAM\"\n{settings}"
+        "name = \"gw\"\n[gateway]\n[model]\nprovider = \"{provider}\"\nname = \"m\"\nbase_url = \"{base_url}\"\napi_key = \"secret:UPSTREAM\"\n{settings}"
     ));
     copy_dir(folder.path(), &root.path().join("gw"));
     let state = state_with_upstream_key();

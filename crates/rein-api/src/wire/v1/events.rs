@@ -262,6 +262,9 @@ pub enum Event {
         /// The provider's stop reason, if it gave one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_reason: Option<String>,
+        /// The stop text it stopped at, where the provider said which.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_sequence: Option<String>,
         /// The model that answered (a fallback or a routed model may answer instead of the
         /// agent's primary model).
         #[serde(default, skip_serializing_if = "String::is_empty")]

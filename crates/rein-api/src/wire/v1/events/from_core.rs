@@ -123,6 +123,7 @@ impl From<core::Event> for Event {
                 usage,
                 latency_us,
                 stop_reason,
+                stop_sequence,
                 model,
                 cost_micros,
             } => Event::ModelReplied {
@@ -132,6 +133,7 @@ impl From<core::Event> for Event {
                 usage: usage.into(),
                 latency_us,
                 stop_reason,
+                stop_sequence,
                 model,
                 cost_micros,
             },
