@@ -1090,6 +1090,59 @@ async fn thirty_openers_of_a_new_state_directory_all_succeed() {
     }
 }
 
+/// Thirty openers of a database made before `approvals_by_run`, at once, while a store that had
+/// it open goes on writing: each opens it, one makes the index, none changes the version, and
+/// every append of the writer commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_openers_of_an_older_database_at_once_add_its_index_once_beside_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let writer = open(&path);
+    let l = lease("busy");
+    put(&writer, &l, &[ev(1, started("x"))]).await.unwrap();
+    let raw = rusqlite::Connection::open(path.join("rein.db")).unwrap();
+    raw.execute_batch("DROP INDEX approvals_by_run").unwrap();
+    let version = |raw: &rusqlite::Connection| -> i64 {
+        raw.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = version(&raw);
+    let start = Arc::new(std::sync::Barrier::new(31));
+    let openers: Vec<_> = (0..30)
+        .map(|_| {
+            let (path, start) = (path.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                SqliteStore::open(&path, Durability::Normal).map(drop)
+            })
+        })
+        .collect();
+    start.wait();
+    // The writer appends while they open (the index is made in its own transactions).
+    for seq in 2..=41 {
+        let notice = Event::Notice {
+            kind: "k".into(),
+            subject: "s".into(),
+            detail: format!("event {seq}"),
+            call_id: None,
+        };
+        put(&writer, &l, &[ev(seq, notice)]).await.unwrap();
+    }
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+    let indexes: i64 = raw
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'approvals_by_run'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 1);
+    assert_eq!(version(&raw), before);
+    assert_eq!(writer.events("busy").unwrap().len(), 41);
+}
+
 #[tokio::test]
 async fn each_event_is_written_with_the_oldest_format_that_reads_it() {
     let dir = tempfile::tempdir().unwrap();
