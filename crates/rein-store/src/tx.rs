@@ -1,5 +1,7 @@
 //! Group commit's SQL, shared by the event store's writer and the ledger's: one immediate
-//! transaction per batch, each item in a savepoint of its own so one that fails is undone alone.
+//! transaction per batch, applied whole under one savepoint; if an item fails, that is undone
+//! and the batch applied again with each item in a savepoint of its own, so the item that fails
+//! is undone alone.
 //! The statements are prepared once per connection and kept (rusqlite's own transactions and
 //! savepoints parse their SQL anew each time, which on a busy writer was a noticeable share of
 //! its time).

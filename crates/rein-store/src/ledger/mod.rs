@@ -350,14 +350,16 @@ impl BudgetLedger {
         (writes, answer)
     }
 
-    /// Queues a write for the writer thread.
+    /// Queues a write for the writer thread. The write may be run more than once in its
+    /// transaction (the writer runs it again, each item apart, when anything of its batch
+    /// failed and was undone), so it only reads what it captured.
     fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        op: impl FnMut(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Queued<T> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let job = Box::new(Write {
-            op: Some(op),
+            op,
             out: None,
             done,
         });
@@ -414,7 +416,10 @@ impl BudgetLedger {
                     params![line.key, line.period, amount.tokens as i64, amount.cost_micros as i64, run_id, expires],
                 )?;
             }
-            Ok(Ok(Admission { run_id, amount }))
+            Ok(Ok(Admission {
+                run_id: run_id.clone(),
+                amount,
+            }))
         })
     }
 
@@ -425,7 +430,7 @@ impl BudgetLedger {
             tx.prepare_cached(
                 "DELETE FROM budget_reservations WHERE kind = 'admission' AND run_id = ?1",
             )?
-            .execute([run_id])
+            .execute([&run_id])
             .map(|_| ())
         })
     }
@@ -503,10 +508,10 @@ impl BudgetLedger {
             }
             Ok(Ok(Reservation {
                 ids,
-                lines,
+                lines: lines.clone(),
                 amount,
                 taken,
-                admission,
+                admission: admission.clone(),
             }))
         })
     }

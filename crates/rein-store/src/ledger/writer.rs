@@ -38,7 +38,8 @@ impl<T> Future for Queued<T> {
 
 /// One queued write, type-erased for the writer thread.
 pub(crate) trait Job: Send {
-    /// Runs the write in the open transaction; false if it failed (its savepoint is undone).
+    /// Runs the write in the open transaction; false if it failed (what it did is undone).
+    /// Run again after an undo, it writes again, and its answer is the last run's.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the transaction has committed (`None`) or failed (why); errors
     /// name the database at `path`.
@@ -46,16 +47,16 @@ pub(crate) trait Job: Send {
 }
 
 pub(super) struct Write<T, F> {
-    pub(super) op: Option<F>,
+    pub(super) op: F,
     pub(super) out: Option<rusqlite::Result<T>>,
     pub(super) done: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T: Send, F: FnOnce(&Connection) -> rusqlite::Result<T> + Send> Job for Write<T, F> {
+impl<T: Send, F: FnMut(&Connection) -> rusqlite::Result<T> + Send> Job for Write<T, F> {
     fn run(&mut self, conn: &Connection) -> bool {
-        let out = self.op.take().map(|op| op(conn));
-        let ok = matches!(out, Some(Ok(_)));
-        self.out = out;
+        let out = (self.op)(conn);
+        let ok = out.is_ok();
+        self.out = Some(out);
         ok
     }
 

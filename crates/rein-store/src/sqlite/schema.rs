@@ -229,7 +229,7 @@ mod tests {
     use rein_core::Durability;
     use rusqlite::Connection;
 
-    use super::super::{SqliteStore, starts_with, writer::CANCEL_PENDING};
+    use super::super::{SqliteStore, batch::CANCEL_PENDING, starts_with};
 
     /// How SQLite would run `sql` (its query plan, one step a line).
     fn plan(conn: &Connection, sql: &str) -> String {
