@@ -379,8 +379,8 @@ pub trait Store: Send + Sync {
         self.append_with(lease, events, durability, on_commit, Vec::new())
     }
     /// As [`Store::append`], with budget ledger writes ([`BudgetLedger::later`]) committed in
-    /// the same transaction. Each write keeps its own savepoint and answer: one that fails is
-    /// undone alone, and an append refused does not undo them.
+    /// the same transaction. Each write keeps its own answer: one that fails is undone alone,
+    /// and an append refused does not undo them.
     fn append_with(
         &self,
         lease: &Lease,

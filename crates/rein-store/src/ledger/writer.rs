@@ -1,5 +1,5 @@
 //! A ledger write as the store's writer runs it: queued with the event appends, committed in
-//! their transaction, each in a savepoint of its own (group commit), so a gateway request's hold
+//! their transaction (group commit; one that fails is undone alone), so a gateway request's hold
 //! goes in with its run's start. A write queued alone goes to the writer thread, so no async
 //! caller blocks a worker thread on the database for it.
 

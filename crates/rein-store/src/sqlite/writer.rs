@@ -50,7 +50,7 @@ pub(crate) struct Append {
     pub(super) durability: Durability,
     pub(super) done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
     pub(super) on_commit: Option<OnCommit>,
-    /// Budget ledger writes that go in the same transaction (each in its own savepoint).
+    /// Budget ledger writes that go in the same transaction (each undone alone if it fails).
     pub(super) ledger: Vec<Box<dyn Job>>,
 }
 
