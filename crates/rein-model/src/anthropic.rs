@@ -8,7 +8,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::http::{client, post_json};
+use crate::http::{client, endpoint, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
 
 /// The API version header rein speaks.
@@ -47,7 +47,7 @@ impl std::fmt::Debug for AnthropicConfig {
 pub struct AnthropicProvider {
     config: AnthropicConfig,
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
 }
 
 impl AnthropicProvider {
@@ -56,7 +56,7 @@ impl AnthropicProvider {
 
     /// A provider with these settings.
     pub fn new(config: AnthropicConfig) -> Result<AnthropicProvider, String> {
-        let url = format!("{}/v1/messages", config.base_url.trim_end_matches('/'));
+        let url = endpoint(&config.base_url, "/v1/messages", &config.model)?;
         Ok(AnthropicProvider {
             client: client(config.timeout)?,
             config,

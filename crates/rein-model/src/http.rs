@@ -19,16 +19,35 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build an HTTP client: {e}"))
 }
 
+/// The URL a provider posts to: `path` under the model's `base_url`, read once, when the provider
+/// is made (a URL given as text was read again at every call: three readings of a URL were
+/// about 2% of a gateway request's instructions, and this one is rein's own). A `base_url` that
+/// is not an http(s) URL is refused then, naming the model, rather than failing every call.
+pub(crate) fn endpoint(base_url: &str, path: &str, model: &str) -> Result<reqwest::Url, String> {
+    let refused = |why: String| {
+        format!(
+            "model `{model}`: base_url {base_url:?} is not an http or https URL ({why}); write it \
+             in full, as https://api.openai.com/v1 or http://127.0.0.1:8080/v1"
+        )
+    };
+    let url = reqwest::Url::parse(&format!("{}{path}", base_url.trim_end_matches('/')))
+        .map_err(|e| refused(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(refused(format!("its scheme is {:?}", url.scheme())));
+    }
+    Ok(url)
+}
+
 /// Posts a JSON body and returns the JSON answer, mapping every failure to a [`ProviderError`].
 pub(crate) async fn post_json(
     client: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     headers: HeaderMap,
     body: &(impl serde::Serialize + ?Sized),
     timeout: Duration,
 ) -> Result<Value, ProviderError> {
     let response = client
-        .post(url)
+        .post(url.clone())
         .headers(headers)
         .json(body)
         .send()

@@ -9,7 +9,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::http::{client, post_json};
+use crate::http::{client, endpoint, post_json};
 use crate::{BoxFuture, ChatRequest, ChatResponse, Provider, ProviderError, WireNames};
 
 /// Settings of an OpenAI-compatible provider.
@@ -46,7 +46,7 @@ impl std::fmt::Debug for OpenAiConfig {
 pub struct OpenAiProvider {
     config: OpenAiConfig,
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
 }
 
 impl OpenAiProvider {
@@ -55,7 +55,7 @@ impl OpenAiProvider {
 
     /// A provider with these settings.
     pub fn new(config: OpenAiConfig) -> Result<OpenAiProvider, String> {
-        let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+        let url = endpoint(&config.base_url, "/chat/completions", &config.model)?;
         Ok(OpenAiProvider {
             client: client(config.timeout)?,
             config,

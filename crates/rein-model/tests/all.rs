@@ -482,6 +482,48 @@ async fn a_tool_call_with_invalid_arguments_is_kept_and_flagged() {
     assert_eq!(reply.usage, Usage::default());
 }
 
+/// A `base_url` that is not an http(s) URL is refused when the provider is made, naming the
+/// model and the value, rather than failing every call; one that is goes on working as written.
+#[test]
+fn a_base_url_that_is_not_an_http_url_is_refused_when_the_provider_is_made() {
+    let config = |base_url: &str| OpenAiConfig {
+        base_url: base_url.into(),
+        api_key: None,
+        model: "m".into(),
+        timeout: Duration::from_secs(2),
+        max_tokens: 4096,
+        temperature: None,
+    };
+    let anthropic = |base_url: &str| AnthropicConfig {
+        base_url: base_url.into(),
+        api_key: None,
+        model: "claude".into(),
+        timeout: Duration::from_secs(2),
+        max_tokens: 512,
+        temperature: None,
+    };
+    // No scheme (read as a scheme of its own), a word, a file, nothing at all.
+    for bad in ["localhost:8080/v1", "not a url", "file:///etc/v1", ""] {
+        let err = OpenAiProvider::new(config(bad)).unwrap_err();
+        assert!(
+            err.contains("model `m`")
+                && err.contains(&format!("{bad:?}"))
+                && err.contains("https://"),
+            "{err}"
+        );
+        let err = AnthropicProvider::new(anthropic(bad)).unwrap_err();
+        assert!(err.contains("model `claude`"), "{err}");
+    }
+    for good in [
+        "http://127.0.0.1:9/v1",
+        "https://api.openai.com/v1/",
+        "http://[::1]:8080",
+    ] {
+        OpenAiProvider::new(config(good)).unwrap();
+        AnthropicProvider::new(anthropic(good)).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_provider_is_a_transport_error() {
     // A port that was just free: nothing listens there.
