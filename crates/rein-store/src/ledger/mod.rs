@@ -3,11 +3,11 @@
 //! `budget_spend`, `budget_reservations`).
 //!
 //! A call reserves its estimated spend on every line that limits it, in one write (inside the
-//! store writer's `BEGIN IMMEDIATE` transaction, undone alone if it fails) that checks spent + reserved + estimate
-//! against each limit: so concurrent runs, in one process or several, can never together pass a
-//! limit. When the call returns, its reservation is replaced by what it actually spent. A
-//! reservation left by a crashed process stops counting after its expiry; a live process extends
-//! the reservations of the runs it drives.
+//! store writer's `BEGIN IMMEDIATE` transaction, undone alone if it fails) that checks spent +
+//! reserved + estimate against each limit: so concurrent runs, in one process or several, can
+//! never together pass a limit. When the call returns, its reservation is replaced by what it
+//! actually spent. A reservation left by a crashed process stops counting after its expiry; a
+//! live process extends the reservations of the runs it drives.
 //!
 //! A run with a budget of its own is first *admitted*: its whole per-run cap is held on every
 //! shared line it spends from, so when many runs contend for a shared budget the ones that fit are
@@ -145,12 +145,12 @@ pub struct UsageRow {
 
 /// The ledger. Its writes are queued to the store's writer, which commits them with the event
 /// appends waiting beside them in one transaction, a write that fails undone alone (group
-/// commit, see `sqlite::batch`): a write is applied in the order it was queued and sees every earlier one, so the
-/// limits hold as if each were its own transaction, while concurrent runs share the commit (a
-/// gateway request's hold shares its run's start's). A write queued alone goes to the writer
-/// thread, and one riding with a lone run's append is committed on the run's thread only when
-/// that waits for nothing, so an async caller never blocks a worker thread on the database
-/// (another process may hold its lock for seconds). Obtained from [`crate::Store::ledger`].
+/// commit, see `sqlite::batch`): a write is applied in the order it was queued and sees every
+/// earlier one, so the limits hold as if each were its own transaction, while concurrent runs
+/// share the commit (a gateway request's hold shares its run's start's). A write queued alone
+/// goes to the writer thread, and one riding with a lone run's append is committed on the run's
+/// thread only when that waits for nothing, so an async caller never blocks a worker thread on
+/// the database (another process may hold its lock for seconds). Obtained from [`crate::Store::ledger`].
 pub struct BudgetLedger {
     /// The store's database, for reads.
     db: Arc<SideDb>,

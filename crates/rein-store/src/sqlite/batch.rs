@@ -64,10 +64,7 @@ pub(super) fn commit_batch(
         exec(tx.0, "ROLLBACK TO batch")?;
     }
     let mut results = Vec::with_capacity(batch.len());
-    // Runs advanced in this transaction: (run, token, last seq), applied to memory on commit.
-    let mut advanced: Vec<(&str, u64, u64)> = Vec::new();
-    // Leases read or changed in this transaction, applied to memory on commit.
-    let mut leases: Vec<(&str, Option<String>, u64)> = Vec::new();
+    let (mut advanced, mut leases): Applied = (Vec::new(), Vec::new());
     for append in batch {
         let run = append.lease.run_id.as_str();
         if fenced(memory, append) {

@@ -38,6 +38,7 @@ use rows::{
     summary_from_row,
 };
 use schema::migrate;
+use writer::{Append, ApprovalChange, Started, Writer};
 
 /// The condition that `column` starts with the text `?1`: it lies from it up to it followed by
 /// the last character there is, a range of the column's index rather than a look at every row
@@ -45,7 +46,6 @@ use schema::migrate;
 fn starts_with(column: &str) -> String {
     format!("{column} >= ?1 AND {column} < ?1 || char(1114111)")
 }
-use writer::{Append, ApprovalChange, Started, Writer};
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it waits for queued appends
 /// (and ledger writes).
