@@ -19,7 +19,9 @@
 //! - a number matches an equal number in a source (numbers are also read out of text: `1,250.00`
 //!   is 1250).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -36,11 +38,15 @@ pub const MIN_MATCH: usize = 8;
 /// Origins, as a sorted set of names.
 pub type Origins = BTreeSet<String>;
 
+/// A set of origins shared by every value added with it: the words of one text all point at the
+/// set they were added with, so adding a word costs no copy of its origins.
+type Shared = Arc<Origins>;
+
 /// Every value the run has seen, with where it came from, indexed for matching.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sources {
     /// Normalised short values (words, short strings) and their origins, for equality.
-    exact: HashMap<String, Origins>,
+    exact: HashMap<String, Shared>,
     /// Normalised values of at least [`MIN_MATCH`] characters, for containment both ways, each
     /// once.
     long: Vec<Long>,
@@ -55,14 +61,14 @@ pub struct Sources {
     /// are found by looking up each of its windows.
     prefixes: HashMap<String, Vec<usize>>,
     /// Numbers (as their bits, for hashing) and their origins.
-    numbers: HashMap<u64, Origins>,
+    numbers: HashMap<u64, Shared>,
 }
 
 /// A long source value.
 #[derive(Debug, Clone, PartialEq)]
 struct Long {
     text: String,
-    origins: Origins,
+    origins: Shared,
     from_tool: bool,
 }
 
@@ -194,56 +200,73 @@ fn number_key(n: f64) -> u64 {
     if n == 0.0 { 0 } else { n.to_bits() }
 }
 
+/// Adds `origins` to the set a value already has, or gives it theirs when it has none.
+fn merge<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Shared>, key: K, origins: &Shared) {
+    match map.entry(key) {
+        Entry::Vacant(slot) => {
+            slot.insert(Arc::clone(origins));
+        }
+        Entry::Occupied(mut slot) => join(slot.get_mut(), origins),
+    }
+}
+
+/// `into` with `origins` added; shared sets are copied only when something is added.
+fn join(into: &mut Shared, origins: &Shared) {
+    if !Arc::ptr_eq(into, origins) && !origins.is_subset(into) {
+        Arc::make_mut(into).extend(origins.iter().cloned());
+    }
+}
+
+/// Adds to `out` the origins it lacks, copying only those.
+fn add_all(out: &mut Origins, from: &Origins) {
+    for origin in from {
+        if !out.contains(origin) {
+            out.insert(origin.clone());
+        }
+    }
+}
+
 impl Sources {
-    fn add_exact(&mut self, value: String, origins: &Origins) {
+    fn add_exact(&mut self, value: String, origins: &Shared) {
         if !value.is_empty() {
-            self.exact
-                .entry(value)
-                .or_default()
-                .extend(origins.iter().cloned());
+            merge(&mut self.exact, value, origins);
         }
     }
 
-    fn add_string(&mut self, text: &str, origins: &Origins) {
+    fn add_string(&mut self, text: &str, origins: &Shared) {
         let n = normalise(text);
         let chars = n.chars().count();
         if chars >= MIN_MATCH {
-            match self.long_index.get(&n) {
-                Some(&i) => self.long[i].origins.extend(origins.iter().cloned()),
+            let i = match self.long_index.get(&n) {
+                Some(&i) => {
+                    join(&mut self.long[i].origins, origins);
+                    i
+                }
                 None => {
+                    let i = self.long.len();
                     let prefix: String = n.chars().take(MIN_MATCH).collect();
-                    self.prefixes
-                        .entry(prefix)
-                        .or_default()
-                        .push(self.long.len());
-                    self.long_index.insert(n.clone(), self.long.len());
+                    self.prefixes.entry(prefix).or_default().push(i);
+                    self.long_index.insert(n.clone(), i);
                     self.starts.push(self.corpus.len());
                     self.corpus.push_str(&n);
                     self.corpus.push('\n');
                     self.long.push(Long {
                         text: n.clone(),
-                        origins: Origins::new(),
+                        origins: Arc::clone(origins),
                         from_tool: false,
                     });
-                    if let Some(last) = self.long.last_mut() {
-                        last.origins.extend(origins.iter().cloned());
-                    }
+                    i
                 }
-            }
-            if let Some(&i) = self.long_index.get(&n) {
-                self.long[i].from_tool =
-                    self.long[i].origins.iter().any(|o| o.starts_with("tool:"));
-            }
+            };
+            let long = &mut self.long[i];
+            long.from_tool = long.origins.iter().any(|o| o.starts_with("tool:"));
         }
         self.add_exact(n, origins);
         for word in words(text) {
             self.add_exact(normalise(word), origins);
         }
         for number in numbers_in(text) {
-            self.numbers
-                .entry(number_key(number))
-                .or_default()
-                .extend(origins.iter().cloned());
+            merge(&mut self.numbers, number_key(number), origins);
         }
         if let Some(decoded) = base64_text(text) {
             self.add_string(&decoded, origins);
@@ -252,7 +275,7 @@ impl Sources {
 
     /// Adds free text (the task, the instructions) seen with these origins.
     pub fn add_text(&mut self, text: &str, origins: &[&str]) {
-        let origins: Origins = origins.iter().map(|o| (*o).to_owned()).collect();
+        let origins: Shared = Arc::new(origins.iter().map(|o| (*o).to_owned()).collect());
         self.add_string(text, &origins);
     }
 
@@ -265,7 +288,7 @@ impl Sources {
     fn add_json_at(&mut self, value: &Value, pointer: &str, origins_at: &dyn Fn(&str) -> Origins) {
         match value {
             Value::String(s) => {
-                let origins = origins_at(pointer);
+                let origins = Arc::new(origins_at(pointer));
                 // A string that is itself JSON (a tool that prints JSON as text) is read too.
                 if let Ok(inner @ (Value::Object(_) | Value::Array(_))) =
                     serde_json::from_str::<Value>(s)
@@ -276,10 +299,11 @@ impl Sources {
             }
             Value::Number(n) => {
                 if let Some(f) = n.as_f64() {
-                    self.numbers
-                        .entry(number_key(f))
-                        .or_default()
-                        .extend(origins_at(pointer));
+                    merge(
+                        &mut self.numbers,
+                        number_key(f),
+                        &Arc::new(origins_at(pointer)),
+                    );
                 }
             }
             Value::Array(items) => {
@@ -304,7 +328,7 @@ impl Sources {
             return;
         }
         if let Some(found) = self.exact.get(&n) {
-            out.extend(found.iter().cloned());
+            add_all(out, found);
         }
         let len = n.chars().count();
         if len >= MIN_MATCH {
@@ -321,7 +345,7 @@ impl Sources {
                     continue;
                 }
                 if let Some(found) = self.exact.get(&w) {
-                    out.extend(found.iter().cloned());
+                    add_all(out, found);
                 }
                 self.containing(&w, out);
             }
@@ -330,7 +354,7 @@ impl Sources {
         if let Ok(number) = n.replace(',', "").parse::<f64>()
             && let Some(found) = self.numbers.get(&number_key(number))
         {
-            out.extend(found.iter().cloned());
+            add_all(out, found);
         }
         if let Some(decoded) = base64_text(text) {
             self.of_string(&decoded, out);
@@ -346,7 +370,7 @@ impl Sources {
             if i != last {
                 last = i;
                 if let Some(l) = self.long.get(i) {
-                    out.extend(l.origins.iter().cloned());
+                    add_all(out, &l.origins);
                 }
             }
         }
@@ -367,7 +391,7 @@ impl Sources {
                     if let Some(l) = self.long.get(i)
                         && n[start..].starts_with(l.text.as_str())
                     {
-                        out.extend(l.origins.iter().cloned());
+                        add_all(out, &l.origins);
                     }
                 }
             }
@@ -433,7 +457,7 @@ fn collect(sets: &[&Sources], value: &Value, out: &mut Origins) {
             for set in sets {
                 if let Some(origins) = key.and_then(|k| set.numbers.get(&k)) {
                     found = true;
-                    out.extend(origins.iter().cloned());
+                    add_all(out, origins);
                 }
             }
             if !found {
@@ -729,6 +753,31 @@ mod tests {
             }
             assert_eq!(fast, slow, "{probe}");
         }
+    }
+
+    #[test]
+    fn origins_added_to_one_value_stay_off_the_values_that_shared_its_set() {
+        // The words of one text share its set of origins; a later source that repeats one word
+        // (or number, or long value) gives that word more origins, and no other.
+        let mut s = Sources::default();
+        s.add_text(
+            "refund order A-1002 of 120.50 to account DE89370400440532013000",
+            &[TASK],
+        );
+        s.add_text(
+            "A-1002 120.50 DE89370400440532013000",
+            &["tool:crm", "untrusted"],
+        );
+        let both = origins(&[TASK, "tool:crm", "untrusted"]);
+        assert_eq!(s.origins(&json!("A-1002")), both);
+        assert_eq!(s.origins(&json!(120.5)), both);
+        assert_eq!(s.origins(&json!("DE89370400440532013000")), both);
+        for only_task in [json!("refund"), json!("order"), json!("account")] {
+            assert_eq!(s.origins(&only_task), origins(&[TASK]), "{only_task}");
+        }
+        // Adding a set already there changes nothing.
+        s.add_text("order", &[TASK]);
+        assert_eq!(s.origins(&json!("order")), origins(&[TASK]));
     }
 
     #[test]
