@@ -24,6 +24,9 @@ use rein_api::{Caller, LoadedAgent, v1};
 use crate::events::RunWatch;
 use crate::state::AppState;
 
+/// The header the official SDKs read before deciding to send a refused request again.
+const SHOULD_RETRY: &str = "x-should-retry";
+
 /// The header naming a conversation.
 pub(crate) const CONVERSATION_HEADER: &str = "x-rein-conversation";
 
@@ -42,6 +45,22 @@ pub(crate) struct GwError {
     pub status: StatusCode,
     pub message: String,
     pub dialect: Dialect,
+    /// Whether sending the request again may help, as the official SDKs read it.
+    pub retry: Retry,
+}
+
+/// Whether a client should send a refused request again. The official `openai` and `anthropic`
+/// SDKs retry 408, 409, 429 and 5xx on their own (twice by default) unless the answer says
+/// otherwise (`x-should-retry`), waiting as `Retry-After` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// As the status says: a conflict in a second, anything else as the SDKs decide.
+    AsStatus,
+    /// In this many seconds (`Retry-After`, `x-should-retry: true`): a token's request rate.
+    After(u64),
+    /// Not: sending it again changes nothing (`x-should-retry: false`), as for a spent budget,
+    /// which a retry would only be refused on again.
+    Never,
 }
 
 impl GwError {
@@ -50,6 +69,7 @@ impl GwError {
             status,
             message: message.into(),
             dialect,
+            retry: Retry::AsStatus,
         }
     }
 
@@ -57,15 +77,23 @@ impl GwError {
         let p = crate::problem::Problem::from(e);
         GwError::new(dialect, p.status, p.detail)
     }
+
+    /// The same error, with what it tells a client about sending the request again.
+    pub(crate) fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
 }
 
 /// The error type names each API uses for a status.
-fn kind(dialect: Dialect, status: StatusCode) -> &'static str {
+fn kind(dialect: Dialect, status: StatusCode, retry: Retry) -> &'static str {
     match (dialect, status.as_u16()) {
+        // OpenAI tells a spent quota from a rate: only the rate is worth waiting out.
+        (Dialect::OpenAi, 429) if retry == Retry::Never => "insufficient_quota",
+        (Dialect::OpenAi, 429) => "rate_limit_exceeded",
         (Dialect::OpenAi, 400 | 404 | 405 | 413 | 415 | 422) => "invalid_request_error",
         (Dialect::OpenAi, 401) => "authentication_error",
         (Dialect::OpenAi, 403) => "permission_denied",
-        (Dialect::OpenAi, 429) => "insufficient_quota",
         (Dialect::OpenAi, _) => "server_error",
         (Dialect::Anthropic, 400 | 405 | 413 | 415 | 422) => "invalid_request_error",
         (Dialect::Anthropic, 401) => "authentication_error",
@@ -85,7 +113,7 @@ impl IntoResponse for GwError {
             tracing::error!(error = %message, "gateway request failed");
             message = "rein could not complete the request; the server's log has the cause".into();
         }
-        let kind = kind(self.dialect, self.status);
+        let kind = kind(self.dialect, self.status, self.retry);
         let body = match self.dialect {
             Dialect::OpenAi => serde_json::json!({
                 "error": {"message": message, "type": kind, "param": null, "code": kind}
@@ -96,14 +124,21 @@ impl IntoResponse for GwError {
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         // A conflict is a request whose first try is still being answered: worth sending again
-        // in a moment, as the SDKs do (they honour the header).
-        if matches!(
-            self.status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::CONFLICT
-        ) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        // in a moment.
+        let retry = match self.retry {
+            Retry::AsStatus if self.status == StatusCode::CONFLICT => Retry::After(1),
+            retry => retry,
+        };
+        let headers = response.headers_mut();
+        match retry {
+            Retry::AsStatus => {}
+            Retry::After(secs) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                headers.insert(SHOULD_RETRY, HeaderValue::from_static("true"));
+            }
+            Retry::Never => {
+                headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+            }
         }
         response
     }
@@ -259,10 +294,10 @@ pub(crate) fn caller(
         .rein
         .authenticate(token, crate::now_ms())
         .map_err(|e| GwError::from_api(dialect, e))?;
-    state
-        .rate
-        .admit(&caller.token_id)
-        .map_err(|p| GwError::new(dialect, p.status, p.detail))?;
+    state.rate.admit(&caller.token_id).map_err(|p| {
+        let wait = Retry::After(p.retry_after.unwrap_or(1));
+        GwError::new(dialect, p.status, p.detail).retry(wait)
+    })?;
     Ok(caller)
 }
 
@@ -502,7 +537,13 @@ fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Resul
     };
     if let Some(status) = status {
         let message = format!("rein (run {}): {}", answer.run_id, reason());
-        return Err(GwError::new(dialect, status, message));
+        let error = GwError::new(dialect, status, message);
+        // A spent budget stays spent (a retry would be judged, refused and recorded again), and
+        // a cancelled run was stopped by a person: neither is for a client to send again unasked.
+        return Err(match answer.status {
+            v1::EndState::BudgetExhausted | v1::EndState::Cancelled => error.retry(Retry::Never),
+            _ => error,
+        });
     }
     if agent.fails_on_denied()
         && let Some(w) = answer.withheld.iter().find(|w| w.by != "awaiting_approval")

@@ -2,7 +2,8 @@
 //! `anthropic` and `mcp` Python SDKs against `rein serve` on loopback, a thousand concurrent
 //! requests on a budget for a hundred, requests rein refuses, and servers killed mid-request.
 //! The conversations' labels are tested in `conversations.rs`, calls held for a person in
-//! `held.rs`, structured answers in `structured.rs`; the helpers they share are here.
+//! `held.rs`, structured answers in `structured.rs`, what a refusal says about retrying in
+//! `retries.rs`; the helpers they share are here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +11,7 @@
 mod common;
 mod conversations;
 mod held;
+mod retries;
 mod stops;
 mod structured;
 
