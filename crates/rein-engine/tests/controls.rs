@@ -549,6 +549,55 @@ async fn requests_the_provider_refuses_as_malformed_do_not_open_the_models_break
     assert_eq!(provider.received_requests().await.unwrap().len(), 5);
 }
 
+/// An account out of credit is the model failing everyone, though Anthropic says it with a 400:
+/// the call is not retried, the model's breaker opens after five runs, and the fallback answers
+/// every run, the later ones without the spent model being asked first.
+#[tokio::test]
+async fn an_account_out_of_credit_opens_the_models_breaker_and_its_fallback_answers() {
+    let (spent, small) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400).set_body_json(json!({"type": "error",
+            "error": {"type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API."}})),
+        )
+        .mount(&spent)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"choices": [{"message":
+            {"content": "from the fallback"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}})),
+        )
+        .mount(&small)
+        .await;
+    let models = format!(
+        "[model]\nprovider = \"anthropic\"\nname = \"claude-x\"\nbase_url = \"{}\"\napi_key_env = \"TEST_KEY\"\nmax_attempts = 3\nfallbacks = [\"small\"]\n[[models]]\nid = \"small\"\nprovider = \"openai\"\nname = \"gpt-4o-mini\"\nbase_url = \"{}/v1\"\napi_key_env = \"TEST_KEY\"\n",
+        spent.uri(),
+        small.uri()
+    );
+    let fx = Fixture::new(&models, "");
+    let (engine, agent) = (fx.engine(), fx.agent());
+    for n in 1..=7 {
+        let report = engine.start(&agent, "hi", &NoObserver).await.unwrap();
+        assert_eq!(report.status, EndState::Completed, "run {n}");
+        assert_eq!(report.output.as_deref(), Some("from the fallback"));
+        let events = engine.store().events(&report.run_id).unwrap();
+        let kinds: Vec<String> = notices(&events).into_iter().map(|n| n.0).collect();
+        assert_eq!(
+            kinds.contains(&"breaker_opened".to_owned()),
+            n == 5,
+            "run {n}: {kinds:?}"
+        );
+    }
+    assert_eq!(
+        spent.received_requests().await.unwrap().len(),
+        5,
+        "one try a run, none once the breaker opened"
+    );
+    assert_eq!(small.received_requests().await.unwrap().len(), 7);
+}
+
 /// A half-open model breaker whose probe the provider refuses as malformed is neither closed
 /// (the model's health is unknown) nor left half-open for good: calls stay refused until a
 /// cool-down has passed since the probe, then the next call probes again, and its success

@@ -61,9 +61,14 @@ pub(crate) async fn post_json(
             detail: format!("the body is not JSON ({e}): {}", snippet(&text)),
         });
     }
-    let message = error_message(&text);
+    let error = ErrorBody::read(&text);
     let code = status.as_u16();
+    let message = error.message;
     Err(match code {
+        _ if error.account || code == 402 => ProviderError::Account {
+            status: code,
+            message,
+        },
         429 => ProviderError::RateLimited {
             retry_after,
             message,
@@ -133,15 +138,40 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// The provider's error message: `error.message` in both APIs' error bodies, or the body itself.
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| snippet(body))
+/// What an error answer says: its message, and whether it refuses the account rather than the
+/// request.
+struct ErrorBody {
+    message: String,
+    account: bool,
+}
+
+/// The error types and codes by which OpenAI-compatible APIs (and Anthropic's `billing_error`)
+/// say an account is out of credit or quota.
+const ACCOUNT_ERRORS: &[&str] = &[
+    "insufficient_quota",
+    "billing_hard_limit_reached",
+    "billing_not_active",
+    "billing_error",
+];
+
+impl ErrorBody {
+    /// Reads `{"error": {"message", "type", "code"}}` (both APIs' shape); any other body is its
+    /// own message.
+    fn read(body: &str) -> ErrorBody {
+        let parsed = serde_json::from_str::<Value>(body).ok();
+        let error = parsed.as_ref().and_then(|v| v.get("error"));
+        let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
+        let message = field("message").map_or_else(|| snippet(body), str::to_owned);
+        // Anthropic says it with a 400 and the same type as a malformed request: only the words
+        // tell them apart.
+        let account = ["type", "code"]
+            .iter()
+            .any(|f| field(f).is_some_and(|k| ACCOUNT_ERRORS.contains(&k)))
+            || message
+                .to_ascii_lowercase()
+                .contains("credit balance is too low");
+        ErrorBody { message, account }
+    }
 }
 
 fn snippet(text: &str) -> String {

@@ -113,6 +113,18 @@ pub enum ProviderError {
         /// The provider's message.
         message: String,
     },
+    /// The provider refused the account, not the request: it is out of credit or quota (HTTP
+    /// 402; OpenAI's `insufficient_quota`, `billing_hard_limit_reached`, `billing_not_active`;
+    /// Anthropic's 400 "Your credit balance is too low"). No retry helps until someone pays, and
+    /// it says the model cannot serve anyone: it counts against the model's breaker, so the
+    /// fallbacks take over, and a gateway's client is answered 502, not told to fix its request.
+    #[error("the provider refused the account (HTTP {status}): {message}")]
+    Account {
+        /// The HTTP status.
+        status: u16,
+        /// The provider's message.
+        message: String,
+    },
     /// The answer could not be understood.
     #[error("malformed answer: {detail}")]
     Malformed {
@@ -145,7 +157,9 @@ impl ProviderError {
             | ProviderError::Timeout { .. }
             | ProviderError::Transport { .. }
             | ProviderError::Malformed { .. } => true,
-            ProviderError::Rejected { .. } | ProviderError::Script(_) => false,
+            ProviderError::Rejected { .. }
+            | ProviderError::Account { .. }
+            | ProviderError::Script(_) => false,
         }
     }
 

@@ -405,6 +405,80 @@ async fn http_errors_are_classified_with_retry_hints() {
     assert!(!err.is_retryable());
 }
 
+/// An account out of credit or quota, as each API says it, is told from a rate limit and from a
+/// request the provider cannot take: no retry, and not the request's fault (so it counts against
+/// the model's breaker and a gateway's client is not told to fix its request).
+#[tokio::test]
+async fn an_account_out_of_credit_or_quota_is_told_from_a_rate_limit_and_a_bad_request() {
+    let openai_quota = json!({"error": {"message": "You exceeded your current quota",
+        "type": "insufficient_quota", "param": null, "code": "insufficient_quota"}});
+    let anthropic_credit = json!({"type": "error", "error": {"type": "invalid_request_error",
+        "message": "Your credit balance is too low to access the Anthropic API."}});
+    let cases = [
+        (429, openai_quota, true),
+        (
+            429,
+            json!({"error": {"message": "hard limit", "code": "billing_hard_limit_reached"}}),
+            true,
+        ),
+        (400, anthropic_credit, true),
+        (402, json!({"error": {"message": "pay up"}}), true),
+        (
+            400,
+            json!({"type": "error", "error": {"type": "billing_error", "message": "no plan"}}),
+            true,
+        ),
+        // A rate, and a value the provider cannot take, stay what they were.
+        (
+            429,
+            json!({"error": {"message": "slow down", "type": "requests", "code": "rate_limit_exceeded"}}),
+            false,
+        ),
+        (
+            400,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too large"}}),
+            false,
+        ),
+    ];
+    for (status, body, account) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(&body))
+            .mount(&server)
+            .await;
+        for err in [
+            openai(&server, 5_000)
+                .complete(&conversation().request())
+                .await
+                .unwrap_err(),
+            anthropic(&server)
+                .complete(&conversation().request())
+                .await
+                .unwrap_err(),
+        ] {
+            let message = body.pointer("/error/message").unwrap().as_str().unwrap();
+            if account {
+                assert_eq!(
+                    err,
+                    ProviderError::Account {
+                        status,
+                        message: message.into()
+                    },
+                    "{body}"
+                );
+                assert!(!err.is_retryable() && !err.is_request_fault(), "{body}");
+            } else {
+                assert!(
+                    !matches!(err, ProviderError::Account { .. }),
+                    "{body}: {err:?}"
+                );
+                assert_eq!(err.is_request_fault(), status == 400, "{body}");
+                assert_eq!(err.is_retryable(), status == 429, "{body}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_slow_provider_times_out() {
     let err = openai_answering(

@@ -130,6 +130,7 @@ fn error_type(error: &rein_model::ProviderError) -> &'static str {
         E::Server { .. } => "server_error",
         E::Timeout { .. } => "timeout",
         E::Rejected { .. } => "rejected",
+        E::Account { .. } => "account_refused",
         E::Malformed { .. } => "malformed_response",
         E::Transport { .. } => "transport",
         E::Script(_) => "script",

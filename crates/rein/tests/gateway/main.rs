@@ -1063,7 +1063,8 @@ async fn a_budget_reserves_a_requests_own_lower_cap() {
 /// does not take) is answered 400 with the provider's words, in each API's shape, so the SDK
 /// raises its bad-request error and does not retry; a model that fails itself is still 502.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_not_a_502() {
+async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_and_a_spent_account_a_502()
+{
     let upstream = wiremock::MockServer::start().await;
     let refuse = |status: u16| {
         wiremock::Mock::given(wiremock::matchers::method("POST")).respond_with(
@@ -1098,6 +1099,21 @@ async fn a_request_the_provider_refuses_as_malformed_is_the_clients_400_not_a_50
     refuse(500).mount(&upstream).await;
     let (status, e) = chat(&s.base, &agent, &body).await;
     assert_eq!(status, 502, "{e}");
+    // So is the operator's account out of credit, though Anthropic says that with a 400: the
+    // client has nothing to fix, and the call is not retried.
+    upstream.reset().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(400).set_body_json(json!({"type": "error",
+            "error": {"type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API."}})),
+        )
+        .mount(&upstream)
+        .await;
+    let (status, e) = chat(&s.base, &agent, &body).await;
+    assert_eq!(status, 502, "{e}");
+    assert!(error_message(&e).contains("credit balance"), "{e}");
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 1);
     drop(s);
 }
 
