@@ -12,7 +12,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use rein_api::Caller;
 use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::settings::Given;
@@ -285,17 +285,32 @@ pub(crate) async fn chat_completions(
     Ok(super::with_headers(response, &answer))
 }
 
-fn wire_calls(calls: &[ToolCall]) -> Vec<Value> {
-    calls
-        .iter()
-        .map(|c| {
-            json!({
-                "id": c.id,
-                "type": "function",
-                "function": {"name": c.name, "arguments": arguments_text(&c.arguments)},
-            })
-        })
-        .collect()
+/// A call as an answer carries it.
+#[derive(Serialize)]
+struct OutCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunction<'a> {
+    name: &'a str,
+    arguments: String,
+}
+
+impl<'a> OutCall<'a> {
+    fn of(call: &'a ToolCall) -> Self {
+        OutCall {
+            id: &call.id,
+            kind: "function",
+            function: OutFunction {
+                name: &call.name,
+                arguments: arguments_text(&call.arguments),
+            },
+        }
+    }
 }
 
 /// Arguments as the wire carries them: JSON text (a model's non-JSON text as it was).
@@ -316,36 +331,70 @@ fn finish_reason(answer: &GatewayAnswer) -> &'static str {
     }
 }
 
-fn usage(answer: &GatewayAnswer) -> Value {
-    json!({
-        "prompt_tokens": answer.usage.input_tokens,
-        "completion_tokens": answer.usage.output_tokens,
-        "total_tokens": answer.usage.input_tokens + answer.usage.output_tokens,
-    })
+/// What the answer used, as Chat Completions counts it.
+#[derive(Serialize)]
+struct OutUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
 }
 
-fn completion(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
-    let mut message = json!({
-        "role": "assistant",
-        "content": said.text,
-        "refusal": said.refusal,
-    });
-    if !answer.calls.is_empty() {
-        message["tool_calls"] = Value::Array(wire_calls(&answer.calls));
+fn usage(answer: &GatewayAnswer) -> OutUsage {
+    OutUsage {
+        prompt_tokens: answer.usage.input_tokens,
+        completion_tokens: answer.usage.output_tokens,
+        total_tokens: answer.usage.input_tokens + answer.usage.output_tokens,
     }
-    json!({
-        "id": format!("chatcmpl-{}", answer.run_id),
-        "object": "chat.completion",
-        "created": created(),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish_reason(answer),
-            "logprobs": null,
+}
+
+/// A Chat Completions answer, serialised from the judged answer as it is (a `json!` tree cost a
+/// hashed map insert for each of its keys, as `serde_json` keeps its maps in order here).
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [Choice<'a>; 1],
+    usage: OutUsage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    message: OutMessage<'a>,
+    finish_reason: &'static str,
+    logprobs: Option<()>,
+}
+
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutCall<'a>>,
+}
+
+fn completion<'a>(answer: &'a GatewayAnswer, said: &'a Said, model: &'a str) -> Completion<'a> {
+    Completion {
+        id: format!("chatcmpl-{}", answer.run_id),
+        object: "chat.completion",
+        created: created(),
+        model,
+        choices: [Choice {
+            index: 0,
+            message: OutMessage {
+                role: "assistant",
+                content: said.text.as_deref(),
+                refusal: said.refusal.as_deref(),
+                tool_calls: answer.calls.iter().map(OutCall::of).collect(),
+            },
+            finish_reason: finish_reason(answer),
+            logprobs: None,
         }],
-        "usage": usage(answer),
-    })
+        usage: usage(answer),
+    }
 }
 
 /// The judged answer as a Chat Completions stream: the role, the text, the refusal, each call,
