@@ -23,6 +23,9 @@ pub const GATEWAY_REQUEST: &str = "gateway_request";
 /// How the reason of a run whose every model refused its request as malformed begins (HTTP 400,
 /// 413 or 422 from each provider tried): the request's fault, not the model's.
 pub(crate) const REFUSED_AS_MALFORMED: &str = "every model refused the request as malformed";
+/// How the reason of a run begins when every model's provider refused the operator's account
+/// (out of credit or quota).
+pub(crate) const OUT_OF_CREDIT: &str = "every model's provider account is out of credit or quota";
 
 /// One request to a gateway, in rein's terms.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +232,16 @@ impl GatewayReply {
                 .reason
                 .as_deref()
                 .is_some_and(|r| r.starts_with(REFUSED_AS_MALFORMED))
+    }
+
+    /// Whether the run failed because every model's provider refused the operator's account:
+    /// no request gets through until someone pays, so a client should not send it again.
+    pub fn refused_the_account(&self) -> bool {
+        self.status == EndState::Failed
+            && self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(OUT_OF_CREDIT))
     }
 
     /// What a request is told while its conversation's held run still waits for a person:

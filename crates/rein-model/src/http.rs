@@ -61,7 +61,7 @@ pub(crate) async fn post_json(
             detail: format!("the body is not JSON ({e}): {}", snippet(&text)),
         });
     }
-    let error = ErrorBody::read(&text);
+    let error = ErrorBody::read(status.as_u16(), &text);
     let code = status.as_u16();
     let message = error.message;
     Err(match code {
@@ -137,7 +137,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
-/// The provider's error message: `error.message` in both APIs' error bodies, or the body itself.
 /// What an error answer says: its message, and whether it refuses the account rather than the
 /// request.
 struct ErrorBody {
@@ -145,8 +144,8 @@ struct ErrorBody {
     account: bool,
 }
 
-/// The error types and codes by which OpenAI-compatible APIs (and Anthropic's `billing_error`)
-/// say an account is out of credit or quota.
+/// The error types and codes by which OpenAI-compatible APIs (`insufficient_quota` and the
+/// billing ones) and Anthropic (`billing_error`) say an account is out of credit or quota.
 const ACCOUNT_ERRORS: &[&str] = &[
     "insufficient_quota",
     "billing_hard_limit_reached",
@@ -154,23 +153,32 @@ const ACCOUNT_ERRORS: &[&str] = &[
     "billing_error",
 ];
 
+/// How Anthropic's 400 for a spent credit balance begins.
+const NO_CREDIT: &str = "Your credit balance is too low";
+
 impl ErrorBody {
-    /// Reads `{"error": {"message", "type", "code"}}` (both APIs' shape); any other body is its
-    /// own message.
-    fn read(body: &str) -> ErrorBody {
+    /// Reads `{"error": {"message", "type", "code"}}` (both APIs' shape) or `{"error": "<code>"}`;
+    /// any other body is its own message.
+    fn read(status: u16, body: &str) -> ErrorBody {
         let parsed = serde_json::from_str::<Value>(body).ok();
         let error = parsed.as_ref().and_then(|v| v.get("error"));
         let field = |name: &str| error.and_then(|e| e.get(name)).and_then(Value::as_str);
         let message = field("message").map_or_else(|| snippet(body), str::to_owned);
-        // Anthropic says it with a 400 and the same type as a malformed request: only the words
-        // tell them apart.
-        let account = ["type", "code"]
-            .iter()
-            .any(|f| field(f).is_some_and(|k| ACCOUNT_ERRORS.contains(&k)))
-            || message
-                .to_ascii_lowercase()
-                .contains("credit balance is too low");
-        ErrorBody { message, account }
+        let named = [field("type"), field("code"), error.and_then(Value::as_str)]
+            .into_iter()
+            .flatten()
+            .any(|k| ACCOUNT_ERRORS.contains(&k));
+        // Anthropic says it with a 400 and the type of a malformed request: only its own words,
+        // from the start, tell them apart. (Words a client's values put in a message, which an
+        // upstream may quote, must not open the model's breaker for everyone.)
+        let no_credit = status == 400
+            && parsed.as_ref().and_then(|v| v.get("type")) == Some(&Value::from("error"))
+            && field("type") == Some("invalid_request_error")
+            && message.starts_with(NO_CREDIT);
+        ErrorBody {
+            message,
+            account: named || no_credit,
+        }
     }
 }
 

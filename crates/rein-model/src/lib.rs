@@ -115,7 +115,8 @@ pub enum ProviderError {
     },
     /// The provider refused the account, not the request: it is out of credit or quota (HTTP
     /// 402; OpenAI's `insufficient_quota`, `billing_hard_limit_reached`, `billing_not_active`;
-    /// Anthropic's 400 "Your credit balance is too low"). No retry helps until someone pays, and
+    /// Anthropic's `billing_error`, and its 400 whose message begins "Your credit balance is too
+    /// low", in its own error shape). No retry helps until someone pays, and
     /// it says the model cannot serve anyone: it counts against the model's breaker, so the
     /// fallbacks take over, and a gateway's client is answered 502, not told to fix its request.
     #[error("the provider refused the account (HTTP {status}): {message}")]

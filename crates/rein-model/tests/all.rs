@@ -439,6 +439,20 @@ async fn an_account_out_of_credit_or_quota_is_told_from_a_rate_limit_and_a_bad_r
             json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too large"}}),
             false,
         ),
+        (429, json!({"error": "insufficient_quota"}), true),
+        // Even when the provider quotes a client's value that says the words: a client must not
+        // be able to open the model's breaker for everyone.
+        (
+            400,
+            json!({"type": "error", "error": {"type": "invalid_request_error",
+            "message": "tools.0.name: 'Your credit balance is too low' does not match '^[a-z_]+$'"}}),
+            false,
+        ),
+        (
+            400,
+            json!({"error": {"message": "Your credit balance is too low", "type": "invalid_request_error"}}),
+            false,
+        ),
     ];
     for (status, body, account) in cases {
         let server = MockServer::start().await;
@@ -456,13 +470,16 @@ async fn an_account_out_of_credit_or_quota_is_told_from_a_rate_limit_and_a_bad_r
                 .await
                 .unwrap_err(),
         ] {
-            let message = body.pointer("/error/message").unwrap().as_str().unwrap();
+            let message = body
+                .pointer("/error/message")
+                .and_then(Value::as_str)
+                .map_or_else(|| body.to_string(), str::to_owned);
             if account {
                 assert_eq!(
                     err,
                     ProviderError::Account {
                         status,
-                        message: message.into()
+                        message: message.clone()
                     },
                     "{body}"
                 );

@@ -87,6 +87,9 @@ pub struct GatewayAnswer {
     pub reason: Option<String>,
     /// It failed because every model refused it as malformed: the client's request is at fault.
     pub malformed: bool,
+    /// It failed because every model's provider refused the operator's account (out of credit
+    /// or quota): sending it again changes nothing until someone pays.
+    pub out_of_credit: bool,
     /// The model's answer stopped at its cap on the answer: its text is cut short.
     pub cut: bool,
     /// The stop text (one the client gave) the model's answer stopped at, where its provider
@@ -495,6 +498,7 @@ impl Rein {
         let run = &reply.run_id;
         GatewayAnswer {
             malformed: reply.refused_as_malformed(),
+            out_of_credit: reply.refused_the_account(),
             cut: reply.cut,
             stop_sequence: reply.stop_sequence,
             // Ids rein assigns (`call_<step>_<n>`) repeat from run to run: the conversation sees

@@ -240,7 +240,7 @@ impl Driver<'_> {
         });
         let mut failures: Vec<String> = Vec::new();
         // How many of those the provider refused for what the request held.
-        let mut malformed = 0;
+        let (mut malformed, mut no_account) = (0, 0);
         let count = candidates.len();
         for (index, (provider, why)) in candidates.into_iter().enumerate() {
             let model = provider.model().to_owned();
@@ -414,6 +414,8 @@ impl Driver<'_> {
                     // much of it) leaves the breaker as it was: clients sending bad values must
                     // not open it for every other run. (As a probe, it says nothing either way:
                     // another call probes a cool-down later.)
+                    no_account +=
+                        usize::from(matches!(error, rein_model::ProviderError::Account { .. }));
                     let transition = if error.is_request_fault() {
                         malformed += 1;
                         None
@@ -452,6 +454,13 @@ impl Driver<'_> {
             format!(
                 "{}: the model call for step {step} failed with every model: {}",
                 crate::gateway::REFUSED_AS_MALFORMED,
+                failures.join("; ")
+            )
+        } else if no_account == failures.len() && no_account > 0 {
+            // Nothing a client sends again changes that (a gateway tells its SDK not to retry).
+            format!(
+                "{}: the model call for step {step} failed with every model: {}",
+                crate::gateway::OUT_OF_CREDIT,
                 failures.join("; ")
             )
         } else {

@@ -518,7 +518,8 @@ pub(crate) fn with_headers(mut response: Response, answer: &GatewayAnswer) -> Re
 /// A request that did not end with an answer for the client becomes an error: the budget
 /// refused it (429), the policies refused the model or the answer (403), every model refused
 /// it as malformed (400: a value the client sent, which it must fix rather than retry), the
-/// model failed (502); and a denied call fails the request when the operator chose
+/// model failed (502, not to be sent again when every model's provider refused the operator's
+/// account); and a denied call fails the request when the operator chose
 /// `on_denied = "error"`.
 fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Result<(), GwError> {
     let reason = || {
@@ -540,8 +541,10 @@ fn check(agent: &LoadedAgent, answer: &GatewayAnswer, dialect: Dialect) -> Resul
         let error = GwError::new(dialect, status, message);
         // A spent budget stays spent (a retry would be judged, refused and recorded again), and
         // a cancelled run was stopped by a person: neither is for a client to send again unasked.
+        // So is a provider account out of credit, for every model.
         return Err(match answer.status {
             v1::EndState::BudgetExhausted | v1::EndState::Cancelled => error.retry(Retry::Never),
+            _ if answer.out_of_credit => error.retry(Retry::Never),
             _ => error,
         });
     }
