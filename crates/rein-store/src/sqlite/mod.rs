@@ -5,6 +5,7 @@
 //! [`checkpoint`], the reading of rows back in [`rows`].
 
 mod batch;
+mod cancels;
 mod checkpoint;
 mod coalesce;
 mod queue;
@@ -63,6 +64,8 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     /// The cancellation requests as last read, and the size of the signal file then.
     cancels: Mutex<CancelView>,
+    /// The file that tells drivers a request was made.
+    signal: cancels::CancelSignal,
     /// Leases and cancellation requests: small transactions of their own.
     control: Mutex<Connection>,
     /// What runs after each batch's commit hooks, on the thread that committed it.
@@ -204,6 +207,7 @@ impl SqliteStore {
                 source,
             })?;
         Ok(SqliteStore {
+            signal: cancels::CancelSignal::beside(&path),
             path,
             queue,
             writer: Some(handle),
@@ -214,12 +218,6 @@ impl SqliteStore {
             after,
             paused,
         })
-    }
-
-    /// `rein.db-cancels`: a byte is appended after each cancellation request, so a driver
-    /// reads the requests only when one was made.
-    fn cancel_signal(&self) -> PathBuf {
-        self.path.with_extension("db-cancels")
     }
 
     /// The database file.
@@ -587,22 +585,15 @@ impl Store for SqliteStore {
             Ok(())
         })?;
         // Tell every process's drivers to look (after the commit, so a driver that sees the
-        // signal finds the request). Should the signal fail, the lease's heartbeat still reads
-        // the request within its period.
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.cancel_signal())
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"."));
+        // signal finds the request).
+        self.signal.ring();
         Ok(())
     }
 
     fn cancel_requested(&self, run_id: &str) -> Result<Option<String>, StoreError> {
         // Drivers ask before and after every model call; the database is read only when the
         // signal file has grown since the last look (a request was made, by any process).
-        let signal = std::fs::metadata(self.cancel_signal())
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let signal = self.signal.size();
         let mut view = self
             .cancels
             .lock()
