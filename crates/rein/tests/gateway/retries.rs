@@ -9,6 +9,19 @@ use serde_json::{Value, json};
 use super::{budget_gateway, python_client, upstream_gateway};
 use crate::common::REIN;
 
+/// The error body of a refusal with `status` that tells its client not to send it again: no
+/// `Retry-After`, `x-should-retry: false`.
+pub(super) async fn refused_for_good(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    r.json().await.unwrap()
+}
+
 /// The runs the gateway recorded, one for each request it took.
 fn runs_in(state: &std::path::Path) -> usize {
     let rein = rein_api::Rein::new(rein_api::Options::new(state)).unwrap();
@@ -34,14 +47,7 @@ async fn the_sdks_send_a_request_refused_on_a_spent_budget_once() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 429);
-    assert_eq!(r.headers()["x-should-retry"], "false");
-    assert!(
-        r.headers().get("retry-after").is_none(),
-        "{:?}",
-        r.headers()
-    );
-    let e: Value = r.json().await.unwrap();
+    let e = refused_for_good(r, 429).await;
     assert_eq!(e["error"]["code"], "insufficient_quota", "{e}");
     assert_eq!(runs_in(state.path()), 1);
 
@@ -131,14 +137,7 @@ async fn a_request_whose_run_a_person_cancels_is_not_for_its_client_to_send_agai
     rein.cancel_run(&run, "ops").await.unwrap();
     release.send(()).unwrap();
     let r = pending.await.unwrap();
-    assert_eq!(r.status().as_u16(), 409);
-    assert_eq!(r.headers()["x-should-retry"], "false");
-    assert!(
-        r.headers().get("retry-after").is_none(),
-        "{:?}",
-        r.headers()
-    );
-    let e: Value = r.json().await.unwrap();
+    let e = refused_for_good(r, 409).await;
     assert!(
         e["error"]["message"].as_str().unwrap().contains(&run),
         "{e}"
