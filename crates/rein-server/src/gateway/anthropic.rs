@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use rein_api::Caller;
 use rein_api::gateway::{ChatMessage, GatewayAnswer, GatewayRequest, ToolCall, ToolSpec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::openai::text_of;
@@ -232,15 +232,28 @@ pub(crate) async fn messages(
     Ok(super::with_headers(response, &answer))
 }
 
-fn blocks(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
-    let mut out = Vec::new();
-    if let Some(text) = &said.text {
-        out.push(json!({"type": "text", "text": text}));
-    }
-    for c in &answer.calls {
-        out.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}));
-    }
-    out
+/// A block of the answer's content.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum OutBlock<'a> {
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a Value,
+    },
+}
+
+fn blocks<'a>(answer: &'a GatewayAnswer, said: &'a Said) -> Vec<OutBlock<'a>> {
+    let text = said.text.as_deref().map(|text| OutBlock::Text { text });
+    let calls = answer.calls.iter().map(|c| OutBlock::ToolUse {
+        id: &c.id,
+        name: &c.name,
+        input: &c.arguments,
+    });
+    text.into_iter().chain(calls).collect()
 }
 
 /// Why the answer stopped: a `refusal` when rein withheld all of it, `stop_sequence` when the
@@ -267,65 +280,117 @@ fn stop_sequence<'a>(answer: &'a GatewayAnswer, said: &Said) -> Option<&'a str> 
 }
 
 /// rein's note when it is apart from the text: where the API explains a refusal.
-fn stop_details(said: &Said) -> Value {
-    match &said.refusal {
-        Some(r) => json!({"type": "refusal", "category": null, "explanation": r}),
-        None => Value::Null,
+#[derive(Serialize)]
+struct StopDetails<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    category: Option<()>,
+    explanation: &'a str,
+}
+
+fn stop_details(said: &Said) -> Option<StopDetails<'_>> {
+    said.refusal.as_deref().map(|explanation| StopDetails {
+        kind: "refusal",
+        category: None,
+        explanation,
+    })
+}
+
+/// A Messages answer, serialised from the judged answer as it is (a `json!` tree cost a hashed
+/// map insert for each of its keys, as `serde_json` keeps its maps in order here).
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<OutBlock<'a>>,
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<&'a str>,
+    stop_details: Option<StopDetails<'a>>,
+    usage: OutUsage,
+}
+
+#[derive(Serialize)]
+struct OutUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+fn message<'a>(answer: &'a GatewayAnswer, said: &'a Said, model: &'a str) -> OutMessage<'a> {
+    OutMessage {
+        id: format!("msg_{}", answer.run_id),
+        kind: "message",
+        role: "assistant",
+        model,
+        content: blocks(answer, said),
+        stop_reason: Some(stop_reason(answer, said)),
+        stop_sequence: stop_sequence(answer, said),
+        stop_details: stop_details(said),
+        usage: OutUsage {
+            input_tokens: answer.usage.input_tokens,
+            output_tokens: answer.usage.output_tokens,
+        },
     }
 }
 
-fn message(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
-    json!({
-        "id": format!("msg_{}", answer.run_id),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": blocks(answer, said),
-        "stop_reason": stop_reason(answer, said),
-        "stop_sequence": stop_sequence(answer, said),
-        "stop_details": stop_details(said),
-        "usage": {
-            "input_tokens": answer.usage.input_tokens,
-            "output_tokens": answer.usage.output_tokens,
-        },
-    })
+#[derive(Serialize)]
+struct MessageStart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: OutMessage<'a>,
 }
 
 /// The judged answer as a Messages event stream.
 fn streamed(answer: &GatewayAnswer, said: &Said, model: &str) -> Response {
-    let mut events: Vec<(&'static str, Value)> = Vec::new();
+    let events = stream_events(answer, said, model)
+        .into_iter()
+        .map(|(name, data)| Ok::<_, Infallible>(SseEvent::default().event(name).data(data)));
+    Sse::new(futures_util::stream::iter(events)).into_response()
+}
+
+/// The stream's events, each its name and its data: the message with nothing in it yet, each
+/// block started, given and stopped, why it stopped, and its end.
+fn stream_events(answer: &GatewayAnswer, said: &Said, model: &str) -> Vec<(&'static str, String)> {
+    let mut events: Vec<(&'static str, String)> = Vec::new();
     let mut start = message(answer, said, model);
-    start["content"] = json!([]);
-    start["stop_reason"] = Value::Null;
-    start["stop_sequence"] = Value::Null;
-    start["stop_details"] = Value::Null;
-    start["usage"]["output_tokens"] = json!(0);
+    start.content.clear();
+    start.stop_reason = None;
+    start.stop_sequence = None;
+    start.stop_details = None;
+    start.usage.output_tokens = 0;
+    let start = MessageStart {
+        kind: "message_start",
+        message: start,
+    };
     events.push((
         "message_start",
-        json!({"type": "message_start", "message": start}),
+        serde_json::to_string(&start).unwrap_or_default(),
     ));
     for (index, block) in blocks(answer, said).into_iter().enumerate() {
-        let (empty, delta) = match block["type"].as_str() {
-            Some("text") => (
+        let (empty, delta) = match block {
+            OutBlock::Text { text } => (
                 json!({"type": "text", "text": ""}),
-                json!({"type": "text_delta", "text": block["text"]}),
+                json!({"type": "text_delta", "text": text}),
             ),
-            _ => (
-                json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
-                json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+            OutBlock::ToolUse { id, name, input } => (
+                json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                json!({"type": "input_json_delta", "partial_json": input.to_string()}),
             ),
         };
         events.push((
             "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": empty}),
+            json!({"type": "content_block_start", "index": index, "content_block": empty})
+                .to_string(),
         ));
         events.push((
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            json!({"type": "content_block_delta", "index": index, "delta": delta}).to_string(),
         ));
         events.push((
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
+            json!({"type": "content_block_stop", "index": index}).to_string(),
         ));
     }
     events.push((
@@ -338,11 +403,166 @@ fn streamed(answer: &GatewayAnswer, said: &Said, model: &str) -> Response {
                 "stop_details": stop_details(said),
             },
             "usage": {"output_tokens": answer.usage.output_tokens},
-        }),
+        })
+        .to_string(),
     ));
-    events.push(("message_stop", json!({"type": "message_stop"})));
-    let events = events.into_iter().map(|(name, data)| {
-        Ok::<_, Infallible>(SseEvent::default().event(name).data(data.to_string()))
-    });
-    Sse::new(futures_util::stream::iter(events)).into_response()
+    events.push(("message_stop", json!({"type": "message_stop"}).to_string()));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rein_api::v1;
+
+    use super::*;
+
+    /// The answer's content as it was built before it was serialised from typed structs.
+    fn tree_blocks(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
+        let mut out = Vec::new();
+        if let Some(text) = &said.text {
+            out.push(json!({"type": "text", "text": text}));
+        }
+        for c in &answer.calls {
+            out.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}));
+        }
+        out
+    }
+
+    fn tree_details(said: &Said) -> Value {
+        match &said.refusal {
+            Some(r) => json!({"type": "refusal", "category": null, "explanation": r}),
+            None => Value::Null,
+        }
+    }
+
+    /// The answer as the `json!` tree it was.
+    fn tree(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
+        json!({
+            "id": format!("msg_{}", answer.run_id), "type": "message", "role": "assistant",
+            "model": model, "content": tree_blocks(answer, said),
+            "stop_reason": stop_reason(answer, said),
+            "stop_sequence": stop_sequence(answer, said),
+            "stop_details": tree_details(said),
+            "usage": {"input_tokens": answer.usage.input_tokens,
+                "output_tokens": answer.usage.output_tokens},
+        })
+    }
+
+    /// The stream as it was built from the tree.
+    fn tree_events(
+        answer: &GatewayAnswer,
+        said: &Said,
+        model: &str,
+    ) -> Vec<(&'static str, String)> {
+        let mut events: Vec<(&'static str, Value)> = Vec::new();
+        let mut start = tree(answer, said, model);
+        start["content"] = json!([]);
+        start["stop_reason"] = Value::Null;
+        start["stop_sequence"] = Value::Null;
+        start["stop_details"] = Value::Null;
+        start["usage"]["output_tokens"] = json!(0);
+        events.push((
+            "message_start",
+            json!({"type": "message_start", "message": start}),
+        ));
+        for (index, block) in tree_blocks(answer, said).into_iter().enumerate() {
+            let (empty, delta) = match block["type"].as_str() {
+                Some("text") => (
+                    json!({"type": "text", "text": ""}),
+                    json!({"type": "text_delta", "text": block["text"]}),
+                ),
+                _ => (
+                    json!({"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}),
+                    json!({"type": "input_json_delta", "partial_json": block["input"].to_string()}),
+                ),
+            };
+            events.push((
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": empty}),
+            ));
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            ));
+            events.push((
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        events.push((
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(answer, said),
+                "stop_sequence": stop_sequence(answer, said), "stop_details": tree_details(said)},
+                "usage": {"output_tokens": answer.usage.output_tokens}}),
+        ));
+        events.push(("message_stop", json!({"type": "message_stop"})));
+        events
+            .into_iter()
+            .map(|(n, d)| (n, d.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_message_and_its_stream_say_what_the_json_trees_they_replaced_said_key_for_key() {
+        let call = |id: &str, arguments: Value| ToolCall {
+            id: id.into(),
+            name: "orders_lookup".into(),
+            arguments,
+            invalid_arguments: None,
+        };
+        let answer = |text: Option<&str>, calls: Vec<ToolCall>, cut: bool, stop: Option<&str>| {
+            GatewayAnswer {
+                run_id: "r1".into(),
+                conversation: "c1".into(),
+                status: v1::EndState::Completed,
+                text: text.map(str::to_owned),
+                calls,
+                withheld: Vec::new(),
+                results: Vec::new(),
+                usage: v1::Usage {
+                    input_tokens: 60,
+                    output_tokens: 20,
+                },
+                cost_usd: 0.0,
+                reason: None,
+                malformed: false,
+                out_of_credit: false,
+                cut,
+                stop_sequence: stop.map(str::to_owned),
+            }
+        };
+        let cases = [
+            answer(
+                Some("Let me look."),
+                vec![
+                    call("call_1", json!({"order_id": "A-1"})),
+                    call("call_2", json!("not json")),
+                ],
+                false,
+                None,
+            ),
+            answer(Some("cut sh"), Vec::new(), true, None),
+            answer(Some("a, b"), Vec::new(), false, Some("###")),
+            answer(None, Vec::new(), false, None),
+        ];
+        for a in &cases {
+            for said in [
+                Said::of(a, false),
+                Said {
+                    text: Some("{}".into()),
+                    refusal: Some("withheld".into()),
+                },
+                Said {
+                    text: None,
+                    refusal: Some("all of it withheld".into()),
+                },
+            ] {
+                let typed = serde_json::to_string(&message(a, &said, "gw")).unwrap();
+                assert_eq!(typed, tree(a, &said, "gw").to_string());
+                assert_eq!(stream_events(a, &said, "gw"), tree_events(a, &said, "gw"));
+            }
+        }
+    }
 }
