@@ -414,9 +414,8 @@ fn stream_events(answer: &GatewayAnswer, said: &Said, model: &str) -> Vec<(&'sta
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use rein_api::v1;
-
     use super::*;
+    use crate::gateway::fixtures;
 
     /// The answer's content as it was built before it was serialised from typed structs.
     fn tree_blocks(answer: &GatewayAnswer, said: &Said) -> Vec<Value> {
@@ -506,59 +505,8 @@ mod tests {
 
     #[test]
     fn a_message_and_its_stream_say_what_the_json_trees_they_replaced_said_key_for_key() {
-        let call = |id: &str, arguments: Value| ToolCall {
-            id: id.into(),
-            name: "orders_lookup".into(),
-            arguments,
-            invalid_arguments: None,
-        };
-        let answer = |text: Option<&str>, calls: Vec<ToolCall>, cut: bool, stop: Option<&str>| {
-            GatewayAnswer {
-                run_id: "r1".into(),
-                conversation: "c1".into(),
-                status: v1::EndState::Completed,
-                text: text.map(str::to_owned),
-                calls,
-                withheld: Vec::new(),
-                results: Vec::new(),
-                usage: v1::Usage {
-                    input_tokens: 60,
-                    output_tokens: 20,
-                },
-                cost_usd: 0.0,
-                reason: None,
-                malformed: false,
-                out_of_credit: false,
-                cut,
-                stop_sequence: stop.map(str::to_owned),
-            }
-        };
-        let cases = [
-            answer(
-                Some("Let me look."),
-                vec![
-                    call("call_1", json!({"order_id": "A-1"})),
-                    call("call_2", json!("not json")),
-                ],
-                false,
-                None,
-            ),
-            answer(Some("cut sh"), Vec::new(), true, None),
-            answer(Some("a, b"), Vec::new(), false, Some("###")),
-            answer(None, Vec::new(), false, None),
-        ];
-        for a in &cases {
-            for said in [
-                Said::of(a, false),
-                Said {
-                    text: Some("{}".into()),
-                    refusal: Some("withheld".into()),
-                },
-                Said {
-                    text: None,
-                    refusal: Some("all of it withheld".into()),
-                },
-            ] {
+        for a in &fixtures::answers() {
+            for said in fixtures::ways_to_say(a) {
                 let typed = serde_json::to_string(&message(a, &said, "gw")).unwrap();
                 assert_eq!(typed, tree(a, &said, "gw").to_string());
                 assert_eq!(stream_events(a, &said, "gw"), tree_events(a, &said, "gw"));

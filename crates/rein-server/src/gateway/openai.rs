@@ -480,9 +480,8 @@ pub(crate) async fn model(
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use rein_api::v1;
-
     use super::*;
+    use crate::gateway::fixtures;
 
     /// The answer as it was built before it was serialised from typed structs: a `json!` tree.
     fn as_tree(answer: &GatewayAnswer, said: &Said, model: &str) -> Value {
@@ -512,51 +511,8 @@ mod tests {
 
     #[test]
     fn a_completion_says_what_the_json_tree_it_replaced_said_key_for_key() {
-        let call = |id: &str, arguments: Value| ToolCall {
-            id: id.into(),
-            name: "orders_lookup".into(),
-            arguments,
-            invalid_arguments: None,
-        };
-        let answer = |text: Option<&str>, calls: Vec<ToolCall>, cut: bool| GatewayAnswer {
-            run_id: "r1".into(),
-            conversation: "c1".into(),
-            status: v1::EndState::Completed,
-            text: text.map(str::to_owned),
-            calls,
-            withheld: Vec::new(),
-            results: Vec::new(),
-            usage: v1::Usage {
-                input_tokens: 60,
-                output_tokens: 20,
-            },
-            cost_usd: 0.0,
-            reason: None,
-            malformed: false,
-            out_of_credit: false,
-            cut,
-            stop_sequence: None,
-        };
-        let cases = [
-            answer(
-                Some("Let me look."),
-                vec![
-                    call("call_1", json!({"order_id": "A-1"})),
-                    call("call_2", json!("not json")),
-                ],
-                false,
-            ),
-            answer(Some("cut sh"), Vec::new(), true),
-            answer(None, Vec::new(), false),
-        ];
-        for a in &cases {
-            for said in [
-                Said::of(a, false),
-                Said {
-                    text: Some("{}".into()),
-                    refusal: Some("withheld".into()),
-                },
-            ] {
+        for a in &fixtures::answers() {
+            for said in fixtures::ways_to_say(a) {
                 let mut typed = serde_json::to_value(completion(a, &said, "gw")).unwrap();
                 typed["created"] = json!(0);
                 let tree = as_tree(a, &said, "gw");
