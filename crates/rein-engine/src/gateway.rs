@@ -227,21 +227,19 @@ impl GatewayReply {
     /// Whether the run failed because every model refused its request as malformed (a value
     /// the client sent that the provider does not take): the client's to fix.
     pub fn refused_as_malformed(&self) -> bool {
-        self.status == EndState::Failed
-            && self
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with(REFUSED_AS_MALFORMED))
+        self.failed_because(REFUSED_AS_MALFORMED)
     }
 
     /// Whether the run failed because every model's provider refused the operator's account:
     /// no request gets through until someone pays, so a client should not send it again.
     pub fn refused_the_account(&self) -> bool {
+        self.failed_because(OUT_OF_CREDIT)
+    }
+
+    /// Whether the run failed with a reason that begins with `cause`.
+    fn failed_because(&self, cause: &str) -> bool {
         self.status == EndState::Failed
-            && self
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with(OUT_OF_CREDIT))
+            && self.reason.as_deref().is_some_and(|r| r.starts_with(cause))
     }
 
     /// What a request is told while its conversation's held run still waits for a person:

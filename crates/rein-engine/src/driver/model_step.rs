@@ -448,26 +448,25 @@ impl Driver<'_> {
                 }
             }
         }
-        // Every model refused the request for what it held (a value out of range, a schema it
-        // cannot take): the request's fault, said so (a gateway answers its client 400).
-        let reason = if malformed == failures.len() && malformed > 0 {
-            format!(
-                "{}: the model call for step {step} failed with every model: {}",
-                crate::gateway::REFUSED_AS_MALFORMED,
-                failures.join("; ")
-            )
-        } else if no_account == failures.len() && no_account > 0 {
-            // Nothing a client sends again changes that (a gateway tells its SDK not to retry).
-            format!(
-                "{}: the model call for step {step} failed with every model: {}",
-                crate::gateway::OUT_OF_CREDIT,
-                failures.join("; ")
-            )
+        // When every model failed the same way, the reason begins by saying which: the request
+        // refused for what it held (a value out of range, a schema it cannot take), the client's
+        // fault (a gateway answers 400); or every provider's account out of credit, which nothing
+        // a client sends again changes (a gateway tells its SDK not to retry).
+        let all = |n: usize| n == failures.len() && n > 0;
+        let cause = if all(malformed) {
+            Some(crate::gateway::REFUSED_AS_MALFORMED)
+        } else if all(no_account) {
+            Some(crate::gateway::OUT_OF_CREDIT)
         } else {
-            format!(
-                "the model call for step {step} failed with every model: {}",
-                failures.join("; ")
-            )
+            None
+        };
+        let failed = format!(
+            "the model call for step {step} failed with every model: {}",
+            failures.join("; ")
+        );
+        let reason = match cause {
+            Some(cause) => format!("{cause}: {failed}"),
+            None => failed,
         };
         // Some work was done: say so, rather than a bare failure.
         let status = if self

@@ -79,7 +79,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("rein.db");
         let (asking, other) = (CancelSignal::beside(&db), CancelSignal::beside(&db));
-        assert_eq!(asking.size(), 0, "made empty when the store opens");
+        assert!(
+            dir.path().join("rein.db-cancels").exists(),
+            "made when the store opens"
+        );
+        assert_eq!(asking.size(), 0, "and empty");
         other.ring();
         assert_eq!(asking.size(), 1);
         // Removed: another process's next request makes it again, and that is what counts.
